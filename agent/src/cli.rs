@@ -1,0 +1,338 @@
+//! Command-line interface of `fleetsnap-agent`.
+//!
+//! Exit codes: 0 success; 1 failure, nothing stored or restored; 2 bad usage; 3 partial success
+//! (some destinations failed, the others hold a complete backup).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fleetsnap_core::codec::Compression;
+use fleetsnap_core::{BackupId, ClusterId, ShardId};
+
+use crate::dest::DestSpec;
+use crate::error::{Error, Result};
+use crate::pipeline::{EncodeOptions, Progress, parse_recipient};
+use crate::restore::{self, RestoreRequest};
+use crate::snapshot::{self, SnapshotRequest};
+use crate::source::{SourceKind, SourceOptions};
+use crate::spool::SpoolLimits;
+use crate::target::RedisTarget;
+
+/// Exit code for a partial success.
+pub const EXIT_PARTIAL: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "fleetsnap-agent", version, about = "fleetsnap agent: snapshot Redis nodes to several regions at once, verify and restore")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Take a snapshot of one Redis node and store it, verified and compressed, in every destination.
+    Snapshot(SnapshotArgs),
+    /// List the complete backups in a destination.
+    Ls {
+        /// The destination to list.
+        #[arg(long = "from", value_name = "DEST")]
+        from: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read a backup: sizes, sha256, decoding and the RDB checksum.
+    Verify {
+        /// The destination holding the backup.
+        #[arg(long = "from", value_name = "DEST")]
+        from: String,
+        /// The backup id.
+        #[arg(long)]
+        backup: String,
+        /// age identity file, to check the RDB inside encrypted backups.
+        #[arg(long, value_name = "AGE_KEY_FILE")]
+        identity: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one shard of a backup to an RDB file, from the first destination that yields a verified copy.
+    Restore {
+        /// Destinations in order of preference.
+        #[arg(long = "from", value_name = "DEST", required = true)]
+        from: Vec<String>,
+        /// The backup id.
+        #[arg(long)]
+        backup: String,
+        /// The shard (needed when the backup has several).
+        #[arg(long)]
+        shard: Option<String>,
+        /// The RDB file to write; a tail, if any, goes to PATH.tail.
+        #[arg(long, value_name = "PATH")]
+        to_file: PathBuf,
+        /// age identity file for encrypted backups.
+        #[arg(long, value_name = "AGE_KEY_FILE")]
+        identity: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    /// The node: redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// A destination (repeat for several): file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME].
+    #[arg(long = "to", value_name = "DEST", required = true)]
+    to: Vec<String>,
+    /// replication (PSYNC, default), bgsave-file, or file:PATH (an RDB or an AOF directory).
+    #[arg(long, default_value = "replication")]
+    source: String,
+    /// zstd:LEVEL, zstd or none.
+    #[arg(long, default_value = "zstd:3")]
+    compress: String,
+    /// Encrypt to this age recipient (repeat for several).
+    #[arg(long = "encrypt-to", value_name = "AGE_RECIPIENT")]
+    encrypt_to: Vec<String>,
+    /// Cluster name in the storage layout.
+    #[arg(long, default_value = "standalone")]
+    cluster: String,
+    /// Shard name in the storage layout; by default HOST-PORT of the node.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Directory for spool files when a destination is slower than the source.
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Largest spool file per destination (e.g. 512MiB, 8GiB).
+    #[arg(long, default_value = "8GiB")]
+    spool_max: String,
+    /// Seconds the node may send nothing before the snapshot fails.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_seconds: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses sizes such as `512MiB`, `8GiB`, `1000000`.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        _ => 0,
+    };
+    match num.parse::<u64>() {
+        Ok(n) if mult > 0 => Ok(n * mult),
+        _ => Err(Error::Input(format!("size {text:?} is not valid: use a number with an optional unit KiB, MiB, GiB or TiB"))),
+    }
+}
+
+/// Runs the CLI.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("report serialises"));
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Snapshot(a) => run_snapshot(a).await,
+        Command::Ls { from, json } => {
+            let spec = DestSpec::parse(&from)?;
+            let rows = restore::list(&spec).await?;
+            if json {
+                print_json(&rows);
+            } else if rows.is_empty() {
+                println!("no complete backup in {spec}");
+            } else {
+                println!("{:<24} {:<16} {:>6} {:>10} {:>10}  FINISHED", "BACKUP", "CLUSTER", "SHARDS", "RAW", "STORED");
+                for r in rows {
+                    println!("{:<24} {:<16} {:>6} {:>10} {:>10}  {}", r.backup_id, r.cluster, r.shards.len(), human(r.raw_bytes), human(r.stored_bytes), r.finished_at);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { from, backup, identity, json } => {
+            let spec = DestSpec::parse(&from)?;
+            let id: BackupId = backup.parse().map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
+            let r = restore::verify(&spec, &id, identity.as_deref()).await?;
+            if json {
+                print_json(&r);
+            } else {
+                for o in &r.objects {
+                    match (o.raw_bytes, &o.crc64) {
+                        (Some(raw), Some(crc)) => println!("ok  {}  {} stored, {} raw, sha256 ok, RDB checksum {crc} ok", o.name, human(o.stored_bytes), human(raw)),
+                        (Some(raw), None) => println!("ok  {}  {} stored, {} raw, sha256 ok", o.name, human(o.stored_bytes), human(raw)),
+                        (None, _) => println!("ok  {}  {} stored, sha256 ok (encrypted: pass --identity to check the RDB inside)", o.name, human(o.stored_bytes)),
+                    }
+                }
+                println!("backup {} verified in {}", r.backup_id, r.destination);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { from, backup, shard, to_file, identity, json } => {
+            let from = from.iter().map(|f| DestSpec::parse(f)).collect::<Result<Vec<_>>>()?;
+            let backup: BackupId = backup.parse().map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
+            let shard = shard.map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string()))).transpose()?;
+            let r = restore::restore(&RestoreRequest { from, backup, shard, to_file, identity }).await?;
+            if json {
+                print_json(&r);
+            } else {
+                for (d, e) in &r.skipped {
+                    println!("skipped {d}: {e}");
+                }
+                println!("restored shard {} ({}) from {} to {}", r.shard, human(r.raw_bytes), r.destination, r.rdb_file);
+                if let Some(t) = &r.tail_file {
+                    println!("the backup has a tail: after loading the RDB, replay it with `redis-cli --pipe < {t}`");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
+    let target = a.redis.as_deref().map(RedisTarget::parse).transpose()?;
+    let source: SourceKind = a.source.parse()?;
+    let compression: Compression = a.compress.parse().map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
+    let recipients = a.encrypt_to.iter().map(|r| parse_recipient(r)).collect::<Result<Vec<_>>>()?;
+    let destinations = a.to.iter().map(|d| DestSpec::parse(d)).collect::<Result<Vec<_>>>()?;
+    let cluster = ClusterId::new(a.cluster).map_err(|e| Error::Input(e.to_string()))?;
+    let shard = match (&a.shard, &target, &source) {
+        (Some(s), _, _) => s.clone(),
+        (None, Some(t), _) => format!("{}-{}", t.host, t.port),
+        (None, None, _) => "file".to_string(),
+    };
+    let shard = ShardId::new(shard).map_err(|e| Error::Input(e.to_string()))?;
+    let spool = SpoolLimits {
+        memory_bytes: 8 << 20,
+        dir: a.spool_dir.unwrap_or_else(std::env::temp_dir),
+        max_bytes: parse_size(&a.spool_max)?,
+    };
+    let req = SnapshotRequest {
+        target,
+        source,
+        destinations,
+        encode: EncodeOptions { compression, recipients },
+        cluster,
+        shard,
+        spool,
+        source_options: SourceOptions { idle_timeout: Duration::from_secs(a.idle_timeout_seconds), ..Default::default() },
+    };
+    let progress = Arc::new(Progress::default());
+    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} read, {bytes_per_sec}, {elapsed}").expect("valid template"));
+        bar.set_message("snapshot");
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(progress.read.load(Ordering::Relaxed));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let result = snapshot::snapshot(&req, progress).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let report = result?;
+    if a.json {
+        print_json(&report);
+    } else {
+        println!("backup {}  cluster {}  shard {}", report.backup_id, report.cluster, report.shard);
+        println!("source {} {} ({}, RDB version {})", report.source_kind, report.source, human(report.raw_bytes), report.rdb_version);
+        println!("{:<44} {:<9} {:>10} {:>9} {:>9}", "DESTINATION", "RESULT", "STORED", "TIME", "MB/s");
+        for d in &report.destinations {
+            println!("{:<44} {:<9} {:>10} {:>8.1}s {:>9.1}", truncate(&d.destination, 44), d.result, human(d.stored_bytes), d.duration_seconds, d.throughput_mb_per_s);
+            if let Some(e) = &d.error {
+                println!("    {e}");
+            }
+        }
+        for n in &report.notes {
+            println!("note: {n}");
+        }
+    }
+    let complete = report.complete();
+    Ok(if complete == report.destinations.len() {
+        ExitCode::SUCCESS
+    } else if complete == 0 {
+        eprintln!("error: the snapshot was stored in no destination");
+        ExitCode::FAILURE
+    } else {
+        eprintln!("warning: the snapshot is complete in {complete} of {} destinations", report.destinations.len());
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+}
+
+/// Human-readable bytes (decimal units, as `MB/s`).
+pub fn human(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1} MB", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1} kB", n / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("8GiB").unwrap(), 8 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,532 @@
+//! Storage destinations ("regions"): local directories (`file:///path`) and S3-compatible buckets
+//! (`s3://bucket/prefix?region=R&endpoint=URL&profile=NAME`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::config::{
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// S3 part size: above the 5 MiB minimum, small enough to keep memory bounded.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploaded at once per destination.
+pub const PARTS_IN_FLIGHT: usize = 2;
+
+/// A parsed destination URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestSpec {
+    /// A local directory.
+    File { root: PathBuf },
+    /// An S3-compatible bucket.
+    S3 {
+        bucket: String,
+        prefix: String,
+        region: String,
+        endpoint: Option<String>,
+        profile: Option<String>,
+        path_style: bool,
+    },
+}
+
+impl fmt::Display for DestSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DestSpec::File { root } => write!(f, "file://{}", root.display()),
+            DestSpec::S3 { bucket, prefix, region, .. } => {
+                write!(f, "s3://{bucket}")?;
+                if !prefix.is_empty() {
+                    write!(f, "/{prefix}")?;
+                }
+                write!(f, " ({region})")
+            }
+        }
+    }
+}
+
+impl DestSpec {
+    /// Parses `file:///path` or `s3://bucket/prefix?region=…&endpoint=…&profile=…&path_style=…`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |why: String| Error::Input(format!("destination {text:?} is not valid: {why}; expected file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME]"));
+        let url = Url::parse(text).map_err(|e| bad(e.to_string()))?;
+        match url.scheme() {
+            "file" => {
+                if url.query().is_some() || url.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(bad("a file destination takes an absolute path and no parameters".into()));
+                }
+                Ok(DestSpec::File { root: PathBuf::from(url.path()) })
+            }
+            "s3" => {
+                let bucket = url.host_str().filter(|b| b.len() >= 3).ok_or_else(|| bad("the bucket name needs 3 or more characters".into()))?.to_string();
+                let prefix = url.path().trim_matches('/').to_string();
+                let (mut region, mut endpoint, mut profile, mut path_style) = (None, None, None, None);
+                for (k, v) in url.query_pairs() {
+                    match k.as_ref() {
+                        "region" => region = Some(v.to_string()),
+                        "endpoint" => endpoint = Some(v.to_string()),
+                        "profile" => profile = Some(v.to_string()),
+                        "path_style" => path_style = Some(v == "true"),
+                        other => return Err(bad(format!("unknown parameter {other:?} (known: region, endpoint, profile, path_style)"))),
+                    }
+                }
+                let region = region.or_else(|| std::env::var("AWS_REGION").ok()).ok_or_else(|| bad("no region: add ?region=NAME".into()))?;
+                let path_style = path_style.unwrap_or(endpoint.is_some());
+                Ok(DestSpec::S3 { bucket, prefix, region, endpoint, profile, path_style })
+            }
+            other => Err(bad(format!("scheme {other:?} is not supported"))),
+        }
+    }
+
+    /// The name of the region this destination is, for reports.
+    pub fn region_name(&self) -> String {
+        match self {
+            DestSpec::File { root } => format!("file:{}", root.display()),
+            DestSpec::S3 { region, bucket, .. } => format!("{region}/{bucket}"),
+        }
+    }
+
+    /// The key prefix inside the destination.
+    pub fn prefix(&self) -> &str {
+        match self {
+            DestSpec::File { .. } => "",
+            DestSpec::S3 { prefix, .. } => prefix,
+        }
+    }
+}
+
+/// An opened destination.
+#[derive(Clone)]
+pub struct Store {
+    spec: DestSpec,
+    inner: StoreInner,
+}
+
+#[derive(Clone)]
+enum StoreInner {
+    File(PathBuf),
+    S3 { client: aws_sdk_s3::Client, bucket: String },
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.spec.fmt(f)
+    }
+}
+
+impl Store {
+    /// Opens a destination (builds the S3 client; checks nothing remote yet).
+    pub async fn open(spec: &DestSpec) -> Result<Self> {
+        let inner = match spec {
+            DestSpec::File { root } => StoreInner::File(root.clone()),
+            DestSpec::S3 { bucket, region, endpoint, profile, path_style, .. } => {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.clone()));
+                if let Some(p) = profile {
+                    loader = loader.profile_name(p);
+                }
+                let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(120))
+                    .build();
+                let shared = loader.timeout_config(timeouts).load().await;
+                let mut b = aws_sdk_s3::config::Builder::from(&shared)
+                    .force_path_style(*path_style)
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                    .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+                if let Some(e) = endpoint {
+                    b = b.endpoint_url(e);
+                }
+                StoreInner::S3 { client: aws_sdk_s3::Client::from_conf(b.build()), bucket: bucket.clone() }
+            }
+        };
+        Ok(Self { spec: spec.clone(), inner })
+    }
+
+    /// The destination's spec.
+    pub fn spec(&self) -> &DestSpec {
+        &self.spec
+    }
+
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::storage(&self.spec, message)
+    }
+
+    fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: fmt::Debug>(&self, op: &str, key: &str, e: SdkError<E, R>) -> Error {
+        let (code, bucket) = (e.code().map(str::to_string), match &self.inner {
+            StoreInner::S3 { bucket, .. } => bucket.clone(),
+            StoreInner::File(_) => String::new(),
+        });
+        let hint = match code.as_deref() {
+            Some("AccessDenied") | Some("InvalidAccessKeyId") | Some("SignatureDoesNotMatch") | Some("Forbidden") =>
+                format!("access denied: check the credentials (profile= in the URL, or the AWS_* environment) and that the bucket policy lets them {op}"),
+            Some("NoSuchBucket") => format!("bucket {bucket:?} does not exist: create it or fix the URL"),
+            Some("NoSuchKey") | Some("NotFound") => format!("object {key} does not exist"),
+            _ => match &e {
+                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => "the endpoint cannot be reached: check endpoint= and the network; the region may be down".to_string(),
+                _ => String::new(),
+            },
+        };
+        let detail = DisplayErrorContext(&e).to_string();
+        if hint.is_empty() {
+            self.err(format!("{op} {key} failed: {detail}"))
+        } else {
+            self.err(format!("{op} {key} failed: {hint} ({detail})"))
+        }
+    }
+
+    fn file_path(root: &Path, key: &str) -> PathBuf {
+        root.join(key)
+    }
+
+    /// Starts writing an object; nothing is visible under `key` until `finish`.
+    pub async fn begin(&self, key: &str) -> Result<Upload> {
+        match &self.inner {
+            StoreInner::File(root) => {
+                let path = Self::file_path(root, key);
+                let partial = partial_path(&path);
+                if let Some(parent) = path.parent() {
+                    tokio::fs::create_dir_all(parent).await.map_err(|e| self.err(format!("cannot create {}: {e}", parent.display())))?;
+                }
+                let file = tokio::fs::File::create(&partial).await.map_err(|e| self.err(format!("cannot create {}: {e}", partial.display())))?;
+                Ok(Upload::File { store: self.clone(), file: tokio::io::BufWriter::with_capacity(1 << 20, file), partial, path, written: 0 })
+            }
+            StoreInner::S3 { .. } => Ok(Upload::S3(Box::new(S3Upload {
+                store: self.clone(),
+                key: key.to_string(),
+                upload_id: None,
+                buf: BytesMut::new(),
+                next_part: 1,
+                tasks: JoinSet::new(),
+                done_parts: Vec::new(),
+                slots: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+                written: 0,
+            }))),
+        }
+    }
+
+    /// Writes a small object whole (manifests), atomically.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        match &self.inner {
+            StoreInner::File(_) => {
+                let mut up = self.begin(key).await?;
+                up.write(bytes).await?;
+                up.finish().await.map(|_| ())
+            }
+            StoreInner::S3 { client, bucket } => {
+                client.put_object().bucket(bucket).key(key).checksum_crc32c(crc32c_b64(&bytes)).body(ByteStream::from(bytes))
+                    .send().await.map_err(|e| self.s3_err("PutObject", key, e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads an object in chunks.
+    pub async fn get(&self, key: &str) -> Result<Download> {
+        match &self.inner {
+            StoreInner::File(root) => {
+                let path = Self::file_path(root, key);
+                let f = tokio::fs::File::open(&path).await.map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?;
+                Ok(Download::File(f, path))
+            }
+            StoreInner::S3 { client, bucket } => {
+                let out = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| self.s3_err("GetObject", key, e))?;
+                Ok(Download::S3(out.body, self.clone(), key.to_string()))
+            }
+        }
+    }
+
+    /// Reads a small object whole.
+    pub async fn get_all(&self, key: &str) -> Result<Vec<u8>> {
+        let mut d = self.get(key).await?;
+        let mut out = Vec::new();
+        while let Some(c) = d.next().await? {
+            out.extend_from_slice(&c);
+        }
+        Ok(out)
+    }
+
+    /// Every key under `prefix`, recursively.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        match &self.inner {
+            StoreInner::File(root) => {
+                let start = Self::file_path(root, prefix);
+                let mut out = Vec::new();
+                let mut stack = vec![start];
+                while let Some(dir) = stack.pop() {
+                    let mut rd = match tokio::fs::read_dir(&dir).await {
+                        Ok(rd) => rd,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != *root => continue,
+                        Err(e) => return Err(self.err(format!("cannot list {}: {e}", dir.display()))),
+                    };
+                    while let Some(entry) = rd.next_entry().await.map_err(|e| self.err(format!("cannot list {}: {e}", dir.display())))? {
+                        let p = entry.path();
+                        if entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
+                            stack.push(p);
+                        } else if let Ok(rel) = p.strip_prefix(root) {
+                            out.push(rel.to_string_lossy().into_owned());
+                        }
+                    }
+                }
+                out.sort();
+                Ok(out)
+            }
+            StoreInner::S3 { client, bucket } => {
+                let mut out = Vec::new();
+                let mut token = None;
+                loop {
+                    let mut req = client.list_objects_v2().bucket(bucket).prefix(prefix);
+                    if let Some(t) = token.take() {
+                        req = req.continuation_token(t);
+                    }
+                    let page = req.send().await.map_err(|e| self.s3_err("ListObjectsV2", prefix, e))?;
+                    out.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+                    match page.next_continuation_token() {
+                        Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                        _ => break,
+                    }
+                }
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+
+    /// The stored size of an object.
+    pub async fn size(&self, key: &str) -> Result<u64> {
+        match &self.inner {
+            StoreInner::File(root) => {
+                let p = Self::file_path(root, key);
+                Ok(tokio::fs::metadata(&p).await.map_err(|e| self.err(format!("cannot stat {}: {e}", p.display())))?.len())
+            }
+            StoreInner::S3 { client, bucket } => {
+                let h = client.head_object().bucket(bucket).key(key).send().await.map_err(|e| self.s3_err("HeadObject", key, e))?;
+                Ok(h.content_length().unwrap_or(-1).max(0) as u64)
+            }
+        }
+    }
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+fn crc32c_b64(data: &[u8]) -> String {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// An object being written.
+pub enum Upload {
+    /// To a `.partial` file, renamed on finish.
+    File { store: Store, file: tokio::io::BufWriter<tokio::fs::File>, partial: PathBuf, path: PathBuf, written: u64 },
+    /// An S3 multipart upload (or one PutObject when small).
+    S3(Box<S3Upload>),
+}
+
+/// State of an S3 upload.
+pub struct S3Upload {
+    store: Store,
+    key: String,
+    upload_id: Option<String>,
+    buf: BytesMut,
+    next_part: i32,
+    tasks: JoinSet<Result<CompletedPart>>,
+    done_parts: Vec<CompletedPart>,
+    slots: Arc<Semaphore>,
+    written: u64,
+}
+
+impl Upload {
+    /// Appends bytes.
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        match self {
+            Upload::File { store, file, partial, written, .. } => {
+                *written += data.len() as u64;
+                file.write_all(&data).await.map_err(|e| store.err(format!("cannot write {}: {e}{}", partial.display(), if e.raw_os_error() == Some(28) { " (disk full: free space in the destination)" } else { "" })))
+            }
+            Upload::S3(up) => {
+                up.written += data.len() as u64;
+                up.buf.extend_from_slice(&data);
+                while up.buf.len() >= PART_SIZE {
+                    let part = up.buf.split_to(PART_SIZE).freeze();
+                    up.send_part(part).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the object visible under its key and checks its stored size; returns it.
+    pub async fn finish(self) -> Result<u64> {
+        match self {
+            Upload::File { store, mut file, partial, path, written } => {
+                let io = |e: std::io::Error| store.err(format!("cannot finish {}: {e}", partial.display()));
+                file.flush().await.map_err(io)?;
+                file.get_mut().sync_all().await.map_err(io)?;
+                drop(file);
+                tokio::fs::rename(&partial, &path).await.map_err(io)?;
+                if let Some(parent) = path.parent()
+                    && let Ok(d) = tokio::fs::File::open(parent).await
+                {
+                    d.sync_all().await.ok();
+                }
+                let size = store.size(&path.strip_prefix(match &store.inner { StoreInner::File(r) => r, StoreInner::S3 { .. } => unreachable!() }).unwrap_or(&path).to_string_lossy()).await?;
+                if size != written {
+                    return Err(store.err(format!("{} holds {size} bytes after writing {written}", path.display())));
+                }
+                Ok(written)
+            }
+            Upload::S3(up) => up.finish().await,
+        }
+    }
+
+    /// Drops whatever was written; nothing remains under the key.
+    pub async fn abort(self) {
+        match self {
+            Upload::File { partial, file, .. } => {
+                drop(file);
+                tokio::fs::remove_file(&partial).await.ok();
+            }
+            Upload::S3(mut up) => {
+                up.tasks.abort_all();
+                if let (Some(id), StoreInner::S3 { client, bucket }) = (&up.upload_id, &up.store.inner) {
+                    client.abort_multipart_upload().bucket(bucket).key(&up.key).upload_id(id).send().await.ok();
+                }
+            }
+        }
+    }
+}
+
+impl S3Upload {
+    fn client(&self) -> (&aws_sdk_s3::Client, &str) {
+        match &self.store.inner {
+            StoreInner::S3 { client, bucket } => (client, bucket),
+            StoreInner::File(_) => unreachable!("S3 upload on a file store"),
+        }
+    }
+
+    async fn send_part(&mut self, part: Bytes) -> Result<()> {
+        if self.upload_id.is_none() {
+            let (client, bucket) = self.client();
+            let out = client.create_multipart_upload().bucket(bucket).key(&self.key).checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .send().await.map_err(|e| self.store.s3_err("CreateMultipartUpload", &self.key, e))?;
+            self.upload_id = Some(out.upload_id().unwrap_or_default().to_string());
+        }
+        // Collect finished parts first so a failure surfaces early and memory stays bounded.
+        while let Some(done) = self.tasks.try_join_next() {
+            self.done_parts.push(done.map_err(|e| self.store.err(format!("part upload task failed: {e}")))??);
+        }
+        let permit = self.slots.clone().acquire_owned().await.expect("semaphore open");
+        let (client, bucket) = self.client();
+        let (client, bucket, key, id, store) = (client.clone(), bucket.to_string(), self.key.clone(), self.upload_id.clone().unwrap_or_default(), self.store.clone());
+        let number = self.next_part;
+        self.next_part += 1;
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let crc = crc32c_b64(&part);
+            let out = client.upload_part().bucket(bucket).key(&key).upload_id(id).part_number(number).checksum_crc32c(crc.clone())
+                .body(ByteStream::from(part)).send().await.map_err(|e| store.s3_err("UploadPart", &key, e))?;
+            Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).checksum_crc32c(crc).build())
+        });
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        let written = self.written;
+        if self.upload_id.is_none() {
+            let body = std::mem::take(&mut self.buf).freeze();
+            let (client, bucket) = self.client();
+            client.put_object().bucket(bucket).key(&self.key).checksum_crc32c(crc32c_b64(&body)).body(ByteStream::from(body))
+                .send().await.map_err(|e| self.store.s3_err("PutObject", &self.key, e))?;
+        } else {
+            if !self.buf.is_empty() {
+                let last = std::mem::take(&mut self.buf).freeze();
+                if let Err(e) = self.send_part(last).await {
+                    Upload::S3(self).abort().await;
+                    return Err(e);
+                }
+            }
+            while let Some(done) = self.tasks.join_next().await {
+                match done.map_err(|e| self.store.err(format!("part upload task failed: {e}"))).and_then(|r| r) {
+                    Ok(p) => self.done_parts.push(p),
+                    Err(e) => {
+                        Upload::S3(self).abort().await;
+                        return Err(e);
+                    }
+                }
+            }
+            self.done_parts.sort_by_key(|p| p.part_number());
+            let parts = std::mem::take(&mut self.done_parts);
+            let (client, bucket) = self.client();
+            let r = client.complete_multipart_upload().bucket(bucket).key(&self.key).upload_id(self.upload_id.clone().unwrap_or_default())
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send().await;
+            if let Err(e) = r {
+                let err = self.store.s3_err("CompleteMultipartUpload", &self.key, e);
+                Upload::S3(self).abort().await;
+                return Err(err);
+            }
+        }
+        let size = self.store.size(&self.key).await?;
+        if size != written {
+            return Err(self.store.err(format!("{} holds {size} bytes after writing {written}", self.key)));
+        }
+        Ok(written)
+    }
+}
+
+/// An object being read.
+pub enum Download {
+    /// From a file.
+    File(tokio::fs::File, PathBuf),
+    /// From S3.
+    S3(ByteStream, Store, String),
+}
+
+impl Download {
+    /// The next chunk; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            Download::File(f, path) => {
+                let mut buf = vec![0; 1 << 20];
+                let n = f.read(&mut buf).await.map_err(|e| Error::file("cannot read", path.clone(), e))?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                Ok(Some(Bytes::from(buf)))
+            }
+            Download::S3(body, store, key) => body.try_next().await.map_err(|e| store.err(format!("reading {key} failed: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse() {
+        assert_eq!(DestSpec::parse("file:///var/backups").unwrap(), DestSpec::File { root: "/var/backups".into() });
+        let s = DestSpec::parse("s3://bkt/a/b?region=eu-west-1&endpoint=http://127.0.0.1:9000&profile=eu").unwrap();
+        assert_eq!(s, DestSpec::S3 { bucket: "bkt".into(), prefix: "a/b".into(), region: "eu-west-1".into(), endpoint: Some("http://127.0.0.1:9000".into()), profile: Some("eu".into()), path_style: true });
+        for bad in ["s3://ab?region=x", "s3://abc?region=x&color=red", "ftp://x/y", "file://host/x"] {
+            let e = DestSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("expected file:///PATH"), "{bad}: {e}");
+        }
+    }
+}

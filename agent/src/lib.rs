@@ -1,0 +1,20 @@
+//! The fleetsnap agent library: Redis sources, the snapshot pipeline, storage destinations,
+//! verification and restores. The `fleetsnap-agent` binary is a thin shell over it.
+
+pub mod cli;
+pub mod dest;
+pub mod error;
+pub mod pipeline;
+pub mod resp;
+pub mod restore;
+pub mod snapshot;
+pub mod source;
+pub mod spool;
+pub mod target;
+
+pub use error::{Error, Result};
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,299 @@
+//! The snapshot data path for one object: source → RDB verifier → zstd → age → sha256 → fan-out to
+//! every destination through its spool queue. One read of the source feeds every destination.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetsnap_core::codec::Compression;
+use fleetsnap_core::{Codec, CodecChain, RdbSummary, RdbVerifier};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::dest::Store;
+use crate::error::{Error, Result};
+use crate::source::ByteSource;
+use crate::spool::{Item, SpoolLimits, SpoolQueue};
+
+/// Counters a progress display reads.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Source bytes read so far.
+    pub read: AtomicU64,
+    /// Total source bytes, when known (0 = unknown).
+    pub total: AtomicU64,
+}
+
+/// How objects are encoded.
+#[derive(Clone)]
+pub struct EncodeOptions {
+    /// zstd or nothing.
+    pub compression: Compression,
+    /// age recipients; empty means no encryption.
+    pub recipients: Vec<age::x25519::Recipient>,
+}
+
+impl EncodeOptions {
+    /// The codec chain these options produce.
+    pub fn chain(&self) -> CodecChain {
+        let mut c = Vec::new();
+        if let Compression::Zstd(level) = self.compression {
+            c.push(Codec::Zstd { level });
+        }
+        if !self.recipients.is_empty() {
+            c.push(Codec::Age);
+        }
+        CodecChain(c)
+    }
+}
+
+/// Parses an age recipient (`age1…`).
+pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient> {
+    text.parse().map_err(|e| Error::Input(format!("--encrypt-to {text:?} is not an age X25519 public key ({e}): it starts with age1, as printed by `age-keygen -y KEYFILE`")))
+}
+
+#[derive(Clone, Default)]
+struct SharedSink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("sink lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Chain {
+    Plain(SharedSink),
+    Zstd(zstd::stream::write::Encoder<'static, SharedSink>),
+    Age(age::stream::StreamWriter<SharedSink>),
+    ZstdAge(zstd::stream::write::Encoder<'static, age::stream::StreamWriter<SharedSink>>),
+}
+
+impl Chain {
+    fn new(opts: &EncodeOptions, sink: SharedSink) -> Result<Self> {
+        let encrypt = |w: SharedSink| -> Result<age::stream::StreamWriter<SharedSink>> {
+            let recipients = opts.recipients.iter().map(|r| r as &dyn age::Recipient);
+            age::Encryptor::with_recipients(recipients)
+                .map_err(|e| Error::Input(format!("cannot encrypt to the given recipients: {e}")))?
+                .wrap_output(w)
+                .map_err(|e| Error::Decode(format!("age encryption failed: {e}")))
+        };
+        let zstd = |level| Error::Decode(format!("zstd level {level} failed to start"));
+        Ok(match (opts.compression, opts.recipients.is_empty()) {
+            (Compression::None, true) => Chain::Plain(sink),
+            (Compression::None, false) => Chain::Age(encrypt(sink)?),
+            (Compression::Zstd(l), true) => Chain::Zstd(zstd::stream::write::Encoder::new(sink, l).map_err(|_| zstd(l))?),
+            (Compression::Zstd(l), false) => Chain::ZstdAge(zstd::stream::write::Encoder::new(encrypt(sink)?, l).map_err(|_| zstd(l))?),
+        })
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Chain::Plain(w) => w.write_all(data),
+            Chain::Zstd(w) => w.write_all(data),
+            Chain::Age(w) => w.write_all(data),
+            Chain::ZstdAge(w) => w.write_all(data),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Chain::Plain(_) => Ok(()),
+            Chain::Zstd(w) => w.finish().map(drop),
+            Chain::Age(w) => w.finish().map(drop),
+            Chain::ZstdAge(w) => w.finish()?.finish().map(drop),
+        }
+    }
+}
+
+/// What the encoder learned about an object.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    /// Bytes read from the source.
+    pub raw_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// sha256 of the stored bytes.
+    pub sha256: String,
+    /// The RDB verdict, for RDB objects.
+    pub rdb: Option<RdbSummary>,
+}
+
+struct Encoder {
+    chain: Chain,
+    sink: SharedSink,
+    sha: Sha256,
+    raw: u64,
+    stored: u64,
+    verifier: Option<RdbVerifier>,
+    queues: Vec<Arc<SpoolQueue>>,
+    source_name: String,
+}
+
+impl Encoder {
+    fn feed(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(v) = self.verifier.as_mut() {
+            v.update(data).map_err(|error| Error::Rdb { source_name: self.source_name.clone(), error })?;
+        }
+        self.raw += data.len() as u64;
+        self.chain.write_all(data).map_err(|e| Error::Decode(format!("encoding failed: {e}")))?;
+        self.drain();
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        let out = std::mem::take(&mut *self.sink.0.lock().expect("sink lock"));
+        if out.is_empty() {
+            return;
+        }
+        self.sha.update(&out);
+        self.stored += out.len() as u64;
+        let out = Bytes::from(out);
+        for q in &self.queues {
+            q.push(out.clone());
+        }
+    }
+
+    fn finish(mut self) -> Result<Encoded> {
+        let chain = std::mem::replace(&mut self.chain, Chain::Plain(SharedSink::default()));
+        chain.finish().map_err(|e| Error::Decode(format!("encoding failed: {e}")))?;
+        self.drain();
+        let rdb = match self.verifier.take() {
+            Some(v) => Some(v.finish().map_err(|error| Error::Rdb { source_name: self.source_name.clone(), error })?),
+            None => None,
+        };
+        Ok(Encoded { raw_bytes: self.raw, stored_bytes: self.stored, sha256: hex::encode(self.sha.finalize()), rdb })
+    }
+}
+
+/// The outcome of one destination for one object.
+#[derive(Debug)]
+pub struct DestOutcome {
+    /// Stored bytes, or why it failed.
+    pub result: Result<u64>,
+    /// When it finished.
+    pub finished: Instant,
+    /// Most bytes that waited on the spool disk.
+    pub peak_spooled: u64,
+}
+
+/// Stores one object in every destination, verified. Fails as a whole only when the source or the
+/// verification fails, in which case nothing is left under the key anywhere.
+pub async fn store_object(
+    source: &mut ByteSource,
+    source_name: &str,
+    verify_rdb: bool,
+    targets: &[(Store, String)],
+    encode: &EncodeOptions,
+    spool: &SpoolLimits,
+    progress: &Arc<Progress>,
+) -> (Result<Encoded>, Vec<DestOutcome>) {
+    let queues: Vec<Arc<SpoolQueue>> = targets.iter().map(|(s, _)| Arc::new(SpoolQueue::new(s.to_string(), spool.clone()))).collect();
+    let uploaders: Vec<_> = targets
+        .iter()
+        .zip(&queues)
+        .map(|((store, key), q)| tokio::spawn(upload_loop(store.clone(), key.clone(), q.clone())))
+        .collect();
+    let sink = SharedSink::default();
+    let encoder = Chain::new(encode, sink.clone()).map(|chain| Encoder {
+        chain,
+        sink,
+        sha: Sha256::new(),
+        raw: 0,
+        stored: 0,
+        verifier: verify_rdb.then(RdbVerifier::new),
+        queues: queues.clone(),
+        source_name: source_name.to_string(),
+    });
+    let verdict = match encoder {
+        Err(e) => Err(e),
+        Ok(encoder) => run_encoder(source, encoder, progress).await,
+    };
+    let end = verdict.as_ref().map(|_| ()).map_err(|e| format!("not stored: {e}"));
+    for q in &queues {
+        q.end(end.clone());
+    }
+    let mut outcomes = Vec::new();
+    for (u, q) in uploaders.into_iter().zip(&queues) {
+        let result = match u.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Failed(format!("upload task failed: {e}"))),
+        };
+        outcomes.push(DestOutcome { result, finished: Instant::now(), peak_spooled: q.peak_spooled() });
+    }
+    (verdict, outcomes)
+}
+
+async fn run_encoder(source: &mut ByteSource, mut encoder: Encoder, progress: &Arc<Progress>) -> Result<Encoded> {
+    // The encoder runs on its own thread so reading the socket never waits for compression work
+    // beyond a few chunks.
+    let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(8);
+    let worker = tokio::task::spawn_blocking(move || {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Some(data) => encoder.feed(&data)?,
+                None => return encoder.finish().map(Some),
+            }
+        }
+        Ok(None)
+    });
+    let read = loop {
+        match source.next_chunk().await {
+            Ok(Some(b)) => {
+                progress.read.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if tx.send(Some(b)).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Ok(None) => {
+                tx.send(None).await.ok();
+                break Ok(());
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    drop(tx);
+    let worked = worker.await.map_err(|e| Error::Failed(format!("encoder task failed: {e}")))?;
+    read?;
+    match worked? {
+        Some(encoded) => Ok(encoded),
+        None => Err(Error::Failed("the source ended without its end marker".into())),
+    }
+}
+
+async fn upload_loop(store: Store, key: String, queue: Arc<SpoolQueue>) -> Result<u64> {
+    let mut upload = match store.begin(&key).await {
+        Ok(u) => u,
+        Err(e) => {
+            queue.fail(e.to_string());
+            return Err(e);
+        }
+    };
+    loop {
+        match queue.pop().await {
+            Item::Data(b) => {
+                if let Err(e) = upload.write(b).await {
+                    queue.fail(e.to_string());
+                    upload.abort().await;
+                    return Err(e);
+                }
+            }
+            Item::Commit => return upload.finish().await,
+            Item::Abort(reason) => {
+                upload.abort().await;
+                return Err(Error::storage(&store, reason));
+            }
+        }
+    }
+}
+
+/// Bytes per second as MB/s (10^6).
+pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    let s = elapsed.as_secs_f64();
+    if s <= 0.0 { 0.0 } else { bytes as f64 / 1e6 / s }
+}

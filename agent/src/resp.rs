@@ -1,0 +1,329 @@
+//! A small RESP2 client over TCP or TLS: commands for INFO/CONFIG/BGSAVE, and raw reads for the
+//! replication stream, on one connection type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+use crate::target::{RedisTarget, TlsSettings};
+
+/// How long to wait for a TCP connection before calling a node unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Anything a connection can run over.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …`
+    Error(String),
+    /// `:42`
+    Int(i64),
+    /// `$…`; `None` for the null bulk string.
+    Bulk(Option<Vec<u8>>),
+    /// `*…`; `None` for the null array.
+    Array(Option<Vec<Value>>),
+}
+
+impl Value {
+    /// The reply as text, for simple and bulk strings.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Value::Simple(s) => Some(s.clone()),
+            Value::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// One connection to a Redis node, logged in.
+pub struct Connection {
+    io: BufReader<Box<dyn Stream>>,
+    target: RedisTarget,
+}
+
+impl Connection {
+    /// Connects, negotiates TLS when asked, and authenticates.
+    pub async fn connect(target: &RedisTarget) -> Result<Self> {
+        let addr = target.address();
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port)))
+            .await
+            .map_err(|_| {
+                Error::redis(target, format!("no answer from {addr} within {}s: check the host and port, and that a firewall lets the agent through", CONNECT_TIMEOUT.as_secs()))
+            })?
+            .map_err(|e| {
+                Error::redis(target, format!("cannot connect to {addr}: {e}; check that redis-server is running there and the host and port are right"))
+            })?;
+        tcp.set_nodelay(true).ok();
+        let stream: Box<dyn Stream> = match &target.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(tls_connect(target, tls, tcp).await?),
+        };
+        let mut conn = Self {
+            io: BufReader::with_capacity(256 * 1024, stream),
+            target: target.clone(),
+        };
+        if let Some(password) = target.password.clone() {
+            let reply = match &target.user {
+                Some(user) => conn.command(&[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
+                None => conn.command(&[b"AUTH", password.as_bytes()]).await?,
+            };
+            if let Value::Error(e) = reply {
+                let who = target.user.as_deref().unwrap_or("default");
+                return Err(Error::redis(target, format!("login as user {who:?} refused ({e}): check the user name and password (URL, password_file= or FLEETSNAP_REDIS_PASSWORD)")));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// The node this connection talks to.
+    pub fn target(&self) -> &RedisTarget {
+        &self.target
+    }
+
+    /// Sends a command and reads its reply. An error reply is returned as `Value::Error`.
+    pub async fn command(&mut self, args: &[&[u8]]) -> Result<Value> {
+        self.send(args).await?;
+        self.read_value().await
+    }
+
+    /// Sends a command and fails on an error reply, naming the command.
+    pub async fn checked(&mut self, args: &[&[u8]]) -> Result<Value> {
+        match self.command(args).await? {
+            Value::Error(e) => Err(Error::redis(
+                &self.target,
+                format!("{} refused: {e}{}", String::from_utf8_lossy(args[0]), refusal_hint(&e)),
+            )),
+            v => Ok(v),
+        }
+    }
+
+    /// Sends several commands in one write, without reading replies.
+    pub async fn send_pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> Result<()> {
+        let mut out = Vec::new();
+        for c in commands {
+            let refs: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+            encode(&mut out, &refs);
+        }
+        self.write_all(&out).await
+    }
+
+    /// Sends one command without reading the reply.
+    pub async fn send(&mut self, args: &[&[u8]]) -> Result<()> {
+        let mut out = Vec::with_capacity(64);
+        encode(&mut out, args);
+        self.write_all(&out).await
+    }
+
+    /// Writes raw bytes.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let s = self.io.get_mut();
+        s.write_all(bytes).await.map_err(|e| self.io_error(e))?;
+        s.flush().await.map_err(|e| self.io_error(e))
+    }
+
+    /// `INFO section` parsed into key/value pairs.
+    pub async fn info(&mut self, section: &str) -> Result<Vec<(String, String)>> {
+        let text = self
+            .checked(&[b"INFO", section.as_bytes()])
+            .await?
+            .text()
+            .unwrap_or_default();
+        Ok(parse_info(&text))
+    }
+
+    /// `CONFIG GET name`, the value.
+    pub async fn config_get(&mut self, name: &str) -> Result<String> {
+        match self.checked(&[b"CONFIG", b"GET", name.as_bytes()]).await? {
+            Value::Array(Some(items)) if items.len() >= 2 => Ok(items[1].text().unwrap_or_default()),
+            _ => Err(Error::redis(&self.target, format!("CONFIG GET {name} returned nothing: the parameter is unknown to this server"))),
+        }
+    }
+
+    /// Reads one reply.
+    pub async fn read_value(&mut self) -> Result<Value> {
+        let line = self.read_line().await?;
+        let (kind, rest) = line.split_at(1);
+        let rest = String::from_utf8_lossy(rest).into_owned();
+        match kind[0] {
+            b'+' => Ok(Value::Simple(rest)),
+            b'-' => Ok(Value::Error(rest)),
+            b':' => Ok(Value::Int(self.parse_int(&rest)?)),
+            b'$' => {
+                let len = self.parse_int(&rest)?;
+                if len < 0 {
+                    return Ok(Value::Bulk(None));
+                }
+                let mut buf = vec![0; len as usize + 2];
+                self.read_exact(&mut buf).await?;
+                buf.truncate(len as usize);
+                Ok(Value::Bulk(Some(buf)))
+            }
+            b'*' => {
+                let len = self.parse_int(&rest)?;
+                if len < 0 {
+                    return Ok(Value::Array(None));
+                }
+                let mut items = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    items.push(Box::pin(self.read_value()).await?);
+                }
+                Ok(Value::Array(Some(items)))
+            }
+            _ => Err(self.protocol(format!("unexpected reply {:?}", String::from_utf8_lossy(&line)))),
+        }
+    }
+
+    /// Reads one `\r\n`-terminated line without its terminator; a bare `\n` gives an empty line.
+    pub async fn read_line(&mut self) -> Result<Vec<u8>> {
+        let mut line = Vec::new();
+        let n = self.io.read_until(b'\n', &mut line).await.map_err(|e| self.io_error(e))?;
+        if n == 0 {
+            return Err(self.closed());
+        }
+        while matches!(line.last(), Some(b'\n' | b'\r')) {
+            line.pop();
+        }
+        if line.is_empty() {
+            return Ok(line);
+        }
+        Ok(line)
+    }
+
+    /// Reads exactly `buf.len()` bytes.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        match self.io.read_exact(buf).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(self.closed()),
+            Err(e) => Err(self.io_error(e)),
+        }
+    }
+
+    /// Reads whatever is available, up to `buf.len()`; 0 means the node closed the connection.
+    pub async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.io.read(buf).await.map_err(|e| self.io_error(e))
+    }
+
+    fn parse_int(&self, s: &str) -> Result<i64> {
+        s.parse().map_err(|_| self.protocol(format!("bad integer {s:?}")))
+    }
+
+    fn closed(&self) -> Error {
+        Error::redis(&self.target, "the node closed the connection: check its log for the reason (a restart, a client-output-buffer limit, maxclients)")
+    }
+
+    fn io_error(&self, e: std::io::Error) -> Error {
+        Error::redis(&self.target, format!("connection failed: {e}"))
+    }
+
+    fn protocol(&self, what: String) -> Error {
+        Error::redis(&self.target, format!("protocol error: {what}; is this a Redis server?"))
+    }
+}
+
+/// A hint for common refusals.
+pub(crate) fn refusal_hint(e: &str) -> &'static str {
+    if e.starts_with("NOPERM") {
+        " (grant the agent's ACL user the commands it needs: see docs/security.md)"
+    } else if e.starts_with("NOAUTH") {
+        " (the node needs a password: put it in the URL, password_file= or FLEETSNAP_REDIS_PASSWORD)"
+    } else if e.contains("unknown command") {
+        " (the command is renamed or disabled on this node)"
+    } else {
+        ""
+    }
+}
+
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Parses `INFO` output into key/value pairs, skipping section headers.
+pub fn parse_info(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim_end().to_string()))
+        .collect()
+}
+
+/// Looks up one `INFO` field.
+pub fn info_field<'a>(info: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+async fn tls_connect(
+    target: &RedisTarget,
+    tls: &TlsSettings,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = read_pem_certs(&tls.ca)?;
+    if ca.is_empty() {
+        return Err(Error::Input(format!("the CA file {} holds no certificate: pass the CA that signed the Redis server's certificate with ?ca=PATH", tls.ca.display())));
+    }
+    for c in ca {
+        roots.add(c).map_err(|e| Error::Input(format!("the CA file {} holds an unusable certificate: {e}", tls.ca.display())))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match &tls.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_pem_certs(cert)?;
+            let key_bytes = std::fs::read(key).map_err(|e| Error::file("cannot read the TLS client key", key, e))?;
+            let key = rustls_pemfile::private_key(&mut key_bytes.as_slice())
+                .ok()
+                .flatten()
+                .ok_or_else(|| Error::Input(format!("{} holds no private key in PEM form", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::Input(format!("the TLS client certificate {} does not fit its key: {e}", cert.display())))?
+        }
+    };
+    let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+        .map_err(|_| Error::Input(format!("{:?} is not a valid TLS server name: set ?sni=NAME", tls.server_name)))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Error::redis(target, format!("TLS handshake failed: {e}; check that the port serves TLS (tls-port) and that ?ca= names the CA that signed its certificate")))
+}
+
+fn read_pem_certs(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file("cannot read the TLS certificate file", path, e))?;
+    rustls_pemfile::certs(&mut bytes.as_slice())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Input(format!("{} is not a PEM certificate file: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_parses_fields() {
+        let info = parse_info("# Replication\r\nrole:slave\r\nmaster_repl_offset:42\r\n\r\n");
+        assert_eq!(info_field(&info, "role"), Some("slave"));
+        assert_eq!(info_field(&info, "master_repl_offset"), Some("42"));
+        assert_eq!(info_field(&info, "nope"), None);
+    }
+
+    #[test]
+    fn commands_encode_as_resp_arrays() {
+        let mut out = Vec::new();
+        encode(&mut out, &[b"GET", b"k"]);
+        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    }
+}

@@ -1,0 +1,368 @@
+//! Reading backups back: listing, verifying and restoring to a file, with fallback across
+//! destinations on any error or checksum mismatch.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use fleetsnap_core::manifest::{self, MANIFEST_NAME};
+use fleetsnap_core::{BackupId, Codec, Manifest, ObjectEntry, ObjectKind, RdbVerifier, ShardEntry, ShardId};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::dest::{DestSpec, Store};
+use crate::error::{Error, Result};
+
+/// One backup found in a destination.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listed {
+    /// Cluster name.
+    pub cluster: String,
+    /// Backup id.
+    pub backup_id: String,
+    /// Shard names.
+    pub shards: Vec<String>,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Source bytes.
+    pub raw_bytes: u64,
+    /// When it finished (RFC 3339).
+    pub finished_at: String,
+}
+
+/// Lists the complete backups (those with a manifest) in a destination, oldest first.
+pub async fn list(spec: &DestSpec) -> Result<Vec<Listed>> {
+    let store = Store::open(spec).await?;
+    let mut out = Vec::new();
+    for key in store.list(spec.prefix()).await? {
+        if !key.ends_with(&format!("/{MANIFEST_NAME}")) {
+            continue;
+        }
+        let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{spec} {key}")).map_err(|e| Error::storage(spec, e.to_string()))?;
+        out.push(Listed {
+            cluster: m.cluster.to_string(),
+            backup_id: m.backup_id.to_string(),
+            shards: m.shards.iter().map(|s| s.shard.to_string()).collect(),
+            stored_bytes: m.stored_bytes(),
+            raw_bytes: m.shards.iter().flat_map(|s| &s.objects).map(|o| o.raw_bytes).sum(),
+            finished_at: m.finished_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        });
+    }
+    out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    Ok(out)
+}
+
+/// Finds a backup's manifest in a destination; returns it and its directory key.
+pub async fn find_manifest(store: &Store, id: &BackupId) -> Result<(Manifest, String)> {
+    let suffix = format!("/{id}/{MANIFEST_NAME}");
+    let key = store
+        .list(store.spec().prefix())
+        .await?
+        .into_iter()
+        .find(|k| k.ends_with(&suffix))
+        .ok_or_else(|| Error::storage(store, format!("backup {id} has no manifest here: it is not complete in this destination (check the id with `fleetsnap-agent ls --from {}`)", store.spec())))?;
+    let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{store} {key}")).map_err(|e| Error::storage(store, e.to_string()))?;
+    if m.backup_id != *id {
+        return Err(Error::storage(store, format!("manifest {key} names backup {} instead of {id}", m.backup_id)));
+    }
+    let dir = manifest::backup_dir(store.spec().prefix(), &m.cluster, id);
+    Ok((m, dir))
+}
+
+/// Loads age identities from a file (as written by `age-keygen`).
+pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {
+    let file = age::IdentityFile::from_file(path.display().to_string()).map_err(|e| Error::file("cannot read the age identity file", path, e))?;
+    let ids = file.into_identities().map_err(|e| Error::Input(format!("{} holds no usable age identity: {e}", path.display())))?;
+    if ids.is_empty() {
+        return Err(Error::Input(format!("{} holds no age identity (AGE-SECRET-KEY-1…)", path.display())));
+    }
+    Ok(ids)
+}
+
+/// A reader over chunks sent from async code.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// What decoding an object found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Checked {
+    /// Object name.
+    pub name: String,
+    /// Stored bytes read.
+    pub stored_bytes: u64,
+    /// Decoded bytes, when decoded.
+    pub raw_bytes: Option<u64>,
+    /// The RDB checksum, when decoded and present.
+    pub crc64: Option<String>,
+}
+
+/// Reads one object, checks size and sha256 against the manifest, decodes it (unless encrypted
+/// and no identity is given) and verifies the RDB; writes the decoded bytes to `out` if given.
+pub async fn check_object(store: &Store, dir: &str, entry: &ObjectEntry, identity: Option<&Path>, out: Option<&Path>) -> Result<Checked> {
+    let key = format!("{dir}/{}", entry.name);
+    let mut download = store.get(&key).await?;
+    let decode = !entry.codecs.encrypted() || identity.is_some();
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let worker = decode.then(|| {
+        let (codecs, kind) = (entry.codecs.clone(), entry.kind);
+        let (identity, out) = (identity.map(Path::to_path_buf), out.map(Path::to_path_buf));
+        tokio::task::spawn_blocking(move || {
+            let ids = identity.as_deref().map(load_identities).transpose()?;
+            decode_stream(ChannelReader { rx, current: Bytes::new() }, &codecs.0, kind, ids.as_deref(), out.as_deref())
+        })
+    });
+    let mut sha = Sha256::new();
+    let mut stored = 0u64;
+    // Keeps hashing after a decoder failure so a damaged copy is reported as damaged.
+    let mut sending = worker.is_some();
+    let read = async {
+        while let Some(chunk) = download.next().await? {
+            sha.update(&chunk);
+            stored += chunk.len() as u64;
+            if sending && tx.send(chunk).await.is_err() {
+                sending = false;
+            }
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    drop(tx);
+    let decoded = match worker {
+        Some(w) => Some(w.await.map_err(|e| Error::Decode(format!("the decoder task failed: {e}")))?),
+        None => None,
+    };
+    read?;
+    let sha = hex::encode(sha.finalize());
+    if stored != entry.stored_bytes || sha != entry.sha256 {
+        return Err(Error::storage(store, format!("{key} does not match its manifest ({stored} bytes, sha256 {sha}; the manifest says {} bytes, sha256 {}): the stored copy is damaged", entry.stored_bytes, entry.sha256)));
+    }
+    let (raw_bytes, crc) = match decoded.transpose()? {
+        Some((raw, crc)) => (Some(raw), crc),
+        None => (None, None),
+    };
+    if let Some(raw) = raw_bytes
+        && raw != entry.raw_bytes
+    {
+        return Err(Error::storage(store, format!("{key} decodes to {raw} bytes but the manifest says {}", entry.raw_bytes)));
+    }
+    let crc64 = crc.map(|c| format!("{c:016x}"));
+    if entry.kind == ObjectKind::Rdb && raw_bytes.is_some() && crc64 != entry.crc64 {
+        return Err(Error::storage(store, format!("{key}: RDB checksum {crc64:?} differs from the manifest's {:?}", entry.crc64)));
+    }
+    Ok(Checked { name: entry.name.clone(), stored_bytes: stored, raw_bytes, crc64 })
+}
+
+fn decode_stream(input: ChannelReader, codecs: &[Codec], kind: ObjectKind, identities: Option<&[Box<dyn age::Identity>]>, out: Option<&Path>) -> Result<(u64, Option<u64>)> {
+    let mut reader: Box<dyn Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, input));
+    for codec in codecs.iter().rev() {
+        reader = match codec {
+            Codec::Age => {
+                let ids = identities.ok_or_else(|| Error::Decode("the backup is encrypted: pass --identity AGE_KEY_FILE".into()))?;
+                let d = age::Decryptor::new(reader).map_err(|e| Error::Decode(format!("not an age file: {e}")))?;
+                Box::new(d.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| Error::Decode(format!("cannot decrypt: {e}; is --identity the key of one of the backup's recipients?")))?)
+            }
+            Codec::Zstd { .. } => Box::new(zstd::stream::read::Decoder::new(reader).map_err(|e| Error::Decode(format!("zstd: {e}")))?),
+        };
+    }
+    let mut file = match out {
+        Some(p) => Some(std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(p).map_err(|e| Error::file("cannot create", p, e))?)),
+        None => None,
+    };
+    let mut verifier = (kind == ObjectKind::Rdb).then(RdbVerifier::new);
+    let mut buf = vec![0; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| Error::Decode(format!("decoding failed: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if let Some(v) = verifier.as_mut() {
+            v.update(&buf[..n]).map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?;
+        }
+        if let (Some(f), Some(p)) = (file.as_mut(), out) {
+            f.write_all(&buf[..n]).map_err(|e| Error::file("cannot write", p, e))?;
+        }
+    }
+    if let (Some(mut f), Some(p)) = (file, out) {
+        f.flush().map_err(|e| Error::file("cannot write", p, e))?;
+        f.get_ref().sync_all().map_err(|e| Error::file("cannot sync", p, e))?;
+    }
+    let crc = match verifier {
+        Some(v) => Some(v.finish().map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?.checksum.unwrap_or(0)),
+        None => None,
+    };
+    Ok((total, crc))
+}
+
+/// The outcome of verifying one backup in one destination.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    /// The destination.
+    pub destination: String,
+    /// The backup.
+    pub backup_id: String,
+    /// Objects checked.
+    pub objects: Vec<Checked>,
+    /// Objects whose RDB checksum could not be checked (encrypted, no identity given).
+    pub not_decoded: Vec<String>,
+}
+
+/// Re-reads every object of a backup: size, sha256, decode and RDB checksum.
+pub async fn verify(spec: &DestSpec, id: &BackupId, identity: Option<&Path>) -> Result<VerifyReport> {
+    let store = Store::open(spec).await?;
+    let (m, dir) = find_manifest(&store, id).await?;
+    if let Some(p) = identity {
+        load_identities(p)?;
+    }
+    let mut objects = Vec::new();
+    let mut not_decoded = Vec::new();
+    for s in &m.shards {
+        for o in &s.objects {
+            let c = check_object(&store, &dir, o, identity, None).await?;
+            if c.raw_bytes.is_none() {
+                not_decoded.push(o.name.clone());
+            }
+            objects.push(c);
+        }
+    }
+    Ok(VerifyReport { destination: spec.to_string(), backup_id: id.to_string(), objects, not_decoded })
+}
+
+/// What to restore.
+pub struct RestoreRequest {
+    /// Destinations in order of preference.
+    pub from: Vec<DestSpec>,
+    /// The backup.
+    pub backup: BackupId,
+    /// The shard; may be omitted when the backup has one.
+    pub shard: Option<ShardId>,
+    /// Where the RDB goes; a tail goes next to it as `<PATH>.tail`.
+    pub to_file: PathBuf,
+    /// age identity file for encrypted backups.
+    pub identity: Option<PathBuf>,
+}
+
+/// The outcome of a restore.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    /// The destination read.
+    pub destination: String,
+    /// Destinations tried before it, with why they failed.
+    pub skipped: Vec<(String, String)>,
+    /// The shard restored.
+    pub shard: String,
+    /// The RDB file written.
+    pub rdb_file: String,
+    /// The tail written, if the backup has one: replay it after loading the RDB.
+    pub tail_file: Option<String>,
+    /// RDB bytes.
+    pub raw_bytes: u64,
+}
+
+/// Restores one shard to a file, reading the first destination that yields a verified copy.
+pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
+    if req.from.is_empty() {
+        return Err(Error::Input("no source: give at least one --from DEST".into()));
+    }
+    if let Some(p) = &req.identity {
+        load_identities(p)?;
+    }
+    let mut skipped = Vec::new();
+    for spec in &req.from {
+        match restore_from(spec, req).await {
+            Ok(mut r) => {
+                r.skipped = skipped;
+                return Ok(r);
+            }
+            Err(e @ Error::Input(_)) => return Err(e),
+            Err(e) => skipped.push((spec.to_string(), e.to_string())),
+        }
+    }
+    let why: Vec<String> = skipped.iter().map(|(d, e)| format!("{d}: {e}")).collect();
+    Err(Error::Failed(format!("backup {} could not be restored from any destination:\n  {}", req.backup, why.join("\n  "))))
+}
+
+fn pick_shard<'a>(m: &'a Manifest, shard: Option<&ShardId>) -> Result<&'a ShardEntry> {
+    match shard {
+        Some(s) => m.shard(s).ok_or_else(|| Error::Input(format!("backup {} has no shard {s}; its shards: {}", m.backup_id, names(m)))),
+        None if m.shards.len() == 1 => Ok(&m.shards[0]),
+        None => Err(Error::Input(format!("backup {} has {} shards: choose one with --shard ({})", m.backup_id, m.shards.len(), names(m)))),
+    }
+}
+
+fn names(m: &Manifest) -> String {
+    m.shards.iter().map(|s| s.shard.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreReport> {
+    let store = Store::open(spec).await?;
+    let (m, dir) = find_manifest(&store, &req.backup).await?;
+    let shard = pick_shard(&m, req.shard.as_ref())?;
+    if shard.objects.iter().any(|o| o.codecs.encrypted()) && req.identity.is_none() {
+        return Err(Error::Input(format!("backup {} is encrypted with age: pass --identity AGE_KEY_FILE", req.backup)));
+    }
+    let tail_path = with_suffix(&req.to_file, ".tail");
+    let mut written = Vec::new();
+    let mut raw_bytes = 0;
+    let mut has_tail = false;
+    for o in &shard.objects {
+        let final_path = match o.kind {
+            ObjectKind::Rdb => req.to_file.clone(),
+            ObjectKind::Tail => {
+                has_tail = true;
+                tail_path.clone()
+            }
+        };
+        let partial = with_suffix(&final_path, ".partial");
+        match check_object(&store, &dir, o, req.identity.as_deref(), Some(&partial)).await {
+            Ok(c) => {
+                if o.kind == ObjectKind::Rdb {
+                    raw_bytes = c.raw_bytes.unwrap_or(0);
+                }
+                written.push((partial, final_path));
+            }
+            Err(e) => {
+                std::fs::remove_file(&partial).ok();
+                for (p, _) in &written {
+                    std::fs::remove_file(p).ok();
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (partial, final_path) in &written {
+        std::fs::rename(partial, final_path).map_err(|e| Error::file("cannot move the restored file into place", final_path, e))?;
+    }
+    Ok(RestoreReport {
+        destination: spec.to_string(),
+        skipped: Vec::new(),
+        shard: shard.shard.to_string(),
+        rdb_file: req.to_file.display().to_string(),
+        tail_file: has_tail.then(|| tail_path.display().to_string()),
+        raw_bytes,
+    })
+}

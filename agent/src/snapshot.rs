@@ -1,0 +1,220 @@
+//! One snapshot of one node to every destination: the library behind `fleetsnap-agent snapshot`
+//! (and, later, the coordinator's snapshot job).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetsnap_core::manifest::{self, FORMAT_VERSION};
+use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, ShardEntry, ShardId};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::dest::{DestSpec, Store};
+use crate::error::{Error, Result};
+use crate::pipeline::{EncodeOptions, Progress, mb_per_s, store_object};
+use crate::source::{self, SourceKind, SourceOptions};
+use crate::spool::SpoolLimits;
+use crate::target::RedisTarget;
+
+/// What to snapshot and where to put it.
+#[derive(Clone)]
+pub struct SnapshotRequest {
+    /// The node, for `replication` and `bgsave-file`.
+    pub target: Option<RedisTarget>,
+    /// Where the bytes come from.
+    pub source: SourceKind,
+    /// Every destination; one read of the source feeds them all.
+    pub destinations: Vec<DestSpec>,
+    /// Compression and encryption.
+    pub encode: EncodeOptions,
+    /// Cluster name for the storage layout.
+    pub cluster: ClusterId,
+    /// Shard name for the storage layout.
+    pub shard: ShardId,
+    /// Spool limits per destination.
+    pub spool: SpoolLimits,
+    /// Source timeouts.
+    pub source_options: SourceOptions,
+}
+
+/// One destination's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct DestReport {
+    /// The destination, without credentials.
+    pub destination: String,
+    /// Region name.
+    pub region: String,
+    /// `complete` or `failed`.
+    pub result: &'static str,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Bytes stored (objects and manifest excluded when failed).
+    pub stored_bytes: u64,
+    /// From the start of the snapshot to the manifest being written.
+    pub duration_seconds: f64,
+    /// Source bytes per second over that duration, in MB/s.
+    pub throughput_mb_per_s: f64,
+    /// The most bytes that waited on the local spool because the destination was slower.
+    pub peak_spooled_bytes: u64,
+}
+
+/// The outcome of a snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotReport {
+    /// The backup id.
+    pub backup_id: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Shard name.
+    pub shard: String,
+    /// Source node or file.
+    pub source: String,
+    /// Source kind.
+    pub source_kind: &'static str,
+    /// Source bytes (RDB plus tail).
+    pub raw_bytes: u64,
+    /// RDB format version.
+    pub rdb_version: u16,
+    /// Whether the RDB carried a checksum (false: the writer had checksums off).
+    pub rdb_checksum: bool,
+    /// Notes for the operator.
+    pub notes: Vec<String>,
+    /// Per destination.
+    pub destinations: Vec<DestReport>,
+}
+
+impl SnapshotReport {
+    /// Destinations that hold a complete backup.
+    pub fn complete(&self) -> usize {
+        self.destinations.iter().filter(|d| d.error.is_none()).count()
+    }
+}
+
+/// Takes the snapshot. Returns an error when nothing could be stored anywhere (a bad source, a
+/// corrupt RDB, every destination failed); a partial success is a report with failed destinations.
+pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<SnapshotReport> {
+    if req.destinations.is_empty() {
+        return Err(Error::Input("no destination: give at least one --to DEST".into()));
+    }
+    let started_at = OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let backup_id = BackupId::from_parts(started_at, rand::random());
+    let mut stores = Vec::new();
+    for d in &req.destinations {
+        stores.push(Store::open(d).await?);
+    }
+    let mut failures: Vec<Option<String>> = vec![None; stores.len()];
+    let mut stored: Vec<u64> = vec![0; stores.len()];
+    let mut peak: Vec<u64> = vec![0; stores.len()];
+    let mut opened = source::open(&req.source, req.target.as_ref(), &req.source_options).await?;
+    let info = opened.info.clone();
+    let source_name = info.node.clone();
+    let chain = req.encode.chain();
+    let mut objects = Vec::new();
+    let mut rdb_version = 0;
+    let mut rdb_checksum = false;
+    for (kind, src) in opened.objects.iter_mut() {
+        let name = manifest::object_name(&req.shard, *kind, &chain);
+        let dir = |s: &Store| manifest::backup_dir(s.spec().prefix(), &req.cluster, &backup_id);
+        let alive: Vec<usize> = (0..stores.len()).filter(|i| failures[*i].is_none()).collect();
+        if alive.is_empty() {
+            break;
+        }
+        let targets: Vec<(Store, String)> = alive.iter().map(|i| (stores[*i].clone(), format!("{}/{name}", dir(&stores[*i])))).collect();
+        let (verdict, outcomes) = store_object(src, &source_name, *kind == ObjectKind::Rdb, &targets, &req.encode, &req.spool, &progress).await;
+        let encoded = verdict?;
+        for (i, o) in alive.iter().zip(outcomes) {
+            peak[*i] = peak[*i].max(o.peak_spooled);
+            match o.result {
+                Ok(n) => stored[*i] += n,
+                Err(e) => failures[*i] = Some(e.to_string()),
+            }
+        }
+        if let Some(rdb) = encoded.rdb {
+            rdb_version = rdb.version;
+            rdb_checksum = rdb.checksum.is_some();
+        }
+        objects.push(ObjectEntry {
+            kind: *kind,
+            name,
+            codecs: chain.clone(),
+            raw_bytes: encoded.raw_bytes,
+            stored_bytes: encoded.stored_bytes,
+            sha256: encoded.sha256,
+            crc64: encoded.rdb.map(|r| format!("{:016x}", r.checksum.unwrap_or(0))),
+        });
+    }
+    let raw_bytes = objects.iter().map(|o| o.raw_bytes).sum();
+    let m = Manifest {
+        format: FORMAT_VERSION,
+        backup_id: backup_id.clone(),
+        cluster: req.cluster.clone(),
+        policy: None,
+        consistency: "independent".into(),
+        started_at,
+        finished_at: OffsetDateTime::now_utc(),
+        skew_ms: None,
+        write_pause_ms: None,
+        written_by: concat!("fleetsnap-agent ", env!("CARGO_PKG_VERSION")).into(),
+        shards: vec![ShardEntry {
+            shard: req.shard.clone(),
+            source_node: info.node.clone(),
+            source_kind: req.source.name().into(),
+            run_id: info.run_id.clone(),
+            replid: info.replid.clone(),
+            start_offset: info.offset,
+            cut_offset: None,
+            rdb_version,
+            redis_version: info.redis_version.clone(),
+            slot_ranges: Vec::new(),
+            objects,
+        }],
+    };
+    let body = Bytes::from(m.to_json());
+    let mut reports = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        if failures[i].is_none() {
+            let key = format!("{}/{}", manifest::backup_dir(store.spec().prefix(), &req.cluster, &backup_id), manifest::MANIFEST_NAME);
+            if let Err(e) = store.put(&key, body.clone()).await {
+                failures[i] = Some(e.to_string());
+            }
+        }
+        let elapsed = started.elapsed();
+        reports.push(DestReport {
+            destination: store.to_string(),
+            region: store.spec().region_name(),
+            result: if failures[i].is_none() { "complete" } else { "failed" },
+            error: failures[i].clone(),
+            stored_bytes: if failures[i].is_none() { stored[i] } else { 0 },
+            duration_seconds: round3(elapsed),
+            throughput_mb_per_s: (mb_per_s(raw_bytes, elapsed) * 10.0).round() / 10.0,
+            peak_spooled_bytes: peak[i],
+        });
+    }
+    let mut notes = info.notes.clone();
+    if !rdb_checksum {
+        notes.push("the RDB has no checksum (the node writes with rdbchecksum no): only its structure ends were verified".into());
+    }
+    for r in &reports {
+        if r.peak_spooled_bytes > 0 {
+            notes.push(format!("{} was slower than the source: up to {} MiB waited on the local spool", r.destination, r.peak_spooled_bytes >> 20));
+        }
+    }
+    Ok(SnapshotReport {
+        backup_id: backup_id.to_string(),
+        cluster: req.cluster.to_string(),
+        shard: req.shard.to_string(),
+        source: info.node,
+        source_kind: req.source.name(),
+        raw_bytes,
+        rdb_version,
+        rdb_checksum,
+        notes,
+        destinations: reports,
+    })
+}
+
+fn round3(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}

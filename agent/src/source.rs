@@ -1,0 +1,426 @@
+//! Where snapshot bytes come from: the replication protocol, a BGSAVE file, or a file on disk.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetsnap_core::ObjectKind;
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, Result};
+use crate::resp::{Connection, Value, info_field, refusal_hint};
+use crate::target::RedisTarget;
+
+/// Read size for every source.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Length of the end mark of a diskless (`$EOF:`) payload.
+const EOF_MARK_LEN: usize = 40;
+
+/// Which source to snapshot from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The replication protocol (`PSYNC`), like a replica would.
+    Replication,
+    /// `BGSAVE`, then read the RDB file the node wrote (the agent must run on the node's host).
+    BgsaveFile,
+    /// An RDB file, or a Redis 7 multi-part AOF directory.
+    File(PathBuf),
+}
+
+impl FromStr for SourceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "replication" => Ok(Self::Replication),
+            "bgsave-file" => Ok(Self::BgsaveFile),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
+                _ => Err(Error::Input(format!(
+                    "source {s:?} is not valid: use replication, bgsave-file or file:PATH"
+                ))),
+            },
+        }
+    }
+}
+
+impl SourceKind {
+    /// The name recorded in manifests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Replication => "replication",
+            Self::BgsaveFile => "bgsave-file",
+            Self::File(_) => "file",
+        }
+    }
+}
+
+/// What is known about the node or file a snapshot came from.
+#[derive(Clone, Debug, Default)]
+pub struct SourceInfo {
+    /// `host:port` or the file path.
+    pub node: String,
+    /// The node's run id.
+    pub run_id: Option<String>,
+    /// The replication id announced with `+FULLRESYNC`.
+    pub replid: Option<String>,
+    /// The offset announced with `+FULLRESYNC`.
+    pub offset: Option<u64>,
+    /// `redis_version` from `INFO server`.
+    pub redis_version: Option<String>,
+    /// Notes worth telling the operator (e.g. a reused BGSAVE).
+    pub notes: Vec<String>,
+}
+
+/// One object's bytes, read in chunks.
+pub enum ByteSource {
+    /// A replication payload of known length.
+    ReplicationLen { conn: Connection, remaining: u64, total: u64, idle: Duration },
+    /// A diskless replication payload that ends with a 40-byte mark.
+    ReplicationMark { conn: Connection, mark: Vec<u8>, hold: Vec<u8>, done: bool, idle: Duration },
+    /// Files read one after the other.
+    Files { files: Vec<PathBuf>, current: Option<tokio::fs::File> },
+    /// Bytes in memory.
+    Memory(Option<Bytes>),
+}
+
+impl ByteSource {
+    /// The next chunk; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            ByteSource::ReplicationLen { conn, remaining, total, idle } => {
+                if *remaining == 0 {
+                    return Ok(None);
+                }
+                let mut buf = vec![0; CHUNK.min(*remaining as usize)];
+                let n = read_with_idle(conn, &mut buf, *idle).await?;
+                if n == 0 {
+                    return Err(Error::redis(conn.target(), format!("the node closed the connection after {} of {} snapshot bytes: check its log (restart, output-buffer limit for replicas, repl-timeout)", *total - *remaining, total)));
+                }
+                *remaining -= n as u64;
+                buf.truncate(n);
+                Ok(Some(Bytes::from(buf)))
+            }
+            ByteSource::ReplicationMark { conn, mark, hold, done, idle } => {
+                if *done {
+                    return Ok(None);
+                }
+                loop {
+                    let mut buf = vec![0; CHUNK];
+                    let n = read_with_idle(conn, &mut buf, *idle).await?;
+                    if n == 0 {
+                        return Err(Error::redis(conn.target(), "the node closed the connection before the end of the snapshot: check its log (restart, output-buffer limit for replicas, repl-timeout)"));
+                    }
+                    buf.truncate(n);
+                    let mut data = std::mem::take(hold);
+                    data.extend_from_slice(&buf);
+                    if data.len() >= EOF_MARK_LEN && data[data.len() - EOF_MARK_LEN..] == mark[..] {
+                        data.truncate(data.len() - EOF_MARK_LEN);
+                        *done = true;
+                        return Ok(Some(Bytes::from(data)));
+                    }
+                    if data.len() > EOF_MARK_LEN {
+                        *hold = data.split_off(data.len() - EOF_MARK_LEN);
+                        return Ok(Some(Bytes::from(data)));
+                    }
+                    *hold = data;
+                }
+            }
+            ByteSource::Files { files, current } => loop {
+                if current.is_none() {
+                    if files.is_empty() {
+                        return Ok(None);
+                    }
+                    let path = files.remove(0);
+                    let f = tokio::fs::File::open(&path)
+                        .await
+                        .map_err(|e| Error::file("cannot open", &path, e))?;
+                    *current = Some(f);
+                }
+                let f = current.as_mut().expect("opened");
+                let mut buf = vec![0; CHUNK];
+                let n = f
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::file("cannot read", "source file", e))?;
+                if n == 0 {
+                    *current = None;
+                    continue;
+                }
+                buf.truncate(n);
+                return Ok(Some(Bytes::from(buf)));
+            },
+            ByteSource::Memory(b) => Ok(b.take()),
+        }
+    }
+}
+
+async fn read_with_idle(conn: &mut Connection, buf: &mut [u8], idle: Duration) -> Result<usize> {
+    match tokio::time::timeout(idle, conn.read_some(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::redis(conn.target(), format!("no snapshot data for {}s: the node stalled; check its load and log", idle.as_secs()))),
+    }
+}
+
+/// An opened source: its description and the objects to store, in order (an RDB, then maybe a tail).
+pub struct OpenedSource {
+    /// What is known about the source.
+    pub info: SourceInfo,
+    /// The objects, each with its kind.
+    pub objects: Vec<(ObjectKind, ByteSource)>,
+}
+
+/// Options for opening a source.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// How long the node may send nothing (not even a keepalive) before the snapshot fails.
+    pub idle_timeout: Duration,
+    /// How long a BGSAVE may take.
+    pub bgsave_timeout: Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(60),
+            bgsave_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Opens a source. `target` is needed for `replication` and `bgsave-file`.
+pub async fn open(kind: &SourceKind, target: Option<&RedisTarget>, opts: &SourceOptions) -> Result<OpenedSource> {
+    match kind {
+        SourceKind::File(path) => open_file(path).await,
+        SourceKind::Replication => open_replication(need_target(target)?, opts).await,
+        SourceKind::BgsaveFile => open_bgsave(need_target(target)?, opts).await,
+    }
+}
+
+fn need_target(t: Option<&RedisTarget>) -> Result<&RedisTarget> {
+    t.ok_or_else(|| Error::Input("this source needs --redis URL".into()))
+}
+
+async fn server_facts(conn: &mut Connection, info: &mut SourceInfo) -> Result<()> {
+    let server = conn.info("server").await?;
+    info.redis_version = info_field(&server, "redis_version").map(str::to_string);
+    info.run_id = info_field(&server, "run_id").map(str::to_string);
+    Ok(())
+}
+
+async fn open_replication(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {
+    let mut conn = Connection::connect(target).await?;
+    let mut info = SourceInfo { node: target.address(), ..Default::default() };
+    server_facts(&mut conn, &mut info).await?;
+    let sync_refused = |e: &str| {
+        Error::redis(target, format!("the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source bgsave-file where SYNC is disabled (managed services)", refusal_hint(e)))
+    };
+    if let Value::Error(e) = conn.command(&[b"REPLCONF", b"capa", b"eof"]).await? {
+        return Err(sync_refused(&e));
+    }
+    // Asks the node to send only the RDB; servers before 7.0 do not know it and send commands after
+    // the payload, which this source never reads.
+    if let Value::Error(e) = conn.command(&[b"REPLCONF", b"rdb-only", b"1"]).await? {
+        if e.starts_with("NOPERM") {
+            return Err(sync_refused(&e));
+        }
+        info.notes.push(format!("the node does not know REPLCONF rdb-only ({e}); it may keep streaming after the snapshot, which is ignored"));
+    }
+    conn.send(&[b"PSYNC", b"?", b"-1"]).await?;
+    let line = loop {
+        let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
+            .await
+            .map_err(|_| Error::redis(target, format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs())))??;
+        if !line.is_empty() {
+            break String::from_utf8_lossy(&line).into_owned();
+        }
+    };
+    if let Some(e) = line.strip_prefix('-') {
+        return Err(sync_refused(e));
+    }
+    let Some(rest) = line.strip_prefix("+FULLRESYNC ") else {
+        return Err(Error::redis(target, format!("unexpected answer to PSYNC: {line:?}")));
+    };
+    let mut parts = rest.split(' ');
+    info.replid = parts.next().map(str::to_string);
+    info.offset = parts.next().and_then(|o| o.parse().ok());
+    // While the node forks and writes, it sends bare newlines as keepalives.
+    let header = loop {
+        let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
+            .await
+            .map_err(|_| Error::redis(target, format!("no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): check its log", opts.idle_timeout.as_secs())))??;
+        if !line.is_empty() {
+            break line;
+        }
+    };
+    if header.first() == Some(&b'-') {
+        return Err(Error::redis(target, format!("the node could not produce a snapshot: {}", String::from_utf8_lossy(&header[1..]))));
+    }
+    let Some(spec) = header.strip_prefix(b"$") else {
+        return Err(Error::redis(target, format!("unexpected snapshot header {:?}", String::from_utf8_lossy(&header))));
+    };
+    let idle = opts.idle_timeout;
+    let body = if let Some(mark) = spec.strip_prefix(b"EOF:") {
+        if mark.len() != EOF_MARK_LEN {
+            return Err(Error::redis(target, "diskless snapshot header has a malformed end mark"));
+        }
+        ByteSource::ReplicationMark { conn, mark: mark.to_vec(), hold: Vec::new(), done: false, idle }
+    } else {
+        let total: u64 = std::str::from_utf8(spec)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::redis(target, format!("unexpected snapshot header {:?}", String::from_utf8_lossy(&header))))?;
+        ByteSource::ReplicationLen { conn, remaining: total, total, idle }
+    };
+    Ok(OpenedSource { info, objects: vec![(ObjectKind::Rdb, body)] })
+}
+
+async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {
+    let mut conn = Connection::connect(target).await?;
+    let mut info = SourceInfo { node: target.address(), ..Default::default() };
+    server_facts(&mut conn, &mut info).await?;
+    let dir = conn.config_get("dir").await?;
+    let dbfilename = conn.config_get("dbfilename").await?;
+    let persistence = conn.info("persistence").await?;
+    let before = info_field(&persistence, "rdb_last_save_time").unwrap_or("0").to_string();
+    if info_field(&persistence, "rdb_bgsave_in_progress") == Some("1") {
+        info.notes.push("a BGSAVE was already running on the node; reused its result".into());
+    } else {
+        match conn.command(&[b"BGSAVE", b"SCHEDULE"]).await? {
+            Value::Error(e) if e.contains("already in progress") => {
+                info.notes.push("a BGSAVE was already running on the node; reused its result".into());
+            }
+            Value::Error(e) => {
+                return Err(Error::redis(target, format!("BGSAVE refused: {e}{}", refusal_hint(&e))));
+            }
+            _ => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + opts.bgsave_timeout;
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        interval.tick().await;
+        let p = conn.info("persistence").await?;
+        let running = info_field(&p, "rdb_bgsave_in_progress") == Some("1");
+        let saved = info_field(&p, "rdb_last_save_time").unwrap_or("0") != before;
+        if !running && saved {
+            if info_field(&p, "rdb_last_bgsave_status") != Some("ok") {
+                return Err(Error::redis(target, "BGSAVE failed on the node (rdb_last_bgsave_status is not ok): check its log, usually a full disk or a permission problem in its dir"));
+            }
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::redis(target, format!("BGSAVE did not finish within {}s", opts.bgsave_timeout.as_secs())));
+        }
+    }
+    let path = Path::new(&dir).join(&dbfilename);
+    // Redis writes a temporary file and renames it, so the file opened now stays whole even if
+    // another BGSAVE replaces it while it is read.
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        Error::file("cannot open the node's RDB file (bgsave-file needs the agent on the node's host)", &path, e)
+    })?;
+    Ok(OpenedSource {
+        info,
+        objects: vec![(ObjectKind::Rdb, ByteSource::Files { files: Vec::new(), current: Some(file) })],
+    })
+}
+
+/// One line of a Redis 7 AOF manifest.
+#[derive(Debug, PartialEq, Eq)]
+struct AofEntry {
+    name: String,
+    seq: u64,
+    kind: char,
+}
+
+fn parse_aof_manifest(text: &str, path: &Path) -> Result<Vec<AofEntry>> {
+    let bad = |line: &str| Error::Input(format!("AOF manifest {} has a line that is not `file NAME seq N type b|h|i`: {line:?}", path.display()));
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut entry = AofEntry { name: String::new(), seq: 0, kind: ' ' };
+        for pair in words.chunks(2) {
+            match pair {
+                ["file", n] => entry.name = n.trim_matches('"').to_string(),
+                ["seq", s] => entry.seq = s.parse().map_err(|_| bad(line))?,
+                ["type", t] if t.len() == 1 => entry.kind = t.chars().next().expect("one char"),
+                _ => {}
+            }
+        }
+        if entry.name.is_empty() || !matches!(entry.kind, 'b' | 'h' | 'i') {
+            return Err(bad(line));
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+async fn open_file(path: &Path) -> Result<OpenedSource> {
+    let meta = tokio::fs::metadata(path).await.map_err(|e| Error::file("cannot read the source", path, e))?;
+    let mut info = SourceInfo { node: path.display().to_string(), ..Default::default() };
+    if meta.is_file() {
+        let mut f = tokio::fs::File::open(path).await.map_err(|e| Error::file("cannot open", path, e))?;
+        let mut magic = [0u8; 5];
+        let n = f.read(&mut magic).await.map_err(|e| Error::file("cannot read", path, e))?;
+        if &magic[..n] != b"REDIS" {
+            return Err(Error::Input(format!("{} is not an RDB file (it does not start with REDIS); for an AOF, pass its directory (appendonlydir), which holds the manifest", path.display())));
+        }
+        return Ok(OpenedSource {
+            info,
+            objects: vec![(ObjectKind::Rdb, ByteSource::Files { files: vec![path.to_path_buf()], current: None })],
+        });
+    }
+    let mut manifest = None;
+    let mut rd = tokio::fs::read_dir(path).await.map_err(|e| Error::file("cannot list", path, e))?;
+    while let Some(entry) = rd.next_entry().await.map_err(|e| Error::file("cannot list", path, e))? {
+        if entry.file_name().to_string_lossy().ends_with(".manifest") {
+            manifest = Some(entry.path());
+        }
+    }
+    let manifest = manifest.ok_or_else(|| Error::Input(format!("{} is a directory without an AOF manifest (*.manifest): pass an RDB file or a Redis 7 appendonlydir", path.display())))?;
+    let text = tokio::fs::read_to_string(&manifest).await.map_err(|e| Error::file("cannot read", &manifest, e))?;
+    let entries = parse_aof_manifest(&text, &manifest)?;
+    let base = entries.iter().find(|e| e.kind == 'b');
+    let mut incr: Vec<&AofEntry> = entries.iter().filter(|e| e.kind == 'i').collect();
+    incr.sort_by_key(|e| e.seq);
+    let mut tail: Vec<PathBuf> = incr.iter().map(|e| path.join(&e.name)).collect();
+    let rdb = match base {
+        Some(b) if b.name.ends_with(".rdb") => ByteSource::Files { files: vec![path.join(&b.name)], current: None },
+        Some(b) => {
+            // A base in plain AOF form: commands only. Store an empty RDB and replay everything.
+            tail.insert(0, path.join(&b.name));
+            info.notes.push("the AOF base holds commands, not an RDB: stored an empty RDB and the whole AOF as the tail".into());
+            ByteSource::Memory(Some(Bytes::from(fleetsnap_core::empty_rdb(9))))
+        }
+        None => ByteSource::Memory(Some(Bytes::from(fleetsnap_core::empty_rdb(9)))),
+    };
+    info.notes.push(format!("read the AOF {}: base plus {} incremental file(s), stored as RDB + tail", manifest.display(), incr.len()));
+    let mut objects = vec![(ObjectKind::Rdb, rdb)];
+    if !tail.is_empty() {
+        objects.push((ObjectKind::Tail, ByteSource::Files { files: tail, current: None }));
+    }
+    Ok(OpenedSource { info, objects })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_kinds_parse() {
+        assert_eq!("replication".parse::<SourceKind>().unwrap(), SourceKind::Replication);
+        assert_eq!("file:/x/dump.rdb".parse::<SourceKind>().unwrap(), SourceKind::File("/x/dump.rdb".into()));
+        assert!("file:".parse::<SourceKind>().is_err());
+        assert!("sync".parse::<SourceKind>().is_err());
+    }
+
+    #[test]
+    fn aof_manifest_parses() {
+        let text = "file appendonly.aof.1.base.rdb seq 1 type b\nfile appendonly.aof.1.incr.aof seq 1 type i\nfile appendonly.aof.2.incr.aof seq 2 type i\n";
+        let e = parse_aof_manifest(text, Path::new("m")).unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0], AofEntry { name: "appendonly.aof.1.base.rdb".into(), seq: 1, kind: 'b' });
+        assert!(parse_aof_manifest("garbage line\n", Path::new("m")).is_err());
+    }
+}

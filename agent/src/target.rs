@@ -1,0 +1,171 @@
+//! Where a Redis node is and how to log in: `redis://` and `rediss://` URLs.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use url::Url;
+
+use crate::error::Error;
+
+/// TLS settings for `rediss://`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// CA bundle to verify the server with.
+    pub ca: PathBuf,
+    /// Client certificate and key, when the server asks for one (`tls-auth-clients`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Name to verify the server certificate against; the host by default.
+    pub server_name: String,
+}
+
+/// A parsed Redis URL. Its `Display` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// ACL user; `None` means the `default` user.
+    pub user: Option<String>,
+    /// Password, from the URL, `password_file=` or `FLEETSNAP_REDIS_PASSWORD`.
+    pub password: Option<String>,
+    /// TLS, for `rediss://`.
+    pub tls: Option<TlsSettings>,
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisTarget({self})")
+    }
+}
+
+impl fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        match &self.user {
+            Some(u) => write!(f, "{scheme}://{u}@{}:{}", self.host, self.port),
+            None => write!(f, "{scheme}://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl RedisTarget {
+    /// `host:port`, as recorded in manifests.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Parses a URL such as `redis://user:pass@10.0.0.5:6379` or
+    /// `rediss://host:6380?ca=/etc/redis/ca.pem&cert=c.pem&key=k.pem`.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::Input(format!("Redis URL {text:?} is not valid: {why}; expected redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH"));
+        let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => return Err(bad(&format!("scheme {other:?} is neither redis nor rediss"))),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| bad("it has no host"))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = url.port().unwrap_or(6379);
+        let user = match url.username() {
+            "" => None,
+            u => Some(decode(u)),
+        };
+        let mut password = url.password().map(decode);
+        let (mut ca, mut cert, mut key, mut server_name) = (None, None, None, None);
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "password_file" => {
+                    let p = std::fs::read_to_string(v.as_ref()).map_err(|e| {
+                        Error::Input(format!(
+                            "cannot read the Redis password file {v}: {e}; check the path and its permissions"
+                        ))
+                    })?;
+                    password = Some(p.trim_end_matches(['\n', '\r']).to_string());
+                }
+                "ca" => ca = Some(PathBuf::from(v.as_ref())),
+                "cert" => cert = Some(PathBuf::from(v.as_ref())),
+                "key" => key = Some(PathBuf::from(v.as_ref())),
+                "sni" => server_name = Some(v.to_string()),
+                other => {
+                    return Err(bad(&format!(
+                        "unknown parameter {other:?} (known: password_file, ca, cert, key, sni)"
+                    )));
+                }
+            }
+        }
+        if password.is_none()
+            && let Ok(p) = std::env::var("FLEETSNAP_REDIS_PASSWORD")
+            && !p.is_empty()
+        {
+            password = Some(p);
+        }
+        let tls = if tls {
+            let ca = ca.unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+            let client_cert = match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err(bad("cert= and key= must be given together")),
+            };
+            Some(TlsSettings {
+                ca,
+                client_cert,
+                server_name: server_name.unwrap_or_else(|| host.clone()),
+            })
+        } else {
+            if ca.is_some() || cert.is_some() || key.is_some() {
+                return Err(bad("ca=, cert= and key= need the rediss:// scheme"));
+            }
+            None
+        };
+        Ok(Self {
+            host,
+            port,
+            user,
+            password,
+            tls,
+        })
+    }
+}
+
+fn decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_users_passwords_and_tls() {
+        let t = RedisTarget::parse("redis://backup:s%40cret@10.0.0.5:6380").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.user.as_deref(), t.password.as_deref()),
+            ("10.0.0.5", 6380, Some("backup"), Some("s@cret"))
+        );
+        assert_eq!(t.to_string(), "redis://backup@10.0.0.5:6380");
+        assert!(!format!("{t:?}").contains("cret"));
+        let t = RedisTarget::parse("rediss://h?ca=/ca.pem").unwrap();
+        assert_eq!(t.port, 6379);
+        assert_eq!(t.tls.unwrap().ca, PathBuf::from("/ca.pem"));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        for bad in ["http://h", "redis://h?ca=x", "redis://h?bogus=1", "rediss://h?cert=a", "nonsense"] {
+            let e = RedisTarget::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("expected redis://"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Pure domain types and algorithms of fleetsnap.
+//!
+//! Nothing here does I/O or knows about tokio, gRPC, Redis connections or S3: the agent and, later,
+//! the coordinator build on these types and feed bytes to these algorithms.
+
+pub mod codec;
+pub mod ids;
+pub mod manifest;
+pub mod rdb;
+
+pub use codec::{Codec, CodecChain};
+pub use ids::{BackupId, ClusterId, IdError, ShardId};
+pub use manifest::{Manifest, ManifestError, ObjectEntry, ObjectKind, ShardEntry};
+pub use rdb::{RdbError, RdbSummary, RdbVerifier, empty_rdb};
