@@ -134,7 +134,10 @@ impl Store {
             DestSpec::S3 { bucket, region, endpoint, profile, path_style, .. } => {
                 let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.clone()));
                 if let Some(p) = profile {
-                    loader = loader.profile_name(p);
+                    // A named profile is used as is, ahead of any AWS_* variables: two regions
+                    // may need different keys.
+                    let creds = aws_config::profile::ProfileFileCredentialsProvider::builder().profile_name(p).build();
+                    loader = loader.profile_name(p).credentials_provider(creds);
                 }
                 let timeouts = aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))

@@ -219,10 +219,17 @@ pub async fn store_object(
         q.end(end.clone());
     }
     let mut outcomes = Vec::new();
-    for (u, q) in uploaders.into_iter().zip(&queues) {
-        let result = match u.await {
-            Ok(r) => r,
-            Err(e) => Err(Error::Failed(format!("upload task failed: {e}"))),
+    for ((u, q), (store, _)) in uploaders.into_iter().zip(&queues).zip(targets) {
+        // A destination that fell out (spool full) may still be stuck in a request: do not wait for it.
+        let result = match q.failure() {
+            Some(reason) if !u.is_finished() => {
+                u.abort();
+                Err(Error::storage(store, reason))
+            }
+            _ => match u.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Failed(format!("upload task failed: {e}"))),
+            },
         };
         outcomes.push(DestOutcome { result, finished: Instant::now(), peak_spooled: q.peak_spooled() });
     }

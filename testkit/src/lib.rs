@@ -1,1 +1,61 @@
+//! Test kit: real `redis-server` processes (standalone, primary + replicas, Redis Cluster) and real
+//! S3-compatible regions (Garage, moto), each on free loopback ports in its own temporary
+//! directory. Readiness is polled; everything is killed and removed on drop, also after a failed
+//! test (and, through `PR_SET_PDEATHSIG`, when the test process itself dies).
 
+pub mod data;
+pub mod redis;
+pub mod s3;
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use data::{Dataset, assert_same_data, write_dataset};
+pub use redis::{RedisCluster, RedisServer, ReplicaSet};
+pub use s3::{Garage, Moto, S3Region, credentials_file};
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Makes a child die with the test process.
+pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Whether a program is on the PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().map(|o| o.status.success()).unwrap_or(false)
+}

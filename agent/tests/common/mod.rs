@@ -1,0 +1,102 @@
+//! Helpers for tests that run the real `fleetsnap-agent` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use fleetsnap_testkit::{Garage, Moto, RedisServer, credentials_file};
+use fleetsnap_testkit::redis::RedisOptions;
+
+/// The result of one agent run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "agent failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs the agent with a credentials file for the S3 regions, bounded in time.
+pub async fn agent(creds: Option<&Path>, args: &[&str]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
+    cmd.args(args).kill_on_drop(true).env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").env_remove("AWS_PROFILE");
+    cmd.env("AWS_CONFIG_FILE", "/nonexistent-fleetsnap-aws-config");
+    match creds {
+        Some(c) => cmd.env("AWS_SHARED_CREDENTIALS_FILE", c),
+        None => cmd.env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent-fleetsnap-aws-credentials"),
+    };
+    let out: Output = tokio::time::timeout(Duration::from_secs(600), cmd.output()).await.expect("agent run within 10 minutes").expect("agent starts");
+    Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+/// Two S3 regions on two implementations, each with a bucket, and a credentials file.
+pub struct Regions {
+    pub garage: Garage,
+    pub moto: Moto,
+    pub creds: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+pub const BUCKET: &str = "fleetsnap-backups";
+
+impl Regions {
+    pub async fn start() -> Regions {
+        let (garage, moto) = (Garage::start().await.expect("garage"), Moto::start().await.expect("moto"));
+        garage.create_bucket(BUCKET).await.unwrap();
+        moto.region.create_bucket(BUCKET).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let creds = credentials_file(dir.path(), &[&garage.region, &moto.region]).unwrap();
+        Regions { garage, moto, creds, dir }
+    }
+    pub fn garage_dest(&self, prefix: &str) -> String {
+        self.garage.region.dest(BUCKET, prefix)
+    }
+    pub fn moto_dest(&self, prefix: &str) -> String {
+        self.moto.region.dest(BUCKET, prefix)
+    }
+}
+
+/// Restores `backup` from `dests` to a file and starts a fresh server on it.
+pub async fn restore_and_load(creds: Option<&Path>, dests: &[&str], backup: &str, dir: &Path, extra: &[&str]) -> RedisServer {
+    let file = dir.join(format!("restored-{}.rdb", rand_suffix()));
+    let mut args = vec!["restore"];
+    for d in dests {
+        args.extend(["--from", d]);
+    }
+    let f = file.display().to_string();
+    args.extend(["--backup", backup, "--to-file", &f]);
+    args.extend(extra);
+    agent(creds, &args).await.ok();
+    RedisServer::start_with(RedisOptions { rdb: Some(file), ..Default::default() }).await.expect("restored RDB loads")
+}
+
+pub fn rand_suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Every key under a directory, recursively, relative to it.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    out
+}

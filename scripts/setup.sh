@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what fleetsnap's demo, tests and benchmarks need, idempotently.
+#   scripts/setup.sh          redis-server and redis-cli (the demo)
+#   scripts/setup.sh test     + moto's S3 server (PyPI) and Garage (crates.io)
+#   scripts/setup.sh bench    + the test parts and awscli (the seed recipe's uploader)
+set -euo pipefail
+what="${1:-demo}"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if [ "$what" != demo ]; then
+  command -v mount >/dev/null 2>&1 || missing+=(mount)
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || missing+=(python3-pip)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian starts a system redis-server on 6379; fleetsnap's demo and tests never use it.
+
+pip_install() {
+  if command -v pip3 >/dev/null 2>&1; then pip3 install -q "$@"; else pip install -q "$@"; fi
+}
+
+if [ "$what" = test ] || [ "$what" = bench ]; then
+  if ! command -v moto_server >/dev/null 2>&1; then
+    echo "setup: installing moto[server] from PyPI"
+    pip_install 'moto[server]'
+    hash -r
+  fi
+  garage="${GARAGE_BIN:-$HOME/.cargo/bin/garage}"
+  if ! [ -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q 'v2\.5\.0'; then
+    echo "setup: building Garage 2.5.0 from crates.io (about 10 minutes on 2 cores, cached afterwards)"
+    cargo install garage --locked --version 2.5.0 --quiet
+  fi
+fi
+if [ "$what" = bench ]; then
+  if ! command -v aws >/dev/null 2>&1; then
+    echo "setup: installing awscli from PyPI"
+    pip_install awscli
+    hash -r
+  fi
+fi
