@@ -228,7 +228,7 @@ impl Store {
                 up.finish().await.map(|_| ())
             }
             StoreInner::S3 { client, bucket } => {
-                client.put_object().bucket(bucket).key(key).checksum_crc32c(crc32c_b64(&bytes)).body(ByteStream::from(bytes))
+                client.put_object().bucket(bucket).key(key).checksum_crc32_c(crc32c_b64(&bytes)).body(ByteStream::from(bytes))
                     .send().await.map_err(|e| self.s3_err("PutObject", key, e))?;
                 Ok(())
             }
@@ -441,9 +441,9 @@ impl S3Upload {
         self.tasks.spawn(async move {
             let _permit = permit;
             let crc = crc32c_b64(&part);
-            let out = client.upload_part().bucket(bucket).key(&key).upload_id(id).part_number(number).checksum_crc32c(crc.clone())
+            let out = client.upload_part().bucket(bucket).key(&key).upload_id(id).part_number(number).checksum_crc32_c(crc.clone())
                 .body(ByteStream::from(part)).send().await.map_err(|e| store.s3_err("UploadPart", &key, e))?;
-            Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).checksum_crc32c(crc).build())
+            Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).checksum_crc32_c(crc).build())
         });
         Ok(())
     }
@@ -453,7 +453,7 @@ impl S3Upload {
         if self.upload_id.is_none() {
             let body = std::mem::take(&mut self.buf).freeze();
             let (client, bucket) = self.client();
-            client.put_object().bucket(bucket).key(&self.key).checksum_crc32c(crc32c_b64(&body)).body(ByteStream::from(body))
+            client.put_object().bucket(bucket).key(&self.key).checksum_crc32_c(crc32c_b64(&body)).body(ByteStream::from(body))
                 .send().await.map_err(|e| self.store.s3_err("PutObject", &self.key, e))?;
         } else {
             if !self.buf.is_empty() {

@@ -126,8 +126,11 @@ impl Connection {
     /// Writes raw bytes.
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let s = self.io.get_mut();
-        s.write_all(bytes).await.map_err(|e| self.io_error(e))?;
-        s.flush().await.map_err(|e| self.io_error(e))
+        let r = match s.write_all(bytes).await {
+            Ok(()) => s.flush().await,
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| self.io_error(e))
     }
 
     /// `INFO section` parsed into key/value pairs.

@@ -121,7 +121,7 @@ impl Garage {
         let child = die_with_parent(&mut cmd).spawn().context("start garage (install it: cargo install garage --locked)")?;
         let access_key = format!("GK{}", (0..12).map(|_| format!("{:02x}", rand::random::<u8>())).collect::<String>());
         let secret_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        let mut g = Self {
+        let g = Self {
             child: Some(child),
             region: S3Region { profile: "garage".into(), endpoint: format!("http://127.0.0.1:{s3}"), region: "garage".into(), access_key: access_key.clone(), secret_key: secret_key.clone() },
             config,
