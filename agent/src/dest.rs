@@ -181,7 +181,21 @@ impl Store {
                 _ => String::new(),
             },
         };
-        let detail = DisplayErrorContext(&e).to_string();
+        let detail = match (e.code(), e.message()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c.to_string(),
+            _ => error_chain(&e),
+        };
+        let context = DisplayErrorContext(&e).to_string();
+        let hint = if context.contains("CredentialsNotLoaded") || context.contains("credential provider was not enabled") {
+            let profile = match &self.spec {
+                DestSpec::S3 { profile: Some(p), .. } => format!("profile {p:?} is not in the AWS credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials): add it or fix profile="),
+                _ => "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or name a profile with profile=".to_string(),
+            };
+            profile
+        } else {
+            hint
+        };
         if hint.is_empty() {
             self.err(format!("{op} {key} failed: {detail}"))
         } else {
@@ -319,6 +333,20 @@ impl Store {
             }
         }
     }
+}
+
+/// The messages of an error and its sources, joined; without the SDK's debug dumps.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -283,7 +283,9 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
     let dir = conn.config_get("dir").await?;
     let dbfilename = conn.config_get("dbfilename").await?;
     let persistence = conn.info("persistence").await?;
-    let before = info_field(&persistence, "rdb_last_save_time").unwrap_or("0").to_string();
+    // `rdb_saves` (Redis 7+) counts saves; older servers only have a save time in whole seconds.
+    let saves = |p: &[(String, String)]| info_field(p, "rdb_saves").map(str::to_string);
+    let before = (saves(&persistence), info_field(&persistence, "rdb_last_save_time").unwrap_or("0").to_string());
     if info_field(&persistence, "rdb_bgsave_in_progress") == Some("1") {
         info.notes.push("a BGSAVE was already running on the node; reused its result".into());
     } else {
@@ -303,7 +305,10 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
         interval.tick().await;
         let p = conn.info("persistence").await?;
         let running = info_field(&p, "rdb_bgsave_in_progress") == Some("1");
-        let saved = info_field(&p, "rdb_last_save_time").unwrap_or("0") != before;
+        let saved = match (&before.0, saves(&p)) {
+            (Some(b), Some(now)) => *b != now,
+            _ => info_field(&p, "rdb_last_save_time").unwrap_or("0") != before.1,
+        };
         if !running && saved {
             if info_field(&p, "rdb_last_bgsave_status") != Some("ok") {
                 return Err(Error::redis(target, "BGSAVE failed on the node (rdb_last_bgsave_status is not ok): check its log, usually a full disk or a permission problem in its dir"));

@@ -115,6 +115,13 @@ async fn corrupt_rdb_is_refused_everywhere() {
     }
 }
 
+/// Credentials for the `stalled` profile.
+fn stalled_creds(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("stalled-credentials");
+    std::fs::write(&p, "[stalled]\naws_access_key_id = stalled\naws_secret_access_key = stalled\n").unwrap();
+    p
+}
+
 /// A TCP server that accepts connections and never answers: an S3 region that stalls.
 fn stalled_endpoint() -> (u16, std::thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -140,9 +147,10 @@ async fn a_stalled_region_spools_then_fails_alone() {
     let (port, _h) = stalled_endpoint();
     let work = tempfile::tempdir().unwrap();
     let good = format!("file://{}/good", work.path().display());
-    let stalled = format!("s3://stalled-bucket?region=x&endpoint=http://127.0.0.1:{port}&profile=none");
+    let stalled = format!("s3://stalled-bucket?region=x&endpoint=http://127.0.0.1:{port}&profile=stalled");
     let spool = work.path().join("spool");
-    let run = agent(None, &["snapshot", "--redis", &server.url(), "--to", &good, "--to", &stalled, "--compress", "none", "--spool-dir", &spool.display().to_string(), "--spool-max", "4MiB", "--json"]).await;
+    let creds = stalled_creds(work.path());
+    let run = agent(Some(&creds), &["snapshot", "--redis", &server.url(), "--to", &good, "--to", &stalled, "--compress", "none", "--spool-dir", &spool.display().to_string(), "--spool-max", "4MiB", "--json"]).await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     let j = run.json();
     let d = j["destinations"].as_array().unwrap();
@@ -173,8 +181,9 @@ async fn spool_disk_full() {
     }
     let _unmount = Unmount(spool.clone());
     let good = format!("file://{}/good", work.path().display());
-    let stalled = format!("s3://stalled-bucket?region=x&endpoint=http://127.0.0.1:{port}&profile=none");
-    let run = agent(None, &["snapshot", "--redis", &server.url(), "--to", &good, "--to", &stalled, "--compress", "none", "--spool-dir", &spool.display().to_string(), "--json"]).await;
+    let stalled = format!("s3://stalled-bucket?region=x&endpoint=http://127.0.0.1:{port}&profile=stalled");
+    let creds = stalled_creds(work.path());
+    let run = agent(Some(&creds), &["snapshot", "--redis", &server.url(), "--to", &good, "--to", &stalled, "--compress", "none", "--spool-dir", &spool.display().to_string(), "--json"]).await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     let j = run.json();
     let err = j["destinations"][1]["error"].as_str().unwrap().to_string();
@@ -185,7 +194,7 @@ async fn spool_disk_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_access_denied_missing_bucket_and_region_down() {
     let regions = Regions::start().await;
-    let norights = regions.garage.key_without_rights().unwrap();
+    let norights = regions.garage.key_read_only(BUCKET).unwrap();
     let creds = fleetsnap_testkit::credentials_file(regions.dir.path(), &[&regions.garage.region, &regions.moto.region, &norights]).unwrap();
     let server = small_server(RedisOptions::default()).await;
     let work = tempfile::tempdir().unwrap();

@@ -138,8 +138,9 @@ impl RedisServer {
             args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
         }
         for (k, v) in &opts.args {
+            // A value of several words is several arguments; `""` is an empty one.
             args.push(format!("--{k}"));
-            args.push(v.clone());
+            args.extend(v.split(' ').map(|w| if w == "\"\"" { String::new() } else { w.to_string() }));
         }
         let mut cmd = Command::new("redis-server");
         cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::null());

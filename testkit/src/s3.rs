@@ -127,7 +127,9 @@ impl Garage {
             config,
             dir,
         };
-        let node = poll_until("garage node id", Duration::from_secs(60), || async { g.cli(&["node", "id", "-q"]).ok() }).await?;
+        // `node id` reads the key from disk; `status` needs the daemon up.
+        poll_until("garage daemon", Duration::from_secs(60), || async { g.cli(&["status"]).ok() }).await?;
+        let node = g.cli(&["node", "id", "-q"])?;
         let node = node.trim().split('@').next().unwrap_or_default().to_string();
         g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
         g.cli(&["layout", "apply", "--version", "1"])?;
@@ -146,17 +148,21 @@ impl Garage {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Creates a bucket owned by the main key.
+    /// Creates a bucket under a global name, owned by the main key. (A bucket created through
+    /// the S3 API is only an alias local to the key that made it.)
     pub async fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
-        self.region.create_bucket(name).await
+        self.cli(&["bucket", "create", name])?;
+        self.cli(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.region.access_key])?;
+        Ok(())
     }
 
-    /// Creates a second key with no rights on any bucket.
-    pub fn key_without_rights(&self) -> anyhow::Result<S3Region> {
+    /// Creates a second key that may only read `bucket`.
+    pub fn key_read_only(&self, bucket: &str) -> anyhow::Result<S3Region> {
         let access_key = format!("GK{}", (0..12).map(|_| format!("{:02x}", rand::random::<u8>())).collect::<String>());
         let secret_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        self.cli(&["key", "import", "--yes", "-n", "norights", &access_key, &secret_key])?;
-        Ok(S3Region { profile: "garage-norights".into(), access_key, secret_key, ..self.region.clone() })
+        self.cli(&["key", "import", "--yes", "-n", "readonly", &access_key, &secret_key])?;
+        self.cli(&["bucket", "allow", "--read", bucket, "--key", &access_key])?;
+        Ok(S3Region { profile: "garage-readonly".into(), access_key, secret_key, ..self.region.clone() })
     }
 
     /// Stops Garage (the region goes down).
