@@ -143,7 +143,7 @@ fn stalled_endpoint() -> (u16, std::thread::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_region_spools_then_fails_alone() {
     let server = RedisServer::start().await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 50_000, big_value_bytes: 20 << 20 }).await.unwrap();
+    write_dataset(&server, &Dataset { small_keys: 50_000, big_value_bytes: 64 << 20 }).await.unwrap();
     let (port, _h) = stalled_endpoint();
     let work = tempfile::tempdir().unwrap();
     let good = format!("file://{}/good", work.path().display());
@@ -166,7 +166,7 @@ async fn a_stalled_region_spools_then_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_disk_full() {
     let server = RedisServer::start().await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 50_000, big_value_bytes: 20 << 20 }).await.unwrap();
+    write_dataset(&server, &Dataset { small_keys: 50_000, big_value_bytes: 64 << 20 }).await.unwrap();
     let (port, _h) = stalled_endpoint();
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("tiny-disk");
