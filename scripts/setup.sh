@@ -27,9 +27,10 @@ pip_install() {
 }
 
 if [ "$what" = test ] || [ "$what" = bench ]; then
-  if ! command -v moto_server >/dev/null 2>&1; then
-    echo "setup: installing moto[server] from PyPI"
-    pip_install 'moto[server]'
+  # moto 5.2.1 answers CompleteMultipartUpload with a root element strict S3 clients refuse; 5.2.5 is right.
+  if ! command -v moto_server >/dev/null 2>&1 || [ "$(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null)" != 5.2.5 ]; then
+    echo "setup: installing moto[server] 5.2.5 from PyPI"
+    pip_install 'moto[server]==5.2.5'
     hash -r
   fi
   garage="${GARAGE_BIN:-$HOME/.cargo/bin/garage}"

@@ -27,7 +27,11 @@ use crate::target::RedisTarget;
 pub const EXIT_PARTIAL: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "fleetsnap-agent", version, about = "fleetsnap agent: snapshot Redis nodes to several regions at once, verify and restore")]
+#[command(
+    name = "fleetsnap-agent",
+    version,
+    about = "fleetsnap agent: snapshot Redis nodes to several regions at once, verify and restore"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -136,7 +140,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
     };
     match num.parse::<u64>() {
         Ok(n) if mult > 0 => Ok(n * mult),
-        _ => Err(Error::Input(format!("size {text:?} is not valid: use a number with an optional unit KiB, MiB, GiB or TiB"))),
+        _ => Err(Error::Input(format!(
+            "size {text:?} is not valid: use a number with an optional unit KiB, MiB, GiB or TiB"
+        ))),
     }
 }
 
@@ -145,9 +151,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -164,7 +175,10 @@ pub fn main() -> ExitCode {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("report serialises"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("report serialises")
+    );
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -178,45 +192,106 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else if rows.is_empty() {
                 println!("no complete backup in {spec}");
             } else {
-                println!("{:<24} {:<16} {:>6} {:>10} {:>10}  FINISHED", "BACKUP", "CLUSTER", "SHARDS", "RAW", "STORED");
+                println!(
+                    "{:<24} {:<16} {:>6} {:>10} {:>10}  FINISHED",
+                    "BACKUP", "CLUSTER", "SHARDS", "RAW", "STORED"
+                );
                 for r in rows {
-                    println!("{:<24} {:<16} {:>6} {:>10} {:>10}  {}", r.backup_id, r.cluster, r.shards.len(), human(r.raw_bytes), human(r.stored_bytes), r.finished_at);
+                    println!(
+                        "{:<24} {:<16} {:>6} {:>10} {:>10}  {}",
+                        r.backup_id,
+                        r.cluster,
+                        r.shards.len(),
+                        human(r.raw_bytes),
+                        human(r.stored_bytes),
+                        r.finished_at
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { from, backup, identity, json } => {
+        Command::Verify {
+            from,
+            backup,
+            identity,
+            json,
+        } => {
             let spec = DestSpec::parse(&from)?;
-            let id: BackupId = backup.parse().map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
+            let id: BackupId = backup
+                .parse()
+                .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
             let r = restore::verify(&spec, &id, identity.as_deref()).await?;
             if json {
                 print_json(&r);
             } else {
                 for o in &r.objects {
                     match (o.raw_bytes, &o.crc64) {
-                        (Some(raw), Some(crc)) => println!("ok  {}  {} stored, {} raw, sha256 ok, RDB checksum {crc} ok", o.name, human(o.stored_bytes), human(raw)),
-                        (Some(raw), None) => println!("ok  {}  {} stored, {} raw, sha256 ok", o.name, human(o.stored_bytes), human(raw)),
-                        (None, _) => println!("ok  {}  {} stored, sha256 ok (encrypted: pass --identity to check the RDB inside)", o.name, human(o.stored_bytes)),
+                        (Some(raw), Some(crc)) => println!(
+                            "ok  {}  {} stored, {} raw, sha256 ok, RDB checksum {crc} ok",
+                            o.name,
+                            human(o.stored_bytes),
+                            human(raw)
+                        ),
+                        (Some(raw), None) => println!(
+                            "ok  {}  {} stored, {} raw, sha256 ok",
+                            o.name,
+                            human(o.stored_bytes),
+                            human(raw)
+                        ),
+                        (None, _) => println!(
+                            "ok  {}  {} stored, sha256 ok (encrypted: pass --identity to check the RDB inside)",
+                            o.name,
+                            human(o.stored_bytes)
+                        ),
                     }
                 }
                 println!("backup {} verified in {}", r.backup_id, r.destination);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { from, backup, shard, to_file, identity, json } => {
-            let from = from.iter().map(|f| DestSpec::parse(f)).collect::<Result<Vec<_>>>()?;
-            let backup: BackupId = backup.parse().map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
-            let shard = shard.map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string()))).transpose()?;
-            let r = restore::restore(&RestoreRequest { from, backup, shard, to_file, identity }).await?;
+        Command::Restore {
+            from,
+            backup,
+            shard,
+            to_file,
+            identity,
+            json,
+        } => {
+            let from = from
+                .iter()
+                .map(|f| DestSpec::parse(f))
+                .collect::<Result<Vec<_>>>()?;
+            let backup: BackupId = backup
+                .parse()
+                .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
+            let shard = shard
+                .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
+                .transpose()?;
+            let r = restore::restore(&RestoreRequest {
+                from,
+                backup,
+                shard,
+                to_file,
+                identity,
+            })
+            .await?;
             if json {
                 print_json(&r);
             } else {
                 for (d, e) in &r.skipped {
                     println!("skipped {d}: {e}");
                 }
-                println!("restored shard {} ({}) from {} to {}", r.shard, human(r.raw_bytes), r.destination, r.rdb_file);
+                println!(
+                    "restored shard {} ({}) from {} to {}",
+                    r.shard,
+                    human(r.raw_bytes),
+                    r.destination,
+                    r.rdb_file
+                );
                 if let Some(t) = &r.tail_file {
-                    println!("the backup has a tail: after loading the RDB, replay it with `redis-cli --pipe < {t}`");
+                    println!(
+                        "the backup has a tail: after loading the RDB, replay it with `redis-cli --pipe < {t}`"
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -227,9 +302,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let target = a.redis.as_deref().map(RedisTarget::parse).transpose()?;
     let source: SourceKind = a.source.parse()?;
-    let compression: Compression = a.compress.parse().map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
-    let recipients = a.encrypt_to.iter().map(|r| parse_recipient(r)).collect::<Result<Vec<_>>>()?;
-    let destinations = a.to.iter().map(|d| DestSpec::parse(d)).collect::<Result<Vec<_>>>()?;
+    let compression: Compression = a
+        .compress
+        .parse()
+        .map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
+    let recipients = a
+        .encrypt_to
+        .iter()
+        .map(|r| parse_recipient(r))
+        .collect::<Result<Vec<_>>>()?;
+    let destinations =
+        a.to.iter()
+            .map(|d| DestSpec::parse(d))
+            .collect::<Result<Vec<_>>>()?;
     let cluster = ClusterId::new(a.cluster).map_err(|e| Error::Input(e.to_string()))?;
     let shard = match (&a.shard, &target, &source) {
         (Some(s), _, _) => s.clone(),
@@ -246,16 +331,27 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         target,
         source,
         destinations,
-        encode: EncodeOptions { compression, recipients },
+        encode: EncodeOptions {
+            compression,
+            recipients,
+        },
         cluster,
         shard,
         spool,
-        source_options: SourceOptions { idle_timeout: Duration::from_secs(a.idle_timeout_seconds), ..Default::default() },
+        source_options: SourceOptions {
+            idle_timeout: Duration::from_secs(a.idle_timeout_seconds),
+            ..Default::default()
+        },
     };
     let progress = Arc::new(Progress::default());
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} read, {bytes_per_sec}, {elapsed}").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} {bytes} read, {bytes_per_sec}, {elapsed}",
+            )
+            .expect("valid template"),
+        );
         bar.set_message("snapshot");
         bar
     });
@@ -280,11 +376,30 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&report);
     } else {
-        println!("backup {}  cluster {}  shard {}", report.backup_id, report.cluster, report.shard);
-        println!("source {} {} ({}, RDB version {})", report.source_kind, report.source, human(report.raw_bytes), report.rdb_version);
-        println!("{:<44} {:<9} {:>10} {:>9} {:>9}", "DESTINATION", "RESULT", "STORED", "TIME", "MB/s");
+        println!(
+            "backup {}  cluster {}  shard {}",
+            report.backup_id, report.cluster, report.shard
+        );
+        println!(
+            "source {} {} ({}, RDB version {})",
+            report.source_kind,
+            report.source,
+            human(report.raw_bytes),
+            report.rdb_version
+        );
+        println!(
+            "{:<44} {:<9} {:>10} {:>9} {:>9}",
+            "DESTINATION", "RESULT", "STORED", "TIME", "MB/s"
+        );
         for d in &report.destinations {
-            println!("{:<44} {:<9} {:>10} {:>8.1}s {:>9.1}", truncate(&d.destination, 44), d.result, human(d.stored_bytes), d.duration_seconds, d.throughput_mb_per_s);
+            println!(
+                "{:<44} {:<9} {:>10} {:>8.1}s {:>9.1}",
+                truncate(&d.destination, 44),
+                d.result,
+                human(d.stored_bytes),
+                d.duration_seconds,
+                d.throughput_mb_per_s
+            );
             if let Some(e) = &d.error {
                 println!("    {e}");
             }
@@ -300,13 +415,20 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         eprintln!("error: the snapshot was stored in no destination");
         ExitCode::FAILURE
     } else {
-        eprintln!("warning: the snapshot is complete in {complete} of {} destinations", report.destinations.len());
+        eprintln!(
+            "warning: the snapshot is complete in {complete} of {} destinations",
+            report.destinations.len()
+        );
         ExitCode::from(EXIT_PARTIAL)
     })
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
 }
 
 /// Human-readable bytes (decimal units, as `MB/s`).

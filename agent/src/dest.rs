@@ -46,7 +46,12 @@ impl fmt::Display for DestSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DestSpec::File { root } => write!(f, "file://{}", root.display()),
-            DestSpec::S3 { bucket, prefix, region, .. } => {
+            DestSpec::S3 {
+                bucket,
+                prefix,
+                region,
+                ..
+            } => {
                 write!(f, "s3://{bucket}")?;
                 if !prefix.is_empty() {
                     write!(f, "/{prefix}")?;
@@ -60,31 +65,57 @@ impl fmt::Display for DestSpec {
 impl DestSpec {
     /// Parses `file:///path` or `s3://bucket/prefix?region=…&endpoint=…&profile=…&path_style=…`.
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = |why: String| Error::Input(format!("destination {text:?} is not valid: {why}; expected file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME]"));
+        let bad = |why: String| {
+            Error::Input(format!(
+                "destination {text:?} is not valid: {why}; expected file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME]"
+            ))
+        };
         let url = Url::parse(text).map_err(|e| bad(e.to_string()))?;
         match url.scheme() {
             "file" => {
                 if url.query().is_some() || url.host_str().is_some_and(|h| !h.is_empty()) {
-                    return Err(bad("a file destination takes an absolute path and no parameters".into()));
+                    return Err(bad(
+                        "a file destination takes an absolute path and no parameters".into(),
+                    ));
                 }
-                Ok(DestSpec::File { root: PathBuf::from(url.path()) })
+                Ok(DestSpec::File {
+                    root: PathBuf::from(url.path()),
+                })
             }
             "s3" => {
-                let bucket = url.host_str().filter(|b| b.len() >= 3).ok_or_else(|| bad("the bucket name needs 3 or more characters".into()))?.to_string();
+                let bucket = url
+                    .host_str()
+                    .filter(|b| b.len() >= 3)
+                    .ok_or_else(|| bad("the bucket name needs 3 or more characters".into()))?
+                    .to_string();
                 let prefix = url.path().trim_matches('/').to_string();
-                let (mut region, mut endpoint, mut profile, mut path_style) = (None, None, None, None);
+                let (mut region, mut endpoint, mut profile, mut path_style) =
+                    (None, None, None, None);
                 for (k, v) in url.query_pairs() {
                     match k.as_ref() {
                         "region" => region = Some(v.to_string()),
                         "endpoint" => endpoint = Some(v.to_string()),
                         "profile" => profile = Some(v.to_string()),
                         "path_style" => path_style = Some(v == "true"),
-                        other => return Err(bad(format!("unknown parameter {other:?} (known: region, endpoint, profile, path_style)"))),
+                        other => {
+                            return Err(bad(format!(
+                                "unknown parameter {other:?} (known: region, endpoint, profile, path_style)"
+                            )));
+                        }
                     }
                 }
-                let region = region.or_else(|| std::env::var("AWS_REGION").ok()).ok_or_else(|| bad("no region: add ?region=NAME".into()))?;
+                let region = region
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .ok_or_else(|| bad("no region: add ?region=NAME".into()))?;
                 let path_style = path_style.unwrap_or(endpoint.is_some());
-                Ok(DestSpec::S3 { bucket, prefix, region, endpoint, profile, path_style })
+                Ok(DestSpec::S3 {
+                    bucket,
+                    prefix,
+                    region,
+                    endpoint,
+                    profile,
+                    path_style,
+                })
             }
             other => Err(bad(format!("scheme {other:?} is not supported"))),
         }
@@ -117,7 +148,10 @@ pub struct Store {
 #[derive(Clone)]
 enum StoreInner {
     File(PathBuf),
-    S3 { client: aws_sdk_s3::Client, bucket: String },
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+    },
 }
 
 impl fmt::Display for Store {
@@ -131,12 +165,22 @@ impl Store {
     pub async fn open(spec: &DestSpec) -> Result<Self> {
         let inner = match spec {
             DestSpec::File { root } => StoreInner::File(root.clone()),
-            DestSpec::S3 { bucket, region, endpoint, profile, path_style, .. } => {
-                let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.clone()));
+            DestSpec::S3 {
+                bucket,
+                region,
+                endpoint,
+                profile,
+                path_style,
+                ..
+            } => {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                    .region(Region::new(region.clone()));
                 if let Some(p) = profile {
                     // A named profile is used as is, ahead of any AWS_* variables: two regions
                     // may need different keys.
-                    let creds = aws_config::profile::ProfileFileCredentialsProvider::builder().profile_name(p).build();
+                    let creds = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                        .profile_name(p)
+                        .build();
                     loader = loader.profile_name(p).credentials_provider(creds);
                 }
                 let timeouts = aws_config::timeout::TimeoutConfig::builder()
@@ -151,10 +195,16 @@ impl Store {
                 if let Some(e) = endpoint {
                     b = b.endpoint_url(e);
                 }
-                StoreInner::S3 { client: aws_sdk_s3::Client::from_conf(b.build()), bucket: bucket.clone() }
+                StoreInner::S3 {
+                    client: aws_sdk_s3::Client::from_conf(b.build()),
+                    bucket: bucket.clone(),
+                }
             }
         };
-        Ok(Self { spec: spec.clone(), inner })
+        Ok(Self {
+            spec: spec.clone(),
+            inner,
+        })
     }
 
     /// The destination's spec.
@@ -166,11 +216,19 @@ impl Store {
         Error::storage(&self.spec, message)
     }
 
-    fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: fmt::Debug>(&self, op: &str, key: &str, e: SdkError<E, R>) -> Error {
-        let (code, bucket) = (e.code().map(str::to_string), match &self.inner {
-            StoreInner::S3 { bucket, .. } => bucket.clone(),
-            StoreInner::File(_) => String::new(),
-        });
+    fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: fmt::Debug>(
+        &self,
+        op: &str,
+        key: &str,
+        e: SdkError<E, R>,
+    ) -> Error {
+        let (code, bucket) = (
+            e.code().map(str::to_string),
+            match &self.inner {
+                StoreInner::S3 { bucket, .. } => bucket.clone(),
+                StoreInner::File(_) => String::new(),
+            },
+        );
         let hint = match code.as_deref() {
             Some("AccessDenied") | Some("InvalidAccessKeyId") | Some("SignatureDoesNotMatch") | Some("Forbidden") =>
                 format!("access denied: check the credentials (profile= in the URL, or the AWS_* environment) and that the bucket policy lets them {op}"),
@@ -187,7 +245,9 @@ impl Store {
             _ => error_chain(&e),
         };
         let context = DisplayErrorContext(&e).to_string();
-        let hint = if context.contains("CredentialsNotLoaded") || context.contains("credential provider was not enabled") {
+        let hint = if context.contains("CredentialsNotLoaded")
+            || context.contains("credential provider was not enabled")
+        {
             let profile = match &self.spec {
                 DestSpec::S3 { profile: Some(p), .. } => format!("profile {p:?} is not in the AWS credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials): add it or fix profile="),
                 _ => "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or name a profile with profile=".to_string(),
@@ -214,10 +274,20 @@ impl Store {
                 let path = Self::file_path(root, key);
                 let partial = partial_path(&path);
                 if let Some(parent) = path.parent() {
-                    tokio::fs::create_dir_all(parent).await.map_err(|e| self.err(format!("cannot create {}: {e}", parent.display())))?;
+                    tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                        self.err(format!("cannot create {}: {e}", parent.display()))
+                    })?;
                 }
-                let file = tokio::fs::File::create(&partial).await.map_err(|e| self.err(format!("cannot create {}: {e}", partial.display())))?;
-                Ok(Upload::File { store: self.clone(), file: tokio::io::BufWriter::with_capacity(1 << 20, file), partial, path, written: 0 })
+                let file = tokio::fs::File::create(&partial)
+                    .await
+                    .map_err(|e| self.err(format!("cannot create {}: {e}", partial.display())))?;
+                Ok(Upload::File {
+                    store: self.clone(),
+                    file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+                    partial,
+                    path,
+                    written: 0,
+                })
             }
             StoreInner::S3 { .. } => Ok(Upload::S3(Box::new(S3Upload {
                 store: self.clone(),
@@ -242,8 +312,15 @@ impl Store {
                 up.finish().await.map(|_| ())
             }
             StoreInner::S3 { client, bucket } => {
-                client.put_object().bucket(bucket).key(key).checksum_crc32_c(crc32c_b64(&bytes)).body(ByteStream::from(bytes))
-                    .send().await.map_err(|e| self.s3_err("PutObject", key, e))?;
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .checksum_crc32_c(crc32c_b64(&bytes))
+                    .body(ByteStream::from(bytes))
+                    .send()
+                    .await
+                    .map_err(|e| self.s3_err("PutObject", key, e))?;
                 Ok(())
             }
         }
@@ -254,11 +331,19 @@ impl Store {
         match &self.inner {
             StoreInner::File(root) => {
                 let path = Self::file_path(root, key);
-                let f = tokio::fs::File::open(&path).await.map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?;
+                let f = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?;
                 Ok(Download::File(f, path))
             }
             StoreInner::S3 { client, bucket } => {
-                let out = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| self.s3_err("GetObject", key, e))?;
+                let out = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| self.s3_err("GetObject", key, e))?;
                 Ok(Download::S3(out.body, self.clone(), key.to_string()))
             }
         }
@@ -284,10 +369,18 @@ impl Store {
                 while let Some(dir) = stack.pop() {
                     let mut rd = match tokio::fs::read_dir(&dir).await {
                         Ok(rd) => rd,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != *root => continue,
-                        Err(e) => return Err(self.err(format!("cannot list {}: {e}", dir.display()))),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != *root => {
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(self.err(format!("cannot list {}: {e}", dir.display())));
+                        }
                     };
-                    while let Some(entry) = rd.next_entry().await.map_err(|e| self.err(format!("cannot list {}: {e}", dir.display())))? {
+                    while let Some(entry) = rd
+                        .next_entry()
+                        .await
+                        .map_err(|e| self.err(format!("cannot list {}: {e}", dir.display())))?
+                    {
                         let p = entry.path();
                         if entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
                             stack.push(p);
@@ -307,8 +400,15 @@ impl Store {
                     if let Some(t) = token.take() {
                         req = req.continuation_token(t);
                     }
-                    let page = req.send().await.map_err(|e| self.s3_err("ListObjectsV2", prefix, e))?;
-                    out.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+                    let page = req
+                        .send()
+                        .await
+                        .map_err(|e| self.s3_err("ListObjectsV2", prefix, e))?;
+                    out.extend(
+                        page.contents()
+                            .iter()
+                            .filter_map(|o| o.key().map(str::to_string)),
+                    );
                     match page.next_continuation_token() {
                         Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
                         _ => break,
@@ -325,10 +425,19 @@ impl Store {
         match &self.inner {
             StoreInner::File(root) => {
                 let p = Self::file_path(root, key);
-                Ok(tokio::fs::metadata(&p).await.map_err(|e| self.err(format!("cannot stat {}: {e}", p.display())))?.len())
+                Ok(tokio::fs::metadata(&p)
+                    .await
+                    .map_err(|e| self.err(format!("cannot stat {}: {e}", p.display())))?
+                    .len())
             }
             StoreInner::S3 { client, bucket } => {
-                let h = client.head_object().bucket(bucket).key(key).send().await.map_err(|e| self.s3_err("HeadObject", key, e))?;
+                let h = client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| self.s3_err("HeadObject", key, e))?;
                 Ok(h.content_length().unwrap_or(-1).max(0) as u64)
             }
         }
@@ -363,7 +472,13 @@ fn crc32c_b64(data: &[u8]) -> String {
 /// An object being written.
 pub enum Upload {
     /// To a `.partial` file, renamed on finish.
-    File { store: Store, file: tokio::io::BufWriter<tokio::fs::File>, partial: PathBuf, path: PathBuf, written: u64 },
+    File {
+        store: Store,
+        file: tokio::io::BufWriter<tokio::fs::File>,
+        partial: PathBuf,
+        path: PathBuf,
+        written: u64,
+    },
     /// An S3 multipart upload (or one PutObject when small).
     S3(Box<S3Upload>),
 }
@@ -385,9 +500,25 @@ impl Upload {
     /// Appends bytes.
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
         match self {
-            Upload::File { store, file, partial, written, .. } => {
+            Upload::File {
+                store,
+                file,
+                partial,
+                written,
+                ..
+            } => {
                 *written += data.len() as u64;
-                file.write_all(&data).await.map_err(|e| store.err(format!("cannot write {}: {e}{}", partial.display(), if e.raw_os_error() == Some(28) { " (disk full: free space in the destination)" } else { "" })))
+                file.write_all(&data).await.map_err(|e| {
+                    store.err(format!(
+                        "cannot write {}: {e}{}",
+                        partial.display(),
+                        if e.raw_os_error() == Some(28) {
+                            " (disk full: free space in the destination)"
+                        } else {
+                            ""
+                        }
+                    ))
+                })
             }
             Upload::S3(up) => {
                 up.written += data.len() as u64;
@@ -404,8 +535,16 @@ impl Upload {
     /// Makes the object visible under its key and checks its stored size; returns it.
     pub async fn finish(self) -> Result<u64> {
         match self {
-            Upload::File { store, mut file, partial, path, written } => {
-                let io = |e: std::io::Error| store.err(format!("cannot finish {}: {e}", partial.display()));
+            Upload::File {
+                store,
+                mut file,
+                partial,
+                path,
+                written,
+            } => {
+                let io = |e: std::io::Error| {
+                    store.err(format!("cannot finish {}: {e}", partial.display()))
+                };
                 file.flush().await.map_err(io)?;
                 file.get_mut().sync_all().await.map_err(io)?;
                 drop(file);
@@ -415,9 +554,22 @@ impl Upload {
                 {
                     d.sync_all().await.ok();
                 }
-                let size = store.size(&path.strip_prefix(match &store.inner { StoreInner::File(r) => r, StoreInner::S3 { .. } => unreachable!() }).unwrap_or(&path).to_string_lossy()).await?;
+                let size = store
+                    .size(
+                        &path
+                            .strip_prefix(match &store.inner {
+                                StoreInner::File(r) => r,
+                                StoreInner::S3 { .. } => unreachable!(),
+                            })
+                            .unwrap_or(&path)
+                            .to_string_lossy(),
+                    )
+                    .await?;
                 if size != written {
-                    return Err(store.err(format!("{} holds {size} bytes after writing {written}", path.display())));
+                    return Err(store.err(format!(
+                        "{} holds {size} bytes after writing {written}",
+                        path.display()
+                    )));
                 }
                 Ok(written)
             }
@@ -434,8 +586,17 @@ impl Upload {
             }
             Upload::S3(mut up) => {
                 up.tasks.abort_all();
-                if let (Some(id), StoreInner::S3 { client, bucket }) = (&up.upload_id, &up.store.inner) {
-                    client.abort_multipart_upload().bucket(bucket).key(&up.key).upload_id(id).send().await.ok();
+                if let (Some(id), StoreInner::S3 { client, bucket }) =
+                    (&up.upload_id, &up.store.inner)
+                {
+                    client
+                        .abort_multipart_upload()
+                        .bucket(bucket)
+                        .key(&up.key)
+                        .upload_id(id)
+                        .send()
+                        .await
+                        .ok();
                 }
             }
         }
@@ -453,25 +614,56 @@ impl S3Upload {
     async fn send_part(&mut self, part: Bytes) -> Result<()> {
         if self.upload_id.is_none() {
             let (client, bucket) = self.client();
-            let out = client.create_multipart_upload().bucket(bucket).key(&self.key).checksum_algorithm(ChecksumAlgorithm::Crc32C)
-                .send().await.map_err(|e| self.store.s3_err("CreateMultipartUpload", &self.key, e))?;
+            let out = client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(&self.key)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .send()
+                .await
+                .map_err(|e| self.store.s3_err("CreateMultipartUpload", &self.key, e))?;
             self.upload_id = Some(out.upload_id().unwrap_or_default().to_string());
         }
         // Collect finished parts first so a failure surfaces early and memory stays bounded.
         while let Some(done) = self.tasks.try_join_next() {
-            self.done_parts.push(done.map_err(|e| self.store.err(format!("part upload task failed: {e}")))??);
+            self.done_parts
+                .push(done.map_err(|e| self.store.err(format!("part upload task failed: {e}")))??);
         }
-        let permit = self.slots.clone().acquire_owned().await.expect("semaphore open");
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let (client, bucket) = self.client();
-        let (client, bucket, key, id, store) = (client.clone(), bucket.to_string(), self.key.clone(), self.upload_id.clone().unwrap_or_default(), self.store.clone());
+        let (client, bucket, key, id, store) = (
+            client.clone(),
+            bucket.to_string(),
+            self.key.clone(),
+            self.upload_id.clone().unwrap_or_default(),
+            self.store.clone(),
+        );
         let number = self.next_part;
         self.next_part += 1;
         self.tasks.spawn(async move {
             let _permit = permit;
             let crc = crc32c_b64(&part);
-            let out = client.upload_part().bucket(bucket).key(&key).upload_id(id).part_number(number).checksum_crc32_c(crc.clone())
-                .body(ByteStream::from(part)).send().await.map_err(|e| store.s3_err("UploadPart", &key, e))?;
-            Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).checksum_crc32_c(crc).build())
+            let out = client
+                .upload_part()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(id)
+                .part_number(number)
+                .checksum_crc32_c(crc.clone())
+                .body(ByteStream::from(part))
+                .send()
+                .await
+                .map_err(|e| store.s3_err("UploadPart", &key, e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .checksum_crc32_c(crc)
+                .build())
         });
         Ok(())
     }
@@ -481,8 +673,15 @@ impl S3Upload {
         if self.upload_id.is_none() {
             let body = std::mem::take(&mut self.buf).freeze();
             let (client, bucket) = self.client();
-            client.put_object().bucket(bucket).key(&self.key).checksum_crc32_c(crc32c_b64(&body)).body(ByteStream::from(body))
-                .send().await.map_err(|e| self.store.s3_err("PutObject", &self.key, e))?;
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(&self.key)
+                .checksum_crc32_c(crc32c_b64(&body))
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| self.store.s3_err("PutObject", &self.key, e))?;
         } else {
             if !self.buf.is_empty() {
                 let last = std::mem::take(&mut self.buf).freeze();
@@ -492,7 +691,10 @@ impl S3Upload {
                 }
             }
             while let Some(done) = self.tasks.join_next().await {
-                match done.map_err(|e| self.store.err(format!("part upload task failed: {e}"))).and_then(|r| r) {
+                match done
+                    .map_err(|e| self.store.err(format!("part upload task failed: {e}")))
+                    .and_then(|r| r)
+                {
                     Ok(p) => self.done_parts.push(p),
                     Err(e) => {
                         Upload::S3(self).abort().await;
@@ -503,9 +705,18 @@ impl S3Upload {
             self.done_parts.sort_by_key(|p| p.part_number());
             let parts = std::mem::take(&mut self.done_parts);
             let (client, bucket) = self.client();
-            let r = client.complete_multipart_upload().bucket(bucket).key(&self.key).upload_id(self.upload_id.clone().unwrap_or_default())
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                .send().await;
+            let r = client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(&self.key)
+                .upload_id(self.upload_id.clone().unwrap_or_default())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await;
             if let Err(e) = r {
                 let err = self.store.s3_err("CompleteMultipartUpload", &self.key, e);
                 Upload::S3(self).abort().await;
@@ -514,7 +725,10 @@ impl S3Upload {
         }
         let size = self.store.size(&self.key).await?;
         if size != written {
-            return Err(self.store.err(format!("{} holds {size} bytes after writing {written}", self.key)));
+            return Err(self.store.err(format!(
+                "{} holds {size} bytes after writing {written}",
+                self.key
+            )));
         }
         Ok(written)
     }
@@ -534,14 +748,20 @@ impl Download {
         match self {
             Download::File(f, path) => {
                 let mut buf = vec![0; 1 << 20];
-                let n = f.read(&mut buf).await.map_err(|e| Error::file("cannot read", path.clone(), e))?;
+                let n = f
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::file("cannot read", path.clone(), e))?;
                 if n == 0 {
                     return Ok(None);
                 }
                 buf.truncate(n);
                 Ok(Some(Bytes::from(buf)))
             }
-            Download::S3(body, store, key) => body.try_next().await.map_err(|e| store.err(format!("reading {key} failed: {e}"))),
+            Download::S3(body, store, key) => body
+                .try_next()
+                .await
+                .map_err(|e| store.err(format!("reading {key} failed: {e}"))),
         }
     }
 }
@@ -552,10 +772,33 @@ mod tests {
 
     #[test]
     fn destinations_parse() {
-        assert_eq!(DestSpec::parse("file:///var/backups").unwrap(), DestSpec::File { root: "/var/backups".into() });
-        let s = DestSpec::parse("s3://bkt/a/b?region=eu-west-1&endpoint=http://127.0.0.1:9000&profile=eu").unwrap();
-        assert_eq!(s, DestSpec::S3 { bucket: "bkt".into(), prefix: "a/b".into(), region: "eu-west-1".into(), endpoint: Some("http://127.0.0.1:9000".into()), profile: Some("eu".into()), path_style: true });
-        for bad in ["s3://ab?region=x", "s3://abc?region=x&color=red", "ftp://x/y", "file://host/x"] {
+        assert_eq!(
+            DestSpec::parse("file:///var/backups").unwrap(),
+            DestSpec::File {
+                root: "/var/backups".into()
+            }
+        );
+        let s = DestSpec::parse(
+            "s3://bkt/a/b?region=eu-west-1&endpoint=http://127.0.0.1:9000&profile=eu",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            DestSpec::S3 {
+                bucket: "bkt".into(),
+                prefix: "a/b".into(),
+                region: "eu-west-1".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                profile: Some("eu".into()),
+                path_style: true
+            }
+        );
+        for bad in [
+            "s3://ab?region=x",
+            "s3://abc?region=x&color=red",
+            "ftp://x/y",
+            "file://host/x",
+        ] {
             let e = DestSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected file:///PATH"), "{bad}: {e}");
         }

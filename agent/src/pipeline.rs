@@ -87,8 +87,12 @@ impl Chain {
         Ok(match (opts.compression, opts.recipients.is_empty()) {
             (Compression::None, true) => Chain::Plain(sink),
             (Compression::None, false) => Chain::Age(encrypt(sink)?),
-            (Compression::Zstd(l), true) => Chain::Zstd(zstd::stream::write::Encoder::new(sink, l).map_err(|_| zstd(l))?),
-            (Compression::Zstd(l), false) => Chain::ZstdAge(zstd::stream::write::Encoder::new(encrypt(sink)?, l).map_err(|_| zstd(l))?),
+            (Compression::Zstd(l), true) => {
+                Chain::Zstd(zstd::stream::write::Encoder::new(sink, l).map_err(|_| zstd(l))?)
+            }
+            (Compression::Zstd(l), false) => Chain::ZstdAge(
+                zstd::stream::write::Encoder::new(encrypt(sink)?, l).map_err(|_| zstd(l))?,
+            ),
         })
     }
 
@@ -138,10 +142,15 @@ struct Encoder {
 impl Encoder {
     fn feed(&mut self, data: &[u8]) -> Result<()> {
         if let Some(v) = self.verifier.as_mut() {
-            v.update(data).map_err(|error| Error::Rdb { source_name: self.source_name.clone(), error })?;
+            v.update(data).map_err(|error| Error::Rdb {
+                source_name: self.source_name.clone(),
+                error,
+            })?;
         }
         self.raw += data.len() as u64;
-        self.chain.write_all(data).map_err(|e| Error::Decode(format!("encoding failed: {e}")))?;
+        self.chain
+            .write_all(data)
+            .map_err(|e| Error::Decode(format!("encoding failed: {e}")))?;
         self.drain();
         Ok(())
     }
@@ -161,13 +170,23 @@ impl Encoder {
 
     fn finish(mut self) -> Result<Encoded> {
         let chain = std::mem::replace(&mut self.chain, Chain::Plain(SharedSink::default()));
-        chain.finish().map_err(|e| Error::Decode(format!("encoding failed: {e}")))?;
+        chain
+            .finish()
+            .map_err(|e| Error::Decode(format!("encoding failed: {e}")))?;
         self.drain();
         let rdb = match self.verifier.take() {
-            Some(v) => Some(v.finish().map_err(|error| Error::Rdb { source_name: self.source_name.clone(), error })?),
+            Some(v) => Some(v.finish().map_err(|error| Error::Rdb {
+                source_name: self.source_name.clone(),
+                error,
+            })?),
             None => None,
         };
-        Ok(Encoded { raw_bytes: self.raw, stored_bytes: self.stored, sha256: hex::encode(self.sha.finalize()), rdb })
+        Ok(Encoded {
+            raw_bytes: self.raw,
+            stored_bytes: self.stored,
+            sha256: hex::encode(self.sha.finalize()),
+            rdb,
+        })
     }
 }
 
@@ -193,7 +212,10 @@ pub async fn store_object(
     spool: &SpoolLimits,
     progress: &Arc<Progress>,
 ) -> (Result<Encoded>, Vec<DestOutcome>) {
-    let queues: Vec<Arc<SpoolQueue>> = targets.iter().map(|(s, _)| Arc::new(SpoolQueue::new(s.to_string(), spool.clone()))).collect();
+    let queues: Vec<Arc<SpoolQueue>> = targets
+        .iter()
+        .map(|(s, _)| Arc::new(SpoolQueue::new(s.to_string(), spool.clone())))
+        .collect();
     let uploaders: Vec<_> = targets
         .iter()
         .zip(&queues)
@@ -214,7 +236,10 @@ pub async fn store_object(
         Err(e) => Err(e),
         Ok(encoder) => run_encoder(source, encoder, progress).await,
     };
-    let end = verdict.as_ref().map(|_| ()).map_err(|e| format!("not stored: {e}"));
+    let end = verdict
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| format!("not stored: {e}"));
     for q in &queues {
         q.end(end.clone());
     }
@@ -231,12 +256,20 @@ pub async fn store_object(
                 Err(e) => Err(Error::Failed(format!("upload task failed: {e}"))),
             },
         };
-        outcomes.push(DestOutcome { result, finished: Instant::now(), peak_spooled: q.peak_spooled() });
+        outcomes.push(DestOutcome {
+            result,
+            finished: Instant::now(),
+            peak_spooled: q.peak_spooled(),
+        });
     }
     (verdict, outcomes)
 }
 
-async fn run_encoder(source: &mut ByteSource, mut encoder: Encoder, progress: &Arc<Progress>) -> Result<Encoded> {
+async fn run_encoder(
+    source: &mut ByteSource,
+    mut encoder: Encoder,
+    progress: &Arc<Progress>,
+) -> Result<Encoded> {
     // The encoder runs on its own thread so reading the socket never waits for compression work
     // beyond a few chunks.
     let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(8);
@@ -265,11 +298,15 @@ async fn run_encoder(source: &mut ByteSource, mut encoder: Encoder, progress: &A
         }
     };
     drop(tx);
-    let worked = worker.await.map_err(|e| Error::Failed(format!("encoder task failed: {e}")))?;
+    let worked = worker
+        .await
+        .map_err(|e| Error::Failed(format!("encoder task failed: {e}")))?;
     read?;
     match worked? {
         Some(encoded) => Ok(encoded),
-        None => Err(Error::Failed("the source ended without its end marker".into())),
+        None => Err(Error::Failed(
+            "the source ended without its end marker".into(),
+        )),
     }
 }
 
@@ -302,5 +339,9 @@ async fn upload_loop(store: Store, key: String, queue: Arc<SpoolQueue>) -> Resul
 /// Bytes per second as MB/s (10^6).
 pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     let s = elapsed.as_secs_f64();
-    if s <= 0.0 { 0.0 } else { bytes as f64 / 1e6 / s }
+    if s <= 0.0 {
+        0.0
+    } else {
+        bytes as f64 / 1e6 / s
+    }
 }

@@ -73,12 +73,20 @@ impl Connection {
         };
         if let Some(password) = target.password.clone() {
             let reply = match &target.user {
-                Some(user) => conn.command(&[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
+                Some(user) => {
+                    conn.command(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                        .await?
+                }
                 None => conn.command(&[b"AUTH", password.as_bytes()]).await?,
             };
             if let Value::Error(e) = reply {
                 let who = target.user.as_deref().unwrap_or("default");
-                return Err(Error::redis(target, format!("login as user {who:?} refused ({e}): check the user name and password (URL, password_file= or FLEETSNAP_REDIS_PASSWORD)")));
+                return Err(Error::redis(
+                    target,
+                    format!(
+                        "login as user {who:?} refused ({e}): check the user name and password (URL, password_file= or FLEETSNAP_REDIS_PASSWORD)"
+                    ),
+                ));
             }
         }
         Ok(conn)
@@ -100,7 +108,11 @@ impl Connection {
         match self.command(args).await? {
             Value::Error(e) => Err(Error::redis(
                 &self.target,
-                format!("{} refused: {e}{}", String::from_utf8_lossy(args[0]), refusal_hint(&e)),
+                format!(
+                    "{} refused: {e}{}",
+                    String::from_utf8_lossy(args[0]),
+                    refusal_hint(&e)
+                ),
             )),
             v => Ok(v),
         }
@@ -146,8 +158,15 @@ impl Connection {
     /// `CONFIG GET name`, the value.
     pub async fn config_get(&mut self, name: &str) -> Result<String> {
         match self.checked(&[b"CONFIG", b"GET", name.as_bytes()]).await? {
-            Value::Array(Some(items)) if items.len() >= 2 => Ok(items[1].text().unwrap_or_default()),
-            _ => Err(Error::redis(&self.target, format!("CONFIG GET {name} returned nothing: the parameter is unknown to this server"))),
+            Value::Array(Some(items)) if items.len() >= 2 => {
+                Ok(items[1].text().unwrap_or_default())
+            }
+            _ => Err(Error::redis(
+                &self.target,
+                format!(
+                    "CONFIG GET {name} returned nothing: the parameter is unknown to this server"
+                ),
+            )),
         }
     }
 
@@ -181,14 +200,21 @@ impl Connection {
                 }
                 Ok(Value::Array(Some(items)))
             }
-            _ => Err(self.protocol(format!("unexpected reply {:?}", String::from_utf8_lossy(&line)))),
+            _ => Err(self.protocol(format!(
+                "unexpected reply {:?}",
+                String::from_utf8_lossy(&line)
+            ))),
         }
     }
 
     /// Reads one `\r\n`-terminated line without its terminator; a bare `\n` gives an empty line.
     pub async fn read_line(&mut self) -> Result<Vec<u8>> {
         let mut line = Vec::new();
-        let n = self.io.read_until(b'\n', &mut line).await.map_err(|e| self.io_error(e))?;
+        let n = self
+            .io
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| self.io_error(e))?;
         if n == 0 {
             return Err(self.closed());
         }
@@ -216,11 +242,15 @@ impl Connection {
     }
 
     fn parse_int(&self, s: &str) -> Result<i64> {
-        s.parse().map_err(|_| self.protocol(format!("bad integer {s:?}")))
+        s.parse()
+            .map_err(|_| self.protocol(format!("bad integer {s:?}")))
     }
 
     fn closed(&self) -> Error {
-        Error::redis(&self.target, "the node closed the connection: check its log for the reason (a restart, a client-output-buffer limit, maxclients)")
+        Error::redis(
+            &self.target,
+            "the node closed the connection: check its log for the reason (a restart, a client-output-buffer limit, maxclients)",
+        )
     }
 
     fn io_error(&self, e: std::io::Error) -> Error {
@@ -228,7 +258,10 @@ impl Connection {
     }
 
     fn protocol(&self, what: String) -> Error {
-        Error::redis(&self.target, format!("protocol error: {what}; is this a Redis server?"))
+        Error::redis(
+            &self.target,
+            format!("protocol error: {what}; is this a Redis server?"),
+        )
     }
 }
 
@@ -276,39 +309,68 @@ async fn tls_connect(
     let mut roots = rustls::RootCertStore::empty();
     let ca = read_pem_certs(&tls.ca)?;
     if ca.is_empty() {
-        return Err(Error::Input(format!("the CA file {} holds no certificate: pass the CA that signed the Redis server's certificate with ?ca=PATH", tls.ca.display())));
+        return Err(Error::Input(format!(
+            "the CA file {} holds no certificate: pass the CA that signed the Redis server's certificate with ?ca=PATH",
+            tls.ca.display()
+        )));
     }
     for c in ca {
-        roots.add(c).map_err(|e| Error::Input(format!("the CA file {} holds an unusable certificate: {e}", tls.ca.display())))?;
+        roots.add(c).map_err(|e| {
+            Error::Input(format!(
+                "the CA file {} holds an unusable certificate: {e}",
+                tls.ca.display()
+            ))
+        })?;
     }
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let config = match &tls.client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = read_pem_certs(cert)?;
-            let key_bytes = std::fs::read(key).map_err(|e| Error::file("cannot read the TLS client key", key, e))?;
+            let key_bytes = std::fs::read(key)
+                .map_err(|e| Error::file("cannot read the TLS client key", key, e))?;
             let key = rustls_pemfile::private_key(&mut key_bytes.as_slice())
                 .ok()
                 .flatten()
-                .ok_or_else(|| Error::Input(format!("{} holds no private key in PEM form", key.display())))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| Error::Input(format!("the TLS client certificate {} does not fit its key: {e}", cert.display())))?
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "{} holds no private key in PEM form",
+                        key.display()
+                    ))
+                })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                Error::Input(format!(
+                    "the TLS client certificate {} does not fit its key: {e}",
+                    cert.display()
+                ))
+            })?
         }
     };
-    let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
-        .map_err(|_| Error::Input(format!("{:?} is not a valid TLS server name: set ?sni=NAME", tls.server_name)))?;
+    let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone()).map_err(|_| {
+        Error::Input(format!(
+            "{:?} is not a valid TLS server name: set ?sni=NAME",
+            tls.server_name
+        ))
+    })?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
         .map_err(|e| Error::redis(target, format!("TLS handshake failed: {e}; check that the port serves TLS (tls-port) and that ?ca= names the CA that signed its certificate")))
 }
 
-fn read_pem_certs(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file("cannot read the TLS certificate file", path, e))?;
+fn read_pem_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::file("cannot read the TLS certificate file", path, e))?;
     rustls_pemfile::certs(&mut bytes.as_slice())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Input(format!("{} is not a PEM certificate file: {e}", path.display())))
+        .map_err(|e| {
+            Error::Input(format!(
+                "{} is not a PEM certificate file: {e}",
+                path.display()
+            ))
+        })
 }
 
 #[cfg(test)]

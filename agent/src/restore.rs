@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use fleetsnap_core::manifest::{self, MANIFEST_NAME};
-use fleetsnap_core::{BackupId, Codec, Manifest, ObjectEntry, ObjectKind, RdbVerifier, ShardEntry, ShardId};
+use fleetsnap_core::{
+    BackupId, Codec, Manifest, ObjectEntry, ObjectKind, RdbVerifier, ShardEntry, ShardId,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -39,14 +41,23 @@ pub async fn list(spec: &DestSpec) -> Result<Vec<Listed>> {
         if !key.ends_with(&format!("/{MANIFEST_NAME}")) {
             continue;
         }
-        let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{spec} {key}")).map_err(|e| Error::storage(spec, e.to_string()))?;
+        let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{spec} {key}"))
+            .map_err(|e| Error::storage(spec, e.to_string()))?;
         out.push(Listed {
             cluster: m.cluster.to_string(),
             backup_id: m.backup_id.to_string(),
             shards: m.shards.iter().map(|s| s.shard.to_string()).collect(),
             stored_bytes: m.stored_bytes(),
-            raw_bytes: m.shards.iter().flat_map(|s| &s.objects).map(|o| o.raw_bytes).sum(),
-            finished_at: m.finished_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            raw_bytes: m
+                .shards
+                .iter()
+                .flat_map(|s| &s.objects)
+                .map(|o| o.raw_bytes)
+                .sum(),
+            finished_at: m
+                .finished_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
         });
     }
     out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
@@ -62,9 +73,16 @@ pub async fn find_manifest(store: &Store, id: &BackupId) -> Result<(Manifest, St
         .into_iter()
         .find(|k| k.ends_with(&suffix))
         .ok_or_else(|| Error::storage(store, format!("backup {id} has no manifest here: it is not complete in this destination (check the id with `fleetsnap-agent ls --from {}`)", store.spec())))?;
-    let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{store} {key}")).map_err(|e| Error::storage(store, e.to_string()))?;
+    let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{store} {key}"))
+        .map_err(|e| Error::storage(store, e.to_string()))?;
     if m.backup_id != *id {
-        return Err(Error::storage(store, format!("manifest {key} names backup {} instead of {id}", m.backup_id)));
+        return Err(Error::storage(
+            store,
+            format!(
+                "manifest {key} names backup {} instead of {id}",
+                m.backup_id
+            ),
+        ));
     }
     let dir = manifest::backup_dir(store.spec().prefix(), &m.cluster, id);
     Ok((m, dir))
@@ -72,10 +90,19 @@ pub async fn find_manifest(store: &Store, id: &BackupId) -> Result<(Manifest, St
 
 /// Loads age identities from a file (as written by `age-keygen`).
 pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {
-    let file = age::IdentityFile::from_file(path.display().to_string()).map_err(|e| Error::file("cannot read the age identity file", path, e))?;
-    let ids = file.into_identities().map_err(|e| Error::Input(format!("{} holds no usable age identity: {e}", path.display())))?;
+    let file = age::IdentityFile::from_file(path.display().to_string())
+        .map_err(|e| Error::file("cannot read the age identity file", path, e))?;
+    let ids = file.into_identities().map_err(|e| {
+        Error::Input(format!(
+            "{} holds no usable age identity: {e}",
+            path.display()
+        ))
+    })?;
     if ids.is_empty() {
-        return Err(Error::Input(format!("{} holds no age identity (AGE-SECRET-KEY-1…)", path.display())));
+        return Err(Error::Input(format!(
+            "{} holds no age identity (AGE-SECRET-KEY-1…)",
+            path.display()
+        )));
     }
     Ok(ids)
 }
@@ -115,7 +142,13 @@ pub struct Checked {
 
 /// Reads one object, checks size and sha256 against the manifest, decodes it (unless encrypted
 /// and no identity is given) and verifies the RDB; writes the decoded bytes to `out` if given.
-pub async fn check_object(store: &Store, dir: &str, entry: &ObjectEntry, identity: Option<&Path>, out: Option<&Path>) -> Result<Checked> {
+pub async fn check_object(
+    store: &Store,
+    dir: &str,
+    entry: &ObjectEntry,
+    identity: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<Checked> {
     let key = format!("{dir}/{}", entry.name);
     let mut download = store.get(&key).await?;
     let decode = !entry.codecs.encrypted() || identity.is_some();
@@ -125,7 +158,16 @@ pub async fn check_object(store: &Store, dir: &str, entry: &ObjectEntry, identit
         let (identity, out) = (identity.map(Path::to_path_buf), out.map(Path::to_path_buf));
         tokio::task::spawn_blocking(move || {
             let ids = identity.as_deref().map(load_identities).transpose()?;
-            decode_stream(ChannelReader { rx, current: Bytes::new() }, &codecs.0, kind, ids.as_deref(), out.as_deref())
+            decode_stream(
+                ChannelReader {
+                    rx,
+                    current: Bytes::new(),
+                },
+                &codecs.0,
+                kind,
+                ids.as_deref(),
+                out.as_deref(),
+            )
         })
     });
     let mut sha = Sha256::new();
@@ -145,13 +187,22 @@ pub async fn check_object(store: &Store, dir: &str, entry: &ObjectEntry, identit
     .await;
     drop(tx);
     let decoded = match worker {
-        Some(w) => Some(w.await.map_err(|e| Error::Decode(format!("the decoder task failed: {e}")))?),
+        Some(w) => Some(
+            w.await
+                .map_err(|e| Error::Decode(format!("the decoder task failed: {e}")))?,
+        ),
         None => None,
     };
     read?;
     let sha = hex::encode(sha.finalize());
     if stored != entry.stored_bytes || sha != entry.sha256 {
-        return Err(Error::storage(store, format!("{key} does not match its manifest ({stored} bytes, sha256 {sha}; the manifest says {} bytes, sha256 {}): the stored copy is damaged", entry.stored_bytes, entry.sha256)));
+        return Err(Error::storage(
+            store,
+            format!(
+                "{key} does not match its manifest ({stored} bytes, sha256 {sha}; the manifest says {} bytes, sha256 {}): the stored copy is damaged",
+                entry.stored_bytes, entry.sha256
+            ),
+        ));
     }
     let (raw_bytes, crc) = match decoded.transpose()? {
         Some((raw, crc)) => (Some(raw), crc),
@@ -160,53 +211,96 @@ pub async fn check_object(store: &Store, dir: &str, entry: &ObjectEntry, identit
     if let Some(raw) = raw_bytes
         && raw != entry.raw_bytes
     {
-        return Err(Error::storage(store, format!("{key} decodes to {raw} bytes but the manifest says {}", entry.raw_bytes)));
+        return Err(Error::storage(
+            store,
+            format!(
+                "{key} decodes to {raw} bytes but the manifest says {}",
+                entry.raw_bytes
+            ),
+        ));
     }
     let crc64 = crc.map(|c| format!("{c:016x}"));
     if entry.kind == ObjectKind::Rdb && raw_bytes.is_some() && crc64 != entry.crc64 {
-        return Err(Error::storage(store, format!("{key}: RDB checksum {crc64:?} differs from the manifest's {:?}", entry.crc64)));
+        return Err(Error::storage(
+            store,
+            format!(
+                "{key}: RDB checksum {crc64:?} differs from the manifest's {:?}",
+                entry.crc64
+            ),
+        ));
     }
-    Ok(Checked { name: entry.name.clone(), stored_bytes: stored, raw_bytes, crc64 })
+    Ok(Checked {
+        name: entry.name.clone(),
+        stored_bytes: stored,
+        raw_bytes,
+        crc64,
+    })
 }
 
-fn decode_stream(input: ChannelReader, codecs: &[Codec], kind: ObjectKind, identities: Option<&[Box<dyn age::Identity>]>, out: Option<&Path>) -> Result<(u64, Option<u64>)> {
+fn decode_stream(
+    input: ChannelReader,
+    codecs: &[Codec],
+    kind: ObjectKind,
+    identities: Option<&[Box<dyn age::Identity>]>,
+    out: Option<&Path>,
+) -> Result<(u64, Option<u64>)> {
     let mut reader: Box<dyn Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, input));
     for codec in codecs.iter().rev() {
         reader = match codec {
             Codec::Age => {
-                let ids = identities.ok_or_else(|| Error::Decode("the backup is encrypted: pass --identity AGE_KEY_FILE".into()))?;
-                let d = age::Decryptor::new(reader).map_err(|e| Error::Decode(format!("not an age file: {e}")))?;
+                let ids = identities.ok_or_else(|| {
+                    Error::Decode("the backup is encrypted: pass --identity AGE_KEY_FILE".into())
+                })?;
+                let d = age::Decryptor::new(reader)
+                    .map_err(|e| Error::Decode(format!("not an age file: {e}")))?;
                 Box::new(d.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| Error::Decode(format!("cannot decrypt: {e}; is --identity the key of one of the backup's recipients?")))?)
             }
-            Codec::Zstd { .. } => Box::new(zstd::stream::read::Decoder::new(reader).map_err(|e| Error::Decode(format!("zstd: {e}")))?),
+            Codec::Zstd { .. } => Box::new(
+                zstd::stream::read::Decoder::new(reader)
+                    .map_err(|e| Error::Decode(format!("zstd: {e}")))?,
+            ),
         };
     }
     let mut file = match out {
-        Some(p) => Some(std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(p).map_err(|e| Error::file("cannot create", p, e))?)),
+        Some(p) => Some(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(p).map_err(|e| Error::file("cannot create", p, e))?,
+        )),
         None => None,
     };
     let mut verifier = (kind == ObjectKind::Rdb).then(RdbVerifier::new);
     let mut buf = vec![0; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buf).map_err(|e| Error::Decode(format!("decoding failed: {e}")))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::Decode(format!("decoding failed: {e}")))?;
         if n == 0 {
             break;
         }
         total += n as u64;
         if let Some(v) = verifier.as_mut() {
-            v.update(&buf[..n]).map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?;
+            v.update(&buf[..n])
+                .map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?;
         }
         if let (Some(f), Some(p)) = (file.as_mut(), out) {
-            f.write_all(&buf[..n]).map_err(|e| Error::file("cannot write", p, e))?;
+            f.write_all(&buf[..n])
+                .map_err(|e| Error::file("cannot write", p, e))?;
         }
     }
     if let (Some(mut f), Some(p)) = (file, out) {
         f.flush().map_err(|e| Error::file("cannot write", p, e))?;
-        f.get_ref().sync_all().map_err(|e| Error::file("cannot sync", p, e))?;
+        f.get_ref()
+            .sync_all()
+            .map_err(|e| Error::file("cannot sync", p, e))?;
     }
     let crc = match verifier {
-        Some(v) => Some(v.finish().map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?.checksum.unwrap_or(0)),
+        Some(v) => Some(
+            v.finish()
+                .map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?
+                .checksum
+                .unwrap_or(0),
+        ),
         None => None,
     };
     Ok((total, crc))
@@ -226,7 +320,11 @@ pub struct VerifyReport {
 }
 
 /// Re-reads every object of a backup: size, sha256, decode and RDB checksum.
-pub async fn verify(spec: &DestSpec, id: &BackupId, identity: Option<&Path>) -> Result<VerifyReport> {
+pub async fn verify(
+    spec: &DestSpec,
+    id: &BackupId,
+    identity: Option<&Path>,
+) -> Result<VerifyReport> {
     let store = Store::open(spec).await?;
     let (m, dir) = find_manifest(&store, id).await?;
     if let Some(p) = identity {
@@ -243,7 +341,12 @@ pub async fn verify(spec: &DestSpec, id: &BackupId, identity: Option<&Path>) -> 
             objects.push(c);
         }
     }
-    Ok(VerifyReport { destination: spec.to_string(), backup_id: id.to_string(), objects, not_decoded })
+    Ok(VerifyReport {
+        destination: spec.to_string(),
+        backup_id: id.to_string(),
+        objects,
+        not_decoded,
+    })
 }
 
 /// What to restore.
@@ -280,7 +383,9 @@ pub struct RestoreReport {
 /// Restores one shard to a file, reading the first destination that yields a verified copy.
 pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
     if req.from.is_empty() {
-        return Err(Error::Input("no source: give at least one --from DEST".into()));
+        return Err(Error::Input(
+            "no source: give at least one --from DEST".into(),
+        ));
     }
     if let Some(p) = &req.identity {
         load_identities(p)?;
@@ -297,19 +402,38 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
         }
     }
     let why: Vec<String> = skipped.iter().map(|(d, e)| format!("{d}: {e}")).collect();
-    Err(Error::Failed(format!("backup {} could not be restored from any destination:\n  {}", req.backup, why.join("\n  "))))
+    Err(Error::Failed(format!(
+        "backup {} could not be restored from any destination:\n  {}",
+        req.backup,
+        why.join("\n  ")
+    )))
 }
 
 fn pick_shard<'a>(m: &'a Manifest, shard: Option<&ShardId>) -> Result<&'a ShardEntry> {
     match shard {
-        Some(s) => m.shard(s).ok_or_else(|| Error::Input(format!("backup {} has no shard {s}; its shards: {}", m.backup_id, names(m)))),
+        Some(s) => m.shard(s).ok_or_else(|| {
+            Error::Input(format!(
+                "backup {} has no shard {s}; its shards: {}",
+                m.backup_id,
+                names(m)
+            ))
+        }),
         None if m.shards.len() == 1 => Ok(&m.shards[0]),
-        None => Err(Error::Input(format!("backup {} has {} shards: choose one with --shard ({})", m.backup_id, m.shards.len(), names(m)))),
+        None => Err(Error::Input(format!(
+            "backup {} has {} shards: choose one with --shard ({})",
+            m.backup_id,
+            m.shards.len(),
+            names(m)
+        ))),
     }
 }
 
 fn names(m: &Manifest) -> String {
-    m.shards.iter().map(|s| s.shard.to_string()).collect::<Vec<_>>().join(", ")
+    m.shards
+        .iter()
+        .map(|s| s.shard.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
@@ -323,7 +447,10 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
     let (m, dir) = find_manifest(&store, &req.backup).await?;
     let shard = pick_shard(&m, req.shard.as_ref())?;
     if shard.objects.iter().any(|o| o.codecs.encrypted()) && req.identity.is_none() {
-        return Err(Error::Input(format!("backup {} is encrypted with age: pass --identity AGE_KEY_FILE", req.backup)));
+        return Err(Error::Input(format!(
+            "backup {} is encrypted with age: pass --identity AGE_KEY_FILE",
+            req.backup
+        )));
     }
     let tail_path = with_suffix(&req.to_file, ".tail");
     let mut written = Vec::new();
@@ -355,7 +482,8 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         }
     }
     for (partial, final_path) in &written {
-        std::fs::rename(partial, final_path).map_err(|e| Error::file("cannot move the restored file into place", final_path, e))?;
+        std::fs::rename(partial, final_path)
+            .map_err(|e| Error::file("cannot move the restored file into place", final_path, e))?;
     }
     Ok(RestoreReport {
         destination: spec.to_string(),

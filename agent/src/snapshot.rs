@@ -87,7 +87,10 @@ pub struct SnapshotReport {
 impl SnapshotReport {
     /// Destinations that hold a complete backup.
     pub fn complete(&self) -> usize {
-        self.destinations.iter().filter(|d| d.error.is_none()).count()
+        self.destinations
+            .iter()
+            .filter(|d| d.error.is_none())
+            .count()
     }
 }
 
@@ -95,7 +98,9 @@ impl SnapshotReport {
 /// corrupt RDB, every destination failed); a partial success is a report with failed destinations.
 pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<SnapshotReport> {
     if req.destinations.is_empty() {
-        return Err(Error::Input("no destination: give at least one --to DEST".into()));
+        return Err(Error::Input(
+            "no destination: give at least one --to DEST".into(),
+        ));
     }
     let started_at = OffsetDateTime::now_utc();
     let started = Instant::now();
@@ -117,12 +122,26 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     for (kind, src) in opened.objects.iter_mut() {
         let name = manifest::object_name(&req.shard, *kind, &chain);
         let dir = |s: &Store| manifest::backup_dir(s.spec().prefix(), &req.cluster, &backup_id);
-        let alive: Vec<usize> = (0..stores.len()).filter(|i| failures[*i].is_none()).collect();
+        let alive: Vec<usize> = (0..stores.len())
+            .filter(|i| failures[*i].is_none())
+            .collect();
         if alive.is_empty() {
             break;
         }
-        let targets: Vec<(Store, String)> = alive.iter().map(|i| (stores[*i].clone(), format!("{}/{name}", dir(&stores[*i])))).collect();
-        let (verdict, outcomes) = store_object(src, &source_name, *kind == ObjectKind::Rdb, &targets, &req.encode, &req.spool, &progress).await;
+        let targets: Vec<(Store, String)> = alive
+            .iter()
+            .map(|i| (stores[*i].clone(), format!("{}/{name}", dir(&stores[*i]))))
+            .collect();
+        let (verdict, outcomes) = store_object(
+            src,
+            &source_name,
+            *kind == ObjectKind::Rdb,
+            &targets,
+            &req.encode,
+            &req.spool,
+            &progress,
+        )
+        .await;
         let encoded = verdict?;
         for (i, o) in alive.iter().zip(outcomes) {
             peak[*i] = peak[*i].max(o.peak_spooled);
@@ -142,7 +161,9 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             raw_bytes: encoded.raw_bytes,
             stored_bytes: encoded.stored_bytes,
             sha256: encoded.sha256,
-            crc64: encoded.rdb.map(|r| format!("{:016x}", r.checksum.unwrap_or(0))),
+            crc64: encoded
+                .rdb
+                .map(|r| format!("{:016x}", r.checksum.unwrap_or(0))),
         });
     }
     let raw_bytes = objects.iter().map(|o| o.raw_bytes).sum();
@@ -175,7 +196,11 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let mut reports = Vec::new();
     for (i, store) in stores.iter().enumerate() {
         if failures[i].is_none() {
-            let key = format!("{}/{}", manifest::backup_dir(store.spec().prefix(), &req.cluster, &backup_id), manifest::MANIFEST_NAME);
+            let key = format!(
+                "{}/{}",
+                manifest::backup_dir(store.spec().prefix(), &req.cluster, &backup_id),
+                manifest::MANIFEST_NAME
+            );
             if let Err(e) = store.put(&key, body.clone()).await {
                 failures[i] = Some(e.to_string());
             }
@@ -184,7 +209,11 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         reports.push(DestReport {
             destination: store.to_string(),
             region: store.spec().region_name(),
-            result: if failures[i].is_none() { "complete" } else { "failed" },
+            result: if failures[i].is_none() {
+                "complete"
+            } else {
+                "failed"
+            },
             error: failures[i].clone(),
             stored_bytes: if failures[i].is_none() { stored[i] } else { 0 },
             duration_seconds: round3(elapsed),
@@ -198,7 +227,11 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     }
     for r in &reports {
         if r.peak_spooled_bytes > 0 {
-            notes.push(format!("{} was slower than the source: up to {} MiB waited on the local spool", r.destination, r.peak_spooled_bytes >> 20));
+            notes.push(format!(
+                "{} was slower than the source: up to {} MiB waited on the local spool",
+                r.destination,
+                r.peak_spooled_bytes >> 20
+            ));
         }
     }
     Ok(SnapshotReport {

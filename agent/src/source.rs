@@ -76,11 +76,25 @@ pub struct SourceInfo {
 /// One object's bytes, read in chunks.
 pub enum ByteSource {
     /// A replication payload of known length.
-    ReplicationLen { conn: Connection, remaining: u64, total: u64, idle: Duration },
+    ReplicationLen {
+        conn: Connection,
+        remaining: u64,
+        total: u64,
+        idle: Duration,
+    },
     /// A diskless replication payload that ends with a 40-byte mark.
-    ReplicationMark { conn: Connection, mark: Vec<u8>, hold: Vec<u8>, done: bool, idle: Duration },
+    ReplicationMark {
+        conn: Connection,
+        mark: Vec<u8>,
+        hold: Vec<u8>,
+        done: bool,
+        idle: Duration,
+    },
     /// Files read one after the other.
-    Files { files: Vec<PathBuf>, current: Option<tokio::fs::File> },
+    Files {
+        files: Vec<PathBuf>,
+        current: Option<tokio::fs::File>,
+    },
     /// Bytes in memory.
     Memory(Option<Bytes>),
 }
@@ -89,20 +103,38 @@ impl ByteSource {
     /// The next chunk; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         match self {
-            ByteSource::ReplicationLen { conn, remaining, total, idle } => {
+            ByteSource::ReplicationLen {
+                conn,
+                remaining,
+                total,
+                idle,
+            } => {
                 if *remaining == 0 {
                     return Ok(None);
                 }
                 let mut buf = vec![0; CHUNK.min(*remaining as usize)];
                 let n = read_with_idle(conn, &mut buf, *idle).await?;
                 if n == 0 {
-                    return Err(Error::redis(conn.target(), format!("the node closed the connection after {} of {} snapshot bytes: check its log (restart, output-buffer limit for replicas, repl-timeout)", *total - *remaining, total)));
+                    return Err(Error::redis(
+                        conn.target(),
+                        format!(
+                            "the node closed the connection after {} of {} snapshot bytes: check its log (restart, output-buffer limit for replicas, repl-timeout)",
+                            *total - *remaining,
+                            total
+                        ),
+                    ));
                 }
                 *remaining -= n as u64;
                 buf.truncate(n);
                 Ok(Some(Bytes::from(buf)))
             }
-            ByteSource::ReplicationMark { conn, mark, hold, done, idle } => {
+            ByteSource::ReplicationMark {
+                conn,
+                mark,
+                hold,
+                done,
+                idle,
+            } => {
                 if *done {
                     return Ok(None);
                 }
@@ -110,7 +142,10 @@ impl ByteSource {
                     let mut buf = vec![0; CHUNK];
                     let n = read_with_idle(conn, &mut buf, *idle).await?;
                     if n == 0 {
-                        return Err(Error::redis(conn.target(), "the node closed the connection before the end of the snapshot: check its log (restart, output-buffer limit for replicas, repl-timeout)"));
+                        return Err(Error::redis(
+                            conn.target(),
+                            "the node closed the connection before the end of the snapshot: check its log (restart, output-buffer limit for replicas, repl-timeout)",
+                        ));
                     }
                     buf.truncate(n);
                     let mut data = std::mem::take(hold);
@@ -159,7 +194,13 @@ impl ByteSource {
 async fn read_with_idle(conn: &mut Connection, buf: &mut [u8], idle: Duration) -> Result<usize> {
     match tokio::time::timeout(idle, conn.read_some(buf)).await {
         Ok(r) => r,
-        Err(_) => Err(Error::redis(conn.target(), format!("no snapshot data for {}s: the node stalled; check its load and log", idle.as_secs()))),
+        Err(_) => Err(Error::redis(
+            conn.target(),
+            format!(
+                "no snapshot data for {}s: the node stalled; check its load and log",
+                idle.as_secs()
+            ),
+        )),
     }
 }
 
@@ -190,7 +231,11 @@ impl Default for SourceOptions {
 }
 
 /// Opens a source. `target` is needed for `replication` and `bgsave-file`.
-pub async fn open(kind: &SourceKind, target: Option<&RedisTarget>, opts: &SourceOptions) -> Result<OpenedSource> {
+pub async fn open(
+    kind: &SourceKind,
+    target: Option<&RedisTarget>,
+    opts: &SourceOptions,
+) -> Result<OpenedSource> {
     match kind {
         SourceKind::File(path) => open_file(path).await,
         SourceKind::Replication => open_replication(need_target(target)?, opts).await,
@@ -211,10 +256,19 @@ async fn server_facts(conn: &mut Connection, info: &mut SourceInfo) -> Result<()
 
 async fn open_replication(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {
     let mut conn = Connection::connect(target).await?;
-    let mut info = SourceInfo { node: target.address(), ..Default::default() };
+    let mut info = SourceInfo {
+        node: target.address(),
+        ..Default::default()
+    };
     server_facts(&mut conn, &mut info).await?;
     let sync_refused = |e: &str| {
-        Error::redis(target, format!("the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source bgsave-file where SYNC is disabled (managed services)", refusal_hint(e)))
+        Error::redis(
+            target,
+            format!(
+                "the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source bgsave-file where SYNC is disabled (managed services)",
+                refusal_hint(e)
+            ),
+        )
     };
     if let Value::Error(e) = conn.command(&[b"REPLCONF", b"capa", b"eof"]).await? {
         return Err(sync_refused(&e));
@@ -231,7 +285,12 @@ async fn open_replication(target: &RedisTarget, opts: &SourceOptions) -> Result<
     let line = loop {
         let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
             .await
-            .map_err(|_| Error::redis(target, format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs())))??;
+            .map_err(|_| {
+                Error::redis(
+                    target,
+                    format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs()),
+                )
+            })??;
         if !line.is_empty() {
             break String::from_utf8_lossy(&line).into_owned();
         }
@@ -240,7 +299,10 @@ async fn open_replication(target: &RedisTarget, opts: &SourceOptions) -> Result<
         return Err(sync_refused(e));
     }
     let Some(rest) = line.strip_prefix("+FULLRESYNC ") else {
-        return Err(Error::redis(target, format!("unexpected answer to PSYNC: {line:?}")));
+        return Err(Error::redis(
+            target,
+            format!("unexpected answer to PSYNC: {line:?}"),
+        ));
     };
     let mut parts = rest.split(' ');
     info.replid = parts.next().map(str::to_string);
@@ -255,46 +317,96 @@ async fn open_replication(target: &RedisTarget, opts: &SourceOptions) -> Result<
         }
     };
     if header.first() == Some(&b'-') {
-        return Err(Error::redis(target, format!("the node could not produce a snapshot: {}", String::from_utf8_lossy(&header[1..]))));
+        return Err(Error::redis(
+            target,
+            format!(
+                "the node could not produce a snapshot: {}",
+                String::from_utf8_lossy(&header[1..])
+            ),
+        ));
     }
     let Some(spec) = header.strip_prefix(b"$") else {
-        return Err(Error::redis(target, format!("unexpected snapshot header {:?}", String::from_utf8_lossy(&header))));
+        return Err(Error::redis(
+            target,
+            format!(
+                "unexpected snapshot header {:?}",
+                String::from_utf8_lossy(&header)
+            ),
+        ));
     };
     let idle = opts.idle_timeout;
     let body = if let Some(mark) = spec.strip_prefix(b"EOF:") {
         if mark.len() != EOF_MARK_LEN {
-            return Err(Error::redis(target, "diskless snapshot header has a malformed end mark"));
+            return Err(Error::redis(
+                target,
+                "diskless snapshot header has a malformed end mark",
+            ));
         }
-        ByteSource::ReplicationMark { conn, mark: mark.to_vec(), hold: Vec::new(), done: false, idle }
+        ByteSource::ReplicationMark {
+            conn,
+            mark: mark.to_vec(),
+            hold: Vec::new(),
+            done: false,
+            idle,
+        }
     } else {
         let total: u64 = std::str::from_utf8(spec)
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::redis(target, format!("unexpected snapshot header {:?}", String::from_utf8_lossy(&header))))?;
-        ByteSource::ReplicationLen { conn, remaining: total, total, idle }
+            .ok_or_else(|| {
+                Error::redis(
+                    target,
+                    format!(
+                        "unexpected snapshot header {:?}",
+                        String::from_utf8_lossy(&header)
+                    ),
+                )
+            })?;
+        ByteSource::ReplicationLen {
+            conn,
+            remaining: total,
+            total,
+            idle,
+        }
     };
-    Ok(OpenedSource { info, objects: vec![(ObjectKind::Rdb, body)] })
+    Ok(OpenedSource {
+        info,
+        objects: vec![(ObjectKind::Rdb, body)],
+    })
 }
 
 async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {
     let mut conn = Connection::connect(target).await?;
-    let mut info = SourceInfo { node: target.address(), ..Default::default() };
+    let mut info = SourceInfo {
+        node: target.address(),
+        ..Default::default()
+    };
     server_facts(&mut conn, &mut info).await?;
     let dir = conn.config_get("dir").await?;
     let dbfilename = conn.config_get("dbfilename").await?;
     let persistence = conn.info("persistence").await?;
     // `rdb_saves` (Redis 7+) counts saves; older servers only have a save time in whole seconds.
     let saves = |p: &[(String, String)]| info_field(p, "rdb_saves").map(str::to_string);
-    let before = (saves(&persistence), info_field(&persistence, "rdb_last_save_time").unwrap_or("0").to_string());
+    let before = (
+        saves(&persistence),
+        info_field(&persistence, "rdb_last_save_time")
+            .unwrap_or("0")
+            .to_string(),
+    );
     if info_field(&persistence, "rdb_bgsave_in_progress") == Some("1") {
-        info.notes.push("a BGSAVE was already running on the node; reused its result".into());
+        info.notes
+            .push("a BGSAVE was already running on the node; reused its result".into());
     } else {
         match conn.command(&[b"BGSAVE", b"SCHEDULE"]).await? {
             Value::Error(e) if e.contains("already in progress") => {
-                info.notes.push("a BGSAVE was already running on the node; reused its result".into());
+                info.notes
+                    .push("a BGSAVE was already running on the node; reused its result".into());
             }
             Value::Error(e) => {
-                return Err(Error::redis(target, format!("BGSAVE refused: {e}{}", refusal_hint(&e))));
+                return Err(Error::redis(
+                    target,
+                    format!("BGSAVE refused: {e}{}", refusal_hint(&e)),
+                ));
             }
             _ => {}
         }
@@ -311,23 +423,42 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
         };
         if !running && saved {
             if info_field(&p, "rdb_last_bgsave_status") != Some("ok") {
-                return Err(Error::redis(target, "BGSAVE failed on the node (rdb_last_bgsave_status is not ok): check its log, usually a full disk or a permission problem in its dir"));
+                return Err(Error::redis(
+                    target,
+                    "BGSAVE failed on the node (rdb_last_bgsave_status is not ok): check its log, usually a full disk or a permission problem in its dir",
+                ));
             }
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(Error::redis(target, format!("BGSAVE did not finish within {}s", opts.bgsave_timeout.as_secs())));
+            return Err(Error::redis(
+                target,
+                format!(
+                    "BGSAVE did not finish within {}s",
+                    opts.bgsave_timeout.as_secs()
+                ),
+            ));
         }
     }
     let path = Path::new(&dir).join(&dbfilename);
     // Redis writes a temporary file and renames it, so the file opened now stays whole even if
     // another BGSAVE replaces it while it is read.
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        Error::file("cannot open the node's RDB file (bgsave-file needs the agent on the node's host)", &path, e)
+        Error::file(
+            "cannot open the node's RDB file (bgsave-file needs the agent on the node's host)",
+            &path,
+            e,
+        )
     })?;
     Ok(OpenedSource {
         info,
-        objects: vec![(ObjectKind::Rdb, ByteSource::Files { files: Vec::new(), current: Some(file) })],
+        objects: vec![(
+            ObjectKind::Rdb,
+            ByteSource::Files {
+                files: Vec::new(),
+                current: Some(file),
+            },
+        )],
     })
 }
 
@@ -340,11 +471,24 @@ struct AofEntry {
 }
 
 fn parse_aof_manifest(text: &str, path: &Path) -> Result<Vec<AofEntry>> {
-    let bad = |line: &str| Error::Input(format!("AOF manifest {} has a line that is not `file NAME seq N type b|h|i`: {line:?}", path.display()));
+    let bad = |line: &str| {
+        Error::Input(format!(
+            "AOF manifest {} has a line that is not `file NAME seq N type b|h|i`: {line:?}",
+            path.display()
+        ))
+    };
     let mut out = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let mut entry = AofEntry { name: String::new(), seq: 0, kind: ' ' };
+        let mut entry = AofEntry {
+            name: String::new(),
+            seq: 0,
+            kind: ' ',
+        };
         for pair in words.chunks(2) {
             match pair {
                 ["file", n] => entry.name = n.trim_matches('"').to_string(),
@@ -362,36 +506,66 @@ fn parse_aof_manifest(text: &str, path: &Path) -> Result<Vec<AofEntry>> {
 }
 
 async fn open_file(path: &Path) -> Result<OpenedSource> {
-    let meta = tokio::fs::metadata(path).await.map_err(|e| Error::file("cannot read the source", path, e))?;
-    let mut info = SourceInfo { node: path.display().to_string(), ..Default::default() };
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| Error::file("cannot read the source", path, e))?;
+    let mut info = SourceInfo {
+        node: path.display().to_string(),
+        ..Default::default()
+    };
     if meta.is_file() {
-        let mut f = tokio::fs::File::open(path).await.map_err(|e| Error::file("cannot open", path, e))?;
+        let mut f = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::file("cannot open", path, e))?;
         let mut magic = [0u8; 5];
-        let n = f.read(&mut magic).await.map_err(|e| Error::file("cannot read", path, e))?;
+        let n = f
+            .read(&mut magic)
+            .await
+            .map_err(|e| Error::file("cannot read", path, e))?;
         if &magic[..n] != b"REDIS" {
-            return Err(Error::Input(format!("{} is not an RDB file (it does not start with REDIS); for an AOF, pass its directory (appendonlydir), which holds the manifest", path.display())));
+            return Err(Error::Input(format!(
+                "{} is not an RDB file (it does not start with REDIS); for an AOF, pass its directory (appendonlydir), which holds the manifest",
+                path.display()
+            )));
         }
         return Ok(OpenedSource {
             info,
-            objects: vec![(ObjectKind::Rdb, ByteSource::Files { files: vec![path.to_path_buf()], current: None })],
+            objects: vec![(
+                ObjectKind::Rdb,
+                ByteSource::Files {
+                    files: vec![path.to_path_buf()],
+                    current: None,
+                },
+            )],
         });
     }
     let mut manifest = None;
-    let mut rd = tokio::fs::read_dir(path).await.map_err(|e| Error::file("cannot list", path, e))?;
-    while let Some(entry) = rd.next_entry().await.map_err(|e| Error::file("cannot list", path, e))? {
+    let mut rd = tokio::fs::read_dir(path)
+        .await
+        .map_err(|e| Error::file("cannot list", path, e))?;
+    while let Some(entry) = rd
+        .next_entry()
+        .await
+        .map_err(|e| Error::file("cannot list", path, e))?
+    {
         if entry.file_name().to_string_lossy().ends_with(".manifest") {
             manifest = Some(entry.path());
         }
     }
     let manifest = manifest.ok_or_else(|| Error::Input(format!("{} is a directory without an AOF manifest (*.manifest): pass an RDB file or a Redis 7 appendonlydir", path.display())))?;
-    let text = tokio::fs::read_to_string(&manifest).await.map_err(|e| Error::file("cannot read", &manifest, e))?;
+    let text = tokio::fs::read_to_string(&manifest)
+        .await
+        .map_err(|e| Error::file("cannot read", &manifest, e))?;
     let entries = parse_aof_manifest(&text, &manifest)?;
     let base = entries.iter().find(|e| e.kind == 'b');
     let mut incr: Vec<&AofEntry> = entries.iter().filter(|e| e.kind == 'i').collect();
     incr.sort_by_key(|e| e.seq);
     let mut tail: Vec<PathBuf> = incr.iter().map(|e| path.join(&e.name)).collect();
     let rdb = match base {
-        Some(b) if b.name.ends_with(".rdb") => ByteSource::Files { files: vec![path.join(&b.name)], current: None },
+        Some(b) if b.name.ends_with(".rdb") => ByteSource::Files {
+            files: vec![path.join(&b.name)],
+            current: None,
+        },
         Some(b) => {
             // A base in plain AOF form: commands only. Store an empty RDB and replay everything.
             tail.insert(0, path.join(&b.name));
@@ -400,10 +574,20 @@ async fn open_file(path: &Path) -> Result<OpenedSource> {
         }
         None => ByteSource::Memory(Some(Bytes::from(fleetsnap_core::empty_rdb(9)))),
     };
-    info.notes.push(format!("read the AOF {}: base plus {} incremental file(s), stored as RDB + tail", manifest.display(), incr.len()));
+    info.notes.push(format!(
+        "read the AOF {}: base plus {} incremental file(s), stored as RDB + tail",
+        manifest.display(),
+        incr.len()
+    ));
     let mut objects = vec![(ObjectKind::Rdb, rdb)];
     if !tail.is_empty() {
-        objects.push((ObjectKind::Tail, ByteSource::Files { files: tail, current: None }));
+        objects.push((
+            ObjectKind::Tail,
+            ByteSource::Files {
+                files: tail,
+                current: None,
+            },
+        ));
     }
     Ok(OpenedSource { info, objects })
 }
@@ -414,8 +598,14 @@ mod tests {
 
     #[test]
     fn source_kinds_parse() {
-        assert_eq!("replication".parse::<SourceKind>().unwrap(), SourceKind::Replication);
-        assert_eq!("file:/x/dump.rdb".parse::<SourceKind>().unwrap(), SourceKind::File("/x/dump.rdb".into()));
+        assert_eq!(
+            "replication".parse::<SourceKind>().unwrap(),
+            SourceKind::Replication
+        );
+        assert_eq!(
+            "file:/x/dump.rdb".parse::<SourceKind>().unwrap(),
+            SourceKind::File("/x/dump.rdb".into())
+        );
         assert!("file:".parse::<SourceKind>().is_err());
         assert!("sync".parse::<SourceKind>().is_err());
     }
@@ -425,7 +615,14 @@ mod tests {
         let text = "file appendonly.aof.1.base.rdb seq 1 type b\nfile appendonly.aof.1.incr.aof seq 1 type i\nfile appendonly.aof.2.incr.aof seq 2 type i\n";
         let e = parse_aof_manifest(text, Path::new("m")).unwrap();
         assert_eq!(e.len(), 3);
-        assert_eq!(e[0], AofEntry { name: "appendonly.aof.1.base.rdb".into(), seq: 1, kind: 'b' });
+        assert_eq!(
+            e[0],
+            AofEntry {
+                name: "appendonly.aof.1.base.rdb".into(),
+                seq: 1,
+                kind: 'b'
+            }
+        );
         assert!(parse_aof_manifest("garbage line\n", Path::new("m")).is_err());
     }
 }

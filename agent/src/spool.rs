@@ -70,7 +70,12 @@ pub struct SpoolQueue {
 impl SpoolQueue {
     /// A queue for the destination called `name`.
     pub fn new(name: String, limits: SpoolLimits) -> Self {
-        Self { state: Mutex::new(State::default()), notify: Notify::new(), limits, name }
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limits,
+            name,
+        }
     }
 
     /// Appends bytes without blocking on the consumer. Returns false once the queue has failed
@@ -100,20 +105,49 @@ impl SpoolQueue {
 
     fn spill(&self, st: &mut State, data: &[u8]) -> Result<(), String> {
         if st.file.is_none() {
-            std::fs::create_dir_all(&self.limits.dir).map_err(|e| format!("cannot create the spool directory {}: {e}", self.limits.dir.display()))?;
-            let path = self.limits.dir.join(format!("fleetsnap-spool-{}-{:016x}", std::process::id(), rand::random::<u64>()));
-            let file = File::options().create_new(true).read(true).write(true).open(&path)
+            std::fs::create_dir_all(&self.limits.dir).map_err(|e| {
+                format!(
+                    "cannot create the spool directory {}: {e}",
+                    self.limits.dir.display()
+                )
+            })?;
+            let path = self.limits.dir.join(format!(
+                "fleetsnap-spool-{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            let file = File::options()
+                .create_new(true)
+                .read(true)
+                .write(true)
+                .open(&path)
                 .map_err(|e| format!("cannot create the spool file {}: {e}", path.display()))?;
-            st.file = Some(SpoolFile { file, path, write_pos: 0, read_pos: 0 });
+            st.file = Some(SpoolFile {
+                file,
+                path,
+                write_pos: 0,
+                read_pos: 0,
+            });
         }
         let f = st.file.as_mut().expect("created");
         let used = f.write_pos - f.read_pos + data.len() as u64;
         if f.write_pos + data.len() as u64 > self.limits.max_bytes {
-            return Err(format!("the destination fell {} MiB behind the source and the spool limit is {} MiB: it is too slow or stalled; raise --spool-max or fix the destination", used >> 20, self.limits.max_bytes >> 20));
+            return Err(format!(
+                "the destination fell {} MiB behind the source and the spool limit is {} MiB: it is too slow or stalled; raise --spool-max or fix the destination",
+                used >> 20,
+                self.limits.max_bytes >> 20
+            ));
         }
         f.file.write_all_at(data, f.write_pos).map_err(|e| {
-            let full = if e.raw_os_error() == Some(28) { " (the spool disk is full: free space or point --spool-dir at a larger disk)" } else { "" };
-            format!("cannot write the spool file {}: {e}{full}", f.path.display())
+            let full = if e.raw_os_error() == Some(28) {
+                " (the spool disk is full: free space or point --spool-dir at a larger disk)"
+            } else {
+                ""
+            };
+            format!(
+                "cannot write the spool file {}: {e}{full}",
+                f.path.display()
+            )
         })?;
         f.write_pos += data.len() as u64;
         st.peak_spooled = st.peak_spooled.max(f.write_pos - f.read_pos);
@@ -163,7 +197,11 @@ impl SpoolQueue {
                     let n = (f.write_pos - f.read_pos).min(SPOOL_READ as u64) as usize;
                     let mut buf = vec![0; n];
                     if let Err(e) = f.file.read_exact_at(&mut buf, f.read_pos) {
-                        let reason = format!("cannot read back the spool file {} for {}: {e}", f.path.display(), self.name);
+                        let reason = format!(
+                            "cannot read back the spool file {} for {}: {e}",
+                            f.path.display(),
+                            self.name
+                        );
                         st.failed = Some(reason.clone());
                         return Item::Abort(reason);
                     }
@@ -192,7 +230,11 @@ mod tests {
     use super::*;
 
     fn limits(dir: &std::path::Path, max: u64) -> SpoolLimits {
-        SpoolLimits { memory_bytes: 10, dir: dir.to_path_buf(), max_bytes: max }
+        SpoolLimits {
+            memory_bytes: 10,
+            dir: dir.to_path_buf(),
+            max_bytes: max,
+        }
     }
 
     #[tokio::test]
@@ -216,9 +258,17 @@ mod tests {
             }
         }
         assert_eq!(got, expected);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "spool file kept while queue lives");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "spool file kept while queue lives"
+        );
         drop(q);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spool file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "spool file left behind"
+        );
     }
 
     #[tokio::test]

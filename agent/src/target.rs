@@ -62,12 +62,20 @@ impl RedisTarget {
     /// Parses a URL such as `redis://user:pass@10.0.0.5:6379` or
     /// `rediss://host:6380?ca=/etc/redis/ca.pem&cert=c.pem&key=k.pem`.
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let bad = |why: &str| Error::Input(format!("Redis URL {text:?} is not valid: {why}; expected redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH"));
+        let bad = |why: &str| {
+            Error::Input(format!(
+                "Redis URL {text:?} is not valid: {why}; expected redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH"
+            ))
+        };
         let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
         let tls = match url.scheme() {
             "redis" => false,
             "rediss" => true,
-            other => return Err(bad(&format!("scheme {other:?} is neither redis nor rediss"))),
+            other => {
+                return Err(bad(&format!(
+                    "scheme {other:?} is neither redis nor rediss"
+                )));
+            }
         };
         let host = url
             .host_str()
@@ -151,7 +159,12 @@ mod tests {
     fn parses_users_passwords_and_tls() {
         let t = RedisTarget::parse("redis://backup:s%40cret@10.0.0.5:6380").unwrap();
         assert_eq!(
-            (t.host.as_str(), t.port, t.user.as_deref(), t.password.as_deref()),
+            (
+                t.host.as_str(),
+                t.port,
+                t.user.as_deref(),
+                t.password.as_deref()
+            ),
             ("10.0.0.5", 6380, Some("backup"), Some("s@cret"))
         );
         assert_eq!(t.to_string(), "redis://backup@10.0.0.5:6380");
@@ -163,7 +176,13 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_use() {
-        for bad in ["http://h", "redis://h?ca=x", "redis://h?bogus=1", "rediss://h?cert=a", "nonsense"] {
+        for bad in [
+            "http://h",
+            "redis://h?ca=x",
+            "redis://h?bogus=1",
+            "rediss://h?cert=a",
+            "nonsense",
+        ] {
             let e = RedisTarget::parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected redis://"), "{bad}: {e}");
         }

@@ -8,7 +8,10 @@ use fleetsnap_testkit::redis::{RedisOptions, TlsFiles};
 use fleetsnap_testkit::{Dataset, RedisServer, ReplicaSet, assert_same_data, write_dataset};
 
 fn backup_id(run: &Run) -> String {
-    run.json()["backup_id"].as_str().expect("backup_id").to_string()
+    run.json()["backup_id"]
+        .as_str()
+        .expect("backup_id")
+        .to_string()
 }
 
 fn assert_all_complete(run: &Run, n: usize) {
@@ -25,7 +28,9 @@ fn assert_all_complete(run: &Run, n: usize) {
 async fn every_source_lands_in_every_region_and_restores_equal() {
     let regions = Regions::start().await;
     let set = ReplicaSet::start(1, RedisOptions::default()).await.unwrap();
-    let keys = write_dataset(&set.primary, &Dataset::default()).await.unwrap();
+    let keys = write_dataset(&set.primary, &Dataset::default())
+        .await
+        .unwrap();
     assert!(keys > 100_000);
     set.wait_synced().await.unwrap();
     let replica = &set.replicas[0];
@@ -36,19 +41,58 @@ async fn every_source_lands_in_every_region_and_restores_equal() {
     // bgsave-file writes the replica's dump.rdb, which the file source then reads.
     let rdb_path = replica.dir().join("dump.rdb");
     let file_source = format!("file:{}", rdb_path.display());
-    for (n, source) in ["replication", "bgsave-file", file_source.as_str()].into_iter().enumerate() {
+    for (n, source) in ["replication", "bgsave-file", file_source.as_str()]
+        .into_iter()
+        .enumerate()
+    {
         let prefix = format!("p{n}");
         let (g, m) = (regions.garage_dest(&prefix), regions.moto_dest(&prefix));
-        let run = agent(creds, &["snapshot", "--redis", &replica.url(), "--source", source, "--to", &g, "--to", &m, "--to", &file_dest, "--cluster", "orders", "--shard", "s0", "--json"]).await.ok();
+        let run = agent(
+            creds,
+            &[
+                "snapshot",
+                "--redis",
+                &replica.url(),
+                "--source",
+                source,
+                "--to",
+                &g,
+                "--to",
+                &m,
+                "--to",
+                &file_dest,
+                "--cluster",
+                "orders",
+                "--shard",
+                "s0",
+                "--json",
+            ],
+        )
+        .await
+        .ok();
         assert_all_complete(&run, 3);
         let id = backup_id(&run);
         assert_eq!(run.json()["source_kind"], source.split(':').next().unwrap());
         for dest in [&g, &m, &file_dest] {
-            let listed = agent(creds, &["ls", "--from", dest, "--json"]).await.ok().json();
-            assert!(listed.as_array().unwrap().iter().any(|b| b["backup_id"] == id.as_str()), "{id} not listed in {dest}");
-            agent(creds, &["verify", "--from", dest, "--backup", &id]).await.ok();
+            let listed = agent(creds, &["ls", "--from", dest, "--json"])
+                .await
+                .ok()
+                .json();
+            assert!(
+                listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|b| b["backup_id"] == id.as_str()),
+                "{id} not listed in {dest}"
+            );
+            agent(creds, &["verify", "--from", dest, "--backup", &id])
+                .await
+                .ok();
             let restored = restore_and_load(creds, &[dest], &id, work.path(), &[]).await;
-            assert_same_data(&set.primary, &restored).await.unwrap_or_else(|e| panic!("{source} via {dest}: {e}"));
+            assert_same_data(&set.primary, &restored)
+                .await
+                .unwrap_or_else(|e| panic!("{source} via {dest}: {e}"));
         }
     }
 }
@@ -56,13 +100,41 @@ async fn every_source_lands_in_every_region_and_restores_equal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
     let server = RedisServer::start().await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 2000, big_value_bytes: 1 << 20 }).await.unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 2000,
+            big_value_bytes: 1 << 20,
+        },
+    )
+    .await
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (a, b) = (format!("file://{}/a", work.path().display()), format!("file://{}/b", work.path().display()));
-    let run = agent(None, &["snapshot", "--redis", &server.url(), "--to", &a, "--to", &b, "--json"]).await.ok();
+    let (a, b) = (
+        format!("file://{}/a", work.path().display()),
+        format!("file://{}/b", work.path().display()),
+    );
+    let run = agent(
+        None,
+        &[
+            "snapshot",
+            "--redis",
+            &server.url(),
+            "--to",
+            &a,
+            "--to",
+            &b,
+            "--json",
+        ],
+    )
+    .await
+    .ok();
     let id = backup_id(&run);
     // Flip one byte of region a's copy: its sha256 no longer matches the manifest.
-    let object = files_under(&work.path().join("a")).into_iter().find(|f| f.ends_with(".rdb.zst")).unwrap();
+    let object = files_under(&work.path().join("a"))
+        .into_iter()
+        .find(|f| f.ends_with(".rdb.zst"))
+        .unwrap();
     let path = work.path().join("a").join(object);
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
@@ -70,14 +142,41 @@ async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
     std::fs::write(&path, bytes).unwrap();
     let verify = agent(None, &["verify", "--from", &a, "--backup", &id]).await;
     assert_eq!(verify.code, 1);
-    assert!(verify.stderr.contains("does not match its manifest"), "{}", verify.stderr);
+    assert!(
+        verify.stderr.contains("does not match its manifest"),
+        "{}",
+        verify.stderr
+    );
     let dead = "s3://fleetsnap-gone?region=x&endpoint=http://127.0.0.1:9&profile=none";
     let file = work.path().join("r.rdb");
-    let run = agent(None, &["restore", "--from", dead, "--from", &a, "--from", &b, "--backup", &id, "--to-file", &file.display().to_string(), "--json"]).await.ok();
+    let run = agent(
+        None,
+        &[
+            "restore",
+            "--from",
+            dead,
+            "--from",
+            &a,
+            "--from",
+            &b,
+            "--backup",
+            &id,
+            "--to-file",
+            &file.display().to_string(),
+            "--json",
+        ],
+    )
+    .await
+    .ok();
     let j = run.json();
     assert_eq!(j["destination"].as_str().unwrap(), b);
     assert_eq!(j["skipped"].as_array().unwrap().len(), 2, "{j}");
-    let restored = RedisServer::start_with(RedisOptions { rdb: Some(file), ..Default::default() }).await.unwrap();
+    let restored = RedisServer::start_with(RedisOptions {
+        rdb: Some(file),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert_same_data(&server, &restored).await.unwrap();
 }
 
@@ -85,23 +184,72 @@ async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
 async fn encrypted_snapshot_needs_the_identity_to_restore() {
     use age::secrecy::ExposeSecret;
     let server = RedisServer::start().await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 5000, big_value_bytes: 1 << 20 }).await.unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 5000,
+            big_value_bytes: 1 << 20,
+        },
+    )
+    .await
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
     let identity = age::x25519::Identity::generate();
     let key_file = work.path().join("key.txt");
-    std::fs::write(&key_file, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+    std::fs::write(
+        &key_file,
+        format!("{}\n", identity.to_string().expose_secret()),
+    )
+    .unwrap();
     let recipient = identity.to_public().to_string();
     let dest = format!("file://{}/enc", work.path().display());
-    let run = agent(None, &["snapshot", "--redis", &server.url(), "--to", &dest, "--encrypt-to", &recipient, "--compress", "zstd:5", "--json"]).await.ok();
+    let run = agent(
+        None,
+        &[
+            "snapshot",
+            "--redis",
+            &server.url(),
+            "--to",
+            &dest,
+            "--encrypt-to",
+            &recipient,
+            "--compress",
+            "zstd:5",
+            "--json",
+        ],
+    )
+    .await
+    .ok();
     let id = backup_id(&run);
-    assert!(files_under(&work.path().join("enc")).iter().any(|f| f.ends_with(".rdb.zst.age")));
+    assert!(
+        files_under(&work.path().join("enc"))
+            .iter()
+            .any(|f| f.ends_with(".rdb.zst.age"))
+    );
     let file = work.path().join("r.rdb");
-    let no_key = agent(None, &["restore", "--from", &dest, "--backup", &id, "--to-file", &file.display().to_string()]).await;
+    let no_key = agent(
+        None,
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--backup",
+            &id,
+            "--to-file",
+            &file.display().to_string(),
+        ],
+    )
+    .await;
     assert_eq!(no_key.code, 1);
     assert!(no_key.stderr.contains("--identity"), "{}", no_key.stderr);
     assert!(!file.exists());
     let k = key_file.display().to_string();
-    agent(None, &["verify", "--from", &dest, "--backup", &id, "--identity", &k]).await.ok();
+    agent(
+        None,
+        &["verify", "--from", &dest, "--backup", &id, "--identity", &k],
+    )
+    .await
+    .ok();
     let restored = restore_and_load(None, &[&dest], &id, work.path(), &["--identity", &k]).await;
     assert_same_data(&server, &restored).await.unwrap();
 }
@@ -112,43 +260,128 @@ async fn tls_and_a_minimal_acl_user_are_enough() {
     let tls = TlsFiles::generate(certs_dir.path()).unwrap();
     let opts = RedisOptions {
         tls: Some(tls),
-        acl_users: vec!["user backup on >backup-pw -@all +psync +replconf +sync +info +ping".into()],
+        acl_users: vec![
+            "user backup on >backup-pw -@all +psync +replconf +sync +info +ping".into(),
+        ],
         ..Default::default()
     };
     let server = RedisServer::start_with(opts).await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 3000, big_value_bytes: 1 << 20 }).await.unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 3000,
+            big_value_bytes: 1 << 20,
+        },
+    )
+    .await
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/tls", work.path().display());
-    let url = server.url().replace("rediss://", "rediss://backup:backup-pw@");
-    let run = agent(None, &["snapshot", "--redis", &url, "--to", &dest, "--json"]).await.ok();
+    let url = server
+        .url()
+        .replace("rediss://", "rediss://backup:backup-pw@");
+    let run = agent(
+        None,
+        &["snapshot", "--redis", &url, "--to", &dest, "--json"],
+    )
+    .await
+    .ok();
     let restored = restore_and_load(None, &[&dest], &backup_id(&run), work.path(), &[]).await;
     assert_same_data(&server, &restored).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aof_directory_is_stored_as_rdb_plus_tail() {
-    let server = RedisServer::start_with(RedisOptions::default().arg("appendonly", "yes").arg("appenddirname", "appendonlydir")).await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 3000, big_value_bytes: 1 << 20 }).await.unwrap();
+    let server = RedisServer::start_with(
+        RedisOptions::default()
+            .arg("appendonly", "yes")
+            .arg("appenddirname", "appendonlydir"),
+    )
+    .await
+    .unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 3000,
+            big_value_bytes: 1 << 20,
+        },
+    )
+    .await
+    .unwrap();
     server.cmd(&["BGREWRITEAOF"]).await.unwrap();
-    fleetsnap_testkit::poll_until("AOF rewrite", std::time::Duration::from_secs(60), || async {
-        (server.info("persistence", "aof_rewrite_in_progress").await.ok()?? == "0" && server.info("persistence", "aof_rewrite_scheduled").await.ok()?? == "0").then_some(())
-    }).await.unwrap();
+    fleetsnap_testkit::poll_until(
+        "AOF rewrite",
+        std::time::Duration::from_secs(60),
+        || async {
+            (server
+                .info("persistence", "aof_rewrite_in_progress")
+                .await
+                .ok()??
+                == "0"
+                && server
+                    .info("persistence", "aof_rewrite_scheduled")
+                    .await
+                    .ok()??
+                    == "0")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     // Written after the rewrite: these live only in the incremental AOF.
     for i in 0..500 {
-        server.cmd(&["SET", &format!("after:{i}"), "tail"]).await.unwrap();
+        server
+            .cmd(&["SET", &format!("after:{i}"), "tail"])
+            .await
+            .unwrap();
     }
     server.cmd(&["INCRBY", "k:1", "0"]).await.ok();
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/aof", work.path().display());
     let source = format!("file:{}", server.dir().join("appendonlydir").display());
-    let run = agent(None, &["snapshot", "--source", &source, "--to", &dest, "--json"]).await.ok();
+    let run = agent(
+        None,
+        &["snapshot", "--source", &source, "--to", &dest, "--json"],
+    )
+    .await
+    .ok();
     let id = backup_id(&run);
     let file = work.path().join("aof.rdb");
-    agent(None, &["restore", "--from", &dest, "--backup", &id, "--to-file", &file.display().to_string()]).await.ok();
+    agent(
+        None,
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--backup",
+            &id,
+            "--to-file",
+            &file.display().to_string(),
+        ],
+    )
+    .await
+    .ok();
     let tail = work.path().join("aof.rdb.tail");
     assert!(tail.exists(), "no tail restored");
-    let restored = RedisServer::start_with(RedisOptions { rdb: Some(file), ..Default::default() }).await.unwrap();
-    let out = std::process::Command::new("sh").arg("-c").arg(format!("redis-cli -p {} --pipe < {}", restored.port(), tail.display())).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let restored = RedisServer::start_with(RedisOptions {
+        rdb: Some(file),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "redis-cli -p {} --pipe < {}",
+            restored.port(),
+            tail.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_same_data(&server, &restored).await.unwrap();
 }

@@ -35,7 +35,10 @@ struct Row {
 /// Runs a command to completion and returns its wall time, peak RSS (KiB) and CPU time.
 fn measure(mut cmd: Command) -> anyhow::Result<(Duration, i64, Duration)> {
     let start = Instant::now();
-    let child = cmd.stdout(std::process::Stdio::null()).spawn().context("spawn")?;
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("spawn")?;
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value to be filled by wait4.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -45,13 +48,21 @@ fn measure(mut cmd: Command) -> anyhow::Result<(Duration, i64, Duration)> {
     if r < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{cmd:?} failed (status {status})");
     }
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    Ok((wall, usage.ru_maxrss, tv(usage.ru_utime) + tv(usage.ru_stime)))
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Ok((
+        wall,
+        usage.ru_maxrss,
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+    ))
 }
 
 /// Fills the server with about `gib` GiB of 1 KiB values, half random, half text.
 async fn fill(server: &RedisServer, gib: u64) -> anyhow::Result<()> {
-    let pool: Vec<u8> = (0..(1 << 20) + 1024).map(|_| rand::random::<u8>()).collect();
+    let pool: Vec<u8> = (0..(1 << 20) + 1024)
+        .map(|_| rand::random::<u8>())
+        .collect();
     let keys = gib * (1 << 30) / 1100;
     let mut c = server.conn().await?;
     let mut i = 0u64;
@@ -77,7 +88,11 @@ async fn fill(server: &RedisServer, gib: u64) -> anyhow::Result<()> {
 
 fn rdb_size(server: &RedisServer) -> anyhow::Result<u64> {
     let tmp = server.dir().join("probe.rdb");
-    let st = Command::new("redis-cli").args(["-p", &server.port().to_string(), "--rdb"]).arg(&tmp).stdout(std::process::Stdio::null()).status()?;
+    let st = Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "--rdb"])
+        .arg(&tmp)
+        .stdout(std::process::Stdio::null())
+        .status()?;
     if !st.success() {
         bail!("redis-cli --rdb failed");
     }
@@ -95,7 +110,9 @@ fn seed_recipe(server: &RedisServer, work: &Path, uploads: &[String], creds: &Pa
          while redis-cli -p {port} INFO persistence | grep -q 'rdb_bgsave_in_progress:1'; do sleep 0.1; done\n\
          redis-cli -p {port} INFO persistence | grep -q 'rdb_last_bgsave_status:ok'\n\
          cp {dump} {w}/dump.rdb\ngzip -f {w}/dump.rdb\n",
-        dump = dump.display(), w = work.display());
+        dump = dump.display(),
+        w = work.display()
+    );
     for u in uploads {
         s.push_str(&format!("{u}\n"));
     }
@@ -107,8 +124,13 @@ fn seed_recipe(server: &RedisServer, work: &Path, uploads: &[String], creds: &Pa
 async fn main() -> anyhow::Result<()> {
     fleetsnap_agent::install_crypto_provider();
     let args = Args::parse();
-    let sizes: Vec<u64> = args.sizes_gib.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
-    let agent = std::fs::canonicalize(&args.agent).context("build the agent first: cargo build --release -p fleetsnap-agent")?;
+    let sizes: Vec<u64> = args
+        .sizes_gib
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let agent = std::fs::canonicalize(&args.agent)
+        .context("build the agent first: cargo build --release -p fleetsnap-agent")?;
     let work = tempfile::tempdir()?;
     let (garage, moto) = (Garage::start().await?, Moto::start().await?);
     garage.create_bucket("bench").await?;
@@ -122,7 +144,14 @@ async fn main() -> anyhow::Result<()> {
         let bytes = rdb_size(&server)?;
         let mut push = |name: &str, m: (Duration, i64, Duration), rss: bool| {
             eprintln!("{gib} GiB {name}: {:.1}s", m.0.as_secs_f64());
-            rows.push(Row { size_gib: gib, name: name.into(), wall: m.0, bytes, peak_rss_kib: rss.then_some(m.1), cpu: rss.then_some(m.2) });
+            rows.push(Row {
+                size_gib: gib,
+                name: name.into(),
+                wall: m.0,
+                bytes,
+                peak_rss_kib: rss.then_some(m.1),
+                cpu: rss.then_some(m.2),
+            });
         };
         let mut floor = Command::new("redis-cli");
         floor.args(["-p", &server.port().to_string(), "--rdb", "/dev/null"]);
@@ -130,31 +159,76 @@ async fn main() -> anyhow::Result<()> {
 
         let region = |name: &str| work.path().join(format!("{name}-{n}"));
         let mut a = Command::new(&agent);
-        a.args(["snapshot", "--redis", &format!("redis://127.0.0.1:{}", server.port())])
-            .arg("--to").arg(format!("file://{}", region("a").display()))
-            .arg("--to").arg(format!("file://{}", region("b").display()))
-            .args(["--spool-dir", &work.path().display().to_string()]);
+        a.args([
+            "snapshot",
+            "--redis",
+            &format!("redis://127.0.0.1:{}", server.port()),
+        ])
+        .arg("--to")
+        .arg(format!("file://{}", region("a").display()))
+        .arg("--to")
+        .arg(format!("file://{}", region("b").display()))
+        .args(["--spool-dir", &work.path().display().to_string()]);
         push("fleetsnap-agent → 2 file:// regions", measure(a)?, true);
 
         if n == 0 {
             let seed_dir = work.path().join("seed");
             std::fs::create_dir_all(&seed_dir)?;
             let files = [region("seed-a"), region("seed-b")];
-            let cp: Vec<String> = files.iter().map(|f| format!("mkdir -p {f} && cp {w}/dump.rdb.gz {f}/", f = f.display(), w = seed_dir.display())).collect();
+            let cp: Vec<String> = files
+                .iter()
+                .map(|f| {
+                    format!(
+                        "mkdir -p {f} && cp {w}/dump.rdb.gz {f}/",
+                        f = f.display(),
+                        w = seed_dir.display()
+                    )
+                })
+                .collect();
             let mut seed = Command::new("bash");
-            seed.arg("-c").arg(seed_recipe(&server, &seed_dir, &cp, &creds));
+            seed.arg("-c")
+                .arg(seed_recipe(&server, &seed_dir, &cp, &creds));
             push("seed recipe → 2 local dirs (cp)", measure(seed)?, true);
 
-            let aws = |r: &fleetsnap_testkit::S3Region| format!("aws s3 cp --only-show-errors --profile {} --region {} --endpoint-url {} {}/dump.rdb.gz s3://bench/seed/dump.rdb.gz", r.profile, r.region, r.endpoint, seed_dir.display());
+            let aws = |r: &fleetsnap_testkit::S3Region| {
+                format!(
+                    "aws s3 cp --only-show-errors --profile {} --region {} --endpoint-url {} {}/dump.rdb.gz s3://bench/seed/dump.rdb.gz",
+                    r.profile,
+                    r.region,
+                    r.endpoint,
+                    seed_dir.display()
+                )
+            };
             let mut seed = Command::new("bash");
-            seed.arg("-c").arg(seed_recipe(&server, &seed_dir, &[aws(&garage.region), aws(&moto.region)], &creds))
-                .env("AWS_SHARED_CREDENTIALS_FILE", &creds).env("AWS_CONFIG_FILE", "/nonexistent");
-            push("seed recipe → garage, moto (aws s3 cp)", measure(seed)?, true);
+            seed.arg("-c")
+                .arg(seed_recipe(
+                    &server,
+                    &seed_dir,
+                    &[aws(&garage.region), aws(&moto.region)],
+                    &creds,
+                ))
+                .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+                .env("AWS_CONFIG_FILE", "/nonexistent");
+            push(
+                "seed recipe → garage, moto (aws s3 cp)",
+                measure(seed)?,
+                true,
+            );
 
             let mut a = Command::new(&agent);
-            a.args(["snapshot", "--redis", &format!("redis://127.0.0.1:{}", server.port())])
-                .args(["--to", &garage.region.dest("bench", "agent"), "--to", &moto.region.dest("bench", "agent")])
-                .env("AWS_SHARED_CREDENTIALS_FILE", &creds).env("AWS_CONFIG_FILE", "/nonexistent");
+            a.args([
+                "snapshot",
+                "--redis",
+                &format!("redis://127.0.0.1:{}", server.port()),
+            ])
+            .args([
+                "--to",
+                &garage.region.dest("bench", "agent"),
+                "--to",
+                &moto.region.dest("bench", "agent"),
+            ])
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", "/nonexistent");
             push("fleetsnap-agent → garage, moto", measure(a)?, true);
         }
     }
@@ -163,25 +237,56 @@ async fn main() -> anyhow::Result<()> {
     for r in &rows {
         println!(
             "| {} GiB | {:.0} MB | {} | {:.1} s | {:.0} | {} | {} |",
-            r.size_gib, r.bytes as f64 / 1e6, r.name, r.wall.as_secs_f64(), r.bytes as f64 / 1e6 / r.wall.as_secs_f64(),
-            r.peak_rss_kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_default(),
-            r.cpu.map(|c| format!("{:.1} s", c.as_secs_f64())).unwrap_or_default()
+            r.size_gib,
+            r.bytes as f64 / 1e6,
+            r.name,
+            r.wall.as_secs_f64(),
+            r.bytes as f64 / 1e6 / r.wall.as_secs_f64(),
+            r.peak_rss_kib
+                .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+                .unwrap_or_default(),
+            r.cpu
+                .map(|c| format!("{:.1} s", c.as_secs_f64()))
+                .unwrap_or_default()
         );
     }
     println!();
     for gib in &sizes {
-        let get = |prefix: &str| rows.iter().find(|r| r.size_gib == *gib && r.name.starts_with(prefix)).map(|r| r.wall.as_secs_f64());
+        let get = |prefix: &str| {
+            rows.iter()
+                .find(|r| r.size_gib == *gib && r.name.starts_with(prefix))
+                .map(|r| r.wall.as_secs_f64())
+        };
         if let (Some(agent), Some(floor)) = (get("fleetsnap-agent → 2 file"), get("floor")) {
-            println!("{gib} GiB: agent to 2 file:// regions / floor = {:.2}×", agent / floor);
+            println!(
+                "{gib} GiB: agent to 2 file:// regions / floor = {:.2}×",
+                agent / floor
+            );
         }
-        if let (Some(agent), Some(seed)) = (get("fleetsnap-agent → 2 file"), get("seed recipe → garage")) {
-            println!("{gib} GiB: seed recipe (S3) / agent to 2 file:// regions = {:.2}× faster", seed / agent);
+        if let (Some(agent), Some(seed)) =
+            (get("fleetsnap-agent → 2 file"), get("seed recipe → garage"))
+        {
+            println!(
+                "{gib} GiB: seed recipe (S3) / agent to 2 file:// regions = {:.2}× faster",
+                seed / agent
+            );
         }
-        if let (Some(agent), Some(seed)) = (get("fleetsnap-agent → 2 file"), get("seed recipe → 2 local")) {
-            println!("{gib} GiB: seed recipe (local cp) / agent to 2 file:// regions = {:.2}× faster", seed / agent);
+        if let (Some(agent), Some(seed)) = (
+            get("fleetsnap-agent → 2 file"),
+            get("seed recipe → 2 local"),
+        ) {
+            println!(
+                "{gib} GiB: seed recipe (local cp) / agent to 2 file:// regions = {:.2}× faster",
+                seed / agent
+            );
         }
-        if let (Some(agent), Some(seed)) = (get("fleetsnap-agent → garage"), get("seed recipe → garage")) {
-            println!("{gib} GiB: seed recipe (S3) / agent to the same S3 regions = {:.2}× faster", seed / agent);
+        if let (Some(agent), Some(seed)) =
+            (get("fleetsnap-agent → garage"), get("seed recipe → garage"))
+        {
+            println!(
+                "{gib} GiB: seed recipe (S3) / agent to the same S3 regions = {:.2}× faster",
+                seed / agent
+            );
         }
     }
     Ok(())

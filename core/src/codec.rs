@@ -57,7 +57,9 @@ pub enum Compression {
 
 /// A `--compress` value that is not understood.
 #[derive(Debug, thiserror::Error)]
-#[error("compression {0:?} is not valid: use `zstd:LEVEL` with LEVEL from 1 to 19, `zstd` (level 3) or `none`")]
+#[error(
+    "compression {0:?} is not valid: use `zstd:LEVEL` with LEVEL from 1 to 19, `zstd` (level 3) or `none`"
+)]
 pub struct BadCompression(String);
 
 impl FromStr for Compression {
@@ -95,7 +97,10 @@ mod tests {
 
     #[test]
     fn compression_parses_and_refuses() {
-        assert_eq!("zstd:7".parse::<Compression>().unwrap(), Compression::Zstd(7));
+        assert_eq!(
+            "zstd:7".parse::<Compression>().unwrap(),
+            Compression::Zstd(7)
+        );
         assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd(3));
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         for bad in ["gzip", "zstd:0", "zstd:20", "zstd:x"] {

@@ -133,7 +133,9 @@ impl FromStr for BackupId {
             && b[9..15].iter().all(u8::is_ascii_digit)
             && b[15] == b'Z'
             && b[16] == b'-'
-            && b[17..].iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+            && b[17..]
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
         if ok {
             Ok(Self(s.to_string()))
         } else {

@@ -248,7 +248,10 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
         v["surprise"] = 1.into();
         let e = Manifest::from_json(v.to_string().as_bytes(), "s3://b/m").unwrap_err();
-        assert!(e.to_string().contains("s3://b/m") && e.to_string().contains("surprise"), "{e}");
+        assert!(
+            e.to_string().contains("s3://b/m") && e.to_string().contains("surprise"),
+            "{e}"
+        );
         v.as_object_mut().unwrap().remove("surprise");
         v["format"] = 99.into();
         let e = Manifest::from_json(v.to_string().as_bytes(), "x").unwrap_err();

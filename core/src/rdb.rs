@@ -99,7 +99,8 @@ impl RdbVerifier {
             self.crc.update(&self.hold);
             self.crc.update(&data[..data.len() - TRAILER_LEN]);
             self.hold.clear();
-            self.hold.extend_from_slice(&data[data.len() - TRAILER_LEN..]);
+            self.hold
+                .extend_from_slice(&data[data.len() - TRAILER_LEN..]);
         } else {
             self.hold.extend_from_slice(data);
             if self.hold.len() > TRAILER_LEN {

@@ -16,7 +16,10 @@ pub struct Dataset {
 
 impl Default for Dataset {
     fn default() -> Self {
-        Self { small_keys: 100_000, big_value_bytes: 11 * 1024 * 1024 }
+        Self {
+            small_keys: 100_000,
+            big_value_bytes: 11 * 1024 * 1024,
+        }
     }
 }
 
@@ -47,45 +50,125 @@ pub async fn write_dataset(server: &RedisServer, d: &Dataset) -> anyhow::Result<
         cmd(&[b"SET", b"str:raw", &[b'r'; 200]]),
         cmd(&[b"SET", "str:utf8:ключ".as_bytes(), "значение ✓".as_bytes()]),
         cmd(&[b"SET", b"str:binary\x00\xff", b"\x00\x01\x02\xfe\xff"]),
-        cmd(&[b"HSET", b"hash:small", b"a", b"1", b"b", b"2", b"c", b"three"]),
+        cmd(&[
+            b"HSET",
+            b"hash:small",
+            b"a",
+            b"1",
+            b"b",
+            b"2",
+            b"c",
+            b"three",
+        ]),
         cmd(&[b"RPUSH", b"list:small", b"x", b"y", b"z", b"42"]),
         cmd(&[b"SADD", b"set:small", b"alpha", b"beta", b"gamma"]),
-        cmd(&[b"ZADD", b"zset:small", b"1", b"one", b"2.5", b"two-and-a-half", b"-3", b"minus"]),
+        cmd(&[
+            b"ZADD",
+            b"zset:small",
+            b"1",
+            b"one",
+            b"2.5",
+            b"two-and-a-half",
+            b"-3",
+            b"minus",
+        ]),
         cmd(&[b"SET", b"big:value", &[]]),
     ];
     // A large value that does not compress to nothing.
-    let big: Vec<u8> = (0..d.big_value_bytes).map(|i| if i % 3 == 0 { rand::random::<u8>() } else { b'a' + (i % 26) as u8 }).collect();
+    let big: Vec<u8> = (0..d.big_value_bytes)
+        .map(|i| {
+            if i % 3 == 0 {
+                rand::random::<u8>()
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
+        .collect();
     cmds.last_mut().expect("pushed")[2] = big;
     for i in 0..1000 {
-        cmds.push(cmd(&[b"HSET", b"hash:big", format!("field:{i}").as_bytes(), format!("value-{i}-{}", "v".repeat(i % 70)).as_bytes()]));
+        cmds.push(cmd(&[
+            b"HSET",
+            b"hash:big",
+            format!("field:{i}").as_bytes(),
+            format!("value-{i}-{}", "v".repeat(i % 70)).as_bytes(),
+        ]));
     }
     for i in 0..10_000 {
-        cmds.push(cmd(&[b"RPUSH", b"list:big", format!("item-{i}").as_bytes()]));
+        cmds.push(cmd(&[
+            b"RPUSH",
+            b"list:big",
+            format!("item-{i}").as_bytes(),
+        ]));
     }
     for i in 0..200 {
         cmds.push(cmd(&[b"SADD", b"set:int", i.to_string().as_bytes()]));
     }
     for i in 0..5000 {
-        cmds.push(cmd(&[b"SADD", b"set:big", format!("member-{i}").as_bytes()]));
+        cmds.push(cmd(&[
+            b"SADD",
+            b"set:big",
+            format!("member-{i}").as_bytes(),
+        ]));
     }
     for i in 0..2000 {
-        cmds.push(cmd(&[b"ZADD", b"zset:big", format!("{}.5", i * 7 % 1000).as_bytes(), format!("m{i}").as_bytes()]));
+        cmds.push(cmd(&[
+            b"ZADD",
+            b"zset:big",
+            format!("{}.5", i * 7 % 1000).as_bytes(),
+            format!("m{i}").as_bytes(),
+        ]));
     }
     for i in 0..1000 {
-        cmds.push(cmd(&[b"XADD", b"stream:events", b"*", b"n", i.to_string().as_bytes(), b"kind", if i % 2 == 0 { b"even" } else { b"odd" }]));
+        cmds.push(cmd(&[
+            b"XADD",
+            b"stream:events",
+            b"*",
+            b"n",
+            i.to_string().as_bytes(),
+            b"kind",
+            if i % 2 == 0 { b"even" } else { b"odd" },
+        ]));
     }
-    cmds.push(cmd(&[b"XGROUP", b"CREATE", b"stream:events", b"workers", b"0"]));
-    cmds.push(cmd(&[b"XREADGROUP", b"GROUP", b"workers", b"w1", b"COUNT", b"10", b"STREAMS", b"stream:events", b">"]));
+    cmds.push(cmd(&[
+        b"XGROUP",
+        b"CREATE",
+        b"stream:events",
+        b"workers",
+        b"0",
+    ]));
+    cmds.push(cmd(&[
+        b"XREADGROUP",
+        b"GROUP",
+        b"workers",
+        b"w1",
+        b"COUNT",
+        b"10",
+        b"STREAMS",
+        b"stream:events",
+        b">",
+    ]));
     for i in 0..100 {
-        cmds.push(cmd(&[b"SET", format!("ttl:{i}").as_bytes(), b"expiring", b"EX", (3600 + i).to_string().as_bytes()]));
+        cmds.push(cmd(&[
+            b"SET",
+            format!("ttl:{i}").as_bytes(),
+            b"expiring",
+            b"EX",
+            (3600 + i).to_string().as_bytes(),
+        ]));
     }
     cmds.push(cmd(&[b"HSET", b"ttl:hash", b"f", b"v"]));
     cmds.push(cmd(&[b"PEXPIREAT", b"ttl:hash", b"4102444800000"]));
     for i in 0..d.small_keys {
-        cmds.push(cmd(&[b"SET", format!("k:{i}").as_bytes(), format!("value-{i}").as_bytes()]));
+        cmds.push(cmd(&[
+            b"SET",
+            format!("k:{i}").as_bytes(),
+            format!("value-{i}").as_bytes(),
+        ]));
     }
     pipeline(&mut c, cmds).await?;
-    let Value::Int(n) = c.command(&[b"DBSIZE"]).await? else { bail!("DBSIZE failed") };
+    let Value::Int(n) = c.command(&[b"DBSIZE"]).await? else {
+        bail!("DBSIZE failed")
+    };
     Ok(n as usize)
 }
 
@@ -93,8 +176,12 @@ async fn all_keys(c: &mut Connection) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut cursor = b"0".to_vec();
     let mut keys = Vec::new();
     loop {
-        let Value::Array(Some(r)) = c.command(&[b"SCAN", &cursor, b"COUNT", b"5000"]).await? else { bail!("SCAN failed") };
-        let (Value::Bulk(Some(next)), Value::Array(Some(batch))) = (&r[0], &r[1]) else { bail!("SCAN reply malformed") };
+        let Value::Array(Some(r)) = c.command(&[b"SCAN", &cursor, b"COUNT", b"5000"]).await? else {
+            bail!("SCAN failed")
+        };
+        let (Value::Bulk(Some(next)), Value::Array(Some(batch))) = (&r[0], &r[1]) else {
+            bail!("SCAN reply malformed")
+        };
         for k in batch {
             if let Value::Bulk(Some(k)) = k {
                 keys.push(k.clone());
@@ -132,22 +219,54 @@ async fn replies(c: &mut Connection, commands: &[Vec<Vec<u8>>]) -> anyhow::Resul
 pub async fn assert_same_data(expected: &RedisServer, actual: &RedisServer) -> anyhow::Result<()> {
     let (mut a, mut b) = (expected.conn().await?, actual.conn().await?);
     let (ka, kb) = (all_keys(&mut a).await?, all_keys(&mut b).await?);
-    ensure!(ka.len() == kb.len(), "key count differs: {} expected, {} restored", ka.len(), kb.len());
+    ensure!(
+        ka.len() == kb.len(),
+        "key count differs: {} expected, {} restored",
+        ka.len(),
+        kb.len()
+    );
     if let Some((x, y)) = ka.iter().zip(&kb).find(|(x, y)| x != y) {
-        bail!("key sets differ: expected {:?}, found {:?}", String::from_utf8_lossy(x), String::from_utf8_lossy(y));
+        bail!(
+            "key sets differ: expected {:?}, found {:?}",
+            String::from_utf8_lossy(x),
+            String::from_utf8_lossy(y)
+        );
     }
     for chunk in ka.chunks(500) {
-        let (da, db) = (batch(&mut a, &[b"DEBUG", b"DIGEST-VALUE"], chunk).await?, batch(&mut b, &[b"DEBUG", b"DIGEST-VALUE"], chunk).await?);
+        let (da, db) = (
+            batch(&mut a, &[b"DEBUG", b"DIGEST-VALUE"], chunk).await?,
+            batch(&mut b, &[b"DEBUG", b"DIGEST-VALUE"], chunk).await?,
+        );
         for ((k, x), y) in chunk.iter().zip(&da).zip(&db) {
-            ensure!(x == y, "value of key {:?} differs", String::from_utf8_lossy(k));
+            ensure!(
+                x == y,
+                "value of key {:?} differs",
+                String::from_utf8_lossy(k)
+            );
         }
-        let expiry: Vec<Vec<Vec<u8>>> = chunk.iter().map(|k| vec![b"PEXPIRETIME".to_vec(), k.clone()]).collect();
-        let (ta, tb) = (replies(&mut a, &expiry).await?, replies(&mut b, &expiry).await?);
+        let expiry: Vec<Vec<Vec<u8>>> = chunk
+            .iter()
+            .map(|k| vec![b"PEXPIRETIME".to_vec(), k.clone()])
+            .collect();
+        let (ta, tb) = (
+            replies(&mut a, &expiry).await?,
+            replies(&mut b, &expiry).await?,
+        );
         for ((k, x), y) in chunk.iter().zip(&ta).zip(&tb) {
-            ensure!(x == y, "expiry of key {:?} differs: {x:?} expected, {y:?} restored", String::from_utf8_lossy(k));
+            ensure!(
+                x == y,
+                "expiry of key {:?} differs: {x:?} expected, {y:?} restored",
+                String::from_utf8_lossy(k)
+            );
         }
     }
-    let (da, db) = (a.command(&[b"DEBUG", b"DIGEST"]).await?, b.command(&[b"DEBUG", b"DIGEST"]).await?);
-    ensure!(da == db, "dataset digest differs: {da:?} expected, {db:?} restored");
+    let (da, db) = (
+        a.command(&[b"DEBUG", b"DIGEST"]).await?,
+        b.command(&[b"DEBUG", b"DIGEST"]).await?,
+    );
+    ensure!(
+        da == db,
+        "dataset digest differs: {da:?} expected, {db:?} restored"
+    );
     Ok(())
 }

@@ -39,14 +39,22 @@ impl TlsFiles {
         let ca_key = rcgen::KeyPair::generate()?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "fleetsnap test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fleetsnap test CA");
         let ca = ca_params.self_signed(&ca_key)?;
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
-        params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse()?));
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let cert = params.signed_by(&key, &issuer)?;
-        let files = Self { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        let files = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
         std::fs::write(&files.ca, ca.pem())?;
         std::fs::write(&files.cert, cert.pem())?;
         std::fs::write(&files.key, key.serialize_pem())?;
@@ -87,27 +95,45 @@ impl RedisServer {
 
     /// Starts a server and waits until it answers PING (and has loaded its data).
     pub async fn start_with(opts: RedisOptions) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("fleetsnap-redis-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("fleetsnap-redis-")
+            .tempdir()?;
         let port = free_port();
         let mut args: Vec<String> = vec![
-            "--bind".into(), "127.0.0.1".into(),
-            "--dir".into(), dir.path().display().to_string(),
-            "--save".into(), "".into(),
-            "--appendonly".into(), "no".into(),
-            "--daemonize".into(), "no".into(),
-            "--logfile".into(), dir.path().join("redis.log").display().to_string(),
-            "--repl-diskless-sync-delay".into(), "0".into(),
-            "--enable-debug-command".into(), "yes".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+            "--daemonize".into(),
+            "no".into(),
+            "--logfile".into(),
+            dir.path().join("redis.log").display().to_string(),
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+            "--enable-debug-command".into(),
+            "yes".into(),
         ];
         match &opts.tls {
             None => args.extend(["--port".into(), port.to_string()]),
             Some(t) => args.extend([
-                "--port".into(), "0".into(), "--tls-port".into(), port.to_string(),
-                "--tls-cert-file".into(), t.cert.display().to_string(),
-                "--tls-key-file".into(), t.key.display().to_string(),
-                "--tls-ca-cert-file".into(), t.ca.display().to_string(),
-                "--tls-auth-clients".into(), "no".into(),
-                "--tls-replication".into(), "yes".into(),
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                t.cert.display().to_string(),
+                "--tls-key-file".into(),
+                t.key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                t.ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--tls-replication".into(),
+                "yes".into(),
             ]),
         }
         if let Some(p) = &opts.password {
@@ -132,7 +158,8 @@ impl RedisServer {
             args.extend(["--aclfile".into(), acl.display().to_string()]);
         }
         if let Some(rdb) = &opts.rdb {
-            std::fs::copy(rdb, dir.path().join("dump.rdb")).with_context(|| format!("copy {}", rdb.display()))?;
+            std::fs::copy(rdb, dir.path().join("dump.rdb"))
+                .with_context(|| format!("copy {}", rdb.display()))?;
         }
         if let Some(p) = opts.replica_of {
             args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
@@ -140,12 +167,26 @@ impl RedisServer {
         for (k, v) in &opts.args {
             // A value of several words is several arguments; `""` is an empty one.
             args.push(format!("--{k}"));
-            args.extend(v.split(' ').map(|w| if w == "\"\"" { String::new() } else { w.to_string() }));
+            args.extend(v.split(' ').map(|w| {
+                if w == "\"\"" {
+                    String::new()
+                } else {
+                    w.to_string()
+                }
+            }));
         }
         let mut cmd = Command::new("redis-server");
         cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = die_with_parent(&mut cmd).spawn().context("start redis-server (install it: apt-get install redis-server)")?;
-        let mut server = Self { child: Some(child), port, dir, password: opts.password.clone(), tls: opts.tls.clone() };
+        let child = die_with_parent(&mut cmd)
+            .spawn()
+            .context("start redis-server (install it: apt-get install redis-server)")?;
+        let mut server = Self {
+            child: Some(child),
+            port,
+            dir,
+            password: opts.password.clone(),
+            tls: opts.tls.clone(),
+        };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -156,7 +197,10 @@ impl RedisServer {
         let deadline = std::time::Instant::now() + READY;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                bail!("redis-server exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+                bail!(
+                    "redis-server exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             if let Ok(mut c) = Connection::connect(&target).await
                 && matches!(c.command(&[b"PING"]).await, Ok(Value::Simple(s)) if s == "PONG")
@@ -164,7 +208,11 @@ impl RedisServer {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                bail!("redis-server on port {} not ready after {READY:?}: {}", self.port, std::fs::read_to_string(&log).unwrap_or_default());
+                bail!(
+                    "redis-server on port {} not ready after {READY:?}: {}",
+                    self.port,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -182,10 +230,18 @@ impl RedisServer {
 
     /// A URL as the agent takes it (default user).
     pub fn url(&self) -> String {
-        let auth = self.password.as_ref().map(|p| format!(":{p}@")).unwrap_or_default();
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
         match &self.tls {
             None => format!("redis://{auth}127.0.0.1:{}", self.port),
-            Some(t) => format!("rediss://{auth}127.0.0.1:{}?ca={}", self.port, t.ca.display()),
+            Some(t) => format!(
+                "rediss://{auth}127.0.0.1:{}?ca={}",
+                self.port,
+                t.ca.display()
+            ),
         }
     }
 
@@ -267,10 +323,20 @@ impl ReplicaSet {
 
     /// Waits until every replica has the primary's offset.
     pub async fn wait_synced(&self) -> anyhow::Result<()> {
-        let want: u64 = self.primary.info("replication", "master_repl_offset").await?.unwrap_or_default().parse()?;
+        let want: u64 = self
+            .primary
+            .info("replication", "master_repl_offset")
+            .await?
+            .unwrap_or_default()
+            .parse()?;
         for r in &self.replicas {
             poll_until("replica to catch up", READY, || async {
-                let o: u64 = r.info("replication", "master_repl_offset").await.ok()??.parse().ok()?;
+                let o: u64 = r
+                    .info("replication", "master_repl_offset")
+                    .await
+                    .ok()??
+                    .parse()
+                    .ok()?;
                 (o >= want).then_some(())
             })
             .await?;
@@ -281,7 +347,12 @@ impl ReplicaSet {
 
 async fn wait_link_up(r: &RedisServer) -> anyhow::Result<()> {
     poll_until(&format!("replica {} link up", r.port()), READY, || async {
-        (r.info("replication", "master_link_status").await.ok()??.as_str() == "up").then_some(())
+        (r.info("replication", "master_link_status")
+            .await
+            .ok()??
+            .as_str()
+            == "up")
+            .then_some(())
     })
     .await
 }
@@ -309,14 +380,24 @@ impl RedisCluster {
             cmd.arg(format!("127.0.0.1:{}", n.port()));
         }
         cmd.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
-        let out = cmd.output().context("run redis-cli --cluster create (apt-get install redis-tools)")?;
+        let out = cmd
+            .output()
+            .context("run redis-cli --cluster create (apt-get install redis-tools)")?;
         if !out.status.success() {
-            bail!("redis-cli --cluster create failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         for n in &nodes {
             poll_until("cluster_state:ok", Duration::from_secs(60), || async {
-                let Value::Bulk(Some(b)) = n.cmd(&["CLUSTER", "INFO"]).await.ok()? else { return None };
-                String::from_utf8_lossy(&b).contains("cluster_state:ok").then_some(())
+                let Value::Bulk(Some(b)) = n.cmd(&["CLUSTER", "INFO"]).await.ok()? else {
+                    return None;
+                };
+                String::from_utf8_lossy(&b)
+                    .contains("cluster_state:ok")
+                    .then_some(())
             })
             .await?;
         }

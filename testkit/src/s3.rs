@@ -33,31 +33,59 @@ impl S3Region {
             .region(Region::new(self.region.clone()))
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
-            .credentials_provider(Credentials::new(&self.access_key, &self.secret_key, None, None, "testkit"))
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "testkit",
+            ))
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }
 
     /// The destination URL for a bucket and prefix, naming this region's profile.
     pub fn dest(&self, bucket: &str, prefix: &str) -> String {
-        format!("s3://{bucket}/{prefix}?region={}&endpoint={}&profile={}", self.region, self.endpoint, self.profile)
+        format!(
+            "s3://{bucket}/{prefix}?region={}&endpoint={}&profile={}",
+            self.region, self.endpoint, self.profile
+        )
     }
 
     /// Creates a bucket.
     pub async fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
-        self.client().create_bucket().bucket(name).send().await.with_context(|| format!("create bucket {name} at {}", self.endpoint))?;
+        self.client()
+            .create_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .with_context(|| format!("create bucket {name} at {}", self.endpoint))?;
         Ok(())
     }
 
     /// Every key in a bucket.
     pub async fn keys(&self, bucket: &str) -> anyhow::Result<Vec<String>> {
-        let out = self.client().list_objects_v2().bucket(bucket).send().await?;
-        Ok(out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect())
+        let out = self
+            .client()
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await?;
+        Ok(out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect())
     }
 
     /// Multipart uploads still open in a bucket (left by failed uploads).
     pub async fn open_uploads(&self, bucket: &str) -> anyhow::Result<usize> {
-        let out = self.client().list_multipart_uploads().bucket(bucket).send().await?;
+        let out = self
+            .client()
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await?;
         Ok(out.uploads().len())
     }
 }
@@ -66,7 +94,10 @@ impl S3Region {
 pub fn credentials_file(dir: &Path, regions: &[&S3Region]) -> anyhow::Result<PathBuf> {
     let mut text = String::new();
     for r in regions {
-        text.push_str(&format!("[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n\n", r.profile, r.access_key, r.secret_key));
+        text.push_str(&format!(
+            "[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n\n",
+            r.profile, r.access_key, r.secret_key
+        ));
     }
     let path = dir.join("aws-credentials");
     std::fs::write(&path, text)?;
@@ -98,42 +129,88 @@ pub fn garage_bin() -> PathBuf {
     }
     let home = std::env::var("HOME").unwrap_or_default();
     let cargo = Path::new(&home).join(".cargo/bin/garage");
-    if cargo.exists() { cargo } else { PathBuf::from("garage") }
+    if cargo.exists() {
+        cargo
+    } else {
+        PathBuf::from("garage")
+    }
 }
 
 impl Garage {
     /// Starts Garage, lays out its one node, and imports a key that may create buckets.
     pub async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("fleetsnap-garage-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("fleetsnap-garage-")
+            .tempdir()?;
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let secret: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
         let config = dir.path().join("garage.toml");
-        std::fs::write(&config, format!(
-            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
              rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
              [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\n\
              [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\nadmin_token = \"{secret}\"\n",
-            d = dir.path().display()))?;
+                d = dir.path().display()
+            ),
+        )?;
         let mut cmd = Command::new(garage_bin());
-        cmd.arg("-c").arg(&config).arg("server").env("RUST_LOG", "warn")
+        cmd.arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("garage.log"))?);
-        let child = die_with_parent(&mut cmd).spawn().context("start garage (install it: cargo install garage --locked)")?;
-        let access_key = format!("GK{}", (0..12).map(|_| format!("{:02x}", rand::random::<u8>())).collect::<String>());
-        let secret_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let child = die_with_parent(&mut cmd)
+            .spawn()
+            .context("start garage (install it: cargo install garage --locked)")?;
+        let access_key = format!(
+            "GK{}",
+            (0..12)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect::<String>()
+        );
+        let secret_key: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
         let g = Self {
             child: Some(child),
-            region: S3Region { profile: "garage".into(), endpoint: format!("http://127.0.0.1:{s3}"), region: "garage".into(), access_key: access_key.clone(), secret_key: secret_key.clone() },
+            region: S3Region {
+                profile: "garage".into(),
+                endpoint: format!("http://127.0.0.1:{s3}"),
+                region: "garage".into(),
+                access_key: access_key.clone(),
+                secret_key: secret_key.clone(),
+            },
             config,
             dir,
         };
         // `node id` reads the key from disk; `status` needs the daemon up.
-        poll_until("garage daemon", Duration::from_secs(60), || async { g.cli(&["status"]).ok() }).await?;
+        poll_until("garage daemon", Duration::from_secs(60), || async {
+            g.cli(&["status"]).ok()
+        })
+        .await?;
         let node = g.cli(&["node", "id", "-q"])?;
-        let node = node.trim().split('@').next().unwrap_or_default().to_string();
+        let node = node
+            .trim()
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
         g.cli(&["layout", "apply", "--version", "1"])?;
-        g.cli(&["key", "import", "--yes", "-n", "fleetsnap", &access_key, &secret_key])?;
+        g.cli(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "fleetsnap",
+            &access_key,
+            &secret_key,
+        ])?;
         g.cli(&["key", "allow", "--create-bucket", &access_key])?;
         wait_s3(&g.region, "garage S3 API").await?;
         Ok(g)
@@ -141,9 +218,18 @@ impl Garage {
 
     /// Runs the garage CLI against this node.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(garage_bin()).arg("-c").arg(&self.config).args(args).env("RUST_LOG", "warn").output()?;
+        let out = Command::new(garage_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()?;
         if !out.status.success() {
-            bail!("garage {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "garage {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -152,17 +238,46 @@ impl Garage {
     /// the S3 API is only an alias local to the key that made it.)
     pub async fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
         self.cli(&["bucket", "create", name])?;
-        self.cli(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.region.access_key])?;
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            &self.region.access_key,
+        ])?;
         Ok(())
     }
 
     /// Creates a second key that may only read `bucket`.
     pub fn key_read_only(&self, bucket: &str) -> anyhow::Result<S3Region> {
-        let access_key = format!("GK{}", (0..12).map(|_| format!("{:02x}", rand::random::<u8>())).collect::<String>());
-        let secret_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        self.cli(&["key", "import", "--yes", "-n", "readonly", &access_key, &secret_key])?;
+        let access_key = format!(
+            "GK{}",
+            (0..12)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect::<String>()
+        );
+        let secret_key: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        self.cli(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "readonly",
+            &access_key,
+            &secret_key,
+        ])?;
         self.cli(&["bucket", "allow", "--read", bucket, "--key", &access_key])?;
-        Ok(S3Region { profile: "garage-readonly".into(), access_key, secret_key, ..self.region.clone() })
+        Ok(S3Region {
+            profile: "garage-readonly".into(),
+            access_key,
+            secret_key,
+            ..self.region.clone()
+        })
     }
 
     /// Stops Garage (the region goes down).
@@ -197,11 +312,21 @@ impl Moto {
     pub async fn start() -> anyhow::Result<Self> {
         let port = free_port();
         let mut cmd = Command::new("moto_server");
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = die_with_parent(&mut cmd).spawn().context("start moto_server (install it: pip install 'moto[server]')")?;
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = die_with_parent(&mut cmd)
+            .spawn()
+            .context("start moto_server (install it: pip install 'moto[server]')")?;
         let m = Self {
             child: Some(child),
-            region: S3Region { profile: "moto".into(), endpoint: format!("http://127.0.0.1:{port}"), region: "us-east-1".into(), access_key: "moto-key".into(), secret_key: "moto-secret".into() },
+            region: S3Region {
+                profile: "moto".into(),
+                endpoint: format!("http://127.0.0.1:{port}"),
+                region: "us-east-1".into(),
+                access_key: "moto-key".into(),
+                secret_key: "moto-secret".into(),
+            },
         };
         wait_s3(&m.region, "moto S3 server").await?;
         Ok(m)

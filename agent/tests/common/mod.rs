@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use fleetsnap_testkit::{Garage, Moto, RedisServer, credentials_file};
 use fleetsnap_testkit::redis::RedisOptions;
+use fleetsnap_testkit::{Garage, Moto, RedisServer, credentials_file};
 
 /// The result of one agent run.
 pub struct Run {
@@ -17,10 +17,19 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "agent failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "agent failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -28,14 +37,28 @@ impl Run {
 /// Runs the agent with a credentials file for the S3 regions, bounded in time.
 pub async fn agent(creds: Option<&Path>, args: &[&str]) -> Run {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
-    cmd.args(args).kill_on_drop(true).env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").env_remove("AWS_PROFILE");
+    cmd.args(args)
+        .kill_on_drop(true)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE");
     cmd.env("AWS_CONFIG_FILE", "/nonexistent-fleetsnap-aws-config");
     match creds {
         Some(c) => cmd.env("AWS_SHARED_CREDENTIALS_FILE", c),
-        None => cmd.env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent-fleetsnap-aws-credentials"),
+        None => cmd.env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent-fleetsnap-aws-credentials",
+        ),
     };
-    let out: Output = tokio::time::timeout(Duration::from_secs(600), cmd.output()).await.expect("agent run within 10 minutes").expect("agent starts");
-    Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    let out: Output = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+        .await
+        .expect("agent run within 10 minutes")
+        .expect("agent starts");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Two S3 regions on two implementations, each with a bucket, and a credentials file.
@@ -50,12 +73,20 @@ pub const BUCKET: &str = "fleetsnap-backups";
 
 impl Regions {
     pub async fn start() -> Regions {
-        let (garage, moto) = (Garage::start().await.expect("garage"), Moto::start().await.expect("moto"));
+        let (garage, moto) = (
+            Garage::start().await.expect("garage"),
+            Moto::start().await.expect("moto"),
+        );
         garage.create_bucket(BUCKET).await.unwrap();
         moto.region.create_bucket(BUCKET).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let creds = credentials_file(dir.path(), &[&garage.region, &moto.region]).unwrap();
-        Regions { garage, moto, creds, dir }
+        Regions {
+            garage,
+            moto,
+            creds,
+            dir,
+        }
     }
     pub fn garage_dest(&self, prefix: &str) -> String {
         self.garage.region.dest(BUCKET, prefix)
@@ -66,7 +97,13 @@ impl Regions {
 }
 
 /// Restores `backup` from `dests` to a file and starts a fresh server on it.
-pub async fn restore_and_load(creds: Option<&Path>, dests: &[&str], backup: &str, dir: &Path, extra: &[&str]) -> RedisServer {
+pub async fn restore_and_load(
+    creds: Option<&Path>,
+    dests: &[&str],
+    backup: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> RedisServer {
     let file = dir.join(format!("restored-{}.rdb", rand_suffix()));
     let mut args = vec!["restore"];
     for d in dests {
@@ -76,7 +113,12 @@ pub async fn restore_and_load(creds: Option<&Path>, dests: &[&str], backup: &str
     args.extend(["--backup", backup, "--to-file", &f]);
     args.extend(extra);
     agent(creds, &args).await.ok();
-    RedisServer::start_with(RedisOptions { rdb: Some(file), ..Default::default() }).await.expect("restored RDB loads")
+    RedisServer::start_with(RedisOptions {
+        rdb: Some(file),
+        ..Default::default()
+    })
+    .await
+    .expect("restored RDB loads")
 }
 
 pub fn rand_suffix() -> String {
