@@ -248,11 +248,10 @@ impl Store {
         let hint = if context.contains("CredentialsNotLoaded")
             || context.contains("credential provider was not enabled")
         {
-            let profile = match &self.spec {
+            match &self.spec {
                 DestSpec::S3 { profile: Some(p), .. } => format!("profile {p:?} is not in the AWS credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials): add it or fix profile="),
                 _ => "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or name a profile with profile=".to_string(),
-            };
-            profile
+            }
         } else {
             hint
         };
@@ -281,13 +280,13 @@ impl Store {
                 let file = tokio::fs::File::create(&partial)
                     .await
                     .map_err(|e| self.err(format!("cannot create {}: {e}", partial.display())))?;
-                Ok(Upload::File {
+                Ok(Upload::File(Box::new(FileUpload {
                     store: self.clone(),
                     file: tokio::io::BufWriter::with_capacity(1 << 20, file),
                     partial,
                     path,
                     written: 0,
-                })
+                })))
             }
             StoreInner::S3 { .. } => Ok(Upload::S3(Box::new(S3Upload {
                 store: self.clone(),
@@ -472,15 +471,18 @@ fn crc32c_b64(data: &[u8]) -> String {
 /// An object being written.
 pub enum Upload {
     /// To a `.partial` file, renamed on finish.
-    File {
-        store: Store,
-        file: tokio::io::BufWriter<tokio::fs::File>,
-        partial: PathBuf,
-        path: PathBuf,
-        written: u64,
-    },
+    File(Box<FileUpload>),
     /// An S3 multipart upload (or one PutObject when small).
     S3(Box<S3Upload>),
+}
+
+/// State of a file upload.
+pub struct FileUpload {
+    store: Store,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    partial: PathBuf,
+    path: PathBuf,
+    written: u64,
 }
 
 /// State of an S3 upload.
@@ -500,13 +502,14 @@ impl Upload {
     /// Appends bytes.
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
         match self {
-            Upload::File {
-                store,
-                file,
-                partial,
-                written,
-                ..
-            } => {
+            Upload::File(f) => {
+                let FileUpload {
+                    store,
+                    file,
+                    partial,
+                    written,
+                    ..
+                } = &mut **f;
                 *written += data.len() as u64;
                 file.write_all(&data).await.map_err(|e| {
                     store.err(format!(
@@ -535,13 +538,14 @@ impl Upload {
     /// Makes the object visible under its key and checks its stored size; returns it.
     pub async fn finish(self) -> Result<u64> {
         match self {
-            Upload::File {
-                store,
-                mut file,
-                partial,
-                path,
-                written,
-            } => {
+            Upload::File(f) => {
+                let FileUpload {
+                    store,
+                    mut file,
+                    partial,
+                    path,
+                    written,
+                } = *f;
                 let io = |e: std::io::Error| {
                     store.err(format!("cannot finish {}: {e}", partial.display()))
                 };
@@ -554,17 +558,7 @@ impl Upload {
                 {
                     d.sync_all().await.ok();
                 }
-                let size = store
-                    .size(
-                        &path
-                            .strip_prefix(match &store.inner {
-                                StoreInner::File(r) => r,
-                                StoreInner::S3 { .. } => unreachable!(),
-                            })
-                            .unwrap_or(&path)
-                            .to_string_lossy(),
-                    )
-                    .await?;
+                let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
                 if size != written {
                     return Err(store.err(format!(
                         "{} holds {size} bytes after writing {written}",
@@ -580,7 +574,8 @@ impl Upload {
     /// Drops whatever was written; nothing remains under the key.
     pub async fn abort(self) {
         match self {
-            Upload::File { partial, file, .. } => {
+            Upload::File(f) => {
+                let FileUpload { partial, file, .. } = *f;
                 drop(file);
                 tokio::fs::remove_file(&partial).await.ok();
             }
