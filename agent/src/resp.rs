@@ -236,9 +236,10 @@ impl Connection {
         }
     }
 
-    /// Reads whatever is available, up to `buf.len()`; 0 means the node closed the connection.
-    pub async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
-        self.io.read(buf).await.map_err(|e| self.io_error(e))
+    /// Appends whatever is available to `buf` (without zeroing its spare capacity); 0 means the
+    /// node closed the connection.
+    pub async fn read_some(&mut self, buf: &mut bytes::BytesMut) -> Result<usize> {
+        self.io.read_buf(buf).await.map_err(|e| self.io_error(e))
     }
 
     fn parse_int(&self, s: &str) -> Result<i64> {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fleetsnap_core::ObjectKind;
 use tokio::io::AsyncReadExt;
 
@@ -112,7 +112,7 @@ impl ByteSource {
                 if *remaining == 0 {
                     return Ok(None);
                 }
-                let mut buf = vec![0; CHUNK.min(*remaining as usize)];
+                let mut buf = BytesMut::with_capacity(CHUNK.min(*remaining as usize));
                 let n = read_with_idle(conn, &mut buf, *idle).await?;
                 if n == 0 {
                     return Err(Error::redis(
@@ -125,8 +125,7 @@ impl ByteSource {
                     ));
                 }
                 *remaining -= n as u64;
-                buf.truncate(n);
-                Ok(Some(Bytes::from(buf)))
+                Ok(Some(buf.freeze()))
             }
             ByteSource::ReplicationMark {
                 conn,
@@ -139,27 +138,27 @@ impl ByteSource {
                     return Ok(None);
                 }
                 loop {
-                    let mut buf = vec![0; CHUNK];
-                    let n = read_with_idle(conn, &mut buf, *idle).await?;
+                    // The last 40 bytes seen are held back: they may be the end mark.
+                    let mut data = BytesMut::with_capacity(CHUNK + EOF_MARK_LEN);
+                    data.extend_from_slice(hold);
+                    hold.clear();
+                    let n = read_with_idle(conn, &mut data, *idle).await?;
                     if n == 0 {
                         return Err(Error::redis(
                             conn.target(),
                             "the node closed the connection before the end of the snapshot: check its log (restart, output-buffer limit for replicas, repl-timeout)",
                         ));
                     }
-                    buf.truncate(n);
-                    let mut data = std::mem::take(hold);
-                    data.extend_from_slice(&buf);
                     if data.len() >= EOF_MARK_LEN && data[data.len() - EOF_MARK_LEN..] == mark[..] {
                         data.truncate(data.len() - EOF_MARK_LEN);
                         *done = true;
-                        return Ok(Some(Bytes::from(data)));
+                        return Ok(Some(data.freeze()));
                     }
                     if data.len() > EOF_MARK_LEN {
-                        *hold = data.split_off(data.len() - EOF_MARK_LEN);
-                        return Ok(Some(Bytes::from(data)));
+                        *hold = data.split_off(data.len() - EOF_MARK_LEN).to_vec();
+                        return Ok(Some(data.freeze()));
                     }
-                    *hold = data;
+                    *hold = data.to_vec();
                 }
             }
             ByteSource::Files { files, current } => loop {
@@ -174,24 +173,27 @@ impl ByteSource {
                     *current = Some(f);
                 }
                 let f = current.as_mut().expect("opened");
-                let mut buf = vec![0; CHUNK];
+                let mut buf = BytesMut::with_capacity(CHUNK);
                 let n = f
-                    .read(&mut buf)
+                    .read_buf(&mut buf)
                     .await
                     .map_err(|e| Error::file("cannot read", "source file", e))?;
                 if n == 0 {
                     *current = None;
                     continue;
                 }
-                buf.truncate(n);
-                return Ok(Some(Bytes::from(buf)));
+                return Ok(Some(buf.freeze()));
             },
             ByteSource::Memory(b) => Ok(b.take()),
         }
     }
 }
 
-async fn read_with_idle(conn: &mut Connection, buf: &mut [u8], idle: Duration) -> Result<usize> {
+async fn read_with_idle(
+    conn: &mut Connection,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> Result<usize> {
     match tokio::time::timeout(idle, conn.read_some(buf)).await {
         Ok(r) => r,
         Err(_) => Err(Error::redis(

@@ -385,3 +385,139 @@ async fn aof_directory_is_stored_as_rdb_plus_tail() {
     );
     assert_same_data(&server, &restored).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_shards_snapshot_from_their_replicas() {
+    use fleetsnap_agent::resp::Value;
+    let cluster = fleetsnap_testkit::RedisCluster::start(3, 1).await.unwrap();
+    let primaries = cluster.primaries().await.unwrap();
+    assert_eq!(primaries.len(), 3);
+    let work = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}/cluster", work.path().display());
+    for (n, primary) in primaries.iter().enumerate() {
+        // Find a hash tag this primary owns, then write keys under it.
+        let mut c = primary.conn().await.unwrap();
+        let mut tag = None;
+        for t in 0..1000 {
+            let probe = format!("{{t{t}}}:probe");
+            if let Value::Simple(_) = c.command(&[b"SET", probe.as_bytes(), b"x"]).await.unwrap() {
+                tag = Some(t);
+                break;
+            }
+        }
+        let tag = tag.expect("a hash tag owned by this primary");
+        for i in 0..2000 {
+            c.command(&[
+                b"HSET",
+                format!("{{t{tag}}}:h:{i}").as_bytes(),
+                b"n",
+                i.to_string().as_bytes(),
+            ])
+            .await
+            .unwrap();
+        }
+        // The replica of this primary.
+        let mut replica = None;
+        for node in &cluster.nodes {
+            if node
+                .info("replication", "master_port")
+                .await
+                .unwrap()
+                .as_deref()
+                == Some(primary.port().to_string().as_str())
+            {
+                replica = Some(node);
+            }
+        }
+        let replica = replica.expect("each shard has a replica");
+        let want = primary
+            .info("replication", "master_repl_offset")
+            .await
+            .unwrap()
+            .unwrap();
+        fleetsnap_testkit::poll_until(
+            "replica caught up",
+            std::time::Duration::from_secs(30),
+            || async {
+                (replica
+                    .info("replication", "master_repl_offset")
+                    .await
+                    .ok()??
+                    == want)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap();
+        let shard = format!("shard-{n}");
+        let run = agent(
+            None,
+            &[
+                "snapshot",
+                "--redis",
+                &replica.url(),
+                "--to",
+                &dest,
+                "--cluster",
+                "c1",
+                "--shard",
+                &shard,
+                "--json",
+            ],
+        )
+        .await
+        .ok();
+        let j = run.json();
+        assert_eq!(j["source"], format!("127.0.0.1:{}", replica.port()));
+        let restored = restore_and_load(
+            None,
+            &[&dest],
+            &backup_id(&run),
+            work.path(),
+            &["--shard", &shard],
+        )
+        .await;
+        assert_same_data(primary, &restored).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_based_replication_sends_a_length_prefixed_payload() {
+    // With repl-diskless-sync off the node writes the RDB to disk first and sends `$<len>`,
+    // keeping the link alive with newlines meanwhile; the default (diskless) sends `$EOF:<mark>`.
+    let server = RedisServer::start_with(
+        RedisOptions {
+            password: Some("pw-1".into()),
+            ..Default::default()
+        }
+        .arg("repl-diskless-sync", "no"),
+    )
+    .await
+    .unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 20_000,
+            big_value_bytes: 2 << 20,
+        },
+    )
+    .await
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}/disk", work.path().display());
+    let pw_file = work.path().join("pw");
+    std::fs::write(&pw_file, "pw-1\n").unwrap();
+    let url = format!(
+        "redis://127.0.0.1:{}?password_file={}",
+        server.port(),
+        pw_file.display()
+    );
+    let run = agent(
+        None,
+        &["snapshot", "--redis", &url, "--to", &dest, "--json"],
+    )
+    .await
+    .ok();
+    let restored = restore_and_load(None, &[&dest], &backup_id(&run), work.path(), &[]).await;
+    assert_same_data(&server, &restored).await.unwrap();
+}

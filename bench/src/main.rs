@@ -1,5 +1,5 @@
 //! Snapshot benchmark: fleetsnap-agent against the seed cron recipe (BGSAVE, poll, copy, gzip,
-//! `aws s3 cp` to each region in turn) and against `redis-cli --rdb /dev/null`, the floor set by
+//! `aws s3 cp` to each region in turn) and against `redis-cli --rdb - > /dev/null`, the floor set by
 //! Redis's own RDB generation. Every server runs with `repl-diskless-sync-delay 0`.
 //!
 //! Run with `scripts/bench.sh` (installs awscli, moto and Garage first); prints a Markdown table.
@@ -18,6 +18,9 @@ struct Args {
     /// Dataset sizes in GiB, comma separated; S3 and seed rows run for the first only.
     #[arg(long, default_value = "1,4")]
     sizes_gib: String,
+    /// Runs per row; the table shows the median wall time and the largest peak RSS.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Path of the agent binary (built with --release).
     #[arg(long, default_value = "target/release/fleetsnap-agent")]
     agent: String,
@@ -32,8 +35,22 @@ struct Row {
     cpu: Option<Duration>,
 }
 
+/// Runs a command `repeat` times; returns the median wall time with that run's CPU time, and the
+/// largest peak RSS (KiB) seen.
+fn measure(cmd: Command, repeat: usize) -> anyhow::Result<(Duration, i64, Duration)> {
+    let mut cmd = cmd;
+    let mut runs = Vec::new();
+    for _ in 0..repeat.max(1) {
+        runs.push(measure_once(&mut cmd)?);
+    }
+    let rss = runs.iter().map(|r| r.1).max().unwrap_or(0);
+    runs.sort_by_key(|r| r.0);
+    let (wall, _, cpu) = runs[runs.len() / 2];
+    Ok((wall, rss, cpu))
+}
+
 /// Runs a command to completion and returns its wall time, peak RSS (KiB) and CPU time.
-fn measure(mut cmd: Command) -> anyhow::Result<(Duration, i64, Duration)> {
+fn measure_once(cmd: &mut Command) -> anyhow::Result<(Duration, i64, Duration)> {
     let start = Instant::now();
     let child = cmd
         .stdout(std::process::Stdio::null())
@@ -153,9 +170,17 @@ async fn main() -> anyhow::Result<()> {
                 cpu: rss.then_some(m.2),
             });
         };
+        // `--rdb /dev/null` exits 1 on redis-cli 7.0 (it fsyncs the target); `-` writes to stdout,
+        // which `measure` points at /dev/null.
         let mut floor = Command::new("redis-cli");
-        floor.args(["-p", &server.port().to_string(), "--rdb", "/dev/null"]);
-        push("floor: redis-cli --rdb /dev/null", measure(floor)?, true);
+        floor
+            .args(["-p", &server.port().to_string(), "--rdb", "-"])
+            .stderr(std::process::Stdio::null());
+        push(
+            "floor: redis-cli --rdb - > /dev/null",
+            measure(floor, args.repeat)?,
+            true,
+        );
 
         let region = |name: &str| work.path().join(format!("{name}-{n}"));
         let mut a = Command::new(&agent);
@@ -169,7 +194,11 @@ async fn main() -> anyhow::Result<()> {
         .arg("--to")
         .arg(format!("file://{}", region("b").display()))
         .args(["--spool-dir", &work.path().display().to_string()]);
-        push("fleetsnap-agent → 2 file:// regions", measure(a)?, true);
+        push(
+            "fleetsnap-agent → 2 file:// regions",
+            measure(a, args.repeat)?,
+            true,
+        );
 
         if n == 0 {
             let seed_dir = work.path().join("seed");
@@ -188,7 +217,11 @@ async fn main() -> anyhow::Result<()> {
             let mut seed = Command::new("bash");
             seed.arg("-c")
                 .arg(seed_recipe(&server, &seed_dir, &cp, &creds));
-            push("seed recipe → 2 local dirs (cp)", measure(seed)?, true);
+            push(
+                "seed recipe → 2 local dirs (cp)",
+                measure(seed, args.repeat)?,
+                true,
+            );
 
             let aws = |r: &fleetsnap_testkit::S3Region| {
                 format!(
@@ -211,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
                 .env("AWS_CONFIG_FILE", "/nonexistent");
             push(
                 "seed recipe → garage, moto (aws s3 cp)",
-                measure(seed)?,
+                measure(seed, args.repeat)?,
                 true,
             );
 
@@ -229,7 +262,11 @@ async fn main() -> anyhow::Result<()> {
             ])
             .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
             .env("AWS_CONFIG_FILE", "/nonexistent");
-            push("fleetsnap-agent → garage, moto", measure(a)?, true);
+            push(
+                "fleetsnap-agent → garage, moto",
+                measure(a, args.repeat)?,
+                true,
+            );
         }
     }
     println!("| dataset | RDB size | run | wall | MB/s | peak RSS | CPU |");
