@@ -34,7 +34,7 @@ if [ "$what" = test ] || [ "$what" = bench ]; then
     hash -r
   fi
   garage="${GARAGE_BIN:-$HOME/.cargo/bin/garage}"
-  if ! [ -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q 'v2\.5\.0'; then
+  if ! [ -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q ':2\.5\.0 '; then
     echo "setup: building Garage 2.5.0 from crates.io (about 10 minutes on 2 cores, cached afterwards)"
     cargo install garage --locked --version 2.5.0 --quiet
   fi

@@ -151,6 +151,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
@@ -345,20 +346,26 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     };
     let progress = Arc::new(Progress::default());
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} {bytes} read, {bytes_per_sec}, {elapsed}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_message("snapshot");
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} snapshot {bytes} read, {bytes_per_sec}, {elapsed}").expect("valid template"));
         bar
     });
     let ticker = bar.clone().map(|bar| {
         let progress = progress.clone();
         tokio::spawn(async move {
+            let mut sized = false;
             loop {
+                let total = progress.total.load(Ordering::Relaxed);
+                if total > 0 && !sized {
+                    // The size is known (a `$len` payload or a file): show a bar with an ETA.
+                    bar.set_length(total);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("snapshot [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                    );
+                    sized = true;
+                }
                 bar.set_position(progress.read.load(Ordering::Relaxed));
                 bar.tick();
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -116,6 +116,11 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let info = opened.info.clone();
     let source_name = info.node.clone();
     let chain = req.encode.chain();
+    let mut total = 0;
+    for (_, src) in &opened.objects {
+        total += src.total().await.unwrap_or(0);
+    }
+    progress.total.store(total, std::sync::atomic::Ordering::Relaxed);
     let mut objects = Vec::new();
     let mut rdb_version = 0;
     let mut rdb_checksum = false;

@@ -206,6 +206,27 @@ async fn read_with_idle(
     }
 }
 
+impl ByteSource {
+    /// Total bytes, when known in advance.
+    pub async fn total(&self) -> Option<u64> {
+        match self {
+            ByteSource::ReplicationLen { total, .. } => Some(*total),
+            ByteSource::ReplicationMark { .. } => None,
+            ByteSource::Files { files, current } => {
+                let mut n = match current {
+                    Some(f) => f.metadata().await.ok()?.len(),
+                    None => 0,
+                };
+                for f in files {
+                    n += tokio::fs::metadata(f).await.ok()?.len();
+                }
+                Some(n)
+            }
+            ByteSource::Memory(b) => b.as_ref().map(|b| b.len() as u64),
+        }
+    }
+}
+
 /// An opened source: its description and the objects to store, in order (an RDB, then maybe a tail).
 pub struct OpenedSource {
     /// What is known about the source.

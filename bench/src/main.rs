@@ -241,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
                     &creds,
                 ))
                 .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
-                .env("AWS_CONFIG_FILE", "/nonexistent");
+                .env("AWS_CONFIG_FILE", "/dev/null");
             push(
                 "seed recipe → garage, moto (aws s3 cp)",
                 measure(seed, args.repeat)?,
@@ -261,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
                 &moto.region.dest("bench", "agent"),
             ])
             .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
-            .env("AWS_CONFIG_FILE", "/nonexistent");
+            .env("AWS_CONFIG_FILE", "/dev/null");
             push(
                 "fleetsnap-agent → garage, moto",
                 measure(a, args.repeat)?,

@@ -42,7 +42,7 @@ pub async fn agent(creds: Option<&Path>, args: &[&str]) -> Run {
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_PROFILE");
-    cmd.env("AWS_CONFIG_FILE", "/nonexistent-fleetsnap-aws-config");
+    cmd.env("AWS_CONFIG_FILE", "/dev/null");
     match creds {
         Some(c) => cmd.env("AWS_SHARED_CREDENTIALS_FILE", c),
         None => cmd.env(
