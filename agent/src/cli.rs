@@ -347,7 +347,12 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let progress = Arc::new(Progress::default());
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} snapshot {bytes} read, {bytes_per_sec}, {elapsed}").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} snapshot {bytes} read, {bytes_per_sec}, {elapsed}",
+            )
+            .expect("valid template"),
+        );
         bar
     });
     let ticker = bar.clone().map(|bar| {
@@ -360,9 +365,11 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
                     // The size is known (a `$len` payload or a file): show a bar with an ETA.
                     bar.set_length(total);
                     bar.set_style(
-                        indicatif::ProgressStyle::with_template("snapshot [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-                            .expect("valid template")
-                            .progress_chars("=> "),
+                        indicatif::ProgressStyle::with_template(
+                            "snapshot [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
                     );
                     sized = true;
                 }

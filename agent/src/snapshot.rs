@@ -120,7 +120,9 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     for (_, src) in &opened.objects {
         total += src.total().await.unwrap_or(0);
     }
-    progress.total.store(total, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .total
+        .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut objects = Vec::new();
     let mut rdb_version = 0;
     let mut rdb_checksum = false;

@@ -41,6 +41,41 @@ struct SpoolFile {
     path: PathBuf,
     write_pos: u64,
     read_pos: u64,
+    /// Whether read ranges are given back to the file system (hole punching works here); if not,
+    /// the limit applies to the whole file until it drains.
+    reclaims: bool,
+}
+
+impl SpoolFile {
+    /// Bytes this file holds on disk for the limit: the backlog, or the whole file when read
+    /// ranges cannot be given back.
+    fn held(&self) -> u64 {
+        if self.reclaims {
+            self.write_pos - self.read_pos
+        } else {
+            self.write_pos
+        }
+    }
+
+    /// Gives the read range back to the file system.
+    fn reclaim(&mut self, from: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        if !self.reclaims {
+            return;
+        }
+        // SAFETY: a plain system call on a file descriptor this struct owns.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                from as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            self.reclaims = false;
+        }
+    }
 }
 
 impl Drop for SpoolFile {
@@ -127,11 +162,12 @@ impl SpoolQueue {
                 path,
                 write_pos: 0,
                 read_pos: 0,
+                reclaims: true,
             });
         }
         let f = st.file.as_mut().expect("created");
         let used = f.write_pos - f.read_pos + data.len() as u64;
-        if f.write_pos + data.len() as u64 > self.limits.max_bytes {
+        if f.held() + data.len() as u64 > self.limits.max_bytes {
             return Err(format!(
                 "the destination fell {} MiB behind the source and the spool limit is {} MiB: it is too slow or stalled; raise --spool-max or fix the destination",
                 used >> 20,
@@ -205,7 +241,9 @@ impl SpoolQueue {
                         st.failed = Some(reason.clone());
                         return Item::Abort(reason);
                     }
+                    let from = f.read_pos;
                     f.read_pos += n as u64;
+                    f.reclaim(from, n as u64);
                     if f.read_pos == f.write_pos {
                         f.file.set_len(0).ok();
                         f.read_pos = 0;
@@ -269,6 +307,23 @@ mod tests {
             0,
             "spool file left behind"
         );
+    }
+
+    #[tokio::test]
+    async fn the_limit_applies_to_the_backlog_not_to_what_passed_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SpoolQueue::new("steady".into(), limits(dir.path(), 3 << 20));
+        // The consumer stays about one chunk behind: the file never drains, but the backlog is small.
+        let chunk = Bytes::from(vec![7u8; 1 << 20]);
+        assert!(q.push(chunk.clone()));
+        for _ in 0..20 {
+            assert!(
+                q.push(chunk.clone()),
+                "failed with a small backlog: {:?}",
+                q.failure()
+            );
+            assert!(matches!(q.pop().await, Item::Data(_)));
+        }
     }
 
     #[tokio::test]

@@ -526,13 +526,41 @@ async fn disk_based_replication_sends_a_length_prefixed_payload() {
 async fn keepalives_while_the_node_waits_to_fork_are_skipped() {
     // With a diskless sync delay the node answers FULLRESYNC, then sends a bare newline every
     // second until it forks.
-    let server = RedisServer::start_with(RedisOptions::default().arg("repl-diskless-sync-delay", "3")).await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 5000, big_value_bytes: 1 << 20 }).await.unwrap();
+    let server =
+        RedisServer::start_with(RedisOptions::default().arg("repl-diskless-sync-delay", "3"))
+            .await
+            .unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 5000,
+            big_value_bytes: 1 << 20,
+        },
+    )
+    .await
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/ka", work.path().display());
     let started = std::time::Instant::now();
-    let run = agent(None, &["snapshot", "--redis", &server.url(), "--to", &dest, "--idle-timeout-seconds", "2", "--json"]).await.ok();
-    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "the node did not wait: nothing was tested");
+    let run = agent(
+        None,
+        &[
+            "snapshot",
+            "--redis",
+            &server.url(),
+            "--to",
+            &dest,
+            "--idle-timeout-seconds",
+            "2",
+            "--json",
+        ],
+    )
+    .await
+    .ok();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "the node did not wait: nothing was tested"
+    );
     let restored = restore_and_load(None, &[&dest], &backup_id(&run), work.path(), &[]).await;
     assert_same_data(&server, &restored).await.unwrap();
 }
@@ -540,18 +568,57 @@ async fn keepalives_while_the_node_waits_to_fork_are_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bgsave_file_reuses_a_bgsave_in_progress() {
     let server = RedisServer::start().await.unwrap();
-    write_dataset(&server, &Dataset { small_keys: 3000, big_value_bytes: 1 << 20 }).await.unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 3000,
+            big_value_bytes: 1 << 20,
+        },
+    )
+    .await
+    .unwrap();
     // A slow BGSAVE already running when the agent arrives.
-    server.cmd(&["CONFIG", "SET", "rdb-key-save-delay", "500"]).await.unwrap();
+    server
+        .cmd(&["CONFIG", "SET", "rdb-key-save-delay", "500"])
+        .await
+        .unwrap();
     server.cmd(&["BGSAVE"]).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/reuse", work.path().display());
-    let run = agent(None, &["snapshot", "--redis", &server.url(), "--source", "bgsave-file", "--to", &dest, "--json"]).await.ok();
+    let run = agent(
+        None,
+        &[
+            "snapshot",
+            "--redis",
+            &server.url(),
+            "--source",
+            "bgsave-file",
+            "--to",
+            &dest,
+            "--json",
+        ],
+    )
+    .await
+    .ok();
     let j = run.json();
     let notes = j["notes"].to_string();
-    assert!(notes.contains("reused"), "the running BGSAVE was not reused: {notes}");
-    assert_eq!(server.info("persistence", "rdb_saves").await.unwrap().as_deref(), Some("1"), "a second BGSAVE ran");
-    server.cmd(&["CONFIG", "SET", "rdb-key-save-delay", "0"]).await.unwrap();
+    assert!(
+        notes.contains("reused"),
+        "the running BGSAVE was not reused: {notes}"
+    );
+    assert_eq!(
+        server
+            .info("persistence", "rdb_saves")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1"),
+        "a second BGSAVE ran"
+    );
+    server
+        .cmd(&["CONFIG", "SET", "rdb-key-save-delay", "0"])
+        .await
+        .unwrap();
     let restored = restore_and_load(None, &[&dest], &backup_id(&run), work.path(), &[]).await;
     assert_same_data(&server, &restored).await.unwrap();
 }
