@@ -296,7 +296,7 @@ async fn a_stalled_region_spools_then_fails_alone() {
         &server,
         &Dataset {
             small_keys: 50_000,
-            big_value_bytes: 64 << 20,
+            big_value_bytes: 128 << 20,
         },
     )
     .await
@@ -323,7 +323,7 @@ async fn a_stalled_region_spools_then_fails_alone() {
             "--spool-dir",
             &spool.display().to_string(),
             "--spool-max",
-            "4MiB",
+            "32MiB",
             "--json",
         ],
     )
@@ -385,7 +385,6 @@ async fn spool_disk_full() {
         }
     }
     let _unmount = Unmount(spool.clone());
-    let good = format!("file://{}/good", work.path().display());
     let stalled =
         format!("s3://stalled-bucket?region=x&endpoint=http://127.0.0.1:{port}&profile=stalled");
     let creds = stalled_creds(work.path());
@@ -396,8 +395,6 @@ async fn spool_disk_full() {
             "--redis",
             &server.url(),
             "--to",
-            &good,
-            "--to",
             &stalled,
             "--compress",
             "none",
@@ -407,14 +404,20 @@ async fn spool_disk_full() {
         ],
     )
     .await;
-    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    // The only destination failed: exit 1, the reason names the spool directory and the fix.
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let j = run.json();
-    let err = j["destinations"][1]["error"].as_str().unwrap().to_string();
+    let err = j["destinations"][0]["error"].as_str().unwrap().to_string();
     assert!(
         err.contains("spool disk is full") && err.contains(&spool.display().to_string()),
         "{err}"
     );
-    assert_eq!(j["destinations"][0]["result"], "complete");
+    assert!(
+        run.stderr.contains("stored in no destination"),
+        "{}",
+        run.stderr
+    );
+    assert!(files_under(&spool).is_empty(), "spool files left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
