@@ -416,15 +416,12 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
             .unwrap_or("0")
             .to_string(),
     );
-    if info_field(&persistence, "rdb_bgsave_in_progress") == Some("1") {
-        info.notes
-            .push("a BGSAVE was already running on the node; reused its result".into());
-    } else {
+    // A BGSAVE already running is reused: its end is the end to wait for. (Its start was already
+    // counted, so the save counter will not move again.)
+    let mut reused = info_field(&persistence, "rdb_bgsave_in_progress") == Some("1");
+    if !reused {
         match conn.command(&[b"BGSAVE", b"SCHEDULE"]).await? {
-            Value::Error(e) if e.contains("already in progress") => {
-                info.notes
-                    .push("a BGSAVE was already running on the node; reused its result".into());
-            }
+            Value::Error(e) if e.contains("already in progress") => reused = true,
             Value::Error(e) => {
                 return Err(Error::redis(
                     target,
@@ -444,7 +441,7 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
             (Some(b), Some(now)) => *b != now,
             _ => info_field(&p, "rdb_last_save_time").unwrap_or("0") != before.1,
         };
-        if !running && saved {
+        if !running && (saved || reused) {
             if info_field(&p, "rdb_last_bgsave_status") != Some("ok") {
                 return Err(Error::redis(
                     target,
@@ -462,6 +459,10 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
                 ),
             ));
         }
+    }
+    if reused {
+        info.notes
+            .push("a BGSAVE was already running on the node; reused its result".into());
     }
     let path = Path::new(&dir).join(&dbfilename);
     // Redis writes a temporary file and renames it, so the file opened now stays whole even if
