@@ -29,7 +29,8 @@ start_redis primary "$primary"
 start_redis replica "$replica" --replicaof 127.0.0.1 "$primary"
 
 echo "== writing data to the primary"
-redis-cli -p "$primary" debug populate 200000 key 64 >/dev/null
+# DEBUG POPULATE is not replicated; redis-benchmark's SETs are.
+redis-benchmark -p "$primary" -t set -n 300000 -r 200000 -d 64 -q >/dev/null
 redis-cli -p "$primary" hset user:1 name ada lang rust >/dev/null
 redis-cli -p "$primary" rpush queue a b c >/dev/null
 redis-cli -p "$primary" zadd board 1 one 2 two >/dev/null
@@ -43,9 +44,12 @@ done
 
 echo "== snapshot of the replica to two regions"
 "$agent" snapshot --redis "redis://127.0.0.1:$replica" --to "file://$demo/region-a" --to "file://$demo/region-b" \
-  --cluster demo --shard shard-0 --json > "$demo/snapshot.json"
+  --cluster demo --shard shard-0
+echo
 "$agent" ls --from "file://$demo/region-b"
-id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["backup_id"])' "$demo/snapshot.json")
+"$agent" ls --from "file://$demo/region-b" --json > "$demo/ls.json"
+id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[-1]["backup_id"])' "$demo/ls.json")
+echo
 
 echo "== verify in region-a, restore (region-a first, region-b as fallback)"
 "$agent" verify --from "file://$demo/region-a" --backup "$id"

@@ -390,6 +390,10 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
     if let Some(p) = &req.identity {
         load_identities(p)?;
     }
+    if let Some(dir) = req.to_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::file("cannot create the directory for --to-file", dir, e))?;
+    }
     let mut skipped = Vec::new();
     for spec in &req.from {
         match restore_from(spec, req).await {
@@ -397,7 +401,8 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
                 r.skipped = skipped;
                 return Ok(r);
             }
-            Err(e @ Error::Input(_)) => return Err(e),
+            // A problem on this side (bad arguments, the local disk) is the same for every region.
+            Err(e @ (Error::Input(_) | Error::File { .. })) => return Err(e),
             Err(e) => skipped.push((spec.to_string(), e.to_string())),
         }
     }

@@ -148,7 +148,8 @@ async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
         verify.stderr
     );
     let dead = "s3://fleetsnap-gone?region=x&endpoint=http://127.0.0.1:9&profile=none";
-    let file = work.path().join("r.rdb");
+    // The target directory does not exist yet: restore creates it.
+    let file = work.path().join("new/dir/r.rdb");
     let run = agent(
         None,
         &[
