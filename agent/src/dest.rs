@@ -232,7 +232,7 @@ impl Store {
         let hint = match code.as_deref() {
             Some("AccessDenied") | Some("InvalidAccessKeyId") | Some("SignatureDoesNotMatch") | Some("Forbidden") =>
                 format!("access denied: check the credentials (profile= in the URL, or the AWS_* environment) and that the bucket policy lets them {op}"),
-            Some("NoSuchBucket") => format!("bucket {bucket:?} does not exist: create it or fix the URL"),
+            Some("NoSuchBucket") => format!("bucket {bucket:?} does not exist: create it or fix the URL (some servers, Garage among them, also say so when the credentials have no rights on the bucket)"),
             Some("NoSuchKey") | Some("NotFound") => format!("object {key} does not exist"),
             _ => match &e {
                 SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => "the endpoint cannot be reached: check endpoint= and the network; the region may be down".to_string(),
