@@ -10,6 +10,13 @@ use tempfile::TempDir;
 
 use crate::{die_with_parent, free_port, poll_until};
 
+/// `n` random bytes as lowercase hex.
+fn random_hex(n: usize) -> String {
+    (0..n)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
 /// An S3 endpoint the tests can use.
 #[derive(Clone, Debug)]
 pub struct S3Region {
@@ -143,9 +150,7 @@ impl Garage {
             .prefix("fleetsnap-garage-")
             .tempdir()?;
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let secret: String = (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
+        let secret: String = random_hex(32);
         let config = dir.path().join("garage.toml");
         std::fs::write(
             &config,
@@ -167,15 +172,8 @@ impl Garage {
         let child = die_with_parent(&mut cmd)
             .spawn()
             .context("start garage (install it: cargo install garage --locked)")?;
-        let access_key = format!(
-            "GK{}",
-            (0..12)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect::<String>()
-        );
-        let secret_key: String = (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
+        let access_key = format!("GK{}", random_hex(12));
+        let secret_key: String = random_hex(32);
         let g = Self {
             child: Some(child),
             region: S3Region {
@@ -253,15 +251,8 @@ impl Garage {
 
     /// Creates a second key that may only read `bucket`.
     pub fn key_read_only(&self, bucket: &str) -> anyhow::Result<S3Region> {
-        let access_key = format!(
-            "GK{}",
-            (0..12)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect::<String>()
-        );
-        let secret_key: String = (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
+        let access_key = format!("GK{}", random_hex(12));
+        let secret_key: String = random_hex(32);
         self.cli(&[
             "key",
             "import",

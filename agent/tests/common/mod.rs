@@ -142,3 +142,23 @@ pub fn files_under(root: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Snapshots with `args` (after `snapshot`; `--to DEST --json` are added) into `dest`, restores
+/// the backup, loads it into a fresh server and asserts it equals `expected`. Returns the report.
+pub async fn round_trip(
+    expected: &RedisServer,
+    work: &Path,
+    dest: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let mut full = vec!["snapshot"];
+    full.extend_from_slice(args);
+    full.extend(["--to", dest, "--json"]);
+    let report = agent(None, &full).await.ok().json();
+    let id = report["backup_id"].as_str().expect("backup_id").to_string();
+    let restored = restore_and_load(None, &[dest], &id, work, &[]).await;
+    fleetsnap_testkit::assert_same_data(expected, &restored)
+        .await
+        .unwrap();
+    report
+}
