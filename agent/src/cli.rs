@@ -41,6 +41,15 @@ struct Cli {
 enum Command {
     /// Take a snapshot of one Redis node and store it, verified and compressed, in every destination.
     Snapshot(SnapshotArgs),
+    /// Print what the agent reports about one Redis node (role, offsets, links, persistence, slots).
+    Report {
+        /// The node: redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH.
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the complete backups in a destination.
     Ls {
         /// The destination to list.
@@ -185,6 +194,20 @@ fn print_json<T: serde::Serialize>(v: &T) {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Snapshot(a) => run_snapshot(a).await,
+        Command::Report { redis, json } => {
+            let target = RedisTarget::parse(&redis)?;
+            let r = crate::watch::collect(&target.address(), &target).await;
+            if json {
+                print_json(&r);
+            } else {
+                print_report(&r);
+            }
+            Ok(if r.reachable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Ls { from, json } => {
             let spec = DestSpec::parse(&from)?;
             let rows = restore::list(&spec).await?;
@@ -435,6 +458,81 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         );
         ExitCode::from(EXIT_PARTIAL)
     })
+}
+
+fn print_report(r: &fleetsnap_core::InstanceReport) {
+    if let Some(e) = &r.error {
+        println!("{}  unreachable: {e}", r.address);
+        return;
+    }
+    let role = match r.role {
+        fleetsnap_core::Role::Primary => "primary",
+        fleetsnap_core::Role::Replica => "replica",
+        fleetsnap_core::Role::Unknown => "unknown",
+    };
+    println!(
+        "{}  {role}  redis {}  offset {}",
+        r.address, r.redis_version, r.master_repl_offset
+    );
+    if let (Some(p), Some(up)) = (&r.primary_address, r.link_up) {
+        println!(
+            "  primary {p}  link {}  behind {} B",
+            if up { "up" } else { "DOWN" },
+            r.lag_bytes().unwrap_or(0)
+        );
+    }
+    for s in &r.replicas {
+        println!(
+            "  replica {}  {}  offset {}  lag {}s",
+            s.address, s.state, s.offset, s.lag_seconds
+        );
+    }
+    println!(
+        "  memory {} of {}  bgsave {}  last save {}  aof {}",
+        human(r.used_memory_bytes),
+        if r.maxmemory_bytes == 0 {
+            "no limit".to_string()
+        } else {
+            human(r.maxmemory_bytes)
+        },
+        if r.rdb_bgsave_in_progress {
+            "running"
+        } else if r.rdb_last_bgsave_ok {
+            "ok"
+        } else {
+            "FAILED"
+        },
+        r.rdb_last_save_time,
+        if r.aof_enabled { "on" } else { "off" }
+    );
+    if let Some(id) = &r.cluster_myid {
+        let slots: Vec<String> = r
+            .slots
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        println!(
+            "  cluster node {id}  slots {}",
+            if slots.is_empty() {
+                "none".to_string()
+            } else {
+                slots.join(",")
+            }
+        );
+    }
+    match r.sync_allowed {
+        Some(true) => println!("  sync allowed"),
+        Some(false) => println!(
+            "  sync NOT allowed: PSYNC is renamed or the agent's user may not run it (use --source bgsave-file)"
+        ),
+        None => println!("  sync permission unknown: the agent's user may not run ACL DRYRUN"),
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -11,6 +11,7 @@ pub mod snapshot;
 pub mod source;
 pub mod spool;
 pub mod target;
+pub mod watch;
 
 pub use error::{Error, Result};
 

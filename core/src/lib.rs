@@ -7,8 +7,10 @@ pub mod codec;
 pub mod ids;
 pub mod manifest;
 pub mod rdb;
+pub mod report;
 
 pub use codec::{Codec, CodecChain};
 pub use ids::{BackupId, ClusterId, IdError, ShardId};
 pub use manifest::{Manifest, ManifestError, ObjectEntry, ObjectKind, ShardEntry};
 pub use rdb::{RdbError, RdbSummary, RdbVerifier, empty_rdb};
+pub use report::{ConnectedReplica, InstanceReport, Role};
