@@ -407,58 +407,65 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
     server_facts(&mut conn, &mut info).await?;
     let dir = conn.config_get("dir").await?;
     let dbfilename = conn.config_get("dbfilename").await?;
-    let persistence = conn.info("persistence").await?;
-    // `rdb_saves` (Redis 7+) counts saves; older servers only have a save time in whole seconds.
-    let saves = |p: &[(String, String)]| info_field(p, "rdb_saves").map(str::to_string);
-    let before = (
-        saves(&persistence),
-        info_field(&persistence, "rdb_last_save_time")
-            .unwrap_or("0")
-            .to_string(),
-    );
-    // A BGSAVE already running is reused: its end is the end to wait for. (Its start was already
-    // counted, so the save counter will not move again.)
-    let mut reused = info_field(&persistence, "rdb_bgsave_in_progress") == Some("1");
-    if !reused {
-        match conn.command(&[b"BGSAVE", b"SCHEDULE"]).await? {
-            Value::Error(e) if e.contains("already in progress") => reused = true,
-            Value::Error(e) => {
-                return Err(Error::redis(
-                    target,
-                    format!("BGSAVE refused: {e}{}", refusal_hint(&e)),
-                ));
-            }
-            _ => {}
-        }
-    }
     let deadline = tokio::time::Instant::now() + opts.bgsave_timeout;
-    let mut interval = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        interval.tick().await;
-        let p = conn.info("persistence").await?;
-        let running = info_field(&p, "rdb_bgsave_in_progress") == Some("1");
-        let saved = match (&before.0, saves(&p)) {
-            (Some(b), Some(now)) => *b != now,
-            _ => info_field(&p, "rdb_last_save_time").unwrap_or("0") != before.1,
-        };
-        if !running && (saved || reused) {
-            if info_field(&p, "rdb_last_bgsave_status") != Some("ok") {
-                return Err(Error::redis(
-                    target,
-                    "BGSAVE failed on the node (rdb_last_bgsave_status is not ok): check its log, usually a full disk or a permission problem in its dir",
-                ));
+    let persistence = conn.info("persistence").await?;
+    let last_save = |p: &[(String, String)]| {
+        info_field(p, "rdb_last_save_time")
+            .unwrap_or("0")
+            .to_string()
+    };
+    // `rdb_saves` (Redis 7+) counts RDB children when they fork; older servers only have the time
+    // of the last disk save, in whole seconds.
+    let saves = |p: &[(String, String)]| info_field(p, "rdb_saves").map(str::to_string);
+    let saved_before = last_save(&persistence);
+    // An RDB child already running may be a BGSAVE (reuse it) or a diskless sync to a replica,
+    // which writes no file: wait for it, and reuse it only if a disk save completed.
+    let mut reused = false;
+    if running(&persistence) {
+        let p = wait_idle(&mut conn, target, deadline).await?;
+        reused = last_save(&p) != saved_before;
+    }
+    if !reused {
+        loop {
+            let p = conn.info("persistence").await?;
+            let before = (saves(&p), last_save(&p));
+            match conn.command(&[b"BGSAVE", b"SCHEDULE"]).await? {
+                // Another RDB child started meanwhile: let it end, then ask again.
+                Value::Error(e) if e.contains("already in progress") => {
+                    wait_idle(&mut conn, target, deadline).await?;
+                    continue;
+                }
+                Value::Error(e) => {
+                    return Err(Error::redis(
+                        target,
+                        format!("BGSAVE refused: {e}{}", refusal_hint(&e)),
+                    ));
+                }
+                _ => {}
+            }
+            // Started or scheduled (behind an AOF rewrite): wait until ours has run and ended.
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                interval.tick().await;
+                let p = conn.info("persistence").await?;
+                let ours_ran = match (&before.0, saves(&p)) {
+                    (Some(b), Some(now)) => *b != now,
+                    _ => last_save(&p) != before.1,
+                };
+                if ours_ran && !running(&p) {
+                    break;
+                }
+                check_deadline(target, deadline, opts)?;
             }
             break;
         }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Error::redis(
-                target,
-                format!(
-                    "BGSAVE did not finish within {}s",
-                    opts.bgsave_timeout.as_secs()
-                ),
-            ));
-        }
+    }
+    let p = conn.info("persistence").await?;
+    if info_field(&p, "rdb_last_bgsave_status") != Some("ok") {
+        return Err(Error::redis(
+            target,
+            "BGSAVE failed on the node (rdb_last_bgsave_status is not ok): check its log, usually a full disk or a permission problem in its dir",
+        ));
     }
     if reused {
         info.notes
@@ -484,6 +491,49 @@ async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<Opene
             },
         )],
     })
+}
+
+fn running(p: &[(String, String)]) -> bool {
+    info_field(p, "rdb_bgsave_in_progress") == Some("1")
+}
+
+fn check_deadline(
+    target: &RedisTarget,
+    deadline: tokio::time::Instant,
+    opts: &SourceOptions,
+) -> Result<()> {
+    if tokio::time::Instant::now() > deadline {
+        return Err(Error::redis(
+            target,
+            format!(
+                "BGSAVE did not finish within {}s",
+                opts.bgsave_timeout.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until no RDB child runs on the node; returns `INFO persistence` at that point.
+async fn wait_idle(
+    conn: &mut Connection,
+    target: &RedisTarget,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<(String, String)>> {
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        interval.tick().await;
+        let p = conn.info("persistence").await?;
+        if !running(&p) {
+            return Ok(p);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::redis(
+                target,
+                "an RDB child kept running on the node past the BGSAVE timeout",
+            ));
+        }
+    }
 }
 
 /// One line of a Redis 7 AOF manifest.
