@@ -54,13 +54,3 @@ where
         delay = (delay * 2).min(Duration::from_millis(200));
     }
 }
-
-/// Whether a program is on the PATH.
-pub fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}

@@ -283,11 +283,6 @@ impl RedisServer {
             c.wait().ok();
         }
     }
-
-    /// The process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
 }
 
 impl Drop for RedisServer {

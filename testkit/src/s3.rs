@@ -123,7 +123,8 @@ async fn wait_s3(region: &S3Region, what: &str) -> anyhow::Result<()> {
 /// A single-node Garage cluster.
 pub struct Garage {
     child: Option<Child>,
-    dir: TempDir,
+    /// Held so the data is removed when the Garage is dropped.
+    _dir: TempDir,
     config: PathBuf,
     /// The S3 endpoint with an admin key for every bucket.
     pub region: S3Region,
@@ -184,7 +185,7 @@ impl Garage {
                 secret_key: secret_key.clone(),
             },
             config,
-            dir,
+            _dir: dir,
         };
         // `node id` reads the key from disk; `status` needs the daemon up.
         poll_until("garage daemon", Duration::from_secs(60), || async {
@@ -277,11 +278,6 @@ impl Garage {
             c.kill().ok();
             c.wait().ok();
         }
-    }
-
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
