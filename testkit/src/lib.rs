@@ -24,8 +24,39 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A child process, killed (SIGKILL) and reaped when dropped, and killed by the kernel if the test
+/// process dies first.
+pub struct Process(Option<std::process::Child>);
+
+impl Process {
+    /// Spawns `cmd`; `what` says what failed to start and how to install it.
+    pub(crate) fn spawn(cmd: &mut Command, what: &'static str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        Ok(Self(Some(die_with_parent(cmd).spawn().context(what)?)))
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut()?.try_wait().ok()?
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Makes a child die with the test process.
-pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {

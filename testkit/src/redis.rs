@@ -1,7 +1,7 @@
 //! Real redis-server processes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -9,13 +9,13 @@ use fleetsnap_agent::resp::{Connection, Value, info_field};
 use fleetsnap_agent::target::RedisTarget;
 use tempfile::TempDir;
 
-use crate::{die_with_parent, free_port, poll_until};
+use crate::{Process, free_port, poll_until};
 
 const READY: Duration = Duration::from_secs(30);
 
 /// One redis-server process in its own directory.
 pub struct RedisServer {
-    child: Option<Child>,
+    process: Process,
     port: u16,
     dir: TempDir,
     password: Option<String>,
@@ -177,11 +177,12 @@ impl RedisServer {
         }
         let mut cmd = Command::new("redis-server");
         cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = die_with_parent(&mut cmd)
-            .spawn()
-            .context("start redis-server (install it: apt-get install redis-server)")?;
+        let process = Process::spawn(
+            &mut cmd,
+            "start redis-server (install it: apt-get install redis-server)",
+        )?;
         let mut server = Self {
-            child: Some(child),
+            process,
             port,
             dir,
             password: opts.password.clone(),
@@ -196,7 +197,7 @@ impl RedisServer {
         let log = self.dir.path().join("redis.log");
         let deadline = std::time::Instant::now() + READY;
         loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            if let Some(status) = self.process.exited() {
                 bail!(
                     "redis-server exited ({status}): {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -278,16 +279,7 @@ impl RedisServer {
 
     /// Kills the process (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 

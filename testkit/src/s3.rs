@@ -1,14 +1,14 @@
 //! Real S3-compatible regions: Garage (a Rust object store) and moto's S3 server.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use tempfile::TempDir;
 
-use crate::{die_with_parent, free_port, poll_until};
+use crate::{Process, free_port, poll_until};
 
 /// `n` random bytes as lowercase hex.
 fn random_hex(n: usize) -> String {
@@ -122,7 +122,7 @@ async fn wait_s3(region: &S3Region, what: &str) -> anyhow::Result<()> {
 
 /// A single-node Garage cluster.
 pub struct Garage {
-    child: Option<Child>,
+    process: Process,
     /// Held so the data is removed when the Garage is dropped.
     _dir: TempDir,
     config: PathBuf,
@@ -170,13 +170,14 @@ impl Garage {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("garage.log"))?);
-        let child = die_with_parent(&mut cmd)
-            .spawn()
-            .context("start garage (install it: cargo install garage --locked)")?;
+        let process = Process::spawn(
+            &mut cmd,
+            "start garage (install it: cargo install garage --locked)",
+        )?;
         let access_key = format!("GK{}", random_hex(12));
         let secret_key: String = random_hex(32);
         let g = Self {
-            child: Some(child),
+            process,
             region: S3Region {
                 profile: "garage".into(),
                 endpoint: format!("http://127.0.0.1:{s3}"),
@@ -274,22 +275,13 @@ impl Garage {
 
     /// Stops Garage (the region goes down).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-}
-
-impl Drop for Garage {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 
 /// moto's S3 server.
 pub struct Moto {
-    child: Option<Child>,
+    process: Process,
     /// The endpoint.
     pub region: S3Region,
 }
@@ -302,11 +294,12 @@ impl Moto {
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = die_with_parent(&mut cmd)
-            .spawn()
-            .context("start moto_server (install it: pip install 'moto[server]')")?;
+        let process = Process::spawn(
+            &mut cmd,
+            "start moto_server (install it: pip install 'moto[server]')",
+        )?;
         let m = Self {
-            child: Some(child),
+            process,
             region: S3Region {
                 profile: "moto".into(),
                 endpoint: format!("http://127.0.0.1:{port}"),
@@ -321,15 +314,6 @@ impl Moto {
 
     /// Stops the server (the region goes down).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
