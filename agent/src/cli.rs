@@ -340,10 +340,10 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
             .map(|d| DestSpec::parse(d))
             .collect::<Result<Vec<_>>>()?;
     let cluster = ClusterId::new(a.cluster).map_err(|e| Error::Input(e.to_string()))?;
-    let shard = match (&a.shard, &target, &source) {
-        (Some(s), _, _) => s.clone(),
-        (None, Some(t), _) => format!("{}-{}", t.host, t.port),
-        (None, None, _) => "file".to_string(),
+    let shard = match (&a.shard, &target) {
+        (Some(s), _) => s.clone(),
+        (None, Some(t)) => format!("{}-{}", t.host, t.port),
+        (None, None) => "file".to_string(),
     };
     let shard = ShardId::new(shard).map_err(|e| Error::Input(e.to_string()))?;
     let spool = SpoolLimits {

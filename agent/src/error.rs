@@ -38,7 +38,7 @@ pub enum Error {
 
 fn io_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(28) => " (the disk is full: free space or point --spool-dir at a larger disk)",
+        Some(28) => " (the disk is full: free space on it)",
         Some(13) => " (permission denied: check the owner and mode)",
         _ => "",
     }

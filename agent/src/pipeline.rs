@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fleetsnap_core::codec::Compression;
@@ -195,8 +195,6 @@ impl Encoder {
 pub struct DestOutcome {
     /// Stored bytes, or why it failed.
     pub result: Result<u64>,
-    /// When it finished.
-    pub finished: Instant,
     /// Most bytes that waited on the spool disk.
     pub peak_spooled: u64,
 }
@@ -258,7 +256,6 @@ pub async fn store_object(
         };
         outcomes.push(DestOutcome {
             result,
-            finished: Instant::now(),
             peak_spooled: q.peak_spooled(),
         });
     }

@@ -221,9 +221,6 @@ impl Connection {
         while matches!(line.last(), Some(b'\n' | b'\r')) {
             line.pop();
         }
-        if line.is_empty() {
-            return Ok(line);
-        }
         Ok(line)
     }
 

@@ -272,21 +272,15 @@ fn stalled_creds(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// A TCP server that accepts connections and never answers: an S3 region that stalls.
-fn stalled_endpoint() -> (u16, std::thread::JoinHandle<()>) {
+/// The thread blocks in `accept` and ends with the test process.
+fn stalled_endpoint() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let handle = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        listener.set_nonblocking(true).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(300);
-        while std::time::Instant::now() < deadline {
-            match listener.accept() {
-                Ok((s, _)) => held.push(s),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().collect();
+        drop(held);
     });
-    (port, handle)
+    port
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +295,7 @@ async fn a_stalled_region_spools_then_fails_alone() {
     )
     .await
     .unwrap();
-    let (port, _h) = stalled_endpoint();
+    let port = stalled_endpoint();
     let work = tempfile::tempdir().unwrap();
     let good = format!("file://{}/good", work.path().display());
     let stalled =
@@ -365,7 +359,7 @@ async fn spool_disk_full() {
     )
     .await
     .unwrap();
-    let (port, _h) = stalled_endpoint();
+    let port = stalled_endpoint();
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("tiny-disk");
     std::fs::create_dir(&spool).unwrap();

@@ -118,7 +118,7 @@ fn rdb_size(server: &RedisServer) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-fn seed_recipe(server: &RedisServer, work: &Path, uploads: &[String], creds: &Path) -> String {
+fn seed_recipe(server: &RedisServer, work: &Path, uploads: &[String]) -> String {
     // The cron script users run today, step by step.
     let port = server.port();
     let dump = server.dir().join("dump.rdb");
@@ -133,7 +133,6 @@ fn seed_recipe(server: &RedisServer, work: &Path, uploads: &[String], creds: &Pa
     for u in uploads {
         s.push_str(&format!("{u}\n"));
     }
-    let _ = creds;
     s
 }
 
@@ -215,8 +214,7 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect();
             let mut seed = Command::new("bash");
-            seed.arg("-c")
-                .arg(seed_recipe(&server, &seed_dir, &cp, &creds));
+            seed.arg("-c").arg(seed_recipe(&server, &seed_dir, &cp));
             push(
                 "seed recipe → 2 local dirs (cp)",
                 measure(seed, args.repeat)?,
@@ -238,7 +236,6 @@ async fn main() -> anyhow::Result<()> {
                     &server,
                     &seed_dir,
                     &[aws(&garage.region), aws(&moto.region)],
-                    &creds,
                 ))
                 .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
                 .env("AWS_CONFIG_FILE", "/dev/null");
