@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use fleetsnap_testkit::redis::RedisOptions;
-use fleetsnap_testkit::{Dataset, RedisServer, free_port, poll_until, write_dataset};
+use fleetsnap_testkit::{Dataset, RedisServer, free_port, write_dataset};
 
 fn no_manifest_under(root: &std::path::Path) {
     let files = files_under(root);
@@ -35,30 +33,32 @@ async fn small_server(opts: RedisOptions) -> RedisServer {
     s
 }
 
+/// Snapshots `url` into a fresh file region and expects a refusal: exit 1, every needle in the
+/// error, nothing visible in the region. Returns the error output.
+async fn refused_snapshot(url: &str, needles: &[&str]) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}/r", work.path().display());
+    let run = agent(None, &["snapshot", "--redis", url, "--to", &dest]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    for needle in needles {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} missing from: {}",
+            run.stderr
+        );
+    }
+    no_manifest_under(work.path());
+    run.stderr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis() {
-    let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let dest = format!("file://{}/r", work.path().display());
-    let run = agent(
-        None,
-        &[
-            "snapshot",
-            "--redis",
-            &format!("redis://127.0.0.1:{port}"),
-            "--to",
-            &dest,
-        ],
+    let address = format!("127.0.0.1:{}", free_port());
+    refused_snapshot(
+        &format!("redis://{address}"),
+        &[&address, "check that redis-server is running"],
     )
     .await;
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains(&format!("127.0.0.1:{port}"))
-            && run.stderr.contains("check that redis-server is running"),
-        "{}",
-        run.stderr
-    );
-    no_manifest_under(work.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,48 +68,20 @@ async fn wrong_password() {
         ..Default::default()
     })
     .await;
-    let work = tempfile::tempdir().unwrap();
-    let dest = format!("file://{}/r", work.path().display());
-    let run = agent(
-        None,
-        &[
-            "snapshot",
-            "--redis",
-            &format!("redis://:wrong@127.0.0.1:{}", server.port()),
-            "--to",
-            &dest,
-        ],
+    let wrong = refused_snapshot(
+        &format!("redis://:wrong@127.0.0.1:{}", server.port()),
+        &["refused", "password"],
     )
     .await;
-    assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains("refused") && run.stderr.contains("password"),
-        "{}",
-        run.stderr
+        !wrong.contains("wrong"),
+        "the password leaked into the error: {wrong}"
     );
-    assert!(
-        !run.stderr.contains("wrong"),
-        "the password leaked into the error: {}",
-        run.stderr
-    );
-    let none = agent(
-        None,
-        &[
-            "snapshot",
-            "--redis",
-            &format!("redis://127.0.0.1:{}", server.port()),
-            "--to",
-            &dest,
-        ],
+    refused_snapshot(
+        &format!("redis://127.0.0.1:{}", server.port()),
+        &["NOAUTH", "password"],
     )
     .await;
-    assert_eq!(none.code, 1);
-    assert!(
-        none.stderr.contains("NOAUTH") && none.stderr.contains("password"),
-        "{}",
-        none.stderr
-    );
-    no_manifest_under(work.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,44 +91,24 @@ async fn acl_user_without_psync() {
         ..Default::default()
     })
     .await;
-    let work = tempfile::tempdir().unwrap();
-    let dest = format!("file://{}/r", work.path().display());
-    let run = agent(
-        None,
-        &[
-            "snapshot",
-            "--redis",
-            &server.url_as("reader", "pw"),
-            "--to",
-            &dest,
-        ],
+    refused_snapshot(
+        &server.url_as("reader", "pw"),
+        &["NOPERM", "+psync", "bgsave-file"],
     )
     .await;
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("NOPERM")
-            && run.stderr.contains("+psync")
-            && run.stderr.contains("bgsave-file"),
-        "{}",
-        run.stderr
-    );
-    no_manifest_under(work.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_renamed_or_refused() {
     let server = small_server(RedisOptions::default().arg("rename-command", "PSYNC \"\"")).await;
+    refused_snapshot(
+        &server.url(),
+        &["refuses replication", "--source bgsave-file"],
+    )
+    .await;
+    // The advised fallback works on the same node.
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/r", work.path().display());
-    let run = agent(None, &["snapshot", "--redis", &server.url(), "--to", &dest]).await;
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("refuses replication") && run.stderr.contains("--source bgsave-file"),
-        "{}",
-        run.stderr
-    );
-    no_manifest_under(work.path());
-    // The advised fallback works on the same node.
     agent(
         None,
         &[
@@ -175,12 +127,8 @@ async fn sync_renamed_or_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_disconnecting_mid_transfer() {
-    let mut server = small_server(RedisOptions::default()).await;
-    // Slow the node's RDB writer down (microseconds per key) so the transfer is still running when it dies.
-    server
-        .cmd(&["CONFIG", "SET", "rdb-key-save-delay", "2000"])
-        .await
-        .unwrap();
+    // A slow RDB writer keeps the transfer running when the node dies.
+    let mut server = slow_rdb_server(1000, 2000).await;
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/r", work.path().display());
     let url = server.url();
@@ -188,20 +136,7 @@ async fn node_disconnecting_mid_transfer() {
         tokio::spawn(
             async move { agent(None, &["snapshot", "--redis", &url, "--to", &dest]).await },
         );
-    poll_until(
-        "the snapshot to start streaming",
-        Duration::from_secs(30),
-        || async {
-            (server
-                .info("persistence", "rdb_bgsave_in_progress")
-                .await
-                .ok()??
-                == "1")
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    wait_for_rdb_child(&server).await;
     server.kill();
     let run = run.await.unwrap();
     assert_eq!(run.code, 1);

@@ -547,21 +547,8 @@ async fn keepalives_while_the_node_waits_to_fork_are_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bgsave_file_reuses_a_bgsave_in_progress() {
-    let server = RedisServer::start().await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 3000,
-            big_value_bytes: 1 << 20,
-        },
-    )
-    .await
-    .unwrap();
     // A slow BGSAVE already running when the agent arrives.
-    server
-        .cmd(&["CONFIG", "SET", "rdb-key-save-delay", "500"])
-        .await
-        .unwrap();
+    let server = slow_rdb_server(3000, 500).await;
     server.cmd(&["BGSAVE"]).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/reuse", work.path().display());
@@ -592,40 +579,14 @@ async fn bgsave_file_reuses_a_bgsave_in_progress() {
 async fn bgsave_file_does_not_mistake_a_diskless_sync_for_a_bgsave() {
     // A replication snapshot forks an RDB child that writes no file; bgsave-file arriving meanwhile
     // must wait for it and run its own BGSAVE.
-    let server = RedisServer::start().await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 3000,
-            big_value_bytes: 1 << 20,
-        },
-    )
-    .await
-    .unwrap();
-    server
-        .cmd(&["CONFIG", "SET", "rdb-key-save-delay", "500"])
-        .await
-        .unwrap();
+    let server = slow_rdb_server(3000, 500).await;
     let work = tempfile::tempdir().unwrap();
     let sync_dest = format!("file://{}/sync", work.path().display());
     let url = server.url();
     let sync = tokio::spawn(async move {
         agent(None, &["snapshot", "--redis", &url, "--to", &sync_dest]).await
     });
-    fleetsnap_testkit::poll_until(
-        "the replication fork",
-        std::time::Duration::from_secs(30),
-        || async {
-            (server
-                .info("persistence", "rdb_bgsave_in_progress")
-                .await
-                .ok()??
-                == "1")
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    wait_for_rdb_child(&server).await;
     let dest = format!("file://{}/file", work.path().display());
     let report = round_trip(
         &server,

@@ -162,3 +162,44 @@ pub async fn round_trip(
         .unwrap();
     report
 }
+
+/// A server with a small dataset whose RDB child writes slowly (`rdb-key-save-delay`, microseconds
+/// per key), so a fork stays observable for a while.
+pub async fn slow_rdb_server(small_keys: usize, delay_micros: u32) -> RedisServer {
+    let server = RedisServer::start().await.unwrap();
+    let data = fleetsnap_testkit::Dataset {
+        small_keys,
+        big_value_bytes: 1 << 20,
+    };
+    fleetsnap_testkit::write_dataset(&server, &data)
+        .await
+        .unwrap();
+    server
+        .cmd(&[
+            "CONFIG",
+            "SET",
+            "rdb-key-save-delay",
+            &delay_micros.to_string(),
+        ])
+        .await
+        .unwrap();
+    server
+}
+
+/// Waits until an RDB child (a BGSAVE or a sync to a replica) runs on the server.
+pub async fn wait_for_rdb_child(server: &RedisServer) {
+    fleetsnap_testkit::poll_until(
+        "an RDB child on the node",
+        Duration::from_secs(30),
+        || async {
+            (server
+                .info("persistence", "rdb_bgsave_in_progress")
+                .await
+                .ok()??
+                == "1")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
