@@ -39,6 +39,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run as the host's agent: watch the Redis instances in the config, report them to the
+    /// coordinator leader every second, run the jobs it sends.
+    Run {
+        /// The agent's config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Talk to coordinators in plain text, without certificates (test machines only).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Take a snapshot of one Redis node and store it, verified and compressed, in every destination.
     Snapshot(SnapshotArgs),
     /// Print what the agent reports about one Redis node (role, offsets, links, persistence, slots).
@@ -193,6 +203,12 @@ fn print_json<T: serde::Serialize>(v: &T) {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run { config, insecure } => {
+            let config = crate::daemon::AgentConfig::load(&config)?;
+            let transport = crate::daemon::transport(&config, insecure)?;
+            crate::daemon::run(config, transport).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Snapshot(a) => run_snapshot(a).await,
         Command::Report { redis, json } => {
             let target = RedisTarget::parse(&redis)?;

@@ -117,7 +117,8 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let source_name = info.node.clone();
     let chain = req.encode.chain();
     let mut total = 0;
-    for (_, src) in &opened.objects {
+    // `&mut`: a source is Send but not Sync, and this future runs on any worker thread.
+    for (_, src) in opened.objects.iter_mut() {
         total += src.total().await.unwrap_or(0);
     }
     progress

@@ -208,7 +208,7 @@ async fn read_with_idle(
 
 impl ByteSource {
     /// Total bytes, when known in advance.
-    pub async fn total(&self) -> Option<u64> {
+    pub async fn total(&mut self) -> Option<u64> {
         match self {
             ByteSource::ReplicationLen { total, .. } => Some(*total),
             ByteSource::ReplicationMark { .. } => None,

@@ -12,12 +12,26 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
     /// Snapshot one Redis node to destinations (the agent's `snapshot` command).
-    Snapshot {
-        /// The node, as the agent's config names it.
-        node: String,
-        /// Destination URLs.
-        destinations: Vec<String>,
-    },
+    Snapshot(SnapshotSpec),
+}
+
+/// What a snapshot job does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSpec {
+    /// The instance, as the agent's config names it.
+    pub instance: String,
+    /// Destination URLs.
+    pub destinations: Vec<String>,
+    /// Cluster name in the storage layout (empty: the instance's cluster in the agent's config).
+    pub cluster: String,
+    /// Shard name in the storage layout (empty: the agent chooses HOST-PORT).
+    pub shard: String,
+    /// `zstd:LEVEL` or `none` (empty: zstd:3).
+    pub compress: String,
+    /// age recipients.
+    pub encrypt_to: Vec<String>,
+    /// `replication` or `bgsave-file` (empty: replication).
+    pub source: String,
 }
 
 /// How a job ended.
@@ -38,8 +52,11 @@ pub enum Command {
     RegisterAgent { agent: String },
     /// A job for an agent.
     CreateJob { agent: String, job: JobKind },
-    /// An agent started a job.
-    StartJob { job: u64 },
+    /// The leader hands a job to the agent process `incarnation`; the entry's (term, index) is the
+    /// job's fencing token from then on. Handing it again to the same incarnation (the agent said
+    /// it never received it) is allowed; to another incarnation it is not: the job could then run
+    /// twice.
+    DispatchJob { job: u64, incarnation: u64 },
     /// A job ended.
     FinishJob { job: u64, outcome: JobOutcome },
 }
@@ -59,14 +76,15 @@ pub struct Response {
 pub enum JobState {
     /// Waiting for its agent.
     Pending,
-    /// The agent took it.
-    Running,
+    /// Handed to the agent process `incarnation`.
+    Running { incarnation: u64 },
     /// It ended.
     Done(JobOutcome),
 }
 
-/// A job with its fencing token: the term and index of the log entry that created it. An agent
-/// refuses a job whose term is older than the newest it has seen.
+/// A job with its fencing token: the term and index of the log entry that created it, then of the
+/// entry that dispatched it. An agent refuses a job whose term is older than the newest it has
+/// seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// Job id, unique in the fleet.
@@ -75,10 +93,14 @@ pub struct Job {
     pub agent: String,
     /// What to do.
     pub kind: JobKind,
-    /// Raft term of the creating entry.
+    /// Raft term of the creating (then dispatching) entry.
     pub term: u64,
-    /// Raft log index of the creating entry.
+    /// Raft log index of the creating (then dispatching) entry.
     pub index: u64,
+    /// Log index of the entry that created the job.
+    pub created_index: u64,
+    /// How many times it was handed to its agent.
+    pub dispatches: u32,
     /// Progress.
     pub state: JobState,
 }
@@ -132,6 +154,8 @@ impl FleetState {
                         kind: job.clone(),
                         term,
                         index,
+                        created_index: index,
+                        dispatches: 0,
                         state: JobState::Pending,
                     },
                 );
@@ -140,15 +164,25 @@ impl FleetState {
                     refused: None,
                 }
             }
-            Command::StartJob { job } => match self.jobs.get_mut(job) {
-                Some(j) if j.state == JobState::Pending => {
-                    j.state = JobState::Running;
-                    Response::default()
-                }
-                Some(j) => refuse(format!(
-                    "job {job} is {:?}, not pending: it never runs twice",
-                    j.state
-                )),
+            Command::DispatchJob { job, incarnation } => match self.jobs.get_mut(job) {
+                Some(j) => match j.state {
+                    JobState::Pending => {
+                        j.state = JobState::Running {
+                            incarnation: *incarnation,
+                        };
+                        (j.term, j.index, j.dispatches) = (term, index, j.dispatches + 1);
+                        Response::default()
+                    }
+                    JobState::Running { incarnation: i } if i == *incarnation => {
+                        (j.term, j.index, j.dispatches) = (term, index, j.dispatches + 1);
+                        Response::default()
+                    }
+                    JobState::Running { .. } => refuse(format!(
+                        "job {job} was handed to another run of agent {:?}: it never runs twice",
+                        j.agent
+                    )),
+                    JobState::Done(_) => refuse(format!("job {job} has already ended")),
+                },
                 None => refuse(format!("job {job} does not exist")),
             },
             Command::FinishJob { job, outcome } => match self.jobs.get_mut(job) {
@@ -168,10 +202,11 @@ mod tests {
     use super::*;
 
     fn snapshot_job() -> JobKind {
-        JobKind::Snapshot {
-            node: "redis-1".into(),
+        JobKind::Snapshot(SnapshotSpec {
+            instance: "redis-1".into(),
             destinations: vec!["file:///b".into()],
-        }
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -199,9 +234,18 @@ mod tests {
             .job
             .unwrap();
         assert_eq!((s.jobs[&id].term, s.jobs[&id].index), (3, 7));
-        assert_eq!(s.apply(3, 8, &Command::StartJob { job: id }).refused, None);
+        let dispatch = |incarnation| Command::DispatchJob {
+            job: id,
+            incarnation,
+        };
+        assert_eq!(s.apply(3, 8, &dispatch(42)).refused, None);
+        assert_eq!((s.jobs[&id].term, s.jobs[&id].index), (3, 8));
+        // A new leader hands it again to the same agent process: the token moves on.
+        assert_eq!(s.apply(4, 9, &dispatch(42)).refused, None);
+        assert_eq!((s.jobs[&id].term, s.jobs[&id].index, s.jobs[&id].dispatches), (4, 9, 2));
+        // Another run of the agent never gets it.
         assert!(
-            s.apply(3, 9, &Command::StartJob { job: id })
+            s.apply(4, 10, &dispatch(43))
                 .refused
                 .unwrap()
                 .contains("never runs twice")
@@ -222,7 +266,10 @@ mod tests {
                 agent: "a".into(),
                 job: snapshot_job(),
             },
-            Command::StartJob { job: 1 },
+            Command::DispatchJob {
+                job: 1,
+                incarnation: 9,
+            },
         ];
         let (mut x, mut y) = (FleetState::default(), FleetState::default());
         for (i, c) in cmds.iter().enumerate() {

@@ -29,6 +29,7 @@ const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
 const APPLIED: &str = "applied";
 const SNAPSHOT: &str = "snapshot";
+const NODE_ID: &str = "node_id";
 
 /// Opening the data directory failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,41 @@ pub enum OpenError {
         "cannot open the coordinator database {path}: {reason}. If the file is damaged, move it aside and re-add this node to the cluster (`fleetsnap cluster add-node`): it will receive a snapshot from the leader"
     )]
     Corrupt { path: String, reason: String },
+    #[error(
+        "the coordinator database {path} belongs to node {stored}, but this node is configured as {configured}: a node keeps its id for life; point data_dir at node {configured}'s directory, or at an empty one to join as a new node"
+    )]
+    WrongNode {
+        path: String,
+        stored: u64,
+        configured: u64,
+    },
+}
+
+/// Ties the database at `path` to node `id` on first use; later opens must name the same id.
+pub fn claim_node_id(
+    path: &Path,
+    log: &LogStore,
+    id: NodeId,
+) -> std::result::Result<(), OpenError> {
+    let corrupt = |reason: String| OpenError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
+    match get_meta(&log.db, NODE_ID).map_err(|e| corrupt(e.to_string()))? {
+        Some(bytes) => {
+            let stored: u64 = serde_json::from_slice(&bytes)
+                .map_err(|e| corrupt(format!("the node id does not parse: {e}")))?;
+            if stored != id {
+                return Err(OpenError::WrongNode {
+                    path: path.display().to_string(),
+                    stored,
+                    configured: id,
+                });
+            }
+            Ok(())
+        }
+        None => put_meta(&log.db, &[(NODE_ID, json(&id))]).map_err(|e| corrupt(e.to_string())),
+    }
 }
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;

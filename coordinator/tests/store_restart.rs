@@ -1,7 +1,7 @@
 //! A coordinator restarted on its data keeps its vote and applied state; a damaged database is a
 //! clear error, not a panic and not a silent reset.
 
-use fleetsnap_coordinator::state::{Command, JobKind, JobState};
+use fleetsnap_coordinator::state::{Command, JobKind, JobState, SnapshotSpec};
 use fleetsnap_coordinator::store::open;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
@@ -34,10 +34,10 @@ async fn vote_and_applied_state_survive_a_restart() {
                     2,
                     Command::CreateJob {
                         agent: "agent-1".into(),
-                        job: JobKind::Snapshot {
-                            node: "r1".into(),
-                            destinations: vec![],
-                        },
+                        job: JobKind::Snapshot(SnapshotSpec {
+                            instance: "r1".into(),
+                            ..Default::default()
+                        }),
                     },
                 ),
             ])

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod manifest;
 pub mod rdb;
 pub mod report;
+pub mod topology;
 
 pub use codec::{Codec, CodecChain};
 pub use ids::{BackupId, ClusterId, IdError, ShardId};

@@ -36,6 +36,9 @@ pub struct InstanceReport {
     pub name: String,
     /// `host:port`.
     pub address: String,
+    /// The cluster the agent's config puts the instance in (empty for one-shot reports).
+    #[serde(default)]
+    pub cluster: String,
     /// Whether the agent could talk to it.
     pub reachable: bool,
     /// Why not, when unreachable.
@@ -181,6 +184,7 @@ impl InstanceReport {
             cluster_myid: None,
             slots: Vec::new(),
             sync_allowed: None,
+            cluster: String::new(),
         }
     }
 

@@ -1,7 +1,8 @@
-//! fleetsnap's gRPC API, generated from `proto/fleetsnap/v1/*.proto`.
-//!
-//! Wire types stay here: the agent and the coordinator convert them to domain types at the
-//! boundary.
+//! fleetsnap's gRPC API, generated from `proto/fleetsnap/v1/*.proto`, the conversions from wire
+//! types to domain types, and the mutual TLS every caller and server uses.
+
+pub mod convert;
+pub mod tls;
 
 /// Version 1 of the API: `AgentService`, `AdminService`, `RaftService`.
 pub mod v1 {

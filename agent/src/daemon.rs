@@ -1,0 +1,576 @@
+//! `fleetsnap-agent run --config FILE`: watch the Redis instances of this host, report them to the
+//! coordinator leader every second over one long-lived gRPC stream, and run the jobs it sends.
+//!
+//! The agent follows the leader: a follower answers with a `Redirect` and the agent reconnects
+//! there; a lost stream sends it through the coordinator list with a short, capped, jittered
+//! backoff. Jobs are fenced: one whose term is older than the newest term the agent has seen is
+//! refused, and a job id is run at most once per agent process.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetsnap_core::codec::Compression;
+use fleetsnap_core::{ClusterId, InstanceReport, ShardId};
+use fleetsnap_proto::tls::{Role, TlsFiles, Transport};
+use fleetsnap_proto::v1::agent_service_client::AgentServiceClient;
+use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::dest::DestSpec;
+use crate::error::{Error, Result};
+use crate::pipeline::{EncodeOptions, Progress, parse_recipient};
+use crate::snapshot::{self, SnapshotRequest};
+use crate::source::{SourceKind, SourceOptions};
+use crate::spool::SpoolLimits;
+use crate::target::RedisTarget;
+
+/// The agent's config file (TOML). Unknown keys are errors.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This agent's id; its certificate must name the same.
+    pub agent_id: String,
+    /// Coordinator addresses (`host:port`); any one of them leads the agent to the leader.
+    pub coordinators: Vec<String>,
+    /// Certificates; required unless the agent runs with `--insecure`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Milliseconds between two reports.
+    #[serde(default = "default_report_interval")]
+    pub report_interval_ms: u64,
+    /// The Redis instances on this host.
+    #[serde(default, rename = "instance")]
+    pub instances: Vec<InstanceConfig>,
+    /// Snapshot job settings.
+    #[serde(default)]
+    pub snapshot: SnapshotSettings,
+}
+
+fn default_report_interval() -> u64 {
+    1000
+}
+
+/// One watched instance.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Its name in reports, jobs and the fleet view.
+    pub name: String,
+    /// `redis://[USER[:PASSWORD]@]HOST:PORT` (or `?password_file=PATH`, or rediss://…).
+    pub url: String,
+    /// The cluster it belongs to in the fleet view and the storage layout.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+}
+
+fn default_cluster() -> String {
+    "default".into()
+}
+
+/// Snapshot job settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSettings {
+    /// Spool directory for destinations slower than the source.
+    pub spool_dir: Option<PathBuf>,
+    /// Largest spool file per destination.
+    pub spool_max: String,
+    /// Seconds a node may send nothing before a snapshot fails.
+    pub idle_timeout_seconds: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        Self {
+            spool_dir: None,
+            spool_max: "8GiB".into(),
+            idle_timeout_seconds: 60,
+        }
+    }
+}
+
+struct Instance {
+    config: InstanceConfig,
+    target: RedisTarget,
+}
+
+impl AgentConfig {
+    /// Reads and checks the config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file("cannot read the config file", path, e))?;
+        let c: AgentConfig = toml::from_str(&text)
+            .map_err(|e| Error::Input(format!("config file {}: {e}", path.display())))?;
+        let bad = |m: String| Error::Input(format!("config file {}: {m}", path.display()));
+        if c.coordinators.is_empty() {
+            return Err(bad("coordinators is empty: list at least one coordinator address".into()));
+        }
+        if c.report_interval_ms == 0 {
+            return Err(bad("report_interval_ms must be 1 or more".into()));
+        }
+        let mut names = HashSet::new();
+        for i in &c.instances {
+            if !names.insert(&i.name) {
+                return Err(bad(format!("two instances are named {:?}", i.name)));
+            }
+            RedisTarget::parse(&i.url)
+                .map_err(|e| bad(format!("instance {:?}: {e}", i.name)))?;
+        }
+        Ok(c)
+    }
+}
+
+/// Builds the transport from the config, checking that the certificate is this agent's.
+pub fn transport(config: &AgentConfig, insecure: bool) -> Result<Transport> {
+    if insecure {
+        tracing::warn!(
+            "--insecure: talking to coordinators in plain text without certificates; use it \
+             only on a test machine"
+        );
+        return Ok(Transport::Insecure);
+    }
+    let files = config.tls.as_ref().ok_or_else(|| {
+        Error::Input(
+            "the config has no [tls] section: add ca, cert and key (a test fleet's come from \
+             `fleetsnap certs init`), or run with --insecure on a test machine"
+                .into(),
+        )
+    })?;
+    let loaded = files.load().map_err(Error::Input)?;
+    if loaded.identity.role != Role::Agent || loaded.identity.name != config.agent_id {
+        return Err(Error::Input(format!(
+            "the certificate {} names {}, but this agent is {:?}: give it the agent \
+             certificate made for it (`fleetsnap certs init --agents {}`)",
+            files.cert.display(),
+            loaded.identity,
+            config.agent_id,
+            config.agent_id
+        )));
+    }
+    Ok(Transport::Tls(loaded))
+}
+
+/// What the agent knows across sessions.
+struct Shared {
+    config: AgentConfig,
+    instances: Vec<Instance>,
+    transport: Transport,
+    incarnation: u64,
+    newest_term: AtomicU64,
+    jobs: Mutex<JobBook>,
+    reports: watch::Receiver<Vec<InstanceReport>>,
+}
+
+#[derive(Default)]
+struct JobBook {
+    /// Every job id this process accepted: it never runs one twice.
+    seen: HashSet<u64>,
+    running: HashSet<u64>,
+    /// The latest results, repeated in every Hello: the leader ignores ones it already has.
+    finished: VecDeque<v1::JobUpdate>,
+}
+
+const KEEP_FINISHED: usize = 64;
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// Runs the agent until the process is stopped.
+pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {
+    let instances = config
+        .instances
+        .iter()
+        .map(|c| {
+            Ok(Instance {
+                config: c.clone(),
+                target: RedisTarget::parse(&c.url)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (reports_tx, reports) = watch::channel(Vec::new());
+    let shared = Arc::new(Shared {
+        incarnation: rand::random(),
+        config,
+        instances,
+        transport,
+        newest_term: AtomicU64::new(0),
+        jobs: Mutex::new(JobBook::default()),
+        reports,
+    });
+    tokio::spawn(collect_loop(shared.clone(), reports_tx));
+    connect_loop(shared).await;
+    Ok(())
+}
+
+/// Polls every instance once per interval, all at once, each bounded in time.
+async fn collect_loop(shared: Arc<Shared>, tx: watch::Sender<Vec<InstanceReport>>) {
+    let interval = Duration::from_millis(shared.config.report_interval_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let handles: Vec<_> = shared
+            .instances
+            .iter()
+            .map(|i| {
+                let (name, target, cluster) = (
+                    i.config.name.clone(),
+                    i.target.clone(),
+                    i.config.cluster.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut r = match tokio::time::timeout(
+                        interval.max(Duration::from_secs(2)),
+                        crate::watch::collect(&name, &target),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => InstanceReport::unreachable(
+                            &name,
+                            &target.address(),
+                            "no answer to INFO within the report interval".into(),
+                        ),
+                    };
+                    r.cluster = cluster;
+                    r
+                })
+            })
+            .collect();
+        let mut reports = Vec::with_capacity(handles.len());
+        for h in handles {
+            if let Ok(r) = h.await {
+                reports.push(r);
+            }
+        }
+        if tx.send(reports).is_err() {
+            return;
+        }
+    }
+}
+
+enum Ended {
+    /// Go to this leader now.
+    Redirect(String),
+    /// No leader known yet; back off.
+    NoLeader,
+    /// The stream failed; `welcomed` says whether it had been a working session.
+    Lost { welcomed: bool, why: String },
+}
+
+async fn connect_loop(shared: Arc<Shared>) {
+    let coordinators = shared.config.coordinators.clone();
+    let mut next = 0usize;
+    let mut target: Option<String> = None;
+    let mut backoff = Duration::from_millis(100);
+    let max_backoff = Duration::from_secs(2);
+    loop {
+        let address = target.take().unwrap_or_else(|| {
+            let a = coordinators[next % coordinators.len()].clone();
+            next += 1;
+            a
+        });
+        match session(&shared, &address).await {
+            Ended::Redirect(leader) => {
+                tracing::info!(from = %address, to = %leader, "following the leader");
+                target = Some(leader);
+                continue;
+            }
+            Ended::Lost { welcomed: true, why } => {
+                tracing::warn!(coordinator = %address, %why, "lost the leader; looking for the new one");
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            Ended::Lost { welcomed: false, why } => {
+                tracing::warn!(coordinator = %address, %why, "no session");
+            }
+            Ended::NoLeader => {
+                tracing::info!(coordinator = %address, "no leader yet");
+            }
+        }
+        // Jitter spreads thousands of agents over the backoff instead of one burst.
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+fn hello(shared: &Shared) -> v1::AgentMessage {
+    let book = shared.jobs.lock().expect("jobs lock");
+    v1::AgentMessage {
+        body: Some(agent_message::Body::Hello(v1::Hello {
+            agent_id: shared.config.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            newest_term_seen: shared.newest_term.load(Ordering::SeqCst),
+            incarnation: shared.incarnation,
+            running_jobs: book.running.iter().copied().collect(),
+            finished_jobs: book.finished.iter().cloned().collect(),
+        })),
+    }
+}
+
+async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
+    let lost = |why: String| Ended::Lost {
+        welcomed: false,
+        why,
+    };
+    let channel = match shared.transport.connect(address).await {
+        Ok(c) => c,
+        Err(e) => return lost(e),
+    };
+    let (up, up_rx) = mpsc::channel::<v1::AgentMessage>(64);
+    if up.send(hello(shared)).await.is_err() {
+        return lost("stream closed".into());
+    }
+    let mut client = AgentServiceClient::new(channel);
+    let mut down = match client.session(ReceiverStream::new(up_rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return lost(status_text(address, &s)),
+    };
+    // The first answer: a welcome, or the way to the leader.
+    match tokio::time::timeout(Duration::from_secs(10), down.message()).await {
+        Ok(Ok(Some(v1::CoordinatorMessage { body: Some(body) }))) => match body {
+            coordinator_message::Body::Welcome(w) => {
+                shared.newest_term.fetch_max(w.term, Ordering::SeqCst);
+                tracing::info!(coordinator = w.coordinator_id, term = w.term, %address, "reporting to the leader");
+            }
+            coordinator_message::Body::Redirect(r) if !r.leader_address.is_empty() => {
+                return Ended::Redirect(r.leader_address);
+            }
+            coordinator_message::Body::Redirect(_) => return Ended::NoLeader,
+            coordinator_message::Body::Job(_) => {
+                return lost("a job before the welcome".into());
+            }
+        },
+        Ok(Ok(_)) => return lost("the coordinator closed the stream".into()),
+        Ok(Err(s)) => return lost(status_text(address, &s)),
+        Err(_) => return lost("no answer to Hello within 10 s".into()),
+    }
+    let (updates_tx, mut updates) = mpsc::channel::<v1::JobUpdate>(64);
+    let interval = Duration::from_millis(shared.config.report_interval_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence = 0u64;
+    let welcomed = |why: String| Ended::Lost {
+        welcomed: true,
+        why,
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                sequence += 1;
+                let instances = shared.reports.borrow().iter().map(v1::InstanceReport::from).collect();
+                let report = v1::AgentMessage {
+                    body: Some(agent_message::Body::Report(v1::Report {
+                        sequence,
+                        sent_at_unix_us: now_us(),
+                        instances,
+                    })),
+                };
+                if up.send(report).await.is_err() {
+                    return welcomed("stream closed".into());
+                }
+            }
+            Some(u) = updates.recv() => {
+                let _ = up.send(v1::AgentMessage { body: Some(agent_message::Body::JobUpdate(u)) }).await;
+            }
+            msg = down.message() => match msg {
+                Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Job(job)) })) => {
+                    take_job(shared, job, &updates_tx);
+                }
+                Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Redirect(r)) })) => {
+                    return if r.leader_address.is_empty() { Ended::NoLeader } else { Ended::Redirect(r.leader_address) };
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return welcomed("the coordinator closed the stream".into()),
+                Err(s) => return welcomed(status_text(address, &s)),
+            }
+        }
+    }
+}
+
+fn status_text(address: &str, s: &tonic::Status) -> String {
+    let source = std::error::Error::source(s)
+        .map(|e| format!(" ({})", fleetsnap_proto::tls::describe(e)))
+        .unwrap_or_default();
+    format!("coordinator {address}: {}{source}", s.message())
+}
+
+/// Checks the fence and starts the job; answers on `updates`.
+fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUpdate>) {
+    let newest = shared.newest_term.load(Ordering::SeqCst);
+    let update = |state| v1::JobUpdate {
+        job_id: job.id,
+        term: job.term,
+        state: Some(state),
+    };
+    if job.term < newest {
+        let why = format!(
+            "job {} carries term {} but this agent has seen term {newest}: it comes from a \
+             deposed leader",
+            job.id, job.term
+        );
+        tracing::warn!(%why, "refusing a job");
+        let _ = updates.try_send(update(job_update::State::Refused(why)));
+        return;
+    }
+    shared.newest_term.fetch_max(job.term, Ordering::SeqCst);
+    {
+        let mut book = shared.jobs.lock().expect("jobs lock");
+        if !book.seen.insert(job.id) {
+            tracing::info!(job = job.id, "job delivered again; it runs once");
+            if let Some(done) = book.finished.iter().find(|u| u.job_id == job.id) {
+                let _ = updates.try_send(done.clone());
+            }
+            return;
+        }
+        book.running.insert(job.id);
+    }
+    let _ = updates.try_send(update(job_update::State::Started(v1::Started {})));
+    let shared = shared.clone();
+    let updates = updates.clone();
+    tokio::spawn(async move {
+        let id = job.id;
+        let term = job.term;
+        tracing::info!(job = id, term, index = job.index, "running a job");
+        let finished = match run_job(&shared, job).await {
+            Ok(report) => v1::Finished {
+                ok: report.complete() > 0,
+                error: if report.complete() == report.destinations.len() {
+                    String::new()
+                } else {
+                    report
+                        .destinations
+                        .iter()
+                        .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.destination)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+                backup_id: report.backup_id.clone(),
+                report_json: serde_json::to_string(&report).unwrap_or_default(),
+            },
+            Err(e) => v1::Finished {
+                ok: false,
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        tracing::info!(job = id, ok = finished.ok, error = %finished.error, "job ended");
+        let done = v1::JobUpdate {
+            job_id: id,
+            term,
+            state: Some(job_update::State::Finished(finished)),
+        };
+        {
+            let mut book = shared.jobs.lock().expect("jobs lock");
+            book.running.remove(&id);
+            book.finished.push_back(done.clone());
+            while book.finished.len() > KEEP_FINISHED {
+                book.finished.pop_front();
+            }
+        }
+        // If the session is gone, the next Hello carries the result.
+        let _ = updates.send(done).await;
+    });
+}
+
+async fn run_job(shared: &Shared, job: v1::Job) -> Result<snapshot::SnapshotReport> {
+    let Some(v1::job::Kind::Snapshot(s)) = job.kind else {
+        return Err(Error::Input(format!(
+            "job {} is of a kind this agent does not know; upgrade the agent",
+            job.id
+        )));
+    };
+    let instance = shared
+        .instances
+        .iter()
+        .find(|i| i.config.name == s.instance)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "agent {:?} watches no instance named {:?} (it watches {})",
+                shared.config.agent_id,
+                s.instance,
+                shared
+                    .instances
+                    .iter()
+                    .map(|i| i.config.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let source = match s.source.as_str() {
+        "" | "replication" => SourceKind::Replication,
+        "bgsave-file" => SourceKind::BgsaveFile,
+        other => {
+            return Err(Error::Input(format!(
+                "job source {other:?}: a coordinator job takes replication or bgsave-file"
+            )));
+        }
+    };
+    let compression: Compression = if s.compress.is_empty() {
+        "zstd:3"
+    } else {
+        s.compress.as_str()
+    }
+    .parse()
+    .map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
+    let recipients = s
+        .encrypt_to
+        .iter()
+        .map(|r| parse_recipient(r))
+        .collect::<Result<Vec<_>>>()?;
+    let destinations = s
+        .destinations
+        .iter()
+        .map(|d| DestSpec::parse(d))
+        .collect::<Result<Vec<_>>>()?;
+    let cluster = if s.cluster.is_empty() {
+        instance.config.cluster.clone()
+    } else {
+        s.cluster
+    };
+    let shard = if s.shard.is_empty() {
+        format!("{}-{}", instance.target.host, instance.target.port)
+    } else {
+        s.shard
+    };
+    let settings = &shared.config.snapshot;
+    let req = SnapshotRequest {
+        target: Some(instance.target.clone()),
+        source,
+        destinations,
+        encode: EncodeOptions {
+            compression,
+            recipients,
+        },
+        cluster: ClusterId::new(cluster).map_err(|e| Error::Input(e.to_string()))?,
+        shard: ShardId::new(shard).map_err(|e| Error::Input(e.to_string()))?,
+        spool: SpoolLimits {
+            memory_bytes: 8 << 20,
+            dir: settings.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+            max_bytes: crate::cli::parse_size(&settings.spool_max)?,
+        },
+        source_options: SourceOptions {
+            idle_timeout: Duration::from_secs(settings.idle_timeout_seconds),
+            ..Default::default()
+        },
+    };
+    let started = Instant::now();
+    let report = snapshot::snapshot(&req, Arc::new(Progress::default())).await?;
+    tracing::info!(
+        job = job.id,
+        backup = %report.backup_id,
+        seconds = started.elapsed().as_secs_f64(),
+        "snapshot stored"
+    );
+    Ok(report)
+}

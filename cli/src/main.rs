@@ -1,0 +1,357 @@
+//! `fleetsnap`: the operator's command line.
+
+mod certs;
+mod client;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use fleetsnap_proto::tls::{PeerIdentity, Role};
+use fleetsnap_proto::v1;
+
+use crate::client::Admin;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetsnap",
+    version,
+    about = "fleetsnap: fleet status, coordinator membership, jobs and certificates"
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach the coordinators.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// A coordinator address (repeat, or comma-separate); any one leads to the leader.
+    #[arg(
+        long = "coordinator",
+        global = true,
+        env = "FLEETSNAP_COORDINATORS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7100"
+    )]
+    pub coordinators: Vec<String>,
+    /// The fleet's CA certificate.
+    #[arg(long, global = true, env = "FLEETSNAP_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// An admin certificate.
+    #[arg(long, global = true, env = "FLEETSNAP_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, global = true, env = "FLEETSNAP_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Talk to coordinators in plain text (they must run with --insecure too).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The fleet as the leader sees it: clusters, shards, nodes, offsets, lag, persistence.
+    Status {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The coordinators themselves.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Jobs run by agents.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// Certificates for a test or demo fleet.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Leader, term, log indexes and members.
+    Status {
+        /// This coordinator's own view (even a follower's), without going to the leader.
+        #[arg(long)]
+        local: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a coordinator: first as a learner that catches up, then as a voter.
+    AddNode {
+        /// Its node id (as in its config).
+        id: u64,
+        /// Its address (host:port).
+        address: String,
+    },
+    /// Remove a coordinator from the voters.
+    RemoveNode {
+        /// Its node id.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Ask one agent to snapshot one of its Redis instances to destinations.
+    Snapshot {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// The instance, by its name in the agent's config.
+        #[arg(long)]
+        instance: String,
+        /// A destination (repeat): file:///PATH or s3://BUCKET/PREFIX?region=R&endpoint=URL.
+        #[arg(long = "to", required = true, value_name = "DEST")]
+        to: Vec<String>,
+        /// Cluster name in the storage layout (default: the instance's cluster).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Shard name in the storage layout (default: HOST-PORT).
+        #[arg(long)]
+        shard: Option<String>,
+        /// zstd:LEVEL or none.
+        #[arg(long)]
+        compress: Option<String>,
+        /// age recipient (repeat).
+        #[arg(long = "encrypt-to")]
+        encrypt_to: Vec<String>,
+        /// replication or bgsave-file.
+        #[arg(long)]
+        source: Option<String>,
+        /// Wait up to this many seconds for the job to end.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's state.
+    Show {
+        /// The job id.
+        id: u64,
+        /// Wait up to this many seconds for the job to end.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create a CA (or reuse the one in DIR) and certificates for coordinators, agents, admins.
+    Init {
+        /// Where to write ca.pem, ca.key and ROLE-NAME.pem/.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Coordinator node ids (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Agent ids (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Operator names for the CLI (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "admin")]
+        admins: Vec<String>,
+        /// Replace existing certificates.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Certs(CertsCmd::Init {
+            dir,
+            peers,
+            agents,
+            admins,
+            force,
+        }) => {
+            let mut ids = Vec::new();
+            for (role, names) in [(Role::Peer, &peers), (Role::Agent, &agents), (Role::Admin, &admins)] {
+                for n in names.iter().filter(|n| !n.is_empty()) {
+                    if role == Role::Peer && n.parse::<u64>().map_or(true, |v| v == 0) {
+                        bail!("--peers takes coordinator node ids (1, 2, …), not {n:?}");
+                    }
+                    ids.push(PeerIdentity {
+                        role,
+                        name: n.clone(),
+                    });
+                }
+            }
+            for f in certs::init(&dir, &ids, force)? {
+                println!("{f}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { cluster, json } => {
+            let admin = Admin::new(&cli.conn)?;
+            let cluster = cluster.unwrap_or_default();
+            let reply = admin
+                .call(move |mut c| {
+                    let cluster = cluster.clone();
+                    async move { c.status(v1::StatusRequest { cluster }).await }
+                })
+                .await?;
+            if json {
+                println!("{}", reply.json);
+            } else {
+                let doc: table::StatusDoc =
+                    serde_json::from_str(&reply.json).context("the status does not parse")?;
+                print!("{}", table::status(&doc));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster(c) => {
+            let admin = Admin::new(&cli.conn)?;
+            let (reply, json) = match c {
+                ClusterCmd::Status { local, json } => {
+                    let r = if local {
+                        admin.call_first(move |mut c| async move {
+                            c.cluster_status(v1::ClusterStatusRequest { local: true }).await
+                        })
+                        .await?
+                    } else {
+                        admin
+                            .call(move |mut c| async move {
+                                c.cluster_status(v1::ClusterStatusRequest { local: false })
+                                    .await
+                            })
+                            .await?
+                    };
+                    (r, json)
+                }
+                ClusterCmd::AddNode { id, address } => (
+                    admin
+                        .call(move |mut c| {
+                            let address = address.clone();
+                            async move { c.add_node(v1::AddNodeRequest { id, address }).await }
+                        })
+                        .await?,
+                    false,
+                ),
+                ClusterCmd::RemoveNode { id } => (
+                    admin
+                        .call(move |mut c| async move {
+                            c.remove_node(v1::RemoveNodeRequest { id }).await
+                        })
+                        .await?,
+                    false,
+                ),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&table::cluster_json(&reply))?);
+            } else {
+                print!("{}", table::cluster(&reply));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Job(JobCmd::Snapshot {
+            agent,
+            instance,
+            to,
+            cluster,
+            shard,
+            compress,
+            encrypt_to,
+            source,
+            wait,
+            json,
+        }) => {
+            let admin = Admin::new(&cli.conn)?;
+            let req = v1::SubmitJobRequest {
+                agent_id: agent,
+                instance,
+                destinations: to,
+                cluster: cluster.unwrap_or_default(),
+                shard: shard.unwrap_or_default(),
+                compress: compress.unwrap_or_default(),
+                encrypt_to,
+                source: source.unwrap_or_default(),
+            };
+            let r = admin
+                .call(move |mut c| {
+                    let req = req.clone();
+                    async move { c.submit_job(req).await }
+                })
+                .await?;
+            if !json {
+                println!("job {} created (term {}, index {})", r.job_id, r.term, r.index);
+            }
+            match wait {
+                Some(secs) => show_job(&admin, r.job_id, Some(secs), json).await,
+                None => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"job": r.job_id, "term": r.term, "index": r.index})
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Job(JobCmd::Show { id, wait }) => {
+            let admin = Admin::new(&cli.conn)?;
+            show_job(&admin, id, wait, true).await
+        }
+    }
+}
+
+/// Prints a job, after waiting for it to end when asked; exit 1 when it failed.
+async fn show_job(admin: &Admin, id: u64, wait: Option<u64>, _json: bool) -> Result<ExitCode> {
+    let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
+    loop {
+        let r = admin
+            .call(move |mut c| async move { c.get_job(v1::GetJobRequest { job_id: id }).await })
+            .await?;
+        let job: serde_json::Value = serde_json::from_str(&r.json)?;
+        let state = job["state"]["state"].as_str().unwrap_or_default().to_string();
+        if state == "done" || wait.is_none() || Instant::now() >= deadline {
+            println!("{}", r.json);
+            if wait.is_some() && state != "done" {
+                eprintln!("job {id} is still {state} after {} s", wait.unwrap_or(0));
+                return Ok(ExitCode::from(1));
+            }
+            let failed = job["state"]["outcome"] == "failed";
+            return Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

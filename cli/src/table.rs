@@ -1,0 +1,175 @@
+//! Tables an SRE reads at a glance.
+
+use std::fmt::Write;
+
+use fleetsnap_core::Role;
+use fleetsnap_core::topology::ClusterView;
+use fleetsnap_proto::v1;
+use serde::Deserialize;
+
+/// The status document the leader sends.
+#[derive(Deserialize)]
+pub struct StatusDoc {
+    leader: u64,
+    term: u64,
+    registered_agents: usize,
+    open_jobs: usize,
+    agents: Vec<AgentRow>,
+    clusters: Vec<ClusterView>,
+}
+
+#[derive(Deserialize)]
+struct AgentRow {
+    agent: String,
+    connected: bool,
+    last_report_age_ms: Option<u64>,
+    instances: usize,
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn age(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}h", ms / 3_600_000)
+    }
+}
+
+/// The fleet status table.
+pub fn status(doc: &StatusDoc) -> String {
+    let mut out = String::new();
+    let connected = doc.agents.iter().filter(|a| a.connected).count();
+    let _ = writeln!(
+        out,
+        "leader: coordinator {} (term {}) · agents: {connected} connected of {} registered · open jobs: {}",
+        doc.leader, doc.term, doc.registered_agents, doc.open_jobs
+    );
+    let stale: Vec<String> = doc
+        .agents
+        .iter()
+        .filter(|a| !a.connected || a.last_report_age_ms.is_none_or(|ms| ms > 3000))
+        .map(|a| {
+            format!(
+                "{} ({}, {} instances)",
+                a.agent,
+                match a.last_report_age_ms {
+                    Some(ms) => format!("last report {} ago", age(ms)),
+                    None => "no report yet".into(),
+                },
+                a.instances
+            )
+        })
+        .collect();
+    if !stale.is_empty() {
+        let _ = writeln!(out, "NOT REPORTING: {}", stale.join(", "));
+    }
+    if doc.clusters.is_empty() {
+        let _ = writeln!(out, "\nno Redis instance reported yet");
+    }
+    for c in &doc.clusters {
+        let _ = writeln!(out, "\ncluster {} ({}, {} shards)", c.name, c.mode, c.shards.len());
+        for s in &c.shards {
+            let _ = writeln!(out, "  shard {}", s.id);
+            let _ = writeln!(
+                out,
+                "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} {}",
+                "NODE", "ADDRESS", "AGENT", "ROLE", "OFFSET", "LAG", "LINK", "REPORT", "PERSISTENCE"
+            );
+            for n in &s.nodes {
+                let role = match n.role {
+                    Role::Primary => "primary",
+                    Role::Replica => "replica",
+                    Role::Unknown => "?",
+                };
+                let lag = match (n.lag_bytes, n.lag_seconds) {
+                    (Some(b), Some(s)) => format!("{} / {s}s", bytes(b)),
+                    (Some(b), None) => bytes(b),
+                    _ => "-".into(),
+                };
+                let persistence = if n.reachable {
+                    format!("{} ({} changes)", n.persistence, n.changes_since_save)
+                } else {
+                    format!("UNREACHABLE: {}", n.error.clone().unwrap_or_default())
+                };
+                let _ = writeln!(
+                    out,
+                    "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} {}",
+                    n.name,
+                    n.address,
+                    n.agent,
+                    role,
+                    n.offset,
+                    lag,
+                    n.link.as_deref().unwrap_or("-"),
+                    age(n.report_age_ms),
+                    persistence
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The coordinators' table.
+pub fn cluster(r: &v1::ClusterStatusReply) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {} sees leader {} · term {} · last log {} · applied {} · snapshot {}",
+        r.node_id, r.leader_id, r.term, r.last_log_index, r.applied_index, r.snapshot_index
+    );
+    let _ = writeln!(out, "{:<6} {:<24} {:<8} {:>8}", "ID", "ADDRESS", "ROLE", "MATCHED");
+    for m in &r.members {
+        let role = if m.id == r.leader_id {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<24} {:<8} {:>8}",
+            m.id,
+            m.address,
+            role,
+            m.matched_index.map_or("-".to_string(), |i| i.to_string())
+        );
+    }
+    out
+}
+
+/// The coordinators as JSON.
+pub fn cluster_json(r: &v1::ClusterStatusReply) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": r.node_id,
+        "leader_id": r.leader_id,
+        "term": r.term,
+        "last_log_index": r.last_log_index,
+        "commit_index": r.commit_index,
+        "applied_index": r.applied_index,
+        "snapshot_index": r.snapshot_index,
+        "members": r.members.iter().map(|m| serde_json::json!({
+            "id": m.id,
+            "address": m.address,
+            "voter": m.voter,
+            "matched_index": m.matched_index,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,177 @@
+//! The coordinator's config file (TOML). Unknown keys are errors, so a typo never silently falls
+//! back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleetsnap_proto::tls::TlsFiles;
+use serde::Deserialize;
+
+use crate::NodeId;
+
+/// `fleetsnap-coordinator --config FILE`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's Raft id: unique in the cluster, kept for life (the data directory remembers it).
+    pub node_id: NodeId,
+    /// Where to serve gRPC (agents, the CLI and peers on one port).
+    pub listen: SocketAddr,
+    /// The address others reach this node at; `listen` by default.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The Raft log and state machine live here.
+    pub data_dir: PathBuf,
+    /// Certificates; required unless the coordinator runs with `--insecure`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// The members of a new cluster, the same list on each of them. A node started with an empty
+    /// data directory and this list forms the cluster with them (one entry naming itself: the
+    /// single-node mode). Without it, a new node waits to be added with `fleetsnap cluster
+    /// add-node`. Ignored once the data directory holds a log.
+    #[serde(default)]
+    pub initial_members: Vec<Member>,
+    /// Raft timing and log compaction.
+    #[serde(default)]
+    pub raft: RaftSettings,
+    /// Job leases.
+    #[serde(default)]
+    pub jobs: JobSettings,
+}
+
+/// A member of a new cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its advertised address.
+    pub address: String,
+}
+
+/// Raft timing and log compaction.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// The leader's heartbeat.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// Snapshot the state machine after this many log entries, then drop the log behind it.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_every: 1000,
+        }
+    }
+}
+
+/// Job leases.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// A job whose agent has not reported for this long is failed (its lease expired).
+    pub lease_seconds: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self { lease_seconds: 15 }
+    }
+}
+
+impl Config {
+    /// Reads and checks the config file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        config
+            .check()
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id must be 1 or more (0 means \"no node\" in status replies)".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms * 2 {
+            return Err(format!(
+                "[raft] election_timeout_min_ms ({}) must be more than twice heartbeat_ms ({})",
+                r.election_timeout_min_ms, r.heartbeat_ms
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err("[raft] election_timeout_max_ms must be above election_timeout_min_ms".into());
+        }
+        if r.snapshot_every == 0 {
+            return Err("[raft] snapshot_every must be 1 or more".into());
+        }
+        if self.jobs.lease_seconds == 0 {
+            return Err("[jobs] lease_seconds must be 1 or more".into());
+        }
+        let mut ids: Vec<NodeId> = self.initial_members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.initial_members.len() {
+            return Err("initial_members lists a node id twice".into());
+        }
+        if !self.initial_members.is_empty() && !ids.contains(&self.node_id) {
+            return Err(format!(
+                "initial_members does not list this node ({}); list every member of the new \
+                 cluster, this one included, or leave it out to join an existing cluster",
+                self.node_id
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address others reach this node at.
+    pub fn advertise(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = toml::from_str::<Config>(
+            "node_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\nheartbeat = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat"), "{e}");
+        let e = toml::from_str::<Config>(
+            "node_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n[raft]\nsnapshot_evry = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("snapshot_evry"), "{e}");
+    }
+
+    #[test]
+    fn initial_members_must_include_this_node() {
+        let c: Config = toml::from_str(
+            "node_id = 2\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n\
+             [[initial_members]]\nid = 1\naddress = \"a:1\"\n",
+        )
+        .unwrap();
+        assert!(c.check().unwrap_err().contains("does not list this node"));
+    }
+}

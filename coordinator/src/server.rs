@@ -1,0 +1,928 @@
+//! A coordinator node: Raft, the three gRPC services, the leader's soft state (the latest
+//! report of every agent) and the leader's job loop (dispatch and lease expiry).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetsnap_core::InstanceReport;
+use fleetsnap_core::topology::{self, Observed};
+use fleetsnap_proto::tls::{self, PeerIdentity, Role};
+use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
+use crate::store::Applied;
+use crate::{NodeId, TypeConfig};
+
+type Outbound = mpsc::Sender<Result<v1::CoordinatorMessage, Status>>;
+
+/// The metadata key naming the leader's address in a follower's refusal.
+pub const LEADER_KEY: &str = "fleetsnap-leader";
+
+/// One coordinator node.
+pub struct Node {
+    /// This node's id.
+    pub id: NodeId,
+    /// Raft.
+    pub raft: Raft<TypeConfig>,
+    state: Arc<RwLock<Applied>>,
+    fleet: Fleet,
+    lease: Duration,
+    wake: Notify,
+}
+
+/// The leader's soft state: never in the log, rebuilt from reports after a leader change.
+#[derive(Default)]
+struct Fleet {
+    agents: Mutex<HashMap<String, AgentLive>>,
+    leader_since: Mutex<Option<Instant>>,
+    latency_us: Mutex<Vec<u32>>,
+    reports: AtomicU64,
+    sessions: AtomicU64,
+}
+
+struct AgentLive {
+    session: u64,
+    incarnation: u64,
+    version: String,
+    /// `None` once the stream ended.
+    tx: Option<Outbound>,
+    connected_at: Instant,
+    last_report: Option<Instant>,
+    instances: Vec<InstanceReport>,
+    /// Jobs the agent said it holds (Hello), or was handed since.
+    holding: HashSet<u64>,
+}
+
+impl AgentLive {
+    fn last_heard(&self) -> Instant {
+        self.last_report.unwrap_or(self.connected_at)
+    }
+}
+
+/// At most this many latency samples are kept between two `LeaderStats(reset)` calls.
+const MAX_SAMPLES: usize = 4 << 20;
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// Who leads, as far as this node knows.
+struct LeaderInfo {
+    id: Option<NodeId>,
+    address: String,
+}
+
+impl Node {
+    /// A node around a started Raft.
+    pub fn new(
+        id: NodeId,
+        raft: Raft<TypeConfig>,
+        state: Arc<RwLock<Applied>>,
+        lease: Duration,
+    ) -> Arc<Self> {
+        let node = Arc::new(Self {
+            id,
+            raft,
+            state,
+            fleet: Fleet::default(),
+            lease,
+            wake: Notify::new(),
+        });
+        tokio::spawn(node.clone().watch_leadership());
+        tokio::spawn(node.clone().job_loop());
+        node
+    }
+
+    fn leader(&self) -> LeaderInfo {
+        let m = self.raft.metrics().borrow().clone();
+        let address = m
+            .current_leader
+            .and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            })
+            .unwrap_or_default();
+        LeaderInfo {
+            id: m.current_leader,
+            address,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    fn not_leader(&self, leader: Option<&ForwardToLeader<NodeId, BasicNode>>) -> Status {
+        let (id, address) = match leader {
+            Some(f) => (
+                f.leader_id,
+                f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default(),
+            ),
+            None => {
+                let l = self.leader();
+                (l.id.filter(|&l| l != self.id), l.address)
+            }
+        };
+        let mut status = match id {
+            Some(id) => Status::failed_precondition(format!(
+                "coordinator {} is not the leader; the leader is coordinator {id} at {address}",
+                self.id
+            )),
+            None => Status::unavailable(format!(
+                "coordinator {} is not the leader and knows no leader yet (an election may be \
+                 running); retry in a few seconds",
+                self.id
+            )),
+        };
+        if id.is_some()
+            && let Ok(v) = address.parse()
+        {
+            status.metadata_mut().insert(LEADER_KEY, v);
+        }
+        status
+    }
+
+    /// Commits a command; a follower's refusal names the leader.
+    async fn write(&self, cmd: Command) -> Result<(crate::state::Response, u64, u64), Status> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok((r.data, r.log_id.leader_id.term, r.log_id.index)),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
+        match &e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(Some(f)),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                Status::failed_precondition(c.to_string())
+            }
+            RaftError::Fatal(f) => Status::internal(format!("raft stopped: {f}")),
+        }
+    }
+
+    async fn linearizable(&self) -> Result<(), Status> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => Err(self.not_leader(Some(f))),
+                None => Err(Status::unavailable(format!(
+                    "coordinator {} cannot confirm it leads: {e}",
+                    self.id
+                ))),
+            },
+        }
+    }
+
+    /// Leadership changes: a new leader starts with an empty view; a deposed one sends its agents
+    /// to the new leader.
+    async fn watch_leadership(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut was_leader = false;
+        loop {
+            let leader = self.is_leader();
+            if leader && !was_leader {
+                tracing::info!(node = self.id, "became the leader");
+                *self.fleet.leader_since.lock().expect("lock") = Some(Instant::now());
+                self.fleet.agents.lock().expect("lock").clear();
+                self.wake.notify_one();
+            } else if !leader && was_leader {
+                let l = self.leader();
+                tracing::warn!(node = self.id, new_leader = ?l.id, "no longer the leader; redirecting agents");
+                *self.fleet.leader_since.lock().expect("lock") = None;
+                let agents: Vec<AgentLive> = self
+                    .fleet
+                    .agents
+                    .lock()
+                    .expect("lock")
+                    .drain()
+                    .map(|(_, a)| a)
+                    .collect();
+                for a in agents {
+                    if let Some(tx) = a.tx {
+                        let _ = tx.try_send(Ok(redirect(&l)));
+                    }
+                }
+            }
+            was_leader = leader;
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn cluster_status(&self) -> v1::ClusterStatusReply {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| v1::Member {
+                id: *id,
+                address: n.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index)
+                    .or_else(|| (*id == self.id).then_some(m.last_log_index).flatten()),
+            })
+            .collect();
+        v1::ClusterStatusReply {
+            node_id: self.id,
+            leader_id: m.current_leader.unwrap_or_default(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or_default(),
+            commit_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or_default(),
+            members,
+        }
+    }
+
+    fn status_json(&self, cluster: &str) -> String {
+        let now = Instant::now();
+        let agents = self.fleet.agents.lock().expect("lock");
+        let mut observed = Vec::new();
+        let mut agent_rows = Vec::new();
+        for (name, a) in agents.iter() {
+            let age = now.duration_since(a.last_heard()).as_millis() as u64;
+            agent_rows.push(AgentRow {
+                agent: name.clone(),
+                connected: a.tx.is_some(),
+                version: a.version.clone(),
+                last_report_age_ms: a.last_report.map(|_| age),
+                instances: a.instances.len(),
+            });
+            for r in &a.instances {
+                if cluster.is_empty() || r.cluster == cluster {
+                    observed.push(Observed {
+                        agent: name,
+                        report: r,
+                        age_ms: age,
+                    });
+                }
+            }
+        }
+        let view = topology::derive(&observed);
+        drop(agents);
+        agent_rows.sort_by(|a, b| a.agent.cmp(&b.agent));
+        let (known, jobs) = {
+            let s = self.state.read().expect("state lock");
+            let running = s
+                .state
+                .jobs
+                .values()
+                .filter(|j| !matches!(j.state, JobState::Done(_)))
+                .count();
+            (s.state.agents.len(), running)
+        };
+        let m = self.raft.metrics().borrow().clone();
+        serde_json::to_string_pretty(&StatusDoc {
+            leader: self.id,
+            term: m.current_term,
+            registered_agents: known,
+            open_jobs: jobs,
+            agents: agent_rows,
+            clusters: view.clusters,
+        })
+        .expect("status serialises")
+    }
+
+    /// The job loop on the leader: hand pending jobs to their connected agents, fail jobs whose
+    /// lease expired.
+    async fn job_loop(self: Arc<Self>) {
+        let mut first_seen: HashMap<u64, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if !self.is_leader() {
+                first_seen.clear();
+                continue;
+            }
+            let Some(since) = *self.fleet.leader_since.lock().expect("lock") else {
+                continue;
+            };
+            let open: Vec<Job> = {
+                let s = self.state.read().expect("state lock");
+                s.state
+                    .jobs
+                    .values()
+                    .filter(|j| !matches!(j.state, JobState::Done(_)))
+                    .cloned()
+                    .collect()
+            };
+            let now = Instant::now();
+            first_seen.retain(|id, _| open.iter().any(|j| j.id == *id));
+            for job in open {
+                let seen = *first_seen.entry(job.id).or_insert(now);
+                let (live, heard) = {
+                    let agents = self.fleet.agents.lock().expect("lock");
+                    match agents.get(&job.agent) {
+                        Some(a) => (
+                            a.tx.clone().map(|tx| (tx, a.incarnation, a.holding.contains(&job.id))),
+                            Some(a.last_heard()),
+                        ),
+                        None => (None, None),
+                    }
+                };
+                let reference = [Some(since), Some(seen), heard]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(now);
+                let silent = now.duration_since(reference);
+                if silent > self.lease {
+                    let reason = format!(
+                        "lease expired: agent {:?} has not reported for {} s (lease {} s)",
+                        job.agent,
+                        silent.as_secs(),
+                        self.lease.as_secs()
+                    );
+                    tracing::warn!(job = job.id, %reason, "failing job");
+                    let _ = self
+                        .write(Command::FinishJob {
+                            job: job.id,
+                            outcome: JobOutcome::Failed { reason },
+                        })
+                        .await;
+                    continue;
+                }
+                let Some((tx, incarnation, holding)) = live else {
+                    continue;
+                };
+                if job.state == JobState::Pending && !holding {
+                    self.dispatch(&job, incarnation, &tx).await;
+                }
+            }
+        }
+    }
+
+    /// Commits the hand-over, then sends the job with its new fencing token.
+    async fn dispatch(&self, job: &Job, incarnation: u64, tx: &Outbound) {
+        let r = self
+            .write(Command::DispatchJob {
+                job: job.id,
+                incarnation,
+            })
+            .await;
+        match r {
+            Ok((resp, term, index)) if resp.refused.is_none() => {
+                if let Some(a) = self.fleet.agents.lock().expect("lock").get_mut(&job.agent) {
+                    a.holding.insert(job.id);
+                }
+                let msg = job_message(job, term, index);
+                if tx.send(Ok(msg)).await.is_err() {
+                    tracing::info!(job = job.id, "agent left before the job reached it; it is handed again when it returns");
+                }
+            }
+            Ok((resp, _, _)) => {
+                tracing::warn!(job = job.id, refused = ?resp.refused, "dispatch refused")
+            }
+            Err(e) => tracing::warn!(job = job.id, error = %e.message(), "dispatch failed"),
+        }
+    }
+
+    async fn run_session(
+        self: Arc<Self>,
+        identity: Option<PeerIdentity>,
+        mut inbound: Streaming<v1::AgentMessage>,
+        tx: Outbound,
+    ) {
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+            Ok(Ok(Some(v1::AgentMessage {
+                body: Some(agent_message::Body::Hello(h)),
+            }))) => h,
+            _ => {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(
+                        "an agent session starts with Hello",
+                    )))
+                    .await;
+                return;
+            }
+        };
+        let agent = hello.agent_id.clone();
+        if let Some(id) = &identity
+            && id.name != agent
+        {
+            let _ = tx
+                .send(Err(Status::permission_denied(format!(
+                    "the certificate names agent {:?} but the agent calls itself {agent:?}: set \
+                     agent_id in its config to the name in its certificate",
+                    id.name
+                ))))
+                .await;
+            return;
+        }
+        let term = self.raft.metrics().borrow().current_term;
+        if !self.is_leader() || hello.newest_term_seen > term {
+            let l = self.leader();
+            let l = if hello.newest_term_seen > term {
+                // This node is behind the agent: whatever it believes about leaders is stale.
+                LeaderInfo {
+                    id: None,
+                    address: String::new(),
+                }
+            } else {
+                l
+            };
+            let _ = tx.send(Ok(redirect(&l))).await;
+            return;
+        }
+        if let Err(status) = self.admit(&hello).await {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+        let session = self.fleet.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut agents = self.fleet.agents.lock().expect("lock");
+            agents.insert(
+                agent.clone(),
+                AgentLive {
+                    session,
+                    incarnation: hello.incarnation,
+                    version: hello.version.clone(),
+                    tx: Some(tx.clone()),
+                    connected_at: Instant::now(),
+                    last_report: None,
+                    instances: Vec::new(),
+                    holding: hello.running_jobs.iter().copied().collect(),
+                },
+            );
+        }
+        let welcome = v1::CoordinatorMessage {
+            body: Some(coordinator_message::Body::Welcome(v1::Welcome {
+                coordinator_id: self.id,
+                term,
+            })),
+        };
+        if tx.send(Ok(welcome)).await.is_err() {
+            return;
+        }
+        // Jobs the agent holds no trace of, handed to this same agent process, never reached
+        // it: hand them again.
+        self.redeliver(&agent, &hello, &tx).await;
+        self.wake.notify_one();
+        loop {
+            let msg = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%agent, error = %e, "agent stream ended");
+                    break;
+                }
+            };
+            match msg.body {
+                Some(agent_message::Body::Report(r)) => {
+                    let instances: Vec<InstanceReport> =
+                        r.instances.into_iter().map(InstanceReport::from).collect();
+                    let mut agents = self.fleet.agents.lock().expect("lock");
+                    let Some(a) = agents.get_mut(&agent).filter(|a| a.session == session) else {
+                        break;
+                    };
+                    a.instances = instances;
+                    a.last_report = Some(Instant::now());
+                    drop(agents);
+                    self.fleet.reports.fetch_add(1, Ordering::Relaxed);
+                    let latency = now_us().saturating_sub(r.sent_at_unix_us).max(0);
+                    let mut samples = self.fleet.latency_us.lock().expect("lock");
+                    if samples.len() < MAX_SAMPLES {
+                        samples.push(latency.min(u32::MAX as i64) as u32);
+                    }
+                }
+                Some(agent_message::Body::JobUpdate(u)) => self.job_update(&agent, u).await,
+                Some(agent_message::Body::Hello(_)) | None => {}
+            }
+        }
+        let mut agents = self.fleet.agents.lock().expect("lock");
+        if let Some(a) = agents.get_mut(&agent).filter(|a| a.session == session) {
+            a.tx = None;
+        }
+    }
+
+    /// Registers a new agent and settles what it holds.
+    async fn admit(&self, hello: &v1::Hello) -> Result<(), Status> {
+        let known = self
+            .state
+            .read()
+            .expect("state lock")
+            .state
+            .agents
+            .contains_key(&hello.agent_id);
+        if !known {
+            self.write(Command::RegisterAgent {
+                agent: hello.agent_id.clone(),
+            })
+            .await?;
+        }
+        for u in &hello.finished_jobs {
+            self.job_update(&hello.agent_id, u.clone()).await;
+        }
+        Ok(())
+    }
+
+    async fn redeliver(&self, agent: &str, hello: &v1::Hello, tx: &Outbound) {
+        let finished: HashSet<u64> = hello.finished_jobs.iter().map(|u| u.job_id).collect();
+        let running: Vec<Job> = {
+            let s = self.state.read().expect("state lock");
+            s.state
+                .jobs
+                .values()
+                .filter(|j| j.agent == agent && matches!(j.state, JobState::Running { .. }))
+                .cloned()
+                .collect()
+        };
+        for job in running {
+            if hello.running_jobs.contains(&job.id) || finished.contains(&job.id) {
+                continue;
+            }
+            let JobState::Running { incarnation } = job.state else {
+                continue;
+            };
+            if incarnation == hello.incarnation {
+                self.dispatch(&job, incarnation, tx).await;
+            } else {
+                let reason = format!(
+                    "agent {agent:?} restarted while it held the job; it is not run again \
+                     automatically (a job never runs twice): submit it again"
+                );
+                let _ = self
+                    .write(Command::FinishJob {
+                        job: job.id,
+                        outcome: JobOutcome::Failed { reason },
+                    })
+                    .await;
+            }
+        }
+    }
+
+    async fn job_update(&self, agent: &str, u: v1::JobUpdate) {
+        let outcome = match u.state {
+            Some(job_update::State::Started(_)) | None => return,
+            Some(job_update::State::Refused(why)) => JobOutcome::Failed {
+                reason: format!("agent {agent:?} refused the job: {why}"),
+            },
+            Some(job_update::State::Finished(f)) if f.ok => JobOutcome::Succeeded {
+                backup_id: (!f.backup_id.is_empty()).then_some(f.backup_id),
+            },
+            Some(job_update::State::Finished(f)) => JobOutcome::Failed { reason: f.error },
+        };
+        let owner = self
+            .state
+            .read()
+            .expect("state lock")
+            .state
+            .jobs
+            .get(&u.job_id)
+            .map(|j| j.agent.clone());
+        if owner.as_deref() != Some(agent) {
+            tracing::warn!(job = u.job_id, agent, "update for a job the agent does not own; ignored");
+            return;
+        }
+        match self
+            .write(Command::FinishJob {
+                job: u.job_id,
+                outcome,
+            })
+            .await
+        {
+            Ok(_) => {
+                if let Some(a) = self.fleet.agents.lock().expect("lock").get_mut(agent) {
+                    a.holding.remove(&u.job_id);
+                }
+            }
+            Err(e) => tracing::warn!(job = u.job_id, error = %e.message(), "could not record a job's end"),
+        }
+    }
+}
+
+fn redirect(l: &LeaderInfo) -> v1::CoordinatorMessage {
+    v1::CoordinatorMessage {
+        body: Some(coordinator_message::Body::Redirect(v1::Redirect {
+            leader_id: l.id.unwrap_or_default(),
+            leader_address: l.address.clone(),
+        })),
+    }
+}
+
+fn job_message(job: &Job, term: u64, index: u64) -> v1::CoordinatorMessage {
+    let JobKind::Snapshot(s) = &job.kind;
+    v1::CoordinatorMessage {
+        body: Some(coordinator_message::Body::Job(v1::Job {
+            id: job.id,
+            term,
+            index,
+            kind: Some(v1::job::Kind::Snapshot(v1::SnapshotJob {
+                instance: s.instance.clone(),
+                destinations: s.destinations.clone(),
+                cluster: s.cluster.clone(),
+                shard: s.shard.clone(),
+                compress: s.compress.clone(),
+                encrypt_to: s.encrypt_to.clone(),
+                source: s.source.clone(),
+            })),
+        })),
+    }
+}
+
+#[derive(Serialize)]
+struct StatusDoc {
+    leader: NodeId,
+    term: u64,
+    registered_agents: usize,
+    open_jobs: usize,
+    agents: Vec<AgentRow>,
+    clusters: Vec<topology::ClusterView>,
+}
+
+#[derive(Serialize)]
+struct AgentRow {
+    agent: String,
+    connected: bool,
+    version: String,
+    last_report_age_ms: Option<u64>,
+    instances: usize,
+}
+
+/// The three services, sharing one node.
+#[derive(Clone)]
+pub struct Services(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl v1::agent_service_server::AgentService for Services {
+    type SessionStream = ReceiverStream<Result<v1::CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let identity = tls::require(&req, Role::Agent, "the agent service")?;
+        let (tx, rx) = mpsc::channel(32);
+        tokio::spawn(self.0.clone().run_session(identity, req.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn raft_reply<T: Serialize>(v: &T) -> Response<v1::RaftPayload> {
+    Response::new(v1::RaftPayload {
+        json: serde_json::to_vec(v).expect("raft replies serialise"),
+    })
+}
+
+fn raft_request<T: serde::de::DeserializeOwned>(req: Request<v1::RaftPayload>) -> Result<T, Status> {
+    tls::require(&req, Role::Peer, "the Raft service")?;
+    serde_json::from_slice(&req.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("a Raft message that does not parse: {e}")))
+}
+
+#[tonic::async_trait]
+impl v1::raft_service_server::RaftService for Services {
+    async fn append_entries(
+        &self,
+        req: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
+        let r = self.0.raft.append_entries(raft_request(req)?).await;
+        Ok(raft_reply(&r))
+    }
+
+    async fn vote(&self, req: Request<v1::RaftPayload>) -> Result<Response<v1::RaftPayload>, Status> {
+        let r = self.0.raft.vote(raft_request(req)?).await;
+        Ok(raft_reply(&r))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
+        let r = self.0.raft.install_snapshot(raft_request(req)?).await;
+        Ok(raft_reply(&r))
+    }
+}
+
+fn admin<T>(req: &Request<T>) -> Result<(), Status> {
+    tls::require(req, Role::Admin, "the admin service").map(|_| ())
+}
+
+#[tonic::async_trait]
+impl v1::admin_service_server::AdminService for Services {
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        Ok(Response::new(v1::StatusReply {
+            json: self.0.status_json(&req.get_ref().cluster),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        req: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusReply>, Status> {
+        admin(&req)?;
+        if !req.get_ref().local {
+            self.0.linearizable().await?;
+        }
+        Ok(Response::new(self.0.cluster_status()))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::ClusterStatusReply>, Status> {
+        admin(&req)?;
+        let r = req.into_inner();
+        if r.id == 0 || r.address.is_empty() {
+            return Err(Status::invalid_argument(
+                "add-node needs a node id (1 or more) and its address",
+            ));
+        }
+        let node = &self.0;
+        let members: BTreeMap<NodeId, BasicNode> = node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(i, n)| (*i, n.clone()))
+            .collect();
+        if let Some(existing) = members.get(&r.id)
+            && existing.addr != r.address
+        {
+            return Err(Status::already_exists(format!(
+                "node {} is already a member at {}; remove it first to move it",
+                r.id, existing.addr
+            )));
+        }
+        // A learner first: it catches up on the log (or a snapshot) before it counts for quorum.
+        node.raft
+            .add_learner(r.id, BasicNode::new(&r.address), true)
+            .await
+            .map_err(|e| node.write_error(e))?;
+        let mut voters: BTreeSet<NodeId> = node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(r.id);
+        node.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| node.write_error(e))?;
+        Ok(Response::new(node.cluster_status()))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::ClusterStatusReply>, Status> {
+        admin(&req)?;
+        let id = req.into_inner().id;
+        let node = &self.0;
+        let voters: BTreeSet<NodeId> = node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !voters.contains(&id) {
+            return Err(Status::not_found(format!("node {id} is not a voting member")));
+        }
+        if voters.len() == 1 {
+            return Err(Status::failed_precondition(
+                "cannot remove the last voting member",
+            ));
+        }
+        let rest: BTreeSet<NodeId> = voters.into_iter().filter(|v| *v != id).collect();
+        node.raft
+            .change_membership(rest, false)
+            .await
+            .map_err(|e| node.write_error(e))?;
+        Ok(Response::new(node.cluster_status()))
+    }
+
+    async fn submit_job(
+        &self,
+        req: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::SubmitJobReply>, Status> {
+        admin(&req)?;
+        let r = req.into_inner();
+        if r.instance.is_empty() || r.destinations.is_empty() {
+            return Err(Status::invalid_argument(
+                "a snapshot job needs an instance and at least one destination",
+            ));
+        }
+        let job = JobKind::Snapshot(SnapshotSpec {
+            instance: r.instance,
+            destinations: r.destinations,
+            cluster: r.cluster,
+            shard: r.shard,
+            compress: r.compress,
+            encrypt_to: r.encrypt_to,
+            source: r.source,
+        });
+        let (resp, term, index) = self
+            .0
+            .write(Command::CreateJob {
+                agent: r.agent_id,
+                job,
+            })
+            .await?;
+        if let Some(why) = resp.refused {
+            return Err(Status::failed_precondition(why));
+        }
+        self.0.wake.notify_one();
+        Ok(Response::new(v1::SubmitJobReply {
+            job_id: resp.job.unwrap_or_default(),
+            term,
+            index,
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::GetJobReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let id = req.get_ref().job_id;
+        let s = self.0.state.read().expect("state lock");
+        let job = s
+            .state
+            .jobs
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))?;
+        Ok(Response::new(v1::GetJobReply {
+            json: serde_json::to_string_pretty(job).expect("jobs serialise"),
+        }))
+    }
+
+    async fn leader_stats(
+        &self,
+        req: Request<v1::LeaderStatsRequest>,
+    ) -> Result<Response<v1::LeaderStatsReply>, Status> {
+        admin(&req)?;
+        if !self.0.is_leader() {
+            return Err(self.0.not_leader(None));
+        }
+        let fleet = &self.0.fleet;
+        let mut samples = {
+            let mut s = fleet.latency_us.lock().expect("lock");
+            if req.get_ref().reset {
+                std::mem::take(&mut *s)
+            } else {
+                s.clone()
+            }
+        };
+        samples.sort_unstable();
+        let pct = |p: f64| -> u64 {
+            if samples.is_empty() {
+                0
+            } else {
+                let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+                samples[i].into()
+            }
+        };
+        let connected = fleet
+            .agents
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|a| a.tx.is_some() && a.last_report.is_some())
+            .count();
+        Ok(Response::new(v1::LeaderStatsReply {
+            node_id: self.0.id,
+            connected_agents: connected as u64,
+            reports: fleet.reports.load(Ordering::Relaxed),
+            latency_p50_us: pct(0.5),
+            latency_p99_us: pct(0.99),
+            latency_max_us: samples.last().copied().unwrap_or_default().into(),
+            samples: samples.len() as u64,
+        }))
+    }
+}
