@@ -163,6 +163,10 @@ struct Shared {
     incarnation: u64,
     newest_term: AtomicU64,
     jobs: Mutex<JobBook>,
+    /// The coordinator of the last lost session (0: none).
+    last_leader: AtomicU64,
+    /// A job ended: the current session sends its result.
+    job_ended: tokio::sync::Notify,
     reports: watch::Receiver<Vec<InstanceReport>>,
 }
 
@@ -204,6 +208,8 @@ pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {
         transport,
         newest_term: AtomicU64::new(0),
         jobs: Mutex::new(JobBook::default()),
+        last_leader: AtomicU64::new(0),
+        job_ended: tokio::sync::Notify::new(),
         reports,
     });
     tokio::spawn(collect_loop(shared.clone(), reports_tx));
@@ -271,14 +277,24 @@ async fn connect_loop(shared: Arc<Shared>) {
     let coordinators = shared.config.coordinators.clone();
     let mut next = 0usize;
     let mut target: Option<String> = None;
-    let mut backoff = Duration::from_millis(100);
-    let max_backoff = Duration::from_secs(2);
+    let mut lost: Option<String> = None;
+    // Short first retries: after a leader dies, followers know the new leader about one
+    // election timeout later. Capped low so that re-homing never waits long on one backoff.
+    let base = Duration::from_millis(150);
+    let mut backoff = base;
+    let max_backoff = Duration::from_secs(1);
     loop {
         let address = target.take().unwrap_or_else(|| {
-            let a = coordinators[next % coordinators.len()].clone();
+            let mut a = coordinators[next % coordinators.len()].clone();
             next += 1;
+            if Some(&a) == lost.as_ref() && coordinators.len() > 1 {
+                // Not straight back to the coordinator that just went away.
+                a = coordinators[next % coordinators.len()].clone();
+                next += 1;
+            }
             a
         });
+        lost = None;
         match session(&shared, &address).await {
             Ended::Redirect(leader) => {
                 tracing::info!(from = %address, to = %leader, "following the leader");
@@ -287,7 +303,8 @@ async fn connect_loop(shared: Arc<Shared>) {
             }
             Ended::Lost { welcomed: true, why } => {
                 tracing::warn!(coordinator = %address, %why, "lost the leader; looking for the new one");
-                backoff = Duration::from_millis(100);
+                backoff = base;
+                lost = Some(address);
                 continue;
             }
             Ended::Lost { welcomed: false, why } => {
@@ -300,7 +317,7 @@ async fn connect_loop(shared: Arc<Shared>) {
         // Jitter spreads thousands of agents over the backoff instead of one burst.
         let jitter = rand::random::<f64>() * 0.5 + 0.75;
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(max_backoff);
+        backoff = backoff.mul_f64(1.5).min(max_backoff);
     }
 }
 
@@ -314,6 +331,7 @@ fn hello(shared: &Shared) -> v1::AgentMessage {
             incarnation: shared.incarnation,
             running_jobs: book.running.iter().copied().collect(),
             finished_jobs: book.finished.iter().cloned().collect(),
+            last_leader_id: shared.last_leader.load(Ordering::SeqCst),
         })),
     }
 }
@@ -341,6 +359,7 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
         Ok(Ok(Some(v1::CoordinatorMessage { body: Some(body) }))) => match body {
             coordinator_message::Body::Welcome(w) => {
                 shared.newest_term.fetch_max(w.term, Ordering::SeqCst);
+                shared.last_leader.store(w.coordinator_id, Ordering::SeqCst);
                 tracing::info!(coordinator = w.coordinator_id, term = w.term, %address, "reporting to the leader");
             }
             coordinator_message::Body::Redirect(r) if !r.leader_address.is_empty() => {
@@ -356,6 +375,15 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
         Err(_) => return lost("no answer to Hello within 10 s".into()),
     }
     let (updates_tx, mut updates) = mpsc::channel::<v1::JobUpdate>(64);
+    // Results already in the Hello; later ones are sent as jobs end, whichever session runs then.
+    let mut results_sent: HashSet<u64> = shared
+        .jobs
+        .lock()
+        .expect("jobs lock")
+        .finished
+        .iter()
+        .map(|u| u.job_id)
+        .collect();
     let interval = Duration::from_millis(shared.config.report_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -382,6 +410,23 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
             }
             Some(u) = updates.recv() => {
                 let _ = up.send(v1::AgentMessage { body: Some(agent_message::Body::JobUpdate(u)) }).await;
+            }
+            _ = shared.job_ended.notified() => {
+                let unsent: Vec<v1::JobUpdate> = shared
+                    .jobs
+                    .lock()
+                    .expect("jobs lock")
+                    .finished
+                    .iter()
+                    .filter(|u| !results_sent.contains(&u.job_id))
+                    .cloned()
+                    .collect();
+                for u in unsent {
+                    results_sent.insert(u.job_id);
+                    if up.send(v1::AgentMessage { body: Some(agent_message::Body::JobUpdate(u)) }).await.is_err() {
+                        return welcomed("stream closed".into());
+                    }
+                }
             }
             msg = down.message() => match msg {
                 Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Job(job)) })) => {
@@ -437,7 +482,6 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUp
     }
     let _ = updates.try_send(update(job_update::State::Started(v1::Started {})));
     let shared = shared.clone();
-    let updates = updates.clone();
     tokio::spawn(async move {
         let id = job.id;
         let term = job.term;
@@ -473,13 +517,13 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUp
         {
             let mut book = shared.jobs.lock().expect("jobs lock");
             book.running.remove(&id);
-            book.finished.push_back(done.clone());
+            book.finished.push_back(done);
             while book.finished.len() > KEEP_FINISHED {
                 book.finished.pop_front();
             }
         }
-        // If the session is gone, the next Hello carries the result.
-        let _ = updates.send(done).await;
+        // The session of the moment sends it; with none, the next Hello carries it.
+        shared.job_ended.notify_one();
     });
 }
 

@@ -66,9 +66,9 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 250,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1500,
             snapshot_every: 1000,
         }
     }

@@ -67,6 +67,9 @@ impl AgentLive {
     }
 }
 
+/// How long a follower holds an agent's Hello while no usable leader is known.
+const FOLLOWER_HOLD: Duration = Duration::from_secs(5);
+
 /// At most this many latency samples are kept between two `LeaderStats(reset)` calls.
 const MAX_SAMPLES: usize = 4 << 20;
 
@@ -432,6 +435,17 @@ impl Node {
                 .await;
             return;
         }
+        if !self.is_leader() {
+            // Wait for the election to settle on a leader the agent did not just lose (perhaps
+            // this node): a redirect to a dead leader would cost the agent a backoff.
+            let lost = hello.last_leader_id;
+            let mut metrics = self.raft.metrics();
+            let _ = tokio::time::timeout(
+                FOLLOWER_HOLD,
+                metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != lost)),
+            )
+            .await;
+        }
         let term = self.raft.metrics().borrow().current_term;
         if !self.is_leader() || hello.newest_term_seen > term {
             let l = self.leader();
@@ -585,16 +599,21 @@ impl Node {
             },
             Some(job_update::State::Finished(f)) => JobOutcome::Failed { reason: f.error },
         };
-        let owner = self
+        let (owner, done) = self
             .state
             .read()
             .expect("state lock")
             .state
             .jobs
             .get(&u.job_id)
-            .map(|j| j.agent.clone());
+            .map(|j| (Some(j.agent.clone()), matches!(j.state, JobState::Done(_))))
+            .unwrap_or_default();
         if owner.as_deref() != Some(agent) {
             tracing::warn!(job = u.job_id, agent, "update for a job the agent does not own; ignored");
+            return;
+        }
+        if done {
+            // Agents repeat recent results in every Hello; this one is recorded already.
             return;
         }
         match self

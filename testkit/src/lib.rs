@@ -4,6 +4,7 @@
 //! test (and, through `PR_SET_PDEATHSIG`, when the test process itself dies).
 
 pub mod data;
+pub mod fleet;
 pub mod redis;
 pub mod s3;
 

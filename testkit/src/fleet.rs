@@ -1,0 +1,362 @@
+//! Real fleetsnap processes for tests: coordinators, agents and the `fleetsnap` CLI, with
+//! certificates from `fleetsnap certs init`, configs and logs in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::{Process, free_port, poll_until};
+
+/// A binary built next to the running test (`target/debug/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace` (or `cargo build --bins` first)",
+        path.display()
+    );
+    path
+}
+
+/// A fleet's working directory: certificates, configs, data and logs.
+pub struct FleetDir {
+    dir: tempfile::TempDir,
+}
+
+impl FleetDir {
+    /// A new directory with certificates for coordinators `peers`, `agents` and admin `admin`.
+    pub fn new(peers: &[u64], agents: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let fleet = Self { dir };
+        fleet.certs("certs", peers, agents)?;
+        Ok(fleet)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `fleetsnap certs init` into `sub` (a second CA when `sub` differs from `certs`).
+    pub fn certs(&self, sub: &str, peers: &[u64], agents: &[&str]) -> anyhow::Result<PathBuf> {
+        let out = self.path().join(sub);
+        let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        let o = Command::new(bin("fleetsnap"))
+            .args(["certs", "init", "--dir"])
+            .arg(&out)
+            .args(["--peers", &peers.join(","), "--agents", &agents.join(","), "--force"])
+            .output()?;
+        if !o.status.success() {
+            bail!("certs init: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(out)
+    }
+
+    /// `[tls]` lines for `role-name` from the certificates in `sub`.
+    pub fn tls_section(&self, sub: &str, stem: &str) -> String {
+        let d = self.path().join(sub);
+        format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            d.join("ca.pem").display(),
+            d.join(format!("{stem}.pem")).display(),
+            d.join(format!("{stem}.key")).display()
+        )
+    }
+
+    /// The CLI as admin, talking to `coordinators`.
+    pub fn cli(&self, coordinators: &[String]) -> Cli {
+        let d = self.path().join("certs");
+        Cli {
+            env: vec![
+                ("FLEETSNAP_CA".into(), d.join("ca.pem")),
+                ("FLEETSNAP_CERT".into(), d.join("admin-admin.pem")),
+                ("FLEETSNAP_KEY".into(), d.join("admin-admin.key")),
+            ],
+            coordinators: coordinators.to_vec(),
+        }
+    }
+}
+
+/// Raft timing and compaction for test coordinators.
+#[derive(Clone, Debug)]
+pub struct CoordinatorOptions {
+    /// `[raft] snapshot_every`.
+    pub snapshot_every: u64,
+    /// `[jobs] lease_seconds`.
+    pub lease_seconds: u64,
+    /// Run with `--insecure` (and no `[tls]`).
+    pub insecure: bool,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 1000,
+            lease_seconds: 15,
+            insecure: false,
+        }
+    }
+}
+
+/// A coordinator process.
+pub struct Coordinator {
+    /// Node id.
+    pub id: u64,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    insecure: bool,
+    process: Option<Process>,
+}
+
+impl Coordinator {
+    /// Writes the config of node `id`; `initial` lists the members of a new cluster (empty: the
+    /// node waits to be added).
+    pub fn configure(
+        fleet: &FleetDir,
+        id: u64,
+        initial: &[(u64, String)],
+        opts: &CoordinatorOptions,
+    ) -> anyhow::Result<Self> {
+        let address = initial
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let mut text = format!(
+            "node_id = {id}\nlisten = \"{address}\"\ndata_dir = \"{}\"\n",
+            fleet.path().join(format!("coordinator-{id}")).display()
+        );
+        for (i, a) in initial {
+            text += &format!("[[initial_members]]\nid = {i}\naddress = \"{a}\"\n");
+        }
+        text += &format!(
+            "[raft]\nsnapshot_every = {}\n[jobs]\nlease_seconds = {}\n",
+            opts.snapshot_every, opts.lease_seconds
+        );
+        if !opts.insecure {
+            text += &fleet.tls_section("certs", &format!("peer-{id}"));
+        }
+        let config = fleet.path().join(format!("coordinator-{id}.toml"));
+        std::fs::write(&config, text)?;
+        Ok(Self {
+            id,
+            address,
+            config,
+            log: fleet.path().join(format!("coordinator-{id}.log")),
+            insecure: opts.insecure,
+            process: None,
+        })
+    }
+
+    /// Addresses for `n` new nodes numbered from 1.
+    pub fn addresses(n: u64) -> Vec<(u64, String)> {
+        (1..=n)
+            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+            .collect()
+    }
+
+    /// Starts (or restarts) the process and waits until its port accepts connections.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(bin("fleetsnap-coordinator"));
+        cmd.arg("--config").arg(&self.config);
+        if self.insecure {
+            cmd.arg("--insecure");
+        }
+        cmd.env("FLEETSNAP_LOG", "info,openraft=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        let mut p = Process::spawn(&mut cmd, "start fleetsnap-coordinator")?;
+        let address = self.address.clone();
+        let r = poll_until("coordinator port open", Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(&address).await.ok().map(|_| ())
+        })
+        .await;
+        if let Some(status) = p.exited() {
+            bail!("coordinator {} exited ({status}):\n{}", self.id, self.log_text());
+        }
+        r?;
+        self.process = Some(p);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Whether it runs.
+    pub fn running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| p.exited().is_none())
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// One Redis instance an agent watches.
+pub struct Watched {
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+    /// Its cluster.
+    pub cluster: String,
+}
+
+/// An agent process.
+pub struct Agent {
+    /// Agent id.
+    pub id: String,
+    /// Its config.
+    pub config: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    insecure: bool,
+    process: Option<Process>,
+}
+
+impl Agent {
+    /// Writes the config of agent `id`.
+    pub fn configure(
+        fleet: &FleetDir,
+        id: &str,
+        coordinators: &[String],
+        watched: &[Watched],
+        insecure: bool,
+    ) -> anyhow::Result<Self> {
+        let list: Vec<String> = coordinators.iter().map(|c| format!("\"{c}\"")).collect();
+        let mut text = format!(
+            "agent_id = \"{id}\"\ncoordinators = [{}]\n",
+            list.join(", ")
+        );
+        if !insecure {
+            text += &fleet.tls_section("certs", &format!("agent-{id}"));
+        }
+        for w in watched {
+            text += &format!(
+                "[[instance]]\nname = \"{}\"\nurl = \"{}\"\ncluster = \"{}\"\n",
+                w.name, w.url, w.cluster
+            );
+        }
+        text += &format!(
+            "[snapshot]\nspool_dir = \"{}\"\nidle_timeout_seconds = 30\n",
+            fleet.path().display()
+        );
+        let config = fleet.path().join(format!("agent-{id}.toml"));
+        std::fs::write(&config, text)?;
+        Ok(Self {
+            id: id.to_string(),
+            config,
+            log: fleet.path().join(format!("agent-{id}.log")),
+            insecure,
+            process: None,
+        })
+    }
+
+    /// Starts (or restarts) the agent.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(bin("fleetsnap-agent"));
+        cmd.args(["run", "--config"]).arg(&self.config);
+        if self.insecure {
+            cmd.arg("--insecure");
+        }
+        cmd.env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        self.process = Some(Process::spawn(&mut cmd, "start fleetsnap-agent")?);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The `fleetsnap` CLI with an admin certificate.
+#[derive(Clone)]
+pub struct Cli {
+    env: Vec<(String, PathBuf)>,
+    /// `--coordinator` values, in order.
+    pub coordinators: Vec<String>,
+}
+
+impl Cli {
+    /// Runs `fleetsnap --coordinator … ARGS`, bounded to 60 s.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(bin("fleetsnap"));
+        cmd.arg("--coordinator").arg(self.coordinators.join(","));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.args(args);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().ok();
+                bail!("fleetsnap {args:?} ran for over 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs and parses stdout as JSON; fails with stderr when the command fails.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let o = self.run(args)?;
+        if !o.status.success() {
+            bail!(
+                "fleetsnap {args:?} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        serde_json::from_slice(&o.stdout).with_context(|| {
+            format!(
+                "fleetsnap {args:?} printed no JSON: {}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+    }
+
+    /// The same CLI talking to other coordinators.
+    pub fn to(&self, coordinators: &[String]) -> Cli {
+        Cli {
+            env: self.env.clone(),
+            coordinators: coordinators.to_vec(),
+        }
+    }
+}
