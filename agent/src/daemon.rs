@@ -450,6 +450,18 @@ fn status_text(address: &str, s: &tonic::Status) -> String {
     format!("coordinator {address}: {}{source}", s.message())
 }
 
+/// The fence: a job created or dispatched in a term older than the newest term this agent has
+/// seen comes from a deposed leader.
+fn fence(job: u64, term: u64, newest: u64) -> std::result::Result<(), String> {
+    if term < newest {
+        return Err(format!(
+            "job {job} carries term {term} but this agent has seen term {newest}: it comes \
+             from a deposed leader"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the fence and starts the job; answers on `updates`.
 fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUpdate>) {
     let newest = shared.newest_term.load(Ordering::SeqCst);
@@ -458,12 +470,7 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUp
         term: job.term,
         state: Some(state),
     };
-    if job.term < newest {
-        let why = format!(
-            "job {} carries term {} but this agent has seen term {newest}: it comes from a \
-             deposed leader",
-            job.id, job.term
-        );
+    if let Err(why) = fence(job.id, job.term, newest) {
         tracing::warn!(%why, "refusing a job");
         let _ = updates.try_send(update(job_update::State::Refused(why)));
         return;
@@ -617,4 +624,27 @@ async fn run_job(shared: &Shared, job: v1::Job) -> Result<snapshot::SnapshotRepo
         "snapshot stored"
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_from_older_terms_are_refused() {
+        assert!(fence(1, 5, 5).is_ok());
+        assert!(fence(1, 6, 5).is_ok());
+        let e = fence(7, 4, 5).unwrap_err();
+        assert!(e.contains("job 7") && e.contains("deposed"), "{e}");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_errors() {
+        let e = toml::from_str::<AgentConfig>(
+            "agent_id = \"a\"\ncoordinators = [\"x:1\"]\n[[instance]]\nname = \"r\"\nurl = \"redis://h:1\"\nclustr = \"c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("clustr"), "{e}");
+    }
 }

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use fleetsnap_agent::resp::Value;
-use fleetsnap_testkit::fleet::{Agent, Coordinator, CoordinatorOptions, FleetDir, Watched, bin};
+use fleetsnap_testkit::fleet::{Coordinator, CoordinatorOptions, FleetDir, Logs, Watched, bin};
+use fleetsnap_testkit::fleet::Agent;
 use fleetsnap_testkit::redis::RedisOptions;
 use fleetsnap_testkit::{RedisCluster, RedisServer, ReplicaSet, poll_until};
 use serde_json::Value as Json;
@@ -93,36 +94,6 @@ fn reporting_agents(status: &Json) -> BTreeSet<String> {
 
 fn all_agents() -> BTreeSet<String> {
     AGENTS.iter().map(|a| a.to_string()).collect()
-}
-
-/// Prints every process's log when the test fails.
-struct Logs(Vec<std::path::PathBuf>);
-
-impl Logs {
-    fn of(coordinators: &[Coordinator], agents: &[Agent]) -> Self {
-        Self(
-            coordinators
-                .iter()
-                .map(|c| c.log.clone())
-                .chain(agents.iter().map(|a| a.log.clone()))
-                .collect(),
-        )
-    }
-}
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("FLEETSNAP_TEST_LOGS").is_some() {
-            for p in &self.0 {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("--- {} ---", p.display());
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,9 @@ impl AgentLive {
     }
 }
 
+/// How long a new member may take to catch up before `add-node` gives up.
+const CATCH_UP: Duration = Duration::from_secs(20);
+
 /// How long a follower holds an agent's Hello while no usable leader is known.
 const FOLLOWER_HOLD: Duration = Duration::from_secs(5);
 
@@ -795,9 +798,39 @@ impl v1::admin_service_server::AdminService for Services {
         }
         // A learner first: it catches up on the log (or a snapshot) before it counts for quorum.
         node.raft
-            .add_learner(r.id, BasicNode::new(&r.address), true)
+            .add_learner(r.id, BasicNode::new(&r.address), false)
             .await
             .map_err(|e| node.write_error(e))?;
+        let mut metrics = node.raft.metrics();
+        let id = r.id;
+        let caught_up = tokio::time::timeout(
+            CATCH_UP,
+            metrics.wait_for(|m| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|rep| rep.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                matched.is_some() && matched >= m.last_log_index.map(|i| i.saturating_sub(1))
+            }),
+        )
+        .await
+        .is_ok();
+        if !caught_up {
+            let _ = node
+                .raft
+                .change_membership(
+                    openraft::ChangeMembers::RemoveNodes(BTreeSet::from([r.id])),
+                    false,
+                )
+                .await;
+            return Err(Status::deadline_exceeded(format!(
+                "node {} at {} did not catch up within {} s, so it was not added: is it                  running and reachable from the leader, and does it hold a peer certificate                  from this fleet's CA? Its log says which",
+                r.id,
+                r.address,
+                CATCH_UP.as_secs()
+            )));
+        }
         let mut voters: BTreeSet<NodeId> = node
             .raft
             .metrics()

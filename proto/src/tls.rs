@@ -251,17 +251,18 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// A connection error with the likely cause spelled out.
 pub fn connect_error(address: &str, e: &(dyn std::error::Error + 'static)) -> String {
     let text = describe(e);
-    let hint = if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
-        "; its certificate is not signed by our CA: both sides need certificates from the same \
-         `fleetsnap certs init`"
+    let hint = if ["UnknownIssuer", "unknown issuer", "BadSignature", "UnknownCA", "DecryptError"]
+        .iter()
+        .any(|k| text.contains(k))
+    {
+        "; the certificates do not verify against one CA: both sides need certificates from the \
+         same `fleetsnap certs init` (or the same CA)"
     } else if text.contains("CertificateRequired") || text.contains("certificate required") {
         "; it wants a client certificate: configure cert and key"
     } else if text.contains("Connection refused") {
         "; is a coordinator running there?"
     } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
         "; it does not speak TLS: is it running with --insecure?"
-    } else if text.contains("BadSignature") || text.contains("DecryptError") {
-        "; the certificate's key does not match"
     } else {
         ""
     };

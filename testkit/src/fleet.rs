@@ -360,3 +360,35 @@ impl Cli {
         }
     }
 }
+
+/// Prints the tail of every process's log when the test fails (always with
+/// `FLEETSNAP_TEST_LOGS=1`).
+pub struct Logs(pub Vec<PathBuf>);
+
+impl Logs {
+    /// The logs of these coordinators and agents.
+    pub fn of(coordinators: &[Coordinator], agents: &[Agent]) -> Self {
+        Self(
+            coordinators
+                .iter()
+                .map(|c| c.log.clone())
+                .chain(agents.iter().map(|a| a.log.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("FLEETSNAP_TEST_LOGS").is_some() {
+            for p in &self.0 {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("--- {} ---", p.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
