@@ -119,9 +119,11 @@ pub fn open(path: &Path) -> std::result::Result<(LogStore, StateMachine), OpenEr
             .map_err(|e| corrupt(format!("the applied state does not parse: {e}")))?,
         None => Applied::default(),
     };
+    let persisted = applied.last_applied.map(|l| l.index).unwrap_or_default();
     let sm = StateMachine {
         db: db.clone(),
         applied: Arc::new(RwLock::new(applied)),
+        persisted: Arc::new(persisted.into()),
     };
     Ok((LogStore { db }, sm))
 }
@@ -269,7 +271,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct StateMachine {
     db: Arc<Database>,
     applied: Arc<RwLock<Applied>>,
+    /// Log index of the applied state last written to disk.
+    persisted: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The applied state is written to disk every this many entries (and with every snapshot and
+/// membership change), not with every entry: after a restart openraft applies the log entries
+/// past the written state again, and applying is deterministic. With thousands of agents
+/// registering at once, writing the whole state per entry would be quadratic.
+const PERSIST_EVERY: u64 = 256;
 
 impl StateMachine {
     /// A handle to read the applied state (for linearizable reads after `ensure_linearizable`).
@@ -278,7 +288,12 @@ impl StateMachine {
     }
 
     fn save(&self, extra: Option<(&str, Vec<u8>)>) -> Result<()> {
-        let applied = json(&*self.applied.read().expect("state lock"));
+        let (applied, index) = {
+            let a = self.applied.read().expect("state lock");
+            (json(&*a), a.last_applied.map(|l| l.index).unwrap_or_default())
+        };
+        self.persisted
+            .store(index, std::sync::atomic::Ordering::Relaxed);
         let mut entries = vec![(APPLIED, applied)];
         entries.extend(extra);
         put_meta(&self.db, &entries)
@@ -300,16 +315,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        put_meta(
-            &self.db,
-            &[(
-                SNAPSHOT,
-                json(&StoredSnapshot {
-                    meta: meta.clone(),
-                    data: data.clone(),
-                }),
-            )],
-        )?;
+        // The applied state goes to disk with the snapshot: the log behind it may be dropped.
+        self.save(Some((
+            SNAPSHOT,
+            json(&StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            }),
+        )))?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -333,7 +346,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
-        {
+        let mut membership_changed = false;
+        let last = {
             let mut a = self.applied.write().expect("state lock");
             for e in entries {
                 a.last_applied = Some(e.log_id);
@@ -344,13 +358,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                        membership_changed = true;
                         Response::default()
                     }
                 };
                 responses.push(r);
             }
+            a.last_applied.map(|l| l.index).unwrap_or_default()
+        };
+        let persisted = self.persisted.load(std::sync::atomic::Ordering::Relaxed);
+        if membership_changed || last >= persisted + PERSIST_EVERY {
+            self.save(None)?;
         }
-        self.save(None)?;
         Ok(responses)
     }
 
