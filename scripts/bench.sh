@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Runs the snapshot benchmark and prints its table (see docs/BENCHMARKS.md).
-#   scripts/bench.sh [--sizes-gib 1,4]
+# Runs a benchmark and prints its table (see docs/BENCHMARKS.md).
+#   scripts/bench.sh [--sizes-gib 1,4]              the snapshot data path
+#   scripts/bench.sh fleet [--agents 1000,5000,10000] [--window 15]   the control plane at scale
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = fleet ]; then
+    shift
+    cargo build --release --quiet -p fleetsnap-coordinator -p fleetsnap-cli -p fleetsnap-bench
+    exec target/release/fleet-sim --coordinator target/release/fleetsnap-coordinator \
+        --cli target/release/fleetsnap "$@"
+fi
 scripts/setup.sh bench
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench

@@ -108,7 +108,9 @@ impl AgentConfig {
             .map_err(|e| Error::Input(format!("config file {}: {e}", path.display())))?;
         let bad = |m: String| Error::Input(format!("config file {}: {m}", path.display()));
         if c.coordinators.is_empty() {
-            return Err(bad("coordinators is empty: list at least one coordinator address".into()));
+            return Err(bad(
+                "coordinators is empty: list at least one coordinator address".into(),
+            ));
         }
         if c.report_interval_ms == 0 {
             return Err(bad("report_interval_ms must be 1 or more".into()));
@@ -118,8 +120,7 @@ impl AgentConfig {
             if !names.insert(&i.name) {
                 return Err(bad(format!("two instances are named {:?}", i.name)));
             }
-            RedisTarget::parse(&i.url)
-                .map_err(|e| bad(format!("instance {:?}: {e}", i.name)))?;
+            RedisTarget::parse(&i.url).map_err(|e| bad(format!("instance {:?}: {e}", i.name)))?;
         }
         Ok(c)
     }
@@ -301,13 +302,19 @@ async fn connect_loop(shared: Arc<Shared>) {
                 target = Some(leader);
                 continue;
             }
-            Ended::Lost { welcomed: true, why } => {
+            Ended::Lost {
+                welcomed: true,
+                why,
+            } => {
                 tracing::warn!(coordinator = %address, %why, "lost the leader; looking for the new one");
                 backoff = base;
                 lost = Some(address);
                 continue;
             }
-            Ended::Lost { welcomed: false, why } => {
+            Ended::Lost {
+                welcomed: false,
+                why,
+            } => {
                 tracing::warn!(coordinator = %address, %why, "no session");
             }
             Ended::NoLeader => {
@@ -607,7 +614,10 @@ async fn run_job(shared: &Shared, job: v1::Job) -> Result<snapshot::SnapshotRepo
         shard: ShardId::new(shard).map_err(|e| Error::Input(e.to_string()))?,
         spool: SpoolLimits {
             memory_bytes: 8 << 20,
-            dir: settings.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+            dir: settings
+                .spool_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
             max_bytes: crate::cli::parse_size(&settings.spool_max)?,
         },
         source_options: SourceOptions {

@@ -74,15 +74,19 @@ pub fn init(dir: &Path, identities: &[PeerIdentity], force: bool) -> Result<Vec<
     let issuer = Issuer::new(ca_params()?, ca_key);
     for id in identities {
         if id.name.is_empty() || id.name.contains(['/', ' ']) {
-            bail!("{:?} is not a usable {} name (no spaces or slashes)", id.name, id.role);
+            bail!(
+                "{:?} is not a usable {} name (no spaces or slashes)",
+                id.name,
+                id.role
+            );
         }
         let stem = stem(id.role, &id.name);
-        let (cert_path, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
         if cert_path.exists() && !force {
-            bail!(
-                "{} exists; pass --force to replace it",
-                cert_path.display()
-            );
+            bail!("{} exists; pass --force to replace it", cert_path.display());
         }
         let dns = if id.role == Role::Peer {
             vec![SERVER_NAME.to_string()]
@@ -90,8 +94,10 @@ pub fn init(dir: &Path, identities: &[PeerIdentity], force: bool) -> Result<Vec<
             Vec::new()
         };
         let mut p = CertificateParams::new(dns)?;
-        p.distinguished_name
-            .push(DnType::CommonName, format!("fleetsnap {} {}", id.role, id.name));
+        p.distinguished_name.push(
+            DnType::CommonName,
+            format!("fleetsnap {} {}", id.role, id.name),
+        );
         p.subject_alt_names
             .push(SanType::URI(id.uri().as_str().try_into()?));
         p.extended_key_usages = match id.role {

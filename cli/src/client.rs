@@ -66,7 +66,10 @@ impl Admin {
     }
 
     async fn client(&self, address: &str) -> Result<AdminServiceClient<Channel>, String> {
-        self.transport.connect(address).await.map(AdminServiceClient::new)
+        self.transport
+            .connect(address)
+            .await
+            .map(AdminServiceClient::new)
     }
 
     /// Calls the leader: each given coordinator in turn until one answers, following redirects.
@@ -91,7 +94,9 @@ impl Admin {
                     Err(s) if s.code() == Code::FailedPrecondition => {
                         match s.metadata().get(LEADER_KEY).and_then(|v| v.to_str().ok()) {
                             Some(leader) if leader != address => {
-                                eprintln!("note: {address} is a follower; asking the leader at {leader}");
+                                eprintln!(
+                                    "note: {address} is a follower; asking the leader at {leader}"
+                                );
                                 address = leader.to_string();
                             }
                             _ => bail!("coordinator {address}: {}", s.message()),

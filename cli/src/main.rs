@@ -200,7 +200,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             force,
         }) => {
             let mut ids = Vec::new();
-            for (role, names) in [(Role::Peer, &peers), (Role::Agent, &agents), (Role::Admin, &admins)] {
+            for (role, names) in [
+                (Role::Peer, &peers),
+                (Role::Agent, &agents),
+                (Role::Admin, &admins),
+            ] {
                 for n in names.iter().filter(|n| !n.is_empty()) {
                     if role == Role::Peer && n.parse::<u64>().map_or(true, |v| v == 0) {
                         bail!("--peers takes coordinator node ids (1, 2, …), not {n:?}");
@@ -239,10 +243,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (reply, json) = match c {
                 ClusterCmd::Status { local, json } => {
                     let r = if local {
-                        admin.call_first(move |mut c| async move {
-                            c.cluster_status(v1::ClusterStatusRequest { local: true }).await
-                        })
-                        .await?
+                        admin
+                            .call_first(move |mut c| async move {
+                                c.cluster_status(v1::ClusterStatusRequest { local: true })
+                                    .await
+                            })
+                            .await?
                     } else {
                         admin
                             .call(move |mut c| async move {
@@ -272,7 +278,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ),
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&table::cluster_json(&reply))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&table::cluster_json(&reply))?
+                );
             } else {
                 print!("{}", table::cluster(&reply));
             }
@@ -308,7 +317,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 })
                 .await?;
             if !json {
-                println!("job {} created (term {}, index {})", r.job_id, r.term, r.index);
+                println!(
+                    "job {} created (term {}, index {})",
+                    r.job_id, r.term, r.index
+                );
             }
             match wait {
                 Some(secs) => show_job(&admin, r.job_id, Some(secs), json).await,
@@ -338,7 +350,10 @@ async fn show_job(admin: &Admin, id: u64, wait: Option<u64>, _json: bool) -> Res
             .call(move |mut c| async move { c.get_job(v1::GetJobRequest { job_id: id }).await })
             .await?;
         let job: serde_json::Value = serde_json::from_str(&r.json)?;
-        let state = job["state"]["state"].as_str().unwrap_or_default().to_string();
+        let state = job["state"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if state == "done" || wait.is_none() || Instant::now() >= deadline {
             println!("{}", r.json);
             if wait.is_some() && state != "done" {

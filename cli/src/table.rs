@@ -83,13 +83,27 @@ pub fn status(doc: &StatusDoc) -> String {
         let _ = writeln!(out, "\nno Redis instance reported yet");
     }
     for c in &doc.clusters {
-        let _ = writeln!(out, "\ncluster {} ({}, {} shards)", c.name, c.mode, c.shards.len());
+        let _ = writeln!(
+            out,
+            "\ncluster {} ({}, {} shards)",
+            c.name,
+            c.mode,
+            c.shards.len()
+        );
         for s in &c.shards {
             let _ = writeln!(out, "  shard {}", s.id);
             let _ = writeln!(
                 out,
                 "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} {}",
-                "NODE", "ADDRESS", "AGENT", "ROLE", "OFFSET", "LAG", "LINK", "REPORT", "PERSISTENCE"
+                "NODE",
+                "ADDRESS",
+                "AGENT",
+                "ROLE",
+                "OFFSET",
+                "LAG",
+                "LINK",
+                "REPORT",
+                "PERSISTENCE"
             );
             for n in &s.nodes {
                 let role = match n.role {
@@ -134,7 +148,11 @@ pub fn cluster(r: &v1::ClusterStatusReply) -> String {
         "node {} sees leader {} · term {} · last log {} · applied {} · snapshot {}",
         r.node_id, r.leader_id, r.term, r.last_log_index, r.applied_index, r.snapshot_index
     );
-    let _ = writeln!(out, "{:<6} {:<24} {:<8} {:>8}", "ID", "ADDRESS", "ROLE", "MATCHED");
+    let _ = writeln!(
+        out,
+        "{:<6} {:<24} {:<8} {:>8}",
+        "ID", "ADDRESS", "ROLE", "MATCHED"
+    );
     for m in &r.members {
         let role = if m.id == r.leader_id {
             "leader"

@@ -41,19 +41,33 @@ fn unknown_config_keys_are_named() {
     .unwrap();
     let text = std::fs::read_to_string(&c.config).unwrap();
     std::fs::write(&c.config, text.replace("snapshot_every", "snapshot_evry")).unwrap();
-    let o = run_to_exit(Command::new(bin("fleetsnap-coordinator")).arg("--config").arg(&c.config));
+    let o = run_to_exit(
+        Command::new(bin("fleetsnap-coordinator"))
+            .arg("--config")
+            .arg(&c.config),
+    );
     let e = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(e.contains("snapshot_evry") && e.contains(&c.config.display().to_string()), "{e}");
+    assert!(
+        e.contains("snapshot_evry") && e.contains(&c.config.display().to_string()),
+        "{e}"
+    );
     assert!(!e.contains("panicked"), "{e}");
 
     let a = Agent::configure(&fleet, "a1", &["127.0.0.1:1".into()], &[], false).unwrap();
     let text = std::fs::read_to_string(&a.config).unwrap();
     std::fs::write(&a.config, text.replace("coordinators =", "coordinator =")).unwrap();
-    let o = run_to_exit(Command::new(bin("fleetsnap-agent")).args(["run", "--config"]).arg(&a.config));
+    let o = run_to_exit(
+        Command::new(bin("fleetsnap-agent"))
+            .args(["run", "--config"])
+            .arg(&a.config),
+    );
     let e = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(e.contains("coordinator") && e.contains("unknown field"), "{e}");
+    assert!(
+        e.contains("coordinator") && e.contains("unknown field"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -74,28 +88,46 @@ async fn corrupt_and_foreign_data_directories_are_refused() {
     // Node 2 pointed at node 1's data directory.
     let two = Coordinator::configure(&fleet, 2, &[], &opts).unwrap();
     let text = std::fs::read_to_string(&two.config).unwrap();
-    std::fs::write(&two.config, text.replace("coordinator-2\"", "coordinator-1\"")).unwrap();
-    let o = run_to_exit(Command::new(bin("fleetsnap-coordinator")).arg("--config").arg(&two.config));
+    std::fs::write(
+        &two.config,
+        text.replace("coordinator-2\"", "coordinator-1\""),
+    )
+    .unwrap();
+    let o = run_to_exit(
+        Command::new(bin("fleetsnap-coordinator"))
+            .arg("--config")
+            .arg(&two.config),
+    );
     let e = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(e.contains("belongs to node 1") && e.contains("configured as 2"), "{e}");
+    assert!(
+        e.contains("belongs to node 1") && e.contains("configured as 2"),
+        "{e}"
+    );
 
     // Node 1's database damaged: refused with the way out, and the file left as it was.
     let db = fleet.path().join("coordinator-1").join("coordinator.redb");
     std::fs::write(&db, vec![0x5a; 16384]).unwrap();
-    let o = run_to_exit(Command::new(bin("fleetsnap-coordinator")).arg("--config").arg(&one.config));
+    let o = run_to_exit(
+        Command::new(bin("fleetsnap-coordinator"))
+            .arg("--config")
+            .arg(&one.config),
+    );
     let e = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(e.contains(&db.display().to_string()) && e.contains("move it aside"), "{e}");
+    assert!(
+        e.contains(&db.display().to_string()) && e.contains("move it aside"),
+        "{e}"
+    );
     assert!(!e.contains("panicked"), "{e}");
-    assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 16384], "the damaged file was changed");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        vec![0x5a; 16384],
+        "the damaged file was changed"
+    );
 }
 
-async fn call_with(
-    fleet: &FleetDir,
-    stem: &str,
-    address: &str,
-) -> Transport {
+async fn call_with(fleet: &FleetDir, stem: &str, address: &str) -> Transport {
     let _ = address;
     let files = TlsFiles {
         ca: fleet.path().join("certs/ca.pem"),
@@ -137,28 +169,40 @@ async fn certificates_are_checked_on_every_call() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
-    assert!(e.message().contains("agent role") && e.message().contains("peer \"2\""), "{e}");
+    assert!(
+        e.message().contains("agent role") && e.message().contains("peer \"2\""),
+        "{e}"
+    );
 
     let agent = call_with(&fleet, "agent-a1", &one.address).await;
-    let e = v1::admin_service_client::AdminServiceClient::new(agent.connect(&one.address).await.unwrap())
-        .status(v1::StatusRequest::default())
-        .await
-        .unwrap_err();
+    let e = v1::admin_service_client::AdminServiceClient::new(
+        agent.connect(&one.address).await.unwrap(),
+    )
+    .status(v1::StatusRequest::default())
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert!(e.message().contains("admin role"), "{e}");
 
     let admin = call_with(&fleet, "admin-admin", &one.address).await;
-    let e = v1::raft_service_client::RaftServiceClient::new(admin.connect(&one.address).await.unwrap())
-        .vote(v1::RaftPayload { json: b"{}".to_vec() })
-        .await
-        .unwrap_err();
+    let e =
+        v1::raft_service_client::RaftServiceClient::new(admin.connect(&one.address).await.unwrap())
+            .vote(v1::RaftPayload {
+                json: b"{}".to_vec(),
+            })
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
 
     // An agent configured with a peer certificate stops at once and says which to use.
     let mut a = Agent::configure(&fleet, "a1", &[one.address.clone()], &[], false).unwrap();
     let text = std::fs::read_to_string(&a.config).unwrap();
     std::fs::write(&a.config, text.replace("agent-a1.", "peer-2.")).unwrap();
-    let o = run_to_exit(Command::new(bin("fleetsnap-agent")).args(["run", "--config"]).arg(&a.config));
+    let o = run_to_exit(
+        Command::new(bin("fleetsnap-agent"))
+            .args(["run", "--config"])
+            .arg(&a.config),
+    );
     let e = stderr_of(&o);
     assert!(!o.status.success());
     assert!(e.contains("names peer \"2\"") && e.contains("a1"), "{e}");
@@ -175,7 +219,10 @@ async fn certificates_are_checked_on_every_call() {
         .unwrap();
     let e = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(e.contains(&one.address) && e.contains("same `fleetsnap certs init`"), "{e}");
+    assert!(
+        e.contains(&one.address) && e.contains("same `fleetsnap certs init`"),
+        "{e}"
+    );
 
     // A coordinator whose peer certificate comes from another CA cannot join: add-node gives up
     // with the reason, and the cluster goes on.
@@ -183,10 +230,15 @@ async fn certificates_are_checked_on_every_call() {
     let text = std::fs::read_to_string(&stranger.config).unwrap();
     std::fs::write(&stranger.config, text.replace("/certs/", "/other-ca/")).unwrap();
     stranger.start().await.unwrap();
-    let o = cli.run(&["cluster", "add-node", "2", &stranger.address]).unwrap();
+    let o = cli
+        .run(&["cluster", "add-node", "2", &stranger.address])
+        .unwrap();
     let e = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(e.contains("did not catch up") && e.contains("certificate"), "{e}");
+    assert!(
+        e.contains("did not catch up") && e.contains("certificate"),
+        "{e}"
+    );
     let s = cli.json(&["cluster", "status", "--json"]).unwrap();
     let ids: Vec<u64> = s["members"]
         .as_array()
@@ -201,15 +253,21 @@ async fn certificates_are_checked_on_every_call() {
 #[tokio::test]
 async fn the_cli_skips_dead_coordinators_and_says_which_failed() {
     let fleet = FleetDir::new(&[1], &[]).unwrap();
-    let mut one =
-        Coordinator::configure(&fleet, 1, &Coordinator::addresses(1), &CoordinatorOptions::default())
-            .unwrap();
+    let mut one = Coordinator::configure(
+        &fleet,
+        1,
+        &Coordinator::addresses(1),
+        &CoordinatorOptions::default(),
+    )
+    .unwrap();
     one.start().await.unwrap();
     let dead = format!("127.0.0.1:{}", free_port());
     let cli = fleet.cli(&[dead.clone(), one.address.clone()]);
-    poll_until("status through the live one", Duration::from_secs(10), || async {
-        cli.json(&["status", "--json"]).ok()
-    })
+    poll_until(
+        "status through the live one",
+        Duration::from_secs(10),
+        || async { cli.json(&["status", "--json"]).ok() },
+    )
     .await
     .unwrap();
     let o = fleet.cli(&[dead.clone()]).run(&["status"]).unwrap();
@@ -222,7 +280,11 @@ async fn the_cli_skips_dead_coordinators_and_says_which_failed() {
         .env_remove("FLEETSNAP_CA")
         .output()
         .unwrap();
-    assert!(stderr_of(&o).contains("--ca, --cert, --key"), "{}", stderr_of(&o));
+    assert!(
+        stderr_of(&o).contains("--ca, --cert, --key"),
+        "{}",
+        stderr_of(&o)
+    );
 }
 
 #[tokio::test]
@@ -234,9 +296,17 @@ async fn plain_text_only_behind_insecure() {
     };
     let mut one = Coordinator::configure(&fleet, 1, &Coordinator::addresses(1), &opts).unwrap();
     // Without --insecure, a config without [tls] is refused.
-    let o = run_to_exit(Command::new(bin("fleetsnap-coordinator")).arg("--config").arg(&one.config));
+    let o = run_to_exit(
+        Command::new(bin("fleetsnap-coordinator"))
+            .arg("--config")
+            .arg(&one.config),
+    );
     assert!(!o.status.success());
-    assert!(stderr_of(&o).contains("no [tls] section"), "{}", stderr_of(&o));
+    assert!(
+        stderr_of(&o).contains("no [tls] section"),
+        "{}",
+        stderr_of(&o)
+    );
     one.start().await.unwrap();
     let redis = RedisServer::start().await.unwrap();
     let mut agent = Agent::configure(
@@ -252,19 +322,37 @@ async fn plain_text_only_behind_insecure() {
     )
     .unwrap();
     agent.start().unwrap();
-    let s = poll_until("insecure agent reports", Duration::from_secs(15), || async {
-        let o = Command::new(bin("fleetsnap"))
-            .args(["--insecure", "--coordinator", &one.address, "status", "--json"])
-            .output()
-            .ok()?;
-        let s: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-        (s["clusters"][0]["name"] == "plain").then_some(s)
-    })
+    let s = poll_until(
+        "insecure agent reports",
+        Duration::from_secs(15),
+        || async {
+            let o = Command::new(bin("fleetsnap"))
+                .args([
+                    "--insecure",
+                    "--coordinator",
+                    &one.address,
+                    "status",
+                    "--json",
+                ])
+                .output()
+                .ok()?;
+            let s: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            (s["clusters"][0]["name"] == "plain").then_some(s)
+        },
+    )
     .await
     .unwrap();
     assert_eq!(s["agents"][0]["agent"], "a1");
-    assert!(one.log_text().contains("--insecure: gRPC in plain text"), "{}", one.log_text());
-    assert!(agent.log_text().contains("--insecure"), "{}", agent.log_text());
+    assert!(
+        one.log_text().contains("--insecure: gRPC in plain text"),
+        "{}",
+        one.log_text()
+    );
+    assert!(
+        agent.log_text().contains("--insecure"),
+        "{}",
+        agent.log_text()
+    );
     // A TLS client against it learns why it fails.
     let o = fleet.cli(&[one.address.clone()]).run(&["status"]).unwrap();
     let e = stderr_of(&o);

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use fleetsnap_agent::resp::Value;
-use fleetsnap_testkit::fleet::{Coordinator, CoordinatorOptions, FleetDir, Logs, Watched, bin};
 use fleetsnap_testkit::fleet::Agent;
+use fleetsnap_testkit::fleet::{Coordinator, CoordinatorOptions, FleetDir, Logs, Watched, bin};
 use fleetsnap_testkit::redis::RedisOptions;
 use fleetsnap_testkit::{RedisCluster, RedisServer, ReplicaSet, poll_until};
 use serde_json::Value as Json;
@@ -27,8 +27,14 @@ struct Truth {
 async fn truth(n: &RedisServer) -> anyhow::Result<Truth> {
     let role = n.info("replication", "role").await?.unwrap_or_default();
     let (offset, primary) = if role == "slave" {
-        let host = n.info("replication", "master_host").await?.unwrap_or_default();
-        let port = n.info("replication", "master_port").await?.unwrap_or_default();
+        let host = n
+            .info("replication", "master_host")
+            .await?
+            .unwrap_or_default();
+        let port = n
+            .info("replication", "master_port")
+            .await?
+            .unwrap_or_default();
         (
             n.info("replication", "slave_repl_offset").await?,
             Some(format!("{host}:{port}")),
@@ -37,7 +43,12 @@ async fn truth(n: &RedisServer) -> anyhow::Result<Truth> {
         (n.info("replication", "master_repl_offset").await?, None)
     };
     Ok(Truth {
-        role: if role == "slave" { "replica" } else { "primary" }.into(),
+        role: if role == "slave" {
+            "replica"
+        } else {
+            "primary"
+        }
+        .into(),
         offset: offset.unwrap_or_default().parse()?,
         primary,
     })
@@ -87,7 +98,9 @@ fn reporting_agents(status: &Json) -> BTreeSet<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|a| a["connected"] == true && a["last_report_age_ms"].as_u64().is_some_and(|ms| ms < 2500))
+        .filter(|a| {
+            a["connected"] == true && a["last_report_age_ms"].as_u64().is_some_and(|ms| ms < 2500)
+        })
         .map(|a| a["agent"].as_str().unwrap_or_default().to_string())
         .collect()
 }
@@ -205,7 +218,10 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
     let s = &sessions["shards"][0]["nodes"];
     assert_eq!(s[0]["address"].as_str(), Some(addr(&pair.primary).as_str()));
     assert_eq!(s[0]["agent"], "host-d");
-    assert_eq!(s[1]["address"].as_str(), Some(addr(&pair.replicas[0]).as_str()));
+    assert_eq!(
+        s[1]["address"].as_str(),
+        Some(addr(&pair.replicas[0]).as_str())
+    );
     // Offsets and roles as Redis reports them (retried: the primaries ping their replicas every
     // 10 s, which moves offsets between two reads).
     let every: Vec<&RedisServer> = cluster
@@ -213,41 +229,48 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
         .iter()
         .chain([&pair.primary, &pair.replicas[0]])
         .collect();
-    poll_until("status offsets equal INFO", Duration::from_secs(30), || async {
-        let mut before = Vec::new();
-        for n in &every {
-            before.push(truth(n).await.ok()?);
-        }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let s = cli.json(&["status", "--json"]).ok()?;
-        let mut after = Vec::new();
-        for n in &every {
-            after.push(truth(n).await.ok()?);
-        }
-        if before != after {
-            return None;
-        }
-        let nodes = nodes_of(&s);
-        for (n, t) in every.iter().zip(&after) {
-            let v = nodes.iter().find(|v| v["address"] == addr(n))?;
-            let seen = Truth {
-                role: v["role"].as_str()?.to_string(),
-                offset: v["offset"].as_u64()?,
-                primary: v["replicating_from"].as_str().map(str::to_string),
-            };
-            if &seen != t {
-                eprintln!("not yet: {} status {seen:?} redis {t:?}", addr(n));
+    poll_until(
+        "status offsets equal INFO",
+        Duration::from_secs(30),
+        || async {
+            let mut before = Vec::new();
+            for n in &every {
+                before.push(truth(n).await.ok()?);
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let s = cli.json(&["status", "--json"]).ok()?;
+            let mut after = Vec::new();
+            for n in &every {
+                after.push(truth(n).await.ok()?);
+            }
+            if before != after {
                 return None;
             }
-        }
-        Some(())
-    })
+            let nodes = nodes_of(&s);
+            for (n, t) in every.iter().zip(&after) {
+                let v = nodes.iter().find(|v| v["address"] == addr(n))?;
+                let seen = Truth {
+                    role: v["role"].as_str()?.to_string(),
+                    offset: v["offset"].as_u64()?,
+                    primary: v["replicating_from"].as_str().map(str::to_string),
+                };
+                if &seen != t {
+                    eprintln!("not yet: {} status {seen:?} redis {t:?}", addr(n));
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
     .await
     .unwrap();
     // The table prints too.
     let table = cli.run(&["status"]).unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("cluster orders (redis-cluster, 3 shards)"), "{table}");
+    assert!(
+        table.contains("cluster orders (redis-cluster, 3 shards)"),
+        "{table}"
+    );
     assert!(table.contains("sessions-replica"), "{table}");
 
     // 2. A job, then the leader dies while the agent runs it.
@@ -255,7 +278,14 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
     let dest = format!("file://{}", backups.display());
     let created = cli
         .json(&[
-            "job", "snapshot", "--agent", "host-d", "--instance", "sessions-replica", "--to", &dest,
+            "job",
+            "snapshot",
+            "--agent",
+            "host-d",
+            "--instance",
+            "sessions-replica",
+            "--to",
+            &dest,
             "--json",
         ])
         .unwrap();
@@ -282,12 +312,13 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
     let (new_leader, rehomed) = poll_until("agents re-homed", Duration::from_secs(20), || async {
         let s = cli2.json(&["status", "--json"]).ok()?;
         let leader = s["leader"].as_u64()?;
-        (leader != old && reporting_agents(&s) == all_agents())
-            .then(|| (leader, killed.elapsed()))
+        (leader != old && reporting_agents(&s) == all_agents()).then(|| (leader, killed.elapsed()))
     })
     .await
     .unwrap();
-    eprintln!("leader {old} killed; coordinator {new_leader} leads, every agent reports to it after {rehomed:?}");
+    eprintln!(
+        "leader {old} killed; coordinator {new_leader} leads, every agent reports to it after {rehomed:?}"
+    );
     assert!(
         rehomed <= Duration::from_secs(5),
         "agents took {rehomed:?} to report to the new leader"
@@ -306,28 +337,46 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(ids, [done["state"]["backup_id"].as_str().unwrap()], "one backup, once");
+    assert_eq!(
+        ids,
+        [done["state"]["backup_id"].as_str().unwrap()],
+        "one backup, once"
+    );
     let verify = std::process::Command::new(bin("fleetsnap-agent"))
         .args(["verify", "--from", &dest, "--backup", &ids[0]])
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     // Enough entries for the new leader to snapshot and drop the log the old leader lacks:
     // it must catch up by snapshot.
     for i in 0..12 {
         let o = cli2
             .run(&[
-                "job", "snapshot", "--agent", "host-a", "--instance", &format!("missing-{i}"),
-                "--to", &dest,
+                "job",
+                "snapshot",
+                "--agent",
+                "host-a",
+                "--instance",
+                &format!("missing-{i}"),
+                "--to",
+                &dest,
             ])
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let leader_view = poll_until("leader compacted its log", Duration::from_secs(30), || async {
-        let s = cli2.json(&["cluster", "status", "--json"]).ok()?;
-        (s["snapshot_index"].as_u64()? > log_before + 10).then_some(s)
-    })
+    let leader_view = poll_until(
+        "leader compacted its log",
+        Duration::from_secs(30),
+        || async {
+            let s = cli2.json(&["cluster", "status", "--json"]).ok()?;
+            (s["snapshot_index"].as_u64()? > log_before + 10).then_some(s)
+        },
+    )
     .await
     .unwrap();
 
@@ -335,7 +384,9 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
     coordinators[old_i].start().await.unwrap();
     let old_cli = cli.to(&[coordinators[old_i].address.clone()]);
     let first = poll_until("old leader answers", Duration::from_secs(10), || async {
-        old_cli.json(&["cluster", "status", "--local", "--json"]).ok()
+        old_cli
+            .json(&["cluster", "status", "--local", "--json"])
+            .ok()
     })
     .await
     .unwrap();
@@ -344,10 +395,16 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
         "the restarted node lost log entries: {first:#} (had {log_before})"
     );
     let target = leader_view["applied_index"].as_u64().unwrap();
-    poll_until("old leader caught up as a follower", Duration::from_secs(30), || async {
-        let s = old_cli.json(&["cluster", "status", "--local", "--json"]).ok()?;
-        (s["leader_id"] == new_leader && s["applied_index"].as_u64()? >= target).then_some(())
-    })
+    poll_until(
+        "old leader caught up as a follower",
+        Duration::from_secs(30),
+        || async {
+            let s = old_cli
+                .json(&["cluster", "status", "--local", "--json"])
+                .ok()?;
+            (s["leader_id"] == new_leader && s["applied_index"].as_u64()? >= target).then_some(())
+        },
+    )
     .await
     .unwrap();
 
@@ -362,7 +419,12 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
         .err()
         .map(|e| e.to_string());
     // add-node prints a table; read the result through status.
-    assert!(added.as_deref().is_none_or(|e| e.contains("printed no JSON")), "{added:?}");
+    assert!(
+        added
+            .as_deref()
+            .is_none_or(|e| e.contains("printed no JSON")),
+        "{added:?}"
+    );
     let members = cli_all.json(&["cluster", "status", "--json"]).unwrap();
     let voters: BTreeSet<u64> = members["members"]
         .as_array()
@@ -373,16 +435,19 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
         .collect();
     assert_eq!(voters, BTreeSet::from([1, 2, 3, 4]));
     let fourth_cli = cli.to(&[fourth.address.clone()]);
-    poll_until("new node has the state", Duration::from_secs(30), || async {
-        let s = fourth_cli.json(&["cluster", "status", "--local", "--json"]).ok()?;
-        (s["leader_id"] == new_leader && s["applied_index"].as_u64()? >= target).then_some(())
-    })
+    poll_until(
+        "new node has the state",
+        Duration::from_secs(30),
+        || async {
+            let s = fourth_cli
+                .json(&["cluster", "status", "--local", "--json"])
+                .ok()?;
+            (s["leader_id"] == new_leader && s["applied_index"].as_u64()? >= target).then_some(())
+        },
+    )
     .await
     .unwrap();
-    let follower = [1, 2, 3]
-        .into_iter()
-        .find(|&i| i != new_leader)
-        .unwrap();
+    let follower = [1, 2, 3].into_iter().find(|&i| i != new_leader).unwrap();
     let o = cli_all
         .run(&["cluster", "remove-node", &follower.to_string()])
         .unwrap();
@@ -395,7 +460,10 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
         .filter(|m| m["voter"] == true)
         .map(|m| m["id"].as_u64().unwrap())
         .collect();
-    assert!(!voters.contains(&follower) && voters.contains(&4), "{members:#}");
+    assert!(
+        !voters.contains(&follower) && voters.contains(&4),
+        "{members:#}"
+    );
     // Agents never stopped reporting.
     let s = cli_all.json(&["status", "--json"]).unwrap();
     assert_eq!(reporting_agents(&s), all_agents(), "{s:#}");

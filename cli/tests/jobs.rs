@@ -18,15 +18,19 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
     let mut one = Coordinator::configure(&fleet, 1, &Coordinator::addresses(1), &opts).unwrap();
     one.start().await.unwrap();
     // Each snapshot waits 5 s for the replica's fork: long enough to kill the agent mid-job.
-    let pair = ReplicaSet::start(1, RedisOptions::default().arg("repl-diskless-sync-delay", "5"))
-        .await
-        .unwrap();
+    let pair = ReplicaSet::start(
+        1,
+        RedisOptions::default().arg("repl-diskless-sync-delay", "5"),
+    )
+    .await
+    .unwrap();
     let watched = [Watched {
         name: "replica".into(),
         url: pair.replicas[0].url(),
         cluster: "c".into(),
     }];
-    let mut agent = Agent::configure(&fleet, "a1", &[one.address.clone()], &watched, false).unwrap();
+    let mut agent =
+        Agent::configure(&fleet, "a1", &[one.address.clone()], &watched, false).unwrap();
     agent.start().unwrap();
     let _logs = Logs(vec![one.log.clone(), agent.log.clone()]);
     let cli = fleet.cli(&[one.address.clone()]);
@@ -39,7 +43,17 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
     let dest = format!("file://{}", fleet.path().join("backups").display());
     let submit = || {
         let j = cli
-            .json(&["job", "snapshot", "--agent", "a1", "--instance", "replica", "--to", &dest, "--json"])
+            .json(&[
+                "job",
+                "snapshot",
+                "--agent",
+                "a1",
+                "--instance",
+                "replica",
+                "--to",
+                &dest,
+                "--json",
+            ])
             .unwrap();
         j["job"].as_u64().unwrap().to_string()
     };
@@ -76,7 +90,13 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
     agent.kill();
     let j = done(first).await;
     assert_eq!(j["state"]["outcome"], "failed", "{j:#}");
-    assert!(j["state"]["reason"].as_str().unwrap().contains("lease expired"), "{j:#}");
+    assert!(
+        j["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lease expired"),
+        "{j:#}"
+    );
 
     // 2. The agent restarts at once while holding a job: the job fails, it is not run again.
     agent.start().unwrap();
@@ -86,7 +106,10 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
     agent.start().unwrap();
     let j = done(second).await;
     assert_eq!(j["state"]["outcome"], "failed", "{j:#}");
-    assert!(j["state"]["reason"].as_str().unwrap().contains("restarted"), "{j:#}");
+    assert!(
+        j["state"]["reason"].as_str().unwrap().contains("restarted"),
+        "{j:#}"
+    );
     assert_eq!(j["dispatches"], 1, "{j:#}");
 
     // 3. A job on the restarted agent runs to the end, once.
@@ -97,6 +120,10 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(backups.len(), 1, "only the third job stored a backup: {backups:?}");
+    assert_eq!(
+        backups.len(),
+        1,
+        "only the third job stored a backup: {backups:?}"
+    );
     agent.kill();
 }

@@ -93,8 +93,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
         config
             .check()
             .map_err(|e| format!("config file {}: {e}", path.display()))?;
@@ -113,7 +113,9 @@ impl Config {
             ));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return Err("[raft] election_timeout_max_ms must be above election_timeout_min_ms".into());
+            return Err(
+                "[raft] election_timeout_max_ms must be above election_timeout_min_ms".into(),
+            );
         }
         if r.snapshot_every == 0 {
             return Err("[raft] snapshot_every must be 1 or more".into());

@@ -137,7 +137,10 @@ impl Node {
         let (id, address) = match leader {
             Some(f) => (
                 f.leader_id,
-                f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default(),
+                f.leader_node
+                    .as_ref()
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default(),
             ),
             None => {
                 let l = self.leader();
@@ -203,8 +206,9 @@ impl Node {
             let leader = self.is_leader();
             if leader && !was_leader {
                 tracing::info!(node = self.id, "became the leader");
+                // The view is empty already (emptied when this node last lost leadership); agents
+                // that a follower held for this election may be joining it right now.
                 *self.fleet.leader_since.lock().expect("lock") = Some(Instant::now());
-                self.fleet.agents.lock().expect("lock").clear();
                 self.wake.notify_one();
             } else if !leader && was_leader {
                 let l = self.leader();
@@ -343,7 +347,8 @@ impl Node {
                     let agents = self.fleet.agents.lock().expect("lock");
                     match agents.get(&job.agent) {
                         Some(a) => (
-                            a.tx.clone().map(|tx| (tx, a.incarnation, a.holding.contains(&job.id))),
+                            a.tx.clone()
+                                .map(|tx| (tx, a.incarnation, a.holding.contains(&job.id))),
                             Some(a.last_heard()),
                         ),
                         None => (None, None),
@@ -396,7 +401,10 @@ impl Node {
                 }
                 let msg = job_message(job, term, index);
                 if tx.send(Ok(msg)).await.is_err() {
-                    tracing::info!(job = job.id, "agent left before the job reached it; it is handed again when it returns");
+                    tracing::info!(
+                        job = job.id,
+                        "agent left before the job reached it; it is handed again when it returns"
+                    );
                 }
             }
             Ok((resp, _, _)) => {
@@ -612,7 +620,11 @@ impl Node {
             .map(|j| (Some(j.agent.clone()), matches!(j.state, JobState::Done(_))))
             .unwrap_or_default();
         if owner.as_deref() != Some(agent) {
-            tracing::warn!(job = u.job_id, agent, "update for a job the agent does not own; ignored");
+            tracing::warn!(
+                job = u.job_id,
+                agent,
+                "update for a job the agent does not own; ignored"
+            );
             return;
         }
         if done {
@@ -631,7 +643,9 @@ impl Node {
                     a.holding.remove(&u.job_id);
                 }
             }
-            Err(e) => tracing::warn!(job = u.job_id, error = %e.message(), "could not record a job's end"),
+            Err(e) => {
+                tracing::warn!(job = u.job_id, error = %e.message(), "could not record a job's end")
+            }
         }
     }
 }
@@ -709,7 +723,9 @@ fn raft_reply<T: Serialize>(v: &T) -> Response<v1::RaftPayload> {
     })
 }
 
-fn raft_request<T: serde::de::DeserializeOwned>(req: Request<v1::RaftPayload>) -> Result<T, Status> {
+fn raft_request<T: serde::de::DeserializeOwned>(
+    req: Request<v1::RaftPayload>,
+) -> Result<T, Status> {
     tls::require(&req, Role::Peer, "the Raft service")?;
     serde_json::from_slice(&req.into_inner().json)
         .map_err(|e| Status::invalid_argument(format!("a Raft message that does not parse: {e}")))
@@ -725,7 +741,10 @@ impl v1::raft_service_server::RaftService for Services {
         Ok(raft_reply(&r))
     }
 
-    async fn vote(&self, req: Request<v1::RaftPayload>) -> Result<Response<v1::RaftPayload>, Status> {
+    async fn vote(
+        &self,
+        req: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
         let r = self.0.raft.vote(raft_request(req)?).await;
         Ok(raft_reply(&r))
     }
@@ -863,7 +882,9 @@ impl v1::admin_service_server::AdminService for Services {
             .voter_ids()
             .collect();
         if !voters.contains(&id) {
-            return Err(Status::not_found(format!("node {id} is not a voting member")));
+            return Err(Status::not_found(format!(
+                "node {id} is not a voting member"
+            )));
         }
         if voters.len() == 1 {
             return Err(Status::failed_precondition(

@@ -242,7 +242,10 @@ mod tests {
         assert_eq!((s.jobs[&id].term, s.jobs[&id].index), (3, 8));
         // A new leader hands it again to the same agent process: the token moves on.
         assert_eq!(s.apply(4, 9, &dispatch(42)).refused, None);
-        assert_eq!((s.jobs[&id].term, s.jobs[&id].index, s.jobs[&id].dispatches), (4, 9, 2));
+        assert_eq!(
+            (s.jobs[&id].term, s.jobs[&id].index, s.jobs[&id].dispatches),
+            (4, 9, 2)
+        );
         // Another run of the agent never gets it.
         assert!(
             s.apply(4, 10, &dispatch(43))

@@ -290,7 +290,10 @@ impl StateMachine {
     fn save(&self, extra: Option<(&str, Vec<u8>)>) -> Result<()> {
         let (applied, index) = {
             let a = self.applied.read().expect("state lock");
-            (json(&*a), a.last_applied.map(|l| l.index).unwrap_or_default())
+            (
+                json(&*a),
+                a.last_applied.map(|l| l.index).unwrap_or_default(),
+            )
         };
         self.persisted
             .store(index, std::sync::atomic::Ordering::Relaxed);

@@ -47,7 +47,11 @@ async fn vote_and_applied_state_survive_a_restart() {
         // The running coordinator writes the applied state with each snapshot (and every few
         // hundred entries); entries past it are applied again from the log after a restart.
         use openraft::storage::RaftSnapshotBuilder;
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
     }
     let (mut log, mut sm) = open(&path).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));

@@ -135,7 +135,9 @@ fn node(o: &Observed<'_>) -> NodeView {
         },
         lag_bytes: None,
         lag_seconds: None,
-        link: r.link_up.map(|up| if up { "up" } else { "down" }.to_string()),
+        link: r
+            .link_up
+            .map(|up| if up { "up" } else { "down" }.to_string()),
         replicating_from: r.primary_address.clone(),
         report_age_ms: o.age_ms,
         persistence: persistence(r).to_string(),
@@ -152,7 +154,13 @@ fn node(o: &Observed<'_>) -> NodeView {
 pub fn format_slots(slots: &[(u16, u16)]) -> String {
     slots
         .iter()
-        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -326,21 +334,42 @@ mod tests {
         let r = replica("r", "10.0.0.2:6379", "10.0.0.1:6379", "950");
         let lost = InstanceReport::unreachable("x", "10.0.0.9:6379", "refused".into());
         let obs = [
-            Observed { agent: "b", report: &r, age_ms: 200 },
-            Observed { agent: "a", report: &p, age_ms: 100 },
-            Observed { agent: "c", report: &lost, age_ms: 50 },
+            Observed {
+                agent: "b",
+                report: &r,
+                age_ms: 200,
+            },
+            Observed {
+                agent: "a",
+                report: &p,
+                age_ms: 100,
+            },
+            Observed {
+                agent: "c",
+                report: &lost,
+                age_ms: 50,
+            },
         ];
         let v = derive(&obs);
         assert_eq!(v.clusters.len(), 1);
         let c = &v.clusters[0];
-        assert_eq!((c.name.as_str(), c.mode.as_str()), ("default", "replication"));
+        assert_eq!(
+            (c.name.as_str(), c.mode.as_str()),
+            ("default", "replication")
+        );
         assert_eq!(c.shards.len(), 2);
         let s = &c.shards[0];
         assert_eq!(s.primary.as_deref(), Some("10.0.0.1:6379"));
         assert_eq!(s.nodes.len(), 2);
         let (pn, rn) = (&s.nodes[0], &s.nodes[1]);
-        assert_eq!((pn.role, pn.offset, pn.agent.as_str()), (Role::Primary, 1000, "a"));
-        assert_eq!((rn.role, rn.offset, rn.agent.as_str()), (Role::Replica, 950, "b"));
+        assert_eq!(
+            (pn.role, pn.offset, pn.agent.as_str()),
+            (Role::Primary, 1000, "a")
+        );
+        assert_eq!(
+            (rn.role, rn.offset, rn.agent.as_str()),
+            (Role::Replica, 950, "b")
+        );
         // Lag from the primary's acknowledged offset (900), not the replica's own (950).
         assert_eq!((rn.lag_bytes, rn.lag_seconds), (Some(100), Some(1)));
         assert_eq!(rn.link.as_deref(), Some("up"));
@@ -369,7 +398,11 @@ mod tests {
         let orphan = replica("o", "h:9", "h:99", "1");
         let obs: Vec<Observed<'_>> = [&a, &b, &r, &orphan]
             .into_iter()
-            .map(|report| Observed { agent: "x", report, age_ms: 0 })
+            .map(|report| Observed {
+                agent: "x",
+                report,
+                age_ms: 0,
+            })
             .collect();
         let v = derive(&obs);
         let orders = v.clusters.iter().find(|c| c.name == "orders").unwrap();

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 
 /// The DNS name in every coordinator certificate, checked by every client.
 pub const SERVER_NAME: &str = "fleetsnap-coordinator";
@@ -163,10 +165,13 @@ impl TlsFiles {
         let ca = read_pem(&self.ca, "CA certificate")?;
         let cert = read_pem(&self.cert, "certificate")?;
         let key = read_pem(&self.key, "private key")?;
-        let der = first_der(&cert)
-            .ok_or_else(|| format!("the certificate {} holds no certificate", self.cert.display()))?;
-        let identity =
-            identity_of(&der).map_err(|e| format!("{}: {e}", self.cert.display()))?;
+        let der = first_der(&cert).ok_or_else(|| {
+            format!(
+                "the certificate {} holds no certificate",
+                self.cert.display()
+            )
+        })?;
+        let identity = identity_of(&der).map_err(|e| format!("{}: {e}", self.cert.display()))?;
         Ok(Loaded {
             ca,
             cert,
@@ -251,9 +256,15 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// A connection error with the likely cause spelled out.
 pub fn connect_error(address: &str, e: &(dyn std::error::Error + 'static)) -> String {
     let text = describe(e);
-    let hint = if ["UnknownIssuer", "unknown issuer", "BadSignature", "UnknownCA", "DecryptError"]
-        .iter()
-        .any(|k| text.contains(k))
+    let hint = if [
+        "UnknownIssuer",
+        "unknown issuer",
+        "BadSignature",
+        "UnknownCA",
+        "DecryptError",
+    ]
+    .iter()
+    .any(|k| text.contains(k))
     {
         "; the certificates do not verify against one CA: both sides need certificates from the \
          same `fleetsnap certs init` (or the same CA)"
@@ -277,7 +288,9 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Option<PeerIdentity>, tonic:
             let der = certs.first().ok_or_else(|| {
                 tonic::Status::unauthenticated("no client certificate: mutual TLS is required")
             })?;
-            identity_of(der).map(Some).map_err(tonic::Status::unauthenticated)
+            identity_of(der)
+                .map(Some)
+                .map_err(tonic::Status::unauthenticated)
         }
     }
 }
@@ -302,7 +315,11 @@ mod tests {
 
     #[test]
     fn identities_round_trip_through_their_uri() {
-        for (role, name) in [(Role::Agent, "host-a"), (Role::Peer, "3"), (Role::Admin, "ops")] {
+        for (role, name) in [
+            (Role::Agent, "host-a"),
+            (Role::Peer, "3"),
+            (Role::Admin, "ops"),
+        ] {
             let id = PeerIdentity {
                 role,
                 name: name.into(),

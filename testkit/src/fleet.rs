@@ -14,7 +14,13 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("target directory");
     let path = dir.join(name);
     assert!(
@@ -51,7 +57,13 @@ impl FleetDir {
         let o = Command::new(bin("fleetsnap"))
             .args(["certs", "init", "--dir"])
             .arg(&out)
-            .args(["--peers", &peers.join(","), "--agents", &agents.join(","), "--force"])
+            .args([
+                "--peers",
+                &peers.join(","),
+                "--agents",
+                &agents.join(","),
+                "--force",
+            ])
             .output()?;
         if !o.status.success() {
             bail!("certs init: {}", String::from_utf8_lossy(&o.stderr));
@@ -184,11 +196,18 @@ impl Coordinator {
         let mut p = Process::spawn(&mut cmd, "start fleetsnap-coordinator")?;
         let address = self.address.clone();
         let r = poll_until("coordinator port open", Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(&address).await.ok().map(|_| ())
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .ok()
+                .map(|_| ())
         })
         .await;
         if let Some(status) = p.exited() {
-            bail!("coordinator {} exited ({status}):\n{}", self.id, self.log_text());
+            bail!(
+                "coordinator {} exited ({status}):\n{}",
+                self.id,
+                self.log_text()
+            );
         }
         r?;
         self.process = Some(p);
