@@ -94,7 +94,7 @@ pub fn status(doc: &StatusDoc) -> String {
             let _ = writeln!(out, "  shard {}", s.id);
             let _ = writeln!(
                 out,
-                "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} {}",
+                "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} PERSISTENCE",
                 "NODE",
                 "ADDRESS",
                 "AGENT",
@@ -102,8 +102,7 @@ pub fn status(doc: &StatusDoc) -> String {
                 "OFFSET",
                 "LAG",
                 "LINK",
-                "REPORT",
-                "PERSISTENCE"
+                "REPORT"
             );
             for n in &s.nodes {
                 let role = match n.role {
