@@ -95,14 +95,7 @@ pub fn status(doc: &StatusDoc) -> String {
             let _ = writeln!(
                 out,
                 "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} PERSISTENCE",
-                "NODE",
-                "ADDRESS",
-                "AGENT",
-                "ROLE",
-                "OFFSET",
-                "LAG",
-                "LINK",
-                "REPORT"
+                "NODE", "ADDRESS", "AGENT", "ROLE", "OFFSET", "LAG", "LINK", "REPORT"
             );
             for n in &s.nodes {
                 let role = match n.role {

@@ -270,7 +270,10 @@ async fn the_cli_skips_dead_coordinators_and_says_which_failed() {
     )
     .await
     .unwrap();
-    let o = fleet.cli(std::slice::from_ref(&dead)).run(&["status"]).unwrap();
+    let o = fleet
+        .cli(std::slice::from_ref(&dead))
+        .run(&["status"])
+        .unwrap();
     let e = stderr_of(&o);
     assert!(!o.status.success());
     assert!(e.contains(&dead) && e.contains("Connection refused"), "{e}");
