@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fleetsnap_core::codec::Compression;
 use fleetsnap_core::{ClusterId, InstanceReport, ShardId};
@@ -182,15 +182,31 @@ struct JobBook {
 
 const KEEP_FINISHED: usize = 64;
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
+/// Runs the agent until the process is stopped: polls its instances and reports them.
+pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {
+    let (reports_tx, reports) = watch::channel(Vec::new());
+    let shared = shared(config, transport, reports)?;
+    tokio::spawn(collect_loop(shared.clone(), reports_tx));
+    connect_loop(shared).await;
+    Ok(())
 }
 
-/// Runs the agent until the process is stopped.
-pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {
+/// Runs the agent's coordinator side (sessions, redirects, jobs) with reports that come from
+/// elsewhere instead of from polling Redis: the control-plane simulator runs thousands of these.
+pub async fn run_with_reports(
+    config: AgentConfig,
+    transport: Transport,
+    reports: watch::Receiver<Vec<InstanceReport>>,
+) -> Result<()> {
+    connect_loop(shared(config, transport, reports)?).await;
+    Ok(())
+}
+
+fn shared(
+    config: AgentConfig,
+    transport: Transport,
+    reports: watch::Receiver<Vec<InstanceReport>>,
+) -> Result<Arc<Shared>> {
     let instances = config
         .instances
         .iter()
@@ -201,8 +217,7 @@ pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (reports_tx, reports) = watch::channel(Vec::new());
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         incarnation: rand::random(),
         config,
         instances,
@@ -212,10 +227,7 @@ pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {
         last_leader: AtomicU64::new(0),
         job_ended: tokio::sync::Notify::new(),
         reports,
-    });
-    tokio::spawn(collect_loop(shared.clone(), reports_tx));
-    connect_loop(shared).await;
-    Ok(())
+    }))
 }
 
 /// Polls every instance once per interval, all at once, each bounded in time.
@@ -381,7 +393,6 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
         Ok(Err(s)) => return lost(status_text(address, &s)),
         Err(_) => return lost("no answer to Hello within 10 s".into()),
     }
-    let (updates_tx, mut updates) = mpsc::channel::<v1::JobUpdate>(64);
     // Results already in the Hello; later ones are sent as jobs end, whichever session runs then.
     let mut results_sent: HashSet<u64> = shared
         .jobs
@@ -407,16 +418,13 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 let report = v1::AgentMessage {
                     body: Some(agent_message::Body::Report(v1::Report {
                         sequence,
-                        sent_at_unix_us: now_us(),
+                        sent_at_unix_us: fleetsnap_proto::convert::unix_micros(),
                         instances,
                     })),
                 };
                 if up.send(report).await.is_err() {
                     return welcomed("stream closed".into());
                 }
-            }
-            Some(u) = updates.recv() => {
-                let _ = up.send(v1::AgentMessage { body: Some(agent_message::Body::JobUpdate(u)) }).await;
             }
             _ = shared.job_ended.notified() => {
                 let unsent: Vec<v1::JobUpdate> = shared
@@ -430,14 +438,18 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                     .collect();
                 for u in unsent {
                     results_sent.insert(u.job_id);
-                    if up.send(v1::AgentMessage { body: Some(agent_message::Body::JobUpdate(u)) }).await.is_err() {
+                    if send_update(&up, u).await.is_err() {
                         return welcomed("stream closed".into());
                     }
                 }
             }
             msg = down.message() => match msg {
                 Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Job(job)) })) => {
-                    take_job(shared, job, &updates_tx);
+                    if let Some(u) = take_job(shared, job)
+                        && send_update(&up, u).await.is_err()
+                    {
+                        return welcomed("stream closed".into());
+                    }
                 }
                 Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Redirect(r)) })) => {
                     return if r.leader_address.is_empty() { Ended::NoLeader } else { Ended::Redirect(r.leader_address) };
@@ -469,8 +481,19 @@ fn fence(job: u64, term: u64, newest: u64) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Checks the fence and starts the job; answers on `updates`.
-fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUpdate>) {
+async fn send_update(
+    up: &mpsc::Sender<v1::AgentMessage>,
+    u: v1::JobUpdate,
+) -> std::result::Result<(), mpsc::error::SendError<v1::AgentMessage>> {
+    up.send(v1::AgentMessage {
+        body: Some(agent_message::Body::JobUpdate(u)),
+    })
+    .await
+}
+
+/// Checks the fence and starts the job; returns what to answer at once (refused, started, or the
+/// result of a job delivered again). The result of a started job goes out when it ends.
+fn take_job(shared: &Arc<Shared>, job: v1::Job) -> Option<v1::JobUpdate> {
     let newest = shared.newest_term.load(Ordering::SeqCst);
     let update = |state| v1::JobUpdate {
         job_id: job.id,
@@ -479,22 +502,18 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUp
     };
     if let Err(why) = fence(job.id, job.term, newest) {
         tracing::warn!(%why, "refusing a job");
-        let _ = updates.try_send(update(job_update::State::Refused(why)));
-        return;
+        return Some(update(job_update::State::Refused(why)));
     }
     shared.newest_term.fetch_max(job.term, Ordering::SeqCst);
     {
         let mut book = shared.jobs.lock().expect("jobs lock");
         if !book.seen.insert(job.id) {
             tracing::info!(job = job.id, "job delivered again; it runs once");
-            if let Some(done) = book.finished.iter().find(|u| u.job_id == job.id) {
-                let _ = updates.try_send(done.clone());
-            }
-            return;
+            return book.finished.iter().find(|u| u.job_id == job.id).cloned();
         }
         book.running.insert(job.id);
     }
-    let _ = updates.try_send(update(job_update::State::Started(v1::Started {})));
+    let started = update(job_update::State::Started(v1::Started {}));
     let shared = shared.clone();
     tokio::spawn(async move {
         let id = job.id;
@@ -514,7 +533,6 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUp
                         .join("; ")
                 },
                 backup_id: report.backup_id.clone(),
-                report_json: serde_json::to_string(&report).unwrap_or_default(),
             },
             Err(e) => v1::Finished {
                 ok: false,
@@ -539,6 +557,7 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job, updates: &mpsc::Sender<v1::JobUp
         // The session of the moment sends it; with none, the next Hello carries it.
         shared.job_ended.notify_one();
     });
+    Some(started)
 }
 
 async fn run_job(shared: &Shared, job: v1::Job) -> Result<snapshot::SnapshotReport> {

@@ -323,7 +323,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             match wait {
-                Some(secs) => show_job(&admin, r.job_id, Some(secs), json).await,
+                Some(secs) => show_job(&admin, r.job_id, Some(secs)).await,
                 None => {
                     if json {
                         println!(
@@ -337,13 +337,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Job(JobCmd::Show { id, wait }) => {
             let admin = Admin::new(&cli.conn)?;
-            show_job(&admin, id, wait, true).await
+            show_job(&admin, id, wait).await
         }
     }
 }
 
-/// Prints a job, after waiting for it to end when asked; exit 1 when it failed.
-async fn show_job(admin: &Admin, id: u64, wait: Option<u64>, _json: bool) -> Result<ExitCode> {
+/// Prints a job as JSON, after waiting for it to end when asked; exit 1 when it failed.
+async fn show_job(admin: &Admin, id: u64, wait: Option<u64>) -> Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
     loop {
         let r = admin

@@ -172,7 +172,6 @@ pub fn cluster_json(r: &v1::ClusterStatusReply) -> serde_json::Value {
         "leader_id": r.leader_id,
         "term": r.term,
         "last_log_index": r.last_log_index,
-        "commit_index": r.commit_index,
         "applied_index": r.applied_index,
         "snapshot_index": r.snapshot_index,
         "members": r.members.iter().map(|m| serde_json::json!({

@@ -1,10 +1,10 @@
 //! A coordinator node: Raft, the three gRPC services, the leader's soft state (the latest
 //! report of every agent) and the leader's job loop (dispatch and lease expiry).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fleetsnap_core::InstanceReport;
 use fleetsnap_core::topology::{self, Observed};
@@ -76,12 +76,6 @@ const FOLLOWER_HOLD: Duration = Duration::from_secs(5);
 /// At most this many latency samples are kept between two `LeaderStats(reset)` calls.
 const MAX_SAMPLES: usize = 4 << 20;
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
 
 /// Who leads, as far as this node knows.
 struct LeaderInfo {
@@ -258,7 +252,6 @@ impl Node {
             leader_id: m.current_leader.unwrap_or_default(),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or_default(),
-            commit_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or_default(),
             members,
@@ -367,13 +360,7 @@ impl Node {
                         silent.as_secs(),
                         self.lease.as_secs()
                     );
-                    tracing::warn!(job = job.id, %reason, "failing job");
-                    let _ = self
-                        .write(Command::FinishJob {
-                            job: job.id,
-                            outcome: JobOutcome::Failed { reason },
-                        })
-                        .await;
+                    self.fail_job(job.id, reason).await;
                     continue;
                 }
                 let Some((tx, incarnation, holding)) = live else {
@@ -527,7 +514,7 @@ impl Node {
                     a.last_report = Some(Instant::now());
                     drop(agents);
                     self.fleet.reports.fetch_add(1, Ordering::Relaxed);
-                    let latency = now_us().saturating_sub(r.sent_at_unix_us).max(0);
+                    let latency = fleetsnap_proto::convert::unix_micros().saturating_sub(r.sent_at_unix_us).max(0);
                     let mut samples = self.fleet.latency_us.lock().expect("lock");
                     if samples.len() < MAX_SAMPLES {
                         samples.push(latency.min(u32::MAX as i64) as u32);
@@ -589,14 +576,29 @@ impl Node {
                     "agent {agent:?} restarted while it held the job; it is not run again \
                      automatically (a job never runs twice): submit it again"
                 );
-                let _ = self
-                    .write(Command::FinishJob {
-                        job: job.id,
-                        outcome: JobOutcome::Failed { reason },
-                    })
-                    .await;
+                self.fail_job(job.id, reason).await;
             }
         }
+    }
+
+    /// Records that a job failed, and why (a refusal just means it had ended already).
+    async fn fail_job(&self, job: u64, reason: String) {
+        tracing::warn!(job, %reason, "failing job");
+        let outcome = JobOutcome::Failed { reason };
+        if let Err(e) = self.write(Command::FinishJob { job, outcome }).await {
+            tracing::warn!(job, error = %e.message(), "could not record a job's failure");
+        }
+    }
+
+    /// The voting members.
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     async fn job_update(&self, agent: &str, u: v1::JobUpdate) {
@@ -798,16 +800,15 @@ impl v1::admin_service_server::AdminService for Services {
             ));
         }
         let node = &self.0;
-        let members: BTreeMap<NodeId, BasicNode> = node
+        let existing = node
             .raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .nodes()
-            .map(|(i, n)| (*i, n.clone()))
-            .collect();
-        if let Some(existing) = members.get(&r.id)
+            .get_node(&r.id)
+            .cloned();
+        if let Some(existing) = existing
             && existing.addr != r.address
         {
             return Err(Status::already_exists(format!(
@@ -850,14 +851,7 @@ impl v1::admin_service_server::AdminService for Services {
                 CATCH_UP.as_secs()
             )));
         }
-        let mut voters: BTreeSet<NodeId> = node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = node.voters();
         voters.insert(r.id);
         node.raft
             .change_membership(voters, false)
@@ -873,14 +867,7 @@ impl v1::admin_service_server::AdminService for Services {
         admin(&req)?;
         let id = req.into_inner().id;
         let node = &self.0;
-        let voters: BTreeSet<NodeId> = node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = node.voters();
         if !voters.contains(&id) {
             return Err(Status::not_found(format!(
                 "node {id} is not a voting member"

@@ -5,6 +5,15 @@ use fleetsnap_core::report::{ConnectedReplica, Role};
 
 use crate::v1;
 
+/// Microseconds since the Unix epoch: `Report.sent_at_unix_us` on the agent, compared with the
+/// same clock on the leader.
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
 impl From<&InstanceReport> for v1::InstanceReport {
     fn from(r: &InstanceReport) -> Self {
         Self {
