@@ -76,7 +76,6 @@ const FOLLOWER_HOLD: Duration = Duration::from_secs(5);
 /// At most this many latency samples are kept between two `LeaderStats(reset)` calls.
 const MAX_SAMPLES: usize = 4 << 20;
 
-
 /// Who leads, as far as this node knows.
 struct LeaderInfo {
     id: Option<NodeId>,
@@ -514,7 +513,9 @@ impl Node {
                     a.last_report = Some(Instant::now());
                     drop(agents);
                     self.fleet.reports.fetch_add(1, Ordering::Relaxed);
-                    let latency = fleetsnap_proto::convert::unix_micros().saturating_sub(r.sent_at_unix_us).max(0);
+                    let latency = fleetsnap_proto::convert::unix_micros()
+                        .saturating_sub(r.sent_at_unix_us)
+                        .max(0);
                     let mut samples = self.fleet.latency_us.lock().expect("lock");
                     if samples.len() < MAX_SAMPLES {
                         samples.push(latency.min(u32::MAX as i64) as u32);
