@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use fleetsnap_testkit::redis::RedisOptions;
-use fleetsnap_testkit::{Dataset, RedisServer, free_port, write_dataset};
+use fleetsnap_testkit::{RedisServer, filled_server, free_port};
 
 fn no_manifest_under(root: &std::path::Path) {
     let files = files_under(root);
@@ -20,17 +20,7 @@ fn no_manifest_under(root: &std::path::Path) {
 }
 
 async fn small_server(opts: RedisOptions) -> RedisServer {
-    let s = RedisServer::start_with(opts).await.unwrap();
-    write_dataset(
-        &s,
-        &Dataset {
-            small_keys: 1000,
-            big_value_bytes: 1000,
-        },
-    )
-    .await
-    .unwrap();
-    s
+    filled_server(opts, 1000, 1000).await.unwrap()
 }
 
 /// Snapshots `url` into a fresh file region and expects a refusal: exit 1, every needle in the
@@ -220,16 +210,9 @@ fn stalled_endpoint() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_region_spools_then_fails_alone() {
-    let server = RedisServer::start().await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 50_000,
-            big_value_bytes: 128 << 20,
-        },
-    )
-    .await
-    .unwrap();
+    let server = filled_server(RedisOptions::default(), 50_000, 128 << 20)
+        .await
+        .unwrap();
     let port = stalled_endpoint();
     let work = tempfile::tempdir().unwrap();
     let good = format!("file://{}/good", work.path().display());
@@ -284,16 +267,9 @@ async fn a_stalled_region_spools_then_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_disk_full() {
-    let server = RedisServer::start().await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 50_000,
-            big_value_bytes: 64 << 20,
-        },
-    )
-    .await
-    .unwrap();
+    let server = filled_server(RedisOptions::default(), 50_000, 64 << 20)
+        .await
+        .unwrap();
     let port = stalled_endpoint();
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("tiny-disk");

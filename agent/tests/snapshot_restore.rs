@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use fleetsnap_testkit::redis::{RedisOptions, TlsFiles};
-use fleetsnap_testkit::{Dataset, RedisServer, ReplicaSet, assert_same_data, write_dataset};
+use fleetsnap_testkit::{
+    Dataset, RedisServer, ReplicaSet, assert_same_data, filled_server, write_dataset,
+};
 
 fn backup_id(run: &Run) -> String {
     run.json()["backup_id"]
@@ -99,16 +101,9 @@ async fn every_source_lands_in_every_region_and_restores_equal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
-    let server = RedisServer::start().await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 2000,
-            big_value_bytes: 1 << 20,
-        },
-    )
-    .await
-    .unwrap();
+    let server = filled_server(RedisOptions::default(), 2000, 1 << 20)
+        .await
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
     let (a, b) = (
         format!("file://{}/a", work.path().display()),
@@ -184,16 +179,9 @@ async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_snapshot_needs_the_identity_to_restore() {
     use age::secrecy::ExposeSecret;
-    let server = RedisServer::start().await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 5000,
-            big_value_bytes: 1 << 20,
-        },
-    )
-    .await
-    .unwrap();
+    let server = filled_server(RedisOptions::default(), 5000, 1 << 20)
+        .await
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
     let identity = age::x25519::Identity::generate();
     let key_file = work.path().join("key.txt");
@@ -266,16 +254,7 @@ async fn tls_and_a_minimal_acl_user_are_enough() {
         ],
         ..Default::default()
     };
-    let server = RedisServer::start_with(opts).await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 3000,
-            big_value_bytes: 1 << 20,
-        },
-    )
-    .await
-    .unwrap();
+    let server = filled_server(opts, 3000, 1 << 20).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/tls", work.path().display());
     let url = server
@@ -286,19 +265,12 @@ async fn tls_and_a_minimal_acl_user_are_enough() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aof_directory_is_stored_as_rdb_plus_tail() {
-    let server = RedisServer::start_with(
+    let server = filled_server(
         RedisOptions::default()
             .arg("appendonly", "yes")
             .arg("appenddirname", "appendonlydir"),
-    )
-    .await
-    .unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 3000,
-            big_value_bytes: 1 << 20,
-        },
+        3000,
+        1 << 20,
     )
     .await
     .unwrap();
@@ -479,21 +451,14 @@ async fn cluster_shards_snapshot_from_their_replicas() {
 async fn disk_based_replication_sends_a_length_prefixed_payload() {
     // With repl-diskless-sync off the node writes the RDB to disk first and sends `$<len>`,
     // keeping the link alive with newlines meanwhile; the default (diskless) sends `$EOF:<mark>`.
-    let server = RedisServer::start_with(
+    let server = filled_server(
         RedisOptions {
             password: Some("pw-1".into()),
             ..Default::default()
         }
         .arg("repl-diskless-sync", "no"),
-    )
-    .await
-    .unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 20_000,
-            big_value_bytes: 2 << 20,
-        },
+        20_000,
+        2 << 20,
     )
     .await
     .unwrap();
@@ -513,16 +478,10 @@ async fn disk_based_replication_sends_a_length_prefixed_payload() {
 async fn keepalives_while_the_node_waits_to_fork_are_skipped() {
     // With a diskless sync delay the node answers FULLRESYNC, then sends a bare newline every
     // second until it forks.
-    let server =
-        RedisServer::start_with(RedisOptions::default().arg("repl-diskless-sync-delay", "3"))
-            .await
-            .unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 5000,
-            big_value_bytes: 1 << 20,
-        },
+    let server = filled_server(
+        RedisOptions::default().arg("repl-diskless-sync-delay", "3"),
+        5000,
+        1 << 20,
     )
     .await
     .unwrap();

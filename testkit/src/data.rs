@@ -14,6 +14,25 @@ pub struct Dataset {
     pub big_value_bytes: usize,
 }
 
+/// A new server (with `opts`) holding a dataset of `small_keys` small keys and one value of
+/// `big_value_bytes`.
+pub async fn filled_server(
+    opts: crate::redis::RedisOptions,
+    small_keys: usize,
+    big_value_bytes: usize,
+) -> anyhow::Result<RedisServer> {
+    let server = RedisServer::start_with(opts).await?;
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys,
+            big_value_bytes,
+        },
+    )
+    .await?;
+    Ok(server)
+}
+
 impl Default for Dataset {
     fn default() -> Self {
         Self {
