@@ -7,26 +7,18 @@ use std::time::Duration;
 
 use fleetsnap_proto::tls::{TlsFiles, Transport};
 use fleetsnap_proto::v1;
-use fleetsnap_testkit::fleet::{Agent, Coordinator, CoordinatorOptions, FleetDir, Watched, bin};
-use fleetsnap_testkit::{RedisServer, free_port, poll_until};
+use fleetsnap_testkit::fleet::{
+    Agent, Coordinator, CoordinatorOptions, FleetDir, Watched, bin, single_node,
+};
+use fleetsnap_testkit::{RedisServer, free_port, output_within, poll_until};
 
 fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Starts a process, which must exit by itself within 20 s; returns its output.
+/// Runs a process that must exit by itself within 20 s.
 fn run_to_exit(cmd: &mut Command) -> std::process::Output {
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "{cmd:?} did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    output_within(cmd, Duration::from_secs(20)).unwrap()
 }
 
 #[test]
@@ -73,16 +65,8 @@ fn unknown_config_keys_are_named() {
 #[tokio::test]
 async fn corrupt_and_foreign_data_directories_are_refused() {
     let fleet = FleetDir::new(&[1, 2], &[]).unwrap();
-    let members = Coordinator::addresses(1);
     let opts = CoordinatorOptions::default();
-    let mut one = Coordinator::configure(&fleet, 1, &members, &opts).unwrap();
-    one.start().await.unwrap();
-    let cli = fleet.cli(&[one.address.clone()]);
-    poll_until("leader", Duration::from_secs(10), || async {
-        cli.json(&["cluster", "status", "--json"]).ok()
-    })
-    .await
-    .unwrap();
+    let (mut one, _) = single_node(&fleet, &opts).await.unwrap();
     one.kill();
 
     // Node 2 pointed at node 1's data directory.
@@ -127,8 +111,8 @@ async fn corrupt_and_foreign_data_directories_are_refused() {
     );
 }
 
-async fn call_with(fleet: &FleetDir, stem: &str, address: &str) -> Transport {
-    let _ = address;
+/// A client transport with the certificate `certs/STEM.pem` of the fleet.
+fn transport_of(fleet: &FleetDir, stem: &str) -> Transport {
     let files = TlsFiles {
         ca: fleet.path().join("certs/ca.pem"),
         cert: fleet.path().join(format!("certs/{stem}.pem")),
@@ -140,20 +124,12 @@ async fn call_with(fleet: &FleetDir, stem: &str, address: &str) -> Transport {
 #[tokio::test]
 async fn certificates_are_checked_on_every_call() {
     let fleet = FleetDir::new(&[1, 2], &["a1"]).unwrap();
-    let members = Coordinator::addresses(1);
     let opts = CoordinatorOptions::default();
-    let mut one = Coordinator::configure(&fleet, 1, &members, &opts).unwrap();
-    one.start().await.unwrap();
-    let cli = fleet.cli(&[one.address.clone()]);
-    poll_until("leader", Duration::from_secs(10), || async {
-        cli.json(&["cluster", "status", "--json"]).ok()
-    })
-    .await
-    .unwrap();
+    let (one, cli) = single_node(&fleet, &opts).await.unwrap();
 
     // A peer certificate on the agent service, an agent's on the admin service, an admin's on
     // the Raft service: each refused, naming the role needed and the one presented.
-    let peer = call_with(&fleet, "peer-2", &one.address).await;
+    let peer = transport_of(&fleet, "peer-2");
     let channel = peer.connect(&one.address).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(v1::AgentMessage {
@@ -174,7 +150,7 @@ async fn certificates_are_checked_on_every_call() {
         "{e}"
     );
 
-    let agent = call_with(&fleet, "agent-a1", &one.address).await;
+    let agent = transport_of(&fleet, "agent-a1");
     let e = v1::admin_service_client::AdminServiceClient::new(
         agent.connect(&one.address).await.unwrap(),
     )
@@ -184,7 +160,7 @@ async fn certificates_are_checked_on_every_call() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert!(e.message().contains("admin role"), "{e}");
 
-    let admin = call_with(&fleet, "admin-admin", &one.address).await;
+    let admin = transport_of(&fleet, "admin-admin");
     let e =
         v1::raft_service_client::RaftServiceClient::new(admin.connect(&one.address).await.unwrap())
             .vote(v1::RaftPayload {
@@ -195,7 +171,8 @@ async fn certificates_are_checked_on_every_call() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
 
     // An agent configured with a peer certificate stops at once and says which to use.
-    let mut a = Agent::configure(&fleet, "a1", &[one.address.clone()], &[], false).unwrap();
+    let mut a =
+        Agent::configure(&fleet, "a1", std::slice::from_ref(&one.address), &[], false).unwrap();
     let text = std::fs::read_to_string(&a.config).unwrap();
     std::fs::write(&a.config, text.replace("agent-a1.", "peer-2.")).unwrap();
     let o = run_to_exit(
@@ -360,6 +337,6 @@ async fn plain_text_only_behind_insecure() {
     let o = fleet.cli(&[one.address.clone()]).run(&["status"]).unwrap();
     let e = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(e.contains(&one.address), "{e}");
+    assert!(e.contains(&one.address) && e.contains("--insecure"), "{e}");
     agent.kill();
 }

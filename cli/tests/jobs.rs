@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleetsnap_testkit::fleet::{Agent, Coordinator, CoordinatorOptions, FleetDir, Logs, Watched};
+use fleetsnap_testkit::fleet::{Agent, CoordinatorOptions, FleetDir, Logs, Watched, single_node};
 use fleetsnap_testkit::redis::RedisOptions;
 use fleetsnap_testkit::{ReplicaSet, poll_until};
 use serde_json::Value;
@@ -15,8 +15,7 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
         lease_seconds: 3,
         ..Default::default()
     };
-    let mut one = Coordinator::configure(&fleet, 1, &Coordinator::addresses(1), &opts).unwrap();
-    one.start().await.unwrap();
+    let (one, cli) = single_node(&fleet, &opts).await.unwrap();
     // Each snapshot waits 5 s for the replica's fork: long enough to kill the agent mid-job.
     let pair = ReplicaSet::start(
         1,
@@ -29,11 +28,16 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
         url: pair.replicas[0].url(),
         cluster: "c".into(),
     }];
-    let mut agent =
-        Agent::configure(&fleet, "a1", &[one.address.clone()], &watched, false).unwrap();
+    let mut agent = Agent::configure(
+        &fleet,
+        "a1",
+        std::slice::from_ref(&one.address),
+        &watched,
+        false,
+    )
+    .unwrap();
     agent.start().unwrap();
     let _logs = Logs(vec![one.log.clone(), agent.log.clone()]);
-    let cli = fleet.cli(&[one.address.clone()]);
     poll_until("agent reports", Duration::from_secs(15), || async {
         let s = cli.json(&["status", "--json"]).ok()?;
         (s["agents"][0]["connected"] == true).then_some(())

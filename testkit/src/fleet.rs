@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::{Process, free_port, poll_until};
+use crate::{Process, free_port, output_within, poll_until};
 
 /// A binary built next to the running test (`target/debug/NAME`).
 pub fn bin(name: &str) -> PathBuf {
@@ -127,6 +127,8 @@ pub struct Coordinator {
     pub config: PathBuf,
     /// Its log.
     pub log: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
     insecure: bool,
     process: Option<Process>,
 }
@@ -145,9 +147,10 @@ impl Coordinator {
             .find(|(i, _)| *i == id)
             .map(|(_, a)| a.clone())
             .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let data_dir = fleet.path().join(format!("coordinator-{id}"));
         let mut text = format!(
             "node_id = {id}\nlisten = \"{address}\"\ndata_dir = \"{}\"\n",
-            fleet.path().join(format!("coordinator-{id}")).display()
+            data_dir.display()
         );
         for (i, a) in initial {
             text += &format!("[[initial_members]]\nid = {i}\naddress = \"{a}\"\n");
@@ -166,6 +169,7 @@ impl Coordinator {
             address,
             config,
             log: fleet.path().join(format!("coordinator-{id}.log")),
+            data_dir,
             insecure: opts.insecure,
             process: None,
         })
@@ -221,15 +225,33 @@ impl Coordinator {
         }
     }
 
-    /// Whether it runs.
-    pub fn running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|p| p.exited().is_none())
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::id)
     }
 
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Starts coordinator 1 alone (single-node mode) and waits until it leads; returns it and an
+/// admin CLI pointed at it.
+pub async fn single_node(
+    fleet: &FleetDir,
+    opts: &CoordinatorOptions,
+) -> anyhow::Result<(Coordinator, Cli)> {
+    let mut one = Coordinator::configure(fleet, 1, &Coordinator::addresses(1), opts)?;
+    one.start().await?;
+    let cli = fleet.cli(std::slice::from_ref(&one.address));
+    if !opts.insecure {
+        poll_until("coordinator 1 leads", Duration::from_secs(10), || async {
+            cli.json(&["cluster", "status", "--json"]).ok()
+        })
+        .await?;
+    }
+    Ok((one, cli))
 }
 
 /// One Redis instance an agent watches.
@@ -342,16 +364,7 @@ impl Cli {
             cmd.env(k, v);
         }
         cmd.args(args);
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while child.try_wait()?.is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().ok();
-                bail!("fleetsnap {args:?} ran for over 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(child.wait_with_output()?)
+        output_within(&mut cmd, Duration::from_secs(60))
     }
 
     /// Runs and parses stdout as JSON; fails with stderr when the command fails.

@@ -36,6 +36,11 @@ impl Process {
         Ok(Self(Some(die_with_parent(cmd).spawn().context(what)?)))
     }
 
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(|c| c.id())
+    }
+
     /// The exit status, if the process has ended.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.0.as_mut()?.try_wait().ok()?
@@ -65,6 +70,44 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// Runs `cmd` to its end and returns its output; fails if it runs longer than `limit` (it is then
+/// killed).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> anyhow::Result<std::process::Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        out.read_to_end(&mut b).map(|_| b)
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        err.read_to_end(&mut b).map(|_| b)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(limit).is_err() {
+        // SAFETY: kill(2) on our own child's pid, which the waiter has not reaped yet.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = waiter.join();
+        anyhow::bail!("{cmd:?} ran for over {limit:?}");
+    }
+    let status = waiter.join().expect("waiter")?;
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().expect("reader")?,
+        stderr: err.join().expect("reader")?,
+    })
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` naming `what`.
