@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = fleet ]; then
     shift
     cargo build --release --quiet -p fleetsnap-coordinator -p fleetsnap-cli -p fleetsnap-bench
-    exec target/release/fleet-sim --coordinator target/release/fleetsnap-coordinator \
-        --cli target/release/fleetsnap "$@"
+    # fleet-sim finds fleetsnap-coordinator and fleetsnap next to itself.
+    exec target/release/fleet-sim "$@"
 fi
 scripts/setup.sh bench
 export PATH="$HOME/.cargo/bin:$PATH"
