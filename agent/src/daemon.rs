@@ -6,9 +6,9 @@
 //! backoff. Jobs are fenced: one whose term is older than the newest term the agent has seen is
 //! refused, and a job id is run at most once per agent process.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 use crate::dest::DestSpec;
 use crate::error::{Error, Result};
@@ -169,7 +170,15 @@ struct Shared {
     /// A job ended: the current session sends its result.
     job_ended: tokio::sync::Notify,
     reports: watch::Receiver<Vec<InstanceReport>>,
+    /// One channel per coordinator address, kept for the life of the process. Spare ones are
+    /// kept up by [`standby_loop`]: when the leader dies, the agent reaches the next one over a
+    /// connection whose TLS handshake is long done, instead of adding its own to a storm of them.
+    channels: Mutex<HashMap<String, Channel>>,
+    standby_started: AtomicBool,
 }
+
+/// How often the spare connections are used, so that they stay up.
+const STANDBY_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct JobBook {
@@ -227,6 +236,8 @@ fn shared(
         last_leader: AtomicU64::new(0),
         job_ended: tokio::sync::Notify::new(),
         reports,
+        channels: Mutex::new(HashMap::new()),
+        standby_started: AtomicBool::new(false),
     }))
 }
 
@@ -340,6 +351,58 @@ async fn connect_loop(shared: Arc<Shared>) {
     }
 }
 
+/// The channel to `address`: the kept one, or a new connection that is then kept. A kept channel
+/// whose connection broke reconnects on its next use.
+async fn channel(shared: &Shared, address: &str) -> std::result::Result<Channel, String> {
+    if let Some(c) = shared.channels.lock().expect("channels lock").get(address) {
+        return Ok(c.clone());
+    }
+    // Spare connections are idle between standby calls: no keepalive pings while idle, the
+    // session's stream brings them back when it runs.
+    let c = shared
+        .transport
+        .endpoint(address)?
+        .keep_alive_while_idle(false)
+        .connect()
+        .await
+        .map_err(|e| fleetsnap_proto::tls::connect_error(address, &e))?;
+    Ok(shared
+        .channels
+        .lock()
+        .expect("channels lock")
+        .entry(address.to_string())
+        .or_insert(c)
+        .clone())
+}
+
+/// Keeps a connection to every configured coordinator up: one small call on each every
+/// [`STANDBY_EVERY`] (jittered), which also reconnects one that broke, say after that
+/// coordinator restarted. Started after the first session, its first round spread over a third
+/// of the period so that a fleet starting together does not handshake together.
+async fn standby_loop(shared: Arc<Shared>) {
+    tokio::time::sleep(STANDBY_EVERY.mul_f64(rand::random::<f64>() / 3.0)).await;
+    loop {
+        for address in &shared.config.coordinators {
+            match channel(&shared, address).await {
+                Ok(ch) => {
+                    let mut client = AgentServiceClient::new(ch);
+                    let call = client.standby(v1::StandbyRequest {});
+                    match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(s)) => {
+                            tracing::debug!(why = %status_text(address, &s), "spare connection")
+                        }
+                        Err(_) => tracing::debug!(%address, "spare connection: no answer in 5 s"),
+                    }
+                }
+                Err(why) => tracing::debug!(%why, "spare connection"),
+            }
+        }
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        tokio::time::sleep(STANDBY_EVERY.mul_f64(jitter)).await;
+    }
+}
+
 fn hello(shared: &Shared) -> v1::AgentMessage {
     let book = shared.jobs.lock().expect("jobs lock");
     v1::AgentMessage {
@@ -360,7 +423,7 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
         welcomed: false,
         why,
     };
-    let channel = match shared.transport.connect(address).await {
+    let channel = match channel(shared, address).await {
         Ok(c) => c,
         Err(e) => return lost(e),
     };
@@ -380,6 +443,9 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 shared.newest_term.fetch_max(w.term, Ordering::SeqCst);
                 shared.last_leader.store(w.coordinator_id, Ordering::SeqCst);
                 tracing::info!(coordinator = w.coordinator_id, term = w.term, %address, "reporting to the leader");
+                if !shared.standby_started.swap(true, Ordering::SeqCst) {
+                    tokio::spawn(standby_loop(shared.clone()));
+                }
             }
             coordinator_message::Body::Redirect(r) if !r.leader_address.is_empty() => {
                 return Ended::Redirect(r.leader_address);

@@ -1,7 +1,9 @@
 //! Raft between coordinators: openraft's requests and responses as JSON inside the gRPC
 //! `RaftService`, over the same mutual TLS as everything else (peer certificates only).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fleetsnap_proto::tls::Transport;
 use fleetsnap_proto::v1::RaftPayload;
@@ -21,18 +23,90 @@ use tonic::transport::Channel;
 
 use crate::{NodeId, TypeConfig};
 
-/// Makes a client per peer.
+/// Makes a client per peer. Channels are shared by every client of a peer and kept: openraft
+/// makes a new client for each vote, and a vote must travel over a connection that is already
+/// up (see [`keep_warm`]).
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<Transport>,
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
 
 impl Network {
     /// Peers are reached with `transport`.
     pub fn new(transport: Arc<Transport>) -> Self {
-        Self { transport }
+        Self {
+            transport,
+            channels: Arc::default(),
+        }
+    }
+
+    /// The channel to `target` at `addr`: the kept one, or a new one (connected on first use).
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some((a, c)) = channels.get(&target)
+            && a == addr
+        {
+            return Ok(c.clone());
+        }
+        let channel = self.transport.endpoint(addr)?.connect_lazy();
+        channels.insert(target, (addr.to_string(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// Drops the channel to `target` after a failure: the peer may have restarted at the same
+    /// address, or the connection may hang; the next call connects afresh.
+    fn forget(&self, target: NodeId) {
+        self.channels.lock().expect("channels lock").remove(&target);
     }
 }
+
+/// Pings every other member every [`WARM_EVERY`], keeping a connection to each up; returns when
+/// Raft stops.
+pub async fn keep_warm(network: Network, raft: openraft::Raft<TypeConfig>, me: NodeId) {
+    let mut metrics = raft.metrics();
+    loop {
+        let members: Vec<(NodeId, String)> = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        for (id, addr) in members {
+            let Ok(channel) = network.channel(id, &addr) else {
+                continue;
+            };
+            // One task per peer: a peer that does not answer does not delay the others.
+            let network = network.clone();
+            tokio::spawn(async move {
+                let mut client = RaftServiceClient::new(channel);
+                let ping = client.ping(RaftPayload::default());
+                match tokio::time::timeout(WARM_EVERY, ping).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(s)) => {
+                        tracing::debug!(peer = id, %addr, error = %s.message(), "peer ping failed");
+                        network.forget(id);
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = id, %addr, "no answer to a peer ping");
+                        network.forget(id);
+                    }
+                }
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(WARM_EVERY) => {}
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+        // Membership changes wake the loop early; other metrics changes are frequent, so pace.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How often peers are pinged.
+const WARM_EVERY: Duration = Duration::from_secs(2);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -41,18 +115,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             node: node.clone(),
-            transport: self.transport.clone(),
-            client: None,
+            network: self.clone(),
         }
     }
 }
 
-/// One peer, connected lazily and again after every failure.
+/// One peer.
 pub struct Peer {
     target: NodeId,
     node: BasicNode,
-    transport: Arc<Transport>,
-    client: Option<RaftServiceClient<Channel>>,
+    network: Network,
 }
 
 type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -69,17 +141,11 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
-            Some(c) => c,
-            None => {
-                let endpoint = self
-                    .transport
-                    .endpoint(&self.node.addr)
-                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
-                let channel = endpoint.connect_lazy();
-                self.client.insert(RaftServiceClient::new(channel))
-            }
-        };
+        let channel = self
+            .network
+            .channel(self.target, &self.node.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
+        let mut client = RaftServiceClient::new(channel);
         let body = serde_json::to_vec(req).expect("raft requests serialise");
         let mut request = tonic::Request::new(RaftPayload { json: body });
         request.set_timeout(option.hard_ttl());
@@ -91,8 +157,7 @@ impl Peer {
         let reply = match reply {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                // Reconnect next time: the peer may have restarted at the same address.
-                self.client = None;
+                self.network.forget(self.target);
                 let e = AnyError::error(format!(
                     "coordinator {} at {}: {}",
                     self.target,

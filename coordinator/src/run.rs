@@ -9,8 +9,11 @@ use fleetsnap_proto::v1::admin_service_server::AdminServiceServer;
 use fleetsnap_proto::v1::agent_service_server::AgentServiceServer;
 use fleetsnap_proto::v1::raft_service_server::RaftServiceServer;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
-use tokio::net::TcpSocket;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::config::Config;
 use crate::network::Network;
@@ -75,20 +78,29 @@ pub async fn run(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every),
         max_in_snapshot_log_to_keep: r.snapshot_every,
         purge_batch_size: 64,
+        // A snapshot holds every registered agent; under load its transfer takes longer than
+        // openraft's default of 200 ms, and a timeout restarts it from the beginning.
+        install_snapshot_timeout: 5000,
         ..Default::default()
     }
     .validate()
     .map_err(|e| format!("raft settings: {e}"))?;
     let transport = Arc::new(transport);
+    let network = Network::new(transport.clone());
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        Network::new(transport.clone()),
+        network.clone(),
         log,
         sm,
     )
     .await
     .map_err(|e| format!("raft did not start: {e}"))?;
+    tokio::spawn(crate::network::keep_warm(
+        network,
+        raft.clone(),
+        config.node_id,
+    ));
 
     let initialized = raft
         .is_initialized()
@@ -122,29 +134,154 @@ pub async fn run(
     );
     let services = Services(node);
     let listener = listen(config.listen)?;
-    let mut server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true);
-    if let Transport::Tls(files) = &*transport {
-        server = server
-            .tls_config(files.server())
-            .map_err(|e| format!("TLS settings: {e}"))?;
-    }
-    tracing::info!(node = config.node_id, listen = %config.listen, "coordinator serving");
-    let result = server
         .add_service(RaftServiceServer::new(services.clone()))
         .add_service(AgentServiceServer::new(services.clone()))
-        .add_service(AdminServiceServer::new(services))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(AdminServiceServer::new(services));
+    tracing::info!(node = config.node_id, listen = %config.listen, "coordinator serving");
+    let result = match &*transport {
+        Transport::Tls(files) => {
+            let handshakes = Handshakes::start(files.server_config()?)?;
+            let incoming = handshakes.incoming(listener);
+            let result = router
+                .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
+                .await;
+            handshakes.stop();
+            result
+        }
+        Transport::Insecure => {
+            router
+                .serve_with_incoming_shutdown(Nodelay(TcpListenerStream::new(listener)), shutdown)
+                .await
+        }
+    };
     let _ = raft.shutdown().await;
     result.map_err(|e| format!("gRPC server on {}: {e}", config.listen))
 }
 
+/// TLS handshakes on threads of their own.
+///
+/// When a leader dies, thousands of agents reconnect to the survivors at once, each with a full
+/// mutual-TLS handshake. Done on the runtime that also runs Raft, those handshakes would queue
+/// the election's few messages behind seconds of public-key work; on their own runtime the
+/// operating system shares the cores between the two, and Raft stays prompt.
+struct Handshakes {
+    runtime: tokio::runtime::Runtime,
+    acceptor: TlsAcceptor,
+}
+
+/// A handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress at once; the rest wait their turn in arrival order. Without a bound,
+/// thousands of half-done handshakes share the cores, every one of them slows down, and past
+/// the timeout they all fail and start again: an overload would never drain.
+const CONCURRENT_HANDSHAKES: usize = 64;
+
+impl Handshakes {
+    fn start(config: Arc<tokio_rustls::rustls::ServerConfig>) -> Result<Self, StartError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tls-handshake")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the TLS handshake threads: {e}"))?;
+        Ok(Self {
+            runtime,
+            acceptor: TlsAcceptor::from(config),
+        })
+    }
+
+    /// Accepts connections and yields those whose handshake succeeded.
+    fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> mpsc::Receiver<std::io::Result<TlsStream<TcpStream>>> {
+        let (tx, rx) = mpsc::channel(1024);
+        let acceptor = self.acceptor.clone();
+        let handle = self.runtime.handle().clone();
+        let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, mostly: wait for some to close.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx, permits) = (acceptor.clone(), tx.clone(), permits.clone());
+                handle.spawn(async move {
+                    // A client that has sent nothing yet holds no permit: idle connections
+                    // cannot starve the others.
+                    if tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.readable())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(%peer, "no TLS hello within {HANDSHAKE_TIMEOUT:?}; dropped");
+                        return;
+                    }
+                    let Ok(_permit) = permits.acquire().await else {
+                        return;
+                    };
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!(
+                            %peer,
+                            error = %e,
+                            "TLS handshake failed; the client needs a certificate from this \
+                             fleet's CA"
+                        ),
+                        Err(_) => tracing::warn!(
+                            %peer,
+                            "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; dropped"
+                        ),
+                    }
+                });
+            }
+        });
+        rx
+    }
+
+    fn stop(self) {
+        self.runtime.shutdown_background();
+    }
+}
+
+/// Plain-text connections, with Nagle off as on the TLS path.
+struct Nodelay(TcpListenerStream);
+
+impl tokio_stream::Stream for Nodelay {
+    type Item = std::io::Result<TcpStream>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.0).poll_next(cx).map(|item| {
+            item.map(|r| {
+                r.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
+            })
+        })
+    }
+}
+
 /// Binds with a backlog deep enough for thousands of agents reconnecting at once.
-fn listen(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
-    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    let bind = || -> std::io::Result<TcpListener> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {

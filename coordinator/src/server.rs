@@ -36,7 +36,17 @@ pub struct Node {
     fleet: Fleet,
     lease: Duration,
     wake: Notify,
+    /// The leader Raft knows of, changed only when it changes: thousands of agents held through
+    /// an election wait on this, not on Raft's metrics, which change many times a second.
+    leader_id: tokio::sync::watch::Sender<Option<NodeId>>,
+    registrations: mpsc::UnboundedSender<Registration>,
 }
+
+/// An agent to register, and where to say that it is.
+type Registration = (String, tokio::sync::oneshot::Sender<Result<(), Status>>);
+
+/// Agents per registration entry at most.
+const MAX_REGISTRATION_BATCH: usize = 2000;
 
 /// The leader's soft state: never in the log, rebuilt from reports after a leader change.
 #[derive(Default)]
@@ -90,6 +100,7 @@ impl Node {
         state: Arc<RwLock<Applied>>,
         lease: Duration,
     ) -> Arc<Self> {
+        let (registrations, asks) = mpsc::unbounded_channel();
         let node = Arc::new(Self {
             id,
             raft,
@@ -97,7 +108,10 @@ impl Node {
             fleet: Fleet::default(),
             lease,
             wake: Notify::new(),
+            leader_id: tokio::sync::watch::Sender::new(None),
+            registrations,
         });
+        tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().watch_leadership());
         tokio::spawn(node.clone().job_loop());
         node
@@ -196,6 +210,12 @@ impl Node {
         let mut metrics = self.raft.metrics();
         let mut was_leader = false;
         loop {
+            let current = metrics.borrow().current_leader;
+            self.leader_id.send_if_modified(|l| {
+                let changed = *l != current;
+                *l = current;
+                changed
+            });
             let leader = self.is_leader();
             if leader && !was_leader {
                 tracing::info!(node = self.id, "became the leader");
@@ -436,10 +456,10 @@ impl Node {
             // Wait for the election to settle on a leader the agent did not just lose (perhaps
             // this node): a redirect to a dead leader would cost the agent a backoff.
             let lost = hello.last_leader_id;
-            let mut metrics = self.raft.metrics();
+            let mut leader = self.leader_id.subscribe();
             let _ = tokio::time::timeout(
                 FOLLOWER_HOLD,
-                metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != lost)),
+                leader.wait_for(|l| l.is_some_and(|l| l != lost)),
             )
             .await;
         }
@@ -531,6 +551,30 @@ impl Node {
         }
     }
 
+    /// Commits registrations in batches: every agent that asked while the previous batch was
+    /// being committed goes into the next one.
+    async fn register_loop(self: Arc<Self>, mut asks: mpsc::UnboundedReceiver<Registration>) {
+        while let Some(first) = asks.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_REGISTRATION_BATCH {
+                match asks.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut agents: Vec<String> = batch.iter().map(|(a, _)| a.clone()).collect();
+            agents.sort();
+            agents.dedup();
+            let result = self
+                .write(Command::RegisterAgents { agents })
+                .await
+                .map(|_| ());
+            for (_, done) in batch {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
     /// Registers a new agent and settles what it holds.
     async fn admit(&self, hello: &v1::Hello) -> Result<(), Status> {
         let known = self
@@ -541,10 +585,13 @@ impl Node {
             .agents
             .contains_key(&hello.agent_id);
         if !known {
-            self.write(Command::RegisterAgent {
-                agent: hello.agent_id.clone(),
-            })
-            .await?;
+            let (done, registered) = tokio::sync::oneshot::channel();
+            self.registrations
+                .send((hello.agent_id.clone(), done))
+                .map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+            registered
+                .await
+                .map_err(|_| Status::unavailable("the coordinator is stopping"))??;
         }
         for u in &hello.finished_jobs {
             self.job_update(&hello.agent_id, u.clone()).await;
@@ -718,6 +765,19 @@ impl v1::agent_service_server::AgentService for Services {
         tokio::spawn(self.0.clone().run_session(identity, req.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn standby(
+        &self,
+        req: Request<v1::StandbyRequest>,
+    ) -> Result<Response<v1::StandbyReply>, Status> {
+        tls::require(&req, Role::Agent, "the agent service")?;
+        let leader = self.0.leader();
+        Ok(Response::new(v1::StandbyReply {
+            node_id: self.0.id,
+            leader_id: leader.id.unwrap_or_default(),
+            leader_address: leader.address,
+        }))
+    }
 }
 
 fn raft_reply<T: Serialize>(v: &T) -> Response<v1::RaftPayload> {
@@ -758,6 +818,14 @@ impl v1::raft_service_server::RaftService for Services {
     ) -> Result<Response<v1::RaftPayload>, Status> {
         let r = self.0.raft.install_snapshot(raft_request(req)?).await;
         Ok(raft_reply(&r))
+    }
+
+    async fn ping(
+        &self,
+        req: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
+        tls::require(&req, Role::Peer, "the Raft service")?;
+        Ok(Response::new(v1::RaftPayload::default()))
     }
 }
 

@@ -48,8 +48,10 @@ pub enum JobOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
-    /// An agent joined (its identity comes from its certificate).
-    RegisterAgent { agent: String },
+    /// Agents joined (identities come from their certificates). One entry for every agent that
+    /// said Hello while the previous such entry was being committed: after a leader change the
+    /// whole fleet registers in a few entries, not one each.
+    RegisterAgents { agents: Vec<String> },
     /// A job for an agent.
     CreateJob { agent: String, job: JobKind },
     /// The leader hands a job to the agent process `incarnation`; the entry's (term, index) is the
@@ -133,11 +135,13 @@ impl FleetState {
             refused: Some(why),
         };
         match command {
-            Command::RegisterAgent { agent } => {
-                self.agents.entry(agent.clone()).or_insert(AgentRecord {
-                    agent: agent.clone(),
-                    registered_at: index,
-                });
+            Command::RegisterAgents { agents } => {
+                for agent in agents {
+                    self.agents.entry(agent.clone()).or_insert(AgentRecord {
+                        agent: agent.clone(),
+                        registered_at: index,
+                    });
+                }
                 Response::default()
             }
             Command::CreateJob { agent, job } => {
@@ -221,7 +225,13 @@ mod tests {
             },
         );
         assert!(r.refused.unwrap().contains("not registered"));
-        s.apply(1, 2, &Command::RegisterAgent { agent: "a1".into() });
+        s.apply(
+            1,
+            2,
+            &Command::RegisterAgents {
+                agents: vec!["a1".into()],
+            },
+        );
         let id = s
             .apply(
                 3,
@@ -264,7 +274,9 @@ mod tests {
     #[test]
     fn apply_is_deterministic() {
         let cmds = [
-            Command::RegisterAgent { agent: "a".into() },
+            Command::RegisterAgents {
+                agents: vec!["a".into()],
+            },
             Command::CreateJob {
                 agent: "a".into(),
                 job: snapshot_job(),

@@ -25,8 +25,8 @@ async fn vote_and_applied_state_survive_a_restart() {
                 entry(
                     4,
                     1,
-                    Command::RegisterAgent {
-                        agent: "agent-1".into(),
+                    Command::RegisterAgents {
+                        agents: vec!["agent-1".into()],
                     },
                 ),
                 entry(

@@ -8,12 +8,11 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The DNS name in every coordinator certificate, checked by every client.
 pub const SERVER_NAME: &str = "fleetsnap-coordinator";
@@ -191,11 +190,36 @@ fn first_der(pem: &[u8]) -> Option<Vec<u8>> {
 
 impl Loaded {
     /// The server side: this certificate, and clients must present one signed by the CA.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
-            .timeout(Duration::from_secs(10))
+    /// HTTP/2 only, as gRPC needs.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &self.ca[..]) {
+            let cert = cert.map_err(|e| format!("the CA certificate does not parse: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("the CA certificate is not usable: {e}"))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("the CA certificate cannot verify clients: {e}"))?;
+        let chain = rustls_pemfile::certs(&mut &self.cert[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the certificate does not parse: {e}"))?;
+        let key = rustls_pemfile::private_key(&mut &self.key[..])
+            .map_err(|e| format!("the private key does not parse: {e}"))?
+            .ok_or("the private key file holds no private key")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS versions: {e}"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// The client side: trust only the fleet's CA, present this certificate.

@@ -4,6 +4,9 @@
 //! Prints, per N: leader CPU and RSS, report-to-visible latency p50/p99, and the time until every
 //! agent reports to a new leader after the leader is SIGKILLed.
 //!
+//! Every agent keeps a connection to each of the three coordinators, and a process may hold
+//! 20,000 files here, so the agents run in child processes of this binary, 5,000 to a child.
+//!
 //!   scripts/bench.sh fleet [--agents 1000,5000,10000] [--window 15]
 
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use fleetsnap_proto::tls::{Role as CertRole, TlsFiles, Transport};
 use fleetsnap_proto::v1::{self, admin_service_client::AdminServiceClient};
 use fleetsnap_testkit::fleet::{Coordinator, CoordinatorOptions, FleetDir};
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 struct Args {
@@ -25,6 +29,87 @@ struct Args {
     /// Seconds of steady reporting measured per size.
     #[arg(long, default_value_t = 15)]
     window: u64,
+    /// (Internal) run agents FIRST..LAST of the fleet in CERTS against these coordinators.
+    #[arg(long, hide = true, num_args = 2, value_names = ["FIRST", "LAST"])]
+    child_agents: Vec<usize>,
+    #[arg(long, hide = true)]
+    certs: Option<std::path::PathBuf>,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    coordinators: Vec<String>,
+}
+
+/// Agents per child process: three connections each stay well under 20,000 files.
+const AGENTS_PER_CHILD: usize = 5000;
+
+/// A child: runs its slice of agents until the parent goes away.
+fn child(args: &Args) -> Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG only sets a signal for this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let (first, last) = (args.child_agents[0], args.child_agents[1]);
+    let certs = args.certs.clone().context("--certs")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut agents = Vec::new();
+        for i in first..last {
+            let agent_id = format!("sim-{i}");
+            let files = TlsFiles::in_dir(&certs, CertRole::Agent, &agent_id);
+            let transport = Transport::Tls(files.load().map_err(anyhow::Error::msg)?);
+            let config = AgentConfig {
+                agent_id,
+                coordinators: args.coordinators.clone(),
+                tls: None,
+                report_interval_ms: 1000,
+                instances: Vec::new(),
+                snapshot: SnapshotSettings::default(),
+            };
+            let (keep, reports) = watch::channel(vec![instance(i, 0), instance(i, 1)]);
+            agents.push(tokio::spawn(async move {
+                let _keep = keep;
+                run_with_reports(config, transport, reports).await
+            }));
+        }
+        for a in agents {
+            let _ = a.await;
+        }
+        Ok(())
+    })
+}
+
+/// Child processes running agents 0..n, killed when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Children {
+    fn start(n: usize, certs: &std::path::Path, coordinators: &[String]) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for first in (0..n).step_by(AGENTS_PER_CHILD) {
+            let last = (first + AGENTS_PER_CHILD).min(n);
+            let child = std::process::Command::new(&exe)
+                .arg("--child-agents")
+                .arg(first.to_string())
+                .arg(last.to_string())
+                .arg("--certs")
+                .arg(certs)
+                .arg("--coordinators")
+                .arg(coordinators.join(","))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("starting a child of agents")?;
+            children.push(child);
+        }
+        Ok(Self(children))
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// CPU seconds (user + system) and RSS bytes of a process.
@@ -94,23 +179,40 @@ fn instance(agent: usize, n: usize) -> InstanceReport {
     }
 }
 
-async fn stats(admin: &Transport, address: &str, reset: bool) -> Option<v1::LeaderStatsReply> {
-    let ch = admin.connect(address).await.ok()?;
-    let mut c = AdminServiceClient::new(ch);
-    c.leader_stats(v1::LeaderStatsRequest { reset })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+/// Admin channels to every coordinator, opened once and kept: probing the cluster during a
+/// reconnect storm must not wait for a TLS handshake of its own behind thousands of agents'.
+struct Observer {
+    clients: Vec<AdminServiceClient<Channel>>,
 }
 
-/// The leader's index and its stats, asking each coordinator.
-async fn leader(admin: &Transport, addresses: &[String]) -> Option<(usize, v1::LeaderStatsReply)> {
-    for (i, a) in addresses.iter().enumerate() {
-        if let Some(s) = stats(admin, a, false).await {
-            return Some((i, s));
+impl Observer {
+    fn new(admin: &Transport, addresses: &[String]) -> Result<Self> {
+        let mut clients = Vec::new();
+        for a in addresses {
+            let endpoint = admin.endpoint(a).map_err(anyhow::Error::msg)?;
+            clients.push(AdminServiceClient::new(endpoint.connect_lazy()));
+        }
+        Ok(Self { clients })
+    }
+
+    async fn stats(&self, i: usize, reset: bool) -> Option<v1::LeaderStatsReply> {
+        let mut c = self.clients[i].clone();
+        let call = c.leader_stats(v1::LeaderStatsRequest { reset });
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            _ => None,
         }
     }
-    None
+
+    /// The leader's index and its stats, asking each coordinator of `among`.
+    async fn leader(&self, among: &[usize]) -> Option<(usize, v1::LeaderStatsReply)> {
+        for &i in among {
+            if let Some(s) = self.stats(i, false).await {
+                return Some((i, s));
+            }
+        }
+        None
+    }
 }
 
 struct Row {
@@ -118,6 +220,7 @@ struct Row {
     connect_s: f64,
     cpu: f64,
     rss: u64,
+    follower_rss: u64,
     p50_ms: f64,
     p99_ms: f64,
     samples: u64,
@@ -138,36 +241,32 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
         c.start().await?;
     }
     let addresses: Vec<String> = initial.iter().map(|(_, a)| a.clone()).collect();
+    let observer = Observer::new(admin, &addresses)?;
+    let all: Vec<usize> = (0..addresses.len()).collect();
     let t0 = Instant::now();
-    while leader(admin, &addresses).await.is_none() {
+    while observer.leader(&all).await.is_none() {
         if t0.elapsed() > Duration::from_secs(20) {
             bail!("no leader within 20 s; see {}", fleet.path().display());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let certs = fleet.path().join("certs");
     let start = Instant::now();
-    let mut agents = Vec::with_capacity(n);
-    for i in 0..n {
-        let agent_id = format!("sim-{i}");
-        let files = TlsFiles::in_dir(&certs, CertRole::Agent, &agent_id);
-        let transport = Transport::Tls(files.load().map_err(anyhow::Error::msg)?);
-        let config = AgentConfig {
-            agent_id,
-            coordinators: addresses.clone(),
-            tls: None,
-            report_interval_ms: 1000,
-            instances: Vec::new(),
-            snapshot: SnapshotSettings::default(),
-        };
-        let (_, reports) = watch::channel(vec![instance(i, 0), instance(i, 1)]);
-        agents.push(tokio::spawn(run_with_reports(config, transport, reports)));
-    }
+    let children = Children::start(n, &fleet.path().join("certs"), &addresses)?;
+    let mut shown = Instant::now();
     let li = loop {
-        if let Some((li, s)) = leader(admin, &addresses).await
+        let found = observer.leader(&all).await;
+        if let Some((li, s)) = &found
             && s.connected_agents as usize >= n
         {
-            break li;
+            break *li;
+        }
+        if shown.elapsed() > Duration::from_secs(10) {
+            shown = Instant::now();
+            let connected = found.map(|(_, s)| s.connected_agents).unwrap_or_default();
+            eprintln!(
+                "  {connected} of {n} agents connected after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
         }
         if start.elapsed() > Duration::from_secs(300) {
             bail!("not every agent connected within 300 s");
@@ -175,34 +274,39 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let connect_s = start.elapsed().as_secs_f64();
-    // Let the first reports of the last agents settle before measuring.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Steady state before measuring: the last agents' first reports are in and every agent has
+    // opened its spare connections (the first round is spread over the 10 s after its welcome).
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let pid = coords[li].pid().context("the leader runs")?;
-    stats(admin, &addresses[li], true).await;
+    let t1 = Instant::now();
+    while observer.stats(li, true).await.is_none() {
+        if t1.elapsed() > Duration::from_secs(30) {
+            bail!("the leader did not reset its statistics within 30 s");
+        }
+    }
     let (cpu0, _) = usage(pid).context("leader usage")?;
     let w0 = Instant::now();
     let mut rss = 0;
+    // A follower holds every agent's spare connection.
+    let follower = coords[(li + 1) % coords.len()]
+        .pid()
+        .context("a follower runs")?;
+    let mut follower_rss = 0;
     while w0.elapsed() < Duration::from_secs(args.window) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss = rss.max(usage(pid).map(|u| u.1).unwrap_or_default());
+        follower_rss = follower_rss.max(usage(follower).map(|u| u.1).unwrap_or_default());
     }
     let (cpu1, _) = usage(pid).context("leader usage")?;
     let cpu = (cpu1 - cpu0) / w0.elapsed().as_secs_f64();
-    let s = stats(admin, &addresses[li], true)
-        .await
-        .context("leader stats")?;
+    let s = observer.stats(li, true).await.context("leader stats")?;
     // SIGKILL the leader; time until a new leader has every agent reporting.
     coords[li].kill();
     let killed = Instant::now();
-    let survivors: Vec<String> = addresses
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != li)
-        .map(|(_, a)| a.clone())
-        .collect();
+    let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != li).collect();
     let mut elected_s = f64::NAN;
     let rehome_s = loop {
-        if let Some((_, s)) = leader(admin, &survivors).await {
+        if let Some((_, s)) = observer.leader(&survivors).await {
             if elected_s.is_nan() {
                 elected_s = killed.elapsed().as_secs_f64();
             }
@@ -215,8 +319,16 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for a in agents {
-        a.abort();
+    drop(children);
+    if std::env::var_os("FLEETSNAP_SIM_LOGS").is_some() {
+        for (i, c) in coords.iter().enumerate() {
+            let text = c.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- coordinator {} ---", i + 1);
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
     drop(coords);
     Ok(Row {
@@ -224,6 +336,7 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
         connect_s,
         cpu,
         rss,
+        follower_rss,
         p50_ms: s.latency_p50_us as f64 / 1000.0,
         p99_ms: s.latency_p99_us as f64 / 1000.0,
         samples: s.samples,
@@ -235,9 +348,9 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
 fn main() -> Result<()> {
     let args = Args::parse();
     fleetsnap_agent::install_crypto_provider();
-    // SAFETY: getrlimit/setrlimit read and write the struct passed. Every agent holds a
-    // connection.
-    unsafe {
+    // SAFETY: getrlimit/setrlimit read and write the struct passed. Every agent holds three
+    // connections; children inherit the limit.
+    let files = unsafe {
         let mut l = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -246,6 +359,14 @@ fn main() -> Result<()> {
             l.rlim_cur = l.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
+        l.rlim_cur
+    };
+    if !args.child_agents.is_empty() {
+        return child(&args);
+    }
+    let needed = (3 * AGENTS_PER_CHILD + 1000) as u64;
+    if files < needed {
+        bail!("this process may open {files} files and needs {needed}: raise `ulimit -Hn`");
     }
     let rt = tokio::runtime::Runtime::new()?;
     let max = args.agents.iter().copied().max().unwrap_or(0);
@@ -263,9 +384,10 @@ fn main() -> Result<()> {
         eprintln!("N = {n}: 3 coordinators, {n} agents …");
         let row = rt.block_on(run_size(&args, n, &fleet, &admin))?;
         eprintln!(
-            "N = {n}: leader CPU {:.2} cores, RSS {} MiB, p50 {:.2} ms, p99 {:.2} ms, new leader after {:.2} s, all re-homed after {:.2} s",
+            "N = {n}: leader CPU {:.2} cores, RSS {} MiB, follower RSS {} MiB, p50 {:.2} ms, p99 {:.2} ms, new leader after {:.2} s, all re-homed after {:.2} s",
             row.cpu,
             row.rss >> 20,
+            row.follower_rss >> 20,
             row.p50_ms,
             row.p99_ms,
             row.elected_s,
@@ -274,16 +396,17 @@ fn main() -> Result<()> {
         rows.push(row);
     }
     println!(
-        "\n| agents | connect all (s) | leader CPU (cores) | leader RSS (MiB) | report→visible p50 (ms) | p99 (ms) | samples | new leader after kill (s) | all re-homed after kill (s) |"
+        "\n| agents | connect all (s) | leader CPU (cores) | leader RSS (MiB) | follower RSS (MiB) | report→visible p50 (ms) | p99 (ms) | samples | new leader after kill (s) | all re-homed after kill (s) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+            "| {} | {:.1} | {:.2} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
             r.agents,
             r.connect_s,
             r.cpu,
             r.rss >> 20,
+            r.follower_rss >> 20,
             r.p50_ms,
             r.p99_ms,
             r.samples,
