@@ -193,7 +193,10 @@ impl Coordinator {
         if self.insecure {
             cmd.arg("--insecure");
         }
-        cmd.env("FLEETSNAP_LOG", "info,openraft=warn")
+        // FLEETSNAP_LOG in the test's environment reaches the coordinators (say, to see openraft's
+        // elections: `info,openraft=info`).
+        let filter = std::env::var("FLEETSNAP_LOG").unwrap_or_else(|_| "info,openraft=warn".into());
+        cmd.env("FLEETSNAP_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

@@ -323,7 +323,7 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
     if std::env::var_os("FLEETSNAP_SIM_LOGS").is_some() {
         for (i, c) in coords.iter().enumerate() {
             let text = c.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            let tail: Vec<&str> = text.lines().rev().take(400).collect();
             eprintln!("--- coordinator {} ---", i + 1);
             for l in tail.into_iter().rev() {
                 eprintln!("{l}");
