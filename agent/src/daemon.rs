@@ -67,6 +67,9 @@ pub struct InstanceConfig {
     /// The cluster it belongs to in the fleet view and the storage layout.
     #[serde(default = "default_cluster")]
     pub cluster: String,
+    /// Its availability zone, for policies that prefer some zones (optional).
+    #[serde(default)]
+    pub zone: String,
 }
 
 fn default_cluster() -> String {
@@ -248,14 +251,16 @@ async fn collect_loop(shared: Arc<Shared>, tx: watch::Sender<Vec<InstanceReport>
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let available = host_memory_available();
         let handles: Vec<_> = shared
             .instances
             .iter()
             .map(|i| {
-                let (name, target, cluster) = (
+                let (name, target, cluster, zone) = (
                     i.config.name.clone(),
                     i.target.clone(),
                     i.config.cluster.clone(),
+                    i.config.zone.clone(),
                 );
                 tokio::spawn(async move {
                     let mut r = match tokio::time::timeout(
@@ -272,6 +277,8 @@ async fn collect_loop(shared: Arc<Shared>, tx: watch::Sender<Vec<InstanceReport>
                         ),
                     };
                     r.cluster = cluster;
+                    r.zone = zone;
+                    r.host_memory_available_bytes = available;
                     r
                 })
             })
@@ -286,6 +293,14 @@ async fn collect_loop(shared: Arc<Shared>, tx: watch::Sender<Vec<InstanceReport>
             return;
         }
     }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where there is no such file.
+fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 enum Ended {

@@ -39,6 +39,13 @@ pub struct InstanceReport {
     /// The cluster the agent's config puts the instance in (empty for one-shot reports).
     #[serde(default)]
     pub cluster: String,
+    /// The availability zone the agent's config puts the instance in (empty: not said).
+    #[serde(default)]
+    pub zone: String,
+    /// Memory the host can still give (`MemAvailable` of the agent's host, which runs the
+    /// instance), for the copy-on-write of a fork; `None` when the agent cannot read it.
+    #[serde(default)]
+    pub host_memory_available_bytes: Option<u64>,
     /// Whether the agent could talk to it.
     pub reachable: bool,
     /// Why not, when unreachable.
@@ -152,6 +159,8 @@ impl InstanceReport {
             reachable: true,
             error: None,
             role,
+            zone: String::new(),
+            host_memory_available_bytes: None,
             run_id: field(info, "run_id").unwrap_or_default().to_string(),
             replid: field(info, "master_replid").unwrap_or_default().to_string(),
             replid2: field(info, "master_replid2")

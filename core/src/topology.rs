@@ -100,6 +100,10 @@ pub struct NodeView {
     pub redis_version: String,
     /// `used_memory` in bytes.
     pub used_memory_bytes: u64,
+    /// The host's available memory, when its agent can read it.
+    pub host_memory_available_bytes: Option<u64>,
+    /// The availability zone its agent's config names (empty: none).
+    pub zone: String,
 }
 
 fn persistence(r: &InstanceReport) -> &'static str {
@@ -147,6 +151,8 @@ fn node(o: &Observed<'_>) -> NodeView {
         cluster_myid: r.cluster_myid.clone(),
         redis_version: r.redis_version.clone(),
         used_memory_bytes: r.used_memory_bytes,
+        host_memory_available_bytes: r.host_memory_available_bytes,
+        zone: r.zone.clone(),
     }
 }
 

@@ -68,6 +68,8 @@ impl From<&InstanceReport> for v1::InstanceReport {
             sync_allowed: r.sync_allowed,
             cluster: r.cluster.clone(),
             primary_last_io_seconds: r.primary_last_io_seconds,
+            zone: r.zone.clone(),
+            host_memory_available_bytes: r.host_memory_available_bytes,
         }
     }
 }
@@ -80,6 +82,8 @@ impl From<v1::InstanceReport> for InstanceReport {
             name: r.name,
             address: r.address,
             cluster: r.cluster,
+            zone: r.zone,
+            host_memory_available_bytes: r.host_memory_available_bytes,
             reachable: r.reachable,
             error: r.error,
             role: match r.role.as_str() {
@@ -147,6 +151,8 @@ mod tests {
             ],
         );
         r.cluster = "orders".into();
+        r.zone = "eu-west-1b".into();
+        r.host_memory_available_bytes = Some(3 << 30);
         r.slots = vec![(0, 5460), (10923, 10999)];
         r.cluster_myid = Some("abc".into());
         r.sync_allowed = Some(true);
