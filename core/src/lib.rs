@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod planner;
 pub mod rdb;
 pub mod report;
+pub mod retention;
 pub mod topology;
 
 pub use codec::{Codec, CodecChain};
