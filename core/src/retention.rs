@@ -101,6 +101,9 @@ pub struct Decision {
     pub action: Action,
 }
 
+/// The calendar period a time falls in, as (year, period of the year, hour).
+type Bucket = fn(OffsetDateTime) -> (i32, u32, u32);
+
 /// Decides, for every set of one cluster and policy, whether it is kept. The result is in the
 /// order of `sets`.
 pub fn select(sets: &[SetInfo], rules: &Retention, now: OffsetDateTime) -> Vec<Decision> {
@@ -121,7 +124,7 @@ pub fn select(sets: &[SetInfo], rules: &Retention, now: OffsetDateTime) -> Vec<D
     for &i in order.iter().take(rules.keep_last as usize) {
         reasons[i].push(format!("keep_last {}", rules.keep_last));
     }
-    let periods: [(u32, &str, fn(OffsetDateTime) -> (i32, u32, u32)); 4] = [
+    let periods: [(u32, &str, Bucket); 4] = [
         (rules.keep_hourly, "keep_hourly", |t| {
             (t.year(), t.ordinal().into(), t.hour().into())
         }),
