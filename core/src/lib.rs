@@ -10,6 +10,7 @@ pub mod planner;
 pub mod rdb;
 pub mod report;
 pub mod retention;
+pub mod schedule;
 pub mod topology;
 
 pub use codec::{Codec, CodecChain};
