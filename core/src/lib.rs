@@ -7,6 +7,7 @@ pub mod codec;
 pub mod ids;
 pub mod manifest;
 pub mod planner;
+pub mod policy;
 pub mod rdb;
 pub mod report;
 pub mod retention;

@@ -1,0 +1,366 @@
+//! Backup policies: what is backed up, when, how consistently, where to, and for how long.
+//!
+//! A policy is written in TOML (in the coordinator's config, or `fleetsnap policy set --file`),
+//! checked by [`Policy::validate`], and kept in the replicated state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::planner::{AllowPrimary, Rules};
+use crate::retention::Retention;
+use crate::schedule::Schedule;
+
+/// How the shards of a window relate in time (DESIGN §6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Each shard when it can.
+    #[default]
+    Independent,
+    /// Every shard started at one instant; the skew achieved is measured.
+    Simultaneous,
+    /// An exact cut across every primary, by a short write pause.
+    Consistent,
+}
+
+impl Consistency {
+    /// The word used in manifests and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Independent => "independent",
+            Consistency::Simultaneous => "simultaneous",
+            Consistency::Consistent => "consistent",
+        }
+    }
+}
+
+/// One region a policy stores to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// The region's name in the catalog and in tables (`eu-west`, `dc2`).
+    pub region: String,
+    /// `file:///PATH` or `s3://BUCKET[/PREFIX]?region=R[&endpoint=URL]`.
+    pub url: String,
+    /// The credentials agents use for it: the name of a profile in their AWS credentials file.
+    /// Secrets never travel: each agent host holds its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+}
+
+impl Destination {
+    /// The URL an agent opens: with the profile added when `credentials` names one.
+    pub fn agent_url(&self) -> String {
+        match &self.credentials {
+            Some(p) if !self.url.contains("profile=") && self.url.starts_with("s3://") => {
+                let sep = if self.url.contains('?') { '&' } else { '?' };
+                format!("{}{sep}profile={p}", self.url)
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// S3 Object Lock on uploaded objects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLock {
+    /// `governance` or `compliance`.
+    pub mode: String,
+    /// Days each object stays locked.
+    pub days: u32,
+}
+
+/// A backup policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Its name.
+    pub name: String,
+    /// The clusters it covers (names from the agents' configs); one window spans them all.
+    pub clusters: Vec<String>,
+    /// When windows open; none: only on `fleetsnap backup run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// `independent`, `simultaneous` or `consistent`.
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// The longest write pause a `consistent` cut may take, in milliseconds; a cut that would
+    /// take longer is aborted and the writes resume.
+    #[serde(default = "default_pause_budget")]
+    pub write_pause_budget_ms: u64,
+    /// Where the sets go.
+    pub destinations: Vec<Destination>,
+    /// Regions that must hold a verified set for it to be `complete`.
+    #[serde(default = "default_min_regions")]
+    pub min_regions: u32,
+    /// `zstd:LEVEL` or `none`.
+    #[serde(default = "default_compress")]
+    pub compress: String,
+    /// age recipients (`age1…`): the sets are encrypted to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypt_to: Vec<String>,
+    /// Whether a shard's primary may be the source.
+    #[serde(default)]
+    pub allow_primary: AllowPrimary,
+    /// Zones to prefer among equally fresh nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_zones: Vec<String>,
+    /// `replication` (default) or `bgsave-file` (for servers that refuse SYNC).
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// Which sets are kept.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Object Lock on upload (S3 regions with Object Lock enabled on the bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
+}
+
+fn default_pause_budget() -> u64 {
+    50
+}
+fn default_min_regions() -> u32 {
+    1
+}
+fn default_compress() -> String {
+    "zstd:3".into()
+}
+fn default_source() -> String {
+    "replication".into()
+}
+
+/// Why a policy is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy {name:?}: {why}")]
+pub struct PolicyError {
+    name: String,
+    why: String,
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl Policy {
+    /// Parses and checks one policy in its JSON form (how policies travel and are stored; the
+    /// coordinator and the CLI read the TOML form with the same field names).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let p: Policy = serde_json::from_str(text).map_err(|e| format!("policy: {e}"))?;
+        p.validate().map_err(|e| e.to_string())?;
+        Ok(p)
+    }
+
+    /// Checks what serde cannot: names, counts, combinations.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let err = |why: String| PolicyError {
+            name: self.name.clone(),
+            why,
+        };
+        if !name_ok(&self.name) {
+            return Err(err("a name is 1–64 letters, digits, '-', '_' or '.'".into()));
+        }
+        if self.clusters.is_empty() {
+            return Err(err(
+                "clusters is empty: name the clusters it backs up".into()
+            ));
+        }
+        if self.destinations.is_empty() {
+            return Err(err(
+                "no destinations: add [[destinations]] with region and url".into(),
+            ));
+        }
+        let mut regions: Vec<&str> = self
+            .destinations
+            .iter()
+            .map(|d| d.region.as_str())
+            .collect();
+        regions.sort();
+        if let Some(w) = regions.windows(2).find(|w| w[0] == w[1]) {
+            return Err(err(format!("region {:?} is listed twice", w[0])));
+        }
+        for d in &self.destinations {
+            if !name_ok(&d.region) {
+                return Err(err(format!(
+                    "region name {:?}: 1–64 letters, digits, '-', '_' or '.'",
+                    d.region
+                )));
+            }
+            if !(d.url.starts_with("file:///") || d.url.starts_with("s3://")) {
+                return Err(err(format!(
+                    "region {:?}: url {:?} is neither file:///PATH nor s3://BUCKET…",
+                    d.region, d.url
+                )));
+            }
+        }
+        if self.min_regions == 0 || self.min_regions as usize > self.destinations.len() {
+            return Err(err(format!(
+                "min_regions {} must be between 1 and the {} destinations",
+                self.min_regions,
+                self.destinations.len()
+            )));
+        }
+        if !matches!(self.source.as_str(), "replication" | "bgsave-file") {
+            return Err(err(format!(
+                "source {:?}: replication or bgsave-file",
+                self.source
+            )));
+        }
+        if self.consistency == Consistency::Consistent && self.source != "replication" {
+            return Err(err(
+                "a consistent cut needs the replication source (it keeps the stream up to the cut)"
+                    .into(),
+            ));
+        }
+        if self.consistency == Consistency::Consistent
+            && !(1..=10_000).contains(&self.write_pause_budget_ms)
+        {
+            return Err(err(format!(
+                "write_pause_budget_ms {} must be 1–10000",
+                self.write_pause_budget_ms
+            )));
+        }
+        if let Some(l) = &self.object_lock {
+            if !matches!(l.mode.as_str(), "governance" | "compliance") {
+                return Err(err(format!(
+                    "object_lock mode {:?}: governance or compliance",
+                    l.mode
+                )));
+            }
+            if l.days == 0 {
+                return Err(err("object_lock days must be at least 1".into()));
+            }
+        }
+        if self.compress != "none" {
+            let level = self
+                .compress
+                .strip_prefix("zstd:")
+                .and_then(|l| l.parse::<i32>().ok());
+            if !level.is_some_and(|l| (1..=19).contains(&l)) {
+                return Err(err(format!(
+                    "compress {:?}: zstd:1 … zstd:19, or none",
+                    self.compress
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The planner's rules for this policy.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            allow_primary: self.allow_primary,
+            preferred_zones: self.preferred_zones.clone(),
+            needs_sync: self.source == "replication",
+            ..Rules::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            name: "nightly".into(),
+            clusters: vec!["orders".into()],
+            schedule: Some("@daily".parse().unwrap()),
+            consistency: Consistency::Consistent,
+            write_pause_budget_ms: 50,
+            destinations: vec![
+                Destination {
+                    region: "a".into(),
+                    url: "file:///var/backups/a".into(),
+                    credentials: None,
+                },
+                Destination {
+                    region: "b".into(),
+                    url: "s3://bucket/x?region=eu-west-1".into(),
+                    credentials: Some("dr".into()),
+                },
+            ],
+            min_regions: 2,
+            compress: "zstd:3".into(),
+            encrypt_to: Vec::new(),
+            allow_primary: AllowPrimary::Fallback,
+            preferred_zones: Vec::new(),
+            source: "replication".into(),
+            retention: Retention::default(),
+            object_lock: None,
+        }
+    }
+
+    #[test]
+    fn a_good_policy_passes_and_bad_ones_say_why() {
+        policy().validate().unwrap();
+        let cases: Vec<(Box<dyn Fn(&mut Policy)>, &str)> = vec![
+            (Box::new(|p| p.name = "a b".into()), "a name is"),
+            (Box::new(|p| p.clusters.clear()), "clusters is empty"),
+            (Box::new(|p| p.destinations.clear()), "no destinations"),
+            (
+                Box::new(|p| p.destinations[1].region = "a".into()),
+                "listed twice",
+            ),
+            (
+                Box::new(|p| p.destinations[0].url = "/tmp/x".into()),
+                "neither file",
+            ),
+            (Box::new(|p| p.min_regions = 3), "min_regions 3"),
+            (Box::new(|p| p.min_regions = 0), "min_regions 0"),
+            (
+                Box::new(|p| p.source = "bgsave-file".into()),
+                "needs the replication source",
+            ),
+            (Box::new(|p| p.source = "aof".into()), "source \"aof\""),
+            (
+                Box::new(|p| p.write_pause_budget_ms = 0),
+                "write_pause_budget_ms 0",
+            ),
+            (
+                Box::new(|p| p.compress = "gzip".into()),
+                "compress \"gzip\"",
+            ),
+            (
+                Box::new(|p| {
+                    p.object_lock = Some(ObjectLock {
+                        mode: "strict".into(),
+                        days: 1,
+                    })
+                }),
+                "governance or compliance",
+            ),
+        ];
+        for (change, says) in cases {
+            let mut p = policy();
+            change(&mut p);
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+            assert!(
+                e.starts_with("policy \"nightly\"") || e.contains("a b"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_become_the_agents_profile() {
+        let p = policy();
+        assert_eq!(p.destinations[0].agent_url(), "file:///var/backups/a");
+        assert_eq!(
+            p.destinations[1].agent_url(),
+            "s3://bucket/x?region=eu-west-1&profile=dr"
+        );
+    }
+
+    #[test]
+    fn policies_travel_as_json() {
+        let p = policy();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(Policy::from_json(&json).unwrap(), p);
+        let e = Policy::from_json(&json.replacen("\"clusters\"", "\"cluster\"", 1)).unwrap_err();
+        assert!(e.contains("unknown field `cluster`"), "{e}");
+    }
+}
