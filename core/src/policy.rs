@@ -296,7 +296,8 @@ mod tests {
     #[test]
     fn a_good_policy_passes_and_bad_ones_say_why() {
         policy().validate().unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut Policy)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Policy)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|p| p.name = "a b".into()), "a name is"),
             (Box::new(|p| p.clusters.clear()), "clusters is empty"),
             (Box::new(|p| p.destinations.clear()), "no destinations"),
