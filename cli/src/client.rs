@@ -106,6 +106,10 @@ impl Admin {
                         failures.push(format!("coordinator {address}: {}", s.message()));
                         break;
                     }
+                    Err(s) if s.code() == Code::Unimplemented => bail!(
+                        "coordinator {address} does not know this call: it runs an older \
+                         fleetsnap-coordinator than this CLI; upgrade the coordinators"
+                    ),
                     Err(s) => bail!("coordinator {address}: {}", s.message()),
                 }
             }

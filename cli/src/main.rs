@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use fleetsnap_core::policy::Policy;
 use fleetsnap_proto::tls::{PeerIdentity, Role};
 use fleetsnap_proto::v1;
 
@@ -74,6 +75,38 @@ enum Command {
     /// Certificates for a test or demo fleet.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Backup policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Add or replace a policy from a TOML file (one policy: name, clusters, destinations, …).
+    Set {
+        /// The file (TOML; .json files are read as JSON).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// One policy.
+    Get {
+        /// Its name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every policy, a line each.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a policy (its backup sets stay).
+    Delete {
+        /// Its name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -339,7 +372,72 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let admin = Admin::new(&cli.conn)?;
             show_job(&admin, id, wait).await
         }
+        Command::Policy(p) => policy(&cli.conn, p).await,
     }
+}
+
+async fn policy(conn: &Conn, cmd: PolicyCmd) -> Result<ExitCode> {
+    let admin = Admin::new(conn)?;
+    match cmd {
+        PolicyCmd::Set { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the policy file {}", file.display()))?;
+            let policy: Policy = if file.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?
+            } else {
+                toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?
+            };
+            policy.validate()?;
+            let policy_json = serde_json::to_string(&policy)?;
+            admin
+                .call(move |mut c| {
+                    let policy_json = policy_json.clone();
+                    async move { c.set_policy(v1::SetPolicyRequest { policy_json }).await }
+                })
+                .await?;
+            println!("policy {:?} set", policy.name);
+        }
+        PolicyCmd::Get { name, json } => {
+            let r = admin
+                .call(move |mut c| {
+                    let name = name.clone();
+                    async move { c.get_policy(v1::GetPolicyRequest { name }).await }
+                })
+                .await?;
+            let p: Policy = serde_json::from_str(&r.policy_json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print!("{}", toml::to_string(&p)?);
+            }
+        }
+        PolicyCmd::List { json } => {
+            let r = admin
+                .call(move |mut c| async move { c.list_policies(v1::ListPoliciesRequest {}).await })
+                .await?;
+            let policies = r
+                .policy_json
+                .iter()
+                .map(|j| serde_json::from_str::<Policy>(j))
+                .collect::<Result<Vec<_>, _>>()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&policies)?);
+            } else {
+                print!("{}", table::policies(&policies));
+            }
+        }
+        PolicyCmd::Delete { name } => {
+            let n = name.clone();
+            admin
+                .call(move |mut c| {
+                    let name = n.clone();
+                    async move { c.delete_policy(v1::GetPolicyRequest { name }).await }
+                })
+                .await?;
+            println!("policy {name:?} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a job as JSON, after waiting for it to end when asked; exit 1 when it failed.

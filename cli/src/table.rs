@@ -182,3 +182,46 @@ pub fn cluster_json(r: &v1::ClusterStatusReply) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Policies, a line each: name, clusters, schedule, consistency, regions, retention.
+pub fn policies(list: &[fleetsnap_core::policy::Policy]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<20} {:<14} {:<12} {:<18} {:<14}",
+        "POLICY", "CLUSTERS", "SCHEDULE", "MODE", "REGIONS (MIN)", "RETENTION"
+    );
+    for p in list {
+        let r = &p.retention;
+        let retention = if r.keeps_everything() {
+            "keep all".to_string()
+        } else {
+            [
+                ("last", r.keep_last),
+                ("h", r.keep_hourly),
+                ("d", r.keep_daily),
+                ("w", r.keep_weekly),
+                ("m", r.keep_monthly),
+            ]
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{n}{k}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+        };
+        let regions: Vec<&str> = p.destinations.iter().map(|d| d.region.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<20} {:<14} {:<12} {:<18} {:<14}",
+            p.name,
+            p.clusters.join(","),
+            p.schedule
+                .as_ref()
+                .map_or("on demand".to_string(), |s| s.to_string()),
+            p.consistency.as_str(),
+            format!("{} ({})", regions.join(","), p.min_regions),
+            retention
+        );
+    }
+    out
+}

@@ -37,6 +37,11 @@ pub struct Config {
     /// Job leases.
     #[serde(default)]
     pub jobs: JobSettings,
+    /// Backup policies (`[[policy]]`). Whichever node leads writes them to the replicated state
+    /// when they differ from it; `fleetsnap policy set` changes policies at run time, and a
+    /// policy named here is set back to this text when a node with this config next leads.
+    #[serde(default)]
+    pub policy: Vec<fleetsnap_core::policy::Policy>,
 }
 
 /// A member of a new cluster.
@@ -122,6 +127,13 @@ impl Config {
         }
         if self.jobs.lease_seconds == 0 {
             return Err("[jobs] lease_seconds must be 1 or more".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.policy {
+            p.validate().map_err(|e| format!("[[policy]]: {e}"))?;
+            if !names.insert(&p.name) {
+                return Err(format!("[[policy]]: two policies are named {:?}", p.name));
+            }
         }
         let mut ids: Vec<NodeId> = self.initial_members.iter().map(|m| m.id).collect();
         ids.sort_unstable();

@@ -131,6 +131,7 @@ pub async fn run(
         raft.clone(),
         shared,
         Duration::from_secs(config.jobs.lease_seconds),
+        config.policy.clone(),
     );
     let services = Services(node);
     let listener = listen(config.listen)?;

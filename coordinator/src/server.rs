@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::InstanceReport;
+use fleetsnap_core::policy::Policy;
 use fleetsnap_core::topology::{self, Observed};
 use fleetsnap_proto::tls::{self, PeerIdentity, Role};
 use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
@@ -40,6 +41,8 @@ pub struct Node {
     /// an election wait on this, not on Raft's metrics, which change many times a second.
     leader_id: tokio::sync::watch::Sender<Option<NodeId>>,
     registrations: mpsc::UnboundedSender<Registration>,
+    /// The policies of this node's config file.
+    config_policies: Vec<Policy>,
 }
 
 /// An agent to register, and where to say that it is.
@@ -99,6 +102,7 @@ impl Node {
         raft: Raft<TypeConfig>,
         state: Arc<RwLock<Applied>>,
         lease: Duration,
+        config_policies: Vec<Policy>,
     ) -> Arc<Self> {
         let (registrations, asks) = mpsc::unbounded_channel();
         let node = Arc::new(Self {
@@ -110,6 +114,7 @@ impl Node {
             wake: Notify::new(),
             leader_id: tokio::sync::watch::Sender::new(None),
             registrations,
+            config_policies,
         });
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().watch_leadership());
@@ -223,6 +228,7 @@ impl Node {
                 // that a follower held for this election may be joining it right now.
                 *self.fleet.leader_since.lock().expect("lock") = Some(Instant::now());
                 self.wake.notify_one();
+                tokio::spawn(self.clone().write_config_policies());
             } else if !leader && was_leader {
                 let l = self.leader();
                 tracing::warn!(node = self.id, new_leader = ?l.id, "no longer the leader; redirecting agents");
@@ -548,6 +554,29 @@ impl Node {
         let mut agents = self.fleet.agents.lock().expect("lock");
         if let Some(a) = agents.get_mut(&agent).filter(|a| a.session == session) {
             a.tx = None;
+        }
+    }
+
+    /// Writes the config file's policies that differ from the replicated ones (new leader).
+    async fn write_config_policies(self: Arc<Self>) {
+        for p in &self.config_policies {
+            let same = self
+                .state
+                .read()
+                .expect("state lock")
+                .state
+                .policies
+                .get(&p.name)
+                == Some(p);
+            if same {
+                continue;
+            }
+            match self.write(Command::SetPolicy { policy: p.clone() }).await {
+                Ok(_) => tracing::info!(policy = %p.name, "policy from the config file written"),
+                Err(s) => {
+                    tracing::warn!(policy = %p.name, error = %s.message(), "policy from the config file not written")
+                }
+            }
         }
     }
 
@@ -1008,6 +1037,74 @@ impl v1::admin_service_server::AdminService for Services {
             .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))?;
         Ok(Response::new(v1::GetJobReply {
             json: serde_json::to_string_pretty(job).expect("jobs serialise"),
+        }))
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<v1::SetPolicyRequest>,
+    ) -> Result<Response<v1::PolicyReply>, Status> {
+        admin(&req)?;
+        let policy =
+            Policy::from_json(&req.get_ref().policy_json).map_err(Status::invalid_argument)?;
+        let json = serde_json::to_string_pretty(&policy).expect("policies serialise");
+        let (resp, _, _) = self.0.write(Command::SetPolicy { policy }).await?;
+        if let Some(why) = resp.refused {
+            return Err(Status::invalid_argument(why));
+        }
+        Ok(Response::new(v1::PolicyReply { policy_json: json }))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::PolicyReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let name = &req.get_ref().name;
+        let s = self.0.state.read().expect("state lock");
+        let p = s.state.policies.get(name).ok_or_else(|| {
+            Status::not_found(format!(
+                "there is no policy {name:?}; `fleetsnap policy list` shows those there are"
+            ))
+        })?;
+        Ok(Response::new(v1::PolicyReply {
+            policy_json: serde_json::to_string_pretty(p).expect("policies serialise"),
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<v1::ListPoliciesRequest>,
+    ) -> Result<Response<v1::ListPoliciesReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let s = self.0.state.read().expect("state lock");
+        Ok(Response::new(v1::ListPoliciesReply {
+            policy_json: s
+                .state
+                .policies
+                .values()
+                .map(|p| serde_json::to_string(p).expect("policies serialise"))
+                .collect(),
+        }))
+    }
+
+    async fn delete_policy(
+        &self,
+        req: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::PolicyReply>, Status> {
+        admin(&req)?;
+        let name = req.into_inner().name;
+        let (resp, _, _) = self
+            .0
+            .write(Command::DeletePolicy { name: name.clone() })
+            .await?;
+        if let Some(why) = resp.refused {
+            return Err(Status::not_found(why));
+        }
+        Ok(Response::new(v1::PolicyReply {
+            policy_json: String::new(),
         }))
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use fleetsnap_core::policy::Policy;
 use serde::{Deserialize, Serialize};
 
 /// A job an agent can run.
@@ -61,6 +62,10 @@ pub enum Command {
     DispatchJob { job: u64, incarnation: u64 },
     /// A job ended.
     FinishJob { job: u64, outcome: JobOutcome },
+    /// Adds or replaces a policy (already validated).
+    SetPolicy { policy: Policy },
+    /// Removes a policy; its sets stay in the catalog.
+    DeletePolicy { name: String },
 }
 
 /// What applying a command produced.
@@ -125,6 +130,9 @@ pub struct FleetState {
     pub jobs: BTreeMap<u64, Job>,
     /// The next job id.
     pub next_job: u64,
+    /// Policies by name.
+    #[serde(default)]
+    pub policies: BTreeMap<String, Policy>,
 }
 
 impl FleetState {
@@ -196,6 +204,17 @@ impl FleetState {
                 }
                 Some(_) => refuse(format!("job {job} has already ended")),
                 None => refuse(format!("job {job} does not exist")),
+            },
+            Command::SetPolicy { policy } => {
+                if let Err(e) = policy.validate() {
+                    return refuse(e.to_string());
+                }
+                self.policies.insert(policy.name.clone(), policy.clone());
+                Response::default()
+            }
+            Command::DeletePolicy { name } => match self.policies.remove(name) {
+                Some(_) => Response::default(),
+                None => refuse(format!("there is no policy {name:?}")),
             },
         }
     }
