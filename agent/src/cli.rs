@@ -382,6 +382,9 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
             idle_timeout: Duration::from_secs(a.idle_timeout_seconds),
             ..Default::default()
         },
+        backup_id: None,
+        write_manifest: true,
+        start_at_ms: None,
     };
     let progress = Arc::new(Progress::default());
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::codec::Compression;
+use fleetsnap_core::window::{JobResult, RegionResult, ShardResult};
 use fleetsnap_core::{ClusterId, InstanceReport, ShardId};
 use fleetsnap_proto::tls::{Role, TlsFiles, Transport};
 use fleetsnap_proto::v1::agent_service_client::AgentServiceClient;
@@ -601,20 +602,7 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job) -> Option<v1::JobUpdate> {
         let term = job.term;
         tracing::info!(job = id, term, index = job.index, "running a job");
         let finished = match run_job(&shared, job).await {
-            Ok(report) => v1::Finished {
-                ok: report.complete() > 0,
-                error: if report.complete() == report.destinations.len() {
-                    String::new()
-                } else {
-                    report
-                        .destinations
-                        .iter()
-                        .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.destination)))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                },
-                backup_id: report.backup_id.clone(),
-            },
+            Ok(f) => f,
             Err(e) => v1::Finished {
                 ok: false,
                 error: e.to_string(),
@@ -641,12 +629,16 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job) -> Option<v1::JobUpdate> {
     Some(started)
 }
 
-async fn run_job(shared: &Shared, job: v1::Job) -> Result<snapshot::SnapshotReport> {
-    let Some(v1::job::Kind::Snapshot(s)) = job.kind else {
-        return Err(Error::Input(format!(
-            "job {} is of a kind this agent does not know; upgrade the agent",
-            job.id
-        )));
+async fn run_job(shared: &Shared, job: v1::Job) -> Result<v1::Finished> {
+    let id = job.id;
+    let s = match job.kind {
+        Some(v1::job::Kind::Snapshot(s)) => s,
+        Some(v1::job::Kind::Manifest(m)) => return write_manifest(id, m).await,
+        None => {
+            return Err(Error::Input(format!(
+                "job {id} is of a kind this agent does not know; upgrade the agent"
+            )));
+        }
     };
     let instance = shared
         .instances
@@ -702,6 +694,15 @@ async fn run_job(shared: &Shared, job: v1::Job) -> Result<snapshot::SnapshotRepo
         s.shard
     };
     let settings = &shared.config.snapshot;
+    let window = s.window > 0;
+    let regions = s.regions.clone();
+    if window && regions.len() != s.destinations.len() {
+        return Err(Error::Input(format!(
+            "job {id} names {} regions for {} destinations",
+            regions.len(),
+            s.destinations.len()
+        )));
+    }
     let req = SnapshotRequest {
         target: Some(instance.target.clone()),
         source,
@@ -724,16 +725,127 @@ async fn run_job(shared: &Shared, job: v1::Job) -> Result<snapshot::SnapshotRepo
             idle_timeout: Duration::from_secs(settings.idle_timeout_seconds),
             ..Default::default()
         },
+        backup_id: if s.backup_id.is_empty() {
+            None
+        } else {
+            Some(
+                s.backup_id
+                    .parse()
+                    .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?,
+            )
+        },
+        write_manifest: s.window == 0,
+        start_at_ms: (s.fire_at_unix_ms > 0).then_some(s.fire_at_unix_ms),
     };
     let started = Instant::now();
     let report = snapshot::snapshot(&req, Arc::new(Progress::default())).await?;
     tracing::info!(
-        job = job.id,
+        job = id,
         backup = %report.backup_id,
         seconds = started.elapsed().as_secs_f64(),
         "snapshot stored"
     );
-    Ok(report)
+    let error = report
+        .destinations
+        .iter()
+        .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.destination)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let result_json = match (window, report.entry.clone()) {
+        (true, Some(entry)) => serde_json::to_string(&JobResult::Shard(Box::new(ShardResult {
+            entry,
+            regions: report
+                .destinations
+                .iter()
+                .zip(&regions)
+                .map(|(d, region)| RegionResult {
+                    region: region.clone(),
+                    ok: d.error.is_none(),
+                    error: d.error.clone(),
+                    stored_bytes: d.stored_bytes,
+                })
+                .collect(),
+            started_at_ms: report.started_at_ms,
+            finished_at_ms: snapshot::unix_ms(),
+        })))
+        .expect("results serialise"),
+        _ => String::new(),
+    };
+    Ok(v1::Finished {
+        ok: report.complete() > 0,
+        error,
+        backup_id: report.backup_id.clone(),
+        result_json,
+    })
+}
+
+/// A window's last step for one cluster: check that every object the manifest lists is in
+/// each region at its size, then write the manifest there. A region where anything is missing
+/// gets no manifest and is reported failed.
+async fn write_manifest(id: u64, m: v1::WriteManifestJob) -> Result<v1::Finished> {
+    let manifest = fleetsnap_core::Manifest::from_json(m.manifest_json.as_bytes(), "the job")
+        .map_err(|e| Error::Input(e.to_string()))?;
+    let mut results = Vec::new();
+    for (url, region) in m.destinations.iter().zip(&m.regions) {
+        let outcome: Result<u64> = async {
+            let store = crate::dest::Store::open(&DestSpec::parse(url)?).await?;
+            let dir = fleetsnap_core::manifest::backup_dir(
+                store.spec().prefix(),
+                &manifest.cluster,
+                &manifest.backup_id,
+            );
+            for shard in &manifest.shards {
+                for o in &shard.objects {
+                    let key = format!("{dir}/{}", o.name);
+                    let size = store.size(&key).await?;
+                    if size != o.stored_bytes {
+                        return Err(Error::Input(format!(
+                            "{key} holds {size} bytes where {} were stored",
+                            o.stored_bytes
+                        )));
+                    }
+                }
+            }
+            let body = bytes::Bytes::from(manifest.to_json());
+            let n = body.len() as u64;
+            store
+                .put(
+                    &format!("{dir}/{}", fleetsnap_core::manifest::MANIFEST_NAME),
+                    body,
+                )
+                .await?;
+            Ok(n)
+        }
+        .await;
+        results.push(match outcome {
+            Ok(n) => RegionResult {
+                region: region.clone(),
+                ok: true,
+                error: None,
+                stored_bytes: n,
+            },
+            Err(e) => RegionResult {
+                region: region.clone(),
+                ok: false,
+                error: Some(e.to_string()),
+                stored_bytes: 0,
+            },
+        });
+    }
+    let ok = results.iter().any(|r| r.ok);
+    let error = results
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.region)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::info!(job = id, backup = %m.backup_id, cluster = %m.cluster, ok, "manifest job ended");
+    Ok(v1::Finished {
+        ok,
+        error,
+        backup_id: m.backup_id,
+        result_json: serde_json::to_string(&JobResult::Manifest { regions: results })
+            .expect("results serialise"),
+    })
 }
 
 #[cfg(test)]

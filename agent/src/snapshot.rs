@@ -36,6 +36,13 @@ pub struct SnapshotRequest {
     pub spool: SpoolLimits,
     /// Source timeouts.
     pub source_options: SourceOptions,
+    /// A backup window's set id; `None`: a new id.
+    pub backup_id: Option<BackupId>,
+    /// Write this shard's own manifest (one-shot snapshots); a window's shard leaves the
+    /// manifest to the coordinator, which has it written once every shard is stored.
+    pub write_manifest: bool,
+    /// Read the source at this instant (Unix milliseconds), not before.
+    pub start_at_ms: Option<i64>,
 }
 
 /// One destination's outcome.
@@ -82,6 +89,12 @@ pub struct SnapshotReport {
     pub notes: Vec<String>,
     /// Per destination.
     pub destinations: Vec<DestReport>,
+    /// The manifest entry of the shard.
+    #[serde(skip)]
+    pub entry: Option<ShardEntry>,
+    /// When the source was opened (Unix milliseconds).
+    #[serde(skip)]
+    pub started_at_ms: i64,
 }
 
 impl SnapshotReport {
@@ -102,13 +115,24 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             "no destination: give at least one --to DEST".into(),
         ));
     }
-    let started_at = OffsetDateTime::now_utc();
-    let started = Instant::now();
-    let backup_id = BackupId::from_parts(started_at, rand::random());
     let mut stores = Vec::new();
     for d in &req.destinations {
         stores.push(Store::open(d).await?);
     }
+    // Everything that can be ready is: wait for the instant, then read the source.
+    if let Some(at) = req.start_at_ms {
+        let now = unix_ms();
+        if at > now {
+            tokio::time::sleep(Duration::from_millis((at - now) as u64)).await;
+        }
+    }
+    let started_at = OffsetDateTime::now_utc();
+    let started_at_ms = unix_ms();
+    let started = Instant::now();
+    let backup_id = req
+        .backup_id
+        .clone()
+        .unwrap_or_else(|| BackupId::from_parts(started_at, rand::random()));
     let mut failures: Vec<Option<String>> = vec![None; stores.len()];
     let mut stored: Vec<u64> = vec![0; stores.len()];
     let mut peak: Vec<u64> = vec![0; stores.len()];
@@ -203,7 +227,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let body = Bytes::from(m.to_json());
     let mut reports = Vec::new();
     for (i, store) in stores.iter().enumerate() {
-        if failures[i].is_none() {
+        if failures[i].is_none() && req.write_manifest {
             let key = format!(
                 "{}/{}",
                 manifest::backup_dir(store.spec().prefix(), &req.cluster, &backup_id),
@@ -253,7 +277,14 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         rdb_checksum,
         notes,
         destinations: reports,
+        entry: m.shards.into_iter().next(),
+        started_at_ms,
     })
+}
+
+/// The wall clock in Unix milliseconds.
+pub fn unix_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn round3(d: Duration) -> f64 {

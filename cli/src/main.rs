@@ -78,6 +78,46 @@ enum Command {
     /// Backup policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Backup windows and the catalog of sets.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Open a window of a policy now.
+    Run {
+        /// The policy.
+        #[arg(long)]
+        policy: String,
+        /// Wait up to this many seconds for every set to reach its final state; exit 1 unless
+        /// every set is complete.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The catalog: every set, newest last.
+    List {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One window: its shards, the node chosen for each and why, its sets per region.
+    Show {
+        /// A backup id or a window number.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -373,6 +413,104 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             show_job(&admin, id, wait).await
         }
         Command::Policy(p) => policy(&cli.conn, p).await,
+        Command::Backup(b) => backup(&cli.conn, b).await,
+    }
+}
+
+async fn show_window(admin: &Admin, id: String) -> Result<serde_json::Value> {
+    let r = admin
+        .call(move |mut c| {
+            let id = id.clone();
+            async move { c.show_backup(v1::ShowBackupRequest { id }).await }
+        })
+        .await?;
+    Ok(serde_json::from_str(&r.json)?)
+}
+
+async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
+    let admin = Admin::new(conn)?;
+    match cmd {
+        BackupCmd::Run { policy, wait, json } => {
+            let p = policy.clone();
+            let r = admin
+                .call(move |mut c| {
+                    let policy = p.clone();
+                    async move { c.run_backup(v1::RunBackupRequest { policy }).await }
+                })
+                .await?;
+            if !json {
+                println!(
+                    "window {} of policy {policy:?} opened: backup {}",
+                    r.window, r.backup_id
+                );
+            }
+            let Some(secs) = wait else {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"window": r.window, "backup_id": r.backup_id})
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let doc = loop {
+                let doc = show_window(&admin, r.window.to_string()).await?;
+                if doc["done"] == true || Instant::now() >= deadline {
+                    break doc;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", table::window(&doc));
+            }
+            if doc["done"] != true {
+                eprintln!("window {} has not ended after {secs} s", r.window);
+                return Ok(ExitCode::from(1));
+            }
+            let all_complete = doc["sets"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["state"] == "complete"));
+            Ok(if all_complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        BackupCmd::List {
+            cluster,
+            policy,
+            json,
+        } => {
+            let req = v1::ListBackupsRequest {
+                cluster: cluster.unwrap_or_default(),
+                policy: policy.unwrap_or_default(),
+            };
+            let r = admin
+                .call(move |mut c| {
+                    let req = req.clone();
+                    async move { c.list_backups(req).await }
+                })
+                .await?;
+            if json {
+                println!("{}", r.json);
+            } else {
+                let sets: serde_json::Value = serde_json::from_str(&r.json)?;
+                print!("{}", table::sets(&sets));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCmd::Show { id, json } => {
+            let doc = show_window(&admin, id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", table::window(&doc));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

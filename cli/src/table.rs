@@ -225,3 +225,158 @@ pub fn policies(list: &[fleetsnap_core::policy::Policy]) -> String {
     }
     out
 }
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn regions_cell(set: &serde_json::Value) -> String {
+    set["regions"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(name, r)| format!("{name}:{}", text(&r["state"])))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// The catalog, a line per set.
+pub fn sets(list: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<12} {:<12} {:<9} {:>6} {:<30}",
+        "BACKUP", "CLUSTER", "POLICY", "MODE", "STATE", "SHARDS", "REGIONS"
+    );
+    for s in list.as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<12} {:<12} {:<12} {:<9} {:>6} {:<30}",
+            text(&s["backup_id"]),
+            text(&s["cluster"]),
+            text(&s["policy"]),
+            text(&s["consistency"]),
+            text(&s["state"]),
+            s["shards"].as_array().map_or(0, Vec::len),
+            regions_cell(s)
+        );
+    }
+    out
+}
+
+/// One window: its shards with the chosen node and why, then its sets.
+pub fn window(doc: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "window {} · backup {} · policy {} · {} · {}",
+        text(&doc["window"]),
+        text(&doc["backup_id"]),
+        text(&doc["policy"]),
+        text(&doc["consistency"]),
+        if doc["done"] == true {
+            "ended"
+        } else {
+            "running"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:<16} {:<9} {:<22} WHY",
+        "CLUSTER", "SHARD", "STATE", "SOURCE"
+    );
+    for s in doc["shards"].as_array().into_iter().flatten() {
+        let attempt = s["attempt"].as_u64().unwrap_or(0) as usize;
+        let candidates: Vec<&serde_json::Value> = s["plan"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| !n["rank"].is_null())
+            .collect();
+        let (source, why) = match candidates.get(attempt) {
+            Some(n) => (text(&n["address"]), text(&n["reason"])),
+            None => (
+                "-".into(),
+                s["state"]["reason"]
+                    .as_str()
+                    .or(s["plan"]["failure"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {:<16} {:<9} {:<22} {}",
+            text(&s["cluster"]),
+            text(&s["plan"]["shard"]),
+            text(&s["state"]["state"]),
+            source,
+            why
+        );
+        for f in s["failures"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:<12} {:<16} {:<9} {:<22} tried: {}",
+                "",
+                "",
+                "",
+                "",
+                text(f)
+            );
+        }
+        for n in s["plan"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["rank"].is_null())
+        {
+            let _ = writeln!(
+                out,
+                "{:<12} {:<16} {:<9} {:<22} passed over: {}",
+                "",
+                "",
+                "",
+                text(&n["address"]),
+                text(&n["reason"])
+            );
+        }
+    }
+    for (cluster, why) in doc["missing"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m.get(0)?, m.get(1)?)))
+    {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<16} {:<9} {:<22} {}",
+            text(cluster),
+            "-",
+            "failed",
+            "-",
+            text(why)
+        );
+    }
+    let _ = writeln!(out);
+    out.push_str(&sets(&doc["sets"]));
+    for s in doc["sets"].as_array().into_iter().flatten() {
+        if let Some(r) = s["reason"].as_str() {
+            let _ = writeln!(out, "{}: {r}", text(&s["cluster"]));
+        }
+        if let Some(skew) = s["skew_ms"].as_u64() {
+            let _ = writeln!(out, "{}: start skew {skew} ms", text(&s["cluster"]));
+        }
+        for (region, r) in s["regions"].as_object().into_iter().flatten() {
+            if let Some(e) = r["error"].as_str() {
+                let _ = writeln!(out, "{} {region}: {e}", text(&s["cluster"]));
+            }
+        }
+    }
+    out
+}

@@ -12,6 +12,7 @@ pub mod run;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod window;
 
 use std::io::Cursor;
 

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use fleetsnap_core::BackupId;
 use fleetsnap_core::InstanceReport;
-use fleetsnap_core::policy::Policy;
+use fleetsnap_core::planner;
+use fleetsnap_core::policy::{Consistency, Policy};
 use fleetsnap_core::topology::{self, Observed};
 use fleetsnap_proto::tls::{self, PeerIdentity, Role};
 use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
@@ -20,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
 use crate::store::Applied;
+use crate::window::WindowPlan;
 use crate::{NodeId, TypeConfig};
 
 type Outbound = mpsc::Sender<Result<v1::CoordinatorMessage, Status>>;
@@ -47,6 +50,10 @@ pub struct Node {
 
 /// An agent to register, and where to say that it is.
 type Registration = (String, tokio::sync::oneshot::Sender<Result<(), Status>>);
+
+/// How far ahead of the opening a `simultaneous` window fires: time to commit the window and
+/// hand every agent its job.
+const SIMULTANEOUS_LEAD_MS: i64 = 1500;
 
 /// Agents per registration entry at most.
 const MAX_REGISTRATION_BATCH: usize = 2000;
@@ -117,6 +124,7 @@ impl Node {
             config_policies,
         });
         tokio::spawn(node.clone().register_loop(asks));
+        tokio::spawn(node.clone().schedule_loop());
         tokio::spawn(node.clone().watch_leadership());
         tokio::spawn(node.clone().job_loop());
         node
@@ -280,6 +288,138 @@ impl Node {
             applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or_default(),
             members,
+        }
+    }
+
+    /// The fleet view from the latest reports: every cluster, or one.
+    fn view(&self, cluster: &str) -> topology::FleetView {
+        let now = Instant::now();
+        let agents = self.fleet.agents.lock().expect("lock");
+        let mut observed = Vec::new();
+        for (name, a) in agents.iter() {
+            let age = now.duration_since(a.last_heard()).as_millis() as u64;
+            for r in &a.instances {
+                if cluster.is_empty() || r.cluster == cluster {
+                    observed.push(Observed {
+                        agent: name,
+                        report: r,
+                        age_ms: age,
+                    });
+                }
+            }
+        }
+        topology::derive(&observed)
+    }
+
+    /// Plans and opens a window of `policy` now (the leader only).
+    pub async fn open_window(&self, policy: &str) -> Result<(u64, String), Status> {
+        if !self.is_leader() {
+            return Err(self.not_leader(None));
+        }
+        let p = self
+            .state
+            .read()
+            .expect("state lock")
+            .state
+            .policies
+            .get(policy)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "there is no policy {policy:?}; `fleetsnap policy list` shows those there are"
+                ))
+            })?;
+        if p.consistency == Consistency::Consistent {
+            return Err(Status::unimplemented(format!(
+                "policy {:?} asks for a consistent cut, which this coordinator cannot take yet; \
+                 use consistency = \"simultaneous\" or \"independent\"",
+                p.name
+            )));
+        }
+        let view = self.view("");
+        let rules = p.rules();
+        let mut shards = Vec::new();
+        let mut missing = Vec::new();
+        for cluster in &p.clusters {
+            match view.clusters.iter().find(|c| &c.name == cluster) {
+                Some(c) if !c.shards.is_empty() => {
+                    for s in &c.shards {
+                        shards.push((cluster.clone(), planner::plan_shard(s, &rules)));
+                    }
+                }
+                _ => missing.push((
+                    cluster.clone(),
+                    format!(
+                        "no agent reports a node of cluster {cluster:?}: check the cluster = … \
+                         of the agents' [[instance]] entries"
+                    ),
+                )),
+            }
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let opened_at_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let backup_id = BackupId::from_parts(now, rand::random()).to_string();
+        let plan = WindowPlan {
+            fire_at_ms: (p.consistency == Consistency::Simultaneous)
+                .then_some(opened_at_ms + SIMULTANEOUS_LEAD_MS),
+            policy: p,
+            backup_id: backup_id.clone(),
+            opened_at_ms,
+            shards,
+            missing,
+        };
+        let (resp, _, _) = self.write(Command::OpenWindow { plan }).await?;
+        self.wake.notify_one();
+        let window = resp
+            .window
+            .ok_or_else(|| Status::internal("the window was not opened"))?;
+        tracing::info!(window, %backup_id, policy, "window opened");
+        Ok((window, backup_id))
+    }
+
+    /// Opens the windows that policies' schedules call for (the leader only).
+    async fn schedule_loop(self: Arc<Self>) {
+        // A policy counts from its last window (a window missed while there was no leader opens
+        // now), else from when this leader first saw it (a new policy does not open one at
+        // once); a failed attempt is tried again at the schedule's next instant.
+        let mut first_seen: HashMap<String, i64> = HashMap::new();
+        let mut failed_at: HashMap<String, i64> = HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !self.is_leader() {
+                first_seen.clear();
+                failed_at.clear();
+                continue;
+            }
+            let now = time::OffsetDateTime::now_utc();
+            let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+            let due: Vec<String> = {
+                let s = self.state.read().expect("state lock");
+                s.state
+                    .policies
+                    .values()
+                    .filter_map(|p| {
+                        let schedule = p.schedule.as_ref()?;
+                        let base = match s.state.last_window.get(&p.name) {
+                            Some(&last) => last,
+                            None => *first_seen.entry(p.name.clone()).or_insert(now_ms),
+                        };
+                        let base = failed_at.get(&p.name).map_or(base, |&f| f.max(base));
+                        let base = time::OffsetDateTime::from_unix_timestamp_nanos(
+                            base as i128 * 1_000_000,
+                        )
+                        .ok()?;
+                        let next = schedule.next_after(base)?;
+                        (next <= now).then(|| p.name.clone())
+                    })
+                    .collect()
+            };
+            for policy in due {
+                if let Err(e) = self.open_window(&policy).await {
+                    tracing::warn!(%policy, error = %e.message(), "scheduled window not opened");
+                    failed_at.insert(policy, now_ms);
+                }
+            }
         }
     }
 
@@ -686,6 +826,17 @@ impl Node {
             },
             Some(job_update::State::Finished(f)) if f.ok => JobOutcome::Succeeded {
                 backup_id: (!f.backup_id.is_empty()).then_some(f.backup_id),
+                result: if f.result_json.is_empty() {
+                    None
+                } else {
+                    match serde_json::from_str(&f.result_json) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(job = u.job_id, error = %e, "a job result that does not parse");
+                            None
+                        }
+                    }
+                },
             },
             Some(job_update::State::Finished(f)) => JobOutcome::Failed { reason: f.error },
         };
@@ -739,21 +890,34 @@ fn redirect(l: &LeaderInfo) -> v1::CoordinatorMessage {
 }
 
 fn job_message(job: &Job, term: u64, index: u64) -> v1::CoordinatorMessage {
-    let JobKind::Snapshot(s) = &job.kind;
+    let kind = match &job.kind {
+        JobKind::Snapshot(s) => v1::job::Kind::Snapshot(v1::SnapshotJob {
+            instance: s.instance.clone(),
+            destinations: s.destinations.clone(),
+            cluster: s.cluster.clone(),
+            shard: s.shard.clone(),
+            compress: s.compress.clone(),
+            encrypt_to: s.encrypt_to.clone(),
+            source: s.source.clone(),
+            backup_id: s.backup_id.clone(),
+            window: s.window.unwrap_or_default(),
+            regions: s.regions.clone(),
+            fire_at_unix_ms: s.fire_at_ms.unwrap_or_default(),
+        }),
+        JobKind::WriteManifest(m) => v1::job::Kind::Manifest(v1::WriteManifestJob {
+            destinations: m.destinations.clone(),
+            regions: m.regions.clone(),
+            cluster: m.cluster.clone(),
+            backup_id: m.backup_id.clone(),
+            manifest_json: m.manifest_json.clone(),
+        }),
+    };
     v1::CoordinatorMessage {
         body: Some(coordinator_message::Body::Job(v1::Job {
             id: job.id,
             term,
             index,
-            kind: Some(v1::job::Kind::Snapshot(v1::SnapshotJob {
-                instance: s.instance.clone(),
-                destinations: s.destinations.clone(),
-                cluster: s.cluster.clone(),
-                shard: s.shard.clone(),
-                compress: s.compress.clone(),
-                encrypt_to: s.encrypt_to.clone(),
-                source: s.source.clone(),
-            })),
+            kind: Some(kind),
         })),
     }
 }
@@ -1003,6 +1167,7 @@ impl v1::admin_service_server::AdminService for Services {
             compress: r.compress,
             encrypt_to: r.encrypt_to,
             source: r.source,
+            ..SnapshotSpec::default()
         });
         let (resp, term, index) = self
             .0
@@ -1105,6 +1270,83 @@ impl v1::admin_service_server::AdminService for Services {
         }
         Ok(Response::new(v1::PolicyReply {
             policy_json: String::new(),
+        }))
+    }
+
+    async fn run_backup(
+        &self,
+        req: Request<v1::RunBackupRequest>,
+    ) -> Result<Response<v1::RunBackupReply>, Status> {
+        admin(&req)?;
+        let (window, backup_id) = self.0.open_window(&req.get_ref().policy).await?;
+        Ok(Response::new(v1::RunBackupReply { window, backup_id }))
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<v1::ListBackupsRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let r = req.get_ref();
+        let s = self.0.state.read().expect("state lock");
+        let sets: Vec<&crate::window::BackupSet> = s
+            .state
+            .sets
+            .values()
+            .filter(|b| r.cluster.is_empty() || b.cluster == r.cluster)
+            .filter(|b| r.policy.is_empty() || b.policy == r.policy)
+            .collect();
+        Ok(Response::new(v1::JsonReply {
+            json: serde_json::to_string_pretty(&sets).expect("sets serialise"),
+        }))
+    }
+
+    async fn show_backup(
+        &self,
+        req: Request<v1::ShowBackupRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let id = req.get_ref().id.trim();
+        let s = self.0.state.read().expect("state lock");
+        let window = match id.parse::<u64>() {
+            Ok(n) => s.state.windows.get(&n),
+            Err(_) => s.state.windows.values().find(|w| w.plan.backup_id == id),
+        }
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "no window or backup set {id:?}; `fleetsnap backup list` shows them"
+            ))
+        })?;
+        let sets: Vec<&crate::window::BackupSet> = s
+            .state
+            .sets
+            .values()
+            .filter(|b| b.window == window.id)
+            .collect();
+        let jobs: Vec<&Job> = window
+            .shards
+            .iter()
+            .filter_map(|sh| sh.job)
+            .chain(window.manifest_jobs.values().copied())
+            .filter_map(|j| s.state.jobs.get(&j))
+            .collect();
+        let doc = serde_json::json!({
+            "window": window.id,
+            "backup_id": window.plan.backup_id,
+            "policy": window.plan.policy.name,
+            "consistency": window.plan.policy.consistency.as_str(),
+            "opened_at_ms": window.plan.opened_at_ms,
+            "fire_at_ms": window.plan.fire_at_ms,
+            "done": window.done,
+            "shards": window.shards,
+            "missing": window.plan.missing,
+            "sets": sets,
+            "jobs": jobs,
+        });
+        Ok(Response::new(v1::JsonReply {
+            json: serde_json::to_string_pretty(&doc).expect("windows serialise"),
         }))
     }
 

@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 
 use fleetsnap_core::policy::Policy;
+use fleetsnap_core::window::JobResult;
 use serde::{Deserialize, Serialize};
+
+use crate::window::{BackupSet, Window, WindowPlan};
 
 /// A job an agent can run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +17,25 @@ use serde::{Deserialize, Serialize};
 pub enum JobKind {
     /// Snapshot one Redis node to destinations (the agent's `snapshot` command).
     Snapshot(SnapshotSpec),
+    /// Write a backup set's manifest to regions (a window's last step).
+    WriteManifest(ManifestSpec),
+}
+
+/// What a manifest job does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestSpec {
+    /// The window.
+    pub window: u64,
+    /// The set's cluster.
+    pub cluster: String,
+    /// The set's id.
+    pub backup_id: String,
+    /// Destination URLs that hold every shard.
+    pub destinations: Vec<String>,
+    /// Their region names.
+    pub regions: Vec<String>,
+    /// The manifest.
+    pub manifest_json: String,
 }
 
 /// What a snapshot job does.
@@ -33,14 +55,30 @@ pub struct SnapshotSpec {
     pub encrypt_to: Vec<String>,
     /// `replication` or `bgsave-file` (empty: replication).
     pub source: String,
+    /// A window's set id (empty: the agent makes one and writes the manifest itself).
+    #[serde(default)]
+    pub backup_id: String,
+    /// The window, for a window's job.
+    #[serde(default)]
+    pub window: Option<u64>,
+    /// Region names, in the order of destinations.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// `simultaneous`: when to read the source (Unix milliseconds).
+    #[serde(default)]
+    pub fire_at_ms: Option<i64>,
 }
 
 /// How a job ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum JobOutcome {
-    /// Done; for snapshots, the backup id.
-    Succeeded { backup_id: Option<String> },
+    /// Done; for snapshots, the backup id; for a window's jobs, what was stored where.
+    Succeeded {
+        backup_id: Option<String>,
+        #[serde(default)]
+        result: Option<JobResult>,
+    },
     /// Failed, with the reason the agent gave (or the lease expiry).
     Failed { reason: String },
 }
@@ -66,6 +104,8 @@ pub enum Command {
     SetPolicy { policy: Policy },
     /// Removes a policy; its sets stay in the catalog.
     DeletePolicy { name: String },
+    /// Opens a backup window as the leader planned it.
+    OpenWindow { plan: WindowPlan },
 }
 
 /// What applying a command produced.
@@ -75,6 +115,9 @@ pub struct Response {
     pub job: Option<u64>,
     /// Why the command changed nothing.
     pub refused: Option<String>,
+    /// The id of a window opened by the command.
+    #[serde(default)]
+    pub window: Option<u64>,
 }
 
 /// Where a job is.
@@ -133,14 +176,26 @@ pub struct FleetState {
     /// Policies by name.
     #[serde(default)]
     pub policies: BTreeMap<String, Policy>,
+    /// Windows by id.
+    #[serde(default)]
+    pub windows: BTreeMap<u64, Window>,
+    /// The last window id.
+    #[serde(default)]
+    pub next_window: u64,
+    /// The catalog: sets by `cluster/backup_id`.
+    #[serde(default)]
+    pub sets: BTreeMap<String, BackupSet>,
+    /// When each policy last opened a window (Unix milliseconds): the scheduler's memory.
+    #[serde(default)]
+    pub last_window: BTreeMap<String, i64>,
 }
 
 impl FleetState {
     /// Applies a command carried by the log entry `(term, index)`.
     pub fn apply(&mut self, term: u64, index: u64, command: &Command) -> Response {
         let refuse = |why: String| Response {
-            job: None,
             refused: Some(why),
+            ..Response::default()
         };
         match command {
             Command::RegisterAgents { agents } => {
@@ -173,7 +228,7 @@ impl FleetState {
                 );
                 Response {
                     job: Some(id),
-                    refused: None,
+                    ..Response::default()
                 }
             }
             Command::DispatchJob { job, incarnation } => match self.jobs.get_mut(job) {
@@ -200,6 +255,7 @@ impl FleetState {
             Command::FinishJob { job, outcome } => match self.jobs.get_mut(job) {
                 Some(j) if !matches!(j.state, JobState::Done(_)) => {
                     j.state = JobState::Done(outcome.clone());
+                    self.window_job_ended(term, index, *job);
                     Response::default()
                 }
                 Some(_) => refuse(format!("job {job} has already ended")),
@@ -216,6 +272,7 @@ impl FleetState {
                 Some(_) => Response::default(),
                 None => refuse(format!("there is no policy {name:?}")),
             },
+            Command::OpenWindow { plan } => self.open_window(term, index, plan),
         }
     }
 }
@@ -284,7 +341,10 @@ mod tests {
         );
         let done = Command::FinishJob {
             job: id,
-            outcome: JobOutcome::Succeeded { backup_id: None },
+            outcome: JobOutcome::Succeeded {
+                backup_id: None,
+                result: None,
+            },
         };
         assert_eq!(s.apply(3, 10, &done).refused, None);
         assert!(s.apply(3, 11, &done).refused.is_some());

@@ -13,6 +13,7 @@ pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod topology;
+pub mod window;
 
 pub use codec::{Codec, CodecChain};
 pub use ids::{BackupId, ClusterId, IdError, ShardId};

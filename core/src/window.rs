@@ -1,0 +1,47 @@
+//! What an agent reports back for its part of a backup window: the shard it stored and how
+//! each region took it, or how a set's manifest went in each region.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::ShardEntry;
+
+/// One region's outcome for one object group (a shard's objects, or a manifest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionResult {
+    /// The region's name in the policy.
+    pub region: String,
+    /// Whether everything was written and verified there.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes stored there.
+    #[serde(default)]
+    pub stored_bytes: u64,
+}
+
+/// A shard stored by a window's snapshot job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardResult {
+    /// The manifest entry, as the agent saw the shard (slot ranges are the coordinator's to add).
+    pub entry: ShardEntry,
+    /// Per region, in the job's order.
+    pub regions: Vec<RegionResult>,
+    /// When the agent started reading the source (Unix milliseconds, the agent's clock).
+    pub started_at_ms: i64,
+    /// When the last object was stored (Unix milliseconds).
+    pub finished_at_ms: i64,
+}
+
+/// A job's result as the agent sends it back (JSON in `Finished.result_json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobResult {
+    /// A window's snapshot job.
+    Shard(Box<ShardResult>),
+    /// A manifest job: per region.
+    Manifest {
+        /// Per region, in the job's order.
+        regions: Vec<RegionResult>,
+    },
+}
