@@ -181,6 +181,12 @@ struct Shared {
     standby_started: AtomicBool,
 }
 
+/// `d` give or take a quarter: jitter spreads thousands of agents over a period instead of one
+/// burst.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>() * 0.5 + 0.75)
+}
+
 /// How often the spare connections are used, so that they stay up.
 const STANDBY_EVERY: Duration = Duration::from_secs(30);
 
@@ -360,9 +366,7 @@ async fn connect_loop(shared: Arc<Shared>) {
                 tracing::info!(coordinator = %address, "no leader yet");
             }
         }
-        // Jitter spreads thousands of agents over the backoff instead of one burst.
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = backoff.mul_f64(1.5).min(max_backoff);
     }
 }
@@ -402,7 +406,9 @@ async fn standby_loop(shared: Arc<Shared>) {
             match channel(&shared, address).await {
                 Ok(ch) => {
                     let mut client = AgentServiceClient::new(ch);
-                    let call = client.standby(v1::StandbyRequest {});
+                    let call = client.standby(v1::StandbyRequest {
+                        agent_id: shared.config.agent_id.clone(),
+                    });
                     match tokio::time::timeout(Duration::from_secs(5), call).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(s)) => {
@@ -414,8 +420,7 @@ async fn standby_loop(shared: Arc<Shared>) {
                 Err(why) => tracing::debug!(%why, "spare connection"),
             }
         }
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        tokio::time::sleep(STANDBY_EVERY.mul_f64(jitter)).await;
+        tokio::time::sleep(jittered(STANDBY_EVERY)).await;
     }
 }
 
@@ -766,7 +771,7 @@ async fn run_job(shared: &Shared, job: v1::Job) -> Result<v1::Finished> {
                 })
                 .collect(),
             started_at_ms: report.started_at_ms,
-            finished_at_ms: snapshot::unix_ms(),
+            finished_at_ms: fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc()),
         })))
         .expect("results serialise"),
         _ => String::new(),

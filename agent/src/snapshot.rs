@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fleetsnap_core::manifest::{self, FORMAT_VERSION};
+use fleetsnap_core::window::unix_ms;
 use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, ShardEntry, ShardId};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -121,13 +122,12 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     }
     // Everything that can be ready is: wait for the instant, then read the source.
     if let Some(at) = req.start_at_ms {
-        let now = unix_ms();
+        let now = unix_ms(OffsetDateTime::now_utc());
         if at > now {
             tokio::time::sleep(Duration::from_millis((at - now) as u64)).await;
         }
     }
     let started_at = OffsetDateTime::now_utc();
-    let started_at_ms = unix_ms();
     let started = Instant::now();
     let backup_id = req
         .backup_id
@@ -278,13 +278,8 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         notes,
         destinations: reports,
         entry: m.shards.into_iter().next(),
-        started_at_ms,
+        started_at_ms: unix_ms(started_at),
     })
-}
-
-/// The wall clock in Unix milliseconds.
-pub fn unix_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn round3(d: Duration) -> f64 {

@@ -142,6 +142,11 @@ pub fn cluster(r: &v1::ClusterStatusReply) -> String {
     );
     let _ = writeln!(
         out,
+        "{} agents keep a spare connection to node {}",
+        r.spare_agents, r.node_id
+    );
+    let _ = writeln!(
+        out,
         "{:<6} {:<24} {:<8} {:>8}",
         "ID", "ADDRESS", "ROLE", "MATCHED"
     );
@@ -174,6 +179,7 @@ pub fn cluster_json(r: &v1::ClusterStatusReply) -> serde_json::Value {
         "last_log_index": r.last_log_index,
         "applied_index": r.applied_index,
         "snapshot_index": r.snapshot_index,
+        "spare_agents": r.spare_agents,
         "members": r.members.iter().map(|m| serde_json::json!({
             "id": m.id,
             "address": m.address,
@@ -214,7 +220,11 @@ pub fn policies(list: &[fleetsnap_core::policy::Policy]) -> String {
             out,
             "{:<16} {:<20} {:<14} {:<12} {:<18} {:<14}",
             p.name,
-            p.clusters.join(","),
+            p.clusters
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             p.schedule
                 .as_ref()
                 .map_or("on demand".to_string(), |s| s.to_string()),

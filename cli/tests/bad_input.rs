@@ -16,6 +16,23 @@ fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Rewrites an agent's config (`from` becomes `to`) and runs the agent on it: it must stop with
+/// an error; returns what it said.
+fn agent_refuses(config: &std::path::Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, text.replace(from, to)).unwrap();
+    let o = run_to_exit(
+        Command::new(bin("fleetsnap-agent"))
+            .args(["run", "--config"])
+            .arg(config),
+    );
+    assert!(
+        !o.status.success(),
+        "the agent accepted {to:?} in its config"
+    );
+    stderr_of(&o)
+}
+
 /// Runs a process that must exit by itself within 20 s.
 fn run_to_exit(cmd: &mut Command) -> std::process::Output {
     output_within(cmd, Duration::from_secs(20)).unwrap()
@@ -47,15 +64,7 @@ fn unknown_config_keys_are_named() {
     assert!(!e.contains("panicked"), "{e}");
 
     let a = Agent::configure(&fleet, "a1", &["127.0.0.1:1".into()], &[], false).unwrap();
-    let text = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(&a.config, text.replace("coordinators =", "coordinator =")).unwrap();
-    let o = run_to_exit(
-        Command::new(bin("fleetsnap-agent"))
-            .args(["run", "--config"])
-            .arg(&a.config),
-    );
-    let e = stderr_of(&o);
-    assert!(!o.status.success());
+    let e = agent_refuses(&a.config, "coordinators =", "coordinator =");
     assert!(
         e.contains("coordinator") && e.contains("unknown field"),
         "{e}"
@@ -173,15 +182,7 @@ async fn certificates_are_checked_on_every_call() {
     // An agent configured with a peer certificate stops at once and says which to use.
     let mut a =
         Agent::configure(&fleet, "a1", std::slice::from_ref(&one.address), &[], false).unwrap();
-    let text = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(&a.config, text.replace("agent-a1.", "peer-2.")).unwrap();
-    let o = run_to_exit(
-        Command::new(bin("fleetsnap-agent"))
-            .args(["run", "--config"])
-            .arg(&a.config),
-    );
-    let e = stderr_of(&o);
-    assert!(!o.status.success());
+    let e = agent_refuses(&a.config, "agent-a1.", "peer-2.");
     assert!(e.contains("names peer \"2\"") && e.contains("a1"), "{e}");
     a.kill();
 

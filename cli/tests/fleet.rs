@@ -308,6 +308,17 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
     })
     .await
     .unwrap();
+    // Every agent keeps a spare connection to every coordinator: the re-home below needs no new
+    // TLS handshakes.
+    for c in &coordinators {
+        let one = cli.to(std::slice::from_ref(&c.address));
+        poll_until("spare connections", Duration::from_secs(20), || async {
+            let s = one.json(&["cluster", "status", "--local", "--json"]).ok()?;
+            (s["spare_agents"].as_u64()? as usize == all_agents().len()).then_some(())
+        })
+        .await
+        .unwrap();
+    }
     let before = cli.json(&["cluster", "status", "--json"]).unwrap();
     let old = before["leader_id"].as_u64().unwrap();
     let log_before = before["last_log_index"].as_u64().unwrap();

@@ -61,11 +61,12 @@ impl Network {
     }
 }
 
-/// Pings every other member every [`WARM_EVERY`], keeping a connection to each up; returns when
-/// Raft stops.
+/// Pings every other member (as the membership stands at each round) every [`WARM_EVERY`],
+/// keeping a connection to each up; returns when Raft stops.
 pub async fn keep_warm(network: Network, raft: openraft::Raft<TypeConfig>, me: NodeId) {
-    let mut metrics = raft.metrics();
-    loop {
+    let metrics = raft.metrics();
+    // `has_changed` fails once Raft has stopped and dropped its metrics.
+    while metrics.has_changed().is_ok() {
         let members: Vec<(NodeId, String)> = metrics
             .borrow()
             .membership_config
@@ -96,12 +97,7 @@ pub async fn keep_warm(network: Network, raft: openraft::Raft<TypeConfig>, me: N
                 }
             });
         }
-        tokio::select! {
-            () = tokio::time::sleep(WARM_EVERY) => {}
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-        // Membership changes wake the loop early; other metrics changes are frequent, so pace.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(WARM_EVERY).await;
     }
 }
 

@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::network::Network;
@@ -154,7 +155,10 @@ pub async fn run(
         }
         Transport::Insecure => {
             router
-                .serve_with_incoming_shutdown(Nodelay(TcpListenerStream::new(listener)), shutdown)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
                 .await
         }
     };
@@ -238,12 +242,7 @@ impl Handshakes {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
                         }
-                        Ok(Err(e)) => tracing::warn!(
-                            %peer,
-                            error = %e,
-                            "TLS handshake failed; the client needs a certificate from this \
-                             fleet's CA"
-                        ),
+                        Ok(Err(e)) => handshake_failed(peer, &e),
                         Err(_) => tracing::warn!(
                             %peer,
                             "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; dropped"
@@ -260,23 +259,13 @@ impl Handshakes {
     }
 }
 
-/// Plain-text connections, with Nagle off as on the TLS path.
-struct Nodelay(TcpListenerStream);
-
-impl tokio_stream::Stream for Nodelay {
-    type Item = std::io::Result<TcpStream>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.0).poll_next(cx).map(|item| {
-            item.map(|r| {
-                r.inspect(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                })
-            })
-        })
+/// Logs a failed handshake: a certificate problem is the operator's to fix and is a warning that
+/// says so; a client that went away mid-handshake (say, one that gave up waiting) is not.
+fn handshake_failed(peer: std::net::SocketAddr, e: &std::io::Error) {
+    let text = fleetsnap_proto::tls::describe(e);
+    match fleetsnap_proto::tls::certificate_problem(&text) {
+        Some(hint) => tracing::warn!(%peer, error = %text, "TLS handshake refused: {hint}"),
+        None => tracing::debug!(%peer, error = %text, "TLS handshake did not finish"),
     }
 }
 

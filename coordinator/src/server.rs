@@ -11,6 +11,7 @@ use fleetsnap_core::InstanceReport;
 use fleetsnap_core::planner;
 use fleetsnap_core::policy::{Consistency, Policy};
 use fleetsnap_core::topology::{self, Observed};
+use fleetsnap_core::window::{from_unix_ms, unix_ms};
 use fleetsnap_proto::tls::{self, PeerIdentity, Role};
 use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
@@ -46,7 +47,13 @@ pub struct Node {
     registrations: mpsc::UnboundedSender<Registration>,
     /// The policies of this node's config file.
     config_policies: Vec<Policy>,
+    /// The last `Standby` call of each agent that keeps a spare connection here.
+    spares: Mutex<HashMap<String, Instant>>,
 }
+
+/// An agent whose last `Standby` call is older has no spare connection here any more (agents
+/// call every 30 s, jittered up to 37.5 s).
+const SPARE_FRESH: Duration = Duration::from_secs(75);
 
 /// An agent to register, and where to say that it is.
 type Registration = (String, tokio::sync::oneshot::Sender<Result<(), Status>>);
@@ -122,6 +129,7 @@ impl Node {
             leader_id: tokio::sync::watch::Sender::new(None),
             registrations,
             config_policies,
+            spares: Mutex::default(),
         });
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().schedule_loop());
@@ -280,7 +288,13 @@ impl Node {
                     .or_else(|| (*id == self.id).then_some(m.last_log_index).flatten()),
             })
             .collect();
+        let spare_agents = {
+            let mut spares = self.spares.lock().expect("lock");
+            spares.retain(|_, at| at.elapsed() < SPARE_FRESH);
+            spares.len() as u64
+        };
         v1::ClusterStatusReply {
+            spare_agents,
             node_id: self.id,
             leader_id: m.current_leader.unwrap_or_default(),
             term: m.current_term,
@@ -341,7 +355,7 @@ impl Node {
         let mut shards = Vec::new();
         let mut missing = Vec::new();
         for cluster in &p.clusters {
-            match view.clusters.iter().find(|c| &c.name == cluster) {
+            match view.clusters.iter().find(|c| c.name == cluster.as_str()) {
                 Some(c) if !c.shards.is_empty() => {
                     for s in &c.shards {
                         shards.push((cluster.clone(), planner::plan_shard(s, &rules)));
@@ -357,8 +371,8 @@ impl Node {
             }
         }
         let now = time::OffsetDateTime::now_utc();
-        let opened_at_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-        let backup_id = BackupId::from_parts(now, rand::random()).to_string();
+        let opened_at_ms = unix_ms(now);
+        let backup_id = BackupId::from_parts(now, rand::random());
         let plan = WindowPlan {
             fire_at_ms: (p.consistency == Consistency::Simultaneous)
                 .then_some(opened_at_ms + SIMULTANEOUS_LEAD_MS),
@@ -374,7 +388,7 @@ impl Node {
             .window
             .ok_or_else(|| Status::internal("the window was not opened"))?;
         tracing::info!(window, %backup_id, policy, "window opened");
-        Ok((window, backup_id))
+        Ok((window, backup_id.to_string()))
     }
 
     /// Opens the windows that policies' schedules call for (the leader only).
@@ -392,7 +406,7 @@ impl Node {
                 continue;
             }
             let now = time::OffsetDateTime::now_utc();
-            let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+            let now_ms = unix_ms(now);
             let due: Vec<String> = {
                 let s = self.state.read().expect("state lock");
                 s.state
@@ -405,11 +419,7 @@ impl Node {
                             None => *first_seen.entry(p.name.clone()).or_insert(now_ms),
                         };
                         let base = failed_at.get(&p.name).map_or(base, |&f| f.max(base));
-                        let base = time::OffsetDateTime::from_unix_timestamp_nanos(
-                            base as i128 * 1_000_000,
-                        )
-                        .ok()?;
-                        let next = schedule.next_after(base)?;
+                        let next = schedule.next_after(from_unix_ms(base))?;
                         (next <= now).then(|| p.name.clone())
                     })
                     .collect()
@@ -424,31 +434,24 @@ impl Node {
     }
 
     fn status_json(&self, cluster: &str) -> String {
+        let view = self.view(cluster);
         let now = Instant::now();
-        let agents = self.fleet.agents.lock().expect("lock");
-        let mut observed = Vec::new();
-        let mut agent_rows = Vec::new();
-        for (name, a) in agents.iter() {
-            let age = now.duration_since(a.last_heard()).as_millis() as u64;
-            agent_rows.push(AgentRow {
+        let mut agent_rows: Vec<AgentRow> = self
+            .fleet
+            .agents
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(name, a)| AgentRow {
                 agent: name.clone(),
                 connected: a.tx.is_some(),
                 version: a.version.clone(),
-                last_report_age_ms: a.last_report.map(|_| age),
+                last_report_age_ms: a
+                    .last_report
+                    .map(|t| now.duration_since(t).as_millis() as u64),
                 instances: a.instances.len(),
-            });
-            for r in &a.instances {
-                if cluster.is_empty() || r.cluster == cluster {
-                    observed.push(Observed {
-                        agent: name,
-                        report: r,
-                        age_ms: age,
-                    });
-                }
-            }
-        }
-        let view = topology::derive(&observed);
-        drop(agents);
+            })
+            .collect();
         agent_rows.sort_by(|a, b| a.agent.cmp(&b.agent));
         let (known, jobs) = {
             let s = self.state.read().expect("state lock");
@@ -610,18 +613,17 @@ impl Node {
             .await;
         }
         let term = self.raft.metrics().borrow().current_term;
-        if !self.is_leader() || hello.newest_term_seen > term {
-            let l = self.leader();
-            let l = if hello.newest_term_seen > term {
-                // This node is behind the agent: whatever it believes about leaders is stale.
-                LeaderInfo {
-                    id: None,
-                    address: String::new(),
-                }
-            } else {
-                l
+        if hello.newest_term_seen > term {
+            // This node is behind the agent: whatever it believes about leaders is stale.
+            let unknown = LeaderInfo {
+                id: None,
+                address: String::new(),
             };
-            let _ = tx.send(Ok(redirect(&l))).await;
+            let _ = tx.send(Ok(redirect(&unknown))).await;
+            return;
+        }
+        if !self.is_leader() {
+            let _ = tx.send(Ok(redirect(&self.leader()))).await;
             return;
         }
         if let Err(status) = self.admit(&hello).await {
@@ -824,20 +826,23 @@ impl Node {
             Some(job_update::State::Refused(why)) => JobOutcome::Failed {
                 reason: format!("agent {agent:?} refused the job: {why}"),
             },
-            Some(job_update::State::Finished(f)) if f.ok => JobOutcome::Succeeded {
-                backup_id: (!f.backup_id.is_empty()).then_some(f.backup_id),
-                result: if f.result_json.is_empty() {
-                    None
-                } else {
-                    match serde_json::from_str(&f.result_json) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            tracing::warn!(job = u.job_id, error = %e, "a job result that does not parse");
-                            None
-                        }
-                    }
-                },
-            },
+            Some(job_update::State::Finished(f)) if f.ok => {
+                let result = (!f.result_json.is_empty())
+                    .then(|| serde_json::from_str(&f.result_json))
+                    .transpose();
+                match result {
+                    Ok(result) => JobOutcome::Succeeded {
+                        backup_id: (!f.backup_id.is_empty()).then_some(f.backup_id),
+                        result,
+                    },
+                    Err(e) => JobOutcome::Failed {
+                        reason: format!(
+                            "agent {agent:?} sent a result this coordinator cannot read ({e}); \
+                             are the agent and the coordinators the same version?"
+                        ),
+                    },
+                }
+            }
             Some(job_update::State::Finished(f)) => JobOutcome::Failed { reason: f.error },
         };
         let (owner, done) = self
@@ -907,8 +912,8 @@ fn job_message(job: &Job, term: u64, index: u64) -> v1::CoordinatorMessage {
         JobKind::WriteManifest(m) => v1::job::Kind::Manifest(v1::WriteManifestJob {
             destinations: m.destinations.clone(),
             regions: m.regions.clone(),
-            cluster: m.cluster.clone(),
-            backup_id: m.backup_id.clone(),
+            cluster: m.cluster.to_string(),
+            backup_id: m.backup_id.to_string(),
             manifest_json: m.manifest_json.clone(),
         }),
     };
@@ -963,13 +968,14 @@ impl v1::agent_service_server::AgentService for Services {
         &self,
         req: Request<v1::StandbyRequest>,
     ) -> Result<Response<v1::StandbyReply>, Status> {
-        tls::require(&req, Role::Agent, "the agent service")?;
-        let leader = self.0.leader();
-        Ok(Response::new(v1::StandbyReply {
-            node_id: self.0.id,
-            leader_id: leader.id.unwrap_or_default(),
-            leader_address: leader.address,
-        }))
+        let identity = tls::require(&req, Role::Agent, "the agent service")?;
+        let agent = identity.map_or_else(|| req.into_inner().agent_id, |id| id.name);
+        self.0
+            .spares
+            .lock()
+            .expect("lock")
+            .insert(agent, Instant::now());
+        Ok(Response::new(v1::StandbyReply {}))
     }
 }
 
@@ -1294,7 +1300,7 @@ impl v1::admin_service_server::AdminService for Services {
             .state
             .sets
             .values()
-            .filter(|b| r.cluster.is_empty() || b.cluster == r.cluster)
+            .filter(|b| r.cluster.is_empty() || b.cluster.as_str() == r.cluster)
             .filter(|b| r.policy.is_empty() || b.policy == r.policy)
             .collect();
         Ok(Response::new(v1::JsonReply {
@@ -1312,7 +1318,11 @@ impl v1::admin_service_server::AdminService for Services {
         let s = self.0.state.read().expect("state lock");
         let window = match id.parse::<u64>() {
             Ok(n) => s.state.windows.get(&n),
-            Err(_) => s.state.windows.values().find(|w| w.plan.backup_id == id),
+            Err(_) => s
+                .state
+                .windows
+                .values()
+                .find(|w| w.plan.backup_id.as_str() == id),
         }
         .ok_or_else(|| {
             Status::not_found(format!(

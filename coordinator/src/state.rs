@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use fleetsnap_core::policy::Policy;
 use fleetsnap_core::window::JobResult;
+use fleetsnap_core::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
 use crate::window::{BackupSet, Window, WindowPlan};
@@ -27,9 +28,9 @@ pub struct ManifestSpec {
     /// The window.
     pub window: u64,
     /// The set's cluster.
-    pub cluster: String,
+    pub cluster: ClusterId,
     /// The set's id.
-    pub backup_id: String,
+    pub backup_id: BackupId,
     /// Destination URLs that hold every shard.
     pub destinations: Vec<String>,
     /// Their region names.

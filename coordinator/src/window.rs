@@ -9,13 +9,12 @@
 use std::collections::BTreeMap;
 
 use fleetsnap_core::manifest::{FORMAT_VERSION, Manifest};
-use fleetsnap_core::planner::ShardPlan;
+use fleetsnap_core::planner::{NodeChoice, ShardPlan};
 use fleetsnap_core::policy::{Consistency, Policy};
 use fleetsnap_core::retention::SetState;
-use fleetsnap_core::window::{JobResult, RegionResult, ShardResult};
-use fleetsnap_core::{BackupId, ClusterId, ShardId};
+use fleetsnap_core::window::{JobResult, RegionResult, ShardResult, from_unix_ms};
+use fleetsnap_core::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use crate::state::{
     FleetState, Job, JobKind, JobOutcome, JobState, ManifestSpec, Response, SnapshotSpec,
@@ -27,15 +26,15 @@ pub struct WindowPlan {
     /// The policy, as it was then.
     pub policy: Policy,
     /// The id every cluster's set of this window gets.
-    pub backup_id: String,
+    pub backup_id: BackupId,
     /// The leader's clock at the opening (Unix milliseconds).
     pub opened_at_ms: i64,
     /// `simultaneous`: the instant every snapshot starts.
     pub fire_at_ms: Option<i64>,
     /// Per cluster, the plan of each of its shards.
-    pub shards: Vec<(String, ShardPlan)>,
+    pub shards: Vec<(ClusterId, ShardPlan)>,
     /// Clusters of the policy with no shard in the fleet view, and why.
-    pub missing: Vec<(String, String)>,
+    pub missing: Vec<(ClusterId, String)>,
 }
 
 /// A window in progress or done.
@@ -52,7 +51,7 @@ pub struct Window {
     /// Its shards.
     pub shards: Vec<WindowShard>,
     /// Manifest jobs by cluster, once every shard has ended.
-    pub manifest_jobs: BTreeMap<String, u64>,
+    pub manifest_jobs: BTreeMap<ClusterId, u64>,
     /// Whether every set it makes has its final state.
     pub done: bool,
 }
@@ -61,7 +60,7 @@ pub struct Window {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowShard {
     /// Its cluster.
-    pub cluster: String,
+    pub cluster: ClusterId,
     /// The planner's ranking.
     pub plan: ShardPlan,
     /// Which candidate is (or was last) tried, from 0.
@@ -72,6 +71,13 @@ pub struct WindowShard {
     pub state: ShardState,
     /// Why earlier candidates failed.
     pub failures: Vec<String>,
+}
+
+impl WindowShard {
+    /// The candidate of the current attempt.
+    fn candidate(&self) -> Option<&NodeChoice> {
+        self.plan.candidates().nth(self.attempt as usize)
+    }
 }
 
 /// Where a window's shard stands.
@@ -89,11 +95,23 @@ pub enum ShardState {
     },
 }
 
+/// Where a region stands for a set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionState {
+    /// Waiting for the manifest job.
+    Pending,
+    /// The manifest is written: every object was verified there.
+    Complete,
+    /// Something is missing there.
+    Failed,
+}
+
 /// One region's hold on a set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionStatus {
-    /// `pending`, `complete` (manifest written: every object verified there) or `failed`.
-    pub state: String,
+    /// Where it stands.
+    pub state: RegionState,
     /// Why it failed.
     pub error: Option<String>,
     /// Bytes stored there (objects and manifest).
@@ -129,15 +147,15 @@ pub struct SetShard {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupSet {
     /// The set's id (shared by the window's clusters).
-    pub backup_id: String,
+    pub backup_id: BackupId,
     /// The cluster.
-    pub cluster: String,
+    pub cluster: ClusterId,
     /// The policy.
     pub policy: String,
     /// The window.
     pub window: u64,
-    /// `independent`, `simultaneous`, `consistent`.
-    pub consistency: String,
+    /// How its shards relate in time.
+    pub consistency: Consistency,
     /// When the window opened (Unix milliseconds, the leader's clock).
     pub opened_at_ms: i64,
     /// The spread of the shards' start times (`simultaneous`), milliseconds.
@@ -154,10 +172,40 @@ pub struct BackupSet {
     pub reason: Option<String>,
 }
 
+/// The catalog key of a set: sets are per cluster, ids per window.
+pub fn set_key(cluster: &ClusterId, backup_id: &BackupId) -> String {
+    format!("{cluster}/{backup_id}")
+}
+
 impl BackupSet {
-    /// The catalog key: sets are per cluster, ids per window.
+    /// Its catalog key.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.cluster, self.backup_id)
+        set_key(&self.cluster, &self.backup_id)
+    }
+
+    /// Counts the regions that took the manifest; a region never heard of has failed.
+    fn count_regions(&mut self) {
+        for status in self.regions.values_mut() {
+            if status.state == RegionState::Pending {
+                status.state = RegionState::Failed;
+                status.error = Some("the manifest job did not report it".into());
+            }
+        }
+        let complete = self
+            .regions
+            .values()
+            .filter(|r| r.state == RegionState::Complete)
+            .count() as u32;
+        self.state = if complete >= self.min_regions {
+            SetState::Complete
+        } else if complete > 0 {
+            SetState::Degraded
+        } else {
+            SetState::Failed
+        };
+        if self.state == SetState::Failed && self.reason.is_none() {
+            self.reason = Some("no region took the manifest".into());
+        }
     }
 }
 
@@ -166,25 +214,12 @@ pub fn storage_shard(id: &str) -> String {
     id.replace(',', "_")
 }
 
-fn ms_time(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 impl FleetState {
     /// `OpenWindow`: records the window and creates the first job of every plannable shard.
     pub(crate) fn open_window(&mut self, term: u64, index: u64, plan: &WindowPlan) -> Response {
         self.next_window += 1;
         let id = self.next_window;
-        let mut window = Window {
-            id,
-            plan: plan.clone(),
-            term,
-            index,
-            shards: Vec::new(),
-            manifest_jobs: BTreeMap::new(),
-            done: false,
-        };
+        let mut shards = Vec::new();
         for (cluster, shard_plan) in &plan.shards {
             let mut shard = WindowShard {
                 cluster: cluster.clone(),
@@ -194,12 +229,23 @@ impl FleetState {
                 state: ShardState::Running,
                 failures: Vec::new(),
             };
-            self.start_attempt(term, index, &window, &mut shard);
-            window.shards.push(shard);
+            self.start_attempt(term, index, id, plan, &mut shard);
+            shards.push(shard);
         }
         self.last_window
             .insert(plan.policy.name.clone(), plan.opened_at_ms);
-        self.windows.insert(id, window);
+        self.windows.insert(
+            id,
+            Window {
+                id,
+                plan: plan.clone(),
+                term,
+                index,
+                shards,
+                manifest_jobs: BTreeMap::new(),
+                done: false,
+            },
+        );
         self.settle_window(term, index, id);
         Response {
             window: Some(id),
@@ -207,54 +253,63 @@ impl FleetState {
         }
     }
 
-    /// Hands the shard to its candidate number `attempt`, or fails it when there is none left.
-    fn start_attempt(&mut self, term: u64, index: u64, window: &Window, shard: &mut WindowShard) {
-        let Some(c) = shard.plan.candidates().nth(shard.attempt as usize).cloned() else {
-            let mut reason = shard
-                .plan
-                .failure
-                .clone()
-                .unwrap_or_else(|| "every candidate failed".to_string());
-            if !shard.failures.is_empty() {
-                reason = format!("every candidate failed: {}", shard.failures.join("; "));
+    /// Hands the shard to its candidate number `attempt` (skipping candidates whose agent is
+    /// unknown), or fails it when there is none left.
+    fn start_attempt(
+        &mut self,
+        term: u64,
+        index: u64,
+        window: u64,
+        plan: &WindowPlan,
+        shard: &mut WindowShard,
+    ) {
+        let candidate = loop {
+            match shard.candidate().cloned() {
+                Some(c) if !self.agents.contains_key(&c.agent) => {
+                    shard.failures.push(format!(
+                        "{}: its agent {:?} is not registered",
+                        c.address, c.agent
+                    ));
+                    shard.attempt += 1;
+                }
+                other => break other,
             }
+        };
+        let Some(c) = candidate else {
+            let reason = if shard.failures.is_empty() {
+                shard
+                    .plan
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| "no candidate".to_string())
+            } else {
+                format!("every candidate failed: {}", shard.failures.join("; "))
+            };
             shard.state = ShardState::Failed { reason };
             shard.job = None;
             return;
         };
-        if !self.agents.contains_key(&c.agent) {
-            shard.failures.push(format!(
-                "{}: its agent {:?} is not registered",
-                c.address, c.agent
-            ));
-            shard.attempt += 1;
-            return self.start_attempt(term, index, window, shard);
-        }
-        let p = &window.plan.policy;
+        let p = &plan.policy;
         let spec = SnapshotSpec {
             instance: c.name.clone(),
             destinations: p.destinations.iter().map(|d| d.agent_url()).collect(),
-            cluster: shard.cluster.clone(),
+            cluster: shard.cluster.to_string(),
             shard: storage_shard(&shard.plan.shard),
             compress: p.compress.clone(),
             encrypt_to: p.encrypt_to.clone(),
             source: p.source.clone(),
-            backup_id: window.plan.backup_id.clone(),
-            window: Some(window.id),
+            backup_id: plan.backup_id.to_string(),
+            window: Some(window),
             regions: p.destinations.iter().map(|d| d.region.clone()).collect(),
             // A retried shard starts when it can: the instant has passed.
-            fire_at_ms: if shard.attempt == 0 {
-                window.plan.fire_at_ms
-            } else {
-                None
-            },
+            fire_at_ms: plan.fire_at_ms.filter(|_| shard.attempt == 0),
         };
-        let job = self.new_job(term, index, &c.agent, JobKind::Snapshot(spec));
-        shard.job = Some(job);
+        shard.job = Some(self.new_job(term, index, &c.agent, JobKind::Snapshot(spec)));
         shard.state = ShardState::Running;
     }
 
-    fn new_job(&mut self, term: u64, index: u64, agent: &str, kind: JobKind) -> u64 {
+    /// A new pending job.
+    pub(crate) fn new_job(&mut self, term: u64, index: u64, agent: &str, kind: JobKind) -> u64 {
         self.next_job += 1;
         let id = self.next_job;
         self.jobs.insert(
@@ -275,62 +330,54 @@ impl FleetState {
 
     /// After a job of a window ended: moves its shard or its set on.
     pub(crate) fn window_job_ended(&mut self, term: u64, index: u64, job: u64) {
-        let Some(j) = self.jobs.get(&job).cloned() else {
+        let Some(Job {
+            kind,
+            state: JobState::Done(outcome),
+            ..
+        }) = self.jobs.get(&job).cloned()
+        else {
             return;
         };
-        let JobState::Done(outcome) = &j.state else {
-            return;
-        };
-        let window_id = match &j.kind {
+        let window_id = match &kind {
             JobKind::Snapshot(s) => s.window,
             JobKind::WriteManifest(m) => Some(m.window),
         };
-        let Some(window_id) = window_id else {
+        let Some(mut window) = window_id.and_then(|w| self.windows.remove(&w)) else {
             return;
         };
-        let Some(mut window) = self.windows.remove(&window_id) else {
-            return;
-        };
-        match &j.kind {
+        match kind {
             JobKind::Snapshot(_) => {
-                if let Some(pos) = window.shards.iter().position(|s| s.job == Some(job)) {
-                    let mut shard = window.shards[pos].clone();
-                    let stored = match outcome {
+                let Window {
+                    id, plan, shards, ..
+                } = &mut window;
+                if let Some(shard) = shards.iter_mut().find(|s| s.job == Some(job)) {
+                    match outcome {
                         JobOutcome::Succeeded {
                             result: Some(JobResult::Shard(r)),
                             ..
-                        } if r.regions.iter().any(|g| g.ok) => Some(r.clone()),
-                        _ => None,
-                    };
-                    match stored {
-                        Some(r) => shard.state = ShardState::Stored(r),
-                        None => {
+                        } if r.regions.iter().any(|g| g.ok) => shard.state = ShardState::Stored(r),
+                        outcome => {
                             let why = match outcome {
-                                JobOutcome::Failed { reason } => reason.clone(),
+                                JobOutcome::Failed { reason } => reason,
                                 _ => "no region took the snapshot".to_string(),
                             };
-                            let node = shard
-                                .plan
-                                .candidates()
-                                .nth(shard.attempt as usize)
-                                .map(|c| c.address.clone())
-                                .unwrap_or_default();
-                            shard.failures.push(format!("{node}: {why}"));
+                            let node = shard.candidate().map(|c| c.address.clone());
+                            shard
+                                .failures
+                                .push(format!("{}: {why}", node.unwrap_or_default()));
                             shard.attempt += 1;
-                            self.start_attempt(term, index, &window, &mut shard);
+                            self.start_attempt(term, index, *id, plan, shard);
                         }
                     }
-                    window.shards[pos] = shard;
                 }
             }
             JobKind::WriteManifest(m) => {
-                let key = format!("{}/{}", m.cluster, window.plan.backup_id);
-                if let Some(set) = self.sets.get_mut(&key) {
+                if let Some(set) = self.sets.get_mut(&set_key(&m.cluster, &m.backup_id)) {
                     let results = match outcome {
                         JobOutcome::Succeeded {
                             result: Some(JobResult::Manifest { regions }),
                             ..
-                        } => regions.clone(),
+                        } => regions,
                         JobOutcome::Failed { reason } => m
                             .regions
                             .iter()
@@ -341,41 +388,26 @@ impl FleetState {
                                 stored_bytes: 0,
                             })
                             .collect(),
-                        _ => Vec::new(),
+                        JobOutcome::Succeeded { .. } => Vec::new(),
                     };
                     for r in results {
                         if let Some(status) = set.regions.get_mut(&r.region) {
-                            status.state = if r.ok { "complete" } else { "failed" }.into();
-                            status.error = r.error.clone();
+                            status.state = if r.ok {
+                                RegionState::Complete
+                            } else {
+                                RegionState::Failed
+                            };
+                            status.error = r.error;
                             status.stored_bytes += r.stored_bytes;
                         }
                     }
-                    for status in set.regions.values_mut() {
-                        if status.state == "pending" {
-                            status.state = "failed".into();
-                            status.error = Some("the manifest job did not report it".into());
-                        }
-                    }
-                    let complete = set
-                        .regions
-                        .values()
-                        .filter(|r| r.state == "complete")
-                        .count() as u32;
-                    set.state = if complete >= set.min_regions {
-                        SetState::Complete
-                    } else if complete > 0 {
-                        SetState::Degraded
-                    } else {
-                        SetState::Failed
-                    };
-                    if set.state == SetState::Failed && set.reason.is_none() {
-                        set.reason = Some("no region took the manifest".into());
-                    }
+                    set.count_regions();
                 }
             }
         }
-        self.windows.insert(window_id, window);
-        self.settle_window(term, index, window_id);
+        let id = window.id;
+        self.windows.insert(id, window);
+        self.settle_window(term, index, id);
     }
 
     /// Once every shard has ended: a set per cluster, and its manifest job; once every manifest
@@ -388,10 +420,10 @@ impl FleetState {
             .shards
             .iter()
             .all(|s| !matches!(s.state, ShardState::Running));
-        if shards_ended && window.manifest_jobs.is_empty() && !window.done {
-            self.make_sets(term, index, &mut window);
-        }
         if shards_ended && !window.done {
+            if window.manifest_jobs.is_empty() {
+                self.make_sets(term, index, &mut window);
+            }
             window.done = window.manifest_jobs.values().all(|j| {
                 self.jobs
                     .get(j)
@@ -401,121 +433,84 @@ impl FleetState {
         self.windows.insert(id, window);
     }
 
+    /// A set per cluster of the window; a manifest job for each whose shards are all stored.
     fn make_sets(&mut self, term: u64, index: u64, window: &mut Window) {
-        let p = window.plan.policy.clone();
-        let mut clusters: Vec<String> = window.shards.iter().map(|s| s.cluster.clone()).collect();
-        clusters.dedup();
         for (cluster, why) in &window.plan.missing {
-            let set = self.empty_set(window, cluster);
-            self.sets.insert(
-                set.key(),
-                BackupSet {
-                    state: SetState::Failed,
-                    reason: Some(why.clone()),
-                    ..set
-                },
-            );
+            let mut set = empty_set(window, cluster);
+            set.state = SetState::Failed;
+            set.reason = Some(why.clone());
+            self.sets.insert(set.key(), set);
         }
+        let mut clusters: Vec<ClusterId> =
+            window.shards.iter().map(|s| s.cluster.clone()).collect();
+        clusters.sort();
+        clusters.dedup();
         for cluster in clusters {
-            let shards: Vec<&WindowShard> = window
-                .shards
-                .iter()
-                .filter(|s| s.cluster == cluster)
-                .collect();
-            let mut set = self.empty_set(window, &cluster);
-            let failed: Vec<String> = shards
-                .iter()
-                .filter_map(|s| match &s.state {
+            let mut set = empty_set(window, &cluster);
+            let mut failed = Vec::new();
+            let mut stored: Vec<(&WindowShard, &ShardResult)> = Vec::new();
+            for s in window.shards.iter().filter(|s| s.cluster == cluster) {
+                match &s.state {
+                    ShardState::Stored(r) => stored.push((s, r)),
                     ShardState::Failed { reason } => {
-                        Some(format!("shard {}: {reason}", s.plan.shard))
+                        failed.push(format!("shard {}: {reason}", s.plan.shard))
                     }
-                    _ => None,
-                })
-                .collect();
-            let stored: Vec<(&WindowShard, &ShardResult)> = shards
-                .iter()
-                .filter_map(|s| match &s.state {
-                    ShardState::Stored(r) => Some((*s, &**r)),
-                    _ => None,
-                })
-                .collect();
-            for (s, r) in &stored {
-                let chosen = s.plan.candidates().nth(s.attempt as usize);
-                set.shards.push(SetShard {
-                    shard: s.plan.shard.clone(),
-                    source_node: r.entry.source_node.clone(),
-                    agent: chosen.map(|c| c.agent.clone()).unwrap_or_default(),
-                    why: chosen.map(|c| c.reason.clone()).unwrap_or_default(),
-                    failures: s.failures.clone(),
-                    replid: r.entry.replid.clone(),
-                    start_offset: r.entry.start_offset,
-                    raw_bytes: r.entry.objects.iter().map(|o| o.raw_bytes).sum(),
-                    started_at_ms: r.started_at_ms,
-                    finished_at_ms: r.finished_at_ms,
-                });
-            }
-            if p.consistency == Consistency::Simultaneous && stored.len() > 1 {
-                let starts = stored.iter().map(|(_, r)| r.started_at_ms);
-                let (lo, hi) = (starts.clone().min(), starts.max());
-                if let (Some(lo), Some(hi)) = (lo, hi) {
-                    set.skew_ms = Some((hi - lo) as u64);
+                    ShardState::Running => {}
                 }
+            }
+            set.shards = stored.iter().map(|(s, r)| set_shard(s, r)).collect();
+            if window.plan.policy.consistency == Consistency::Simultaneous && stored.len() > 1 {
+                let starts = || stored.iter().map(|(_, r)| r.started_at_ms);
+                set.skew_ms =
+                    Some((starts().max().unwrap_or(0) - starts().min().unwrap_or(0)) as u64);
             }
             if !failed.is_empty() {
                 set.state = SetState::Failed;
                 set.reason = Some(failed.join("; "));
                 for r in set.regions.values_mut() {
-                    r.state = "failed".into();
+                    r.state = RegionState::Failed;
                     r.error = Some("a shard is missing".into());
                 }
                 self.sets.insert(set.key(), set);
                 continue;
             }
-            // Regions that hold every shard get the manifest.
+            // Regions that hold every shard get the manifest; the others are failed here.
             let mut regions = Vec::new();
             let mut urls = Vec::new();
-            for d in &p.destinations {
-                let all = stored
+            for d in &window.plan.policy.destinations {
+                let results: Vec<(&WindowShard, Option<&RegionResult>)> = stored
                     .iter()
-                    .all(|(_, r)| r.regions.iter().any(|g| g.region == d.region && g.ok));
-                let bytes: u64 = stored
+                    .map(|(s, r)| (*s, r.regions.iter().find(|g| g.region == d.region)))
+                    .collect();
+                let status = set.regions.get_mut(&d.region).expect("every region");
+                status.stored_bytes = results
                     .iter()
-                    .flat_map(|(_, r)| r.regions.iter())
-                    .filter(|g| g.region == d.region && g.ok)
+                    .filter_map(|(_, g)| g.filter(|g| g.ok))
                     .map(|g| g.stored_bytes)
                     .sum();
-                let status = set.regions.get_mut(&d.region).expect("every region");
-                status.stored_bytes = bytes;
-                if all {
+                let errors: Vec<String> = results
+                    .iter()
+                    .filter(|(_, g)| !g.is_some_and(|g| g.ok))
+                    .map(|(s, g)| {
+                        let why = g.and_then(|g| g.error.clone());
+                        format!("shard {}: {}", s.plan.shard, why.unwrap_or_default())
+                    })
+                    .collect();
+                if errors.is_empty() {
                     regions.push(d.region.clone());
                     urls.push(d.agent_url());
                 } else {
-                    let errors: Vec<String> = stored
-                        .iter()
-                        .flat_map(|(s, r)| {
-                            r.regions
-                                .iter()
-                                .filter(|g| g.region == d.region && !g.ok)
-                                .map(|g| {
-                                    format!(
-                                        "shard {}: {}",
-                                        s.plan.shard,
-                                        g.error.clone().unwrap_or_default()
-                                    )
-                                })
-                        })
-                        .collect();
-                    status.state = "failed".into();
+                    status.state = RegionState::Failed;
                     status.error = Some(errors.join("; "));
                 }
             }
             let writer = stored
                 .first()
-                .and_then(|(s, _)| s.plan.candidates().nth(s.attempt as usize))
+                .and_then(|(s, _)| s.candidate())
                 .map(|c| c.agent.clone());
-            match (regions.is_empty(), writer) {
-                (false, Some(agent)) => {
-                    let manifest = self.manifest(window, &cluster, &stored);
+            match writer.filter(|_| !regions.is_empty()) {
+                Some(agent) => {
+                    let manifest = manifest(window, &cluster, &stored, set.skew_ms);
                     let job = self.new_job(
                         term,
                         index,
@@ -532,7 +527,7 @@ impl FleetState {
                     );
                     window.manifest_jobs.insert(cluster.clone(), job);
                 }
-                _ => {
+                None => {
                     set.state = SetState::Failed;
                     set.reason = Some("no region holds every shard".into());
                 }
@@ -540,91 +535,89 @@ impl FleetState {
             self.sets.insert(set.key(), set);
         }
     }
+}
 
-    fn empty_set(&self, window: &Window, cluster: &str) -> BackupSet {
-        let p = &window.plan.policy;
-        BackupSet {
-            backup_id: window.plan.backup_id.clone(),
-            cluster: cluster.to_string(),
-            policy: p.name.clone(),
-            window: window.id,
-            consistency: p.consistency.as_str().into(),
-            opened_at_ms: window.plan.opened_at_ms,
-            skew_ms: None,
-            shards: Vec::new(),
-            regions: p
-                .destinations
-                .iter()
-                .map(|d| {
-                    (
-                        d.region.clone(),
-                        RegionStatus {
-                            state: "pending".into(),
-                            error: None,
-                            stored_bytes: 0,
-                        },
-                    )
-                })
-                .collect(),
-            min_regions: p.min_regions,
-            state: SetState::Running,
-            reason: None,
-        }
+fn empty_set(window: &Window, cluster: &ClusterId) -> BackupSet {
+    let p = &window.plan.policy;
+    let pending = RegionStatus {
+        state: RegionState::Pending,
+        error: None,
+        stored_bytes: 0,
+    };
+    BackupSet {
+        backup_id: window.plan.backup_id.clone(),
+        cluster: cluster.clone(),
+        policy: p.name.clone(),
+        window: window.id,
+        consistency: p.consistency,
+        opened_at_ms: window.plan.opened_at_ms,
+        skew_ms: None,
+        shards: Vec::new(),
+        regions: p
+            .destinations
+            .iter()
+            .map(|d| (d.region.clone(), pending.clone()))
+            .collect(),
+        min_regions: p.min_regions,
+        state: SetState::Running,
+        reason: None,
     }
+}
 
-    fn manifest(
-        &self,
-        window: &Window,
-        cluster: &str,
-        stored: &[(&WindowShard, &ShardResult)],
-    ) -> Manifest {
-        let p = &window.plan.policy;
-        let started = stored
+fn set_shard(s: &WindowShard, r: &ShardResult) -> SetShard {
+    let chosen = s.candidate();
+    SetShard {
+        shard: s.plan.shard.clone(),
+        source_node: r.entry.source_node.clone(),
+        agent: chosen.map(|c| c.agent.clone()).unwrap_or_default(),
+        why: chosen.map(|c| c.reason.clone()).unwrap_or_default(),
+        failures: s.failures.clone(),
+        replid: r.entry.replid.clone(),
+        start_offset: r.entry.start_offset,
+        raw_bytes: r.entry.objects.iter().map(|o| o.raw_bytes).sum(),
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: r.finished_at_ms,
+    }
+}
+
+/// The set's manifest: the agents' entries (already named by the storage shard) with the slot
+/// ranges only the coordinator knows.
+fn manifest(
+    window: &Window,
+    cluster: &ClusterId,
+    stored: &[(&WindowShard, &ShardResult)],
+    skew_ms: Option<u64>,
+) -> Manifest {
+    let p = &window.plan.policy;
+    let started = stored
+        .iter()
+        .map(|(_, r)| r.started_at_ms)
+        .min()
+        .unwrap_or(0);
+    let finished = stored
+        .iter()
+        .map(|(_, r)| r.finished_at_ms)
+        .max()
+        .unwrap_or(0);
+    Manifest {
+        format: FORMAT_VERSION,
+        backup_id: window.plan.backup_id.clone(),
+        cluster: cluster.clone(),
+        policy: Some(p.name.clone()),
+        consistency: p.consistency.as_str().into(),
+        started_at: from_unix_ms(started),
+        finished_at: from_unix_ms(finished),
+        skew_ms,
+        write_pause_ms: None,
+        written_by: concat!("fleetsnap-coordinator ", env!("CARGO_PKG_VERSION")).into(),
+        shards: stored
             .iter()
-            .map(|(_, r)| r.started_at_ms)
-            .min()
-            .unwrap_or(0);
-        let finished = stored
-            .iter()
-            .map(|(_, r)| r.finished_at_ms)
-            .max()
-            .unwrap_or(0);
-        let skew = (p.consistency == Consistency::Simultaneous && stored.len() > 1).then(|| {
-            let max = stored
-                .iter()
-                .map(|(_, r)| r.started_at_ms)
-                .max()
-                .unwrap_or(0);
-            (max - started) as u64
-        });
-        Manifest {
-            format: FORMAT_VERSION,
-            backup_id: window
-                .plan
-                .backup_id
-                .parse::<BackupId>()
-                .unwrap_or_else(|_| BackupId::from_parts(ms_time(window.plan.opened_at_ms), 0)),
-            cluster: ClusterId::new(cluster)
-                .unwrap_or_else(|_| ClusterId::new("invalid-cluster-name").expect("a valid id")),
-            policy: Some(p.name.clone()),
-            consistency: p.consistency.as_str().into(),
-            started_at: ms_time(started),
-            finished_at: ms_time(finished),
-            skew_ms: skew,
-            write_pause_ms: None,
-            written_by: concat!("fleetsnap-coordinator ", env!("CARGO_PKG_VERSION")).into(),
-            shards: stored
-                .iter()
-                .map(|(s, r)| {
-                    let mut e = r.entry.clone();
-                    e.slot_ranges = s.plan.slots.clone();
-                    if let Ok(id) = ShardId::new(storage_shard(&s.plan.shard)) {
-                        e.shard = id;
-                    }
-                    e
-                })
-                .collect(),
-        }
+            .map(|(s, r)| {
+                let mut e = r.entry.clone();
+                e.slot_ranges = s.plan.slots.clone();
+                e
+            })
+            .collect(),
     }
 }
 
@@ -632,10 +625,10 @@ impl FleetState {
 mod tests {
     use super::*;
     use crate::state::Command;
-    use fleetsnap_core::ShardEntry;
     use fleetsnap_core::planner::{Rules, plan_shard};
     use fleetsnap_core::report::Role;
     use fleetsnap_core::topology::{NodeView, ShardView};
+    use fleetsnap_core::{ShardEntry, ShardId};
 
     fn node(addr: &str, agent: &str, role: Role, lag: u64) -> NodeView {
         NodeView {
@@ -650,6 +643,14 @@ mod tests {
             sync_allowed: Some(true),
             ..Default::default()
         }
+    }
+
+    fn cluster(name: &str) -> ClusterId {
+        ClusterId::new(name).unwrap()
+    }
+
+    fn id() -> BackupId {
+        "20261121T100000Z-abcdef".parse().unwrap()
     }
 
     fn policy() -> Policy {
@@ -714,7 +715,7 @@ mod tests {
         };
         let plans = vec![
             (
-                "c".to_string(),
+                cluster("c"),
                 plan_shard(
                     &shard(
                         "s1",
@@ -728,7 +729,7 @@ mod tests {
                 ),
             ),
             (
-                "c".to_string(),
+                cluster("c"),
                 plan_shard(
                     &shard("s2", vec![node("p2:1", "a1", Role::Primary, 0)]),
                     &Rules::default(),
@@ -737,7 +738,7 @@ mod tests {
         ];
         let plan = WindowPlan {
             policy: policy(),
-            backup_id: "20261121T100000Z-abcdef".into(),
+            backup_id: id(),
             opened_at_ms: 1,
             fire_at_ms: None,
             shards: plans,
@@ -786,7 +787,7 @@ mod tests {
                 outcome: stored("s2", &[("a", true), ("b", false)]),
             },
         );
-        let m = s.windows[&w].manifest_jobs["c"];
+        let m = s.windows[&w].manifest_jobs[&cluster("c")];
         let JobKind::WriteManifest(spec) = &s.jobs[&m].kind else {
             panic!("not a manifest job")
         };
@@ -816,8 +817,8 @@ mod tests {
         let set = &s.sets["c/20261121T100000Z-abcdef"];
         // One region of the two it asks for: degraded, never complete.
         assert_eq!(set.state, SetState::Degraded);
-        assert_eq!(set.regions["a"].state, "complete");
-        assert_eq!(set.regions["b"].state, "failed");
+        assert_eq!(set.regions["a"].state, RegionState::Complete);
+        assert_eq!(set.regions["b"].state, RegionState::Failed);
         assert!(
             set.regions["b"]
                 .error
@@ -837,7 +838,7 @@ mod tests {
         p.allow_primary = fleetsnap_core::planner::AllowPrimary::Never;
         let plan = WindowPlan {
             shards: vec![(
-                "c".into(),
+                cluster("c"),
                 plan_shard(
                     &ShardView {
                         id: "s1".into(),
@@ -848,10 +849,10 @@ mod tests {
                 ),
             )],
             policy: p,
-            backup_id: "20261121T100000Z-abcdef".into(),
+            backup_id: id(),
             opened_at_ms: 1,
             fire_at_ms: None,
-            missing: vec![("d".into(), "no agent reports cluster d".into())],
+            missing: vec![(cluster("d"), "no agent reports cluster d".into())],
         };
         let w = s.apply(1, 1, &Command::OpenWindow { plan }).window.unwrap();
         assert!(s.windows[&w].done);

@@ -19,7 +19,9 @@ pub enum IdError {
     BadBackupId(String),
 }
 
-fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
+/// Checks a name that travels into object keys or tables: 1 to 64 characters from
+/// `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`. `kind` names it in the error.
+pub fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && !value.starts_with(['.', '-'])

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ClusterId, check_name};
 use crate::planner::{AllowPrimary, Rules};
 use crate::retention::Retention;
 use crate::schedule::Schedule;
@@ -77,7 +78,7 @@ pub struct Policy {
     /// Its name.
     pub name: String,
     /// The clusters it covers (names from the agents' configs); one window spans them all.
-    pub clusters: Vec<String>,
+    pub clusters: Vec<ClusterId>,
     /// When windows open; none: only on `fleetsnap backup run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
@@ -137,13 +138,6 @@ pub struct PolicyError {
     why: String,
 }
 
-fn name_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 impl Policy {
     /// Parses and checks one policy in its JSON form (how policies travel and are stored; the
     /// coordinator and the CLI read the TOML form with the same field names).
@@ -159,9 +153,7 @@ impl Policy {
             name: self.name.clone(),
             why,
         };
-        if !name_ok(&self.name) {
-            return Err(err("a name is 1–64 letters, digits, '-', '_' or '.'".into()));
-        }
+        check_name("policy name", &self.name).map_err(|e| err(e.to_string()))?;
         if self.clusters.is_empty() {
             return Err(err(
                 "clusters is empty: name the clusters it backs up".into()
@@ -182,12 +174,7 @@ impl Policy {
             return Err(err(format!("region {:?} is listed twice", w[0])));
         }
         for d in &self.destinations {
-            if !name_ok(&d.region) {
-                return Err(err(format!(
-                    "region name {:?}: 1–64 letters, digits, '-', '_' or '.'",
-                    d.region
-                )));
-            }
+            check_name("region name", &d.region).map_err(|e| err(e.to_string()))?;
             if !(d.url.starts_with("file:///") || d.url.starts_with("s3://")) {
                 return Err(err(format!(
                     "region {:?}: url {:?} is neither file:///PATH nor s3://BUCKET…",
@@ -266,7 +253,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             name: "nightly".into(),
-            clusters: vec!["orders".into()],
+            clusters: vec![ClusterId::new("orders").unwrap()],
             schedule: Some("@daily".parse().unwrap()),
             consistency: Consistency::Consistent,
             write_pause_budget_ms: 50,
@@ -298,7 +285,10 @@ mod tests {
         policy().validate().unwrap();
         type Change = Box<dyn Fn(&mut Policy)>;
         let cases: Vec<(Change, &str)> = vec![
-            (Box::new(|p| p.name = "a b".into()), "a name is"),
+            (
+                Box::new(|p| p.name = "a b".into()),
+                "policy name \"a b\" is not valid",
+            ),
             (Box::new(|p| p.clusters.clear()), "clusters is empty"),
             (Box::new(|p| p.destinations.clear()), "no destinations"),
             (

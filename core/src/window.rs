@@ -2,6 +2,7 @@
 //! each region took it, or how a set's manifest went in each region.
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::manifest::ShardEntry;
 
@@ -44,4 +45,15 @@ pub enum JobResult {
         /// Per region, in the job's order.
         regions: Vec<RegionResult>,
     },
+}
+
+/// A time as Unix milliseconds, the unit of window times on the wire and in the catalog.
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Unix milliseconds as a time (the epoch for values out of range).
+pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }

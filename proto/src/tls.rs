@@ -277,29 +277,46 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// A connection error with the likely cause spelled out.
-pub fn connect_error(address: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    let text = describe(e);
-    let hint = if [
+/// The certificate problem an error text shows, as a hint for whichever side reads it; `None`
+/// when the error is not about certificates.
+pub fn certificate_problem(text: &str) -> Option<&'static str> {
+    let has = |keys: &[&str]| keys.iter().any(|k| text.contains(k));
+    if has(&[
         "UnknownIssuer",
         "unknown issuer",
         "BadSignature",
         "UnknownCA",
         "DecryptError",
-    ]
-    .iter()
-    .any(|k| text.contains(k))
-    {
-        "; the certificates do not verify against one CA: both sides need certificates from the \
-         same `fleetsnap certs init` (or the same CA)"
-    } else if text.contains("CertificateRequired") || text.contains("certificate required") {
-        "; it wants a client certificate: configure cert and key"
-    } else if text.contains("Connection refused") {
-        "; is a coordinator running there?"
-    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
-        "; it does not speak TLS: is it running with --insecure?"
+    ]) {
+        Some(
+            "the certificates do not verify against one CA: both sides need certificates from \
+             the same `fleetsnap certs init` (or the same CA)",
+        )
+    } else if has(&[
+        "CertificateRequired",
+        "certificate required",
+        "NoCertificatesPresented",
+    ]) {
+        Some("no client certificate was presented: the client needs cert and key")
+    } else if has(&["Expired", "NotValidYet"]) {
+        Some("a certificate is outside its validity dates: issue new ones")
     } else {
-        ""
+        None
+    }
+}
+
+/// A connection error with the likely cause spelled out.
+pub fn connect_error(address: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let text = describe(e);
+    let hint = match certificate_problem(&text) {
+        Some(h) => format!("; {h}"),
+        None if text.contains("Connection refused") => {
+            "; is a coordinator running there?".to_string()
+        }
+        None if text.contains("InvalidContentType") || text.contains("corrupt message") => {
+            "; it does not speak TLS: is it running with --insecure?".to_string()
+        }
+        None => String::new(),
     };
     format!("cannot reach coordinator {address}: {text}{hint}")
 }

@@ -204,6 +204,16 @@ impl Observer {
         }
     }
 
+    /// How many agents keep a spare connection to coordinator `i` (its own view).
+    async fn spare_agents(&self, i: usize) -> Option<u64> {
+        let mut c = self.clients[i].clone();
+        let call = c.cluster_status(v1::ClusterStatusRequest { local: true });
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(r)) => Some(r.into_inner().spare_agents),
+            _ => None,
+        }
+    }
+
     /// The leader's index and its stats, asking each coordinator of `among`.
     async fn leader(&self, among: &[usize]) -> Option<(usize, v1::LeaderStatsReply)> {
         for &i in among {
@@ -274,9 +284,26 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let connect_s = start.elapsed().as_secs_f64();
-    // Steady state before measuring: the last agents' first reports are in and every agent has
-    // opened its spare connections (the first round is spread over the 10 s after its welcome).
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Steady state before measuring: every agent keeps its spare connections to the followers
+    // (the first round is spread over the 10 s after each agent's welcome).
+    let followers: Vec<usize> = all.iter().copied().filter(|&i| i != li).collect();
+    let t1 = Instant::now();
+    loop {
+        let mut ready = true;
+        for &i in &followers {
+            ready &= observer
+                .spare_agents(i)
+                .await
+                .is_some_and(|s| s as usize >= n);
+        }
+        if ready {
+            break;
+        }
+        if t1.elapsed() > Duration::from_secs(120) {
+            bail!("the followers did not see every agent's spare connection within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let pid = coords[li].pid().context("the leader runs")?;
     let t1 = Instant::now();
     while observer.stats(li, true).await.is_none() {
