@@ -212,23 +212,8 @@ impl FleetState {
                 if !self.agents.contains_key(agent) {
                     return refuse(format!("agent {agent:?} is not registered"));
                 }
-                self.next_job += 1;
-                let id = self.next_job;
-                self.jobs.insert(
-                    id,
-                    Job {
-                        id,
-                        agent: agent.clone(),
-                        kind: job.clone(),
-                        term,
-                        index,
-                        created_index: index,
-                        dispatches: 0,
-                        state: JobState::Pending,
-                    },
-                );
                 Response {
-                    job: Some(id),
+                    job: Some(self.new_job(term, index, agent, job.clone())),
                     ..Response::default()
                 }
             }
