@@ -95,10 +95,9 @@ impl RedisServer {
 
     /// Starts a server and waits until it answers PING (and has loaded its data).
     pub async fn start_with(opts: RedisOptions) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("fleetsnap-redis-")
             .tempdir()?;
-        let port = free_port();
         let mut args: Vec<String> = vec![
             "--bind".into(),
             "127.0.0.1".into(),
@@ -117,13 +116,10 @@ impl RedisServer {
             "--enable-debug-command".into(),
             "yes".into(),
         ];
-        match &opts.tls {
-            None => args.extend(["--port".into(), port.to_string()]),
-            Some(t) => args.extend([
+        if let Some(t) = &opts.tls {
+            args.extend([
                 "--port".into(),
                 "0".into(),
-                "--tls-port".into(),
-                port.to_string(),
                 "--tls-cert-file".into(),
                 t.cert.display().to_string(),
                 "--tls-key-file".into(),
@@ -134,7 +130,7 @@ impl RedisServer {
                 "no".into(),
                 "--tls-replication".into(),
                 "yes".into(),
-            ]),
+            ]);
         }
         if let Some(p) = &opts.password {
             args.extend(["--masterauth".into(), p.clone()]);
@@ -175,21 +171,48 @@ impl RedisServer {
                 }
             }));
         }
-        let mut cmd = Command::new("redis-server");
-        cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::null());
-        let process = Process::spawn(
-            &mut cmd,
-            "start redis-server (install it: apt-get install redis-server)",
-        )?;
-        let mut server = Self {
-            process,
-            port,
-            dir,
-            password: opts.password.clone(),
-            tls: opts.tls.clone(),
-        };
-        server.wait_ready().await?;
-        Ok(server)
+        // A port found free can be taken before redis-server binds it (by another test's
+        // server, or as the local end of some connection): then try another.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let port = free_port();
+            let port_flag = if opts.tls.is_some() {
+                "--tls-port"
+            } else {
+                "--port"
+            };
+            let mut cmd = Command::new("redis-server");
+            cmd.args(&args)
+                .args([port_flag, &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let process = Process::spawn(
+                &mut cmd,
+                "start redis-server (install it: apt-get install redis-server)",
+            )?;
+            let mut server = Self {
+                process,
+                port,
+                dir,
+                password: opts.password.clone(),
+                tls: opts.tls.clone(),
+            };
+            match server.wait_ready().await {
+                Ok(()) => return Ok(server),
+                Err(e) if attempts < 5 && e.to_string().contains("Address already in use") => {
+                    let _ = std::fs::remove_file(server.dir.path().join("redis.log"));
+                    dir = server.into_dir();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Stops the server and keeps its directory, for another start.
+    fn into_dir(mut self) -> tempfile::TempDir {
+        self.process.kill();
+        self.dir
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
