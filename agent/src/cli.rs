@@ -96,8 +96,18 @@ enum Command {
         #[arg(long)]
         shard: Option<String>,
         /// The RDB file to write; a tail, if any, goes to PATH.tail.
-        #[arg(long, value_name = "PATH")]
-        to_file: PathBuf,
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "aof_dir",
+            conflicts_with = "aof_dir"
+        )]
+        to_file: Option<PathBuf>,
+        /// Write a Redis 7 AOF directory instead: the RDB as its base, the tail as its incremental
+        /// file. Start redis-server with `--dir <parent> --appenddirname <name> --appendonly yes`
+        /// and it loads both.
+        #[arg(long, value_name = "DIR")]
+        aof_dir: Option<PathBuf>,
         /// age identity file for encrypted backups.
         #[arg(long, value_name = "AGE_KEY_FILE")]
         identity: Option<PathBuf>,
@@ -294,6 +304,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             backup,
             shard,
             to_file,
+            aof_dir,
             identity,
             json,
         } => {
@@ -311,7 +322,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 from,
                 backup,
                 shard,
-                to_file,
+                aof_dir: aof_dir.is_some(),
+                to_file: aof_dir.or(to_file).expect("clap requires one"),
                 identity,
             })
             .await?;
@@ -328,7 +340,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     r.destination,
                     r.rdb_file
                 );
-                if let Some(t) = &r.tail_file {
+                if r.aof_dir {
+                    println!(
+                        "the AOF directory is ready: start redis-server with --appendonly yes on it; it loads the RDB and replays the tail"
+                    );
+                } else if let Some(t) = &r.tail_file {
                     println!(
                         "the backup has a tail: after loading the RDB, replay it with `redis-cli --pipe < {t}`"
                     );
@@ -385,6 +401,7 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         backup_id: None,
         write_manifest: true,
         start_at_ms: None,
+        cut: None,
     };
     let progress = Arc::new(Progress::default());
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {

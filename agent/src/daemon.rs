@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::cut::CutBook;
 use crate::dest::DestSpec;
 use crate::error::{Error, Result};
 use crate::pipeline::{EncodeOptions, Progress, parse_recipient};
@@ -179,6 +180,10 @@ struct Shared {
     /// connection whose TLS handshake is long done, instead of adding its own to a storm of them.
     channels: Mutex<HashMap<String, Channel>>,
     standby_started: AtomicBool,
+    /// Consistent cuts in progress.
+    cuts: CutBook,
+    /// A cut's snapshot job announced its RDB: the current session says so.
+    synced_ready: tokio::sync::Notify,
 }
 
 /// `d` give or take a quarter: jitter spreads thousands of agents over a period instead of one
@@ -248,6 +253,8 @@ fn shared(
         reports,
         channels: Mutex::new(HashMap::new()),
         standby_started: AtomicBool::new(false),
+        cuts: CutBook::default(),
+        synced_ready: tokio::sync::Notify::new(),
     }))
 }
 
@@ -472,7 +479,9 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 return Ended::Redirect(r.leader_address);
             }
             coordinator_message::Body::Redirect(_) => return Ended::NoLeader,
-            coordinator_message::Body::Job(_) => {
+            coordinator_message::Body::Job(_)
+            | coordinator_message::Body::CutStep(_)
+            | coordinator_message::Body::CutDecision(_) => {
                 return lost("a job before the welcome".into());
             }
         },
@@ -497,6 +506,14 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
         welcomed: true,
         why,
     };
+    // A new leader may not have committed what the last one heard: say it again.
+    let mut synced_sent: HashSet<u64> = HashSet::new();
+    for s in shared.cuts.all_synced() {
+        synced_sent.insert(s.job_id);
+        if up.send(synced_message(s)).await.is_err() {
+            return welcomed("stream closed".into());
+        }
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -530,7 +547,33 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                     }
                 }
             }
+            _ = shared.synced_ready.notified() => {
+                for s in shared.cuts.all_synced() {
+                    if synced_sent.insert(s.job_id) && up.send(synced_message(s)).await.is_err() {
+                        return welcomed("stream closed".into());
+                    }
+                }
+            }
             msg = down.message() => match msg {
+                Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::CutStep(step)) })) => {
+                    let (shared, up) = (shared.clone(), up.clone());
+                    tokio::spawn(async move {
+                        let target = shared
+                            .instances
+                            .iter()
+                            .find(|i| i.config.name == step.instance)
+                            .map(|i| i.target.clone());
+                        let reply = shared.cuts.step(step, target.as_ref()).await;
+                        let _ = up
+                            .send(v1::AgentMessage {
+                                body: Some(agent_message::Body::CutReply(reply)),
+                            })
+                            .await;
+                    });
+                }
+                Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::CutDecision(d)) })) => {
+                    shared.cuts.decide(d);
+                }
                 Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Job(job)) })) => {
                     if let Some(u) = take_job(shared, job)
                         && send_update(&up, u).await.is_err()
@@ -546,6 +589,12 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 Err(s) => return welcomed(status_text(address, &s)),
             }
         }
+    }
+}
+
+fn synced_message(s: v1::Synced) -> v1::AgentMessage {
+    v1::AgentMessage {
+        body: Some(agent_message::Body::Synced(s)),
     }
 }
 
@@ -614,6 +663,7 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job) -> Option<v1::JobUpdate> {
                 ..Default::default()
             },
         };
+        shared.cuts.leave(id);
         tracing::info!(job = id, ok = finished.ok, error = %finished.error, "job ended");
         let done = v1::JobUpdate {
             job_id: id,
@@ -634,7 +684,7 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job) -> Option<v1::JobUpdate> {
     Some(started)
 }
 
-async fn run_job(shared: &Shared, job: v1::Job) -> Result<v1::Finished> {
+async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
     let id = job.id;
     let s = match job.kind {
         Some(v1::job::Kind::Snapshot(s)) => s,
@@ -741,6 +791,17 @@ async fn run_job(shared: &Shared, job: v1::Job) -> Result<v1::Finished> {
         },
         write_manifest: s.window == 0,
         start_at_ms: (s.fire_at_unix_ms > 0).then_some(s.fire_at_unix_ms),
+        cut: s.consistent_cut.then(|| {
+            let verdict = shared.cuts.join(id);
+            let shared = shared.clone();
+            snapshot::CutHooks {
+                synced: Arc::new(move |replid, offset| {
+                    shared.cuts.synced(id, replid, offset);
+                    shared.synced_ready.notify_one();
+                }),
+                verdict,
+            }
+        }),
     };
     let started = Instant::now();
     let report = snapshot::snapshot(&req, Arc::new(Progress::default())).await?;

@@ -34,6 +34,9 @@ pub enum Error {
     /// Every destination failed, or the backup could not be found anywhere.
     #[error("{0}")]
     Failed(String),
+    /// A consistent cut was given up.
+    #[error("consistent cut: {0}")]
+    Cut(String),
 }
 
 fn io_hint(e: &std::io::Error) -> &'static str {

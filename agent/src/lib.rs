@@ -2,6 +2,7 @@
 //! verification and restores. The `fleetsnap-agent` binary is a thin shell over it.
 
 pub mod cli;
+pub mod cut;
 pub mod daemon;
 pub mod dest;
 pub mod error;

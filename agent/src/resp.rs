@@ -276,7 +276,8 @@ pub(crate) fn refusal_hint(e: &str) -> &'static str {
     }
 }
 
-fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+/// Appends one command in RESP.
+pub(crate) fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());

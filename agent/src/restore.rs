@@ -357,8 +357,12 @@ pub struct RestoreRequest {
     pub backup: BackupId,
     /// The shard; may be omitted when the backup has one.
     pub shard: Option<ShardId>,
-    /// Where the RDB goes; a tail goes next to it as `<PATH>.tail`.
+    /// Where the RDB goes; a tail goes next to it as `<PATH>.tail`. With `aof_dir`, the directory.
     pub to_file: PathBuf,
+    /// Write a Redis 7 AOF directory instead (`appendonly.aof.1.base.rdb`, the tail as
+    /// `appendonly.aof.1.incr.aof`, and the manifest): redis-server started on it with
+    /// `appendonly yes` loads the RDB and replays the tail by itself.
+    pub aof_dir: bool,
     /// age identity file for encrypted backups.
     pub identity: Option<PathBuf>,
 }
@@ -378,6 +382,8 @@ pub struct RestoreReport {
     pub tail_file: Option<String>,
     /// RDB bytes.
     pub raw_bytes: u64,
+    /// Written as an AOF directory.
+    pub aof_dir: bool,
 }
 
 /// Restores one shard to a file, reading the first destination that yields a verified copy.
@@ -390,9 +396,14 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
     if let Some(p) = &req.identity {
         load_identities(p)?;
     }
-    if let Some(dir) = req.to_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let dir = if req.aof_dir {
+        Some(req.to_file.as_path())
+    } else {
+        req.to_file.parent().filter(|d| !d.as_os_str().is_empty())
+    };
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir)
-            .map_err(|e| Error::file("cannot create the directory for --to-file", dir, e))?;
+            .map_err(|e| Error::file("cannot create the directory to restore to", dir, e))?;
     }
     let mut skipped = Vec::new();
     for spec in &req.from {
@@ -441,6 +452,21 @@ fn names(m: &Manifest) -> String {
         .join(", ")
 }
 
+/// The AOF base name redis-server looks for (`appendfilename`'s default).
+const AOF_NAME: &str = "appendonly.aof";
+
+/// Where the RDB and the tail go.
+fn paths(req: &RestoreRequest) -> (PathBuf, PathBuf) {
+    if req.aof_dir {
+        (
+            req.to_file.join(format!("{AOF_NAME}.1.base.rdb")),
+            req.to_file.join(format!("{AOF_NAME}.1.incr.aof")),
+        )
+    } else {
+        (req.to_file.clone(), with_suffix(&req.to_file, ".tail"))
+    }
+}
+
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_os_string();
     s.push(suffix);
@@ -457,13 +483,13 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
             req.backup
         )));
     }
-    let tail_path = with_suffix(&req.to_file, ".tail");
+    let (rdb_path, tail_path) = paths(req);
     let mut written = Vec::new();
     let mut raw_bytes = 0;
     let mut has_tail = false;
     for o in &shard.objects {
         let final_path = match o.kind {
-            ObjectKind::Rdb => req.to_file.clone(),
+            ObjectKind::Rdb => rdb_path.clone(),
             ObjectKind::Tail => {
                 has_tail = true;
                 tail_path.clone()
@@ -490,12 +516,24 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         std::fs::rename(partial, final_path)
             .map_err(|e| Error::file("cannot move the restored file into place", final_path, e))?;
     }
+    if req.aof_dir {
+        if !has_tail {
+            std::fs::write(&tail_path, b"")
+                .map_err(|e| Error::file("cannot write", &tail_path, e))?;
+        }
+        let manifest = req.to_file.join(format!("{AOF_NAME}.manifest"));
+        let text = format!(
+            "file {AOF_NAME}.1.base.rdb seq 1 type b\nfile {AOF_NAME}.1.incr.aof seq 1 type i\n"
+        );
+        std::fs::write(&manifest, text).map_err(|e| Error::file("cannot write", &manifest, e))?;
+    }
     Ok(RestoreReport {
         destination: spec.to_string(),
         skipped: Vec::new(),
         shard: shard.shard.to_string(),
-        rdb_file: req.to_file.display().to_string(),
-        tail_file: has_tail.then(|| tail_path.display().to_string()),
+        rdb_file: rdb_path.display().to_string(),
+        tail_file: (has_tail || req.aof_dir).then(|| tail_path.display().to_string()),
         raw_bytes,
+        aof_dir: req.aof_dir,
     })
 }

@@ -42,8 +42,20 @@ pub struct SnapshotRequest {
     /// Write this shard's own manifest (one-shot snapshots); a window's shard leaves the
     /// manifest to the coordinator, which has it written once every shard is stored.
     pub write_manifest: bool,
-    /// Read the source at this instant (Unix milliseconds), not before.
+    /// Read the source at this instant (Unix milliseconds), not before; the source is prepared
+    /// (connected, authenticated) before it.
     pub start_at_ms: Option<i64>,
+    /// A consistent cut's snapshot: keep the replication stream and store it up to the cut.
+    pub cut: Option<CutHooks>,
+}
+
+/// How a consistent cut's snapshot talks to the coordinator.
+#[derive(Clone)]
+pub struct CutHooks {
+    /// Told the replication id and offset of the RDB as soon as the node announces them.
+    pub synced: Arc<dyn Fn(String, u64) + Send + Sync>,
+    /// The cut, once taken (or why it was given up).
+    pub verdict: tokio::sync::watch::Receiver<Option<source::CutVerdict>>,
 }
 
 /// One destination's outcome.
@@ -121,6 +133,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         stores.push(Store::open(d).await?);
     }
     // Everything that can be ready is: wait for the instant, then read the source.
+    let prepared = source::prepare(&req.source, req.target.as_ref(), req.cut.is_some()).await?;
     if let Some(at) = req.start_at_ms {
         let now = unix_ms(OffsetDateTime::now_utc());
         if at > now {
@@ -136,8 +149,21 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let mut failures: Vec<Option<String>> = vec![None; stores.len()];
     let mut stored: Vec<u64> = vec![0; stores.len()];
     let mut peak: Vec<u64> = vec![0; stores.len()];
-    let mut opened = source::open(&req.source, req.target.as_ref(), &req.source_options).await?;
+    let mut opened = prepared.start(&req.source_options).await?;
     let info = opened.info.clone();
+    let synced = match (&req.cut, &info.replid, info.offset) {
+        (Some(hooks), Some(replid), Some(offset)) => {
+            (hooks.synced)(replid.clone(), offset);
+            Some((replid.clone(), offset))
+        }
+        (Some(_), _, _) => {
+            return Err(Error::redis(
+                &info.node,
+                "the node announced no replication id and offset with its snapshot",
+            ));
+        }
+        (None, _, _) => None,
+    };
     let source_name = info.node.clone();
     let chain = req.encode.chain();
     let mut total = 0;
@@ -151,7 +177,9 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let mut objects = Vec::new();
     let mut rdb_version = 0;
     let mut rdb_checksum = false;
-    for (kind, src) in opened.objects.iter_mut() {
+    let mut queue: std::collections::VecDeque<_> = opened.objects.into_iter().collect();
+    while let Some((kind, mut src)) = queue.pop_front() {
+        let (kind, src) = (&kind, &mut src);
         let name = manifest::object_name(&req.shard, *kind, &chain);
         let dir = |s: &Store| manifest::backup_dir(s.spec().prefix(), &req.cluster, &backup_id);
         let alive: Vec<usize> = (0..stores.len())
@@ -186,6 +214,23 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             rdb_version = rdb.version;
             rdb_checksum = rdb.checksum.is_some();
         }
+        if let (Some(hooks), Some((replid, offset)), ObjectKind::Rdb) = (&req.cut, &synced, kind) {
+            let stream = std::mem::replace(src, source::ByteSource::Memory(None))
+                .into_stream()
+                .ok_or_else(|| {
+                    Error::redis(&source_name, "the replication stream ended with the RDB")
+                })?;
+            queue.push_back((
+                ObjectKind::Tail,
+                source::ByteSource::Tail(Box::new(source::TailStream::new(
+                    stream,
+                    replid.clone(),
+                    *offset,
+                    hooks.verdict.clone(),
+                    req.source_options.idle_timeout,
+                ))),
+            ));
+        }
         objects.push(ObjectEntry {
             kind: *kind,
             name,
@@ -217,7 +262,10 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             run_id: info.run_id.clone(),
             replid: info.replid.clone(),
             start_offset: info.offset,
-            cut_offset: None,
+            cut_offset: req.cut.as_ref().and_then(|h| match &*h.verdict.borrow() {
+                Some(Ok((_, offset))) => Some(*offset),
+                _ => None,
+            }),
             rdb_version,
             redis_version: info.redis_version.clone(),
             slot_ranges: Vec::new(),

@@ -81,6 +81,10 @@ pub enum ByteSource {
         remaining: u64,
         total: u64,
         idle: Duration,
+        /// Stream bytes read past the payload (kept for the tail).
+        extra: BytesMut,
+        /// The payload's first bytes (its aux fields).
+        head: Vec<u8>,
     },
     /// A diskless replication payload that ends with a 40-byte mark.
     ReplicationMark {
@@ -89,7 +93,11 @@ pub enum ByteSource {
         hold: Vec<u8>,
         done: bool,
         idle: Duration,
+        /// See `ReplicationLen`.
+        head: Vec<u8>,
     },
+    /// The replication stream after the RDB, up to the cut offset (consistent cuts).
+    Tail(Box<TailStream>),
     /// Files read one after the other.
     Files {
         files: Vec<PathBuf>,
@@ -108,12 +116,19 @@ impl ByteSource {
                 remaining,
                 total,
                 idle,
+                extra,
+                head,
             } => {
                 if *remaining == 0 {
                     return Ok(None);
                 }
                 let mut buf = BytesMut::with_capacity(CHUNK.min(*remaining as usize));
-                let n = read_with_idle(conn, &mut buf, *idle).await?;
+                let mut n = read_with_idle(conn, &mut buf, *idle).await?;
+                if n as u64 > *remaining {
+                    *extra = buf.split_off(*remaining as usize);
+                    n = *remaining as usize;
+                }
+                keep_head(head, &buf);
                 if n == 0 {
                     return Err(Error::redis(
                         conn.target(),
@@ -133,6 +148,7 @@ impl ByteSource {
                 hold,
                 done,
                 idle,
+                head,
             } => {
                 if *done {
                     return Ok(None);
@@ -152,10 +168,12 @@ impl ByteSource {
                     if data.len() >= EOF_MARK_LEN && data[data.len() - EOF_MARK_LEN..] == mark[..] {
                         data.truncate(data.len() - EOF_MARK_LEN);
                         *done = true;
+                        keep_head(head, &data);
                         return Ok(Some(data.freeze()));
                     }
                     if data.len() > EOF_MARK_LEN {
                         *hold = data.split_off(data.len() - EOF_MARK_LEN).to_vec();
+                        keep_head(head, &data);
                         return Ok(Some(data.freeze()));
                     }
                     *hold = data.to_vec();
@@ -185,6 +203,191 @@ impl ByteSource {
                 return Ok(Some(buf.freeze()));
             },
             ByteSource::Memory(b) => Ok(b.take()),
+            ByteSource::Tail(t) => t.next_chunk().await,
+        }
+    }
+
+    /// After a replication payload was read to its end: the connection, the stream bytes already
+    /// read past the payload, and the payload's first bytes.
+    pub fn into_stream(self) -> Option<(Connection, BytesMut, Vec<u8>)> {
+        match self {
+            ByteSource::ReplicationLen {
+                conn,
+                remaining: 0,
+                extra,
+                head,
+                ..
+            } => Some((conn, extra, head)),
+            ByteSource::ReplicationMark {
+                conn,
+                done: true,
+                head,
+                ..
+            } => Some((conn, BytesMut::new(), head)),
+            _ => None,
+        }
+    }
+}
+
+/// How many of an RDB's first bytes are kept to read its aux fields.
+const HEAD_LEN: usize = 4096;
+
+fn keep_head(head: &mut Vec<u8>, data: &[u8]) {
+    if head.len() < HEAD_LEN {
+        let n = (HEAD_LEN - head.len()).min(data.len());
+        head.extend_from_slice(&data[..n]);
+    }
+}
+
+/// What the coordinator decided for a consistent cut: the replication id and offset to read the
+/// stream up to, or why to give up.
+pub type CutVerdict = std::result::Result<(String, u64), String>;
+
+/// How long a tail waits for the cut once the RDB is stored.
+const CUT_WAIT: Duration = Duration::from_secs(300);
+
+/// The replication stream after the RDB, read up to exactly the cut offset. Acknowledges its
+/// offset at once and every second (a node streams nothing after a diskless RDB until it hears
+/// `REPLCONF ACK`, and drops a replica that stays silent for `repl-timeout`).
+pub struct TailStream {
+    conn: Connection,
+    /// Read from the node, not yet handed on.
+    pending: BytesMut,
+    /// Handed on before the stream (`SELECT` of the stream's database).
+    prefix: Option<Bytes>,
+    replid: String,
+    /// The offset the RDB corresponds to.
+    start: u64,
+    /// Stream bytes handed on.
+    passed: u64,
+    /// Stream bytes to hand on, once the cut is known.
+    wanted: Option<u64>,
+    verdict: tokio::sync::watch::Receiver<Option<CutVerdict>>,
+    idle: Duration,
+}
+
+impl TailStream {
+    /// The tail of a payload read by `into_stream`, starting at `start` of `replid`.
+    pub fn new(
+        (conn, pending, head): (Connection, BytesMut, Vec<u8>),
+        replid: String,
+        start: u64,
+        verdict: tokio::sync::watch::Receiver<Option<CutVerdict>>,
+        idle: Duration,
+    ) -> Self {
+        // A node serving a sync from its own primary's stream says in the RDB which database that
+        // stream is in; replaying starts there.
+        let prefix = fleetsnap_core::rdb::leading_aux(&head)
+            .into_iter()
+            .find(|(k, _)| k == "repl-stream-db")
+            .map(|(_, db)| {
+                let mut cmd = Vec::new();
+                crate::resp::encode(&mut cmd, &[b"SELECT", db.as_bytes()]);
+                Bytes::from(cmd)
+            });
+        Self {
+            conn,
+            pending,
+            prefix,
+            replid,
+            start,
+            passed: 0,
+            wanted: None,
+            verdict,
+            idle,
+        }
+    }
+
+    async fn ack(&mut self) -> Result<()> {
+        let offset = (self.start + self.passed + self.pending.len() as u64).to_string();
+        self.conn
+            .send(&[b"REPLCONF", b"ACK", offset.as_bytes()])
+            .await
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        if self.wanted.is_none() {
+            self.ack().await?;
+            self.wanted = Some(self.wait_for_cut().await?);
+        }
+        if let Some(p) = self.prefix.take() {
+            return Ok(Some(p));
+        }
+        let wanted = self.wanted.expect("known");
+        let mut silent = Duration::ZERO;
+        loop {
+            let left = wanted - self.passed;
+            if left == 0 {
+                return Ok(None);
+            }
+            if !self.pending.is_empty() {
+                let n = (left as usize).min(self.pending.len()).min(CHUNK);
+                self.passed += n as u64;
+                return Ok(Some(self.pending.split_to(n).freeze()));
+            }
+            let tick = Duration::from_secs(1);
+            match tokio::time::timeout(tick, self.conn.read_some(&mut self.pending)).await {
+                Ok(Ok(0)) => {
+                    return Err(Error::redis(
+                        self.conn.target(),
+                        format!(
+                            "the node closed the replication stream {} bytes short of the cut: check its log (restart, failover, output-buffer limit for replicas)",
+                            left
+                        ),
+                    ));
+                }
+                Ok(Ok(_)) => silent = Duration::ZERO,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    silent += tick;
+                    if silent >= self.idle {
+                        return Err(Error::redis(
+                            self.conn.target(),
+                            format!(
+                                "the replication stream stayed {} bytes short of the cut for {}s: the node is not receiving its primary's writes",
+                                left,
+                                silent.as_secs()
+                            ),
+                        ));
+                    }
+                    self.ack().await?;
+                }
+            }
+        }
+    }
+
+    /// Waits for the coordinator's cut, keeping the stream acknowledged; the number of stream
+    /// bytes from the RDB to the cut.
+    async fn wait_for_cut(&mut self) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + CUT_WAIT;
+        loop {
+            if let Some(v) = self.verdict.borrow().clone() {
+                let (replid, offset) = v.map_err(Error::Cut)?;
+                if replid != self.replid {
+                    return Err(Error::Cut(format!(
+                        "the cut is on replication history {replid} but this stream is on {}: the shard failed over",
+                        self.replid
+                    )));
+                }
+                return offset.checked_sub(self.start).ok_or_else(|| {
+                    Error::Cut(format!(
+                        "the node was already at offset {} when the cut was taken at {offset}",
+                        self.start
+                    ))
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Cut(format!(
+                    "no cut from the coordinator within {}s of the RDB",
+                    CUT_WAIT.as_secs()
+                )));
+            }
+            tokio::select! {
+                changed = self.verdict.changed() => if changed.is_err() {
+                    return Err(Error::Cut("the job was dropped before the cut was taken".into()));
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => self.ack().await?,
+            }
         }
     }
 }
@@ -223,6 +426,7 @@ impl ByteSource {
                 Some(n)
             }
             ByteSource::Memory(b) => b.as_ref().map(|b| b.len() as u64),
+            ByteSource::Tail(_) => None,
         }
     }
 }
@@ -259,10 +463,59 @@ pub async fn open(
     target: Option<&RedisTarget>,
     opts: &SourceOptions,
 ) -> Result<OpenedSource> {
+    prepare(kind, target, false).await?.start(opts).await
+}
+
+/// A source made ready to start at once: for `replication`, the connection is open, authenticated
+/// and announced (`REPLCONF`), so that starting costs one `PSYNC`.
+pub enum Prepared {
+    /// A replication connection waiting for its `PSYNC`.
+    Replication(Box<PreparedReplication>),
+    /// Opened when started.
+    Later(SourceKind, Option<RedisTarget>),
+}
+
+/// See [`Prepared::Replication`].
+pub struct PreparedReplication {
+    conn: Connection,
+    info: SourceInfo,
+}
+
+/// Prepares a source. `keep_stream` (replication only) asks for the replication stream after
+/// the RDB as well, for a consistent cut's tail.
+pub async fn prepare(
+    kind: &SourceKind,
+    target: Option<&RedisTarget>,
+    keep_stream: bool,
+) -> Result<Prepared> {
     match kind {
-        SourceKind::File(path) => open_file(path).await,
-        SourceKind::Replication => open_replication(need_target(target)?, opts).await,
-        SourceKind::BgsaveFile => open_bgsave(need_target(target)?, opts).await,
+        SourceKind::Replication => Ok(Prepared::Replication(Box::new(
+            prepare_replication(need_target(target)?, keep_stream).await?,
+        ))),
+        _ if keep_stream => Err(Error::Input(format!(
+            "a consistent cut reads the replication stream; source {} cannot give one",
+            kind.name()
+        ))),
+        other => Ok(Prepared::Later(other.clone(), target.cloned())),
+    }
+}
+
+impl Prepared {
+    /// Starts reading.
+    pub async fn start(self, opts: &SourceOptions) -> Result<OpenedSource> {
+        match self {
+            Prepared::Replication(p) => p.start(opts).await,
+            Prepared::Later(SourceKind::File(path), _) => open_file(&path).await,
+            Prepared::Later(SourceKind::BgsaveFile, target) => {
+                open_bgsave(need_target(target.as_ref())?, opts).await
+            }
+            Prepared::Later(SourceKind::Replication, target) => {
+                prepare_replication(need_target(target.as_ref())?, false)
+                    .await?
+                    .start(opts)
+                    .await
+            }
+        }
     }
 }
 
@@ -277,125 +530,141 @@ async fn server_facts(conn: &mut Connection, info: &mut SourceInfo) -> Result<()
     Ok(())
 }
 
-async fn open_replication(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {
+fn sync_refused(target: &RedisTarget, e: &str) -> Error {
+    Error::redis(
+        target,
+        format!(
+            "the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source bgsave-file where SYNC is disabled (managed services)",
+            refusal_hint(e)
+        ),
+    )
+}
+
+async fn prepare_replication(
+    target: &RedisTarget,
+    keep_stream: bool,
+) -> Result<PreparedReplication> {
     let mut conn = Connection::connect(target).await?;
     let mut info = SourceInfo {
         node: target.address(),
         ..Default::default()
     };
     server_facts(&mut conn, &mut info).await?;
-    let sync_refused = |e: &str| {
-        Error::redis(
-            target,
-            format!(
-                "the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source bgsave-file where SYNC is disabled (managed services)",
-                refusal_hint(e)
-            ),
-        )
-    };
     if let Value::Error(e) = conn.command(&[b"REPLCONF", b"capa", b"eof"]).await? {
-        return Err(sync_refused(&e));
+        return Err(sync_refused(target, &e));
     }
     // Asks the node to send only the RDB; servers before 7.0 do not know it and send commands after
-    // the payload, which this source never reads.
-    if let Value::Error(e) = conn.command(&[b"REPLCONF", b"rdb-only", b"1"]).await? {
+    // the payload, which this source never reads. A consistent cut wants those commands.
+    if !keep_stream && let Value::Error(e) = conn.command(&[b"REPLCONF", b"rdb-only", b"1"]).await?
+    {
         if e.starts_with("NOPERM") {
-            return Err(sync_refused(&e));
+            return Err(sync_refused(target, &e));
         }
         info.notes.push(format!("the node does not know REPLCONF rdb-only ({e}); it may keep streaming after the snapshot, which is ignored"));
     }
-    conn.send(&[b"PSYNC", b"?", b"-1"]).await?;
-    let line = loop {
-        let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
-            .await
-            .map_err(|_| {
-                Error::redis(
-                    target,
-                    format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs()),
-                )
-            })??;
-        if !line.is_empty() {
-            break String::from_utf8_lossy(&line).into_owned();
+    Ok(PreparedReplication { conn, info })
+}
+
+impl PreparedReplication {
+    async fn start(self, opts: &SourceOptions) -> Result<OpenedSource> {
+        let PreparedReplication { mut conn, mut info } = self;
+        let target = &conn.target().clone();
+        conn.send(&[b"PSYNC", b"?", b"-1"]).await?;
+        let line = loop {
+            let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
+                .await
+                .map_err(|_| {
+                    Error::redis(
+                        target,
+                        format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs()),
+                    )
+                })??;
+            if !line.is_empty() {
+                break String::from_utf8_lossy(&line).into_owned();
+            }
+        };
+        if let Some(e) = line.strip_prefix('-') {
+            return Err(sync_refused(target, e));
         }
-    };
-    if let Some(e) = line.strip_prefix('-') {
-        return Err(sync_refused(e));
-    }
-    let Some(rest) = line.strip_prefix("+FULLRESYNC ") else {
-        return Err(Error::redis(
-            target,
-            format!("unexpected answer to PSYNC: {line:?}"),
-        ));
-    };
-    let mut parts = rest.split(' ');
-    info.replid = parts.next().map(str::to_string);
-    info.offset = parts.next().and_then(|o| o.parse().ok());
-    // While the node forks and writes, it sends bare newlines as keepalives.
-    let header = loop {
-        let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
-            .await
-            .map_err(|_| Error::redis(target, format!("no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): check its log", opts.idle_timeout.as_secs())))??;
-        if !line.is_empty() {
-            break line;
-        }
-    };
-    if header.first() == Some(&b'-') {
-        return Err(Error::redis(
-            target,
-            format!(
-                "the node could not produce a snapshot: {}",
-                String::from_utf8_lossy(&header[1..])
-            ),
-        ));
-    }
-    let Some(spec) = header.strip_prefix(b"$") else {
-        return Err(Error::redis(
-            target,
-            format!(
-                "unexpected snapshot header {:?}",
-                String::from_utf8_lossy(&header)
-            ),
-        ));
-    };
-    let idle = opts.idle_timeout;
-    let body = if let Some(mark) = spec.strip_prefix(b"EOF:") {
-        if mark.len() != EOF_MARK_LEN {
+        let Some(rest) = line.strip_prefix("+FULLRESYNC ") else {
             return Err(Error::redis(
                 target,
-                "diskless snapshot header has a malformed end mark",
+                format!("unexpected answer to PSYNC: {line:?}"),
+            ));
+        };
+        let mut parts = rest.split(' ');
+        info.replid = parts.next().map(str::to_string);
+        info.offset = parts.next().and_then(|o| o.parse().ok());
+        // While the node forks and writes, it sends bare newlines as keepalives.
+        let header = loop {
+            let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
+                .await
+                .map_err(|_| Error::redis(target, format!("no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): check its log", opts.idle_timeout.as_secs())))??;
+            if !line.is_empty() {
+                break line;
+            }
+        };
+        if header.first() == Some(&b'-') {
+            return Err(Error::redis(
+                target,
+                format!(
+                    "the node could not produce a snapshot: {}",
+                    String::from_utf8_lossy(&header[1..])
+                ),
             ));
         }
-        ByteSource::ReplicationMark {
-            conn,
-            mark: mark.to_vec(),
-            hold: Vec::new(),
-            done: false,
-            idle,
-        }
-    } else {
-        let total: u64 = std::str::from_utf8(spec)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Error::redis(
+        let Some(spec) = header.strip_prefix(b"$") else {
+            return Err(Error::redis(
+                target,
+                format!(
+                    "unexpected snapshot header {:?}",
+                    String::from_utf8_lossy(&header)
+                ),
+            ));
+        };
+        let idle = opts.idle_timeout;
+        let body = if let Some(mark) = spec.strip_prefix(b"EOF:") {
+            if mark.len() != EOF_MARK_LEN {
+                return Err(Error::redis(
                     target,
-                    format!(
-                        "unexpected snapshot header {:?}",
-                        String::from_utf8_lossy(&header)
-                    ),
-                )
-            })?;
-        ByteSource::ReplicationLen {
-            conn,
-            remaining: total,
-            total,
-            idle,
-        }
-    };
-    Ok(OpenedSource {
-        info,
-        objects: vec![(ObjectKind::Rdb, body)],
-    })
+                    "diskless snapshot header has a malformed end mark",
+                ));
+            }
+            ByteSource::ReplicationMark {
+                conn,
+                mark: mark.to_vec(),
+                hold: Vec::new(),
+                done: false,
+                idle,
+                head: Vec::new(),
+            }
+        } else {
+            let total: u64 = std::str::from_utf8(spec)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    Error::redis(
+                        target,
+                        format!(
+                            "unexpected snapshot header {:?}",
+                            String::from_utf8_lossy(&header)
+                        ),
+                    )
+                })?;
+            ByteSource::ReplicationLen {
+                conn,
+                remaining: total,
+                total,
+                idle,
+                extra: BytesMut::new(),
+                head: Vec::new(),
+            }
+        };
+        Ok(OpenedSource {
+            info,
+            objects: vec![(ObjectKind::Rdb, body)],
+        })
+    }
 }
 
 async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {

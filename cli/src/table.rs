@@ -373,6 +373,29 @@ pub fn window(doc: &serde_json::Value) -> String {
             text(why)
         );
     }
+    if let Some(cut) = doc["cut"].as_object() {
+        let _ = writeln!(
+            out,
+            "\nconsistent cut: writes paused at most {:.2} ms on any primary ({:.2} ms from the first pause to the last release, at the leader)",
+            cut["pause_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            cut["round_us"].as_u64().unwrap_or(0) as f64 / 1000.0
+        );
+        let offsets = cut["offsets"].as_array().cloned().unwrap_or_default();
+        for (s, o) in doc["shards"].as_array().into_iter().flatten().zip(offsets) {
+            if let (Some(start), Some(end)) = (s["synced"][1].as_u64(), o[1].as_u64()) {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {:<16} RDB at offset {start}, tail to {end} ({} bytes of commands)",
+                    text(&s["cluster"]),
+                    text(&s["plan"]["shard"]),
+                    end.saturating_sub(start)
+                );
+            }
+        }
+    }
+    for f in doc["cut_failures"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "cut attempt failed: {}", text(f));
+    }
     let _ = writeln!(out);
     out.push_str(&sets(&doc["sets"]));
     for s in doc["sets"].as_array().into_iter().flatten() {

@@ -21,6 +21,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+mod cut;
+
 use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
 use crate::store::Applied;
 use crate::window::WindowPlan;
@@ -49,6 +51,10 @@ pub struct Node {
     config_policies: Vec<Policy>,
     /// The last `Standby` call of each agent that keeps a spare connection here.
     spares: Mutex<HashMap<String, Instant>>,
+    /// Consistent cuts: steps waiting for their agents' replies.
+    cut_waiters: cut::Waiters,
+    /// A shard's stream was recorded: a cut may be due.
+    cut_wake: Notify,
 }
 
 /// An agent whose last `Standby` call is older has no spare connection here any more (agents
@@ -130,11 +136,14 @@ impl Node {
             registrations,
             config_policies,
             spares: Mutex::default(),
+            cut_waiters: Mutex::default(),
+            cut_wake: Notify::new(),
         });
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().schedule_loop());
         tokio::spawn(node.clone().watch_leadership());
         tokio::spawn(node.clone().job_loop());
+        tokio::spawn(node.clone().cut_loop());
         node
     }
 
@@ -343,13 +352,6 @@ impl Node {
                     "there is no policy {policy:?}; `fleetsnap policy list` shows those there are"
                 ))
             })?;
-        if p.consistency == Consistency::Consistent {
-            return Err(Status::unimplemented(format!(
-                "policy {:?} asks for a consistent cut, which this coordinator cannot take yet; \
-                 use consistency = \"simultaneous\" or \"independent\"",
-                p.name
-            )));
-        }
         let view = self.view("");
         let rules = p.rules();
         let mut shards = Vec::new();
@@ -690,6 +692,8 @@ impl Node {
                     }
                 }
                 Some(agent_message::Body::JobUpdate(u)) => self.job_update(&agent, u).await,
+                Some(agent_message::Body::CutReply(r)) => self.cut_reply(r),
+                Some(agent_message::Body::Synced(s)) => self.synced(&agent, s).await,
                 Some(agent_message::Body::Hello(_)) | None => {}
             }
         }
@@ -908,6 +912,7 @@ fn job_message(job: &Job, term: u64, index: u64) -> v1::CoordinatorMessage {
             window: s.window.unwrap_or_default(),
             regions: s.regions.clone(),
             fire_at_unix_ms: s.fire_at_ms.unwrap_or_default(),
+            consistent_cut: s.consistent_cut,
         }),
         JobKind::WriteManifest(m) => v1::job::Kind::Manifest(v1::WriteManifestJob {
             destinations: m.destinations.clone(),
@@ -1350,6 +1355,8 @@ impl v1::admin_service_server::AdminService for Services {
             "opened_at_ms": window.plan.opened_at_ms,
             "fire_at_ms": window.plan.fire_at_ms,
             "done": window.done,
+            "cut": window.cut,
+            "cut_failures": window.cut_failures,
             "shards": window.shards,
             "missing": window.plan.missing,
             "sets": sets,

@@ -10,7 +10,7 @@ use fleetsnap_core::window::JobResult;
 use fleetsnap_core::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
-use crate::window::{BackupSet, Window, WindowPlan};
+use crate::window::{BackupSet, CutOutcome, Window, WindowPlan};
 
 /// A job an agent can run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +68,9 @@ pub struct SnapshotSpec {
     /// `simultaneous`: when to read the source (Unix milliseconds).
     #[serde(default)]
     pub fire_at_ms: Option<i64>,
+    /// `consistent` windows: keep the replication stream and store it up to the cut.
+    #[serde(default)]
+    pub consistent_cut: bool,
 }
 
 /// How a job ended.
@@ -107,6 +110,14 @@ pub enum Command {
     DeletePolicy { name: String },
     /// Opens a backup window as the leader planned it.
     OpenWindow { plan: WindowPlan },
+    /// A consistent window's snapshot job has its replication stream, from `offset` of `replid`.
+    ShardSynced {
+        job: u64,
+        replid: String,
+        offset: u64,
+    },
+    /// The leader's attempt at a consistent window's cut.
+    CommitCut { window: u64, outcome: CutOutcome },
 }
 
 /// What applying a command produced.
@@ -259,6 +270,14 @@ impl FleetState {
                 None => refuse(format!("there is no policy {name:?}")),
             },
             Command::OpenWindow { plan } => self.open_window(term, index, plan),
+            Command::ShardSynced {
+                job,
+                replid,
+                offset,
+            } => self.shard_synced(*job, replid, *offset),
+            Command::CommitCut { window, outcome } => {
+                self.commit_cut(term, index, *window, outcome)
+            }
         }
     }
 }

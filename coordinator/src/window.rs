@@ -54,6 +54,43 @@ pub struct Window {
     pub manifest_jobs: BTreeMap<ClusterId, u64>,
     /// Whether every set it makes has its final state.
     pub done: bool,
+    /// `consistent`: the cut, once taken.
+    #[serde(default)]
+    pub cut: Option<Cut>,
+    /// `consistent`: why earlier attempts at the cut failed.
+    #[serde(default)]
+    pub cut_failures: Vec<String>,
+}
+
+/// A consistent cut across every primary of a window (DESIGN §6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cut {
+    /// Per shard of the window, in order: the primary's replication id and offset read while
+    /// every primary's writes were paused (`None`: the shard had failed before the cut).
+    pub offsets: Vec<Option<(String, u64)>>,
+    /// The longest any primary held writes back, as its agent measured it (from sending
+    /// `CLIENT PAUSE` to the answer to `CLIENT UNPAUSE`), microseconds.
+    pub pause_us: u64,
+    /// The leader's view: from the first `PAUSE` sent to the last `RELEASE` answered.
+    pub round_us: u64,
+    /// The leader's clock when it sent the first `PAUSE` (Unix microseconds): every write
+    /// acknowledged before it is in the cut, none sent after it plus `round_us` is.
+    #[serde(default)]
+    pub paused_at_us: i64,
+}
+
+/// What came of an attempt at a cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CutOutcome {
+    /// Taken: every shard's job stores its stream up to its offset.
+    Taken(Cut),
+    /// Not taken; `give_up` fails every shard still running.
+    Failed {
+        /// Why.
+        reason: String,
+        /// No more attempts.
+        give_up: bool,
+    },
 }
 
 /// One shard of a window.
@@ -71,6 +108,9 @@ pub struct WindowShard {
     pub state: ShardState,
     /// Why earlier candidates failed.
     pub failures: Vec<String>,
+    /// `consistent`: the replication id and offset the current attempt's RDB stands for.
+    #[serde(default)]
+    pub synced: Option<(String, u64)>,
 }
 
 impl WindowShard {
@@ -135,6 +175,9 @@ pub struct SetShard {
     pub replid: Option<String>,
     /// See `replid`.
     pub start_offset: Option<u64>,
+    /// The offset its tail ends at (`consistent`).
+    #[serde(default)]
+    pub cut_offset: Option<u64>,
     /// Source bytes.
     pub raw_bytes: u64,
     /// When its snapshot started and ended (Unix milliseconds, the agent's clock).
@@ -160,6 +203,9 @@ pub struct BackupSet {
     pub opened_at_ms: i64,
     /// The spread of the shards' start times (`simultaneous`), milliseconds.
     pub skew_ms: Option<u64>,
+    /// The longest write pause of the cut (`consistent`), microseconds.
+    #[serde(default)]
+    pub write_pause_us: Option<u64>,
     /// Its shards.
     pub shards: Vec<SetShard>,
     /// Per region.
@@ -228,6 +274,7 @@ impl FleetState {
                 job: None,
                 state: ShardState::Running,
                 failures: Vec::new(),
+                synced: None,
             };
             self.start_attempt(term, index, id, plan, &mut shard);
             shards.push(shard);
@@ -244,6 +291,8 @@ impl FleetState {
                 shards,
                 manifest_jobs: BTreeMap::new(),
                 done: false,
+                cut: None,
+                cut_failures: Vec::new(),
             },
         );
         self.settle_window(term, index, id);
@@ -303,9 +352,11 @@ impl FleetState {
             regions: p.destinations.iter().map(|d| d.region.clone()).collect(),
             // A retried shard starts when it can: the instant has passed.
             fire_at_ms: plan.fire_at_ms.filter(|_| shard.attempt == 0),
+            consistent_cut: p.consistency == Consistency::Consistent,
         };
         shard.job = Some(self.new_job(term, index, &c.agent, JobKind::Snapshot(spec)));
         shard.state = ShardState::Running;
+        shard.synced = None;
     }
 
     /// A new pending job.
@@ -350,7 +401,11 @@ impl FleetState {
                 let Window {
                     id, plan, shards, ..
                 } = &mut window;
-                if let Some(shard) = shards.iter_mut().find(|s| s.job == Some(job)) {
+                // A shard no longer running (its window gave up the cut) takes no more attempts.
+                if let Some(shard) = shards
+                    .iter_mut()
+                    .find(|s| s.job == Some(job) && s.state == ShardState::Running)
+                {
                     match outcome {
                         JobOutcome::Succeeded {
                             result: Some(JobResult::Shard(r)),
@@ -410,6 +465,69 @@ impl FleetState {
         self.settle_window(term, index, id);
     }
 
+    /// `ShardSynced`: a consistent window's job has its stream.
+    pub(crate) fn shard_synced(&mut self, job: u64, replid: &str, offset: u64) -> Response {
+        for w in self.windows.values_mut().filter(|w| !w.done) {
+            if let Some(s) = w
+                .shards
+                .iter_mut()
+                .find(|s| s.job == Some(job) && s.state == ShardState::Running)
+            {
+                s.synced.get_or_insert_with(|| (replid.to_string(), offset));
+                return Response::default();
+            }
+        }
+        Response {
+            refused: Some(format!("job {job} is no running shard of a window")),
+            ..Response::default()
+        }
+    }
+
+    /// `CommitCut`: the leader's attempt at a window's cut.
+    pub(crate) fn commit_cut(
+        &mut self,
+        term: u64,
+        index: u64,
+        window: u64,
+        outcome: &CutOutcome,
+    ) -> Response {
+        let Some(w) = self.windows.get_mut(&window) else {
+            return Response {
+                refused: Some(format!("there is no window {window}")),
+                ..Response::default()
+            };
+        };
+        if w.cut.is_some() || w.done {
+            return Response {
+                refused: Some(format!("window {window} has its cut already")),
+                ..Response::default()
+            };
+        }
+        match outcome {
+            CutOutcome::Taken(cut) => w.cut = Some(cut.clone()),
+            CutOutcome::Failed { reason, give_up } => {
+                w.cut_failures.push(reason.clone());
+                if *give_up {
+                    let why = format!(
+                        "the consistent cut failed {} time(s), last: {reason}",
+                        w.cut_failures.len()
+                    );
+                    for s in w
+                        .shards
+                        .iter_mut()
+                        .filter(|s| s.state == ShardState::Running)
+                    {
+                        s.state = ShardState::Failed {
+                            reason: why.clone(),
+                        };
+                    }
+                }
+            }
+        }
+        self.settle_window(term, index, window);
+        Response::default()
+    }
+
     /// Once every shard has ended: a set per cluster, and its manifest job; once every manifest
     /// job has ended: done.
     fn settle_window(&mut self, term: u64, index: u64, id: u64) {
@@ -464,6 +582,9 @@ impl FleetState {
                 set.skew_ms =
                     Some((starts().max().unwrap_or(0) - starts().min().unwrap_or(0)) as u64);
             }
+            if let Some(cut) = &window.cut {
+                set.write_pause_us = Some(cut.pause_us);
+            }
             if !failed.is_empty() {
                 set.state = SetState::Failed;
                 set.reason = Some(failed.join("; "));
@@ -511,6 +632,7 @@ impl FleetState {
             match writer.filter(|_| !regions.is_empty()) {
                 Some(agent) => {
                     let manifest = manifest(window, &cluster, &stored, set.skew_ms);
+
                     let job = self.new_job(
                         term,
                         index,
@@ -552,6 +674,7 @@ fn empty_set(window: &Window, cluster: &ClusterId) -> BackupSet {
         consistency: p.consistency,
         opened_at_ms: window.plan.opened_at_ms,
         skew_ms: None,
+        write_pause_us: None,
         shards: Vec::new(),
         regions: p
             .destinations
@@ -574,6 +697,7 @@ fn set_shard(s: &WindowShard, r: &ShardResult) -> SetShard {
         failures: s.failures.clone(),
         replid: r.entry.replid.clone(),
         start_offset: r.entry.start_offset,
+        cut_offset: r.entry.cut_offset,
         raw_bytes: r.entry.objects.iter().map(|o| o.raw_bytes).sum(),
         started_at_ms: r.started_at_ms,
         finished_at_ms: r.finished_at_ms,
@@ -608,7 +732,7 @@ fn manifest(
         started_at: from_unix_ms(started),
         finished_at: from_unix_ms(finished),
         skew_ms,
-        write_pause_ms: None,
+        write_pause_ms: window.cut.as_ref().map(|c| c.pause_us.div_ceil(1000)),
         written_by: concat!("fleetsnap-coordinator ", env!("CARGO_PKG_VERSION")).into(),
         shards: stored
             .iter()

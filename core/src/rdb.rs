@@ -193,6 +193,68 @@ pub fn empty_rdb(version: u16) -> Vec<u8> {
     out
 }
 
+/// The aux fields at the start of an RDB (`redis-ver`, `repl-stream-db`, …) that lie whole
+/// within `head`, in order. Stops at the first other opcode, at an LZF-compressed string or at the
+/// end of `head`.
+pub fn leading_aux(head: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if head.len() < HEADER_LEN || &head[..5] != b"REDIS" {
+        return out;
+    }
+    let mut at = HEADER_LEN;
+    while head.get(at) == Some(&OPCODE_AUX) {
+        let Some((key, next)) = rdb_string(head, at + 1) else {
+            break;
+        };
+        let Some((value, next)) = rdb_string(head, next) else {
+            break;
+        };
+        out.push((key, value));
+        at = next;
+    }
+    out
+}
+
+const OPCODE_AUX: u8 = 0xfa;
+
+/// An RDB string at `at` (length-prefixed or an integer encoding), and where the next item starts.
+fn rdb_string(b: &[u8], at: usize) -> Option<(String, usize)> {
+    let first = *b.get(at)?;
+    let (len, body) = match first >> 6 {
+        0 => (u64::from(first & 0x3f), at + 1),
+        1 => (
+            (u64::from(first & 0x3f) << 8) | u64::from(*b.get(at + 1)?),
+            at + 2,
+        ),
+        2 if first == 0x80 => (
+            u64::from(u32::from_be_bytes(b.get(at + 1..at + 5)?.try_into().ok()?)),
+            at + 5,
+        ),
+        2 if first == 0x81 => (
+            u64::from_be_bytes(b.get(at + 1..at + 9)?.try_into().ok()?),
+            at + 9,
+        ),
+        3 => {
+            let (value, width) = match first & 0x3f {
+                0 => (i64::from(*b.get(at + 1)? as i8), 1),
+                1 => (
+                    i64::from(i16::from_le_bytes(b.get(at + 1..at + 3)?.try_into().ok()?)),
+                    2,
+                ),
+                2 => (
+                    i64::from(i32::from_le_bytes(b.get(at + 1..at + 5)?.try_into().ok()?)),
+                    4,
+                ),
+                _ => return None,
+            };
+            return Some((value.to_string(), at + 1 + width));
+        }
+        _ => return None,
+    };
+    let end = body.checked_add(usize::try_from(len).ok()?)?;
+    Some((String::from_utf8_lossy(b.get(body..end)?).into_owned(), end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +325,27 @@ mod tests {
         let n = data.len();
         data[n - 8..].fill(0);
         assert_eq!(verify_in_chunks(&data, 7).unwrap().checksum, None);
+    }
+
+    #[test]
+    fn leading_aux_fields_are_read() {
+        let mut head = sample();
+        assert_eq!(
+            leading_aux(&head),
+            vec![("redis-ver".to_string(), "7.0.15".to_string())]
+        );
+        // repl-stream-db 3 as Redis writes it: an 8-bit integer encoding.
+        head.truncate(head.len() - 9);
+        head.extend_from_slice(&[0xfa, 0x0e]);
+        head.extend_from_slice(b"repl-stream-db");
+        head.extend_from_slice(&[0xc0, 0x03]);
+        let aux = leading_aux(&head);
+        assert_eq!(aux[1], ("repl-stream-db".to_string(), "3".to_string()));
+        // Cut anywhere: only whole fields come back.
+        for n in 0..head.len() {
+            assert!(leading_aux(&head[..n]).len() <= 2);
+        }
+        assert!(leading_aux(b"*1\r\n$4\r\nPING\r\n").is_empty());
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct RedisOptions {
     pub tls: Option<TlsFiles>,
     /// An RDB file to load at start.
     pub rdb: Option<PathBuf>,
+    /// A Redis 7 AOF directory (base RDB, incremental AOF, manifest) to load at start.
+    pub aof_dir: Option<PathBuf>,
     /// `replicaof 127.0.0.1 PORT`.
     pub replica_of: Option<u16>,
 }
@@ -156,6 +158,16 @@ impl RedisServer {
         if let Some(rdb) = &opts.rdb {
             std::fs::copy(rdb, dir.path().join("dump.rdb"))
                 .with_context(|| format!("copy {}", rdb.display()))?;
+        }
+        if let Some(aof) = &opts.aof_dir {
+            let to = dir.path().join("appendonlydir");
+            std::fs::create_dir_all(&to)?;
+            for f in std::fs::read_dir(aof).with_context(|| format!("read {}", aof.display()))? {
+                let f = f?;
+                std::fs::copy(f.path(), to.join(f.file_name()))
+                    .with_context(|| format!("copy {}", f.path().display()))?;
+            }
+            args.extend(["--appendonly".into(), "yes".into()]);
         }
         if let Some(p) = opts.replica_of {
             args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);

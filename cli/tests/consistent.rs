@@ -1,0 +1,254 @@
+//! A `consistent` window under a steady write load: the bounds check of DESIGN §6.
+//!
+//! Writers increment one counter per shard of a 3-shard Redis Cluster in turn, each waiting for
+//! the acknowledgement before the next, and record when each write was sent and acknowledged.
+//! Restored from the backup (RDB plus tail, loaded by redis-server as an AOF directory), every
+//! writer's counters must be exactly the state after some number `n` of its writes — the same
+//! instant on every shard — with every write acknowledged before the pause among the first `n`
+//! and none sent after the pause ended.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleetsnap_agent::resp::Value;
+use fleetsnap_testkit::fleet::{Agent, FleetDir, Logs, Watched, bin, single_node};
+use fleetsnap_testkit::redis::{RedisCluster, RedisOptions, RedisServer};
+use fleetsnap_testkit::{output_within, poll_until};
+
+const WRITERS: usize = 4;
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// A key of writer `w` that the primary `p` owns.
+async fn owned_key(p: &RedisServer, w: usize) -> String {
+    for tag in 0.. {
+        let key = format!("w{w}:{{t{tag}}}");
+        if let Ok(Value::Int(0)) = p.cmd(&["INCRBY", &key, "0"]).await {
+            return key;
+        }
+    }
+    unreachable!()
+}
+
+/// One write: when it was sent, when it was acknowledged.
+#[derive(Clone, Copy)]
+struct Write {
+    sent_us: i64,
+    acked_us: i64,
+}
+
+#[tokio::test]
+async fn a_consistent_window_restores_every_shard_to_one_instant() {
+    let ids = ["a1", "a2", "a3", "a4", "a5", "a6"];
+    let fleet = FleetDir::new(&[1], &ids).unwrap();
+    let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
+    let cluster = RedisCluster::start(3, 1).await.unwrap();
+    let coords = vec![coordinator.address.clone()];
+    let mut agents = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let mut a = Agent::configure(
+            &fleet,
+            ids[i],
+            &coords,
+            &[Watched {
+                name: format!("node{i}"),
+                url: n.url(),
+                cluster: "shop".into(),
+            }],
+            false,
+        )
+        .unwrap();
+        a.start().unwrap();
+        agents.push(a);
+    }
+    let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
+
+    let region = fleet.path().join("region-a");
+    let policy = format!(
+        r#"
+name = "cut"
+clusters = ["shop"]
+consistency = "consistent"
+write_pause_budget_ms = 500
+min_regions = 1
+
+[[destinations]]
+region = "a"
+url = "file://{}"
+"#,
+        region.display()
+    );
+    let file = fleet.path().join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    let o = cli
+        .run(&["policy", "set", "--file", file.to_str().unwrap()])
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    poll_until(
+        "three shards with a replica each",
+        Duration::from_secs(30),
+        || async {
+            let s = cli.json(&["status", "--json"]).ok()?;
+            let shards = s["clusters"][0]["shards"].as_array()?.clone();
+            (shards.len() == 3
+                && shards
+                    .iter()
+                    .all(|sh| sh["nodes"].as_array().is_some_and(|n| n.len() == 2)))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // The writers: each increments its counter on shard 0, 1, 2, 0, 1, … waiting for every
+    // acknowledgement.
+    let primaries = cluster.primaries().await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let mut keys: Vec<Vec<String>> = Vec::new();
+    for w in 0..WRITERS {
+        let mut mine = Vec::new();
+        let mut conns = Vec::new();
+        for p in &primaries {
+            mine.push(owned_key(p, w).await);
+            conns.push(p.conn().await.unwrap());
+        }
+        keys.push(mine.clone());
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut log: Vec<Write> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let shard = log.len() % conns.len();
+                let sent_us = now_us();
+                let v = conns[shard]
+                    .command(&[b"INCR", mine[shard].as_bytes()])
+                    .await
+                    .unwrap();
+                let acked_us = now_us();
+                let expected = (log.len() / conns.len() + 1) as i64;
+                assert!(matches!(v, Value::Int(n) if n == expected), "{v:?}");
+                log.push(Write { sent_us, acked_us });
+            }
+            log
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let run = cli
+        .run(&["backup", "run", "--policy", "cut", "--wait", "90", "--json"])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for t in tasks {
+        logs.push(t.await.unwrap());
+    }
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["consistency"], "consistent");
+    let cut = &doc["cut"];
+    let paused_at = cut["paused_at_us"].as_i64().unwrap();
+    let released_by = paused_at + cut["round_us"].as_i64().unwrap();
+    assert!(cut["pause_us"].as_u64().unwrap() > 0, "{cut}");
+    let set = &doc["sets"][0];
+    assert_eq!(set["state"], "complete", "{set}");
+    assert!(set["write_pause_us"].as_u64().is_some(), "{set}");
+    let id = doc["backup_id"].as_str().unwrap().to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(region.join("shop").join(&id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["consistency"], "consistent");
+
+    // Restore every shard and read the counters.
+    let mut restored: Vec<RedisServer> = Vec::new();
+    for (i, s) in doc["shards"].as_array().unwrap().iter().enumerate() {
+        let shard = s["plan"]["shard"].as_str().unwrap().replace(',', "_");
+        let entry = manifest["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["shard"] == shard.as_str())
+            .unwrap();
+        assert!(entry["cut_offset"].as_u64().is_some(), "{entry}");
+        assert!(
+            entry["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["kind"] == "tail"),
+            "{entry}"
+        );
+        let dir = fleet.path().join(format!("restored-{i}"));
+        let mut restore = std::process::Command::new(bin("fleetsnap-agent"));
+        restore.args([
+            "restore",
+            "--from",
+            &format!("file://{}", region.display()),
+            "--backup",
+            &id,
+            "--shard",
+            &shard,
+            "--aof-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let o = output_within(&mut restore, Duration::from_secs(60)).unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        restored.push(
+            RedisServer::start_with(RedisOptions {
+                aof_dir: Some(dir),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let mut checked = 0;
+    for (w, log) in logs.iter().enumerate() {
+        let mut counters = Vec::new();
+        for key in &keys[w] {
+            let mut found = 0;
+            for r in &restored {
+                if let Value::Bulk(Some(b)) = r.cmd(&["GET", key]).await.unwrap() {
+                    found = String::from_utf8_lossy(&b).parse::<usize>().unwrap();
+                }
+            }
+            counters.push(found);
+        }
+        // Counters after `n` writes in turn: shard j holds ceil((n - j) / 3).
+        let n: usize = counters.iter().sum();
+        let shards = counters.len();
+        let expected: Vec<usize> = (0..shards).map(|j| (n + shards - 1 - j) / shards).collect();
+        assert_eq!(
+            counters, expected,
+            "writer {w}: the restored counters are no single instant of its writes"
+        );
+        let acked_before = log.iter().filter(|x| x.acked_us < paused_at).count();
+        let sent_before_release = log.iter().filter(|x| x.sent_us <= released_by).count();
+        eprintln!(
+            "writer {w}: {n} of {} writes restored; {acked_before} acknowledged before the pause, {sent_before_release} sent before it ended",
+            log.len()
+        );
+        assert!(
+            acked_before <= n && n <= sent_before_release,
+            "writer {w}: {n} writes restored; {acked_before} were acknowledged before the pause, {sent_before_release} sent before it ended"
+        );
+        assert!(
+            n > 0 && n < log.len(),
+            "writer {w}: the cut fell outside the load"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, WRITERS);
+}
