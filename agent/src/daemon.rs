@@ -832,6 +832,7 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
                 })
                 .collect(),
             started_at_ms: report.started_at_ms,
+            started_at_us: Some(report.started_at_us),
             finished_at_ms: fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc()),
         })))
         .expect("results serialise"),
@@ -909,8 +910,13 @@ async fn write_manifest(id: u64, m: v1::WriteManifestJob) -> Result<v1::Finished
         ok,
         error,
         backup_id: m.backup_id,
-        result_json: serde_json::to_string(&JobResult::Manifest { regions: results })
-            .expect("results serialise"),
+        result_json: serde_json::to_string(&JobResult::Manifest {
+            regions: results,
+            finished_at_ms: Some(fleetsnap_core::window::unix_ms(
+                time::OffsetDateTime::now_utc(),
+            )),
+        })
+        .expect("results serialise"),
     })
 }
 

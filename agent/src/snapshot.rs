@@ -108,6 +108,9 @@ pub struct SnapshotReport {
     /// When the source was opened (Unix milliseconds).
     #[serde(skip)]
     pub started_at_ms: i64,
+    /// The same in microseconds.
+    #[serde(skip)]
+    pub started_at_us: i64,
 }
 
 impl SnapshotReport {
@@ -327,6 +330,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         destinations: reports,
         entry: m.shards.into_iter().next(),
         started_at_ms: unix_ms(started_at),
+        started_at_us: (started_at.unix_timestamp_nanos() / 1000) as i64,
     })
 }
 

@@ -203,9 +203,16 @@ pub struct BackupSet {
     pub opened_at_ms: i64,
     /// The spread of the shards' start times (`simultaneous`), milliseconds.
     pub skew_ms: Option<u64>,
+    /// The same in microseconds.
+    #[serde(default)]
+    pub skew_us: Option<u64>,
     /// The longest write pause of the cut (`consistent`), microseconds.
     #[serde(default)]
     pub write_pause_us: Option<u64>,
+    /// When the last region's manifest was written (Unix milliseconds, the writing agent's
+    /// clock).
+    #[serde(default)]
+    pub completed_at_ms: Option<i64>,
     /// Its shards.
     pub shards: Vec<SetShard>,
     /// Per region.
@@ -430,9 +437,16 @@ impl FleetState {
                 if let Some(set) = self.sets.get_mut(&set_key(&m.cluster, &m.backup_id)) {
                     let results = match outcome {
                         JobOutcome::Succeeded {
-                            result: Some(JobResult::Manifest { regions }),
+                            result:
+                                Some(JobResult::Manifest {
+                                    regions,
+                                    finished_at_ms,
+                                }),
                             ..
-                        } => regions,
+                        } => {
+                            set.completed_at_ms = finished_at_ms;
+                            regions
+                        }
                         JobOutcome::Failed { reason } => m
                             .regions
                             .iter()
@@ -578,9 +592,14 @@ impl FleetState {
             }
             set.shards = stored.iter().map(|(s, r)| set_shard(s, r)).collect();
             if window.plan.policy.consistency == Consistency::Simultaneous && stored.len() > 1 {
-                let starts = || stored.iter().map(|(_, r)| r.started_at_ms);
-                set.skew_ms =
-                    Some((starts().max().unwrap_or(0) - starts().min().unwrap_or(0)) as u64);
+                let starts = || {
+                    stored
+                        .iter()
+                        .map(|(_, r)| r.started_at_us.unwrap_or(r.started_at_ms * 1000))
+                };
+                let spread = (starts().max().unwrap_or(0) - starts().min().unwrap_or(0)) as u64;
+                set.skew_us = Some(spread);
+                set.skew_ms = Some(spread.div_ceil(1000));
             }
             if let Some(cut) = &window.cut {
                 set.write_pause_us = Some(cut.pause_us);
@@ -674,7 +693,9 @@ fn empty_set(window: &Window, cluster: &ClusterId) -> BackupSet {
         consistency: p.consistency,
         opened_at_ms: window.plan.opened_at_ms,
         skew_ms: None,
+        skew_us: None,
         write_pause_us: None,
+        completed_at_ms: None,
         shards: Vec::new(),
         regions: p
             .destinations
@@ -818,6 +839,7 @@ mod tests {
                     .collect(),
                 started_at_ms: 1000,
                 finished_at_ms: 2000,
+                started_at_us: None,
             }))),
         }
     }
@@ -934,6 +956,7 @@ mod tests {
                             error: None,
                             stored_bytes: 100,
                         }],
+                        finished_at_ms: Some(3000),
                     }),
                 },
             },

@@ -32,6 +32,10 @@ pub struct ShardResult {
     pub started_at_ms: i64,
     /// When the last object was stored (Unix milliseconds).
     pub finished_at_ms: i64,
+    /// `started_at_ms` in microseconds: the instant the source was asked for the snapshot
+    /// (`PSYNC` sent, `BGSAVE` asked, the file opened).
+    #[serde(default)]
+    pub started_at_us: Option<i64>,
 }
 
 /// A job's result as the agent sends it back (JSON in `Finished.result_json`).
@@ -44,6 +48,9 @@ pub enum JobResult {
     Manifest {
         /// Per region, in the job's order.
         regions: Vec<RegionResult>,
+        /// When the last manifest was written (Unix milliseconds, the agent's clock).
+        #[serde(default)]
+        finished_at_ms: Option<i64>,
     },
 }
 
