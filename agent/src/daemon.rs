@@ -689,6 +689,20 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
     let s = match job.kind {
         Some(v1::job::Kind::Snapshot(s)) => s,
         Some(v1::job::Kind::Manifest(m)) => return write_manifest(id, m).await,
+        Some(v1::job::Kind::Catalog(c)) => {
+            let task: fleetsnap_core::window::CatalogTask = serde_json::from_str(&c.task_json)
+                .map_err(|e| {
+                    Error::Input(format!(
+                        "job {id} carries a catalog task this agent cannot read ({e}); are the agent and the coordinators the same version?"
+                    ))
+                })?;
+            let result = crate::catalog::run(task).await?;
+            return Ok(v1::Finished {
+                ok: true,
+                result_json: serde_json::to_string(&result).expect("results serialise"),
+                ..Default::default()
+            });
+        }
         None => {
             return Err(Error::Input(format!(
                 "job {id} is of a kind this agent does not know; upgrade the agent"

@@ -419,6 +419,39 @@ impl Store {
         }
     }
 
+    /// Deletes an object; one already gone is no error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match &self.inner {
+            StoreInner::File(root) => {
+                let p = Self::file_path(root, key);
+                match tokio::fs::remove_file(&p).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.err(format!("cannot delete {}: {e}", p.display()))),
+                }
+                // Empty backup directories go with their last object.
+                let mut dir = p.parent();
+                while let Some(d) = dir.filter(|d| d.starts_with(root) && *d != root.as_path()) {
+                    if tokio::fs::remove_dir(d).await.is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+                Ok(())
+            }
+            StoreInner::S3 { client, bucket } => {
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| self.s3_err("DeleteObject", key, e))?;
+                Ok(())
+            }
+        }
+    }
+
     /// The stored size of an object.
     pub async fn size(&self, key: &str) -> Result<u64> {
         match &self.inner {

@@ -1,6 +1,7 @@
 //! The fleetsnap agent library: Redis sources, the snapshot pipeline, storage destinations,
 //! verification and restores. The `fleetsnap-agent` binary is a thin shell over it.
 
+pub mod catalog;
 pub mod cli;
 pub mod cut;
 pub mod daemon;

@@ -138,10 +138,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     // Everything that can be ready is: wait for the instant, then read the source.
     let prepared = source::prepare(&req.source, req.target.as_ref(), req.cut.is_some()).await?;
     if let Some(at) = req.start_at_ms {
-        let now = unix_ms(OffsetDateTime::now_utc());
-        if at > now {
-            tokio::time::sleep(Duration::from_millis((at - now) as u64)).await;
-        }
+        wait_until_ms(at).await;
     }
     let started_at = OffsetDateTime::now_utc();
     let started = Instant::now();
@@ -155,10 +152,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let mut opened = prepared.start(&req.source_options).await?;
     let info = opened.info.clone();
     let synced = match (&req.cut, &info.replid, info.offset) {
-        (Some(hooks), Some(replid), Some(offset)) => {
-            (hooks.synced)(replid.clone(), offset);
-            Some((replid.clone(), offset))
-        }
+        (Some(_), Some(replid), Some(offset)) => Some((replid.clone(), offset)),
         (Some(_), _, _) => {
             return Err(Error::redis(
                 &info.node,
@@ -218,6 +212,10 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             rdb_checksum = rdb.checksum.is_some();
         }
         if let (Some(hooks), Some((replid, offset)), ObjectKind::Rdb) = (&req.cut, &synced, kind) {
+            // The cut is taken once every shard's RDB is stored: the pause then meets no fork
+            // and no RDB transfer competing for the hosts, and the stream from here to the cut
+            // is read as it comes.
+            (hooks.synced)(replid.clone(), *offset);
             let stream = std::mem::replace(src, source::ByteSource::Memory(None))
                 .into_stream()
                 .ok_or_else(|| {
@@ -332,6 +330,22 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         started_at_ms: unix_ms(started_at),
         started_at_us: (started_at.unix_timestamp_nanos() / 1000) as i64,
     })
+}
+
+/// Sleeps until the Unix millisecond `at`, to within tens of microseconds: tokio's timer ticks
+/// in milliseconds and may wake one late, so the last two are slept on a blocking thread.
+async fn wait_until_ms(at: i64) {
+    let left =
+        move |now: OffsetDateTime| (i128::from(at) * 1_000_000 - now.unix_timestamp_nanos()).max(0);
+    let ns = left(OffsetDateTime::now_utc());
+    if ns > 2_000_000 {
+        tokio::time::sleep(Duration::from_nanos((ns - 2_000_000) as u64)).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        let ns = left(OffsetDateTime::now_utc());
+        std::thread::sleep(Duration::from_nanos(ns as u64));
+    })
+    .await;
 }
 
 fn round3(d: Duration) -> f64 {

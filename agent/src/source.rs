@@ -243,6 +243,9 @@ fn keep_head(head: &mut Vec<u8>, data: &[u8]) {
 /// stream up to, or why to give up.
 pub type CutVerdict = std::result::Result<(String, u64), String>;
 
+/// The most stream bytes held in memory while waiting for the cut.
+const MAX_PENDING: usize = 256 << 20;
+
 /// How long a tail waits for the cut once the RDB is stored.
 const CUT_WAIT: Duration = Duration::from_secs(300);
 
@@ -382,10 +385,26 @@ impl TailStream {
                     CUT_WAIT.as_secs()
                 )));
             }
+            // The stream is read while waiting, so the node's output buffer for this connection
+            // stays empty whatever the write load.
+            if self.pending.len() > MAX_PENDING {
+                return Err(Error::Cut(format!(
+                    "more than {} MiB of writes arrived while waiting for the cut; the agent gives up rather than hold more",
+                    MAX_PENDING >> 20
+                )));
+            }
             tokio::select! {
                 changed = self.verdict.changed() => if changed.is_err() {
                     return Err(Error::Cut("the job was dropped before the cut was taken".into()));
                 },
+                read = self.conn.read_some(&mut self.pending) => {
+                    if read? == 0 {
+                        return Err(Error::redis(
+                            self.conn.target(),
+                            "the node closed the replication stream before the cut was taken: check its log (restart, failover, output-buffer limit for replicas)",
+                        ));
+                    }
+                }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => self.ack().await?,
             }
         }

@@ -81,6 +81,9 @@ enum Command {
     /// Backup windows and the catalog of sets.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// The catalog as a whole.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
 }
 
 #[derive(Subcommand)]
@@ -114,6 +117,65 @@ enum BackupCmd {
     Show {
         /// A backup id or a window number.
         id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a set back in every region where it is complete and check every object against its
+    /// manifest (size, sha256, RDB checksum); a region that fails is marked failed. Exit 1 if any
+    /// region failed.
+    Verify {
+        /// CLUSTER/BACKUP_ID, or BACKUP_ID when one cluster has it.
+        id: String,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        wait: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a set from a region where it is complete to the regions where it is not (degraded
+    /// sets are also repaired on their own). Exit 1 unless the set ends complete.
+    Repair {
+        /// CLUSTER/BACKUP_ID, or BACKUP_ID when one cluster has it.
+        id: String,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        wait: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the policies' retention now: delete the sets no rule keeps, in every region.
+    Prune {
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Show what would happen; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCmd {
+    /// Rebuild the catalog from the manifests in regions (after losing every coordinator's data
+    /// directory, or to adopt sets written elsewhere). Sets already in the catalog gain the
+    /// regions where they are found whole.
+    Rebuild {
+        /// A region to read: REGION=URL (repeat), e.g. a=file:///backups or
+        /// b=s3://bucket/prefix?region=eu-west-1. A bare URL names the region after itself.
+        #[arg(long = "from", required = true, value_name = "REGION=URL")]
+        from: Vec<String>,
+        /// The agent that reads them (its credentials are used); default: any connected agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        wait: u64,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -414,7 +476,134 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Policy(p) => policy(&cli.conn, p).await,
         Command::Backup(b) => backup(&cli.conn, b).await,
+        Command::Catalog(c) => catalog(&cli.conn, c).await,
     }
+}
+
+/// Follows a job until it ends or `secs` pass; its JSON.
+async fn wait_job(admin: &Admin, id: u64, secs: u64) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = admin
+            .call(move |mut c| async move { c.get_job(v1::GetJobRequest { job_id: id }).await })
+            .await?;
+        let job: serde_json::Value = serde_json::from_str(&r.json)?;
+        if job["state"]["state"] == "done" {
+            return Ok(job);
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow::anyhow!(
+                "job {id} has not ended after {secs} s; follow it with `fleetsnap job show {id}`"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The per-region results of a catalog job, printed; whether every region succeeded.
+fn print_regions(what: &str, job: &serde_json::Value) -> bool {
+    if job["state"]["outcome"] == "failed" {
+        println!("{what} failed: {}", table::text(&job["state"]["reason"]));
+        return false;
+    }
+    let mut all = true;
+    for r in job["state"]["result"]["regions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let ok = r["ok"] == true;
+        all &= ok;
+        println!(
+            "{:<12} {:<7} {}",
+            table::text(&r["region"]),
+            if ok { "ok" } else { "failed" },
+            if ok {
+                format!("{} bytes", r["stored_bytes"])
+            } else {
+                table::text(&r["error"])
+            }
+        );
+    }
+    all
+}
+
+async fn catalog_reply(admin: &Admin, id: String, verify: bool) -> Result<v1::CatalogReply> {
+    admin
+        .call(move |mut c| {
+            let set = id.clone();
+            async move {
+                let req = v1::CatalogRequest { set };
+                if verify {
+                    c.verify_backup(req).await
+                } else {
+                    c.repair_backup(req).await
+                }
+            }
+        })
+        .await
+}
+
+async fn list_sets(admin: &Admin) -> Result<serde_json::Value> {
+    let r = admin
+        .call(move |mut c| async move { c.list_backups(v1::ListBackupsRequest::default()).await })
+        .await?;
+    Ok(serde_json::from_str(&r.json)?)
+}
+
+async fn catalog(conn: &Conn, cmd: CatalogCmd) -> Result<ExitCode> {
+    let admin = Admin::new(conn)?;
+    let CatalogCmd::Rebuild {
+        from,
+        agent,
+        wait,
+        json,
+    } = cmd;
+    let req = v1::RebuildCatalogRequest {
+        regions: from,
+        agent: agent.unwrap_or_default(),
+    };
+    let r = admin
+        .call(move |mut c| {
+            let req = req.clone();
+            async move { c.rebuild_catalog(req).await }
+        })
+        .await?;
+    let job = wait_job(&admin, r.jobs[0], wait).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    }
+    if job["state"]["outcome"] == "failed" {
+        eprintln!(
+            "the scan by agent {:?} failed: {}",
+            r.agent,
+            table::text(&job["state"]["reason"])
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let result = &job["state"]["result"];
+    let errors = result["errors"].as_array().cloned().unwrap_or_default();
+    if !json {
+        let found = result["found"].as_array().cloned().unwrap_or_default();
+        println!(
+            "agent {} read {} manifest(s); the catalog now holds:",
+            r.agent,
+            found.len()
+        );
+        print!("{}", table::sets(&list_sets(&admin).await?));
+        for e in &errors {
+            eprintln!(
+                "region {} could not be read: {}",
+                table::text(&e["region"]),
+                table::text(&e["error"])
+            );
+        }
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn show_window(admin: &Admin, id: String) -> Result<serde_json::Value> {
@@ -502,6 +691,72 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        BackupCmd::Verify { id, wait, json } => {
+            let r = catalog_reply(&admin, id.clone(), true).await?;
+            let job = wait_job(&admin, r.jobs[0], wait).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+                return Ok(exit(
+                    job["state"]["outcome"] == "succeeded"
+                        && job["state"]["result"]["regions"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().all(|r| r["ok"] == true)),
+                ));
+            }
+            Ok(exit(print_regions(&format!("verifying {id}"), &job)))
+        }
+        BackupCmd::Repair { id, wait, json } => {
+            let r = catalog_reply(&admin, id.clone(), false).await?;
+            let job = wait_job(&admin, r.jobs[0], wait).await?;
+            let sets = list_sets(&admin).await?;
+            let set = sets
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| {
+                    s["backup_id"] == id.as_str()
+                        || format!(
+                            "{}/{}",
+                            table::text(&s["cluster"]),
+                            table::text(&s["backup_id"])
+                        ) == id
+                })
+                .cloned()
+                .unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"job": job, "set": set}))?
+                );
+            } else {
+                print_regions(&format!("repairing {id}"), &job);
+                println!("set {id} is now {}", table::text(&set["state"]));
+            }
+            Ok(exit(set["state"] == "complete"))
+        }
+        BackupCmd::Prune {
+            policy,
+            dry_run,
+            json,
+        } => {
+            let req = v1::PruneRequest {
+                policy: policy.unwrap_or_default(),
+                dry_run,
+            };
+            let r = admin
+                .call(move |mut c| {
+                    let req = req.clone();
+                    async move { c.prune(req).await }
+                })
+                .await?;
+            if json {
+                println!("{}", r.json);
+            } else {
+                let doc: serde_json::Value = serde_json::from_str(&r.json)?;
+                print!("{}", table::prune(&doc, dry_run));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         BackupCmd::Show { id, json } => {
             let doc = show_window(&admin, id).await?;
             if json {
@@ -579,6 +834,14 @@ async fn policy(conn: &Conn, cmd: PolicyCmd) -> Result<ExitCode> {
 }
 
 /// Prints a job as JSON, after waiting for it to end when asked; exit 1 when it failed.
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 async fn show_job(admin: &Admin, id: u64, wait: Option<u64>) -> Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
     loop {

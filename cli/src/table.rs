@@ -236,7 +236,7 @@ pub fn policies(list: &[fleetsnap_core::policy::Policy]) -> String {
     out
 }
 
-fn text(v: &serde_json::Value) -> String {
+pub fn text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "-".into(),
@@ -410,6 +410,46 @@ pub fn window(doc: &serde_json::Value) -> String {
                 let _ = writeln!(out, "{} {region}: {e}", text(&s["cluster"]));
             }
         }
+    }
+    out
+}
+
+/// Retention's decisions: one line per set.
+pub fn prune(doc: &serde_json::Value, dry_run: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:<12} {:<24} {:<9} {:<8} WHY",
+        "POLICY", "CLUSTER", "BACKUP", "STATE", "ACTION"
+    );
+    for d in doc.as_array().into_iter().flatten() {
+        let action = text(&d["decision"]["action"]);
+        let why = match action.as_str() {
+            "keep" => d["decision"]["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect::<Vec<_>>()
+                .join(", "),
+            "locked" => format!("under Object Lock until {}", text(&d["decision"]["until"])),
+            _ => text(&d["decision"]["reason"]),
+        };
+        let note = match (&d["job"], &d["error"]) {
+            (j, _) if j.is_u64() => format!(" (deleting: job {j})"),
+            (_, e) if e.is_string() => format!(" (not started: {})", text(e)),
+            _ if action == "delete" && dry_run => " (dry run)".into(),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {:<12} {:<24} {:<9} {:<8} {why}{note}",
+            text(&d["policy"]),
+            text(&d["cluster"]),
+            text(&d["backup_id"]),
+            text(&d["state"]),
+            action
+        );
     }
     out
 }

@@ -6,6 +6,7 @@
 //! [`network`] carries Raft between coordinators; [`server`] holds the leader's soft state (the
 //! agents' reports) and the job loop; [`run`] starts a node from its [`config`].
 
+pub mod catalog;
 pub mod config;
 pub mod network;
 pub mod run;

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 mod cut;
+mod upkeep;
 
 use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
 use crate::store::Applied;
@@ -144,6 +145,7 @@ impl Node {
         tokio::spawn(node.clone().watch_leadership());
         tokio::spawn(node.clone().job_loop());
         tokio::spawn(node.clone().cut_loop());
+        tokio::spawn(node.clone().upkeep_loop());
         node
     }
 
@@ -914,6 +916,9 @@ fn job_message(job: &Job, term: u64, index: u64) -> v1::CoordinatorMessage {
             fire_at_unix_ms: s.fire_at_ms.unwrap_or_default(),
             consistent_cut: s.consistent_cut,
         }),
+        JobKind::Catalog(c) => v1::job::Kind::Catalog(v1::CatalogJob {
+            task_json: serde_json::to_string(&c.task).expect("tasks serialise"),
+        }),
         JobKind::WriteManifest(m) => v1::job::Kind::Manifest(v1::WriteManifestJob {
             destinations: m.destinations.clone(),
             regions: m.regions.clone(),
@@ -1310,6 +1315,85 @@ impl v1::admin_service_server::AdminService for Services {
             .collect();
         Ok(Response::new(v1::JsonReply {
             json: serde_json::to_string_pretty(&sets).expect("sets serialise"),
+        }))
+    }
+
+    async fn repair_backup(
+        &self,
+        req: Request<v1::CatalogRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
+        admin(&req)?;
+        if !self.0.is_leader() {
+            return Err(self.0.not_leader(None));
+        }
+        let set = self.0.resolve_set(req.get_ref().set.trim())?;
+        let job = self.0.repair(&set, "asked by an operator").await?;
+        Ok(Response::new(v1::CatalogReply {
+            jobs: vec![job],
+            agent: String::new(),
+        }))
+    }
+
+    async fn verify_backup(
+        &self,
+        req: Request<v1::CatalogRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
+        admin(&req)?;
+        if !self.0.is_leader() {
+            return Err(self.0.not_leader(None));
+        }
+        let set = self.0.resolve_set(req.get_ref().set.trim())?;
+        let job = self.0.verify(&set).await?;
+        Ok(Response::new(v1::CatalogReply {
+            jobs: vec![job],
+            agent: String::new(),
+        }))
+    }
+
+    async fn rebuild_catalog(
+        &self,
+        req: Request<v1::RebuildCatalogRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
+        admin(&req)?;
+        if !self.0.is_leader() {
+            return Err(self.0.not_leader(None));
+        }
+        let r = req.get_ref();
+        if r.regions.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one region to read: --from REGION=URL",
+            ));
+        }
+        let mut regions = Vec::new();
+        for text in &r.regions {
+            let (region, url) = match text.split_once('=') {
+                Some((name, url)) if !name.contains(':') => (name.to_string(), url.to_string()),
+                _ => (text.clone(), text.clone()),
+            };
+            regions.push(fleetsnap_core::window::RegionUrl { region, url });
+        }
+        let (job, agent) = self.0.rebuild(regions, &r.agent).await?;
+        Ok(Response::new(v1::CatalogReply {
+            jobs: vec![job],
+            agent,
+        }))
+    }
+
+    async fn prune(
+        &self,
+        req: Request<v1::PruneRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        admin(&req)?;
+        if !self.0.is_leader() {
+            return Err(self.0.not_leader(None));
+        }
+        let r = req.get_ref();
+        let doc = self
+            .0
+            .prune(r.policy.trim(), !r.dry_run, !r.dry_run)
+            .await?;
+        Ok(Response::new(v1::JsonReply {
+            json: serde_json::to_string_pretty(&doc).expect("decisions serialise"),
         }))
     }
 

@@ -10,6 +10,7 @@ use fleetsnap_core::window::JobResult;
 use fleetsnap_core::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::CatalogSpec;
 use crate::window::{BackupSet, CutOutcome, Window, WindowPlan};
 
 /// A job an agent can run.
@@ -20,6 +21,8 @@ pub enum JobKind {
     Snapshot(SnapshotSpec),
     /// Write a backup set's manifest to regions (a window's last step).
     WriteManifest(ManifestSpec),
+    /// Work on stored sets: repair, verify, delete, scan, collect orphans.
+    Catalog(CatalogSpec),
 }
 
 /// What a manifest job does.
@@ -118,6 +121,8 @@ pub enum Command {
     },
     /// The leader's attempt at a consistent window's cut.
     CommitCut { window: u64, outcome: CutOutcome },
+    /// Work on stored sets for an agent (the leader chose the agent and the regions).
+    CreateCatalogJob { agent: String, spec: CatalogSpec },
 }
 
 /// What applying a command produced.
@@ -253,6 +258,7 @@ impl FleetState {
                 Some(j) if !matches!(j.state, JobState::Done(_)) => {
                     j.state = JobState::Done(outcome.clone());
                     self.window_job_ended(term, index, *job);
+                    self.catalog_job_ended(*job);
                     Response::default()
                 }
                 Some(_) => refuse(format!("job {job} has already ended")),
@@ -277,6 +283,9 @@ impl FleetState {
             } => self.shard_synced(*job, replid, *offset),
             Command::CommitCut { window, outcome } => {
                 self.commit_cut(term, index, *window, outcome)
+            }
+            Command::CreateCatalogJob { agent, spec } => {
+                self.create_catalog_job(term, index, agent, spec)
             }
         }
     }

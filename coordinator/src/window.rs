@@ -156,6 +156,9 @@ pub struct RegionStatus {
     pub error: Option<String>,
     /// Bytes stored there (objects and manifest).
     pub stored_bytes: u64,
+    /// The URL agents open for it (the policy's, or the one a rebuild read it from).
+    #[serde(default)]
+    pub url: String,
 }
 
 /// One shard of a set, with why its source was chosen.
@@ -223,6 +226,15 @@ pub struct BackupSet {
     pub state: SetState,
     /// Why it failed, when it did.
     pub reason: Option<String>,
+    /// The catalog job working on it (repair, verify, delete), if any.
+    #[serde(default)]
+    pub task: Option<u64>,
+    /// Being deleted, and why (retention's reason).
+    #[serde(default)]
+    pub deleting: Option<String>,
+    /// Its last verification.
+    #[serde(default)]
+    pub verified: Option<crate::catalog::Verified>,
 }
 
 /// The catalog key of a set: sets are per cluster, ids per window.
@@ -237,7 +249,7 @@ impl BackupSet {
     }
 
     /// Counts the regions that took the manifest; a region never heard of has failed.
-    fn count_regions(&mut self) {
+    pub(crate) fn count_regions(&mut self) {
         for status in self.regions.values_mut() {
             if status.state == RegionState::Pending {
                 status.state = RegionState::Failed;
@@ -399,6 +411,7 @@ impl FleetState {
         let window_id = match &kind {
             JobKind::Snapshot(s) => s.window,
             JobKind::WriteManifest(m) => Some(m.window),
+            JobKind::Catalog(_) => None,
         };
         let Some(mut window) = window_id.and_then(|w| self.windows.remove(&w)) else {
             return;
@@ -473,6 +486,7 @@ impl FleetState {
                     set.count_regions();
                 }
             }
+            JobKind::Catalog(_) => {}
         }
         let id = window.id;
         self.windows.insert(id, window);
@@ -680,10 +694,11 @@ impl FleetState {
 
 fn empty_set(window: &Window, cluster: &ClusterId) -> BackupSet {
     let p = &window.plan.policy;
-    let pending = RegionStatus {
+    let pending = |url: String| RegionStatus {
         state: RegionState::Pending,
         error: None,
         stored_bytes: 0,
+        url,
     };
     BackupSet {
         backup_id: window.plan.backup_id.clone(),
@@ -700,11 +715,14 @@ fn empty_set(window: &Window, cluster: &ClusterId) -> BackupSet {
         regions: p
             .destinations
             .iter()
-            .map(|d| (d.region.clone(), pending.clone()))
+            .map(|d| (d.region.clone(), pending(d.agent_url())))
             .collect(),
         min_regions: p.min_regions,
         state: SetState::Running,
         reason: None,
+        task: None,
+        deleting: None,
+        verified: None,
     }
 }
 

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::ids::BackupId;
 
 /// A policy's retention rules. All zero (the default) keeps every set.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     /// The newest N sets.
@@ -35,12 +35,37 @@ pub struct Retention {
     /// Every set younger than this many seconds.
     #[serde(default)]
     pub keep_within_seconds: u64,
+    /// Objects no manifest lists (a crashed upload's) are deleted once their set id is older
+    /// than this (default: a day).
+    #[serde(default = "default_orphan_grace")]
+    pub orphan_grace_seconds: u64,
+}
+
+fn default_orphan_grace() -> u64 {
+    86_400
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_within_seconds: 0,
+            orphan_grace_seconds: default_orphan_grace(),
+        }
+    }
 }
 
 impl Retention {
     /// Whether no rule is set: then every set is kept.
     pub fn keeps_everything(&self) -> bool {
-        *self == Self::default()
+        Self {
+            orphan_grace_seconds: self.orphan_grace_seconds,
+            ..Self::default()
+        } == *self
     }
 }
 

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::manifest::ShardEntry;
+use crate::ids::{BackupId, ClusterId};
+use crate::manifest::{Manifest, ShardEntry};
 
 /// One region's outcome for one object group (a shard's objects, or a manifest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,91 @@ pub enum JobResult {
         /// When the last manifest was written (Unix milliseconds, the agent's clock).
         #[serde(default)]
         finished_at_ms: Option<i64>,
+    },
+    /// A catalog task other than a scan: per region.
+    Regions {
+        /// Per region, in the task's order.
+        regions: Vec<RegionResult>,
+    },
+    /// A scan: every manifest found.
+    Scanned {
+        /// Per region, the manifests there.
+        found: Vec<ScannedSet>,
+        /// Regions that could not be listed, and why.
+        errors: Vec<RegionResult>,
+    },
+}
+
+/// A manifest found by a scan, with what is wrong with its objects in that region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScannedSet {
+    /// The region.
+    pub region: String,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Objects missing or of the wrong size there (empty: the set is whole there).
+    pub problems: Vec<String>,
+}
+
+/// A region as catalog tasks name it: the policy's name and the URL agents resolve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionUrl {
+    /// Its name.
+    pub region: String,
+    /// Its URL.
+    pub url: String,
+}
+
+/// Work on stored sets, run by an agent (which holds the regions' credentials).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum CatalogTask {
+    /// Copies a set's objects from a region that holds it whole to regions that do not, checking
+    /// each copy's sha256 against the manifest, then writes the manifest there.
+    Repair {
+        /// The set's cluster.
+        cluster: ClusterId,
+        /// The set.
+        backup_id: BackupId,
+        /// A region that holds it whole.
+        from: RegionUrl,
+        /// Regions to copy it to.
+        to: Vec<RegionUrl>,
+    },
+    /// Reads every object of a set back in each region and checks its size, sha256 and RDB
+    /// checksum against the manifest.
+    Verify {
+        /// The set's cluster.
+        cluster: ClusterId,
+        /// The set.
+        backup_id: BackupId,
+        /// Where.
+        regions: Vec<RegionUrl>,
+    },
+    /// Deletes a set in each region: the manifest first (the set stops being restorable there
+    /// at once), then its objects.
+    Delete {
+        /// The set's cluster.
+        cluster: ClusterId,
+        /// The set.
+        backup_id: BackupId,
+        /// Where.
+        regions: Vec<RegionUrl>,
+    },
+    /// Lists every manifest in each region.
+    Scan {
+        /// Where.
+        regions: Vec<RegionUrl>,
+    },
+    /// Deletes backup directories that hold objects but no manifest (left by crashed uploads)
+    /// and whose id is older than `before`, except the sets in `keep` (windows still running).
+    CollectOrphans {
+        /// Where.
+        regions: Vec<RegionUrl>,
+        /// Ids sort by time: a directory whose id sorts before this is past the grace period.
+        before: BackupId,
+        /// Never collected.
+        keep: Vec<BackupId>,
     },
 }
 

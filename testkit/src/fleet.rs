@@ -277,9 +277,16 @@ pub struct Agent {
     pub log: PathBuf,
     insecure: bool,
     process: Option<Process>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
+    /// Sets an environment variable for the agent's next start (e.g.
+    /// `AWS_SHARED_CREDENTIALS_FILE`).
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
+    }
+
     /// Writes the config of agent `id`.
     pub fn configure(
         fleet: &FleetDir,
@@ -314,6 +321,7 @@ impl Agent {
             log: fleet.path().join(format!("agent-{id}.log")),
             insecure,
             process: None,
+            env: Vec::new(),
         })
     }
 
@@ -331,6 +339,7 @@ impl Agent {
         cmd.env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env("AWS_CONFIG_FILE", "/dev/null")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
         self.process = Some(Process::spawn(&mut cmd, "start fleetsnap-agent")?);

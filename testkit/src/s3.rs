@@ -289,7 +289,11 @@ pub struct Moto {
 impl Moto {
     /// Starts `moto_server` on a free port.
     pub async fn start() -> anyhow::Result<Self> {
-        let port = free_port();
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts `moto_server` on `port` (a region coming back, empty, where it was).
+    pub async fn start_on(port: u16) -> anyhow::Result<Self> {
         let mut cmd = Command::new("moto_server");
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

@@ -1,0 +1,374 @@
+//! The leader's catalog upkeep: repair, verify, rebuild, retention and orphan collection, on
+//! request and on its own. Each decision is a `CreateCatalogJob` in the log (a deletion carries
+//! retention's reason), run by a connected agent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetsnap_core::retention::{self, Action, SetInfo, SetState};
+use fleetsnap_core::window::{CatalogTask, RegionUrl, from_unix_ms};
+use fleetsnap_core::{BackupId, ClusterId};
+use tonic::Status;
+
+use super::Node;
+use crate::catalog::CatalogSpec;
+use crate::state::Command;
+use crate::window::{BackupSet, RegionState};
+
+/// How often the leader looks for sets to repair and prune.
+const UPKEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// A set whose automatic repair failed is tried again after this long.
+const REPAIR_AGAIN: Duration = Duration::from_secs(600);
+
+/// Orphans are looked for this often.
+const ORPHANS_EVERY: Duration = Duration::from_secs(3600);
+
+impl Node {
+    /// A connected agent to run a catalog job, preferring those named.
+    fn pick_agent(&self, preferred: &[String]) -> Result<String, Status> {
+        let agents = self.fleet.agents.lock().expect("lock");
+        let registered = {
+            let st = self.state.read().expect("state lock");
+            st.state.agents.keys().cloned().collect::<Vec<_>>()
+        };
+        let connected = |a: &str| {
+            agents.get(a).is_some_and(|x| x.tx.is_some()) && registered.iter().any(|r| r == a)
+        };
+        preferred
+            .iter()
+            .find(|a| connected(a))
+            .cloned()
+            .or_else(|| {
+                let mut all: Vec<&String> = agents.keys().filter(|a| connected(a)).collect();
+                all.sort();
+                all.first().map(|a| a.to_string())
+            })
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "no agent is connected to the leader to read the regions: start one",
+                )
+            })
+    }
+
+    /// A set by `CLUSTER/ID`, or by id when one cluster has it.
+    pub(super) fn resolve_set(&self, id: &str) -> Result<BackupSet, Status> {
+        let st = self.state.read().expect("state lock");
+        if let Some(s) = st.state.sets.get(id) {
+            return Ok(s.clone());
+        }
+        let found: Vec<&BackupSet> = st
+            .state
+            .sets
+            .values()
+            .filter(|s| s.backup_id.as_str() == id)
+            .collect();
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Status::not_found(format!(
+                "no backup set {id:?}; `fleetsnap backup list` shows them"
+            ))),
+            many => Err(Status::invalid_argument(format!(
+                "backup {id} exists in {} clusters: name one as CLUSTER/{id} ({})",
+                many.len(),
+                many.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    async fn catalog_job(&self, agent: String, spec: CatalogSpec) -> Result<u64, Status> {
+        let (resp, _, _) = self
+            .write(Command::CreateCatalogJob { agent, spec })
+            .await?;
+        if let Some(why) = resp.refused {
+            return Err(Status::failed_precondition(why));
+        }
+        self.wake.notify_one();
+        resp.job
+            .ok_or_else(|| Status::internal("the job was not created"))
+    }
+
+    fn region_urls(set: &BackupSet, which: impl Fn(RegionState) -> bool) -> Vec<RegionUrl> {
+        set.regions
+            .iter()
+            .filter(|(_, r)| which(r.state) && !r.url.is_empty())
+            .map(|(name, r)| RegionUrl {
+                region: name.clone(),
+                url: r.url.clone(),
+            })
+            .collect()
+    }
+
+    fn set_agents(set: &BackupSet) -> Vec<String> {
+        set.shards.iter().map(|s| s.agent.clone()).collect()
+    }
+
+    /// Copies the set from a complete region to every other one.
+    pub(super) async fn repair(&self, set: &BackupSet, reason: &str) -> Result<u64, Status> {
+        if set.state == SetState::Running {
+            return Err(Status::failed_precondition(format!(
+                "set {} is still being written",
+                set.key()
+            )));
+        }
+        let from = Self::region_urls(set, |s| s == RegionState::Complete)
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "set {} is complete in no region: there is nothing to copy from",
+                    set.key()
+                ))
+            })?;
+        let to = Self::region_urls(set, |s| s != RegionState::Complete);
+        if to.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "set {} is complete in every region it has; nothing to repair",
+                set.key()
+            )));
+        }
+        let agent = self.pick_agent(&Self::set_agents(set))?;
+        self.catalog_job(
+            agent,
+            CatalogSpec {
+                task: CatalogTask::Repair {
+                    cluster: set.cluster.clone(),
+                    backup_id: set.backup_id.clone(),
+                    from,
+                    to,
+                },
+                set: Some(set.key()),
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    /// Reads the set back in every complete region.
+    pub(super) async fn verify(&self, set: &BackupSet) -> Result<u64, Status> {
+        let regions = Self::region_urls(set, |s| s == RegionState::Complete);
+        if regions.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "set {} is complete in no region: there is nothing to verify",
+                set.key()
+            )));
+        }
+        let agent = self.pick_agent(&Self::set_agents(set))?;
+        self.catalog_job(
+            agent,
+            CatalogSpec {
+                task: CatalogTask::Verify {
+                    cluster: set.cluster.clone(),
+                    backup_id: set.backup_id.clone(),
+                    regions,
+                },
+                set: Some(set.key()),
+                reason: "asked by an operator".into(),
+            },
+        )
+        .await
+    }
+
+    /// Reads every manifest in `regions` into the catalog.
+    pub(super) async fn rebuild(
+        &self,
+        regions: Vec<RegionUrl>,
+        agent: &str,
+    ) -> Result<(u64, String), Status> {
+        let preferred: Vec<String> = (!agent.is_empty())
+            .then(|| agent.to_string())
+            .into_iter()
+            .collect();
+        let agent = self.pick_agent(&preferred)?;
+        let job = self
+            .catalog_job(
+                agent.clone(),
+                CatalogSpec {
+                    task: CatalogTask::Scan { regions },
+                    set: None,
+                    reason: "catalog rebuild".into(),
+                },
+            )
+            .await?;
+        Ok((job, agent))
+    }
+
+    /// Retention over every policy (or one): the decisions, and with `execute` a deletion job
+    /// per set to delete, plus orphan collection in the policy's regions.
+    pub(super) async fn prune(
+        &self,
+        only: &str,
+        execute: bool,
+        orphans: bool,
+    ) -> Result<serde_json::Value, Status> {
+        let now = time::OffsetDateTime::now_utc();
+        let (policies, sets, running) = {
+            let st = self.state.read().expect("state lock");
+            let policies: Vec<_> = st
+                .state
+                .policies
+                .values()
+                .filter(|p| only.is_empty() || p.name == only)
+                .cloned()
+                .collect();
+            let running: Vec<BackupId> = st
+                .state
+                .windows
+                .values()
+                .filter(|w| !w.done)
+                .map(|w| w.plan.backup_id.clone())
+                .collect();
+            (policies, st.state.sets.clone(), running)
+        };
+        if !only.is_empty() && policies.is_empty() {
+            return Err(Status::not_found(format!("there is no policy {only:?}")));
+        }
+        let mut out = Vec::new();
+        for p in &policies {
+            let mut by_cluster: HashMap<&ClusterId, Vec<&BackupSet>> = HashMap::new();
+            for s in sets.values().filter(|s| s.policy == p.name) {
+                by_cluster.entry(&s.cluster).or_default().push(s);
+            }
+            for (cluster, list) in by_cluster {
+                let infos: Vec<SetInfo> = list
+                    .iter()
+                    .map(|s| {
+                        let at = from_unix_ms(s.opened_at_ms);
+                        SetInfo {
+                            id: s.backup_id.clone(),
+                            at,
+                            state: s.state,
+                            locked_until: p
+                                .object_lock
+                                .as_ref()
+                                .map(|l| at + time::Duration::days(l.days.into())),
+                        }
+                    })
+                    .collect();
+                for (d, s) in retention::select(&infos, &p.retention, now)
+                    .into_iter()
+                    .zip(&list)
+                {
+                    let mut job = None;
+                    let mut error = None;
+                    if let (Action::Delete { reason }, true) = (&d.action, execute)
+                        && s.deleting.is_none()
+                        && s.task.is_none()
+                    {
+                        let regions = Self::region_urls(s, |_| true);
+                        let r = match self.pick_agent(&Self::set_agents(s)) {
+                            Ok(agent) => {
+                                self.catalog_job(
+                                    agent,
+                                    CatalogSpec {
+                                        task: CatalogTask::Delete {
+                                            cluster: s.cluster.clone(),
+                                            backup_id: s.backup_id.clone(),
+                                            regions,
+                                        },
+                                        set: Some(s.key()),
+                                        reason: format!("retention of {}: {reason}", p.name),
+                                    },
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        match r {
+                            Ok(j) => job = Some(j),
+                            Err(e) => error = Some(e.message().to_string()),
+                        }
+                    }
+                    out.push(serde_json::json!({
+                        "policy": p.name,
+                        "cluster": cluster,
+                        "backup_id": s.backup_id,
+                        "state": s.state,
+                        "decision": d.action,
+                        "job": job,
+                        "error": error,
+                    }));
+                }
+            }
+            if orphans && execute {
+                let regions: Vec<RegionUrl> = p
+                    .destinations
+                    .iter()
+                    .map(|d| RegionUrl {
+                        region: d.region.clone(),
+                        url: d.agent_url(),
+                    })
+                    .collect();
+                let grace = time::Duration::seconds(p.retention.orphan_grace_seconds as i64);
+                let before = BackupId::from_parts(now - grace, 0);
+                if let Ok(agent) = self.pick_agent(&[]) {
+                    let r = self
+                        .catalog_job(
+                            agent,
+                            CatalogSpec {
+                                task: CatalogTask::CollectOrphans {
+                                    regions,
+                                    before,
+                                    keep: running.clone(),
+                                },
+                                set: None,
+                                reason: format!("orphans of {}", p.name),
+                            },
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!(policy = %p.name, error = %e.message(), "orphan collection not started");
+                    }
+                }
+            }
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+
+    /// On the leader: repairs degraded sets, applies retention, collects orphans.
+    pub(super) async fn upkeep_loop(self: Arc<Self>) {
+        let mut repaired: HashMap<String, Instant> = HashMap::new();
+        let mut orphans_at: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(UPKEEP_EVERY).await;
+            if !self.is_leader() {
+                orphans_at = None;
+                continue;
+            }
+            let degraded: Vec<BackupSet> = {
+                let st = self.state.read().expect("state lock");
+                st.state
+                    .sets
+                    .values()
+                    .filter(|s| {
+                        s.state == SetState::Degraded && s.task.is_none() && s.deleting.is_none()
+                    })
+                    .cloned()
+                    .collect()
+            };
+            for s in degraded {
+                if repaired
+                    .get(&s.key())
+                    .is_some_and(|t| t.elapsed() < REPAIR_AGAIN)
+                {
+                    continue;
+                }
+                repaired.insert(s.key(), Instant::now());
+                match self.repair(&s, "automatic: the set is degraded").await {
+                    Ok(job) => tracing::info!(set = %s.key(), job, "repairing a degraded set"),
+                    Err(e) => {
+                        tracing::warn!(set = %s.key(), error = %e.message(), "automatic repair not started")
+                    }
+                }
+            }
+            let orphans = orphans_at.is_none_or(|t| t.elapsed() > ORPHANS_EVERY);
+            if orphans {
+                orphans_at = Some(Instant::now());
+            }
+            if let Err(e) = self.prune("", true, orphans).await {
+                tracing::warn!(error = %e.message(), "retention not applied");
+            }
+        }
+    }
+}
