@@ -64,26 +64,70 @@ pub async fn list(spec: &DestSpec) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
-/// Finds a backup's manifest in a destination; returns it and its directory key.
+/// Finds a backup's manifest in a destination; returns it and its directory key. A window's id is
+/// shared by every cluster it covered: `shard` picks the cluster that has that shard.
 pub async fn find_manifest(store: &Store, id: &BackupId) -> Result<(Manifest, String)> {
+    find_manifest_with(store, id, None).await
+}
+
+/// See [`find_manifest`].
+pub async fn find_manifest_with(
+    store: &Store,
+    id: &BackupId,
+    shard: Option<&ShardId>,
+) -> Result<(Manifest, String)> {
     let suffix = format!("/{id}/{MANIFEST_NAME}");
-    let key = store
+    let keys: Vec<String> = store
         .list(store.spec().prefix())
         .await?
         .into_iter()
-        .find(|k| k.ends_with(&suffix))
-        .ok_or_else(|| Error::storage(store, format!("backup {id} has no manifest here: it is not complete in this destination (check the id with `fleetsnap-agent ls --from {}`)", store.spec())))?;
-    let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{store} {key}"))
-        .map_err(|e| Error::storage(store, e.to_string()))?;
-    if m.backup_id != *id {
-        return Err(Error::storage(
-            store,
-            format!(
-                "manifest {key} names backup {} instead of {id}",
-                m.backup_id
-            ),
-        ));
+        .filter(|k| k.ends_with(&suffix))
+        .collect();
+    if keys.is_empty() {
+        return Err(Error::storage(store, format!("backup {id} has no manifest here: it is not complete in this destination (check the id with `fleetsnap-agent ls --from {}`)", store.spec())));
     }
+    let mut found = Vec::new();
+    for key in &keys {
+        let m = Manifest::from_json(&store.get_all(key).await?, &format!("{store} {key}"))
+            .map_err(|e| Error::storage(store, e.to_string()))?;
+        if m.backup_id != *id {
+            return Err(Error::storage(
+                store,
+                format!(
+                    "manifest {key} names backup {} instead of {id}",
+                    m.backup_id
+                ),
+            ));
+        }
+        found.push(m);
+    }
+    let m = match (found.len(), shard) {
+        (1, _) => found.remove(0),
+        (_, Some(s)) => {
+            let i = found.iter().position(|m| m.shard(s).is_some()).ok_or_else(|| {
+                Error::Input(format!(
+                    "backup {id} has no shard {s} in any of its clusters ({})",
+                    found
+                        .iter()
+                        .map(|m| format!("{}: {}", m.cluster, names(m)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ))
+            })?;
+            found.remove(i)
+        }
+        (_, None) => {
+            return Err(Error::Input(format!(
+                "backup {id} covers {} clusters ({}): choose a shard with --shard",
+                found.len(),
+                found
+                    .iter()
+                    .map(|m| format!("{}: {}", m.cluster, names(m)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+    };
     let dir = manifest::backup_dir(store.spec().prefix(), &m.cluster, id);
     Ok((m, dir))
 }
@@ -475,7 +519,7 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 
 async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreReport> {
     let store = Store::open(spec).await?;
-    let (m, dir) = find_manifest(&store, &req.backup).await?;
+    let (m, dir) = find_manifest_with(&store, &req.backup, req.shard.as_ref()).await?;
     let shard = pick_shard(&m, req.shard.as_ref())?;
     if shard.objects.iter().any(|o| o.codecs.encrypted()) && req.identity.is_none() {
         return Err(Error::Input(format!(
