@@ -84,7 +84,13 @@ pub async fn find_manifest_with(
         .filter(|k| k.ends_with(&suffix))
         .collect();
     if keys.is_empty() {
-        return Err(Error::storage(store, format!("backup {id} has no manifest here: it is not complete in this destination (check the id with `fleetsnap-agent ls --from {}`)", store.spec())));
+        return Err(Error::storage(
+            store,
+            format!(
+                "backup {id} has no manifest here: it is not complete in this destination (check the id with `fleetsnap-agent ls --from {}`)",
+                store.spec()
+            ),
+        ));
     }
     let mut found = Vec::new();
     for key in &keys {
@@ -104,16 +110,19 @@ pub async fn find_manifest_with(
     let m = match (found.len(), shard) {
         (1, _) => found.remove(0),
         (_, Some(s)) => {
-            let i = found.iter().position(|m| m.shard(s).is_some()).ok_or_else(|| {
-                Error::Input(format!(
-                    "backup {id} has no shard {s} in any of its clusters ({})",
-                    found
-                        .iter()
-                        .map(|m| format!("{}: {}", m.cluster, names(m)))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ))
-            })?;
+            let i = found
+                .iter()
+                .position(|m| m.shard(s).is_some())
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "backup {id} has no shard {s} in any of its clusters ({})",
+                        found
+                            .iter()
+                            .map(|m| format!("{}: {}", m.cluster, names(m)))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))
+                })?;
             found.remove(i)
         }
         (_, None) => {
