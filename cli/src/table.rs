@@ -402,8 +402,13 @@ pub fn window(doc: &serde_json::Value) -> String {
         if let Some(r) = s["reason"].as_str() {
             let _ = writeln!(out, "{}: {r}", text(&s["cluster"]));
         }
-        if let Some(skew) = s["skew_ms"].as_u64() {
-            let _ = writeln!(out, "{}: start skew {skew} ms", text(&s["cluster"]));
+        if let Some(skew) = s["skew_us"].as_u64() {
+            let _ = writeln!(
+                out,
+                "{}: start skew {:.2} ms",
+                text(&s["cluster"]),
+                skew as f64 / 1000.0
+            );
         }
         for (region, r) in s["regions"].as_object().into_iter().flatten() {
             if let Some(e) = r["error"].as_str() {

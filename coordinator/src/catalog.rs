@@ -236,8 +236,7 @@ fn set_from_manifest(m: &Manifest, min_regions: u32) -> BackupSet {
         consistency: serde_json::from_value(serde_json::Value::String(m.consistency.clone()))
             .unwrap_or(Consistency::Independent),
         opened_at_ms: ms(m.started_at),
-        skew_ms: m.skew_ms,
-        skew_us: None,
+        skew_us: m.skew_ms.map(|ms| ms * 1000),
         write_pause_us: m.write_pause_ms.map(|p| p * 1000),
         completed_at_ms: Some(ms(m.finished_at)),
         shards: m

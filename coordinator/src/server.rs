@@ -205,10 +205,19 @@ impl Node {
         status
     }
 
-    /// Commits a command; a follower's refusal names the leader.
+    /// Commits a command; a follower's refusal names the leader. A command whose entry created
+    /// jobs (a window, a retry, a manifest, a catalog task) wakes the job loop, which hands them
+    /// out at once instead of at its next round.
     async fn write(&self, cmd: Command) -> Result<(crate::state::Response, u64, u64), Status> {
+        let jobs = || self.state.read().expect("state lock").state.next_job;
+        let before = jobs();
         match self.raft.client_write(cmd).await {
-            Ok(r) => Ok((r.data, r.log_id.leader_id.term, r.log_id.index)),
+            Ok(r) => {
+                if jobs() != before {
+                    self.wake.notify_one();
+                }
+                Ok((r.data, r.log_id.leader_id.term, r.log_id.index))
+            }
             Err(e) => Err(self.write_error(e)),
         }
     }
@@ -387,7 +396,6 @@ impl Node {
             missing,
         };
         let (resp, _, _) = self.write(Command::OpenWindow { plan }).await?;
-        self.wake.notify_one();
         let window = resp
             .window
             .ok_or_else(|| Status::internal("the window was not opened"))?;
@@ -1195,7 +1203,6 @@ impl v1::admin_service_server::AdminService for Services {
         if let Some(why) = resp.refused {
             return Err(Status::failed_precondition(why));
         }
-        self.0.wake.notify_one();
         Ok(Response::new(v1::SubmitJobReply {
             job_id: resp.job.unwrap_or_default(),
             term,
@@ -1323,9 +1330,7 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::CatalogRequest>,
     ) -> Result<Response<v1::CatalogReply>, Status> {
         admin(&req)?;
-        if !self.0.is_leader() {
-            return Err(self.0.not_leader(None));
-        }
+        self.0.linearizable().await?;
         let set = self.0.resolve_set(req.get_ref().set.trim())?;
         let job = self.0.repair(&set, "asked by an operator").await?;
         Ok(Response::new(v1::CatalogReply {
@@ -1339,9 +1344,7 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::CatalogRequest>,
     ) -> Result<Response<v1::CatalogReply>, Status> {
         admin(&req)?;
-        if !self.0.is_leader() {
-            return Err(self.0.not_leader(None));
-        }
+        self.0.linearizable().await?;
         let set = self.0.resolve_set(req.get_ref().set.trim())?;
         let job = self.0.verify(&set).await?;
         Ok(Response::new(v1::CatalogReply {
@@ -1355,9 +1358,7 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::RebuildCatalogRequest>,
     ) -> Result<Response<v1::CatalogReply>, Status> {
         admin(&req)?;
-        if !self.0.is_leader() {
-            return Err(self.0.not_leader(None));
-        }
+        self.0.linearizable().await?;
         let r = req.get_ref();
         if r.regions.is_empty() {
             return Err(Status::invalid_argument(
@@ -1384,9 +1385,7 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::PruneRequest>,
     ) -> Result<Response<v1::JsonReply>, Status> {
         admin(&req)?;
-        if !self.0.is_leader() {
-            return Err(self.0.not_leader(None));
-        }
+        self.0.linearizable().await?;
         let r = req.get_ref();
         let doc = self
             .0
@@ -1456,9 +1455,7 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::LeaderStatsRequest>,
     ) -> Result<Response<v1::LeaderStatsReply>, Status> {
         admin(&req)?;
-        if !self.0.is_leader() {
-            return Err(self.0.not_leader(None));
-        }
+        self.0.linearizable().await?;
         let fleet = &self.0.fleet;
         let mut samples = {
             let mut s = fleet.latency_us.lock().expect("lock");

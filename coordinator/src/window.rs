@@ -84,14 +84,15 @@ pub struct Cut {
 pub enum CutOutcome {
     /// Taken: every shard's job stores its stream up to its offset.
     Taken(Cut),
-    /// Not taken; `give_up` fails every shard still running.
+    /// Not taken; the `MAX_CUT_ATTEMPTS`th failure fails every shard still running.
     Failed {
         /// Why.
         reason: String,
-        /// No more attempts.
-        give_up: bool,
     },
 }
+
+/// Attempts at a window's cut before its running shards fail.
+pub const MAX_CUT_ATTEMPTS: usize = 3;
 
 /// One shard of a window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,9 +205,7 @@ pub struct BackupSet {
     pub consistency: Consistency,
     /// When the window opened (Unix milliseconds, the leader's clock).
     pub opened_at_ms: i64,
-    /// The spread of the shards' start times (`simultaneous`), milliseconds.
-    pub skew_ms: Option<u64>,
-    /// The same in microseconds.
+    /// The spread of the shards' start times (`simultaneous`), microseconds.
     #[serde(default)]
     pub skew_us: Option<u64>,
     /// The longest write pause of the cut (`consistent`), microseconds.
@@ -533,9 +532,9 @@ impl FleetState {
         }
         match outcome {
             CutOutcome::Taken(cut) => w.cut = Some(cut.clone()),
-            CutOutcome::Failed { reason, give_up } => {
+            CutOutcome::Failed { reason } => {
                 w.cut_failures.push(reason.clone());
-                if *give_up {
+                if w.cut_failures.len() >= MAX_CUT_ATTEMPTS {
                     let why = format!(
                         "the consistent cut failed {} time(s), last: {reason}",
                         w.cut_failures.len()
@@ -613,7 +612,6 @@ impl FleetState {
                 };
                 let spread = (starts().max().unwrap_or(0) - starts().min().unwrap_or(0)) as u64;
                 set.skew_us = Some(spread);
-                set.skew_ms = Some(spread.div_ceil(1000));
             }
             if let Some(cut) = &window.cut {
                 set.write_pause_us = Some(cut.pause_us);
@@ -664,7 +662,7 @@ impl FleetState {
                 .map(|c| c.agent.clone());
             match writer.filter(|_| !regions.is_empty()) {
                 Some(agent) => {
-                    let manifest = manifest(window, &cluster, &stored, set.skew_ms);
+                    let manifest = manifest(window, &cluster, &stored, set.skew_us);
 
                     let job = self.new_job(
                         term,
@@ -707,7 +705,6 @@ fn empty_set(window: &Window, cluster: &ClusterId) -> BackupSet {
         window: window.id,
         consistency: p.consistency,
         opened_at_ms: window.plan.opened_at_ms,
-        skew_ms: None,
         skew_us: None,
         write_pause_us: None,
         completed_at_ms: None,
@@ -749,7 +746,7 @@ fn manifest(
     window: &Window,
     cluster: &ClusterId,
     stored: &[(&WindowShard, &ShardResult)],
-    skew_ms: Option<u64>,
+    skew_us: Option<u64>,
 ) -> Manifest {
     let p = &window.plan.policy;
     let started = stored
@@ -770,7 +767,7 @@ fn manifest(
         consistency: p.consistency.as_str().into(),
         started_at: from_unix_ms(started),
         finished_at: from_unix_ms(finished),
-        skew_ms,
+        skew_ms: skew_us.map(|us| us.div_ceil(1000)),
         write_pause_ms: window.cut.as_ref().map(|c| c.pause_us.div_ceil(1000)),
         written_by: concat!("fleetsnap-coordinator ", env!("CARGO_PKG_VERSION")).into(),
         shards: stored

@@ -22,9 +22,6 @@ use super::Node;
 use crate::state::{Command, JobState};
 use crate::window::{Cut, CutOutcome, ShardState, Window};
 
-/// Attempts at a window's cut before its running shards fail.
-const MAX_ATTEMPTS: usize = 3;
-
 /// How long a `PREPARE` or `RELEASE` may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -224,11 +221,7 @@ impl Node {
 
     /// One attempt at the window's cut.
     async fn take_cut(self: Arc<Self>, w: &Window) -> CutOutcome {
-        let attempt = w.cut_failures.len() + 1;
-        let failed = |reason: String| CutOutcome::Failed {
-            reason,
-            give_up: attempt >= MAX_ATTEMPTS,
-        };
+        let failed = |reason: String| CutOutcome::Failed { reason };
         let primaries = match self.primaries(w) {
             Ok(p) => p,
             Err(e) => return failed(e),

@@ -28,11 +28,11 @@ const ORPHANS_EVERY: Duration = Duration::from_secs(3600);
 impl Node {
     /// A connected agent to run a catalog job, preferring those named.
     fn pick_agent(&self, preferred: &[String]) -> Result<String, Status> {
-        let agents = self.fleet.agents.lock().expect("lock");
-        let registered = {
+        let registered: Vec<String> = {
             let st = self.state.read().expect("state lock");
-            st.state.agents.keys().cloned().collect::<Vec<_>>()
+            st.state.agents.keys().cloned().collect()
         };
+        let agents = self.fleet.agents.lock().expect("lock");
         let connected = |a: &str| {
             agents.get(a).is_some_and(|x| x.tx.is_some()) && registered.iter().any(|r| r == a)
         };
@@ -84,7 +84,6 @@ impl Node {
         if let Some(why) = resp.refused {
             return Err(Status::failed_precondition(why));
         }
-        self.wake.notify_one();
         resp.job
             .ok_or_else(|| Status::internal("the job was not created"))
     }
