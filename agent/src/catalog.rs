@@ -32,7 +32,7 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
             JobResult::Regions { regions }
         }
         CatalogTask::Verify {
-            cluster: _,
+            cluster,
             backup_id,
             regions,
         } => {
@@ -40,7 +40,7 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
             for r in &regions {
                 let checked = async {
                     let spec = DestSpec::parse(&r.url)?;
-                    let v = crate::restore::verify(&spec, &backup_id, None).await?;
+                    let v = crate::restore::verify(&spec, &backup_id, Some(&cluster), None).await?;
                     Ok(v.objects.iter().map(|o| o.stored_bytes).sum())
                 }
                 .await;
@@ -198,17 +198,7 @@ async fn scan_one(r: &RegionUrl) -> Result<Vec<ScannedSet>> {
         let m = Manifest::from_json(&store.get_all(key).await?, &format!("{store} {key}"))
             .map_err(|e| Error::storage(&store, e.to_string()))?;
         let dir = manifest::backup_dir(store.spec().prefix(), &m.cluster, &m.backup_id);
-        let mut problems = Vec::new();
-        for o in m.shards.iter().flat_map(|s| &s.objects) {
-            match store.size(&format!("{dir}/{}", o.name)).await {
-                Ok(n) if n == o.stored_bytes => {}
-                Ok(n) => problems.push(format!(
-                    "{} is {n} bytes, the manifest says {}",
-                    o.name, o.stored_bytes
-                )),
-                Err(e) => problems.push(format!("{}: {e}", o.name)),
-            }
-        }
+        let problems = missing_objects(&store, &dir, &m).await;
         out.push(ScannedSet {
             region: r.region.clone(),
             manifest: m,
@@ -216,6 +206,47 @@ async fn scan_one(r: &RegionUrl) -> Result<Vec<ScannedSet>> {
         });
     }
     Ok(out)
+}
+
+/// The manifest's objects that `dir` lacks or holds at another size.
+async fn missing_objects(store: &Store, dir: &str, m: &Manifest) -> Vec<String> {
+    let mut problems = Vec::new();
+    for o in m.shards.iter().flat_map(|s| &s.objects) {
+        match store.size(&format!("{dir}/{}", o.name)).await {
+            Ok(n) if n == o.stored_bytes => {}
+            Ok(n) => problems.push(format!(
+                "{} is {n} bytes, the manifest says {}",
+                o.name, o.stored_bytes
+            )),
+            Err(e) => problems.push(format!("{}: {e}", o.name)),
+        }
+    }
+    problems
+}
+
+/// A window's last step for one cluster: in each region, checks that every object the manifest
+/// lists is there at its size, then writes the manifest. A region where anything is missing gets
+/// no manifest and is reported failed. Returns the manifest's size per region.
+pub async fn write_manifest(m: &Manifest, regions: &[RegionUrl]) -> Vec<RegionResult> {
+    let body = Bytes::from(m.to_json());
+    let mut out = Vec::new();
+    for r in regions {
+        let written = async {
+            let store = open(r).await?;
+            let dir = manifest::backup_dir(store.spec().prefix(), &m.cluster, &m.backup_id);
+            let missing = missing_objects(&store, &dir, m).await;
+            if !missing.is_empty() {
+                return Err(Error::storage(&store, missing.join("; ")));
+            }
+            store
+                .put(&format!("{dir}/{MANIFEST_NAME}"), body.clone())
+                .await?;
+            Ok(body.len() as u64)
+        }
+        .await;
+        out.push(outcome(r, written));
+    }
+    out
 }
 
 /// Deletes backup directories with no manifest whose id sorts before `before`. Returns the

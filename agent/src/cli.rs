@@ -77,6 +77,9 @@ enum Command {
         /// The backup id.
         #[arg(long)]
         backup: String,
+        /// The cluster, when the backup id covers several (a window's).
+        #[arg(long)]
+        cluster: Option<String>,
         /// age identity file, to check the RDB inside encrypted backups.
         #[arg(long, value_name = "AGE_KEY_FILE")]
         identity: Option<PathBuf>,
@@ -92,6 +95,9 @@ enum Command {
         /// The backup id.
         #[arg(long)]
         backup: String,
+        /// The cluster, when the backup id covers several (a window's).
+        #[arg(long)]
+        cluster: Option<String>,
         /// The shard (needed when the backup has several).
         #[arg(long)]
         shard: Option<String>,
@@ -263,6 +269,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify {
             from,
             backup,
+            cluster,
             identity,
             json,
         } => {
@@ -270,7 +277,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let id: BackupId = backup
                 .parse()
                 .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
-            let r = restore::verify(&spec, &id, identity.as_deref()).await?;
+            let cluster = parse_cluster(cluster)?;
+            let r = restore::verify(&spec, &id, cluster.as_ref(), identity.as_deref()).await?;
             if json {
                 print_json(&r);
             } else {
@@ -302,6 +310,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore {
             from,
             backup,
+            cluster,
             shard,
             to_file,
             aof_dir,
@@ -321,6 +330,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let r = restore::restore(&RestoreRequest {
                 from,
                 backup,
+                cluster: parse_cluster(cluster)?,
                 shard,
                 aof_dir: aof_dir.is_some(),
                 to_file: aof_dir.or(to_file).expect("clap requires one"),
@@ -353,6 +363,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_cluster(c: Option<String>) -> Result<Option<ClusterId>> {
+    c.map(|c| ClusterId::new(c).map_err(|e| Error::Input(e.to_string())))
+        .transpose()
 }
 
 async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::codec::Compression;
-use fleetsnap_core::window::{JobResult, RegionResult, ShardResult};
+use fleetsnap_core::window::{JobResult, RegionResult, RegionUrl, ShardResult};
 use fleetsnap_core::{ClusterId, InstanceReport, ShardId};
 use fleetsnap_proto::tls::{Role, TlsFiles, Transport};
 use fleetsnap_proto::v1::agent_service_client::AgentServiceClient;
@@ -860,59 +860,20 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
     })
 }
 
-/// A window's last step for one cluster: check that every object the manifest lists is in
-/// each region at its size, then write the manifest there. A region where anything is missing
-/// gets no manifest and is reported failed.
+/// A window's last step for one cluster (see [`crate::catalog::write_manifest`]).
 async fn write_manifest(id: u64, m: v1::WriteManifestJob) -> Result<v1::Finished> {
     let manifest = fleetsnap_core::Manifest::from_json(m.manifest_json.as_bytes(), "the job")
         .map_err(|e| Error::Input(e.to_string()))?;
-    let mut results = Vec::new();
-    for (url, region) in m.destinations.iter().zip(&m.regions) {
-        let outcome: Result<u64> = async {
-            let store = crate::dest::Store::open(&DestSpec::parse(url)?).await?;
-            let dir = fleetsnap_core::manifest::backup_dir(
-                store.spec().prefix(),
-                &manifest.cluster,
-                &manifest.backup_id,
-            );
-            for shard in &manifest.shards {
-                for o in &shard.objects {
-                    let key = format!("{dir}/{}", o.name);
-                    let size = store.size(&key).await?;
-                    if size != o.stored_bytes {
-                        return Err(Error::Input(format!(
-                            "{key} holds {size} bytes where {} were stored",
-                            o.stored_bytes
-                        )));
-                    }
-                }
-            }
-            let body = bytes::Bytes::from(manifest.to_json());
-            let n = body.len() as u64;
-            store
-                .put(
-                    &format!("{dir}/{}", fleetsnap_core::manifest::MANIFEST_NAME),
-                    body,
-                )
-                .await?;
-            Ok(n)
-        }
-        .await;
-        results.push(match outcome {
-            Ok(n) => RegionResult {
-                region: region.clone(),
-                ok: true,
-                error: None,
-                stored_bytes: n,
-            },
-            Err(e) => RegionResult {
-                region: region.clone(),
-                ok: false,
-                error: Some(e.to_string()),
-                stored_bytes: 0,
-            },
-        });
-    }
+    let regions: Vec<RegionUrl> = m
+        .destinations
+        .iter()
+        .zip(&m.regions)
+        .map(|(url, region)| RegionUrl {
+            region: region.clone(),
+            url: url.clone(),
+        })
+        .collect();
+    let results = crate::catalog::write_manifest(&manifest, &regions).await;
     let ok = results.iter().any(|r| r.ok);
     let error = results
         .iter()

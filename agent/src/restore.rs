@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use fleetsnap_core::manifest::{self, MANIFEST_NAME};
 use fleetsnap_core::{
-    BackupId, Codec, Manifest, ObjectEntry, ObjectKind, RdbVerifier, ShardEntry, ShardId,
+    BackupId, ClusterId, Codec, Manifest, ObjectEntry, ObjectKind, RdbVerifier, ShardEntry, ShardId,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -65,17 +65,27 @@ pub async fn list(spec: &DestSpec) -> Result<Vec<Listed>> {
 }
 
 /// Finds a backup's manifest in a destination; returns it and its directory key. A window's id is
-/// shared by every cluster it covered: `shard` picks the cluster that has that shard.
-pub async fn find_manifest(store: &Store, id: &BackupId) -> Result<(Manifest, String)> {
-    find_manifest_with(store, id, None).await
-}
-
-/// See [`find_manifest`].
-pub async fn find_manifest_with(
+/// shared by every cluster it covered: `cluster` names one, else `shard` picks the cluster that
+/// has that shard, else the id must be in one cluster only.
+pub async fn find_manifest(
     store: &Store,
     id: &BackupId,
+    cluster: Option<&ClusterId>,
     shard: Option<&ShardId>,
 ) -> Result<(Manifest, String)> {
+    if let Some(c) = cluster {
+        let dir = manifest::backup_dir(store.spec().prefix(), c, id);
+        let key = format!("{dir}/{MANIFEST_NAME}");
+        let bytes = store.get_all(&key).await.map_err(|e| {
+            Error::storage(
+                store,
+                format!("backup {id} of cluster {c} has no readable manifest here ({e}): it is not complete in this destination"),
+            )
+        })?;
+        let m = Manifest::from_json(&bytes, &format!("{store} {key}"))
+            .map_err(|e| Error::storage(store, e.to_string()))?;
+        return Ok((m, dir));
+    }
     let suffix = format!("/{id}/{MANIFEST_NAME}");
     let keys: Vec<String> = store
         .list(store.spec().prefix())
@@ -127,7 +137,7 @@ pub async fn find_manifest_with(
         }
         (_, None) => {
             return Err(Error::Input(format!(
-                "backup {id} covers {} clusters ({}): choose a shard with --shard",
+                "backup {id} covers {} clusters ({}): choose one with --cluster",
                 found.len(),
                 found
                     .iter()
@@ -376,10 +386,11 @@ pub struct VerifyReport {
 pub async fn verify(
     spec: &DestSpec,
     id: &BackupId,
+    cluster: Option<&ClusterId>,
     identity: Option<&Path>,
 ) -> Result<VerifyReport> {
     let store = Store::open(spec).await?;
-    let (m, dir) = find_manifest(&store, id).await?;
+    let (m, dir) = find_manifest(&store, id, cluster, None).await?;
     if let Some(p) = identity {
         load_identities(p)?;
     }
@@ -408,6 +419,8 @@ pub struct RestoreRequest {
     pub from: Vec<DestSpec>,
     /// The backup.
     pub backup: BackupId,
+    /// The cluster; may be omitted when the id is in one cluster, or the shard names it.
+    pub cluster: Option<ClusterId>,
     /// The shard; may be omitted when the backup has one.
     pub shard: Option<ShardId>,
     /// Where the RDB goes; a tail goes next to it as `<PATH>.tail`. With `aof_dir`, the directory.
@@ -528,7 +541,13 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 
 async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreReport> {
     let store = Store::open(spec).await?;
-    let (m, dir) = find_manifest_with(&store, &req.backup, req.shard.as_ref()).await?;
+    let (m, dir) = find_manifest(
+        &store,
+        &req.backup,
+        req.cluster.as_ref(),
+        req.shard.as_ref(),
+    )
+    .await?;
     let shard = pick_shard(&m, req.shard.as_ref())?;
     if shard.objects.iter().any(|o| o.codecs.encrypted()) && req.identity.is_none() {
         return Err(Error::Input(format!(
