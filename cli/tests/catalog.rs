@@ -8,33 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleetsnap_testkit::data::{Dataset, assert_same_data, write_dataset};
-use fleetsnap_testkit::fleet::{Agent, Cli, FleetDir, Logs, Watched, bin, single_node};
+use fleetsnap_testkit::fleet::{Agent, Cli, FleetDir, Logs, Watched, restore, single_node};
+use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
 use fleetsnap_testkit::s3::{Garage, Moto, credentials_file};
-use fleetsnap_testkit::{output_within, poll_until};
-
-fn set_policy(cli: &Cli, dir: &Path, name: &str, text: &str) {
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(&file, text).unwrap();
-    let o = cli
-        .run(&["policy", "set", "--file", file.to_str().unwrap()])
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
 
 fn window(cli: &Cli, policy: &str) -> serde_json::Value {
-    let o = cli
-        .run(&[
-            "backup", "run", "--policy", policy, "--wait", "90", "--json",
-        ])
-        .unwrap();
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    })
+    cli.backup_run(policy).unwrap().1
 }
 
 async fn wait_for_shard(cli: &Cli) {
@@ -93,8 +73,7 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
         garage.region.dest("fleet", "backups"),
         moto.region.dest("fleet", "backups"),
     );
-    set_policy(
-        &cli,
+    cli.set_policy(
         fleet.path(),
         "two",
         &format!(
@@ -102,7 +81,8 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
              [[destinations]]\nregion = \"garage\"\nurl = \"{g}\"\n\n\
              [[destinations]]\nregion = \"moto\"\nurl = \"{m}\"\n"
         ),
-    );
+    )
+    .unwrap();
     wait_for_shard(&cli).await;
 
     let first = window(&cli, "two");
@@ -163,14 +143,21 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
     assert!(text.contains("is now complete"), "{text}");
     // The repaired copy restores to the data.
     let rdb = fleet.path().join("from-moto.rdb");
-    let mut restore = std::process::Command::new(bin("fleetsnap-agent"));
-    restore
-        .args(["restore", "--from", &m, "--backup", &id2, "--to-file"])
-        .arg(&rdb)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
-        .env("AWS_CONFIG_FILE", "/dev/null");
-    let o = output_within(&mut restore, Duration::from_secs(60)).unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    restore(
+        &[
+            "--from",
+            &m,
+            "--backup",
+            &id2,
+            "--to-file",
+            rdb.to_str().unwrap(),
+        ],
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.as_path()),
+            ("AWS_CONFIG_FILE", Path::new("/dev/null")),
+        ],
+    )
+    .unwrap();
     let restored = RedisServer::start_with(RedisOptions {
         rdb: Some(rdb),
         ..Default::default()
@@ -308,21 +295,21 @@ async fn retention_prunes_exactly_the_sets_gfs_says_in_every_region() {
         regions[0].display(),
         regions[1].display()
     );
-    set_policy(
-        &cli,
+    cli.set_policy(
         fleet.path(),
         "seed",
         &format!("name = \"seed\"\nclusters = [\"shop\"]\nmin_regions = 2\n\n{dests}"),
-    );
-    set_policy(
-        &cli,
+    )
+    .unwrap();
+    cli.set_policy(
         fleet.path(),
         "gfs",
         &format!(
             "name = \"gfs\"\nclusters = [\"shop\"]\nmin_regions = 2\n\n\
              [retention]\nkeep_last = 1\nkeep_daily = 2\nkeep_weekly = 2\nkeep_monthly = 2\n\n{dests}"
         ),
-    );
+    )
+    .unwrap();
     poll_until("the node reported", Duration::from_secs(30), || async {
         let s = cli.json(&["status", "--json"]).ok()?;
         (s["clusters"][0]["shards"].as_array()?.len() == 1).then_some(())

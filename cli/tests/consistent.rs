@@ -8,13 +8,13 @@
 //! and none sent after the pause ended.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleetsnap_agent::resp::Value;
-use fleetsnap_testkit::fleet::{Agent, FleetDir, Logs, Watched, bin, single_node};
+use fleetsnap_testkit::fleet::{Agent, FleetDir, Logs, Watched, restore, single_node};
+use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisCluster, RedisOptions, RedisServer};
-use fleetsnap_testkit::{output_within, poll_until};
 
 const WRITERS: usize = 4;
 
@@ -84,12 +84,7 @@ url = "file://{}"
 "#,
         region.display()
     );
-    let file = fleet.path().join("policy.toml");
-    std::fs::write(&file, policy).unwrap();
-    let o = cli
-        .run(&["policy", "set", "--file", file.to_str().unwrap()])
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cli.set_policy(fleet.path(), "cut", &policy).unwrap();
     poll_until(
         "three shards with a replica each",
         Duration::from_secs(30),
@@ -110,6 +105,8 @@ url = "file://{}"
     // acknowledgement.
     let primaries = cluster.primaries().await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..WRITERS).map(|_| AtomicUsize::new(0)).collect());
     let mut tasks = Vec::new();
     let mut keys: Vec<Vec<String>> = Vec::new();
     for w in 0..WRITERS {
@@ -120,7 +117,7 @@ url = "file://{}"
             conns.push(p.conn().await.unwrap());
         }
         keys.push(mine.clone());
-        let stop = stop.clone();
+        let (stop, acked) = (stop.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let mut log: Vec<Write> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -134,28 +131,38 @@ url = "file://{}"
                 let expected = (log.len() / conns.len() + 1) as i64;
                 assert!(matches!(v, Value::Int(n) if n == expected), "{v:?}");
                 log.push(Write { sent_us, acked_us });
+                acked[w].store(log.len(), Ordering::Relaxed);
             }
             log
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let run = cli
-        .run(&["backup", "run", "--policy", "cut", "--wait", "90", "--json"])
+    // Every writer well under way before the window, and well on after it: the cut falls inside
+    // the load.
+    let every_writer_past = |floor: Vec<usize>| {
+        let acked = acked.clone();
+        poll_until(
+            "every writer's writes",
+            Duration::from_secs(30),
+            move || {
+                let ok = acked
+                    .iter()
+                    .zip(&floor)
+                    .all(|(a, f)| a.load(Ordering::Relaxed) >= f + 200);
+                async move { ok.then_some(()) }
+            },
+        )
+    };
+    every_writer_past(vec![0; WRITERS]).await.unwrap();
+    let (ok, doc) = cli.backup_run("cut").unwrap();
+    every_writer_past(acked.iter().map(|a| a.load(Ordering::Relaxed)).collect())
+        .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut logs = Vec::new();
     for t in tasks {
         logs.push(t.await.unwrap());
     }
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok, "{doc}");
     assert_eq!(doc["consistency"], "consistent");
     let cut = &doc["cut"];
     let paused_at = cut["paused_at_us"].as_i64().unwrap();
@@ -191,20 +198,20 @@ url = "file://{}"
             "{entry}"
         );
         let dir = fleet.path().join(format!("restored-{i}"));
-        let mut restore = std::process::Command::new(bin("fleetsnap-agent"));
-        restore.args([
-            "restore",
-            "--from",
-            &format!("file://{}", region.display()),
-            "--backup",
-            &id,
-            "--shard",
-            &shard,
-            "--aof-dir",
-            dir.to_str().unwrap(),
-        ]);
-        let o = output_within(&mut restore, Duration::from_secs(60)).unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        restore(
+            &[
+                "--from",
+                &format!("file://{}", region.display()),
+                "--backup",
+                &id,
+                "--shard",
+                &shard,
+                "--aof-dir",
+                dir.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .unwrap();
         restored.push(
             RedisServer::start_with(RedisOptions {
                 aof_dir: Some(dir),

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use fleetsnap_testkit::data::{Dataset, assert_same_data, write_dataset};
-use fleetsnap_testkit::fleet::{Agent, Logs, Watched, bin, single_node};
+use fleetsnap_testkit::fleet::{Agent, Logs, Watched, restore, single_node};
+use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
-use fleetsnap_testkit::{output_within, poll_until};
 
 fn watched(name: &str, s: &RedisServer) -> Watched {
     Watched {
@@ -93,12 +93,7 @@ url = "file://{}"
         regions[0].display(),
         regions[1].display()
     );
-    let file = fleet.path().join("policy.toml");
-    std::fs::write(&file, policy).unwrap();
-    let o = cli
-        .run(&["policy", "set", "--file", file.to_str().unwrap()])
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cli.set_policy(fleet.path(), "shop-now", &policy).unwrap();
 
     // Every node reported, with the link down and the BGSAVE seen.
     poll_until(
@@ -123,18 +118,8 @@ url = "file://{}"
     .await
     .unwrap();
 
-    let run = cli
-        .run(&[
-            "backup", "run", "--policy", "shop-now", "--wait", "60", "--json",
-        ])
-        .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (ok, doc) = cli.backup_run("shop-now").unwrap();
+    assert!(ok, "{doc}");
     let shard = &doc["shards"][0];
     let nodes = shard["plan"]["nodes"].as_array().unwrap();
     let chosen = nodes.iter().find(|n| n["rank"] == 1).unwrap();
@@ -173,18 +158,18 @@ url = "file://{}"
 
     // Restore from region b and compare with the primary.
     let rdb = fleet.path().join("restored.rdb");
-    let mut restore = std::process::Command::new(bin("fleetsnap-agent"));
-    restore.args([
-        "restore",
-        "--from",
-        &format!("file://{}", regions[1].display()),
-        "--backup",
-        &id,
-        "--to-file",
-        rdb.to_str().unwrap(),
-    ]);
-    let o = output_within(&mut restore, Duration::from_secs(60)).unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    restore(
+        &[
+            "--from",
+            &format!("file://{}", regions[1].display()),
+            "--backup",
+            &id,
+            "--to-file",
+            rdb.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
     let restored = RedisServer::start_with(RedisOptions {
         rdb: Some(rdb),
         ..Default::default()

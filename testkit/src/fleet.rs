@@ -396,6 +396,33 @@ impl Cli {
         })
     }
 
+    /// `policy set` from TOML written to `dir/NAME.toml`.
+    pub fn set_policy(&self, dir: &Path, name: &str, toml: &str) -> anyhow::Result<()> {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, toml)?;
+        let o = self.run(&["policy", "set", "--file", &file.display().to_string()])?;
+        if !o.status.success() {
+            bail!("policy set {name}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(())
+    }
+
+    /// `backup run --policy P --wait 90 --json`: whether it exited 0 (every set complete) and
+    /// the window's document.
+    pub fn backup_run(&self, policy: &str) -> anyhow::Result<(bool, serde_json::Value)> {
+        let o = self.run(&[
+            "backup", "run", "--policy", policy, "--wait", "90", "--json",
+        ])?;
+        let doc = serde_json::from_slice(&o.stdout).with_context(|| {
+            format!(
+                "backup run printed no JSON: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })?;
+        Ok((o.status.success(), doc))
+    }
+
     /// The same CLI talking to other coordinators.
     pub fn to(&self, coordinators: &[String]) -> Cli {
         Cli {
@@ -403,6 +430,21 @@ impl Cli {
             coordinators: coordinators.to_vec(),
         }
     }
+}
+
+/// Runs `fleetsnap-agent restore ARGS` (bounded to 60 s) with extra environment; fails with its
+/// stderr when it fails.
+pub fn restore(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
+    let mut cmd = Command::new(bin("fleetsnap-agent"));
+    cmd.arg("restore").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = output_within(&mut cmd, Duration::from_secs(60))?;
+    if !o.status.success() {
+        bail!("restore {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
 }
 
 /// Prints the tail of every process's log when the test fails (always with

@@ -77,12 +77,8 @@ fn policy(name: &str, consistency: &str, regions: &[std::path::PathBuf]) -> Stri
 
 /// Runs one window of `policy` and returns its document.
 fn window(cli: &Cli, policy: &str) -> anyhow::Result<serde_json::Value> {
-    let o = cli.run(&[
-        "backup", "run", "--policy", policy, "--wait", "120", "--json",
-    ])?;
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .with_context(|| format!("backup run: {}", String::from_utf8_lossy(&o.stderr)))?;
-    if !o.status.success() {
+    let (ok, doc) = cli.backup_run(policy)?;
+    if !ok {
         bail!("window of {policy} not complete: {doc}");
     }
     Ok(doc)
@@ -203,12 +199,7 @@ async fn measure(n: usize, args: &Args) -> anyhow::Result<Row> {
     .await?;
     let regions = [fleet.path().join("region-a"), fleet.path().join("region-b")];
     for (name, consistency) in [("sim", "simultaneous"), ("cut", "consistent")] {
-        let file = fleet.path().join(format!("{name}.toml"));
-        std::fs::write(&file, policy(name, consistency, &regions))?;
-        let o = cli.run(&["policy", "set", "--file", file.to_str().unwrap()])?;
-        if !o.status.success() {
-            bail!("policy set: {}", String::from_utf8_lossy(&o.stderr));
-        }
+        cli.set_policy(fleet.path(), name, &policy(name, consistency, &regions))?;
     }
 
     // The write load.
