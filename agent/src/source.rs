@@ -267,6 +267,22 @@ pub struct TailStream {
     wanted: Option<u64>,
     verdict: tokio::sync::watch::Receiver<Option<CutVerdict>>,
     idle: Duration,
+    /// When the RDB ended.
+    since: std::time::Instant,
+    /// Whether any stream byte came yet.
+    flowing: bool,
+}
+
+/// How soon to acknowledge again. A node whose RDB child wrote the payload's end mark may not
+/// yet have marked the replica online when the first `REPLCONF ACK` arrives, and then ignores
+/// it: until the stream flows, the first two seconds are acknowledged every 10 ms, not every
+/// second.
+fn ack_every(flowing: bool, since: std::time::Instant) -> Duration {
+    if flowing || since.elapsed() > Duration::from_secs(2) {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(10)
+    }
 }
 
 impl TailStream {
@@ -298,6 +314,8 @@ impl TailStream {
             wanted: None,
             verdict,
             idle,
+            since: std::time::Instant::now(),
+            flowing: false,
         }
     }
 
@@ -328,7 +346,7 @@ impl TailStream {
                 self.passed += n as u64;
                 return Ok(Some(self.pending.split_to(n).freeze()));
             }
-            let tick = Duration::from_secs(1);
+            let tick = ack_every(self.flowing, self.since);
             match tokio::time::timeout(tick, self.conn.read_some(&mut self.pending)).await {
                 Ok(Ok(0)) => {
                     return Err(Error::redis(
@@ -339,7 +357,10 @@ impl TailStream {
                         ),
                     ));
                 }
-                Ok(Ok(_)) => silent = Duration::ZERO,
+                Ok(Ok(_)) => {
+                    silent = Duration::ZERO;
+                    self.flowing = true;
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     silent += tick;
@@ -398,6 +419,7 @@ impl TailStream {
                     return Err(Error::Cut("the job was dropped before the cut was taken".into()));
                 },
                 read = self.conn.read_some(&mut self.pending) => {
+                    self.flowing = true;
                     if read? == 0 {
                         return Err(Error::redis(
                             self.conn.target(),
@@ -405,7 +427,7 @@ impl TailStream {
                         ));
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => self.ack().await?,
+                _ = tokio::time::sleep(ack_every(self.flowing, self.since)) => self.ack().await?,
             }
         }
     }
@@ -490,8 +512,10 @@ pub async fn open(
 pub enum Prepared {
     /// A replication connection waiting for its `PSYNC`.
     Replication(Box<PreparedReplication>),
-    /// Opened when started.
-    Later(SourceKind, Option<RedisTarget>),
+    /// `BGSAVE` on this node when started.
+    Bgsave(RedisTarget),
+    /// This file, opened when started.
+    File(PathBuf),
 }
 
 /// See [`Prepared::Replication`].
@@ -515,7 +539,8 @@ pub async fn prepare(
             "a consistent cut reads the replication stream; source {} cannot give one",
             kind.name()
         ))),
-        other => Ok(Prepared::Later(other.clone(), target.cloned())),
+        SourceKind::BgsaveFile => Ok(Prepared::Bgsave(need_target(target)?.clone())),
+        SourceKind::File(path) => Ok(Prepared::File(path.clone())),
     }
 }
 
@@ -524,16 +549,8 @@ impl Prepared {
     pub async fn start(self, opts: &SourceOptions) -> Result<OpenedSource> {
         match self {
             Prepared::Replication(p) => p.start(opts).await,
-            Prepared::Later(SourceKind::File(path), _) => open_file(&path).await,
-            Prepared::Later(SourceKind::BgsaveFile, target) => {
-                open_bgsave(need_target(target.as_ref())?, opts).await
-            }
-            Prepared::Later(SourceKind::Replication, target) => {
-                prepare_replication(need_target(target.as_ref())?, false)
-                    .await?
-                    .start(opts)
-                    .await
-            }
+            Prepared::Bgsave(target) => open_bgsave(&target, opts).await,
+            Prepared::File(path) => open_file(&path).await,
         }
     }
 }

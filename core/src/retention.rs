@@ -62,10 +62,25 @@ impl Default for Retention {
 impl Retention {
     /// Whether no rule is set: then every set is kept.
     pub fn keeps_everything(&self) -> bool {
-        Self {
-            orphan_grace_seconds: self.orphan_grace_seconds,
-            ..Self::default()
-        } == *self
+        let Self {
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_within_seconds,
+            orphan_grace_seconds: _,
+        } = *self;
+        [
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+        ]
+        .iter()
+        .all(|n| *n == 0)
+            && keep_within_seconds == 0
     }
 }
 

@@ -241,6 +241,9 @@ async fn measure(n: usize, args: &Args) -> anyhow::Result<Row> {
         row.sim_skew_ms.push(skew);
         row.sim_done_s.push(to_complete(&doc));
         let doc = window(&cli, "cut")?;
+        if let Some(f) = doc["cut_failures"].as_array().filter(|f| !f.is_empty()) {
+            eprintln!("{n} shards: cut attempts that failed before the one taken: {f:?}");
+        }
         row.pause_ms
             .push(doc["cut"]["pause_us"].as_f64().context("no cut")? / 1000.0);
         row.round_ms

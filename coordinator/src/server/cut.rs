@@ -136,6 +136,19 @@ impl Node {
                         .await
                     {
                         tracing::warn!(window = w.id, error = %e.message(), "could not commit a cut");
+                        continue;
+                    }
+                    // The jobs wait on the decision: send it now, from the committed state.
+                    let committed = self
+                        .state
+                        .read()
+                        .expect("state lock")
+                        .state
+                        .windows
+                        .get(&w.id)
+                        .cloned();
+                    if let Some(w) = committed {
+                        self.send_decisions(&w, &mut sent).await;
                     }
                     continue;
                 }
