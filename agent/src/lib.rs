@@ -7,6 +7,7 @@ pub mod cut;
 pub mod daemon;
 pub mod dest;
 pub mod error;
+pub mod instant;
 pub mod pipeline;
 pub mod resp;
 pub mod restore;

@@ -137,10 +137,10 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     }
     // Everything that can be ready is: wait for the instant, then read the source.
     let prepared = source::prepare(&req.source, req.target.as_ref(), req.cut.is_some()).await?;
-    if let Some(at) = req.start_at_ms {
-        wait_until_ms(at).await;
-    }
-    let started_at = OffsetDateTime::now_utc();
+    let (prepared, started_at) = match req.start_at_ms {
+        Some(at) => prepared.fire_at(at).await?,
+        None => (prepared, OffsetDateTime::now_utc()),
+    };
     let started = Instant::now();
     let backup_id = req
         .backup_id
@@ -330,22 +330,6 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         started_at_ms: unix_ms(started_at),
         started_at_us: (started_at.unix_timestamp_nanos() / 1000) as i64,
     })
-}
-
-/// Sleeps until the Unix millisecond `at`, to within tens of microseconds: tokio's timer ticks
-/// in milliseconds and may wake one late, so the last two are slept on a blocking thread.
-async fn wait_until_ms(at: i64) {
-    let left =
-        move |now: OffsetDateTime| (i128::from(at) * 1_000_000 - now.unix_timestamp_nanos()).max(0);
-    let ns = left(OffsetDateTime::now_utc());
-    if ns > 2_000_000 {
-        tokio::time::sleep(Duration::from_nanos((ns - 2_000_000) as u64)).await;
-    }
-    let _ = tokio::task::spawn_blocking(move || {
-        let ns = left(OffsetDateTime::now_utc());
-        std::thread::sleep(Duration::from_nanos(ns as u64));
-    })
-    .await;
 }
 
 fn round3(d: Duration) -> f64 {

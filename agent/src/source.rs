@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fleetsnap_core::ObjectKind;
+use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
@@ -522,7 +523,11 @@ pub enum Prepared {
 pub struct PreparedReplication {
     conn: Connection,
     info: SourceInfo,
+    /// `PSYNC` already left, at the window's instant.
+    psync_sent: bool,
 }
+
+const PSYNC: &[&[u8]] = &[b"PSYNC", b"?", b"-1"];
 
 /// Prepares a source. `keep_stream` (replication only) asks for the replication stream after
 /// the RDB as well, for a consistent cut's tail.
@@ -545,6 +550,25 @@ pub async fn prepare(
 }
 
 impl Prepared {
+    /// Waits for the Unix millisecond `at` and sends the command that starts the snapshot then
+    /// (`PSYNC` on a replication connection), from a thread that acts on time (see
+    /// [`crate::instant`]). Returns the source to [`Prepared::start`] and the instant the command
+    /// left; a source that only connects when started is timed by the instant it is due.
+    pub async fn fire_at(self, at: i64) -> Result<(Prepared, OffsetDateTime)> {
+        match self {
+            Prepared::Replication(mut p) => {
+                let (sent, at) = crate::instant::at_instant(at, move |rt| {
+                    rt.block_on(p.conn.send(PSYNC)).map(|()| p)
+                })
+                .await?;
+                let mut p = sent?;
+                p.psync_sent = true;
+                Ok((Prepared::Replication(p), at))
+            }
+            other => Ok((other, crate::instant::at_instant(at, |_| ()).await?.1)),
+        }
+    }
+
     /// Starts reading.
     pub async fn start(self, opts: &SourceOptions) -> Result<OpenedSource> {
         match self {
@@ -598,14 +622,24 @@ async fn prepare_replication(
         }
         info.notes.push(format!("the node does not know REPLCONF rdb-only ({e}); it may keep streaming after the snapshot, which is ignored"));
     }
-    Ok(PreparedReplication { conn, info })
+    Ok(PreparedReplication {
+        conn,
+        info,
+        psync_sent: false,
+    })
 }
 
 impl PreparedReplication {
     async fn start(self, opts: &SourceOptions) -> Result<OpenedSource> {
-        let PreparedReplication { mut conn, mut info } = self;
+        let PreparedReplication {
+            mut conn,
+            mut info,
+            psync_sent,
+        } = self;
         let target = &conn.target().clone();
-        conn.send(&[b"PSYNC", b"?", b"-1"]).await?;
+        if !psync_sent {
+            conn.send(PSYNC).await?;
+        }
         let line = loop {
             let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
                 .await

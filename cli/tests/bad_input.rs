@@ -294,11 +294,7 @@ async fn plain_text_only_behind_insecure() {
         &fleet,
         "a1",
         &[one.address.clone()],
-        &[Watched {
-            name: "r".into(),
-            url: redis.url(),
-            cluster: "plain".into(),
-        }],
+        &[Watched::new("r", redis.url(), "plain")],
         true,
     )
     .unwrap();

@@ -56,11 +56,7 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
             &fleet,
             id,
             &coords,
-            &[Watched {
-                name: name.into(),
-                url: server.url(),
-                cluster: "shop".into(),
-            }],
+            &[Watched::new(name, server.url(), "shop")],
             false,
         )
         .unwrap();
@@ -275,11 +271,7 @@ async fn retention_prunes_exactly_the_sets_gfs_says_in_every_region() {
         &fleet,
         "a1",
         std::slice::from_ref(&coordinator.address),
-        &[Watched {
-            name: "solo".into(),
-            url: server.url(),
-            cluster: "shop".into(),
-        }],
+        &[Watched::new("solo", server.url(), "shop")],
         false,
     )
     .unwrap();

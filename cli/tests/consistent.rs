@@ -56,11 +56,7 @@ async fn a_consistent_window_restores_every_shard_to_one_instant() {
             &fleet,
             ids[i],
             &coords,
-            &[Watched {
-                name: format!("node{i}"),
-                url: n.url(),
-                cluster: "shop".into(),
-            }],
+            &[Watched::new(format!("node{i}"), n.url(), "shop")],
             false,
         )
         .unwrap();

@@ -170,24 +170,12 @@ async fn a_fleet_reports_its_real_topology_and_survives_a_leader_kill() {
         let watched: Vec<Watched> = if i < 3 {
             [i, i + 3]
                 .iter()
-                .map(|&n| Watched {
-                    name: format!("orders-{n}"),
-                    url: cluster.nodes[n].url(),
-                    cluster: "orders".into(),
-                })
+                .map(|&n| Watched::new(format!("orders-{n}"), cluster.nodes[n].url(), "orders"))
                 .collect()
         } else {
             vec![
-                Watched {
-                    name: "sessions-primary".into(),
-                    url: pair.primary.url(),
-                    cluster: "sessions".into(),
-                },
-                Watched {
-                    name: "sessions-replica".into(),
-                    url: pair.replicas[0].url(),
-                    cluster: "sessions".into(),
-                },
+                Watched::new("sessions-primary", pair.primary.url(), "sessions"),
+                Watched::new("sessions-replica", pair.replicas[0].url(), "sessions"),
             ]
         };
         let mut a = Agent::configure(&fleet, id, &addresses, &watched, false).unwrap();

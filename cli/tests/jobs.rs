@@ -23,11 +23,7 @@ async fn leases_expire_and_restarted_agents_never_rerun_a_job() {
     )
     .await
     .unwrap();
-    let watched = [Watched {
-        name: "replica".into(),
-        url: pair.replicas[0].url(),
-        cluster: "c".into(),
-    }];
+    let watched = [Watched::new("replica", pair.replicas[0].url(), "c")];
     let mut agent = Agent::configure(
         &fleet,
         "a1",

@@ -60,6 +60,10 @@ pub struct Window {
     /// `consistent`: why earlier attempts at the cut failed.
     #[serde(default)]
     pub cut_failures: Vec<String>,
+    /// `consistent`: jobs of shards that started again after a failover; each is told to
+    /// abort until it ends.
+    #[serde(default)]
+    pub superseded: Vec<u64>,
 }
 
 /// A consistent cut across every primary of a window (DESIGN §6).
@@ -88,6 +92,10 @@ pub enum CutOutcome {
     Failed {
         /// Why.
         reason: String,
+        /// Shards (indices in the window) whose primary is on another replication history
+        /// than their snapshot's stream: they failed over, and start again.
+        #[serde(default)]
+        restart: Vec<usize>,
     },
 }
 
@@ -311,6 +319,7 @@ impl FleetState {
                 done: false,
                 cut: None,
                 cut_failures: Vec::new(),
+                superseded: Vec::new(),
             },
         );
         self.settle_window(term, index, id);
@@ -532,9 +541,31 @@ impl FleetState {
         }
         match outcome {
             CutOutcome::Taken(cut) => w.cut = Some(cut.clone()),
-            CutOutcome::Failed { reason } => {
+            CutOutcome::Failed { reason, restart } => {
                 w.cut_failures.push(reason.clone());
-                if w.cut_failures.len() >= MAX_CUT_ATTEMPTS {
+                if w.cut_failures.len() < MAX_CUT_ATTEMPTS && !restart.is_empty() {
+                    let mut w = self.windows.remove(&window).expect("checked above");
+                    for &i in restart {
+                        let Some(shard) = w
+                            .shards
+                            .get_mut(i)
+                            .filter(|s| s.state == ShardState::Running)
+                        else {
+                            continue;
+                        };
+                        if let Some(job) = shard.job {
+                            w.superseded.push(job);
+                        }
+                        let node = shard.candidate().map(|c| c.address.clone());
+                        shard.failures.push(format!(
+                            "{}: the shard failed over during the window; started again",
+                            node.unwrap_or_default()
+                        ));
+                        // The same candidate: its new stream follows the new history.
+                        self.start_attempt(term, index, w.id, &w.plan, shard);
+                    }
+                    self.windows.insert(window, w);
+                } else if w.cut_failures.len() >= MAX_CUT_ATTEMPTS {
                     let why = format!(
                         "the consistent cut failed {} time(s), last: {reason}",
                         w.cut_failures.len()
@@ -989,6 +1020,96 @@ mod tests {
                 .contains("disk full")
         );
         assert!(s.windows[&w].done);
+    }
+
+    #[test]
+    fn a_shard_that_failed_over_before_the_cut_starts_again_and_its_old_job_is_superseded() {
+        let mut s = FleetState::default();
+        s.apply(
+            1,
+            1,
+            &Command::RegisterAgents {
+                agents: vec!["a1".into(), "a2".into()],
+            },
+        );
+        let mut p = policy();
+        p.consistency = Consistency::Consistent;
+        let shard = |id: &str, agent: &str| {
+            plan_shard(
+                &ShardView {
+                    id: id.into(),
+                    nodes: vec![node(&format!("{id}:1"), agent, Role::Replica, 0)],
+                    ..Default::default()
+                },
+                &Rules::default(),
+            )
+        };
+        let plan = WindowPlan {
+            policy: p,
+            backup_id: id(),
+            opened_at_ms: 1,
+            fire_at_ms: None,
+            shards: vec![
+                (cluster("c"), shard("s1", "a1")),
+                (cluster("c"), shard("s2", "a2")),
+            ],
+            missing: Vec::new(),
+        };
+        let w = s.apply(2, 2, &Command::OpenWindow { plan }).window.unwrap();
+        let jobs: Vec<u64> = s.windows[&w]
+            .shards
+            .iter()
+            .map(|x| x.job.unwrap())
+            .collect();
+        for (i, job) in jobs.iter().enumerate() {
+            s.apply(
+                2,
+                3 + i as u64,
+                &Command::ShardSynced {
+                    job: *job,
+                    replid: "old".into(),
+                    offset: 10,
+                },
+            );
+        }
+        // Shard s2's primary is on a new history: s2 starts again, s1 keeps its job.
+        s.apply(
+            2,
+            5,
+            &Command::CommitCut {
+                window: w,
+                outcome: CutOutcome::Failed {
+                    reason: "s2 failed over".into(),
+                    restart: vec![1],
+                },
+            },
+        );
+        let win = &s.windows[&w];
+        assert_eq!(win.shards[0].job, Some(jobs[0]));
+        assert!(win.shards[0].synced.is_some());
+        let again = win.shards[1].job.unwrap();
+        assert_ne!(again, jobs[1]);
+        assert_eq!(
+            s.jobs[&again].agent, "a2",
+            "the same node, on its new history"
+        );
+        assert_eq!(win.shards[1].synced, None);
+        assert_eq!(win.shards[1].state, ShardState::Running);
+        assert_eq!(win.superseded, vec![jobs[1]]);
+        assert!(win.shards[1].failures[0].contains("failed over"));
+        // The superseded job ending (aborted) changes nothing.
+        s.apply(
+            2,
+            6,
+            &Command::FinishJob {
+                job: jobs[1],
+                outcome: JobOutcome::Failed {
+                    reason: "aborted".into(),
+                },
+            },
+        );
+        assert_eq!(s.windows[&w].shards[1].job, Some(again));
+        assert_eq!(s.windows[&w].shards[1].state, ShardState::Running);
     }
 
     #[test]

@@ -265,6 +265,32 @@ pub struct Watched {
     pub url: String,
     /// Its cluster.
     pub cluster: String,
+    /// Its availability zone ("" for none).
+    pub zone: String,
+}
+
+impl Watched {
+    /// Instance `name` at `url` in `cluster`, in no zone.
+    pub fn new(
+        name: impl Into<String>,
+        url: impl Into<String>,
+        cluster: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            url: url.into(),
+            cluster: cluster.into(),
+            zone: String::new(),
+        }
+    }
+
+    /// The same instance in availability zone `zone`.
+    pub fn in_zone(self, zone: &str) -> Self {
+        Self {
+            zone: zone.into(),
+            ..self
+        }
+    }
 }
 
 /// An agent process.
@@ -308,6 +334,9 @@ impl Agent {
                 "[[instance]]\nname = \"{}\"\nurl = \"{}\"\ncluster = \"{}\"\n",
                 w.name, w.url, w.cluster
             );
+            if !w.zone.is_empty() {
+                text += &format!("zone = \"{}\"\n", w.zone);
+            }
         }
         text += &format!(
             "[snapshot]\nspool_dir = \"{}\"\nidle_timeout_seconds = 30\n",

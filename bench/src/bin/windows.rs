@@ -171,16 +171,8 @@ async fn measure(n: usize, args: &Args) -> anyhow::Result<Row> {
             &ids[i],
             &coords,
             &[
-                Watched {
-                    name: format!("p{i}"),
-                    url: s.primary.url(),
-                    cluster: "bench".into(),
-                },
-                Watched {
-                    name: format!("r{i}"),
-                    url: s.replicas[0].url(),
-                    cluster: "bench".into(),
-                },
+                Watched::new(format!("p{i}"), s.primary.url(), "bench"),
+                Watched::new(format!("r{i}"), s.replicas[0].url(), "bench"),
             ],
             false,
         )?;

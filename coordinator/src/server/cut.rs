@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::Node;
 use crate::state::{Command, JobState};
-use crate::window::{Cut, CutOutcome, ShardState, Window};
+use crate::window::{Cut, CutOutcome, ShardState, Window, WindowShard};
 
 /// How long a `PREPARE` or `RELEASE` may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,41 +167,20 @@ impl Node {
 
     /// Sends every job of the window that waits on the cut its decision.
     async fn send_decisions(&self, w: &Window, sent: &mut HashMap<u64, Instant>) {
-        for (i, s) in w.shards.iter().enumerate() {
-            let Some(job) = s.job else { continue };
-            let decision = match (&s.state, &s.synced, &w.cut) {
-                (ShardState::Running, Some((replid, start)), Some(cut)) => {
-                    match cut.offsets.get(i).cloned().flatten() {
-                        Some((cut_replid, offset)) if cut_replid == *replid && offset >= *start => {
-                            v1::CutDecision {
-                                job_id: job,
-                                replid: cut_replid,
-                                offset,
-                                abort: String::new(),
-                            }
-                        }
-                        Some((cut_replid, offset)) => v1::CutDecision {
-                            job_id: job,
-                            abort: format!(
-                                "this attempt's stream starts at {start} of history {replid}, \
-                                 past or beside the cut at {offset} of {cut_replid}"
-                            ),
-                            ..Default::default()
-                        },
-                        None => v1::CutDecision {
-                            job_id: job,
-                            abort: "the shard is not part of the cut".into(),
-                            ..Default::default()
-                        },
-                    }
-                }
-                (ShardState::Failed { reason }, _, _) => v1::CutDecision {
-                    job_id: job,
-                    abort: reason.clone(),
-                    ..Default::default()
-                },
-                _ => continue,
-            };
+        let superseded = w.superseded.iter().map(|&job| v1::CutDecision {
+            job_id: job,
+            abort: "the shard failed over; another attempt on the new history replaces this one"
+                .into(),
+            ..Default::default()
+        });
+        let current = w
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| decision(w, i, s));
+        let decisions: Vec<v1::CutDecision> = superseded.chain(current).collect();
+        for decision in decisions {
+            let job = decision.job_id;
             let open = {
                 let st = self.state.read().expect("state lock");
                 st.state
@@ -234,7 +213,10 @@ impl Node {
 
     /// One attempt at the window's cut.
     async fn take_cut(self: Arc<Self>, w: &Window) -> CutOutcome {
-        let failed = |reason: String| CutOutcome::Failed { reason };
+        let failed = |reason: String| CutOutcome::Failed {
+            reason,
+            restart: Vec::new(),
+        };
         let primaries = match self.primaries(w) {
             Ok(p) => p,
             Err(e) => return failed(e),
@@ -284,14 +266,17 @@ impl Node {
         }
         let mut offsets = vec![None; w.shards.len()];
         let mut pause_us = 0;
+        let (mut moved, mut why) = (Vec::new(), Vec::new());
         for (p, r) in primaries.iter().zip(&replies) {
             let (replid, start) = w.shards[p.shard].synced.clone().unwrap_or_default();
             if r.replid != replid {
-                return failed(format!(
+                moved.push(p.shard);
+                why.push(format!(
                     "shard {}: its primary {} is on replication history {} but the snapshot's \
                      stream is on {replid}: the shard failed over; it starts again",
                     w.shards[p.shard].plan.shard, p.address, r.replid
                 ));
+                continue;
             }
             if r.offset < start {
                 return failed(format!(
@@ -302,6 +287,12 @@ impl Node {
             }
             offsets[p.shard] = Some((r.replid.clone(), r.offset));
             pause_us = pause_us.max(r.paused_us);
+        }
+        if !moved.is_empty() {
+            return CutOutcome::Failed {
+                reason: why.join("; "),
+                restart: moved,
+            };
         }
         CutOutcome::Taken(Cut {
             offsets,
@@ -441,4 +432,36 @@ impl Node {
             Err(_) => Err(format!("no reply within {} ms", timeout.as_millis())),
         }
     }
+}
+
+/// What the current job of shard `i` is told: its offset once the cut is taken, or to abort
+/// once its shard has failed; nothing while it waits.
+fn decision(w: &Window, i: usize, s: &WindowShard) -> Option<v1::CutDecision> {
+    let job = s.job?;
+    let abort = |abort: String| v1::CutDecision {
+        job_id: job,
+        abort,
+        ..Default::default()
+    };
+    Some(match (&s.state, &s.synced, &w.cut) {
+        (ShardState::Running, Some((replid, start)), Some(cut)) => {
+            match cut.offsets.get(i).cloned().flatten() {
+                Some((cut_replid, offset)) if cut_replid == *replid && offset >= *start => {
+                    v1::CutDecision {
+                        job_id: job,
+                        replid: cut_replid,
+                        offset,
+                        abort: String::new(),
+                    }
+                }
+                Some((cut_replid, offset)) => abort(format!(
+                    "this attempt's stream starts at {start} of history {replid}, past or beside \
+                     the cut at {offset} of {cut_replid}"
+                )),
+                None => abort("the shard is not part of the cut".into()),
+            }
+        }
+        (ShardState::Failed { reason }, _, _) => abort(reason.clone()),
+        _ => return None,
+    })
 }
