@@ -68,15 +68,12 @@ async fn a_window_takes_the_freshest_healthy_replica_and_stores_a_complete_set_i
     .await
     .unwrap();
     relay.hold();
-    write_dataset(
-        &set.primary,
-        &Dataset {
-            small_keys: 500,
-            big_value_bytes: 0,
-        },
-    )
-    .await
-    .unwrap();
+    for i in 0..200 {
+        set.primary
+            .cmd(&["SET", &format!("after-hold:{i}"), "x"])
+            .await
+            .unwrap();
+    }
     set.wait_synced().await.unwrap();
     let (healthy, down, busy) = (&set.replicas[0], &set.replicas[1], &set.replicas[2]);
     // Down: the replica can no longer authenticate to its primary.
@@ -165,13 +162,18 @@ url = "{m}"
                     .find(|n| n["name"] == name)
                     .map(|n| (n["link"].clone(), n["persistence"].clone()))
             };
-            let lag = nodes
-                .iter()
-                .find(|n| n["name"] == "lagging")?
-                .get("lag_bytes")?
-                .as_u64()?;
+            let lag = |name: &str| {
+                nodes
+                    .iter()
+                    .find(|n| n["name"] == name)?
+                    .get("lag_bytes")?
+                    .as_u64()
+            };
+            // The healthy replica's report caught up with the primary's; the lagging one's
+            // cannot.
             (nodes.len() == 5
-                && lag > 0
+                && lag("healthy")? == 0
+                && lag("lagging")? > 0
                 && state("lagging")?.0 == "up"
                 && state("down")?.0 == "down"
                 && state("busy")?.1 == "bgsave"
