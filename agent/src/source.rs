@@ -640,18 +640,43 @@ impl PreparedReplication {
         if !psync_sent {
             conn.send(PSYNC).await?;
         }
+        // A replica between two primaries (just after a failover) or still loading answers
+        // NOMASTERLINK or LOADING; it will serve the sync in a moment, on its new history.
+        let patience = tokio::time::Instant::now() + opts.idle_timeout;
         let line = loop {
-            let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
-                .await
-                .map_err(|_| {
-                    Error::redis(
-                        target,
-                        format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs()),
-                    )
-                })??;
-            if !line.is_empty() {
-                break String::from_utf8_lossy(&line).into_owned();
+            let line = loop {
+                let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
+                    .await
+                    .map_err(|_| {
+                        Error::redis(
+                            target,
+                            format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs()),
+                        )
+                    })??;
+                if !line.is_empty() {
+                    break String::from_utf8_lossy(&line).into_owned();
+                }
+            };
+            let transient = ["NOMASTERLINK", "LOADING"]
+                .iter()
+                .any(|t| line.strip_prefix('-').is_some_and(|e| e.starts_with(t)));
+            if !transient {
+                break line;
             }
+            if tokio::time::Instant::now() >= patience {
+                return Err(Error::redis(
+                    target,
+                    format!(
+                        "the node could not serve a sync for {}s ({}): it has no link to its \
+                         primary or is loading; check its replication",
+                        opts.idle_timeout.as_secs(),
+                        &line[1..]
+                    ),
+                ));
+            }
+            tracing::info!(node = %target, answer = %line, "the node cannot serve a sync yet; asking again");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            conn.send(PSYNC).await?;
         };
         if let Some(e) = line.strip_prefix('-') {
             return Err(sync_refused(target, e));

@@ -192,6 +192,9 @@ url = "{m}"
     assert_eq!(chosen["name"], "healthy", "{shard}");
     let lagging_choice = nodes.iter().find(|n| n["name"] == "lagging").unwrap();
     assert_eq!(lagging_choice["rank"], 2, "{shard}");
+    // The primary only after every replica (allow_primary = fallback).
+    let primary_choice = nodes.iter().find(|n| n["name"] == "primary").unwrap();
+    assert_eq!(primary_choice["rank"], 3, "{shard}");
     let reason = |name: &str| {
         nodes.iter().find(|n| n["name"] == name).unwrap()["reason"]
             .as_str()
@@ -211,7 +214,7 @@ url = "{m}"
         "{shard}"
     );
     assert!(
-        reason("primary").contains("only when no replica qualifies"),
+        reason("primary").contains("only if every replica fails"),
         "{shard}"
     );
 

@@ -120,6 +120,10 @@ pub struct WindowShard {
     /// `consistent`: the replication id and offset the current attempt's RDB stands for.
     #[serde(default)]
     pub synced: Option<(String, u64)>,
+    /// `consistent`: the current candidate is being read a second time, its first stream having
+    /// broken after its snapshot was stored.
+    #[serde(default)]
+    pub read_again: bool,
 }
 
 impl WindowShard {
@@ -301,6 +305,7 @@ impl FleetState {
                 state: ShardState::Running,
                 failures: Vec::new(),
                 synced: None,
+                read_again: false,
             };
             self.start_attempt(term, index, id, plan, &mut shard);
             shards.push(shard);
@@ -427,7 +432,11 @@ impl FleetState {
         match kind {
             JobKind::Snapshot(_) => {
                 let Window {
-                    id, plan, shards, ..
+                    id,
+                    plan,
+                    shards,
+                    cut,
+                    ..
                 } = &mut window;
                 // A shard no longer running (its window gave up the cut) takes no more attempts.
                 if let Some(shard) = shards
@@ -445,10 +454,26 @@ impl FleetState {
                                 _ => "no region took the snapshot".to_string(),
                             };
                             let node = shard.candidate().map(|c| c.address.clone());
+                            // A stream that breaks after its snapshot, before the cut, is most
+                            // often a failover: the node disconnects the streams it serves when
+                            // its history changes. It is read once more, on its new history.
+                            let again =
+                                shard.synced.is_some() && cut.is_none() && !shard.read_again;
+                            let note = if again {
+                                "; the stream broke after the snapshot (a failover changes the \
+                                 history): the same node once more"
+                            } else {
+                                ""
+                            };
                             shard
                                 .failures
-                                .push(format!("{}: {why}", node.unwrap_or_default()));
-                            shard.attempt += 1;
+                                .push(format!("{}: {why}{note}", node.unwrap_or_default()));
+                            if again {
+                                shard.read_again = true;
+                            } else {
+                                shard.attempt += 1;
+                                shard.read_again = false;
+                            }
                             self.start_attempt(term, index, *id, plan, shard);
                         }
                     }

@@ -16,7 +16,8 @@ use crate::topology::{NodeView, ShardView};
 pub enum AllowPrimary {
     /// Never: a shard whose replicas all fail the checks fails.
     Never,
-    /// Only when no replica qualifies.
+    /// Only when no replica qualifies, or as the last candidate after every replica (a window
+    /// whose replicas all fail mid-way falls back to it).
     #[default]
     Fallback,
     /// Like any replica: ranked by lag (zero), after replicas with no lag.
@@ -200,6 +201,7 @@ pub fn plan_shard(shard: &ShardView, rules: &Rules) -> ShardPlan {
         _ => n.lag_bytes.unwrap_or(u64::MAX),
     };
     let mut ranked: Vec<&NodeView> = replicas.clone();
+    let mut last = None;
     let primary_note = match (primary, rules.allow_primary) {
         (Some(p), AllowPrimary::Always) => {
             ranked.push(p);
@@ -209,10 +211,10 @@ pub fn plan_shard(shard: &ShardView, rules: &Rules) -> ShardPlan {
             ranked.push(p);
             None
         }
-        (Some(p), AllowPrimary::Fallback) => Some((
-            p,
-            "the primary: the policy uses it only when no replica qualifies".to_string(),
-        )),
+        (Some(p), AllowPrimary::Fallback) => {
+            last = Some(p);
+            None
+        }
         (Some(p), AllowPrimary::Never) => Some((
             p,
             "the primary: the policy never snapshots primaries".to_string(),
@@ -226,11 +228,15 @@ pub fn plan_shard(shard: &ShardView, rules: &Rules) -> ShardPlan {
             .then_with(|| zone_rank(a).cmp(&zone_rank(b)))
             .then_with(|| a.address.cmp(&b.address))
     });
+    ranked.extend(last);
     let mut nodes: Vec<NodeChoice> = Vec::new();
     for (i, n) in ranked.iter().enumerate() {
         let mut why = match n.role {
             Role::Primary if replicas.is_empty() => {
                 "the primary, as no replica qualifies".to_string()
+            }
+            Role::Primary if last.is_some() => {
+                "the primary: the policy falls back to it only if every replica fails".to_string()
             }
             Role::Primary => "the primary (the policy allows it like a replica)".to_string(),
             _ => format!("{} bytes behind the primary", lag(n)),
@@ -240,7 +246,9 @@ pub fn plan_shard(shard: &ShardView, rules: &Rules) -> ShardPlan {
         }
         if i > 0 {
             let first = ranked[0];
-            let behind = if lag(n) > lag(first) {
+            let behind = if last.is_some() && n.role == Role::Primary {
+                "after every replica, as"
+            } else if lag(n) > lag(first) {
                 "staler than"
             } else if n.role == Role::Primary && first.role != Role::Primary {
                 "a primary, ranked after"
@@ -364,7 +372,7 @@ mod tests {
             vec![
                 ("r-fresh:1", Some(1)),
                 ("r-lag:1", Some(2)),
-                ("p:1", None),
+                ("p:1", Some(3)),
                 ("r-down:1", None),
                 ("r-fork:1", None),
                 ("r-silent:1", None),
@@ -386,7 +394,7 @@ mod tests {
             reason("r-lag:1"),
             "5000 bytes behind the primary; staler than r-fresh:1"
         );
-        assert!(reason("p:1").contains("only when no replica qualifies"));
+        assert!(reason("p:1").contains("only if every replica fails"));
         assert!(reason("r-down:1").contains("link to the primary is down"));
         assert!(reason("r-fork:1").contains("fork is already running"));
         assert!(reason("r-silent:1").contains("4.2 s ago"));
@@ -472,7 +480,7 @@ mod tests {
                 ("c:1", Some(2)),
                 ("a:1", Some(3)),
                 ("d:1", Some(4)),
-                ("p:1", None),
+                ("p:1", Some(5)),
             ]
         );
         assert!(plan.nodes[0].reason.contains("preferred zone z1"));

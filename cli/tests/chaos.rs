@@ -1,0 +1,334 @@
+//! `consistent` windows under the failures they must survive, on a real 3-shard Redis Cluster
+//! with an agent per node: a shard failing over while the window waits for its cut, and the
+//! coordinator leader killed while the window runs. Each window must end with a complete set
+//! that restores to the data, never a set reported complete that is not.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleetsnap_agent::resp::Value;
+use fleetsnap_testkit::data::assert_same_data;
+use fleetsnap_testkit::fleet::{
+    Agent, Cli, Coordinator, FleetDir, Logs, Watched, restore, single_node,
+};
+use fleetsnap_testkit::poll_until;
+use fleetsnap_testkit::redis::{RedisCluster, RedisOptions, RedisServer};
+
+const AGENTS: [&str; 6] = ["a1", "a2", "a3", "a4", "a5", "a6"];
+/// Keys per shard; with `rdb-key-save-delay` at 5 ms, the slow shard's snapshot takes 5 s.
+const KEYS: usize = 1000;
+
+fn addr(s: &RedisServer) -> String {
+    format!("127.0.0.1:{}", s.port())
+}
+
+/// Writes `KEYS` keys that primary `p` owns (one hash tag it serves), in one MSET.
+async fn fill(p: &RedisServer, name: &str) {
+    let mut tag = String::new();
+    for t in 0.. {
+        tag = format!("{{{name}{t}}}");
+        // A key another primary serves is refused (MOVED).
+        if p.cmd(&["SET", &format!("{tag}:probe"), "x"]).await.is_ok() {
+            break;
+        }
+    }
+    let mut args = vec!["MSET".to_string()];
+    for i in 0..KEYS {
+        args.push(format!("{tag}:{i}"));
+        args.push(format!("value-{i}-{}", "x".repeat(64)));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    p.cmd(&args).await.unwrap();
+}
+
+/// The replica of primary `p`, once in sync with it.
+async fn replica_of<'a>(cluster: &'a RedisCluster, p: &RedisServer) -> &'a RedisServer {
+    let port = p.port().to_string();
+    let mut found = None;
+    for n in &cluster.nodes {
+        if n.info("replication", "master_port")
+            .await
+            .unwrap()
+            .as_deref()
+            == Some(port.as_str())
+        {
+            found = Some(n);
+        }
+    }
+    let r = found.expect("every primary has a replica");
+    poll_until("the replica in sync", Duration::from_secs(20), || async {
+        let a = p.info("replication", "master_repl_offset").await.ok()?;
+        let b = r.info("replication", "master_repl_offset").await.ok()?;
+        (a == b).then_some(())
+    })
+    .await
+    .unwrap();
+    r
+}
+
+struct Fleet {
+    cluster: RedisCluster,
+    primaries: Vec<usize>,
+    agents: Vec<Agent>,
+    region: std::path::PathBuf,
+}
+
+/// The cluster, filled, with shard 0's replica made slow; an agent per node; the policy `cut`.
+async fn fleet(fleet: &FleetDir, coordinators: &[String], cli: &Cli) -> Fleet {
+    let cluster = RedisCluster::start(3, 1).await.unwrap();
+    let mut primaries = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        if n.info("replication", "role").await.unwrap().as_deref() == Some("master") {
+            primaries.push(i);
+        }
+    }
+    for (k, &i) in primaries.iter().enumerate() {
+        fill(&cluster.nodes[i], &format!("s{k}")).await;
+    }
+    // Shard 0's snapshot is slow, so the window is still waiting for its cut for seconds.
+    let slow = replica_of(&cluster, &cluster.nodes[primaries[0]]).await;
+    slow.cmd(&["CONFIG", "SET", "rdb-key-save-delay", "5000"])
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let mut a = Agent::configure(
+            fleet,
+            AGENTS[i],
+            coordinators,
+            &[Watched::new(format!("node{i}"), n.url(), "shop")],
+            false,
+        )
+        .unwrap();
+        a.start().unwrap();
+        agents.push(a);
+    }
+    let region = fleet.path().join("region-a");
+    let policy = format!(
+        "name = \"cut\"\nclusters = [\"shop\"]\nconsistency = \"consistent\"\n\
+         write_pause_budget_ms = 500\nmin_regions = 1\n\n\
+         [[destinations]]\nregion = \"a\"\nurl = \"file://{}\"\n",
+        region.display()
+    );
+    cli.set_policy(fleet.path(), "cut", &policy).unwrap();
+    poll_until(
+        "three shards, each replica in sync",
+        Duration::from_secs(30),
+        || async {
+            let s = cli.json(&["status", "--json"]).ok()?;
+            let shards = s["clusters"][0]["shards"].as_array()?.clone();
+            (shards.len() == 3
+                && shards.iter().all(|sh| {
+                    sh["nodes"].as_array().is_some_and(|n| {
+                        n.len() == 2 && n.iter().all(|n| n["lag_bytes"].as_u64().unwrap_or(0) == 0)
+                    })
+                }))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    Fleet {
+        cluster,
+        primaries,
+        agents,
+        region,
+    }
+}
+
+/// The window's shard whose chosen node (rank 1) is `node`.
+fn shard_planned_on<'a>(doc: &'a serde_json::Value, node: &str) -> Option<&'a serde_json::Value> {
+    doc["shards"].as_array()?.iter().find(|s| {
+        s["plan"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["rank"] == 1 && n["address"] == node))
+    })
+}
+
+/// Polls the window until it is done.
+async fn done(cli: &Cli, window: &str) -> serde_json::Value {
+    poll_until("the window done", Duration::from_secs(90), || async {
+        let doc = cli.json(&["backup", "show", window, "--json"]).ok()?;
+        (doc["done"] == true).then_some(doc)
+    })
+    .await
+    .unwrap()
+}
+
+/// Restores shard `shard` of set `id` as an AOF directory and starts a server on it.
+async fn restored(fleet: &FleetDir, region: &Path, id: &str, shard: &str) -> RedisServer {
+    let dir = fleet.path().join(format!("restored-{shard}"));
+    restore(
+        &[
+            "--from",
+            &format!("file://{}", region.display()),
+            "--backup",
+            id,
+            "--shard",
+            shard,
+            "--aof-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    RedisServer::start_with(RedisOptions {
+        aof_dir: Some(dir),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn storage_shard(s: &serde_json::Value) -> String {
+    s["plan"]["shard"].as_str().unwrap().replace(',', "_")
+}
+
+#[tokio::test]
+async fn a_shard_that_fails_over_while_the_window_waits_for_its_cut_is_read_again_on_its_new_history()
+ {
+    let dir = FleetDir::new(&[1], &AGENTS).unwrap();
+    let (coordinator, cli) = single_node(&dir, &Default::default()).await.unwrap();
+    let coords = vec![coordinator.address.clone()];
+    let f = fleet(&dir, &coords, &cli).await;
+    let _logs = Logs::of(std::slice::from_ref(&coordinator), &f.agents);
+    let p1 = &f.cluster.nodes[f.primaries[1]];
+    let r1 = replica_of(&f.cluster, p1).await;
+
+    let opened = cli
+        .json(&["backup", "run", "--policy", "cut", "--json"])
+        .unwrap();
+    let window = opened["window"].as_u64().unwrap().to_string();
+    // Shard 1's snapshot is stored and its stream flows; shard 0's is still being read.
+    poll_until("shard 1 synced", Duration::from_secs(30), || async {
+        let doc = cli.json(&["backup", "show", &window, "--json"]).ok()?;
+        let s = shard_planned_on(&doc, &addr(r1))?;
+        (!s["synced"].is_null() && doc["cut"].is_null()).then_some(())
+    })
+    .await
+    .unwrap();
+    // The replica takes over: it drops the streams it serves, the agent's among them.
+    r1.cmd(&["CLUSTER", "FAILOVER"]).await.unwrap();
+    poll_until("the replica promoted", Duration::from_secs(20), || async {
+        (r1.info("replication", "role").await.ok()?.as_deref() == Some("master")).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let doc = done(&cli, &window).await;
+    let set = &doc["sets"][0];
+    assert_eq!(set["state"], "complete", "{doc:#}");
+    assert!(!doc["cut"].is_null(), "{doc:#}");
+    let s1 = shard_planned_on(&doc, &addr(r1)).unwrap();
+    let failures = s1["failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("the same node once more")),
+        "{s1:#}"
+    );
+    // Read again from the same node, on the history it started as the new primary.
+    let entry = &s1["state"]["entry"];
+    assert_eq!(entry["source_node"], addr(r1).as_str(), "{s1:#}");
+    let new_history = r1
+        .info("replication", "master_replid")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry["replid"], new_history.as_str(), "{s1:#}");
+
+    // Both the failed-over shard and the slow one restore to their data.
+    let id = doc["backup_id"].as_str().unwrap();
+    let r = restored(&dir, &f.region, id, &storage_shard(s1)).await;
+    assert_same_data(r1, &r).await.unwrap();
+    let p0 = &f.cluster.nodes[f.primaries[0]];
+    let s0 = shard_planned_on(&doc, &addr(replica_of(&f.cluster, p0).await)).unwrap();
+    let r = restored(&dir, &f.region, id, &storage_shard(s0)).await;
+    assert_same_data(p0, &r).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_leader_killed_while_a_window_runs_does_not_lose_the_set() {
+    let dir = FleetDir::new(&[1, 2, 3], &AGENTS).unwrap();
+    let initial = Coordinator::addresses(3);
+    let mut coordinators: Vec<Coordinator> = initial
+        .iter()
+        .map(|(id, _)| Coordinator::configure(&dir, *id, &initial, &Default::default()).unwrap())
+        .collect();
+    for c in &mut coordinators {
+        c.start().await.unwrap();
+    }
+    let addresses: Vec<String> = initial.iter().map(|(_, a)| a.clone()).collect();
+    let cli = dir.cli(&addresses);
+    let f = fleet(&dir, &addresses, &cli).await;
+    let _logs = Logs::of(&coordinators, &f.agents);
+
+    let opened = cli
+        .json(&["backup", "run", "--policy", "cut", "--json"])
+        .unwrap();
+    let window = opened["window"].as_u64().unwrap().to_string();
+    // Mid-window: some shard synced, the cut not yet taken (shard 0 is slow).
+    poll_until("the window under way", Duration::from_secs(30), || async {
+        let doc = cli.json(&["backup", "show", &window, "--json"]).ok()?;
+        let synced = doc["shards"]
+            .as_array()?
+            .iter()
+            .any(|s| !s["synced"].is_null());
+        (synced && doc["cut"].is_null()).then_some(())
+    })
+    .await
+    .unwrap();
+    let status = cli.json(&["cluster", "status", "--json"]).unwrap();
+    let old = status["leader_id"].as_u64().unwrap();
+    let i = coordinators.iter().position(|c| c.id == old).unwrap();
+    coordinators[i].kill();
+    let survivors: Vec<String> = coordinators
+        .iter()
+        .filter(|c| c.id != old)
+        .map(|c| c.address.clone())
+        .collect();
+    let cli = cli.to(&survivors);
+
+    let doc = done(&cli, &window).await;
+    assert_eq!(doc["sets"][0]["state"], "complete", "{doc:#}");
+    assert!(!doc["cut"].is_null(), "{doc:#}");
+    let leader = cli.json(&["cluster", "status", "--json"]).unwrap()["leader_id"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(leader, old);
+    let id = doc["backup_id"].as_str().unwrap().to_string();
+    let list = cli.json(&["backup", "list", "--json"]).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["backup_id"] == id.as_str() && s["state"] == "complete"),
+        "{list:#}"
+    );
+    // Every shard restores to its primary's data.
+    for s in doc["shards"].as_array().unwrap() {
+        let chosen = s["plan"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["rank"] == 1)
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut primary = None;
+        for &p in &f.primaries {
+            let n = &f.cluster.nodes[p];
+            if addr(replica_of(&f.cluster, n).await) == chosen {
+                primary = Some(n);
+            }
+        }
+        let r = restored(&dir, &f.region, &id, &storage_shard(s)).await;
+        assert_same_data(primary.unwrap(), &r).await.unwrap();
+        // The restored shard holds its keys, not only an empty server's.
+        let Value::Int(keys) = r.cmd(&["DBSIZE"]).await.unwrap() else {
+            panic!("DBSIZE")
+        };
+        assert!(keys as usize > KEYS, "{keys}");
+    }
+}
