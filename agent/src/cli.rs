@@ -128,7 +128,7 @@ struct SnapshotArgs {
     /// The node: redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// A destination (repeat for several): file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME].
+    /// A destination (repeat for several): file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME][&object_lock=MODE:DAYS].
     #[arg(long = "to", value_name = "DEST", required = true)]
     to: Vec<String>,
     /// replication (PSYNC, default), bgsave-file, or file:PATH (an RDB or an AOF directory).

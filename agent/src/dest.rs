@@ -11,7 +11,9 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
+};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,7 +41,45 @@ pub enum DestSpec {
         endpoint: Option<String>,
         profile: Option<String>,
         path_style: bool,
+        /// S3 Object Lock on every object written: mode and days.
+        object_lock: Option<ObjectLock>,
     },
+}
+
+/// S3 Object Lock on uploads (`object_lock=governance:30` in the URL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// `COMPLIANCE` (nobody may shorten it) or `GOVERNANCE` (users with a bypass permission may).
+    pub compliance: bool,
+    /// Days each object stays locked from its upload.
+    pub days: u32,
+}
+
+impl ObjectLock {
+    fn parse(v: &str) -> Option<Self> {
+        let (mode, days) = v.split_once(':')?;
+        let compliance = match mode {
+            "compliance" => true,
+            "governance" => false,
+            _ => return None,
+        };
+        let days = days.parse().ok().filter(|d| *d >= 1)?;
+        Some(Self { compliance, days })
+    }
+
+    fn mode(&self) -> ObjectLockMode {
+        if self.compliance {
+            ObjectLockMode::Compliance
+        } else {
+            ObjectLockMode::Governance
+        }
+    }
+
+    /// The retain-until date of an object written now.
+    fn until(&self) -> aws_sdk_s3::primitives::DateTime {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        aws_sdk_s3::primitives::DateTime::from_secs(now + i64::from(self.days) * 86_400)
+    }
 }
 
 impl fmt::Display for DestSpec {
@@ -63,7 +103,8 @@ impl fmt::Display for DestSpec {
 }
 
 impl DestSpec {
-    /// Parses `file:///path` or `s3://bucket/prefix?region=…&endpoint=…&profile=…&path_style=…`.
+    /// Parses `file:///path` or
+    /// `s3://bucket/prefix?region=…&endpoint=…&profile=…&path_style=…&object_lock=MODE:DAYS`.
     pub fn parse(text: &str) -> Result<Self> {
         let bad = |why: String| {
             Error::Input(format!(
@@ -89,17 +130,25 @@ impl DestSpec {
                     .ok_or_else(|| bad("the bucket name needs 3 or more characters".into()))?
                     .to_string();
                 let prefix = url.path().trim_matches('/').to_string();
-                let (mut region, mut endpoint, mut profile, mut path_style) =
-                    (None, None, None, None);
+                let (mut region, mut endpoint, mut profile, mut path_style, mut object_lock) =
+                    (None, None, None, None, None);
                 for (k, v) in url.query_pairs() {
                     match k.as_ref() {
                         "region" => region = Some(v.to_string()),
                         "endpoint" => endpoint = Some(v.to_string()),
                         "profile" => profile = Some(v.to_string()),
                         "path_style" => path_style = Some(v == "true"),
+                        "object_lock" => {
+                            object_lock = Some(ObjectLock::parse(&v).ok_or_else(|| {
+                                bad(format!(
+                                    "object_lock={v:?}: give MODE:DAYS, MODE governance or \
+                                     compliance, DAYS 1 or more"
+                                ))
+                            })?)
+                        }
                         other => {
                             return Err(bad(format!(
-                                "unknown parameter {other:?} (known: region, endpoint, profile, path_style)"
+                                "unknown parameter {other:?} (known: region, endpoint, profile, path_style, object_lock)"
                             )));
                         }
                     }
@@ -115,6 +164,7 @@ impl DestSpec {
                     endpoint,
                     profile,
                     path_style,
+                    object_lock,
                 })
             }
             other => Err(bad(format!("scheme {other:?} is not supported"))),
@@ -151,6 +201,7 @@ enum StoreInner {
     S3 {
         client: aws_sdk_s3::Client,
         bucket: String,
+        lock: Option<ObjectLock>,
     },
 }
 
@@ -171,6 +222,7 @@ impl Store {
                 endpoint,
                 profile,
                 path_style,
+                object_lock,
                 ..
             } => {
                 let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -198,6 +250,7 @@ impl Store {
                 StoreInner::S3 {
                     client: aws_sdk_s3::Client::from_conf(b.build()),
                     bucket: bucket.clone(),
+                    lock: *object_lock,
                 }
             }
         };
@@ -310,11 +363,19 @@ impl Store {
                 up.write(bytes).await?;
                 up.finish().await.map(|_| ())
             }
-            StoreInner::S3 { client, bucket } => {
+            StoreInner::S3 {
+                client,
+                bucket,
+                lock,
+            } => {
                 client
                     .put_object()
                     .bucket(bucket)
                     .key(key)
+                    .set_object_lock_mode(lock.map(|l| l.mode()))
+                    .set_object_lock_retain_until_date(lock.map(|l| l.until()))
+                    // S3 requires the algorithm header on any upload under Object Lock.
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                     .checksum_crc32_c(crc32c_b64(&bytes))
                     .body(ByteStream::from(bytes))
                     .send()
@@ -335,7 +396,7 @@ impl Store {
                     .map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?;
                 Ok(Download::File(f, path))
             }
-            StoreInner::S3 { client, bucket } => {
+            StoreInner::S3 { client, bucket, .. } => {
                 let out = client
                     .get_object()
                     .bucket(bucket)
@@ -391,7 +452,7 @@ impl Store {
                 out.sort();
                 Ok(out)
             }
-            StoreInner::S3 { client, bucket } => {
+            StoreInner::S3 { client, bucket, .. } => {
                 let mut out = Vec::new();
                 let mut token = None;
                 loop {
@@ -439,7 +500,7 @@ impl Store {
                 }
                 Ok(())
             }
-            StoreInner::S3 { client, bucket } => {
+            StoreInner::S3 { client, bucket, .. } => {
                 client
                     .delete_object()
                     .bucket(bucket)
@@ -462,7 +523,7 @@ impl Store {
                     .map_err(|e| self.err(format!("cannot stat {}: {e}", p.display())))?
                     .len())
             }
-            StoreInner::S3 { client, bucket } => {
+            StoreInner::S3 { client, bucket, .. } => {
                 let h = client
                     .head_object()
                     .bucket(bucket)
@@ -614,7 +675,7 @@ impl Upload {
             }
             Upload::S3(mut up) => {
                 up.tasks.abort_all();
-                if let (Some(id), StoreInner::S3 { client, bucket }) =
+                if let (Some(id), StoreInner::S3 { client, bucket, .. }) =
                     (&up.upload_id, &up.store.inner)
                 {
                     client
@@ -634,18 +695,28 @@ impl Upload {
 impl S3Upload {
     fn client(&self) -> (&aws_sdk_s3::Client, &str) {
         match &self.store.inner {
-            StoreInner::S3 { client, bucket } => (client, bucket),
+            StoreInner::S3 { client, bucket, .. } => (client, bucket),
             StoreInner::File(_) => unreachable!("S3 upload on a file store"),
+        }
+    }
+
+    fn lock(&self) -> Option<ObjectLock> {
+        match &self.store.inner {
+            StoreInner::S3 { lock, .. } => *lock,
+            StoreInner::File(_) => None,
         }
     }
 
     async fn send_part(&mut self, part: Bytes) -> Result<()> {
         if self.upload_id.is_none() {
+            let lock = self.lock();
             let (client, bucket) = self.client();
             let out = client
                 .create_multipart_upload()
                 .bucket(bucket)
                 .key(&self.key)
+                .set_object_lock_mode(lock.map(|l| l.mode()))
+                .set_object_lock_retain_until_date(lock.map(|l| l.until()))
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .send()
                 .await
@@ -700,11 +771,15 @@ impl S3Upload {
         let written = self.written;
         if self.upload_id.is_none() {
             let body = std::mem::take(&mut self.buf).freeze();
+            let lock = self.lock();
             let (client, bucket) = self.client();
             client
                 .put_object()
                 .bucket(bucket)
                 .key(&self.key)
+                .set_object_lock_mode(lock.map(|l| l.mode()))
+                .set_object_lock_retain_until_date(lock.map(|l| l.until()))
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .checksum_crc32_c(crc32c_b64(&body))
                 .body(ByteStream::from(body))
                 .send()
@@ -818,12 +893,15 @@ mod tests {
                 region: "eu-west-1".into(),
                 endpoint: Some("http://127.0.0.1:9000".into()),
                 profile: Some("eu".into()),
-                path_style: true
+                path_style: true,
+                object_lock: None,
             }
         );
         for bad in [
             "s3://ab?region=x",
             "s3://abc?region=x&color=red",
+            "s3://abc?region=x&object_lock=forever:3",
+            "s3://abc?region=x&object_lock=governance:0",
             "ftp://x/y",
             "file://host/x",
         ] {

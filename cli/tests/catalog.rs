@@ -2,7 +2,8 @@
 //! a region down during a window leaves the set degraded and `backup repair` makes it complete;
 //! `catalog rebuild` after the coordinator's data directory is gone recovers every complete set;
 //! retention prunes exactly the sets a table of GFS cases says, in every region, and collects
-//! objects no manifest lists once they are past their grace period.
+//! objects no manifest lists once they are past their grace period; a policy's Object Lock locks
+//! every object a window writes to S3.
 
 use std::path::Path;
 use std::time::Duration;
@@ -416,4 +417,97 @@ async fn retention_prunes_exactly_the_sets_gfs_says_in_every_region() {
     .unwrap();
     // The orphan within its grace period stays.
     assert!(dirs(&regions[0], "shop").contains(&fresh_orphan.to_string()));
+}
+
+#[tokio::test]
+async fn a_policy_with_object_lock_locks_every_object_a_window_writes() {
+    let fleet = FleetDir::new(&[1], &["a1"]).unwrap();
+    let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
+    let moto = Moto::start().await.unwrap();
+    moto.region.create_locked_bucket("vault").await.unwrap();
+    let creds = credentials_file(fleet.path(), &[&moto.region]).unwrap();
+    let server = RedisServer::start().await.unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 500,
+            big_value_bytes: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let mut agent = Agent::configure(
+        &fleet,
+        "a1",
+        std::slice::from_ref(&coordinator.address),
+        &[Watched::new("solo", server.url(), "shop")],
+        false,
+    )
+    .unwrap();
+    agent.env("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap());
+    agent.start().unwrap();
+    let _logs = Logs::of(
+        std::slice::from_ref(&coordinator),
+        std::slice::from_ref(&agent),
+    );
+    let dest = moto.region.dest("vault", "locked");
+    cli.set_policy(
+        fleet.path(),
+        "vault",
+        &format!(
+            "name = \"vault\"\nclusters = [\"shop\"]\nmin_regions = 1\n\n\
+             [object_lock]\nmode = \"governance\"\ndays = 2\n\n\
+             [[destinations]]\nregion = \"moto\"\nurl = \"{dest}\"\n"
+        ),
+    )
+    .unwrap();
+    poll_until("the node reported", Duration::from_secs(30), || async {
+        let s = cli.json(&["status", "--json"]).ok()?;
+        (s["clusters"][0]["shards"][0]["nodes"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let doc = window(&cli, "vault");
+    assert_eq!(doc["sets"][0]["state"], "complete", "{doc}");
+
+    let client = moto.region.client();
+    let keys = moto.region.keys("vault").await.unwrap();
+    assert!(
+        keys.iter().any(|k| k.ends_with("manifest.json")),
+        "{keys:?}"
+    );
+    assert!(keys.iter().any(|k| k.contains(".rdb")), "{keys:?}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for key in &keys {
+        // The lock as S3 reports it on the object (moto answers GetObjectRetention with the
+        // object itself, so the headers are read).
+        let head = client
+            .head_object()
+            .bucket("vault")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.object_lock_mode().map(|m| m.as_str()),
+            Some("GOVERNANCE"),
+            "{key}"
+        );
+        let until = head.object_lock_retain_until_date().unwrap().secs();
+        let left = until - now;
+        assert!(
+            (2 * 86_400 - 600..=2 * 86_400 + 600).contains(&left),
+            "{key}: locked for {left} s, not 2 days"
+        );
+        // The stored version cannot be deleted while it is locked.
+        let version = head.version_id().map(str::to_string);
+        let deleted = client
+            .delete_object()
+            .bucket("vault")
+            .key(key)
+            .set_version_id(version)
+            .send()
+            .await;
+        assert!(deleted.is_err(), "{key}: a locked version was deleted");
+    }
 }

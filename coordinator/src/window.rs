@@ -373,7 +373,7 @@ impl FleetState {
         let p = &plan.policy;
         let spec = SnapshotSpec {
             instance: c.name.clone(),
-            destinations: p.destinations.iter().map(|d| d.agent_url()).collect(),
+            destinations: p.destinations.iter().map(|d| p.agent_url(d)).collect(),
             cluster: shard.cluster.to_string(),
             shard: storage_shard(&shard.plan.shard),
             compress: p.compress.clone(),
@@ -706,7 +706,7 @@ impl FleetState {
                     .collect();
                 if errors.is_empty() {
                     regions.push(d.region.clone());
-                    urls.push(d.agent_url());
+                    urls.push(window.plan.policy.agent_url(d));
                 } else {
                     status.state = RegionState::Failed;
                     status.error = Some(errors.join("; "));
@@ -768,7 +768,7 @@ fn empty_set(window: &Window, cluster: &ClusterId) -> BackupSet {
         regions: p
             .destinations
             .iter()
-            .map(|d| (d.region.clone(), pending(d.agent_url())))
+            .map(|d| (d.region.clone(), pending(p.agent_url(d))))
             .collect(),
         min_regions: p.min_regions,
         state: SetState::Running,

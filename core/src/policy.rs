@@ -139,6 +139,19 @@ pub struct PolicyError {
 }
 
 impl Policy {
+    /// The URL an agent opens for destination `d` of this policy: its profile, and on S3 the
+    /// policy's Object Lock, which every object it writes there carries.
+    pub fn agent_url(&self, d: &Destination) -> String {
+        let url = d.agent_url();
+        match &self.object_lock {
+            Some(l) if url.starts_with("s3://") && !url.contains("object_lock=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}object_lock={}:{}", l.mode, l.days)
+            }
+            _ => url,
+        }
+    }
+
     /// Parses and checks one policy in its JSON form (how policies travel and are stored; the
     /// coordinator and the CLI read the TOML form with the same field names).
     pub fn from_json(text: &str) -> Result<Self, String> {
@@ -343,6 +356,20 @@ mod tests {
         assert_eq!(
             p.destinations[1].agent_url(),
             "s3://bucket/x?region=eu-west-1&profile=dr"
+        );
+        let mut locked = p.clone();
+        locked.object_lock = Some(ObjectLock {
+            mode: "compliance".into(),
+            days: 30,
+        });
+        assert_eq!(
+            locked.agent_url(&p.destinations[1]),
+            "s3://bucket/x?region=eu-west-1&profile=dr&object_lock=compliance:30"
+        );
+        // A file region has no Object Lock; retention alone keeps its sets.
+        assert_eq!(
+            locked.agent_url(&p.destinations[0]),
+            "file:///var/backups/a"
         );
     }
 

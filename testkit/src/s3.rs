@@ -70,6 +70,18 @@ impl S3Region {
         Ok(())
     }
 
+    /// Creates a bucket with S3 Object Lock enabled (and so versioning).
+    pub async fn create_locked_bucket(&self, name: &str) -> anyhow::Result<()> {
+        self.client()
+            .create_bucket()
+            .bucket(name)
+            .object_lock_enabled_for_bucket(true)
+            .send()
+            .await
+            .with_context(|| format!("create locked bucket {name} at {}", self.endpoint))?;
+        Ok(())
+    }
+
     /// Every key in a bucket.
     pub async fn keys(&self, bucket: &str) -> anyhow::Result<Vec<String>> {
         let out = self

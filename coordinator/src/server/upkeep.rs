@@ -296,10 +296,16 @@ impl Node {
                     .iter()
                     .map(|d| RegionUrl {
                         region: d.region.clone(),
-                        url: d.agent_url(),
+                        url: p.agent_url(d),
                     })
                     .collect();
-                let grace = time::Duration::seconds(p.retention.orphan_grace_seconds as i64);
+                // An object under Object Lock cannot be deleted before its lock ends.
+                let locked = p
+                    .object_lock
+                    .as_ref()
+                    .map_or(0, |l| i64::from(l.days) * 86_400);
+                let grace =
+                    time::Duration::seconds((p.retention.orphan_grace_seconds as i64).max(locked));
                 let before = BackupId::from_parts(now - grace, 0);
                 if let Ok(agent) = self.pick_agent(&[]) {
                     let r = self
