@@ -60,10 +60,6 @@ pub struct Window {
     /// `consistent`: why earlier attempts at the cut failed.
     #[serde(default)]
     pub cut_failures: Vec<String>,
-    /// `consistent`: jobs of shards that started again after a failover; each is told to
-    /// abort until it ends.
-    #[serde(default)]
-    pub superseded: Vec<u64>,
 }
 
 /// A consistent cut across every primary of a window (DESIGN §6).
@@ -92,10 +88,6 @@ pub enum CutOutcome {
     Failed {
         /// Why.
         reason: String,
-        /// Shards (indices in the window) whose primary is on another replication history
-        /// than their snapshot's stream: they failed over, and start again.
-        #[serde(default)]
-        restart: Vec<usize>,
     },
 }
 
@@ -324,7 +316,6 @@ impl FleetState {
                 done: false,
                 cut: None,
                 cut_failures: Vec::new(),
-                superseded: Vec::new(),
             },
         );
         self.settle_window(term, index, id);
@@ -566,31 +557,9 @@ impl FleetState {
         }
         match outcome {
             CutOutcome::Taken(cut) => w.cut = Some(cut.clone()),
-            CutOutcome::Failed { reason, restart } => {
+            CutOutcome::Failed { reason } => {
                 w.cut_failures.push(reason.clone());
-                if w.cut_failures.len() < MAX_CUT_ATTEMPTS && !restart.is_empty() {
-                    let mut w = self.windows.remove(&window).expect("checked above");
-                    for &i in restart {
-                        let Some(shard) = w
-                            .shards
-                            .get_mut(i)
-                            .filter(|s| s.state == ShardState::Running)
-                        else {
-                            continue;
-                        };
-                        if let Some(job) = shard.job {
-                            w.superseded.push(job);
-                        }
-                        let node = shard.candidate().map(|c| c.address.clone());
-                        shard.failures.push(format!(
-                            "{}: the shard failed over during the window; started again",
-                            node.unwrap_or_default()
-                        ));
-                        // The same candidate: its new stream follows the new history.
-                        self.start_attempt(term, index, w.id, &w.plan, shard);
-                    }
-                    self.windows.insert(window, w);
-                } else if w.cut_failures.len() >= MAX_CUT_ATTEMPTS {
+                if w.cut_failures.len() >= MAX_CUT_ATTEMPTS {
                     let why = format!(
                         "the consistent cut failed {} time(s), last: {reason}",
                         w.cut_failures.len()
@@ -1048,7 +1017,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_that_failed_over_before_the_cut_starts_again_and_its_old_job_is_superseded() {
+    fn a_stream_broken_before_the_cut_reads_the_same_node_once_more() {
         let mut s = FleetState::default();
         s.apply(
             1,
@@ -1086,29 +1055,34 @@ mod tests {
             .iter()
             .map(|x| x.job.unwrap())
             .collect();
-        for (i, job) in jobs.iter().enumerate() {
+        let synced = |s: &mut FleetState, index: u64, job: u64, replid: &str| {
             s.apply(
                 2,
-                3 + i as u64,
+                index,
                 &Command::ShardSynced {
-                    job: *job,
-                    replid: "old".into(),
+                    job,
+                    replid: replid.into(),
                     offset: 10,
                 },
             );
-        }
-        // Shard s2's primary is on a new history: s2 starts again, s1 keeps its job.
-        s.apply(
-            2,
-            5,
-            &Command::CommitCut {
-                window: w,
-                outcome: CutOutcome::Failed {
-                    reason: "s2 failed over".into(),
-                    restart: vec![1],
+        };
+        synced(&mut s, 3, jobs[0], "old");
+        synced(&mut s, 4, jobs[1], "old");
+        // Shard s2 failed over: its stream broke (or the leader aborted it on finding its
+        // primary on another history). The same node gets a new job; s1 keeps its own.
+        let broken = |s: &mut FleetState, index: u64, job: u64| {
+            s.apply(
+                2,
+                index,
+                &Command::FinishJob {
+                    job,
+                    outcome: JobOutcome::Failed {
+                        reason: "the shard failed over before the cut".into(),
+                    },
                 },
-            },
-        );
+            );
+        };
+        broken(&mut s, 5, jobs[1]);
         let win = &s.windows[&w];
         assert_eq!(win.shards[0].job, Some(jobs[0]));
         assert!(win.shards[0].synced.is_some());
@@ -1120,21 +1094,19 @@ mod tests {
         );
         assert_eq!(win.shards[1].synced, None);
         assert_eq!(win.shards[1].state, ShardState::Running);
-        assert_eq!(win.superseded, vec![jobs[1]]);
-        assert!(win.shards[1].failures[0].contains("failed over"));
-        // The superseded job ending (aborted) changes nothing.
-        s.apply(
-            2,
-            6,
-            &Command::FinishJob {
-                job: jobs[1],
-                outcome: JobOutcome::Failed {
-                    reason: "aborted".into(),
-                },
-            },
-        );
+        assert!(win.shards[1].read_again);
+        assert!(win.shards[1].failures[0].contains("the same node once more"));
+        // The old job's end, reported again, changes nothing.
+        broken(&mut s, 6, jobs[1]);
         assert_eq!(s.windows[&w].shards[1].job, Some(again));
         assert_eq!(s.windows[&w].shards[1].state, ShardState::Running);
+        // Once only: the second break moves on, and with no other candidate the shard fails.
+        synced(&mut s, 7, again, "new");
+        broken(&mut s, 8, again);
+        assert!(matches!(
+            s.windows[&w].shards[1].state,
+            ShardState::Failed { .. }
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! (`CommitCut`) and sent to every shard's job as a `CutDecision`, again and again until the job
 //! ends, so that a new leader or a reconnected agent gets it too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,9 @@ impl Node {
     pub(super) async fn cut_loop(self: Arc<Self>) {
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut last_attempt: HashMap<u64, Instant> = HashMap::new();
+        // Jobs told to abort because their shard failed over; until they end (and the shard is
+        // read again on its new history), their window waits.
+        let mut aborting: HashSet<u64> = HashSet::new();
         loop {
             tokio::select! {
                 _ = self.cut_wake.notified() => {}
@@ -91,6 +94,7 @@ impl Node {
             }
             if !self.is_leader() {
                 sent.clear();
+                aborting.clear();
                 continue;
             }
             let windows: Vec<Window> = {
@@ -110,13 +114,15 @@ impl Node {
                     .collect();
                 let due = w.cut.is_none()
                     && !running.is_empty()
-                    && running.iter().all(|s| s.synced.is_some())
+                    && running.iter().all(|s| {
+                        s.synced.is_some() && !s.job.is_some_and(|j| aborting.contains(&j))
+                    })
                     && last_attempt
                         .get(&w.id)
                         .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
                 if due {
                     last_attempt.insert(w.id, Instant::now());
-                    let outcome = self.clone().take_cut(&w).await;
+                    let (outcome, moved) = self.clone().take_cut(&w).await;
                     if let CutOutcome::Failed { reason, .. } = &outcome {
                         tracing::warn!(window = w.id, %reason, "consistent cut not taken");
                     }
@@ -137,6 +143,20 @@ impl Node {
                     {
                         tracing::warn!(window = w.id, error = %e.message(), "could not commit a cut");
                         continue;
+                    }
+                    // A shard that failed over is read again like any whose stream broke:
+                    // its job ends, and `apply` hands the same node a new one.
+                    for job in moved {
+                        let abort = v1::CutDecision {
+                            job_id: job,
+                            abort: "the shard failed over before the cut: its stream is on the \
+                                    old history"
+                                .into(),
+                            ..Default::default()
+                        };
+                        if self.send_decision(abort).await {
+                            aborting.insert(job);
+                        }
                     }
                     // The jobs wait on the decision: send it now, from the committed state.
                     let committed = self
@@ -162,61 +182,64 @@ impl Node {
                     .is_some_and(|j| !matches!(j.state, JobState::Done(_)))
             });
             last_attempt.retain(|w, _| st.state.windows.get(w).is_some_and(|w| !w.done));
+            aborting.retain(|job| {
+                st.state
+                    .jobs
+                    .get(job)
+                    .is_some_and(|j| !matches!(j.state, JobState::Done(_)))
+            });
         }
     }
 
-    /// Sends every job of the window that waits on the cut its decision.
+    /// Sends every job of the window that waits on the cut its decision (again every
+    /// `DECISION_EVERY`, until the job ends).
     async fn send_decisions(&self, w: &Window, sent: &mut HashMap<u64, Instant>) {
-        let superseded = w.superseded.iter().map(|&job| v1::CutDecision {
-            job_id: job,
-            abort: "the shard failed over; another attempt on the new history replaces this one"
-                .into(),
-            ..Default::default()
-        });
-        let current = w
+        let decisions: Vec<v1::CutDecision> = w
             .shards
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| decision(w, i, s));
-        let decisions: Vec<v1::CutDecision> = superseded.chain(current).collect();
+            .filter_map(|(i, s)| decision(w, i, s))
+            .collect();
         for decision in decisions {
             let job = decision.job_id;
-            let open = {
-                let st = self.state.read().expect("state lock");
-                st.state
-                    .jobs
-                    .get(&job)
-                    .filter(|j| !matches!(j.state, JobState::Done(_)))
-                    .map(|j| j.agent.clone())
-            };
-            let Some(agent) = open else { continue };
             if sent.get(&job).is_some_and(|t| t.elapsed() < DECISION_EVERY) {
                 continue;
             }
-            let tx = self
-                .fleet
-                .agents
-                .lock()
-                .expect("lock")
-                .get(&agent)
-                .and_then(|a| a.tx.clone());
-            if let Some(tx) = tx {
-                let msg = v1::CoordinatorMessage {
-                    body: Some(coordinator_message::Body::CutDecision(decision)),
-                };
-                if tx.send(Ok(msg)).await.is_ok() {
-                    sent.insert(job, Instant::now());
-                }
+            if self.send_decision(decision).await {
+                sent.insert(job, Instant::now());
             }
         }
     }
 
-    /// One attempt at the window's cut.
-    async fn take_cut(self: Arc<Self>, w: &Window) -> CutOutcome {
-        let failed = |reason: String| CutOutcome::Failed {
-            reason,
-            restart: Vec::new(),
+    /// Sends a decision to the agent of its job, if the job is still open; whether it went.
+    async fn send_decision(&self, decision: v1::CutDecision) -> bool {
+        let open = {
+            let st = self.state.read().expect("state lock");
+            st.state
+                .jobs
+                .get(&decision.job_id)
+                .filter(|j| !matches!(j.state, JobState::Done(_)))
+                .map(|j| j.agent.clone())
         };
+        let Some(agent) = open else { return false };
+        let tx = self
+            .fleet
+            .agents
+            .lock()
+            .expect("lock")
+            .get(&agent)
+            .and_then(|a| a.tx.clone());
+        let Some(tx) = tx else { return false };
+        let msg = v1::CoordinatorMessage {
+            body: Some(coordinator_message::Body::CutDecision(decision)),
+        };
+        tx.send(Ok(msg)).await.is_ok()
+    }
+
+    /// One attempt at the window's cut, and the jobs whose shard failed over (their streams
+    /// are on an old history).
+    async fn take_cut(self: Arc<Self>, w: &Window) -> (CutOutcome, Vec<u64>) {
+        let failed = |reason: String| (CutOutcome::Failed { reason }, Vec::new());
         let primaries = match self.primaries(w) {
             Ok(p) => p,
             Err(e) => return failed(e),
@@ -270,10 +293,10 @@ impl Node {
         for (p, r) in primaries.iter().zip(&replies) {
             let (replid, start) = w.shards[p.shard].synced.clone().unwrap_or_default();
             if r.replid != replid {
-                moved.push(p.shard);
+                moved.extend(w.shards[p.shard].job);
                 why.push(format!(
                     "shard {}: its primary {} is on replication history {} but the snapshot's \
-                     stream is on {replid}: the shard failed over; it starts again",
+                     stream is on {replid}: the shard failed over; it is read again",
                     w.shards[p.shard].plan.shard, p.address, r.replid
                 ));
                 continue;
@@ -288,18 +311,17 @@ impl Node {
             offsets[p.shard] = Some((r.replid.clone(), r.offset));
             pause_us = pause_us.max(r.paused_us);
         }
-        if !moved.is_empty() {
-            return CutOutcome::Failed {
-                reason: why.join("; "),
-                restart: moved,
-            };
+        if !why.is_empty() {
+            let reason = why.join("; ");
+            return (CutOutcome::Failed { reason }, moved);
         }
-        CutOutcome::Taken(Cut {
+        let cut = CutOutcome::Taken(Cut {
             offsets,
             pause_us,
             round_us: round.as_micros() as u64,
             paused_at_us,
-        })
+        });
+        (cut, Vec::new())
     }
 
     /// The primary of every running shard, from the latest reports (a shard that failed over
