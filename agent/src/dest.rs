@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use url::Url;
 
 use crate::error::{Error, Result};
+use fleetsnap_core::policy::ObjectLock;
 
 /// S3 part size: above the 5 MiB minimum, small enough to keep memory bounded.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -46,40 +47,19 @@ pub enum DestSpec {
     },
 }
 
-/// S3 Object Lock on uploads (`object_lock=governance:30` in the URL).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ObjectLock {
-    /// `COMPLIANCE` (nobody may shorten it) or `GOVERNANCE` (users with a bypass permission may).
-    pub compliance: bool,
-    /// Days each object stays locked from its upload.
-    pub days: u32,
+/// The SDK's mode of a lock.
+fn lock_mode(l: &ObjectLock) -> ObjectLockMode {
+    if l.compliance() {
+        ObjectLockMode::Compliance
+    } else {
+        ObjectLockMode::Governance
+    }
 }
 
-impl ObjectLock {
-    fn parse(v: &str) -> Option<Self> {
-        let (mode, days) = v.split_once(':')?;
-        let compliance = match mode {
-            "compliance" => true,
-            "governance" => false,
-            _ => return None,
-        };
-        let days = days.parse().ok().filter(|d| *d >= 1)?;
-        Some(Self { compliance, days })
-    }
-
-    fn mode(&self) -> ObjectLockMode {
-        if self.compliance {
-            ObjectLockMode::Compliance
-        } else {
-            ObjectLockMode::Governance
-        }
-    }
-
-    /// The retain-until date of an object written now.
-    fn until(&self) -> aws_sdk_s3::primitives::DateTime {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        aws_sdk_s3::primitives::DateTime::from_secs(now + i64::from(self.days) * 86_400)
-    }
+/// The retain-until date of an object written now under lock `l`.
+fn lock_until(l: &ObjectLock) -> aws_sdk_s3::primitives::DateTime {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    aws_sdk_s3::primitives::DateTime::from_secs(now + i64::from(l.days) * 86_400)
 }
 
 impl fmt::Display for DestSpec {
@@ -138,14 +118,7 @@ impl DestSpec {
                         "endpoint" => endpoint = Some(v.to_string()),
                         "profile" => profile = Some(v.to_string()),
                         "path_style" => path_style = Some(v == "true"),
-                        "object_lock" => {
-                            object_lock = Some(ObjectLock::parse(&v).ok_or_else(|| {
-                                bad(format!(
-                                    "object_lock={v:?}: give MODE:DAYS, MODE governance or \
-                                     compliance, DAYS 1 or more"
-                                ))
-                            })?)
-                        }
+                        "object_lock" => object_lock = Some(v.parse::<ObjectLock>().map_err(bad)?),
                         other => {
                             return Err(bad(format!(
                                 "unknown parameter {other:?} (known: region, endpoint, profile, path_style, object_lock)"
@@ -250,7 +223,7 @@ impl Store {
                 StoreInner::S3 {
                     client: aws_sdk_s3::Client::from_conf(b.build()),
                     bucket: bucket.clone(),
-                    lock: *object_lock,
+                    lock: object_lock.clone(),
                 }
             }
         };
@@ -372,8 +345,8 @@ impl Store {
                     .put_object()
                     .bucket(bucket)
                     .key(key)
-                    .set_object_lock_mode(lock.map(|l| l.mode()))
-                    .set_object_lock_retain_until_date(lock.map(|l| l.until()))
+                    .set_object_lock_mode(lock.as_ref().map(lock_mode))
+                    .set_object_lock_retain_until_date(lock.as_ref().map(lock_until))
                     // S3 requires the algorithm header on any upload under Object Lock.
                     .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                     .checksum_crc32_c(crc32c_b64(&bytes))
@@ -702,7 +675,7 @@ impl S3Upload {
 
     fn lock(&self) -> Option<ObjectLock> {
         match &self.store.inner {
-            StoreInner::S3 { lock, .. } => *lock,
+            StoreInner::S3 { lock, .. } => lock.clone(),
             StoreInner::File(_) => None,
         }
     }
@@ -715,8 +688,8 @@ impl S3Upload {
                 .create_multipart_upload()
                 .bucket(bucket)
                 .key(&self.key)
-                .set_object_lock_mode(lock.map(|l| l.mode()))
-                .set_object_lock_retain_until_date(lock.map(|l| l.until()))
+                .set_object_lock_mode(lock.as_ref().map(lock_mode))
+                .set_object_lock_retain_until_date(lock.as_ref().map(lock_until))
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .send()
                 .await
@@ -777,8 +750,8 @@ impl S3Upload {
                 .put_object()
                 .bucket(bucket)
                 .key(&self.key)
-                .set_object_lock_mode(lock.map(|l| l.mode()))
-                .set_object_lock_retain_until_date(lock.map(|l| l.until()))
+                .set_object_lock_mode(lock.as_ref().map(lock_mode))
+                .set_object_lock_retain_until_date(lock.as_ref().map(lock_until))
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .checksum_crc32_c(crc32c_b64(&body))
                 .body(ByteStream::from(body))

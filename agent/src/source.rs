@@ -600,6 +600,23 @@ fn sync_refused(target: &RedisTarget, e: &str) -> Error {
     )
 }
 
+/// The next line that is not a bare newline (a node sends those as keepalives while it forks
+/// and writes); after `idle` without one, the error `silent` says.
+async fn next_line(
+    conn: &mut Connection,
+    idle: Duration,
+    silent: impl Fn() -> String,
+) -> Result<Vec<u8>> {
+    loop {
+        let line = tokio::time::timeout(idle, conn.read_line())
+            .await
+            .map_err(|_| Error::redis(conn.target(), silent()))??;
+        if !line.is_empty() {
+            return Ok(line);
+        }
+    }
+}
+
 async fn prepare_replication(
     target: &RedisTarget,
     keep_stream: bool,
@@ -644,19 +661,11 @@ impl PreparedReplication {
         // NOMASTERLINK or LOADING; it will serve the sync in a moment, on its new history.
         let patience = tokio::time::Instant::now() + opts.idle_timeout;
         let line = loop {
-            let line = loop {
-                let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
-                    .await
-                    .map_err(|_| {
-                        Error::redis(
-                            target,
-                            format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs()),
-                        )
-                    })??;
-                if !line.is_empty() {
-                    break String::from_utf8_lossy(&line).into_owned();
-                }
-            };
+            let line = next_line(&mut conn, opts.idle_timeout, || {
+                format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs())
+            })
+            .await?;
+            let line = String::from_utf8_lossy(&line).into_owned();
             let transient = ["NOMASTERLINK", "LOADING"]
                 .iter()
                 .any(|t| line.strip_prefix('-').is_some_and(|e| e.starts_with(t)));
@@ -690,15 +699,14 @@ impl PreparedReplication {
         let mut parts = rest.split(' ');
         info.replid = parts.next().map(str::to_string);
         info.offset = parts.next().and_then(|o| o.parse().ok());
-        // While the node forks and writes, it sends bare newlines as keepalives.
-        let header = loop {
-            let line = tokio::time::timeout(opts.idle_timeout, conn.read_line())
-                .await
-                .map_err(|_| Error::redis(target, format!("no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): check its log", opts.idle_timeout.as_secs())))??;
-            if !line.is_empty() {
-                break line;
-            }
-        };
+        let header = next_line(&mut conn, opts.idle_timeout, || {
+            format!(
+                "no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): \
+                 check its log",
+                opts.idle_timeout.as_secs()
+            )
+        })
+        .await?;
         if header.first() == Some(&b'-') {
             return Err(Error::redis(
                 target,

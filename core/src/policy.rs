@@ -71,6 +71,53 @@ pub struct ObjectLock {
     pub days: u32,
 }
 
+impl ObjectLock {
+    /// Checks the mode and the days.
+    pub fn check(&self) -> Result<(), String> {
+        if !matches!(self.mode.as_str(), "governance" | "compliance") {
+            return Err(format!(
+                "object_lock mode {:?}: governance or compliance",
+                self.mode
+            ));
+        }
+        if self.days == 0 {
+            return Err("object_lock days must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Whether nobody may shorten the lock (`compliance`), rather than users with a bypass
+    /// permission (`governance`).
+    pub fn compliance(&self) -> bool {
+        self.mode == "compliance"
+    }
+}
+
+/// `MODE:DAYS`, as a destination URL carries it (`object_lock=governance:30`).
+impl std::fmt::Display for ObjectLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.mode, self.days)
+    }
+}
+
+impl std::str::FromStr for ObjectLock {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mode, days) = s
+            .split_once(':')
+            .ok_or_else(|| format!("object_lock {s:?}: give MODE:DAYS"))?;
+        let lock = ObjectLock {
+            mode: mode.to_string(),
+            days: days
+                .parse()
+                .map_err(|_| format!("object_lock {s:?}: DAYS is a whole number"))?,
+        };
+        lock.check()?;
+        Ok(lock)
+    }
+}
+
 /// A backup policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,7 +193,7 @@ impl Policy {
         match &self.object_lock {
             Some(l) if url.starts_with("s3://") && !url.contains("object_lock=") => {
                 let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}object_lock={}:{}", l.mode, l.days)
+                format!("{url}{sep}object_lock={l}")
             }
             _ => url,
         }
@@ -223,15 +270,7 @@ impl Policy {
             )));
         }
         if let Some(l) = &self.object_lock {
-            if !matches!(l.mode.as_str(), "governance" | "compliance") {
-                return Err(err(format!(
-                    "object_lock mode {:?}: governance or compliance",
-                    l.mode
-                )));
-            }
-            if l.days == 0 {
-                return Err(err("object_lock days must be at least 1".into()));
-            }
+            l.check().map_err(err)?;
         }
         if self.compress != "none" {
             let level = self
