@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleetsnap_testkit::data::{Dataset, assert_same_data, write_dataset};
-use fleetsnap_testkit::fleet::{Agent, Cli, FleetDir, Logs, Watched, restore, single_node};
+use fleetsnap_testkit::fleet::{
+    Agent, Cli, Coordinator, FleetDir, Logs, Placed, Watched, restore_and_serve, single_node,
+};
 use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
 use fleetsnap_testkit::s3::{Garage, Moto, credentials_file};
@@ -139,26 +141,15 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
     );
     assert!(text.contains("is now complete"), "{text}");
     // The repaired copy restores to the data.
-    let rdb = fleet.path().join("from-moto.rdb");
-    restore(
-        &[
-            "--from",
-            &m,
-            "--backup",
-            &id2,
-            "--to-file",
-            rdb.to_str().unwrap(),
-        ],
+    let restored = restore_and_serve(
+        &["--from", &m, "--backup", &id2],
         &[
             ("AWS_SHARED_CREDENTIALS_FILE", creds.as_path()),
             ("AWS_CONFIG_FILE", Path::new("/dev/null")),
         ],
+        &fleet.path().join("from-moto.rdb"),
+        Placed::Rdb,
     )
-    .unwrap();
-    let restored = RedisServer::start_with(RedisOptions {
-        rdb: Some(rdb),
-        ..Default::default()
-    })
     .await
     .unwrap();
     assert_same_data(&set.primary, &restored).await.unwrap();
@@ -254,10 +245,13 @@ fn dirs(region: &Path, cluster: &str) -> Vec<String> {
     v
 }
 
-#[tokio::test]
-async fn retention_prunes_exactly_the_sets_gfs_says_in_every_region() {
-    let fleet = FleetDir::new(&[1], &["a1"]).unwrap();
-    let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
+/// A standalone server with 500 keys, watched as cluster `shop` by agent `a1`, started with
+/// `env`.
+async fn solo(
+    fleet: &FleetDir,
+    coordinator: &Coordinator,
+    env: &[(&str, &str)],
+) -> (RedisServer, Agent) {
     let server = RedisServer::start().await.unwrap();
     write_dataset(
         &server,
@@ -269,14 +263,25 @@ async fn retention_prunes_exactly_the_sets_gfs_says_in_every_region() {
     .await
     .unwrap();
     let mut agent = Agent::configure(
-        &fleet,
+        fleet,
         "a1",
         std::slice::from_ref(&coordinator.address),
         &[Watched::new("solo", server.url(), "shop")],
         false,
     )
     .unwrap();
+    for (k, v) in env {
+        agent.env(k, v);
+    }
     agent.start().unwrap();
+    (server, agent)
+}
+
+#[tokio::test]
+async fn retention_prunes_exactly_the_sets_gfs_says_in_every_region() {
+    let fleet = FleetDir::new(&[1], &["a1"]).unwrap();
+    let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
+    let (_server, agent) = solo(&fleet, &coordinator, &[]).await;
     let _logs = Logs::of(
         std::slice::from_ref(&coordinator),
         std::slice::from_ref(&agent),
@@ -426,26 +431,13 @@ async fn a_policy_with_object_lock_locks_every_object_a_window_writes() {
     let moto = Moto::start().await.unwrap();
     moto.region.create_locked_bucket("vault").await.unwrap();
     let creds = credentials_file(fleet.path(), &[&moto.region]).unwrap();
-    let server = RedisServer::start().await.unwrap();
-    write_dataset(
-        &server,
-        &Dataset {
-            small_keys: 500,
-            big_value_bytes: 0,
-        },
-    )
-    .await
-    .unwrap();
-    let mut agent = Agent::configure(
+    let creds = creds.to_str().unwrap();
+    let (_server, agent) = solo(
         &fleet,
-        "a1",
-        std::slice::from_ref(&coordinator.address),
-        &[Watched::new("solo", server.url(), "shop")],
-        false,
+        &coordinator,
+        &[("AWS_SHARED_CREDENTIALS_FILE", creds)],
     )
-    .unwrap();
-    agent.env("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap());
-    agent.start().unwrap();
+    .await;
     let _logs = Logs::of(
         std::slice::from_ref(&coordinator),
         std::slice::from_ref(&agent),

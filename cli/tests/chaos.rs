@@ -9,10 +9,10 @@ use std::time::Duration;
 use fleetsnap_agent::resp::Value;
 use fleetsnap_testkit::data::assert_same_data;
 use fleetsnap_testkit::fleet::{
-    Agent, Cli, Coordinator, FleetDir, Logs, Watched, restore, single_node,
+    Agent, Cli, Coordinator, FleetDir, Logs, Placed, Watched, restore_and_serve, single_node,
 };
 use fleetsnap_testkit::poll_until;
-use fleetsnap_testkit::redis::{RedisCluster, RedisOptions, RedisServer};
+use fleetsnap_testkit::redis::{RedisCluster, RedisServer};
 
 const AGENTS: [&str; 6] = ["a1", "a2", "a3", "a4", "a5", "a6"];
 /// Keys per shard; with `rdb-key-save-delay` at 5 ms, the slow shard's snapshot takes 5 s.
@@ -157,25 +157,13 @@ async fn done(cli: &Cli, window: &str) -> serde_json::Value {
 
 /// Restores shard `shard` of set `id` as an AOF directory and starts a server on it.
 async fn restored(fleet: &FleetDir, region: &Path, id: &str, shard: &str) -> RedisServer {
-    let dir = fleet.path().join(format!("restored-{shard}"));
-    restore(
-        &[
-            "--from",
-            &format!("file://{}", region.display()),
-            "--backup",
-            id,
-            "--shard",
-            shard,
-            "--aof-dir",
-            dir.to_str().unwrap(),
-        ],
+    let from = format!("file://{}", region.display());
+    restore_and_serve(
+        &["--from", &from, "--backup", id, "--shard", shard],
         &[],
+        &fleet.path().join(format!("restored-{shard}")),
+        Placed::AofDir,
     )
-    .unwrap();
-    RedisServer::start_with(RedisOptions {
-        aof_dir: Some(dir),
-        ..Default::default()
-    })
     .await
     .unwrap()
 }

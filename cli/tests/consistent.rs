@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleetsnap_agent::resp::Value;
-use fleetsnap_testkit::fleet::{Agent, FleetDir, Logs, Watched, restore, single_node};
+use fleetsnap_testkit::fleet::{
+    Agent, FleetDir, Logs, Placed, Watched, restore_and_serve, single_node,
+};
 use fleetsnap_testkit::poll_until;
-use fleetsnap_testkit::redis::{RedisCluster, RedisOptions, RedisServer};
+use fleetsnap_testkit::redis::{RedisCluster, RedisServer};
 
 const WRITERS: usize = 4;
 
@@ -193,26 +195,14 @@ url = "file://{}"
                 .any(|o| o["kind"] == "tail"),
             "{entry}"
         );
-        let dir = fleet.path().join(format!("restored-{i}"));
-        restore(
-            &[
-                "--from",
-                &format!("file://{}", region.display()),
-                "--backup",
-                &id,
-                "--shard",
-                &shard,
-                "--aof-dir",
-                dir.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .unwrap();
+        let from = format!("file://{}", region.display());
         restored.push(
-            RedisServer::start_with(RedisOptions {
-                aof_dir: Some(dir),
-                ..Default::default()
-            })
+            restore_and_serve(
+                &["--from", &from, "--backup", &id, "--shard", &shard],
+                &[],
+                &fleet.path().join(format!("restored-{i}")),
+                Placed::AofDir,
+            )
             .await
             .unwrap(),
         );

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleetsnap_testkit::data::{Dataset, assert_same_data, write_dataset};
-use fleetsnap_testkit::fleet::{Agent, Logs, Watched, restore, single_node};
+use fleetsnap_testkit::fleet::{Agent, Logs, Placed, Watched, restore_and_serve, single_node};
 use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::proxy::Relay;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
@@ -239,26 +239,15 @@ url = "{m}"
     assert_eq!(list[0]["backup_id"], id.as_str());
 
     // Restore from moto and compare with the primary.
-    let rdb = fleet.path().join("restored.rdb");
-    restore(
-        &[
-            "--from",
-            &m,
-            "--backup",
-            &id,
-            "--to-file",
-            rdb.to_str().unwrap(),
-        ],
+    let restored = restore_and_serve(
+        &["--from", &m, "--backup", &id],
         &[
             ("AWS_SHARED_CREDENTIALS_FILE", creds.as_path()),
             ("AWS_CONFIG_FILE", Path::new("/dev/null")),
         ],
+        &fleet.path().join("restored.rdb"),
+        Placed::Rdb,
     )
-    .unwrap();
-    let restored = RedisServer::start_with(RedisOptions {
-        rdb: Some(rdb),
-        ..Default::default()
-    })
     .await
     .unwrap();
     assert_same_data(&set.primary, &restored).await.unwrap();

@@ -476,6 +476,45 @@ pub fn restore(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a restore is placed before a server starts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// One RDB file (`--to-file`).
+    Rdb,
+    /// A Redis 7 AOF directory: the RDB and a consistent cut's tail (`--aof-dir`).
+    AofDir,
+}
+
+/// Restores with `fleetsnap-agent restore ARGS…` to `at` (placed as `placed` says) and starts a
+/// redis-server on what it placed.
+pub async fn restore_and_serve(
+    args: &[&str],
+    env: &[(&str, &Path)],
+    at: &Path,
+    placed: Placed,
+) -> anyhow::Result<crate::redis::RedisServer> {
+    let flag = match placed {
+        Placed::Rdb => "--to-file",
+        Placed::AofDir => "--aof-dir",
+    };
+    let at_str = at.to_str().context("a UTF-8 restore path")?;
+    let mut all = args.to_vec();
+    all.extend([flag, at_str]);
+    restore(&all, env)?;
+    let at = Some(at.to_path_buf());
+    let opts = match placed {
+        Placed::Rdb => crate::redis::RedisOptions {
+            rdb: at,
+            ..Default::default()
+        },
+        Placed::AofDir => crate::redis::RedisOptions {
+            aof_dir: at,
+            ..Default::default()
+        },
+    };
+    crate::redis::RedisServer::start_with(opts).await
+}
+
 /// Prints the tail of every process's log when the test fails (always with
 /// `FLEETSNAP_TEST_LOGS=1`).
 pub struct Logs(pub Vec<PathBuf>);
