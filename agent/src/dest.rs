@@ -377,7 +377,11 @@ impl Store {
                     .send()
                     .await
                     .map_err(|e| self.s3_err("GetObject", key, e))?;
-                Ok(Download::S3(out.body, self.clone(), key.to_string()))
+                Ok(Download::S3(
+                    out.body,
+                    Box::new(self.clone()),
+                    key.to_string(),
+                ))
             }
         }
     }
@@ -815,7 +819,7 @@ pub enum Download {
     /// From a file.
     File(tokio::fs::File, PathBuf),
     /// From S3.
-    S3(ByteStream, Store, String),
+    S3(ByteStream, Box<Store>, String),
 }
 
 impl Download {
