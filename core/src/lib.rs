@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod planner;
 pub mod policy;
 pub mod rdb;
+pub mod rdbread;
 pub mod report;
 pub mod retention;
 pub mod schedule;
