@@ -16,6 +16,7 @@ use fleetsnap_core::{BackupId, ClusterId, ShardId};
 
 use crate::dest::DestSpec;
 use crate::error::{Error, Result};
+use crate::online::OnlineOptions;
 use crate::pipeline::{EncodeOptions, Progress, parse_recipient};
 use crate::restore::{self, RestoreRequest};
 use crate::snapshot::{self, SnapshotRequest};
@@ -105,15 +106,34 @@ enum Command {
         #[arg(
             long,
             value_name = "PATH",
-            required_unless_present = "aof_dir",
-            conflicts_with = "aof_dir"
+            required_unless_present_any = ["aof_dir", "online"],
+            conflicts_with_all = ["aof_dir", "online"]
         )]
         to_file: Option<PathBuf>,
         /// Write a Redis 7 AOF directory instead: the RDB as its base, the tail as its incremental
         /// file. Start redis-server with `--dir <parent> --appenddirname <name> --appendonly yes`
         /// and it loads both.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "online")]
         aof_dir: Option<PathBuf>,
+        /// Restore into this running server (standalone or any node of a Redis Cluster, whose
+        /// primaries then each get their slots' keys) with RESTORE, key by key, then replay the
+        /// tail: redis://[USER[:PASSWORD]@]HOST[:PORT].
+        #[arg(long, value_name = "URL")]
+        online: Option<String>,
+        /// With --online: overwrite keys and function libraries that already exist (else they
+        /// are left as they are and reported).
+        #[arg(long, requires = "online")]
+        replace_existing: bool,
+        /// With --online: only this logical database.
+        #[arg(long, requires = "online")]
+        db: Option<u64>,
+        /// With --online: only keys matching this glob (as KEYS reads it).
+        #[arg(long = "match", value_name = "PATTERN", requires = "online")]
+        pattern: Option<String>,
+        /// With --online: where the verified copy is kept while it is applied (default: the
+        /// system's temporary directory).
+        #[arg(long, value_name = "DIR", requires = "online")]
+        work_dir: Option<PathBuf>,
         /// age identity file for encrypted backups.
         #[arg(long, value_name = "AGE_KEY_FILE")]
         identity: Option<PathBuf>,
@@ -314,6 +334,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             shard,
             to_file,
             aof_dir,
+            online,
+            replace_existing,
+            db,
+            pattern,
+            work_dir,
             identity,
             json,
         } => {
@@ -327,10 +352,56 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let shard = shard
                 .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
                 .transpose()?;
+            let cluster = parse_cluster(cluster)?;
+            if let Some(url) = online {
+                let target = RedisTarget::parse(&url)?;
+                let r = restore::restore_online(
+                    RestoreRequest {
+                        from,
+                        backup,
+                        cluster,
+                        shard,
+                        aof_dir: false,
+                        to_file: PathBuf::new(),
+                        identity,
+                    },
+                    work_dir.as_deref(),
+                    &target,
+                    &OnlineOptions {
+                        replace_existing,
+                        db,
+                        pattern,
+                        progress: !json,
+                    },
+                )
+                .await?;
+                if json {
+                    print_json(&r);
+                } else {
+                    for (d, e) in &r.read.skipped {
+                        println!("skipped {d}: {e}");
+                    }
+                    let o = &r.applied;
+                    println!(
+                        "restored shard {} from {} into {}: {} keys ({} filtered out, {} already expired), {} function libraries, {} tail commands, {} of RDB in {:.1}s",
+                        r.read.shard,
+                        r.read.destination,
+                        o.target,
+                        o.keys,
+                        o.filtered,
+                        o.expired,
+                        o.functions,
+                        o.tail_commands,
+                        human(o.rdb_bytes),
+                        o.seconds
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let r = restore::restore(&RestoreRequest {
                 from,
                 backup,
-                cluster: parse_cluster(cluster)?,
+                cluster,
                 shard,
                 aof_dir: aof_dir.is_some(),
                 to_file: aof_dir.or(to_file).expect("clap requires one"),

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dest;
 pub mod error;
 pub mod instant;
+pub mod online;
 pub mod pipeline;
 pub mod resp;
 pub mod restore;

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::dest::{DestSpec, Store};
 use crate::error::{Error, Result};
+use crate::online::{OnlineOptions, OnlineReport};
+use crate::target::RedisTarget;
 
 /// One backup found in a destination.
 #[derive(Clone, Debug, Serialize)]
@@ -608,4 +610,44 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         raw_bytes,
         aof_dir: req.aof_dir,
     })
+}
+
+/// An online restore: which copy was read, and what applying it did.
+#[derive(Clone, Debug, Serialize)]
+pub struct OnlineRestoreReport {
+    /// The verified copy read.
+    pub read: RestoreReport,
+    /// What RESTORE and the tail replay did.
+    pub applied: OnlineReport,
+}
+
+/// Restores one shard into a running server: fetches a verified copy (falling back across
+/// destinations like `restore`) into a scratch directory under `work_dir`, then applies it key by
+/// key and replays its tail. The scratch directory is removed in every case.
+pub async fn restore_online(
+    mut req: RestoreRequest,
+    work_dir: Option<&Path>,
+    target: &RedisTarget,
+    opts: &OnlineOptions,
+) -> Result<OnlineRestoreReport> {
+    let base = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let scratch = base.join(format!(
+        "fleetsnap-restore-{}-{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    ));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| Error::file("cannot create the scratch directory", &scratch, e))?;
+    req.to_file = scratch.join("shard.rdb");
+    req.aof_dir = false;
+    let result = async {
+        let read = restore(&req).await?;
+        let tail = read.tail_file.as_ref().map(PathBuf::from);
+        let applied =
+            crate::online::restore_online(&req.to_file, tail.as_deref(), target, opts).await?;
+        Ok(OnlineRestoreReport { read, applied })
+    }
+    .await;
+    std::fs::remove_dir_all(&scratch).ok();
+    result
 }

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod ids;
+pub mod keys;
 pub mod manifest;
 pub mod planner;
 pub mod policy;

@@ -485,6 +485,18 @@ impl<R: Read> Stream<R> {
 }
 
 impl<R: Read> Src for Stream<R> {
+    /// Grows the buffer as bytes arrive, so a corrupt length fails at the end of the data, not
+    /// in one huge allocation.
+    fn take(&mut self, n: usize) -> Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(n.min(1 << 20));
+        while v.len() < n {
+            let start = v.len();
+            v.resize(start + (n - start).min(1 << 20), 0);
+            self.fill(&mut v[start..])?;
+        }
+        Ok(v)
+    }
+
     fn byte(&mut self) -> Result<u8> {
         let mut b = [0u8];
         self.fill(&mut b)?;
@@ -535,6 +547,17 @@ struct Slice<'a> {
 }
 
 impl Src for Slice<'_> {
+    fn take(&mut self, n: usize) -> Result<Vec<u8>> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or(ReadError::Truncated(self.buf.len() as u64))?;
+        let v = self.buf[self.pos..end].to_vec();
+        self.pos = end;
+        Ok(v)
+    }
+
     fn byte(&mut self) -> Result<u8> {
         let b = *self
             .buf
@@ -545,7 +568,7 @@ impl Src for Slice<'_> {
     }
 
     fn fill(&mut self, out: &mut [u8]) -> Result<()> {
-        let end = self.pos + out.len();
+        let end = self.pos.saturating_add(out.len());
         let src = self
             .buf
             .get(self.pos..end)
@@ -556,7 +579,7 @@ impl Src for Slice<'_> {
     }
 
     fn skip(&mut self, n: usize) -> Result<()> {
-        if self.pos + n > self.buf.len() {
+        if self.pos.saturating_add(n) > self.buf.len() {
             return Err(ReadError::Truncated(self.buf.len() as u64));
         }
         self.pos += n;
@@ -570,7 +593,7 @@ impl Src for Slice<'_> {
 
 /// LZF decompression (the format Redis compresses long strings with).
 fn lzf_decompress(input: &[u8], out_len: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(out_len);
+    let mut out = Vec::with_capacity(out_len.min(1 << 24));
     let mut i = 0;
     while i < input.len() {
         let ctrl = input[i] as usize;
@@ -725,7 +748,7 @@ fn walk<S: Src>(s: &mut S, t: u8, decode: bool) -> Result<Option<Value>> {
                 let v = str_!();
                 let at = match (ttl, t) {
                     (0, _) => None,
-                    (ttl, HASH_METADATA) => Some(ttl + min - 1),
+                    (ttl, HASH_METADATA) => Some(ttl.wrapping_add(min).wrapping_sub(1)),
                     (ttl, _) => Some(ttl),
                 };
                 if decode {
@@ -902,11 +925,7 @@ fn raw_id<S: Src>(s: &mut S) -> Result<StreamId> {
 }
 
 /// The entries of one stream listpack node (master entry, then entries; see t_stream.c's layout).
-fn stream_node(
-    base: StreamId,
-    items: &[LpVal],
-    out: &mut Vec<StreamEntry>,
-) -> Option<()> {
+fn stream_node(base: StreamId, items: &[LpVal], out: &mut Vec<StreamEntry>) -> Option<()> {
     let int = |i: usize| items.get(i).and_then(LpVal::as_int);
     let count = int(0)? as usize;
     let deleted = int(1)? as usize;
@@ -939,7 +958,8 @@ fn stream_node(
         }
         i += 1; // lp-count
         if flags & 1 == 0 {
-            out.push(((base.0 + ms, base.1 + seq), fields));
+            // Deltas from the master ID; the sequence delta may be negative.
+            out.push(((base.0.wrapping_add(ms), base.1.wrapping_add(seq)), fields));
         }
     }
     (i == items.len()).then_some(())
@@ -1458,6 +1478,25 @@ mod tests {
         let n = bad.len();
         bad[n - 12] ^= 0x01; // inside the body, before EOF and the trailer
         assert!(read_all(&bad).is_err());
+    }
+
+    #[test]
+    fn damaged_bytes_anywhere_give_errors_not_panics() {
+        // Checksums off in this file, so every damaged value reaches the decoder.
+        let good = vector("encodings.rdb");
+        for at in 9..good.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[at] ^= flip;
+                if let Ok(items) = read_all(&bad) {
+                    for i in items {
+                        if let Item::Entry(e) = i {
+                            let _ = e.value();
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

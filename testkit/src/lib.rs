@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub use data::{Dataset, assert_same_data, filled_server, write_dataset};
+pub use data::{Dataset, assert_same_data, filled_server, write_dataset, write_extras};
 pub use redis::{RedisCluster, RedisServer, ReplicaSet};
 pub use s3::{Garage, Moto, S3Region, credentials_file};
 

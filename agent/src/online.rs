@@ -1,0 +1,721 @@
+//! Online restore: reads a verified RDB key by key and sends each value with `RESTORE … ABSTTL`
+//! into a running server (standalone, or a Redis Cluster of any shape, routed by slot), pipelined,
+//! then replays the tail of a consistent cut.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fleetsnap_core::keys::{glob_match, key_slot};
+use fleetsnap_core::rdbread::{Entry, Item, RdbReader};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::resp::{self, Connection, Value, info_field};
+use crate::target::RedisTarget;
+
+/// Bytes of commands written to a node before its replies are read.
+const BATCH_BYTES: usize = 512 * 1024;
+/// Keys reported by name when some already existed.
+const CONFLICTS_NAMED: usize = 10;
+
+/// What to restore and how.
+#[derive(Clone, Debug, Default)]
+pub struct OnlineOptions {
+    /// Overwrite keys (and function libraries) that already exist; otherwise they are left as
+    /// they are and reported.
+    pub replace_existing: bool,
+    /// Only this logical database.
+    pub db: Option<u64>,
+    /// Only keys matching this glob.
+    pub pattern: Option<String>,
+    /// Print progress on standard error (a bar on a terminal).
+    pub progress: bool,
+}
+
+/// What an online restore did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OnlineReport {
+    /// The target named.
+    pub target: String,
+    /// Whether it is a Redis Cluster.
+    pub cluster: bool,
+    /// Primaries written to.
+    pub nodes: usize,
+    /// Keys restored.
+    pub keys: u64,
+    /// Keys left out by `--db` or `--match`.
+    pub filtered: u64,
+    /// Keys whose expiry had already passed.
+    pub expired: u64,
+    /// Keys (and libraries) that already existed and were left as they are.
+    pub conflicts: u64,
+    /// The first of them.
+    pub conflicting_keys: Vec<String>,
+    /// Function libraries loaded.
+    pub functions: u64,
+    /// Module auxiliary data skipped (the modules' own state, not keys).
+    pub module_aux_skipped: Vec<String>,
+    /// Tail commands replayed.
+    pub tail_commands: u64,
+    /// RDB bytes read.
+    pub rdb_bytes: u64,
+    /// Wall time of the whole restore.
+    pub seconds: f64,
+}
+
+/// One primary of the target.
+struct Node {
+    conn: Connection,
+    buf: Vec<u8>,
+    /// What each command in `buf` restores (`None`: a command whose reply only needs to be OK).
+    pending: Vec<Option<Vec<u8>>>,
+    /// Batches written and not yet answered.
+    in_flight: VecDeque<Vec<Option<Vec<u8>>>>,
+    db: u64,
+}
+
+impl Node {
+    fn push(&mut self, args: &[&[u8]], what: Option<Vec<u8>>) {
+        resp::encode(&mut self.buf, args);
+        self.pending.push(what);
+    }
+
+    /// Writes the batch; reads the replies of the one before it, so the node always has work.
+    async fn flush(&mut self, report: &mut OnlineReport) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.conn.write_all(&self.buf).await?;
+        self.buf.clear();
+        self.in_flight.push_back(std::mem::take(&mut self.pending));
+        if self.in_flight.len() > 1 {
+            self.answer(report).await?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self, report: &mut OnlineReport) -> Result<()> {
+        self.flush(report).await?;
+        while !self.in_flight.is_empty() {
+            self.answer(report).await?;
+        }
+        Ok(())
+    }
+
+    async fn answer(&mut self, report: &mut OnlineReport) -> Result<()> {
+        let Some(batch) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let mut failed = None;
+        for what in batch {
+            let reply = self.conn.read_value().await?;
+            let Value::Error(e) = reply else {
+                continue;
+            };
+            match &what {
+                Some(key) if e.starts_with("BUSYKEY") => {
+                    report.keys -= 1;
+                    report.conflicts += 1;
+                    if report.conflicting_keys.len() < CONFLICTS_NAMED {
+                        report
+                            .conflicting_keys
+                            .push(String::from_utf8_lossy(key).into_owned());
+                    }
+                }
+                _ if failed.is_none() => {
+                    let what = match &what {
+                        Some(k) => format!("RESTORE of key {:?}", String::from_utf8_lossy(k)),
+                        None => "a command".to_string(),
+                    };
+                    failed = Some(Error::redis(
+                        self.conn.target(),
+                        format!("{what} refused: {e}{}", hint(&e)),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+fn hint(e: &str) -> &'static str {
+    if e.starts_with("OOM") {
+        " (the target reached maxmemory: raise it or restore into a larger target)"
+    } else if e.contains("payload version") {
+        " (the target is an older Redis than the backup's source: restore into Redis of the same version or newer)"
+    } else if e.starts_with("MOVED") || e.starts_with("ASK") {
+        " (the target's slots moved during the restore: wait for resharding to end and run it again)"
+    } else {
+        resp::refusal_hint(e)
+    }
+}
+
+/// The target: its primaries and, for a cluster, which one owns each slot.
+struct Target {
+    nodes: Vec<Node>,
+    slots: Option<Vec<u16>>,
+    rdb_version: u16,
+}
+
+/// The RDB version a server of `redis_version` writes (and the highest it restores).
+fn rdb_version_of(redis_version: &str) -> Option<u16> {
+    let mut parts = redis_version.split('.').map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next()??, parts.next()??);
+    Some(match (major, minor) {
+        (8.., _) | (7, 4..) => 12,
+        (7, 2..) => 11,
+        (7, _) => 10,
+        (5..=6, _) => 9,
+        (4, _) => 8,
+        _ => 7,
+    })
+}
+
+async fn node(target: &RedisTarget) -> Result<Node> {
+    Ok(Node {
+        conn: Connection::connect(target).await?,
+        buf: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+        pending: Vec::new(),
+        in_flight: VecDeque::new(),
+        db: 0,
+    })
+}
+
+impl Target {
+    async fn open(t: &RedisTarget) -> Result<Self> {
+        let mut first = node(t).await?;
+        let server = first.conn.info("server").await?;
+        let version = info_field(&server, "redis_version")
+            .and_then(rdb_version_of)
+            .ok_or_else(|| Error::redis(t, "INFO server gives no redis_version"))?;
+        let cluster = first.conn.info("cluster").await?;
+        if info_field(&cluster, "cluster_enabled") != Some("1") {
+            return Ok(Self {
+                nodes: vec![first],
+                slots: None,
+                rdb_version: version,
+            });
+        }
+        let Value::Array(Some(ranges)) = first.conn.checked(&[b"CLUSTER", b"SLOTS"]).await? else {
+            return Err(Error::redis(t, "CLUSTER SLOTS gave no ranges"));
+        };
+        let mut owners: Vec<(String, u16)> = Vec::new();
+        let mut slots = vec![u16::MAX; fleetsnap_core::keys::SLOTS as usize];
+        for r in ranges {
+            let Value::Array(Some(r)) = r else { continue };
+            let (Some(Value::Int(lo)), Some(Value::Int(hi)), Some(Value::Array(Some(p)))) =
+                (r.first(), r.get(1), r.get(2))
+            else {
+                continue;
+            };
+            let host = p.first().and_then(Value::text).unwrap_or_default();
+            let host = if host.is_empty() {
+                t.host.clone()
+            } else {
+                host
+            };
+            let port = match p.get(1) {
+                Some(Value::Int(p)) => *p as u16,
+                _ => continue,
+            };
+            let i = match owners.iter().position(|o| *o == (host.clone(), port)) {
+                Some(i) => i,
+                None => {
+                    owners.push((host, port));
+                    owners.len() - 1
+                }
+            };
+            for s in *lo..=*hi {
+                slots[s as usize] = i as u16;
+            }
+        }
+        if let Some(s) = slots.iter().position(|o| *o == u16::MAX) {
+            return Err(Error::redis(
+                t,
+                format!(
+                    "slot {s} has no primary in CLUSTER SLOTS: the target cluster is not ready for traffic"
+                ),
+            ));
+        }
+        let mut nodes = Vec::new();
+        for (host, port) in owners {
+            let mut each = t.clone();
+            each.host = host;
+            each.port = port;
+            nodes.push(node(&each).await?);
+        }
+        Ok(Self {
+            nodes,
+            slots: Some(slots),
+            rdb_version: version,
+        })
+    }
+
+    fn route(&self, key: &[u8]) -> usize {
+        match &self.slots {
+            Some(s) => s[key_slot(key) as usize] as usize,
+            None => 0,
+        }
+    }
+
+    async fn flush_all(&mut self, report: &mut OnlineReport) -> Result<()> {
+        for n in &mut self.nodes {
+            n.drain(report).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A batch of items from the reader thread, and how far into the file it got.
+struct Batch {
+    items: Vec<Item>,
+    at: u64,
+}
+
+/// Reads `rdb` on a thread of its own, in batches.
+fn read_in_thread(rdb: &Path) -> Result<(mpsc::Receiver<Result<Batch>>, u16, u64)> {
+    let file = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::file("cannot read", rdb, e))?
+        .len();
+    let bad =
+        |e: fleetsnap_core::rdbread::ReadError| Error::Decode(format!("{}: {e}", rdb.display()));
+    let mut reader = RdbReader::new(file).map_err(bad)?;
+    let version = reader.version();
+    let (tx, rx) = mpsc::channel(4);
+    let name = rdb.to_path_buf();
+    std::thread::spawn(move || {
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        loop {
+            match reader.next_item() {
+                Ok(Some(item)) => {
+                    if let Item::Entry(e) = &item {
+                        bytes += e.payload.len() + e.key.len();
+                    }
+                    items.push(item);
+                    if bytes >= BATCH_BYTES {
+                        let at = reader.position();
+                        if tx
+                            .blocking_send(Ok(Batch {
+                                items: std::mem::take(&mut items),
+                                at,
+                            }))
+                            .is_err()
+                        {
+                            return;
+                        }
+                        bytes = 0;
+                    }
+                }
+                Ok(None) => {
+                    let at = reader.position();
+                    let _ = tx.blocking_send(Ok(Batch { items, at }));
+                    return;
+                }
+                Err(e) => {
+                    let _ =
+                        tx.blocking_send(Err(Error::Decode(format!("{}: {e}", name.display()))));
+                    return;
+                }
+            }
+        }
+    });
+    Ok((rx, version, size))
+}
+
+/// Restores `rdb` (and replays `tail`) into the running server at `target`.
+pub async fn restore_online(
+    rdb: &Path,
+    tail: Option<&Path>,
+    target: &RedisTarget,
+    opts: &OnlineOptions,
+) -> Result<OnlineReport> {
+    let started = Instant::now();
+    let mut t = Target::open(target).await?;
+    let (mut rx, version, size) = read_in_thread(rdb)?;
+    if version > t.rdb_version {
+        return Err(Error::Input(format!(
+            "the backup is RDB version {version} but {target} reads at most {}: restore into a Redis as new as the backup's source",
+            t.rdb_version
+        )));
+    }
+    let mut report = OnlineReport {
+        target: target.to_string(),
+        cluster: t.slots.is_some(),
+        nodes: t.nodes.len(),
+        ..Default::default()
+    };
+    let mut progress = Progress::new(opts.progress, size);
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    while let Some(batch) = rx.recv().await {
+        let batch = batch?;
+        for item in batch.items {
+            match item {
+                Item::Entry(e) => restore_entry(&mut t, e, opts, now_ms, &mut report).await?,
+                Item::Function(code) => load_function(&mut t, &code, opts, &mut report).await?,
+                Item::ModuleAux(m) => report.module_aux_skipped.push(m),
+                Item::Aux(..) => {}
+            }
+        }
+        report.rdb_bytes = batch.at;
+        progress.show(batch.at, report.keys);
+    }
+    t.flush_all(&mut report).await?;
+    if let Some(tail) = tail {
+        report.tail_commands = replay_tail(&mut t, tail, opts).await?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    progress.done(&report);
+    if report.conflicts > 0 {
+        return Err(Error::Failed(format!(
+            "{} keys restored into {target}, but {} already existed there and were left as they are (first: {}): pass --replace-existing to overwrite them",
+            report.keys,
+            report.conflicts,
+            report.conflicting_keys.join(", ")
+        )));
+    }
+    Ok(report)
+}
+
+async fn restore_entry(
+    t: &mut Target,
+    e: Entry,
+    opts: &OnlineOptions,
+    now_ms: i64,
+    report: &mut OnlineReport,
+) -> Result<()> {
+    if opts.db.is_some_and(|db| db != e.db)
+        || opts
+            .pattern
+            .as_ref()
+            .is_some_and(|p| !glob_match(p.as_bytes(), &e.key))
+    {
+        report.filtered += 1;
+        return Ok(());
+    }
+    if e.expire_ms.is_some_and(|at| at <= now_ms) {
+        report.expired += 1;
+        return Ok(());
+    }
+    let cluster = t.slots.is_some();
+    if cluster && e.db != 0 {
+        return Err(Error::Input(format!(
+            "key {:?} is in db {} but a Redis Cluster has only db 0: restore with --db 0, or into a standalone server",
+            e.key_lossy(),
+            e.db
+        )));
+    }
+    let i = t.route(&e.key);
+    // Stamped with the target's own version, which it always accepts: the payload's encoding is
+    // at most as new (the file's version was checked against the target's up front).
+    let payload = e.dump_payload(t.rdb_version);
+    let n = &mut t.nodes[i];
+    if !cluster && n.db != e.db {
+        let db = e.db.to_string();
+        n.push(&[b"SELECT", db.as_bytes()], None);
+        n.db = e.db;
+    }
+    let ttl = e.expire_ms.unwrap_or(0).to_string();
+    let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
+    if opts.replace_existing {
+        args.push(b"REPLACE");
+    }
+    if e.expire_ms.is_some() {
+        args.push(b"ABSTTL");
+    }
+    let idle = e.idle.map(|s| s.to_string());
+    if let Some(idle) = &idle {
+        args.extend([&b"IDLETIME"[..], idle.as_bytes()]);
+    }
+    let freq = e.freq.map(|f| f.to_string());
+    if let Some(freq) = &freq {
+        args.extend([&b"FREQ"[..], freq.as_bytes()]);
+    }
+    n.push(&args, Some(e.key.clone()));
+    report.keys += 1;
+    if n.buf.len() >= BATCH_BYTES {
+        n.flush(report).await?;
+    }
+    Ok(())
+}
+
+async fn load_function(
+    t: &mut Target,
+    code: &[u8],
+    opts: &OnlineOptions,
+    report: &mut OnlineReport,
+) -> Result<()> {
+    t.flush_all(report).await?;
+    for n in &mut t.nodes {
+        let mut args: Vec<&[u8]> = vec![b"FUNCTION", b"LOAD"];
+        if opts.replace_existing {
+            args.push(b"REPLACE");
+        }
+        args.push(code);
+        match n.conn.command(&args).await? {
+            Value::Error(e) if e.contains("already exists") => {
+                report.conflicts += 1;
+                if report.conflicting_keys.len() < CONFLICTS_NAMED {
+                    report
+                        .conflicting_keys
+                        .push(format!("function library ({e})"));
+                }
+            }
+            Value::Error(e) => {
+                return Err(Error::redis(
+                    n.conn.target(),
+                    format!("FUNCTION LOAD refused: {e}{}", hint(&e)),
+                ));
+            }
+            _ => {}
+        }
+    }
+    report.functions += 1;
+    Ok(())
+}
+
+/// Commands of the replication stream that carry no data.
+fn is_housekeeping(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"PING") || name.eq_ignore_ascii_case(b"REPLCONF")
+}
+
+/// Commands without a key that a cluster target runs on every primary.
+fn is_everywhere(name: &[u8]) -> bool {
+    [&b"FLUSHALL"[..], b"FLUSHDB", b"FUNCTION", b"SCRIPT"]
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// Replays the tail: every command in order, routed by its key in a cluster, transactions kept
+/// whole. Gives the number of commands replayed.
+async fn replay_tail(t: &mut Target, tail: &Path, opts: &OnlineOptions) -> Result<u64> {
+    let bytes = std::fs::read(tail).map_err(|e| Error::file("cannot read", tail, e))?;
+    let commands = parse_commands(&bytes).ok_or_else(|| {
+        Error::Decode(format!(
+            "{}: the tail is not a RESP command stream",
+            tail.display()
+        ))
+    })?;
+    let mut report = OnlineReport::default();
+    let mut db = 0u64;
+    let mut replayed = 0;
+    let mut transaction: Option<Vec<Vec<Vec<u8>>>> = None;
+    for c in commands {
+        let name = c[0].as_slice();
+        if is_housekeeping(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"SELECT") {
+            db = std::str::from_utf8(c.get(1).map(Vec::as_slice).unwrap_or(b"0"))
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0);
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"MULTI") {
+            transaction = Some(Vec::new());
+            continue;
+        }
+        let group = if name.eq_ignore_ascii_case(b"EXEC") {
+            match transaction.take() {
+                Some(g) => g,
+                None => continue,
+            }
+        } else if let Some(g) = transaction.as_mut() {
+            g.push(c);
+            continue;
+        } else {
+            vec![c]
+        };
+        let group: Vec<Vec<Vec<u8>>> = group
+            .into_iter()
+            .filter(|c| {
+                opts.db.is_none_or(|d| d == db)
+                    && match (&opts.pattern, c.get(1)) {
+                        (Some(p), Some(k)) if !is_everywhere(&c[0]) => glob_match(p.as_bytes(), k),
+                        _ => true,
+                    }
+            })
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        if t.slots.is_some() && db != 0 {
+            return Err(Error::Input(format!(
+                "the tail writes to db {db} but a Redis Cluster has only db 0: restore with --db 0"
+            )));
+        }
+        let targets: Vec<usize> = if is_everywhere(&group[0][0]) {
+            (0..t.nodes.len()).collect()
+        } else {
+            let key = group
+                .iter()
+                .find_map(|c| c.get(1))
+                .map(Vec::as_slice)
+                .unwrap_or(b"");
+            vec![t.route(key)]
+        };
+        for i in targets {
+            let n = &mut t.nodes[i];
+            if t.slots.is_none() && n.db != db {
+                let d = db.to_string();
+                n.push(&[b"SELECT", d.as_bytes()], None);
+                n.db = db;
+            }
+            let wrap = group.len() > 1;
+            if wrap {
+                n.push(&[b"MULTI"], None);
+            }
+            for c in &group {
+                let args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+                n.push(&args, None);
+            }
+            if wrap {
+                n.push(&[b"EXEC"], None);
+            }
+            if n.buf.len() >= BATCH_BYTES {
+                n.flush(&mut report).await?;
+            }
+        }
+        replayed += group.len() as u64;
+    }
+    t.flush_all(&mut report).await?;
+    Ok(replayed)
+}
+
+/// Splits a RESP command stream into commands (arrays of bulk strings).
+fn parse_commands(b: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let line = |i: &mut usize| -> Option<&[u8]> {
+        let end = b[*i..].windows(2).position(|w| w == b"\r\n")? + *i;
+        let l = &b[*i..end];
+        *i = end + 2;
+        Some(l)
+    };
+    while i < b.len() {
+        let head = line(&mut i)?;
+        if head.first() != Some(&b'*') {
+            return None;
+        }
+        let n: usize = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+        let mut args = Vec::with_capacity(n);
+        for _ in 0..n {
+            let h = line(&mut i)?;
+            if h.first() != Some(&b'$') {
+                return None;
+            }
+            let len: usize = std::str::from_utf8(&h[1..]).ok()?.parse().ok()?;
+            args.push(b.get(i..i + len)?.to_vec());
+            i += len + 2;
+        }
+        if !args.is_empty() {
+            out.push(args);
+        }
+    }
+    Some(out)
+}
+
+/// Progress on standard error: a redrawn line on a terminal, a line every 10 s otherwise.
+struct Progress {
+    on: bool,
+    tty: bool,
+    total: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(on: bool, total: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            on,
+            tty: std::io::stderr().is_terminal(),
+            total,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn show(&mut self, at: u64, keys: u64) {
+        let every = if self.tty {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(10)
+        };
+        if !self.on || self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = at as f64 / secs;
+        let left = self.total.saturating_sub(at) as f64 / rate.max(1.0);
+        let pct = if self.total > 0 {
+            at as f64 * 100.0 / self.total as f64
+        } else {
+            100.0
+        };
+        let filled = (pct / 5.0) as usize;
+        let line = format!(
+            "[{}{}] {pct:5.1}%  {:.1}/{:.1} MB  {:.1} MB/s  {keys} keys  ETA {left:.0}s",
+            "#".repeat(filled.min(20)),
+            " ".repeat(20 - filled.min(20)),
+            at as f64 / 1e6,
+            self.total as f64 / 1e6,
+            rate / 1e6,
+        );
+        if self.tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn done(&self, r: &OnlineReport) {
+        if !self.on {
+            return;
+        }
+        if self.tty {
+            eprintln!();
+        }
+        eprintln!(
+            "{} keys restored from {:.1} MB of RDB in {:.1}s ({:.1} MB/s), {} tail commands replayed",
+            r.keys,
+            r.rdb_bytes as f64 / 1e6,
+            r.seconds,
+            r.rdb_bytes as f64 / 1e6 / r.seconds.max(1e-3),
+            r.tail_commands
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdb_versions_follow_redis_releases() {
+        assert_eq!(rdb_version_of("7.0.15"), Some(10));
+        assert_eq!(rdb_version_of("7.2.4"), Some(11));
+        assert_eq!(rdb_version_of("7.4.0"), Some(12));
+        assert_eq!(rdb_version_of("8.0.1"), Some(12));
+        assert_eq!(rdb_version_of("6.2.14"), Some(9));
+        assert_eq!(rdb_version_of("x"), None);
+    }
+
+    #[test]
+    fn tails_split_into_commands() {
+        let t = b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv\n\r\n";
+        let c = parse_commands(t).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1][2], b"v\n");
+        assert!(parse_commands(b"*2\r\n$3\r\nSET\r\n").is_none());
+        assert!(parse_commands(b"+OK\r\n").is_none());
+    }
+}
