@@ -378,22 +378,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if json {
                     print_json(&r);
                 } else {
-                    for (d, e) in &r.read.skipped {
-                        println!("skipped {d}: {e}");
+                    for s in &r.shards {
+                        for (d, e) in &s.read.skipped {
+                            println!("skipped {d}: {e}");
+                        }
+                        let o = &s.applied;
+                        println!(
+                            "restored shard {} from {} into {}: {} keys ({} filtered out, {} already expired), {} function libraries, {} tail commands, {} of RDB in {:.1}s",
+                            s.read.shard,
+                            s.read.destination,
+                            o.target,
+                            o.keys,
+                            o.filtered,
+                            o.expired,
+                            o.functions,
+                            o.tail_commands,
+                            human(o.rdb_bytes),
+                            o.seconds
+                        );
                     }
-                    let o = &r.applied;
                     println!(
-                        "restored shard {} from {} into {}: {} keys ({} filtered out, {} already expired), {} function libraries, {} tail commands, {} of RDB in {:.1}s",
-                        r.read.shard,
-                        r.read.destination,
-                        o.target,
-                        o.keys,
-                        o.filtered,
-                        o.expired,
-                        o.functions,
-                        o.tail_commands,
-                        human(o.rdb_bytes),
-                        o.seconds
+                        "{} keys from {} shards, {} of RDB in {:.1}s ({:.1} MB/s)",
+                        r.keys,
+                        r.shards.len(),
+                        human(r.rdb_bytes),
+                        r.seconds,
+                        r.rdb_bytes as f64 / 1e6 / r.seconds.max(1e-3)
                     );
                 }
                 return Ok(ExitCode::SUCCESS);

@@ -459,6 +459,9 @@ async fn load_function(
         }
         args.push(code);
         match n.conn.command(&args).await? {
+            // The same library from another shard of the set (or an earlier run) is no conflict.
+            Value::Error(e)
+                if e.contains("already exists") && same_library(&mut n.conn, code).await? => {}
             Value::Error(e) if e.contains("already exists") => {
                 report.conflicts += 1;
                 if report.conflicting_keys.len() < CONFLICTS_NAMED {
@@ -478,6 +481,34 @@ async fn load_function(
     }
     report.functions += 1;
     Ok(())
+}
+
+/// The library name in a function library's shebang line (`#!lua name=NAME`).
+fn library_name(code: &[u8]) -> Option<&[u8]> {
+    let first = code.split(|b| *b == b'\n').next()?;
+    first
+        .split(|b| *b == b' ')
+        .find_map(|t| t.strip_prefix(b"name="))
+}
+
+/// Whether the node already holds this very library, code and all.
+async fn same_library(conn: &mut Connection, code: &[u8]) -> Result<bool> {
+    let Some(name) = library_name(code) else {
+        return Ok(false);
+    };
+    let reply = conn
+        .checked(&[b"FUNCTION", b"LIST", b"LIBRARYNAME", name, b"WITHCODE"])
+        .await?;
+    let Value::Array(Some(libs)) = reply else {
+        return Ok(false);
+    };
+    Ok(libs.iter().any(|lib| match lib {
+        Value::Array(Some(fields)) => fields.chunks(2).any(|kv| {
+            kv[0].text().as_deref() == Some("library_code")
+                && kv.get(1) == Some(&Value::Bulk(Some(code.to_vec())))
+        }),
+        _ => false,
+    }))
 }
 
 /// Commands of the replication stream that carry no data.

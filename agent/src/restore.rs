@@ -612,24 +612,96 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
     })
 }
 
-/// An online restore: which copy was read, and what applying it did.
+/// An online restore of one shard: which copy was read, and what applying it did.
 #[derive(Clone, Debug, Serialize)]
-pub struct OnlineRestoreReport {
+pub struct OnlineShard {
     /// The verified copy read.
     pub read: RestoreReport,
     /// What RESTORE and the tail replay did.
     pub applied: OnlineReport,
 }
 
-/// Restores one shard into a running server: fetches a verified copy (falling back across
-/// destinations like `restore`) into a scratch directory under `work_dir`, then applies it key by
-/// key and replays its tail. The scratch directory is removed in every case.
+/// An online restore of one shard or of every shard of a set.
+#[derive(Clone, Debug, Serialize)]
+pub struct OnlineRestoreReport {
+    /// Each shard restored, in the manifest's order.
+    pub shards: Vec<OnlineShard>,
+    /// Keys restored in all.
+    pub keys: u64,
+    /// RDB bytes applied in all.
+    pub rdb_bytes: u64,
+    /// Wall time of the whole restore.
+    pub seconds: f64,
+}
+
+/// The shards of a backup, from the first destination whose manifest can be read.
+async fn shards_of(req: &RestoreRequest) -> Result<Vec<ShardId>> {
+    let mut why = Vec::new();
+    for spec in &req.from {
+        let found = async {
+            let store = Store::open(spec).await?;
+            find_manifest(&store, &req.backup, req.cluster.as_ref(), None).await
+        }
+        .await;
+        match found {
+            Ok((m, _)) => return Ok(m.shards.iter().map(|s| s.shard.clone()).collect()),
+            Err(e @ Error::Input(_)) => return Err(e),
+            Err(e) => why.push(format!("{spec}: {e}")),
+        }
+    }
+    Err(Error::Failed(format!(
+        "backup {} has no readable manifest in any destination:\n  {}",
+        req.backup,
+        why.join("\n  ")
+    )))
+}
+
+/// Restores into a running server: one shard, or every shard of the set when none is named (a
+/// cluster's set into a cluster of any shape). Each shard's verified copy is fetched (falling back
+/// across destinations like `restore`) into a scratch directory under `work_dir`, applied key by
+/// key, and its tail replayed; the scratch directory is removed in every case.
 pub async fn restore_online(
-    mut req: RestoreRequest,
+    req: RestoreRequest,
     work_dir: Option<&Path>,
     target: &RedisTarget,
     opts: &OnlineOptions,
 ) -> Result<OnlineRestoreReport> {
+    let started = std::time::Instant::now();
+    let shards = match &req.shard {
+        Some(s) => vec![s.clone()],
+        None => shards_of(&req).await?,
+    };
+    let mut out = OnlineRestoreReport {
+        shards: Vec::new(),
+        keys: 0,
+        rdb_bytes: 0,
+        seconds: 0.0,
+    };
+    for shard in shards {
+        let one = RestoreRequest {
+            from: req.from.clone(),
+            backup: req.backup.clone(),
+            cluster: req.cluster.clone(),
+            shard: Some(shard),
+            to_file: PathBuf::new(),
+            aof_dir: false,
+            identity: req.identity.clone(),
+        };
+        let s = online_shard(one, work_dir, target, opts).await?;
+        out.keys += s.applied.keys;
+        out.rdb_bytes += s.applied.rdb_bytes;
+        out.shards.push(s);
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+async fn online_shard(
+    mut req: RestoreRequest,
+    work_dir: Option<&Path>,
+    target: &RedisTarget,
+    opts: &OnlineOptions,
+) -> Result<OnlineShard> {
     let base = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let scratch = base.join(format!(
         "fleetsnap-restore-{}-{}",
@@ -639,13 +711,12 @@ pub async fn restore_online(
     std::fs::create_dir_all(&scratch)
         .map_err(|e| Error::file("cannot create the scratch directory", &scratch, e))?;
     req.to_file = scratch.join("shard.rdb");
-    req.aof_dir = false;
     let result = async {
         let read = restore(&req).await?;
         let tail = read.tail_file.as_ref().map(PathBuf::from);
         let applied =
             crate::online::restore_online(&req.to_file, tail.as_deref(), target, opts).await?;
-        Ok(OnlineRestoreReport { read, applied })
+        Ok(OnlineShard { read, applied })
     }
     .await;
     std::fs::remove_dir_all(&scratch).ok();

@@ -5,7 +5,8 @@
 //! Restored from the backup (RDB plus tail, loaded by redis-server as an AOF directory), every
 //! writer's counters must be exactly the state after some number `n` of its writes — the same
 //! instant on every shard — with every write acknowledged before the pause among the first `n`
-//! and none sent after the pause ended.
+//! and none sent after the pause ended. The set restored online (RESTORE key by key, tails
+//! replayed) into a 5-shard cluster holds the same data.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,10 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleetsnap_agent::resp::Value;
 use fleetsnap_testkit::fleet::{
-    Agent, FleetDir, Logs, Placed, Watched, restore_and_serve, single_node,
+    Agent, FleetDir, Logs, Placed, Watched, restore, restore_and_serve, single_node,
 };
-use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisCluster, RedisServer};
+use fleetsnap_testkit::{assert_same_data_across, poll_until};
 
 const WRITERS: usize = 4;
 
@@ -244,4 +245,37 @@ url = "file://{}"
         checked += 1;
     }
     assert_eq!(checked, WRITERS);
+
+    // Online, key by key into a running cluster of another shape, tails replayed: the same data
+    // as the shards restored one by one.
+    let five = RedisCluster::start(5, 0).await.unwrap();
+    let from = format!("file://{}", region.display());
+    let out = restore(
+        &[
+            "--from",
+            &from,
+            "--backup",
+            &id,
+            "--online",
+            &five.nodes[0].url(),
+            "--json",
+        ],
+        &[],
+    )
+    .unwrap();
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["shards"].as_array().unwrap().len(), 3, "{out:#}");
+    let replayed: u64 = out["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["applied"]["tail_commands"].as_u64().unwrap())
+        .sum();
+    assert!(
+        replayed > 0,
+        "the writes after the snapshots are in the tails: {out:#}"
+    );
+    let expected: Vec<&RedisServer> = restored.iter().collect();
+    let actual: Vec<&RedisServer> = five.nodes.iter().collect();
+    assert_same_data_across(&expected, &actual).await.unwrap();
 }

@@ -341,3 +341,57 @@ async fn same_keys(a: &mut Connection, b: &mut Connection) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// Asserts that the keys held by `expected` (several servers: shards restored one by one, or a
+/// cluster's primaries) are exactly those held by `actual`, however the keys are spread over the
+/// servers of either side, with equal values and expiry. Database 0 only.
+pub async fn assert_same_data_across(
+    expected: &[&RedisServer],
+    actual: &[&RedisServer],
+) -> anyhow::Result<()> {
+    async fn side(
+        servers: &[&RedisServer],
+    ) -> anyhow::Result<(Vec<Connection>, Vec<(Vec<u8>, usize)>)> {
+        let mut conns = Vec::new();
+        let mut keys = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            let mut c = s.conn().await?;
+            for k in all_keys(&mut c).await? {
+                keys.push((k, i));
+            }
+            conns.push(c);
+        }
+        keys.sort();
+        Ok((conns, keys))
+    }
+    let (mut ca, ka) = side(expected).await?;
+    let (mut cb, kb) = side(actual).await?;
+    ensure!(
+        ka.len() == kb.len(),
+        "key count differs: {} expected, {} restored",
+        ka.len(),
+        kb.len()
+    );
+    for ((x, i), (y, j)) in ka.iter().zip(&kb) {
+        ensure!(
+            x == y,
+            "key sets differ: expected {:?}, found {:?}",
+            String::from_utf8_lossy(x),
+            String::from_utf8_lossy(y)
+        );
+        for (head, what) in [
+            (&b"DEBUG DIGEST-VALUE"[..], "value"),
+            (b"PEXPIRETIME", "expiry"),
+        ] {
+            let mut args: Vec<&[u8]> = head.split(|b| *b == b' ').collect();
+            args.push(x);
+            let (va, vb) = (ca[*i].command(&args).await?, cb[*j].command(&args).await?);
+            ensure!(
+                va == vb,
+                "{what} of key {:?} differs: {va:?} expected, {vb:?} restored",
+                String::from_utf8_lossy(x)
+            );
+        }
+    }
+    Ok(())
+}

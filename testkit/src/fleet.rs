@@ -463,7 +463,7 @@ impl Cli {
 
 /// Runs `fleetsnap-agent restore ARGS` (bounded to 60 s) with extra environment; fails with its
 /// stderr when it fails.
-pub fn restore(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
+pub fn restore(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<String> {
     let mut cmd = Command::new(bin("fleetsnap-agent"));
     cmd.arg("restore").args(args);
     for (k, v) in env {
@@ -473,7 +473,7 @@ pub fn restore(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
     if !o.status.success() {
         bail!("restore {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// How a restore is placed before a server starts on it.

@@ -14,7 +14,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub use data::{Dataset, assert_same_data, filled_server, write_dataset, write_extras};
+pub use data::{
+    Dataset, assert_same_data, assert_same_data_across, filled_server, write_dataset, write_extras,
+};
 pub use redis::{RedisCluster, RedisServer, ReplicaSet};
 pub use s3::{Garage, Moto, S3Region, credentials_file};
 
