@@ -18,6 +18,7 @@ use crate::dest::DestSpec;
 use crate::error::{Error, Result};
 use crate::online::OnlineOptions;
 use crate::pipeline::{EncodeOptions, Progress, parse_recipient};
+use crate::replace::ReplaceRequest;
 use crate::restore::{self, RestoreRequest};
 use crate::snapshot::{self, SnapshotRequest};
 use crate::source::{SourceKind, SourceOptions};
@@ -106,15 +107,37 @@ enum Command {
         #[arg(
             long,
             value_name = "PATH",
-            required_unless_present_any = ["aof_dir", "online"],
-            conflicts_with_all = ["aof_dir", "online"]
+            required_unless_present_any = ["aof_dir", "online", "replace"],
+            conflicts_with_all = ["aof_dir", "online", "replace"]
         )]
         to_file: Option<PathBuf>,
         /// Write a Redis 7 AOF directory instead: the RDB as its base, the tail as its incremental
         /// file. Start redis-server with `--dir <parent> --appenddirname <name> --appendonly yes`
         /// and it loads both.
-        #[arg(long, value_name = "DIR", conflicts_with = "online")]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["online", "replace"])]
         aof_dir: Option<PathBuf>,
+        /// Replace the data of this node: fetch and verify the copy beside its data file, stop
+        /// it (--stop), move the copy in, start it (--start), check its keys, offset and slots,
+        /// then replay the tail. redis://[USER[:PASSWORD]@]HOST[:PORT].
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "online",
+            requires = "start"
+        )]
+        replace: Option<String>,
+        /// With --replace: the shell command that starts the node and returns.
+        #[arg(long, value_name = "COMMAND", requires = "replace")]
+        start: Option<String>,
+        /// With --replace: the shell command that stops the node (default: SHUTDOWN NOSAVE).
+        #[arg(long, value_name = "COMMAND", requires = "replace")]
+        stop: Option<String>,
+        /// With --replace: the node's data file, needed only when the node is down.
+        #[arg(long, value_name = "PATH", requires = "replace")]
+        rdb_path: Option<PathBuf>,
+        /// With --replace: seconds the stop, and the start with the load, may each take.
+        #[arg(long, default_value_t = 600, requires = "replace")]
+        timeout_secs: u64,
         /// Restore into this running server (standalone or any node of a Redis Cluster, whose
         /// primaries then each get their slots' keys) with RESTORE, key by key, then replay the
         /// tail: redis://[USER[:PASSWORD]@]HOST[:PORT].
@@ -335,6 +358,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             to_file,
             aof_dir,
             online,
+            replace,
+            start,
+            stop,
+            rdb_path,
+            timeout_secs,
             replace_existing,
             db,
             pattern,
@@ -353,6 +381,48 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
                 .transpose()?;
             let cluster = parse_cluster(cluster)?;
+            if let Some(url) = replace {
+                let r = crate::replace::replace(ReplaceRequest {
+                    read: RestoreRequest {
+                        from,
+                        backup,
+                        cluster,
+                        shard,
+                        aof_dir: false,
+                        to_file: PathBuf::new(),
+                        identity,
+                    },
+                    node: RedisTarget::parse(&url)?,
+                    stop,
+                    start: start.expect("clap requires --start"),
+                    rdb_path,
+                    timeout: Duration::from_secs(timeout_secs),
+                })
+                .await?;
+                if json {
+                    print_json(&r);
+                } else {
+                    for (d, e) in &r.read.skipped {
+                        println!("skipped {d}: {e}");
+                    }
+                    println!(
+                        "replaced the data of {} with shard {} from {}: {} keys loaded ({} in the backup, {} expired since), {} tail commands; down {:.1}s, {:.1}s in all",
+                        r.node,
+                        r.read.shard,
+                        r.read.destination,
+                        r.keys_loaded,
+                        r.keys_in_backup,
+                        r.expired_in_backup,
+                        r.tail_commands,
+                        r.down_seconds,
+                        r.seconds
+                    );
+                    if let Some(p) = &r.previous_kept_at {
+                        println!("the node's previous data is kept at {p}");
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(url) = online {
                 let target = RedisTarget::parse(&url)?;
                 let r = restore::restore_online(

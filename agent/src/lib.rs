@@ -10,6 +10,7 @@ pub mod error;
 pub mod instant;
 pub mod online;
 pub mod pipeline;
+pub mod replace;
 pub mod resp;
 pub mod restore;
 pub mod snapshot;

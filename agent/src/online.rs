@@ -511,6 +511,13 @@ async fn same_library(conn: &mut Connection, code: &[u8]) -> Result<bool> {
     }))
 }
 
+/// Replays a tail file into the running server at `target` (a node just restarted on the
+/// shard's RDB). Gives the number of commands replayed.
+pub async fn replay_tail_into(target: &RedisTarget, tail: &Path) -> Result<u64> {
+    let mut t = Target::open(target).await?;
+    replay_tail(&mut t, tail, &OnlineOptions::default()).await
+}
+
 /// Commands of the replication stream that carry no data.
 fn is_housekeeping(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"PING") || name.eq_ignore_ascii_case(b"REPLCONF")

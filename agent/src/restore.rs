@@ -452,6 +452,8 @@ pub struct RestoreReport {
     pub raw_bytes: u64,
     /// Written as an AOF directory.
     pub aof_dir: bool,
+    /// The hash-slot ranges the shard owned (Redis Cluster).
+    pub slot_ranges: Vec<(u16, u16)>,
 }
 
 /// Restores one shard to a file, reading the first destination that yields a verified copy.
@@ -609,6 +611,7 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         tail_file: (has_tail || req.aof_dir).then(|| tail_path.display().to_string()),
         raw_bytes,
         aof_dir: req.aof_dir,
+        slot_ranges: shard.slot_ranges.clone(),
     })
 }
 

@@ -6,7 +6,8 @@
 //! writer's counters must be exactly the state after some number `n` of its writes — the same
 //! instant on every shard — with every write acknowledged before the pause among the first `n`
 //! and none sent after the pause ended. The set restored online (RESTORE key by key, tails
-//! replayed) into a 5-shard cluster holds the same data.
+//! replayed) into a 5-shard cluster holds the same data, and so does the source cluster after
+//! `replace` restores of its primaries.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,7 +47,7 @@ struct Write {
     acked_us: i64,
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consistent_window_restores_every_shard_to_one_instant() {
     let ids = ["a1", "a2", "a3", "a4", "a5", "a6"];
     let fleet = FleetDir::new(&[1], &ids).unwrap();
@@ -188,6 +189,10 @@ url = "file://{}"
             .find(|e| e["shard"] == shard.as_str())
             .unwrap();
         assert!(entry["cut_offset"].as_u64().is_some(), "{entry}");
+        eprintln!(
+            "shard {shard}: snapshot at offset {}, cut at {}",
+            entry["start_offset"], entry["cut_offset"]
+        );
         assert!(
             entry["objects"]
                 .as_array()
@@ -278,4 +283,50 @@ url = "file://{}"
     let expected: Vec<&RedisServer> = restored.iter().collect();
     let actual: Vec<&RedisServer> = five.nodes.iter().collect();
     assert_same_data_across(&expected, &actual).await.unwrap();
+
+    // `replace`: each primary of the source cluster (which has moved on since) is stopped, given
+    // its shard's RDB, started by a hook, checked and sent the tail: it holds the cut again.
+    let mut tails = 0;
+    for p in &primaries {
+        let address = format!("127.0.0.1:{}", p.port());
+        let shard = doc["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["plan"]["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["address"] == address.as_str())
+            })
+            .unwrap()["plan"]["shard"]
+            .as_str()
+            .unwrap()
+            .replace(',', "_");
+        let out = restore(
+            &[
+                "--from",
+                &from,
+                "--backup",
+                &id,
+                "--shard",
+                &shard,
+                "--replace",
+                &p.url(),
+                "--start",
+                &p.start_command(),
+                "--json",
+            ],
+            &[],
+        )
+        .unwrap();
+        let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(out["keys_loaded"], out["keys_in_backup"], "{out:#}");
+        tails += out["tail_commands"].as_u64().unwrap();
+    }
+    assert!(tails > 0);
+    assert_same_data_across(&expected, &primaries)
+        .await
+        .unwrap();
 }

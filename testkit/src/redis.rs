@@ -17,7 +17,10 @@ const READY: Duration = Duration::from_secs(30);
 pub struct RedisServer {
     process: Process,
     port: u16,
+    /// Kills a server started again by `start_command` (before `dir` goes).
+    restarted: Restarted,
     dir: TempDir,
+    args: Vec<String>,
     password: Option<String>,
     tls: Option<TlsFiles>,
 }
@@ -203,10 +206,14 @@ impl RedisServer {
                 &mut cmd,
                 "start redis-server (install it: apt-get install redis-server)",
             )?;
+            let mut all = args.clone();
+            all.extend([port_flag.to_string(), port.to_string()]);
             let mut server = Self {
                 process,
                 port,
+                restarted: Restarted(dir.path().join("restarted.pid")),
                 dir,
+                args: all,
                 password: opts.password.clone(),
                 tls: opts.tls.clone(),
             };
@@ -315,6 +322,43 @@ impl RedisServer {
     /// Kills the process (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// A shell command that starts this server again, daemonized, with the same arguments (what
+    /// an operator's start hook does). The test's cleanup stops what it starts.
+    pub fn start_command(&self) -> String {
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let mut cmd = String::from("redis-server");
+        let mut args = self.args.iter();
+        while let Some(a) = args.next() {
+            if a == "--daemonize" {
+                args.next();
+                continue;
+            }
+            cmd.push(' ');
+            cmd.push_str(&quote(a));
+        }
+        format!(
+            "{cmd} --daemonize yes --pidfile {}",
+            quote(&self.restarted.0.display().to_string())
+        )
+    }
+}
+
+/// The pid file of a server started again by a hook; its process is killed on drop.
+struct Restarted(PathBuf);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: a plain kill(2) of a pid this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 

@@ -1,0 +1,399 @@
+//! `replace` restores: a node is stopped through the operator's hook, its data file replaced by a
+//! verified copy of the backup, started again through the hook, and checked — key count, the
+//! replication offset the RDB carries, and for a Redis Cluster node the slots it owns — before the
+//! tail of a consistent cut is replayed into it.
+//!
+//! The copy is fetched and verified next to the node's data file while the node still runs, so
+//! the node is down only for the stop, a rename and its own load. The file it had is kept beside
+//! the new one (`….fleetsnap-old`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fleetsnap_core::rdbread::{Item, RdbReader};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::resp::{Connection, Value, info_field};
+use crate::restore::{RestoreReport, RestoreRequest, restore};
+use crate::target::RedisTarget;
+
+/// What to replace and how.
+pub struct ReplaceRequest {
+    /// The shard to read (with `to_file` and `aof_dir` chosen here).
+    pub read: RestoreRequest,
+    /// The node.
+    pub node: RedisTarget,
+    /// Shell command that stops the node (default: `SHUTDOWN NOSAVE` sent to it).
+    pub stop: Option<String>,
+    /// Shell command that starts the node and returns (`systemctl start redis@6379`,
+    /// `redis-server /etc/redis/6379.conf --daemonize yes`).
+    pub start: String,
+    /// The node's data file, when the node is down and cannot say (`CONFIG GET dir dbfilename`).
+    pub rdb_path: Option<PathBuf>,
+    /// How long the stop, and then the start and load, may take.
+    pub timeout: Duration,
+}
+
+/// What a replace did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplaceReport {
+    /// The verified copy read.
+    pub read: RestoreReport,
+    /// The node.
+    pub node: String,
+    /// Where the backup was placed (the RDB file, or the AOF directory).
+    pub placed: String,
+    /// Where the node's previous data was kept, if it had any.
+    pub previous_kept_at: Option<String>,
+    /// Keys in the backup's RDB.
+    pub keys_in_backup: u64,
+    /// Of which had expired by the check (Redis does not load them).
+    pub expired_in_backup: u64,
+    /// Keys the node holds after its load.
+    pub keys_loaded: u64,
+    /// The replication offset the RDB carries, which the node took as its own.
+    pub offset: Option<u64>,
+    /// Tail commands replayed after the load.
+    pub tail_commands: u64,
+    /// Seconds to fetch and verify the copy (the node still up).
+    pub staged_seconds: f64,
+    /// Seconds from the stop to the node serving the restored data.
+    pub down_seconds: f64,
+    /// Seconds in all.
+    pub seconds: f64,
+}
+
+/// Where the node keeps its data, as it says.
+struct Layout {
+    dir: PathBuf,
+    dbfilename: String,
+    aof_dir: Option<String>,
+}
+
+async fn layout(req: &ReplaceRequest) -> Result<Layout> {
+    match Connection::connect(&req.node).await {
+        Ok(mut c) => {
+            let dir = PathBuf::from(c.config_get("dir").await?);
+            let dbfilename = c.config_get("dbfilename").await?;
+            let aof = c.config_get("appendonly").await? == "yes";
+            let aof_dir = if aof {
+                Some(c.config_get("appenddirname").await?)
+            } else {
+                None
+            };
+            if let Some(p) = &req.rdb_path
+                && *p != dir.join(&dbfilename)
+            {
+                return Err(Error::Input(format!(
+                    "--rdb-path {} is not the node's data file ({}): leave --rdb-path out while the node runs",
+                    p.display(),
+                    dir.join(&dbfilename).display()
+                )));
+            }
+            Ok(Layout {
+                dir,
+                dbfilename,
+                aof_dir,
+            })
+        }
+        Err(e) => match &req.rdb_path {
+            Some(p) => Ok(Layout {
+                dir: p.parent().map(Path::to_path_buf).unwrap_or_default(),
+                dbfilename: p
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                aof_dir: None,
+            }),
+            None => Err(Error::Input(format!(
+                "{e}; a node that is down cannot say where its data file is: give --rdb-path"
+            ))),
+        },
+    }
+}
+
+/// What the backup's RDB holds, read while the node restarts.
+#[derive(Default)]
+struct Census {
+    keys: u64,
+    expirations: Vec<i64>,
+    repl_offset: Option<u64>,
+}
+
+fn census(rdb: &Path) -> Result<Census> {
+    let file = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
+    let bad = |e| Error::Decode(format!("{}: {e}", rdb.display()));
+    let mut r = RdbReader::new(file).map_err(bad)?;
+    let mut c = Census::default();
+    while let Some(item) = r.next_item().map_err(bad)? {
+        match item {
+            Item::Entry(e) => {
+                c.keys += 1;
+                if let Some(at) = e.expire_ms {
+                    c.expirations.push(at);
+                }
+            }
+            Item::Aux(k, v) if k == "repl-offset" => c.repl_offset = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+async fn run_hook(what: &str, command: &str, timeout: Duration) -> Result<()> {
+    let run = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| {
+            Error::Failed(format!(
+                "the {what} hook `{command}` did not finish within {}s",
+                timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| Error::Failed(format!("the {what} hook `{command}` could not run: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "the {what} hook `{command}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+async fn stop(req: &ReplaceRequest) -> Result<()> {
+    match &req.stop {
+        Some(hook) => run_hook("stop", hook, req.timeout).await?,
+        None => {
+            if let Ok(mut c) = Connection::connect(&req.node).await {
+                // The reply is the connection closing.
+                let _ = c.command(&[b"SHUTDOWN", b"NOSAVE"]).await;
+            }
+        }
+    }
+    let deadline = Instant::now() + req.timeout;
+    while Connection::connect(&req.node).await.is_ok() {
+        if Instant::now() > deadline {
+            return Err(Error::Failed(format!(
+                "{} still accepts connections {}s after the stop: nothing was replaced",
+                req.node,
+                req.timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits until the node answers and has loaded its data.
+async fn serving(req: &ReplaceRequest) -> Result<Connection> {
+    let deadline = Instant::now() + req.timeout;
+    let mut last = String::from("no answer yet");
+    loop {
+        if let Ok(mut c) = Connection::connect(&req.node).await {
+            match c.command(&[b"PING"]).await {
+                Ok(Value::Simple(_)) => return Ok(c),
+                Ok(Value::Error(e)) => last = e,
+                Ok(_) => {}
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Failed(format!(
+                "{} did not serve within {}s of the start hook ({last})",
+                req.node,
+                req.timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::file("cannot move into place", to, e))
+}
+
+/// Replaces one node's data with a verified copy of the backup.
+pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
+    let started = Instant::now();
+    let layout = layout(&req).await?;
+    let data_file = layout.dir.join(&layout.dbfilename);
+    // Placed beside the node's data, on the same filesystem, so moving it in is a rename.
+    let (staged, live) = match &layout.aof_dir {
+        Some(d) => (
+            layout.dir.join(format!("{d}.fleetsnap-restore")),
+            layout.dir.join(d),
+        ),
+        None => (
+            layout
+                .dir
+                .join(format!("{}.fleetsnap-restore", layout.dbfilename)),
+            data_file.clone(),
+        ),
+    };
+    req.read.to_file = staged.clone();
+    req.read.aof_dir = layout.aof_dir.is_some();
+    if req.read.aof_dir {
+        std::fs::remove_dir_all(&staged).ok();
+    }
+    let read = restore(&req.read).await?;
+    let staged_seconds = started.elapsed().as_secs_f64();
+    let rdb = PathBuf::from(&read.rdb_file);
+    let counting = tokio::task::spawn_blocking(move || census(&rdb));
+
+    let down = Instant::now();
+    stop(&req).await?;
+    let old = PathBuf::from(format!("{}.fleetsnap-old", live.display()));
+    let previous_kept_at = if live.exists() {
+        if old.is_dir() {
+            std::fs::remove_dir_all(&old).ok();
+        }
+        rename(&live, &old)?;
+        Some(old.display().to_string())
+    } else {
+        None
+    };
+    rename(&staged, &live)?;
+    if let Err(e) = run_hook("start", &req.start, req.timeout).await {
+        return Err(Error::Failed(format!(
+            "{e}. The backup is in place at {}; the node's previous data is at {}",
+            live.display(),
+            previous_kept_at.as_deref().unwrap_or("(none)")
+        )));
+    }
+    let mut conn = serving(&req).await?;
+    let census = counting
+        .await
+        .map_err(|e| Error::Decode(format!("reading the backup's keys failed: {e}")))??;
+
+    // The checks: the node loaded this very file, every key of it, and owns the shard's slots.
+    let keyspace = conn.info("keyspace").await?;
+    let keys_loaded: u64 = keyspace
+        .iter()
+        .filter(|(k, _)| k.starts_with("db"))
+        .filter_map(|(_, v)| {
+            v.split(',')
+                .next()?
+                .strip_prefix("keys=")?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let expired_in_backup = census
+        .expirations
+        .iter()
+        .filter(|at| **at <= now_ms)
+        .count() as u64;
+    if keys_loaded > census.keys || keys_loaded < census.keys - expired_in_backup {
+        return Err(Error::Failed(format!(
+            "{} holds {keys_loaded} keys after the restart but the backup has {} ({} of them expired): the node did not load the restored file (check that the start hook starts it on {})",
+            req.node,
+            census.keys,
+            expired_in_backup,
+            live.display()
+        )));
+    }
+    let replication = conn.info("replication").await?;
+    let offset = info_field(&replication, "master_repl_offset").and_then(|o| o.parse::<u64>().ok());
+    if layout.aof_dir.is_none()
+        && let (Some(want), Some(got)) = (census.repl_offset, offset)
+        && info_field(&replication, "role") == Some("master")
+        && want != got
+    {
+        return Err(Error::Failed(format!(
+            "{} came up at replication offset {got}, not the backup's {want}: it did not load the restored file",
+            req.node
+        )));
+    }
+    check_slots(&mut conn, &req.node, &read.slot_ranges).await?;
+    cluster_ok(&mut conn, &req).await?;
+    let tail_commands = match (&read.tail_file, layout.aof_dir.is_some()) {
+        // An AOF directory's incremental file is the tail: the node replayed it as it loaded.
+        (Some(_), true) | (None, _) => 0,
+        (Some(t), false) => {
+            let n = crate::online::replay_tail_into(&req.node, Path::new(t)).await?;
+            std::fs::remove_file(t).ok();
+            n
+        }
+    };
+    Ok(ReplaceReport {
+        node: req.node.to_string(),
+        placed: live.display().to_string(),
+        previous_kept_at,
+        keys_in_backup: census.keys,
+        expired_in_backup,
+        keys_loaded,
+        offset: census.repl_offset,
+        tail_commands,
+        staged_seconds,
+        down_seconds: down.elapsed().as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64(),
+        read,
+    })
+}
+
+/// A restarted Redis Cluster node refuses commands until it has met its peers again: waits for
+/// `cluster_state:ok` before the tail is replayed.
+async fn cluster_ok(conn: &mut Connection, req: &ReplaceRequest) -> Result<()> {
+    let deadline = Instant::now() + req.timeout;
+    loop {
+        let cluster = conn.info("cluster").await?;
+        if info_field(&cluster, "cluster_enabled") != Some("1") {
+            return Ok(());
+        }
+        if let Value::Bulk(Some(b)) = conn.checked(&[b"CLUSTER", b"INFO"]).await?
+            && String::from_utf8_lossy(&b).contains("cluster_state:ok")
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Failed(format!(
+                "{} came back but its cluster is not ok after {}s (CLUSTER INFO): check that its peers are up",
+                req.node,
+                req.timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Redis Cluster node must own exactly the slots the backup's shard owned.
+async fn check_slots(conn: &mut Connection, node: &RedisTarget, want: &[(u16, u16)]) -> Result<()> {
+    let cluster = conn.info("cluster").await?;
+    if info_field(&cluster, "cluster_enabled") != Some("1") || want.is_empty() {
+        return Ok(());
+    }
+    let Value::Bulk(Some(nodes)) = conn.checked(&[b"CLUSTER", b"NODES"]).await? else {
+        return Err(Error::redis(node, "CLUSTER NODES gave no text"));
+    };
+    let text = String::from_utf8_lossy(&nodes);
+    let myself = text
+        .lines()
+        .find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")))
+        .ok_or_else(|| Error::redis(node, "CLUSTER NODES has no line for this node"))?;
+    let mut owned: Vec<(u16, u16)> = myself
+        .split(' ')
+        .skip(8)
+        .filter(|r| !r.starts_with('['))
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => r.parse().ok().map(|s| (s, s)),
+        })
+        .collect();
+    owned.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    if owned != want {
+        return Err(Error::Failed(format!(
+            "{node} owns slots {} but the backup's shard held {}: its nodes.conf belongs to another layout; restore this shard on the node that owns those slots, or use an online restore",
+            fleetsnap_core::topology::format_slots(&owned),
+            fleetsnap_core::topology::format_slots(&want)
+        )));
+    }
+    Ok(())
+}
