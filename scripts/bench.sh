@@ -3,6 +3,7 @@
 #   scripts/bench.sh [--sizes-gib 1,4]              the snapshot data path
 #   scripts/bench.sh fleet [--agents 1000,5000,10000] [--window 15]   the control plane at scale
 #   scripts/bench.sh windows [--shards 3,8,16] [--windows 20]          skew and write pause
+#   scripts/bench.sh restore [--size-gib 1] [--repeat 3]              RTO: replace, online, floor, seed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = windows ]; then
@@ -11,6 +12,12 @@ if [ "${1:-}" = windows ]; then
     cargo build --release --quiet -p fleetsnap-coordinator -p fleetsnap-agent -p fleetsnap-cli -p fleetsnap-bench
     # windows finds the fleetsnap binaries next to itself.
     exec target/release/windows "$@"
+fi
+if [ "${1:-}" = restore ]; then
+    shift
+    scripts/setup.sh
+    cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench
+    exec target/release/restore --agent target/release/fleetsnap-agent "$@"
 fi
 if [ "${1:-}" = fleet ]; then
     shift

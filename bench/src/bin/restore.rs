@@ -1,0 +1,282 @@
+//! Restore benchmark: the RTO of one shard restored by fleetsnap (`replace` and `online`) against
+//! the floor — a plain redis-server restart loading the same RDB file already in place — and the
+//! seed recipe's manual restore (stop, copy the gzipped dump, gunzip, start).
+//!
+//! Every row starts from a running target and ends when the target answers PING with the data
+//! loaded. Run with `scripts/bench.sh restore`; prints a Markdown table.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fleetsnap_agent::resp::{Connection, Value};
+use fleetsnap_agent::target::RedisTarget;
+use fleetsnap_bench::fill;
+use fleetsnap_testkit::{RedisServer, free_port};
+
+#[derive(Parser)]
+struct Args {
+    /// Dataset size in GiB.
+    #[arg(long, default_value_t = 1)]
+    size_gib: u64,
+    /// Runs per row; the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Where the fleetsnap-agent binary is (built with --release).
+    #[arg(long, default_value = "target/release/fleetsnap-agent")]
+    agent: PathBuf,
+}
+
+/// A target server run the way an operator runs one: daemonized, from its own directory, stopped
+/// and started by commands.
+struct Target {
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Target {
+    fn start_command(&self) -> String {
+        format!(
+            "redis-server --bind 127.0.0.1 --port {} --dir {} --dbfilename dump.rdb --save '' --appendonly no --daemonize yes --pidfile {}/redis.pid --logfile {}/redis.log",
+            self.port,
+            self.dir.display(),
+            self.dir.display(),
+            self.dir.display()
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn sh(command: &str) -> anyhow::Result<()> {
+        let st = Command::new("sh").args(["-c", command]).status()?;
+        if !st.success() {
+            bail!("`{command}` failed: {st}");
+        }
+        Ok(())
+    }
+
+    async fn start(&self) -> anyhow::Result<()> {
+        Self::sh(&self.start_command())?;
+        self.wait_serving().await
+    }
+
+    async fn stop(&self) -> anyhow::Result<()> {
+        let t = RedisTarget::parse(&self.url())?;
+        if let Ok(mut c) = Connection::connect(&t).await {
+            let _ = c.command(&[b"SHUTDOWN", b"NOSAVE"]).await;
+        }
+        while Connection::connect(&t).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_serving(&self) -> anyhow::Result<()> {
+        let t = RedisTarget::parse(&self.url())?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Ok(mut c) = Connection::connect(&t).await
+                && matches!(c.command(&[b"PING"]).await, Ok(Value::Simple(_)))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("target on port {} did not serve within 600 s", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn keys(&self) -> anyhow::Result<i64> {
+        let mut c = Connection::connect(&RedisTarget::parse(&self.url())?).await?;
+        match c.command(&[b"DBSIZE"]).await? {
+            Value::Int(n) => Ok(n),
+            v => bail!("DBSIZE gave {v:?}"),
+        }
+    }
+
+    async fn flush(&self) -> anyhow::Result<()> {
+        let mut c = Connection::connect(&RedisTarget::parse(&self.url())?).await?;
+        c.checked(&[b"FLUSHALL"]).await?;
+        Ok(())
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn agent_json(agent: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(agent).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "fleetsnap-agent {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    fleetsnap_agent::install_crypto_provider();
+    let args = Args::parse();
+    let agent = std::fs::canonicalize(&args.agent)
+        .context("build the agent first: cargo build --release -p fleetsnap-agent")?;
+    let work = tempfile::tempdir()?;
+    let source = RedisServer::start().await?;
+    eprintln!("filling {} GiB…", args.size_gib);
+    fill(&source, args.size_gib).await?;
+    let keys = {
+        let mut c = source.conn().await?;
+        match c.command(&[b"DBSIZE"]).await? {
+            Value::Int(n) => n,
+            v => bail!("DBSIZE gave {v:?}"),
+        }
+    };
+    // The backup fleetsnap restores from, in a local-directory region.
+    let region = format!("file://{}/region", work.path().display());
+    let snap = agent_json(
+        &agent,
+        &[
+            "snapshot",
+            "--redis",
+            &source.url(),
+            "--to",
+            &region,
+            "--json",
+        ],
+    )?;
+    let id = snap["backup_id"].as_str().context("backup_id")?.to_string();
+    // The same data as a plain dump.rdb, and gzipped as the seed recipe keeps it.
+    source.cmd(&["SAVE"]).await?;
+    let dump = source.dir().join("dump.rdb");
+    let rdb_bytes = std::fs::metadata(&dump)?.len();
+    let seed = work.path().join("seed");
+    std::fs::create_dir_all(&seed)?;
+    std::fs::copy(&dump, seed.join("dump.rdb"))?;
+    Target::sh(&format!("gzip -f {}/dump.rdb", seed.display()))?;
+    drop(source);
+
+    let dir = work.path().join("target");
+    std::fs::create_dir_all(&dir)?;
+    let target = Target {
+        port: free_port(),
+        dir: dir.clone(),
+    };
+    target.start().await?;
+    let mut rows: Vec<(&str, Duration, Option<Duration>)> = Vec::new();
+
+    // Floor: the RDB already in place, the server restarted on it.
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        target.stop().await?;
+        std::fs::copy(&dump, dir.join("dump.rdb"))?;
+        let t = Instant::now();
+        target.start().await?;
+        runs.push(t.elapsed());
+        anyhow::ensure!(target.keys().await? == keys, "the floor run lost keys");
+    }
+    rows.push((
+        "floor: redis-server restart on the RDB in place",
+        median(runs),
+        None,
+    ));
+
+    // The seed recipe's manual restore: stop, copy the gzipped dump, gunzip, start.
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        let t = Instant::now();
+        target.stop().await?;
+        Target::sh(&format!(
+            "cp {s}/dump.rdb.gz {d}/dump.rdb.gz && gunzip -f {d}/dump.rdb.gz",
+            s = seed.display(),
+            d = dir.display()
+        ))?;
+        target.start().await?;
+        runs.push(t.elapsed());
+        anyhow::ensure!(target.keys().await? == keys, "the seed run lost keys");
+    }
+    rows.push((
+        "seed manual restore: stop, cp, gunzip, start",
+        median(runs),
+        None,
+    ));
+
+    // fleetsnap replace: fetch and verify beside the data file, stop, move in, start, check.
+    let (mut runs, mut down) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeat {
+        let t = Instant::now();
+        let r = agent_json(
+            &agent,
+            &[
+                "restore",
+                "--from",
+                &region,
+                "--backup",
+                &id,
+                "--replace",
+                &target.url(),
+                "--start",
+                &target.start_command(),
+                "--json",
+            ],
+        )?;
+        runs.push(t.elapsed());
+        down.push(Duration::from_secs_f64(
+            r["down_seconds"].as_f64().context("down_seconds")?,
+        ));
+        anyhow::ensure!(target.keys().await? == keys, "the replace run lost keys");
+    }
+    rows.push(("fleetsnap replace", median(runs), Some(median(down))));
+
+    // fleetsnap online: into the running, emptied target.
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        target.flush().await?;
+        let t = Instant::now();
+        agent_json(
+            &agent,
+            &[
+                "restore",
+                "--from",
+                &region,
+                "--backup",
+                &id,
+                "--online",
+                &target.url(),
+                "--work-dir",
+                &work.path().display().to_string(),
+                "--json",
+            ],
+        )?;
+        runs.push(t.elapsed());
+        anyhow::ensure!(target.keys().await? == keys, "the online run lost keys");
+    }
+    rows.push(("fleetsnap online (RESTORE, pipelined)", median(runs), None));
+    target.stop().await?;
+
+    let floor = rows[0].1.as_secs_f64();
+    let mb = rdb_bytes as f64 / 1e6;
+    println!(
+        "\n{} GiB dataset: {keys} keys, RDB {:.0} MB; median of {} runs\n",
+        args.size_gib, mb, args.repeat
+    );
+    println!("| restore | RTO (s) | × floor | MB/s of RDB | node down (s) |");
+    println!("|---|---|---|---|---|");
+    for (name, wall, down) in &rows {
+        let s = wall.as_secs_f64();
+        println!(
+            "| {name} | {s:.2} | {:.2} | {:.0} | {} |",
+            s / floor,
+            mb / s,
+            down.map_or("–".to_string(), |d| format!("{:.2}", d.as_secs_f64()))
+        );
+    }
+    Ok(())
+}
