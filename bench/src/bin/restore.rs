@@ -112,7 +112,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn agent_json(agent: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(agent).args(args).output()?;
+    let out = Command::new(agent)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {}", agent.display()))?;
     if !out.status.success() {
         bail!(
             "fleetsnap-agent {args:?} failed: {}",
@@ -155,11 +158,14 @@ async fn main() -> anyhow::Result<()> {
     let id = snap["backup_id"].as_str().context("backup_id")?.to_string();
     // The same data as a plain dump.rdb, and gzipped as the seed recipe keeps it.
     source.cmd(&["SAVE"]).await?;
-    let dump = source.dir().join("dump.rdb");
-    let rdb_bytes = std::fs::metadata(&dump)?.len();
+    let dump = work.path().join("dump.rdb");
+    std::fs::rename(source.dir().join("dump.rdb"), &dump).context("keep the dump")?;
+    let rdb_bytes = std::fs::metadata(&dump)
+        .with_context(|| format!("{}", dump.display()))?
+        .len();
     let seed = work.path().join("seed");
     std::fs::create_dir_all(&seed)?;
-    std::fs::copy(&dump, seed.join("dump.rdb"))?;
+    std::fs::copy(&dump, seed.join("dump.rdb")).context("copy the dump for the seed")?;
     Target::sh(&format!("gzip -f {}/dump.rdb", seed.display()))?;
     drop(source);
 
@@ -176,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for _ in 0..args.repeat {
         target.stop().await?;
-        std::fs::copy(&dump, dir.join("dump.rdb"))?;
+        std::fs::copy(&dump, dir.join("dump.rdb")).context("place the dump")?;
         let t = Instant::now();
         target.start().await?;
         runs.push(t.elapsed());
