@@ -1,6 +1,7 @@
 //! The snapshot data path for one object: source → RDB verifier → zstd → age → sha256 → fan-out to
 //! every destination through its spool queue. One read of the source feeds every destination.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fleetsnap_core::codec::Compression;
+use fleetsnap_core::rdbread::{DatasetDigest, DbDigest, Item as RdbItem, RdbReader};
 use fleetsnap_core::{Codec, CodecChain, RdbSummary, RdbVerifier};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -126,6 +128,84 @@ pub struct Encoded {
     pub sha256: String,
     /// The RDB verdict, for RDB objects.
     pub rdb: Option<RdbSummary>,
+    /// Keys and digest per database, for RDB objects the reader could read key by key.
+    pub dbs: Option<BTreeMap<u64, DbDigest>>,
+}
+
+/// A reader over chunks handed from the encoder thread.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(b) => self.current = b,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Reads the RDB key by key on a thread of its own as it streams, counting keys and digesting
+/// values per database (what a restore drill checks later).
+struct Census {
+    tx: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    thread: std::thread::JoinHandle<Result<BTreeMap<u64, DbDigest>, String>>,
+}
+
+impl Census {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let thread = std::thread::spawn(move || {
+            let input = ChunkReader {
+                rx,
+                current: Bytes::new(),
+            };
+            let mut r = RdbReader::new(input).map_err(|e| e.to_string())?;
+            let mut d = DatasetDigest::default();
+            while let Some(item) = r.next_item().map_err(|e| e.to_string())? {
+                if let RdbItem::Entry(e) = item {
+                    let v = e.value().map_err(|e| e.to_string())?;
+                    d.add(&e, &v);
+                }
+            }
+            Ok(d.finish())
+        });
+        Self {
+            tx: Some(tx),
+            thread,
+        }
+    }
+
+    fn feed(&mut self, data: &Bytes) {
+        // A reader that stopped (it met something it cannot read) takes no more.
+        if let Some(tx) = &self.tx
+            && tx.send(data.clone()).is_err()
+        {
+            self.tx = None;
+        }
+    }
+
+    fn finish(mut self, source_name: &str) -> Option<BTreeMap<u64, DbDigest>> {
+        self.tx = None;
+        match self.thread.join() {
+            Ok(Ok(dbs)) => Some(dbs),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    source = source_name,
+                    "no key counts or digest for this snapshot: {e}"
+                );
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 struct Encoder {
@@ -135,17 +215,21 @@ struct Encoder {
     raw: u64,
     stored: u64,
     verifier: Option<RdbVerifier>,
+    census: Option<Census>,
     queues: Vec<Arc<SpoolQueue>>,
     source_name: String,
 }
 
 impl Encoder {
-    fn feed(&mut self, data: &[u8]) -> Result<()> {
+    fn feed(&mut self, data: &Bytes) -> Result<()> {
         if let Some(v) = self.verifier.as_mut() {
             v.update(data).map_err(|error| Error::Rdb {
                 source_name: self.source_name.clone(),
                 error,
             })?;
+        }
+        if let Some(c) = self.census.as_mut() {
+            c.feed(data);
         }
         self.raw += data.len() as u64;
         self.chain
@@ -181,11 +265,13 @@ impl Encoder {
             })?),
             None => None,
         };
+        let dbs = self.census.take().and_then(|c| c.finish(&self.source_name));
         Ok(Encoded {
             raw_bytes: self.raw,
             stored_bytes: self.stored,
             sha256: hex::encode(self.sha.finalize()),
             rdb,
+            dbs,
         })
     }
 }
@@ -227,6 +313,7 @@ pub async fn store_object(
         raw: 0,
         stored: 0,
         verifier: verify_rdb.then(RdbVerifier::new),
+        census: verify_rdb.then(Census::start),
         queues: queues.clone(),
         source_name: source_name.to_string(),
     });

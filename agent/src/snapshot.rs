@@ -172,6 +172,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         .total
         .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut objects = Vec::new();
+    let mut dbs = std::collections::BTreeMap::new();
     let mut rdb_version = 0;
     let mut rdb_checksum = false;
     let mut queue: std::collections::VecDeque<_> = opened.objects.into_iter().collect();
@@ -206,6 +207,9 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
                 Ok(n) => stored[*i] += n,
                 Err(e) => failures[*i] = Some(e.to_string()),
             }
+        }
+        if encoded.dbs.is_some() {
+            dbs = encoded.dbs.clone().unwrap_or_default();
         }
         if let Some(rdb) = encoded.rdb {
             rdb_version = rdb.version;
@@ -270,6 +274,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             rdb_version,
             redis_version: info.redis_version.clone(),
             slot_ranges: Vec::new(),
+            dbs,
             objects,
         }],
     };

@@ -107,6 +107,21 @@ async fn every_key_reads_back_as_dump_gives_it_and_digests_ignore_encodings() {
     .ok()
     .json();
     let id = out["backup_id"].as_str().unwrap();
+    // The manifest carries each database's key count and digest, computed while the snapshot
+    // streamed: the same as read from the source's own RDB.
+    let manifest = files_under(&other.dir().join("region"))
+        .into_iter()
+        .find(|f| f.ends_with("manifest.json"))
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(other.dir().join("region").join(manifest)).unwrap())
+            .unwrap();
+    let dbs = &manifest["shards"][0]["dbs"];
+    assert_eq!(dbs, &serde_json::to_value(digest(&entries)).unwrap());
+    assert_eq!(
+        dbs["0"]["keys"].as_u64().unwrap() + dbs["3"]["keys"].as_u64().unwrap(),
+        entries.len() as u64
+    );
     agent(
         None,
         &[

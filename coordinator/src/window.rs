@@ -866,6 +866,7 @@ mod tests {
                     rdb_version: 10,
                     redis_version: None,
                     slot_ranges: Vec::new(),
+                    dbs: Default::default(),
                     objects: Vec::new(),
                 },
                 regions: regions

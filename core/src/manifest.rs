@@ -4,11 +4,14 @@
 //! `<prefix>/<cluster>/<backup_id>/<shard>.rdb[.zst][.age]`, `<shard>.tail[.zst][.age]` and
 //! `manifest.json`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::codec::CodecChain;
 use crate::ids::{BackupId, ClusterId, ShardId};
+use crate::rdbread::DbDigest;
 
 /// The manifest format version written by this code.
 pub const FORMAT_VERSION: u32 = 1;
@@ -87,6 +90,11 @@ pub struct ShardEntry {
     pub slot_ranges: Vec<(u16, u16)>,
     /// The stored objects of this shard.
     pub objects: Vec<ObjectEntry>,
+    /// Per logical database of the RDB (before any tail): its keys and the digest of its data,
+    /// computed while the snapshot streamed. Empty when the RDB could not be read key by key (a
+    /// module type), or for sets written before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dbs: BTreeMap<u64, DbDigest>,
 }
 
 /// What a stored object holds.
@@ -216,6 +224,7 @@ mod tests {
                 rdb_version: 10,
                 redis_version: Some("7.0.15".into()),
                 slot_ranges: vec![(0, 16383)],
+                dbs: Default::default(),
                 objects: vec![ObjectEntry {
                     kind: ObjectKind::Rdb,
                     name: object_name(&shard, ObjectKind::Rdb, &codecs),
