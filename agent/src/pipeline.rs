@@ -1,7 +1,6 @@
 //! The snapshot data path for one object: source → RDB verifier → zstd → age → sha256 → fan-out to
 //! every destination through its spool queue. One read of the source feeds every destination.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,7 +128,7 @@ pub struct Encoded {
     /// The RDB verdict, for RDB objects.
     pub rdb: Option<RdbSummary>,
     /// Keys and digest per database, for RDB objects the reader could read key by key.
-    pub dbs: Option<BTreeMap<u64, DbDigest>>,
+    pub dbs: Option<Vec<DbDigest>>,
 }
 
 /// A reader over chunks handed from the encoder thread.
@@ -156,7 +155,7 @@ impl std::io::Read for ChunkReader {
 /// values per database (what a restore drill checks later).
 struct Census {
     tx: Option<std::sync::mpsc::SyncSender<Bytes>>,
-    thread: std::thread::JoinHandle<Result<BTreeMap<u64, DbDigest>, String>>,
+    thread: std::thread::JoinHandle<Result<Vec<DbDigest>, String>>,
 }
 
 impl Census {
@@ -192,7 +191,7 @@ impl Census {
         }
     }
 
-    fn finish(mut self, source_name: &str) -> Option<BTreeMap<u64, DbDigest>> {
+    fn finish(mut self, source_name: &str) -> Option<Vec<DbDigest>> {
         self.tx = None;
         match self.thread.join() {
             Ok(Ok(dbs)) => Some(dbs),

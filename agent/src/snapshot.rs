@@ -172,7 +172,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         .total
         .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut objects = Vec::new();
-    let mut dbs = std::collections::BTreeMap::new();
+    let mut dbs = Vec::new();
     let mut rdb_version = 0;
     let mut rdb_checksum = false;
     let mut queue: std::collections::VecDeque<_> = opened.objects.into_iter().collect();

@@ -4,8 +4,6 @@
 //! `<prefix>/<cluster>/<backup_id>/<shard>.rdb[.zst][.age]`, `<shard>.tail[.zst][.age]` and
 //! `manifest.json`.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -93,8 +91,8 @@ pub struct ShardEntry {
     /// Per logical database of the RDB (before any tail): its keys and the digest of its data,
     /// computed while the snapshot streamed. Empty when the RDB could not be read key by key (a
     /// module type), or for sets written before it was recorded.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub dbs: BTreeMap<u64, DbDigest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dbs: Vec<DbDigest>,
 }
 
 /// What a stored object holds.

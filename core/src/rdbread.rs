@@ -1206,6 +1206,8 @@ fn intset(b: &[u8]) -> Option<Vec<Vec<u8>>> {
 /// Keys and an order- and encoding-independent digest of one logical database.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DbDigest {
+    /// The logical database.
+    pub db: u64,
     /// Keys counted.
     pub keys: u64,
     /// Of which with an expiry.
@@ -1234,19 +1236,15 @@ impl DatasetDigest {
         }
     }
 
-    /// The digests, by database.
-    pub fn finish(&self) -> std::collections::BTreeMap<u64, DbDigest> {
+    /// The digests, in database order.
+    pub fn finish(&self) -> Vec<DbDigest> {
         self.dbs
             .iter()
-            .map(|(db, (d, keys, expires))| {
-                (
-                    *db,
-                    DbDigest {
-                        keys: *keys,
-                        expires: *expires,
-                        digest: hex::encode(d),
-                    },
-                )
+            .map(|(db, (d, keys, expires))| DbDigest {
+                db: *db,
+                keys: *keys,
+                expires: *expires,
+                digest: hex::encode(d),
             })
             .collect()
     }
@@ -1549,6 +1547,6 @@ mod tests {
         c.add(&e("y"), &Value::String(b"w".to_vec()));
         c.add(&e("x"), &Value::Set(strs(&["2", "1"])));
         assert_ne!(a.finish(), c.finish());
-        assert_eq!(a.finish()[&0].keys, 2);
+        assert_eq!(a.finish()[0].keys, 2);
     }
 }

@@ -150,3 +150,42 @@ pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ShardEntry;
+    use crate::rdbread::DbDigest;
+
+    #[test]
+    fn a_shard_result_with_key_counts_crosses_the_wire() {
+        // JobResult is internally tagged: what a shard entry holds must survive serde's buffering.
+        let result = JobResult::Shard(Box::new(ShardResult {
+            entry: ShardEntry {
+                shard: crate::ShardId::new("s0").unwrap(),
+                source_node: "127.0.0.1:6379".into(),
+                source_kind: "replication".into(),
+                run_id: None,
+                replid: None,
+                start_offset: Some(1),
+                cut_offset: None,
+                rdb_version: 10,
+                redis_version: None,
+                slot_ranges: vec![(0, 16383)],
+                dbs: vec![DbDigest {
+                    db: 3,
+                    keys: 2,
+                    expires: 1,
+                    digest: "ab".into(),
+                }],
+                objects: Vec::new(),
+            },
+            regions: Vec::new(),
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            started_at_us: None,
+        }));
+        let json = serde_json::to_string(&result).unwrap();
+        assert_eq!(serde_json::from_str::<JobResult>(&json).unwrap(), result);
+    }
+}
