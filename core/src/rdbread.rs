@@ -106,14 +106,16 @@ pub struct Entry {
     pub idle: Option<u64>,
     /// LFU frequency.
     pub freq: Option<u8>,
-    /// The value as serialized: its type byte then its encoding.
+    /// The value as serialized: its type byte then its encoding (empty from a `decoding` reader).
     pub payload: Vec<u8>,
+    /// The value, decoded as it was read (from a `decoding` reader only).
+    pub decoded: Option<Value>,
 }
 
 impl Entry {
     /// The value's RDB type byte.
     pub fn rdb_type(&self) -> u8 {
-        self.payload[0]
+        self.payload.first().copied().unwrap_or(u8::MAX)
     }
 
     /// The key, printable.
@@ -121,8 +123,11 @@ impl Entry {
         String::from_utf8_lossy(&self.key).into_owned()
     }
 
-    /// The value decoded.
+    /// The value decoded (from `decoded` when the reader already did).
     pub fn value(&self) -> Result<Value> {
+        if let Some(v) = &self.decoded {
+            return Ok(v.clone());
+        }
         let mut s = Slice {
             buf: &self.payload[1..],
             pos: 0,
@@ -175,15 +180,33 @@ pub struct RdbReader<R: Read> {
     version: u16,
     db: u64,
     done: bool,
+    decode: bool,
 }
 
 impl<R: Read> RdbReader<R> {
-    /// Reads the header.
+    /// Reads the header; the CRC-64 trailer is checked at the end.
     pub fn new(r: R) -> Result<Self> {
+        Self::open(r, true)
+    }
+
+    /// For bytes whose checksum was verified on their way here (the snapshot pipeline's
+    /// verifier, a restore's download): the trailer is read but not computed again.
+    pub fn checked_elsewhere(r: R) -> Result<Self> {
+        Self::open(r, false)
+    }
+
+    /// Decodes each value as it is read (into `Entry::decoded`) instead of keeping its bytes:
+    /// one pass, for readers that want values rather than `RESTORE` payloads.
+    pub fn decoding(mut self) -> Self {
+        self.decode = true;
+        self
+    }
+
+    fn open(r: R, check: bool) -> Result<Self> {
         let mut src = Stream {
             r: BufReader::with_capacity(1 << 20, r),
             at: 0,
-            crc: Crc::new(CrcAlgorithm::Crc64Redis),
+            crc: check.then(|| Crc::new(CrcAlgorithm::Crc64Redis)),
             capture: None,
         };
         let mut head = [0u8; 9];
@@ -203,6 +226,7 @@ impl<R: Read> RdbReader<R> {
             version,
             db: 0,
             done: false,
+            decode: false,
         })
     }
 
@@ -230,11 +254,14 @@ impl<R: Read> RdbReader<R> {
                 OP_EOF => {
                     self.done = true;
                     if self.version >= 5 {
-                        let computed = self.src.crc.finalize();
+                        let computed = self.src.crc.take().map(|c| c.finalize());
                         let mut t = [0u8; 8];
                         self.src.fill(&mut t)?;
                         let stored = u64::from_le_bytes(t);
-                        if stored != 0 && stored != computed {
+                        if let Some(computed) = computed
+                            && stored != 0
+                            && stored != computed
+                        {
                             return Err(ReadError::Checksum { stored, computed });
                         }
                     }
@@ -289,10 +316,10 @@ impl<R: Read> RdbReader<R> {
                             module: module_name(id),
                         });
                     }
-                    self.src.capture = Some(vec![t]);
-                    let walked = walk(&mut self.src, t, false);
+                    self.src.capture = (!self.decode).then(|| vec![t]);
+                    let walked = walk(&mut self.src, t, self.decode);
                     let payload = self.src.capture.take().unwrap_or_default();
-                    walked.map_err(|e| match e {
+                    let decoded = walked.map_err(|e| match e {
                         ReadError::Corrupt { at, what } => ReadError::Corrupt {
                             at,
                             what: format!(
@@ -310,6 +337,7 @@ impl<R: Read> RdbReader<R> {
                         idle,
                         freq,
                         payload,
+                        decoded,
                     })));
                 }
             }
@@ -467,7 +495,7 @@ trait Src {
 struct Stream<R: Read> {
     r: BufReader<R>,
     at: u64,
-    crc: Crc,
+    crc: Option<Crc>,
     capture: Option<Vec<u8>>,
 }
 
@@ -508,7 +536,9 @@ impl<R: Read> Src for Stream<R> {
             return Err(self.io(e));
         }
         self.at += out.len() as u64;
-        self.crc.update(out);
+        if let Some(c) = self.crc.as_mut() {
+            c.update(out);
+        }
         if let Some(c) = self.capture.as_mut() {
             c.extend_from_slice(out);
         }
@@ -525,7 +555,9 @@ impl<R: Read> Src for Stream<R> {
                 return Err(ReadError::Truncated(self.at));
             }
             let k = buf.len().min(n);
-            self.crc.update(&buf[..k]);
+            if let Some(c) = self.crc.as_mut() {
+                c.update(&buf[..k]);
+            }
             if let Some(c) = self.capture.as_mut() {
                 c.extend_from_slice(&buf[..k]);
             }
@@ -976,43 +1008,44 @@ fn parse_f64(b: &[u8]) -> Option<f64> {
 
 /// Pairs or triples of a flat element list as the value of type `t`.
 fn from_flat(t: u8, items: Vec<Vec<u8>>) -> Option<Value> {
+    let width = match t {
+        LIST_ZIPLIST | SET_LISTPACK => 1,
+        HASH_LISTPACK_EX | HASH_LISTPACK_EX_PRE_GA => 3,
+        _ => 2,
+    };
+    if !items.len().is_multiple_of(width) {
+        return None;
+    }
+    match t {
+        LIST_ZIPLIST => return Some(Value::List(items)),
+        SET_LISTPACK => return Some(Value::Set(items)),
+        _ => {}
+    }
+    let n = items.len() / width;
+    let mut it = items.into_iter();
+    // Whole groups only: the length was checked, so `next` never runs dry.
+    let mut next = || it.next().unwrap_or_default();
     Some(match t {
-        LIST_ZIPLIST => Value::List(items),
-        SET_LISTPACK => Value::Set(items),
-        ZSET_ZIPLIST | ZSET_LISTPACK => {
-            if !items.len().is_multiple_of(2) {
-                return None;
-            }
-            let mut out = Vec::with_capacity(items.len() / 2);
-            let mut it = items.into_iter();
-            while let (Some(m), Some(sc)) = (it.next(), it.next()) {
-                out.push((m, parse_f64(&sc)?));
-            }
-            Value::ZSet(out)
-        }
+        ZSET_ZIPLIST | ZSET_LISTPACK => Value::ZSet(
+            (0..n)
+                .map(|_| {
+                    let m = next();
+                    Some((m, parse_f64(&next())?))
+                })
+                .collect::<Option<_>>()?,
+        ),
         HASH_ZIPLIST | HASH_LISTPACK => {
-            if !items.len().is_multiple_of(2) {
-                return None;
-            }
-            let mut out = Vec::with_capacity(items.len() / 2);
-            let mut it = items.into_iter();
-            while let (Some(f), Some(v)) = (it.next(), it.next()) {
-                out.push((f, v, None));
-            }
-            Value::Hash(out)
+            Value::Hash((0..n).map(|_| (next(), next(), None)).collect())
         }
-        HASH_LISTPACK_EX | HASH_LISTPACK_EX_PRE_GA => {
-            if !items.len().is_multiple_of(3) {
-                return None;
-            }
-            let mut out = Vec::with_capacity(items.len() / 3);
-            let mut it = items.into_iter();
-            while let (Some(f), Some(v), Some(ttl)) = (it.next(), it.next(), it.next()) {
-                let ttl: u64 = std::str::from_utf8(&ttl).ok()?.parse().ok()?;
-                out.push((f, v, (ttl != 0).then_some(ttl)));
-            }
-            Value::Hash(out)
-        }
+        HASH_LISTPACK_EX | HASH_LISTPACK_EX_PRE_GA => Value::Hash(
+            (0..n)
+                .map(|_| {
+                    let (f, v) = (next(), next());
+                    let ttl: u64 = std::str::from_utf8(&next()).ok()?.parse().ok()?;
+                    Some((f, v, (ttl != 0).then_some(ttl)))
+                })
+                .collect::<Option<_>>()?,
+        ),
         _ => return None,
     })
 }
@@ -1479,6 +1512,40 @@ mod tests {
     }
 
     #[test]
+    fn a_decoding_reader_gives_the_values_the_payloads_hold() {
+        let bytes = vector("list-quicklist.rdb");
+        let mut plain = RdbReader::new(&bytes[..]).unwrap();
+        let mut one_pass = RdbReader::new(&bytes[..]).unwrap().decoding();
+        let mut n = 0;
+        while let Some(a) = plain.next_item().unwrap() {
+            let b = one_pass.next_item().unwrap().unwrap();
+            if let (Item::Entry(a), Item::Entry(b)) = (a, b) {
+                assert!(b.payload.is_empty());
+                assert_eq!(Some(a.value().unwrap()), b.decoded);
+                n += 1;
+            }
+        }
+        assert!(n > 0);
+        assert!(one_pass.next_item().unwrap().is_none());
+    }
+
+    #[test]
+    fn only_a_checking_reader_computes_the_trailer() {
+        let mut bad = vector("hash-ziplist.rdb");
+        let n = bad.len();
+        bad[n - 1] ^= 0x01; // the trailer itself
+        let read = |r: &mut RdbReader<&[u8]>| -> Result<()> {
+            while r.next_item()?.is_some() {}
+            Ok(())
+        };
+        assert!(matches!(
+            read(&mut RdbReader::new(&bad[..]).unwrap()),
+            Err(ReadError::Checksum { .. })
+        ));
+        read(&mut RdbReader::checked_elsewhere(&bad[..]).unwrap()).unwrap();
+    }
+
+    #[test]
     fn damaged_bytes_anywhere_give_errors_not_panics() {
         // Checksums off in this file, so every damaged value reaches the decoder.
         let good = vector("encodings.rdb");
@@ -1506,6 +1573,7 @@ mod tests {
             idle: None,
             freq: None,
             payload: vec![0, 3, b'a', b'b', b'c'],
+            decoded: None,
         };
         let p = e.dump_payload(10);
         assert_eq!(&p[..5], &e.payload[..]);
@@ -1535,6 +1603,7 @@ mod tests {
             idle: None,
             freq: None,
             payload: vec![0],
+            decoded: None,
         };
         let mut a = DatasetDigest::default();
         a.add(&e("x"), &Value::Set(strs(&["1", "2"])));
