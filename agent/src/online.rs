@@ -285,7 +285,8 @@ fn read_in_thread(rdb: &Path) -> Result<(mpsc::Receiver<Result<Batch>>, u16, u64
         .len();
     let bad =
         |e: fleetsnap_core::rdbread::ReadError| Error::Decode(format!("{}: {e}", rdb.display()));
-    let mut reader = RdbReader::new(file).map_err(bad)?;
+    // The copy's size, sha256 and CRC-64 were checked as it was fetched.
+    let mut reader = RdbReader::checked_elsewhere(file).map_err(bad)?;
     let version = reader.version();
     let (tx, rx) = mpsc::channel(4);
     let name = rdb.to_path_buf();
@@ -329,7 +330,8 @@ fn read_in_thread(rdb: &Path) -> Result<(mpsc::Receiver<Result<Batch>>, u16, u64
     Ok((rx, version, size))
 }
 
-/// Restores `rdb` (and replays `tail`) into the running server at `target`.
+/// Restores `rdb`, a copy verified as it was fetched (and replays `tail`), into the running
+/// server at `target`.
 pub async fn restore_online(
     rdb: &Path,
     tail: Option<&Path>,

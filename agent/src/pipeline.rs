@@ -131,18 +131,28 @@ pub struct Encoded {
     pub dbs: Option<Vec<DbDigest>>,
 }
 
-/// A reader over chunks handed from the encoder thread.
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<Bytes>,
+/// A blocking reader over chunks sent through a channel (from async code, or from the encoder
+/// thread).
+pub(crate) struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
     current: Bytes,
 }
 
-impl std::io::Read for ChunkReader {
+impl ChannelReader {
+    pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(b) => self.current = b,
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -154,23 +164,23 @@ impl std::io::Read for ChunkReader {
 /// Reads the RDB key by key on a thread of its own as it streams, counting keys and digesting
 /// values per database (what a restore drill checks later).
 struct Census {
-    tx: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    tx: Option<mpsc::Sender<Bytes>>,
     thread: std::thread::JoinHandle<Result<Vec<DbDigest>, String>>,
 }
 
 impl Census {
     fn start() -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let (tx, rx) = mpsc::channel(64);
         let thread = std::thread::spawn(move || {
-            let input = ChunkReader {
-                rx,
-                current: Bytes::new(),
-            };
-            let mut r = RdbReader::new(input).map_err(|e| e.to_string())?;
+            // The encoder's verifier checks the trailer; this reader only reads the keys.
+            let mut r = RdbReader::checked_elsewhere(ChannelReader::new(rx))
+                .map_err(|e| e.to_string())?
+                .decoding();
             let mut d = DatasetDigest::default();
             while let Some(item) = r.next_item().map_err(|e| e.to_string())? {
-                if let RdbItem::Entry(e) = item {
-                    let v = e.value().map_err(|e| e.to_string())?;
+                if let RdbItem::Entry(mut e) = item
+                    && let Some(v) = e.decoded.take()
+                {
                     d.add(&e, &v);
                 }
             }
@@ -185,7 +195,7 @@ impl Census {
     fn feed(&mut self, data: &Bytes) {
         // A reader that stopped (it met something it cannot read) takes no more.
         if let Some(tx) = &self.tx
-            && tx.send(data.clone()).is_err()
+            && tx.blocking_send(data.clone()).is_err()
         {
             self.tx = None;
         }

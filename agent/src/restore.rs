@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::dest::{DestSpec, Store};
 use crate::error::{Error, Result};
 use crate::online::{OnlineOptions, OnlineReport};
+use crate::pipeline::ChannelReader;
 use crate::target::RedisTarget;
 
 /// One backup found in a destination.
@@ -172,26 +173,6 @@ pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {
     Ok(ids)
 }
 
-/// A reader over chunks sent from async code.
-struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.current = b,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
 /// What decoding an object found.
 #[derive(Clone, Debug, Serialize)]
 pub struct Checked {
@@ -224,10 +205,7 @@ pub async fn check_object(
         tokio::task::spawn_blocking(move || {
             let ids = identity.as_deref().map(load_identities).transpose()?;
             decode_stream(
-                ChannelReader {
-                    rx,
-                    current: Bytes::new(),
-                },
+                ChannelReader::new(rx),
                 &codecs.0,
                 kind,
                 ids.as_deref(),
@@ -454,6 +432,8 @@ pub struct RestoreReport {
     pub aof_dir: bool,
     /// The hash-slot ranges the shard owned (Redis Cluster).
     pub slot_ranges: Vec<(u16, u16)>,
+    /// Keys per database, as the manifest recorded them.
+    pub dbs: Vec<fleetsnap_core::rdbread::DbDigest>,
 }
 
 /// Restores one shard to a file, reading the first destination that yields a verified copy.
@@ -612,6 +592,7 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         raw_bytes,
         aof_dir: req.aof_dir,
         slot_ranges: shard.slot_ranges.clone(),
+        dbs: shard.dbs.clone(),
     })
 }
 
