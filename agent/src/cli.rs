@@ -380,18 +380,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let shard = shard
                 .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
                 .transpose()?;
-            let cluster = parse_cluster(cluster)?;
+            // Where the copy goes is the mode's to choose (`replace`, `online`) or the flags'.
+            let read = RestoreRequest {
+                from,
+                backup,
+                cluster: parse_cluster(cluster)?,
+                shard,
+                aof_dir: aof_dir.is_some(),
+                to_file: aof_dir.or(to_file).unwrap_or_default(),
+                identity,
+            };
             if let Some(url) = replace {
                 let r = crate::replace::replace(ReplaceRequest {
-                    read: RestoreRequest {
-                        from,
-                        backup,
-                        cluster,
-                        shard,
-                        aof_dir: false,
-                        to_file: PathBuf::new(),
-                        identity,
-                    },
+                    read,
                     node: RedisTarget::parse(&url)?,
                     stop,
                     start: start.expect("clap requires --start"),
@@ -406,13 +407,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         println!("skipped {d}: {e}");
                     }
                     println!(
-                        "replaced the data of {} with shard {} from {}: {} keys loaded ({} in the backup, {} expired since), {} tail commands; down {:.1}s, {:.1}s in all",
+                        "replaced the data of {} with shard {} from {}: {} keys loaded ({} in the backup, {} of them with an expiry), {} tail commands; down {:.1}s, {:.1}s in all",
                         r.node,
                         r.read.shard,
                         r.read.destination,
                         r.keys_loaded,
                         r.keys_in_backup,
-                        r.expired_in_backup,
+                        r.expires_in_backup,
                         r.tail_commands,
                         r.down_seconds,
                         r.seconds
@@ -426,15 +427,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(url) = online {
                 let target = RedisTarget::parse(&url)?;
                 let r = restore::restore_online(
-                    RestoreRequest {
-                        from,
-                        backup,
-                        cluster,
-                        shard,
-                        aof_dir: false,
-                        to_file: PathBuf::new(),
-                        identity,
-                    },
+                    read,
                     work_dir.as_deref(),
                     &target,
                     &OnlineOptions {
@@ -478,16 +471,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let r = restore::restore(&RestoreRequest {
-                from,
-                backup,
-                cluster,
-                shard,
-                aof_dir: aof_dir.is_some(),
-                to_file: aof_dir.or(to_file).expect("clap requires one"),
-                identity,
-            })
-            .await?;
+            let r = restore::restore(&read).await?;
             if json {
                 print_json(&r);
             } else {

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::rdbread::{Item, RdbReader};
+use fleetsnap_core::rdbread::{DbDigest, Item, RdbReader};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -48,8 +48,8 @@ pub struct ReplaceReport {
     pub previous_kept_at: Option<String>,
     /// Keys in the backup's RDB.
     pub keys_in_backup: u64,
-    /// Of which had expired by the check (Redis does not load them).
-    pub expired_in_backup: u64,
+    /// Of which with an expiry (Redis does not load those already past).
+    pub expires_in_backup: u64,
     /// Keys the node holds after its load.
     pub keys_loaded: u64,
     /// The replication offset the RDB carries, which the node took as its own.
@@ -113,32 +113,50 @@ async fn layout(req: &ReplaceRequest) -> Result<Layout> {
     }
 }
 
-/// What the backup's RDB holds, read while the node restarts.
+/// How many keys the backup's RDB holds, and how many of them carry an expiry (Redis does not
+/// load those already past).
 #[derive(Default)]
 struct Census {
     keys: u64,
-    expirations: Vec<i64>,
-    repl_offset: Option<u64>,
+    expires: u64,
 }
 
-fn census(rdb: &Path) -> Result<Census> {
-    let file = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
-    let bad = |e| Error::Decode(format!("{}: {e}", rdb.display()));
-    let mut r = RdbReader::new(file).map_err(bad)?;
-    let mut c = Census::default();
-    while let Some(item) = r.next_item().map_err(bad)? {
-        match item {
-            Item::Entry(e) => {
-                c.keys += 1;
-                if let Some(at) = e.expire_ms {
-                    c.expirations.push(at);
-                }
-            }
-            Item::Aux(k, v) if k == "repl-offset" => c.repl_offset = v.parse().ok(),
-            _ => {}
-        }
+impl Census {
+    /// From the manifest, which counted them while the snapshot streamed.
+    fn recorded(dbs: &[DbDigest]) -> Option<Self> {
+        (!dbs.is_empty()).then(|| Census {
+            keys: dbs.iter().map(|d| d.keys).sum(),
+            expires: dbs.iter().map(|d| d.expires).sum(),
+        })
     }
-    Ok(c)
+
+    /// By reading the copy, for sets whose manifest has no counts (written before they were
+    /// recorded, or holding a module value).
+    fn read(rdb: &Path) -> Result<Self> {
+        let file = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
+        let bad = |e| Error::Decode(format!("{}: {e}", rdb.display()));
+        let mut r = RdbReader::checked_elsewhere(file).map_err(bad)?;
+        let mut c = Census::default();
+        while let Some(item) = r.next_item().map_err(bad)? {
+            if let Item::Entry(e) = item {
+                c.keys += 1;
+                c.expires += u64::from(e.expire_ms.is_some());
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The replication offset an RDB carries in its leading aux fields.
+fn rdb_offset(rdb: &Path) -> Result<Option<u64>> {
+    let mut head = vec![0u8; 4096];
+    let mut f = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
+    let n =
+        std::io::Read::read(&mut f, &mut head).map_err(|e| Error::file("cannot read", rdb, e))?;
+    Ok(fleetsnap_core::rdb::leading_aux(&head[..n])
+        .into_iter()
+        .find(|(k, _)| k == "repl-offset")
+        .and_then(|(_, v)| v.parse().ok()))
 }
 
 async fn run_hook(what: &str, command: &str, timeout: Duration) -> Result<()> {
@@ -243,7 +261,10 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
     let read = restore(&req.read).await?;
     let staged_seconds = started.elapsed().as_secs_f64();
     let rdb = PathBuf::from(&read.rdb_file);
-    let counting = tokio::task::spawn_blocking(move || census(&rdb));
+    let offset_in_rdb = rdb_offset(&rdb)?;
+    // The manifest's counts, or (for sets without them) a count made while the node restarts.
+    let census = Census::recorded(&read.dbs)
+        .ok_or_else(|| tokio::task::spawn_blocking(move || Census::read(&rdb)));
 
     let down = Instant::now();
     stop(&req).await?;
@@ -266,9 +287,12 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
         )));
     }
     let mut conn = serving(&req).await?;
-    let census = counting
-        .await
-        .map_err(|e| Error::Decode(format!("reading the backup's keys failed: {e}")))??;
+    let census = match census {
+        Ok(recorded) => recorded,
+        Err(counting) => counting
+            .await
+            .map_err(|e| Error::Decode(format!("reading the backup's keys failed: {e}")))??,
+    };
 
     // The checks: the node loaded this very file, every key of it, and owns the shard's slots.
     let keyspace = conn.info("keyspace").await?;
@@ -283,25 +307,19 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
                 .ok()
         })
         .sum();
-    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-    let expired_in_backup = census
-        .expirations
-        .iter()
-        .filter(|at| **at <= now_ms)
-        .count() as u64;
-    if keys_loaded > census.keys || keys_loaded < census.keys - expired_in_backup {
+    if keys_loaded > census.keys || keys_loaded < census.keys - census.expires {
         return Err(Error::Failed(format!(
-            "{} holds {keys_loaded} keys after the restart but the backup has {} ({} of them expired): the node did not load the restored file (check that the start hook starts it on {})",
+            "{} holds {keys_loaded} keys after the restart but the backup has {} ({} of them with an expiry): the node did not load the restored file (check that the start hook starts it on {})",
             req.node,
             census.keys,
-            expired_in_backup,
+            census.expires,
             live.display()
         )));
     }
     let replication = conn.info("replication").await?;
     let offset = info_field(&replication, "master_repl_offset").and_then(|o| o.parse::<u64>().ok());
     if layout.aof_dir.is_none()
-        && let (Some(want), Some(got)) = (census.repl_offset, offset)
+        && let (Some(want), Some(got)) = (offset_in_rdb, offset)
         && info_field(&replication, "role") == Some("master")
         && want != got
     {
@@ -326,9 +344,9 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
         placed: live.display().to_string(),
         previous_kept_at,
         keys_in_backup: census.keys,
-        expired_in_backup,
+        expires_in_backup: census.expires,
         keys_loaded,
-        offset: census.repl_offset,
+        offset: offset_in_rdb,
         tail_commands,
         staged_seconds,
         down_seconds: down.elapsed().as_secs_f64(),

@@ -286,6 +286,18 @@ url = "file://{}"
 
     // `replace`: each primary of the source cluster (which has moved on since) is stopped, given
     // its shard's RDB, started by a hook, checked and sent the tail: it holds the cut again.
+    // One shard's entry loses its key counts, as in a set written before they were recorded:
+    // its replace counts the keys of the copy instead.
+    let manifest_path = region.join("shop").join(&id).join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert!(
+        m["shards"][0]["dbs"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+    );
+    m["shards"][0].as_object_mut().unwrap().remove("dbs");
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
     let mut tails = 0;
     for p in &primaries {
         let address = format!("127.0.0.1:{}", p.port());
