@@ -88,21 +88,11 @@ async fn every_key_reads_back_as_dump_gives_it_and_digests_ignore_encodings() {
     )
     .await
     .unwrap();
-    let out = agent(
-        None,
-        &[
-            "snapshot",
-            "--redis",
-            &source.url(),
-            "--to",
-            &format!("file://{}/region", other.dir().display()),
-            "--json",
-        ],
+    let id = backed_up(
+        &source.url(),
+        &format!("file://{}/region", other.dir().display()),
     )
-    .await
-    .ok()
-    .json();
-    let id = out["backup_id"].as_str().unwrap();
+    .await;
     // The manifest carries each database's key count and digest, computed while the snapshot
     // streamed: the same as read from the source's own RDB.
     let manifest = files_under(&other.dir().join("region"))
@@ -125,7 +115,7 @@ async fn every_key_reads_back_as_dump_gives_it_and_digests_ignore_encodings() {
             "--from",
             &format!("file://{}/region", other.dir().display()),
             "--backup",
-            id,
+            &id,
             "--online",
             &other.url(),
         ],
@@ -156,21 +146,7 @@ async fn online_restores_refuse_conflicts_filter_and_replace() {
     let source = varied_server(RedisOptions::default()).await;
     let work = tempfile::tempdir().unwrap();
     let region = format!("file://{}/region", work.path().display());
-    let out = agent(
-        None,
-        &[
-            "snapshot",
-            "--redis",
-            &source.url(),
-            "--to",
-            &region,
-            "--json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
-    let id = out["backup_id"].as_str().unwrap().to_string();
+    let id = backed_up(&source.url(), &region).await;
     let online = |target: String, extra: &'static [&'static str]| {
         let (region, id) = (region.clone(), id.clone());
         async move {

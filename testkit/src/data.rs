@@ -242,15 +242,6 @@ async fn all_keys(c: &mut Connection) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(keys)
 }
 
-async fn batch(c: &mut Connection, head: &[&[u8]], keys: &[Vec<u8>]) -> anyhow::Result<Vec<Value>> {
-    let mut args: Vec<&[u8]> = head.to_vec();
-    args.extend(keys.iter().map(Vec::as_slice));
-    match c.command(&args).await? {
-        Value::Array(Some(v)) => Ok(v),
-        other => bail!("{:?} returned {other:?}", String::from_utf8_lossy(head[0])),
-    }
-}
-
 async fn replies(c: &mut Connection, commands: &[Vec<Vec<u8>>]) -> anyhow::Result<Vec<Value>> {
     c.send_pipeline(commands).await?;
     let mut out = Vec::with_capacity(commands.len());
@@ -273,7 +264,7 @@ pub async fn assert_same_data(expected: &RedisServer, actual: &RedisServer) -> a
         let db = db.to_string();
         a.checked(&[b"SELECT", db.as_bytes()]).await?;
         b.checked(&[b"SELECT", db.as_bytes()]).await?;
-        same_keys(&mut a, &mut b)
+        same_keys(std::slice::from_mut(&mut a), std::slice::from_mut(&mut b))
             .await
             .map_err(|e| e.context(format!("in db {db}")))?;
     }
@@ -299,44 +290,74 @@ async fn dbs(c: &mut Connection) -> anyhow::Result<Vec<u64>> {
     Ok(dbs)
 }
 
-async fn same_keys(a: &mut Connection, b: &mut Connection) -> anyhow::Result<()> {
-    let (ka, kb) = (all_keys(a).await?, all_keys(b).await?);
+/// Each side's keys with the index of the connection that holds them, in key order.
+async fn keys_of(side: &mut [Connection]) -> anyhow::Result<Vec<(Vec<u8>, usize)>> {
+    let mut keys = Vec::new();
+    for (i, c) in side.iter_mut().enumerate() {
+        keys.extend(all_keys(c).await?.into_iter().map(|k| (k, i)));
+    }
+    keys.sort();
+    Ok(keys)
+}
+
+/// `head KEY` for each key on the connection that holds it, pipelined per connection; the
+/// replies in the keys' order.
+async fn per_key(
+    side: &mut [Connection],
+    keys: &[&(Vec<u8>, usize)],
+    head: &[&[u8]],
+) -> anyhow::Result<Vec<Value>> {
+    let mut out = vec![Value::Bulk(None); keys.len()];
+    for (i, c) in side.iter_mut().enumerate() {
+        let mine: Vec<usize> = (0..keys.len()).filter(|k| keys[*k].1 == i).collect();
+        let commands: Vec<Vec<Vec<u8>>> = mine
+            .iter()
+            .map(|k| {
+                let mut cmd: Vec<Vec<u8>> = head.iter().map(|h| h.to_vec()).collect();
+                cmd.push(keys[*k].0.clone());
+                cmd
+            })
+            .collect();
+        for (k, v) in mine.into_iter().zip(replies(c, &commands).await?) {
+            out[k] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// The keys held by side `a` are exactly those held by side `b`, however each side spreads them
+/// over its connections, with equal values (`DEBUG DIGEST-VALUE`, independent of encodings) and
+/// expiry.
+async fn same_keys(a: &mut [Connection], b: &mut [Connection]) -> anyhow::Result<()> {
+    let (ka, kb) = (keys_of(a).await?, keys_of(b).await?);
     ensure!(
         ka.len() == kb.len(),
         "key count differs: {} expected, {} restored",
         ka.len(),
         kb.len()
     );
-    if let Some((x, y)) = ka.iter().zip(&kb).find(|(x, y)| x != y) {
+    if let Some(((x, _), (y, _))) = ka.iter().zip(&kb).find(|((x, _), (y, _))| x != y) {
         bail!(
             "key sets differ: expected {:?}, found {:?}",
             String::from_utf8_lossy(x),
             String::from_utf8_lossy(y)
         );
     }
-    for chunk in ka.chunks(500) {
-        let (da, db) = (
-            batch(a, &[b"DEBUG", b"DIGEST-VALUE"], chunk).await?,
-            batch(b, &[b"DEBUG", b"DIGEST-VALUE"], chunk).await?,
-        );
-        for ((k, x), y) in chunk.iter().zip(&da).zip(&db) {
-            ensure!(
-                x == y,
-                "value of key {:?} differs",
-                String::from_utf8_lossy(k)
-            );
-        }
-        let expiry: Vec<Vec<Vec<u8>>> = chunk
-            .iter()
-            .map(|k| vec![b"PEXPIRETIME".to_vec(), k.clone()])
-            .collect();
-        let (ta, tb) = (replies(a, &expiry).await?, replies(b, &expiry).await?);
-        for ((k, x), y) in chunk.iter().zip(&ta).zip(&tb) {
-            ensure!(
-                x == y,
-                "expiry of key {:?} differs: {x:?} expected, {y:?} restored",
-                String::from_utf8_lossy(k)
-            );
+    let pairs: Vec<_> = ka.iter().zip(&kb).collect();
+    for chunk in pairs.chunks(500) {
+        let (xa, xb): (Vec<_>, Vec<_>) = chunk.iter().copied().unzip();
+        for (head, what) in [
+            (&[&b"DEBUG"[..], b"DIGEST-VALUE"][..], "value"),
+            (&[&b"PEXPIRETIME"[..]][..], "expiry"),
+        ] {
+            let (va, vb) = (per_key(a, &xa, head).await?, per_key(b, &xb, head).await?);
+            for ((k, _), (x, y)) in xa.iter().zip(va.iter().zip(&vb)) {
+                ensure!(
+                    x == y,
+                    "{what} of key {:?} differs: {x:?} expected, {y:?} restored",
+                    String::from_utf8_lossy(k)
+                );
+            }
         }
     }
     Ok(())
@@ -349,49 +370,13 @@ pub async fn assert_same_data_across(
     expected: &[&RedisServer],
     actual: &[&RedisServer],
 ) -> anyhow::Result<()> {
-    async fn side(
-        servers: &[&RedisServer],
-    ) -> anyhow::Result<(Vec<Connection>, Vec<(Vec<u8>, usize)>)> {
-        let mut conns = Vec::new();
-        let mut keys = Vec::new();
-        for (i, s) in servers.iter().enumerate() {
-            let mut c = s.conn().await?;
-            for k in all_keys(&mut c).await? {
-                keys.push((k, i));
-            }
-            conns.push(c);
-        }
-        keys.sort();
-        Ok((conns, keys))
+    let mut a = Vec::new();
+    for s in expected {
+        a.push(s.conn().await?);
     }
-    let (mut ca, ka) = side(expected).await?;
-    let (mut cb, kb) = side(actual).await?;
-    ensure!(
-        ka.len() == kb.len(),
-        "key count differs: {} expected, {} restored",
-        ka.len(),
-        kb.len()
-    );
-    for ((x, i), (y, j)) in ka.iter().zip(&kb) {
-        ensure!(
-            x == y,
-            "key sets differ: expected {:?}, found {:?}",
-            String::from_utf8_lossy(x),
-            String::from_utf8_lossy(y)
-        );
-        for (head, what) in [
-            (&b"DEBUG DIGEST-VALUE"[..], "value"),
-            (b"PEXPIRETIME", "expiry"),
-        ] {
-            let mut args: Vec<&[u8]> = head.split(|b| *b == b' ').collect();
-            args.push(x);
-            let (va, vb) = (ca[*i].command(&args).await?, cb[*j].command(&args).await?);
-            ensure!(
-                va == vb,
-                "{what} of key {:?} differs: {va:?} expected, {vb:?} restored",
-                String::from_utf8_lossy(x)
-            );
-        }
+    let mut b = Vec::new();
+    for s in actual {
+        b.push(s.conn().await?);
     }
-    Ok(())
+    same_keys(&mut a, &mut b).await
 }

@@ -121,6 +121,15 @@ pub async fn restore_and_load(
     .expect("restored RDB loads")
 }
 
+/// Snapshots the server at `url` to `dest`; gives the backup id.
+pub async fn backed_up(url: &str, dest: &str) -> String {
+    let out = agent(None, &["snapshot", "--redis", url, "--to", dest, "--json"])
+        .await
+        .ok()
+        .json();
+    out["backup_id"].as_str().expect("backup_id").to_string()
+}
+
 pub fn rand_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
