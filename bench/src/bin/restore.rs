@@ -69,7 +69,11 @@ impl Target {
         if let Ok(mut c) = Connection::connect(&t).await {
             let _ = c.command(&[b"SHUTDOWN", b"NOSAVE"]).await;
         }
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Connection::connect(&t).await.is_ok() {
+            if Instant::now() > deadline {
+                bail!("target on port {} still up 60 s after SHUTDOWN", self.port);
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
