@@ -110,6 +110,9 @@ impl Target {
     }
 }
 
+/// Name, RTO, and for replace the node's down time and the time to fetch and verify the copy.
+type Row = (&'static str, Duration, Option<(Duration, Duration)>);
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -180,8 +183,7 @@ async fn main() -> anyhow::Result<()> {
         dir: dir.clone(),
     };
     target.start().await?;
-    // Name, RTO, and for replace the node's down time and the time to fetch and verify the copy.
-    let mut rows: Vec<(&str, Duration, Option<(Duration, Duration)>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
 
     // Floor: the RDB already in place, the server restarted on it.
     let mut runs = Vec::new();
