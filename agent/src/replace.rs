@@ -123,8 +123,8 @@ struct Census {
 
 impl Census {
     /// From the manifest, which counted them while the snapshot streamed.
-    fn recorded(dbs: &[DbDigest]) -> Option<Self> {
-        (!dbs.is_empty()).then(|| Census {
+    fn recorded(dbs: Option<&[DbDigest]>) -> Option<Self> {
+        dbs.map(|dbs| Census {
             keys: dbs.iter().map(|d| d.keys).sum(),
             expires: dbs.iter().map(|d| d.expires).sum(),
         })
@@ -263,7 +263,7 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
     let rdb = PathBuf::from(&read.rdb_file);
     let offset_in_rdb = rdb_offset(&rdb)?;
     // The manifest's counts, or (for sets without them) a count made while the node restarts.
-    let census = Census::recorded(&read.dbs)
+    let census = Census::recorded(read.dbs.as_deref())
         .ok_or_else(|| tokio::task::spawn_blocking(move || Census::read(&rdb)));
 
     let down = Instant::now();

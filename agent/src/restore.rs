@@ -432,8 +432,8 @@ pub struct RestoreReport {
     pub aof_dir: bool,
     /// The hash-slot ranges the shard owned (Redis Cluster).
     pub slot_ranges: Vec<(u16, u16)>,
-    /// Keys per database, as the manifest recorded them.
-    pub dbs: Vec<fleetsnap_core::rdbread::DbDigest>,
+    /// Keys per database, as the manifest recorded them (if it did).
+    pub dbs: Option<Vec<fleetsnap_core::rdbread::DbDigest>>,
 }
 
 /// Restores one shard to a file, reading the first destination that yields a verified copy.

@@ -172,7 +172,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         .total
         .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut objects = Vec::new();
-    let mut dbs = Vec::new();
+    let mut dbs = None;
     let mut rdb_version = 0;
     let mut rdb_checksum = false;
     let mut queue: std::collections::VecDeque<_> = opened.objects.into_iter().collect();
@@ -208,8 +208,8 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
                 Err(e) => failures[*i] = Some(e.to_string()),
             }
         }
-        if encoded.dbs.is_some() {
-            dbs = encoded.dbs.clone().unwrap_or_default();
+        if *kind == ObjectKind::Rdb {
+            dbs = encoded.dbs.clone();
         }
         if let Some(rdb) = encoded.rdb {
             rdb_version = rdb.version;

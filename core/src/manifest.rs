@@ -89,10 +89,10 @@ pub struct ShardEntry {
     /// The stored objects of this shard.
     pub objects: Vec<ObjectEntry>,
     /// Per logical database of the RDB (before any tail): its keys and the digest of its data,
-    /// computed while the snapshot streamed. Empty when the RDB could not be read key by key (a
-    /// module type), or for sets written before it was recorded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dbs: Vec<DbDigest>,
+    /// computed while the snapshot streamed; empty for an RDB without keys. `None` when the RDB
+    /// could not be read key by key (a module type), or for sets written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dbs: Option<Vec<DbDigest>>,
 }
 
 /// What a stored object holds.

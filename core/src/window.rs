@@ -172,12 +172,12 @@ mod tests {
                 rdb_version: 10,
                 redis_version: None,
                 slot_ranges: vec![(0, 16383)],
-                dbs: vec![DbDigest {
+                dbs: Some(vec![DbDigest {
                     db: 3,
                     keys: 2,
                     expires: 1,
                     digest: "ab".into(),
-                }],
+                }]),
                 objects: Vec::new(),
             },
             regions: Vec::new(),
