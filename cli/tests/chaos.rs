@@ -15,7 +15,8 @@ use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisCluster, RedisServer};
 
 const AGENTS: [&str; 6] = ["a1", "a2", "a3", "a4", "a5", "a6"];
-/// Keys per shard; with `rdb-key-save-delay` at 5 ms, the slow shard's snapshot takes 5 s.
+/// Keys per shard; with `rdb-key-save-delay` at 20 ms, the slow shard's snapshot takes 20 s,
+/// longer than `promote` can take.
 const KEYS: usize = 1000;
 
 fn addr(s: &RedisServer) -> String {
@@ -67,16 +68,15 @@ async fn replica_of<'a>(cluster: &'a RedisCluster, p: &RedisServer) -> &'a Redis
 }
 
 /// Promotes replica `r` with `CLUSTER FAILOVER`. A manual failover that does not finish within
-/// Redis's own 5 s limit (a loaded machine) is asked for again, and then taken over without an
-/// election, so the history still changes exactly once.
+/// Redis's own 5 s limit (a loaded machine) is given up by Redis; the replica then takes over
+/// without an election, so the history still changes exactly once. At most 16 s.
 async fn promote(r: &RedisServer) {
     let promoted = || async {
         (r.info("replication", "role").await.ok()?.as_deref() == Some("master")).then_some(())
     };
-    for how in [
-        &["CLUSTER", "FAILOVER"][..],
-        &["CLUSTER", "FAILOVER"],
-        &["CLUSTER", "FAILOVER", "TAKEOVER"],
+    for (how, wait) in [
+        (&["CLUSTER", "FAILOVER"][..], 6),
+        (&["CLUSTER", "FAILOVER", "TAKEOVER"], 10),
     ] {
         if let Err(e) = r.cmd(how).await {
             // Promoted just after the last poll gave up: a master refuses the command.
@@ -85,7 +85,7 @@ async fn promote(r: &RedisServer) {
             }
             panic!("{how:?} refused by replica {}: {e}", r.port());
         }
-        if poll_until("the replica promoted", Duration::from_secs(12), promoted)
+        if poll_until("the replica promoted", Duration::from_secs(wait), promoted)
             .await
             .is_ok()
         {
@@ -119,7 +119,7 @@ async fn fleet(fleet: &FleetDir, coordinators: &[String], cli: &Cli) -> Fleet {
     }
     // Shard 0's snapshot is slow, so the window is still waiting for its cut for seconds.
     let slow = replica_of(&cluster, &cluster.nodes[primaries[0]]).await;
-    slow.cmd(&["CONFIG", "SET", "rdb-key-save-delay", "5000"])
+    slow.cmd(&["CONFIG", "SET", "rdb-key-save-delay", "20000"])
         .await
         .unwrap();
     let mut agents = Vec::new();
@@ -229,6 +229,11 @@ async fn a_shard_that_fails_over_while_the_window_waits_for_its_cut_is_read_agai
     .unwrap();
     // The replica takes over: it drops the streams it serves, the agent's among them.
     promote(r1).await;
+    let during = cli.json(&["backup", "show", &window, "--json"]).unwrap();
+    assert!(
+        during["cut"].is_null(),
+        "the promotion must come while the window waits for its cut (shard 0 is slow): {during:#}"
+    );
 
     let doc = done(&cli, &window).await;
     let set = &doc["sets"][0];
