@@ -59,6 +59,11 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
             }
             JobResult::Regions { regions: out }
         }
+        CatalogTask::Restore(_) => {
+            return Err(Error::Input(
+                "a restore job needs the agent's config; the daemon runs it".into(),
+            ));
+        }
         CatalogTask::Scan { regions } => {
             let mut found = Vec::new();
             let mut errors = Vec::new();

@@ -52,6 +52,22 @@ pub struct AgentConfig {
     /// Snapshot job settings.
     #[serde(default)]
     pub snapshot: SnapshotSettings,
+    /// Restore job settings.
+    #[serde(default)]
+    pub restore: RestoreSettings,
+    /// Restore drills: present, this agent runs them in scratch servers it starts.
+    #[serde(default)]
+    pub drill: Option<crate::drill::DrillSettings>,
+}
+
+/// Restore job settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreSettings {
+    /// Scratch space for online restores (default: the system's temporary directory).
+    pub work_dir: Option<PathBuf>,
+    /// age identity file, for sets encrypted to this agent's recipient.
+    pub identity: Option<PathBuf>,
 }
 
 fn default_report_interval() -> u64 {
@@ -72,6 +88,23 @@ pub struct InstanceConfig {
     /// Its availability zone, for policies that prefer some zones (optional).
     #[serde(default)]
     pub zone: String,
+    /// Shell command that starts it and returns (`systemctl start redis@6379`): needed by
+    /// `replace` restores, which stop it, place the backup and start it.
+    #[serde(default)]
+    pub start_command: Option<String>,
+    /// Shell command that stops it (default: `SHUTDOWN NOSAVE` sent to it).
+    #[serde(default)]
+    pub stop_command: Option<String>,
+    /// Its data file, for when it is down and cannot say (default: `CONFIG GET dir dbfilename`).
+    #[serde(default)]
+    pub rdb_path: Option<PathBuf>,
+    /// Seconds the stop, and then the start and load, may take.
+    #[serde(default = "default_restore_timeout")]
+    pub restore_timeout_seconds: u64,
+}
+
+fn default_restore_timeout() -> u64 {
+    600
 }
 
 fn default_cluster() -> String {
@@ -696,7 +729,12 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
                         "job {id} carries a catalog task this agent cannot read ({e}); are the agent and the coordinators the same version?"
                     ))
                 })?;
-            let result = crate::catalog::run(task).await?;
+            let result = match task {
+                fleetsnap_core::window::CatalogTask::Restore(r) => {
+                    crate::restore_job::run(*r, &shared.config).await?
+                }
+                task => crate::catalog::run(task).await?,
+            };
             return Ok(v1::Finished {
                 ok: true,
                 result_json: serde_json::to_string(&result).expect("results serialise"),

@@ -218,6 +218,7 @@ fn task_regions(task: &CatalogTask) -> Vec<String> {
     let names = |r: &[RegionUrl]| r.iter().map(|r| r.region.clone()).collect();
     match task {
         CatalogTask::Repair { to, .. } => names(to),
+        CatalogTask::Restore(r) => names(&r.regions),
         CatalogTask::Verify { regions, .. }
         | CatalogTask::Delete { regions, .. }
         | CatalogTask::Scan { regions }

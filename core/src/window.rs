@@ -58,6 +58,17 @@ pub enum JobResult {
         /// Per region, in the task's order.
         regions: Vec<RegionResult>,
     },
+    /// A restore or a drill: the agent's report (JSON), and whether it found a problem.
+    Restored {
+        /// Whether everything restored and checked out (conflicts refused, a count or digest
+        /// that differs, a node that came up wrong: false).
+        ok: bool,
+        /// Why not, in one line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        problem: Option<String>,
+        /// The report, as the agent's `restore --json` or `drill --json` prints it.
+        report_json: String,
+    },
     /// A scan: every manifest found.
     Scanned {
         /// Per region, the manifests there.
@@ -87,10 +98,60 @@ pub struct RegionUrl {
     pub url: String,
 }
 
+/// How a restore job applies a set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum RestoreMode {
+    /// Key by key into a running server or cluster, which keeps serving.
+    Online {
+        /// `redis://HOST:PORT` of the target (a password only by `?password_file=` on the
+        /// agent's host: this URL is stored in the coordinators' log).
+        target: String,
+        /// Overwrite keys that exist (otherwise they are left and reported).
+        replace_existing: bool,
+    },
+    /// Stop the agent's own instance, place the RDB, start it and check it.
+    Replace {
+        /// The instance, as the agent's config names it.
+        instance: String,
+    },
+    /// A restore drill: a scratch redis-server from the agent's `drill` section is loaded with
+    /// the shard, checked against the manifest's key counts and digests, and removed.
+    Drill,
+}
+
+/// A restore of a set (or of one shard of it) by an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreTask {
+    /// The set's cluster.
+    pub cluster: ClusterId,
+    /// The set.
+    pub backup_id: BackupId,
+    /// Regions to read, nearest healthy first; the agent falls back down the list on any error
+    /// or checksum mismatch.
+    pub regions: Vec<RegionUrl>,
+    /// One shard only (every shard of the set when none).
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// One logical database only.
+    #[serde(default)]
+    pub db: Option<u64>,
+    /// Only keys matching this glob.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// How.
+    pub mode: RestoreMode,
+    /// When the set was taken (Unix milliseconds): a drill reports the backup's age from it.
+    #[serde(default)]
+    pub taken_at_ms: Option<i64>,
+}
+
 /// Work on stored sets, run by an agent (which holds the regions' credentials).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
 pub enum CatalogTask {
+    /// Restores a set, or runs a restore drill of one shard.
+    Restore(Box<RestoreTask>),
     /// Copies a set's objects from a region that holds it whole to regions that do not, checking
     /// each copy's sha256 against the manifest, then writes the manifest there.
     Repair {

@@ -1,0 +1,138 @@
+//! Restores and drills the coordinator hands to this agent: the same code as the agent's
+//! `restore` and `drill` commands, with the regions in the order the coordinator chose (nearest
+//! healthy first) and the node's hooks from this agent's config.
+
+use std::time::Duration;
+
+use fleetsnap_core::ShardId;
+use fleetsnap_core::window::{JobResult, RestoreMode, RestoreTask};
+
+use crate::daemon::AgentConfig;
+use crate::dest::DestSpec;
+use crate::error::{Error, Result};
+use crate::online::OnlineOptions;
+use crate::replace::ReplaceRequest;
+use crate::restore::RestoreRequest;
+use crate::target::RedisTarget;
+
+/// Runs a restore or drill job; a drill that finds a difference, or an online restore that left
+/// conflicting keys, is a result with `ok: false`, not an error.
+pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
+    if task.regions.is_empty() {
+        return Err(Error::Input(format!(
+            "set {}/{} is complete in no region: there is nothing to restore from",
+            task.cluster, task.backup_id
+        )));
+    }
+    let from = task
+        .regions
+        .iter()
+        .map(|r| DestSpec::parse(&r.url))
+        .collect::<Result<Vec<_>>>()?;
+    let shard = task
+        .shard
+        .as_deref()
+        .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
+        .transpose()?;
+    let read = RestoreRequest {
+        from,
+        backup: task.backup_id.clone(),
+        cluster: Some(task.cluster.clone()),
+        shard,
+        to_file: Default::default(),
+        aof_dir: false,
+        identity: config.restore.identity.clone(),
+    };
+    Ok(match task.mode {
+        RestoreMode::Online {
+            target,
+            replace_existing,
+        } => {
+            let target = RedisTarget::parse(&target)?;
+            let r = crate::restore::restore_online(
+                read,
+                config.restore.work_dir.as_deref(),
+                &target,
+                &OnlineOptions {
+                    replace_existing,
+                    db: task.db,
+                    pattern: task.pattern.clone(),
+                    progress: false,
+                },
+            )
+            .await?;
+            let conflicts: u64 = r.shards.iter().map(|s| s.applied.conflicts).sum();
+            let problem = (conflicts > 0 && !replace_existing).then(|| {
+                let first: Vec<&String> = r
+                    .shards
+                    .iter()
+                    .flat_map(|s| s.applied.conflicting_keys.iter())
+                    .take(5)
+                    .collect();
+                format!(
+                    "{conflicts} keys already existed in {target} and were left as they were (first: {first:?}); --replace-existing overwrites them"
+                )
+            });
+            JobResult::Restored {
+                ok: problem.is_none(),
+                problem,
+                report_json: json(&r),
+            }
+        }
+        RestoreMode::Replace { instance } => {
+            let i = config
+                .instances
+                .iter()
+                .find(|i| i.name == instance)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "agent {:?} watches no instance named {instance:?}",
+                        config.agent_id
+                    ))
+                })?;
+            let start = i.start_command.clone().ok_or_else(|| {
+                Error::Input(format!(
+                    "instance {instance:?} of agent {:?} has no start_command: a replace restore stops the node and must be able to start it again; add start_command = \"systemctl start redis@PORT\" (or the command that starts it) to the instance in the agent's config",
+                    config.agent_id
+                ))
+            })?;
+            if task.db.is_some() || task.pattern.is_some() {
+                return Err(Error::Input(
+                    "a replace restore puts the whole shard back: --db and --match apply to online restores only".into(),
+                ));
+            }
+            let r = crate::replace::replace(ReplaceRequest {
+                read,
+                node: RedisTarget::parse(&i.url)?,
+                stop: i.stop_command.clone(),
+                start,
+                rdb_path: i.rdb_path.clone(),
+                timeout: Duration::from_secs(i.restore_timeout_seconds),
+            })
+            .await?;
+            JobResult::Restored {
+                ok: true,
+                problem: None,
+                report_json: json(&r),
+            }
+        }
+        RestoreMode::Drill => {
+            let settings = config.drill.as_ref().ok_or_else(|| {
+                Error::Input(format!(
+                    "agent {:?} has no [drill] section: add one to its config to let it run restore drills",
+                    config.agent_id
+                ))
+            })?;
+            let r = crate::drill::drill(read, settings, task.taken_at_ms).await?;
+            JobResult::Restored {
+                ok: r.ok,
+                problem: (!r.ok).then(|| r.problems.join("; ")),
+                report_json: json(&r),
+            }
+        }
+    })
+}
+
+fn json<T: serde::Serialize>(report: &T) -> String {
+    serde_json::to_string(report).expect("reports serialise")
+}

@@ -1,0 +1,120 @@
+//! Restore drills through the real agent binary: a scratch redis-server loads a real backup and
+//! what it serves is checked against the manifest.
+
+mod common;
+
+use common::*;
+use fleetsnap_testkit::redis::RedisOptions;
+use fleetsnap_testkit::{Dataset, RedisServer, write_dataset, write_extras};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_passes_on_a_good_backup_and_fails_on_a_tampered_one() {
+    let server = RedisServer::start_with(RedisOptions::default())
+        .await
+        .unwrap();
+    write_dataset(
+        &server,
+        &Dataset {
+            small_keys: 3000,
+            big_value_bytes: 200_000,
+        },
+    )
+    .await
+    .unwrap();
+    write_extras(&server).await.unwrap();
+    // Keys that expire between the backup and the drill: not served, yet part of the digest.
+    for i in 0..20 {
+        let k = format!("short:{i}");
+        server.cmd(&["SET", &k, "v", "PX", "1500"]).await.unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}/a", work.path().display());
+    let id = backed_up(&server.url(), &dest).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let scratch = work.path().join("scratch");
+    let scratch_arg = scratch.display().to_string();
+    let drill = |extra: Vec<String>| {
+        let mut args: Vec<String> = ["drill", "--from", &dest, "--backup", &id, "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--work-dir".to_string(), scratch_arg.clone()]);
+        args.extend(extra);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            agent(None, &refs).await
+        }
+    };
+
+    let good = drill(Vec::new()).await.ok().json();
+    assert_eq!(good["ok"], true, "{good:#}");
+    assert_eq!(good["digest_checked"], true);
+    let dbs = good["dbs"].as_array().unwrap();
+    assert!(dbs.len() >= 2, "the dataset spans databases: {good:#}");
+    let expired: u64 = dbs
+        .iter()
+        .map(|d| d["keys_expired"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        expired, 20,
+        "the short-lived keys expired before the drill: {good:#}"
+    );
+    for d in dbs {
+        assert_eq!(d["digest_found"], d["digest_recorded"], "{d}");
+        assert_eq!(
+            d["keys_served"].as_u64().unwrap() + d["keys_expired"].as_u64().unwrap(),
+            d["keys_recorded"].as_u64().unwrap()
+        );
+    }
+    assert!(good["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        std::fs::read_dir(&scratch).unwrap().next().is_none(),
+        "the scratch server's files are removed"
+    );
+
+    // The manifest's digest no longer matches what the copy holds: the drill says so.
+    let manifest = files_under(&work.path().join("a"))
+        .into_iter()
+        .find(|f| f.ends_with("manifest.json"))
+        .unwrap();
+    let manifest = work.path().join("a").join(manifest);
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let recorded = m["shards"][0]["dbs"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped = format!(
+        "{}{}",
+        if recorded.starts_with('0') { "1" } else { "0" },
+        &recorded[1..]
+    );
+    m["shards"][0]["dbs"][0]["digest"] = flipped.into();
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    let run = drill(Vec::new()).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let j = run.json();
+    assert_eq!(j["ok"], false);
+    let problems = j["problems"].to_string();
+    assert!(problems.contains("does not match the digest"), "{problems}");
+    std::fs::write(&manifest, original).unwrap();
+
+    // One byte of the object changed: the copy is refused, and with no other region the drill
+    // fails naming why.
+    let object = files_under(&work.path().join("a"))
+        .into_iter()
+        .find(|f| f.ends_with(".rdb.zst"))
+        .unwrap();
+    let path = work.path().join("a").join(object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let run = drill(Vec::new()).await;
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("does not match its manifest") || run.stderr.contains("sha256"),
+        "{}",
+        run.stderr
+    );
+}
