@@ -2,6 +2,7 @@
 
 mod certs;
 mod client;
+mod restore;
 mod table;
 
 use std::path::PathBuf;
@@ -84,6 +85,13 @@ enum Command {
     /// The catalog as a whole.
     #[command(subcommand)]
     Catalog(CatalogCmd),
+    /// Restore a set: online into a running server or cluster of any shape, or by replacing the
+    /// data of the cluster's own nodes. Regions are read nearest healthy first, falling back on
+    /// any error or checksum mismatch. Exit 1 unless every part succeeded.
+    Restore(restore::RestoreArgs),
+    /// Restore drills: prove sets restorable and measure RTO and the backups' age.
+    #[command(subcommand)]
+    Drill(restore::DrillCmd),
 }
 
 #[derive(Subcommand)]
@@ -477,6 +485,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy(p) => policy(&cli.conn, p).await,
         Command::Backup(b) => backup(&cli.conn, b).await,
         Command::Catalog(c) => catalog(&cli.conn, c).await,
+        Command::Restore(r) => restore::restore(&cli.conn, r).await,
+        Command::Drill(d) => restore::drill(&cli.conn, d).await,
     }
 }
 

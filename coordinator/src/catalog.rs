@@ -20,6 +20,10 @@ pub struct CatalogSpec {
     pub set: Option<String>,
     /// Why (a deletion's retention reason, "asked by an operator", …).
     pub reason: String,
+    /// A scheduled drill: the policy whose schedule called for it, and when it was due (Unix
+    /// milliseconds); the scheduler counts the next one from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_of: Option<(String, i64)>,
 }
 
 /// The last verification of a set, per region.
@@ -57,6 +61,9 @@ impl FleetState {
             if set.deleting.is_some() && !matches!(spec.task, CatalogTask::Delete { .. }) {
                 return refuse(format!("set {key} is being deleted"));
             }
+        }
+        if let Some((policy, at)) = &spec.drill_of {
+            self.last_drill.insert(policy.clone(), *at);
         }
         let id = self.new_job(term, index, agent, JobKind::Catalog(spec.clone()));
         if let Some(set) = spec.set.as_ref().and_then(|k| self.sets.get_mut(k)) {
@@ -165,7 +172,9 @@ impl FleetState {
                     ));
                 }
             }
-            CatalogTask::Scan { .. } | CatalogTask::CollectOrphans { .. } => {}
+            CatalogTask::Scan { .. }
+            | CatalogTask::CollectOrphans { .. }
+            | CatalogTask::Restore(_) => {}
         }
     }
 

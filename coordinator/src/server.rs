@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 mod cut;
+mod restore;
 mod upkeep;
 
 use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
@@ -142,6 +143,7 @@ impl Node {
         });
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().schedule_loop());
+        tokio::spawn(node.clone().drill_loop());
         tokio::spawn(node.clone().watch_leadership());
         tokio::spawn(node.clone().job_loop());
         tokio::spawn(node.clone().cut_loop());
@@ -1393,6 +1395,54 @@ impl v1::admin_service_server::AdminService for Services {
             .await?;
         Ok(Response::new(v1::JsonReply {
             json: serde_json::to_string_pretty(&doc).expect("decisions serialise"),
+        }))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<v1::RestoreRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let started = self.0.restore(req.get_ref()).await?;
+        tracing::info!(set = %started.set, jobs = ?started.jobs, "restore started");
+        Ok(Response::new(v1::CatalogReply {
+            jobs: started.jobs,
+            agent: started.agents.join(","),
+        }))
+    }
+
+    async fn run_drill(
+        &self,
+        req: Request<v1::DrillRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let r = req.get_ref();
+        let started = self
+            .0
+            .drill(
+                r.cluster.trim(),
+                r.set.trim(),
+                r.shard.trim(),
+                r.agent.trim(),
+                None,
+            )
+            .await?;
+        Ok(Response::new(v1::CatalogReply {
+            jobs: started.jobs,
+            agent: started.agents.join(","),
+        }))
+    }
+
+    async fn list_drills(
+        &self,
+        req: Request<v1::ListBackupsRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        Ok(Response::new(v1::JsonReply {
+            json: self.0.drills_json(req.get_ref().cluster.trim()),
         }))
     }
 

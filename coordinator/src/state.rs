@@ -205,6 +205,9 @@ pub struct FleetState {
     /// When each policy last opened a window (Unix milliseconds): the scheduler's memory.
     #[serde(default)]
     pub last_window: BTreeMap<String, i64>,
+    /// When each policy's drill schedule last ran its drills (Unix milliseconds).
+    #[serde(default)]
+    pub last_drill: BTreeMap<String, i64>,
 }
 
 impl FleetState {

@@ -162,6 +162,21 @@ pub struct Policy {
     /// Object Lock on upload (S3 regions with Object Lock enabled on the bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<ObjectLock>,
+    /// Restore drills of the policy's clusters on a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillPolicy>,
+}
+
+/// When a policy's clusters are drilled, and by which agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillPolicy {
+    /// When (the same forms as `schedule`).
+    pub schedule: Schedule,
+    /// The agent that runs the scratch servers (it needs a `[drill]` section); default: the
+    /// agent that took each shard's backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 fn default_pause_budget() -> u64 {
@@ -329,6 +344,7 @@ mod tests {
             source: "replication".into(),
             retention: Retention::default(),
             object_lock: None,
+            drill: None,
         }
     }
 

@@ -267,6 +267,8 @@ pub struct Watched {
     pub cluster: String,
     /// Its availability zone ("" for none).
     pub zone: String,
+    /// More lines of its `[[instance]]` table (`start_command = "…"`).
+    pub extra: String,
 }
 
 impl Watched {
@@ -281,6 +283,15 @@ impl Watched {
             url: url.into(),
             cluster: cluster.into(),
             zone: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// The same instance with a `start_command`, for `replace` restores.
+    pub fn started_by(self, command: &str) -> Self {
+        Self {
+            extra: format!("{}start_command = {command:?}\n", self.extra),
+            ..self
         }
     }
 
@@ -337,6 +348,7 @@ impl Agent {
             if !w.zone.is_empty() {
                 text += &format!("zone = \"{}\"\n", w.zone);
             }
+            text += &w.extra;
         }
         text += &format!(
             "[snapshot]\nspool_dir = \"{}\"\nidle_timeout_seconds = 30\n",
@@ -352,6 +364,15 @@ impl Agent {
             process: None,
             env: Vec::new(),
         })
+    }
+
+    /// Appends TOML tables to its config (`[drill]`, `[restore]`), for its next start.
+    pub fn add_config(&mut self, toml: &str) -> anyhow::Result<()> {
+        let mut text = std::fs::read_to_string(&self.config)?;
+        text += "\n";
+        text += toml;
+        std::fs::write(&self.config, text)?;
+        Ok(())
     }
 
     /// Starts (or restarts) the agent.

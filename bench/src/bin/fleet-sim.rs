@@ -63,6 +63,8 @@ fn child(args: &Args) -> Result<()> {
                 report_interval_ms: 1000,
                 instances: Vec::new(),
                 snapshot: SnapshotSettings::default(),
+                restore: Default::default(),
+                drill: None,
             };
             let (keep, reports) = watch::channel(vec![instance(i, 0), instance(i, 1)]);
             agents.push(tokio::spawn(async move {

@@ -27,7 +27,7 @@ const ORPHANS_EVERY: Duration = Duration::from_secs(3600);
 
 impl Node {
     /// A connected agent to run a catalog job, preferring those named.
-    fn pick_agent(&self, preferred: &[String]) -> Result<String, Status> {
+    pub(super) fn pick_agent(&self, preferred: &[String]) -> Result<String, Status> {
         let registered: Vec<String> = {
             let st = self.state.read().expect("state lock");
             st.state.agents.keys().cloned().collect()
@@ -77,7 +77,11 @@ impl Node {
         }
     }
 
-    async fn catalog_job(&self, agent: String, spec: CatalogSpec) -> Result<u64, Status> {
+    pub(super) async fn catalog_job(
+        &self,
+        agent: String,
+        spec: CatalogSpec,
+    ) -> Result<u64, Status> {
         let (resp, _, _) = self
             .write(Command::CreateCatalogJob { agent, spec })
             .await?;
@@ -99,7 +103,7 @@ impl Node {
             .collect()
     }
 
-    fn set_agents(set: &BackupSet) -> Vec<String> {
+    pub(super) fn set_agents(set: &BackupSet) -> Vec<String> {
         set.shards.iter().map(|s| s.agent.clone()).collect()
     }
 
@@ -139,6 +143,7 @@ impl Node {
                 },
                 set: Some(set.key()),
                 reason: reason.into(),
+                drill_of: None,
             },
         )
         .await
@@ -164,6 +169,7 @@ impl Node {
                 },
                 set: Some(set.key()),
                 reason: "asked by an operator".into(),
+                drill_of: None,
             },
         )
         .await
@@ -187,6 +193,7 @@ impl Node {
                     task: CatalogTask::Scan { regions },
                     set: None,
                     reason: "catalog rebuild".into(),
+                    drill_of: None,
                 },
             )
             .await?;
@@ -268,6 +275,7 @@ impl Node {
                                         },
                                         set: Some(s.key()),
                                         reason: format!("retention of {}: {reason}", p.name),
+                                        drill_of: None,
                                     },
                                 )
                                 .await
@@ -319,6 +327,7 @@ impl Node {
                                 },
                                 set: None,
                                 reason: format!("orphans of {}", p.name),
+                                drill_of: None,
                             },
                         )
                         .await;

@@ -1,0 +1,358 @@
+//! `fleetsnap restore` and `fleetsnap drill`: the leader picks the set and its regions, agents do
+//! the work, and this follows their jobs to the end.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand};
+use fleetsnap_proto::v1;
+
+use crate::client::Admin;
+use crate::{Conn, table, wait_job};
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The set: CLUSTER/BACKUP_ID, or BACKUP_ID when one cluster has it. Omit it and give
+    /// --cluster for the cluster's latest set (at or before --at).
+    pub id: Option<String>,
+    /// The cluster whose latest set complete in some region is restored.
+    #[arg(long, required_unless_present = "id")]
+    pub cluster: Option<String>,
+    /// With --cluster: the latest set taken at or before this time (RFC 3339, e.g.
+    /// 2026-11-21T03:00:00Z).
+    #[arg(long, value_name = "TIME", requires = "cluster", conflicts_with = "id")]
+    pub at: Option<String>,
+    /// online: key by key into a running server or cluster of any shape (--target); replace:
+    /// each shard's current primary is stopped, given the backup and started again, by the
+    /// agent beside it (its instance needs a start_command).
+    #[arg(long, value_parser = ["online", "replace"])]
+    pub mode: String,
+    /// online: the target, redis://HOST:PORT (a password only as ?password_file=PATH on the
+    /// agent's host: the URL is kept in the coordinators' log).
+    #[arg(long, value_name = "URL", required_if_eq("mode", "online"))]
+    pub target: Option<String>,
+    /// online: overwrite keys that exist in the target (else they are left and reported, and
+    /// the exit code is 1).
+    #[arg(long)]
+    pub replace_existing: bool,
+    /// Only this shard of the set.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// online: only this logical database.
+    #[arg(long)]
+    pub db: Option<u64>,
+    /// online: only keys matching this glob.
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub pattern: Option<String>,
+    /// online: the agent that restores (default: one of the agents that took the set).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Give up waiting after this many seconds (the jobs go on; `fleetsnap job show` follows
+    /// them).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub wait: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum DrillCmd {
+    /// Drill a cluster's latest set now: each shard is loaded into a scratch redis-server by an
+    /// agent with a [drill] section, checked against the manifest, and removed. Exit 1 if any
+    /// shard fails.
+    Run {
+        /// The cluster.
+        #[arg(long, required_unless_present = "id")]
+        cluster: Option<String>,
+        /// A set instead of the latest: CLUSTER/BACKUP_ID.
+        #[arg(long)]
+        id: Option<String>,
+        /// Only this shard.
+        #[arg(long)]
+        shard: Option<String>,
+        /// The agent that runs the scratch servers (default: the one that took each shard).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        wait: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every drill and how it went.
+    List {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(text: &str) -> Result<i64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            anyhow!(
+                "--at {text:?} is not a time ({e}): write it as RFC 3339, e.g. 2026-11-21T03:00:00Z"
+            )
+        })?;
+    Ok(fleetsnap_core::window::unix_ms(t))
+}
+
+/// Follows jobs to their end: each as JSON, and whether every one succeeded with `ok`.
+async fn follow(admin: &Admin, jobs: &[u64], secs: u64) -> Result<(Vec<serde_json::Value>, bool)> {
+    let mut out = Vec::new();
+    let mut all = true;
+    for &id in jobs {
+        let job = wait_job(admin, id, secs).await?;
+        let state = &job["state"];
+        let result = &state["result"];
+        let ok = state["outcome"] == "succeeded" && result["ok"] == true;
+        all &= ok;
+        let report: serde_json::Value = result["report_json"]
+            .as_str()
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or(serde_json::Value::Null);
+        out.push(serde_json::json!({
+            "job": id,
+            "agent": job["agent"],
+            "ok": ok,
+            "problem": if state["outcome"] == "failed" { state["reason"].clone() } else { result["problem"].clone() },
+            "report": report,
+        }));
+    }
+    Ok((out, all))
+}
+
+pub async fn restore(conn: &Conn, a: RestoreArgs) -> Result<ExitCode> {
+    let admin = Admin::new(conn)?;
+    let req = v1::RestoreRequest {
+        set: a.id.unwrap_or_default(),
+        cluster: a.cluster.unwrap_or_default(),
+        at_ms: a.at.as_deref().map(parse_time).transpose()?.unwrap_or(0),
+        mode: a.mode.clone(),
+        target: a.target.unwrap_or_default(),
+        replace_existing: a.replace_existing,
+        shard: a.shard.unwrap_or_default(),
+        db: a.db,
+        pattern: a.pattern.unwrap_or_default(),
+        agent: a.agent.unwrap_or_default(),
+    };
+    let r = admin
+        .call(move |mut c| {
+            let req = req.clone();
+            async move { c.restore(req).await }
+        })
+        .await?;
+    if !a.json {
+        eprintln!(
+            "restore ({}) started: job(s) {:?} on agent(s) {}",
+            a.mode, r.jobs, r.agent
+        );
+    }
+    let (jobs, all) = follow(&admin, &r.jobs, a.wait).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else {
+        for j in &jobs {
+            print_restore(j);
+        }
+    }
+    Ok(crate::exit(all))
+}
+
+fn print_restore(j: &serde_json::Value) {
+    let r = &j["report"];
+    let t = table::text;
+    if !j["problem"].is_null() {
+        println!(
+            "job {} on {}: FAILED: {}",
+            j["job"],
+            t(&j["agent"]),
+            t(&j["problem"])
+        );
+    }
+    if r.is_null() {
+        return;
+    }
+    let read_from = |read: &serde_json::Value| {
+        let skipped: Vec<String> = read["skipped"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("{} ({})", t(&s[0]), t(&s[1])))
+            .collect();
+        if skipped.is_empty() {
+            t(&read["destination"])
+        } else {
+            format!("{} after {}", t(&read["destination"]), skipped.join(", "))
+        }
+    };
+    if let Some(shards) = r["shards"].as_array() {
+        for s in shards {
+            let o = &s["applied"];
+            println!(
+                "shard {:<16} from {}: {} keys into {} ({} filtered, {} expired, {} conflicts), {} tail commands",
+                t(&s["read"]["shard"]),
+                read_from(&s["read"]),
+                o["keys"],
+                t(&o["target"]),
+                o["filtered"],
+                o["expired"],
+                o["conflicts"],
+                o["tail_commands"]
+            );
+        }
+        println!(
+            "{} keys, {} RDB bytes in {:.1}s",
+            r["keys"],
+            r["rdb_bytes"],
+            r["seconds"].as_f64().unwrap_or(0.0)
+        );
+    } else {
+        println!(
+            "shard {} from {}: node {} replaced, {} keys loaded ({} in the backup), offset {}, {} tail commands; down {:.1}s, {:.1}s in all",
+            t(&r["read"]["shard"]),
+            read_from(&r["read"]),
+            t(&r["node"]),
+            r["keys_loaded"],
+            r["keys_in_backup"],
+            r["offset"],
+            r["tail_commands"],
+            r["down_seconds"].as_f64().unwrap_or(0.0),
+            r["seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
+pub async fn drill(conn: &Conn, cmd: DrillCmd) -> Result<ExitCode> {
+    let admin = Admin::new(conn)?;
+    match cmd {
+        DrillCmd::Run {
+            cluster,
+            id,
+            shard,
+            agent,
+            wait,
+            json,
+        } => {
+            let req = v1::DrillRequest {
+                cluster: cluster.unwrap_or_default(),
+                set: id.unwrap_or_default(),
+                shard: shard.unwrap_or_default(),
+                agent: agent.unwrap_or_default(),
+            };
+            let r = admin
+                .call(move |mut c| {
+                    let req = req.clone();
+                    async move { c.run_drill(req).await }
+                })
+                .await?;
+            let (jobs, all) = follow(&admin, &r.jobs, wait).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                for j in &jobs {
+                    print_drill(j);
+                }
+            }
+            if !all {
+                eprintln!("error: the drill FAILED: the backup did not restore as recorded");
+            }
+            Ok(crate::exit(all))
+        }
+        DrillCmd::List { cluster, json } => {
+            let cluster = cluster.unwrap_or_default();
+            let r = admin
+                .call(move |mut c| {
+                    let cluster = cluster.clone();
+                    async move {
+                        c.list_drills(v1::ListBackupsRequest {
+                            cluster,
+                            policy: String::new(),
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            let drills: serde_json::Value = serde_json::from_str(&r.json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&drills)?);
+            } else {
+                println!(
+                    "{:<6} {:<10} {:<24} {:<18} {:<8} {:>8} {:>9}  PROBLEM",
+                    "JOB", "CLUSTER", "BACKUP", "SHARD", "STATE", "RTO", "RPO"
+                );
+                let t = table::text;
+                for d in drills.as_array().into_iter().flatten() {
+                    let secs = |v: &serde_json::Value| {
+                        v.as_f64().map_or("-".to_string(), |s| format!("{s:.1}s"))
+                    };
+                    println!(
+                        "{:<6} {:<10} {:<24} {:<18} {:<8} {:>8} {:>9}  {}",
+                        d["job"],
+                        t(&d["cluster"]),
+                        t(&d["backup_id"]),
+                        t(&d["shard"]),
+                        t(&d["state"]),
+                        secs(&d["report"]["rto_seconds"]),
+                        secs(&d["report"]["rpo_seconds"]),
+                        if d["problem"].is_null() {
+                            String::new()
+                        } else {
+                            t(&d["problem"])
+                        }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_drill(j: &serde_json::Value) {
+    let t = table::text;
+    let r = &j["report"];
+    if r.is_null() {
+        println!(
+            "job {} on {}: FAILED: {}",
+            j["job"],
+            t(&j["agent"]),
+            t(&j["problem"])
+        );
+        return;
+    }
+    println!(
+        "shard {} of {} from {}: {}  RTO {:.2}s  backup age {}  ({} RDB bytes, {} tail commands)",
+        t(&r["shard"]),
+        t(&r["backup_id"]),
+        t(&r["destination"]),
+        if j["ok"] == true { "PASSED" } else { "FAILED" },
+        r["rto_seconds"].as_f64().unwrap_or(0.0),
+        r["rpo_seconds"]
+            .as_f64()
+            .map_or("-".into(), |s| format!("{s:.0}s")),
+        r["rdb_bytes"],
+        r["tail_commands"]
+    );
+    for d in r["dbs"].as_array().into_iter().flatten() {
+        println!(
+            "  db {}: {} keys recorded, {} served, {} expired; digest {}",
+            d["db"],
+            d["keys_recorded"],
+            d["keys_served"],
+            d["keys_expired"],
+            if d["digest_found"] == d["digest_recorded"] {
+                "matches"
+            } else {
+                "DIFFERS"
+            }
+        );
+    }
+    for p in r["problems"].as_array().into_iter().flatten() {
+        println!("  PROBLEM: {}", t(p));
+    }
+}

@@ -1,0 +1,454 @@
+//! Restores and restore drills: the leader picks the set, orders its regions (healthy first, in
+//! the policy's order), and hands the work to agents as catalog jobs in the log. Drills also run
+//! on the policies' drill schedules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreMode, RestoreTask, unix_ms};
+use fleetsnap_core::{ClusterId, Role};
+use fleetsnap_proto::v1;
+use tonic::Status;
+
+use super::Node;
+use crate::catalog::CatalogSpec;
+use crate::state::{JobKind, JobOutcome, JobState};
+use crate::window::{BackupSet, RegionState};
+
+/// What a restore request resolved to.
+pub(super) struct Started {
+    /// The jobs, one per agent's part.
+    pub jobs: Vec<u64>,
+    /// The set restored.
+    pub set: String,
+    /// The agents, in the order of `jobs`.
+    pub agents: Vec<String>,
+}
+
+impl Node {
+    /// The set to restore: one named, or the cluster's latest restorable set taken at or before
+    /// `at_ms` (0: the latest).
+    pub(super) fn restorable(
+        &self,
+        set: &str,
+        cluster: &str,
+        at_ms: i64,
+    ) -> Result<BackupSet, Status> {
+        let set = if !set.is_empty() {
+            self.resolve_set(set)?
+        } else {
+            if cluster.is_empty() {
+                return Err(Status::invalid_argument(
+                    "name a set (CLUSTER/BACKUP_ID) or a cluster (--cluster C, with --at TIME for an older one)",
+                ));
+            }
+            let st = self.state.read().expect("state lock");
+            st.state
+                .sets
+                .values()
+                .filter(|s| s.cluster.as_str() == cluster)
+                .filter(|s| at_ms == 0 || s.opened_at_ms <= at_ms)
+                .filter(|s| s.regions.values().any(|r| r.state == RegionState::Complete))
+                .filter(|s| s.deleting.is_none())
+                .max_by_key(|s| (s.opened_at_ms, s.backup_id.clone()))
+                .cloned()
+                .ok_or_else(|| {
+                    Status::not_found(if at_ms == 0 {
+                        format!("cluster {cluster:?} has no set complete in any region; `fleetsnap backup list` shows its sets")
+                    } else {
+                        format!(
+                            "cluster {cluster:?} has no set complete in any region taken at or before {}; `fleetsnap backup list` shows its sets",
+                            fleetsnap_core::window::from_unix_ms(at_ms)
+                        )
+                    })
+                })?
+        };
+        if set.deleting.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "set {} is being deleted",
+                set.key()
+            )));
+        }
+        Ok(set)
+    }
+
+    /// The regions to read a set from: those that hold it whole, in the order its policy lists
+    /// them (nearest first), those whose last verification failed after the others.
+    pub(super) fn read_order(&self, set: &BackupSet) -> Vec<RegionUrl> {
+        let order: Vec<String> = {
+            let st = self.state.read().expect("state lock");
+            st.state
+                .policies
+                .get(&set.policy)
+                .map(|p| p.destinations.iter().map(|d| d.region.clone()).collect())
+                .unwrap_or_default()
+        };
+        let failed_verify = |name: &str| {
+            set.verified
+                .as_ref()
+                .is_some_and(|v| v.regions.iter().any(|r| r.region == name && !r.ok))
+        };
+        let mut regions: Vec<(bool, usize, RegionUrl)> = set
+            .regions
+            .iter()
+            .filter(|(_, r)| r.state == RegionState::Complete && !r.url.is_empty())
+            .map(|(name, r)| {
+                let rank = order.iter().position(|o| o == name).unwrap_or(usize::MAX);
+                (
+                    failed_verify(name),
+                    rank,
+                    RegionUrl {
+                        region: name.clone(),
+                        url: r.url.clone(),
+                    },
+                )
+            })
+            .collect();
+        regions.sort_by(|a, b| (a.0, a.1, &a.2.region).cmp(&(b.0, b.1, &b.2.region)));
+        regions.into_iter().map(|(_, _, r)| r).collect()
+    }
+
+    /// `fleetsnap restore`: one job for an online restore, one per shard's primary for a
+    /// replace.
+    pub(super) async fn restore(&self, r: &v1::RestoreRequest) -> Result<Started, Status> {
+        let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
+        let regions = self.read_order(&set);
+        if regions.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "set {} is complete in no region: there is nothing to restore from",
+                set.key()
+            )));
+        }
+        let shard = (!r.shard.is_empty()).then(|| r.shard.clone());
+        if let Some(s) = &shard
+            && !set.shards.iter().any(|x| &x.shard == s)
+        {
+            return Err(Status::invalid_argument(format!(
+                "set {} has no shard {s:?}; its shards: {}",
+                set.key(),
+                set.shards
+                    .iter()
+                    .map(|x| x.shard.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let task = |shard: Option<String>, mode: RestoreMode| RestoreTask {
+            cluster: set.cluster.clone(),
+            backup_id: set.backup_id.clone(),
+            regions: regions.clone(),
+            shard,
+            db: r.db,
+            pattern: (!r.pattern.is_empty()).then(|| r.pattern.clone()),
+            mode,
+            taken_at_ms: Some(set.opened_at_ms),
+        };
+        let mut started = Started {
+            jobs: Vec::new(),
+            set: set.key(),
+            agents: Vec::new(),
+        };
+        match r.mode.as_str() {
+            "online" => {
+                if r.target.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "an online restore needs --target redis://HOST:PORT",
+                    ));
+                }
+                if inline_password(&r.target) {
+                    return Err(Status::invalid_argument(format!(
+                        "--target {:?} carries a password, which would be stored in the coordinators' log: put it in a file on the agent's host and use ?password_file=PATH",
+                        redact(&r.target)
+                    )));
+                }
+                let preferred: Vec<String> = if r.agent.is_empty() {
+                    Self::set_agents(&set)
+                } else {
+                    vec![r.agent.clone()]
+                };
+                let agent = self.pick_agent(&preferred)?;
+                if !r.agent.is_empty() && agent != r.agent {
+                    return Err(Status::unavailable(format!(
+                        "agent {:?} is not connected to the leader",
+                        r.agent
+                    )));
+                }
+                let mode = RestoreMode::Online {
+                    target: r.target.clone(),
+                    replace_existing: r.replace_existing,
+                };
+                let job = self.restore_job(&agent, &set, task(shard, mode)).await?;
+                started.jobs.push(job);
+                started.agents.push(agent);
+            }
+            "replace" => {
+                if r.db.is_some() || !r.pattern.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "a replace restore puts whole shards back: --db and --match apply to --mode online",
+                    ));
+                }
+                let view = self.view(set.cluster.as_str());
+                let mut plan = Vec::new();
+                for s in set
+                    .shards
+                    .iter()
+                    .filter(|s| shard.as_ref().is_none_or(|x| x == &s.shard))
+                {
+                    let now = view
+                        .clusters
+                        .iter()
+                        .flat_map(|c| c.shards.iter())
+                        .find(|v| {
+                            v.id == s.shard || v.nodes.iter().any(|n| n.address == s.source_node)
+                        })
+                        .and_then(|v| v.nodes.iter().find(|n| n.role == Role::Primary))
+                        .ok_or_else(|| {
+                            Status::failed_precondition(format!(
+                                "shard {} of set {} matches no shard of cluster {} with a primary that an agent reports now; restore it with --mode online into a running target instead",
+                                s.shard,
+                                set.key(),
+                                set.cluster
+                            ))
+                        })?;
+                    plan.push((s.shard.clone(), now.agent.clone(), now.name.clone()));
+                }
+                for (s, agent, instance) in plan {
+                    let job = self
+                        .restore_job(
+                            &agent,
+                            &set,
+                            task(Some(s), RestoreMode::Replace { instance }),
+                        )
+                        .await?;
+                    started.jobs.push(job);
+                    started.agents.push(agent);
+                }
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "--mode {other:?}: use online (into a running target) or replace (the cluster's own nodes)"
+                )));
+            }
+        }
+        Ok(started)
+    }
+
+    async fn restore_job(
+        &self,
+        agent: &str,
+        set: &BackupSet,
+        task: RestoreTask,
+    ) -> Result<u64, Status> {
+        let reason = match &task.mode {
+            RestoreMode::Drill => "restore drill",
+            _ => "restore asked by an operator",
+        };
+        self.catalog_job(
+            agent.to_string(),
+            CatalogSpec {
+                task: CatalogTask::Restore(Box::new(task)),
+                set: None,
+                reason: format!("{reason} of {}", set.key()),
+                drill_of: None,
+            },
+        )
+        .await
+    }
+
+    /// Drills of a set (the cluster's latest when none is named): one job per shard.
+    pub(super) async fn drill(
+        &self,
+        cluster: &str,
+        set: &str,
+        shard: &str,
+        agent: &str,
+        drill_of: Option<(String, i64)>,
+    ) -> Result<Started, Status> {
+        let set = self.restorable(set, cluster, 0)?;
+        let regions = self.read_order(&set);
+        let mut started = Started {
+            jobs: Vec::new(),
+            set: set.key(),
+            agents: Vec::new(),
+        };
+        let shards: Vec<_> = set
+            .shards
+            .iter()
+            .filter(|s| shard.is_empty() || s.shard == shard)
+            .collect();
+        if shards.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "set {} has no shard {shard:?}",
+                set.key()
+            )));
+        }
+        for s in shards {
+            let preferred = if agent.is_empty() {
+                vec![s.agent.clone()]
+            } else {
+                vec![agent.to_string()]
+            };
+            let who = self.pick_agent(&preferred)?;
+            let spec = CatalogSpec {
+                task: CatalogTask::Restore(Box::new(RestoreTask {
+                    cluster: set.cluster.clone(),
+                    backup_id: set.backup_id.clone(),
+                    regions: regions.clone(),
+                    shard: Some(s.shard.clone()),
+                    db: None,
+                    pattern: None,
+                    mode: RestoreMode::Drill,
+                    taken_at_ms: Some(s.started_at_ms),
+                })),
+                set: None,
+                reason: format!("restore drill of {}", set.key()),
+                drill_of: drill_of.clone(),
+            };
+            started
+                .jobs
+                .push(self.catalog_job(who.clone(), spec).await?);
+            started.agents.push(who);
+        }
+        Ok(started)
+    }
+
+    /// Every drill job, newest last, as JSON.
+    pub(super) fn drills_json(&self, cluster: &str) -> String {
+        let st = self.state.read().expect("state lock");
+        let mut out = Vec::new();
+        for job in st.state.jobs.values() {
+            let JobKind::Catalog(spec) = &job.kind else {
+                continue;
+            };
+            let CatalogTask::Restore(task) = &spec.task else {
+                continue;
+            };
+            if task.mode != RestoreMode::Drill
+                || (!cluster.is_empty() && task.cluster.as_str() != cluster)
+            {
+                continue;
+            }
+            let (state, ok, problem, report) = match &job.state {
+                JobState::Done(JobOutcome::Succeeded {
+                    result:
+                        Some(fleetsnap_core::window::JobResult::Restored {
+                            ok,
+                            problem,
+                            report_json,
+                        }),
+                    ..
+                }) => (
+                    if *ok { "passed" } else { "failed" },
+                    Some(*ok),
+                    problem.clone(),
+                    serde_json::from_str::<serde_json::Value>(report_json).ok(),
+                ),
+                JobState::Done(JobOutcome::Failed { reason }) => {
+                    ("failed", Some(false), Some(reason.clone()), None)
+                }
+                JobState::Done(_) => ("failed", Some(false), Some("no report".into()), None),
+                _ => ("running", None, None, None),
+            };
+            out.push(serde_json::json!({
+                "job": job.id,
+                "agent": job.agent,
+                "cluster": task.cluster,
+                "backup_id": task.backup_id,
+                "shard": task.shard,
+                "scheduled_by": spec.drill_of.as_ref().map(|d| &d.0),
+                "state": state,
+                "ok": ok,
+                "problem": problem,
+                "report": report,
+            }));
+        }
+        serde_json::to_string_pretty(&out).expect("drills serialise")
+    }
+
+    /// Runs the drills that policies' drill schedules call for (the leader only), counting from
+    /// the last scheduled drill in the log.
+    pub(super) async fn drill_loop(self: Arc<Self>) {
+        let mut first_seen: HashMap<String, i64> = HashMap::new();
+        let mut failed_at: HashMap<String, i64> = HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !self.is_leader() {
+                first_seen.clear();
+                failed_at.clear();
+                continue;
+            }
+            let now = time::OffsetDateTime::now_utc();
+            let now_ms = unix_ms(now);
+            let due: Vec<(String, Vec<ClusterId>, Option<String>)> = {
+                let s = self.state.read().expect("state lock");
+                s.state
+                    .policies
+                    .values()
+                    .filter_map(|p| {
+                        let d = p.drill.as_ref()?;
+                        let base = match s.state.last_drill.get(&p.name) {
+                            Some(&last) => last,
+                            None => *first_seen.entry(p.name.clone()).or_insert(now_ms),
+                        };
+                        let base = failed_at.get(&p.name).map_or(base, |&f| f.max(base));
+                        let next = d
+                            .schedule
+                            .next_after(fleetsnap_core::window::from_unix_ms(base))?;
+                        (next <= now).then(|| (p.name.clone(), p.clusters.clone(), d.agent.clone()))
+                    })
+                    .collect()
+            };
+            for (policy, clusters, agent) in due {
+                let mut any = false;
+                for c in clusters {
+                    let agent = agent.clone().unwrap_or_default();
+                    match self
+                        .drill(c.as_str(), "", "", &agent, Some((policy.clone(), now_ms)))
+                        .await
+                    {
+                        Ok(s) => {
+                            any = true;
+                            tracing::info!(%policy, set = %s.set, jobs = ?s.jobs, "scheduled drill started");
+                        }
+                        Err(e) => {
+                            tracing::warn!(%policy, cluster = %c, error = %e.message(), "scheduled drill not started")
+                        }
+                    }
+                }
+                if !any {
+                    failed_at.insert(policy, now_ms);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a Redis URL carries a password in itself.
+fn inline_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let auth = rest.split(['/', '?']).next().unwrap_or("");
+    auth.contains('@') || url.contains("password=")
+}
+
+/// The URL without what is between `//` and `@`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_target_urls_are_spotted() {
+        assert!(inline_password("redis://:secret@10.0.0.1:6379"));
+        assert!(inline_password("redis://user:secret@h:1"));
+        assert!(!inline_password("redis://10.0.0.1:6379"));
+        assert!(!inline_password("redis://h:1?password_file=/etc/x"));
+        assert_eq!(redact("redis://u:p@h:1"), "redis://***@h:1");
+    }
+}
