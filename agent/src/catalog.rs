@@ -59,9 +59,9 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
             }
             JobResult::Regions { regions: out }
         }
-        CatalogTask::Restore(_) => {
+        CatalogTask::Restore(_) | CatalogTask::Node(_) => {
             return Err(Error::Input(
-                "a restore job needs the agent's config; the daemon runs it".into(),
+                "a restore or node job needs the agent's config; the daemon runs it".into(),
             ));
         }
         CatalogTask::Scan { regions } => {

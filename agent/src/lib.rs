@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dest;
 pub mod drill;
 pub mod error;
+pub mod failover;
 pub mod instant;
 pub mod online;
 pub mod pipeline;

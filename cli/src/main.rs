@@ -92,6 +92,10 @@ enum Command {
     /// Restore drills: prove sets restorable and measure RTO and the backups' age.
     #[command(subcommand)]
     Drill(restore::DrillCmd),
+    /// Tested procedures: each prints its plan, asks before it runs, records its steps in the
+    /// replicated state (a new leader carries on) and ends with a check that it worked.
+    #[command(subcommand)]
+    Runbook(restore::RunbookCmd),
 }
 
 #[derive(Subcommand)]
@@ -487,6 +491,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Catalog(c) => catalog(&cli.conn, c).await,
         Command::Restore(r) => restore::restore(&cli.conn, r).await,
         Command::Drill(d) => restore::drill(&cli.conn, d).await,
+        Command::Runbook(r) => restore::runbook(&cli.conn, r).await,
     }
 }
 

@@ -356,3 +356,214 @@ fn print_drill(j: &serde_json::Value) {
         println!("  PROBLEM: {}", t(p));
     }
 }
+
+#[derive(Args)]
+pub struct RunbookCommon {
+    /// Print the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run without asking (needed when standard input is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Give up following it after this many seconds (it goes on; `fleetsnap runbook show ID`).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub wait: u64,
+    /// Print JSON (the runbook as it ended).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum RunbookCmd {
+    /// Promote a replica of a shard. Graceful when the primary is alive: its writes are paused
+    /// until the replica has every one of them, so no acknowledged write is lost. Forced when it
+    /// is dead: the replica with the highest offset is promoted and the bytes of replication
+    /// lost are reported.
+    Failover {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// The shard, as `fleetsnap status` shows it (a dead primary: its instance name or
+        /// host:port).
+        #[arg(long)]
+        shard: String,
+        /// The replica to promote (instance name or host:port); default: the freshest.
+        #[arg(long)]
+        to: Option<String>,
+        /// How long writes may stay paused while the replica catches up (milliseconds).
+        #[arg(long, default_value_t = 5000)]
+        pause_ms: u64,
+        #[command(flatten)]
+        common: RunbookCommon,
+    },
+    /// Rebuild the catalog of a fresh coordinator cluster from the regions' manifests alone.
+    RebuildCoordinator {
+        /// A region to read: REGION=URL (repeat).
+        #[arg(long = "from", required = true, value_name = "REGION=URL")]
+        from: Vec<String>,
+        /// The agent that reads them (default: any connected agent).
+        #[arg(long)]
+        agent: Option<String>,
+        #[command(flatten)]
+        common: RunbookCommon,
+    },
+    /// A runbook and its steps.
+    Show {
+        /// The runbook id.
+        id: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_runbook(r: &serde_json::Value) {
+    let t = table::text;
+    println!(
+        "runbook {} {}: {}",
+        r["id"],
+        t(&r["args"]),
+        t(&r["state"]["state"])
+    );
+    for (i, s) in r["steps"].as_array().into_iter().flatten().enumerate() {
+        let mark = match s["ok"].as_bool() {
+            Some(true) => "done",
+            Some(false) => "FAILED",
+            None => "-",
+        };
+        println!("  {}. [{mark}] {}", i + 1, t(&s["title"]));
+        if let Some(o) = s["outcome"].as_str() {
+            println!("       {}", o.chars().take(400).collect::<String>());
+        }
+    }
+    if let Some(f) = r["findings"].as_object() {
+        for (k, v) in f {
+            println!("  {k}: {}", t(v));
+        }
+    }
+    if let Some(why) = r["state"]["reason"].as_str() {
+        println!("  {why}");
+    }
+}
+
+pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
+    let admin = Admin::new(conn)?;
+    let (req, common) = match cmd {
+        RunbookCmd::Show { id, json } => {
+            let r =
+                admin
+                    .call(move |mut c| async move {
+                        c.get_runbook(v1::GetJobRequest { job_id: id }).await
+                    })
+                    .await?;
+            let doc: serde_json::Value = serde_json::from_str(&r.json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print_runbook(&doc);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        RunbookCmd::Failover {
+            cluster,
+            shard,
+            to,
+            pause_ms,
+            common,
+        } => (
+            v1::RunbookRequest {
+                name: "failover".into(),
+                cluster,
+                shard,
+                to: to.unwrap_or_default(),
+                pause_ms,
+                ..Default::default()
+            },
+            common,
+        ),
+        RunbookCmd::RebuildCoordinator {
+            from,
+            agent,
+            common,
+        } => (
+            v1::RunbookRequest {
+                name: "rebuild-coordinator".into(),
+                regions: from,
+                agent: agent.unwrap_or_default(),
+                ..Default::default()
+            },
+            common,
+        ),
+    };
+    let ask = |dry_run: bool| {
+        let mut req = req.clone();
+        req.dry_run = dry_run;
+        let admin = &admin;
+        async move {
+            let r = admin
+                .call(move |mut c| {
+                    let req = req.clone();
+                    async move { c.start_runbook(req).await }
+                })
+                .await?;
+            anyhow::Ok(serde_json::from_str::<serde_json::Value>(&r.json)?)
+        }
+    };
+    let plan = ask(true).await?;
+    if common.dry_run || !common.json {
+        println!("plan:");
+        for (i, s) in plan["steps"].as_array().into_iter().flatten().enumerate() {
+            println!("  {}. {}", i + 1, table::text(&s["title"]));
+        }
+    }
+    if common.dry_run {
+        if common.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !common.yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            return Err(anyhow!(
+                "standard input is not a terminal: review the plan (--dry-run) and pass --yes to run it"
+            ));
+        }
+        print!("run this plan? type yes: ");
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if line.trim() != "yes" {
+            eprintln!("not run");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let started = ask(false).await?;
+    let id = started["id"].as_u64().unwrap_or_default();
+    if !common.json {
+        eprintln!("runbook {id} started");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(common.wait);
+    loop {
+        let r = admin
+            .call(move |mut c| async move { c.get_runbook(v1::GetJobRequest { job_id: id }).await })
+            .await?;
+        let doc: serde_json::Value = serde_json::from_str(&r.json)?;
+        let state = doc["state"]["state"].as_str().unwrap_or("").to_string();
+        if state != "running" || std::time::Instant::now() >= deadline {
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print_runbook(&doc);
+            }
+            if state == "running" {
+                eprintln!(
+                    "runbook {id} still running after {} s; `fleetsnap runbook show {id}` follows it",
+                    common.wait
+                );
+            }
+            return Ok(crate::exit(state == "succeeded"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

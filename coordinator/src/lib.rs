@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod network;
 pub mod run;
+pub mod runbook;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 mod cut;
 mod restore;
+mod runbook;
 mod upkeep;
 
 use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
@@ -79,6 +80,9 @@ struct Fleet {
     agents: Mutex<HashMap<String, AgentLive>>,
     leader_since: Mutex<Option<Instant>>,
     latency_us: Mutex<Vec<u32>>,
+    /// The last replication offset each primary (`host:port`) reported while it answered: what
+    /// a forced failover measures the replication lost against.
+    last_offsets: Mutex<HashMap<String, u64>>,
     reports: AtomicU64,
     sessions: AtomicU64,
 }
@@ -144,6 +148,7 @@ impl Node {
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().schedule_loop());
         tokio::spawn(node.clone().drill_loop());
+        tokio::spawn(node.clone().runbook_loop());
         tokio::spawn(node.clone().watch_leadership());
         tokio::spawn(node.clone().job_loop());
         tokio::spawn(node.clone().cut_loop());
@@ -691,6 +696,15 @@ impl Node {
                     let Some(a) = agents.get_mut(&agent).filter(|a| a.session == session) else {
                         break;
                     };
+                    {
+                        let mut last = self.fleet.last_offsets.lock().expect("lock");
+                        for i in instances
+                            .iter()
+                            .filter(|i| i.reachable && i.role == fleetsnap_core::Role::Primary)
+                        {
+                            last.insert(i.address.clone(), i.master_repl_offset);
+                        }
+                    }
                     a.instances = instances;
                     a.last_report = Some(Instant::now());
                     drop(agents);
@@ -1443,6 +1457,35 @@ impl v1::admin_service_server::AdminService for Services {
         self.0.linearizable().await?;
         Ok(Response::new(v1::JsonReply {
             json: self.0.drills_json(req.get_ref().cluster.trim()),
+        }))
+    }
+
+    async fn start_runbook(
+        &self,
+        req: Request<v1::RunbookRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        let r = req.get_ref();
+        let plan = self.0.plan_runbook(r)?;
+        let json = if r.dry_run {
+            serde_json::to_string_pretty(&plan).expect("runbooks serialise")
+        } else {
+            let id = self.0.start_runbook(plan).await?;
+            tracing::info!(runbook = id, name = %r.name, "runbook started");
+            self.0.runbook_json(id)?
+        };
+        Ok(Response::new(v1::JsonReply { json }))
+    }
+
+    async fn get_runbook(
+        &self,
+        req: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        admin(&req)?;
+        self.0.linearizable().await?;
+        Ok(Response::new(v1::JsonReply {
+            json: self.0.runbook_json(req.get_ref().job_id)?,
         }))
     }
 

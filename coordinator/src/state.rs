@@ -123,6 +123,17 @@ pub enum Command {
     CommitCut { window: u64, outcome: CutOutcome },
     /// Work on stored sets for an agent (the leader chose the agent and the regions).
     CreateCatalogJob { agent: String, spec: CatalogSpec },
+    /// Starts a runbook as the leader planned it.
+    StartRunbook { runbook: crate::runbook::Runbook },
+    /// Creates the job of a runbook's current step.
+    RunbookStep { runbook: u64, step: usize },
+    /// The leader's check of a runbook's current step.
+    RunbookCheck {
+        runbook: u64,
+        step: usize,
+        ok: bool,
+        detail: String,
+    },
 }
 
 /// What applying a command produced.
@@ -135,6 +146,9 @@ pub struct Response {
     /// The id of a window opened by the command.
     #[serde(default)]
     pub window: Option<u64>,
+    /// The id of a runbook started by the command.
+    #[serde(default)]
+    pub runbook: Option<u64>,
 }
 
 /// Where a job is.
@@ -208,6 +222,12 @@ pub struct FleetState {
     /// When each policy's drill schedule last ran its drills (Unix milliseconds).
     #[serde(default)]
     pub last_drill: BTreeMap<String, i64>,
+    /// Runbooks by id.
+    #[serde(default)]
+    pub runbooks: BTreeMap<u64, crate::runbook::Runbook>,
+    /// The last runbook id.
+    #[serde(default)]
+    pub next_runbook: u64,
 }
 
 impl FleetState {
@@ -262,6 +282,7 @@ impl FleetState {
                     j.state = JobState::Done(outcome.clone());
                     self.window_job_ended(term, index, *job);
                     self.catalog_job_ended(*job);
+                    self.runbook_job_ended(*job);
                     Response::default()
                 }
                 Some(_) => refuse(format!("job {job} has already ended")),
@@ -290,6 +311,16 @@ impl FleetState {
             Command::CreateCatalogJob { agent, spec } => {
                 self.create_catalog_job(term, index, agent, spec)
             }
+            Command::StartRunbook { runbook } => self.start_runbook(runbook),
+            Command::RunbookStep { runbook, step } => {
+                self.runbook_step(term, index, *runbook, *step)
+            }
+            Command::RunbookCheck {
+                runbook,
+                step,
+                ok,
+                detail,
+            } => self.runbook_check(*runbook, *step, *ok, detail),
         }
     }
 }

@@ -69,6 +69,11 @@ pub enum JobResult {
         /// The report, as the agent's `restore --json` or `drill --json` prints it.
         report_json: String,
     },
+    /// A runbook's step on a node: what it did (JSON).
+    Step {
+        /// The agent's report.
+        report_json: String,
+    },
     /// A scan: every manifest found.
     Scanned {
         /// Per region, the manifests there.
@@ -120,6 +125,39 @@ pub enum RestoreMode {
     Drill,
 }
 
+/// A runbook's operation on a node an agent watches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTask {
+    /// The instance, as the agent's config names it.
+    pub instance: String,
+    /// What to do.
+    pub op: NodeOp,
+}
+
+/// Operations on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum NodeOp {
+    /// Makes the instance, a replica, its shard's primary.
+    ///
+    /// With `primary` (graceful, the primary alive): writes on the primary are paused, the
+    /// instance waits until it has the primary's offset, is promoted, and the old primary and
+    /// `others` replicate from it; then the writes resume (refused as read-only by the old
+    /// primary). Without (forced): the instance is promoted at whatever offset it has.
+    /// In a Redis Cluster, `CLUSTER FAILOVER` does the same (`FORCE`, then `TAKEOVER`, when
+    /// forced).
+    Promote {
+        /// `host:port` of the live primary (graceful), none when it is dead (forced).
+        primary: Option<String>,
+        /// `host:port` of the shard's other replicas, to re-point.
+        others: Vec<String>,
+        /// Whether the shard is part of a Redis Cluster.
+        cluster: bool,
+        /// How long writes may stay paused while the instance catches up (milliseconds).
+        pause_ms: u64,
+    },
+}
+
 /// A restore of a set (or of one shard of it) by an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreTask {
@@ -152,6 +190,8 @@ pub struct RestoreTask {
 pub enum CatalogTask {
     /// Restores a set, or runs a restore drill of one shard.
     Restore(Box<RestoreTask>),
+    /// A runbook's step on one node.
+    Node(NodeTask),
     /// Copies a set's objects from a region that holds it whole to regions that do not, checking
     /// each copy's sha256 against the manifest, then writes the manifest there.
     Repair {

@@ -1,0 +1,370 @@
+//! `fleetsnap runbook failover` with real Redis, agents and a coordinator: graceful while a
+//! writer records every acknowledged write (none may be lost), and forced after the primary is
+//! killed with its replicas behind (the bytes lost are reported exactly).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fleetsnap_agent::resp::Value;
+use fleetsnap_testkit::fleet::{Agent, Cli, FleetDir, Logs, Watched, single_node};
+use fleetsnap_testkit::poll_until;
+use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
+
+/// A coordinator and one agent per node of a primary with two replicas, cluster "ha".
+async fn fleet() -> (
+    FleetDir,
+    fleetsnap_testkit::fleet::Coordinator,
+    Cli,
+    ReplicaSet,
+    Vec<Agent>,
+) {
+    let fleet = FleetDir::new(&[1], &["a0", "a1", "a2"]).unwrap();
+    let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
+    let set = ReplicaSet::start(2, RedisOptions::default()).await.unwrap();
+    let coords = vec![coordinator.address.clone()];
+    let mut agents = Vec::new();
+    for (id, name, server) in [
+        ("a0", "p", &set.primary),
+        ("a1", "r1", &set.replicas[0]),
+        ("a2", "r2", &set.replicas[1]),
+    ] {
+        let mut a = Agent::configure(
+            &fleet,
+            id,
+            &coords,
+            &[Watched::new(name, server.url(), "ha")],
+            false,
+        )
+        .unwrap();
+        a.start().unwrap();
+        agents.push(a);
+    }
+    poll_until("the shard reported", Duration::from_secs(30), || async {
+        let s = cli.json(&["status", "--json"]).ok()?;
+        (s["clusters"][0]["shards"][0]["nodes"].as_array()?.len() == 3).then_some(())
+    })
+    .await
+    .unwrap();
+    (fleet, coordinator, cli, set, agents)
+}
+
+/// Every node the status shows, by address: (offset, role).
+fn nodes(cli: &Cli) -> BTreeMap<String, (u64, String)> {
+    let s = cli.json(&["status", "--json"]).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for c in s["clusters"].as_array().into_iter().flatten() {
+        for sh in c["shards"].as_array().into_iter().flatten() {
+            for n in sh["nodes"].as_array().into_iter().flatten() {
+                out.insert(
+                    n["address"].as_str().unwrap_or("").to_string(),
+                    (
+                        n["offset"].as_u64().unwrap_or(0),
+                        n["role"].as_str().unwrap_or("").to_string(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+async fn offset(s: &RedisServer) -> u64 {
+    let role = s.info("replication", "role").await.unwrap().unwrap();
+    let field = if role == "slave" {
+        "slave_repl_offset"
+    } else {
+        "master_repl_offset"
+    };
+    s.info("replication", field)
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn runbook(cli: &Cli, args: &[&str]) -> (bool, serde_json::Value) {
+    let o = cli.run(args).unwrap();
+    let doc = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.success(), doc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_loses_no_acknowledged_write() {
+    let (_dir, coordinator, cli, set, agents) = fleet().await;
+    let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
+    // A dry run plans without changing anything.
+    let o = cli
+        .run(&[
+            "runbook",
+            "failover",
+            "--cluster",
+            "ha",
+            "--shard",
+            "p",
+            "--dry-run",
+        ])
+        .unwrap();
+    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success() && plan.contains("pause writes"),
+        "{plan}"
+    );
+    assert_eq!(
+        set.primary
+            .info("replication", "role")
+            .await
+            .unwrap()
+            .unwrap(),
+        "master"
+    );
+    // Without a terminal and without --yes, nothing runs.
+    let o = cli
+        .run(&["runbook", "failover", "--cluster", "ha", "--shard", "p"])
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--yes"));
+
+    // A writer on the primary records every write it was told succeeded.
+    let stop = Arc::new(AtomicBool::new(false));
+    let primary = set.primary.target();
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut refused = 0u64;
+            let mut c = fleetsnap_agent::resp::Connection::connect(&primary)
+                .await
+                .unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let k = format!("ack:{i}");
+                match c
+                    .command(&[b"SET", k.as_bytes(), i.to_string().as_bytes()])
+                    .await
+                {
+                    Ok(Value::Simple(s)) if s == "OK" => acked.push(i),
+                    Ok(_) => refused += 1,
+                    Err(_) => {
+                        refused += 1;
+                        c = match fleetsnap_agent::resp::Connection::connect(&primary).await {
+                            Ok(c) => c,
+                            Err(_) => break,
+                        };
+                    }
+                }
+                i += 1;
+            }
+            (acked, refused)
+        })
+    };
+    poll_until("writes flowing", Duration::from_secs(10), || async {
+        (set.primary.cmd(&["DBSIZE"]).await.ok()? != Value::Int(0)).then_some(())
+    })
+    .await
+    .unwrap();
+    let cli2 = cli.clone();
+    let (ok, doc) = tokio::task::spawn_blocking(move || {
+        runbook(
+            &cli2,
+            &[
+                "runbook",
+                "failover",
+                "--cluster",
+                "ha",
+                "--shard",
+                "p",
+                "--yes",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{doc:#}");
+    // Keep writing a moment: the old primary now refuses writes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, refused) = writer.await.unwrap();
+    assert_eq!(doc["findings"]["mode"], "graceful", "{doc:#}");
+    assert_eq!(doc["findings"]["lost_bytes"], "0", "{doc:#}");
+    assert!(acked.len() > 100, "{} acknowledged", acked.len());
+    assert!(refused > 0, "the old primary went on accepting writes");
+    let promoted = doc["findings"]["promote"].as_str().unwrap();
+    let new = set
+        .replicas
+        .iter()
+        .find(|r| r.target().address() == promoted)
+        .unwrap();
+    assert_eq!(
+        new.info("replication", "role").await.unwrap().unwrap(),
+        "master"
+    );
+    assert_eq!(
+        set.primary
+            .info("replication", "role")
+            .await
+            .unwrap()
+            .unwrap(),
+        "slave"
+    );
+    let mut c = new.conn().await.unwrap();
+    let mut missing = Vec::new();
+    for i in &acked {
+        let k = format!("ack:{i}");
+        match c.command(&[b"GET", k.as_bytes()]).await.unwrap() {
+            Value::Bulk(Some(v)) if v == i.to_string().as_bytes() => {}
+            other => missing.push((i, other)),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes are not on the new primary, first {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_failover_reports_the_replication_lost() {
+    let (_dir, coordinator, cli, mut set, agents) = fleet().await;
+    let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
+    let write = |n: usize, tag: &'static str| {
+        let p = set.primary.target();
+        async move {
+            let mut c = fleetsnap_agent::resp::Connection::connect(&p)
+                .await
+                .unwrap();
+            for i in 0..n {
+                let k = format!("{tag}:{i}");
+                c.checked(&[b"SET", k.as_bytes(), b"some value of a few bytes"])
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    write(500, "base").await;
+    set.wait_synced().await.unwrap();
+    // Each replica is cut off from the primary (it cannot authenticate any more), r1 first.
+    let cut = |r: &RedisServer| {
+        let r = r.target();
+        async move {
+            let mut c = fleetsnap_agent::resp::Connection::connect(&r)
+                .await
+                .unwrap();
+            c.checked(&[b"CONFIG", b"SET", b"masterauth", b"wrong"])
+                .await
+                .unwrap();
+            c.checked(&[b"CLIENT", b"KILL", b"TYPE", b"master"])
+                .await
+                .unwrap();
+        }
+    };
+    cut(&set.replicas[0]).await;
+    write(300, "after-r1").await;
+    cut(&set.replicas[1]).await;
+    write(200, "after-r2").await;
+    let last = offset(&set.primary).await;
+    let (y1, y2) = (
+        offset(&set.replicas[0]).await,
+        offset(&set.replicas[1]).await,
+    );
+    assert!(y1 < y2 && y2 < last, "{y1} {y2} {last}");
+    let (pa, r2a) = (
+        set.primary.target().address(),
+        set.replicas[1].target().address(),
+    );
+    // The leader has seen the primary's last offset and each replica's.
+    poll_until(
+        "the last offsets reported",
+        Duration::from_secs(20),
+        || async {
+            let n = nodes(&cli);
+            (n.get(&pa)?.0 == last && n.get(&r2a)?.0 == y2).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    set.primary.kill();
+    // r1 may authenticate again (to whoever it is pointed at next).
+    set.replicas[0]
+        .cmd(&["CONFIG", "SET", "masterauth", ""])
+        .await
+        .unwrap();
+    poll_until(
+        "the primary reported dead",
+        Duration::from_secs(20),
+        || async {
+            let n = nodes(&cli);
+            (n.get(&pa)?.1 != "primary").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let (ok, doc) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || {
+            runbook(
+                &cli,
+                &[
+                    "runbook",
+                    "failover",
+                    "--cluster",
+                    "ha",
+                    "--shard",
+                    "p",
+                    "--yes",
+                    "--json",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{doc:#}");
+    assert_eq!(doc["findings"]["mode"], "forced", "{doc:#}");
+    assert_eq!(
+        doc["findings"]["promote"],
+        r2a.as_str(),
+        "the replica with the highest offset: {doc:#}"
+    );
+    assert_eq!(
+        doc["findings"]["promoted_offset"],
+        y2.to_string(),
+        "{doc:#}"
+    );
+    assert_eq!(
+        doc["findings"]["lost_bytes"],
+        (last - y2).to_string(),
+        "{doc:#}"
+    );
+    assert_eq!(
+        set.replicas[1]
+            .info("replication", "role")
+            .await
+            .unwrap()
+            .unwrap(),
+        "master"
+    );
+    // r1 follows the new primary and gets what it had missed.
+    poll_until("r1 caught up from r2", Duration::from_secs(20), || async {
+        let v = set.replicas[0].cmd(&["GET", "after-r1:299"]).await.ok()?;
+        (v != Value::Bulk(None)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        set.replicas[1].cmd(&["GET", "after-r2:0"]).await.unwrap(),
+        Value::Bulk(None),
+        "what only the dead primary had is lost, as reported"
+    );
+}

@@ -1,0 +1,275 @@
+//! Runbooks in the replicated state: a plan of steps, each an agent job or a check the leader
+//! makes against the fleet's reports. Every step's start and end is a log entry, so a new leader
+//! carries on from the step the old one was at.
+
+use std::collections::BTreeMap;
+
+use fleetsnap_core::window::{CatalogTask, JobResult};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::CatalogSpec;
+use crate::state::{FleetState, JobKind, JobOutcome, JobState, Response};
+
+/// A runbook and where it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runbook {
+    /// Its id (0 until started).
+    pub id: u64,
+    /// `failover`, `rebuild-coordinator`.
+    pub name: String,
+    /// What it was asked, for people.
+    pub args: String,
+    /// The plan.
+    pub steps: Vec<Step>,
+    /// The step being run.
+    pub next: usize,
+    /// Where it stands.
+    pub state: RunbookState,
+    /// When it started (Unix milliseconds, the leader's clock).
+    pub started_at_ms: i64,
+    /// What it found along the way (`lost_bytes`, `primary_last_offset`, …).
+    pub findings: BTreeMap<String, String>,
+}
+
+/// Where a runbook stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunbookState {
+    /// Steps are being run.
+    Running,
+    /// Every step, the final check included, succeeded.
+    Succeeded,
+    /// A step failed; the steps after it were not run.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// What it does, for people.
+    pub title: String,
+    /// How.
+    pub action: Action,
+    /// Its job, once created.
+    pub job: Option<u64>,
+    /// What came of it.
+    pub outcome: Option<String>,
+    /// Whether it succeeded.
+    pub ok: Option<bool>,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// A job for an agent.
+    Agent {
+        /// The agent.
+        agent: String,
+        /// The task.
+        task: CatalogTask,
+    },
+    /// The leader waits until the reports show `address` as its shard's primary and `replicas`
+    /// replicating from it.
+    CheckPrimary {
+        /// The cluster.
+        cluster: String,
+        /// The new primary.
+        address: String,
+        /// Nodes that must replicate from it.
+        replicas: Vec<String>,
+        /// How long it may take.
+        timeout_ms: u64,
+    },
+    /// The leader checks that the catalog holds at least `sets` sets.
+    CheckCatalog {
+        /// How many sets at least.
+        sets: usize,
+    },
+}
+
+impl FleetState {
+    /// `StartRunbook`.
+    pub(crate) fn start_runbook(&mut self, runbook: &Runbook) -> Response {
+        if runbook.steps.is_empty() {
+            return Response {
+                refused: Some("the runbook has no steps".into()),
+                ..Response::default()
+            };
+        }
+        self.next_runbook += 1;
+        let id = self.next_runbook;
+        let mut r = runbook.clone();
+        r.id = id;
+        r.next = 0;
+        r.state = RunbookState::Running;
+        self.runbooks.insert(id, r);
+        Response {
+            runbook: Some(id),
+            ..Response::default()
+        }
+    }
+
+    /// `RunbookStep`: creates the current step's job.
+    pub(crate) fn runbook_step(&mut self, term: u64, index: u64, id: u64, step: usize) -> Response {
+        let refuse = |why: String| Response {
+            refused: Some(why),
+            ..Response::default()
+        };
+        let Some(r) = self.runbooks.get(&id) else {
+            return refuse(format!("there is no runbook {id}"));
+        };
+        if r.state != RunbookState::Running || r.next != step || r.steps[step].job.is_some() {
+            return refuse(format!("runbook {id} is not waiting to start step {step}"));
+        }
+        let Action::Agent { agent, task } = r.steps[step].action.clone() else {
+            return refuse(format!("step {step} of runbook {id} is not an agent job"));
+        };
+        if !self.agents.contains_key(&agent) {
+            let reason = format!("agent {agent:?} is not registered");
+            self.end_step(id, false, reason.clone());
+            return refuse(reason);
+        }
+        let spec = CatalogSpec {
+            task,
+            set: None,
+            reason: format!("step {} of runbook {id} ({})", step + 1, r.name),
+            drill_of: None,
+        };
+        let job = self.new_job(term, index, &agent, JobKind::Catalog(spec));
+        if let Some(r) = self.runbooks.get_mut(&id) {
+            r.steps[step].job = Some(job);
+        }
+        Response {
+            job: Some(job),
+            ..Response::default()
+        }
+    }
+
+    /// `RunbookCheck`: the leader's check of the current step.
+    pub(crate) fn runbook_check(
+        &mut self,
+        id: u64,
+        step: usize,
+        ok: bool,
+        detail: &str,
+    ) -> Response {
+        match self.runbooks.get(&id) {
+            Some(r) if r.state == RunbookState::Running && r.next == step => {
+                self.end_step(id, ok, detail.to_string());
+                Response::default()
+            }
+            _ => Response {
+                refused: Some(format!("runbook {id} is not at step {step}")),
+                ..Response::default()
+            },
+        }
+    }
+
+    /// After a job ended: the runbook step it was, if any, ends with it.
+    pub(crate) fn runbook_job_ended(&mut self, job: u64) {
+        let Some(id) = self
+            .runbooks
+            .values()
+            .find(|r| {
+                r.state == RunbookState::Running
+                    && r.steps.get(r.next).and_then(|s| s.job) == Some(job)
+            })
+            .map(|r| r.id)
+        else {
+            return;
+        };
+        let Some(JobState::Done(outcome)) = self.jobs.get(&job).map(|j| j.state.clone()) else {
+            return;
+        };
+        match outcome {
+            JobOutcome::Failed { reason } => self.end_step(id, false, reason),
+            JobOutcome::Succeeded { result, .. } => {
+                let text = match &result {
+                    Some(JobResult::Step { report_json }) => {
+                        self.note_promotion(id, report_json);
+                        report_json.clone()
+                    }
+                    Some(JobResult::Scanned { found, errors }) => {
+                        if !errors.is_empty() {
+                            let why: Vec<String> = errors
+                                .iter()
+                                .map(|e| {
+                                    format!("{}: {}", e.region, e.error.clone().unwrap_or_default())
+                                })
+                                .collect();
+                            self.end_step(
+                                id,
+                                false,
+                                format!("regions could not be read: {}", why.join("; ")),
+                            );
+                            return;
+                        }
+                        let sets: std::collections::BTreeSet<String> = found
+                            .iter()
+                            .map(|f| format!("{}/{}", f.manifest.cluster, f.manifest.backup_id))
+                            .collect();
+                        if let Some(r) = self.runbooks.get_mut(&id) {
+                            r.findings
+                                .insert("sets_found".into(), sets.len().to_string());
+                        }
+                        format!("{} manifests of {} sets read", found.len(), sets.len())
+                    }
+                    Some(other) => serde_json::to_string(other).unwrap_or_default(),
+                    None => "done".into(),
+                };
+                self.end_step(id, true, text);
+            }
+        }
+    }
+
+    /// A promotion's offset against the primary's last: the bytes of replication lost.
+    fn note_promotion(&mut self, id: u64, report_json: &str) {
+        let Some(r) = self.runbooks.get_mut(&id) else {
+            return;
+        };
+        let Ok(report) = serde_json::from_str::<serde_json::Value>(report_json) else {
+            return;
+        };
+        let Some(offset) = report["offset"].as_u64() else {
+            return;
+        };
+        r.findings
+            .insert("promoted_offset".into(), offset.to_string());
+        if report["graceful"] == true {
+            r.findings.insert("lost_bytes".into(), "0".into());
+        } else if let Some(last) = r
+            .findings
+            .get("primary_last_offset")
+            .and_then(|o| o.parse::<u64>().ok())
+        {
+            r.findings
+                .insert("lost_bytes".into(), last.saturating_sub(offset).to_string());
+        }
+    }
+
+    fn end_step(&mut self, id: u64, ok: bool, outcome: String) {
+        let Some(r) = self.runbooks.get_mut(&id) else {
+            return;
+        };
+        let n = r.next;
+        let Some(step) = r.steps.get_mut(n) else {
+            return;
+        };
+        step.ok = Some(ok);
+        step.outcome = Some(outcome.clone());
+        if !ok {
+            r.state = RunbookState::Failed {
+                reason: format!("step {} ({}) failed: {outcome}", n + 1, step.title),
+            };
+            return;
+        }
+        r.next += 1;
+        if r.next == r.steps.len() {
+            r.state = RunbookState::Succeeded;
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Runbooks on the leader: plans made from the fleet's reports, and the loop that starts each
+//! step's job and makes each check. The steps themselves are in the log (`crate::runbook`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetsnap_core::Role;
+use fleetsnap_core::topology::NodeView;
+use fleetsnap_core::window::{CatalogTask, NodeOp, NodeTask, RegionUrl, unix_ms};
+use fleetsnap_proto::v1;
+use tonic::Status;
+
+use super::Node;
+use crate::runbook::{Action, Runbook, RunbookState, Step};
+use crate::state::Command;
+
+/// How long the reports may take to show a failover's new topology.
+const CHECK_TIMEOUT_MS: u64 = 30_000;
+
+/// A primary whose last report is older than this counts as dead.
+const ALIVE_MS: u64 = 5_000;
+
+impl Node {
+    /// The plan of a runbook, from the request and the fleet as the leader sees it now.
+    pub(super) fn plan_runbook(&self, r: &v1::RunbookRequest) -> Result<Runbook, Status> {
+        let steps_and_findings = match r.name.as_str() {
+            "failover" => self.plan_failover(r)?,
+            "rebuild-coordinator" => self.plan_rebuild(r)?,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "no runbook {other:?}: failover, rebuild-coordinator (restore-cluster and region-loss are procedures in docs/runbooks/)"
+                )));
+            }
+        };
+        let (steps, findings) = steps_and_findings;
+        Ok(Runbook {
+            id: 0,
+            name: r.name.clone(),
+            args: describe(r),
+            steps,
+            next: 0,
+            state: RunbookState::Running,
+            started_at_ms: unix_ms(time::OffsetDateTime::now_utc()),
+            findings,
+        })
+    }
+
+    fn plan_failover(
+        &self,
+        r: &v1::RunbookRequest,
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+        let cluster = r.cluster.trim();
+        let shard = r.shard.trim();
+        if cluster.is_empty() || shard.is_empty() {
+            return Err(Status::invalid_argument(
+                "failover needs --cluster C --shard S (`fleetsnap status` shows shard ids)",
+            ));
+        }
+        let view = self.view(cluster);
+        let cv = view
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .ok_or_else(|| Status::not_found(format!("no agent reports a cluster {cluster:?}")))?;
+        let all: Vec<&NodeView> = cv.shards.iter().flat_map(|s| s.nodes.iter()).collect();
+        // The shard by id while its primary reports; by the dead primary's name or address
+        // once it does not (its replicas then point at an address nobody serves).
+        let (primary, replicas): (&NodeView, Vec<&NodeView>) = if let Some(sv) =
+            cv.shards.iter().find(|s| s.id == shard)
+        {
+            let p = sv
+                .nodes
+                .iter()
+                .find(|n| n.role == Role::Primary)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "shard {shard} has no primary in the reports"
+                    ))
+                })?;
+            (
+                p,
+                sv.nodes
+                    .iter()
+                    .filter(|n| n.role == Role::Replica)
+                    .collect(),
+            )
+        } else {
+            let p = all
+                    .iter()
+                    .find(|n| (n.name == shard || n.address == shard) && n.role != Role::Replica)
+                    .copied()
+                    .ok_or_else(|| {
+                        let ids: Vec<&str> = cv.shards.iter().map(|s| s.id.as_str()).collect();
+                        Status::not_found(format!(
+                            "cluster {cluster} has no shard {shard:?} (its shards: {}); name a dead primary by its instance name or address",
+                            ids.join(", ")
+                        ))
+                    })?;
+            let reps = all
+                .iter()
+                .filter(|n| n.replicating_from.as_deref() == Some(p.address.as_str()))
+                .copied()
+                .collect();
+            (p, reps)
+        };
+        let alive =
+            primary.reachable && primary.role == Role::Primary && primary.report_age_ms < ALIVE_MS;
+        let candidates: Vec<&NodeView> = replicas.iter().filter(|n| n.reachable).copied().collect();
+        let chosen = if r.to.is_empty() {
+            candidates
+                .iter()
+                .max_by_key(|n| (n.offset, std::cmp::Reverse(n.address.clone())))
+                .copied()
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "shard {shard} has no reachable replica to promote"
+                    ))
+                })?
+        } else {
+            candidates
+                .iter()
+                .find(|n| n.name == r.to || n.address == r.to)
+                .copied()
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "--to {:?} is not a reachable replica of shard {shard} (its replicas: {})",
+                        r.to,
+                        replicas
+                            .iter()
+                            .map(|n| format!("{} ({})", n.name, n.address))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?
+        };
+        let others: Vec<String> = replicas
+            .iter()
+            .filter(|n| n.address != chosen.address)
+            .map(|n| n.address.clone())
+            .collect();
+        let cluster_mode = cv.mode == "redis-cluster";
+        let pause_ms = if r.pause_ms == 0 { 5000 } else { r.pause_ms };
+        let mut findings = BTreeMap::new();
+        findings.insert(
+            "mode".into(),
+            if alive { "graceful" } else { "forced" }.into(),
+        );
+        findings.insert("primary".into(), primary.address.clone());
+        findings.insert("promote".into(), chosen.address.clone());
+        findings.insert("promote_offset_at_plan".into(), chosen.offset.to_string());
+        if let Some(last) = self
+            .fleet
+            .last_offsets
+            .lock()
+            .expect("lock")
+            .get(&primary.address)
+        {
+            findings.insert("primary_last_offset".into(), last.to_string());
+        }
+        let title = if cluster_mode {
+            if alive {
+                format!(
+                    "promote {} ({}) with CLUSTER FAILOVER: Redis pauses the primary's writes, waits for the replica, promotes it",
+                    chosen.name, chosen.address
+                )
+            } else {
+                format!(
+                    "promote {} ({}) with CLUSTER FAILOVER FORCE (then TAKEOVER): the primary {} is dead",
+                    chosen.name, chosen.address, primary.address
+                )
+            }
+        } else if alive {
+            format!(
+                "promote {} ({}): pause writes on {} (at most {pause_ms} ms), wait until {} has its offset, REPLICAOF NO ONE, re-point {} to it, resume writes",
+                chosen.name,
+                chosen.address,
+                primary.address,
+                chosen.name,
+                std::iter::once(primary.address.clone())
+                    .chain(others.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!(
+                "promote {} ({}, the replica with the highest offset, {}): REPLICAOF NO ONE, re-point {}; the primary {} is dead",
+                chosen.name,
+                chosen.address,
+                chosen.offset,
+                if others.is_empty() {
+                    "no other replica".to_string()
+                } else {
+                    others.join(", ")
+                },
+                primary.address
+            )
+        };
+        let mut must_follow: Vec<String> = others
+            .iter()
+            .filter(|o| replicas.iter().any(|n| &n.address == *o && n.reachable))
+            .cloned()
+            .collect();
+        if alive {
+            must_follow.push(primary.address.clone());
+        }
+        let steps = vec![
+            Step {
+                title,
+                action: Action::Agent {
+                    agent: chosen.agent.clone(),
+                    task: CatalogTask::Node(NodeTask {
+                        instance: chosen.name.clone(),
+                        op: NodeOp::Promote {
+                            primary: alive.then(|| primary.address.clone()),
+                            others: others.clone(),
+                            cluster: cluster_mode,
+                            pause_ms,
+                        },
+                    }),
+                },
+                job: None,
+                outcome: None,
+                ok: None,
+            },
+            Step {
+                title: format!(
+                    "check: the reports show {} as the primary{}",
+                    chosen.address,
+                    if must_follow.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {} replicating from it", must_follow.join(", "))
+                    }
+                ),
+                action: Action::CheckPrimary {
+                    cluster: cluster.to_string(),
+                    address: chosen.address.clone(),
+                    replicas: must_follow,
+                    timeout_ms: CHECK_TIMEOUT_MS,
+                },
+                job: None,
+                outcome: None,
+                ok: None,
+            },
+        ];
+        Ok((steps, findings))
+    }
+
+    fn plan_rebuild(
+        &self,
+        r: &v1::RunbookRequest,
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+        if r.regions.is_empty() {
+            return Err(Status::invalid_argument(
+                "rebuild-coordinator needs the regions to read: --from REGION=URL (repeat)",
+            ));
+        }
+        let regions: Vec<RegionUrl> = r
+            .regions
+            .iter()
+            .map(|text| match text.split_once('=') {
+                Some((name, url)) if !name.contains(':') => RegionUrl {
+                    region: name.into(),
+                    url: url.into(),
+                },
+                _ => RegionUrl {
+                    region: text.clone(),
+                    url: text.clone(),
+                },
+            })
+            .collect();
+        let preferred: Vec<String> = (!r.agent.is_empty())
+            .then(|| r.agent.clone())
+            .into_iter()
+            .collect();
+        let agent = self.pick_agent(&preferred)?;
+        let names: Vec<&str> = regions.iter().map(|r| r.region.as_str()).collect();
+        let steps = vec![
+            Step {
+                title: format!(
+                    "agent {agent} reads every manifest in {} into the catalog",
+                    names.join(", ")
+                ),
+                action: Action::Agent {
+                    agent,
+                    task: CatalogTask::Scan { regions },
+                },
+                job: None,
+                outcome: None,
+                ok: None,
+            },
+            Step {
+                title: "check: the catalog holds every set a manifest was found for".into(),
+                action: Action::CheckCatalog { sets: 0 },
+                job: None,
+                outcome: None,
+                ok: None,
+            },
+        ];
+        Ok((steps, BTreeMap::new()))
+    }
+
+    /// Starts a planned runbook; its id.
+    pub(super) async fn start_runbook(&self, runbook: Runbook) -> Result<u64, Status> {
+        let (resp, _, _) = self.write(Command::StartRunbook { runbook }).await?;
+        if let Some(why) = resp.refused {
+            return Err(Status::failed_precondition(why));
+        }
+        resp.runbook
+            .ok_or_else(|| Status::internal("the runbook was not started"))
+    }
+
+    /// Starts the job of each runbook's current step and makes the leader's checks.
+    pub(super) async fn runbook_loop(self: Arc<Self>) {
+        let mut waiting: HashMap<(u64, usize), Instant> = HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if !self.is_leader() {
+                waiting.clear();
+                continue;
+            }
+            let running: Vec<Runbook> = {
+                let s = self.state.read().expect("state lock");
+                s.state
+                    .runbooks
+                    .values()
+                    .filter(|r| r.state == RunbookState::Running)
+                    .cloned()
+                    .collect()
+            };
+            for r in running {
+                let step = &r.steps[r.next];
+                let since = *waiting.entry((r.id, r.next)).or_insert_with(Instant::now);
+                let cmd = match &step.action {
+                    Action::Agent { .. } if step.job.is_none() => Some(Command::RunbookStep {
+                        runbook: r.id,
+                        step: r.next,
+                    }),
+                    Action::Agent { .. } => None,
+                    Action::CheckPrimary {
+                        cluster,
+                        address,
+                        replicas,
+                        timeout_ms,
+                    } => {
+                        let (ok, detail) = self.check_primary(cluster, address, replicas);
+                        if ok || since.elapsed() >= Duration::from_millis(*timeout_ms) {
+                            Some(Command::RunbookCheck {
+                                runbook: r.id,
+                                step: r.next,
+                                ok,
+                                detail,
+                            })
+                        } else {
+                            None
+                        }
+                    }
+                    Action::CheckCatalog { .. } => {
+                        let want: usize = r
+                            .findings
+                            .get("sets_found")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        let have = self.state.read().expect("state lock").state.sets.len();
+                        Some(Command::RunbookCheck {
+                            runbook: r.id,
+                            step: r.next,
+                            ok: have >= want,
+                            detail: format!(
+                                "the catalog holds {have} sets; the manifests name {want}"
+                            ),
+                        })
+                    }
+                };
+                if let Some(cmd) = cmd
+                    && let Err(e) = self.write(cmd).await
+                {
+                    tracing::warn!(runbook = r.id, error = %e.message(), "runbook step not recorded");
+                }
+            }
+        }
+    }
+
+    /// Whether the reports show `address` as primary with `replicas` replicating from it.
+    fn check_primary(&self, cluster: &str, address: &str, replicas: &[String]) -> (bool, String) {
+        let view = self.view(cluster);
+        let nodes: Vec<&NodeView> = view
+            .clusters
+            .iter()
+            .flat_map(|c| c.shards.iter())
+            .flat_map(|s| s.nodes.iter())
+            .collect();
+        let Some(p) = nodes.iter().find(|n| n.address == address) else {
+            return (false, format!("no report of {address}"));
+        };
+        if p.role != Role::Primary {
+            return (false, format!("{address} reports role {:?}", p.role));
+        }
+        let mut behind = Vec::new();
+        for r in replicas {
+            match nodes.iter().find(|n| &n.address == r) {
+                Some(n)
+                    if n.replicating_from.as_deref() == Some(address)
+                        && n.link.as_deref() == Some("up") => {}
+                Some(n) => behind.push(format!(
+                    "{r} replicates from {} (link {})",
+                    n.replicating_from.as_deref().unwrap_or("nothing"),
+                    n.link.as_deref().unwrap_or("-")
+                )),
+                None => behind.push(format!("no report of {r}")),
+            }
+        }
+        if behind.is_empty() {
+            (
+                true,
+                format!(
+                    "{address} is the primary{}",
+                    if replicas.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} replicate from it", replicas.join(", "))
+                    }
+                ),
+            )
+        } else {
+            (
+                false,
+                format!("{address} is the primary but {}", behind.join("; ")),
+            )
+        }
+    }
+
+    /// A runbook as JSON.
+    pub(super) fn runbook_json(&self, id: u64) -> Result<String, Status> {
+        let s = self.state.read().expect("state lock");
+        let r = s
+            .state
+            .runbooks
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("there is no runbook {id}")))?;
+        Ok(serde_json::to_string_pretty(r).expect("runbooks serialise"))
+    }
+}
+
+fn describe(r: &v1::RunbookRequest) -> String {
+    let mut parts = vec![r.name.clone()];
+    for (flag, v) in [
+        ("--cluster", &r.cluster),
+        ("--shard", &r.shard),
+        ("--to", &r.to),
+        ("--agent", &r.agent),
+    ] {
+        if !v.is_empty() {
+            parts.push(format!("{flag} {v}"));
+        }
+    }
+    for region in &r.regions {
+        parts.push(format!("--from {region}"));
+    }
+    parts.join(" ")
+}
