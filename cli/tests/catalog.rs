@@ -208,6 +208,41 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
     let mut expected = vec![first["backup_id"].as_str().unwrap().to_string(), id2];
     expected.sort();
     assert_eq!(ids, expected);
+
+    // Lost again: the rebuild-coordinator runbook does the same, and its check says it worked.
+    coordinator.kill();
+    std::fs::remove_dir_all(&coordinator.data_dir).unwrap();
+    coordinator.start().await.unwrap();
+    poll_until("the agents are back", Duration::from_secs(30), || async {
+        let s = cli.json(&["status", "--json"]).ok()?;
+        (s["agents"].as_array()?.len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let rebuilt = cli
+        .json(&[
+            "runbook",
+            "rebuild-coordinator",
+            "--from",
+            &format!("garage={g}"),
+            "--from",
+            &format!("moto={m}"),
+            "--yes",
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(rebuilt["state"]["state"], "succeeded", "{rebuilt:#}");
+    assert_eq!(rebuilt["findings"]["sets_found"], "2", "{rebuilt:#}");
+    let list = cli.json(&["backup", "list", "--json"]).unwrap();
+    let mut again: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "complete")
+        .map(|s| s["backup_id"].as_str().unwrap().to_string())
+        .collect();
+    again.sort();
+    assert_eq!(again, expected);
 }
 
 /// Copies a set's directory to a new id and date, as if a window had written it then.
