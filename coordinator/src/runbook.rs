@@ -84,11 +84,9 @@ pub enum Action {
         /// How long it may take.
         timeout_ms: u64,
     },
-    /// The leader checks that the catalog holds at least `sets` sets.
-    CheckCatalog {
-        /// How many sets at least.
-        sets: usize,
-    },
+    /// The leader checks that the catalog holds a set for every one the previous step's scan
+    /// found (`sets_found` in the findings).
+    CheckCatalog,
 }
 
 impl FleetState {

@@ -80,11 +80,48 @@ struct Fleet {
     agents: Mutex<HashMap<String, AgentLive>>,
     leader_since: Mutex<Option<Instant>>,
     latency_us: Mutex<Vec<u32>>,
-    /// The last replication offset each primary (`host:port`) reported while it answered: what
-    /// a forced failover measures the replication lost against.
-    last_offsets: Mutex<HashMap<String, u64>>,
     reports: AtomicU64,
     sessions: AtomicU64,
+}
+
+/// The leader's memory for a schedule whose runs the log records (`last_window`, `last_drill`):
+/// a policy counts from its last run in the log (one missed while there was no leader runs now),
+/// else from when this leader first saw it (a new policy does not run at once); a failed attempt
+/// waits for the schedule's next instant.
+#[derive(Default)]
+struct Cadence {
+    first_seen: HashMap<String, i64>,
+    failed_at: HashMap<String, i64>,
+}
+
+impl Cadence {
+    /// Leadership lost: what this leader saw no longer counts.
+    fn forget(&mut self) {
+        self.first_seen.clear();
+        self.failed_at.clear();
+    }
+
+    /// Whether `policy`, last run at `last` (from the log), is due at `now`.
+    fn due(
+        &mut self,
+        policy: &str,
+        last: Option<i64>,
+        schedule: &fleetsnap_core::schedule::Schedule,
+        now: time::OffsetDateTime,
+    ) -> bool {
+        let now_ms = unix_ms(now);
+        let base =
+            last.unwrap_or_else(|| *self.first_seen.entry(policy.to_string()).or_insert(now_ms));
+        let base = self.failed_at.get(policy).map_or(base, |&f| f.max(base));
+        schedule
+            .next_after(from_unix_ms(base))
+            .is_some_and(|next| next <= now)
+    }
+
+    /// An attempt at `now` failed.
+    fn failed(&mut self, policy: String, now: time::OffsetDateTime) {
+        self.failed_at.insert(policy, unix_ms(now));
+    }
 }
 
 struct AgentLive {
@@ -98,6 +135,9 @@ struct AgentLive {
     instances: Vec<InstanceReport>,
     /// Jobs the agent said it holds (Hello), or was handed since.
     holding: HashSet<u64>,
+    /// Primaries of this agent's (`host:port`) that stopped answering, with the last offset each
+    /// reported while it did: what a forced failover measures the replication lost against.
+    dead_primaries: HashMap<String, u64>,
 }
 
 impl AgentLive {
@@ -412,41 +452,32 @@ impl Node {
 
     /// Opens the windows that policies' schedules call for (the leader only).
     async fn schedule_loop(self: Arc<Self>) {
-        // A policy counts from its last window (a window missed while there was no leader opens
-        // now), else from when this leader first saw it (a new policy does not open one at
-        // once); a failed attempt is tried again at the schedule's next instant.
-        let mut first_seen: HashMap<String, i64> = HashMap::new();
-        let mut failed_at: HashMap<String, i64> = HashMap::new();
+        let mut cadence = Cadence::default();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if !self.is_leader() {
-                first_seen.clear();
-                failed_at.clear();
+                cadence.forget();
                 continue;
             }
             let now = time::OffsetDateTime::now_utc();
-            let now_ms = unix_ms(now);
             let due: Vec<String> = {
                 let s = self.state.read().expect("state lock");
                 s.state
                     .policies
                     .values()
-                    .filter_map(|p| {
-                        let schedule = p.schedule.as_ref()?;
-                        let base = match s.state.last_window.get(&p.name) {
-                            Some(&last) => last,
-                            None => *first_seen.entry(p.name.clone()).or_insert(now_ms),
-                        };
-                        let base = failed_at.get(&p.name).map_or(base, |&f| f.max(base));
-                        let next = schedule.next_after(from_unix_ms(base))?;
-                        (next <= now).then(|| p.name.clone())
+                    .filter(|p| {
+                        p.schedule.as_ref().is_some_and(|schedule| {
+                            let last = s.state.last_window.get(&p.name).copied();
+                            cadence.due(&p.name, last, schedule, now)
+                        })
                     })
+                    .map(|p| p.name.clone())
                     .collect()
             };
             for policy in due {
                 if let Err(e) = self.open_window(&policy).await {
                     tracing::warn!(%policy, error = %e.message(), "scheduled window not opened");
-                    failed_at.insert(policy, now_ms);
+                    cadence.failed(policy, now);
                 }
             }
         }
@@ -652,6 +683,10 @@ impl Node {
         let session = self.fleet.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         {
             let mut agents = self.fleet.agents.lock().expect("lock");
+            let dead_primaries = agents
+                .get(&agent)
+                .map(|a| a.dead_primaries.clone())
+                .unwrap_or_default();
             agents.insert(
                 agent.clone(),
                 AgentLive {
@@ -663,6 +698,7 @@ impl Node {
                     last_report: None,
                     instances: Vec::new(),
                     holding: hello.running_jobs.iter().copied().collect(),
+                    dead_primaries,
                 },
             );
         }
@@ -696,13 +732,14 @@ impl Node {
                     let Some(a) = agents.get_mut(&agent).filter(|a| a.session == session) else {
                         break;
                     };
-                    {
-                        let mut last = self.fleet.last_offsets.lock().expect("lock");
-                        for i in instances
-                            .iter()
-                            .filter(|i| i.reachable && i.role == fleetsnap_core::Role::Primary)
-                        {
-                            last.insert(i.address.clone(), i.master_repl_offset);
+                    for gone in instances.iter().filter(|i| !i.reachable) {
+                        if let Some(was) = a.instances.iter().find(|o| {
+                            o.name == gone.name
+                                && o.reachable
+                                && o.role == fleetsnap_core::Role::Primary
+                        }) {
+                            a.dead_primaries
+                                .insert(was.address.clone(), was.master_repl_offset);
                         }
                     }
                     a.instances = instances;
@@ -1381,14 +1418,11 @@ impl v1::admin_service_server::AdminService for Services {
                 "name at least one region to read: --from REGION=URL",
             ));
         }
-        let mut regions = Vec::new();
-        for text in &r.regions {
-            let (region, url) = match text.split_once('=') {
-                Some((name, url)) if !name.contains(':') => (name.to_string(), url.to_string()),
-                _ => (text.clone(), text.clone()),
-            };
-            regions.push(fleetsnap_core::window::RegionUrl { region, url });
-        }
+        let regions = r
+            .regions
+            .iter()
+            .map(|t| fleetsnap_core::window::RegionUrl::from_arg(t))
+            .collect();
         let (job, agent) = self.0.rebuild(regions, &r.agent).await?;
         Ok(Response::new(v1::CatalogReply {
             jobs: vec![job],

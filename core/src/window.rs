@@ -103,6 +103,22 @@ pub struct RegionUrl {
     pub url: String,
 }
 
+impl RegionUrl {
+    /// `REGION=URL` as operators write it, or a bare URL (the region is then named after it).
+    pub fn from_arg(text: &str) -> Self {
+        match text.split_once('=') {
+            Some((name, url)) if !name.contains(':') => Self {
+                region: name.into(),
+                url: url.into(),
+            },
+            _ => Self {
+                region: text.into(),
+                url: text.into(),
+            },
+        }
+    }
+}
+
 /// How a restore job applies a set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]

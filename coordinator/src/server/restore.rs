@@ -2,7 +2,6 @@
 //! the policy's order), and hands the work to agents as catalog jobs in the log. Drills also run
 //! on the policies' drill schedules.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,7 +177,9 @@ impl Node {
                     target: r.target.clone(),
                     replace_existing: r.replace_existing,
                 };
-                let job = self.restore_job(&agent, &set, task(shard, mode)).await?;
+                let job = self
+                    .restore_job(&agent, &set, task(shard, mode), None)
+                    .await?;
                 started.jobs.push(job);
                 started.agents.push(agent);
             }
@@ -219,6 +220,7 @@ impl Node {
                             &agent,
                             &set,
                             task(Some(s), RestoreMode::Replace { instance }),
+                            None,
                         )
                         .await?;
                     started.jobs.push(job);
@@ -234,11 +236,13 @@ impl Node {
         Ok(started)
     }
 
+    /// A restore or drill job; `drill_of` names the schedule that called for a drill.
     async fn restore_job(
         &self,
         agent: &str,
         set: &BackupSet,
         task: RestoreTask,
+        drill_of: Option<(String, i64)>,
     ) -> Result<u64, Status> {
         let reason = match &task.mode {
             RestoreMode::Drill => "restore drill",
@@ -250,7 +254,7 @@ impl Node {
                 task: CatalogTask::Restore(Box::new(task)),
                 set: None,
                 reason: format!("{reason} of {}", set.key()),
-                drill_of: None,
+                drill_of,
             },
         )
         .await
@@ -290,24 +294,18 @@ impl Node {
                 vec![agent.to_string()]
             };
             let who = self.pick_agent(&preferred)?;
-            let spec = CatalogSpec {
-                task: CatalogTask::Restore(Box::new(RestoreTask {
-                    cluster: set.cluster.clone(),
-                    backup_id: set.backup_id.clone(),
-                    regions: regions.clone(),
-                    shard: Some(s.shard.clone()),
-                    db: None,
-                    pattern: None,
-                    mode: RestoreMode::Drill,
-                    taken_at_ms: Some(s.started_at_ms),
-                })),
-                set: None,
-                reason: format!("restore drill of {}", set.key()),
-                drill_of: drill_of.clone(),
+            let task = RestoreTask {
+                cluster: set.cluster.clone(),
+                backup_id: set.backup_id.clone(),
+                regions: regions.clone(),
+                shard: Some(s.shard.clone()),
+                db: None,
+                pattern: None,
+                mode: RestoreMode::Drill,
+                taken_at_ms: Some(s.started_at_ms),
             };
-            started
-                .jobs
-                .push(self.catalog_job(who.clone(), spec).await?);
+            let job = self.restore_job(&who, &set, task, drill_of.clone()).await?;
+            started.jobs.push(job);
             started.agents.push(who);
         }
         Ok(started)
@@ -369,17 +367,14 @@ impl Node {
     /// Runs the drills that policies' drill schedules call for (the leader only), counting from
     /// the last scheduled drill in the log.
     pub(super) async fn drill_loop(self: Arc<Self>) {
-        let mut first_seen: HashMap<String, i64> = HashMap::new();
-        let mut failed_at: HashMap<String, i64> = HashMap::new();
+        let mut cadence = super::Cadence::default();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if !self.is_leader() {
-                first_seen.clear();
-                failed_at.clear();
+                cadence.forget();
                 continue;
             }
             let now = time::OffsetDateTime::now_utc();
-            let now_ms = unix_ms(now);
             let due: Vec<(String, Vec<ClusterId>, Option<String>)> = {
                 let s = self.state.read().expect("state lock");
                 s.state
@@ -387,15 +382,10 @@ impl Node {
                     .values()
                     .filter_map(|p| {
                         let d = p.drill.as_ref()?;
-                        let base = match s.state.last_drill.get(&p.name) {
-                            Some(&last) => last,
-                            None => *first_seen.entry(p.name.clone()).or_insert(now_ms),
-                        };
-                        let base = failed_at.get(&p.name).map_or(base, |&f| f.max(base));
-                        let next = d
-                            .schedule
-                            .next_after(fleetsnap_core::window::from_unix_ms(base))?;
-                        (next <= now).then(|| (p.name.clone(), p.clusters.clone(), d.agent.clone()))
+                        let last = s.state.last_drill.get(&p.name).copied();
+                        cadence
+                            .due(&p.name, last, &d.schedule, now)
+                            .then(|| (p.name.clone(), p.clusters.clone(), d.agent.clone()))
                     })
                     .collect()
             };
@@ -403,10 +393,8 @@ impl Node {
                 let mut any = false;
                 for c in clusters {
                     let agent = agent.clone().unwrap_or_default();
-                    match self
-                        .drill(c.as_str(), "", "", &agent, Some((policy.clone(), now_ms)))
-                        .await
-                    {
+                    let drill_of = Some((policy.clone(), unix_ms(now)));
+                    match self.drill(c.as_str(), "", "", &agent, drill_of).await {
                         Ok(s) => {
                             any = true;
                             tracing::info!(%policy, set = %s.set, jobs = ?s.jobs, "scheduled drill started");
@@ -417,7 +405,7 @@ impl Node {
                     }
                 }
                 if !any {
-                    failed_at.insert(policy, now_ms);
+                    cadence.failed(policy, now);
                 }
             }
         }

@@ -149,13 +149,17 @@ impl Node {
         findings.insert("primary".into(), primary.address.clone());
         findings.insert("promote".into(), chosen.address.clone());
         findings.insert("promote_offset_at_plan".into(), chosen.offset.to_string());
-        if let Some(last) = self
-            .fleet
-            .last_offsets
-            .lock()
-            .expect("lock")
-            .get(&primary.address)
-        {
+        // A primary whose agent still reports it (alive, or its host gone with the agent) has
+        // its last offset in the view; one its agent reports unreachable, in the agent's memory.
+        let last = if primary.reachable {
+            Some(primary.offset)
+        } else {
+            let agents = self.fleet.agents.lock().expect("lock");
+            agents
+                .get(&primary.agent)
+                .and_then(|a| a.dead_primaries.get(&primary.address).copied())
+        };
+        if let Some(last) = last {
             findings.insert("primary_last_offset".into(), last.to_string());
         }
         let title = if cluster_mode {
@@ -256,20 +260,7 @@ impl Node {
                 "rebuild-coordinator needs the regions to read: --from REGION=URL (repeat)",
             ));
         }
-        let regions: Vec<RegionUrl> = r
-            .regions
-            .iter()
-            .map(|text| match text.split_once('=') {
-                Some((name, url)) if !name.contains(':') => RegionUrl {
-                    region: name.into(),
-                    url: url.into(),
-                },
-                _ => RegionUrl {
-                    region: text.clone(),
-                    url: text.clone(),
-                },
-            })
-            .collect();
+        let regions: Vec<RegionUrl> = r.regions.iter().map(|t| RegionUrl::from_arg(t)).collect();
         let preferred: Vec<String> = (!r.agent.is_empty())
             .then(|| r.agent.clone())
             .into_iter()
@@ -292,7 +283,7 @@ impl Node {
             },
             Step {
                 title: "check: the catalog holds every set a manifest was found for".into(),
-                action: Action::CheckCatalog { sets: 0 },
+                action: Action::CheckCatalog,
                 job: None,
                 outcome: None,
                 ok: None,
@@ -356,20 +347,14 @@ impl Node {
                             None
                         }
                     }
-                    Action::CheckCatalog { .. } => {
-                        let want: usize = r
-                            .findings
-                            .get("sets_found")
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(0);
-                        let have = self.state.read().expect("state lock").state.sets.len();
+                    Action::CheckCatalog => {
+                        let scan = r.next.checked_sub(1).and_then(|p| r.steps[p].job);
+                        let (ok, detail) = self.check_catalog(scan);
                         Some(Command::RunbookCheck {
                             runbook: r.id,
                             step: r.next,
-                            ok: have >= want,
-                            detail: format!(
-                                "the catalog holds {have} sets; the manifests name {want}"
-                            ),
+                            ok,
+                            detail,
                         })
                     }
                 };
@@ -379,6 +364,49 @@ impl Node {
                     tracing::warn!(runbook = r.id, error = %e.message(), "runbook step not recorded");
                 }
             }
+        }
+    }
+
+    /// Whether every set the scan job found whole in some region is in the catalog.
+    fn check_catalog(&self, scan: Option<u64>) -> (bool, String) {
+        let st = self.state.read().expect("state lock");
+        let found = scan
+            .and_then(|j| st.state.jobs.get(&j))
+            .and_then(|j| match &j.state {
+                crate::state::JobState::Done(crate::state::JobOutcome::Succeeded {
+                    result: Some(fleetsnap_core::window::JobResult::Scanned { found, .. }),
+                    ..
+                }) => Some(found),
+                _ => None,
+            });
+        let Some(found) = found else {
+            return (
+                false,
+                "the scan step left no result to check against".into(),
+            );
+        };
+        let whole: std::collections::BTreeSet<String> = found
+            .iter()
+            .filter(|f| f.problems.is_empty())
+            .map(|f| crate::window::set_key(&f.manifest.cluster, &f.manifest.backup_id))
+            .collect();
+        let missing: Vec<&String> = whole
+            .iter()
+            .filter(|k| !st.state.sets.contains_key(*k))
+            .collect();
+        if missing.is_empty() {
+            (
+                true,
+                format!(
+                    "the catalog holds all {} sets found whole in a region",
+                    whole.len()
+                ),
+            )
+        } else {
+            (
+                false,
+                format!("sets found whole but not in the catalog: {missing:?}"),
+            )
         }
     }
 
