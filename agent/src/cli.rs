@@ -91,18 +91,8 @@ enum Command {
     },
     /// Restore one shard of a backup to an RDB file, from the first destination that yields a verified copy.
     Restore {
-        /// Destinations in order of preference.
-        #[arg(long = "from", value_name = "DEST", required = true)]
-        from: Vec<String>,
-        /// The backup id.
-        #[arg(long)]
-        backup: String,
-        /// The cluster, when the backup id covers several (a window's).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// The shard (needed when the backup has several).
-        #[arg(long)]
-        shard: Option<String>,
+        #[command(flatten)]
+        set: ShardArgs,
         /// The RDB file to write; a tail, if any, goes to PATH.tail.
         #[arg(
             long,
@@ -157,9 +147,6 @@ enum Command {
         /// system's temporary directory).
         #[arg(long, value_name = "DIR", requires = "online")]
         work_dir: Option<PathBuf>,
-        /// age identity file for encrypted backups.
-        #[arg(long, value_name = "AGE_KEY_FILE")]
-        identity: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -168,31 +155,63 @@ enum Command {
     /// serves against the key counts and digests the manifest recorded, replay the tail, report
     /// RTO and the backup's age, and remove the server. Exit 1 if the data differs.
     Drill {
-        /// Destinations in order of preference.
-        #[arg(long = "from", value_name = "DEST", required = true)]
-        from: Vec<String>,
-        /// The backup id.
-        #[arg(long)]
-        backup: String,
-        /// The cluster, when the backup id covers several (a window's).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// The shard (needed when the backup has several).
-        #[arg(long)]
-        shard: Option<String>,
+        #[command(flatten)]
+        set: ShardArgs,
         /// The redis-server binary for the scratch server.
         #[arg(long, default_value = "redis-server")]
         redis_server: String,
         /// Where the scratch server keeps its files (default: the system's temporary directory).
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
-        /// age identity file for encrypted backups.
-        #[arg(long, value_name = "AGE_KEY_FILE")]
-        identity: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which shard of which backup, read from where: what `restore` and `drill` share.
+#[derive(clap::Args)]
+struct ShardArgs {
+    /// Destinations in order of preference.
+    #[arg(long = "from", value_name = "DEST", required = true)]
+    from: Vec<String>,
+    /// The backup id.
+    #[arg(long)]
+    backup: String,
+    /// The cluster, when the backup id covers several (a window's).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The shard (needed when the backup has several).
+    #[arg(long)]
+    shard: Option<String>,
+    /// age identity file for encrypted backups.
+    #[arg(long, value_name = "AGE_KEY_FILE")]
+    identity: Option<PathBuf>,
+}
+
+impl ShardArgs {
+    /// The request to read the shard; where the copy goes is the caller's to set.
+    fn request(self) -> Result<RestoreRequest> {
+        Ok(RestoreRequest {
+            from: self
+                .from
+                .iter()
+                .map(|f| DestSpec::parse(f))
+                .collect::<Result<Vec<_>>>()?,
+            backup: self
+                .backup
+                .parse()
+                .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?,
+            cluster: parse_cluster(self.cluster)?,
+            shard: self
+                .shard
+                .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
+                .transpose()?,
+            to_file: PathBuf::new(),
+            aof_dir: false,
+            identity: self.identity,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -380,31 +399,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Drill {
-            from,
-            backup,
-            cluster,
-            shard,
+            set,
             redis_server,
             work_dir,
-            identity,
             json,
         } => {
-            let read = RestoreRequest {
-                from: from
-                    .iter()
-                    .map(|f| DestSpec::parse(f))
-                    .collect::<Result<Vec<_>>>()?,
-                backup: backup
-                    .parse()
-                    .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?,
-                cluster: parse_cluster(cluster)?,
-                shard: shard
-                    .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
-                    .transpose()?,
-                to_file: PathBuf::new(),
-                aof_dir: false,
-                identity,
-            };
+            let read = set.request()?;
             let settings = crate::drill::DrillSettings {
                 redis_server,
                 work_dir,
@@ -423,10 +423,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Restore {
-            from,
-            backup,
-            cluster,
-            shard,
+            set,
             to_file,
             aof_dir,
             online,
@@ -439,28 +436,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             db,
             pattern,
             work_dir,
-            identity,
             json,
         } => {
-            let from = from
-                .iter()
-                .map(|f| DestSpec::parse(f))
-                .collect::<Result<Vec<_>>>()?;
-            let backup: BackupId = backup
-                .parse()
-                .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
-            let shard = shard
-                .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
-                .transpose()?;
             // Where the copy goes is the mode's to choose (`replace`, `online`) or the flags'.
             let read = RestoreRequest {
-                from,
-                backup,
-                cluster: parse_cluster(cluster)?,
-                shard,
                 aof_dir: aof_dir.is_some(),
                 to_file: aof_dir.or(to_file).unwrap_or_default(),
-                identity,
+                ..set.request()?
             };
             if let Some(url) = replace {
                 let r = crate::replace::replace(ReplaceRequest {

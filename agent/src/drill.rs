@@ -134,6 +134,9 @@ async fn run(
     let loading = Instant::now();
     let server = Scratch::start(settings, scratch, &req.to_file).await?;
     let load_seconds = loading.elapsed().as_secs_f64();
+    // The backup's age once its data is served: what a restore now would lose.
+    let served_at_ms = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
+    let rpo_seconds = taken_at_ms.map(|t| (served_at_ms - t).max(0) as f64 / 1000.0);
     let checking = Instant::now();
     let (served, seen) = served_digest(&server.target).await?;
     let expired = expired_in_copy(&req.to_file, &seen)?;
@@ -171,9 +174,7 @@ async fn run(
                     "db {db}: the manifest recorded {want} keys, the scratch server served {} (and {} had expired)",
                     check.keys_served, check.keys_expired
                 ));
-            } else if read.dbs.is_some()
-                && check.digest_recorded.as_deref() != Some(&check.digest_found)
-            {
+            } else if check.digest_recorded.as_deref() != Some(&check.digest_found) {
                 problems.push(format!(
                     "db {db}: the data served does not match the digest the manifest recorded at backup time ({} against {})",
                     short(&check.digest_found),
@@ -189,10 +190,6 @@ async fn run(
         None => 0,
     };
     let rto_seconds = fetch_seconds + load_seconds + replaying.elapsed().as_secs_f64();
-    let rpo_seconds = taken_at_ms.map(|t| {
-        let now = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
-        (now - t).max(0) as f64 / 1000.0 - check_seconds
-    });
     drop(server);
     Ok(DrillReport {
         backup_id: req.backup.to_string(),

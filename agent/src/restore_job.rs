@@ -96,11 +96,6 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
                     config.agent_id
                 ))
             })?;
-            if task.db.is_some() || task.pattern.is_some() {
-                return Err(Error::Input(
-                    "a replace restore puts the whole shard back: --db and --match apply to online restores only".into(),
-                ));
-            }
             let r = crate::replace::replace(ReplaceRequest {
                 read,
                 node: RedisTarget::parse(&i.url)?,
