@@ -126,15 +126,7 @@ async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
     .ok();
     let id = backup_id(&run);
     // Flip one byte of region a's copy: its sha256 no longer matches the manifest.
-    let object = files_under(&work.path().join("a"))
-        .into_iter()
-        .find(|f| f.ends_with(".rdb.zst"))
-        .unwrap();
-    let path = work.path().join("a").join(object);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&path, bytes).unwrap();
+    flip_byte(&work.path().join("a"), ".rdb.zst", 0.5);
     let verify = agent(None, &["verify", "--from", &a, "--backup", &id]).await;
     assert_eq!(verify.code, 1);
     assert!(

@@ -20,6 +20,20 @@ fn window(cli: &Cli, policy: &str) -> serde_json::Value {
     cli.backup_run(policy).unwrap().1
 }
 
+/// The coordinator's data directory lost: it starts again knowing nothing, and the `agents`
+/// agents register with it again.
+async fn wipe_and_restart(coordinator: &mut Coordinator, cli: &Cli, agents: usize) {
+    coordinator.kill();
+    std::fs::remove_dir_all(&coordinator.data_dir).unwrap();
+    coordinator.start().await.unwrap();
+    poll_until("the agents are back", Duration::from_secs(30), || async {
+        let s = cli.json(&["status", "--json"]).ok()?;
+        (s["agents"].as_array()?.len() == agents).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 async fn wait_for_shard(cli: &Cli) {
     poll_until("the pair reported", Duration::from_secs(30), || async {
         let s = cli.json(&["status", "--json"]).ok()?;
@@ -165,15 +179,7 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
     );
 
     // Every coordinator's data directory is lost: a new one knows no set until it rebuilds.
-    coordinator.kill();
-    std::fs::remove_dir_all(&coordinator.data_dir).unwrap();
-    coordinator.start().await.unwrap();
-    poll_until("the agents are back", Duration::from_secs(30), || async {
-        let s = cli.json(&["status", "--json"]).ok()?;
-        (s["agents"].as_array()?.len() == 2).then_some(())
-    })
-    .await
-    .unwrap();
+    wipe_and_restart(&mut coordinator, &cli, 2).await;
     let list = cli.json(&["backup", "list", "--json"]).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     let o = cli
@@ -210,15 +216,7 @@ async fn a_region_down_degrades_a_set_repair_completes_it_and_a_rebuild_finds_ev
     assert_eq!(ids, expected);
 
     // Lost again: the rebuild-coordinator runbook does the same, and its check says it worked.
-    coordinator.kill();
-    std::fs::remove_dir_all(&coordinator.data_dir).unwrap();
-    coordinator.start().await.unwrap();
-    poll_until("the agents are back", Duration::from_secs(30), || async {
-        let s = cli.json(&["status", "--json"]).ok()?;
-        (s["agents"].as_array()?.len() == 2).then_some(())
-    })
-    .await
-    .unwrap();
+    wipe_and_restart(&mut coordinator, &cli, 2).await;
     let rebuilt = cli
         .json(&[
             "runbook",

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use fleetsnap_agent::resp::Value;
@@ -85,16 +85,25 @@ async fn offset(s: &RedisServer) -> u64 {
         .unwrap()
 }
 
-fn runbook(cli: &Cli, args: &[&str]) -> (bool, serde_json::Value) {
-    let o = cli.run(args).unwrap();
-    let doc = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (o.status.success(), doc)
+/// `runbook failover --cluster ha --shard p --yes --json`, off the runtime's threads (the
+/// writers and pollers keep running): whether it succeeded, and the runbook as it ended.
+async fn failover(cli: &Cli) -> (bool, serde_json::Value) {
+    let cli = cli.clone();
+    tokio::task::spawn_blocking(move || {
+        cli.run_json(&[
+            "runbook",
+            "failover",
+            "--cluster",
+            "ha",
+            "--shard",
+            "p",
+            "--yes",
+            "--json",
+        ])
+        .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,12 +144,12 @@ async fn a_graceful_failover_loses_no_acknowledged_write() {
 
     // A writer on the primary records every write it was told succeeded.
     let stop = Arc::new(AtomicBool::new(false));
+    let refusals = Arc::new(AtomicU64::new(0));
     let primary = set.primary.target();
     let writer = {
-        let stop = stop.clone();
+        let (stop, refusals) = (stop.clone(), refusals.clone());
         tokio::spawn(async move {
             let mut acked = Vec::new();
-            let mut refused = 0u64;
             let mut c = fleetsnap_agent::resp::Connection::connect(&primary)
                 .await
                 .unwrap();
@@ -152,9 +161,11 @@ async fn a_graceful_failover_loses_no_acknowledged_write() {
                     .await
                 {
                     Ok(Value::Simple(s)) if s == "OK" => acked.push(i),
-                    Ok(_) => refused += 1,
+                    Ok(_) => {
+                        refusals.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => {
-                        refused += 1;
+                        refusals.fetch_add(1, Ordering::Relaxed);
                         c = match fleetsnap_agent::resp::Connection::connect(&primary).await {
                             Ok(c) => c,
                             Err(_) => break,
@@ -163,7 +174,7 @@ async fn a_graceful_failover_loses_no_acknowledged_write() {
                 }
                 i += 1;
             }
-            (acked, refused)
+            acked
         })
     };
     poll_until("writes flowing", Duration::from_secs(10), || async {
@@ -171,29 +182,21 @@ async fn a_graceful_failover_loses_no_acknowledged_write() {
     })
     .await
     .unwrap();
-    let cli2 = cli.clone();
-    let (ok, doc) = tokio::task::spawn_blocking(move || {
-        runbook(
-            &cli2,
-            &[
-                "runbook",
-                "failover",
-                "--cluster",
-                "ha",
-                "--shard",
-                "p",
-                "--yes",
-                "--json",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (ok, doc) = failover(&cli).await;
     assert!(ok, "{doc:#}");
-    // Keep writing a moment: the old primary now refuses writes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The writer goes on until the old primary refuses it.
+    let seen = poll_until(
+        "the old primary refusing writes",
+        Duration::from_secs(10),
+        || async {
+            let n = refusals.load(Ordering::Relaxed);
+            (n > 0).then_some(n)
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
-    let (acked, refused) = writer.await.unwrap();
+    let acked = writer.await.unwrap();
+    let refused = seen.unwrap_or(0);
     assert_eq!(doc["findings"]["mode"], "graceful", "{doc:#}");
     assert_eq!(doc["findings"]["lost_bytes"], "0", "{doc:#}");
     assert!(acked.len() > 100, "{} acknowledged", acked.len());
@@ -310,26 +313,7 @@ async fn a_forced_failover_reports_the_replication_lost() {
     )
     .await
     .unwrap();
-    let (ok, doc) = tokio::task::spawn_blocking({
-        let cli = cli.clone();
-        move || {
-            runbook(
-                &cli,
-                &[
-                    "runbook",
-                    "failover",
-                    "--cluster",
-                    "ha",
-                    "--shard",
-                    "p",
-                    "--yes",
-                    "--json",
-                ],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let (ok, doc) = failover(&cli).await;
     assert!(ok, "{doc:#}");
     assert_eq!(doc["findings"]["mode"], "forced", "{doc:#}");
     assert_eq!(

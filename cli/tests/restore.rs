@@ -11,26 +11,12 @@ use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
 use fleetsnap_testkit::s3::{Moto, credentials_file};
 
-/// Runs the CLI; its JSON and whether it exited 0.
-fn run_json(cli: &Cli, args: &[&str]) -> (bool, serde_json::Value) {
-    let o = cli.run(args).unwrap();
-    let doc = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "fleetsnap {args:?} printed no JSON ({e}): {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (o.status.success(), doc)
-}
-
 /// An online restore of the cluster's latest set into a fresh server: the server and the
 /// restore's report.
 async fn restore_online(cli: &Cli) -> (RedisServer, serde_json::Value) {
     let target = RedisServer::start().await.unwrap();
-    let (ok, doc) = run_json(
-        cli,
-        &[
+    let (ok, doc) = cli
+        .run_json(&[
             "restore",
             "--cluster",
             "shop",
@@ -41,8 +27,8 @@ async fn restore_online(cli: &Cli) -> (RedisServer, serde_json::Value) {
             "--wait",
             "50",
             "--json",
-        ],
-    );
+        ])
+        .unwrap();
     assert!(ok, "{doc:#}");
     (target, doc[0]["report"]["shards"][0]["read"].clone())
 }
@@ -50,7 +36,7 @@ async fn restore_online(cli: &Cli) -> (RedisServer, serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_tampering() {
     let fleet = FleetDir::new(&[1], &["a1", "a2"]).unwrap();
-    let (_coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
+    let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
     let mut moto = Moto::start().await.unwrap();
     moto.region.create_bucket("fleet").await.unwrap();
     let creds = credentials_file(fleet.path(), &[&moto.region]).unwrap();
@@ -66,7 +52,7 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
     .unwrap();
     write_extras(&set.primary).await.unwrap();
     set.wait_synced().await.unwrap();
-    let coords = vec![fleet_coordinator(&cli)];
+    let coords = vec![coordinator.address.clone()];
     let mut agents = Vec::new();
     for (id, name, server) in [
         ("a1", "primary", &set.primary),
@@ -115,9 +101,8 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
     let id = window["backup_id"].as_str().unwrap().to_string();
 
     // A drill of the good backup passes, and the list says so.
-    let (ok, drill) = run_json(
-        &cli,
-        &[
+    let (ok, drill) = cli
+        .run_json(&[
             "drill",
             "run",
             "--cluster",
@@ -125,8 +110,8 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
             "--wait",
             "50",
             "--json",
-        ],
-    );
+        ])
+        .unwrap();
     assert!(ok, "{drill:#}");
     assert_eq!(drill[0]["ok"], true, "{drill:#}");
     assert!(drill[0]["report"]["rpo_seconds"].as_f64().unwrap() >= 0.0);
@@ -205,12 +190,11 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
         .await
         .unwrap();
     set.primary.cmd(&["DEL", "key:1"]).await.unwrap();
-    let (ok, doc) = run_json(
-        &cli,
-        &[
+    let (ok, doc) = cli
+        .run_json(&[
             "restore", &id, "--mode", "replace", "--wait", "50", "--json",
-        ],
-    );
+        ])
+        .unwrap();
     assert!(ok, "{doc:#}");
     assert_eq!(
         doc.as_array().unwrap().len(),
@@ -290,10 +274,6 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
     assert_eq!(last["state"], "failed", "{list:#}");
     assert!(last["scheduled_by"].is_null(), "{last:#}");
     assert_eq!(list[0]["state"], "passed", "{list:#}");
-}
-
-fn fleet_coordinator(cli: &Cli) -> String {
-    cli.coordinators[0].clone()
 }
 
 fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -446,6 +446,20 @@ impl Cli {
         })
     }
 
+    /// Runs and parses stdout as JSON whatever the exit status (commands that print a report
+    /// and exit 1 on what it found); whether it exited 0, and the JSON.
+    pub fn run_json(&self, args: &[&str]) -> anyhow::Result<(bool, serde_json::Value)> {
+        let o = self.run(args)?;
+        let doc = serde_json::from_slice(&o.stdout).with_context(|| {
+            format!(
+                "fleetsnap {args:?} printed no JSON: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })?;
+        Ok((o.status.success(), doc))
+    }
+
     /// `policy set` from TOML written to `dir/NAME.toml`.
     pub fn set_policy(&self, dir: &Path, name: &str, toml: &str) -> anyhow::Result<()> {
         let file = dir.join(format!("{name}.toml"));

@@ -130,6 +130,20 @@ pub async fn backed_up(url: &str, dest: &str) -> String {
     out["backup_id"].as_str().expect("backup_id").to_string()
 }
 
+/// Flips one bit of the first file under `root` whose name ends with `suffix`, at `at` of its
+/// length (0.5: the middle): its sha256 no longer matches the manifest.
+pub fn flip_byte(root: &Path, suffix: &str, at: f64) {
+    let name = files_under(root)
+        .into_iter()
+        .find(|f| f.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no file ending {suffix} under {}", root.display()));
+    let path = root.join(name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = (bytes.len() as f64 * at) as usize;
+    bytes[i] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+}
+
 pub fn rand_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
