@@ -210,6 +210,7 @@ impl ShardArgs {
             to_file: PathBuf::new(),
             aof_dir: false,
             identity: self.identity,
+            sync: true,
         })
     }
 }

@@ -16,7 +16,7 @@ use aws_sdk_s3::types::{
 };
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use url::Url;
@@ -364,10 +364,9 @@ impl Store {
         match &self.inner {
             StoreInner::File(root) => {
                 let path = Self::file_path(root, key);
-                let f = tokio::fs::File::open(&path)
-                    .await
+                let f = std::fs::File::open(&path)
                     .map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?;
-                Ok(Download::File(f, path))
+                Ok(Download::File(Arc::new(f), path))
             }
             StoreInner::S3 { client, bucket, .. } => {
                 let out = client
@@ -814,10 +813,13 @@ impl S3Upload {
     }
 }
 
+/// How much of a file region's object one read returns.
+const FILE_CHUNK: usize = 4 << 20;
+
 /// An object being read.
 pub enum Download {
-    /// From a file.
-    File(tokio::fs::File, PathBuf),
+    /// From a file, read on the blocking pool in large chunks.
+    File(Arc<std::fs::File>, PathBuf),
     /// From S3.
     S3(ByteStream, Box<Store>, String),
 }
@@ -827,16 +829,20 @@ impl Download {
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         match self {
             Download::File(f, path) => {
-                let mut buf = vec![0; 1 << 20];
-                let n = f
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| Error::file("cannot read", path.clone(), e))?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                buf.truncate(n);
-                Ok(Some(Bytes::from(buf)))
+                let f = Arc::clone(f);
+                // read_to_end fills spare capacity without zeroing it first.
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = Vec::with_capacity(FILE_CHUNK);
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(&*f, FILE_CHUNK as u64),
+                        &mut buf,
+                    )
+                    .map(|_| buf)
+                })
+                .await
+                .map_err(|e| Error::file("cannot read", path.clone(), std::io::Error::other(e)))?
+                .map_err(|e| Error::file("cannot read", path.clone(), e))?;
+                Ok((!read.is_empty()).then(|| Bytes::from(read)))
             }
             Download::S3(body, store, key) => body
                 .try_next()

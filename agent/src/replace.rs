@@ -231,6 +231,27 @@ async fn serving(req: &ReplaceRequest) -> Result<Connection> {
     }
 }
 
+/// fsyncs the placed copy (a file, or an AOF directory's files) and the directory holding it, so
+/// the rename survives a crash too.
+fn sync_placed(live: &Path) -> Result<()> {
+    let sync = |p: &Path| {
+        std::fs::File::open(p)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::file("cannot sync", p, e))
+    };
+    if live.is_dir() {
+        for entry in std::fs::read_dir(live).map_err(|e| Error::file("cannot list", live, e))? {
+            let entry = entry.map_err(|e| Error::file("cannot list", live, e))?;
+            sync(&entry.path())?;
+        }
+    }
+    sync(live)?;
+    match live.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync(dir),
+        _ => Ok(()),
+    }
+}
+
 fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| Error::file("cannot move into place", to, e))
 }
@@ -255,6 +276,8 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
     };
     req.read.to_file = staged.clone();
     req.read.aof_dir = layout.aof_dir.is_some();
+    // Synced while the node loads it, below.
+    req.read.sync = false;
     if req.read.aof_dir {
         std::fs::remove_dir_all(&staged).ok();
     }
@@ -266,13 +289,18 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
     let census = Census::recorded(read.dbs.as_deref())
         .ok_or_else(|| tokio::task::spawn_blocking(move || Census::read(&rdb)));
 
+    // What an earlier replace kept is dropped while the node still serves: freeing a large file
+    // takes time the node would otherwise be down for.
+    let old = PathBuf::from(format!("{}.fleetsnap-old", live.display()));
+    if old.is_dir() {
+        std::fs::remove_dir_all(&old).ok();
+    } else {
+        std::fs::remove_file(&old).ok();
+    }
+
     let down = Instant::now();
     stop(&req).await?;
-    let old = PathBuf::from(format!("{}.fleetsnap-old", live.display()));
     let previous_kept_at = if live.exists() {
-        if old.is_dir() {
-            std::fs::remove_dir_all(&old).ok();
-        }
         rename(&live, &old)?;
         Some(old.display().to_string())
     } else {
@@ -286,7 +314,15 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
             previous_kept_at.as_deref().unwrap_or("(none)")
         )));
     }
+    // The node reads the copy from the page cache while it reaches the disk.
+    let synced = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || sync_placed(&live))
+    };
     let mut conn = serving(&req).await?;
+    synced
+        .await
+        .map_err(|e| Error::Failed(format!("syncing the placed copy failed: {e}")))??;
     let census = match census {
         Ok(recorded) => recorded,
         Err(counting) => counting

@@ -1,7 +1,7 @@
 //! Reading backups back: listing, verifying and restoring to a file, with fallback across
 //! destinations on any error or checksum mismatch.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -187,13 +187,15 @@ pub struct Checked {
 }
 
 /// Reads one object, checks size and sha256 against the manifest, decodes it (unless encrypted
-/// and no identity is given) and verifies the RDB; writes the decoded bytes to `out` if given.
+/// and no identity is given) and verifies the RDB; writes the decoded bytes to `out` if given,
+/// and fsyncs them if `sync`.
 pub async fn check_object(
     store: &Store,
     dir: &str,
     entry: &ObjectEntry,
     identity: Option<&Path>,
     out: Option<&Path>,
+    sync: bool,
 ) -> Result<Checked> {
     let key = format!("{dir}/{}", entry.name);
     let mut download = store.get(&key).await?;
@@ -210,6 +212,7 @@ pub async fn check_object(
                 kind,
                 ids.as_deref(),
                 out.as_deref(),
+                sync,
             )
         })
     });
@@ -280,62 +283,66 @@ pub async fn check_object(
     })
 }
 
-fn decode_stream(
-    input: ChannelReader,
+/// The stored bytes of `input` decoded through `codecs` (the write order, undone last first).
+pub(crate) fn decoder(
+    input: impl BufRead + Send + 'static,
     codecs: &[Codec],
-    kind: ObjectKind,
     identities: Option<&[Box<dyn age::Identity>]>,
-    out: Option<&Path>,
-) -> Result<(u64, Option<u64>)> {
-    let mut reader: Box<dyn Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, input));
+) -> Result<Box<dyn BufRead + Send>> {
+    let mut reader: Box<dyn BufRead + Send> = Box::new(input);
     for codec in codecs.iter().rev() {
         reader = match codec {
             Codec::Age => {
                 let ids = identities.ok_or_else(|| {
                     Error::Decode("the backup is encrypted: pass --identity AGE_KEY_FILE".into())
                 })?;
-                let d = age::Decryptor::new(reader)
+                let d = age::Decryptor::new_buffered(reader)
                     .map_err(|e| Error::Decode(format!("not an age file: {e}")))?;
-                Box::new(d.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| Error::Decode(format!("cannot decrypt: {e}; is --identity the key of one of the backup's recipients?")))?)
+                Box::new(std::io::BufReader::new(d.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| Error::Decode(format!("cannot decrypt: {e}; is --identity the key of one of the backup's recipients?")))?))
             }
-            Codec::Zstd { .. } => Box::new(
-                zstd::stream::read::Decoder::new(reader)
+            Codec::Zstd { .. } => Box::new(std::io::BufReader::new(
+                zstd::stream::read::Decoder::with_buffer(reader)
                     .map_err(|e| Error::Decode(format!("zstd: {e}")))?,
-            ),
+            )),
         };
     }
-    let mut file = match out {
-        Some(p) => Some(std::io::BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(p).map_err(|e| Error::file("cannot create", p, e))?,
-        )),
-        None => None,
-    };
+    Ok(reader)
+}
+
+fn decode_stream(
+    input: ChannelReader,
+    codecs: &[Codec],
+    kind: ObjectKind,
+    identities: Option<&[Box<dyn age::Identity>]>,
+    out: Option<&Path>,
+    sync: bool,
+) -> Result<(u64, Option<u64>)> {
+    let mut reader = decoder(input, codecs, identities)?;
+    let mut file = out.map(FileWriter::create).transpose()?;
     let mut verifier = (kind == ObjectKind::Rdb).then(RdbVerifier::new);
-    let mut buf = vec![0; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = reader
-            .read(&mut buf)
+        let mut buf = match file.as_mut() {
+            Some(f) => f.buffer(),
+            None => vec![0; WRITE_CHUNK],
+        };
+        let n = read_full(&mut reader, &mut buf)
             .map_err(|e| Error::Decode(format!("decoding failed: {e}")))?;
         if n == 0 {
             break;
         }
+        buf.truncate(n);
         total += n as u64;
         if let Some(v) = verifier.as_mut() {
-            v.update(&buf[..n])
+            v.update(&buf)
                 .map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?;
         }
-        if let (Some(f), Some(p)) = (file.as_mut(), out) {
-            f.write_all(&buf[..n])
-                .map_err(|e| Error::file("cannot write", p, e))?;
+        if let Some(f) = file.as_mut() {
+            f.write(buf)?;
         }
     }
-    if let (Some(mut f), Some(p)) = (file, out) {
-        f.flush().map_err(|e| Error::file("cannot write", p, e))?;
-        f.get_ref()
-            .sync_all()
-            .map_err(|e| Error::file("cannot sync", p, e))?;
+    if let Some(f) = file {
+        f.finish(sync)?;
     }
     let crc = match verifier {
         Some(v) => Some(
@@ -347,6 +354,90 @@ fn decode_stream(
         None => None,
     };
     Ok((total, crc))
+}
+
+/// The size of the pieces a decoded copy is written in.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Reads until `buf` is full or the stream ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Writes a file on a thread of its own, so decoding and the kernel's copy into the page cache
+/// run side by side. Buffers go back to the decoder once written.
+struct FileWriter {
+    path: PathBuf,
+    full: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<std::fs::File>>>,
+}
+
+impl FileWriter {
+    fn create(path: &Path) -> Result<Self> {
+        let mut f =
+            std::fs::File::create(path).map_err(|e| Error::file("cannot create", path, e))?;
+        let (full, filled) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (give_back, empty) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let thread = std::thread::spawn(move || {
+            for buf in filled {
+                f.write_all(&buf)?;
+                let _ = give_back.try_send(buf);
+            }
+            Ok(f)
+        });
+        Ok(Self {
+            path: path.to_path_buf(),
+            full: Some(full),
+            empty,
+            thread: Some(thread),
+        })
+    }
+
+    /// A buffer to decode into, `WRITE_CHUNK` long.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.empty.try_recv().unwrap_or_default();
+        b.resize(WRITE_CHUNK, 0);
+        b
+    }
+
+    fn write(&mut self, buf: Vec<u8>) -> Result<()> {
+        match &self.full {
+            Some(f) if f.send(buf).is_ok() => Ok(()),
+            // The thread stopped on an error, which joining it gives.
+            _ => self.join().map(|_| ()),
+        }
+    }
+
+    fn join(&mut self) -> Result<std::fs::File> {
+        self.full = None;
+        let gone = || std::io::Error::other("the writer thread is gone");
+        let f = self
+            .thread
+            .take()
+            .ok_or_else(gone)
+            .and_then(|t| t.join().map_err(|_| gone())?)
+            .map_err(|e| Error::file("cannot write", &self.path, e))?;
+        Ok(f)
+    }
+
+    fn finish(mut self, sync: bool) -> Result<()> {
+        let f = self.join()?;
+        if sync {
+            f.sync_all()
+                .map_err(|e| Error::file("cannot sync", &self.path, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// The outcome of verifying one backup in one destination.
@@ -378,7 +469,7 @@ pub async fn verify(
     let mut not_decoded = Vec::new();
     for s in &m.shards {
         for o in &s.objects {
-            let c = check_object(&store, &dir, o, identity, None).await?;
+            let c = check_object(&store, &dir, o, identity, None, false).await?;
             if c.raw_bytes.is_none() {
                 not_decoded.push(o.name.clone());
             }
@@ -411,6 +502,9 @@ pub struct RestoreRequest {
     pub aof_dir: bool,
     /// age identity file for encrypted backups.
     pub identity: Option<PathBuf>,
+    /// fsync what is written before returning. Off for scratch copies, and for `replace`, which
+    /// syncs the file while the node loads it.
+    pub sync: bool,
 }
 
 /// The outcome of a restore.
@@ -552,7 +646,15 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
             }
         };
         let partial = with_suffix(&final_path, ".partial");
-        match check_object(&store, &dir, o, req.identity.as_deref(), Some(&partial)).await {
+        let checked = check_object(
+            &store,
+            &dir,
+            o,
+            req.identity.as_deref(),
+            Some(&partial),
+            req.sync,
+        );
+        match checked.await {
             Ok(c) => {
                 if o.kind == ObjectKind::Rdb {
                     raw_bytes = c.raw_bytes.unwrap_or(0);
@@ -670,6 +772,7 @@ pub async fn restore_online(
             to_file: PathBuf::new(),
             aof_dir: false,
             identity: req.identity.clone(),
+            sync: false,
         };
         let s = online_shard(one, work_dir, target, opts).await?;
         out.keys += s.applied.keys;

@@ -42,6 +42,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
         to_file: Default::default(),
         aof_dir: false,
         identity: config.restore.identity.clone(),
+        sync: true,
     };
     Ok(match task.mode {
         RestoreMode::Online {

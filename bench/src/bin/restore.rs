@@ -51,6 +51,11 @@ impl Target {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Writes back what earlier rows left dirty, so no row pays for another's writes.
+    fn settle() -> anyhow::Result<()> {
+        Self::sh("sync")
+    }
+
     fn sh(command: &str) -> anyhow::Result<()> {
         let st = Command::new("sh").args(["-c", command]).status()?;
         if !st.success() {
@@ -190,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.repeat {
         target.stop().await?;
         std::fs::copy(&dump, dir.join("dump.rdb")).context("place the dump")?;
+        Target::settle()?;
         let t = Instant::now();
         target.start().await?;
         runs.push(t.elapsed());
@@ -204,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
     // The seed recipe's manual restore: stop, copy the gzipped dump, gunzip, start.
     let mut runs = Vec::new();
     for _ in 0..args.repeat {
+        Target::settle()?;
         let t = Instant::now();
         target.stop().await?;
         Target::sh(&format!(
@@ -224,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
     // fleetsnap replace: fetch and verify beside the data file, stop, move in, start, check.
     let (mut runs, mut down, mut staged) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repeat {
+        Target::settle()?;
         let t = Instant::now();
         let r = agent_json(
             &agent,
@@ -259,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for _ in 0..args.repeat {
         target.flush().await?;
+        Target::settle()?;
         let t = Instant::now();
         agent_json(
             &agent,
