@@ -736,6 +736,7 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
                 fleetsnap_core::window::CatalogTask::Node(n) => {
                     crate::failover::run(n, &shared.config).await?
                 }
+                fleetsnap_core::window::CatalogTask::Probe(p) => crate::online::probe(p).await?,
                 task => crate::catalog::run(task).await?,
             };
             return Ok(v1::Finished {

@@ -396,6 +396,34 @@ pub enum RunbookCmd {
         #[command(flatten)]
         common: RunbookCommon,
     },
+    /// Build a new cluster from a backup set: check that the target (standalone, or a Redis
+    /// Cluster of any shape with every slot served) is empty, restore every shard of the set into
+    /// it key by key with its consistent cut's tails, and check it serves the keys restored.
+    RestoreCluster {
+        /// The set: CLUSTER/BACKUP_ID (default: the latest of --cluster).
+        #[arg(long)]
+        set: Option<String>,
+        /// The cluster whose latest set complete in some region is restored.
+        #[arg(long, required_unless_present = "set")]
+        cluster: Option<String>,
+        /// With --cluster: the latest set taken at or before this time (RFC 3339, e.g.
+        /// 2026-11-21T03:00:00Z).
+        #[arg(
+            long,
+            value_name = "TIME",
+            requires = "cluster",
+            conflicts_with = "set"
+        )]
+        at: Option<String>,
+        /// The new cluster (any node of it): redis://HOST:PORT[?password_file=PATH].
+        #[arg(long)]
+        target: String,
+        /// The agent that restores (default: one that took the set).
+        #[arg(long)]
+        agent: Option<String>,
+        #[command(flatten)]
+        common: RunbookCommon,
+    },
     /// Rebuild the catalog of a fresh coordinator cluster from the regions' manifests alone.
     RebuildCoordinator {
         /// A region to read: REGION=URL (repeat).
@@ -477,6 +505,25 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
                 shard,
                 to: to.unwrap_or_default(),
                 pause_ms,
+                ..Default::default()
+            },
+            common,
+        ),
+        RunbookCmd::RestoreCluster {
+            set,
+            cluster,
+            at,
+            target,
+            agent,
+            common,
+        } => (
+            v1::RunbookRequest {
+                name: "restore-cluster".into(),
+                set: set.unwrap_or_default(),
+                cluster: cluster.unwrap_or_default(),
+                at_ms: at.as_deref().map(parse_time).transpose()?.unwrap_or(0),
+                target,
+                agent: agent.unwrap_or_default(),
                 ..Default::default()
             },
             common,

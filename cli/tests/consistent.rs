@@ -284,6 +284,45 @@ url = "file://{}"
     let actual: Vec<&RedisServer> = five.nodes.iter().collect();
     assert_same_data_across(&expected, &actual).await.unwrap();
 
+    // The restore-cluster runbook does the same through the coordinator. Into the five-shard
+    // cluster while it still holds those keys, it stops at its first check and restores nothing.
+    let set = format!("shop/{id}");
+    let target = five.nodes[0].url();
+    let runbook = [
+        "runbook",
+        "restore-cluster",
+        "--set",
+        &set,
+        "--target",
+        &target,
+        "--yes",
+        "--json",
+    ];
+    let (ok, rb) = cli.run_json(&runbook).unwrap();
+    assert!(!ok, "{rb:#}");
+    assert_eq!(rb["steps"][0]["ok"], false, "{rb:#}");
+    assert!(
+        rb["steps"][0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("wanted none"),
+        "{rb:#}"
+    );
+    assert!(rb["steps"][1]["job"].is_null(), "{rb:#}");
+    // Emptied, it is restored, tails replayed, and checked: the same data as the cut.
+    for n in &five.nodes {
+        n.cmd(&["FLUSHALL"]).await.unwrap();
+    }
+    let (ok, rb) = cli.run_json(&runbook).unwrap();
+    assert!(ok, "{rb:#}");
+    assert_eq!(rb["state"]["state"], "succeeded", "{rb:#}");
+    let restored_step = rb["steps"][1]["outcome"].as_str().unwrap();
+    assert!(
+        restored_step.contains("of 3 shards") && !restored_step.contains("; 0 tail commands"),
+        "{rb:#}"
+    );
+    assert_same_data_across(&expected, &actual).await.unwrap();
+
     // `replace`: each primary of the source cluster (which has moved on since) is stopped, given
     // its shard's RDB, started by a hook, checked and sent the tail: it holds the cut again.
     // One shard's entry loses its key counts, as in a set written before they were recorded:

@@ -175,7 +175,8 @@ impl FleetState {
             CatalogTask::Scan { .. }
             | CatalogTask::CollectOrphans { .. }
             | CatalogTask::Restore(_)
-            | CatalogTask::Node(_) => {}
+            | CatalogTask::Node(_)
+            | CatalogTask::Probe(_) => {}
         }
     }
 
@@ -229,7 +230,7 @@ fn task_regions(task: &CatalogTask) -> Vec<String> {
     match task {
         CatalogTask::Repair { to, .. } => names(to),
         CatalogTask::Restore(r) => names(&r.regions),
-        CatalogTask::Node(_) => Vec::new(),
+        CatalogTask::Node(_) | CatalogTask::Probe(_) => Vec::new(),
         CatalogTask::Verify { regions, .. }
         | CatalogTask::Delete { regions, .. }
         | CatalogTask::Scan { regions }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use fleetsnap_core::window::{CatalogTask, JobResult};
+use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::CatalogSpec;
@@ -89,6 +89,52 @@ pub enum Action {
     CheckCatalog,
 }
 
+/// The keys a target must hold after an online restore reported in `report_json`: exactly the
+/// keys it restored, less those with an expiry (which may lapse before the check). A replayed
+/// tail may add and delete any number of keys, so after one only the target's health is checked.
+fn restored_bounds(report_json: &str) -> Option<(u64, u64)> {
+    let r: serde_json::Value = serde_json::from_str(report_json).ok()?;
+    let keys = r["keys"].as_u64()?;
+    let shards = r["shards"].as_array()?;
+    let tail: u64 = shards
+        .iter()
+        .filter_map(|s| s["applied"]["tail_commands"].as_u64())
+        .sum();
+    if tail > 0 {
+        return Some((0, u64::MAX));
+    }
+    let expiring: u64 = shards
+        .iter()
+        .flat_map(|s| s["read"]["dbs"].as_array().into_iter().flatten())
+        .filter_map(|d| d["expires"].as_u64())
+        .sum();
+    Some((keys.saturating_sub(expiring), keys))
+}
+
+/// One line for a restore step's outcome.
+fn restored_summary(report_json: &str) -> String {
+    let Ok(r) = serde_json::from_str::<serde_json::Value>(report_json) else {
+        return report_json.to_string();
+    };
+    let shards = r["shards"].as_array().cloned().unwrap_or_default();
+    let mut read: Vec<String> = shards
+        .iter()
+        .filter_map(|s| s["read"]["destination"].as_str().map(str::to_string))
+        .collect();
+    read.dedup();
+    let tail: u64 = shards
+        .iter()
+        .filter_map(|s| s["applied"]["tail_commands"].as_u64())
+        .sum();
+    format!(
+        "{} keys of {} shards restored in {:.1} s from {}; {tail} tail commands replayed",
+        r["keys"].as_u64().unwrap_or(0),
+        shards.len(),
+        r["seconds"].as_f64().unwrap_or(0.0),
+        read.join(", ")
+    )
+}
+
 impl FleetState {
     /// `StartRunbook`.
     pub(crate) fn start_runbook(&mut self, runbook: &Runbook) -> Response {
@@ -123,9 +169,33 @@ impl FleetState {
         if r.state != RunbookState::Running || r.next != step || r.steps[step].job.is_some() {
             return refuse(format!("runbook {id} is not waiting to start step {step}"));
         }
-        let Action::Agent { agent, task } = r.steps[step].action.clone() else {
+        let Action::Agent { agent, mut task } = r.steps[step].action.clone() else {
             return refuse(format!("step {step} of runbook {id} is not an agent job"));
         };
+        if let CatalogTask::Probe(p) = &mut task
+            && p.want == ProbeWant::Restored
+        {
+            let restored = step
+                .checked_sub(1)
+                .and_then(|prev| r.steps[prev].job)
+                .and_then(|j| self.jobs.get(&j))
+                .and_then(|j| match &j.state {
+                    JobState::Done(JobOutcome::Succeeded {
+                        result: Some(JobResult::Restored { report_json, .. }),
+                        ..
+                    }) => restored_bounds(report_json),
+                    _ => None,
+                });
+            match restored {
+                Some((min, max)) => p.want = ProbeWant::Keys { min, max },
+                None => {
+                    let reason =
+                        "the step before left no restore report to check against".to_string();
+                    self.end_step(id, false, reason.clone());
+                    return refuse(reason);
+                }
+            }
+        }
         if !self.agents.contains_key(&agent) {
             let reason = format!("agent {agent:?} is not registered");
             self.end_step(id, false, reason.clone());
@@ -216,6 +286,13 @@ impl FleetState {
                         }
                         format!("{} manifests of {} sets read", found.len(), sets.len())
                     }
+                    Some(JobResult::Restored {
+                        ok: false, problem, ..
+                    }) => {
+                        self.end_step(id, false, problem.clone().unwrap_or_default());
+                        return;
+                    }
+                    Some(JobResult::Restored { report_json, .. }) => restored_summary(report_json),
                     Some(other) => serde_json::to_string(other).unwrap_or_default(),
                     None => "done".into(),
                 };

@@ -174,6 +174,33 @@ pub enum NodeOp {
     },
 }
 
+/// A check of a running target: it answers, a Redis Cluster serves every slot with
+/// `cluster_state:ok`, and its primaries hold the keys wanted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeTask {
+    /// `redis://HOST:PORT` (any node of a Redis Cluster); a password only as `?password_file=`.
+    pub target: String,
+    /// What it must hold.
+    pub want: ProbeWant,
+}
+
+/// The keys a probed target must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "want", rename_all = "snake_case")]
+pub enum ProbeWant {
+    /// None: ready to be restored into.
+    Empty,
+    /// Between `min` and `max` (all databases, all primaries).
+    Keys {
+        /// At least.
+        min: u64,
+        /// At most.
+        max: u64,
+    },
+    /// Bounds taken, when the step starts, from what the runbook's previous step restored.
+    Restored,
+}
+
 /// A restore of a set (or of one shard of it) by an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreTask {
@@ -208,6 +235,8 @@ pub enum CatalogTask {
     Restore(Box<RestoreTask>),
     /// A runbook's step on one node.
     Node(NodeTask),
+    /// A runbook's check of a running target (any Redis the agent can reach).
+    Probe(ProbeTask),
     /// Copies a set's objects from a region that holds it whole to regions that do not, checking
     /// each copy's sha256 against the manifest, then writes the manifest there.
     Repair {

@@ -413,14 +413,14 @@ impl Node {
 }
 
 /// Whether a Redis URL carries a password in itself.
-fn inline_password(url: &str) -> bool {
+pub(super) fn inline_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let auth = rest.split(['/', '?']).next().unwrap_or("");
     auth.contains('@') || url.contains("password=")
 }
 
 /// The URL without what is between `//` and `@`.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
         _ => url.to_string(),

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use fleetsnap_core::Role;
 use fleetsnap_core::topology::NodeView;
-use fleetsnap_core::window::{CatalogTask, NodeOp, NodeTask, RegionUrl, unix_ms};
+use fleetsnap_core::window::{
+    CatalogTask, NodeOp, NodeTask, ProbeTask, ProbeWant, RegionUrl, RestoreMode, RestoreTask,
+    unix_ms,
+};
 use fleetsnap_proto::v1;
 use tonic::Status;
 
@@ -27,9 +30,10 @@ impl Node {
         let steps_and_findings = match r.name.as_str() {
             "failover" => self.plan_failover(r)?,
             "rebuild-coordinator" => self.plan_rebuild(r)?,
+            "restore-cluster" => self.plan_restore_cluster(r)?,
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "no runbook {other:?}: failover, rebuild-coordinator (restore-cluster and region-loss are procedures in docs/runbooks/)"
+                    "no runbook {other:?}: failover, restore-cluster, rebuild-coordinator (region-loss is a procedure in docs/runbooks/)"
                 )));
             }
         };
@@ -292,6 +296,105 @@ impl Node {
         Ok((steps, BTreeMap::new()))
     }
 
+    fn plan_restore_cluster(
+        &self,
+        r: &v1::RunbookRequest,
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+        let target = r.target.trim();
+        if target.is_empty() || (r.cluster.trim().is_empty() && r.set.trim().is_empty()) {
+            return Err(Status::invalid_argument(
+                "restore-cluster needs the set (--set CLUSTER/BACKUP_ID, or --cluster C [--at TIME]) and the new cluster: --target redis://HOST:PORT",
+            ));
+        }
+        if super::restore::inline_password(target) {
+            return Err(Status::invalid_argument(format!(
+                "--target {:?} carries a password, which would be stored in the coordinators' log: put it in a file on the agent's host and use ?password_file=PATH",
+                super::restore::redact(target)
+            )));
+        }
+        let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
+        let regions = self.read_order(&set);
+        if regions.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "set {} is complete in no region: there is nothing to restore from",
+                set.key()
+            )));
+        }
+        let preferred = if r.agent.is_empty() {
+            Self::set_agents(&set)
+        } else {
+            vec![r.agent.clone()]
+        };
+        let agent = self.pick_agent(&preferred)?;
+        if !r.agent.is_empty() && agent != r.agent {
+            return Err(Status::unavailable(format!(
+                "agent {:?} is not connected to the leader",
+                r.agent
+            )));
+        }
+        let names: Vec<&str> = regions.iter().map(|g| g.region.as_str()).collect();
+        let tails = set.shards.iter().filter(|s| s.cut_offset.is_some()).count();
+        let probe = |want: ProbeWant| {
+            CatalogTask::Probe(ProbeTask {
+                target: target.to_string(),
+                want,
+            })
+        };
+        let step = |title: String, task: CatalogTask| Step {
+            title,
+            action: Action::Agent {
+                agent: agent.clone(),
+                task,
+            },
+            job: None,
+            outcome: None,
+            ok: None,
+        };
+        let steps = vec![
+            step(
+                format!(
+                    "agent {agent} checks that {target} answers, serves every slot if it is a Redis Cluster, and holds no key"
+                ),
+                probe(ProbeWant::Empty),
+            ),
+            step(
+                format!(
+                    "agent {agent} restores set {} ({} shards, taken {}) into {target} key by key, reading {}{}",
+                    set.key(),
+                    set.shards.len(),
+                    fleetsnap_core::window::from_unix_ms(set.opened_at_ms),
+                    names.join(", then "),
+                    if tails > 0 {
+                        ", and replays the consistent cut's tails"
+                    } else {
+                        ""
+                    }
+                ),
+                CatalogTask::Restore(Box::new(RestoreTask {
+                    cluster: set.cluster.clone(),
+                    backup_id: set.backup_id.clone(),
+                    regions,
+                    shard: None,
+                    db: None,
+                    pattern: None,
+                    mode: RestoreMode::Online {
+                        target: target.to_string(),
+                        replace_existing: false,
+                    },
+                    taken_at_ms: Some(set.opened_at_ms),
+                })),
+            ),
+            step(
+                format!("check: {target} serves every slot and holds the keys the restore wrote"),
+                probe(ProbeWant::Restored),
+            ),
+        ];
+        let mut findings = BTreeMap::new();
+        findings.insert("set".into(), set.key());
+        findings.insert("target".into(), target.to_string());
+        Ok((steps, findings))
+    }
+
     /// Starts a planned runbook; its id.
     pub(super) async fn start_runbook(&self, runbook: Runbook) -> Result<u64, Status> {
         let (resp, _, _) = self.write(Command::StartRunbook { runbook }).await?;
@@ -478,6 +581,8 @@ fn describe(r: &v1::RunbookRequest) -> String {
         ("--shard", &r.shard),
         ("--to", &r.to),
         ("--agent", &r.agent),
+        ("--set", &r.set),
+        ("--target", &r.target),
     ] {
         if !v.is_empty() {
             parts.push(format!("{flag} {v}"));
