@@ -424,6 +424,19 @@ pub enum RunbookCmd {
         #[command(flatten)]
         common: RunbookCommon,
     },
+    /// After losing a region: find every cluster's newest set complete elsewhere (and say which
+    /// newer sets went with the region), copy each into a standby region, switch every policy
+    /// from the lost region to the standby, and check the standby holds them.
+    RegionLoss {
+        /// The region lost, as the policies name it.
+        #[arg(long)]
+        region: String,
+        /// The region taking its place: NAME=URL (file:///PATH or s3://BUCKET[/PREFIX]?…).
+        #[arg(long, value_name = "NAME=URL")]
+        standby: String,
+        #[command(flatten)]
+        common: RunbookCommon,
+    },
     /// Rebuild the catalog of a fresh coordinator cluster from the regions' manifests alone.
     RebuildCoordinator {
         /// A region to read: REGION=URL (repeat).
@@ -524,6 +537,19 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
                 at_ms: at.as_deref().map(parse_time).transpose()?.unwrap_or(0),
                 target,
                 agent: agent.unwrap_or_default(),
+                ..Default::default()
+            },
+            common,
+        ),
+        RunbookCmd::RegionLoss {
+            region,
+            standby,
+            common,
+        } => (
+            v1::RunbookRequest {
+                name: "region-loss".into(),
+                region,
+                standby,
                 ..Default::default()
             },
             common,

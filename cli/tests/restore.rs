@@ -255,7 +255,8 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
         .into_iter()
         .find(|p| p.to_string_lossy().ends_with(".rdb.zst"))
         .unwrap();
-    let mut bytes = std::fs::read(&object).unwrap();
+    let far_original = std::fs::read(&object).unwrap();
+    let mut bytes = far_original.clone();
     let mid = bytes.len() / 3;
     bytes[mid] ^= 0x40;
     std::fs::write(&object, bytes).unwrap();
@@ -274,6 +275,67 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
     assert_eq!(last["state"], "failed", "{list:#}");
     assert!(last["scheduled_by"].is_null(), "{last:#}");
     assert_eq!(list[0]["state"], "passed", "{list:#}");
+
+    // The near region is gone for good (moto stays down). The far object mended, the
+    // region-loss runbook copies the set from far into a standby region, switches the policy to
+    // it, and checks; restores then read the standby first.
+    std::fs::write(&object, &far_original).unwrap();
+    let standby_dir = fleet.path().join("standby");
+    let standby = format!("standby=file://{}", standby_dir.display());
+    let (ok, rb) = cli
+        .run_json(&[
+            "runbook",
+            "region-loss",
+            "--region",
+            "near",
+            "--standby",
+            &standby,
+            "--yes",
+            "--json",
+        ])
+        .unwrap();
+    assert!(ok, "{rb:#}");
+    let steps = rb["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "copy, switch, check: {rb:#}");
+    assert!(
+        steps[0]["title"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("shop/{id} from far to standby")),
+        "{rb:#}"
+    );
+    let policy = cli.json(&["policy", "get", "two", "--json"]).unwrap();
+    let regions: Vec<&str> = policy["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, ["standby", "far"], "{policy:#}");
+    let (target, read) = restore_online(&cli).await;
+    assert!(
+        read["destination"]
+            .as_str()
+            .unwrap()
+            .contains(standby_dir.to_str().unwrap()),
+        "{read:#}"
+    );
+    assert_same_data(&set.primary, &target).await.unwrap();
+    // Run again, it has nothing to copy: the set is already complete in the standby.
+    let (ok, again) = cli
+        .run_json(&[
+            "runbook",
+            "region-loss",
+            "--region",
+            "near",
+            "--standby",
+            &standby,
+            "--yes",
+            "--json",
+        ])
+        .unwrap();
+    assert!(ok, "{again:#}");
+    assert_eq!(again["steps"].as_array().unwrap().len(), 2, "{again:#}");
 }
 
 fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {

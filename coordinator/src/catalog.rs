@@ -123,8 +123,24 @@ impl FleetState {
             return;
         };
         match spec.task {
-            CatalogTask::Repair { .. } => {
+            CatalogTask::Repair { to, .. } => {
                 for r in regions {
+                    // A region the set was never written to (a standby taking a lost region's
+                    // place) joins its entry once a copy is there.
+                    if r.ok
+                        && !set.regions.contains_key(&r.region)
+                        && let Some(url) = to.iter().find(|t| t.region == r.region)
+                    {
+                        set.regions.insert(
+                            r.region.clone(),
+                            RegionStatus {
+                                state: RegionState::Pending,
+                                error: None,
+                                stored_bytes: 0,
+                                url: url.url.clone(),
+                            },
+                        );
+                    }
                     if let Some(status) = set.regions.get_mut(&r.region) {
                         if r.ok {
                             status.state = RegionState::Complete;

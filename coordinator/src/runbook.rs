@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant};
+use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant, RegionUrl};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::CatalogSpec;
@@ -87,6 +87,23 @@ pub enum Action {
     /// The leader checks that the catalog holds a set for every one the previous step's scan
     /// found (`sets_found` in the findings).
     CheckCatalog,
+    /// The leader rewrites every policy that lists `lost` to list `standby` in its place.
+    SwitchPolicies {
+        /// The region lost.
+        lost: String,
+        /// The region taking its place.
+        standby: RegionUrl,
+    },
+    /// The leader checks that every set in `sets` is complete in `standby` and that no policy
+    /// lists `lost`.
+    CheckStandby {
+        /// The region lost.
+        lost: String,
+        /// The standby region.
+        standby: String,
+        /// Set keys (`CLUSTER/BACKUP_ID`) that must be there.
+        sets: Vec<String>,
+    },
 }
 
 /// The keys a target must hold after an online restore reported in `report_json`: exactly the
@@ -201,15 +218,30 @@ impl FleetState {
             self.end_step(id, false, reason.clone());
             return refuse(reason);
         }
+        // A copy into another region is the set's job, and lands in its catalog entry.
+        let set = match &task {
+            CatalogTask::Repair {
+                cluster, backup_id, ..
+            } => Some(crate::window::set_key(cluster, backup_id)),
+            _ => None,
+        };
+        if let Some(key) = &set
+            && let Some(j) = self.sets.get(key).and_then(|s| s.task)
+        {
+            return refuse(format!("set {key} is busy with job {j}"));
+        }
         let spec = CatalogSpec {
             task,
-            set: None,
+            set: set.clone(),
             reason: format!("step {} of runbook {id} ({})", step + 1, r.name),
             drill_of: None,
         };
         let job = self.new_job(term, index, &agent, JobKind::Catalog(spec));
         if let Some(r) = self.runbooks.get_mut(&id) {
             r.steps[step].job = Some(job);
+        }
+        if let Some(s) = set.and_then(|k| self.sets.get_mut(&k)) {
+            s.task = Some(job);
         }
         Response {
             job: Some(job),
@@ -293,6 +325,24 @@ impl FleetState {
                         return;
                     }
                     Some(JobResult::Restored { report_json, .. }) => restored_summary(report_json),
+                    Some(JobResult::Regions { regions }) => {
+                        let failed: Vec<String> = regions
+                            .iter()
+                            .filter(|r| !r.ok)
+                            .map(|r| {
+                                format!("{}: {}", r.region, r.error.clone().unwrap_or_default())
+                            })
+                            .collect();
+                        if !failed.is_empty() {
+                            self.end_step(id, false, failed.join("; "));
+                            return;
+                        }
+                        let done: Vec<String> = regions
+                            .iter()
+                            .map(|r| format!("{} ({} bytes)", r.region, r.stored_bytes))
+                            .collect();
+                        format!("copied to {}", done.join(", "))
+                    }
                     Some(other) => serde_json::to_string(other).unwrap_or_default(),
                     None => "done".into(),
                 };

@@ -17,6 +17,7 @@ use tonic::Status;
 use super::Node;
 use crate::runbook::{Action, Runbook, RunbookState, Step};
 use crate::state::Command;
+use crate::window::RegionState;
 
 /// How long the reports may take to show a failover's new topology.
 const CHECK_TIMEOUT_MS: u64 = 30_000;
@@ -31,9 +32,10 @@ impl Node {
             "failover" => self.plan_failover(r)?,
             "rebuild-coordinator" => self.plan_rebuild(r)?,
             "restore-cluster" => self.plan_restore_cluster(r)?,
+            "region-loss" => self.plan_region_loss(r)?,
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "no runbook {other:?}: failover, restore-cluster, rebuild-coordinator (region-loss is a procedure in docs/runbooks/)"
+                    "no runbook {other:?}: failover, restore-cluster, region-loss, rebuild-coordinator"
                 )));
             }
         };
@@ -395,6 +397,249 @@ impl Node {
         Ok((steps, findings))
     }
 
+    fn plan_region_loss(
+        &self,
+        r: &v1::RunbookRequest,
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+        let lost = r.region.trim();
+        if lost.is_empty() || !r.standby.contains('=') {
+            return Err(Status::invalid_argument(
+                "region-loss needs the region lost and a standby to take its place: --region R --standby NAME=URL",
+            ));
+        }
+        let standby = RegionUrl::from_arg(r.standby.trim());
+        if standby.region == lost {
+            return Err(Status::invalid_argument(format!(
+                "the standby must be another region than {lost:?}: name it differently"
+            )));
+        }
+        let (sets, policies) = {
+            let st = self.state.read().expect("state lock");
+            (
+                st.state.sets.values().cloned().collect::<Vec<_>>(),
+                st.state.policies.values().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let known = policies
+            .iter()
+            .any(|p| p.destinations.iter().any(|d| d.region == lost))
+            || sets.iter().any(|s| s.regions.contains_key(lost));
+        if !known {
+            return Err(Status::not_found(format!(
+                "no policy and no set names a region {lost:?}; `fleetsnap policy list` shows the regions"
+            )));
+        }
+        let complete_in = |s: &crate::window::BackupSet, region: &str| {
+            s.regions
+                .get(region)
+                .is_some_and(|g| g.state == RegionState::Complete)
+        };
+        let mut clusters: Vec<String> = sets.iter().map(|s| s.cluster.to_string()).collect();
+        clusters.sort();
+        clusters.dedup();
+        let mut findings = BTreeMap::new();
+        let mut steps = Vec::new();
+        let mut wanted = Vec::new();
+        for cluster in clusters {
+            let of_cluster = || {
+                let cluster = cluster.as_str();
+                sets.iter()
+                    .filter(move |s| s.cluster.as_str() == cluster && s.deleting.is_none())
+            };
+            let latest = of_cluster()
+                .filter(|s| s.regions.values().any(|g| g.state == RegionState::Complete))
+                .max_by_key(|s| (s.opened_at_ms, s.backup_id.clone()));
+            let survivor = of_cluster()
+                .filter(|s| {
+                    s.regions
+                        .iter()
+                        .any(|(n, g)| n != lost && g.state == RegionState::Complete)
+                })
+                .max_by_key(|s| (s.opened_at_ms, s.backup_id.clone()));
+            let Some(survivor) = survivor else {
+                findings.insert(
+                    format!("{cluster}: lost"),
+                    format!("no set of {cluster} is complete outside {lost}: its backups went with the region"),
+                );
+                continue;
+            };
+            if let Some(l) = latest
+                && l.key() != survivor.key()
+            {
+                findings.insert(
+                    format!("{cluster}: newest lost"),
+                    format!(
+                        "{} was complete only in {lost}; the newest elsewhere is {}, {} s older",
+                        l.key(),
+                        survivor.key(),
+                        (l.opened_at_ms - survivor.opened_at_ms) / 1000
+                    ),
+                );
+            }
+            wanted.push(survivor.key());
+            if complete_in(survivor, &standby.region) {
+                continue;
+            }
+            let from = self
+                .read_order(survivor)
+                .into_iter()
+                .find(|g| g.region != lost)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "set {} has no region URL to copy from outside {lost}",
+                        survivor.key()
+                    ))
+                })?;
+            let agent = self.pick_agent(&Self::set_agents(survivor))?;
+            steps.push(Step {
+                title: format!(
+                    "agent {agent} copies set {} from {} to {}, checking every object's sha256",
+                    survivor.key(),
+                    from.region,
+                    standby.region
+                ),
+                action: Action::Agent {
+                    agent,
+                    task: CatalogTask::Repair {
+                        cluster: survivor.cluster.clone(),
+                        backup_id: survivor.backup_id.clone(),
+                        from,
+                        to: vec![standby.clone()],
+                    },
+                },
+                job: None,
+                outcome: None,
+                ok: None,
+            });
+        }
+        let switched: Vec<&str> = policies
+            .iter()
+            .filter(|p| p.destinations.iter().any(|d| d.region == lost))
+            .map(|p| p.name.as_str())
+            .collect();
+        steps.push(Step {
+            title: format!(
+                "switch {} from {lost} to {} ({})",
+                if switched.is_empty() {
+                    "no policy (none lists it)".to_string()
+                } else {
+                    format!("policies {}", switched.join(", "))
+                },
+                standby.region,
+                standby.url
+            ),
+            action: Action::SwitchPolicies {
+                lost: lost.to_string(),
+                standby: standby.clone(),
+            },
+            job: None,
+            outcome: None,
+            ok: None,
+        });
+        steps.push(Step {
+            title: format!(
+                "check: {} in {}, and no policy lists {lost}",
+                if wanted.is_empty() {
+                    "no set".to_string()
+                } else {
+                    format!("sets {} complete", wanted.join(", "))
+                },
+                standby.region
+            ),
+            action: Action::CheckStandby {
+                lost: lost.to_string(),
+                standby: standby.region.clone(),
+                sets: wanted,
+            },
+            job: None,
+            outcome: None,
+            ok: None,
+        });
+        Ok((steps, findings))
+    }
+
+    /// Rewrites every policy that lists `lost` to list `standby` in its place (a policy that
+    /// already lists the standby just drops `lost`, its `min_regions` capped to what is left).
+    /// Writing a policy twice is harmless, so a new leader may repeat this step.
+    async fn switch_policies(&self, lost: &str, standby: &RegionUrl) -> (bool, String) {
+        let policies: Vec<fleetsnap_core::policy::Policy> = {
+            let st = self.state.read().expect("state lock");
+            st.state
+                .policies
+                .values()
+                .filter(|p| p.destinations.iter().any(|d| d.region == lost))
+                .cloned()
+                .collect()
+        };
+        let mut done = Vec::new();
+        for mut p in policies {
+            let has_standby = p.destinations.iter().any(|d| d.region == standby.region);
+            if has_standby {
+                p.destinations.retain(|d| d.region != lost);
+                p.min_regions = p.min_regions.min(p.destinations.len() as u32).max(1);
+            } else if let Some(d) = p.destinations.iter_mut().find(|d| d.region == lost) {
+                d.region = standby.region.clone();
+                d.url = standby.url.clone();
+                d.credentials = None;
+            }
+            let name = p.name.clone();
+            match self.write(Command::SetPolicy { policy: p }).await {
+                Ok((resp, _, _)) if resp.refused.is_none() => done.push(name),
+                Ok((resp, _, _)) => {
+                    return (
+                        false,
+                        format!(
+                            "policy {name} refused the switch: {}",
+                            resp.refused.unwrap_or_default()
+                        ),
+                    );
+                }
+                Err(e) => return (false, format!("policy {name} not written: {}", e.message())),
+            }
+        }
+        (
+            true,
+            if done.is_empty() {
+                format!("no policy lists {lost}")
+            } else {
+                format!(
+                    "policies {} now write to {}",
+                    done.join(", "),
+                    standby.region
+                )
+            },
+        )
+    }
+
+    /// Whether every set in `sets` is complete in `standby` and no policy lists `lost`.
+    fn check_standby(&self, lost: &str, standby: &str, sets: &[String]) -> (bool, String) {
+        let st = self.state.read().expect("state lock");
+        let mut problems = Vec::new();
+        for key in sets {
+            match st.state.sets.get(key).and_then(|s| s.regions.get(standby)) {
+                Some(g) if g.state == RegionState::Complete => {}
+                Some(g) => problems.push(format!("{key} is {:?} in {standby}", g.state)),
+                None => problems.push(format!("{key} is not in {standby}")),
+            }
+        }
+        for p in st.state.policies.values() {
+            if p.destinations.iter().any(|d| d.region == lost) {
+                problems.push(format!("policy {} still lists {lost}", p.name));
+            }
+        }
+        if problems.is_empty() {
+            (
+                true,
+                format!(
+                    "{} sets complete in {standby}; no policy lists {lost}",
+                    sets.len()
+                ),
+            )
+        } else {
+            (false, problems.join("; "))
+        }
+    }
+
     /// Starts a planned runbook; its id.
     pub(super) async fn start_runbook(&self, runbook: Runbook) -> Result<u64, Status> {
         let (resp, _, _) = self.write(Command::StartRunbook { runbook }).await?;
@@ -449,6 +694,28 @@ impl Node {
                         } else {
                             None
                         }
+                    }
+                    Action::SwitchPolicies { lost, standby } => {
+                        let (ok, detail) = self.switch_policies(lost, standby).await;
+                        Some(Command::RunbookCheck {
+                            runbook: r.id,
+                            step: r.next,
+                            ok,
+                            detail,
+                        })
+                    }
+                    Action::CheckStandby {
+                        lost,
+                        standby,
+                        sets,
+                    } => {
+                        let (ok, detail) = self.check_standby(lost, standby, sets);
+                        Some(Command::RunbookCheck {
+                            runbook: r.id,
+                            step: r.next,
+                            ok,
+                            detail,
+                        })
                     }
                     Action::CheckCatalog => {
                         let scan = r.next.checked_sub(1).and_then(|p| r.steps[p].job);
@@ -583,6 +850,8 @@ fn describe(r: &v1::RunbookRequest) -> String {
         ("--agent", &r.agent),
         ("--set", &r.set),
         ("--target", &r.target),
+        ("--region", &r.region),
+        ("--standby", &r.standby),
     ] {
         if !v.is_empty() {
             parts.push(format!("{flag} {v}"));
