@@ -112,8 +112,7 @@ impl Node {
         };
         let mut failed = None;
         for what in batch {
-            let reply = self.conn.read_value().await?;
-            let Value::Error(e) = reply else {
+            let Some(Value::Error(e)) = self.conn.read_ok_or_value().await? else {
                 continue;
             };
             match &what {
@@ -501,37 +500,67 @@ async fn restore_entry(
         )));
     }
     let i = t.route(&e.key);
-    // Stamped with the target's own version, which it always accepts: the payload's encoding is
-    // at most as new (the file's version was checked against the target's up front).
-    let payload = e.dump_payload(t.rdb_version);
+    let version = t.rdb_version;
     let n = &mut t.nodes[i];
     if !cluster && n.db != e.db {
         let db = e.db.to_string();
         n.push(&[b"SELECT", db.as_bytes()], None);
         n.db = e.db;
     }
-    let ttl = e.expire_ms.unwrap_or(0).to_string();
-    let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
-    if opts.replace_existing {
-        args.push(b"REPLACE");
-    }
-    if e.expire_ms.is_some() {
-        args.push(b"ABSTTL");
-    }
-    let idle = e.idle.map(|s| s.to_string());
-    if let Some(idle) = &idle {
-        args.extend([&b"IDLETIME"[..], idle.as_bytes()]);
-    }
-    let freq = e.freq.map(|f| f.to_string());
-    if let Some(freq) = &freq {
-        args.extend([&b"FREQ"[..], freq.as_bytes()]);
-    }
-    n.push(&args, Some(e.key.clone()));
+    // Stamped with the target's own version, which it always accepts: the payload's encoding is
+    // at most as new (the file's version was checked against the target's up front).
+    encode_restore(&mut n.buf, &e, version, opts.replace_existing);
+    n.pending.push(Some(e.key));
     report.keys += 1;
     if n.buf.len() >= BATCH_BYTES {
         n.flush(report).await?;
     }
     Ok(())
+}
+
+/// `RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]` written straight into
+/// `out`, the payload (value, RDB version, CRC-64) built in place.
+fn encode_restore(out: &mut Vec<u8>, e: &Entry, version: u16, replace: bool) {
+    let mut digits = [0; 20];
+    let mut small = [0; 20];
+    let ttl = e.expire_ms.map_or(0, |t| t.max(0) as u64);
+    let idle = e.idle;
+    let freq = e.freq.map(u64::from);
+    let args = 4
+        + usize::from(replace)
+        + usize::from(e.expire_ms.is_some())
+        + 2 * usize::from(idle.is_some())
+        + 2 * usize::from(freq.is_some());
+    resp::header(out, b'*', args as u64);
+    let bulk = |out: &mut Vec<u8>, a: &[u8]| {
+        resp::header(out, b'$', a.len() as u64);
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    };
+    bulk(out, b"RESTORE");
+    bulk(out, &e.key);
+    bulk(out, resp::decimal(ttl, &mut digits));
+    resp::header(out, b'$', e.payload.len() as u64 + 10);
+    let start = out.len();
+    out.extend_from_slice(&e.payload);
+    out.extend_from_slice(&version.to_le_bytes());
+    let crc = fleetsnap_core::rdbread::dump_crc(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(b"\r\n");
+    if replace {
+        bulk(out, b"REPLACE");
+    }
+    if e.expire_ms.is_some() {
+        bulk(out, b"ABSTTL");
+    }
+    if let Some(s) = idle {
+        bulk(out, b"IDLETIME");
+        bulk(out, resp::decimal(s, &mut small));
+    }
+    if let Some(f) = freq {
+        bulk(out, b"FREQ");
+        bulk(out, resp::decimal(f, &mut small));
+    }
 }
 
 async fn load_function(
@@ -825,6 +854,56 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restores_are_encoded_in_place_as_the_generic_encoder_would() {
+        for (expire_ms, idle, freq, replace) in [
+            (None, None, None, false),
+            (Some(1_900_000_000_123), Some(7), None, true),
+            (None, None, Some(255), false),
+            (Some(10), Some(0), Some(0), true),
+        ] {
+            let e = Entry {
+                db: 0,
+                key: b"user:1".to_vec(),
+                expire_ms,
+                idle,
+                freq,
+                payload: vec![0, 3, b'a', b'b', b'c'],
+                decoded: None,
+            };
+            let ttl = expire_ms.unwrap_or(0).to_string();
+            let payload = e.dump_payload(10);
+            let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
+            if replace {
+                args.push(b"REPLACE");
+            }
+            if expire_ms.is_some() {
+                args.push(b"ABSTTL");
+            }
+            let (i, f) = (idle.map(|s| s.to_string()), freq.map(|f| f.to_string()));
+            if let Some(i) = &i {
+                args.extend([&b"IDLETIME"[..], i.as_bytes()]);
+            }
+            if let Some(f) = &f {
+                args.extend([&b"FREQ"[..], f.as_bytes()]);
+            }
+            let mut want = Vec::new();
+            resp::encode(&mut want, &args);
+            let mut got = Vec::new();
+            encode_restore(&mut got, &e, 10, replace);
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want)
+            );
+        }
+        let mut b = [0; 20];
+        assert_eq!(resp::decimal(0, &mut b), b"0");
+        assert_eq!(
+            resp::decimal(u64::MAX, &mut b),
+            u64::MAX.to_string().as_bytes()
+        );
+    }
 
     #[test]
     fn rdb_versions_follow_redis_releases() {

@@ -274,6 +274,14 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
             data_file.clone(),
         ),
     };
+    // What an earlier replace kept is dropped first: its space goes to the new copy, and freeing
+    // a large file takes time the node would otherwise be down for.
+    let old = PathBuf::from(format!("{}.fleetsnap-old", live.display()));
+    if old.is_dir() {
+        std::fs::remove_dir_all(&old).ok();
+    } else {
+        std::fs::remove_file(&old).ok();
+    }
     req.read.to_file = staged.clone();
     req.read.aof_dir = layout.aof_dir.is_some();
     // Synced while the node loads it, below.
@@ -288,15 +296,6 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
     // The manifest's counts, or (for sets without them) a count made while the node restarts.
     let census = Census::recorded(read.dbs.as_deref())
         .ok_or_else(|| tokio::task::spawn_blocking(move || Census::read(&rdb)));
-
-    // What an earlier replace kept is dropped while the node still serves: freeing a large file
-    // takes time the node would otherwise be down for.
-    let old = PathBuf::from(format!("{}.fleetsnap-old", live.display()));
-    if old.is_dir() {
-        std::fs::remove_dir_all(&old).ok();
-    } else {
-        std::fs::remove_file(&old).ok();
-    }
 
     let down = Instant::now();
     stop(&req).await?;

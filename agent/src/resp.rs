@@ -207,6 +207,22 @@ impl Connection {
         }
     }
 
+    /// The next reply when it is a plain `+OK` (consumed, `None`), else the reply read whole. The
+    /// common case, a pipeline of `OK`s, then costs no allocation.
+    pub async fn read_ok_or_value(&mut self) -> Result<Option<Value>> {
+        const OK: &[u8] = b"+OK\r\n";
+        let ok = match self.io.fill_buf().await {
+            Ok([]) => return Err(self.closed()),
+            Ok(buf) => buf.starts_with(OK),
+            Err(e) => return Err(self.io_error(e)),
+        };
+        if ok {
+            self.io.consume(OK.len());
+            return Ok(None);
+        }
+        self.read_value().await.map(Some)
+    }
+
     /// Reads one `\r\n`-terminated line without its terminator; a bare `\n` gives an empty line.
     pub async fn read_line(&mut self) -> Result<Vec<u8>> {
         let mut line = Vec::new();
@@ -278,11 +294,31 @@ pub(crate) fn refusal_hint(e: &str) -> &'static str {
 
 /// Appends one command in RESP.
 pub(crate) fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    header(out, b'*', args.len() as u64);
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        header(out, b'$', a.len() as u64);
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `<kind><n>\r\n`, as every RESP array and bulk string starts.
+pub(crate) fn header(out: &mut Vec<u8>, kind: u8, n: u64) {
+    out.push(kind);
+    out.extend_from_slice(decimal(n, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, written into `buf` without allocating.
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 

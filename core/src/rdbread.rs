@@ -144,9 +144,8 @@ impl Entry {
         let mut out = Vec::with_capacity(self.payload.len() + 10);
         out.extend_from_slice(&self.payload);
         out.extend_from_slice(&version.to_le_bytes());
-        let mut crc = Crc::new(CrcAlgorithm::Crc64Redis);
-        crc.update(&out);
-        out.extend_from_slice(&crc.finalize().to_le_bytes());
+        let crc = dump_crc(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
@@ -159,6 +158,13 @@ impl Entry {
             e => e,
         }
     }
+}
+
+/// The CRC-64 a `DUMP` payload ends with, over its value and version bytes.
+pub fn dump_crc(value_and_version: &[u8]) -> u64 {
+    let mut crc = Crc::new(CrcAlgorithm::Crc64Redis);
+    crc.update(value_and_version);
+    crc.finalize()
 }
 
 /// What the reader meets, in file order.
