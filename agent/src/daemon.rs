@@ -101,6 +101,13 @@ pub struct InstanceConfig {
     /// Seconds the stop, and then the start and load, may take.
     #[serde(default = "default_restore_timeout")]
     pub restore_timeout_seconds: u64,
+    /// A Sentinel that monitors its replica set: `redis://HOST:PORT` (with
+    /// `sentinel_master`). A failover runbook then promotes through `SENTINEL FAILOVER`.
+    #[serde(default)]
+    pub sentinel: Option<String>,
+    /// The name the Sentinel monitors the set under.
+    #[serde(default)]
+    pub sentinel_master: Option<String>,
 }
 
 fn default_restore_timeout() -> u64 {
@@ -160,6 +167,19 @@ impl AgentConfig {
                 return Err(bad(format!("two instances are named {:?}", i.name)));
             }
             RedisTarget::parse(&i.url).map_err(|e| bad(format!("instance {:?}: {e}", i.name)))?;
+            match (&i.sentinel, &i.sentinel_master) {
+                (Some(url), Some(_)) => {
+                    RedisTarget::parse(url)
+                        .map_err(|e| bad(format!("instance {:?}: sentinel: {e}", i.name)))?;
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(bad(format!(
+                        "instance {:?}: give sentinel and sentinel_master together (the Sentinel's redis://HOST:PORT and the name it monitors the set under)",
+                        i.name
+                    )));
+                }
+            }
         }
         Ok(c)
     }
@@ -309,6 +329,7 @@ async fn collect_loop(shared: Arc<Shared>, tx: watch::Sender<Vec<InstanceReport>
                     i.config.cluster.clone(),
                     i.config.zone.clone(),
                 );
+                let sentinel_master = i.config.sentinel_master.clone().unwrap_or_default();
                 tokio::spawn(async move {
                     let mut r = match tokio::time::timeout(
                         interval.max(Duration::from_secs(2)),
@@ -325,6 +346,7 @@ async fn collect_loop(shared: Arc<Shared>, tx: watch::Sender<Vec<InstanceReport>
                     };
                     r.cluster = cluster;
                     r.zone = zone;
+                    r.sentinel_master = sentinel_master;
                     r.host_memory_available_bytes = available;
                     r
                 })

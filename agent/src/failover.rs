@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::daemon::AgentConfig;
 use crate::error::{Error, Result};
-use crate::resp::{Connection, info_field};
+use crate::resp::{Connection, Value, info_field};
 use crate::target::RedisTarget;
 
 /// What a promotion did.
@@ -31,6 +31,15 @@ pub struct PromoteReport {
     pub repointed: Vec<String>,
     /// Nodes that could not be re-pointed, and why.
     pub not_repointed: Vec<(String, String)>,
+    /// The Sentinel that promoted it (`SENTINEL FAILOVER`), when one manages the set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<String>,
+}
+
+/// A Sentinel that monitors the set, and the name it monitors it under.
+struct Sentinel {
+    at: RedisTarget,
+    master: String,
 }
 
 /// Runs a node task for an instance of this agent.
@@ -46,13 +55,25 @@ pub async fn run(task: NodeTask, config: &AgentConfig) -> Result<JobResult> {
             ))
         })?;
     let me = RedisTarget::parse(&i.url)?;
+    let sentinel = match (&i.sentinel, &i.sentinel_master) {
+        (Some(url), Some(master)) => Some(Sentinel {
+            at: RedisTarget::parse(url)?,
+            master: master.clone(),
+        }),
+        _ => None,
+    };
     let report = match task.op {
         NodeOp::Promote {
             primary,
             others,
             cluster,
             pause_ms,
-        } => promote(&me, primary.as_deref(), &others, cluster, pause_ms).await?,
+        } => match sentinel {
+            Some(s) if !cluster => {
+                by_sentinel(&me, &s, primary.as_deref(), &others, pause_ms).await?
+            }
+            _ => promote(&me, primary.as_deref(), &others, cluster, pause_ms).await?,
+        },
     };
     Ok(JobResult::Step {
         report_json: serde_json::to_string(&report).expect("reports serialise"),
@@ -107,6 +128,7 @@ async fn promote(
         paused_ms: None,
         repointed: Vec::new(),
         not_repointed: Vec::new(),
+        sentinel: None,
     };
     if cluster {
         let tries: &[(&[u8], u64)] = if primary.is_some() {
@@ -192,6 +214,260 @@ async fn promote(
         match r {
             Ok(_) => report.repointed.push(o.clone()),
             Err(e) => report.not_repointed.push((o.clone(), e.to_string())),
+        }
+    }
+    Ok(report)
+}
+
+/// A promotion through the Sentinel that manages the set. The other replicas get
+/// `replica-priority 0` for the while, so the Sentinel picks this one; with the primary alive,
+/// its writes are paused until this replica has its offset, and it is re-pointed here before
+/// they resume, so no acknowledged write is lost.
+async fn by_sentinel(
+    me: &RedisTarget,
+    s: &Sentinel,
+    primary: Option<&str>,
+    others: &[String],
+    pause_ms: u64,
+) -> Result<PromoteReport> {
+    let mut c = Connection::connect(me).await?;
+    let info = replication(&mut c).await?;
+    if info_field(&info, "role") != Some("slave") {
+        return Err(Error::Input(format!(
+            "{me} is not a replica (role {}): nothing to promote",
+            info_field(&info, "role").unwrap_or("unknown")
+        )));
+    }
+    let mut sc = Connection::connect(&s.at).await.map_err(|e| {
+        Error::Failed(format!(
+            "the Sentinel {} that the agent's config names for {me} cannot be reached ({e}): nothing changed",
+            s.at
+        ))
+    })?;
+    // Only this replica may be chosen: the others' priorities are set to 0 and put back after.
+    let mut steered = Vec::new();
+    for o in others {
+        let r = async {
+            let mut oc = Connection::connect(&at(me, o)?).await?;
+            let was = oc.config_get("replica-priority").await?;
+            oc.checked(&[b"CONFIG", b"SET", b"replica-priority", b"0"])
+                .await?;
+            Ok::<_, Error>(was)
+        }
+        .await;
+        if let Ok(was) = r {
+            steered.push((o.clone(), was));
+        }
+    }
+    drop(c);
+    let others_steered: Vec<String> = steered.iter().map(|(o, _)| o.clone()).collect();
+    let result = match sentinel_sees_priority_zero(&mut sc, s, &others_steered).await {
+        Ok(()) => sentinel_failover(me, &mut sc, s, primary, pause_ms).await,
+        Err(e) => Err(e),
+    };
+    for (o, was) in steered {
+        if let Ok(t) = at(me, &o)
+            && let Ok(mut oc) = Connection::connect(&t).await
+        {
+            let _ = oc
+                .command(&[b"CONFIG", b"SET", b"replica-priority", was.as_bytes()])
+                .await;
+        }
+    }
+    let mut report = result?;
+    // The Sentinel re-points the others as well; doing it here too makes the shard whole sooner.
+    let (mine, my_port) = (me.host.as_bytes().to_vec(), me.port.to_string());
+    for o in others {
+        let r = async {
+            let mut oc = Connection::connect(&at(me, o)?).await?;
+            oc.checked(&[b"REPLICAOF", &mine, my_port.as_bytes()]).await
+        }
+        .await;
+        match r {
+            Ok(_) => report.repointed.push(o.clone()),
+            Err(e) => report.not_repointed.push((o.clone(), e.to_string())),
+        }
+    }
+    Ok(report)
+}
+
+/// Waits until the Sentinel's view of each of `others` has `slave-priority 0`: it reads a
+/// replica's priority from its `INFO`, every 10 s, and would otherwise choose by what it last saw.
+async fn sentinel_sees_priority_zero(
+    sc: &mut Connection,
+    s: &Sentinel,
+    others: &[String],
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let Value::Array(Some(replicas)) = sc
+            .checked(&[b"SENTINEL", b"REPLICAS", s.master.as_bytes()])
+            .await?
+        else {
+            return Err(Error::Failed(format!(
+                "the Sentinel {} gave no replica list for {}",
+                s.at, s.master
+            )));
+        };
+        let mut zero = Vec::new();
+        for r in &replicas {
+            let Value::Array(Some(kv)) = r else { continue };
+            let field = |name: &str| {
+                kv.chunks(2)
+                    .find(|p| p.len() == 2 && p[0].text().as_deref() == Some(name))
+                    .and_then(|p| p[1].text())
+                    .unwrap_or_default()
+            };
+            if field("slave-priority") == "0" {
+                zero.push(format!("{}:{}", field("ip"), field("port")));
+            }
+        }
+        let waiting: Vec<&String> = others.iter().filter(|o| !zero.contains(o)).collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Failed(format!(
+                "the Sentinel {} has not seen replica-priority 0 on {waiting:?} within 25 s, so it could promote one of them: nothing changed",
+                s.at
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One command on a fresh connection to `address`: the Sentinel kills the normal clients of the
+/// nodes it reconfigures, so a connection held across a failover may be gone.
+async fn once(me: &RedisTarget, address: &str, args: &[&[u8]]) -> Result<Value> {
+    Connection::connect(&at(me, address)?)
+        .await?
+        .checked(args)
+        .await
+}
+
+async fn role_and_offset(me: &RedisTarget) -> Result<(String, u64)> {
+    let mut c = Connection::connect(me).await?;
+    let info = replication(&mut c).await?;
+    Ok((
+        info_field(&info, "role").unwrap_or_default().to_string(),
+        offset_of(&info),
+    ))
+}
+
+async fn sentinel_failover(
+    me: &RedisTarget,
+    sc: &mut Connection,
+    s: &Sentinel,
+    primary: Option<&str>,
+    pause_ms: u64,
+) -> Result<PromoteReport> {
+    let mut report = PromoteReport {
+        promoted: me.address(),
+        graceful: primary.is_some(),
+        cluster: false,
+        primary_offset: None,
+        offset: role_and_offset(me).await?.1,
+        paused_ms: None,
+        repointed: Vec::new(),
+        not_repointed: Vec::new(),
+        sentinel: Some(s.at.address()),
+    };
+    let started = Instant::now();
+    let unpause = |p: &str| {
+        let p = p.to_string();
+        async move { once(me, &p, &[b"CLIENT", b"UNPAUSE"]).await.ok() }
+    };
+    if let Some(p) = primary {
+        let pause = pause_ms.to_string();
+        once(me, p, &[b"CLIENT", b"PAUSE", pause.as_bytes(), b"WRITE"])
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "the primary {p} cannot be paused for a graceful failover ({e}); if it is down, run the failover again: it is then forced"
+                ))
+            })?;
+        let mut pc = Connection::connect(&at(me, p)?).await?;
+        let target = offset_of(&replication(&mut pc).await?);
+        report.primary_offset = Some(target);
+        loop {
+            report.offset = role_and_offset(me).await?.1;
+            if report.offset >= target {
+                break;
+            }
+            if started.elapsed() >= Duration::from_millis(pause_ms / 2) {
+                unpause(p).await;
+                return Err(Error::Failed(format!(
+                    "{me} was at offset {} and did not reach the primary's {target} within {} ms; writes resumed on {p} and nothing changed",
+                    report.offset,
+                    pause_ms / 2
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    if let Err(e) = sc
+        .checked(&[b"SENTINEL", b"FAILOVER", s.master.as_bytes()])
+        .await
+    {
+        if let Some(p) = primary {
+            unpause(p).await;
+        }
+        return Err(Error::Failed(format!(
+            "the Sentinel {} refused SENTINEL FAILOVER {}: {e}; nothing changed",
+            s.at, s.master
+        )));
+    }
+    // The Sentinel promotes the replica and then announces it: within the pause when graceful.
+    let limit = if primary.is_some() {
+        Duration::from_millis(pause_ms)
+    } else {
+        Duration::from_secs(30)
+    };
+    let me_addr = me.address();
+    loop {
+        let role = role_and_offset(me).await.map(|r| r.0).unwrap_or_default();
+        let announced = match sc
+            .command(&[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", s.master.as_bytes()])
+            .await?
+        {
+            Value::Array(Some(v)) if v.len() == 2 => format!(
+                "{}:{}",
+                v[0].text().unwrap_or_default(),
+                v[1].text().unwrap_or_default()
+            ),
+            _ => String::new(),
+        };
+        if role == "master" && announced == me_addr {
+            break;
+        }
+        if started.elapsed() >= limit {
+            if let Some(p) = primary {
+                unpause(p).await;
+                return Err(Error::Failed(format!(
+                    "the Sentinel did not promote {me} within the {pause_ms} ms pause (role {role}, it announces {announced:?}); writes resumed on {p}: check `SENTINEL MASTERS` before retrying"
+                )));
+            }
+            return Err(Error::Failed(format!(
+                "the Sentinel did not promote {me} within 30 s (it announces {announced:?}); check `SENTINEL MASTERS`"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.offset = role_and_offset(me).await?.1;
+    if let Some(p) = primary {
+        // Re-pointed before its writes resume: they are refused, not lost.
+        let (mine, my_port) = (me.host.as_bytes().to_vec(), me.port.to_string());
+        match once(me, p, &[b"REPLICAOF", &mine, my_port.as_bytes()]).await {
+            Ok(_) => report.repointed.push(p.to_string()),
+            Err(e) => report.not_repointed.push((p.to_string(), e.to_string())),
+        }
+        unpause(p).await;
+        let held = started.elapsed();
+        report.paused_ms = Some(held.as_millis() as u64);
+        if held >= Duration::from_millis(pause_ms) {
+            return Err(Error::Failed(format!(
+                "{me} was promoted, but after the {pause_ms} ms pause on {p} had run out: writes acknowledged by {p} in between may be lost; compare its keys with {me}"
+            )));
         }
     }
     Ok(report)

@@ -1,6 +1,7 @@
 //! `fleetsnap runbook failover` with real Redis, agents and a coordinator: graceful while a
-//! writer records every acknowledged write (none may be lost), and forced after the primary is
-//! killed with its replicas behind (the bytes lost are reported exactly).
+//! writer records every acknowledged write (none may be lost), also through a real Sentinel that
+//! manages the set, and forced after the primary is killed with its replicas behind (the bytes
+//! lost are reported exactly).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,17 +13,109 @@ use fleetsnap_testkit::fleet::{Agent, Cli, FleetDir, Logs, Watched, single_node}
 use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
 
-/// A coordinator and one agent per node of a primary with two replicas, cluster "ha".
-async fn fleet() -> (
+/// A redis-server in Sentinel mode monitoring a set as "ha" (quorum 1, no automatic failover
+/// within the test's time), stopped when dropped.
+struct SentinelProcess {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelProcess {
+    async fn start(primary: &RedisServer, replicas: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = fleetsnap_testkit::free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor ha 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds ha 60000\nsentinel failover-timeout ha 60000\n",
+                dir.path().display(),
+                primary.port()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        // SENTINEL FAILOVER picks only replicas it has heard from lately: wait until it knows
+        // every replica as a replica.
+        poll_until(
+            "the Sentinel knowing the replicas",
+            Duration::from_secs(40),
+            || async {
+                let t = fleetsnap_agent::target::RedisTarget::parse(&s.url()).ok()?;
+                let mut c = fleetsnap_agent::resp::Connection::connect(&t).await.ok()?;
+                let Value::Array(Some(rs)) =
+                    c.command(&[b"SENTINEL", b"REPLICAS", b"ha"]).await.ok()?
+                else {
+                    return None;
+                };
+                let ready = rs
+                    .iter()
+                    .filter(|r| {
+                        let Value::Array(Some(kv)) = r else {
+                            return false;
+                        };
+                        let field = |name: &str| {
+                            kv.chunks(2)
+                                .find(|p| p[0].text().as_deref() == Some(name))
+                                .and_then(|p| p[1].text())
+                        };
+                        field("flags").as_deref() == Some("slave")
+                            && field("master-link-status").as_deref() == Some("ok")
+                    })
+                    .count();
+                (ready == replicas).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A coordinator and one agent per node of a primary with two replicas, cluster "ha"; with
+/// `sentinel`, a Sentinel monitors the set and the agents' instances name it.
+async fn fleet(
+    sentinel: bool,
+) -> (
     FleetDir,
     fleetsnap_testkit::fleet::Coordinator,
     Cli,
     ReplicaSet,
     Vec<Agent>,
+    Option<SentinelProcess>,
 ) {
     let fleet = FleetDir::new(&[1], &["a0", "a1", "a2"]).unwrap();
     let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
     let set = ReplicaSet::start(2, RedisOptions::default()).await.unwrap();
+    let sentinel = if sentinel {
+        set.wait_synced().await.unwrap();
+        Some(SentinelProcess::start(&set.primary, 2).await)
+    } else {
+        None
+    };
     let coords = vec![coordinator.address.clone()];
     let mut agents = Vec::new();
     for (id, name, server) in [
@@ -30,14 +123,11 @@ async fn fleet() -> (
         ("a1", "r1", &set.replicas[0]),
         ("a2", "r2", &set.replicas[1]),
     ] {
-        let mut a = Agent::configure(
-            &fleet,
-            id,
-            &coords,
-            &[Watched::new(name, server.url(), "ha")],
-            false,
-        )
-        .unwrap();
+        let mut watched = Watched::new(name, server.url(), "ha");
+        if let Some(s) = &sentinel {
+            watched.extra = format!("sentinel = \"{}\"\nsentinel_master = \"ha\"\n", s.url());
+        }
+        let mut a = Agent::configure(&fleet, id, &coords, &[watched], false).unwrap();
         a.start().unwrap();
         agents.push(a);
     }
@@ -47,7 +137,7 @@ async fn fleet() -> (
     })
     .await
     .unwrap();
-    (fleet, coordinator, cli, set, agents)
+    (fleet, coordinator, cli, set, agents, sentinel)
 }
 
 /// Every node the status shows, by address: (offset, role).
@@ -85,11 +175,13 @@ async fn offset(s: &RedisServer) -> u64 {
         .unwrap()
 }
 
-/// `runbook failover --cluster ha --shard p --yes --json`, off the runtime's threads (the
-/// writers and pollers keep running): whether it succeeded, and the runbook as it ended.
-async fn failover(cli: &Cli) -> (bool, serde_json::Value) {
+/// `runbook failover --cluster ha --shard p --pause-ms MS --yes --json`, off the runtime's
+/// threads (the writers and pollers keep running): whether it succeeded, and the runbook as it
+/// ended.
+async fn failover(cli: &Cli, pause_ms: u64) -> (bool, serde_json::Value) {
     let cli = cli.clone();
     tokio::task::spawn_blocking(move || {
+        let pause = pause_ms.to_string();
         cli.run_json(&[
             "runbook",
             "failover",
@@ -97,6 +189,8 @@ async fn failover(cli: &Cli) -> (bool, serde_json::Value) {
             "ha",
             "--shard",
             "p",
+            "--pause-ms",
+            &pause,
             "--yes",
             "--json",
         ])
@@ -108,7 +202,18 @@ async fn failover(cli: &Cli) -> (bool, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_failover_loses_no_acknowledged_write() {
-    let (_dir, coordinator, cli, set, agents) = fleet().await;
+    graceful(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_through_sentinel_loses_no_acknowledged_write() {
+    graceful(true).await;
+}
+
+/// A writer records every acknowledged write through a graceful failover; every one of them must
+/// be on the new primary, and the old one must refuse writes after.
+async fn graceful(with_sentinel: bool) {
+    let (_dir, coordinator, cli, set, agents, sentinel) = fleet(with_sentinel).await;
     let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
     // A dry run plans without changing anything.
     let o = cli
@@ -125,6 +230,11 @@ async fn a_graceful_failover_loses_no_acknowledged_write() {
     let plan = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success() && plan.contains("pause writes"),
+        "{plan}"
+    );
+    assert_eq!(
+        plan.contains("SENTINEL FAILOVER ha"),
+        with_sentinel,
         "{plan}"
     );
     assert_eq!(
@@ -182,7 +292,8 @@ async fn a_graceful_failover_loses_no_acknowledged_write() {
     })
     .await
     .unwrap();
-    let (ok, doc) = failover(&cli).await;
+    // The Sentinel's own steps take a few seconds: the pause allows for them.
+    let (ok, doc) = failover(&cli, if with_sentinel { 20_000 } else { 5000 }).await;
     assert!(ok, "{doc:#}");
     // The writer goes on until the old primary refuses it.
     let seen = poll_until(
@@ -235,11 +346,34 @@ async fn a_graceful_failover_loses_no_acknowledged_write() {
         acked.len(),
         &missing[..missing.len().min(5)]
     );
+    if let Some(s) = &sentinel {
+        // The Sentinel itself now names the promoted replica as the master.
+        let t = fleetsnap_agent::target::RedisTarget::parse(&s.url()).unwrap();
+        let mut c = fleetsnap_agent::resp::Connection::connect(&t)
+            .await
+            .unwrap();
+        let Value::Array(Some(addr)) = c
+            .command(&[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", b"ha"])
+            .await
+            .unwrap()
+        else {
+            panic!("the Sentinel names no master");
+        };
+        let named = format!("{}:{}", addr[0].text().unwrap(), addr[1].text().unwrap());
+        assert_eq!(named, promoted);
+        assert!(
+            doc["steps"][0]["outcome"]
+                .as_str()
+                .unwrap()
+                .contains("\"sentinel\""),
+            "{doc:#}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_reports_the_replication_lost() {
-    let (_dir, coordinator, cli, mut set, agents) = fleet().await;
+    let (_dir, coordinator, cli, mut set, agents, _) = fleet(false).await;
     let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
     let write = |n: usize, tag: &'static str| {
         let p = set.primary.target();
@@ -313,7 +447,7 @@ async fn a_forced_failover_reports_the_replication_lost() {
     )
     .await
     .unwrap();
-    let (ok, doc) = failover(&cli).await;
+    let (ok, doc) = failover(&cli, 5000).await;
     assert!(ok, "{doc:#}");
     assert_eq!(doc["findings"]["mode"], "forced", "{doc:#}");
     assert_eq!(

@@ -42,6 +42,9 @@ pub struct InstanceReport {
     /// The availability zone the agent's config puts the instance in (empty: not said).
     #[serde(default)]
     pub zone: String,
+    /// The Sentinel master name the agent's config gives the instance (empty: no Sentinel).
+    #[serde(default)]
+    pub sentinel_master: String,
     /// Memory the host can still give (`MemAvailable` of the agent's host, which runs the
     /// instance), for the copy-on-write of a fork; `None` when the agent cannot read it.
     #[serde(default)]
@@ -160,6 +163,7 @@ impl InstanceReport {
             error: None,
             role,
             zone: String::new(),
+            sentinel_master: String::new(),
             host_memory_available_bytes: None,
             run_id: field(info, "run_id").unwrap_or_default().to_string(),
             replid: field(info, "master_replid").unwrap_or_default().to_string(),

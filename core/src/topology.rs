@@ -104,6 +104,9 @@ pub struct NodeView {
     pub host_memory_available_bytes: Option<u64>,
     /// The availability zone its agent's config names (empty: none).
     pub zone: String,
+    /// The Sentinel master name its agent's config names (empty: no Sentinel manages it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sentinel_master: String,
 }
 
 fn persistence(r: &InstanceReport) -> &'static str {
@@ -153,6 +156,7 @@ fn node(o: &Observed<'_>) -> NodeView {
         used_memory_bytes: r.used_memory_bytes,
         host_memory_available_bytes: r.host_memory_available_bytes,
         zone: r.zone.clone(),
+        sentinel_master: r.sentinel_master.clone(),
     }
 }
 

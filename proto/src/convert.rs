@@ -70,6 +70,7 @@ impl From<&InstanceReport> for v1::InstanceReport {
             primary_last_io_seconds: r.primary_last_io_seconds,
             zone: r.zone.clone(),
             host_memory_available_bytes: r.host_memory_available_bytes,
+            sentinel_master: r.sentinel_master.clone(),
         }
     }
 }
@@ -83,6 +84,7 @@ impl From<v1::InstanceReport> for InstanceReport {
             address: r.address,
             cluster: r.cluster,
             zone: r.zone,
+            sentinel_master: r.sentinel_master,
             host_memory_available_bytes: r.host_memory_available_bytes,
             reachable: r.reachable,
             error: r.error,

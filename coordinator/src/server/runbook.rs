@@ -168,7 +168,30 @@ impl Node {
         if let Some(last) = last {
             findings.insert("primary_last_offset".into(), last.to_string());
         }
-        let title = if cluster_mode {
+        let sentinel = (!cluster_mode && !chosen.sentinel_master.is_empty())
+            .then_some(chosen.sentinel_master.as_str());
+        let title = if let Some(master) = sentinel {
+            format!(
+                "promote {} ({}) through its Sentinel (SENTINEL FAILOVER {master}): {}the other replicas at replica-priority 0 meanwhile, wait until the Sentinel announces {}, re-point {}{}",
+                chosen.name,
+                chosen.address,
+                if alive {
+                    format!(
+                        "pause writes on {} (at most {pause_ms} ms), wait until {} has its offset, ",
+                        primary.address, chosen.name
+                    )
+                } else {
+                    String::new()
+                },
+                chosen.name,
+                std::iter::once(primary.address.clone())
+                    .filter(|_| alive)
+                    .chain(others.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if alive { ", resume writes" } else { "" }
+            )
+        } else if cluster_mode {
             if alive {
                 format!(
                     "promote {} ({}) with CLUSTER FAILOVER: Redis pauses the primary's writes, waits for the replica, promotes it",
