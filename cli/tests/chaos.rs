@@ -1,13 +1,14 @@
 //! `consistent` windows under the failures they must survive, on a real 3-shard Redis Cluster
 //! with an agent per node: a shard failing over while the window waits for its cut, and the
 //! coordinator leader killed while the window runs. Each window must end with a complete set
-//! that restores to the data, never a set reported complete that is not.
+//! that restores to the data, never a set reported complete that is not. A runbook whose leader
+//! is killed as it starts is finished by the next leader.
 
 use std::path::Path;
 use std::time::Duration;
 
 use fleetsnap_agent::resp::Value;
-use fleetsnap_testkit::data::assert_same_data;
+use fleetsnap_testkit::data::{assert_same_data, assert_same_data_across};
 use fleetsnap_testkit::fleet::{
     Agent, Cli, Coordinator, FleetDir, Logs, Placed, Watched, restore_and_serve, single_node,
 };
@@ -351,4 +352,78 @@ async fn a_leader_killed_while_a_window_runs_does_not_lose_the_set() {
         };
         assert!(keys as usize > KEYS, "{keys}");
     }
+
+    // A runbook whose leader is killed while it runs: the killed coordinator comes back, the
+    // restore-cluster runbook starts into a new cluster, and the leader that started it is killed
+    // at once. The next leader carries on from the step in the log and the runbook succeeds.
+    coordinators[i].start().await.unwrap();
+    let cli = cli.to(&addresses);
+    poll_until(
+        "every coordinator caught up",
+        Duration::from_secs(30),
+        || async {
+            let s = cli.json(&["cluster", "status", "--json"]).ok()?;
+            let last = s["last_log_index"].as_u64()?;
+            let members = s["members"].as_array()?;
+            (members.len() == 3
+                && members
+                    .iter()
+                    .all(|m| m["matched_index"].as_u64() == Some(last)))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let target = RedisCluster::start(3, 0).await.unwrap();
+    let set = format!("shop/{id}");
+    let (_, started) = cli
+        .run_json(&[
+            "runbook",
+            "restore-cluster",
+            "--set",
+            &set,
+            "--target",
+            &target.nodes[0].url(),
+            "--yes",
+            "--wait",
+            "0",
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(started["state"]["state"], "running", "{started:#}");
+    let runbook = started["id"].as_u64().unwrap().to_string();
+    let at_start = cli.json(&["cluster", "status", "--json"]).unwrap();
+    let starter = at_start["leader_id"].as_u64().unwrap();
+    let start_term = at_start["term"].as_u64().unwrap();
+    let k = coordinators.iter().position(|c| c.id == starter).unwrap();
+    coordinators[k].kill();
+    let survivors: Vec<String> = coordinators
+        .iter()
+        .filter(|c| c.id != starter)
+        .map(|c| c.address.clone())
+        .collect();
+    let cli = cli.to(&survivors);
+    let ended = poll_until("the runbook ended", Duration::from_secs(60), || async {
+        let doc = cli.json(&["runbook", "show", &runbook, "--json"]).ok()?;
+        (doc["state"]["state"] != "running").then_some(doc)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended["state"]["state"], "succeeded", "{ended:#}");
+    let leader = cli.json(&["cluster", "status", "--json"]).unwrap()["leader_id"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(leader, starter);
+    // Its last step was handed out by the next leader, in a later term.
+    let last_job = ended["steps"][2]["job"].as_u64().unwrap().to_string();
+    let job = cli.json(&["job", "show", &last_job]).unwrap();
+    assert!(
+        job["term"].as_u64().unwrap() > start_term,
+        "{job:#} {ended:#}"
+    );
+    let primaries: Vec<&RedisServer> = f.primaries.iter().map(|&p| &f.cluster.nodes[p]).collect();
+    let restored: Vec<&RedisServer> = target.nodes.iter().collect();
+    assert_same_data_across(&primaries, &restored)
+        .await
+        .unwrap();
 }
