@@ -60,7 +60,7 @@ async fn a_consistent_window_restores_every_shard_to_one_instant() {
             &fleet,
             ids[i],
             &coords,
-            &[Watched::new(format!("node{i}"), n.url(), "shop")],
+            &[Watched::new(format!("node{i}"), n.url(), "shop").started_by(&n.start_command())],
             false,
         )
         .unwrap();
@@ -335,44 +335,20 @@ url = "file://{}"
     assert!(m["shards"][0]["dbs"].is_array(), "{m:#}");
     m["shards"][0].as_object_mut().unwrap().remove("dbs");
     std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
-    let mut tails = 0;
-    for p in &primaries {
-        let address = format!("127.0.0.1:{}", p.port());
-        let shard = doc["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| {
-                s["plan"]["nodes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|n| n["address"] == address.as_str())
-            })
-            .unwrap()["plan"]["shard"]
-            .as_str()
-            .unwrap()
-            .replace(',', "_");
-        let out = restore(
-            &[
-                "--from",
-                &from,
-                "--backup",
-                &id,
-                "--shard",
-                &shard,
-                "--replace",
-                &p.url(),
-                "--start",
-                &p.start_command(),
-                "--json",
-            ],
-            &[],
-        )
+    // Through the coordinator: one replace job per shard, on the agent beside its primary.
+    let (ok, jobs) = cli
+        .run_json(&[
+            "restore", &set, "--mode", "replace", "--wait", "120", "--json",
+        ])
         .unwrap();
-        let out: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(out["keys_loaded"], out["keys_in_backup"], "{out:#}");
-        tails += out["tail_commands"].as_u64().unwrap();
+    assert!(ok, "{jobs:#}");
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 3, "one job per shard: {jobs:#?}");
+    let mut tails = 0;
+    for j in jobs {
+        let r = &j["report"];
+        assert_eq!(r["keys_loaded"], r["keys_in_backup"], "{j:#}");
+        tails += r["tail_commands"].as_u64().unwrap();
     }
     assert!(tails > 0);
     assert_same_data_across(&expected, &primaries)
