@@ -131,6 +131,9 @@ async fn promote(
         sentinel: None,
     };
     if cluster {
+        if let Some(p) = primary {
+            primary_knows_me(me, &mut c, p).await?;
+        }
         let tries: &[(&[u8], u64)] = if primary.is_some() {
             &[(b"", pause_ms + 5000)]
         } else {
@@ -333,6 +336,50 @@ async fn sentinel_sees_priority_zero(
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A manual failover goes nowhere while this replica's link to its primary is down (it cannot
+/// catch up) or while the primary does not yet count it as its replica (cluster gossip lags a new
+/// or re-pointed replica by a few seconds): waits until its link is up and the primary's
+/// `CLUSTER REPLICAS` lists it.
+async fn primary_knows_me(me: &RedisTarget, c: &mut Connection, primary: &str) -> Result<()> {
+    let my_id = match c.checked(&[b"CLUSTER", b"MYID"]).await? {
+        Value::Bulk(Some(id)) => id,
+        other => return Err(Error::redis(me, format!("CLUSTER MYID gave {other:?}"))),
+    };
+    let mut pc = Connection::connect(&at(me, primary)?).await?;
+    let primary_id = match pc.checked(&[b"CLUSTER", b"MYID"]).await? {
+        Value::Bulk(Some(id)) => id,
+        other => {
+            return Err(Error::Failed(format!(
+                "CLUSTER MYID on the primary {primary} gave {other:?}"
+            )));
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = match pc.checked(&[b"CLUSTER", b"REPLICAS", &primary_id]).await? {
+            Value::Array(Some(lines)) => lines
+                .iter()
+                .any(|l| l.text().is_some_and(|t| t.as_bytes().starts_with(&my_id))),
+            _ => false,
+        };
+        let link = info_field(&replication(c).await?, "master_link_status") == Some("up");
+        if listed && link {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Failed(format!(
+                "{me} is not ready for a manual failover after 15 s ({}): nothing changed; try again once `CLUSTER NODES` agrees and the link is up",
+                if link {
+                    format!("the primary {primary} does not list it among its replicas")
+                } else {
+                    "its link to the primary is down".to_string()
+                }
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -486,3 +486,103 @@ async fn a_forced_failover_reports_the_replication_lost() {
         "what only the dead primary had is lost, as reported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_shard_fails_over_through_cluster_failover() {
+    let ids = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    let fleet = FleetDir::new(&[1], &ids).unwrap();
+    let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
+    let cluster = fleetsnap_testkit::redis::RedisCluster::start(3, 1)
+        .await
+        .unwrap();
+    let coords = vec![coordinator.address.clone()];
+    let mut agents = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let mut a = Agent::configure(
+            &fleet,
+            ids[i],
+            &coords,
+            &[Watched::new(format!("node{i}"), n.url(), "cc")],
+            false,
+        )
+        .unwrap();
+        a.start().unwrap();
+        agents.push(a);
+    }
+    let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
+    let shard = poll_until(
+        "three shards with a replica each",
+        Duration::from_secs(30),
+        || async {
+            let s = cli.json(&["status", "--json"]).ok()?;
+            let shards = s["clusters"][0]["shards"].as_array()?.clone();
+            (shards.len() == 3
+                && shards
+                    .iter()
+                    .all(|sh| sh["nodes"].as_array().is_some_and(|n| n.len() == 2)))
+            .then(|| shards[0].clone())
+        },
+    )
+    .await
+    .unwrap();
+    let id = shard["id"].as_str().unwrap().to_string();
+    let role_of = |address: &str| {
+        let address = address.to_string();
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| n.target().address() == address)
+            .unwrap();
+        async move { node.info("replication", "role").await.unwrap().unwrap() }
+    };
+    let node = |role: &str| {
+        shard["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["role"] == role)
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (old, replica) = (node("primary"), node("replica"));
+    let cli2 = cli.clone();
+    let (ok, doc) = tokio::task::spawn_blocking(move || {
+        cli2.run_json(&[
+            "runbook",
+            "failover",
+            "--cluster",
+            "cc",
+            "--shard",
+            &id,
+            "--yes",
+            "--json",
+        ])
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{doc:#}");
+    assert!(
+        doc["steps"][0]["title"]
+            .as_str()
+            .unwrap()
+            .contains("CLUSTER FAILOVER"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["findings"]["promote"], replica.as_str(), "{doc:#}");
+    assert_eq!(role_of(&replica).await, "master");
+    assert_eq!(role_of(&old).await, "slave");
+    // The cluster itself agrees: the promoted node owns the shard's slots.
+    let Value::Bulk(Some(nodes)) = cluster.nodes[0].cmd(&["CLUSTER", "NODES"]).await.unwrap()
+    else {
+        panic!("CLUSTER NODES");
+    };
+    let text = String::from_utf8_lossy(&nodes).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').nth(1).is_some_and(|a| a.starts_with(&replica)))
+        .unwrap();
+    assert!(line.contains("master"), "{text}");
+}
