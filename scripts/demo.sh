@@ -2,7 +2,8 @@
 # The fleetsnap demo on the embedded default: one coordinator (single-node mode), a 3-shard Redis
 # Cluster with a replica per shard plus a primary/replica pair, an agent beside every Redis node,
 # two local regions. It runs a `consistent` backup window across both clusters, shows it, restores
-# one shard (RDB plus the replication tail up to the cut) and compares it with the source.
+# one shard (RDB plus the replication tail up to the cut) and compares it with the source, runs a
+# restore drill, and rebuilds the whole cluster in a new server with the restore-cluster runbook.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh demo
@@ -77,6 +78,7 @@ EOF
 } > "$demo/coordinator.toml"
 "$bin/fleetsnap-coordinator" --config "$demo/coordinator.toml" > "$demo/coordinator.log" 2>&1 &
 pids+=($!)
+mkdir -p "$demo/drills"
 for i in "${!names[@]}"; do
   cluster=shop; [[ ${names[$i]} == cache-* ]] && cluster=cache
   {
@@ -84,6 +86,8 @@ for i in "${!names[@]}"; do
     tls "agent-a$i"
     printf '[[instance]]\nname = "%s"\nurl = "redis://127.0.0.1:%s"\ncluster = "%s"\n' "${names[$i]}" "${ports[$i]}" "$cluster"
     printf '[snapshot]\nspool_dir = "%s"\n' "$demo"
+    # The first agent also runs restore drills, in scratch servers under the demo directory.
+    if [ "$i" = 0 ]; then printf '[drill]\nwork_dir = "%s/drills"\n' "$demo"; fi
   } > "$demo/agent-a$i.toml"
   "$bin/fleetsnap-agent" run --config "$demo/agent-a$i.toml" > "$demo/agent-a$i.log" 2>&1 &
   pids+=($!)
@@ -139,3 +143,24 @@ if [ "$src_keys" = "$dst_keys" ] && [ "$src_digest" = "$dst_digest" ]; then
 else
   fail "MISMATCH: the restored shard differs from its source"
 fi
+echo
+
+echo "== a restore drill: the latest set of shop loaded into scratch servers and checked"
+"$bin/fleetsnap" drill run --cluster shop --wait 120 || fail "the drill failed"
+echo
+
+echo "== the restore-cluster runbook: the whole set rebuilt in a new, empty server"
+nport=$(free_port)
+start_redis rebuilt "$nport"
+"$bin/fleetsnap" runbook restore-cluster --set "shop/$id" --target "redis://127.0.0.1:$nport" --yes \
+  || fail "the restore-cluster runbook failed"
+src_total=0
+for i in 0 1 2 3 4 5; do
+  if redis-cli -p "${ports[$i]}" info replication | grep -q role:master; then
+    src_total=$((src_total + $(redis-cli -p "${ports[$i]}" dbsize)))
+  fi
+done
+new_total=$(redis-cli -p "$nport" dbsize)
+printf '\n%-28s %10s\n' "keys in the shop cluster" "$src_total" "keys in the rebuilt server" "$new_total"
+[ "$src_total" = "$new_total" ] || fail "MISMATCH: the rebuilt server holds $new_total keys, the cluster $src_total"
+echo "the rebuilt server holds every key of the cluster"

@@ -183,22 +183,46 @@ async fn online_restores_refuse_conflicts_filter_and_replace() {
         ["hash:big", "hash:small"]
     );
 
-    // Into a server already holding one of the keys, changed: refused for that key, named.
+    // Into a server already holding some of the keys, changed: refused for those keys, named,
+    // and every other key restored. Plain strings go in batches (MSETNX); a batch holding a
+    // string that exists is sent again key by key.
     target
         .cmd(&["HSET", "hash:small", "a", "local change"])
         .await
         .unwrap();
     target.cmd(&["DEL", "hash:big"]).await.unwrap();
+    target
+        .cmd(&["SET", "str:embstr", "local string"])
+        .await
+        .unwrap();
     let r = online(target.url(), &[]).await;
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert!(
-        r.stderr.contains("already existed") && r.stderr.contains("hash:small"),
+        r.stderr.contains("already existed")
+            && r.stderr.contains("hash:small")
+            && r.stderr.contains("str:embstr"),
         "{}",
         r.stderr
     );
     assert_eq!(
         target.cmd(&["HGET", "hash:small", "a"]).await.unwrap(),
         Value::Bulk(Some(b"local change".to_vec()))
+    );
+    assert_eq!(
+        target.cmd(&["GET", "str:embstr"]).await.unwrap(),
+        Value::Bulk(Some(b"local string".to_vec()))
+    );
+    // Every key but the two refused is there: the batch with the local string was not lost.
+    let Value::Int(source_keys) = source.cmd(&["DBSIZE"]).await.unwrap() else {
+        panic!("DBSIZE")
+    };
+    let Value::Int(target_keys) = target.cmd(&["DBSIZE"]).await.unwrap() else {
+        panic!("DBSIZE")
+    };
+    assert_eq!(target_keys, source_keys, "{}", r.stderr);
+    assert_eq!(
+        target.cmd(&["GET", "str:raw"]).await.unwrap(),
+        source.cmd(&["GET", "str:raw"]).await.unwrap()
     );
     // With --replace-existing the backup wins everywhere.
     online(target.url(), &["--replace-existing"]).await.ok();

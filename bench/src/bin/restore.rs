@@ -169,6 +169,20 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let id = snap["backup_id"].as_str().context("backup_id")?.to_string();
     // The same data as a plain dump.rdb, and gzipped as the seed recipe keeps it.
+    // The snapshot's replication sync may leave the source's fork finishing: SAVE waits for it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while source
+        .info("persistence", "rdb_bgsave_in_progress")
+        .await?
+        .as_deref()
+        != Some("0")
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the source's background save did not end within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     source.cmd(&["SAVE"]).await?;
     let dump = work.path().join("dump.rdb");
     std::fs::rename(source.dir().join("dump.rdb"), &dump).context("keep the dump")?;
@@ -188,28 +202,23 @@ async fn main() -> anyhow::Result<()> {
         dir: dir.clone(),
     };
     target.start().await?;
-    let mut rows: Vec<Row> = Vec::new();
-
-    // Floor: the RDB already in place, the server restarted on it.
-    let mut runs = Vec::new();
-    for _ in 0..args.repeat {
+    // Each round runs every row once, back to back, so a row and the floor it is compared with
+    // meet the machine in the same state; the table shows medians and each round's ratios.
+    let (mut floor, mut seed_runs, mut replace_runs, mut online_runs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut down, mut staged) = (Vec::new(), Vec::new());
+    for round in 0..args.repeat {
+        eprintln!("round {} of {}…", round + 1, args.repeat);
+        // Floor: the RDB already in place, the server restarted on it.
         target.stop().await?;
         std::fs::copy(&dump, dir.join("dump.rdb")).context("place the dump")?;
         Target::settle()?;
         let t = Instant::now();
         target.start().await?;
-        runs.push(t.elapsed());
+        floor.push(t.elapsed());
         anyhow::ensure!(target.keys().await? == keys, "the floor run lost keys");
-    }
-    rows.push((
-        "floor: redis-server restart on the RDB in place",
-        median(runs),
-        None,
-    ));
 
-    // The seed recipe's manual restore: stop, copy the gzipped dump, gunzip, start.
-    let mut runs = Vec::new();
-    for _ in 0..args.repeat {
+        // The seed recipe's manual restore: stop, copy the gzipped dump, gunzip, start.
         Target::settle()?;
         let t = Instant::now();
         target.stop().await?;
@@ -219,18 +228,10 @@ async fn main() -> anyhow::Result<()> {
             d = dir.display()
         ))?;
         target.start().await?;
-        runs.push(t.elapsed());
+        seed_runs.push(t.elapsed());
         anyhow::ensure!(target.keys().await? == keys, "the seed run lost keys");
-    }
-    rows.push((
-        "seed manual restore: stop, cp, gunzip, start",
-        median(runs),
-        None,
-    ));
 
-    // fleetsnap replace: fetch and verify beside the data file, stop, move in, start, check.
-    let (mut runs, mut down, mut staged) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..args.repeat {
+        // fleetsnap replace: fetch and verify beside the data file, stop, move in, start, check.
         Target::settle()?;
         let t = Instant::now();
         let r = agent_json(
@@ -248,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
                 "--json",
             ],
         )?;
-        runs.push(t.elapsed());
+        replace_runs.push(t.elapsed());
         down.push(Duration::from_secs_f64(
             r["down_seconds"].as_f64().context("down_seconds")?,
         ));
@@ -256,16 +257,8 @@ async fn main() -> anyhow::Result<()> {
             r["staged_seconds"].as_f64().context("staged_seconds")?,
         ));
         anyhow::ensure!(target.keys().await? == keys, "the replace run lost keys");
-    }
-    rows.push((
-        "fleetsnap replace",
-        median(runs),
-        Some((median(down), median(staged))),
-    ));
 
-    // fleetsnap online: into the running, emptied target.
-    let mut runs = Vec::new();
-    for _ in 0..args.repeat {
+        // fleetsnap online: into the running, emptied target.
         target.flush().await?;
         Target::settle()?;
         let t = Instant::now();
@@ -284,27 +277,78 @@ async fn main() -> anyhow::Result<()> {
                 "--json",
             ],
         )?;
-        runs.push(t.elapsed());
+        online_runs.push(t.elapsed());
         anyhow::ensure!(target.keys().await? == keys, "the online run lost keys");
     }
-    rows.push(("fleetsnap online (RESTORE, pipelined)", median(runs), None));
     target.stop().await?;
 
-    let floor = rows[0].1.as_secs_f64();
     let mb = rdb_bytes as f64 / 1e6;
+    let ratios = |runs: &[Duration]| -> String {
+        runs.iter()
+            .zip(&floor)
+            .map(|(r, f)| format!("{:.2}", r.as_secs_f64() / f.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows: Vec<Row> = vec![
+        (
+            "floor: redis-server restart on the RDB in place",
+            median(floor.clone()),
+            None,
+        ),
+        (
+            "seed manual restore: stop, cp, gunzip, start",
+            median(seed_runs.clone()),
+            None,
+        ),
+        (
+            "fleetsnap replace",
+            median(replace_runs.clone()),
+            Some((median(down), median(staged))),
+        ),
+        (
+            "fleetsnap online (RESTORE, pipelined)",
+            median(online_runs.clone()),
+            None,
+        ),
+    ];
+    let per_round = [
+        Vec::new(),
+        seed_runs.clone(),
+        replace_runs.clone(),
+        online_runs.clone(),
+    ];
+    let floor_median = rows[0].1.as_secs_f64();
     println!(
-        "\n{} GiB dataset: {keys} keys, RDB {:.0} MB; median of {} runs\n",
+        "\n{} GiB dataset: {keys} keys, RDB {:.0} MB; median of {} rounds\n",
         args.size_gib, mb, args.repeat
     );
     println!(
-        "| restore | RTO (s) | × floor | MB/s of RDB | node down (s) | copy fetched and verified (s) |"
+        "| restore | RTO (s) | × floor | × floor, each round | MB/s of RDB | MB/s, each round | node down (s) | copy fetched and verified (s) |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (name, wall, down) in &rows {
+    println!("|---|---|---|---|---|---|---|---|");
+    for ((name, wall, down), runs) in rows.iter().zip(&per_round) {
         let s = wall.as_secs_f64();
+        let each_mb = if runs.is_empty() {
+            floor
+                .iter()
+                .map(|r| format!("{:.0}", mb / r.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            runs.iter()
+                .map(|r| format!("{:.0}", mb / r.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
-            "| {name} | {s:.2} | {:.2} | {:.0} | {} | {} |",
-            s / floor,
+            "| {name} | {s:.2} | {:.2} | {} | {:.0} | {each_mb} | {} | {} |",
+            s / floor_median,
+            if runs.is_empty() {
+                "–".to_string()
+            } else {
+                ratios(runs)
+            },
             mb / s,
             down.map_or("–".to_string(), |d| format!("{:.2}", d.0.as_secs_f64())),
             down.map_or("–".to_string(), |d| format!("{:.2}", d.1.as_secs_f64()))
