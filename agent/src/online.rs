@@ -67,6 +67,9 @@ pub struct OnlineReport {
     pub seconds: f64,
 }
 
+/// Keys and values of plain strings.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What a command written to a node restores, for reading its reply.
 enum Pending {
     /// A command whose reply only needs to be OK (`SELECT`, a tail's command).
@@ -75,10 +78,7 @@ enum Pending {
     Key(Vec<u8>),
     /// `MSETNX` (or `MSET` when replacing) of plain strings in database `db`; when `MSETNX`
     /// finds one of them existing it sets none, and each is sent again as `SET … NX`.
-    Strings {
-        db: u64,
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
-    },
+    Strings { db: u64, pairs: Pairs },
     /// `SET key value NX` (a nil reply: it existed).
     SetNx(Vec<u8>),
 }
@@ -103,7 +103,7 @@ struct Node {
     strings: Vec<(Vec<u8>, Vec<u8>)>,
     strings_bytes: usize,
     /// Strings an `MSETNX` did not set, to send again one by one.
-    retry: Vec<(u64, Vec<(Vec<u8>, Vec<u8>)>)>,
+    retry: Vec<(u64, Pairs)>,
 }
 
 impl Node {
