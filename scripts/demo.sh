@@ -161,6 +161,7 @@ for i in 0 1 2 3 4 5; do
   fi
 done
 new_total=$(redis-cli -p "$nport" dbsize)
-printf '\n%-28s %10s\n' "keys in the shop cluster" "$src_total" "keys in the rebuilt server" "$new_total"
+echo
+printf '%-28s %10s\n' "keys in the shop cluster" "$src_total" "keys in the rebuilt server" "$new_total"
 [ "$src_total" = "$new_total" ] || fail "MISMATCH: the rebuilt server holds $new_total keys, the cluster $src_total"
 echo "the rebuilt server holds every key of the cluster"

@@ -497,6 +497,7 @@ fn hello(shared: &Shared) -> v1::AgentMessage {
             running_jobs: book.running.iter().copied().collect(),
             finished_jobs: book.finished.iter().cloned().collect(),
             last_leader_id: shared.last_leader.load(Ordering::SeqCst),
+            drills: shared.config.drill.is_some(),
         })),
     }
 }

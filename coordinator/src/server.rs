@@ -138,6 +138,8 @@ struct AgentLive {
     /// Primaries of this agent's (`host:port`) that stopped answering, with the last offset each
     /// reported while it did: what a forced failover measures the replication lost against.
     dead_primaries: HashMap<String, u64>,
+    /// Whether its config has a `[drill]` section.
+    drills: bool,
 }
 
 impl AgentLive {
@@ -699,6 +701,7 @@ impl Node {
                     instances: Vec::new(),
                     holding: hello.running_jobs.iter().copied().collect(),
                     dead_primaries,
+                    drills: hello.drills,
                 },
             );
         }

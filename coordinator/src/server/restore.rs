@@ -288,12 +288,11 @@ impl Node {
             )));
         }
         for s in shards {
-            let preferred = if agent.is_empty() {
-                vec![s.agent.clone()]
+            let who = if agent.is_empty() {
+                self.pick_drill_agent(&s.agent)?
             } else {
-                vec![agent.to_string()]
+                self.pick_agent(&[agent.to_string()])?
             };
-            let who = self.pick_agent(&preferred)?;
             let task = RestoreTask {
                 cluster: set.cluster.clone(),
                 backup_id: set.backup_id.clone(),

@@ -387,7 +387,9 @@ impl Node {
                     "agent {agent} restores set {} ({} shards, taken {}) into {target} key by key, reading {}{}",
                     set.key(),
                     set.shards.len(),
-                    fleetsnap_core::window::from_unix_ms(set.opened_at_ms),
+                    fleetsnap_core::window::from_unix_ms(set.opened_at_ms)
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
                     names.join(", then "),
                     if tails > 0 {
                         ", and replays the consistent cut's tails"

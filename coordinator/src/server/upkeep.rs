@@ -52,6 +52,30 @@ impl Node {
             })
     }
 
+    /// A connected agent that can run drills (its config has a `[drill]` section): `preferred`
+    /// if it can, else the first by name.
+    pub(super) fn pick_drill_agent(&self, preferred: &str) -> Result<String, Status> {
+        let registered: Vec<String> = {
+            let st = self.state.read().expect("state lock");
+            st.state.agents.keys().cloned().collect()
+        };
+        let agents = self.fleet.agents.lock().expect("lock");
+        let able = |a: &str| {
+            agents.get(a).is_some_and(|x| x.tx.is_some() && x.drills)
+                && registered.iter().any(|r| r == a)
+        };
+        if able(preferred) {
+            return Ok(preferred.to_string());
+        }
+        let mut all: Vec<&String> = agents.keys().filter(|a| able(a)).collect();
+        all.sort();
+        all.first().map(|a| a.to_string()).ok_or_else(|| {
+            Status::failed_precondition(
+                "no connected agent has a [drill] section: add one to an agent's config (redis_server, work_dir) to let it run restore drills",
+            )
+        })
+    }
+
     /// A set by `CLUSTER/ID`, or by id when one cluster has it.
     pub(super) fn resolve_set(&self, id: &str) -> Result<BackupSet, Status> {
         let st = self.state.read().expect("state lock");
