@@ -208,7 +208,19 @@ async fn promote(
     } else {
         c.checked(&[b"REPLICAOF", b"NO", b"ONE"]).await?;
     }
-    for o in others.iter().filter(|o| Some(o.as_str()) != old) {
+    let rest: Vec<String> = others
+        .iter()
+        .filter(|o| Some(o.as_str()) != old)
+        .cloned()
+        .collect();
+    repoint(me, &rest, &mut report).await;
+    Ok(report)
+}
+
+/// Points each of `others` at `me` with `REPLICAOF`, noting in `report` which could not be.
+async fn repoint(me: &RedisTarget, others: &[String], report: &mut PromoteReport) {
+    let (mine, my_port) = (me.host.as_bytes().to_vec(), me.port.to_string());
+    for o in others {
         let r = async {
             let mut oc = Connection::connect(&at(me, o)?).await?;
             oc.checked(&[b"REPLICAOF", &mine, my_port.as_bytes()]).await
@@ -219,7 +231,6 @@ async fn promote(
             Err(e) => report.not_repointed.push((o.clone(), e.to_string())),
         }
     }
-    Ok(report)
 }
 
 /// A promotion through the Sentinel that manages the set. The other replicas get
@@ -279,18 +290,7 @@ async fn by_sentinel(
     }
     let mut report = result?;
     // The Sentinel re-points the others as well; doing it here too makes the shard whole sooner.
-    let (mine, my_port) = (me.host.as_bytes().to_vec(), me.port.to_string());
-    for o in others {
-        let r = async {
-            let mut oc = Connection::connect(&at(me, o)?).await?;
-            oc.checked(&[b"REPLICAOF", &mine, my_port.as_bytes()]).await
-        }
-        .await;
-        match r {
-            Ok(_) => report.repointed.push(o.clone()),
-            Err(e) => report.not_repointed.push((o.clone(), e.to_string())),
-        }
-    }
+    repoint(me, others, &mut report).await;
     Ok(report)
 }
 

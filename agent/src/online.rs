@@ -422,20 +422,7 @@ pub async fn probe(task: ProbeTask) -> Result<JobResult> {
                 "{name} does not report cluster_state:ok (CLUSTER INFO): the cluster is not ready for traffic"
             )));
         }
-        keys += n
-            .conn
-            .info("keyspace")
-            .await?
-            .iter()
-            .filter(|(k, _)| k.starts_with("db"))
-            .filter_map(|(_, v)| {
-                v.split(',')
-                    .next()?
-                    .strip_prefix("keys=")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum::<u64>();
+        keys += resp::keyspace_keys(&n.conn.info("keyspace").await?);
         primaries.push(name);
     }
     let report = ProbeReport {

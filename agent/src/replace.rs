@@ -330,18 +330,7 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
     };
 
     // The checks: the node loaded this very file, every key of it, and owns the shard's slots.
-    let keyspace = conn.info("keyspace").await?;
-    let keys_loaded: u64 = keyspace
-        .iter()
-        .filter(|(k, _)| k.starts_with("db"))
-        .filter_map(|(_, v)| {
-            v.split(',')
-                .next()?
-                .strip_prefix("keys=")?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let keys_loaded = crate::resp::keyspace_keys(&conn.info("keyspace").await?);
     if keys_loaded > census.keys || keys_loaded < census.keys - census.expires {
         return Err(Error::Failed(format!(
             "{} holds {keys_loaded} keys after the restart but the backup has {} ({} of them with an expiry): the node did not load the restored file (check that the start hook starts it on {})",

@@ -331,6 +331,20 @@ pub fn parse_info(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Keys in every database, from `INFO keyspace` (`db0:keys=N,expires=…`).
+pub fn keyspace_keys(info: &[(String, String)]) -> u64 {
+    info.iter()
+        .filter(|(k, _)| k.starts_with("db"))
+        .filter_map(|(_, v)| {
+            v.split(',')
+                .next()?
+                .strip_prefix("keys=")?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Looks up one `INFO` field.
 pub fn info_field<'a>(info: &'a [(String, String)], key: &str) -> Option<&'a str> {
     info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

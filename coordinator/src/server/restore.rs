@@ -155,24 +155,8 @@ impl Node {
                         "an online restore needs --target redis://HOST:PORT",
                     ));
                 }
-                if inline_password(&r.target) {
-                    return Err(Status::invalid_argument(format!(
-                        "--target {:?} carries a password, which would be stored in the coordinators' log: put it in a file on the agent's host and use ?password_file=PATH",
-                        redact(&r.target)
-                    )));
-                }
-                let preferred: Vec<String> = if r.agent.is_empty() {
-                    Self::set_agents(&set)
-                } else {
-                    vec![r.agent.clone()]
-                };
-                let agent = self.pick_agent(&preferred)?;
-                if !r.agent.is_empty() && agent != r.agent {
-                    return Err(Status::unavailable(format!(
-                        "agent {:?} is not connected to the leader",
-                        r.agent
-                    )));
-                }
+                no_password_in(&r.target)?;
+                let agent = self.restoring_agent(&set, &r.agent)?;
                 let mode = RestoreMode::Online {
                     target: r.target.clone(),
                     replace_existing: r.replace_existing,
@@ -234,6 +218,23 @@ impl Node {
             }
         }
         Ok(started)
+    }
+
+    /// The agent to restore a set online: the one asked for, which must be connected, else one
+    /// that took the set, else any connected.
+    pub(super) fn restoring_agent(&self, set: &BackupSet, asked: &str) -> Result<String, Status> {
+        let preferred = if asked.is_empty() {
+            Self::set_agents(set)
+        } else {
+            vec![asked.to_string()]
+        };
+        let agent = self.pick_agent(&preferred)?;
+        if !asked.is_empty() && agent != asked {
+            return Err(Status::unavailable(format!(
+                "agent {asked:?} is not connected to the leader"
+            )));
+        }
+        Ok(agent)
     }
 
     /// A restore or drill job; `drill_of` names the schedule that called for a drill.
@@ -412,14 +413,25 @@ impl Node {
 }
 
 /// Whether a Redis URL carries a password in itself.
-pub(super) fn inline_password(url: &str) -> bool {
+/// Refuses a target URL that carries a password: it would be stored in the coordinators' log.
+pub(super) fn no_password_in(target: &str) -> Result<(), Status> {
+    if inline_password(target) {
+        return Err(Status::invalid_argument(format!(
+            "--target {:?} carries a password, which would be stored in the coordinators' log: put it in a file on the agent's host and use ?password_file=PATH",
+            redact(target)
+        )));
+    }
+    Ok(())
+}
+
+fn inline_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let auth = rest.split(['/', '?']).next().unwrap_or("");
     auth.contains('@') || url.contains("password=")
 }
 
 /// The URL without what is between `//` and `@`.
-pub(super) fn redact(url: &str) -> String {
+fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
         _ => url.to_string(),

@@ -331,12 +331,7 @@ impl Node {
                 "restore-cluster needs the set (--set CLUSTER/BACKUP_ID, or --cluster C [--at TIME]) and the new cluster: --target redis://HOST:PORT",
             ));
         }
-        if super::restore::inline_password(target) {
-            return Err(Status::invalid_argument(format!(
-                "--target {:?} carries a password, which would be stored in the coordinators' log: put it in a file on the agent's host and use ?password_file=PATH",
-                super::restore::redact(target)
-            )));
-        }
+        super::restore::no_password_in(target)?;
         let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
         let regions = self.read_order(&set);
         if regions.is_empty() {
@@ -345,18 +340,7 @@ impl Node {
                 set.key()
             )));
         }
-        let preferred = if r.agent.is_empty() {
-            Self::set_agents(&set)
-        } else {
-            vec![r.agent.clone()]
-        };
-        let agent = self.pick_agent(&preferred)?;
-        if !r.agent.is_empty() && agent != r.agent {
-            return Err(Status::unavailable(format!(
-                "agent {:?} is not connected to the leader",
-                r.agent
-            )));
-        }
+        let agent = self.restoring_agent(&set, &r.agent)?;
         let names: Vec<&str> = regions.iter().map(|g| g.region.as_str()).collect();
         let tails = set.shards.iter().filter(|s| s.cut_offset.is_some()).count();
         let probe = |want: ProbeWant| {
