@@ -339,41 +339,53 @@ async fn sentinel_sees_priority_zero(
     }
 }
 
-/// A manual failover goes nowhere while this replica's link to its primary is down (it cannot
-/// catch up) or while the primary does not yet count it as its replica (cluster gossip lags a new
-/// or re-pointed replica by a few seconds): waits until its link is up and the primary's
-/// `CLUSTER REPLICAS` lists it.
+/// A manual failover goes nowhere until the cluster agrees this node is a replica: its link to
+/// its primary must be up (to catch up), and every primary must see it as a replica (a primary
+/// that still takes it for a master refuses its vote: "it is a master node"). Gossip lags a
+/// replica that just joined or moved by seconds. Waits up to 15 s for both.
 async fn primary_knows_me(me: &RedisTarget, c: &mut Connection, primary: &str) -> Result<()> {
     let my_id = match c.checked(&[b"CLUSTER", b"MYID"]).await? {
-        Value::Bulk(Some(id)) => id,
+        Value::Bulk(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
         other => return Err(Error::redis(me, format!("CLUSTER MYID gave {other:?}"))),
-    };
-    let mut pc = Connection::connect(&at(me, primary)?).await?;
-    let primary_id = match pc.checked(&[b"CLUSTER", b"MYID"]).await? {
-        Value::Bulk(Some(id)) => id,
-        other => {
-            return Err(Error::Failed(format!(
-                "CLUSTER MYID on the primary {primary} gave {other:?}"
-            )));
-        }
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let listed = match pc.checked(&[b"CLUSTER", b"REPLICAS", &primary_id]).await? {
-            Value::Array(Some(lines)) => lines
-                .iter()
-                .any(|l| l.text().is_some_and(|t| t.as_bytes().starts_with(&my_id))),
-            _ => false,
-        };
         let link = info_field(&replication(c).await?, "master_link_status") == Some("up");
-        if listed && link {
+        let mut doubting = Vec::new();
+        // Every primary this node knows of, each asked what it takes this node for.
+        let mut primaries = vec![primary.to_string()];
+        if let Value::Bulk(Some(nodes)) = c.checked(&[b"CLUSTER", b"NODES"]).await? {
+            for line in String::from_utf8_lossy(&nodes).lines() {
+                let f: Vec<&str> = line.split(' ').collect();
+                if f.len() > 2 && f[2].contains("master") && !f[2].contains("fail") {
+                    let address = f[1].split('@').next().unwrap_or_default().to_string();
+                    if !primaries.contains(&address) {
+                        primaries.push(address);
+                    }
+                }
+            }
+        }
+        for p in &primaries {
+            let sees_replica = match once(me, p, &[b"CLUSTER", b"NODES"]).await {
+                Ok(Value::Bulk(Some(nodes))) => String::from_utf8_lossy(&nodes)
+                    .lines()
+                    .find(|l| l.starts_with(my_id.as_str()))
+                    .and_then(|l| l.split(' ').nth(2).map(|flags| flags.contains("slave")))
+                    .unwrap_or(false),
+                _ => false,
+            };
+            if !sees_replica {
+                doubting.push(p.clone());
+            }
+        }
+        if link && doubting.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(Error::Failed(format!(
                 "{me} is not ready for a manual failover after 15 s ({}): nothing changed; try again once `CLUSTER NODES` agrees and the link is up",
                 if link {
-                    format!("the primary {primary} does not list it among its replicas")
+                    format!("{} do not yet see it as a replica", doubting.join(", "))
                 } else {
                     "its link to the primary is down".to_string()
                 }

@@ -563,6 +563,18 @@ async fn a_redis_cluster_shard_fails_over_through_cluster_failover() {
     })
     .await
     .unwrap();
+    if !ok {
+        // What the nodes said about the manual failover.
+        for n in &cluster.nodes {
+            let log = std::fs::read_to_string(n.dir().join("redis.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- node {} ---\n{}",
+                n.port(),
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            );
+        }
+    }
     assert!(ok, "{doc:#}");
     assert!(
         doc["steps"][0]["title"]
