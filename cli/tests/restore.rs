@@ -280,6 +280,10 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
     // region-loss runbook copies the set from far into a standby region, switches the policy to
     // it, and checks; restores then read the standby first.
     std::fs::write(&object, &far_original).unwrap();
+    // A newer window while near is gone: its set is whole in far only.
+    let (complete, newer) = cli.backup_run("two").unwrap();
+    assert!(!complete, "near is down: {newer:#}");
+    let newer_id = newer["backup_id"].as_str().unwrap().to_string();
     let standby_dir = fleet.path().join("standby");
     let standby = format!("standby=file://{}", standby_dir.display());
     let (ok, rb) = cli
@@ -295,15 +299,33 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
         ])
         .unwrap();
     assert!(ok, "{rb:#}");
+    // The newest set whole outside near, then the older one near held: both copied from far.
     let steps = rb["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 3, "copy, switch, check: {rb:#}");
-    assert!(
-        steps[0]["title"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("shop/{id} from far to standby")),
-        "{rb:#}"
-    );
+    assert_eq!(steps.len(), 4, "two copies, switch, check: {rb:#}");
+    for (step, set) in [(0, &newer_id), (1, &id)] {
+        assert!(
+            steps[step]["title"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("shop/{set} from far to standby")),
+            "{rb:#}"
+        );
+    }
+    // Both restore from the standby alone.
+    for set in [&newer_id, &id] {
+        let out = fleetsnap_testkit::fleet::restore(
+            &[
+                "--from",
+                &format!("file://{}", standby_dir.display()),
+                "--backup",
+                set,
+                "--to-file",
+                fleet.path().join(format!("{set}.rdb")).to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(out.is_ok(), "{set}: {out:?}");
+    }
     let policy = cli.json(&["policy", "get", "two", "--json"]).unwrap();
     let regions: Vec<&str> = policy["destinations"]
         .as_array()

@@ -485,41 +485,57 @@ impl Node {
                     ),
                 );
             }
-            wanted.push(survivor.key());
-            if complete_in(survivor, &standby.region) {
-                continue;
-            }
-            let from = self
-                .read_order(survivor)
-                .into_iter()
-                .find(|g| g.region != lost)
-                .ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "set {} has no region URL to copy from outside {lost}",
-                        survivor.key()
-                    ))
-                })?;
-            let agent = self.pick_agent(&Self::set_agents(survivor))?;
-            steps.push(Step {
-                title: format!(
-                    "agent {agent} copies set {} from {} to {}, checking every object's sha256",
-                    survivor.key(),
-                    from.region,
-                    standby.region
-                ),
-                action: Action::Agent {
-                    agent,
-                    task: CatalogTask::Repair {
-                        cluster: survivor.cluster.clone(),
-                        backup_id: survivor.backup_id.clone(),
-                        from,
-                        to: vec![standby.clone()],
+            // The newest survivor, then every other set the lost region held a copy of that
+            // survives elsewhere (the standby takes the region's place for all of them), newest
+            // first.
+            let mut copies: Vec<&crate::window::BackupSet> = vec![survivor];
+            let mut held: Vec<&crate::window::BackupSet> = of_cluster()
+                .filter(|s| s.key() != survivor.key() && complete_in(s, lost))
+                .filter(|s| {
+                    s.regions
+                        .iter()
+                        .any(|(n, g)| n != lost && g.state == RegionState::Complete)
+                })
+                .collect();
+            held.sort_by_key(|s| std::cmp::Reverse((s.opened_at_ms, s.backup_id.clone())));
+            copies.extend(held);
+            for set in copies {
+                wanted.push(set.key());
+                if complete_in(set, &standby.region) {
+                    continue;
+                }
+                let from = self
+                    .read_order(set)
+                    .into_iter()
+                    .find(|g| g.region != lost)
+                    .ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "set {} has no region URL to copy from outside {lost}",
+                            set.key()
+                        ))
+                    })?;
+                let agent = self.pick_agent(&Self::set_agents(set))?;
+                steps.push(Step {
+                    title: format!(
+                        "agent {agent} copies set {} from {} to {}, checking every object's sha256",
+                        set.key(),
+                        from.region,
+                        standby.region
+                    ),
+                    action: Action::Agent {
+                        agent,
+                        task: CatalogTask::Repair {
+                            cluster: set.cluster.clone(),
+                            backup_id: set.backup_id.clone(),
+                            from,
+                            to: vec![standby.clone()],
+                        },
                     },
-                },
-                job: None,
-                outcome: None,
-                ok: None,
-            });
+                    job: None,
+                    outcome: None,
+                    ok: None,
+                });
+            }
         }
         let switched: Vec<&str> = policies
             .iter()
