@@ -88,6 +88,8 @@ const RDB_TYPE_STRING: u8 = 0;
 
 /// Plain strings (no expiry, no LRU/LFU field) held back to go as one command.
 const STRINGS_BYTES: usize = 256 * 1024;
+/// Larger strings go as `RESTORE`.
+const STRING_BATCHED_MAX: usize = 16 * 1024;
 const STRINGS_KEYS: usize = 2000;
 
 /// One primary of the target.
@@ -607,8 +609,10 @@ async fn restore_entry(
     report.keys += 1;
     // A plain string on a standalone target goes with others in one MSETNX: one command per
     // few hundred keys instead of one each. (In a cluster, keys of one command must share a slot.)
+    // A large one goes alone as RESTORE, so a batch never holds large values until its reply.
     if !cluster
         && e.rdb_type() == RDB_TYPE_STRING
+        && e.payload.len() <= STRING_BATCHED_MAX
         && e.expire_ms.is_none()
         && e.idle.is_none()
         && e.freq.is_none()
