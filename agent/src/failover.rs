@@ -111,25 +111,8 @@ async fn promote(
     cluster: bool,
     pause_ms: u64,
 ) -> Result<PromoteReport> {
-    let mut c = Connection::connect(me).await?;
-    let info = replication(&mut c).await?;
-    if info_field(&info, "role") != Some("slave") {
-        return Err(Error::Input(format!(
-            "{me} is not a replica (role {}): nothing to promote; `fleetsnap status` shows the shard as it is now",
-            info_field(&info, "role").unwrap_or("unknown")
-        )));
-    }
-    let mut report = PromoteReport {
-        promoted: me.address(),
-        graceful: primary.is_some(),
-        cluster,
-        primary_offset: None,
-        offset: offset_of(&info),
-        paused_ms: None,
-        repointed: Vec::new(),
-        not_repointed: Vec::new(),
-        sentinel: None,
-    };
+    let (mut c, offset) = a_replica(me).await?;
+    let mut report = PromoteReport::new(me, primary.is_some(), cluster, offset, None);
     if cluster {
         if let Some(p) = primary {
             primary_knows_me(me, &mut c, p).await?;
@@ -163,46 +146,13 @@ async fn promote(
             }
         )));
     }
-    let mine = me.host.as_bytes().to_vec();
-    let my_port = me.port.to_string();
     let mut old = None;
     if let Some(p) = primary {
-        let pt = at(me, p)?;
-        let mut pc = Connection::connect(&pt).await.map_err(|e| {
-            Error::Failed(format!(
-                "the primary {p} cannot be reached for a graceful failover ({e}); if it is down, run the failover again: it is then forced"
-            ))
-        })?;
-        pc.checked(&[
-            b"CLIENT",
-            b"PAUSE",
-            pause_ms.to_string().as_bytes(),
-            b"WRITE",
-        ])
-        .await?;
         let paused = Instant::now();
-        let target = offset_of(&replication(&mut pc).await?);
-        report.primary_offset = Some(target);
-        loop {
-            let now = offset_of(&replication(&mut c).await?);
-            report.offset = now;
-            if now >= target {
-                break;
-            }
-            if paused.elapsed() >= Duration::from_millis(pause_ms * 4 / 5) {
-                pc.command(&[b"CLIENT", b"UNPAUSE"]).await.ok();
-                return Err(Error::Failed(format!(
-                    "{me} was at offset {now} and did not reach the primary's {target} within {pause_ms} ms; writes resumed on {p} and nothing changed"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        catch_up(me, &mut c, p, pause_ms, pause_ms * 4 / 5, &mut report).await?;
         c.checked(&[b"REPLICAOF", b"NO", b"ONE"]).await?;
-        match pc.checked(&[b"REPLICAOF", &mine, my_port.as_bytes()]).await {
-            Ok(_) => report.repointed.push(p.to_string()),
-            Err(e) => report.not_repointed.push((p.to_string(), e.to_string())),
-        }
-        pc.command(&[b"CLIENT", b"UNPAUSE"]).await.ok();
+        repoint(me, &[p.to_string()], &mut report).await;
+        unpause(me, p).await;
         report.paused_ms = Some(paused.elapsed().as_millis() as u64);
         old = Some(p);
     } else {
@@ -233,6 +183,88 @@ async fn repoint(me: &RedisTarget, others: &[String], report: &mut PromoteReport
     }
 }
 
+/// A connection to `me`, which must be a replica, and its replication offset.
+async fn a_replica(me: &RedisTarget) -> Result<(Connection, u64)> {
+    let mut c = Connection::connect(me).await?;
+    let info = replication(&mut c).await?;
+    if info_field(&info, "role") != Some("slave") {
+        return Err(Error::Input(format!(
+            "{me} is not a replica (role {}): nothing to promote; `fleetsnap status` shows the shard as it is now",
+            info_field(&info, "role").unwrap_or("unknown")
+        )));
+    }
+    Ok((c, offset_of(&info)))
+}
+
+impl PromoteReport {
+    fn new(
+        me: &RedisTarget,
+        graceful: bool,
+        cluster: bool,
+        offset: u64,
+        sentinel: Option<String>,
+    ) -> Self {
+        Self {
+            promoted: me.address(),
+            graceful,
+            cluster,
+            primary_offset: None,
+            offset,
+            paused_ms: None,
+            repointed: Vec::new(),
+            not_repointed: Vec::new(),
+            sentinel,
+        }
+    }
+}
+
+/// Pauses the writes of the primary `p` and waits until this replica (`c`) has processed the
+/// offset the primary then had. If it has not within `within_ms`, the writes resume and the
+/// error says nothing changed. Each command to the primary goes on a fresh connection: a Sentinel
+/// kills the clients of the nodes it reconfigures.
+async fn catch_up(
+    me: &RedisTarget,
+    c: &mut Connection,
+    p: &str,
+    pause_ms: u64,
+    within_ms: u64,
+    report: &mut PromoteReport,
+) -> Result<()> {
+    let started = Instant::now();
+    let pause = pause_ms.to_string();
+    once(me, p, &[b"CLIENT", b"PAUSE", pause.as_bytes(), b"WRITE"])
+        .await
+        .map_err(|e| {
+            Error::Failed(format!(
+                "the primary {p} cannot be paused for a graceful failover ({e}); if it is down, run the failover again: it is then forced"
+            ))
+        })?;
+    let target = {
+        let mut pc = Connection::connect(&at(me, p)?).await?;
+        offset_of(&replication(&mut pc).await?)
+    };
+    report.primary_offset = Some(target);
+    loop {
+        report.offset = offset_of(&replication(c).await?);
+        if report.offset >= target {
+            return Ok(());
+        }
+        if started.elapsed() >= Duration::from_millis(within_ms) {
+            unpause(me, p).await;
+            return Err(Error::Failed(format!(
+                "{me} was at offset {} and did not reach the primary's {target} within {within_ms} ms; writes resumed on {p} and nothing changed",
+                report.offset
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Lets the primary `p`'s writes resume (they are refused if it is a replica by then).
+async fn unpause(me: &RedisTarget, p: &str) {
+    once(me, p, &[b"CLIENT", b"UNPAUSE"]).await.ok();
+}
+
 /// A promotion through the Sentinel that manages the set. The other replicas get
 /// `replica-priority 0` for the while, so the Sentinel picks this one; with the primary alive,
 /// its writes are paused until this replica has its offset, and it is re-pointed here before
@@ -244,14 +276,8 @@ async fn by_sentinel(
     others: &[String],
     pause_ms: u64,
 ) -> Result<PromoteReport> {
-    let mut c = Connection::connect(me).await?;
-    let info = replication(&mut c).await?;
-    if info_field(&info, "role") != Some("slave") {
-        return Err(Error::Input(format!(
-            "{me} is not a replica (role {}): nothing to promote",
-            info_field(&info, "role").unwrap_or("unknown")
-        )));
-    }
+    let (mut c, offset) = a_replica(me).await?;
+    let mut report = PromoteReport::new(me, primary.is_some(), false, offset, Some(s.at.address()));
     let mut sc = Connection::connect(&s.at).await.map_err(|e| {
         Error::Failed(format!(
             "the Sentinel {} that the agent's config names for {me} cannot be reached ({e}): nothing changed",
@@ -273,10 +299,9 @@ async fn by_sentinel(
             steered.push((o.clone(), was));
         }
     }
-    drop(c);
     let others_steered: Vec<String> = steered.iter().map(|(o, _)| o.clone()).collect();
     let result = match sentinel_sees_priority_zero(&mut sc, s, &others_steered).await {
-        Ok(()) => sentinel_failover(me, &mut sc, s, primary, pause_ms).await,
+        Ok(()) => sentinel_failover(me, &mut c, &mut sc, s, primary, pause_ms, &mut report).await,
         Err(e) => Err(e),
     };
     for (o, was) in steered {
@@ -288,7 +313,7 @@ async fn by_sentinel(
                 .await;
         }
     }
-    let mut report = result?;
+    result?;
     // The Sentinel re-points the others as well; doing it here too makes the shard whole sooner.
     repoint(me, others, &mut report).await;
     Ok(report)
@@ -415,61 +440,23 @@ async fn role_and_offset(me: &RedisTarget) -> Result<(String, u64)> {
 
 async fn sentinel_failover(
     me: &RedisTarget,
+    c: &mut Connection,
     sc: &mut Connection,
     s: &Sentinel,
     primary: Option<&str>,
     pause_ms: u64,
-) -> Result<PromoteReport> {
-    let mut report = PromoteReport {
-        promoted: me.address(),
-        graceful: primary.is_some(),
-        cluster: false,
-        primary_offset: None,
-        offset: role_and_offset(me).await?.1,
-        paused_ms: None,
-        repointed: Vec::new(),
-        not_repointed: Vec::new(),
-        sentinel: Some(s.at.address()),
-    };
+    report: &mut PromoteReport,
+) -> Result<()> {
     let started = Instant::now();
-    let unpause = |p: &str| {
-        let p = p.to_string();
-        async move { once(me, &p, &[b"CLIENT", b"UNPAUSE"]).await.ok() }
-    };
     if let Some(p) = primary {
-        let pause = pause_ms.to_string();
-        once(me, p, &[b"CLIENT", b"PAUSE", pause.as_bytes(), b"WRITE"])
-            .await
-            .map_err(|e| {
-                Error::Failed(format!(
-                    "the primary {p} cannot be paused for a graceful failover ({e}); if it is down, run the failover again: it is then forced"
-                ))
-            })?;
-        let mut pc = Connection::connect(&at(me, p)?).await?;
-        let target = offset_of(&replication(&mut pc).await?);
-        report.primary_offset = Some(target);
-        loop {
-            report.offset = role_and_offset(me).await?.1;
-            if report.offset >= target {
-                break;
-            }
-            if started.elapsed() >= Duration::from_millis(pause_ms / 2) {
-                unpause(p).await;
-                return Err(Error::Failed(format!(
-                    "{me} was at offset {} and did not reach the primary's {target} within {} ms; writes resumed on {p} and nothing changed",
-                    report.offset,
-                    pause_ms / 2
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        catch_up(me, c, p, pause_ms, pause_ms / 2, report).await?;
     }
     if let Err(e) = sc
         .checked(&[b"SENTINEL", b"FAILOVER", s.master.as_bytes()])
         .await
     {
         if let Some(p) = primary {
-            unpause(p).await;
+            unpause(me, p).await;
         }
         return Err(Error::Failed(format!(
             "the Sentinel {} refused SENTINEL FAILOVER {}: {e}; nothing changed",
@@ -501,7 +488,7 @@ async fn sentinel_failover(
         }
         if started.elapsed() >= limit {
             if let Some(p) = primary {
-                unpause(p).await;
+                unpause(me, p).await;
                 return Err(Error::Failed(format!(
                     "the Sentinel did not promote {me} within the {pause_ms} ms pause (role {role}, it announces {announced:?}); writes resumed on {p}: check `SENTINEL MASTERS` before retrying"
                 )));
@@ -515,12 +502,8 @@ async fn sentinel_failover(
     report.offset = role_and_offset(me).await?.1;
     if let Some(p) = primary {
         // Re-pointed before its writes resume: they are refused, not lost.
-        let (mine, my_port) = (me.host.as_bytes().to_vec(), me.port.to_string());
-        match once(me, p, &[b"REPLICAOF", &mine, my_port.as_bytes()]).await {
-            Ok(_) => report.repointed.push(p.to_string()),
-            Err(e) => report.not_repointed.push((p.to_string(), e.to_string())),
-        }
-        unpause(p).await;
+        repoint(me, &[p.to_string()], report).await;
+        unpause(me, p).await;
         let held = started.elapsed();
         report.paused_ms = Some(held.as_millis() as u64);
         if held >= Duration::from_millis(pause_ms) {
@@ -529,5 +512,5 @@ async fn sentinel_failover(
             )));
         }
     }
-    Ok(report)
+    Ok(())
 }
