@@ -8,7 +8,7 @@ use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant, RegionUrl};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::CatalogSpec;
-use crate::state::{FleetState, JobKind, JobOutcome, JobState, Response};
+use crate::state::{FleetState, JobOutcome, JobState, Response};
 
 /// A runbook and where it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,40 +213,41 @@ impl FleetState {
                 }
             }
         }
-        if !self.agents.contains_key(&agent) {
-            let reason = format!("agent {agent:?} is not registered");
-            self.end_step(id, false, reason.clone());
-            return refuse(reason);
-        }
-        // A copy into another region is the set's job, and lands in its catalog entry.
+        // A copy into another region is the set's job: it waits while another job holds the
+        // set, and lands in the set's catalog entry.
         let set = match &task {
             CatalogTask::Repair {
                 cluster, backup_id, ..
             } => Some(crate::window::set_key(cluster, backup_id)),
             _ => None,
         };
-        if let Some(key) = &set
-            && let Some(j) = self.sets.get(key).and_then(|s| s.task)
+        if let Some(j) = set
+            .as_ref()
+            .and_then(|k| self.sets.get(k))
+            .and_then(|s| s.task)
         {
-            return refuse(format!("set {key} is busy with job {j}"));
+            return refuse(format!(
+                "the step's set is busy with job {j}; asked again later"
+            ));
         }
         let spec = CatalogSpec {
             task,
-            set: set.clone(),
+            set,
             reason: format!("step {} of runbook {id} ({})", step + 1, r.name),
             drill_of: None,
         };
-        let job = self.new_job(term, index, &agent, JobKind::Catalog(spec));
-        if let Some(r) = self.runbooks.get_mut(&id) {
-            r.steps[step].job = Some(job);
+        let resp = self.create_catalog_job(term, index, &agent, &spec);
+        match (resp.job, &resp.refused) {
+            (Some(job), _) => {
+                if let Some(r) = self.runbooks.get_mut(&id) {
+                    r.steps[step].job = Some(job);
+                }
+            }
+            // An agent not registered, a set gone or being deleted: waiting will not help.
+            (None, Some(why)) => self.end_step(id, false, why.clone()),
+            (None, None) => {}
         }
-        if let Some(s) = set.and_then(|k| self.sets.get_mut(&k)) {
-            s.task = Some(job);
-        }
-        Response {
-            job: Some(job),
-            ..Response::default()
-        }
+        resp
     }
 
     /// `RunbookCheck`: the leader's check of the current step.

@@ -108,17 +108,23 @@ impl Node {
         regions.into_iter().map(|(_, _, r)| r).collect()
     }
 
-    /// `fleetsnap restore`: one job for an online restore, one per shard's primary for a
-    /// replace.
-    pub(super) async fn restore(&self, r: &v1::RestoreRequest) -> Result<Started, Status> {
-        let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
-        let regions = self.read_order(&set);
+    /// `read_order`, refusing a set that is complete in no region.
+    pub(super) fn regions_to_restore(&self, set: &BackupSet) -> Result<Vec<RegionUrl>, Status> {
+        let regions = self.read_order(set);
         if regions.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "set {} is complete in no region: there is nothing to restore from",
                 set.key()
             )));
         }
+        Ok(regions)
+    }
+
+    /// `fleetsnap restore`: one job for an online restore, one per shard's primary for a
+    /// replace.
+    pub(super) async fn restore(&self, r: &v1::RestoreRequest) -> Result<Started, Status> {
+        let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
+        let regions = self.regions_to_restore(&set)?;
         let shard = (!r.shard.is_empty()).then(|| r.shard.clone());
         if let Some(s) = &shard
             && !set.shards.iter().any(|x| &x.shard == s)

@@ -333,13 +333,7 @@ impl Node {
         }
         super::restore::no_password_in(target)?;
         let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
-        let regions = self.read_order(&set);
-        if regions.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "set {} is complete in no region: there is nothing to restore from",
-                set.key()
-            )));
-        }
+        let regions = self.regions_to_restore(&set)?;
         let agent = self.restoring_agent(&set, &r.agent)?;
         let names: Vec<&str> = regions.iter().map(|g| g.region.as_str()).collect();
         let tails = set.shards.iter().filter(|s| s.cut_offset.is_some()).count();
@@ -402,7 +396,6 @@ impl Node {
         ];
         let mut findings = BTreeMap::new();
         findings.insert("set".into(), set.key());
-        findings.insert("target".into(), target.to_string());
         Ok((steps, findings))
     }
 

@@ -28,51 +28,44 @@ const ORPHANS_EVERY: Duration = Duration::from_secs(3600);
 impl Node {
     /// A connected agent to run a catalog job, preferring those named.
     pub(super) fn pick_agent(&self, preferred: &[String]) -> Result<String, Status> {
-        let registered: Vec<String> = {
-            let st = self.state.read().expect("state lock");
-            st.state.agents.keys().cloned().collect()
-        };
-        let agents = self.fleet.agents.lock().expect("lock");
-        let connected = |a: &str| {
-            agents.get(a).is_some_and(|x| x.tx.is_some()) && registered.iter().any(|r| r == a)
-        };
-        preferred
-            .iter()
-            .find(|a| connected(a))
-            .cloned()
-            .or_else(|| {
-                let mut all: Vec<&String> = agents.keys().filter(|a| connected(a)).collect();
-                all.sort();
-                all.first().map(|a| a.to_string())
-            })
-            .ok_or_else(|| {
-                Status::unavailable(
-                    "no agent is connected to the leader to read the regions: start one",
-                )
-            })
+        self.pick_agent_where(preferred, |_| true).ok_or_else(|| {
+            Status::unavailable(
+                "no agent is connected to the leader to read the regions: start one",
+            )
+        })
     }
 
     /// A connected agent that can run drills (its config has a `[drill]` section): `preferred`
     /// if it can, else the first by name.
     pub(super) fn pick_drill_agent(&self, preferred: &str) -> Result<String, Status> {
+        self.pick_agent_where(&[preferred.to_string()], |a| a.drills)
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "no connected agent has a [drill] section: add one to an agent's config (redis_server, work_dir) to let it run restore drills",
+                )
+            })
+    }
+
+    /// A registered agent connected to this leader and passing `can`: the first of `preferred`
+    /// that is, else the first by name.
+    fn pick_agent_where(
+        &self,
+        preferred: &[String],
+        can: impl Fn(&super::AgentLive) -> bool,
+    ) -> Option<String> {
         let registered: Vec<String> = {
             let st = self.state.read().expect("state lock");
             st.state.agents.keys().cloned().collect()
         };
         let agents = self.fleet.agents.lock().expect("lock");
         let able = |a: &str| {
-            agents.get(a).is_some_and(|x| x.tx.is_some() && x.drills)
+            agents.get(a).is_some_and(|x| x.tx.is_some() && can(x))
                 && registered.iter().any(|r| r == a)
         };
-        if able(preferred) {
-            return Ok(preferred.to_string());
-        }
-        let mut all: Vec<&String> = agents.keys().filter(|a| able(a)).collect();
-        all.sort();
-        all.first().map(|a| a.to_string()).ok_or_else(|| {
-            Status::failed_precondition(
-                "no connected agent has a [drill] section: add one to an agent's config (redis_server, work_dir) to let it run restore drills",
-            )
+        preferred.iter().find(|a| able(a)).cloned().or_else(|| {
+            let mut all: Vec<&String> = agents.keys().filter(|a| able(a)).collect();
+            all.sort();
+            all.first().map(|a| a.to_string())
         })
     }
 
