@@ -284,7 +284,7 @@ pub async fn check_object(
 }
 
 /// The stored bytes of `input` decoded through `codecs` (the write order, undone last first).
-pub(crate) fn decoder(
+fn decoder(
     input: impl BufRead + Send + 'static,
     codecs: &[Codec],
     identities: Option<&[Box<dyn age::Identity>]>,

@@ -85,21 +85,7 @@ url = "file://{}"
         region.display()
     );
     cli.set_policy(fleet.path(), "cut", &policy).unwrap();
-    poll_until(
-        "three shards with a replica each",
-        Duration::from_secs(30),
-        || async {
-            let s = cli.json(&["status", "--json"]).ok()?;
-            let shards = s["clusters"][0]["shards"].as_array()?.clone();
-            (shards.len() == 3
-                && shards
-                    .iter()
-                    .all(|sh| sh["nodes"].as_array().is_some_and(|n| n.len() == 2)))
-            .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    cli.wait_for_shards(3, 2).await.unwrap();
 
     // The writers: each increments its counter on shard 0, 1, 2, 0, 1, … waiting for every
     // acknowledgement.

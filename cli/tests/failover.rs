@@ -131,12 +131,7 @@ async fn fleet(
         a.start().unwrap();
         agents.push(a);
     }
-    poll_until("the shard reported", Duration::from_secs(30), || async {
-        let s = cli.json(&["status", "--json"]).ok()?;
-        (s["clusters"][0]["shards"][0]["nodes"].as_array()?.len() == 3).then_some(())
-    })
-    .await
-    .unwrap();
+    cli.wait_for_shards(1, 3).await.unwrap();
     (fleet, coordinator, cli, set, agents, sentinel)
 }
 
@@ -510,21 +505,7 @@ async fn a_redis_cluster_shard_fails_over_through_cluster_failover() {
         agents.push(a);
     }
     let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
-    let shard = poll_until(
-        "three shards with a replica each",
-        Duration::from_secs(30),
-        || async {
-            let s = cli.json(&["status", "--json"]).ok()?;
-            let shards = s["clusters"][0]["shards"].as_array()?.clone();
-            (shards.len() == 3
-                && shards
-                    .iter()
-                    .all(|sh| sh["nodes"].as_array().is_some_and(|n| n.len() == 2)))
-            .then(|| shards[0].clone())
-        },
-    )
-    .await
-    .unwrap();
+    let shard = cli.wait_for_shards(3, 2).await.unwrap().remove(0);
     let id = shard["id"].as_str().unwrap().to_string();
     let role_of = |address: &str| {
         let address = address.to_string();

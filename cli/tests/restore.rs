@@ -90,12 +90,7 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
         ),
     )
     .unwrap();
-    poll_until("the pair reported", Duration::from_secs(30), || async {
-        let s = cli.json(&["status", "--json"]).ok()?;
-        (s["clusters"][0]["shards"][0]["nodes"].as_array()?.len() == 2).then_some(())
-    })
-    .await
-    .unwrap();
+    cli.wait_for_shards(1, 2).await.unwrap();
     let (complete, window) = cli.backup_run("two").unwrap();
     assert!(complete, "{window:#}");
     let id = window["backup_id"].as_str().unwrap().to_string();
@@ -286,18 +281,17 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
     let newer_id = newer["backup_id"].as_str().unwrap().to_string();
     let standby_dir = fleet.path().join("standby");
     let standby = format!("standby=file://{}", standby_dir.display());
-    let (ok, rb) = cli
-        .run_json(&[
-            "runbook",
-            "region-loss",
-            "--region",
-            "near",
-            "--standby",
-            &standby,
-            "--yes",
-            "--json",
-        ])
-        .unwrap();
+    let region_loss = [
+        "runbook",
+        "region-loss",
+        "--region",
+        "near",
+        "--standby",
+        &standby,
+        "--yes",
+        "--json",
+    ];
+    let (ok, rb) = cli.run_json(&region_loss).unwrap();
     assert!(ok, "{rb:#}");
     // The newest set whole outside near, then the older one near held: both copied from far.
     let steps = rb["steps"].as_array().unwrap();
@@ -344,18 +338,7 @@ async fn restores_fall_back_across_regions_replace_the_primary_and_drills_catch_
     );
     assert_same_data(&set.primary, &target).await.unwrap();
     // Run again, it has nothing to copy: the set is already complete in the standby.
-    let (ok, again) = cli
-        .run_json(&[
-            "runbook",
-            "region-loss",
-            "--region",
-            "near",
-            "--standby",
-            &standby,
-            "--yes",
-            "--json",
-        ])
-        .unwrap();
+    let (ok, again) = cli.run_json(&region_loss).unwrap();
     assert!(ok, "{again:#}");
     assert_eq!(again["steps"].as_array().unwrap().len(), 2, "{again:#}");
 }

@@ -487,6 +487,29 @@ impl Cli {
         Ok((o.status.success(), doc))
     }
 
+    /// Polls `status` (30 s at most) until the first cluster shows `shards` shards of `nodes`
+    /// nodes each; those shards.
+    pub async fn wait_for_shards(
+        &self,
+        shards: usize,
+        nodes: usize,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        poll_until(
+            &format!("{shards} shards of {nodes} nodes in the status"),
+            Duration::from_secs(30),
+            || async {
+                let s = self.json(&["status", "--json"]).ok()?;
+                let found = s["clusters"][0]["shards"].as_array()?.clone();
+                (found.len() == shards
+                    && found
+                        .iter()
+                        .all(|sh| sh["nodes"].as_array().is_some_and(|n| n.len() == nodes)))
+                .then_some(found)
+            },
+        )
+        .await
+    }
+
     /// The same CLI talking to other coordinators.
     pub fn to(&self, coordinators: &[String]) -> Cli {
         Cli {

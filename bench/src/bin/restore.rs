@@ -170,19 +170,18 @@ async fn main() -> anyhow::Result<()> {
     let id = snap["backup_id"].as_str().context("backup_id")?.to_string();
     // The same data as a plain dump.rdb, and gzipped as the seed recipe keeps it.
     // The snapshot's replication sync may leave the source's fork finishing: SAVE waits for it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while source
-        .info("persistence", "rdb_bgsave_in_progress")
-        .await?
-        .as_deref()
-        != Some("0")
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the source's background save did not end within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleetsnap_testkit::poll_until(
+        "the source's background save ended",
+        Duration::from_secs(120),
+        || async {
+            let busy = source
+                .info("persistence", "rdb_bgsave_in_progress")
+                .await
+                .ok()?;
+            (busy.as_deref() == Some("0")).then_some(())
+        },
+    )
+    .await?;
     source.cmd(&["SAVE"]).await?;
     let dump = work.path().join("dump.rdb");
     std::fs::rename(source.dir().join("dump.rdb"), &dump).context("keep the dump")?;
