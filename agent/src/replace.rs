@@ -3,9 +3,18 @@
 //! replication offset the RDB carries, and for a Redis Cluster node the slots it owns — before the
 //! tail of a consistent cut is replayed into it.
 //!
-//! The copy is fetched and verified next to the node's data file while the node still runs, so
-//! the node is down only for the stop, a rename and its own load. The file it had is kept beside
-//! the new one (`….fleetsnap-old`).
+//! A node that keeps an RDB file takes the copy as it streams: once the manifest is read and the
+//! tail fetched and verified, the node is stopped, its file kept aside (`….fleetsnap-old`), and a
+//! named pipe put in its place, from which the node loads while the agent fetches, decodes and
+//! verifies the object and writes the same bytes beside it. The last bytes of the RDB (its
+//! checksum among them) go into the pipe only after the object has matched its manifest and the
+//! written copy has been moved over the pipe's name; a copy that does not match ends the stream
+//! short, the node refuses the load and exits, and the next region is tried, or the node is
+//! started again on its previous file. So the fetch and the node's load overlap instead of
+//! adding up.
+//!
+//! A node with an AOF directory gets a copy fetched and verified beside it while it still runs;
+//! it is down for the stop, a rename and its own load.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -56,7 +65,8 @@ pub struct ReplaceReport {
     pub offset: Option<u64>,
     /// Tail commands replayed after the load.
     pub tail_commands: u64,
-    /// Seconds to fetch and verify the copy (the node still up).
+    /// Seconds before the node was stopped: reading the manifest and fetching the tail, and for
+    /// an AOF directory fetching and verifying the whole copy.
     pub staged_seconds: f64,
     /// Seconds from the stop to the node serving the restored data.
     pub down_seconds: f64,
@@ -257,38 +267,402 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Replaces one node's data with a verified copy of the backup.
-pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
-    let started = Instant::now();
+pub async fn replace(req: ReplaceRequest) -> Result<ReplaceReport> {
     let layout = layout(&req).await?;
-    let data_file = layout.dir.join(&layout.dbfilename);
-    // Placed beside the node's data, on the same filesystem, so moving it in is a rename.
-    let (staged, live) = match &layout.aof_dir {
-        Some(d) => (
-            layout.dir.join(format!("{d}.fleetsnap-restore")),
-            layout.dir.join(d),
-        ),
-        None => (
-            layout
-                .dir
-                .join(format!("{}.fleetsnap-restore", layout.dbfilename)),
-            data_file.clone(),
-        ),
-    };
-    // What an earlier replace kept is dropped first: its space goes to the new copy, and freeing
-    // a large file takes time the node would otherwise be down for.
-    let old = PathBuf::from(format!("{}.fleetsnap-old", live.display()));
-    if old.is_dir() {
-        std::fs::remove_dir_all(&old).ok();
+    if layout.aof_dir.is_none() {
+        replace_streamed(req, layout).await
     } else {
-        std::fs::remove_file(&old).ok();
+        replace_staged(req, layout).await
     }
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Drops what an earlier replace kept: its space goes to the new copy, and freeing a large file
+/// takes time the node would otherwise be down for.
+fn drop_kept(old: &Path) {
+    if old.is_dir() {
+        std::fs::remove_dir_all(old).ok();
+    } else {
+        std::fs::remove_file(old).ok();
+    }
+}
+
+/// Where the node was stopped, and where its previous data went.
+struct Stopped {
+    at: Instant,
+    previous_kept_at: Option<String>,
+}
+
+async fn stop_and_keep(req: &ReplaceRequest, live: &Path, old: &Path) -> Result<Stopped> {
+    let at = Instant::now();
+    stop(req).await?;
+    let previous_kept_at = if live.exists() {
+        rename(live, old)?;
+        Some(old.display().to_string())
+    } else {
+        None
+    };
+    Ok(Stopped {
+        at,
+        previous_kept_at,
+    })
+}
+
+/// After a failure with the node stopped: its previous file back in place, and the node started
+/// on it. The error says what became of the node.
+async fn bring_back(
+    req: &ReplaceRequest,
+    live: &Path,
+    stopped: Option<&Stopped>,
+    e: Error,
+) -> Error {
+    let Some(stopped) = stopped else {
+        return Error::Failed(format!("{e}. {} was not stopped", req.node));
+    };
+    let back = async {
+        if let Some(old) = &stopped.previous_kept_at {
+            rename(Path::new(old), live)?;
+        }
+        run_hook("start", &req.start, req.timeout).await?;
+        serving(req).await.map(|_| ())
+    };
+    match back.await {
+        Ok(()) => Error::Failed(format!(
+            "{e}. {} was started again on its previous data",
+            req.node
+        )),
+        Err(again) => Error::Failed(format!(
+            "{e}. Starting {} again on its previous data failed too: {again}",
+            req.node
+        )),
+    }
+}
+
+/// The node's data file made a named pipe, which the node opens as it starts.
+fn make_fifo(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::remove_file(path).ok();
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Input(format!("{} holds a NUL byte", path.display())))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(Error::file(
+            "cannot make a named pipe at",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the pipe's writing end without waiting for a reader: `None` while nobody reads it.
+fn open_writer(fifo: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+    {
+        Ok(f) => {
+            let fd = f.as_raw_fd();
+            // SAFETY: fcntl on a descriptor this function owns; failures are reported by errno.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+                    return Err(Error::file(
+                        "cannot make blocking the pipe at",
+                        fifo,
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                // Fewer wake-ups of the reading node; the default size is kept if refused.
+                libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES);
+            }
+            Ok(Some(f))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) => Err(Error::file("cannot open", fifo, e)),
+    }
+}
+
+/// The pipe's buffer.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Starts the node on the pipe and streams the prepared copy into it. On success the copy is the
+/// node's data file and the node is loading its last bytes.
+async fn load_streamed(
+    req: &ReplaceRequest,
+    prepared: &crate::restore::Prepared,
+    live: &Path,
+) -> Result<()> {
+    make_fifo(live)?;
+    // A start hook may wait for the node to be ready (systemd with `Type=notify`), which it is
+    // only once the pipe has been read: the hook runs beside the stream.
+    let mut hook = {
+        let (start, timeout) = (req.start.clone(), req.timeout);
+        Some(tokio::spawn(async move {
+            run_hook("start", &start, timeout).await
+        }))
+    };
+    let hook_failed = |r: std::result::Result<Result<()>, tokio::task::JoinError>| match r {
+        Ok(r) => r,
+        Err(e) => Err(Error::Failed(format!("the start hook's task failed: {e}"))),
+    };
+    let deadline = Instant::now() + req.timeout;
+    let pipe = loop {
+        if let Some(p) = open_writer(live)? {
+            break p;
+        }
+        if hook.as_ref().is_some_and(|h| h.is_finished())
+            && let Some(h) = hook.take()
+        {
+            hook_failed(h.await)?;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Failed(format!(
+                "{} did not open its data file {} within {}s of the start hook: check that the hook starts it with that `dir` and `dbfilename`",
+                req.node,
+                live.display(),
+                req.timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let held = crate::restore::stream_rdb(prepared, &req.read, pipe).await?;
+    // The node keeps reading the pipe it opened; its name now gives the verified copy.
+    rename(&req.read.to_file, live)?;
+    tokio::task::spawn_blocking(move || held.release())
+        .await
+        .map_err(|e| Error::Failed(format!("the stream's last write failed: {e}")))?
+        .map_err(|e| {
+            Error::Failed(format!(
+                "{} stopped reading the restored copy before its end ({e}): see its log",
+                req.node
+            ))
+        })?;
+    if let Some(h) = hook {
+        hook_failed(h.await)?;
+    }
+    Ok(())
+}
+
+/// After a stream that failed: makes sure the node has given up its load and exited. Redis ends
+/// a short read by opening its data file again to check it; a writer that opens the pipe and
+/// closes it at once lets that check end, and the process exit.
+async fn reap(req: &ReplaceRequest, fifo: &Path) -> Result<()> {
+    let deadline = Instant::now() + req.timeout;
+    loop {
+        drop(open_writer(fifo));
+        let addr = (req.node.host.as_str(), req.node.port);
+        // A listening socket accepts even while the process is stuck; only a refusal says it
+        // has gone.
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Failed(format!(
+                "{} did not exit within {}s after its load was cut short: stop it by hand",
+                req.node,
+                req.timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if std::fs::symlink_metadata(fifo).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_fifo()
+    }) {
+        std::fs::remove_file(fifo).ok();
+    }
+    std::fs::remove_file(&req.read.to_file).ok();
+    Ok(())
+}
+
+/// `replace` for a node that keeps an RDB file: see the module's documentation.
+async fn replace_streamed(mut req: ReplaceRequest, layout: Layout) -> Result<ReplaceReport> {
+    let started = Instant::now();
+    let live = layout.dir.join(&layout.dbfilename);
+    let old = with_suffix(&live, ".fleetsnap-old");
+    drop_kept(&old);
+    req.read.to_file = with_suffix(&live, ".fleetsnap-restore");
+    req.read.aof_dir = false;
+    let mut skipped = Vec::new();
+    let mut stopped: Option<Stopped> = None;
+    let mut read = None;
+    let mut staged_seconds = 0.0;
+    for spec in req.read.from.clone() {
+        let prepared = match crate::restore::prepare_stream(&spec, &req.read).await {
+            Ok(p) => p,
+            Err(e @ (Error::Input(_) | Error::File { .. })) => {
+                return Err(bring_back(&req, &live, stopped.as_ref(), e).await);
+            }
+            Err(e) => {
+                skipped.push((spec.to_string(), e.to_string()));
+                continue;
+            }
+        };
+        if stopped.is_none() {
+            staged_seconds = started.elapsed().as_secs_f64();
+            stopped = Some(stop_and_keep(&req, &live, &old).await?);
+        }
+        match load_streamed(&req, &prepared, &live).await {
+            Ok(()) => {
+                read = Some(prepared.report);
+                break;
+            }
+            Err(e) => {
+                if let Err(stuck) = reap(&req, &live).await {
+                    return Err(Error::Failed(format!("{e}. {stuck}")));
+                }
+                match e {
+                    Error::Storage { .. } | Error::Decode(_) => {
+                        skipped.push((spec.to_string(), e.to_string()));
+                    }
+                    e => return Err(bring_back(&req, &live, stopped.as_ref(), e).await),
+                }
+            }
+        }
+    }
+    let Some(mut read) = read else {
+        let why: Vec<String> = skipped.iter().map(|(d, e)| format!("{d}: {e}")).collect();
+        let e = Error::Failed(format!(
+            "backup {} could not be restored from any destination:
+  {}",
+            req.read.backup,
+            why.join("\n  ")
+        ));
+        return Err(bring_back(&req, &live, stopped.as_ref(), e).await);
+    };
+    let stopped = stopped.expect("a stream ran, so the node was stopped");
+    read.skipped = skipped;
+    read.rdb_file = live.display().to_string();
+    let offset_in_rdb = rdb_offset(&live)?;
+    let census = {
+        let live = live.clone();
+        Census::recorded(read.dbs.as_deref())
+            .ok_or_else(|| tokio::task::spawn_blocking(move || Census::read(&live)))
+    };
+    let synced = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || sync_placed(&live))
+    };
+    let conn = serving(&req).await?;
+    let done = Loaded {
+        conn,
+        live: &live,
+        is_aof: false,
+        read,
+        census,
+        synced,
+        offset_in_rdb,
+    };
+    done.check(&req, started, staged_seconds, stopped).await
+}
+
+/// A node serving again after its data file was replaced, and what it should hold.
+struct Loaded<'a> {
+    conn: Connection,
+    live: &'a Path,
+    is_aof: bool,
+    read: RestoreReport,
+    census: std::result::Result<Census, tokio::task::JoinHandle<Result<Census>>>,
+    synced: tokio::task::JoinHandle<Result<()>>,
+    offset_in_rdb: Option<u64>,
+}
+
+impl Loaded<'_> {
+    /// The checks: the node loaded this very file, every key of it, and owns the shard's slots;
+    /// then the tail is replayed.
+    async fn check(
+        mut self,
+        req: &ReplaceRequest,
+        started: Instant,
+        staged_seconds: f64,
+        stopped: Stopped,
+    ) -> Result<ReplaceReport> {
+        let (conn, live) = (&mut self.conn, self.live);
+        self.synced
+            .await
+            .map_err(|e| Error::Failed(format!("syncing the placed copy failed: {e}")))??;
+        let census = match self.census {
+            Ok(recorded) => recorded,
+            Err(counting) => counting
+                .await
+                .map_err(|e| Error::Decode(format!("reading the backup's keys failed: {e}")))??,
+        };
+        let keys_loaded = crate::resp::keyspace_keys(&conn.info("keyspace").await?);
+        if keys_loaded > census.keys || keys_loaded < census.keys - census.expires {
+            return Err(Error::Failed(format!(
+                "{} holds {keys_loaded} keys after the restart but the backup has {} ({} of them with an expiry): the node did not load the restored file (check that the start hook starts it on {})",
+                req.node,
+                census.keys,
+                census.expires,
+                live.display()
+            )));
+        }
+        let replication = conn.info("replication").await?;
+        let offset =
+            info_field(&replication, "master_repl_offset").and_then(|o| o.parse::<u64>().ok());
+        if !self.is_aof
+            && let (Some(want), Some(got)) = (self.offset_in_rdb, offset)
+            && info_field(&replication, "role") == Some("master")
+            && want != got
+        {
+            return Err(Error::Failed(format!(
+                "{} came up at replication offset {got}, not the backup's {want}: it did not load the restored file",
+                req.node
+            )));
+        }
+        check_slots(conn, &req.node, &self.read.slot_ranges).await?;
+        cluster_ok(conn, req).await?;
+        let tail_commands = match (&self.read.tail_file, self.is_aof) {
+            // An AOF directory's incremental file is the tail: the node replayed it as it loaded.
+            (Some(_), true) | (None, _) => 0,
+            (Some(t), false) => {
+                let n = crate::online::replay_tail_into(&req.node, Path::new(t)).await?;
+                std::fs::remove_file(t).ok();
+                n
+            }
+        };
+        Ok(ReplaceReport {
+            node: req.node.to_string(),
+            placed: live.display().to_string(),
+            previous_kept_at: stopped.previous_kept_at,
+            keys_in_backup: census.keys,
+            expires_in_backup: census.expires,
+            keys_loaded,
+            offset: self.offset_in_rdb,
+            tail_commands,
+            staged_seconds,
+            down_seconds: stopped.at.elapsed().as_secs_f64(),
+            seconds: started.elapsed().as_secs_f64(),
+            read: self.read,
+        })
+    }
+}
+
+/// `replace` for a node with an AOF directory: see the module's documentation.
+async fn replace_staged(mut req: ReplaceRequest, layout: Layout) -> Result<ReplaceReport> {
+    let started = Instant::now();
+    let aof_dir = layout.aof_dir.as_deref().ok_or_else(|| {
+        Error::Input("a staged replace is for a node with an AOF directory".into())
+    })?;
+    // Placed beside the node's data, on the same filesystem, so moving it in is a rename.
+    let staged = layout.dir.join(format!("{aof_dir}.fleetsnap-restore"));
+    let live = layout.dir.join(aof_dir);
+    let old = with_suffix(&live, ".fleetsnap-old");
+    drop_kept(&old);
     req.read.to_file = staged.clone();
-    req.read.aof_dir = layout.aof_dir.is_some();
+    req.read.aof_dir = true;
     // Synced while the node loads it, below.
     req.read.sync = false;
-    if req.read.aof_dir {
-        std::fs::remove_dir_all(&staged).ok();
-    }
+    std::fs::remove_dir_all(&staged).ok();
     let read = restore(&req.read).await?;
     let staged_seconds = started.elapsed().as_secs_f64();
     let rdb = PathBuf::from(&read.rdb_file);
@@ -297,20 +671,13 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
     let census = Census::recorded(read.dbs.as_deref())
         .ok_or_else(|| tokio::task::spawn_blocking(move || Census::read(&rdb)));
 
-    let down = Instant::now();
-    stop(&req).await?;
-    let previous_kept_at = if live.exists() {
-        rename(&live, &old)?;
-        Some(old.display().to_string())
-    } else {
-        None
-    };
+    let stopped = stop_and_keep(&req, &live, &old).await?;
     rename(&staged, &live)?;
     if let Err(e) = run_hook("start", &req.start, req.timeout).await {
         return Err(Error::Failed(format!(
             "{e}. The backup is in place at {}; the node's previous data is at {}",
             live.display(),
-            previous_kept_at.as_deref().unwrap_or("(none)")
+            stopped.previous_kept_at.as_deref().unwrap_or("(none)")
         )));
     }
     // The node reads the copy from the page cache while it reaches the disk.
@@ -318,65 +685,17 @@ pub async fn replace(mut req: ReplaceRequest) -> Result<ReplaceReport> {
         let live = live.clone();
         tokio::task::spawn_blocking(move || sync_placed(&live))
     };
-    let mut conn = serving(&req).await?;
-    synced
-        .await
-        .map_err(|e| Error::Failed(format!("syncing the placed copy failed: {e}")))??;
-    let census = match census {
-        Ok(recorded) => recorded,
-        Err(counting) => counting
-            .await
-            .map_err(|e| Error::Decode(format!("reading the backup's keys failed: {e}")))??,
-    };
-
-    // The checks: the node loaded this very file, every key of it, and owns the shard's slots.
-    let keys_loaded = crate::resp::keyspace_keys(&conn.info("keyspace").await?);
-    if keys_loaded > census.keys || keys_loaded < census.keys - census.expires {
-        return Err(Error::Failed(format!(
-            "{} holds {keys_loaded} keys after the restart but the backup has {} ({} of them with an expiry): the node did not load the restored file (check that the start hook starts it on {})",
-            req.node,
-            census.keys,
-            census.expires,
-            live.display()
-        )));
-    }
-    let replication = conn.info("replication").await?;
-    let offset = info_field(&replication, "master_repl_offset").and_then(|o| o.parse::<u64>().ok());
-    if layout.aof_dir.is_none()
-        && let (Some(want), Some(got)) = (offset_in_rdb, offset)
-        && info_field(&replication, "role") == Some("master")
-        && want != got
-    {
-        return Err(Error::Failed(format!(
-            "{} came up at replication offset {got}, not the backup's {want}: it did not load the restored file",
-            req.node
-        )));
-    }
-    check_slots(&mut conn, &req.node, &read.slot_ranges).await?;
-    cluster_ok(&mut conn, &req).await?;
-    let tail_commands = match (&read.tail_file, layout.aof_dir.is_some()) {
-        // An AOF directory's incremental file is the tail: the node replayed it as it loaded.
-        (Some(_), true) | (None, _) => 0,
-        (Some(t), false) => {
-            let n = crate::online::replay_tail_into(&req.node, Path::new(t)).await?;
-            std::fs::remove_file(t).ok();
-            n
-        }
-    };
-    Ok(ReplaceReport {
-        node: req.node.to_string(),
-        placed: live.display().to_string(),
-        previous_kept_at,
-        keys_in_backup: census.keys,
-        expires_in_backup: census.expires,
-        keys_loaded,
-        offset: offset_in_rdb,
-        tail_commands,
-        staged_seconds,
-        down_seconds: down.elapsed().as_secs_f64(),
-        seconds: started.elapsed().as_secs_f64(),
+    let conn = serving(&req).await?;
+    let done = Loaded {
+        conn,
+        live: &live,
+        is_aof: true,
         read,
-    })
+        census,
+        synced,
+        offset_in_rdb,
+    };
+    done.check(&req, started, staged_seconds, stopped).await
 }
 
 /// A restarted Redis Cluster node refuses commands until it has met its peers again: waits for

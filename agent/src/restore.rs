@@ -197,6 +197,39 @@ pub async fn check_object(
     out: Option<&Path>,
     sync: bool,
 ) -> Result<Checked> {
+    check_object_piped(store, dir, entry, identity, out, sync, None)
+        .await
+        .map(|(c, _)| c)
+}
+
+/// The decoded bytes that `check_object_piped` keeps back from its pipe until the object has
+/// verified: a reader of the pipe cannot take the stream for whole before they are written.
+pub struct HeldBack {
+    /// The pipe, still open.
+    pub pipe: std::fs::File,
+    /// The last decoded bytes.
+    pub last: Vec<u8>,
+}
+
+impl HeldBack {
+    /// Writes the held bytes and closes the pipe.
+    pub fn release(mut self) -> std::io::Result<()> {
+        self.pipe.write_all(&self.last)
+    }
+}
+
+/// `check_object`, also writing the decoded bytes to `pipe` as they come, all but the last ones,
+/// which are handed back once size, sha256 and RDB checksum have matched the manifest.
+#[allow(clippy::too_many_arguments)]
+async fn check_object_piped(
+    store: &Store,
+    dir: &str,
+    entry: &ObjectEntry,
+    identity: Option<&Path>,
+    out: Option<&Path>,
+    sync: bool,
+    pipe: Option<std::fs::File>,
+) -> Result<(Checked, Option<HeldBack>)> {
     let key = format!("{dir}/{}", entry.name);
     let mut download = store.get(&key).await?;
     let decode = !entry.codecs.encrypted() || identity.is_some();
@@ -211,8 +244,11 @@ pub async fn check_object(
                 &codecs.0,
                 kind,
                 ids.as_deref(),
-                out.as_deref(),
-                sync,
+                Outputs {
+                    file: out.as_deref(),
+                    sync,
+                    pipe,
+                },
             )
         })
     });
@@ -250,9 +286,9 @@ pub async fn check_object(
             ),
         ));
     }
-    let (raw_bytes, crc) = match decoded.transpose()? {
-        Some((raw, crc)) => (Some(raw), crc),
-        None => (None, None),
+    let (raw_bytes, crc, held) = match decoded.transpose()? {
+        Some((raw, crc, held)) => (Some(raw), crc, held),
+        None => (None, None, None),
     };
     if let Some(raw) = raw_bytes
         && raw != entry.raw_bytes
@@ -275,12 +311,15 @@ pub async fn check_object(
             ),
         ));
     }
-    Ok(Checked {
-        name: entry.name.clone(),
-        stored_bytes: stored,
-        raw_bytes,
-        crc64,
-    })
+    Ok((
+        Checked {
+            name: entry.name.clone(),
+            stored_bytes: stored,
+            raw_bytes,
+            crc64,
+        },
+        held,
+    ))
 }
 
 /// The stored bytes of `input` decoded through `codecs` (the write order, undone last first).
@@ -309,16 +348,28 @@ fn decoder(
     Ok(reader)
 }
 
+/// Where decoded bytes go.
+struct Outputs<'a> {
+    /// A file, written on a thread of its own...
+    file: Option<&'a Path>,
+    /// ...and fsynced at the end.
+    sync: bool,
+    /// A pipe, which is kept the last bytes (see `HeldBack`).
+    pipe: Option<std::fs::File>,
+}
+
 fn decode_stream(
     input: ChannelReader,
     codecs: &[Codec],
     kind: ObjectKind,
     identities: Option<&[Box<dyn age::Identity>]>,
-    out: Option<&Path>,
-    sync: bool,
-) -> Result<(u64, Option<u64>)> {
+    outputs: Outputs<'_>,
+) -> Result<(u64, Option<u64>, Option<HeldBack>)> {
     let mut reader = decoder(input, codecs, identities)?;
-    let mut file = out.map(FileWriter::create).transpose()?;
+    let mut file = outputs.file.map(FileWriter::create).transpose()?;
+    let mut pipe = outputs.pipe;
+    // What has been decoded but not yet written to the pipe.
+    let mut pending: Vec<u8> = Vec::new();
     let mut verifier = (kind == ObjectKind::Rdb).then(RdbVerifier::new);
     let mut total = 0u64;
     loop {
@@ -337,12 +388,31 @@ fn decode_stream(
             v.update(&buf)
                 .map_err(|e| Error::Decode(format!("the restored RDB is invalid: {e}")))?;
         }
+        if let Some(p) = pipe.as_mut() {
+            let stopped = |e| {
+                Error::Failed(format!(
+                    "the process reading the restored copy stopped reading it ({e}): see its log"
+                ))
+            };
+            if buf.len() >= HELD_BACK {
+                let (now, later) = buf.split_at(buf.len() - HELD_BACK);
+                p.write_all(&pending).map_err(stopped)?;
+                p.write_all(now).map_err(stopped)?;
+                pending.clear();
+                pending.extend_from_slice(later);
+            } else {
+                pending.extend_from_slice(&buf);
+                let over = pending.len().saturating_sub(HELD_BACK);
+                p.write_all(&pending[..over]).map_err(stopped)?;
+                pending.drain(..over);
+            }
+        }
         if let Some(f) = file.as_mut() {
             f.write(buf)?;
         }
     }
     if let Some(f) = file {
-        f.finish(sync)?;
+        f.finish(outputs.sync)?;
     }
     let crc = match verifier {
         Some(v) => Some(
@@ -353,8 +423,16 @@ fn decode_stream(
         ),
         None => None,
     };
-    Ok((total, crc))
+    let held = pipe.map(|pipe| HeldBack {
+        pipe,
+        last: pending,
+    });
+    Ok((total, crc, held))
 }
+
+/// How many of the last decoded bytes a pipe waits for until the object has verified. An RDB ends
+/// with its 8-byte checksum, without which no reader takes it for whole.
+const HELD_BACK: usize = 64;
 
 /// The size of the pieces a decoded copy is written in.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -617,7 +695,8 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreReport> {
+/// The shard's entry in the set's manifest in one destination, and the prefix of its objects.
+async fn find_shard(spec: &DestSpec, req: &RestoreRequest) -> Result<(Store, String, ShardEntry)> {
     let store = Store::open(spec).await?;
     let (m, dir) = find_manifest(
         &store,
@@ -626,13 +705,110 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         req.shard.as_ref(),
     )
     .await?;
-    let shard = pick_shard(&m, req.shard.as_ref())?;
+    let shard = pick_shard(&m, req.shard.as_ref())?.clone();
     if shard.objects.iter().any(|o| o.codecs.encrypted()) && req.identity.is_none() {
         return Err(Error::Input(format!(
             "backup {} is encrypted with age: pass --identity AGE_KEY_FILE",
             req.backup
         )));
     }
+    Ok((store, dir, shard))
+}
+
+/// A shard's copy in one destination, made ready to stream: its manifest read and its tail, if
+/// it has one, fetched and verified to `….tail` beside `to_file`.
+pub struct Prepared {
+    store: Store,
+    dir: String,
+    rdb: ObjectEntry,
+    /// What the restore reports once the RDB has streamed to `to_file`.
+    pub report: RestoreReport,
+}
+
+/// Readies a streamed restore of an RDB (not an AOF directory) from one destination.
+pub async fn prepare_stream(spec: &DestSpec, req: &RestoreRequest) -> Result<Prepared> {
+    if req.aof_dir {
+        return Err(Error::Input(
+            "an AOF directory cannot be streamed: restore it to a directory".into(),
+        ));
+    }
+    let (store, dir, shard) = find_shard(spec, req).await?;
+    let (rdb_path, tail_path) = paths(req);
+    let rdb = shard
+        .objects
+        .iter()
+        .find(|o| o.kind == ObjectKind::Rdb)
+        .cloned()
+        .ok_or_else(|| {
+            Error::storage(&store, format!("{dir}: shard {} has no RDB", shard.shard))
+        })?;
+    let mut tail_file = None;
+    if let Some(t) = shard.objects.iter().find(|o| o.kind == ObjectKind::Tail) {
+        let partial = with_suffix(&tail_path, ".partial");
+        if let Err(e) = check_object(
+            &store,
+            &dir,
+            t,
+            req.identity.as_deref(),
+            Some(&partial),
+            true,
+        )
+        .await
+        {
+            std::fs::remove_file(&partial).ok();
+            return Err(e);
+        }
+        std::fs::rename(&partial, &tail_path)
+            .map_err(|e| Error::file("cannot move the restored file into place", &tail_path, e))?;
+        tail_file = Some(tail_path.display().to_string());
+    }
+    let report = RestoreReport {
+        destination: spec.to_string(),
+        skipped: Vec::new(),
+        shard: shard.shard.to_string(),
+        rdb_file: rdb_path.display().to_string(),
+        tail_file,
+        raw_bytes: rdb.raw_bytes,
+        aof_dir: false,
+        slot_ranges: shard.slot_ranges.clone(),
+        dbs: shard.dbs.clone(),
+    };
+    Ok(Prepared {
+        store,
+        dir,
+        rdb,
+        report,
+    })
+}
+
+/// Streams a prepared RDB into `pipe` and to `to_file` at once, verifying it as it goes; the last
+/// bytes for the pipe come back once the object has matched its manifest.
+pub async fn stream_rdb(
+    p: &Prepared,
+    req: &RestoreRequest,
+    pipe: std::fs::File,
+) -> Result<HeldBack> {
+    let (checked, held) = check_object_piped(
+        &p.store,
+        &p.dir,
+        &p.rdb,
+        req.identity.as_deref(),
+        Some(&req.to_file),
+        false,
+        Some(pipe),
+    )
+    .await?;
+    if checked.raw_bytes.is_none() {
+        return Err(Error::Input(
+            "the backup is encrypted: pass --identity AGE_KEY_FILE".into(),
+        ));
+    }
+    held.ok_or_else(|| Error::Failed("the decoder gave no pipe back".into()))
+}
+
+async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreReport> {
+    let (store, dir, shard) = find_shard(spec, req).await?;
+    let shard = &shard;
     let (rdb_path, tail_path) = paths(req);
     let mut written = Vec::new();
     let mut raw_bytes = 0;

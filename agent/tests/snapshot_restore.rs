@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fleetsnap_agent::resp::Value;
 use fleetsnap_testkit::redis::{RedisOptions, TlsFiles};
 use fleetsnap_testkit::{
     Dataset, RedisServer, ReplicaSet, assert_same_data, filled_server, write_dataset,
@@ -166,6 +167,72 @@ async fn restore_falls_back_past_a_damaged_and_a_dead_region() {
     .await
     .unwrap();
     assert_same_data(&server, &restored).await.unwrap();
+
+    // `replace` streams the copy into the node as it starts. A node with data of its own, saved.
+    let target = RedisServer::start().await.unwrap();
+    target.cmd(&["SET", "mine", "kept"]).await.unwrap();
+    target.cmd(&["SAVE"]).await.unwrap();
+    let (url, start) = (target.url(), target.start_command());
+    let replace_args = |from: &[&str]| -> Vec<String> {
+        let mut args = vec!["restore".to_string()];
+        for f in from {
+            args.extend(["--from".to_string(), f.to_string()]);
+        }
+        args.extend(
+            [
+                "--backup",
+                &id,
+                "--replace",
+                &url,
+                "--start",
+                &start,
+                "--json",
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    let replace = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        agent(None, &args).await
+    };
+    // Only the damaged copy: the node refuses the load cut short, and comes back on its own data.
+    let run = replace(replace_args(&[&a])).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("does not match its manifest")
+            && run.stderr.contains("started again on its previous data"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(target.cmd(&["DBSIZE"]).await.unwrap(), Value::Int(1));
+    assert_eq!(
+        target.cmd(&["GET", "mine"]).await.unwrap(),
+        Value::Bulk(Some(b"kept".to_vec()))
+    );
+    // A dead region, the damaged one, then a good one: the node loads the good copy.
+    let run = replace(replace_args(&[dead, &a, &b])).await.ok();
+    let j = run.json();
+    assert_eq!(j["read"]["destination"].as_str().unwrap(), b, "{j}");
+    assert_eq!(j["read"]["skipped"].as_array().unwrap().len(), 2, "{j}");
+    assert!(
+        j["read"]["skipped"][1][1]
+            .as_str()
+            .unwrap()
+            .contains("does not match its manifest"),
+        "{j}"
+    );
+    assert_same_data(&server, &target).await.unwrap();
+    // The node's data file is the restored copy (not the pipe it loaded from), and its own is kept.
+    let data = target.dir().join("dump.rdb");
+    assert!(std::fs::metadata(&data).unwrap().is_file());
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().len(),
+        std::fs::metadata(work.path().join("new/dir/r.rdb"))
+            .unwrap()
+            .len()
+    );
+    assert!(target.dir().join("dump.rdb.fleetsnap-old").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +413,6 @@ async fn aof_directory_is_stored_as_rdb_plus_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_shards_snapshot_from_their_replicas() {
-    use fleetsnap_agent::resp::Value;
     let cluster = fleetsnap_testkit::RedisCluster::start(3, 1).await.unwrap();
     let primaries = cluster.primaries().await.unwrap();
     assert_eq!(primaries.len(), 3);

@@ -230,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
         seed_runs.push(t.elapsed());
         anyhow::ensure!(target.keys().await? == keys, "the seed run lost keys");
 
-        // fleetsnap replace: fetch and verify beside the data file, stop, move in, start, check.
+        // fleetsnap replace: read the manifest, stop, stream into the starting node, check.
         Target::settle()?;
         let t = Instant::now();
         let r = agent_json(
@@ -323,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
         args.size_gib, mb, args.repeat
     );
     println!(
-        "| restore | RTO (s) | × floor | × floor, each round | MB/s of RDB | MB/s, each round | node down (s) | copy fetched and verified (s) |"
+        "| restore | RTO (s) | × floor | × floor, each round | MB/s of RDB | MB/s, each round | node down (s) | before the stop (s) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for ((name, wall, down), runs) in rows.iter().zip(&per_round) {
