@@ -360,7 +360,8 @@ fn make_fifo(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the pipe's writing end without waiting for a reader: `None` while nobody reads it.
+/// Opens the pipe's writing end, non-blocking (see `restore::write_paced`), without waiting for
+/// a reader: `None` while nobody reads it.
 fn open_writer(fifo: &Path) -> Result<Option<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
@@ -370,20 +371,9 @@ fn open_writer(fifo: &Path) -> Result<Option<std::fs::File>> {
         .open(fifo)
     {
         Ok(f) => {
-            let fd = f.as_raw_fd();
-            // SAFETY: fcntl on a descriptor this function owns; failures are reported by errno.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFL);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
-                    return Err(Error::file(
-                        "cannot make blocking the pipe at",
-                        fifo,
-                        std::io::Error::last_os_error(),
-                    ));
-                }
-                // Fewer wake-ups of the reading node; the default size is kept if refused.
-                libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES);
-            }
+            // Fewer wake-ups of the reading node; the default size is kept if refused.
+            // SAFETY: fcntl on a descriptor this function owns.
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
             Ok(Some(f))
         }
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),

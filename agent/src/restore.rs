@@ -214,8 +214,27 @@ pub struct HeldBack {
 impl HeldBack {
     /// Writes the held bytes and closes the pipe.
     pub fn release(mut self) -> std::io::Result<()> {
-        self.pipe.write_all(&self.last)
+        write_paced(&mut self.pipe, &self.last)
     }
+}
+
+/// Writes all of `buf` to a non-blocking pipe, waiting while it is full. Blocking writes would
+/// wake at every page the reader frees and write that page alone: a reader taking 4 KiB at a
+/// time (stdio, as Redis loads) would then switch with the writer at every read. Waiting a
+/// moment instead lets the reader drain a stretch, which one write then fills.
+pub fn write_paced(pipe: &mut std::fs::File, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match pipe.write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_micros(500))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `check_object`, also writing the decoded bytes to `pipe` as they come, all but the last ones,
@@ -354,7 +373,7 @@ struct Outputs<'a> {
     file: Option<&'a Path>,
     /// ...and fsynced at the end.
     sync: bool,
-    /// A pipe, which is kept the last bytes (see `HeldBack`).
+    /// A pipe opened non-blocking, which is kept the last bytes (see `HeldBack`).
     pipe: Option<std::fs::File>,
 }
 
@@ -366,7 +385,13 @@ fn decode_stream(
     outputs: Outputs<'_>,
 ) -> Result<(u64, Option<u64>, Option<HeldBack>)> {
     let mut reader = decoder(input, codecs, identities)?;
-    let mut file = outputs.file.map(FileWriter::create).transpose()?;
+    // A copy written beside a pipe is not read back soon: it bypasses the page cache, whose
+    // filling costs the CPU the pipe's reader needs.
+    let direct = outputs.pipe.is_some();
+    let mut file = outputs
+        .file
+        .map(|p| FileWriter::create(p, direct))
+        .transpose()?;
     let mut pipe = outputs.pipe;
     // What has been decoded but not yet written to the pipe.
     let mut pending: Vec<u8> = Vec::new();
@@ -396,14 +421,14 @@ fn decode_stream(
             };
             if buf.len() >= HELD_BACK {
                 let (now, later) = buf.split_at(buf.len() - HELD_BACK);
-                p.write_all(&pending).map_err(stopped)?;
-                p.write_all(now).map_err(stopped)?;
+                write_paced(p, &pending).map_err(stopped)?;
+                write_paced(p, now).map_err(stopped)?;
                 pending.clear();
                 pending.extend_from_slice(later);
             } else {
                 pending.extend_from_slice(&buf);
                 let over = pending.len().saturating_sub(HELD_BACK);
-                p.write_all(&pending[..over]).map_err(stopped)?;
+                write_paced(p, &pending[..over]).map_err(stopped)?;
                 pending.drain(..over);
             }
         }
@@ -461,15 +486,23 @@ struct FileWriter {
 }
 
 impl FileWriter {
-    fn create(path: &Path) -> Result<Self> {
-        let mut f =
-            std::fs::File::create(path).map_err(|e| Error::file("cannot create", path, e))?;
+    /// `direct`: written with `O_DIRECT` where the filesystem allows it.
+    fn create(path: &Path, direct: bool) -> Result<Self> {
+        let f = std::fs::File::create(path).map_err(|e| Error::file("cannot create", path, e))?;
+        let mut direct = direct.then(|| DirectWriter::new(&f)).flatten();
+        let mut f = f;
         let (full, filled) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let (give_back, empty) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
         let thread = std::thread::spawn(move || {
             for buf in filled {
-                f.write_all(&buf)?;
+                match direct.as_mut() {
+                    Some(d) => d.write(&mut f, &buf)?,
+                    None => f.write_all(&buf)?,
+                }
                 let _ = give_back.try_send(buf);
+            }
+            if let Some(d) = direct {
+                d.finish(&mut f)?;
             }
             Ok(f)
         });
@@ -515,6 +548,69 @@ impl FileWriter {
                 .map_err(|e| Error::file("cannot sync", &self.path, e))?;
         }
         Ok(())
+    }
+}
+
+/// Writes through `O_DIRECT`: whole aligned blocks from an aligned buffer, and the last partial
+/// block with `O_DIRECT` cleared.
+struct DirectWriter {
+    /// Backing store; `start` is its first 4 KiB-aligned byte.
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+/// The alignment `O_DIRECT` asks for, and the size of the aligned buffer.
+const DIRECT_ALIGN: usize = 4096;
+const DIRECT_BUF: usize = 4 << 20;
+
+impl DirectWriter {
+    /// Sets `O_DIRECT` on `f`; `None` where the filesystem refuses it (tmpfs).
+    fn new(f: &std::fs::File) -> Option<Self> {
+        use std::os::unix::io::AsRawFd;
+        let fd = f.as_raw_fd();
+        // SAFETY: fcntl on a descriptor `f` keeps open.
+        let ok = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) == 0
+        };
+        if !ok {
+            return None;
+        }
+        let mem = vec![0u8; DIRECT_BUF + DIRECT_ALIGN];
+        let start = mem.as_ptr().align_offset(DIRECT_ALIGN);
+        Some(Self { mem, start, len: 0 })
+    }
+
+    fn write(&mut self, f: &mut std::fs::File, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let room = DIRECT_BUF - self.len;
+            let n = room.min(data.len());
+            let at = self.start + self.len;
+            self.mem[at..at + n].copy_from_slice(&data[..n]);
+            self.len += n;
+            data = &data[n..];
+            if self.len == DIRECT_BUF {
+                f.write_all(&self.mem[self.start..self.start + DIRECT_BUF])?;
+                self.len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, f: &mut std::fs::File) -> std::io::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        let whole = self.len / DIRECT_ALIGN * DIRECT_ALIGN;
+        f.write_all(&self.mem[self.start..self.start + whole])?;
+        let fd = f.as_raw_fd();
+        // SAFETY: fcntl on a descriptor `f` keeps open.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        f.write_all(&self.mem[self.start + whole..self.start + self.len])
     }
 }
 

@@ -123,6 +123,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// CPU seconds (user and system) used by the children waited for so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 fn agent_json(agent: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let out = Command::new(agent)
         .args(args)
@@ -233,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         // fleetsnap replace: read the manifest, stop, stream into the starting node, check.
         Target::settle()?;
         let t = Instant::now();
+        let cpu = children_cpu();
         let r = agent_json(
             &agent,
             &[
@@ -249,6 +262,11 @@ async fn main() -> anyhow::Result<()> {
             ],
         )?;
         replace_runs.push(t.elapsed());
+        eprintln!(
+            "  replace: {:.2} s, the agent used {:.2} CPU-s",
+            t.elapsed().as_secs_f64(),
+            children_cpu() - cpu
+        );
         down.push(Duration::from_secs_f64(
             r["down_seconds"].as_f64().context("down_seconds")?,
         ));
