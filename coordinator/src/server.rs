@@ -2,7 +2,7 @@
 //! report of every agent) and the leader's job loop (dispatch and lease expiry).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,19 @@ pub struct Node {
     cut_waiters: cut::Waiters,
     /// A shard's stream was recorded: a cut may be due.
     cut_wake: Notify,
+    /// Whether this node, if Raft calls it leader, has lately confirmed that a quorum follows
+    /// it. A leader cut off from every follower calls itself leader until it hears of a newer
+    /// term; without this it would keep its agents while the others elect a leader that has none
+    /// (see `lease_loop`).
+    confirmed: AtomicBool,
 }
+
+/// A leader that cannot confirm a quorum for this long lets its agents go.
+const LEASE_LOST: Duration = Duration::from_secs(3);
+
+/// How long a new leader waits for its agents' first reports before it plans a window that
+/// would otherwise miss a cluster.
+const REPORTS_GRACE: Duration = Duration::from_secs(10);
 
 /// An agent whose last `Standby` call is older has no spare connection here any more (agents
 /// call every 30 s, jittered up to 37.5 s).
@@ -186,12 +198,14 @@ impl Node {
             spares: Mutex::default(),
             cut_waiters: Mutex::default(),
             cut_wake: Notify::new(),
+            confirmed: AtomicBool::new(true),
         });
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().schedule_loop());
         tokio::spawn(node.clone().drill_loop());
         tokio::spawn(node.clone().runbook_loop());
         tokio::spawn(node.clone().watch_leadership());
+        tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().job_loop());
         tokio::spawn(node.clone().cut_loop());
         tokio::spawn(node.clone().upkeep_loop());
@@ -216,9 +230,72 @@ impl Node {
     }
 
     fn is_leader(&self) -> bool {
+        self.raft_says_leader() && self.confirmed.load(Ordering::SeqCst)
+    }
+
+    fn raft_says_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Sends every connected agent away: to `to`, or (no address) to try the other coordinators.
+    fn release_agents(&self, to: &LeaderInfo) {
+        let agents: Vec<AgentLive> = self
+            .fleet
+            .agents
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, a)| a)
+            .collect();
+        for a in agents {
+            if let Some(tx) = a.tx {
+                let _ = tx.try_send(Ok(redirect(to)));
+            }
+        }
+    }
+
+    /// While Raft calls this node leader, confirms every half second that a quorum still
+    /// follows it. After `LEASE_LOST` without, the node stops acting as leader (sessions, jobs,
+    /// windows) and sends its agents to the other coordinators, which know the leader a majority
+    /// elected meanwhile. Once confirmed again it leads again.
+    async fn lease_loop(self: Arc<Self>) {
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !self.raft_says_leader() {
+                failing_since = None;
+                self.confirmed.store(true, Ordering::SeqCst);
+                continue;
+            }
+            let confirmed = matches!(
+                tokio::time::timeout(Duration::from_secs(1), self.raft.ensure_linearizable()).await,
+                Ok(Ok(_))
+            );
+            if confirmed {
+                failing_since = None;
+                if !self.confirmed.swap(true, Ordering::SeqCst) {
+                    tracing::info!(node = self.id, "a quorum follows again; leading");
+                    *self.fleet.leader_since.lock().expect("lock") = Some(Instant::now());
+                    self.wake.notify_one();
+                }
+                continue;
+            }
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= LEASE_LOST && self.confirmed.swap(false, Ordering::SeqCst) {
+                tracing::warn!(
+                    node = self.id,
+                    "no quorum confirms this leader for {}s; sending its agents to the other coordinators",
+                    LEASE_LOST.as_secs()
+                );
+                *self.fleet.leader_since.lock().expect("lock") = None;
+                self.release_agents(&LeaderInfo {
+                    id: None,
+                    address: String::new(),
+                });
+            }
+        }
     }
 
     fn not_leader(&self, leader: Option<&ForwardToLeader<NodeId, BasicNode>>) -> Status {
@@ -318,19 +395,7 @@ impl Node {
                 let l = self.leader();
                 tracing::warn!(node = self.id, new_leader = ?l.id, "no longer the leader; redirecting agents");
                 *self.fleet.leader_since.lock().expect("lock") = None;
-                let agents: Vec<AgentLive> = self
-                    .fleet
-                    .agents
-                    .lock()
-                    .expect("lock")
-                    .drain()
-                    .map(|(_, a)| a)
-                    .collect();
-                for a in agents {
-                    if let Some(tx) = a.tx {
-                        let _ = tx.try_send(Ok(redirect(&l)));
-                    }
-                }
+                self.release_agents(&l);
             }
             was_leader = leader;
             if metrics.changed().await.is_err() {
@@ -412,7 +477,22 @@ impl Node {
                     "there is no policy {policy:?}; `fleetsnap policy list` shows those there are"
                 ))
             })?;
-        let view = self.view("");
+        // A new leader hears from its agents within seconds of its election: a window opened
+        // sooner waits for them rather than miss a cluster.
+        let view = loop {
+            let view = self.view("");
+            let missing = p.clusters.iter().any(|c| {
+                !view
+                    .clusters
+                    .iter()
+                    .any(|v| v.name == c.as_str() && !v.shards.is_empty())
+            });
+            let since = *self.fleet.leader_since.lock().expect("lock");
+            if !missing || since.is_none_or(|s| s.elapsed() >= REPORTS_GRACE) {
+                break view;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let rules = p.rules();
         let mut shards = Vec::new();
         let mut missing = Vec::new();
