@@ -3,6 +3,7 @@
 #   scripts/setup.sh          redis-server and redis-cli (the demo)
 #   scripts/setup.sh test     + moto's S3 server (PyPI) and Garage (crates.io)
 #   scripts/setup.sh bench    + the test parts and awscli (the seed recipe's uploader)
+#   scripts/setup.sh chaos    + the test parts, iproute2, iptables and libfaketime (the chaos suite)
 set -euo pipefail
 what="${1:-demo}"
 
@@ -15,6 +16,11 @@ if [ "$what" != demo ]; then
   command -v mount >/dev/null 2>&1 || missing+=(mount)
   command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || missing+=(python3-pip)
 fi
+if [ "$what" = test ] || [ "$what" = chaos ]; then
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing+=(libfaketime)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   as_root apt-get update -qq
@@ -26,7 +32,7 @@ pip_install() {
   if command -v pip3 >/dev/null 2>&1; then pip3 install -q "$@"; else pip install -q "$@"; fi
 }
 
-if [ "$what" = test ] || [ "$what" = bench ]; then
+if [ "$what" = test ] || [ "$what" = bench ] || [ "$what" = chaos ]; then
   # moto 5.2.1 answers CompleteMultipartUpload with a root element strict S3 clients refuse; 5.2.5 is right.
   if ! command -v moto_server >/dev/null 2>&1 || [ "$(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null)" != 5.2.5 ]; then
     echo "setup: installing moto[server] 5.2.5 from PyPI"

@@ -72,6 +72,35 @@ const LEASE_LOST: Duration = Duration::from_secs(3);
 /// would otherwise miss a cluster.
 const REPORTS_GRACE: Duration = Duration::from_secs(10);
 
+/// The slot ranges of 0..=16383 that `ranges` leave out.
+fn uncovered<'a>(ranges: impl Iterator<Item = &'a (u16, u16)>) -> Vec<(u16, u16)> {
+    let mut served = vec![false; 16384];
+    for &(a, b) in ranges {
+        for s in a..=b.min(16383) {
+            served[usize::from(s)] = true;
+        }
+    }
+    let mut gaps = Vec::new();
+    let mut start = None;
+    for (slot, &on) in served.iter().enumerate() {
+        match (on, start) {
+            (false, None) => start = Some(slot as u16),
+            (true, Some(a)) => {
+                gaps.push((a, slot as u16 - 1));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(a) = start {
+        gaps.push((a, 16383));
+    }
+    gaps
+}
+
+/// How long a window waits for a shard none of whose nodes qualifies yet.
+const PLAN_PATIENCE: Duration = Duration::from_secs(20);
+
 /// An agent whose last `Standby` call is older has no spare connection here any more (agents
 /// call every 30 s, jittered up to 37.5 s).
 const SPARE_FRESH: Duration = Duration::from_secs(75);
@@ -477,41 +506,60 @@ impl Node {
                     "there is no policy {policy:?}; `fleetsnap policy list` shows those there are"
                 ))
             })?;
-        // A new leader hears from its agents within seconds of its election: a window opened
-        // sooner waits for them rather than miss a cluster.
-        let view = loop {
-            let view = self.view("");
-            let missing = p.clusters.iter().any(|c| {
-                !view
-                    .clusters
-                    .iter()
-                    .any(|v| v.name == c.as_str() && !v.shards.is_empty())
-            });
-            let since = *self.fleet.leader_since.lock().expect("lock");
-            if !missing || since.is_none_or(|s| s.elapsed() >= REPORTS_GRACE) {
-                break view;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
         let rules = p.rules();
-        let mut shards = Vec::new();
-        let mut missing = Vec::new();
-        for cluster in &p.clusters {
-            match view.clusters.iter().find(|c| c.name == cluster.as_str()) {
-                Some(c) if !c.shards.is_empty() => {
-                    for s in &c.shards {
-                        shards.push((cluster.clone(), planner::plan_shard(s, &rules)));
+        let patience = Instant::now() + PLAN_PATIENCE;
+        let (shards, missing) = loop {
+            let view = self.view("");
+            let mut shards = Vec::new();
+            let mut missing = Vec::new();
+            for cluster in &p.clusters {
+                match view.clusters.iter().find(|c| c.name == cluster.as_str()) {
+                    Some(c) if !c.shards.is_empty() => {
+                        // A set of a Redis Cluster without every slot would be called complete
+                        // with shards missing: the cluster is left out instead, and fails.
+                        let gaps = if c.mode == "redis-cluster" {
+                            uncovered(c.shards.iter().flat_map(|s| s.slots.iter()))
+                        } else {
+                            Vec::new()
+                        };
+                        if !gaps.is_empty() {
+                            missing.push((
+                                cluster.clone(),
+                                format!(
+                                    "slots {} of cluster {cluster:?} are served by no node an agent \
+                                     reports: every shard needs an agent (`fleetsnap status` shows \
+                                     the shards reported)",
+                                    fleetsnap_core::topology::format_slots(&gaps)
+                                ),
+                            ));
+                            continue;
+                        }
+                        for s in &c.shards {
+                            shards.push((cluster.clone(), planner::plan_shard(s, &rules)));
+                        }
                     }
+                    _ => missing.push((
+                        cluster.clone(),
+                        format!(
+                            "no agent reports a node of cluster {cluster:?}: check the cluster = … \
+                             of the agents' [[instance]] entries"
+                        ),
+                    )),
                 }
-                _ => missing.push((
-                    cluster.clone(),
-                    format!(
-                        "no agent reports a node of cluster {cluster:?}: check the cluster = … \
-                         of the agents' [[instance]] entries"
-                    ),
-                )),
             }
-        }
+            // A new leader hears from its agents within seconds of its election: a window
+            // opened sooner waits for them rather than miss a cluster.
+            let since = *self.fleet.leader_since.lock().expect("lock");
+            let hearing = !missing.is_empty() && since.is_some_and(|s| s.elapsed() < REPORTS_GRACE);
+            // A shard whose nodes are all busy for now (a fork running, a replica resyncing
+            // after a failover) is planned again for a while before the window opens without it.
+            let busy =
+                shards.iter().any(|(_, plan)| plan.failure.is_some()) && Instant::now() < patience;
+            if !hearing && !busy {
+                break (shards, missing);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         let now = time::OffsetDateTime::now_utc();
         let opened_at_ms = unix_ms(now);
         let backup_id = BackupId::from_parts(now, rand::random());
@@ -1700,5 +1748,21 @@ impl v1::admin_service_server::AdminService for Services {
             latency_max_us: samples.last().copied().unwrap_or_default().into(),
             samples: samples.len() as u64,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uncovered;
+
+    #[test]
+    fn slots_no_shard_serves_are_named() {
+        assert!(uncovered([(0, 5460), (5461, 10922), (10923, 16383)].iter()).is_empty());
+        assert_eq!(
+            uncovered([(5461, 10922)].iter()),
+            vec![(0, 5460), (10923, 16383)]
+        );
+        assert_eq!(uncovered([(0, 100), (200, 16383)].iter()), vec![(101, 199)]);
+        assert_eq!(uncovered([].iter()), vec![(0, 16383)]);
     }
 }

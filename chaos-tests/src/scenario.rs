@@ -1,0 +1,901 @@
+//! Scenarios: a fleet, the writer, faults at moments a seed chooses, then the checker.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use rand::{Rng, rngs::StdRng};
+
+use crate::checker::{self, Verdict};
+use crate::fleet::{Fleet, REDIS_PORT};
+use crate::workload::{History, Writer};
+
+/// What a scenario run gives the report.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The faults, in order, with seconds since the scenario began.
+    pub faults: Vec<String>,
+    /// Figures: name and value.
+    pub figures: Vec<(String, String)>,
+    /// The invariants checked.
+    pub verdict: Verdict,
+    /// Why the scenario could not run to its end (a step that timed out), if it could not.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// Whether it ran to its end and every invariant held.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.verdict.ok()
+    }
+}
+
+/// A scenario's state while it runs.
+pub struct Ctx {
+    pub fleet: Fleet,
+    pub rng: StdRng,
+    pub started: Instant,
+    pub out: Outcome,
+}
+
+impl Ctx {
+    /// Records a fault as it is injected.
+    pub fn fault(&mut self, what: impl Into<String>) {
+        let line = format!(
+            "{:.1}s {}",
+            self.started.elapsed().as_secs_f64(),
+            what.into()
+        );
+        eprintln!("    fault: {line}");
+        self.out.faults.push(line);
+    }
+
+    /// Records a figure.
+    pub fn figure(&mut self, name: &str, value: impl Into<String>) {
+        self.out.figures.push((name.into(), value.into()));
+    }
+
+    /// A duration between `lo` and `hi` seconds, drawn from the seed.
+    pub fn between(&mut self, lo: f64, hi: f64) -> Duration {
+        Duration::from_secs_f64(self.rng.random_range(lo..hi))
+    }
+
+    /// The writer, on the cluster's nodes.
+    pub fn writer(&self) -> Writer {
+        Writer::start(
+            self.fleet
+                .nodes
+                .iter()
+                .map(|n| n.host.addr(REDIS_PORT))
+                .collect(),
+        )
+    }
+}
+
+pub type RunFn = for<'a> fn(&'a mut Ctx) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'a>>;
+
+/// A scenario.
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// In the quick subset `.ci/run` runs.
+    pub quick: bool,
+    pub run: RunFn,
+}
+
+/// Every scenario, in the order the suite runs them.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "leader-killed-consistent",
+            about: "the coordinator leader is killed (SIGKILL) while a `consistent` window waits for its cut; it comes back later",
+            quick: true,
+            run: |c| Box::pin(leader_killed_consistent(c)),
+        },
+        Scenario {
+            name: "agent-partitioned-mid-upload",
+            about: "the host of the replica chosen for a shard is cut off from both regions while it uploads, then healed",
+            quick: true,
+            run: |c| Box::pin(agent_partitioned_mid_upload(c)),
+        },
+        Scenario {
+            name: "primary-killed-mid-window",
+            about: "the primary of a shard is killed (SIGKILL) while a window snapshots; Redis Cluster fails it over, and it comes back as a replica",
+            quick: false,
+            run: |c| Box::pin(primary_killed_mid_window(c)),
+        },
+        Scenario {
+            name: "region-down-window",
+            about: "one region is down (its server killed) for a whole window, then comes back and the set is repaired into it",
+            quick: true,
+            run: |c| Box::pin(region_down_window(c)),
+        },
+        Scenario {
+            name: "agent-clock-skew",
+            about: "one agent runs with its clock 7 s ahead (libfaketime) through `simultaneous` and `consistent` windows",
+            quick: false,
+            run: |c| Box::pin(agent_clock_skew(c)),
+        },
+        Scenario {
+            name: "rolling-restart",
+            about: "every coordinator, then every agent, is restarted one at a time while a schedule opens windows every 10 s",
+            quick: false,
+            run: |c| Box::pin(rolling_restart(c)),
+        },
+        Scenario {
+            name: "failover-runbooks-under-load",
+            about: "a graceful `runbook failover` of one shard while the writer writes, then a forced one after its primary is killed",
+            quick: false,
+            run: |c| Box::pin(failover_runbooks(c)),
+        },
+        Scenario {
+            name: "minority-coordinator-partition",
+            about: "one coordinator is cut off from the other two both ways during windows, then healed",
+            quick: true,
+            run: |c| Box::pin(minority_partition(c)),
+        },
+    ]
+}
+
+/// Opens a window of `policy` and returns its number and the last write acknowledged before.
+fn open_window(ctx: &Ctx, writer: &Writer, policy: &str) -> anyhow::Result<(String, u64)> {
+    let before = writer.history().last_acked();
+    let opened = ctx
+        .fleet
+        .cli
+        .json(&["backup", "run", "--policy", policy, "--json"])?;
+    let window = opened["window"]
+        .as_u64()
+        .with_context(|| format!("no window in {opened}"))?
+        .to_string();
+    Ok((window, before))
+}
+
+/// What a window's set came to, and why its shards failed, for a report.
+pub fn window_summary(doc: &serde_json::Value) -> String {
+    let mut why = Vec::new();
+    for s in doc["shards"].as_array().into_iter().flatten() {
+        for f in s["failures"].as_array().into_iter().flatten() {
+            why.push(format!("{}: {}", s["plan"]["shard"], f));
+        }
+    }
+    let reason = doc["reason"]
+        .as_str()
+        .or(doc["sets"][0]["reason"].as_str())
+        .unwrap_or("");
+    format!("{} {reason} {}", doc["sets"][0]["state"], why.join("; "))
+}
+
+/// Polls a window until it is done.
+async fn window_done(
+    ctx: &Ctx,
+    window: &str,
+    limit: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let cli = ctx.fleet.cli.clone();
+    fleetsnap_testkit::poll_until(&format!("window {window} done"), limit, || async {
+        let doc = cli.json(&["backup", "show", window, "--json"]).ok()?;
+        (doc["done"] == true).then_some(doc)
+    })
+    .await
+}
+
+/// The checks every scenario ends with: every complete set verifies in `min_regions` regions
+/// and restores to a prefix of the acknowledged writes; no window's shard finished under two
+/// terms. `windows`: the windows opened, with the last write acknowledged before each.
+pub async fn check_all(
+    ctx: &mut Ctx,
+    history: &History,
+    windows: &[(String, u64)],
+    min_regions: usize,
+) -> anyhow::Result<()> {
+    let mut v = Verdict::default();
+    // Writes the cluster itself lost (a primary killed before its replica had them: Redis
+    // replicates asynchronously) cannot be in later sets; they are not held against fleetsnap.
+    let live = checker::live_writes(&ctx.fleet).await?;
+    let mut history = history.clone();
+    let top = live.iter().next_back().copied().unwrap_or(0);
+    let lost: Vec<u64> = history
+        .acked
+        .keys()
+        .filter(|g| **g < top && !live.contains(g))
+        .copied()
+        .collect();
+    for g in &lost {
+        history.acked.remove(g);
+        history.maybe.insert(*g);
+    }
+    ctx.figure(
+        "acknowledged writes the cluster itself lost",
+        lost.len().to_string(),
+    );
+    let history = &history;
+    let sets = checker::sets(&ctx.fleet)?;
+    let mut newest_ok: Option<u64> = None;
+    let jobs = checker::jobs(&ctx.fleet);
+    let names: Vec<String> = windows.iter().map(|(w, _)| w.clone()).collect();
+    checker::check_terms(&mut v, &jobs, &names);
+    ctx.figure("jobs made", jobs.len().to_string());
+    for (window, before) in windows {
+        let doc = ctx.fleet.cli.json(&["backup", "show", window, "--json"])?;
+        let Some(id) = doc["backup_id"].as_str() else {
+            continue;
+        };
+        let complete = sets
+            .iter()
+            .any(|s| s["backup_id"] == id && s["state"] == "complete");
+        if !complete {
+            v.add(
+                "a set not complete is not offered for restore",
+                true,
+                format!("window {window}: {id} is {}", doc["sets"][0]["state"]),
+            );
+            continue;
+        }
+        let consistent = !doc["cut"].is_null();
+        let mut verified = Vec::new();
+        for r in &ctx.fleet.regions {
+            if checker::verifies(&ctx.fleet, &r.dest(), id)? {
+                verified.push(r.name.clone());
+            }
+        }
+        v.add(
+            "a complete set verifies in min_regions regions",
+            verified.len() >= min_regions,
+            format!("{id}: verified in {verified:?}, min_regions {min_regions}"),
+        );
+        let dest = ctx.fleet.regions[0].dest();
+        let writes = checker::restored_writes(&ctx.fleet, &dest, id).await?;
+        let last = checker::check_writes(&mut v, id, consistent, &writes, history, *before);
+        newest_ok = newest_ok.max(Some(last));
+    }
+    if let Some(last) = newest_ok
+        && let Some(at) = history.acked.get(&last)
+    {
+        let rpo = SystemTime::now()
+            .duration_since(*at)
+            .unwrap_or_default()
+            .as_secs_f64();
+        ctx.figure(
+            "newest restored write's age at the check (s)",
+            format!("{rpo:.1}"),
+        );
+    }
+    ctx.figure(
+        "writes acknowledged / given up",
+        format!("{} / {}", history.acked.len(), history.maybe.len()),
+    );
+    ctx.out.verdict = v;
+    Ok(())
+}
+
+async fn leader_killed_consistent(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fleet
+        .set_policy("cut", &ctx.fleet.policy("cut", "consistent", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    // One shard, both its nodes, snapshots slowly: the window waits for its cut for seconds.
+    let slow = ctx.rng.random_range(0..crate::fleet::SHARDS);
+    slow_shard(ctx, slow).await?;
+    let leader = ctx.fleet.leader()?;
+    let (window, before) = open_window(ctx, &writer, "cut")?;
+    let opened = Instant::now();
+    // The seed picks the moment: as the window opens, once a shard's snapshot has synced (the
+    // cut still to come), or once the cut is taken (the set not yet written).
+    let phase = ctx.rng.random_range(0..3u32);
+    let cli = ctx.fleet.cli.clone();
+    let at_kill =
+        fleetsnap_testkit::poll_until("the moment to kill", Duration::from_secs(60), || async {
+            let doc = cli.json(&["backup", "show", &window, "--json"]).ok()?;
+            let synced = doc["shards"]
+                .as_array()?
+                .iter()
+                .any(|s| !s["synced"].is_null());
+            let reached = match phase {
+                0 => true,
+                1 => synced,
+                _ => !doc["cut"].is_null(),
+            };
+            (reached || doc["done"] == true).then_some(doc)
+        })
+        .await?;
+    ctx.fleet.coord(leader).proc.kill();
+    ctx.fault(format!(
+        "kill -9 coordinator {leader} (the leader), {:.2}s into window {window} ({})",
+        opened.elapsed().as_secs_f64(),
+        if at_kill["done"] == true {
+            "already done".to_string()
+        } else if at_kill["cut"].is_null() {
+            let synced = at_kill["shards"]
+                .as_array()
+                .map_or(0, |s| s.iter().filter(|s| !s["synced"].is_null()).count());
+            format!("before its cut, {synced} shards synced")
+        } else {
+            "after its cut".to_string()
+        }
+    ));
+    let killed = Instant::now();
+    let survivors: Vec<String> = ctx
+        .fleet
+        .coords
+        .iter()
+        .filter(|c| c.id != leader)
+        .map(|c| c.addr())
+        .collect();
+    let cli = ctx.fleet.cli.to(&survivors);
+    let all = std::mem::replace(&mut ctx.fleet.cli, cli);
+    let doc = window_done(ctx, &window, Duration::from_secs(180)).await?;
+    ctx.figure(
+        "window done after the kill (s)",
+        format!("{:.1}", killed.elapsed().as_secs_f64()),
+    );
+    ctx.figure("window's set", doc["sets"][0]["state"].to_string());
+    ctx.fleet.cli = all;
+    ctx.fleet.coord(leader).proc.start()?;
+    ctx.fault(format!("coordinator {leader} restarted"));
+    // One more window with every coordinator back.
+    let (again, before2) = open_window(ctx, &writer, "cut")?;
+    window_done(ctx, &again, Duration::from_secs(120)).await?;
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(window, before), (again, before2)], 2).await?;
+    let complete = ctx
+        .out
+        .verdict
+        .findings
+        .iter()
+        .any(|f| f.invariant.contains("verifies in"));
+    ctx.out.verdict.add(
+        "the window whose leader was killed still ends with a complete set",
+        doc["sets"][0]["state"] == "complete" && complete,
+        format!("{}", doc["sets"][0]["state"]),
+    );
+    Ok(())
+}
+
+async fn agent_partitioned_mid_upload(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    let (window, before) = open_window(ctx, &writer, "sim")?;
+    // The chosen node of a shard the seed picks, once the plan names it.
+    let shard = ctx.rng.random_range(0..crate::fleet::SHARDS);
+    let cli = ctx.fleet.cli.clone();
+    let chosen =
+        fleetsnap_testkit::poll_until("the window's plan", Duration::from_secs(30), || async {
+            let doc = cli.json(&["backup", "show", &window, "--json"]).ok()?;
+            let s = doc["shards"].as_array()?.get(shard)?.clone();
+            let nodes = s["plan"]["nodes"].as_array()?.clone();
+            nodes
+                .iter()
+                .find(|n| n["rank"] == 1)
+                .and_then(|n| n["address"].as_str().map(str::to_string))
+        })
+        .await?;
+    let host = ctx
+        .fleet
+        .nodes
+        .iter()
+        .find(|n| n.addr() == chosen)
+        .map(|n| n.host.clone())
+        .with_context(|| format!("no node at {chosen}"))?;
+    for r in &ctx.fleet.regions {
+        ctx.fleet.lab.partition(&host, &r.host, true)?;
+    }
+    ctx.fault(format!(
+        "{} ({chosen}, chosen for shard {shard}) cut off from both regions",
+        host.name
+    ));
+    let cut_off = ctx.between(5.0, 20.0);
+    tokio::time::sleep(cut_off).await;
+    ctx.fleet.lab.heal()?;
+    ctx.fault(format!("healed after {:.1}s", cut_off.as_secs_f64()));
+    let healed = Instant::now();
+    let doc = window_done(ctx, &window, Duration::from_secs(240)).await?;
+    ctx.figure(
+        "window done after the heal (s)",
+        format!("{:.1}", healed.elapsed().as_secs_f64()),
+    );
+    ctx.figure("window's set", doc["sets"][0]["state"].to_string());
+    let (again, before2) = open_window(ctx, &writer, "sim")?;
+    let doc2 = window_done(ctx, &again, Duration::from_secs(120)).await?;
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(window, before), (again, before2)], 2).await?;
+    ctx.out.verdict.add(
+        "the next window, with the network healed, is complete",
+        doc2["sets"][0]["state"] == "complete",
+        format!("{}", doc2["sets"][0]["state"]),
+    );
+    Ok(())
+}
+
+async fn minority_partition(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    // The seed picks the leader or a follower as the minority.
+    let leader = ctx.fleet.leader()?;
+    let alone = if ctx.rng.random_bool(0.5) {
+        leader
+    } else {
+        ctx.fleet
+            .coords
+            .iter()
+            .map(|c| c.id)
+            .find(|i| *i != leader)
+            .expect("a follower")
+    };
+    let alone_host = ctx.fleet.coord(alone).host.clone();
+    for c in &ctx.fleet.coords {
+        if c.id != alone {
+            ctx.fleet.lab.partition(&alone_host, &c.host, true)?;
+        }
+    }
+    ctx.fault(format!(
+        "coordinator {alone} ({}) cut off from the other two both ways",
+        if alone == leader {
+            "the leader"
+        } else {
+            "a follower"
+        }
+    ));
+    let cut = Instant::now();
+    let majority: Vec<String> = ctx
+        .fleet
+        .coords
+        .iter()
+        .filter(|c| c.id != alone)
+        .map(|c| c.addr())
+        .collect();
+    let to_majority = ctx.fleet.cli.to(&majority);
+    let all = std::mem::replace(&mut ctx.fleet.cli, to_majority);
+    let cli = ctx.fleet.cli.clone();
+    let new_leader = fleetsnap_testkit::poll_until(
+        "a leader in the majority",
+        Duration::from_secs(60),
+        || async {
+            let s = cli.json(&["cluster", "status", "--json"]).ok()?;
+            s["leader_id"].as_u64().filter(|l| *l != alone)
+        },
+    )
+    .await?;
+    ctx.figure(
+        "leader in the majority after (s)",
+        format!("{:.1}", cut.elapsed().as_secs_f64()),
+    );
+    let (window, before) = open_window(ctx, &writer, "sim")?;
+    let doc = window_done(ctx, &window, Duration::from_secs(120)).await?;
+    ctx.figure(
+        "window during the partition",
+        doc["sets"][0]["state"].to_string(),
+    );
+    // The minority alone must not act as leader in a term the majority's leader holds.
+    let alone_addr = ctx.fleet.coord(alone).addr();
+    let lone = ctx.fleet.cli.to(&[alone_addr]);
+    let lone_view = lone.json(&["cluster", "status", "--json"]).ok();
+    let majority_view = ctx.fleet.cli.json(&["cluster", "status", "--json"])?;
+    let split = lone_view.as_ref().is_some_and(|l| {
+        l["leader_id"].as_u64() == Some(alone)
+            && l["term"].as_u64() == majority_view["term"].as_u64()
+            && new_leader != alone
+    });
+    ctx.out
+        .figures
+        .push(("majority leader".into(), new_leader.to_string()));
+    ctx.fleet.lab.heal()?;
+    ctx.fault("healed");
+    ctx.fleet.cli = all;
+    let (again, before2) = open_window(ctx, &writer, "sim")?;
+    let doc2 = window_done(ctx, &again, Duration::from_secs(120)).await?;
+    // The node cut off catches up: it knows the newest window.
+    let alone_addr = ctx.fleet.coord(alone).addr();
+    let lone = ctx.fleet.cli.to(&[alone_addr]);
+    let caught_up = fleetsnap_testkit::poll_until(
+        "the minority caught up",
+        Duration::from_secs(60),
+        || async {
+            let s = lone.json(&["backup", "show", &again, "--json"]).ok()?;
+            (s["done"] == true).then_some(())
+        },
+    )
+    .await
+    .is_ok();
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(window, before), (again, before2)], 2).await?;
+    let v = &mut ctx.out.verdict;
+    v.add(
+        "no two leaders in one term",
+        !split,
+        format!("minority's view {lone_view:?}; majority's leader {new_leader}"),
+    );
+    v.add(
+        "the majority makes progress while the minority is cut off",
+        doc["sets"][0]["state"] == "complete",
+        window_summary(&doc),
+    );
+    v.add(
+        "the window after the heal is complete, and the minority learns of it",
+        doc2["sets"][0]["state"] == "complete" && caught_up,
+        format!("{}, caught up: {caught_up}", doc2["sets"][0]["state"]),
+    );
+    Ok(())
+}
+
+/// Makes shard `k`'s nodes snapshot slowly (3 ms a key: about 10 s).
+async fn slow_shard(ctx: &Ctx, k: usize) -> anyhow::Result<()> {
+    let tag = &crate::workload::tags()[k];
+    let probe = format!("{{{tag}}}:probe");
+    let slot = fleetsnap_core::keys::key_slot(probe.as_bytes()).to_string();
+    for n in &ctx.fleet.nodes {
+        let nodes = crate::fleet::command(&n.addr(), &["CLUSTER", "NODES"]).await?;
+        let text = nodes.text().unwrap_or_default();
+        let mine = text
+            .lines()
+            .find(|l| l.contains("myself"))
+            .unwrap_or_default();
+        let fields: Vec<&str> = mine.split(' ').collect();
+        // A replica's line names its primary; a primary's lists its slots.
+        let primary_id = if fields.get(2).is_some_and(|f| f.contains("slave")) {
+            fields.get(3).copied().unwrap_or_default()
+        } else {
+            fields.first().copied().unwrap_or_default()
+        };
+        let primary_line = text
+            .lines()
+            .find(|l| l.starts_with(primary_id))
+            .unwrap_or_default();
+        let owns = primary_line.split(' ').skip(8).any(|r| {
+            let s: u16 = slot.parse().unwrap_or(0);
+            match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<u16>().is_ok_and(|a| a <= s) && b.parse::<u16>().is_ok_and(|b| s <= b)
+                }
+                None => r.parse::<u16>().is_ok_and(|x| x == s),
+            }
+        });
+        if owns {
+            crate::fleet::command(&n.addr(), &["CONFIG", "SET", "rdb-key-save-delay", "3000"])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The shard whose primary is `fleet.nodes[i]` now, by `INFO replication`.
+async fn primaries(fleet: &Fleet) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, n) in fleet.nodes.iter().enumerate() {
+        if n.info("replication", "role")
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("master")
+        {
+            out.push(i);
+        }
+    }
+    out
+}
+
+async fn primary_killed_mid_window(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(300, Duration::from_secs(30)).await?;
+    let (window, before) = open_window(ctx, &writer, "sim")?;
+    tokio::time::sleep(ctx.between(0.5, 2.5)).await;
+    let ps = primaries(&ctx.fleet).await;
+    let victim = ps[ctx.rng.random_range(0..ps.len())];
+    ctx.fleet.nodes[victim].redis.kill();
+    let name = ctx.fleet.nodes[victim].host.name.clone();
+    ctx.fault(format!(
+        "kill -9 redis on {name} (a primary) during window {window}"
+    ));
+    let killed = Instant::now();
+    let doc = window_done(ctx, &window, Duration::from_secs(180)).await?;
+    ctx.figure(
+        "window done after the kill (s)",
+        format!("{:.1}", killed.elapsed().as_secs_f64()),
+    );
+    ctx.figure("window's set", window_summary(&doc));
+    // The cluster has promoted its replica; the old primary comes back as a replica.
+    writer.wait_more(100, Duration::from_secs(60)).await?;
+    ctx.figure(
+        "writer going again after the kill (s)",
+        format!("{:.1}", killed.elapsed().as_secs_f64()),
+    );
+    ctx.fleet.nodes[victim].redis.start()?;
+    ctx.fault(format!("redis on {name} restarted"));
+    ctx.fleet.wait_ready().await?;
+    let (again, before2) = open_window(ctx, &writer, "sim")?;
+    let doc2 = window_done(ctx, &again, Duration::from_secs(120)).await?;
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(window, before), (again, before2)], 2).await?;
+    ctx.out.verdict.add(
+        "the window after the failover is complete",
+        doc2["sets"][0]["state"] == "complete",
+        window_summary(&doc2),
+    );
+    Ok(())
+}
+
+async fn region_down_window(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    let k = ctx.rng.random_range(0..ctx.fleet.regions.len());
+    let name = ctx.fleet.regions[k].name.clone();
+    ctx.fleet.regions[k].garage.kill();
+    ctx.fault(format!("region {name} down (its server killed)"));
+    let (window, before) = open_window(ctx, &writer, "sim")?;
+    let doc = window_done(ctx, &window, Duration::from_secs(180)).await?;
+    let during = doc["sets"][0]["state"].clone();
+    ctx.figure(
+        "window's set while the region was down",
+        window_summary(&doc),
+    );
+    ctx.fleet.regions[k].garage.start()?;
+    ctx.fleet.regions[k].wait_up().await?;
+    ctx.fault(format!("region {name} back"));
+    let back = Instant::now();
+    let id = doc["backup_id"].as_str().unwrap_or_default().to_string();
+    let cli = ctx.fleet.cli.clone();
+    let repaired =
+        fleetsnap_testkit::poll_until("the set repaired", Duration::from_secs(240), || async {
+            let sets = cli.json(&["backup", "list", "--json"]).ok()?;
+            sets.as_array()?
+                .iter()
+                .any(|s| s["backup_id"] == id.as_str() && s["state"] == "complete")
+                .then_some(())
+        })
+        .await
+        .is_ok();
+    ctx.figure(
+        "set complete after the region came back (s)",
+        format!("{:.1}", back.elapsed().as_secs_f64()),
+    );
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(window, before)], 2).await?;
+    let v = &mut ctx.out.verdict;
+    v.add(
+        "a set written while a region of min_regions 2 is down is not called complete",
+        during != "complete",
+        during.to_string(),
+    );
+    v.add(
+        "the set is repaired into the region once it is back",
+        repaired,
+        id,
+    );
+    Ok(())
+}
+
+async fn agent_clock_skew(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .context("libfaketime is not installed: scripts/setup.sh chaos")?;
+    let i = ctx.rng.random_range(0..ctx.fleet.nodes.len());
+    let agent = &mut ctx.fleet.nodes[i].agent;
+    agent.spec.env.extend([
+        ("LD_PRELOAD".to_string(), lib.to_string()),
+        ("FAKETIME".to_string(), "+7s".to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+    ]);
+    agent.start()?;
+    let name = ctx.fleet.nodes[i].host.name.clone();
+    ctx.fault(format!(
+        "the agent on {name} restarted with its clock 7 s ahead"
+    ));
+    ctx.fleet.wait_ready().await?;
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet
+        .set_policy("cut", &ctx.fleet.policy("cut", "consistent", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    let mut windows = Vec::new();
+    let mut states = Vec::new();
+    for policy in ["sim", "cut", "sim"] {
+        let (w, b) = open_window(ctx, &writer, policy)?;
+        let doc = window_done(ctx, &w, Duration::from_secs(120)).await?;
+        let set = ctx
+            .fleet
+            .cli
+            .json(&["backup", "list", "--json"])?
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|s| s["window"].as_u64().map(|x| x.to_string()) == Some(w.clone()))
+                    .cloned()
+            })
+            .unwrap_or_default();
+        ctx.figure(
+            &format!("window {w} ({policy}): skew / write pause (µs)"),
+            format!("{} / {}", set["skew_us"], set["write_pause_us"]),
+        );
+        states.push(window_summary(&doc));
+        windows.push((w, b));
+    }
+    let history = writer.stop().await;
+    check_all(ctx, &history, &windows, 2).await?;
+    ctx.out.verdict.add(
+        "every window with a skewed agent ends complete",
+        states.iter().all(|s| s.starts_with("\"complete\"")),
+        states.join(" | "),
+    );
+    Ok(())
+}
+
+async fn rolling_restart(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut policy = ctx.fleet.policy("every", "simultaneous", 2);
+    policy = policy.replacen("min_regions", "schedule = \"every 10s\"\nmin_regions", 1);
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    let before = writer.history().last_acked();
+    ctx.fleet.set_policy("every", &policy)?;
+    let ids: Vec<u64> = ctx.fleet.coords.iter().map(|c| c.id).collect();
+    for id in ids {
+        tokio::time::sleep(ctx.between(3.0, 8.0)).await;
+        ctx.fleet.coord(id).proc.start()?;
+        ctx.fault(format!("coordinator {id} restarted"));
+        let cli = ctx.fleet.cli.clone();
+        fleetsnap_testkit::poll_until("a leader again", Duration::from_secs(60), || async {
+            cli.json(&["cluster", "status", "--json"]).ok()?["leader_id"].as_u64()
+        })
+        .await?;
+    }
+    for i in 0..ctx.fleet.nodes.len() {
+        tokio::time::sleep(ctx.between(1.0, 4.0)).await;
+        ctx.fleet.nodes[i].agent.start()?;
+        let name = ctx.fleet.nodes[i].host.name.clone();
+        ctx.fault(format!("agent on {name} restarted"));
+    }
+    ctx.fleet.wait_ready().await?;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    // No more windows: the schedule is taken away, and the last window let finish.
+    ctx.fleet
+        .set_policy("every", &ctx.fleet.policy("every", "simultaneous", 2))?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let sets = checker::sets(&ctx.fleet)?;
+    let mut windows: Vec<(String, u64)> = sets
+        .iter()
+        .filter(|s| s["policy"] == "every")
+        .filter_map(|s| s["window"].as_u64())
+        .map(|w| (w.to_string(), before))
+        .collect();
+    windows.sort();
+    let complete = sets
+        .iter()
+        .filter(|s| s["policy"] == "every" && s["state"] == "complete")
+        .count();
+    ctx.figure(
+        "scheduled windows / complete sets",
+        format!("{} / {complete}", windows.len()),
+    );
+    let history = writer.stop().await;
+    // Each window must hold at least what was acknowledged before the restarts began.
+    check_all(ctx, &history, &windows, 2).await?;
+    ctx.out.verdict.add(
+        "windows kept coming through the restarts, and the last ones completed",
+        windows.len() >= 3 && complete >= 2,
+        format!("{} windows, {complete} complete", windows.len()),
+    );
+    Ok(())
+}
+
+async fn failover_runbooks(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(300, Duration::from_secs(30)).await?;
+    let shards = ["0-5460", "5461-10922", "10923-16383"];
+    let k = ctx.rng.random_range(0..shards.len());
+    let shard = shards[k];
+    let run = |ctx: &Ctx| {
+        ctx.fleet.cli.run_json(&[
+            "runbook",
+            "failover",
+            "--cluster",
+            crate::fleet::CLUSTER,
+            "--shard",
+            shard,
+            "--yes",
+            "--json",
+        ])
+    };
+    ctx.fault(format!(
+        "graceful runbook failover of shard {shard} under writes"
+    ));
+    let (ok, graceful) = run(ctx)?;
+    writer.wait_more(100, Duration::from_secs(60)).await?;
+    let mid = writer.history();
+    // Graceful: every write acknowledged so far is on the cluster.
+    let live = checker::live_writes(&ctx.fleet).await?;
+    let lost: Vec<u64> = mid
+        .acked
+        .keys()
+        .filter(|g| !live.contains(g))
+        .copied()
+        .collect();
+    ctx.out.verdict.add(
+        "a graceful failover loses no acknowledged write",
+        ok && lost.is_empty(),
+        format!(
+            "runbook ok: {ok}; {} acknowledged writes missing: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        ),
+    );
+    ctx.figure(
+        "graceful failover",
+        graceful.to_string().chars().take(300).collect::<String>(),
+    );
+    ctx.fleet.wait_ready().await?;
+    let (w1, b1) = open_window(ctx, &writer, "sim")?;
+    window_done(ctx, &w1, Duration::from_secs(120)).await?;
+
+    // Forced: the shard's primary killed, then the runbook.
+    let ps = primaries(&ctx.fleet).await;
+    let mut victim = None;
+    for &p in &ps {
+        let nodes =
+            crate::fleet::command(&ctx.fleet.nodes[p].addr(), &["CLUSTER", "NODES"]).await?;
+        let text = nodes.text().unwrap_or_default();
+        let mine = text
+            .lines()
+            .find(|l| l.contains("myself"))
+            .unwrap_or_default();
+        if mine.split(' ').skip(8).any(|r| r == shard) {
+            victim = Some(p);
+        }
+    }
+    let victim = victim.context("the shard's primary")?;
+    // The cluster must not promote on its own first: its nodes wait far longer than the runbook.
+    for n in &ctx.fleet.nodes {
+        crate::fleet::command(
+            &n.addr(),
+            &["CONFIG", "SET", "cluster-node-timeout", "60000"],
+        )
+        .await
+        .ok();
+    }
+    ctx.fleet.nodes[victim].redis.kill();
+    ctx.fault(format!(
+        "kill -9 the primary of shard {shard} ({}), then a forced runbook failover",
+        ctx.fleet.nodes[victim].host.name
+    ));
+    let (ok2, forced) = run(ctx)?;
+    ctx.figure(
+        "forced failover",
+        forced.to_string().chars().take(400).collect::<String>(),
+    );
+    writer.wait_more(100, Duration::from_secs(90)).await?;
+    for n in &ctx.fleet.nodes {
+        crate::fleet::command(
+            &n.addr(),
+            &["CONFIG", "SET", "cluster-node-timeout", "3000"],
+        )
+        .await
+        .ok();
+    }
+    ctx.fleet.nodes[victim].redis.start()?;
+    ctx.fleet.wait_ready().await?;
+    let (w2, b2) = open_window(ctx, &writer, "sim")?;
+    window_done(ctx, &w2, Duration::from_secs(120)).await?;
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(w1, b1), (w2, b2)], 2).await?;
+    ctx.out.verdict.add(
+        "the forced failover runbook succeeds",
+        ok2,
+        forced.to_string().chars().take(200).collect::<String>(),
+    );
+    Ok(())
+}

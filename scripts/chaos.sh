@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the chaos suite (see docs/CHAOS.md): every scenario, or the quick subset, as root.
+#   scripts/chaos.sh                          the full suite, a random seed
+#   scripts/chaos.sh --quick                  the subset .ci/run runs (about 2 minutes)
+#   scripts/chaos.sh --seed N [--scenario NAME]   replay a run, or one scenario of it
+#   scripts/chaos.sh --report docs/CHAOS.md   append the run's report
+#   scripts/chaos.sh --list                   the scenarios
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh chaos
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --quiet --workspace --bins
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# A lab left by a run that was killed is removed by the next run (its namespaces carry the pid).
+exec as_root target/debug/fleetsnap-chaos "$@"
