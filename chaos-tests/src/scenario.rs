@@ -872,6 +872,24 @@ async fn failover_runbooks(ctx: &mut Ctx) -> anyhow::Result<()> {
         "kill -9 the primary of shard {shard} ({}), then a forced runbook failover",
         ctx.fleet.nodes[victim].host.name
     ));
+    // As an operator would: once `fleetsnap status` shows the primary unreachable.
+    let dead = ctx.fleet.nodes[victim].addr();
+    let cli = ctx.fleet.cli.clone();
+    fleetsnap_testkit::poll_until(
+        "the dead primary reported",
+        Duration::from_secs(30),
+        || async {
+            let s = cli.json(&["status", "--json"]).ok()?;
+            let gone = s["clusters"][0]["shards"].as_array()?.iter().any(|sh| {
+                sh["nodes"].as_array().is_some_and(|n| {
+                    n.iter()
+                        .any(|n| n["address"] == dead.as_str() && n["reachable"] == false)
+                })
+            });
+            gone.then_some(())
+        },
+    )
+    .await?;
     let (ok2, forced) = run(ctx)?;
     ctx.figure(
         "forced failover",
