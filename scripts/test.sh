@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, then runs the whole suite: formatting, lints, unit and
-# integration tests (real redis-server, Garage and moto processes on loopback).
+# integration tests (real redis-server, Garage and moto processes on loopback), then the chaos
+# suite's quick subset (hosts in network namespaces; docs/CHAOS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
@@ -15,3 +16,5 @@ cargo test --workspace --quiet -- --test-threads=2 2>&1 | tee "$log"
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "fleetsnap: %d passed, %d failed\n", p, f }' "$log"
+# The chaos suite's quick subset, on the binaries just built.
+scripts/chaos.sh --quick

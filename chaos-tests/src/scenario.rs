@@ -799,7 +799,8 @@ async fn failover_runbooks(ctx: &mut Ctx) -> anyhow::Result<()> {
     let shards = ["0-5460", "5461-10922", "10923-16383"];
     let k = ctx.rng.random_range(0..shards.len());
     let shard = shards[k];
-    let run = |ctx: &Ctx| {
+    // A live shard is named by its slots; one whose primary is dead, by that primary.
+    let run = |ctx: &Ctx, shard: &str| {
         ctx.fleet.cli.run_json(&[
             "runbook",
             "failover",
@@ -814,7 +815,7 @@ async fn failover_runbooks(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.fault(format!(
         "graceful runbook failover of shard {shard} under writes"
     ));
-    let (ok, graceful) = run(ctx)?;
+    let (ok, graceful) = run(ctx, shard)?;
     writer.wait_more(100, Duration::from_secs(60)).await?;
     let mid = writer.history();
     // Graceful: every write acknowledged so far is on the cluster.
@@ -890,7 +891,7 @@ async fn failover_runbooks(ctx: &mut Ctx) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (ok2, forced) = run(ctx)?;
+    let (ok2, forced) = run(ctx, &dead)?;
     ctx.figure(
         "forced failover",
         forced.to_string().chars().take(400).collect::<String>(),
