@@ -245,8 +245,16 @@ pub async fn check_all(
             verified.len() >= min_regions,
             format!("{id}: verified in {verified:?}, min_regions {min_regions}"),
         );
-        let dest = ctx.fleet.regions[0].dest();
-        let writes = checker::restored_writes(&ctx.fleet, &dest, id).await?;
+        // Restored from a region where it verified; a set that verifies nowhere has failed above.
+        let Some(region) = ctx
+            .fleet
+            .regions
+            .iter()
+            .find(|r| verified.contains(&r.name))
+        else {
+            continue;
+        };
+        let writes = checker::restored_writes(&ctx.fleet, &region.dest(), id).await?;
         let last = checker::check_writes(&mut v, id, consistent, &writes, history, *before);
         newest_ok = newest_ok.max(Some(last));
     }
