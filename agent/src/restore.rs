@@ -256,7 +256,8 @@ async fn check_object_piped(
     let worker = decode.then(|| {
         let (codecs, kind) = (entry.codecs.clone(), entry.kind);
         let (identity, out) = (identity.map(Path::to_path_buf), out.map(Path::to_path_buf));
-        tokio::task::spawn_blocking(move || {
+        let piped = pipe.is_some();
+        let work = move || {
             let ids = identity.as_deref().map(load_identities).transpose()?;
             decode_stream(
                 ChannelReader::new(rx),
@@ -269,7 +270,21 @@ async fn check_object_piped(
                     pipe,
                 },
             )
-        })
+        };
+        // Feeding a process that loads from the pipe, the decoder yields the CPU to it: on a
+        // thread of its own, whose lowered priority ends with it.
+        let (done, result) = tokio::sync::oneshot::channel();
+        if piped {
+            std::thread::spawn(move || {
+                yield_cpu();
+                let _ = done.send(work());
+            });
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let _ = done.send(work());
+            });
+        }
+        result
     });
     let mut sha = Sha256::new();
     let mut stored = 0u64;
@@ -339,6 +354,16 @@ async fn check_object_piped(
         },
         held,
     ))
+}
+
+/// Lowers the calling thread's priority (nice 10): when the cores are short, a process loading
+/// what this thread produces runs first.
+fn yield_cpu() {
+    // SAFETY: gettid and setpriority on the calling thread only.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
 }
 
 /// The stored bytes of `input` decoded through `codecs` (the write order, undone last first).
@@ -493,7 +518,11 @@ impl FileWriter {
         let mut f = f;
         let (full, filled) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let (give_back, empty) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let low = direct.is_some();
         let thread = std::thread::spawn(move || {
+            if low {
+                yield_cpu();
+            }
             for buf in filled {
                 match direct.as_mut() {
                     Some(d) => d.write(&mut f, &buf)?,
