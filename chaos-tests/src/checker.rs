@@ -177,8 +177,7 @@ pub fn check_writes(
         for shard in 0..SHARDS as u64 {
             let top = writes
                 .iter()
-                .filter(|g| *g % SHARDS as u64 == shard)
-                .next_back()
+                .rfind(|g| *g % SHARDS as u64 == shard)
                 .copied()
                 .unwrap_or(0);
             for g in history

@@ -223,7 +223,7 @@ impl Fleet {
         }
 
         let mut nodes = Vec::new();
-        for i in 0..SHARDS * 2 {
+        for (i, agent_id) in agents.iter().enumerate() {
             let host = lab.host(&format!("node-{i}")).clone();
             let data = root.join(format!("redis-{i}"));
             std::fs::create_dir_all(&data)?;
@@ -263,7 +263,7 @@ impl Fleet {
                 },
             );
             redis.start()?;
-            let agent_id = agents[i].clone();
+            let agent_id = agent_id.clone();
             let spool = root.join(format!("spool-{i}"));
             std::fs::create_dir_all(&spool)?;
             let list: Vec<String> = coord_addrs.iter().map(|c| format!("\"{c}\"")).collect();

@@ -132,7 +132,7 @@ fn run_one(run: scenario::RunFn, seed: u64, name: &str) -> anyhow::Result<Outcom
     let lab = Fleet::hosts()?;
     let client = lab.host("client").ns.clone();
     let keep_to = PathBuf::from("target/chaos-logs").join(format!("{name}-{seed}"));
-    let outcome = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(move || -> anyhow::Result<Outcome> {
             net::enter(&client)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -170,8 +170,7 @@ fn run_one(run: scenario::RunFn, seed: u64, name: &str) -> anyhow::Result<Outcom
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the scenario's thread panicked"))?
-    });
-    outcome
+    })
 }
 
 fn keep_logs(logs: &[PathBuf], to: &PathBuf) {

@@ -130,6 +130,24 @@ pub fn all() -> Vec<Scenario> {
             run: |c| Box::pin(failover_runbooks(c)),
         },
         Scenario {
+            name: "slow-region-stall",
+            about: "one region stalls for 2 minutes in the middle of a window whose shards are larger than the agents' memory queues: they spool to disk, keep reading Redis, and finish once it is back",
+            quick: false,
+            run: |c| Box::pin(slow_region_stall(c)),
+        },
+        Scenario {
+            name: "spool-disk-full",
+            about: "every agent's spool is a 64 KiB tmpfs while one region stalls: the region fails with a clear error, the set is not called complete, and is repaired once the spool has room",
+            quick: false,
+            run: |c| Box::pin(spool_disk_full(c)),
+        },
+        Scenario {
+            name: "coordinator-majority-loss",
+            about: "two coordinators die with their data, then the third: a new coordinator cluster is built and its catalog rebuilt from the regions' manifests",
+            quick: false,
+            run: |c| Box::pin(coordinator_majority_loss(c)),
+        },
+        Scenario {
             name: "minority-coordinator-partition",
             about: "one coordinator is cut off from the other two both ways during windows, then healed",
             quick: true,
@@ -924,5 +942,272 @@ async fn failover_runbooks(ctx: &mut Ctx) -> anyhow::Result<()> {
         ok2,
         forced.to_string().chars().take(200).collect::<String>(),
     );
+    Ok(())
+}
+
+/// Adds `mib` MiB of random 256 KiB values to every shard and takes away the snapshot delay, so a
+/// shard's snapshot outgrows the agents' 8 MiB in-memory queues.
+async fn heavy_data(ctx: &Ctx, mib: usize) -> anyhow::Result<()> {
+    let tags = crate::workload::tags();
+    for n in &ctx.fleet.nodes {
+        crate::fleet::command(&n.addr(), &["CONFIG", "SET", "rdb-key-save-delay", "0"]).await?;
+    }
+    let ps = primaries(&ctx.fleet).await;
+    let mut value = vec![0u8; 256 * 1024];
+    for tag in &tags {
+        for &p in &ps {
+            let mut c = ctx.fleet.nodes[p].conn().await?;
+            for i in 0..mib * 4 {
+                let key = format!("{{{tag}}}:heavy:{i}");
+                rand::rng().fill(&mut value[..]);
+                // Only the shard's own primary takes the key; the others answer MOVED.
+                if !matches!(
+                    c.command(&[b"SET", key.as_bytes(), &value]).await,
+                    Ok(fleetsnap_agent::resp::Value::Simple(_))
+                ) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn slow_region_stall(ctx: &mut Ctx) -> anyhow::Result<()> {
+    heavy_data(ctx, 24).await?;
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    let k = ctx.rng.random_range(0..ctx.fleet.regions.len());
+    let name = ctx.fleet.regions[k].name.clone();
+    let links_before = replication_links(ctx).await;
+    let (window, before) = open_window(ctx, &writer, "sim")?;
+    tokio::time::sleep(ctx.between(0.5, 1.5)).await;
+    ctx.fleet.regions[k].proxy.stall(Duration::from_secs(120));
+    ctx.fault(format!(
+        "region {name} stalls for 120 s (every byte held in the proxy)"
+    ));
+    let stalled = Instant::now();
+    let doc = window_done(ctx, &window, Duration::from_secs(400)).await?;
+    ctx.figure(
+        "window done after the stall began (s)",
+        format!("{:.1}", stalled.elapsed().as_secs_f64()),
+    );
+    let failures: Vec<String> = doc["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["failures"].as_array().cloned().unwrap_or_default())
+        .map(|f| f.to_string())
+        .collect();
+    let links_after = replication_links(ctx).await;
+    let (w2, b2) = open_window(ctx, &writer, "sim")?;
+    window_done(ctx, &w2, Duration::from_secs(120)).await?;
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(window.clone(), before), (w2, b2)], 2).await?;
+    let v = &mut ctx.out.verdict;
+    v.add(
+        "a window through a 2-minute stall of one region ends complete, no shard failing",
+        doc["sets"][0]["state"] == "complete" && failures.is_empty(),
+        format!("{} {failures:?}", window_summary(&doc)),
+    );
+    v.add(
+        "Redis dropped no replication link during the stall",
+        links_after >= links_before,
+        format!("connected replicas before {links_before}, after {links_after}"),
+    );
+    Ok(())
+}
+
+/// Replicas connected, summed over the primaries.
+async fn replication_links(ctx: &Ctx) -> u64 {
+    let mut n = 0;
+    for i in primaries(&ctx.fleet).await {
+        n += ctx.fleet.nodes[i]
+            .info("replication", "connected_slaves")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+/// tmpfs mounts, unmounted when dropped.
+struct Mounts(Vec<std::path::PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+async fn spool_disk_full(ctx: &mut Ctx) -> anyhow::Result<()> {
+    heavy_data(ctx, 24).await?;
+    let mut mounts = Mounts(Vec::new());
+    for n in &ctx.fleet.nodes {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&n.spool)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "cannot mount a tmpfs on {}", n.spool.display());
+        mounts.0.push(n.spool.clone());
+    }
+    for n in &mut ctx.fleet.nodes {
+        n.agent.start()?;
+    }
+    ctx.fault("every agent restarted with a 64 KiB tmpfs as its spool");
+    ctx.fleet.wait_ready().await?;
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    let k = ctx.rng.random_range(0..ctx.fleet.regions.len());
+    let name = ctx.fleet.regions[k].name.clone();
+    ctx.fleet.regions[k].proxy.stall(Duration::from_secs(30));
+    ctx.fault(format!("region {name} stalls for 30 s"));
+    let (window, before) = open_window(ctx, &writer, "sim")?;
+    let doc = window_done(ctx, &window, Duration::from_secs(240)).await?;
+    let summary = window_summary(&doc);
+    let sets = checker::sets(&ctx.fleet)?;
+    let set = sets
+        .iter()
+        .find(|s| s["window"].as_u64().map(|w| w.to_string()) == Some(window.clone()))
+        .cloned()
+        .unwrap_or_default();
+    let region_error = set["regions"][&name]["error"].to_string();
+    ctx.figure("the stalled region's error", region_error.clone());
+    drop(mounts);
+    for n in &mut ctx.fleet.nodes {
+        n.agent.start()?;
+    }
+    ctx.fault("spools unmounted, agents restarted");
+    ctx.fleet.wait_ready().await?;
+    let id = doc["backup_id"].as_str().unwrap_or_default().to_string();
+    let cli = ctx.fleet.cli.clone();
+    let repaired =
+        fleetsnap_testkit::poll_until("the set repaired", Duration::from_secs(240), || async {
+            let sets = cli.json(&["backup", "list", "--json"]).ok()?;
+            sets.as_array()?
+                .iter()
+                .any(|s| s["backup_id"] == id.as_str() && s["state"] == "complete")
+                .then_some(())
+        })
+        .await
+        .is_ok();
+    let history = writer.stop().await;
+    check_all(ctx, &history, &[(window, before)], 2).await?;
+    let v = &mut ctx.out.verdict;
+    v.add(
+        "a full spool fails the stalled region with an error that says so, and the set is not complete",
+        set["state"] != "complete" && region_error.contains("spool"),
+        format!("{summary}; set {}, {name}: {region_error}", set["state"]),
+    );
+    v.add("the set is repaired once the spool has room", repaired, id);
+    Ok(())
+}
+
+async fn coordinator_majority_loss(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fleet
+        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet
+        .set_policy("cut", &ctx.fleet.policy("cut", "consistent", 2))?;
+    let writer = ctx.writer();
+    writer.wait_more(200, Duration::from_secs(30)).await?;
+    let mut windows = Vec::new();
+    for policy in ["sim", "cut"] {
+        let (w, b) = open_window(ctx, &writer, policy)?;
+        window_done(ctx, &w, Duration::from_secs(120)).await?;
+        windows.push((w, b));
+    }
+    let before: Vec<String> = checker::sets(&ctx.fleet)?
+        .iter()
+        .filter(|s| s["state"] == "complete")
+        .filter_map(|s| s["backup_id"].as_str().map(str::to_string))
+        .collect();
+    // Two die with their data: no quorum. Then the last one too.
+    let ids: Vec<u64> = ctx.fleet.coords.iter().map(|c| c.id).collect();
+    for id in &ids {
+        let data = ctx.fleet.path().join(format!("coordinator-{id}"));
+        ctx.fleet.coord(*id).proc.kill();
+        std::fs::remove_dir_all(&data).ok();
+    }
+    ctx.fault("every coordinator killed and its data directory removed");
+    let lost = Instant::now();
+    for id in &ids {
+        ctx.fleet.coord(*id).proc.start()?;
+    }
+    ctx.fault("three new coordinators started empty");
+    // Agents fence by Raft term and the new cluster starts again at term 1: as the runbook says,
+    // every agent is restarted (docs/runbooks/rebuild-coordinator.md).
+    for n in &mut ctx.fleet.nodes {
+        n.agent.start()?;
+    }
+    ctx.fault("every agent restarted, as the rebuild-coordinator runbook says");
+    let cli = ctx.fleet.cli.clone();
+    fleetsnap_testkit::poll_until("a new leader", Duration::from_secs(60), || async {
+        cli.json(&["cluster", "status", "--json"]).ok()?["leader_id"].as_u64()
+    })
+    .await?;
+    ctx.fleet.wait_ready().await?;
+    let mut args = vec!["catalog".to_string(), "rebuild".into()];
+    for r in &ctx.fleet.regions {
+        args.push("--from".into());
+        args.push(format!("{}={}", r.name, r.dest()));
+    }
+    args.extend(["--wait".into(), "120".into(), "--json".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, rebuilt) = ctx.fleet.cli.run_json(&args)?;
+    ctx.figure(
+        "catalog back after the loss (s)",
+        format!("{:.1}", lost.elapsed().as_secs_f64()),
+    );
+    let after = checker::sets(&ctx.fleet)?;
+    let found: Vec<&String> = before
+        .iter()
+        .filter(|id| {
+            after
+                .iter()
+                .any(|s| s["backup_id"] == id.as_str() && s["state"] == "complete")
+        })
+        .collect();
+    let history = writer.stop().await;
+    // The rebuilt catalog has no windows: the sets are checked by id.
+    let mut v = Verdict::default();
+    for id in &before {
+        let mut verified = Vec::new();
+        for r in &ctx.fleet.regions {
+            if checker::verifies(&ctx.fleet, &r.dest(), id)? {
+                verified.push(r.name.clone());
+            }
+        }
+        v.add(
+            "a rebuilt set verifies in both regions",
+            verified.len() == 2,
+            format!("{id}: {verified:?}"),
+        );
+        let writes = checker::restored_writes(&ctx.fleet, &ctx.fleet.regions[0].dest(), id).await?;
+        // Every set holds at least what was acknowledged before the first window opened.
+        checker::check_writes(&mut v, id, false, &writes, &history, windows[0].1);
+    }
+    v.add(
+        "the rebuilt catalog holds every set that was complete",
+        ok && found.len() == before.len(),
+        format!(
+            "{} of {} found; rebuild said {}",
+            found.len(),
+            before.len(),
+            rebuilt.to_string().chars().take(200).collect::<String>()
+        ),
+    );
+    ctx.out.verdict = v;
     Ok(())
 }
