@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh chaos
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --quiet --workspace --bins
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # A lab left by a run that was killed is removed by the next run (its namespaces carry the pid).
-exec as_root target/debug/fleetsnap-chaos "$@"
+if [ "$(id -u)" = 0 ]; then
+  exec target/debug/fleetsnap-chaos "$@"
+else
+  exec sudo target/debug/fleetsnap-chaos "$@"
+fi
