@@ -538,21 +538,10 @@ async fn replace_streamed(mut req: ReplaceRequest, layout: Layout) -> Result<Rep
         Census::recorded(read.dbs.as_deref())
             .ok_or_else(|| tokio::task::spawn_blocking(move || Census::read(&live)))
     };
-    let synced = {
-        let live = live.clone();
-        tokio::task::spawn_blocking(move || sync_placed(&live))
-    };
-    let conn = serving(&req).await?;
-    let done = Loaded {
-        conn,
-        live: &live,
-        is_aof: false,
-        read,
-        census,
-        synced,
-        offset_in_rdb,
-    };
-    done.check(&req, started, staged_seconds, stopped).await
+    Loaded::wait(&req, &live, false, read, census, offset_in_rdb)
+        .await?
+        .check(&req, started, staged_seconds, stopped)
+        .await
 }
 
 /// A node serving again after its data file was replaced, and what it should hold.
@@ -561,12 +550,39 @@ struct Loaded<'a> {
     live: &'a Path,
     is_aof: bool,
     read: RestoreReport,
-    census: std::result::Result<Census, tokio::task::JoinHandle<Result<Census>>>,
+    census: Counting,
     synced: tokio::task::JoinHandle<Result<()>>,
     offset_in_rdb: Option<u64>,
 }
 
-impl Loaded<'_> {
+type Counting = std::result::Result<Census, tokio::task::JoinHandle<Result<Census>>>;
+
+impl<'a> Loaded<'a> {
+    /// Syncs the placed copy to disk while the node loads it, and waits until the node serves.
+    async fn wait(
+        req: &ReplaceRequest,
+        live: &'a Path,
+        is_aof: bool,
+        read: RestoreReport,
+        census: Counting,
+        offset_in_rdb: Option<u64>,
+    ) -> Result<Self> {
+        let synced = {
+            let live = live.to_path_buf();
+            tokio::task::spawn_blocking(move || sync_placed(&live))
+        };
+        let conn = serving(req).await?;
+        Ok(Self {
+            conn,
+            live,
+            is_aof,
+            read,
+            census,
+            synced,
+            offset_in_rdb,
+        })
+    }
+
     /// The checks: the node loaded this very file, every key of it, and owns the shard's slots;
     /// then the tail is replayed.
     async fn check(
@@ -670,22 +686,10 @@ async fn replace_staged(mut req: ReplaceRequest, layout: Layout) -> Result<Repla
             stopped.previous_kept_at.as_deref().unwrap_or("(none)")
         )));
     }
-    // The node reads the copy from the page cache while it reaches the disk.
-    let synced = {
-        let live = live.clone();
-        tokio::task::spawn_blocking(move || sync_placed(&live))
-    };
-    let conn = serving(&req).await?;
-    let done = Loaded {
-        conn,
-        live: &live,
-        is_aof: true,
-        read,
-        census,
-        synced,
-        offset_in_rdb,
-    };
-    done.check(&req, started, staged_seconds, stopped).await
+    Loaded::wait(&req, &live, true, read, census, offset_in_rdb)
+        .await?
+        .check(&req, started, staged_seconds, stopped)
+        .await
 }
 
 /// A restarted Redis Cluster node refuses commands until it has met its peers again: waits for

@@ -454,7 +454,7 @@ impl Fleet {
                 r.dest()
             );
         }
-        text
+        text + "\n[retention]\nkeep_last = 2\n"
     }
 
     /// Logs of every process, for a failure report.

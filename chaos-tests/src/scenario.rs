@@ -292,7 +292,69 @@ pub async fn check_all(
         "writes acknowledged / given up",
         format!("{} / {}", history.acked.len(), history.maybe.len()),
     );
+    check_retention(ctx, &mut v, &sets, min_regions)?;
     ctx.out.verdict = v;
+    Ok(())
+}
+
+/// Prunes every policy the sets name (the suite's policies keep the last 2) and checks that the
+/// two newest restorable sets of each (complete or degraded) are still there, the complete ones
+/// verifying in `min_regions` regions.
+fn check_retention(
+    ctx: &mut Ctx,
+    v: &mut Verdict,
+    sets: &[serde_json::Value],
+    min_regions: usize,
+) -> anyhow::Result<()> {
+    let mut policies: Vec<String> = sets
+        .iter()
+        .filter_map(|s| s["policy"].as_str().map(str::to_string))
+        .collect();
+    policies.sort();
+    policies.dedup();
+    for policy in policies {
+        let mut restorable: Vec<&serde_json::Value> = sets
+            .iter()
+            .filter(|s| s["policy"] == policy.as_str())
+            .filter(|s| s["state"] == "complete" || s["state"] == "degraded")
+            .collect();
+        restorable.sort_by_key(|s| std::cmp::Reverse(s["opened_at_ms"].as_i64().unwrap_or(0)));
+        let (ok, pruned) = ctx
+            .fleet
+            .cli
+            .run_json(&["backup", "prune", "--policy", &policy, "--json"])?;
+        let after = checker::sets(&ctx.fleet)?;
+        let mut kept_ok = ok;
+        let mut detail = Vec::new();
+        for s in restorable.iter().take(2) {
+            let id = s["backup_id"].as_str().unwrap_or_default();
+            let still = after
+                .iter()
+                .any(|a| a["backup_id"] == id && a["state"] == s["state"]);
+            let verified = if s["state"] == "complete" {
+                ctx.fleet
+                    .regions
+                    .iter()
+                    .filter(|r| checker::verifies(&ctx.fleet, &r.dest(), id).unwrap_or(false))
+                    .count()
+            } else {
+                min_regions
+            };
+            kept_ok &= still && verified >= min_regions;
+            detail.push(format!("{id}: kept {still}, verified in {verified}"));
+        }
+        let deleted = sets.len().saturating_sub(after.len());
+        v.add(
+            "retention (keep_last 2) keeps the two newest restorable sets, still whole",
+            kept_ok,
+            format!(
+                "policy {policy}: {}; {deleted} sets pruned; prune {}",
+                detail.join(", "),
+                if ok { "ok" } else { "failed" }
+            ),
+        );
+        let _ = pruned;
+    }
     Ok(())
 }
 
@@ -549,6 +611,21 @@ async fn minority_partition(ctx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether set `id` is (or becomes, within `limit`) complete: the fleet repairs a degraded set
+/// on its own.
+async fn set_complete(ctx: &Ctx, id: &str, limit: Duration) -> bool {
+    let cli = ctx.fleet.cli.clone();
+    fleetsnap_testkit::poll_until("the set complete", limit, || async {
+        let sets = cli.json(&["backup", "list", "--json"]).ok()?;
+        sets.as_array()?
+            .iter()
+            .any(|s| s["backup_id"] == id && s["state"] == "complete")
+            .then_some(())
+    })
+    .await
+    .is_ok()
+}
+
 /// Makes shard `k`'s nodes snapshot slowly (3 ms a key: about 10 s).
 async fn slow_shard(ctx: &Ctx, k: usize) -> anyhow::Result<()> {
     let tag = &crate::workload::tags()[k];
@@ -669,17 +746,7 @@ async fn region_down_window(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.fault(format!("region {name} back"));
     let back = Instant::now();
     let id = doc["backup_id"].as_str().unwrap_or_default().to_string();
-    let cli = ctx.fleet.cli.clone();
-    let repaired =
-        fleetsnap_testkit::poll_until("the set repaired", Duration::from_secs(240), || async {
-            let sets = cli.json(&["backup", "list", "--json"]).ok()?;
-            sets.as_array()?
-                .iter()
-                .any(|s| s["backup_id"] == id.as_str() && s["state"] == "complete")
-                .then_some(())
-        })
-        .await
-        .is_ok();
+    let repaired = set_complete(ctx, &id, Duration::from_secs(240)).await;
     ctx.figure(
         "set complete after the region came back (s)",
         format!("{:.1}", back.elapsed().as_secs_f64()),
@@ -1092,17 +1159,7 @@ async fn spool_disk_full(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.fault("spools unmounted, agents restarted");
     ctx.fleet.wait_ready().await?;
     let id = doc["backup_id"].as_str().unwrap_or_default().to_string();
-    let cli = ctx.fleet.cli.clone();
-    let repaired =
-        fleetsnap_testkit::poll_until("the set repaired", Duration::from_secs(240), || async {
-            let sets = cli.json(&["backup", "list", "--json"]).ok()?;
-            sets.as_array()?
-                .iter()
-                .any(|s| s["backup_id"] == id.as_str() && s["state"] == "complete")
-                .then_some(())
-        })
-        .await
-        .is_ok();
+    let repaired = set_complete(ctx, &id, Duration::from_secs(240)).await;
     let history = writer.stop().await;
     check_all(ctx, &history, &[(window, before)], 2).await?;
     let v = &mut ctx.out.verdict;
