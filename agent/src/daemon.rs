@@ -222,6 +222,8 @@ struct Shared {
     transport: Transport,
     incarnation: u64,
     newest_term: AtomicU64,
+    /// The coordinator cluster `newest_term` was seen in ("" before the first welcome).
+    cluster_id: Mutex<String>,
     jobs: Mutex<JobBook>,
     /// The coordinator of the last lost session (0: none).
     last_leader: AtomicU64,
@@ -300,6 +302,7 @@ fn shared(
         instances,
         transport,
         newest_term: AtomicU64::new(0),
+        cluster_id: Mutex::new(String::new()),
         jobs: Mutex::new(JobBook::default()),
         last_leader: AtomicU64::new(0),
         job_ended: tokio::sync::Notify::new(),
@@ -498,6 +501,7 @@ fn hello(shared: &Shared) -> v1::AgentMessage {
             finished_jobs: book.finished.iter().cloned().collect(),
             last_leader_id: shared.last_leader.load(Ordering::SeqCst),
             drills: shared.config.drill.is_some(),
+            cluster_id: shared.cluster_id.lock().expect("cluster id lock").clone(),
         })),
     }
 }
@@ -524,6 +528,21 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
     match tokio::time::timeout(Duration::from_secs(10), down.message()).await {
         Ok(Ok(Some(v1::CoordinatorMessage { body: Some(body) }))) => match body {
             coordinator_message::Body::Welcome(w) => {
+                let rebuilt = {
+                    let mut known = shared.cluster_id.lock().expect("cluster id lock");
+                    let rebuilt =
+                        !known.is_empty() && !w.cluster_id.is_empty() && *known != w.cluster_id;
+                    if !w.cluster_id.is_empty() {
+                        *known = w.cluster_id.clone();
+                    }
+                    rebuilt
+                };
+                if rebuilt {
+                    // A coordinator cluster built anew counts its terms from 1: the fence starts
+                    // again with it.
+                    tracing::warn!(cluster = %w.cluster_id, term = w.term, "a new coordinator cluster; its terms replace the old one's");
+                    shared.newest_term.store(w.term, Ordering::SeqCst);
+                }
                 shared.newest_term.fetch_max(w.term, Ordering::SeqCst);
                 shared.last_leader.store(w.coordinator_id, Ordering::SeqCst);
                 tracing::info!(coordinator = w.coordinator_id, term = w.term, %address, "reporting to the leader");

@@ -262,6 +262,28 @@ impl Node {
         self.raft_says_leader() && self.confirmed.load(Ordering::SeqCst)
     }
 
+    /// This cluster's identity, written by the leader the first time it is asked for (a
+    /// follower answers with what it has applied, or "" when it has none yet).
+    async fn cluster_id(&self) -> Result<String, Status> {
+        let known = || {
+            self.state
+                .read()
+                .expect("state lock")
+                .state
+                .cluster_id
+                .clone()
+        };
+        if let Some(id) = known() {
+            return Ok(id);
+        }
+        if !self.is_leader() {
+            return Ok(String::new());
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.write(Command::SetClusterId { id }).await?;
+        Ok(known().unwrap_or_default())
+    }
+
     fn raft_says_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -793,7 +815,17 @@ impl Node {
             .await;
         }
         let term = self.raft.metrics().borrow().current_term;
-        if hello.newest_term_seen > term {
+        let cluster_id = match self.cluster_id().await {
+            Ok(id) => id,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        // Terms the agent saw in another coordinator cluster (one since rebuilt) say nothing of
+        // this one.
+        let same_cluster = hello.cluster_id.is_empty() || hello.cluster_id == cluster_id;
+        if same_cluster && hello.newest_term_seen > term {
             // This node is behind the agent: whatever it believes about leaders is stale.
             let unknown = LeaderInfo {
                 id: None,
@@ -837,6 +869,7 @@ impl Node {
             body: Some(coordinator_message::Body::Welcome(v1::Welcome {
                 coordinator_id: self.id,
                 term,
+                cluster_id,
             })),
         };
         if tx.send(Ok(welcome)).await.is_err() {

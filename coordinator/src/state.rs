@@ -94,6 +94,8 @@ pub enum JobOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
+    /// The cluster's identity (applied once; later ones change nothing).
+    SetClusterId { id: String },
     /// Agents joined (identities come from their certificates). One entry for every agent that
     /// said Hello while the previous such entry was being committed: after a leader change the
     /// whole fleet registers in a few entries, not one each.
@@ -228,6 +230,10 @@ pub struct FleetState {
     /// The last runbook id.
     #[serde(default)]
     pub next_runbook: u64,
+    /// This coordinator cluster's identity, set once by its first leader. Agents fence by term
+    /// within one cluster; a cluster rebuilt from nothing has a new identity.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 impl FleetState {
@@ -238,6 +244,10 @@ impl FleetState {
             ..Response::default()
         };
         match command {
+            Command::SetClusterId { id } => {
+                self.cluster_id.get_or_insert_with(|| id.clone());
+                Response::default()
+            }
             Command::RegisterAgents { agents } => {
                 for agent in agents {
                     self.agents.entry(agent.clone()).or_insert(AgentRecord {
