@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the chaos suite (see docs/CHAOS.md): every scenario, or the quick subset, as root.
 #   scripts/chaos.sh                          the full suite, a random seed
-#   scripts/chaos.sh --quick                  the subset .ci/run runs (about 2 minutes)
+#   scripts/chaos.sh --quick                  the subset .ci/run runs (about 3 minutes)
 #   scripts/chaos.sh --seed N [--scenario NAME]   replay a run, or one scenario of it
 #   scripts/chaos.sh --report docs/CHAOS.md   append the run's report
 #   scripts/chaos.sh --list                   the scenarios
