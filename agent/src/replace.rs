@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::resp::{Connection, Value, info_field};
-use crate::restore::{RestoreReport, RestoreRequest, restore};
+use crate::restore::{RestoreReport, RestoreRequest, restore, with_suffix};
 use crate::target::RedisTarget;
 
 /// What to replace and how.
@@ -274,12 +274,6 @@ pub async fn replace(req: ReplaceRequest) -> Result<ReplaceReport> {
     } else {
         replace_staged(req, layout).await
     }
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// Drops what an earlier replace kept: its space goes to the new copy, and freeing a large file

@@ -814,7 +814,8 @@ fn paths(req: &RestoreRequest) -> (PathBuf, PathBuf) {
     }
 }
 
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+/// `p` with `suffix` added to its file name (`dump.rdb` → `dump.rdb.partial`).
+pub(crate) fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)

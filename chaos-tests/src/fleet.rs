@@ -11,7 +11,7 @@ use fleetsnap_agent::resp::{Connection, Value};
 use fleetsnap_agent::target::RedisTarget;
 use fleetsnap_testkit::fleet::{Cli, FleetDir, bin};
 use fleetsnap_testkit::poll_until;
-use fleetsnap_testkit::s3::garage_bin;
+use fleetsnap_testkit::s3::{garage_bin, garage_config, garage_lay_out};
 
 use crate::net::{Host, Lab};
 use crate::proc::{Proc, Spec};
@@ -114,7 +114,7 @@ impl Region {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Waits until its S3 API answers (a list of buckets through the proxy).
+    /// Waits until its Garage daemon answers (`garage status`), after a restart.
     pub async fn wait_up(&self) -> anyhow::Result<()> {
         poll_until(
             &format!("region {} up", self.name),
@@ -487,20 +487,10 @@ async fn start_region(
 ) -> anyhow::Result<(Region, String, String)> {
     let d = root.join(format!("garage-{name}"));
     std::fs::create_dir_all(&d)?;
-    let secret: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
     let config = d.join("garage.toml");
     std::fs::write(
         &config,
-        format!(
-            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
-             rpc_bind_addr = \"127.0.0.1:3901\"\nrpc_public_addr = \"127.0.0.1:3901\"\nrpc_secret = \"{secret}\"\n\n\
-             [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"{ip}:{S3_PORT}\"\nroot_domain = \".s3.garage.localhost\"\n\n\
-             [admin]\napi_bind_addr = \"127.0.0.1:3903\"\nadmin_token = \"{secret}\"\n",
-            d = d.display(),
-            ip = host.ip
-        ),
+        garage_config(&d, "127.0.0.1:3901", &host.addr(S3_PORT), "127.0.0.1:3903"),
     )?;
     let mut garage = Proc::new(
         format!("garage {name}"),
@@ -522,34 +512,7 @@ async fn start_region(
         proxy,
         config,
     };
-    region.wait_up().await?;
-    let node = region.garage_cli(&["node", "id", "-q"])?;
-    let node = node
-        .trim()
-        .split('@')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    region.garage_cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
-    region.garage_cli(&["layout", "apply", "--version", "1"])?;
-    let access: String = format!(
-        "GK{}",
-        (0..12)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect::<String>()
-    );
-    let secret_key: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    region.garage_cli(&[
-        "key",
-        "import",
-        "--yes",
-        "-n",
-        "fleetsnap",
-        &access,
-        &secret_key,
-    ])?;
+    let (access, secret_key) = garage_lay_out(|args| region.garage_cli(args)).await?;
     region.garage_cli(&["bucket", "create", "fleet"])?;
     region.garage_cli(&[
         "bucket", "allow", "--read", "--write", "--owner", "fleet", "--key", &access,

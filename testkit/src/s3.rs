@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use crate::{Process, free_port, poll_until};
 
 /// `n` random bytes as lowercase hex.
-fn random_hex(n: usize) -> String {
+pub fn random_hex(n: usize) -> String {
     (0..n)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
@@ -156,6 +156,53 @@ pub fn garage_bin() -> PathBuf {
     }
 }
 
+/// A single-node Garage's config: data under `dir`, RPC, S3 and admin APIs at the addresses given.
+pub fn garage_config(dir: &Path, rpc: &str, s3: &str, admin: &str) -> String {
+    let secret = random_hex(32);
+    format!(
+        "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
+         rpc_bind_addr = \"{rpc}\"\nrpc_public_addr = \"{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
+         [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\n\
+         [admin]\napi_bind_addr = \"{admin}\"\nadmin_token = \"{secret}\"\n",
+        d = dir.display()
+    )
+}
+
+/// Once a single-node Garage's daemon answers through `cli` (the `garage` CLI with its config):
+/// lays out its one node and imports a key that may create buckets. Returns the key's id and
+/// secret.
+pub async fn garage_lay_out(
+    cli: impl Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<(String, String)> {
+    // `node id` reads the key from disk; `status` needs the daemon up.
+    poll_until("garage daemon", Duration::from_secs(60), || async {
+        cli(&["status"]).ok()
+    })
+    .await?;
+    let node = cli(&["node", "id", "-q"])?;
+    let node = node
+        .trim()
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
+    cli(&["layout", "apply", "--version", "1"])?;
+    let access_key = format!("GK{}", random_hex(12));
+    let secret_key = random_hex(32);
+    cli(&[
+        "key",
+        "import",
+        "--yes",
+        "-n",
+        "fleetsnap",
+        &access_key,
+        &secret_key,
+    ])?;
+    cli(&["key", "allow", "--create-bucket", &access_key])?;
+    Ok((access_key, secret_key))
+}
+
 impl Garage {
     /// Starts Garage, lays out its one node, and imports a key that may create buckets.
     pub async fn start() -> anyhow::Result<Self> {
@@ -163,16 +210,14 @@ impl Garage {
             .prefix("fleetsnap-garage-")
             .tempdir()?;
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let secret: String = random_hex(32);
         let config = dir.path().join("garage.toml");
         std::fs::write(
             &config,
-            format!(
-                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
-             rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
-             [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\n\
-             [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\nadmin_token = \"{secret}\"\n",
-                d = dir.path().display()
+            garage_config(
+                dir.path(),
+                &format!("127.0.0.1:{rpc}"),
+                &format!("127.0.0.1:{s3}"),
+                &format!("127.0.0.1:{admin}"),
             ),
         )?;
         let mut cmd = Command::new(garage_bin());
@@ -186,44 +231,19 @@ impl Garage {
             &mut cmd,
             "start garage (install it: cargo install garage --locked)",
         )?;
-        let access_key = format!("GK{}", random_hex(12));
-        let secret_key: String = random_hex(32);
-        let g = Self {
+        let mut g = Self {
             process,
             region: S3Region {
                 profile: "garage".into(),
                 endpoint: format!("http://127.0.0.1:{s3}"),
                 region: "garage".into(),
-                access_key: access_key.clone(),
-                secret_key: secret_key.clone(),
+                access_key: String::new(),
+                secret_key: String::new(),
             },
             config,
             _dir: dir,
         };
-        // `node id` reads the key from disk; `status` needs the daemon up.
-        poll_until("garage daemon", Duration::from_secs(60), || async {
-            g.cli(&["status"]).ok()
-        })
-        .await?;
-        let node = g.cli(&["node", "id", "-q"])?;
-        let node = node
-            .trim()
-            .split('@')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
-        g.cli(&["layout", "apply", "--version", "1"])?;
-        g.cli(&[
-            "key",
-            "import",
-            "--yes",
-            "-n",
-            "fleetsnap",
-            &access_key,
-            &secret_key,
-        ])?;
-        g.cli(&["key", "allow", "--create-bucket", &access_key])?;
+        (g.region.access_key, g.region.secret_key) = garage_lay_out(|args| g.cli(args)).await?;
         wait_s3(&g.region, "garage S3 API").await?;
         Ok(g)
     }
