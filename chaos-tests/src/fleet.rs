@@ -428,6 +428,17 @@ impl Fleet {
             .with_context(|| format!("no leader in {s}"))
     }
 
+    /// The CLI, asking every coordinator but `id`.
+    pub fn cli_without(&self, id: u64) -> Cli {
+        let others: Vec<String> = self
+            .coords
+            .iter()
+            .filter(|c| c.id != id)
+            .map(Coord::addr)
+            .collect();
+        self.cli.to(&others)
+    }
+
     /// The coordinator with id `id`.
     pub fn coord(&mut self, id: u64) -> &mut Coord {
         self.coords

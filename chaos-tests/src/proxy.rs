@@ -4,7 +4,8 @@
 //! address reachable from there; the faults change while connections are open.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -39,7 +40,7 @@ pub struct Proxy {
     faults: watch::Sender<Faults>,
     accept: JoinHandle<()>,
     /// Bytes carried, both ways.
-    carried: Arc<Mutex<u64>>,
+    carried: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -56,7 +57,7 @@ impl Proxy {
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
         let (faults, rx) = watch::channel(Faults::default());
-        let carried = Arc::new(Mutex::new(0u64));
+        let carried = Arc::new(AtomicU64::new(0));
         let ns = host.ns.clone();
         let total = carried.clone();
         let accept = tokio::spawn(async move {
@@ -122,7 +123,7 @@ impl Proxy {
 
     /// Bytes carried so far, both ways.
     pub fn carried(&self) -> u64 {
-        *self.carried.lock().expect("counter")
+        self.carried.load(Ordering::Relaxed)
     }
 }
 
@@ -143,7 +144,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     faults: watch::Receiver<Faults>,
     seed: u64,
-    carried: Arc<Mutex<u64>>,
+    carried: Arc<AtomicU64>,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
     let mut down = faults.clone();
@@ -188,7 +189,7 @@ async fn pump(
             if to.write_all(&buf).await.is_err() {
                 return;
             }
-            *carried.lock().expect("counter") += buf.len() as u64;
+            carried.fetch_add(buf.len() as u64, Ordering::Relaxed);
             let rate = faults.borrow().rate;
             if rate > 0 {
                 tokio::time::sleep(Duration::from_secs_f64(buf.len() as f64 / rate as f64)).await;

@@ -26,6 +26,14 @@ fn ping(from: &Host, to: &str, limit: Duration) -> Option<Duration> {
     .expect("a thread in the namespace")
 }
 
+/// `ping` on a blocking thread, off the runtime the proxy runs on.
+async fn ping_blocking(from: &Host, to: &str, limit: Duration) -> Option<Duration> {
+    let (from, to) = (from.clone(), to.to_string());
+    tokio::task::spawn_blocking(move || ping(&from, &to, limit))
+        .await
+        .expect("the ping thread")
+}
+
 fn redis_on(host: &Host, dir: &std::path::Path) -> Proc {
     let mut p = Proc::new(
         "redis",
@@ -87,48 +95,31 @@ async fn partitions_pauses_and_the_proxy_do_what_they_say() {
         .await
         .unwrap();
     let via = proxy.listen.clone();
-    let plain = {
-        let (a, via) = (a.clone(), via.clone());
-        tokio::task::spawn_blocking(move || ping(&a, &via, Duration::from_secs(2)))
-            .await
-            .unwrap()
-            .expect("through the proxy")
-    };
+    let plain = ping_blocking(&a, &via, Duration::from_secs(2))
+        .await
+        .expect("through the proxy");
     proxy.set(Faults {
         latency: Duration::from_millis(150),
         ..Faults::default()
     });
-    let slow = {
-        let (a, via) = (a.clone(), via.clone());
-        tokio::task::spawn_blocking(move || ping(&a, &via, Duration::from_secs(3)))
-            .await
-            .unwrap()
-            .expect("through the slow proxy")
-    };
+    let slow = ping_blocking(&a, &via, Duration::from_secs(3))
+        .await
+        .expect("through the slow proxy");
     assert!(
         slow >= Duration::from_millis(300),
         "150 ms each way took {slow:?} (plain: {plain:?})"
     );
     proxy.clear();
     proxy.stall(Duration::from_millis(800));
-    let stalled = {
-        let (a, via) = (a.clone(), via.clone());
-        tokio::task::spawn_blocking(move || ping(&a, &via, Duration::from_secs(3)))
-            .await
-            .unwrap()
-            .expect("through the stalled proxy, once the stall ends")
-    };
+    let stalled = ping_blocking(&a, &via, Duration::from_secs(3))
+        .await
+        .expect("through the stalled proxy, once the stall ends");
     assert!(stalled >= Duration::from_millis(700), "{stalled:?}");
     proxy.set(Faults {
         down: true,
         ..Faults::default()
     });
-    let down = {
-        let (a, via) = (a.clone(), via.clone());
-        tokio::task::spawn_blocking(move || ping(&a, &via, Duration::from_secs(1)))
-            .await
-            .unwrap()
-    };
+    let down = ping_blocking(&a, &via, Duration::from_secs(1)).await;
     assert!(down.is_none(), "a link that is down carried a reply");
     assert!(proxy.carried() > 0);
 }
