@@ -43,14 +43,10 @@ struct Cli {
 enum Command {
     /// Run as the host's agent: watch the Redis instances in the config, report them to the
     /// coordinator leader every second, run the jobs it sends.
-    Run {
-        /// The agent's config file (TOML).
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// Talk to coordinators in plain text, without certificates (test machines only).
-        #[arg(long)]
-        insecure: bool,
-    },
+    Run(DaemonArgs),
+    /// Check a config file as `run` would read it (with the same arguments), then exit: 0 when
+    /// the agent would start with it, 1 with what is wrong.
+    CheckConfig(DaemonArgs),
     /// Take a snapshot of one Redis node and store it, verified and compressed, in every destination.
     Snapshot(SnapshotArgs),
     /// Print what the agent reports about one Redis node (role, offsets, links, persistence, slots).
@@ -169,6 +165,25 @@ enum Command {
     },
 }
 
+/// How the agent daemon starts: what `run` and `check-config` share.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The agent's config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Talk to coordinators in plain text, without certificates (test machines only).
+    #[arg(long)]
+    insecure: bool,
+    /// Log lines as `text` (key=value) or `json` (one object per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "FLEETSNAP_LOG_FORMAT"
+    )]
+    log_format: fleetsnap_telemetry::LogFormat,
+}
+
 /// Which shard of which backup, read from where: what `restore` and `drill` share.
 #[derive(clap::Args)]
 struct ShardArgs {
@@ -276,13 +291,10 @@ pub fn parse_size(text: &str) -> Result<u64> {
 /// Runs the CLI.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    // The daemon sets up its logs and traces from its config.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_plain_logs();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -302,6 +314,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn init_plain_logs() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+}
+
 fn print_json<T: serde::Serialize>(v: &T) {
     println!(
         "{}",
@@ -311,10 +333,40 @@ fn print_json<T: serde::Serialize>(v: &T) {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { config, insecure } => {
-            let config = crate::daemon::AgentConfig::load(&config)?;
-            let transport = crate::daemon::transport(&config, insecure)?;
-            crate::daemon::run(config, transport).await?;
+        Command::Run(a) => {
+            let config = crate::daemon::AgentConfig::load(&a.config)?;
+            let telemetry = fleetsnap_telemetry::init(
+                fleetsnap_telemetry::Service {
+                    name: "fleetsnap-agent",
+                    instance: config.agent_id.clone(),
+                },
+                a.log_format,
+                "info",
+                config.telemetry.otlp_endpoint.as_deref(),
+            )
+            .map_err(|e| Error::Input(e.to_string()))?;
+            let transport = crate::daemon::transport(&config, a.insecure)?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|e| Error::Input(format!("cannot handle SIGTERM: {e}")))?;
+            let result = tokio::select! {
+                r = crate::daemon::run(config, transport) => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+                _ = term.recv() => Ok(()),
+            };
+            telemetry.shutdown().await;
+            result.map(|()| ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(a) => {
+            let config = crate::daemon::AgentConfig::load(&a.config)?;
+            crate::daemon::check(&config, a.insecure)?;
+            println!(
+                "{}: agent {:?}, {} coordinator(s), {} instance(s); the agent would start with it",
+                a.config.display(),
+                config.agent_id,
+                config.coordinators.len(),
+                config.instances.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot(a) => run_snapshot(a).await,

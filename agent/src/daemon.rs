@@ -31,6 +31,134 @@ use crate::snapshot::{self, SnapshotRequest};
 use crate::source::{SourceKind, SourceOptions};
 use crate::spool::SpoolLimits;
 use crate::target::RedisTarget;
+use fleetsnap_telemetry::metrics::{Exposition, Kind as MetricKind, Registry};
+use tracing::Instrument;
+
+const REPORTS_SENT: &str = "fleetsnap_agent_reports_sent_total";
+const LAST_REPORT: &str = "fleetsnap_agent_last_report_timestamp_seconds";
+const CONNECTED: &str = "fleetsnap_agent_coordinator_connected";
+const INSTANCE_UP: &str = "fleetsnap_agent_instance_up";
+const JOBS: &str = "fleetsnap_agent_jobs_total";
+const JOB_SECONDS: &str = "fleetsnap_agent_job_duration_seconds";
+const UPLOADED: &str = "fleetsnap_agent_uploaded_bytes_total";
+const UPLOAD_SECONDS: &str = "fleetsnap_agent_upload_duration_seconds";
+const SOURCE_BYTES: &str = "fleetsnap_agent_source_bytes_total";
+const UPLOAD_FAILURES: &str = "fleetsnap_agent_upload_failures_total";
+
+/// Every metric the agent exports, with its type and help: described at start, so a scrape
+/// lists each family before its first sample.
+const METRICS: [(&str, MetricKind, &str); 10] = [
+    (
+        REPORTS_SENT,
+        MetricKind::Counter,
+        "Reports sent to the leader.",
+    ),
+    (
+        LAST_REPORT,
+        MetricKind::Gauge,
+        "When the last report went to the leader (Unix time).",
+    ),
+    (
+        CONNECTED,
+        MetricKind::Gauge,
+        "1 while a session with the coordinator leader is open, else 0.",
+    ),
+    (
+        INSTANCE_UP,
+        MetricKind::Gauge,
+        "1 when the Redis instance answered the last poll, else 0.",
+    ),
+    (
+        JOBS,
+        MetricKind::Counter,
+        "Jobs this agent ran, by kind and outcome.",
+    ),
+    (
+        JOB_SECONDS,
+        MetricKind::Gauge,
+        "How long the last job of each kind took.",
+    ),
+    (
+        UPLOADED,
+        MetricKind::Counter,
+        "Bytes stored in regions by snapshots, by cluster, shard and region.",
+    ),
+    (
+        UPLOAD_SECONDS,
+        MetricKind::Gauge,
+        "How long the last snapshot of a shard took to reach a region, by cluster, shard and region.",
+    ),
+    (
+        SOURCE_BYTES,
+        MetricKind::Counter,
+        "Bytes read from sources for snapshots, by cluster and shard.",
+    ),
+    (
+        UPLOAD_FAILURES,
+        MetricKind::Counter,
+        "Snapshots a region did not take, by cluster, shard and region.",
+    ),
+];
+
+impl Shared {
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::SeqCst);
+        self.metrics.set(CONNECTED, &[], f64::from(u8::from(up)));
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut e = Exposition::default();
+        self.metrics.render(&mut e);
+        e.finish()
+    }
+
+    /// Counts a snapshot's bytes and times per region.
+    fn count_snapshot(&self, report: &snapshot::SnapshotReport) {
+        let (cluster, shard) = (report.cluster.as_str(), report.shard.as_str());
+        self.metrics.add(
+            SOURCE_BYTES,
+            &[("cluster", cluster), ("shard", shard)],
+            report.raw_bytes as f64,
+        );
+        for d in &report.destinations {
+            let labels = [
+                ("cluster", cluster),
+                ("shard", shard),
+                ("region", d.region.as_str()),
+            ];
+            if d.error.is_some() {
+                self.metrics.add(UPLOAD_FAILURES, &labels, 1.0);
+                continue;
+            }
+            self.metrics.add(UPLOADED, &labels, d.stored_bytes as f64);
+            self.metrics
+                .set(UPLOAD_SECONDS, &labels, d.duration_seconds);
+        }
+    }
+}
+
+/// A job's kind, for its span and metrics: `snapshot`, `manifest`, or the catalog task's.
+fn job_kind(job: &v1::Job) -> &'static str {
+    match &job.kind {
+        Some(v1::job::Kind::Snapshot(_)) => "snapshot",
+        Some(v1::job::Kind::Manifest(_)) => "manifest",
+        Some(v1::job::Kind::Catalog(c)) => {
+            match serde_json::from_str::<fleetsnap_core::window::CatalogTask>(&c.task_json) {
+                Ok(fleetsnap_core::window::CatalogTask::Restore(r))
+                    if r.mode == fleetsnap_core::window::RestoreMode::Drill =>
+                {
+                    "drill"
+                }
+                Ok(fleetsnap_core::window::CatalogTask::Restore(_)) => "restore",
+                Ok(fleetsnap_core::window::CatalogTask::Node(_))
+                | Ok(fleetsnap_core::window::CatalogTask::Probe(_)) => "runbook_step",
+                Ok(_) => "catalog",
+                Err(_) => "unknown",
+            }
+        }
+        None => "unknown",
+    }
+}
 
 /// The agent's config file (TOML). Unknown keys are errors.
 #[derive(Clone, Debug, Deserialize)]
@@ -58,6 +186,9 @@ pub struct AgentConfig {
     /// Restore drills: present, this agent runs them in scratch servers it starts.
     #[serde(default)]
     pub drill: Option<crate::drill::DrillSettings>,
+    /// Traces and the metrics endpoint.
+    #[serde(default)]
+    pub telemetry: fleetsnap_telemetry::TelemetryConfig,
 }
 
 /// Restore job settings.
@@ -158,6 +289,7 @@ impl AgentConfig {
                 "coordinators is empty: list at least one coordinator address".into(),
             ));
         }
+        c.telemetry.check().map_err(bad)?;
         if c.report_interval_ms == 0 {
             return Err(bad("report_interval_ms must be 1 or more".into()));
         }
@@ -183,6 +315,15 @@ impl AgentConfig {
         }
         Ok(c)
     }
+}
+
+/// What `check-config` checks beyond [`AgentConfig::load`]: the certificates (unless
+/// `insecure`), as `run` would use them.
+pub fn check(config: &AgentConfig, insecure: bool) -> Result<()> {
+    if !insecure {
+        transport(config, false)?;
+    }
+    Ok(())
 }
 
 /// Builds the transport from the config, checking that the certificate is this agent's.
@@ -239,6 +380,10 @@ struct Shared {
     cuts: CutBook,
     /// A cut's snapshot job announced its RDB: the current session says so.
     synced_ready: tokio::sync::Notify,
+    /// What `/metrics` shows.
+    metrics: Registry,
+    /// Whether a session with the leader is open (`/readyz`).
+    connected: AtomicBool,
 }
 
 /// `d` give or take a quarter: jitter spreads thousands of agents over a period instead of one
@@ -265,6 +410,25 @@ const KEEP_FINISHED: usize = 64;
 pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {
     let (reports_tx, reports) = watch::channel(Vec::new());
     let shared = shared(config, transport, reports)?;
+    if let Some(address) = shared.config.telemetry.metrics_listen {
+        let (metrics, ready) = (shared.clone(), shared.clone());
+        fleetsnap_telemetry::http::start(
+            address,
+            fleetsnap_telemetry::http::Probes {
+                metrics: Arc::new(move || metrics.metrics_text()),
+                healthy: Arc::new(|| Ok(())),
+                ready: Arc::new(move || {
+                    if ready.connected.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err("no session with a coordinator leader".into())
+                    }
+                }),
+            },
+        )
+        .await
+        .map_err(|e| Error::Input(e.to_string()))?;
+    }
     tokio::spawn(collect_loop(shared.clone(), reports_tx));
     connect_loop(shared).await;
     Ok(())
@@ -311,6 +475,14 @@ fn shared(
         standby_started: AtomicBool::new(false),
         cuts: CutBook::default(),
         synced_ready: tokio::sync::Notify::new(),
+        metrics: {
+            let r = Registry::default();
+            for (name, kind, help) in METRICS {
+                r.describe(name, kind, help);
+            }
+            r
+        },
+        connected: AtomicBool::new(false),
     }))
 }
 
@@ -358,6 +530,11 @@ async fn collect_loop(shared: Arc<Shared>, tx: watch::Sender<Vec<InstanceReport>
         let mut reports = Vec::with_capacity(handles.len());
         for h in handles {
             if let Ok(r) = h.await {
+                shared.metrics.set(
+                    INSTANCE_UP,
+                    &[("redis_instance", r.name.as_str())],
+                    f64::from(u8::from(r.reachable)),
+                );
                 reports.push(r);
             }
         }
@@ -406,7 +583,9 @@ async fn connect_loop(shared: Arc<Shared>) {
             a
         });
         lost = None;
-        match session(&shared, &address).await {
+        let ended = session(&shared, &address).await;
+        shared.set_connected(false);
+        match ended {
             Ended::Redirect(leader) => {
                 tracing::info!(from = %address, to = %leader, "following the leader");
                 target = Some(leader);
@@ -545,6 +724,7 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 }
                 shared.newest_term.fetch_max(w.term, Ordering::SeqCst);
                 shared.last_leader.store(w.coordinator_id, Ordering::SeqCst);
+                shared.set_connected(true);
                 tracing::info!(coordinator = w.coordinator_id, term = w.term, %address, "reporting to the leader");
                 if !shared.standby_started.swap(true, Ordering::SeqCst) {
                     tokio::spawn(standby_loop(shared.clone()));
@@ -604,6 +784,14 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 if up.send(report).await.is_err() {
                     return welcomed("stream closed".into());
                 }
+                shared.metrics.add(REPORTS_SENT, &[], 1.0);
+                shared.metrics.set(
+                    LAST_REPORT,
+                    &[],
+                    fleetsnap_telemetry::metrics::unix_seconds(fleetsnap_core::window::unix_ms(
+                        time::OffsetDateTime::now_utc(),
+                    )),
+                );
             }
             _ = shared.job_ended.notified() => {
                 let unsent: Vec<v1::JobUpdate> = shared
@@ -726,36 +914,62 @@ fn take_job(shared: &Arc<Shared>, job: v1::Job) -> Option<v1::JobUpdate> {
     }
     let started = update(job_update::State::Started(v1::Started {}));
     let shared = shared.clone();
-    tokio::spawn(async move {
-        let id = job.id;
-        let term = job.term;
-        tracing::info!(job = id, term, index = job.index, "running a job");
-        let finished = match run_job(&shared, job).await {
-            Ok(f) => f,
-            Err(e) => v1::Finished {
-                ok: false,
-                error: e.to_string(),
-                ..Default::default()
-            },
-        };
-        shared.cuts.leave(id);
-        tracing::info!(job = id, ok = finished.ok, error = %finished.error, "job ended");
-        let done = v1::JobUpdate {
-            job_id: id,
-            term,
-            state: Some(job_update::State::Finished(finished)),
-        };
-        {
-            let mut book = shared.jobs.lock().expect("jobs lock");
-            book.running.remove(&id);
-            book.finished.push_back(done);
-            while book.finished.len() > KEEP_FINISHED {
-                book.finished.pop_front();
+    let kind = job_kind(&job);
+    // A child of the window, restore, drill or runbook the coordinator traces.
+    let span = fleetsnap_telemetry::trace::begin(
+        tracing::info_span!(
+            parent: None,
+            "job",
+            job = job.id,
+            kind,
+            agent = %shared.config.agent_id,
+            trace_id = tracing::field::Empty,
+        ),
+        Some(job.traceparent.as_str()).filter(|t| !t.is_empty()),
+    );
+    tokio::spawn(
+        async move {
+            let id = job.id;
+            let term = job.term;
+            let began = Instant::now();
+            tracing::info!(job = id, term, index = job.index, "running a job");
+            let finished = match run_job(&shared, job).await {
+                Ok(f) => f,
+                Err(e) => v1::Finished {
+                    ok: false,
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            };
+            shared.cuts.leave(id);
+            tracing::info!(job = id, ok = finished.ok, error = %finished.error, "job ended");
+            let outcome = if finished.ok { "succeeded" } else { "failed" };
+            shared
+                .metrics
+                .add(JOBS, &[("kind", kind), ("outcome", outcome)], 1.0);
+            shared.metrics.set(
+                JOB_SECONDS,
+                &[("kind", kind)],
+                began.elapsed().as_secs_f64(),
+            );
+            let done = v1::JobUpdate {
+                job_id: id,
+                term,
+                state: Some(job_update::State::Finished(finished)),
+            };
+            {
+                let mut book = shared.jobs.lock().expect("jobs lock");
+                book.running.remove(&id);
+                book.finished.push_back(done);
+                while book.finished.len() > KEEP_FINISHED {
+                    book.finished.pop_front();
+                }
             }
+            // The session of the moment sends it; with none, the next Hello carries it.
+            shared.job_ended.notify_one();
         }
-        // The session of the moment sends it; with none, the next Hello carries it.
-        shared.job_ended.notify_one();
-    });
+        .instrument(span),
+    );
     Some(started)
 }
 
@@ -903,6 +1117,7 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
     };
     let started = Instant::now();
     let report = snapshot::snapshot(&req, Arc::new(Progress::default())).await?;
+    shared.count_snapshot(&report);
     tracing::info!(
         job = id,
         backup = %report.backup_id,

@@ -24,6 +24,9 @@ pub struct CatalogSpec {
     /// milliseconds); the scheduler counts the next one from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill_of: Option<(String, i64)>,
+    /// The trace of the restore, drill or runbook it belongs to (W3C `traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// The last verification of a set, per region.

@@ -42,6 +42,9 @@ pub struct Config {
     /// policy named here is set back to this text when a node with this config next leads.
     #[serde(default)]
     pub policy: Vec<fleetsnap_core::policy::Policy>,
+    /// Traces and the metrics endpoint.
+    #[serde(default)]
+    pub telemetry: fleetsnap_telemetry::TelemetryConfig,
 }
 
 /// A member of a new cluster.
@@ -125,6 +128,7 @@ impl Config {
         if r.snapshot_every == 0 {
             return Err("[raft] snapshot_every must be 1 or more".into());
         }
+        self.telemetry.check()?;
         if self.jobs.lease_seconds == 0 {
             return Err("[jobs] lease_seconds must be 1 or more".into());
         }

@@ -1,35 +1,55 @@
-//! `fleetsnap-coordinator --config FILE [--insecure]`.
+//! `fleetsnap-coordinator --config FILE [--insecure] [--log-format json]`, and
+//! `fleetsnap-coordinator check-config` with the same arguments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use fleetsnap_coordinator::{config::Config, run};
 
 #[derive(Parser)]
 #[command(
     name = "fleetsnap-coordinator",
     version,
-    about = "fleetsnap coordinator: the Raft-replicated control plane agents report to"
+    about = "fleetsnap coordinator: the Raft-replicated control plane agents report to",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a config file as the coordinator would read it (with the same arguments), then
+    /// exit: 0 when it would start with it, 1 with what is wrong.
+    CheckConfig(RunArgs),
+}
+
+/// How the coordinator starts.
+#[derive(clap::Args)]
+struct RunArgs {
     /// The config file (TOML).
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
     /// Serve gRPC in plain text, without certificates (test machines only).
     #[arg(long)]
     insecure: bool,
+    /// Log lines as `text` (key=value) or `json` (one object per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "FLEETSNAP_LOG_FORMAT"
+    )]
+    log_format: fleetsnap_telemetry::LogFormat,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEETSNAP_LOG")
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
     run::raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -39,18 +59,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let config = Config::load(&args.config)?;
-        let transport = run::transport(&config, args.insecure)?;
-        run::run(config, transport, async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
-        .await
+        match cli.command {
+            Some(Command::CheckConfig(args)) => check(args),
+            None => serve(cli.run).await,
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,4 +71,55 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn config_path(args: &RunArgs) -> Result<&PathBuf, String> {
+    args.config
+        .as_ref()
+        .ok_or_else(|| "--config FILE is required".to_string())
+}
+
+fn check(args: RunArgs) -> Result<(), String> {
+    let path = config_path(&args)?;
+    let config = Config::load(path)?;
+    if !args.insecure {
+        // Reads the certificates and checks they are this node's.
+        run::transport(&config, false)?;
+    }
+    println!(
+        "{}: node {}, listening on {}, {} initial member(s), {} policy(ies); the coordinator \
+         would start with it",
+        path.display(),
+        config.node_id,
+        config.listen,
+        config.initial_members.len(),
+        config.policy.len()
+    );
+    Ok(())
+}
+
+async fn serve(args: RunArgs) -> Result<(), String> {
+    let config = Config::load(config_path(&args)?)?;
+    let telemetry = fleetsnap_telemetry::init(
+        fleetsnap_telemetry::Service {
+            name: "fleetsnap-coordinator",
+            instance: config.node_id.to_string(),
+        },
+        args.log_format,
+        "info,openraft=warn",
+        config.telemetry.otlp_endpoint.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let transport = run::transport(&config, args.insecure)?;
+    let result = run::run(config, transport, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+    .await;
+    telemetry.shutdown().await;
+    result
 }

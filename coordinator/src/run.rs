@@ -134,6 +134,19 @@ pub async fn run(
         Duration::from_secs(config.jobs.lease_seconds),
         config.policy.clone(),
     );
+    if let Some(address) = config.telemetry.metrics_listen {
+        let (m, h, r) = (node.clone(), node.clone(), node.clone());
+        fleetsnap_telemetry::http::start(
+            address,
+            fleetsnap_telemetry::http::Probes {
+                metrics: Arc::new(move || m.metrics_text()),
+                healthy: Arc::new(move || h.healthy()),
+                ready: Arc::new(move || r.ready()),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
     let services = Services(node);
     let listener = listen(config.listen)?;
     let router = tonic::transport::Server::builder()

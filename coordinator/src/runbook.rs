@@ -29,6 +29,9 @@ pub struct Runbook {
     pub started_at_ms: i64,
     /// What it found along the way (`lost_bytes`, `primary_last_offset`, …).
     pub findings: BTreeMap<String, String>,
+    /// Its trace (W3C `traceparent`): its steps' jobs carry it to their agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// Where a runbook stands.
@@ -235,6 +238,7 @@ impl FleetState {
             set,
             reason: format!("step {} of runbook {id} ({})", step + 1, r.name),
             drill_of: None,
+            trace: r.trace.clone(),
         };
         let resp = self.create_catalog_job(term, index, &agent, &spec);
         match (resp.job, &resp.refused) {

@@ -20,8 +20,10 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 mod cut;
+mod observe;
 mod restore;
 mod runbook;
 mod upkeep;
@@ -63,6 +65,9 @@ pub struct Node {
     /// term; without this it would keep its agents while the others elect a leader that has none
     /// (see `lease_loop`).
     confirmed: AtomicBool,
+    /// The spans of windows, restores, drills and runbooks this leader started, by their
+    /// `traceparent`, each ended once nothing open carries it.
+    traces: observe::Traces,
 }
 
 /// A leader that cannot confirm a quorum for this long lets its agents go.
@@ -228,6 +233,7 @@ impl Node {
             cut_waiters: Mutex::default(),
             cut_wake: Notify::new(),
             confirmed: AtomicBool::new(true),
+            traces: observe::Traces::default(),
         });
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().schedule_loop());
@@ -510,8 +516,41 @@ impl Node {
         topology::derive(&observed)
     }
 
-    /// Plans and opens a window of `policy` now (the leader only).
-    pub async fn open_window(&self, policy: &str) -> Result<(u64, String), Status> {
+    /// Plans and opens a window of `policy` now (the leader only), in a trace of its own (the
+    /// caller's, when `parent` names one) that its jobs carry to their agents.
+    pub async fn open_window(
+        &self,
+        policy: &str,
+        parent: Option<&str>,
+    ) -> Result<(u64, String), Status> {
+        let span = fleetsnap_telemetry::trace::begin(
+            tracing::info_span!(
+                parent: None,
+                "window",
+                %policy,
+                window = tracing::field::Empty,
+                backup_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            ),
+            parent,
+        );
+        let opened = self
+            .plan_and_open(policy, fleetsnap_telemetry::trace::traceparent(&span))
+            .instrument(span.clone())
+            .await;
+        if let Ok((window, backup_id)) = &opened {
+            span.record("window", window);
+            span.record("backup_id", backup_id.as_str());
+            self.traces.keep(&span);
+        }
+        opened
+    }
+
+    async fn plan_and_open(
+        &self,
+        policy: &str,
+        trace: Option<String>,
+    ) -> Result<(u64, String), Status> {
         if !self.is_leader() {
             return Err(self.not_leader(None));
         }
@@ -593,6 +632,7 @@ impl Node {
             opened_at_ms,
             shards,
             missing,
+            trace,
         };
         let (resp, _, _) = self.write(Command::OpenWindow { plan }).await?;
         let window = resp
@@ -627,7 +667,7 @@ impl Node {
                     .collect()
             };
             for policy in due {
-                if let Err(e) = self.open_window(&policy).await {
+                if let Err(e) = self.open_window(&policy, None).await {
                     tracing::warn!(%policy, error = %e.message(), "scheduled window not opened");
                     cadence.failed(policy, now);
                 }
@@ -688,8 +728,10 @@ impl Node {
             }
             if !self.is_leader() {
                 first_seen.clear();
+                self.traces.end_all();
                 continue;
             }
+            self.end_finished_traces();
             let Some(since) = *self.fleet.leader_since.lock().expect("lock") else {
                 continue;
             };
@@ -756,7 +798,8 @@ impl Node {
                 if let Some(a) = self.fleet.agents.lock().expect("lock").get_mut(&job.agent) {
                     a.holding.insert(job.id);
                 }
-                let msg = job_message(job, term, index);
+                let trace = self.state.read().expect("state lock").state.trace_of(job);
+                let msg = job_message(job, term, index, trace);
                 if tx.send(Ok(msg)).await.is_err() {
                     tracing::info!(
                         job = job.id,
@@ -1125,7 +1168,7 @@ fn redirect(l: &LeaderInfo) -> v1::CoordinatorMessage {
     }
 }
 
-fn job_message(job: &Job, term: u64, index: u64) -> v1::CoordinatorMessage {
+fn job_message(job: &Job, term: u64, index: u64, trace: Option<String>) -> v1::CoordinatorMessage {
     let kind = match &job.kind {
         JobKind::Snapshot(s) => v1::job::Kind::Snapshot(v1::SnapshotJob {
             instance: s.instance.clone(),
@@ -1158,6 +1201,7 @@ fn job_message(job: &Job, term: u64, index: u64) -> v1::CoordinatorMessage {
             term,
             index,
             kind: Some(kind),
+            traceparent: trace.unwrap_or_default(),
         })),
     }
 }
@@ -1518,7 +1562,11 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::RunBackupRequest>,
     ) -> Result<Response<v1::RunBackupReply>, Status> {
         admin(&req)?;
-        let (window, backup_id) = self.0.open_window(&req.get_ref().policy).await?;
+        let parent = fleetsnap_telemetry::trace::extract(req.metadata());
+        let (window, backup_id) = self
+            .0
+            .open_window(&req.get_ref().policy, parent.as_deref())
+            .await?;
         Ok(Response::new(v1::RunBackupReply { window, backup_id }))
     }
 
@@ -1615,9 +1663,15 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::RestoreRequest>,
     ) -> Result<Response<v1::CatalogReply>, Status> {
         admin(&req)?;
-        self.0.linearizable().await?;
-        let started = self.0.restore(req.get_ref()).await?;
-        tracing::info!(set = %started.set, jobs = ?started.jobs, "restore started");
+        let span = self.0.begin_trace(tracing::info_span!(parent: None, "restore", set = tracing::field::Empty, trace_id = tracing::field::Empty), &req);
+        let started = async {
+            self.0.linearizable().await?;
+            self.0.restore(req.get_ref()).await
+        }
+        .instrument(span.clone())
+        .await?;
+        span.record("set", started.set.as_str());
+        tracing::info!(parent: &span, set = %started.set, jobs = ?started.jobs, "restore started");
         Ok(Response::new(v1::CatalogReply {
             jobs: started.jobs,
             agent: started.agents.join(","),
@@ -1629,18 +1683,23 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::DrillRequest>,
     ) -> Result<Response<v1::CatalogReply>, Status> {
         admin(&req)?;
-        self.0.linearizable().await?;
+        let span = self.0.begin_trace(tracing::info_span!(parent: None, "drill", set = tracing::field::Empty, trace_id = tracing::field::Empty), &req);
         let r = req.get_ref();
-        let started = self
-            .0
-            .drill(
-                r.cluster.trim(),
-                r.set.trim(),
-                r.shard.trim(),
-                r.agent.trim(),
-                None,
-            )
-            .await?;
+        let started = async {
+            self.0.linearizable().await?;
+            self.0
+                .drill(
+                    r.cluster.trim(),
+                    r.set.trim(),
+                    r.shard.trim(),
+                    r.agent.trim(),
+                    None,
+                )
+                .await
+        }
+        .instrument(span.clone())
+        .await?;
+        span.record("set", started.set.as_str());
         Ok(Response::new(v1::CatalogReply {
             jobs: started.jobs,
             agent: started.agents.join(","),
@@ -1663,16 +1722,21 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::RunbookRequest>,
     ) -> Result<Response<v1::JsonReply>, Status> {
         admin(&req)?;
-        self.0.linearizable().await?;
         let r = req.get_ref();
-        let plan = self.0.plan_runbook(r)?;
-        let json = if r.dry_run {
-            serde_json::to_string_pretty(&plan).expect("runbooks serialise")
-        } else {
+        let span = self.0.begin_trace(tracing::info_span!(parent: None, "runbook", name = %r.name, runbook = tracing::field::Empty, trace_id = tracing::field::Empty), &req);
+        let json = async {
+            self.0.linearizable().await?;
+            let plan = self.0.plan_runbook(r)?;
+            if r.dry_run {
+                return Ok(serde_json::to_string_pretty(&plan).expect("runbooks serialise"));
+            }
             let id = self.0.start_runbook(plan).await?;
+            tracing::Span::current().record("runbook", id);
             tracing::info!(runbook = id, name = %r.name, "runbook started");
-            self.0.runbook_json(id)?
-        };
+            self.0.runbook_json(id)
+        }
+        .instrument(span)
+        .await?;
         Ok(Response::new(v1::JsonReply { json }))
     }
 
@@ -1724,6 +1788,7 @@ impl v1::admin_service_server::AdminService for Services {
         let doc = serde_json::json!({
             "window": window.id,
             "backup_id": window.plan.backup_id,
+            "trace_id": window.plan.trace.as_deref().and_then(fleetsnap_telemetry::trace::trace_id_of),
             "policy": window.plan.policy.name,
             "consistency": window.plan.policy.consistency.as_str(),
             "opened_at_ms": window.plan.opened_at_ms,

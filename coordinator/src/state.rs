@@ -234,9 +234,83 @@ pub struct FleetState {
     /// within one cluster; a cluster rebuilt from nothing has a new identity.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// Failed jobs since the cluster began, by `kind/reason` (see [`failure_reason`]): the
+    /// same count on every coordinator, and it never goes back.
+    #[serde(default)]
+    pub job_failures: BTreeMap<String, u64>,
+}
+
+impl JobKind {
+    /// `snapshot`, `manifest`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
+    /// for metrics.
+    pub fn name(&self) -> &'static str {
+        use fleetsnap_core::window::{CatalogTask, RestoreMode};
+        match self {
+            JobKind::Snapshot(_) => "snapshot",
+            JobKind::WriteManifest(_) => "manifest",
+            JobKind::Catalog(c) => match &c.task {
+                CatalogTask::Restore(r) if r.mode == RestoreMode::Drill => "drill",
+                CatalogTask::Restore(_) => "restore",
+                CatalogTask::Node(_) | CatalogTask::Probe(_) => "runbook_step",
+                _ => "catalog",
+            },
+        }
+    }
+}
+
+/// The class of a failure, from its reason: `lease_expired`, `agent_restarted`, `fenced`,
+/// `cut`, `verify`, `destination`, `source` or `other`. A bounded label for metrics; the
+/// reason itself stays with the job.
+pub fn failure_reason(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    let any = |words: &[&str]| words.iter().any(|w| r.contains(w));
+    if any(&["lease expired"]) {
+        "lease_expired"
+    } else if any(&["restarted while it held"]) {
+        "agent_restarted"
+    } else if any(&["older term", "fenc", "newer term"]) {
+        "fenced"
+    } else if any(&["cut"]) {
+        "cut"
+    } else if any(&[
+        "checksum", "sha256", "crc", "corrupt", "mismatch", "digest", "verif",
+    ]) {
+        "verify"
+    } else if any(&[
+        "s3://",
+        "file://",
+        "region",
+        "upload",
+        "bucket",
+        "destination",
+        "spool",
+    ]) {
+        "destination"
+    } else if any(&[
+        "redis", "psync", "sync", "bgsave", "replica", "primary", "node",
+    ]) {
+        "source"
+    } else {
+        "other"
+    }
 }
 
 impl FleetState {
+    /// The trace a job belongs to: its window's, or its restore's, drill's or runbook's.
+    pub fn trace_of(&self, job: &Job) -> Option<String> {
+        match &job.kind {
+            JobKind::Snapshot(s) => s
+                .window
+                .and_then(|w| self.windows.get(&w))
+                .and_then(|w| w.plan.trace.clone()),
+            JobKind::WriteManifest(m) => self
+                .windows
+                .get(&m.window)
+                .and_then(|w| w.plan.trace.clone()),
+            JobKind::Catalog(c) => c.trace.clone(),
+        }
+    }
+
     /// Applies a command carried by the log entry `(term, index)`.
     pub fn apply(&mut self, term: u64, index: u64, command: &Command) -> Response {
         let refuse = |why: String| Response {
@@ -290,6 +364,10 @@ impl FleetState {
             Command::FinishJob { job, outcome } => match self.jobs.get_mut(job) {
                 Some(j) if !matches!(j.state, JobState::Done(_)) => {
                     j.state = JobState::Done(outcome.clone());
+                    if let JobOutcome::Failed { reason } = outcome {
+                        let key = format!("{}/{}", j.kind.name(), failure_reason(reason));
+                        *self.job_failures.entry(key).or_default() += 1;
+                    }
                     self.window_job_ended(term, index, *job);
                     self.catalog_job_ended(*job);
                     self.runbook_job_ended(*job);

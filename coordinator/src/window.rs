@@ -35,6 +35,9 @@ pub struct WindowPlan {
     pub shards: Vec<(ClusterId, ShardPlan)>,
     /// Clusters of the policy with no shard in the fleet view, and why.
     pub missing: Vec<(ClusterId, String)>,
+    /// The window's trace (W3C `traceparent`): its jobs carry it to their agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A window in progress or done.
@@ -930,6 +933,7 @@ mod tests {
             fire_at_ms: None,
             shards: plans,
             missing: Vec::new(),
+            trace: None,
         };
         let w = s.apply(2, 2, &Command::OpenWindow { plan }).window.unwrap();
         let job_of = |s: &FleetState, i: usize| s.windows[&w].shards[i].job.unwrap();
@@ -1049,6 +1053,7 @@ mod tests {
                 (cluster("c"), shard("s2", "a2")),
             ],
             missing: Vec::new(),
+            trace: None,
         };
         let w = s.apply(2, 2, &Command::OpenWindow { plan }).window.unwrap();
         let jobs: Vec<u64> = s.windows[&w]
@@ -1134,6 +1139,7 @@ mod tests {
             opened_at_ms: 1,
             fire_at_ms: None,
             missing: vec![(cluster("d"), "no agent reports cluster d".into())],
+            trace: None,
         };
         let w = s.apply(1, 1, &Command::OpenWindow { plan }).window.unwrap();
         assert!(s.windows[&w].done);

@@ -165,6 +165,10 @@ pub struct Policy {
     /// Restore drills of the policy's clusters on a schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillPolicy>,
+    /// The most a cluster's newest complete set may be behind, in seconds, before alerts fire
+    /// (`fleetsnap_policy_rpo_seconds`); default: twice the schedule's interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<u64>,
 }
 
 /// When a policy's clusters are drilled, and by which agent.
@@ -201,6 +205,20 @@ pub struct PolicyError {
 }
 
 impl Policy {
+    /// The RPO this policy promises at `now`: `rpo_seconds`, else twice the gap between the
+    /// schedule's next two instants; `None` without either.
+    pub fn promised_rpo_seconds(&self, now: time::OffsetDateTime) -> Option<u64> {
+        if let Some(rpo) = self.rpo_seconds {
+            return Some(rpo);
+        }
+        let schedule = self.schedule.as_ref()?;
+        let first = schedule.next_after(now)?;
+        let second = schedule.next_after(first)?;
+        u64::try_from((second - first).whole_seconds())
+            .ok()
+            .map(|s| s * 2)
+    }
+
     /// The URL an agent opens for destination `d` of this policy: its profile, and on S3 the
     /// policy's Object Lock, which every object it writes there carries.
     pub fn agent_url(&self, d: &Destination) -> String {
@@ -232,6 +250,12 @@ impl Policy {
         if self.clusters.is_empty() {
             return Err(err(
                 "clusters is empty: name the clusters it backs up".into()
+            ));
+        }
+        if self.rpo_seconds == Some(0) {
+            return Err(err(
+                "rpo_seconds is 0: give the most seconds a cluster's newest complete set may                  be behind, or leave it out for twice the schedule's interval"
+                    .into(),
             ));
         }
         if self.destinations.is_empty() {
@@ -345,7 +369,27 @@ mod tests {
             retention: Retention::default(),
             object_lock: None,
             drill: None,
+            rpo_seconds: None,
         }
+    }
+
+    #[test]
+    fn the_promised_rpo_is_given_or_twice_the_schedule() {
+        let now = time::macros::datetime!(2026-11-21 10:30 UTC);
+        let mut p = policy();
+        assert_eq!(p.promised_rpo_seconds(now), Some(2 * 86_400));
+        p.rpo_seconds = Some(900);
+        assert_eq!(p.promised_rpo_seconds(now), Some(900));
+        p.rpo_seconds = None;
+        p.schedule = None;
+        assert_eq!(p.promised_rpo_seconds(now), None);
+        p.rpo_seconds = Some(0);
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("rpo_seconds")
+        );
     }
 
     #[test]

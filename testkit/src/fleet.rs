@@ -175,6 +175,15 @@ impl Coordinator {
         })
     }
 
+    /// Appends TOML tables to its config (`[telemetry]`), for its next start.
+    pub fn add_config(&mut self, toml: &str) -> anyhow::Result<()> {
+        let mut text = std::fs::read_to_string(&self.config)?;
+        text += "\n";
+        text += toml;
+        std::fs::write(&self.config, text)?;
+        Ok(())
+    }
+
     /// Addresses for `n` new nodes numbered from 1.
     pub fn addresses(n: u64) -> Vec<(u64, String)> {
         (1..=n)

@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod fleet;
+pub mod otlp;
 pub mod proxy;
 pub mod redis;
 pub mod s3;

@@ -65,6 +65,7 @@ fn child(args: &Args) -> Result<()> {
                 snapshot: SnapshotSettings::default(),
                 restore: Default::default(),
                 drill: None,
+                telemetry: Default::default(),
             };
             let (keep, reports) = watch::channel(vec![instance(i, 0), instance(i, 1)]);
             agents.push(tokio::spawn(async move {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreMode, RestoreTask, unix_ms};
 use fleetsnap_core::{ClusterId, Role};
@@ -262,6 +263,7 @@ impl Node {
                 set: None,
                 reason: format!("{reason} of {}", set.key()),
                 drill_of,
+                trace: fleetsnap_telemetry::trace::traceparent(&tracing::Span::current()),
             },
         )
         .await
@@ -400,8 +402,25 @@ impl Node {
                 for c in clusters {
                     let agent = agent.clone().unwrap_or_default();
                     let drill_of = Some((policy.clone(), unix_ms(now)));
-                    match self.drill(c.as_str(), "", "", &agent, drill_of).await {
+                    let span = fleetsnap_telemetry::trace::begin(
+                        tracing::info_span!(
+                            parent: None,
+                            "drill",
+                            %policy,
+                            cluster = %c,
+                            set = tracing::field::Empty,
+                            trace_id = tracing::field::Empty,
+                        ),
+                        None,
+                    );
+                    let started = self
+                        .drill(c.as_str(), "", "", &agent, drill_of)
+                        .instrument(span.clone())
+                        .await;
+                    match started {
                         Ok(s) => {
+                            span.record("set", s.set.as_str());
+                            self.traces.keep(&span);
                             any = true;
                             tracing::info!(%policy, set = %s.set, jobs = ?s.jobs, "scheduled drill started");
                         }

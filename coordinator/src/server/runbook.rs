@@ -49,6 +49,7 @@ impl Node {
             state: RunbookState::Running,
             started_at_ms: unix_ms(time::OffsetDateTime::now_utc()),
             findings,
+            trace: fleetsnap_telemetry::trace::traceparent(&tracing::Span::current()),
         })
     }
 

@@ -161,6 +161,7 @@ impl Node {
                 set: Some(set.key()),
                 reason: reason.into(),
                 drill_of: None,
+                trace: None,
             },
         )
         .await
@@ -187,6 +188,7 @@ impl Node {
                 set: Some(set.key()),
                 reason: "asked by an operator".into(),
                 drill_of: None,
+                trace: None,
             },
         )
         .await
@@ -211,6 +213,7 @@ impl Node {
                     set: None,
                     reason: "catalog rebuild".into(),
                     drill_of: None,
+                    trace: None,
                 },
             )
             .await?;
@@ -293,6 +296,7 @@ impl Node {
                                         set: Some(s.key()),
                                         reason: format!("retention of {}: {reason}", p.name),
                                         drill_of: None,
+                                        trace: None,
                                     },
                                 )
                                 .await
@@ -345,6 +349,7 @@ impl Node {
                                 set: None,
                                 reason: format!("orphans of {}", p.name),
                                 drill_of: None,
+                                trace: None,
                             },
                         )
                         .await;
