@@ -112,19 +112,21 @@ impl Shared {
         e.finish()
     }
 
-    /// Counts a snapshot's bytes and times per region.
-    fn count_snapshot(&self, report: &snapshot::SnapshotReport) {
+    /// Counts a snapshot's bytes and times per region (`regions`: the policy's names, in the
+    /// order of the destinations; without them, the destinations' own).
+    fn count_snapshot(&self, report: &snapshot::SnapshotReport, regions: &[String]) {
         let (cluster, shard) = (report.cluster.as_str(), report.shard.as_str());
         self.metrics.add(
             SOURCE_BYTES,
             &[("cluster", cluster), ("shard", shard)],
             report.raw_bytes as f64,
         );
-        for d in &report.destinations {
+        for (i, d) in report.destinations.iter().enumerate() {
+            let region = regions.get(i).unwrap_or(&d.region);
             let labels = [
                 ("cluster", cluster),
                 ("shard", shard),
-                ("region", d.region.as_str()),
+                ("region", region.as_str()),
             ];
             if d.error.is_some() {
                 self.metrics.add(UPLOAD_FAILURES, &labels, 1.0);
@@ -1117,7 +1119,7 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
     };
     let started = Instant::now();
     let report = snapshot::snapshot(&req, Arc::new(Progress::default())).await?;
-    shared.count_snapshot(&report);
+    shared.count_snapshot(&report, &regions);
     tracing::info!(
         job = id,
         backup = %report.backup_id,

@@ -315,7 +315,7 @@ fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
                 match (k.as_str(), v) {
-                    ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                    ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
                     _ => dashboard_exprs(v, out),
                 }
             }
@@ -431,7 +431,8 @@ async fn every_process_serves_metrics_and_probes_and_the_dashboard_and_alerts_us
             );
             assert!(
                 bytes.len() == 1 && bytes[0] > 0.0,
-                "{agent} {region}: {bytes:?}"
+                "{agent} {region}: {bytes:?} in\n{}",
+                scrapes[agent]
             );
         }
     }
