@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what fleetsnap's demo, tests and benchmarks need, idempotently.
 #   scripts/setup.sh          redis-server and redis-cli (the demo)
-#   scripts/setup.sh test     + moto's S3 server (PyPI) and Garage (crates.io)
+#   scripts/setup.sh test     + moto's S3 server (PyPI), Garage (crates.io), promtool and systemd-analyze (Debian)
 #   scripts/setup.sh bench    + the test parts and awscli (the seed recipe's uploader)
 #   scripts/setup.sh chaos    + the test parts, iproute2, iptables and libfaketime (the chaos suite)
 set -euo pipefail
@@ -20,6 +20,11 @@ if [ "$what" = test ] || [ "$what" = chaos ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing+=(libfaketime)
+fi
+if [ "$what" = test ]; then
+  # promtool checks the alert rules; systemd-analyze verifies the units under deploy/.
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"

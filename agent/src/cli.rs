@@ -174,6 +174,10 @@ struct DaemonArgs {
     /// Talk to coordinators in plain text, without certificates (test machines only).
     #[arg(long)]
     insecure: bool,
+    /// Take the agent id from this host's name (`$HOSTNAME` first) instead of the config: a
+    /// sidecar in a StatefulSet's pods is then `redis-0`, `redis-1`, ….
+    #[arg(long)]
+    agent_id_from_hostname: bool,
     /// Log lines as `text` (key=value) or `json` (one object per line).
     #[arg(
         long,
@@ -182,6 +186,24 @@ struct DaemonArgs {
         env = "FLEETSNAP_LOG_FORMAT"
     )]
     log_format: fleetsnap_telemetry::LogFormat,
+}
+
+impl DaemonArgs {
+    fn load(&self) -> Result<crate::daemon::AgentConfig> {
+        let id = if self.agent_id_from_hostname {
+            let name = fleetsnap_proto::tls::host_name().ok_or_else(|| {
+                Error::Input(
+                    "--agent-id-from-hostname: this host has no name; give agent_id in the \
+                         config instead"
+                        .into(),
+                )
+            })?;
+            Some(name)
+        } else {
+            None
+        };
+        crate::daemon::AgentConfig::load_as(&self.config, id)
+    }
 }
 
 /// Which shard of which backup, read from where: what `restore` and `drill` share.
@@ -334,7 +356,7 @@ fn print_json<T: serde::Serialize>(v: &T) {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(a) => {
-            let config = crate::daemon::AgentConfig::load(&a.config)?;
+            let config = a.load()?;
             let telemetry = fleetsnap_telemetry::init(
                 fleetsnap_telemetry::Service {
                     name: "fleetsnap-agent",
@@ -358,7 +380,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             result.map(|()| ExitCode::SUCCESS)
         }
         Command::CheckConfig(a) => {
-            let config = crate::daemon::AgentConfig::load(&a.config)?;
+            let config = a.load()?;
             crate::daemon::check(&config, a.insecure)?;
             println!(
                 "{}: agent {:?}, {} coordinator(s), {} instance(s); the agent would start with it",

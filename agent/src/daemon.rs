@@ -170,7 +170,8 @@ pub struct AgentConfig {
     pub agent_id: String,
     /// Coordinator addresses (`host:port`); any one of them leads the agent to the leader.
     pub coordinators: Vec<String>,
-    /// Certificates; required unless the agent runs with `--insecure`.
+    /// Certificates; required unless the agent runs with `--insecure`. `{agent_id}` in a path
+    /// stands for the agent id (one Secret holding every agent's files, on Kubernetes).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
     /// Milliseconds between two reports.
@@ -281,10 +282,24 @@ struct Instance {
 impl AgentConfig {
     /// Reads and checks the config file.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_as(path, None)
+    }
+
+    /// Reads and checks the config file of agent `agent_id` (given, it replaces the file's),
+    /// with `{agent_id}` in certificate paths replaced.
+    pub fn load_as(path: &Path, agent_id: Option<String>) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::file("cannot read the config file", path, e))?;
-        let c: AgentConfig = toml::from_str(&text)
+        let mut c: AgentConfig = toml::from_str(&text)
             .map_err(|e| Error::Input(format!("config file {}: {e}", path.display())))?;
+        if let Some(id) = agent_id {
+            c.agent_id = id;
+        }
+        if let Some(tls) = &mut c.tls {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                *p = PathBuf::from(p.to_string_lossy().replace("{agent_id}", &c.agent_id));
+            }
+        }
         let bad = |m: String| Error::Input(format!("config file {}: {m}", path.display()));
         if c.coordinators.is_empty() {
             return Err(bad(

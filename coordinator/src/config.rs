@@ -17,12 +17,14 @@ pub struct Config {
     pub node_id: NodeId,
     /// Where to serve gRPC (agents, the CLI and peers on one port).
     pub listen: SocketAddr,
-    /// The address others reach this node at; `listen` by default.
+    /// The address others reach this node at; by default its address in `initial_members`,
+    /// else `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
     /// The Raft log and state machine live here.
     pub data_dir: PathBuf,
-    /// Certificates; required unless the coordinator runs with `--insecure`.
+    /// Certificates; required unless the coordinator runs with `--insecure`. `{node_id}` in a
+    /// path stands for the node id (one Secret holding every peer's files, on Kubernetes).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
     /// The members of a new cluster, the same list on each of them. A node started with an empty
@@ -45,6 +47,21 @@ pub struct Config {
     /// Traces and the metrics endpoint.
     #[serde(default)]
     pub telemetry: fleetsnap_telemetry::TelemetryConfig,
+}
+
+/// The node id a StatefulSet pod's name gives: `fleetsnap-coordinator-2` is node 3 (ordinals
+/// count from 0, node ids from 1).
+pub fn node_id_from_hostname(hostname: &str) -> Result<NodeId, String> {
+    hostname
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .map(|n| n + 1)
+        .ok_or_else(|| {
+            format!(
+                "--node-id-from-hostname: the host name {hostname:?} does not end in -N (a \
+                 StatefulSet ordinal); give node_id in the config instead"
+            )
+        })
 }
 
 /// A member of a new cluster.
@@ -99,14 +116,7 @@ impl Default for JobSettings {
 impl Config {
     /// Reads and checks the config file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
-        config
-            .check()
-            .map_err(|e| format!("config file {}: {e}", path.display()))?;
-        Ok(config)
+        Self::load_as(path, None)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -159,7 +169,35 @@ impl Config {
     pub fn advertise(&self) -> String {
         self.advertise
             .clone()
+            .or_else(|| {
+                self.initial_members
+                    .iter()
+                    .find(|m| m.id == self.node_id)
+                    .map(|m| m.address.clone())
+            })
             .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Reads and checks the config file of node `node_id` (given, it replaces the file's), with
+    /// `{node_id}` in certificate paths replaced.
+    pub fn load_as(path: &Path, node_id: Option<NodeId>) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        if let Some(id) = node_id {
+            config.node_id = id;
+        }
+        if let Some(tls) = &mut config.tls {
+            let id = config.node_id.to_string();
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                *p = PathBuf::from(p.to_string_lossy().replace("{node_id}", &id));
+            }
+        }
+        config
+            .check()
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        Ok(config)
     }
 }
 
@@ -181,6 +219,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("snapshot_evry"), "{e}");
+    }
+
+    #[test]
+    fn statefulset_pods_are_numbered_from_node_1() {
+        assert_eq!(node_id_from_hostname("fleetsnap-coordinator-0"), Ok(1));
+        assert_eq!(node_id_from_hostname("fleetsnap-coordinator-2"), Ok(3));
+        let e = node_id_from_hostname("coordinator").unwrap_err();
+        assert!(e.contains("does not end in -N"), "{e}");
     }
 
     #[test]

@@ -38,6 +38,10 @@ struct RunArgs {
     /// Serve gRPC in plain text, without certificates (test machines only).
     #[arg(long)]
     insecure: bool,
+    /// Take the node id from this host's name instead of the config: `NAME-N` (a StatefulSet
+    /// pod) is node N+1. `$HOSTNAME` is read first.
+    #[arg(long)]
+    node_id_from_hostname: bool,
     /// Log lines as `text` (key=value) or `json` (one object per line).
     #[arg(
         long,
@@ -73,15 +77,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_path(args: &RunArgs) -> Result<&PathBuf, String> {
-    args.config
+/// The config as these arguments make it.
+fn load(args: &RunArgs) -> Result<Config, String> {
+    let path = args
+        .config
         .as_ref()
-        .ok_or_else(|| "--config FILE is required".to_string())
+        .ok_or_else(|| "--config FILE is required".to_string())?;
+    let node_id = if args.node_id_from_hostname {
+        let name = fleetsnap_proto::tls::host_name().unwrap_or_default();
+        Some(fleetsnap_coordinator::config::node_id_from_hostname(&name)?)
+    } else {
+        None
+    };
+    Config::load_as(path, node_id)
 }
 
 fn check(args: RunArgs) -> Result<(), String> {
-    let path = config_path(&args)?;
-    let config = Config::load(path)?;
+    let config = load(&args)?;
+    let path = args.config.as_ref().expect("loaded");
     if !args.insecure {
         // Reads the certificates and checks they are this node's.
         run::transport(&config, false)?;
@@ -99,7 +112,7 @@ fn check(args: RunArgs) -> Result<(), String> {
 }
 
 async fn serve(args: RunArgs) -> Result<(), String> {
-    let config = Config::load(config_path(&args)?)?;
+    let config = load(&args)?;
     let telemetry = fleetsnap_telemetry::init(
         fleetsnap_telemetry::Service {
             name: "fleetsnap-coordinator",

@@ -115,6 +115,15 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The name this host goes by: `$HOSTNAME` (a Kubernetes pod's name), else the kernel's.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 /// How a process talks gRPC: mutual TLS, or plain text behind `--insecure`.
 #[derive(Clone, Debug)]
 pub enum Transport {
