@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fleetsnap_core::codec::Compression;
 use fleetsnap_core::{BackupId, ClusterId, ShardId};
 
@@ -47,6 +47,16 @@ enum Command {
     /// Check a config file as `run` would read it (with the same arguments), then exit: 0 when
     /// the agent would start with it, 1 with what is wrong.
     CheckConfig(DaemonArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: fleetsnap_proto::manual::Shell,
+    },
+    /// Write man pages (section 1) for this command and each subcommand into DIR.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: std::path::PathBuf,
+    },
     /// Take a snapshot of one Redis node and store it, verified and compressed, in every destination.
     Snapshot(SnapshotArgs),
     /// Print what the agent reports about one Redis node (role, offsets, links, persistence, slots).
@@ -378,6 +388,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             telemetry.shutdown().await;
             result.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            fleetsnap_proto::manual::completions(Cli::command(), "fleetsnap-agent", shell)
+                .map_err(|e| Error::Input(format!("cannot write the completion script: {e}")))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            let pages = fleetsnap_proto::manual::man_pages(Cli::command(), &dir)
+                .map_err(|e| Error::file("cannot write man pages into", &dir, e))?;
+            println!("{} man pages written to {}", pages.len(), dir.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(a) => {
             let config = a.load()?;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use fleetsnap_core::policy::Policy;
 use fleetsnap_proto::tls::{PeerIdentity, Role};
 use fleetsnap_proto::v1;
@@ -58,6 +58,16 @@ pub struct Conn {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: fleetsnap_proto::manual::Shell,
+    },
+    /// Write man pages (section 1) for this command and each subcommand into DIR.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: std::path::PathBuf,
+    },
     /// The fleet as the leader sees it: clusters, shards, nodes, offsets, lag, persistence.
     Status {
         /// Only this cluster.
@@ -339,6 +349,17 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Completions { shell } => {
+            fleetsnap_proto::manual::completions(Cli::command(), "fleetsnap", shell)
+                .context("cannot write the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            let pages = fleetsnap_proto::manual::man_pages(Cli::command(), &dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            println!("{} man pages written to {}", pages.len(), dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certs(CertsCmd::Init {
             dir,
             peers,

@@ -7,6 +7,81 @@ use fleetsnap_core::topology::ClusterView;
 use fleetsnap_proto::v1;
 use serde::Deserialize;
 
+/// Tables fit this many columns.
+const WIDTH: usize = 100;
+
+/// A table whose columns are as wide as their contents; the last column takes what is left of
+/// [`WIDTH`] and wraps at spaces onto lines of its own.
+struct Grid {
+    indent: usize,
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Grid {
+    /// `right[i]`: column `i` is right-aligned (numbers).
+    fn new(indent: usize, headers: &[&str], right: &[bool]) -> Self {
+        Grid {
+            indent,
+            right: right.to_vec(),
+            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, out: &mut String) {
+        let n = self.rows[0].len();
+        let len = |s: &String| s.chars().count();
+        let widths: Vec<usize> = (0..n - 1)
+            .map(|i| self.rows.iter().map(|r| len(&r[i])).max().unwrap_or(0))
+            .collect();
+        let lead = self.indent + widths.iter().map(|w| w + 2).sum::<usize>();
+        let room = WIDTH.saturating_sub(lead).max(24);
+        for row in &self.rows {
+            let mut line = " ".repeat(self.indent);
+            for (i, w) in widths.iter().enumerate() {
+                let pad = w - len(&row[i]);
+                if self.right.get(i).copied().unwrap_or(false) {
+                    line += &" ".repeat(pad);
+                    line += &row[i];
+                } else {
+                    line += &row[i];
+                    line += &" ".repeat(pad);
+                }
+                line += "  ";
+            }
+            for (k, part) in wrap(&row[n - 1], room).iter().enumerate() {
+                if k > 0 {
+                    line = " ".repeat(lead);
+                }
+                line += part;
+                let _ = writeln!(out, "{}", line.trim_end());
+            }
+        }
+    }
+}
+
+/// `text` in lines of at most `room` characters, broken at spaces where it can be.
+fn wrap(text: &str, room: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let current = lines.last_mut().expect("one line");
+        let used = current.chars().count();
+        if used > 0 && used + 1 + word.chars().count() > room {
+            lines.push(word.to_string());
+        } else {
+            if used > 0 {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+    }
+    lines
+}
+
 /// The status document the leader sends.
 #[derive(Deserialize)]
 pub struct StatusDoc {
@@ -92,10 +167,20 @@ pub fn status(doc: &StatusDoc) -> String {
         );
         for s in &c.shards {
             let _ = writeln!(out, "  shard {}", s.id);
-            let _ = writeln!(
-                out,
-                "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} PERSISTENCE",
-                "NODE", "ADDRESS", "AGENT", "ROLE", "OFFSET", "LAG", "LINK", "REPORT"
+            let mut grid = Grid::new(
+                4,
+                &[
+                    "NODE",
+                    "ADDRESS",
+                    "AGENT",
+                    "ROLE",
+                    "OFFSET",
+                    "LAG",
+                    "LINK",
+                    "REPORT",
+                    "PERSISTENCE",
+                ],
+                &[false, false, false, false, true, true, false, true],
             );
             for n in &s.nodes {
                 let role = match n.role {
@@ -113,20 +198,19 @@ pub fn status(doc: &StatusDoc) -> String {
                 } else {
                     format!("UNREACHABLE: {}", n.error.clone().unwrap_or_default())
                 };
-                let _ = writeln!(
-                    out,
-                    "    {:<16} {:<21} {:<12} {:<8} {:>12} {:>16} {:<5} {:>6} {}",
-                    n.name,
-                    n.address,
-                    n.agent,
-                    role,
-                    n.offset,
+                grid.row(vec![
+                    n.name.clone(),
+                    n.address.clone(),
+                    n.agent.clone(),
+                    role.to_string(),
+                    n.offset.to_string(),
                     lag,
-                    n.link.as_deref().unwrap_or("-"),
+                    n.link.as_deref().unwrap_or("-").to_string(),
                     age(n.report_age_ms),
-                    persistence
-                );
+                    persistence,
+                ]);
             }
+            grid.render(&mut out);
         }
     }
     out
@@ -259,24 +343,25 @@ fn regions_cell(set: &serde_json::Value) -> String {
 /// The catalog, a line per set.
 pub fn sets(list: &serde_json::Value) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:<12} {:<12} {:<12} {:<9} {:>6} {:<30}",
-        "BACKUP", "CLUSTER", "POLICY", "MODE", "STATE", "SHARDS", "REGIONS"
+    let mut grid = Grid::new(
+        0,
+        &[
+            "BACKUP", "CLUSTER", "POLICY", "MODE", "STATE", "SHARDS", "REGIONS",
+        ],
+        &[false, false, false, false, false, true],
     );
     for s in list.as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "{:<24} {:<12} {:<12} {:<12} {:<9} {:>6} {:<30}",
+        grid.row(vec![
             text(&s["backup_id"]),
             text(&s["cluster"]),
             text(&s["policy"]),
             text(&s["consistency"]),
             text(&s["state"]),
-            s["shards"].as_array().map_or(0, Vec::len),
-            regions_cell(s)
-        );
+            s["shards"].as_array().map_or(0, Vec::len).to_string(),
+            regions_cell(s),
+        ]);
     }
+    grid.render(&mut out);
     out
 }
 
@@ -296,11 +381,7 @@ pub fn window(doc: &serde_json::Value) -> String {
             "running"
         }
     );
-    let _ = writeln!(
-        out,
-        "{:<12} {:<16} {:<9} {:<22} WHY",
-        "CLUSTER", "SHARD", "STATE", "SOURCE"
-    );
+    let mut grid = Grid::new(0, &["CLUSTER", "SHARD", "STATE", "SOURCE", "WHY"], &[]);
     for s in doc["shards"].as_array().into_iter().flatten() {
         let attempt = s["attempt"].as_u64().unwrap_or(0) as usize;
         let candidates: Vec<&serde_json::Value> = s["plan"]["nodes"]
@@ -320,25 +401,22 @@ pub fn window(doc: &serde_json::Value) -> String {
                     .to_string(),
             ),
         };
-        let _ = writeln!(
-            out,
-            "{:<12} {:<16} {:<9} {:<22} {}",
+        grid.row(vec![
             text(&s["cluster"]),
             text(&s["plan"]["shard"]),
             text(&s["state"]["state"]),
             source,
-            why
-        );
+            why,
+        ]);
+        let blank = || String::new();
         for f in s["failures"].as_array().into_iter().flatten() {
-            let _ = writeln!(
-                out,
-                "{:<12} {:<16} {:<9} {:<22} tried: {}",
-                "",
-                "",
-                "",
-                "",
-                text(f)
-            );
+            grid.row(vec![
+                blank(),
+                blank(),
+                blank(),
+                blank(),
+                format!("tried: {}", text(f)),
+            ]);
         }
         for n in s["plan"]["nodes"]
             .as_array()
@@ -346,17 +424,16 @@ pub fn window(doc: &serde_json::Value) -> String {
             .flatten()
             .filter(|n| n["rank"].is_null())
         {
-            let _ = writeln!(
-                out,
-                "{:<12} {:<16} {:<9} {:<22} passed over: {}",
-                "",
-                "",
-                "",
+            grid.row(vec![
+                blank(),
+                blank(),
+                blank(),
                 text(&n["address"]),
-                text(&n["reason"])
-            );
+                format!("passed over: {}", text(&n["reason"])),
+            ]);
         }
     }
+    grid.render(&mut out);
     for (cluster, why) in doc["missing"]
         .as_array()
         .into_iter()
@@ -457,4 +534,27 @@ pub fn prune(doc: &serde_json::Value, dry_run: bool) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_fit_100_columns_and_wrap_the_last_column() {
+        let mut g = Grid::new(2, &["NAME", "N", "NOTE"], &[false, true]);
+        g.row(vec![
+            "a".into(),
+            "12345".into(),
+            "word ".repeat(40).trim_end().into(),
+        ]);
+        let mut out = String::new();
+        g.render(&mut out);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "  NAME      N  NOTE");
+        assert!(lines[1].starts_with("  a     12345  word word"), "{out}");
+        assert!(lines.len() > 2, "{out}");
+        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH), "{out}");
+        assert!(lines[2].starts_with(&" ".repeat(15)), "{out}");
+    }
 }

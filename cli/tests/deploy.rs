@@ -405,3 +405,39 @@ fn the_alert_rules_pass_promtool() {
         "promtool check config",
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_each_binarys_command_line() {
+    for (binary, page, option) in [
+        ("fleetsnap", "fleetsnap-backup-run.1", "--wait"),
+        ("fleetsnap-agent", "fleetsnap-agent-restore.1", "--replace"),
+        (
+            "fleetsnap-coordinator",
+            "fleetsnap-coordinator-check-config.1",
+            "--node-id-from-hostname",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        run(
+            Command::new(bin(binary)).arg("man").arg(dir.path()),
+            &format!("{binary} man"),
+        );
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{binary} man wrote no {page}: {e}"));
+        assert!(
+            text.contains(&option.replace('-', "\\-")),
+            "{page} lacks {option}:\n{text}"
+        );
+        let script = dir.path().join("completion.bash");
+        let out = run(
+            Command::new(bin(binary)).args(["completions", "bash"]),
+            &format!("{binary} completions bash"),
+        );
+        std::fs::write(&script, &out).unwrap();
+        run(
+            Command::new("bash").arg("-n").arg(&script),
+            &format!("bash -n on {binary}'s completions"),
+        );
+        assert!(out.contains(option), "{binary}'s completions lack {option}");
+    }
+}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fleetsnap_coordinator::{config::Config, run};
 
 #[derive(Parser)]
@@ -27,6 +27,16 @@ enum Command {
     /// Check a config file as the coordinator would read it (with the same arguments), then
     /// exit: 0 when it would start with it, 1 with what is wrong.
     CheckConfig(RunArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: fleetsnap_proto::manual::Shell,
+    },
+    /// Write man pages (section 1) for this command and each subcommand into DIR.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: std::path::PathBuf,
+    },
 }
 
 /// How the coordinator starts.
@@ -65,6 +75,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::CheckConfig(args)) => check(args),
+            Some(Command::Completions { shell }) => {
+                fleetsnap_proto::manual::completions(Cli::command(), "fleetsnap-coordinator", shell)
+                    .map_err(|e| format!("cannot write the completion script: {e}"))
+            }
+            Some(Command::Man { dir }) => fleetsnap_proto::manual::man_pages(Cli::command(), &dir)
+                .map(|pages| println!("{} man pages written to {}", pages.len(), dir.display()))
+                .map_err(|e| format!("cannot write man pages into {}: {e}", dir.display())),
             None => serve(cli.run).await,
         }
     });
