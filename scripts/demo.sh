@@ -55,12 +55,13 @@ redis-cli -c -p "${ports[0]}" zadd board 1 one 2 two >/dev/null
 echo "== certificates, one coordinator, an agent per Redis node"
 agents=$(for i in "${!names[@]}"; do printf 'a%s,' "$i"; done)
 "$bin/fleetsnap" certs init --dir "$demo/certs" --peers 1 --agents "${agents%,}" --admins demo >/dev/null
-cport=$(free_port)
+cport=$(free_port); mport=$(free_port)
 tls() { printf '[tls]\nca = "%s"\ncert = "%s.pem"\nkey = "%s.key"\n' "$demo/certs/ca.pem" "$demo/certs/$1" "$demo/certs/$1"; }
 {
   printf 'node_id = 1\nlisten = "127.0.0.1:%s"\ndata_dir = "%s"\n' "$cport" "$demo/coordinator"
   tls peer-1
   printf '[[initial_members]]\nid = 1\naddress = "127.0.0.1:%s"\n' "$cport"
+  printf '[telemetry]\nmetrics_listen = "127.0.0.1:%s"\n' "$mport"
   cat <<EOF
 [[policy]]
 name = "demo"
@@ -116,6 +117,19 @@ echo "== a consistent window across both clusters"
   cat "$demo/window.json"; fail "the window did not end complete"; }
 id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["backup_id"])' "$demo/window.json")
 "$bin/fleetsnap" backup show "$id"
+echo
+echo "== the catalog"
+"$bin/fleetsnap" backup list
+echo
+echo "== what Prometheus scrapes from the coordinator (http://127.0.0.1:$mport/metrics), in part"
+python3 - "$mport" <<'EOF'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+for line in text.splitlines():
+    if line.startswith(("fleetsnap_backup_age_seconds", "fleetsnap_backup_region_complete",
+                        "fleetsnap_window_write_pause_seconds", "fleetsnap_raft_is_leader")):
+        print(" ", line)
+EOF
 echo
 
 # The shard whose primary is ports[0]'s node, by its slot ranges.

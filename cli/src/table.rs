@@ -381,6 +381,9 @@ pub fn window(doc: &serde_json::Value) -> String {
             "running"
         }
     );
+    if let Some(trace) = doc["trace_id"].as_str() {
+        let _ = writeln!(out, "trace {trace}");
+    }
     let mut grid = Grid::new(0, &["CLUSTER", "SHARD", "STATE", "SOURCE", "WHY"], &[]);
     for s in doc["shards"].as_array().into_iter().flatten() {
         let attempt = s["attempt"].as_u64().unwrap_or(0) as usize;
