@@ -516,6 +516,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// A spinner on stderr while the CLI waits on the fleet: only on a terminal, never with `--json`.
+pub(crate) fn spinner(json: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    })
+}
+
 /// Follows a job until it ends or `secs` pass; its JSON.
 async fn wait_job(admin: &Admin, id: u64, secs: u64) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -679,13 +693,29 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             };
             let deadline = Instant::now() + Duration::from_secs(secs);
+            let bar = spinner(json);
             let doc = loop {
                 let doc = show_window(&admin, r.window.to_string()).await?;
                 if doc["done"] == true || Instant::now() >= deadline {
                     break doc;
                 }
+                if let Some(bar) = &bar {
+                    let shards = doc["shards"].as_array().map_or(&[][..], Vec::as_slice);
+                    let stored = shards
+                        .iter()
+                        .filter(|s| s["state"]["state"] == "stored")
+                        .count();
+                    bar.set_message(format!(
+                        "window {}: {stored} of {} shards stored",
+                        r.window,
+                        shards.len()
+                    ));
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             };
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {

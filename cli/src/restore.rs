@@ -617,13 +617,22 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
         eprintln!("runbook {id} started");
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(common.wait);
+    let bar = crate::spinner(common.json);
     loop {
         let r = admin
             .call(move |mut c| async move { c.get_runbook(v1::GetJobRequest { job_id: id }).await })
             .await?;
         let doc: serde_json::Value = serde_json::from_str(&r.json)?;
         let state = doc["state"]["state"].as_str().unwrap_or("").to_string();
+        if let Some(bar) = &bar {
+            let steps = doc["steps"].as_array().map_or(0, Vec::len);
+            let next = doc["next"].as_u64().unwrap_or(0) + 1;
+            bar.set_message(format!("runbook {id}: step {next} of {steps}"));
+        }
         if state != "running" || std::time::Instant::now() >= deadline {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
