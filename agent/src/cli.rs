@@ -188,14 +188,8 @@ struct DaemonArgs {
     /// sidecar in a StatefulSet's pods is then `redis-0`, `redis-1`, ….
     #[arg(long)]
     agent_id_from_hostname: bool,
-    /// Log lines as `text` (key=value) or `json` (one object per line).
-    #[arg(
-        long,
-        value_name = "FORMAT",
-        default_value = "text",
-        env = "FLEETSNAP_LOG_FORMAT"
-    )]
-    log_format: fleetsnap_telemetry::LogFormat,
+    #[command(flatten)]
+    log: fleetsnap_telemetry::LogArgs,
 }
 
 impl DaemonArgs {
@@ -372,7 +366,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     name: "fleetsnap-agent",
                     instance: config.agent_id.clone(),
                 },
-                a.log_format,
+                a.log.log_format,
                 "info",
                 config.telemetry.otlp_endpoint.as_deref(),
             )

@@ -92,6 +92,10 @@ impl Fleet {
             endpoints.push((id.to_string(), ([127, 0, 0, 1], port).into()));
             if id == "a2" {
                 a.env("FLEETSNAP_LOG_FORMAT", "json");
+                // It took shop's snapshots, so it runs shop's drills.
+                let drills = fleet.path().join("drills");
+                a.add_config(&format!("[drill]\nwork_dir = \"{}\"\n", drills.display()))
+                    .unwrap();
             }
             a.start().unwrap();
             agents.push(a);
@@ -187,7 +191,7 @@ async fn trace(
 }
 
 #[tokio::test]
-async fn a_window_is_one_trace_from_the_coordinator_through_every_agent_it_used() {
+async fn windows_and_drills_are_each_one_trace_from_the_coordinator_through_the_agents_they_used() {
     let f = Fleet::start().await;
     let _logs = f.logs();
     let first = f.window();
@@ -262,12 +266,70 @@ async fn a_window_is_one_trace_from_the_coordinator_through_every_agent_it_used(
         );
     }
 
+    // A drill is a trace of its own: the coordinator's `drill` span, and the job of the agent
+    // that loaded the set into a scratch server as its child. Its outcome reaches the metrics.
+    let out = f
+        .cli
+        .run(&["drill", "run", "--cluster", "shop", "--wait", "120"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "drill: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (drill, job) = poll_until(
+        "the drill's spans from the coordinator and from a2",
+        Duration::from_secs(40),
+        || async {
+            let spans = f.otlp.spans();
+            let drill = spans
+                .iter()
+                .find(|s| s.service == "fleetsnap-coordinator" && s.name == "drill")?
+                .clone();
+            let job = spans
+                .iter()
+                .find(|s| {
+                    s.trace_id == drill.trace_id
+                        && s.name == "job"
+                        && s.attributes.get("kind").map(String::as_str) == Some("drill")
+                })?
+                .clone();
+            Some((drill, job))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(drill.parent_span_id.is_empty(), "{drill:?}");
+    assert!(!trace_ids.contains(&drill.trace_id));
+    assert_eq!(
+        (job.instance.as_str(), job.parent_span_id.as_str()),
+        ("a2", drill.span_id.as_str())
+    );
+    let (_, metrics) = get(f.endpoints[0].1, "/metrics").await.unwrap();
+    assert_eq!(
+        samples(
+            &metrics,
+            "fleetsnap_restore_last_ok",
+            &[("cluster", "shop"), ("kind", "drill")]
+        ),
+        vec![1.0],
+        "{metrics}"
+    );
+    let rto = samples(
+        &metrics,
+        "fleetsnap_restore_rto_seconds",
+        &[("cluster", "shop"), ("kind", "drill")],
+    );
+    assert!(rto.len() == 1 && rto[0] > 0.0, "{rto:?}");
+
     // a2 logs JSON; its job lines carry the window's trace id.
     let log = f.agents[1].log_text();
     let carried: BTreeSet<String> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["fields"]["message"] == "running a job")
+        .filter(|v| v["spans"][0]["kind"] != "drill")
         .filter_map(|v| {
             v["spans"]
                 .as_array()?

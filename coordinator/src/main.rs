@@ -52,14 +52,8 @@ struct RunArgs {
     /// pod) is node N+1. `$HOSTNAME` is read first.
     #[arg(long)]
     node_id_from_hostname: bool,
-    /// Log lines as `text` (key=value) or `json` (one object per line).
-    #[arg(
-        long,
-        value_name = "FORMAT",
-        default_value = "text",
-        env = "FLEETSNAP_LOG_FORMAT"
-    )]
-    log_format: fleetsnap_telemetry::LogFormat,
+    #[command(flatten)]
+    log: fleetsnap_telemetry::LogArgs,
 }
 
 fn main() -> ExitCode {
@@ -135,7 +129,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             name: "fleetsnap-coordinator",
             instance: config.node_id.to_string(),
         },
-        args.log_format,
+        args.log.log_format,
         "info,openraft=warn",
         config.telemetry.otlp_endpoint.as_deref(),
     )

@@ -99,6 +99,19 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The logging flags the coordinator and the agent daemon share.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log lines as `text` (key=value) or `json` (one object per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "FLEETSNAP_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Who this process is, for span resources.
 #[derive(Clone, Debug)]
 pub struct Service {

@@ -96,6 +96,15 @@ impl FleetDir {
     }
 }
 
+/// Appends TOML tables to a config file.
+fn append(config: &Path, toml: &str) -> anyhow::Result<()> {
+    let mut text = std::fs::read_to_string(config)?;
+    text += "\n";
+    text += toml;
+    std::fs::write(config, text)?;
+    Ok(())
+}
+
 /// Raft timing and compaction for test coordinators.
 #[derive(Clone, Debug)]
 pub struct CoordinatorOptions {
@@ -177,11 +186,7 @@ impl Coordinator {
 
     /// Appends TOML tables to its config (`[telemetry]`), for its next start.
     pub fn add_config(&mut self, toml: &str) -> anyhow::Result<()> {
-        let mut text = std::fs::read_to_string(&self.config)?;
-        text += "\n";
-        text += toml;
-        std::fs::write(&self.config, text)?;
-        Ok(())
+        append(&self.config, toml)
     }
 
     /// Addresses for `n` new nodes numbered from 1.
@@ -377,11 +382,7 @@ impl Agent {
 
     /// Appends TOML tables to its config (`[drill]`, `[restore]`), for its next start.
     pub fn add_config(&mut self, toml: &str) -> anyhow::Result<()> {
-        let mut text = std::fs::read_to_string(&self.config)?;
-        text += "\n";
-        text += toml;
-        std::fs::write(&self.config, text)?;
-        Ok(())
+        append(&self.config, toml)
     }
 
     /// Starts (or restarts) the agent.
