@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
+use tracing::field::Empty;
 
 mod cut;
 mod observe;
@@ -1663,15 +1664,17 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::RestoreRequest>,
     ) -> Result<Response<v1::CatalogReply>, Status> {
         admin(&req)?;
-        let span = self.0.begin_trace(tracing::info_span!(parent: None, "restore", set = tracing::field::Empty, trace_id = tracing::field::Empty), &req);
-        let started = async {
-            self.0.linearizable().await?;
-            self.0.restore(req.get_ref()).await
-        }
-        .instrument(span.clone())
-        .await?;
-        span.record("set", started.set.as_str());
-        tracing::info!(parent: &span, set = %started.set, jobs = ?started.jobs, "restore started");
+        let span = tracing::info_span!(parent: None, "restore", set = Empty, trace_id = Empty);
+        let started = self
+            .0
+            .in_trace(span, req.metadata(), async {
+                self.0.linearizable().await?;
+                let started = self.0.restore(req.get_ref()).await?;
+                tracing::Span::current().record("set", started.set.as_str());
+                tracing::info!(set = %started.set, jobs = ?started.jobs, "restore started");
+                Ok(started)
+            })
+            .await?;
         Ok(Response::new(v1::CatalogReply {
             jobs: started.jobs,
             agent: started.agents.join(","),
@@ -1683,23 +1686,26 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::DrillRequest>,
     ) -> Result<Response<v1::CatalogReply>, Status> {
         admin(&req)?;
-        let span = self.0.begin_trace(tracing::info_span!(parent: None, "drill", set = tracing::field::Empty, trace_id = tracing::field::Empty), &req);
         let r = req.get_ref();
-        let started = async {
-            self.0.linearizable().await?;
-            self.0
-                .drill(
-                    r.cluster.trim(),
-                    r.set.trim(),
-                    r.shard.trim(),
-                    r.agent.trim(),
-                    None,
-                )
-                .await
-        }
-        .instrument(span.clone())
-        .await?;
-        span.record("set", started.set.as_str());
+        let span = tracing::info_span!(parent: None, "drill", set = Empty, trace_id = Empty);
+        let started = self
+            .0
+            .in_trace(span, req.metadata(), async {
+                self.0.linearizable().await?;
+                let started = self
+                    .0
+                    .drill(
+                        r.cluster.trim(),
+                        r.set.trim(),
+                        r.shard.trim(),
+                        r.agent.trim(),
+                        None,
+                    )
+                    .await?;
+                tracing::Span::current().record("set", started.set.as_str());
+                Ok(started)
+            })
+            .await?;
         Ok(Response::new(v1::CatalogReply {
             jobs: started.jobs,
             agent: started.agents.join(","),
@@ -1723,20 +1729,27 @@ impl v1::admin_service_server::AdminService for Services {
     ) -> Result<Response<v1::JsonReply>, Status> {
         admin(&req)?;
         let r = req.get_ref();
-        let span = self.0.begin_trace(tracing::info_span!(parent: None, "runbook", name = %r.name, runbook = tracing::field::Empty, trace_id = tracing::field::Empty), &req);
-        let json = async {
-            self.0.linearizable().await?;
-            let plan = self.0.plan_runbook(r)?;
-            if r.dry_run {
-                return Ok(serde_json::to_string_pretty(&plan).expect("runbooks serialise"));
-            }
-            let id = self.0.start_runbook(plan).await?;
-            tracing::Span::current().record("runbook", id);
-            tracing::info!(runbook = id, name = %r.name, "runbook started");
-            self.0.runbook_json(id)
-        }
-        .instrument(span)
-        .await?;
+        let span = tracing::info_span!(
+            parent: None,
+            "runbook",
+            name = %r.name,
+            runbook = Empty,
+            trace_id = Empty
+        );
+        let json = self
+            .0
+            .in_trace(span, req.metadata(), async {
+                self.0.linearizable().await?;
+                let plan = self.0.plan_runbook(r)?;
+                if r.dry_run {
+                    return Ok(serde_json::to_string_pretty(&plan).expect("runbooks serialise"));
+                }
+                let id = self.0.start_runbook(plan).await?;
+                tracing::Span::current().record("runbook", id);
+                tracing::info!(runbook = id, name = %r.name, "runbook started");
+                self.0.runbook_json(id)
+            })
+            .await?;
         Ok(Response::new(v1::JsonReply { json }))
     }
 

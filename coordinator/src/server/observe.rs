@@ -15,7 +15,7 @@ use fleetsnap_core::window::{JobResult, RestoreMode, unix_ms};
 use fleetsnap_telemetry::metrics::{Exposition, Kind, unix_seconds};
 use fleetsnap_telemetry::trace;
 use openraft::ServerState;
-use tracing::Span;
+use tracing::{Instrument, Span};
 
 use super::Node;
 use crate::runbook::RunbookState;
@@ -41,13 +41,21 @@ impl Traces {
 }
 
 impl Node {
-    /// Starts a trace's root span on this node, as a child of the caller's span when its
-    /// request's metadata names one.
-    pub(super) fn begin_trace<T>(&self, span: Span, req: &tonic::Request<T>) -> Span {
-        let parent = trace::extract(req.metadata());
-        let span = trace::begin(span, parent.as_deref());
-        self.traces.keep(&span);
-        span
+    /// Runs `work` in `span`, started as a trace's root on this node (the caller's child when
+    /// `metadata` names one); once `work` succeeds the span stays open until nothing open
+    /// carries its context.
+    pub(super) async fn in_trace<R>(
+        &self,
+        span: Span,
+        metadata: &tonic::metadata::MetadataMap,
+        work: impl Future<Output = Result<R, tonic::Status>>,
+    ) -> Result<R, tonic::Status> {
+        let span = trace::begin(span, trace::extract(metadata).as_deref());
+        let out = work.instrument(span.clone()).await;
+        if out.is_ok() {
+            self.traces.keep(&span);
+        }
+        out
     }
 
     /// Ends the spans whose window, jobs and runbook have all ended.
