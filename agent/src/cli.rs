@@ -398,7 +398,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = a.load()?;
             crate::daemon::check(&config, a.insecure)?;
             println!(
-                "{}: agent {:?}, {} coordinator(s), {} instance(s); the agent would start with it",
+                "{}: agent {:?}, coordinators: {}, instances: {}; the agent would start with it",
                 a.config.display(),
                 config.agent_id,
                 config.coordinators.len(),

@@ -160,10 +160,11 @@ pub fn status(doc: &StatusDoc) -> String {
     for c in &doc.clusters {
         let _ = writeln!(
             out,
-            "\ncluster {} ({}, {} shards)",
+            "\ncluster {} ({}, {} shard{})",
             c.name,
             c.mode,
-            c.shards.len()
+            c.shards.len(),
+            if c.shards.len() == 1 { "" } else { "s" }
         );
         for s in &c.shards {
             let _ = writeln!(out, "  shard {}", s.id);

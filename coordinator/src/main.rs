@@ -111,7 +111,7 @@ fn check(args: RunArgs) -> Result<(), String> {
         run::transport(&config, false)?;
     }
     println!(
-        "{}: node {}, listening on {}, {} initial member(s), {} policy(ies); the coordinator \
+        "{}: node {}, listening on {}, initial members: {}, policies: {}; the coordinator \
          would start with it",
         path.display(),
         config.node_id,
