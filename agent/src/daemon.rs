@@ -712,7 +712,14 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
         Err(e) => return lost(e),
     };
     let (up, up_rx) = mpsc::channel::<v1::AgentMessage>(64);
-    if up.send(hello(shared)).await.is_err() {
+    let hello = hello(shared);
+    // The results this Hello carries. A job that ends after it is built, while the coordinator
+    // holds the Hello (a new leader waits for its election to settle), is sent once welcomed.
+    let mut results_sent: HashSet<u64> = match &hello.body {
+        Some(agent_message::Body::Hello(h)) => h.finished_jobs.iter().map(|u| u.job_id).collect(),
+        _ => HashSet::new(),
+    };
+    if up.send(hello).await.is_err() {
         return lost("stream closed".into());
     }
     let mut client = AgentServiceClient::new(channel);
@@ -761,23 +768,18 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
         Ok(Err(s)) => return lost(status_text(address, &s)),
         Err(_) => return lost("no answer to Hello within 10 s".into()),
     }
-    // Results already in the Hello; later ones are sent as jobs end, whichever session runs then.
-    let mut results_sent: HashSet<u64> = shared
-        .jobs
-        .lock()
-        .expect("jobs lock")
-        .finished
-        .iter()
-        .map(|u| u.job_id)
-        .collect();
-    let interval = Duration::from_millis(shared.config.report_interval_ms);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sequence = 0u64;
     let welcomed = |why: String| Ended::Lost {
         welcomed: true,
         why,
     };
+    // Results not in the Hello go now; later ones as jobs end, whichever session runs then.
+    if send_unsent(shared, &up, &mut results_sent).await.is_err() {
+        return welcomed("stream closed".into());
+    }
+    let interval = Duration::from_millis(shared.config.report_interval_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence = 0u64;
     // A new leader may not have committed what the last one heard: say it again.
     let mut synced_sent: HashSet<u64> = HashSet::new();
     for s in shared.cuts.all_synced() {
@@ -811,20 +813,8 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 );
             }
             _ = shared.job_ended.notified() => {
-                let unsent: Vec<v1::JobUpdate> = shared
-                    .jobs
-                    .lock()
-                    .expect("jobs lock")
-                    .finished
-                    .iter()
-                    .filter(|u| !results_sent.contains(&u.job_id))
-                    .cloned()
-                    .collect();
-                for u in unsent {
-                    results_sent.insert(u.job_id);
-                    if send_update(&up, u).await.is_err() {
-                        return welcomed("stream closed".into());
-                    }
+                if send_unsent(shared, &up, &mut results_sent).await.is_err() {
+                    return welcomed("stream closed".into());
                 }
             }
             _ = shared.synced_ready.notified() => {
@@ -905,6 +895,28 @@ async fn send_update(
         body: Some(agent_message::Body::JobUpdate(u)),
     })
     .await
+}
+
+/// Sends the results of ended jobs this session has not sent yet.
+async fn send_unsent(
+    shared: &Shared,
+    up: &mpsc::Sender<v1::AgentMessage>,
+    sent: &mut HashSet<u64>,
+) -> std::result::Result<(), ()> {
+    let unsent: Vec<v1::JobUpdate> = shared
+        .jobs
+        .lock()
+        .expect("jobs lock")
+        .finished
+        .iter()
+        .filter(|u| !sent.contains(&u.job_id))
+        .cloned()
+        .collect();
+    for u in unsent {
+        sent.insert(u.job_id);
+        send_update(up, u).await.map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 /// Checks the fence and starts the job; returns what to answer at once (refused, started, or the
