@@ -732,7 +732,6 @@ impl Node {
                 self.traces.end_all();
                 continue;
             }
-            self.end_finished_traces();
             let Some(since) = *self.fleet.leader_since.lock().expect("lock") else {
                 continue;
             };
@@ -745,6 +744,7 @@ impl Node {
                     .cloned()
                     .collect()
             };
+            self.end_finished_traces(&open);
             let now = Instant::now();
             first_seen.retain(|id, _| open.iter().any(|j| j.id == *id));
             for job in open {

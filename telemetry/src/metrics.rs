@@ -32,39 +32,52 @@ pub struct Exposition {
     out: String,
 }
 
-impl Exposition {
-    /// Starts a family: its `# HELP` and `# TYPE` lines.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {}", kind.as_str());
-        self
-    }
+/// One family being written: its samples follow its `# HELP` and `# TYPE` lines.
+pub struct Family<'a> {
+    out: &'a mut String,
+    name: &'a str,
+}
 
-    /// One sample of the family last started.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.out.push_str(name);
+impl Family<'_> {
+    /// One sample.
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        let out = &mut *self.out;
+        out.push_str(self.name);
         if !labels.is_empty() {
-            self.out.push('{');
+            out.push('{');
             for (i, (k, v)) in labels.iter().enumerate() {
                 if i > 0 {
-                    self.out.push(',');
+                    out.push(',');
                 }
                 let v = v
                     .replace('\\', "\\\\")
                     .replace('"', "\\\"")
                     .replace('\n', "\\n");
-                let _ = write!(self.out, "{k}=\"{v}\"");
+                let _ = write!(out, "{k}=\"{v}\"");
             }
-            self.out.push('}');
+            out.push('}');
         }
-        let _ = writeln!(self.out, " {}", format_value(value));
+        let _ = writeln!(out, " {}", format_value(value));
         self
+    }
+}
+
+impl Exposition {
+    /// Starts a family with its `# HELP` and `# TYPE` lines; its samples go through the
+    /// returned writer.
+    pub fn family<'a>(&'a mut self, name: &'a str, kind: Kind, help: &str) -> Family<'a> {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {}", kind.as_str());
+        Family {
+            out: &mut self.out,
+            name,
+        }
     }
 
     /// A family of one unlabelled sample.
-    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: f64) -> &mut Self {
-        self.family(name, kind, help).sample(name, &[], value)
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: f64) {
+        self.family(name, kind, help).sample(&[], value);
     }
 
     /// The text.
@@ -91,7 +104,7 @@ fn format_value(v: f64) -> String {
 
 type Labels = Vec<(&'static str, String)>;
 
-struct Family {
+struct Described {
     kind: Kind,
     help: &'static str,
     samples: BTreeMap<Labels, f64>,
@@ -100,7 +113,7 @@ struct Family {
 /// Counters and gauges a process updates as things happen.
 #[derive(Default)]
 pub struct Registry {
-    families: Mutex<BTreeMap<&'static str, Family>>,
+    families: Mutex<BTreeMap<&'static str, Described>>,
 }
 
 impl Registry {
@@ -110,7 +123,7 @@ impl Registry {
             .lock()
             .expect("metrics lock")
             .entry(name)
-            .or_insert_with(|| Family {
+            .or_insert_with(|| Described {
                 kind,
                 help,
                 samples: BTreeMap::new(),
@@ -125,7 +138,7 @@ impl Registry {
         f: impl FnOnce(&mut f64),
     ) {
         let mut families = self.families.lock().expect("metrics lock");
-        let family = families.entry(name).or_insert_with(|| Family {
+        let family = families.entry(name).or_insert_with(|| Described {
             kind,
             help: "",
             samples: BTreeMap::new(),
@@ -148,11 +161,11 @@ impl Registry {
     pub fn render(&self, out: &mut Exposition) {
         let families = self.families.lock().expect("metrics lock");
         for (name, f) in families.iter() {
-            out.family(name, f.kind, f.help);
+            let mut family = out.family(name, f.kind, f.help);
             for (labels, value) in &f.samples {
                 let labels: Vec<(&str, &str)> =
                     labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                out.sample(name, &labels, *value);
+                family.sample(&labels, *value);
             }
         }
     }

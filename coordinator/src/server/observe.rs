@@ -19,8 +19,8 @@ use tracing::{Instrument, Span};
 
 use super::Node;
 use crate::runbook::RunbookState;
-use crate::state::{JobKind, JobOutcome, JobState};
-use crate::window::RegionState;
+use crate::state::{Job, JobKind, JobOutcome, JobState};
+use crate::window::{BackupSet, RegionState, RegionStatus, SetShard};
 
 /// Spans this leader keeps open, by `traceparent`.
 #[derive(Default)]
@@ -58,8 +58,12 @@ impl Node {
         out
     }
 
-    /// Ends the spans whose window, jobs and runbook have all ended.
-    pub(super) fn end_finished_traces(&self) {
+    /// Ends the spans whose window, jobs and runbook have all ended (`open_jobs`: the jobs the
+    /// job loop found open).
+    pub(super) fn end_finished_traces(&self, open_jobs: &[Job]) {
+        if self.traces.0.lock().expect("traces lock").is_empty() {
+            return;
+        }
         let live: HashSet<String> = {
             let s = self.state.read().expect("state lock");
             let st = &s.state;
@@ -68,11 +72,7 @@ impl Node {
                 .values()
                 .filter(|w| !w.done)
                 .filter_map(|w| w.plan.trace.clone());
-            let jobs = st
-                .jobs
-                .values()
-                .filter(|j| !matches!(j.state, JobState::Done(_)))
-                .filter_map(|j| st.trace_of(j));
+            let jobs = open_jobs.iter().filter_map(|j| st.trace_of(j));
             let runbooks = st
                 .runbooks
                 .values()
@@ -167,15 +167,14 @@ impl Node {
             m.membership_config.membership().voter_ids().count() as f64,
         );
         if let Some(replication) = &m.replication {
-            e.family(
+            let mut f = e.family(
                 "fleetsnap_raft_follower_lag_entries",
                 Kind::Gauge,
                 "On the leader: entries each follower has yet to match.",
             );
             for (peer, matched) in replication {
                 let matched = matched.map_or(0, |l| l.index) as f64;
-                e.sample(
-                    "fleetsnap_raft_follower_lag_entries",
+                f.sample(
                     &[("peer", &peer.to_string())],
                     (last_log - matched).max(0.0),
                 );
@@ -193,7 +192,7 @@ impl Node {
         let mut newest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         let mut oldest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-        let mut latest_settled: BTreeMap<&str, &crate::window::BackupSet> = BTreeMap::new();
+        let mut latest_settled: BTreeMap<&str, &BackupSet> = BTreeMap::new();
         for set in st.sets.values() {
             let key = (set.policy.as_str(), set.cluster.as_str());
             let state = match set.state {
@@ -216,19 +215,18 @@ impl Node {
                 }
             }
         }
-        e.family(
+        let mut f = e.family(
             "fleetsnap_backup_last_success_timestamp_seconds",
             Kind::Gauge,
             "When the newest complete set of a cluster was taken (its window's opening, Unix time).",
         );
         for ((policy, cluster), at) in &newest {
-            e.sample(
-                "fleetsnap_backup_last_success_timestamp_seconds",
+            f.sample(
                 &[("cluster", cluster), ("policy", policy)],
                 unix_seconds(*at),
             );
         }
-        e.family(
+        let mut f = e.family(
             "fleetsnap_backup_age_seconds",
             Kind::Gauge,
             "The live RPO: how far the newest complete set of a cluster is behind now (from its \
@@ -236,13 +234,12 @@ impl Node {
         );
         for (key, first) in &oldest {
             let at = newest.get(key).copied().unwrap_or(*first);
-            e.sample(
-                "fleetsnap_backup_age_seconds",
+            f.sample(
                 &[("cluster", key.1), ("policy", key.0)],
                 ((now_ms - at) as f64 / 1000.0).max(0.0),
             );
         }
-        e.family(
+        let mut f = e.family(
             "fleetsnap_policy_rpo_seconds",
             Kind::Gauge,
             "The RPO a policy promises: its rpo_seconds, or twice its schedule's interval.",
@@ -250,121 +247,89 @@ impl Node {
         let now = time::OffsetDateTime::now_utc();
         for p in st.policies.values() {
             if let Some(rpo) = p.promised_rpo_seconds(now) {
-                e.sample(
-                    "fleetsnap_policy_rpo_seconds",
-                    &[("policy", &p.name)],
-                    rpo as f64,
-                );
+                f.sample(&[("policy", &p.name)], rpo as f64);
             }
         }
-        e.family(
+        let mut f = e.family(
             "fleetsnap_backup_sets",
             Kind::Gauge,
             "Sets in the catalog, by cluster and state.",
         );
         for ((cluster, state), n) in &counts {
-            e.sample(
-                "fleetsnap_backup_sets",
-                &[("cluster", cluster), ("state", state)],
-                *n as f64,
-            );
+            f.sample(&[("cluster", cluster), ("state", state)], *n as f64);
         }
-        e.family(
+        // The newest settled set of each cluster, by region, by shard and as a whole.
+        let by_region = |e: &mut Exposition, name, help, value: fn(&RegionStatus) -> f64| {
+            let mut f = e.family(name, Kind::Gauge, help);
+            for (cluster, set) in &latest_settled {
+                for (region, status) in &set.regions {
+                    f.sample(&[("cluster", cluster), ("region", region)], value(status));
+                }
+            }
+        };
+        by_region(
+            e,
             "fleetsnap_backup_region_complete",
-            Kind::Gauge,
             "1 when a cluster's newest settled set is complete in the region, else 0.",
+            |r| f64::from(u8::from(r.state == RegionState::Complete)),
         );
-        for (cluster, set) in &latest_settled {
-            for (region, status) in &set.regions {
-                e.sample(
-                    "fleetsnap_backup_region_complete",
-                    &[("cluster", cluster), ("region", region)],
-                    f64::from(u8::from(status.state == RegionState::Complete)),
-                );
-            }
-        }
-        e.family(
+        by_region(
+            e,
             "fleetsnap_backup_stored_bytes",
-            Kind::Gauge,
             "Bytes a cluster's newest settled set holds in each region.",
+            |r| r.stored_bytes as f64,
         );
-        for (cluster, set) in &latest_settled {
-            for (region, status) in &set.regions {
-                e.sample(
-                    "fleetsnap_backup_stored_bytes",
-                    &[("cluster", cluster), ("region", region)],
-                    status.stored_bytes as f64,
-                );
+        let by_shard = |e: &mut Exposition, name, help, value: fn(&SetShard) -> f64| {
+            let mut f = e.family(name, Kind::Gauge, help);
+            for (cluster, set) in &latest_settled {
+                for shard in &set.shards {
+                    f.sample(
+                        &[("cluster", cluster), ("shard", &shard.shard)],
+                        value(shard),
+                    );
+                }
             }
-        }
-        e.family(
+        };
+        by_shard(
+            e,
             "fleetsnap_backup_shard_source_bytes",
-            Kind::Gauge,
             "Bytes read from each shard's source for the cluster's newest settled set.",
+            |s| s.raw_bytes as f64,
         );
-        for (cluster, set) in &latest_settled {
-            for shard in &set.shards {
-                e.sample(
-                    "fleetsnap_backup_shard_source_bytes",
-                    &[("cluster", cluster), ("shard", &shard.shard)],
-                    shard.raw_bytes as f64,
-                );
-            }
-        }
-        e.family(
+        by_shard(
+            e,
             "fleetsnap_backup_shard_duration_seconds",
-            Kind::Gauge,
             "How long each shard's snapshot of the cluster's newest settled set took.",
+            |s| ((s.finished_at_ms - s.started_at_ms) as f64 / 1000.0).max(0.0),
         );
-        for (cluster, set) in &latest_settled {
-            for shard in &set.shards {
-                e.sample(
-                    "fleetsnap_backup_shard_duration_seconds",
-                    &[("cluster", cluster), ("shard", &shard.shard)],
-                    ((shard.finished_at_ms - shard.started_at_ms) as f64 / 1000.0).max(0.0),
-                );
+        let by_cluster = |e: &mut Exposition, name, help, value: fn(&BackupSet) -> Option<f64>| {
+            let mut f = e.family(name, Kind::Gauge, help);
+            for (cluster, set) in &latest_settled {
+                if let Some(v) = value(set) {
+                    f.sample(&[("cluster", cluster)], v);
+                }
             }
-        }
-        e.family(
+        };
+        by_cluster(
+            e,
             "fleetsnap_window_skew_seconds",
-            Kind::Gauge,
             "simultaneous: the spread of the shards' start times in the cluster's newest settled set.",
+            |s| s.skew_us.map(|us| us as f64 / 1e6),
         );
-        for (cluster, set) in &latest_settled {
-            if let Some(us) = set.skew_us {
-                e.sample(
-                    "fleetsnap_window_skew_seconds",
-                    &[("cluster", cluster)],
-                    us as f64 / 1e6,
-                );
-            }
-        }
-        e.family(
+        by_cluster(
+            e,
             "fleetsnap_window_write_pause_seconds",
-            Kind::Gauge,
             "consistent: the longest write pause of the cut of the cluster's newest settled set.",
+            |s| s.write_pause_us.map(|us| us as f64 / 1e6),
         );
-        for (cluster, set) in &latest_settled {
-            if let Some(us) = set.write_pause_us {
-                e.sample(
-                    "fleetsnap_window_write_pause_seconds",
-                    &[("cluster", cluster)],
-                    us as f64 / 1e6,
-                );
-            }
-        }
-        e.family(
+        let mut f = e.family(
             "fleetsnap_job_failures_total",
             Kind::Counter,
             "Failed jobs since the coordinator cluster began, by kind and reason.",
         );
         for (key, n) in &st.job_failures {
             let (kind, reason) = key.split_once('/').unwrap_or((key, "other"));
-            e.sample(
-                "fleetsnap_job_failures_total",
-                &[("kind", kind), ("reason", reason)],
-                *n as f64,
-            );
+            f.sample(&[("kind", kind), ("reason", reason)], *n as f64);
         }
         // The newest finished restore and drill of each cluster.
         let mut restores: BTreeMap<(&str, &str), (u64, bool, f64)> = BTreeMap::new();
@@ -400,29 +365,24 @@ impl Node {
                 *entry = (job.id, ok, seconds);
             }
         }
-        e.family(
+        let mut f = e.family(
             "fleetsnap_restore_rto_seconds",
             Kind::Gauge,
             "The RTO of a cluster's newest finished restore or drill (shard job), by kind.",
         );
         for ((kind, cluster), (_, _, seconds)) in &restores {
             if seconds.is_finite() {
-                e.sample(
-                    "fleetsnap_restore_rto_seconds",
-                    &[("cluster", cluster), ("kind", kind)],
-                    *seconds,
-                );
+                f.sample(&[("cluster", cluster), ("kind", kind)], *seconds);
             }
         }
-        e.family(
+        let mut f = e.family(
             "fleetsnap_restore_last_ok",
             Kind::Gauge,
             "1 when a cluster's newest finished restore or drill (shard job) succeeded and \
              checked out, else 0.",
         );
         for ((kind, cluster), (_, ok, _)) in &restores {
-            e.sample(
-                "fleetsnap_restore_last_ok",
+            f.sample(
                 &[("cluster", cluster), ("kind", kind)],
                 f64::from(u8::from(*ok)),
             );
@@ -437,28 +397,23 @@ impl Node {
         };
         {
             let agents = self.fleet.agents.lock().expect("lock");
-            e.family(
+            let mut f = e.family(
                 "fleetsnap_agent_connected",
                 Kind::Gauge,
                 "On the leader: 1 when a registered agent's session is open, else 0.",
             );
             for agent in &registered {
                 let up = agents.get(agent).is_some_and(|a| a.tx.is_some());
-                e.sample(
-                    "fleetsnap_agent_connected",
-                    &[("agent", agent)],
-                    f64::from(u8::from(up)),
-                );
+                f.sample(&[("agent", agent)], f64::from(u8::from(up)));
             }
-            e.family(
+            let mut f = e.family(
                 "fleetsnap_agent_report_age_seconds",
                 Kind::Gauge,
                 "On the leader: seconds since each agent's last report (since its session \
                  opened, before the first).",
             );
             for (agent, a) in agents.iter() {
-                e.sample(
-                    "fleetsnap_agent_report_age_seconds",
+                f.sample(
                     &[("agent", agent)],
                     now.duration_since(a.last_heard()).as_secs_f64(),
                 );
@@ -477,7 +432,7 @@ impl Node {
             s.state.policies.values().cloned().collect()
         };
         let view = self.view("");
-        e.family(
+        let mut f = e.family(
             "fleetsnap_shard_source_candidates",
             Kind::Gauge,
             "On the leader: nodes of a shard a policy would take a snapshot from now (0: the \
@@ -491,8 +446,7 @@ impl Node {
                 };
                 for shard in &c.shards {
                     let plan = planner::plan_shard(shard, &rules);
-                    e.sample(
-                        "fleetsnap_shard_source_candidates",
+                    f.sample(
                         &[
                             ("cluster", cluster.as_str()),
                             ("policy", &p.name),
