@@ -295,11 +295,7 @@ impl AgentConfig {
         if let Some(id) = agent_id {
             c.agent_id = id;
         }
-        if let Some(tls) = &mut c.tls {
-            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
-                *p = PathBuf::from(p.to_string_lossy().replace("{agent_id}", &c.agent_id));
-            }
-        }
+        c.tls = c.tls.map(|t| t.with("{agent_id}", &c.agent_id));
         let bad = |m: String| Error::Input(format!("config file {}: {m}", path.display()));
         if c.coordinators.is_empty() {
             return Err(bad(

@@ -188,12 +188,9 @@ impl Config {
         if let Some(id) = node_id {
             config.node_id = id;
         }
-        if let Some(tls) = &mut config.tls {
-            let id = config.node_id.to_string();
-            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
-                *p = PathBuf::from(p.to_string_lossy().replace("{node_id}", &id));
-            }
-        }
+        config.tls = config
+            .tls
+            .map(|t| t.with("{node_id}", &config.node_id.to_string()));
         config
             .check()
             .map_err(|e| format!("config file {}: {e}", path.display()))?;

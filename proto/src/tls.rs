@@ -158,6 +158,17 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 }
 
 impl TlsFiles {
+    /// The same files with `placeholder` (`{node_id}`, `{agent_id}`) in their paths replaced
+    /// by `value`: one Secret can then hold every peer's or agent's files.
+    pub fn with(&self, placeholder: &str, value: &str) -> Self {
+        let fill = |p: &Path| PathBuf::from(p.to_string_lossy().replace(placeholder, value));
+        Self {
+            ca: fill(&self.ca),
+            cert: fill(&self.cert),
+            key: fill(&self.key),
+        }
+    }
+
     /// The files of `role`/`name` in a directory made by `fleetsnap certs init`: `ca.pem`,
     /// `ROLE-NAME.pem`, `ROLE-NAME.key`.
     pub fn in_dir(dir: &Path, role: Role, name: &str) -> Self {
