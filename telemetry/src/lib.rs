@@ -68,14 +68,21 @@ pub struct TelemetryConfig {
 impl TelemetryConfig {
     /// Checks what serde cannot.
     pub fn check(&self) -> Result<(), String> {
-        match &self.otlp_endpoint {
-            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => Err(format!(
-                "[telemetry] otlp_endpoint {e:?} does not start with http:// or https://; give \
-                 the collector's OTLP/gRPC URL, e.g. http://127.0.0.1:4317"
-            )),
-            _ => Ok(()),
+        match self.otlp_endpoint.as_deref().and_then(endpoint_problem) {
+            Some(why) => Err(Error::Endpoint {
+                endpoint: self.otlp_endpoint.clone().unwrap_or_default(),
+                reason: why.into(),
+            }
+            .to_string()),
+            None => Ok(()),
         }
     }
+}
+
+/// What is wrong with an OTLP endpoint, if anything.
+fn endpoint_problem(endpoint: &str) -> Option<&'static str> {
+    (!(endpoint.starts_with("http://") || endpoint.starts_with("https://")))
+        .then_some("it does not start with http:// or https://")
 }
 
 /// How log lines are written.
@@ -212,8 +219,8 @@ impl OnRuntime {
             endpoint: endpoint.to_string(),
             reason,
         };
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(bad("it does not start with http:// or https://".into()));
+        if let Some(why) = endpoint_problem(endpoint) {
+            return Err(bad(why.into()));
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| bad("no tokio runtime to export from".into()))?;
@@ -254,5 +261,22 @@ impl SpanExporter for OnRuntime {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.set_resource(resource);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_that_is_not_a_url_is_refused_by_name() {
+        let mut c = TelemetryConfig {
+            otlp_endpoint: Some("collector:4317".into()),
+            ..TelemetryConfig::default()
+        };
+        let e = c.check().unwrap_err();
+        assert!(e.contains("\"collector:4317\"") && e.contains("http://"), "{e}");
+        c.otlp_endpoint = Some("http://collector:4317".into());
+        c.check().unwrap();
     }
 }
