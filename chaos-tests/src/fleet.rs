@@ -229,14 +229,10 @@ impl Fleet {
             std::fs::create_dir_all(&data)?;
             let mut redis = Proc::new(
                 format!("redis node-{i}"),
-                Spec {
-                    host: host.clone(),
-                    program: "redis-server".into(),
-                    args: [
-                        "--bind",
-                        &host.ip,
-                        "--port",
-                        &REDIS_PORT.to_string(),
+                Spec::redis(
+                    &host,
+                    root.join(format!("redis-{i}.log")),
+                    &[
                         "--dir",
                         &data.display().to_string(),
                         "--cluster-enabled",
@@ -245,22 +241,14 @@ impl Fleet {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "3000",
-                        "--save",
-                        "",
                         "--appendonly",
-                        "no",
-                        "--protected-mode",
                         "no",
                         "--repl-diskless-sync",
                         "yes",
                         "--repl-diskless-sync-delay",
                         "0",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                    env: Vec::new(),
-                    log: root.join(format!("redis-{i}.log")),
-                },
+                    ],
+                ),
             );
             redis.start()?;
             let agent_id = agent_id.clone();
@@ -450,6 +438,11 @@ impl Fleet {
     /// Sets a policy from TOML text.
     pub fn set_policy(&self, name: &str, toml: &str) -> anyhow::Result<()> {
         self.cli.set_policy(self.dir.path(), name, toml)
+    }
+
+    /// Sets the scenarios' usual policy: `sim`, `simultaneous`, complete in both regions.
+    pub fn set_sim_policy(&self) -> anyhow::Result<()> {
+        self.set_policy("sim", &self.policy("sim", "simultaneous", 2))
     }
 
     /// The policy text for `name` over both regions.

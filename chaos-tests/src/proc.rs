@@ -34,6 +34,31 @@ pub struct Proc {
     child: Option<Child>,
 }
 
+impl Spec {
+    /// A `redis-server` on `host`'s address at [`REDIS_PORT`](crate::fleet::REDIS_PORT),
+    /// saving nothing and open to the lab's hosts, with `extra` arguments.
+    pub fn redis(host: &Host, log: PathBuf, extra: &[&str]) -> Spec {
+        let port = crate::fleet::REDIS_PORT.to_string();
+        let common = [
+            "--bind",
+            &host.ip,
+            "--port",
+            &port,
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ];
+        Spec {
+            host: host.clone(),
+            program: "redis-server".into(),
+            args: common.iter().chain(extra).map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            log,
+        }
+    }
+}
+
 impl Proc {
     /// A process not yet started.
     pub fn new(name: impl Into<String>, spec: Spec) -> Self {

@@ -56,6 +56,11 @@ impl Ctx {
         self.out.figures.push((name.into(), value.into()));
     }
 
+    /// Records the seconds since `at` as a figure.
+    pub fn figure_since(&mut self, name: &str, at: Instant) {
+        self.figure(name, format!("{:.1}", at.elapsed().as_secs_f64()));
+    }
+
     /// A duration between `lo` and `hi` seconds, drawn from the seed.
     pub fn between(&mut self, lo: f64, hi: f64) -> Duration {
         Duration::from_secs_f64(self.rng.random_range(lo..hi))
@@ -427,10 +432,7 @@ async fn leader_killed_consistent(ctx: &mut Ctx) -> anyhow::Result<()> {
     let others = ctx.fleet.cli_without(leader);
     let all = std::mem::replace(&mut ctx.fleet.cli, others);
     let doc = window_done(ctx, &window, Duration::from_secs(180)).await?;
-    ctx.figure(
-        "window done after the kill (s)",
-        format!("{:.1}", killed.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("window done after the kill (s)", killed);
     ctx.figure("window's set", doc["sets"][0]["state"].to_string());
     ctx.fleet.cli = all;
     ctx.fleet.coord(leader).proc.start()?;
@@ -450,8 +452,7 @@ async fn leader_killed_consistent(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 async fn agent_partitioned_mid_upload(ctx: &mut Ctx) -> anyhow::Result<()> {
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     let writer = ctx.writer();
     writer.wait_more(200, Duration::from_secs(30)).await?;
     let (window, before) = open_window(ctx, &writer, "sim")?;
@@ -489,10 +490,7 @@ async fn agent_partitioned_mid_upload(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.fault(format!("healed after {:.1}s", cut_off.as_secs_f64()));
     let healed = Instant::now();
     let doc = window_done(ctx, &window, Duration::from_secs(240)).await?;
-    ctx.figure(
-        "window done after the heal (s)",
-        format!("{:.1}", healed.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("window done after the heal (s)", healed);
     ctx.figure("window's set", doc["sets"][0]["state"].to_string());
     let (again, before2) = open_window(ctx, &writer, "sim")?;
     let doc2 = window_done(ctx, &again, Duration::from_secs(120)).await?;
@@ -507,8 +505,7 @@ async fn agent_partitioned_mid_upload(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 async fn minority_partition(ctx: &mut Ctx) -> anyhow::Result<()> {
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     let writer = ctx.writer();
     writer.wait_more(200, Duration::from_secs(30)).await?;
     // The seed picks the leader or a follower as the minority.
@@ -550,10 +547,7 @@ async fn minority_partition(ctx: &mut Ctx) -> anyhow::Result<()> {
         },
     )
     .await?;
-    ctx.figure(
-        "leader in the majority after (s)",
-        format!("{:.1}", cut.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("leader in the majority after (s)", cut);
     let (window, before) = open_window(ctx, &writer, "sim")?;
     let doc = window_done(ctx, &window, Duration::from_secs(120)).await?;
     ctx.figure(
@@ -706,8 +700,7 @@ async fn primaries(fleet: &Fleet) -> Vec<usize> {
 }
 
 async fn primary_killed_mid_window(ctx: &mut Ctx) -> anyhow::Result<()> {
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     let writer = ctx.writer();
     writer.wait_more(300, Duration::from_secs(30)).await?;
     let (window, before) = open_window(ctx, &writer, "sim")?;
@@ -721,17 +714,11 @@ async fn primary_killed_mid_window(ctx: &mut Ctx) -> anyhow::Result<()> {
     ));
     let killed = Instant::now();
     let doc = window_done(ctx, &window, Duration::from_secs(180)).await?;
-    ctx.figure(
-        "window done after the kill (s)",
-        format!("{:.1}", killed.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("window done after the kill (s)", killed);
     ctx.figure("window's set", window_summary(&doc));
     // The cluster has promoted its replica; the old primary comes back as a replica.
     writer.wait_more(100, Duration::from_secs(60)).await?;
-    ctx.figure(
-        "writer going again after the kill (s)",
-        format!("{:.1}", killed.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("writer going again after the kill (s)", killed);
     ctx.fleet.nodes[victim].redis.start()?;
     ctx.fault(format!("redis on {name} restarted"));
     ctx.fleet.wait_ready().await?;
@@ -748,8 +735,7 @@ async fn primary_killed_mid_window(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 async fn region_down_window(ctx: &mut Ctx) -> anyhow::Result<()> {
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     let writer = ctx.writer();
     writer.wait_more(200, Duration::from_secs(30)).await?;
     let k = ctx.rng.random_range(0..ctx.fleet.regions.len());
@@ -769,10 +755,7 @@ async fn region_down_window(ctx: &mut Ctx) -> anyhow::Result<()> {
     let back = Instant::now();
     let id = doc["backup_id"].as_str().unwrap_or_default().to_string();
     let repaired = set_complete(ctx, &id, Duration::from_secs(240)).await;
-    ctx.figure(
-        "set complete after the region came back (s)",
-        format!("{:.1}", back.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("set complete after the region came back (s)", back);
     let history = writer.stop().await;
     check_all(ctx, &history, &[(window, before)], 2).await?;
     let v = &mut ctx.out.verdict;
@@ -810,8 +793,7 @@ async fn agent_clock_skew(ctx: &mut Ctx) -> anyhow::Result<()> {
         "the agent on {name} restarted with its clock 7 s ahead"
     ));
     ctx.fleet.wait_ready().await?;
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     ctx.fleet
         .set_policy("cut", &ctx.fleet.policy("cut", "consistent", 2))?;
     let writer = ctx.writer();
@@ -947,8 +929,7 @@ async fn rolling_restart(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 async fn failover_runbooks(ctx: &mut Ctx) -> anyhow::Result<()> {
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     let writer = ctx.writer();
     writer.wait_more(300, Duration::from_secs(30)).await?;
     let shards = ["0-5460", "5461-10922", "10923-16383"];
@@ -1104,8 +1085,7 @@ async fn heavy_data(ctx: &Ctx, mib: usize) -> anyhow::Result<()> {
 
 async fn slow_region_stall(ctx: &mut Ctx) -> anyhow::Result<()> {
     heavy_data(ctx, 24).await?;
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     let writer = ctx.writer();
     writer.wait_more(200, Duration::from_secs(30)).await?;
     let k = ctx.rng.random_range(0..ctx.fleet.regions.len());
@@ -1119,10 +1099,7 @@ async fn slow_region_stall(ctx: &mut Ctx) -> anyhow::Result<()> {
     ));
     let stalled = Instant::now();
     let doc = window_done(ctx, &window, Duration::from_secs(400)).await?;
-    ctx.figure(
-        "window done after the stall began (s)",
-        format!("{:.1}", stalled.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("window done after the stall began (s)", stalled);
     let failures: Vec<String> = doc["shards"]
         .as_array()
         .into_iter()
@@ -1195,8 +1172,7 @@ async fn spool_disk_full(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     ctx.fault("every agent restarted with a 64 KiB tmpfs as its spool");
     ctx.fleet.wait_ready().await?;
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     let writer = ctx.writer();
     writer.wait_more(200, Duration::from_secs(30)).await?;
     let k = ctx.rng.random_range(0..ctx.fleet.regions.len());
@@ -1235,8 +1211,7 @@ async fn spool_disk_full(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 async fn coordinator_majority_loss(ctx: &mut Ctx) -> anyhow::Result<()> {
-    ctx.fleet
-        .set_policy("sim", &ctx.fleet.policy("sim", "simultaneous", 2))?;
+    ctx.fleet.set_sim_policy()?;
     ctx.fleet
         .set_policy("cut", &ctx.fleet.policy("cut", "consistent", 2))?;
     let writer = ctx.writer();
@@ -1296,10 +1271,7 @@ async fn coordinator_majority_loss(ctx: &mut Ctx) -> anyhow::Result<()> {
     args.extend(["--wait".into(), "120".into(), "--json".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, rebuilt) = ctx.fleet.cli.run_json(&args)?;
-    ctx.figure(
-        "catalog back after the loss (s)",
-        format!("{:.1}", lost.elapsed().as_secs_f64()),
-    );
+    ctx.figure_since("catalog back after the loss (s)", lost);
     let after = checker::sets(&ctx.fleet)?;
     let found: Vec<&String> = before
         .iter()

@@ -37,24 +37,7 @@ async fn ping_blocking(from: &Host, to: &str, limit: Duration) -> Option<Duratio
 fn redis_on(host: &Host, dir: &std::path::Path) -> Proc {
     let mut p = Proc::new(
         "redis",
-        Spec {
-            host: host.clone(),
-            program: "redis-server".into(),
-            args: [
-                "--bind",
-                &host.ip,
-                "--port",
-                "6379",
-                "--save",
-                "",
-                "--protected-mode",
-                "no",
-            ]
-            .map(String::from)
-            .to_vec(),
-            env: Vec::new(),
-            log: dir.join(format!("redis-{}.log", host.name)),
-        },
+        Spec::redis(host, dir.join(format!("redis-{}.log", host.name)), &[]),
     );
     p.start().expect("redis-server starts");
     p
