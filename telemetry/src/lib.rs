@@ -275,7 +275,10 @@ mod tests {
             ..TelemetryConfig::default()
         };
         let e = c.check().unwrap_err();
-        assert!(e.contains("\"collector:4317\"") && e.contains("http://"), "{e}");
+        assert!(
+            e.contains("\"collector:4317\"") && e.contains("http://"),
+            "{e}"
+        );
         c.otlp_endpoint = Some("http://collector:4317".into());
         c.check().unwrap();
     }
