@@ -14,13 +14,13 @@ use fleetsnap_core::topology::{self, Observed};
 use fleetsnap_core::window::{from_unix_ms, unix_ms};
 use fleetsnap_proto::tls::{self, PeerIdentity, Role};
 use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use fleetsnap_telemetry::trace;
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, Raft, ServerState};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 use tracing::field::Empty;
 
 mod cut;
@@ -524,27 +524,23 @@ impl Node {
         policy: &str,
         parent: Option<&str>,
     ) -> Result<(u64, String), Status> {
-        let span = fleetsnap_telemetry::trace::begin(
-            tracing::info_span!(
-                parent: None,
-                "window",
-                %policy,
-                window = tracing::field::Empty,
-                backup_id = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-            ),
-            parent,
+        let span = tracing::info_span!(
+            parent: None,
+            "window",
+            %policy,
+            window = Empty,
+            backup_id = Empty,
+            trace_id = Empty,
         );
-        let opened = self
-            .plan_and_open(policy, fleetsnap_telemetry::trace::traceparent(&span))
-            .instrument(span.clone())
-            .await;
-        if let Ok((window, backup_id)) = &opened {
-            span.record("window", window);
-            span.record("backup_id", backup_id.as_str());
-            self.traces.keep(&span);
-        }
-        opened
+        self.in_trace(span, parent, async {
+            let current = tracing::Span::current();
+            let trace = trace::traceparent(&current);
+            let (window, backup_id) = self.plan_and_open(policy, trace).await?;
+            current.record("window", window);
+            current.record("backup_id", backup_id.as_str());
+            Ok((window, backup_id))
+        })
+        .await
     }
 
     async fn plan_and_open(
@@ -1563,7 +1559,7 @@ impl v1::admin_service_server::AdminService for Services {
         req: Request<v1::RunBackupRequest>,
     ) -> Result<Response<v1::RunBackupReply>, Status> {
         admin(&req)?;
-        let parent = fleetsnap_telemetry::trace::extract(req.metadata());
+        let parent = trace::extract(req.metadata());
         let (window, backup_id) = self
             .0
             .open_window(&req.get_ref().policy, parent.as_deref())
@@ -1667,7 +1663,7 @@ impl v1::admin_service_server::AdminService for Services {
         let span = tracing::info_span!(parent: None, "restore", set = Empty, trace_id = Empty);
         let started = self
             .0
-            .in_trace(span, req.metadata(), async {
+            .in_trace(span, trace::extract(req.metadata()).as_deref(), async {
                 self.0.linearizable().await?;
                 let started = self.0.restore(req.get_ref()).await?;
                 tracing::Span::current().record("set", started.set.as_str());
@@ -1690,7 +1686,7 @@ impl v1::admin_service_server::AdminService for Services {
         let span = tracing::info_span!(parent: None, "drill", set = Empty, trace_id = Empty);
         let started = self
             .0
-            .in_trace(span, req.metadata(), async {
+            .in_trace(span, trace::extract(req.metadata()).as_deref(), async {
                 self.0.linearizable().await?;
                 let started = self
                     .0
@@ -1738,7 +1734,7 @@ impl v1::admin_service_server::AdminService for Services {
         );
         let json = self
             .0
-            .in_trace(span, req.metadata(), async {
+            .in_trace(span, trace::extract(req.metadata()).as_deref(), async {
                 self.0.linearizable().await?;
                 let plan = self.0.plan_runbook(r)?;
                 if r.dry_run {
@@ -1801,7 +1797,7 @@ impl v1::admin_service_server::AdminService for Services {
         let doc = serde_json::json!({
             "window": window.id,
             "backup_id": window.plan.backup_id,
-            "trace_id": window.plan.trace.as_deref().and_then(fleetsnap_telemetry::trace::trace_id_of),
+            "trace_id": window.plan.trace.as_deref().and_then(trace::trace_id_of),
             "policy": window.plan.policy.name,
             "consistency": window.plan.policy.consistency.as_str(),
             "opened_at_ms": window.plan.opened_at_ms,

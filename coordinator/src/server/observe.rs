@@ -41,16 +41,16 @@ impl Traces {
 }
 
 impl Node {
-    /// Runs `work` in `span`, started as a trace's root on this node (the caller's child when
-    /// `metadata` names one); once `work` succeeds the span stays open until nothing open
+    /// Runs `work` in `span`, started as a trace's root on this node (a child of the remote span
+    /// `parent` names, if any); once `work` succeeds the span stays open until nothing open
     /// carries its context.
     pub(super) async fn in_trace<R>(
         &self,
         span: Span,
-        metadata: &tonic::metadata::MetadataMap,
+        parent: Option<&str>,
         work: impl Future<Output = Result<R, tonic::Status>>,
     ) -> Result<R, tonic::Status> {
-        let span = trace::begin(span, trace::extract(metadata).as_deref());
+        let span = trace::begin(span, parent);
         let out = work.instrument(span.clone()).await;
         if out.is_ok() {
             self.traces.keep(&span);

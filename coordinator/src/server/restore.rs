@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreMode, RestoreTask, unix_ms};
 use fleetsnap_core::{ClusterId, Role};
@@ -402,25 +401,23 @@ impl Node {
                 for c in clusters {
                     let agent = agent.clone().unwrap_or_default();
                     let drill_of = Some((policy.clone(), unix_ms(now)));
-                    let span = fleetsnap_telemetry::trace::begin(
-                        tracing::info_span!(
-                            parent: None,
-                            "drill",
-                            %policy,
-                            cluster = %c,
-                            set = tracing::field::Empty,
-                            trace_id = tracing::field::Empty,
-                        ),
-                        None,
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "drill",
+                        %policy,
+                        cluster = %c,
+                        set = tracing::field::Empty,
+                        trace_id = tracing::field::Empty,
                     );
                     let started = self
-                        .drill(c.as_str(), "", "", &agent, drill_of)
-                        .instrument(span.clone())
+                        .in_trace(span, None, async {
+                            let s = self.drill(c.as_str(), "", "", &agent, drill_of).await?;
+                            tracing::Span::current().record("set", s.set.as_str());
+                            Ok(s)
+                        })
                         .await;
                     match started {
                         Ok(s) => {
-                            span.record("set", s.set.as_str());
-                            self.traces.keep(&span);
                             any = true;
                             tracing::info!(%policy, set = %s.set, jobs = ?s.jobs, "scheduled drill started");
                         }
