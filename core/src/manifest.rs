@@ -30,6 +30,69 @@ pub enum ManifestError {
         "manifest at {location} has format {found}, newer than this fleetsnap understands ({FORMAT_VERSION}): upgrade fleetsnap"
     )]
     TooNew { location: String, found: u32 },
+    #[error(
+        "manifest at {location} is not a set fleetsnap wrote: {why}; the region's copy was altered or damaged: restore from another region, or `fleetsnap backup repair` it from one"
+    )]
+    Invalid { location: String, why: String },
+}
+
+/// The most bytes a manifest may have: reads stop there, whatever the object's listed size.
+pub const MANIFEST_MAX_BYTES: u64 = 64 << 20;
+
+/// A storage key that fleetsnap never writes, refused before it becomes a path or a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "storage key {shown:?} is not one fleetsnap writes ({why}): it is refused rather than resolved; remove or rename it in the region"
+)]
+pub struct KeyError {
+    /// The key, cut to a printable length.
+    pub shown: String,
+    /// The rule it breaks.
+    pub why: &'static str,
+}
+
+/// The longest part between slashes of a storage key (a shard name of 64 characters with its
+/// suffixes fits well within it).
+pub const MAX_KEY_SEGMENT: usize = 128;
+/// The longest storage key below a region's prefix.
+pub const MAX_KEY: usize = 1024;
+
+/// Checks a key below a region's prefix against the rules fleetsnap writes by: parts separated by
+/// single slashes, each 1 to 128 characters from `A-Z a-z 0-9 . _ -`, none starting with `.` or
+/// `-` (so no `..`, no hidden files). Every key read from a region, a manifest or the network
+/// passes here before it names a file or an object.
+pub fn check_key(rel: &str) -> Result<(), KeyError> {
+    let refuse = |why| {
+        let mut shown: String = rel.chars().take(200).collect();
+        if shown.len() < rel.len() {
+            shown.push('…');
+        }
+        Err(KeyError { shown, why })
+    };
+    if rel.is_empty() {
+        return refuse("it is empty");
+    }
+    if rel.len() > MAX_KEY {
+        return refuse("it is longer than 1024 bytes");
+    }
+    for part in rel.split('/') {
+        if part.is_empty() {
+            return refuse("it has an empty part: a leading, trailing or doubled slash");
+        }
+        if part.len() > MAX_KEY_SEGMENT {
+            return refuse("a part is longer than 128 bytes");
+        }
+        if part.starts_with(['.', '-']) {
+            return refuse("a part starts with . or - (such as ..)");
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return refuse("a part holds a character other than A-Z a-z 0-9 . _ -");
+        }
+    }
+    Ok(())
 }
 
 /// One backup set as stored in a destination.
@@ -147,10 +210,72 @@ impl Manifest {
                 found: p.format,
             });
         }
-        serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
             location: location.to_string(),
             source,
-        })
+        })?;
+        m.validate().map_err(|why| ManifestError::Invalid {
+            location: location.to_string(),
+            why,
+        })?;
+        Ok(m)
+    }
+
+    /// The rules every manifest fleetsnap writes keeps, checked on every read: at least one
+    /// shard, no shard twice, each shard with exactly one RDB and at most one tail, every
+    /// object named as the layout names it (so no name can point outside its set's directory),
+    /// and checksums in their formats.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards.is_empty() {
+            return Err("it lists no shards".into());
+        }
+        let mut shards = std::collections::BTreeSet::new();
+        for s in &self.shards {
+            if !shards.insert(&s.shard) {
+                return Err(format!("shard {} is listed twice", s.shard));
+            }
+            let rdbs = s
+                .objects
+                .iter()
+                .filter(|o| o.kind == ObjectKind::Rdb)
+                .count();
+            let tails = s
+                .objects
+                .iter()
+                .filter(|o| o.kind == ObjectKind::Tail)
+                .count();
+            if rdbs != 1 || tails > 1 || s.objects.len() != rdbs + tails {
+                return Err(format!(
+                    "shard {} lists {rdbs} RDB and {tails} tail objects (one RDB and at most one tail expected)",
+                    s.shard
+                ));
+            }
+            for o in &s.objects {
+                let want = object_name(&s.shard, o.kind, &o.codecs);
+                if o.name != want {
+                    let shown: String = o.name.chars().take(100).collect();
+                    return Err(format!(
+                        "shard {}'s object is named {shown:?} where the layout says {want:?}",
+                        s.shard
+                    ));
+                }
+                let hex = |t: &str, n: usize| {
+                    t.len() == n
+                        && t.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                };
+                if !hex(&o.sha256, 64) {
+                    return Err(format!(
+                        "{}'s sha256 is not 64 lowercase hex digits",
+                        o.name
+                    ));
+                }
+                if o.crc64.as_deref().is_some_and(|c| !hex(c, 16)) {
+                    return Err(format!("{}'s crc64 is not 16 lowercase hex digits", o.name));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The entry of one shard.
@@ -248,6 +373,71 @@ mod tests {
             "a/b/orders/20261121T050000Z-000007"
         );
         assert_eq!(join_key("", "x"), "x");
+    }
+
+    #[test]
+    fn names_that_leave_the_set_and_sets_with_nothing_to_restore_are_refused() {
+        let refused = |m: Manifest, want: &str| {
+            let e = Manifest::from_json(&m.to_json(), "region-a").unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert!(e.to_string().contains("region-a"), "{e}");
+        };
+        let mut m = sample();
+        m.shards[0].objects[0].name = "../../../../pwned.rdb.zst".into();
+        refused(m, "pwned");
+        let mut m = sample();
+        m.shards[0].objects[0].name = "shard-1.rdb.zst".into();
+        refused(m, "the layout says");
+        let mut m = sample();
+        m.shards.clear();
+        refused(m, "no shards");
+        let mut m = sample();
+        let dup = m.shards[0].objects[0].clone();
+        m.shards[0].objects.push(dup);
+        refused(m, "2 RDB");
+        let mut m = sample();
+        let s = m.shards[0].clone();
+        m.shards.push(s);
+        refused(m, "twice");
+        let mut m = sample();
+        m.shards[0].objects[0].kind = ObjectKind::Tail;
+        m.shards[0].objects[0].name = "shard-0.tail.zst".into();
+        refused(m, "0 RDB");
+        let mut m = sample();
+        m.shards[0].objects[0].sha256 = "../x".into();
+        refused(m, "sha256");
+    }
+
+    #[test]
+    fn storage_keys_follow_the_names_fleetsnap_writes() {
+        for good in [
+            "orders/20261121T050000Z-000007/manifest.json",
+            "a/b/shard-0.rdb.zst.age",
+            "x",
+        ] {
+            assert_eq!(check_key(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/../../b",
+            "a//b",
+            "/etc/passwd",
+            "a/",
+            "a/.hidden",
+            "a/-x",
+            "a/b c",
+            "a/b\\c",
+            "a/\u{202e}x",
+            &"x/".repeat(600),
+            &"y".repeat(129),
+        ] {
+            let e = check_key(bad).unwrap_err();
+            assert!(
+                e.to_string().contains("not one fleetsnap writes"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum RdbError {
         "RDB checksum mismatch: the trailer says {stored:016x} but the content hashes to {computed:016x}; the snapshot is corrupt"
     )]
     ChecksumMismatch { stored: u64, computed: u64 },
+    #[error(
+        "the RDB's structure is broken ({0}): Redis would refuse to load it, so it is not stored as a backup; take the snapshot again, and check the node's memory and disk if it recurs"
+    )]
+    Structure(String),
 }
 
 /// What a successful verification learned.

@@ -178,6 +178,15 @@ pub enum Item {
     ModuleAux(String),
     /// A key.
     Entry(Entry),
+    /// A key holding a module value, skipped whole (from a reader told `skipping_modules`).
+    Module {
+        /// Its database.
+        db: u64,
+        /// The key, printable.
+        key: String,
+        /// The module type's name.
+        module: String,
+    },
 }
 
 /// A streaming, key-by-key RDB reader over any `Read`.
@@ -187,6 +196,7 @@ pub struct RdbReader<R: Read> {
     db: u64,
     done: bool,
     decode: bool,
+    skip_modules: bool,
 }
 
 impl<R: Read> RdbReader<R> {
@@ -206,6 +216,40 @@ impl<R: Read> RdbReader<R> {
     pub fn decoding(mut self) -> Self {
         self.decode = true;
         self
+    }
+
+    /// Skips a module value in the self-describing format (type 7) and yields `Item::Module`
+    /// for it, instead of stopping there: a census reads on past such keys, checking the rest.
+    pub fn skipping_modules(mut self) -> Self {
+        self.skip_modules = true;
+        self
+    }
+
+    /// After `next_item` gave `None`: checks that nothing follows the end marker and its
+    /// checksum. Redis stops loading at the marker, so bytes after it are keys it never loads.
+    pub fn ensure_end(&mut self) -> Result<()> {
+        let at = self.src.at;
+        let mut extra = 0u64;
+        loop {
+            let n = match self.src.r.fill_buf() {
+                Ok(b) => b.len(),
+                Err(e) => return Err(self.src.io(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            extra += n as u64;
+            self.src.r.consume(n);
+        }
+        if extra > 0 {
+            return Err(ReadError::Corrupt {
+                at,
+                what: format!(
+                    "the end marker is followed by {extra} more bytes: Redis stops loading at the marker and would drop what follows"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn open(r: R, check: bool) -> Result<Self> {
@@ -233,6 +277,7 @@ impl<R: Read> RdbReader<R> {
             db: 0,
             done: false,
             decode: false,
+            skip_modules: false,
         })
     }
 
@@ -273,7 +318,17 @@ impl<R: Read> RdbReader<R> {
                     }
                     return Ok(None);
                 }
-                OP_SELECTDB => self.db = self.src.len()?,
+                OP_SELECTDB => {
+                    let db = self.src.len()?;
+                    // Redis refuses a database at or past its `databases`, which is at most
+                    // INT_MAX.
+                    if db >= i32::MAX as u64 {
+                        return Err(self.src.corrupt(&format!(
+                            "SELECTDB {db}: no server has that many databases"
+                        )));
+                    }
+                    self.db = db;
+                }
                 OP_RESIZEDB => {
                     self.src.len()?;
                     self.src.len()?;
@@ -314,6 +369,15 @@ impl<R: Read> RdbReader<R> {
                 }
                 t => {
                     let key = self.src.string()?;
+                    if t == MODULE_2 && self.skip_modules {
+                        let id = self.src.len()?;
+                        skip_module_value(&mut self.src)?;
+                        return Ok(Some(Item::Module {
+                            db: self.db,
+                            key: String::from_utf8_lossy(&key).into_owned(),
+                            module: module_name(id),
+                        }));
+                    }
                     if t == MODULE_PRE_GA || t == MODULE_2 {
                         let id = self.src.len()?;
                         return Err(ReadError::Module {
