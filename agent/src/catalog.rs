@@ -127,7 +127,9 @@ async fn repair_one(
         if dst.size(&key).await.ok() == Some(o.stored_bytes) {
             continue;
         }
-        let mut down = src.get(&format!("{src_dir}/{}", o.name)).await?;
+        let mut down = src
+            .get(&format!("{src_dir}/{}", o.name), o.stored_bytes)
+            .await?;
         let mut up = dst.begin(&key).await?;
         let mut hash = Sha256::new();
         let mut n = 0u64;

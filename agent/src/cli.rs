@@ -112,6 +112,10 @@ enum Command {
         /// and it loads both.
         #[arg(long, value_name = "DIR", conflicts_with_all = ["online", "replace"])]
         aof_dir: Option<PathBuf>,
+        /// With --to-file or --aof-dir: replace files already there (regular files only; a
+        /// link, device or FIFO at the path is always refused).
+        #[arg(long)]
+        force: bool,
         /// Replace the data of this node: fetch and verify the copy beside its data file, stop
         /// it (--stop), move the copy in, start it (--start), check its keys, offset and slots,
         /// then replay the tail. redis://[USER[:PASSWORD]@]HOST[:PORT].
@@ -252,6 +256,8 @@ impl ShardArgs {
             aof_dir: false,
             identity: self.identity,
             sync: true,
+            // Scratch and staged copies are the agent's own; --to-file and --aof-dir say.
+            force: true,
         })
     }
 }
@@ -516,6 +522,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             set,
             to_file,
             aof_dir,
+            force,
             online,
             replace,
             start,
@@ -529,9 +536,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             // Where the copy goes is the mode's to choose (`replace`, `online`) or the flags'.
+            let to_a_file = aof_dir.is_some() || to_file.is_some();
             let read = RestoreRequest {
                 aof_dir: aof_dir.is_some(),
                 to_file: aof_dir.or(to_file).unwrap_or_default(),
+                force: force || !to_a_file,
                 ..set.request()?
             };
             if let Some(url) = replace {
@@ -612,6 +621,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         r.seconds,
                         r.rdb_bytes as f64 / 1e6 / r.seconds.max(1e-3)
                     );
+                }
+                if let Some(problem) = r.conflict_problem() {
+                    eprintln!("error: {problem}");
+                    return Ok(ExitCode::FAILURE);
                 }
                 return Ok(ExitCode::SUCCESS);
             }

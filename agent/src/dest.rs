@@ -21,7 +21,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use url::Url;
 
+use crate::confined::{Confined, Pending};
 use crate::error::{Error, Result};
+use fleetsnap_core::manifest::{MANIFEST_MAX_BYTES, check_key};
 use fleetsnap_core::policy::ObjectLock;
 
 /// S3 part size: above the 5 MiB minimum, small enough to keep memory bounded.
@@ -170,7 +172,7 @@ pub struct Store {
 
 #[derive(Clone)]
 enum StoreInner {
-    File(PathBuf),
+    File(Confined),
     S3 {
         client: aws_sdk_s3::Client,
         bucket: String,
@@ -188,7 +190,7 @@ impl Store {
     /// Opens a destination (builds the S3 client; checks nothing remote yet).
     pub async fn open(spec: &DestSpec) -> Result<Self> {
         let inner = match spec {
-            DestSpec::File { root } => StoreInner::File(root.clone()),
+            DestSpec::File { root } => StoreInner::File(Confined::new(root.clone())),
             DestSpec::S3 {
                 bucket,
                 region,
@@ -288,29 +290,54 @@ impl Store {
         }
     }
 
-    fn file_path(root: &Path, key: &str) -> PathBuf {
-        root.join(key)
+    /// The part of `key` below the destination's prefix, checked against the names fleetsnap
+    /// writes: every key reaches a file or a request only through here.
+    fn rel<'a>(&self, key: &'a str) -> Result<&'a str> {
+        let prefix = self.spec.prefix();
+        let rest = if prefix.is_empty() {
+            Some(key)
+        } else {
+            key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
+        };
+        let rest = rest.ok_or_else(|| {
+            self.err(format!(
+                "key {:?} is outside the destination's prefix {prefix:?}: refused",
+                key.chars().take(200).collect::<String>()
+            ))
+        })?;
+        check_key(rest).map_err(|e| self.err(e.to_string()))?;
+        Ok(rest)
+    }
+
+    /// The file a key names in a file region, for messages.
+    fn shown(&self, key: &str) -> String {
+        match &self.inner {
+            StoreInner::File(root) => root.display_path(key).display().to_string(),
+            StoreInner::S3 { .. } => key.to_string(),
+        }
     }
 
     /// Starts writing an object; nothing is visible under `key` until `finish`.
     pub async fn begin(&self, key: &str) -> Result<Upload> {
+        let rel = self.rel(key)?;
         match &self.inner {
             StoreInner::File(root) => {
-                let path = Self::file_path(root, key);
+                let path = root.display_path(rel);
                 let partial = partial_path(&path);
-                if let Some(parent) = path.parent() {
-                    tokio::fs::create_dir_all(parent).await.map_err(|e| {
-                        self.err(format!("cannot create {}: {e}", parent.display()))
-                    })?;
-                }
-                let file = tokio::fs::File::create(&partial)
+                let (root, owned) = (root.clone(), rel.to_string());
+                let created = tokio::task::spawn_blocking(move || root.create(&owned))
                     .await
+                    .map_err(|e| self.err(format!("cannot create {}: {e}", partial.display())))?
                     .map_err(|e| self.err(format!("cannot create {}: {e}", partial.display())))?;
+                let (file, pending) = created.into_parts();
                 Ok(Upload::File(Box::new(FileUpload {
                     store: self.clone(),
-                    file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+                    file: tokio::io::BufWriter::with_capacity(
+                        1 << 20,
+                        tokio::fs::File::from_std(file),
+                    ),
                     partial,
-                    path,
+                    pending,
                     written: 0,
                 })))
             }
@@ -330,6 +357,7 @@ impl Store {
 
     /// Writes a small object whole (manifests), atomically.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.rel(key)?;
         match &self.inner {
             StoreInner::File(_) => {
                 let mut up = self.begin(key).await?;
@@ -359,14 +387,32 @@ impl Store {
         }
     }
 
-    /// Reads an object in chunks.
-    pub async fn get(&self, key: &str) -> Result<Download> {
-        match &self.inner {
+    /// Reads an object in chunks. `limit` is the most bytes it may have (its size in a
+    /// manifest): a longer object is an error, found before it is read to its end.
+    pub async fn get(&self, key: &str, limit: u64) -> Result<Download> {
+        let rel = self.rel(key)?;
+        let too_long = |size: u64| {
+            self.err(format!(
+                "{} holds {size} bytes, more than the {limit} it may have: the region's copy was altered or damaged; refused without reading it",
+                self.shown(rel)
+            ))
+        };
+        let inner = match &self.inner {
             StoreInner::File(root) => {
-                let path = Self::file_path(root, key);
-                let f = std::fs::File::open(&path)
+                let path = root.display_path(rel);
+                let (root, owned) = (root.clone(), rel.to_string());
+                let f = tokio::task::spawn_blocking(move || root.open(&owned))
+                    .await
+                    .map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?
                     .map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?;
-                Ok(Download::File(Arc::new(f), path))
+                let size = f
+                    .metadata()
+                    .map_err(|e| self.err(format!("cannot open {}: {e}", path.display())))?
+                    .len();
+                if size > limit {
+                    return Err(too_long(size));
+                }
+                DownloadInner::File(Arc::new(f), path)
             }
             StoreInner::S3 { client, bucket, .. } => {
                 let out = client
@@ -376,18 +422,26 @@ impl Store {
                     .send()
                     .await
                     .map_err(|e| self.s3_err("GetObject", key, e))?;
-                Ok(Download::S3(
-                    out.body,
-                    Box::new(self.clone()),
-                    key.to_string(),
-                ))
+                if let Some(size) = out.content_length()
+                    && size.max(0) as u64 > limit
+                {
+                    return Err(too_long(size.max(0) as u64));
+                }
+                DownloadInner::S3(out.body)
             }
-        }
+        };
+        Ok(Download {
+            inner,
+            store: Box::new(self.clone()),
+            key: key.to_string(),
+            limit,
+            read: 0,
+        })
     }
 
-    /// Reads a small object whole.
+    /// Reads a small object whole (a manifest: at most `MANIFEST_MAX_BYTES`).
     pub async fn get_all(&self, key: &str) -> Result<Vec<u8>> {
-        let mut d = self.get(key).await?;
+        let mut d = self.get(key, MANIFEST_MAX_BYTES).await?;
         let mut out = Vec::new();
         while let Some(c) = d.next().await? {
             out.extend_from_slice(&c);
@@ -395,17 +449,40 @@ impl Store {
         Ok(out)
     }
 
-    /// Every key under `prefix`, recursively.
+    /// Every key under `prefix`, recursively, that follows the names fleetsnap writes; others
+    /// are left out with a warning naming the first, never resolved.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let below = if self.spec.prefix().is_empty() {
+            prefix
+        } else if prefix.trim_end_matches('/') == self.spec.prefix() {
+            ""
+        } else {
+            self.rel(prefix.trim_end_matches('/'))?
+        };
+        let below = below.trim_end_matches('/');
+        if !below.is_empty() {
+            check_key(below).map_err(|e| self.err(e.to_string()))?;
+        }
+        let mut out = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
         match &self.inner {
             StoreInner::File(root) => {
-                let start = Self::file_path(root, prefix);
-                let mut out = Vec::new();
-                let mut stack = vec![start];
-                while let Some(dir) = stack.pop() {
+                if !root.dir_inside(below) {
+                    let start = root.display_path(below);
+                    if std::fs::symlink_metadata(&start).is_err() {
+                        return Ok(out);
+                    }
+                    return Err(self.err(format!(
+                        "{} is a symbolic link or not a directory: links inside a region are not followed",
+                        start.display()
+                    )));
+                }
+                let mut stack = vec![below.to_string()];
+                while let Some(rel) = stack.pop() {
+                    let dir = root.display_path(&rel);
                     let mut rd = match tokio::fs::read_dir(&dir).await {
                         Ok(rd) => rd,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != *root => {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => {
                             continue;
                         }
                         Err(e) => {
@@ -417,19 +494,26 @@ impl Store {
                         .await
                         .map_err(|e| self.err(format!("cannot list {}: {e}", dir.display())))?
                     {
-                        let p = entry.path();
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        let key = if rel.is_empty() {
+                            name
+                        } else {
+                            format!("{rel}/{name}")
+                        };
+                        if check_key(&key).is_err() {
+                            refused.push(key);
+                            continue;
+                        }
+                        // The entry's own type: a link is listed as what it is, never entered.
                         if entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
-                            stack.push(p);
-                        } else if let Ok(rel) = p.strip_prefix(root) {
-                            out.push(rel.to_string_lossy().into_owned());
+                            stack.push(key);
+                        } else {
+                            out.push(key);
                         }
                     }
                 }
-                out.sort();
-                Ok(out)
             }
             StoreInner::S3 { client, bucket, .. } => {
-                let mut out = Vec::new();
                 let mut token = None;
                 loop {
                     let mut req = client.list_objects_v2().bucket(bucket).prefix(prefix);
@@ -440,41 +524,43 @@ impl Store {
                         .send()
                         .await
                         .map_err(|e| self.s3_err("ListObjectsV2", prefix, e))?;
-                    out.extend(
-                        page.contents()
-                            .iter()
-                            .filter_map(|o| o.key().map(str::to_string)),
-                    );
+                    for k in page.contents().iter().filter_map(|o| o.key()) {
+                        if self.rel(k).is_ok() {
+                            out.push(k.to_string());
+                        } else {
+                            refused.push(k.to_string());
+                        }
+                    }
                     match page.next_continuation_token() {
                         Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
                         _ => break,
                     }
                 }
-                out.sort();
-                Ok(out)
             }
         }
+        if let Some(first) = refused.first() {
+            tracing::warn!(
+                destination = %self.spec,
+                "{} keys do not follow fleetsnap's names and were left alone (first: {:?})",
+                refused.len(),
+                first.chars().take(200).collect::<String>()
+            );
+        }
+        out.sort();
+        Ok(out)
     }
 
-    /// Deletes an object; one already gone is no error.
+    /// Deletes an object; one already gone is no error. In a file region, the directories it
+    /// leaves empty go with it.
     pub async fn delete(&self, key: &str) -> Result<()> {
+        let rel = self.rel(key)?;
         match &self.inner {
             StoreInner::File(root) => {
-                let p = Self::file_path(root, key);
-                match tokio::fs::remove_file(&p).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(self.err(format!("cannot delete {}: {e}", p.display()))),
-                }
-                // Empty backup directories go with their last object.
-                let mut dir = p.parent();
-                while let Some(d) = dir.filter(|d| d.starts_with(root) && *d != root.as_path()) {
-                    if tokio::fs::remove_dir(d).await.is_err() {
-                        break;
-                    }
-                    dir = d.parent();
-                }
-                Ok(())
+                let (root, owned) = (root.clone(), rel.to_string());
+                tokio::task::spawn_blocking(move || root.remove(&owned))
+                    .await
+                    .map_err(|e| self.err(format!("cannot delete {}: {e}", self.shown(rel))))?
+                    .map_err(|e| self.err(format!("cannot delete {}: {e}", self.shown(rel))))
             }
             StoreInner::S3 { client, bucket, .. } => {
                 client
@@ -491,13 +577,14 @@ impl Store {
 
     /// The stored size of an object.
     pub async fn size(&self, key: &str) -> Result<u64> {
+        let rel = self.rel(key)?;
         match &self.inner {
             StoreInner::File(root) => {
-                let p = Self::file_path(root, key);
-                Ok(tokio::fs::metadata(&p)
+                let (root, owned) = (root.clone(), rel.to_string());
+                tokio::task::spawn_blocking(move || root.size(&owned))
                     .await
-                    .map_err(|e| self.err(format!("cannot stat {}: {e}", p.display())))?
-                    .len())
+                    .map_err(|e| self.err(format!("cannot stat {}: {e}", self.shown(rel))))?
+                    .map_err(|e| self.err(format!("cannot stat {}: {e}", self.shown(rel))))
             }
             StoreInner::S3 { client, bucket, .. } => {
                 let h = client
@@ -551,7 +638,7 @@ pub struct FileUpload {
     store: Store,
     file: tokio::io::BufWriter<tokio::fs::File>,
     partial: PathBuf,
-    path: PathBuf,
+    pending: Pending,
     written: u64,
 }
 
@@ -613,28 +700,34 @@ impl Upload {
                     store,
                     mut file,
                     partial,
-                    path,
+                    pending,
                     written,
                 } = *f;
                 let io = |e: std::io::Error| {
                     store.err(format!("cannot finish {}: {e}", partial.display()))
                 };
-                file.flush().await.map_err(io)?;
-                file.get_mut().sync_all().await.map_err(io)?;
-                drop(file);
-                tokio::fs::rename(&partial, &path).await.map_err(io)?;
-                if let Some(parent) = path.parent()
-                    && let Ok(d) = tokio::fs::File::open(parent).await
-                {
-                    d.sync_all().await.ok();
+                let done = async {
+                    file.flush().await?;
+                    file.get_mut().sync_all().await?;
+                    file.get_ref().metadata().await.map(|m| m.len())
                 }
-                let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+                .await;
+                drop(file);
+                let size = match done {
+                    Ok(size) => size,
+                    Err(e) => {
+                        pending.abort();
+                        return Err(io(e));
+                    }
+                };
                 if size != written {
+                    pending.abort();
                     return Err(store.err(format!(
                         "{} holds {size} bytes after writing {written}",
-                        path.display()
+                        partial.display()
                     )));
                 }
+                pending.commit().map_err(io)?;
                 Ok(written)
             }
             Upload::S3(up) => up.finish().await,
@@ -645,9 +738,9 @@ impl Upload {
     pub async fn abort(self) {
         match self {
             Upload::File(f) => {
-                let FileUpload { partial, file, .. } = *f;
+                let FileUpload { pending, file, .. } = *f;
                 drop(file);
-                tokio::fs::remove_file(&partial).await.ok();
+                pending.abort();
             }
             Upload::S3(mut up) => {
                 up.tasks.abort_all();
@@ -816,39 +909,59 @@ impl S3Upload {
 /// How much of a file region's object one read returns.
 const FILE_CHUNK: usize = 4 << 20;
 
-/// An object being read.
-pub enum Download {
+/// An object being read, never past the most bytes it may have.
+pub struct Download {
+    inner: DownloadInner,
+    store: Box<Store>,
+    key: String,
+    limit: u64,
+    read: u64,
+}
+
+enum DownloadInner {
     /// From a file, read on the blocking pool in large chunks.
     File(Arc<std::fs::File>, PathBuf),
     /// From S3.
-    S3(ByteStream, Box<Store>, String),
+    S3(ByteStream),
 }
 
 impl Download {
     /// The next chunk; `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
-        match self {
-            Download::File(f, path) => {
+        let chunk = match &mut self.inner {
+            DownloadInner::File(f, path) => {
                 let f = Arc::clone(f);
+                // One byte past the limit is enough to know the object is too long.
+                let want = (self.limit - self.read)
+                    .saturating_add(1)
+                    .min(FILE_CHUNK as u64);
                 // read_to_end fills spare capacity without zeroing it first.
                 let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = Vec::with_capacity(FILE_CHUNK);
-                    std::io::Read::read_to_end(
-                        &mut std::io::Read::take(&*f, FILE_CHUNK as u64),
-                        &mut buf,
-                    )
-                    .map(|_| buf)
+                    let mut buf = Vec::with_capacity(want as usize);
+                    std::io::Read::read_to_end(&mut std::io::Read::take(&*f, want), &mut buf)
+                        .map(|_| buf)
                 })
                 .await
                 .map_err(|e| Error::file("cannot read", path.clone(), std::io::Error::other(e)))?
                 .map_err(|e| Error::file("cannot read", path.clone(), e))?;
-                Ok((!read.is_empty()).then(|| Bytes::from(read)))
+                (!read.is_empty()).then(|| Bytes::from(read))
             }
-            Download::S3(body, store, key) => body
+            DownloadInner::S3(body) => body
                 .try_next()
                 .await
-                .map_err(|e| store.err(format!("reading {key} failed: {e}"))),
+                .map_err(|e| self.store.err(format!("reading {} failed: {e}", self.key)))?,
+        };
+        if let Some(c) = &chunk {
+            self.read += c.len() as u64;
+            if self.read > self.limit {
+                return Err(self.store.err(format!(
+                    "{} is longer than the {} bytes it may have: the region's copy was altered or damaged; reading stopped",
+                    self.store.shown(self.store.rel(&self.key).unwrap_or(&self.key)),
+                    self.limit
+                )));
+            }
         }
+        Ok(chunk)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod confined;
 pub mod cut;
 pub mod daemon;
 pub mod dest;

@@ -2,7 +2,7 @@
 //! into a running server (standalone, or a Redis Cluster of any shape, routed by slot), pipelined,
 //! then replays the tail of a consistent cut.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -546,7 +546,7 @@ pub async fn restore_online(
                 Item::Entry(e) => restore_entry(&mut t, e, opts, now_ms, &mut report).await?,
                 Item::Function(code) => load_function(&mut t, &code, opts, &mut report).await?,
                 Item::ModuleAux(m) => report.module_aux_skipped.push(m),
-                Item::Aux(..) => {}
+                Item::Aux(..) | Item::Module { .. } => {}
             }
         }
         report.rdb_bytes = batch.at;
@@ -558,15 +558,97 @@ pub async fn restore_online(
     }
     report.seconds = started.elapsed().as_secs_f64();
     progress.done(&report);
-    if report.conflicts > 0 {
-        return Err(Error::Failed(format!(
-            "{} keys restored into {target}, but {} already existed there and were left as they are (first: {}): pass --replace-existing to overwrite them",
-            report.keys,
-            report.conflicts,
-            report.conflicting_keys.join(", ")
-        )));
-    }
     Ok(report)
+}
+
+/// The logical databases a copy writes to: each `SELECT` of its RDB (read through, values
+/// skipped) and of its tail, with the first key of each for messages.
+pub fn databases_in(rdb: &Path, tail: Option<&Path>) -> Result<BTreeMap<u64, String>> {
+    let file = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
+    let bad =
+        |e: fleetsnap_core::rdbread::ReadError| Error::Decode(format!("{}: {e}", rdb.display()));
+    let mut reader = RdbReader::checked_elsewhere(file)
+        .map_err(bad)?
+        .skipping_modules();
+    let mut dbs = BTreeMap::new();
+    while let Some(item) = reader.next_item().map_err(bad)? {
+        match item {
+            Item::Entry(e) => {
+                dbs.entry(e.db).or_insert_with(|| e.key_lossy());
+            }
+            Item::Module { db, key, .. } => {
+                dbs.entry(db).or_insert(key);
+            }
+            _ => {}
+        }
+    }
+    if let Some(tail) = tail {
+        let bytes = std::fs::read(tail).map_err(|e| Error::file("cannot read", tail, e))?;
+        let commands = parse_commands(&bytes).ok_or_else(|| {
+            Error::Decode(format!(
+                "{}: the tail is not a RESP command stream",
+                tail.display()
+            ))
+        })?;
+        let mut db = 0u64;
+        for c in commands {
+            if c[0].eq_ignore_ascii_case(b"SELECT") {
+                db = select_index(&c);
+            } else if !is_housekeeping(&c[0]) {
+                dbs.entry(db)
+                    .or_insert_with(|| format!("a {} in the tail", String::from_utf8_lossy(&c[0])));
+            }
+        }
+    }
+    Ok(dbs)
+}
+
+/// The database a tail's `SELECT` names.
+fn select_index(c: &[Vec<u8>]) -> u64 {
+    std::str::from_utf8(c.get(1).map(Vec::as_slice).unwrap_or(b"0"))
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Refuses, before anything is written, a restore whose keys live in databases the target
+/// lacks: a Redis Cluster has db 0 only; a standalone server has `databases` of them, which
+/// `SELECT` answers for (it needs no CONFIG rights). `needed` maps each database to where its
+/// first key comes from.
+pub async fn check_databases(
+    target: &RedisTarget,
+    needed: &BTreeMap<u64, String>,
+    opts: &OnlineOptions,
+) -> Result<()> {
+    let needed: Vec<(&u64, &String)> = needed
+        .iter()
+        .filter(|(db, _)| opts.db.is_none_or(|d| d == **db))
+        .collect();
+    if needed.iter().all(|(db, _)| **db == 0) {
+        return Ok(());
+    }
+    let mut conn = Connection::connect(target).await?;
+    let cluster = info_field(&conn.info("cluster").await?, "cluster_enabled") == Some("1");
+    for (db, from) in &needed {
+        if **db == 0 {
+            continue;
+        }
+        if cluster {
+            return Err(Error::Input(format!(
+                "the backup has keys in db {db} ({from}), but {target} is a Redis Cluster, which has only db 0: restore db 0 alone with --db 0, or restore into a standalone server"
+            )));
+        }
+        if let Value::Error(e) = conn
+            .command(&[b"SELECT", db.to_string().as_bytes()])
+            .await?
+        {
+            return Err(Error::Input(format!(
+                "the backup has keys in db {db} ({from}), but {target} refuses SELECT {db} ({e}): nothing was written; restore the databases it has with --db N, or into a server with `databases {}` or more",
+                **db + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn restore_entry(
@@ -781,10 +863,7 @@ async fn replay_tail(t: &mut Target, tail: &Path, opts: &OnlineOptions) -> Resul
             continue;
         }
         if name.eq_ignore_ascii_case(b"SELECT") {
-            db = std::str::from_utf8(c.get(1).map(Vec::as_slice).unwrap_or(b"0"))
-                .ok()
-                .and_then(|d| d.parse().ok())
-                .unwrap_or(0);
+            db = select_index(&c);
             continue;
         }
         if name.eq_ignore_ascii_case(b"MULTI") {
@@ -858,31 +937,47 @@ async fn replay_tail(t: &mut Target, tail: &Path, opts: &OnlineOptions) -> Resul
     Ok(replayed)
 }
 
-/// Splits a RESP command stream into commands (arrays of bulk strings).
-fn parse_commands(b: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
+/// Splits a RESP command stream into commands (arrays of bulk strings); `None` when it is not
+/// one. Counts and lengths are checked against the bytes there are before anything is
+/// allocated for them.
+pub fn parse_commands(b: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
     let mut out = Vec::new();
     let mut i = 0;
     let line = |i: &mut usize| -> Option<&[u8]> {
-        let end = b[*i..].windows(2).position(|w| w == b"\r\n")? + *i;
+        let end = b.get(*i..)?.windows(2).position(|w| w == b"\r\n")? + *i;
         let l = &b[*i..end];
         *i = end + 2;
         Some(l)
+    };
+    let number = |l: &[u8]| -> Option<usize> {
+        if l.is_empty() || l.len() > 19 || !l.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(l).ok()?.parse().ok()
     };
     while i < b.len() {
         let head = line(&mut i)?;
         if head.first() != Some(&b'*') {
             return None;
         }
-        let n: usize = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+        let n = number(&head[1..])?;
+        // Each argument takes at least four bytes ("$0\r\n" and its own "\r\n").
+        if n > (b.len() - i) / 4 + 1 {
+            return None;
+        }
         let mut args = Vec::with_capacity(n);
         for _ in 0..n {
             let h = line(&mut i)?;
             if h.first() != Some(&b'$') {
                 return None;
             }
-            let len: usize = std::str::from_utf8(&h[1..]).ok()?.parse().ok()?;
-            args.push(b.get(i..i + len)?.to_vec());
-            i += len + 2;
+            let len = number(&h[1..])?;
+            let end = i.checked_add(len)?;
+            args.push(b.get(i..end)?.to_vec());
+            if b.get(end..end.checked_add(2)?)? != b"\r\n" {
+                return None;
+            }
+            i = end + 2;
         }
         if !args.is_empty() {
             out.push(args);

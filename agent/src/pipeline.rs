@@ -179,57 +179,135 @@ impl std::io::BufRead for ChannelReader {
 }
 
 /// Reads the RDB key by key on a thread of its own as it streams, counting keys and digesting
-/// values per database (what a restore drill checks later).
+/// values per database (what a restore drill checks later). It is also the structural check:
+/// a value that does not parse, a database no server has, bytes after the end marker fail the
+/// snapshot, since Redis would refuse the file. Only a module type stays a warning: its keys are
+/// named and the rest is still read.
 struct Census {
     tx: Option<mpsc::Sender<Bytes>>,
-    thread: std::thread::JoinHandle<Result<Vec<DbDigest>, String>>,
+    thread: Option<std::thread::JoinHandle<CensusOutcome>>,
+    /// What the thread gave, once it has ended.
+    ended: Option<CensusOutcome>,
 }
+
+/// What the census thread found.
+enum CensusOutcome {
+    /// Every key read: counts and digests per database.
+    Counted(Vec<DbDigest>),
+    /// Sound as far as it could read, but with module values, which it cannot digest.
+    Modules(Vec<String>),
+    /// A module value of the old, not self-describing format: the rest cannot be read.
+    Stopped(String),
+    /// Redis would not load it.
+    Broken(String),
+}
+
+/// Module keys named in a warning.
+const MODULE_KEYS_NAMED: usize = 5;
 
 impl Census {
     fn start() -> Self {
         let (tx, rx) = mpsc::channel(64);
         let thread = std::thread::spawn(move || {
-            // The encoder's verifier checks the trailer; this reader only reads the keys.
-            let mut r = RdbReader::checked_elsewhere(ChannelReader::new(rx))
-                .map_err(|e| e.to_string())?
-                .decoding();
+            use fleetsnap_core::rdbread::ReadError;
+            let classify = |e: ReadError| match e {
+                ReadError::Module { .. } => CensusOutcome::Stopped(e.to_string()),
+                e => CensusOutcome::Broken(e.to_string()),
+            };
+            // The encoder's verifier checks the trailer; this reader reads the keys.
+            let mut r = match RdbReader::checked_elsewhere(ChannelReader::new(rx)) {
+                Ok(r) => r.decoding().skipping_modules(),
+                Err(e) => return classify(e),
+            };
             let mut d = DatasetDigest::default();
-            while let Some(item) = r.next_item().map_err(|e| e.to_string())? {
-                if let RdbItem::Entry(mut e) = item
-                    && let Some(v) = e.decoded.take()
-                {
-                    d.add(&e, &v);
+            let mut modules = Vec::new();
+            loop {
+                match r.next_item() {
+                    Ok(Some(RdbItem::Entry(mut e))) => {
+                        if let Some(v) = e.decoded.take() {
+                            d.add(&e, &v);
+                        }
+                    }
+                    Ok(Some(RdbItem::Module { db, key, module })) => {
+                        modules.push(format!("{key:?} (db {db}, module {module})"));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return classify(e),
                 }
             }
-            Ok(d.finish())
+            if let Err(e) = r.ensure_end() {
+                return classify(e);
+            }
+            if modules.is_empty() {
+                CensusOutcome::Counted(d.finish())
+            } else {
+                CensusOutcome::Modules(modules)
+            }
         });
         Self {
             tx: Some(tx),
-            thread,
+            thread: Some(thread),
+            ended: None,
         }
     }
 
-    fn feed(&mut self, data: &Bytes) {
-        // A reader that stopped (it met something it cannot read) takes no more.
+    fn join(&mut self) -> &CensusOutcome {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            self.ended = Some(t.join().unwrap_or_else(|_| {
+                CensusOutcome::Broken("the key reader stopped unexpectedly".into())
+            }));
+        }
+        self.ended.as_ref().expect("joined")
+    }
+
+    /// Passes bytes on; a reader that stopped takes no more, and one that found the RDB broken
+    /// fails the snapshot at once rather than at its end.
+    fn feed(&mut self, data: &Bytes, source_name: &str) -> Result<()> {
         if let Some(tx) = &self.tx
             && tx.blocking_send(data.clone()).is_err()
+            && let CensusOutcome::Broken(e) = self.join()
         {
-            self.tx = None;
+            return Err(Error::Rdb {
+                source_name: source_name.to_string(),
+                error: fleetsnap_core::RdbError::Structure(e.clone()),
+            });
         }
+        Ok(())
     }
 
-    fn finish(mut self, source_name: &str) -> Option<Vec<DbDigest>> {
-        self.tx = None;
-        match self.thread.join() {
-            Ok(Ok(dbs)) => Some(dbs),
-            Ok(Err(e)) => {
+    /// The counts, `None` where modules kept them from being taken, or the structural error.
+    fn finish(mut self, source_name: &str) -> Result<Option<Vec<DbDigest>>> {
+        self.join();
+        match self.ended.take().expect("joined") {
+            CensusOutcome::Counted(dbs) => Ok(Some(dbs)),
+            CensusOutcome::Modules(keys) => {
+                let n = keys.len();
+                let named: Vec<&str> = keys
+                    .iter()
+                    .take(MODULE_KEYS_NAMED)
+                    .map(String::as_str)
+                    .collect();
+                tracing::warn!(
+                    source = source_name,
+                    "no key counts or digest for this snapshot: {n} keys hold module values fleetsnap cannot read ({}{}); restore it with `replace` on a server that loads the modules",
+                    named.join(", "),
+                    if n > named.len() { ", …" } else { "" }
+                );
+                Ok(None)
+            }
+            CensusOutcome::Stopped(e) => {
                 tracing::warn!(
                     source = source_name,
                     "no key counts or digest for this snapshot: {e}"
                 );
-                None
+                Ok(None)
             }
-            Err(_) => None,
+            CensusOutcome::Broken(e) => Err(Error::Rdb {
+                source_name: source_name.to_string(),
+                error: fleetsnap_core::RdbError::Structure(e),
+            }),
         }
     }
 }
@@ -255,7 +333,7 @@ impl Encoder {
             })?;
         }
         if let Some(c) = self.census.as_mut() {
-            c.feed(data);
+            c.feed(data, &self.source_name)?;
         }
         self.raw += data.len() as u64;
         self.chain
@@ -291,7 +369,10 @@ impl Encoder {
             })?),
             None => None,
         };
-        let dbs = self.census.take().and_then(|c| c.finish(&self.source_name));
+        let dbs = match self.census.take() {
+            Some(c) => c.finish(&self.source_name)?,
+            None => None,
+        };
         Ok(Encoded {
             raw_bytes: self.raw,
             stored_bytes: self.stored,

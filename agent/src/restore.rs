@@ -186,18 +186,28 @@ pub struct Checked {
     pub crc64: Option<String>,
 }
 
+/// A file that decoded bytes are written to.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// Where: created exclusively, never through a link.
+    pub path: PathBuf,
+    /// fsynced at the end.
+    pub sync: bool,
+    /// A file already there (left by a run that stopped) is removed first; otherwise it is an
+    /// error.
+    pub replace: bool,
+}
+
 /// Reads one object, checks size and sha256 against the manifest, decodes it (unless encrypted
-/// and no identity is given) and verifies the RDB; writes the decoded bytes to `out` if given,
-/// and fsyncs them if `sync`.
+/// and no identity is given) and verifies the RDB; writes the decoded bytes to `out` if given.
 pub async fn check_object(
     store: &Store,
     dir: &str,
     entry: &ObjectEntry,
     identity: Option<&Path>,
-    out: Option<&Path>,
-    sync: bool,
+    out: Option<Output>,
 ) -> Result<Checked> {
-    check_object_piped(store, dir, entry, identity, out, sync, None)
+    check_object_piped(store, dir, entry, identity, out, None)
         .await
         .map(|(c, _)| c)
 }
@@ -239,23 +249,21 @@ pub fn write_paced(pipe: &mut std::fs::File, mut buf: &[u8]) -> std::io::Result<
 
 /// `check_object`, also writing the decoded bytes to `pipe` as they come, all but the last ones,
 /// which are handed back once size, sha256 and RDB checksum have matched the manifest.
-#[allow(clippy::too_many_arguments)]
 async fn check_object_piped(
     store: &Store,
     dir: &str,
     entry: &ObjectEntry,
     identity: Option<&Path>,
-    out: Option<&Path>,
-    sync: bool,
+    out: Option<Output>,
     pipe: Option<std::fs::File>,
 ) -> Result<(Checked, Option<HeldBack>)> {
     let key = format!("{dir}/{}", entry.name);
-    let mut download = store.get(&key).await?;
+    let mut download = store.get(&key, entry.stored_bytes).await?;
     let decode = !entry.codecs.encrypted() || identity.is_some();
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let worker = decode.then(|| {
         let (codecs, kind) = (entry.codecs.clone(), entry.kind);
-        let (identity, out) = (identity.map(Path::to_path_buf), out.map(Path::to_path_buf));
+        let identity = identity.map(Path::to_path_buf);
         let piped = pipe.is_some();
         let work = move || {
             let ids = identity.as_deref().map(load_identities).transpose()?;
@@ -264,11 +272,7 @@ async fn check_object_piped(
                 &codecs.0,
                 kind,
                 ids.as_deref(),
-                Outputs {
-                    file: out.as_deref(),
-                    sync,
-                    pipe,
-                },
+                Outputs { file: out, pipe },
             )
         };
         // Feeding a process that loads from the pipe, the decoder yields the CPU to it: on a
@@ -393,11 +397,9 @@ fn decoder(
 }
 
 /// Where decoded bytes go.
-struct Outputs<'a> {
-    /// A file, written on a thread of its own...
-    file: Option<&'a Path>,
-    /// ...and fsynced at the end.
-    sync: bool,
+struct Outputs {
+    /// A file, written on a thread of its own.
+    file: Option<Output>,
     /// A pipe opened non-blocking, which is kept the last bytes (see `HeldBack`).
     pipe: Option<std::fs::File>,
 }
@@ -407,15 +409,16 @@ fn decode_stream(
     codecs: &[Codec],
     kind: ObjectKind,
     identities: Option<&[Box<dyn age::Identity>]>,
-    outputs: Outputs<'_>,
+    outputs: Outputs,
 ) -> Result<(u64, Option<u64>, Option<HeldBack>)> {
     let mut reader = decoder(input, codecs, identities)?;
     // A copy written beside a pipe is not read back soon: it bypasses the page cache, whose
     // filling costs the CPU the pipe's reader needs.
     let direct = outputs.pipe.is_some();
+    let sync = outputs.file.as_ref().is_some_and(|o| o.sync);
     let mut file = outputs
         .file
-        .map(|p| FileWriter::create(p, direct))
+        .map(|o| FileWriter::create(&o.path, o.replace, direct))
         .transpose()?;
     let mut pipe = outputs.pipe;
     // What has been decoded but not yet written to the pipe.
@@ -462,7 +465,7 @@ fn decode_stream(
         }
     }
     if let Some(f) = file {
-        f.finish(outputs.sync)?;
+        f.finish(sync)?;
     }
     let crc = match verifier {
         Some(v) => Some(
@@ -511,9 +514,10 @@ struct FileWriter {
 }
 
 impl FileWriter {
-    /// `direct`: written with `O_DIRECT` where the filesystem allows it.
-    fn create(path: &Path, direct: bool) -> Result<Self> {
-        let f = std::fs::File::create(path).map_err(|e| Error::file("cannot create", path, e))?;
+    /// `direct`: written with `O_DIRECT` where the filesystem allows it. `replace`: see
+    /// `Output`.
+    fn create(path: &Path, replace: bool, direct: bool) -> Result<Self> {
+        let f = create_new(path, replace)?;
         let mut direct = direct.then(|| DirectWriter::new(&f)).flatten();
         let mut f = f;
         let (full, filled) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
@@ -672,7 +676,7 @@ pub async fn verify(
     let mut not_decoded = Vec::new();
     for s in &m.shards {
         for o in &s.objects {
-            let c = check_object(&store, &dir, o, identity, None, false).await?;
+            let c = check_object(&store, &dir, o, identity, None).await?;
             if c.raw_bytes.is_none() {
                 not_decoded.push(o.name.clone());
             }
@@ -708,6 +712,9 @@ pub struct RestoreRequest {
     /// fsync what is written before returning. Off for scratch copies, and for `replace`, which
     /// syncs the file while the node loads it.
     pub sync: bool,
+    /// Replace files already at the output paths (regular files only: a link, a device or a
+    /// FIFO there is always refused). Without it, an output that exists is an error.
+    pub force: bool,
 }
 
 /// The outcome of a restore.
@@ -743,6 +750,7 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
     if let Some(p) = &req.identity {
         load_identities(p)?;
     }
+    check_outputs(req)?;
     let dir = if req.aof_dir {
         Some(req.to_file.as_path())
     } else {
@@ -821,6 +829,136 @@ pub(crate) fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Whether `p` is a regular file (not following a link).
+fn is_regular(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Creates a new file exclusively, never through a link. One already there is removed first
+/// when `replace` (a file left by a run that stopped), else refused.
+fn create_new(path: &Path, replace: bool) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && replace => {
+            std::fs::remove_file(path).map_err(|e| Error::file("cannot replace", path, e))?;
+            open().map_err(|e| Error::file("cannot create", path, e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Input(format!(
+            "{} already exists (left by a restore that stopped, or one running now): remove it, or pass --force",
+            path.display()
+        ))),
+        r => r.map_err(|e| Error::file("cannot create", path, e)),
+    }
+}
+
+/// Writes a small file of a restore (an AOF directory's manifest) exclusively.
+fn write_new(path: &Path, bytes: &[u8], req: &RestoreRequest) -> Result<()> {
+    let partial = with_suffix(path, ".partial");
+    let mut f = create_new(&partial, req.force)?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| if req.sync { f.sync_all() } else { Ok(()) });
+    if let Err(e) = written {
+        std::fs::remove_file(&partial).ok();
+        return Err(Error::file("cannot write", &partial, e));
+    }
+    std::fs::rename(&partial, path)
+        .map_err(|e| Error::file("cannot move the restored file into place", path, e))
+}
+
+/// `p` made absolute with every link in its existing part resolved; the part that does not
+/// exist yet is appended as written.
+fn resolved(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |mut out, part| {
+                out.push(part);
+                out
+            });
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Refuses outputs a restore must not touch, before anything is fetched: a link, a device, a
+/// FIFO or a directory at an output path (always), a file there (unless `force`), a path inside
+/// a file region the restore reads (it could be a stored copy), and an AOF directory that is a
+/// link.
+fn check_outputs(req: &RestoreRequest) -> Result<()> {
+    let (rdb, tail) = paths(req);
+    let mut outputs = vec![rdb, tail];
+    if req.aof_dir {
+        outputs.push(req.to_file.join(format!("{AOF_NAME}.manifest")));
+        if std::fs::symlink_metadata(&req.to_file).is_ok_and(|m| !m.file_type().is_dir()) {
+            return Err(Error::Input(format!(
+                "--aof-dir {} is a link or not a directory: give a directory (the one a link points to, if that is meant)",
+                req.to_file.display()
+            )));
+        }
+    }
+    for out in &outputs {
+        for p in [out.clone(), with_suffix(out, ".partial")] {
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let t = m.file_type();
+            let what = if t.is_symlink() {
+                Some("a symbolic link: a restore does not write through links")
+            } else if t.is_dir() {
+                Some("a directory")
+            } else if !t.is_file() {
+                Some("a device, FIFO or socket, not a file")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(Error::Input(format!(
+                    "{} is {what}: remove it or choose another path",
+                    p.display()
+                )));
+            }
+            if !req.force && p == *out {
+                return Err(Error::Input(format!(
+                    "{} already exists: pass --force to replace it, or choose another path",
+                    p.display()
+                )));
+            }
+        }
+        let at = resolved(out);
+        for spec in &req.from {
+            if let DestSpec::File { root } = spec
+                && at.starts_with(resolved(root))
+            {
+                return Err(Error::Input(format!(
+                    "{} is inside region {spec}: a restore never writes into a region it could overwrite a stored copy of; choose a path outside it",
+                    out.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The shard's entry in the set's manifest in one destination, and the prefix of its objects.
 async fn find_shard(spec: &DestSpec, req: &RestoreRequest) -> Result<(Store, String, ShardEntry)> {
     let store = Store::open(spec).await?;
@@ -871,17 +1009,15 @@ pub async fn prepare_stream(spec: &DestSpec, req: &RestoreRequest) -> Result<Pre
     let mut tail_file = None;
     if let Some(t) = shard.objects.iter().find(|o| o.kind == ObjectKind::Tail) {
         let partial = with_suffix(&tail_path, ".partial");
-        if let Err(e) = check_object(
-            &store,
-            &dir,
-            t,
-            req.identity.as_deref(),
-            Some(&partial),
-            true,
-        )
-        .await
-        {
-            std::fs::remove_file(&partial).ok();
+        let out = Output {
+            path: partial.clone(),
+            sync: true,
+            replace: req.force,
+        };
+        if let Err(e) = check_object(&store, &dir, t, req.identity.as_deref(), Some(out)).await {
+            if !matches!(e, Error::Input(_)) {
+                std::fs::remove_file(&partial).ok();
+            }
             return Err(e);
         }
         std::fs::rename(&partial, &tail_path)
@@ -919,8 +1055,11 @@ pub async fn stream_rdb(
         &p.dir,
         &p.rdb,
         req.identity.as_deref(),
-        Some(&req.to_file),
-        false,
+        Some(Output {
+            path: req.to_file.clone(),
+            sync: false,
+            replace: req.force,
+        }),
         Some(pipe),
     )
     .await?;
@@ -948,15 +1087,12 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
             }
         };
         let partial = with_suffix(&final_path, ".partial");
-        let checked = check_object(
-            &store,
-            &dir,
-            o,
-            req.identity.as_deref(),
-            Some(&partial),
-            req.sync,
-        );
-        match checked.await {
+        let out = Output {
+            path: partial.clone(),
+            sync: req.sync,
+            replace: req.force,
+        };
+        match check_object(&store, &dir, o, req.identity.as_deref(), Some(out)).await {
             Ok(c) => {
                 if o.kind == ObjectKind::Rdb {
                     raw_bytes = c.raw_bytes.unwrap_or(0);
@@ -964,7 +1100,10 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
                 written.push((partial, final_path));
             }
             Err(e) => {
-                std::fs::remove_file(&partial).ok();
+                // A file that was there already (Input) is not this restore's to remove.
+                if !matches!(e, Error::Input(_)) {
+                    std::fs::remove_file(&partial).ok();
+                }
                 for (p, _) in &written {
                     std::fs::remove_file(p).ok();
                 }
@@ -978,14 +1117,18 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
     }
     if req.aof_dir {
         if !has_tail {
-            std::fs::write(&tail_path, b"")
-                .map_err(|e| Error::file("cannot write", &tail_path, e))?;
+            write_new(&tail_path, b"", req)?;
         }
         let manifest = req.to_file.join(format!("{AOF_NAME}.manifest"));
         let text = format!(
             "file {AOF_NAME}.1.base.rdb seq 1 type b\nfile {AOF_NAME}.1.incr.aof seq 1 type i\n"
         );
-        std::fs::write(&manifest, text).map_err(|e| Error::file("cannot write", &manifest, e))?;
+        write_new(&manifest, text.as_bytes(), req)?;
+    } else if !has_tail && is_regular(&tail_path) {
+        // A tail left by an earlier restore to the same path (refused above unless --force)
+        // does not belong to this backup: replaying it would be wrong.
+        std::fs::remove_file(&tail_path)
+            .map_err(|e| Error::file("cannot remove the earlier restore's tail", &tail_path, e))?;
     }
     Ok(RestoreReport {
         destination: spec.to_string(),
@@ -1018,21 +1161,34 @@ pub struct OnlineRestoreReport {
     pub keys: u64,
     /// RDB bytes applied in all.
     pub rdb_bytes: u64,
+    /// Keys (and function libraries) that already existed and were left as they are, in all.
+    pub conflicts: u64,
     /// Wall time of the whole restore.
     pub seconds: f64,
 }
 
 /// The shards of a backup, from the first destination whose manifest can be read.
-async fn shards_of(req: &RestoreRequest) -> Result<Vec<ShardId>> {
+async fn shards_of(req: &RestoreRequest) -> Result<Vec<ShardEntry>> {
     let mut why = Vec::new();
     for spec in &req.from {
         let found = async {
             let store = Store::open(spec).await?;
-            find_manifest(&store, &req.backup, req.cluster.as_ref(), None).await
+            find_manifest(
+                &store,
+                &req.backup,
+                req.cluster.as_ref(),
+                req.shard.as_ref(),
+            )
+            .await
         }
         .await;
         match found {
-            Ok((m, _)) => return Ok(m.shards.iter().map(|s| s.shard.clone()).collect()),
+            Ok((m, _)) => {
+                return match &req.shard {
+                    Some(s) => Ok(vec![pick_shard(&m, Some(s))?.clone()]),
+                    None => Ok(m.shards),
+                };
+            }
             Err(e @ Error::Input(_)) => return Err(e),
             Err(e) => why.push(format!("{spec}: {e}")),
         }
@@ -1044,53 +1200,25 @@ async fn shards_of(req: &RestoreRequest) -> Result<Vec<ShardId>> {
     )))
 }
 
-/// Restores into a running server: one shard, or every shard of the set when none is named (a
-/// cluster's set into a cluster of any shape). Each shard's verified copy is fetched (falling back
-/// across destinations like `restore`) into a scratch directory under `work_dir`, applied key by
-/// key, and its tail replayed; the scratch directory is removed in every case.
-pub async fn restore_online(
-    req: RestoreRequest,
-    work_dir: Option<&Path>,
-    target: &RedisTarget,
-    opts: &OnlineOptions,
-) -> Result<OnlineRestoreReport> {
-    let started = std::time::Instant::now();
-    let shards = match &req.shard {
-        Some(s) => vec![s.clone()],
-        None => shards_of(&req).await?,
-    };
-    let mut out = OnlineRestoreReport {
-        shards: Vec::new(),
-        keys: 0,
-        rdb_bytes: 0,
-        seconds: 0.0,
-    };
-    for shard in shards {
-        let one = RestoreRequest {
-            from: req.from.clone(),
-            backup: req.backup.clone(),
-            cluster: req.cluster.clone(),
-            shard: Some(shard),
-            to_file: PathBuf::new(),
-            aof_dir: false,
-            identity: req.identity.clone(),
-            sync: false,
-        };
-        let s = online_shard(one, work_dir, target, opts).await?;
-        out.keys += s.applied.keys;
-        out.rdb_bytes += s.applied.rdb_bytes;
-        out.shards.push(s);
-    }
-    out.seconds = started.elapsed().as_secs_f64();
-    Ok(out)
+/// A shard's verified copy in a scratch directory of its own, removed when dropped.
+struct Fetched {
+    read: RestoreReport,
+    scratch: PathBuf,
 }
 
-async fn online_shard(
-    mut req: RestoreRequest,
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.scratch).ok();
+    }
+}
+
+/// Fetches one shard's verified copy (with fallback across destinations) into a new scratch
+/// directory under `work_dir`.
+async fn fetch_shard(
+    req: &RestoreRequest,
+    shard: &ShardId,
     work_dir: Option<&Path>,
-    target: &RedisTarget,
-    opts: &OnlineOptions,
-) -> Result<OnlineShard> {
+) -> Result<Fetched> {
     let base = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let scratch = base.join(format!(
         "fleetsnap-restore-{}-{}",
@@ -1099,15 +1227,132 @@ async fn online_shard(
     ));
     std::fs::create_dir_all(&scratch)
         .map_err(|e| Error::file("cannot create the scratch directory", &scratch, e))?;
-    req.to_file = scratch.join("shard.rdb");
-    let result = async {
-        let read = restore(&req).await?;
-        let tail = read.tail_file.as_ref().map(PathBuf::from);
-        let applied =
-            crate::online::restore_online(&req.to_file, tail.as_deref(), target, opts).await?;
-        Ok(OnlineShard { read, applied })
+    let one = RestoreRequest {
+        from: req.from.clone(),
+        backup: req.backup.clone(),
+        cluster: req.cluster.clone(),
+        shard: Some(shard.clone()),
+        to_file: scratch.join("shard.rdb"),
+        aof_dir: false,
+        identity: req.identity.clone(),
+        sync: false,
+        force: true,
+    };
+    match restore(&one).await {
+        Ok(read) => Ok(Fetched { read, scratch }),
+        Err(e) => {
+            std::fs::remove_dir_all(&scratch).ok();
+            Err(e)
+        }
     }
-    .await;
-    std::fs::remove_dir_all(&scratch).ok();
-    result
+}
+
+/// Restores into a running server: one shard, or every shard of the set when none is named (a
+/// cluster's set into a cluster of any shape).
+///
+/// Nothing is written until every database the set's keys live in is known to exist on the
+/// target: from the manifest's counts, or, for shards without them or with a tail, from the
+/// fetched copies themselves (those are fetched first and kept). Then each shard's verified copy
+/// is fetched (falling back across destinations like `restore`) into a scratch directory under
+/// `work_dir`, applied key by key, its tail replayed, and the scratch directory removed. Keys
+/// that already exist are left alone and counted; every shard is still restored.
+pub async fn restore_online(
+    req: RestoreRequest,
+    work_dir: Option<&Path>,
+    target: &RedisTarget,
+    opts: &OnlineOptions,
+) -> Result<OnlineRestoreReport> {
+    let started = std::time::Instant::now();
+    let shards = shards_of(&req).await?;
+    let mut needed: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut early: std::collections::HashMap<ShardId, Fetched> = Default::default();
+    for entry in &shards {
+        let has_tail = entry.objects.iter().any(|o| o.kind == ObjectKind::Tail);
+        match (&entry.dbs, has_tail) {
+            (Some(dbs), false) => {
+                for d in dbs.iter().filter(|d| d.keys > 0) {
+                    needed
+                        .entry(d.db)
+                        .or_insert_with(|| format!("{} keys of shard {}", d.keys, entry.shard));
+                }
+            }
+            _ => {
+                let f = fetch_shard(&req, &entry.shard, work_dir).await?;
+                let tail = f.read.tail_file.as_ref().map(PathBuf::from);
+                let rdb = PathBuf::from(&f.read.rdb_file);
+                let found = tokio::task::spawn_blocking(move || {
+                    crate::online::databases_in(&rdb, tail.as_deref())
+                })
+                .await
+                .map_err(|e| {
+                    Error::Failed(format!("reading the copy's databases failed: {e}"))
+                })??;
+                for (db, first) in found {
+                    needed
+                        .entry(db)
+                        .or_insert_with(|| format!("key {first:?} of shard {}", entry.shard));
+                }
+                early.insert(entry.shard.clone(), f);
+            }
+        }
+    }
+    crate::online::check_databases(target, &needed, opts).await?;
+    let mut out = OnlineRestoreReport {
+        shards: Vec::new(),
+        keys: 0,
+        rdb_bytes: 0,
+        conflicts: 0,
+        seconds: 0.0,
+    };
+    for entry in &shards {
+        let fetched = match early.remove(&entry.shard) {
+            Some(f) => f,
+            None => fetch_shard(&req, &entry.shard, work_dir).await?,
+        };
+        let tail = fetched.read.tail_file.as_ref().map(PathBuf::from);
+        let rdb = PathBuf::from(&fetched.read.rdb_file);
+        let applied = crate::online::restore_online(&rdb, tail.as_deref(), target, opts).await?;
+        out.keys += applied.keys;
+        out.rdb_bytes += applied.rdb_bytes;
+        out.conflicts += applied.conflicts;
+        out.shards.push(OnlineShard {
+            read: fetched.read.clone(),
+            applied,
+        });
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+impl OnlineRestoreReport {
+    /// Why the restore is not whole when keys already existed and were left alone: each
+    /// shard's count and its first keys.
+    pub fn conflict_problem(&self) -> Option<String> {
+        if self.conflicts == 0 {
+            return None;
+        }
+        let per: Vec<String> = self
+            .shards
+            .iter()
+            .filter(|s| s.applied.conflicts > 0)
+            .map(|s| {
+                format!(
+                    "shard {}: {} (first: {})",
+                    s.read.shard,
+                    s.applied.conflicts,
+                    s.applied.conflicting_keys.join(", ")
+                )
+            })
+            .collect();
+        Some(format!(
+            "{} keys restored; {} already existed in {} and were left as they are ({}): pass --replace-existing to overwrite them",
+            self.keys,
+            self.conflicts,
+            self.shards
+                .first()
+                .map(|s| s.applied.target.as_str())
+                .unwrap_or("the target"),
+            per.join("; ")
+        ))
+    }
 }

@@ -43,6 +43,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
         aof_dir: false,
         identity: config.restore.identity.clone(),
         sync: true,
+        force: true,
     };
     Ok(match task.mode {
         RestoreMode::Online {
@@ -62,18 +63,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
                 },
             )
             .await?;
-            let conflicts: u64 = r.shards.iter().map(|s| s.applied.conflicts).sum();
-            let problem = (conflicts > 0 && !replace_existing).then(|| {
-                let first: Vec<&String> = r
-                    .shards
-                    .iter()
-                    .flat_map(|s| s.applied.conflicting_keys.iter())
-                    .take(5)
-                    .collect();
-                format!(
-                    "{conflicts} keys already existed in {target} and were left as they were (first: {first:?}); --replace-existing overwrites them"
-                )
-            });
+            let problem = r.conflict_problem();
             JobResult::Restored {
                 ok: problem.is_none(),
                 problem,
