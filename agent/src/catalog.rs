@@ -22,9 +22,10 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
         } => {
             let src = open(&from).await?;
             let dir = manifest::backup_dir(src.spec().prefix(), &cluster, &backup_id);
-            let bytes = src.get_all(&format!("{dir}/{MANIFEST_NAME}")).await?;
-            let m = Manifest::from_json(&bytes, &format!("{src} {dir}"))
-                .map_err(|e| Error::storage(&src, e.to_string()))?;
+            let key = format!("{dir}/{MANIFEST_NAME}");
+            let bytes = src.get_all(&key).await?;
+            // Checked to name this very set: its key is built from the cluster and id.
+            let m = src.manifest_at(&key, &bytes)?;
             let mut regions = Vec::new();
             for r in &to {
                 regions.push(outcome(r, repair_one(&src, &dir, &m, &bytes, r).await));
@@ -202,8 +203,7 @@ async fn scan_one(r: &RegionUrl) -> Result<Vec<ScannedSet>> {
         .iter()
         .filter(|k| k.ends_with(&format!("/{MANIFEST_NAME}")))
     {
-        let m = Manifest::from_json(&store.get_all(key).await?, &format!("{store} {key}"))
-            .map_err(|e| Error::storage(&store, e.to_string()))?;
+        let m = store.read_manifest(key).await?;
         let dir = manifest::backup_dir(store.spec().prefix(), &m.cluster, &m.backup_id);
         let problems = missing_objects(&store, &dir, &m).await;
         out.push(ScannedSet {

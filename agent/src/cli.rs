@@ -84,10 +84,10 @@ enum Command {
         from: String,
         /// The backup id.
         #[arg(long)]
-        backup: String,
+        backup: BackupId,
         /// The cluster, when the backup id covers several (a window's).
         #[arg(long)]
-        cluster: Option<String>,
+        cluster: Option<ClusterId>,
         /// age identity file, to check the RDB inside encrypted backups.
         #[arg(long, value_name = "AGE_KEY_FILE")]
         identity: Option<PathBuf>,
@@ -222,13 +222,13 @@ struct ShardArgs {
     from: Vec<String>,
     /// The backup id.
     #[arg(long)]
-    backup: String,
+    backup: BackupId,
     /// The cluster, when the backup id covers several (a window's).
     #[arg(long)]
-    cluster: Option<String>,
+    cluster: Option<ClusterId>,
     /// The shard (needed when the backup has several).
     #[arg(long)]
-    shard: Option<String>,
+    shard: Option<ShardId>,
     /// age identity file for encrypted backups.
     #[arg(long, value_name = "AGE_KEY_FILE")]
     identity: Option<PathBuf>,
@@ -243,15 +243,9 @@ impl ShardArgs {
                 .iter()
                 .map(|f| DestSpec::parse(f))
                 .collect::<Result<Vec<_>>>()?,
-            backup: self
-                .backup
-                .parse()
-                .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?,
-            cluster: parse_cluster(self.cluster)?,
-            shard: self
-                .shard
-                .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
-                .transpose()?,
+            backup: self.backup,
+            cluster: self.cluster,
+            shard: self.shard,
             to_file: PathBuf::new(),
             aof_dir: false,
             identity: self.identity,
@@ -281,16 +275,16 @@ struct SnapshotArgs {
     encrypt_to: Vec<String>,
     /// Cluster name in the storage layout.
     #[arg(long, default_value = "standalone")]
-    cluster: String,
+    cluster: ClusterId,
     /// Shard name in the storage layout; by default HOST-PORT of the node.
     #[arg(long)]
-    shard: Option<String>,
+    shard: Option<ShardId>,
     /// Directory for spool files when a destination is slower than the source.
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
     /// Largest spool file per destination (e.g. 512MiB, 8GiB).
-    #[arg(long, default_value = "8GiB")]
-    spool_max: String,
+    #[arg(long, default_value = "8GiB", value_parser = parse_size)]
+    spool_max: u64,
     /// Seconds the node may send nothing before the snapshot fails.
     #[arg(long, default_value_t = 60)]
     idle_timeout_seconds: u64,
@@ -312,8 +306,8 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "TiB" | "T" => 1 << 40,
         _ => 0,
     };
-    match num.parse::<u64>() {
-        Ok(n) if mult > 0 => Ok(n * mult),
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(n) if mult > 0 => Ok(n),
         _ => Err(Error::Input(format!(
             "size {text:?} is not valid: use a number with an optional unit KiB, MiB, GiB or TiB"
         ))),
@@ -461,11 +455,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let spec = DestSpec::parse(&from)?;
-            let id: BackupId = backup
-                .parse()
-                .map_err(|e: fleetsnap_core::IdError| Error::Input(e.to_string()))?;
-            let cluster = parse_cluster(cluster)?;
-            let r = restore::verify(&spec, &id, cluster.as_ref(), identity.as_deref()).await?;
+            let r = restore::verify(&spec, &backup, cluster.as_ref(), identity.as_deref()).await?;
             if json {
                 print_json(&r);
             } else {
@@ -657,11 +647,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn parse_cluster(c: Option<String>) -> Result<Option<ClusterId>> {
-    c.map(|c| ClusterId::new(c).map_err(|e| Error::Input(e.to_string())))
-        .transpose()
-}
-
 async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let target = a.redis.as_deref().map(RedisTarget::parse).transpose()?;
     let source: SourceKind = a.source.parse()?;
@@ -678,17 +663,18 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         a.to.iter()
             .map(|d| DestSpec::parse(d))
             .collect::<Result<Vec<_>>>()?;
-    let cluster = ClusterId::new(a.cluster).map_err(|e| Error::Input(e.to_string()))?;
-    let shard = match (&a.shard, &target) {
-        (Some(s), _) => s.clone(),
-        (None, Some(t)) => format!("{}-{}", t.host, t.port),
-        (None, None) => "file".to_string(),
+    let cluster = a.cluster;
+    let shard = match (a.shard, &target) {
+        (Some(s), _) => s,
+        (None, Some(t)) => ShardId::new(format!("{}-{}", t.host, t.port)).map_err(|e| {
+            Error::Input(format!("{e}; name the shard with --shard"))
+        })?,
+        (None, None) => ShardId::new("file").expect("a valid name"),
     };
-    let shard = ShardId::new(shard).map_err(|e| Error::Input(e.to_string()))?;
     let spool = SpoolLimits {
         memory_bytes: 8 << 20,
         dir: a.spool_dir.unwrap_or_else(std::env::temp_dir),
-        max_bytes: parse_size(&a.spool_max)?,
+        max_bytes: a.spool_max,
     };
     let req = SnapshotRequest {
         target,
@@ -961,6 +947,7 @@ mod tests {
         assert_eq!(parse_size("8GiB").unwrap(), 8 << 30);
         assert_eq!(parse_size("100").unwrap(), 100);
         assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
         assert!(parse_size("5 parsecs").is_err());
     }
 }

@@ -306,8 +306,16 @@ impl AgentConfig {
         if c.report_interval_ms == 0 {
             return Err(bad("report_interval_ms must be 1 or more".into()));
         }
+        crate::cli::parse_size(&c.snapshot.spool_max)
+            .map_err(|e| bad(format!("[snapshot] spool_max: {e}")))?;
+        if c.snapshot.idle_timeout_seconds == 0 {
+            return Err(bad("[snapshot] idle_timeout_seconds must be 1 or more".into()));
+        }
         let mut names = HashSet::new();
         for i in &c.instances {
+            fleetsnap_core::ids::check_name("instance name", &i.name).map_err(|e| bad(e.to_string()))?;
+            ClusterId::new(&i.cluster)
+                .map_err(|e| bad(format!("instance {:?}: {e}", i.name)))?;
             if !names.insert(&i.name) {
                 return Err(bad(format!("two instances are named {:?}", i.name)));
             }
@@ -335,6 +343,18 @@ impl AgentConfig {
 pub fn check(config: &AgentConfig, insecure: bool) -> Result<()> {
     if !insecure {
         transport(config, false)?;
+    }
+    let dirs = [
+        (&config.snapshot.spool_dir, "[snapshot] spool_dir"),
+        (&config.restore.work_dir, "[restore] work_dir"),
+    ];
+    for (dir, what) in dirs {
+        if let Some(d) = dir {
+            fleetsnap_proto::host::check_writable_dir(d, what).map_err(Error::Input)?;
+        }
+    }
+    if let Some(id) = &config.restore.identity {
+        crate::restore::load_identities(id)?;
     }
     Ok(())
 }

@@ -88,12 +88,16 @@ impl DestSpec {
     /// Parses `file:///path` or
     /// `s3://bucket/prefix?region=…&endpoint=…&profile=…&path_style=…&object_lock=MODE:DAYS`.
     pub fn parse(text: &str) -> Result<Self> {
+        let shown = crate::target::redacted(text);
         let bad = |why: String| {
             Error::Input(format!(
-                "destination {text:?} is not valid: {why}; expected file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME]"
+                "destination {shown:?} is not valid: {why}; expected file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME]"
             ))
         };
         let url = Url::parse(text).map_err(|e| bad(e.to_string()))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("credentials in a destination URL are refused, never stored or shown: put them in a profile of the AWS credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials) and name it with profile=NAME".into()));
+        }
         match url.scheme() {
             "file" => {
                 if url.query().is_some() || url.host_str().is_some_and(|h| !h.is_empty()) {
@@ -447,6 +451,31 @@ impl Store {
             out.extend_from_slice(&c);
         }
         Ok(out)
+    }
+
+    /// Reads and checks the manifest at `key`: its own rules, and that it names the set whose
+    /// directory holds it (a manifest copied into another set's directory is refused).
+    pub async fn read_manifest(&self, key: &str) -> Result<fleetsnap_core::Manifest> {
+        let bytes = self.get_all(key).await?;
+        self.manifest_at(key, &bytes)
+    }
+
+    /// `read_manifest` over bytes already read from `key`.
+    pub fn manifest_at(&self, key: &str, bytes: &[u8]) -> Result<fleetsnap_core::Manifest> {
+        use fleetsnap_core::manifest::{self, MANIFEST_NAME};
+        let m = fleetsnap_core::Manifest::from_json(bytes, &format!("{self} {key}"))
+            .map_err(|e| self.err(e.to_string()))?;
+        let want = format!(
+            "{}/{MANIFEST_NAME}",
+            manifest::backup_dir(self.spec.prefix(), &m.cluster, &m.backup_id)
+        );
+        if key != want {
+            return Err(self.err(format!(
+                "the manifest at {key} names backup {} of cluster {}, whose manifest belongs at {want}: the region's copy was moved or altered; refused",
+                m.backup_id, m.cluster
+            )));
+        }
+        Ok(m)
     }
 
     /// Every key under `prefix`, recursively, that follows the names fleetsnap writes; others

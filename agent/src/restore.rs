@@ -44,8 +44,7 @@ pub async fn list(spec: &DestSpec) -> Result<Vec<Listed>> {
         if !key.ends_with(&format!("/{MANIFEST_NAME}")) {
             continue;
         }
-        let m = Manifest::from_json(&store.get_all(&key).await?, &format!("{spec} {key}"))
-            .map_err(|e| Error::storage(spec, e.to_string()))?;
+        let m = store.read_manifest(&key).await?;
         out.push(Listed {
             cluster: m.cluster.to_string(),
             backup_id: m.backup_id.to_string(),
@@ -85,8 +84,7 @@ pub async fn find_manifest(
                 format!("backup {id} of cluster {c} has no readable manifest here ({e}): it is not complete in this destination"),
             )
         })?;
-        let m = Manifest::from_json(&bytes, &format!("{store} {key}"))
-            .map_err(|e| Error::storage(store, e.to_string()))?;
+        let m = store.manifest_at(&key, &bytes)?;
         return Ok((m, dir));
     }
     let suffix = format!("/{id}/{MANIFEST_NAME}");
@@ -107,8 +105,7 @@ pub async fn find_manifest(
     }
     let mut found = Vec::new();
     for key in &keys {
-        let m = Manifest::from_json(&store.get_all(key).await?, &format!("{store} {key}"))
-            .map_err(|e| Error::storage(store, e.to_string()))?;
+        let m = store.read_manifest(key).await?;
         if m.backup_id != *id {
             return Err(Error::storage(
                 store,

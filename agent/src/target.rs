@@ -62,9 +62,10 @@ impl RedisTarget {
     /// Parses a URL such as `redis://user:pass@10.0.0.5:6379` or
     /// `rediss://host:6380?ca=/etc/redis/ca.pem&cert=c.pem&key=k.pem`.
     pub fn parse(text: &str) -> Result<Self, Error> {
+        let shown = redacted(text);
         let bad = |why: &str| {
             Error::Input(format!(
-                "Redis URL {text:?} is not valid: {why}; expected redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH"
+                "Redis URL {shown:?} is not valid: {why}; expected redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH"
             ))
         };
         let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
@@ -144,6 +145,46 @@ impl RedisTarget {
     }
 }
 
+/// A URL as it may be shown: the password in its user part and every parameter's value
+/// replaced by `***`, whether or not the URL parses.
+pub fn redacted(text: &str) -> String {
+    let (base, query) = match text.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (text, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find(['/', '#']) {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) => match user.split_once(':') {
+                    Some((name, _)) => format!("{name}:***@{host}"),
+                    None if !user.is_empty() => format!("***@{host}"),
+                    None => format!("@{host}"),
+                },
+                None => authority.to_string(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None if base.contains('@') => "***".to_string(),
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let keys: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&keys.join("&"));
+    }
+    out
+}
+
 fn decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={s}").as_bytes())
         .next()
@@ -172,6 +213,25 @@ mod tests {
         let t = RedisTarget::parse("rediss://h?ca=/ca.pem").unwrap();
         assert_eq!(t.port, 6379);
         assert_eq!(t.tls.unwrap().ca, PathBuf::from("/ca.pem"));
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_never_shows_its_password() {
+        for (url, secret) in [
+            ("redis://:PW-1@host?passwordfile=/x", "PW-1"),
+            ("redis://user:PW-2@ho st:6379", "PW-2"),
+            ("redis://user:PW-3@host:99999", "PW-3"),
+            ("rediss://u:PW-4@h?ca=/x&cert=/y", "PW-4"),
+            ("redis:/user:PW-5@h", "PW-5"),
+            ("user:PW-6@h", "PW-6"),
+        ] {
+            let e = RedisTarget::parse(url).unwrap_err().to_string();
+            assert!(!e.contains(secret), "{url}: {e}");
+        }
+        let e = crate::dest::DestSpec::parse("s3://AKIAX:SECRET-8@bucket/p?region=r")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("SECRET-8") && e.contains("profile"), "{e}");
     }
 
     #[test]

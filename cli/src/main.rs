@@ -1,5 +1,6 @@
 //! `fleetsnap`: the operator's command line.
 
+mod args;
 mod certs;
 mod client;
 mod restore;
@@ -71,7 +72,7 @@ enum Command {
     /// The fleet as the leader sees it: clusters, shards, nodes, offsets, lag, persistence.
     Status {
         /// Only this cluster.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::cluster)]
         cluster: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -113,7 +114,7 @@ enum BackupCmd {
     /// Open a window of a policy now.
     Run {
         /// The policy.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::policy)]
         policy: String,
         /// Wait up to this many seconds for every set to reach its final state; exit 1 unless
         /// every set is complete.
@@ -126,10 +127,10 @@ enum BackupCmd {
     /// The catalog: every set, newest last.
     List {
         /// Only this cluster.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::cluster)]
         cluster: Option<String>,
         /// Only this policy.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::policy)]
         policy: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -138,6 +139,7 @@ enum BackupCmd {
     /// One window: its shards, the node chosen for each and why, its sets per region.
     Show {
         /// A backup id or a window number.
+        #[arg(value_parser = crate::args::set_id)]
         id: String,
         /// Print JSON.
         #[arg(long)]
@@ -148,6 +150,7 @@ enum BackupCmd {
     /// region failed.
     Verify {
         /// CLUSTER/BACKUP_ID, or BACKUP_ID when one cluster has it.
+        #[arg(value_parser = crate::args::set_id)]
         id: String,
         /// Give up waiting after this many seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 600)]
@@ -160,6 +163,7 @@ enum BackupCmd {
     /// sets are also repaired on their own). Exit 1 unless the set ends complete.
     Repair {
         /// CLUSTER/BACKUP_ID, or BACKUP_ID when one cluster has it.
+        #[arg(value_parser = crate::args::set_id)]
         id: String,
         /// Give up waiting after this many seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 600)]
@@ -171,7 +175,7 @@ enum BackupCmd {
     /// Apply the policies' retention now: delete the sets no rule keeps, in every region.
     Prune {
         /// Only this policy.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::policy)]
         policy: Option<String>,
         /// Show what would happen; delete nothing.
         #[arg(long)]
@@ -215,6 +219,7 @@ enum PolicyCmd {
     /// One policy.
     Get {
         /// Its name.
+        #[arg(value_parser = crate::args::policy)]
         name: String,
         /// Print JSON.
         #[arg(long)]
@@ -229,6 +234,7 @@ enum PolicyCmd {
     /// Remove a policy (its backup sets stay).
     Delete {
         /// Its name.
+        #[arg(value_parser = crate::args::policy)]
         name: String,
     },
 }
@@ -266,16 +272,16 @@ enum JobCmd {
         #[arg(long)]
         agent: String,
         /// The instance, by its name in the agent's config.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::instance)]
         instance: String,
         /// A destination (repeat): file:///PATH or s3://BUCKET/PREFIX?region=R&endpoint=URL.
         #[arg(long = "to", required = true, value_name = "DEST")]
         to: Vec<String>,
         /// Cluster name in the storage layout (default: the instance's cluster).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::cluster)]
         cluster: Option<String>,
         /// Shard name in the storage layout (default: HOST-PORT).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::shard)]
         shard: Option<String>,
         /// zstd:LEVEL or none.
         #[arg(long)]

@@ -14,9 +14,10 @@ use crate::{Conn, table, wait_job};
 pub struct RestoreArgs {
     /// The set: CLUSTER/BACKUP_ID, or BACKUP_ID when one cluster has it. Omit it and give
     /// --cluster for the cluster's latest set (at or before --at).
+    #[arg(value_parser = crate::args::set_id)]
     pub id: Option<String>,
     /// The cluster whose latest set complete in some region is restored.
-    #[arg(long, required_unless_present = "id")]
+    #[arg(long, required_unless_present = "id", value_parser = crate::args::cluster)]
     pub cluster: Option<String>,
     /// With --cluster: the latest set taken at or before this time (RFC 3339, e.g.
     /// 2026-11-21T03:00:00Z).
@@ -36,7 +37,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub replace_existing: bool,
     /// Only this shard of the set.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::shard)]
     pub shard: Option<String>,
     /// online: only this logical database.
     #[arg(long)]
@@ -63,13 +64,13 @@ pub enum DrillCmd {
     /// shard fails.
     Run {
         /// The cluster.
-        #[arg(long, required_unless_present = "id")]
+        #[arg(long, required_unless_present = "id", value_parser = crate::args::cluster)]
         cluster: Option<String>,
         /// A set instead of the latest: CLUSTER/BACKUP_ID.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::set_id)]
         id: Option<String>,
         /// Only this shard.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::shard)]
         shard: Option<String>,
         /// The agent that runs the scratch servers (default: the one that took each shard).
         #[arg(long)]
@@ -84,7 +85,7 @@ pub enum DrillCmd {
     /// Every drill and how it went.
     List {
         /// Only this cluster.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::cluster)]
         cluster: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -381,11 +382,11 @@ pub enum RunbookCmd {
     /// lost are reported.
     Failover {
         /// The cluster.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::cluster)]
         cluster: String,
         /// The shard, as `fleetsnap status` shows it (a dead primary: its instance name or
         /// host:port).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::shard)]
         shard: String,
         /// The replica to promote (instance name or host:port); default: the freshest.
         #[arg(long)]
@@ -401,10 +402,10 @@ pub enum RunbookCmd {
     /// it key by key with its consistent cut's tails, and check it serves the keys restored.
     RestoreCluster {
         /// The set: CLUSTER/BACKUP_ID (default: the latest of --cluster).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::set_id)]
         set: Option<String>,
         /// The cluster whose latest set complete in some region is restored.
-        #[arg(long, required_unless_present = "set")]
+        #[arg(long, required_unless_present = "set", value_parser = crate::args::cluster)]
         cluster: Option<String>,
         /// With --cluster: the latest set taken at or before this time (RFC 3339, e.g.
         /// 2026-11-21T03:00:00Z).

@@ -106,6 +106,7 @@ fn load(args: &RunArgs) -> Result<Config, String> {
 fn check(args: RunArgs) -> Result<(), String> {
     let config = load(&args)?;
     let path = args.config.as_ref().expect("loaded");
+    fleetsnap_proto::host::check_writable_dir(&config.data_dir, "data_dir")?;
     if !args.insecure {
         // Reads the certificates and checks they are this node's.
         run::transport(&config, false)?;

@@ -61,6 +61,87 @@ impl Destination {
     }
 }
 
+/// Checks a destination URL's form without opening it: `file:///ABSOLUTE/PATH` without
+/// parameters, or `s3://BUCKET[/PREFIX]?…` without credentials in it (they belong in a profile
+/// on each agent host, never in the replicated state). The message never repeats a secret.
+pub fn check_destination_url(url: &str) -> Result<(), String> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            return Err("a file url is file:///ABSOLUTE/PATH, without parameters".into());
+        }
+        if path.split('/').any(|p| p == "..") {
+            return Err("a file url's path may not contain ..".into());
+        }
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err("the url is neither file:///PATH nor s3://BUCKET…".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("the s3 url carries credentials (s3://KEY:SECRET@BUCKET): they are refused, never stored or shown; put them in a profile of each agent's AWS credentials file and name it with credentials = \"PROFILE\" (or profile= in the url)".into());
+    }
+    if authority.len() < 3 {
+        return Err("the bucket name needs 3 or more characters".into());
+    }
+    Ok(())
+}
+
+/// Two URLs that write to the same place: the same bucket and prefix, or the same directory.
+fn same_place(url: &str) -> String {
+    let base = url.split(['?', '#']).next().unwrap_or(url);
+    base.trim_end_matches('/').to_string()
+}
+
+/// Checks an age X25519 recipient (`age1` and 58 more characters of Bech32, its checksum
+/// valid), so a typo is refused when the policy is set rather than when a window runs.
+pub fn check_age_recipient(text: &str) -> Result<(), String> {
+    const CHARSET: &[u8] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    let bad = |why: &str| {
+        let shown: String = text.chars().take(80).collect();
+        Err(format!(
+            "encrypt_to {shown:?} is not an age recipient ({why}): it is age1 followed by 58 characters, as `age-keygen -y KEYFILE` prints"
+        ))
+    };
+    let Some(data) = text.strip_prefix("age1") else {
+        return bad("it does not start with age1");
+    };
+    if data.len() != 58 {
+        return bad("wrong length");
+    }
+    let mut values = Vec::with_capacity(data.len());
+    for c in data.bytes() {
+        match CHARSET.iter().position(|x| *x == c) {
+            Some(v) => values.push(v as u8),
+            None => return bad("a character outside Bech32's alphabet"),
+        }
+    }
+    // Bech32 checksum over the expanded human-readable part "age" and the data.
+    let mut check: u32 = 1;
+    let hrp = b"age";
+    let expanded = hrp
+        .iter()
+        .map(|c| c >> 5)
+        .chain(std::iter::once(0))
+        .chain(hrp.iter().map(|c| c & 31));
+    for v in expanded.chain(values.iter().copied()) {
+        let top = check >> 25;
+        check = ((check & 0x1ff_ffff) << 5) ^ u32::from(v);
+        for (i, g) in [0x3b6a_57b2u32, 0x2650_8e6d, 0x1ea1_19fa, 0x3d42_33dd, 0x2a14_62b3]
+            .iter()
+            .enumerate()
+        {
+            if (top >> i) & 1 == 1 {
+                check ^= g;
+            }
+        }
+    }
+    if check != 1 {
+        return bad("its checksum does not match: a character is mistyped");
+    }
+    Ok(())
+}
+
 /// S3 Object Lock on uploaded objects.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,14 +353,22 @@ impl Policy {
         if let Some(w) = regions.windows(2).find(|w| w[0] == w[1]) {
             return Err(err(format!("region {:?} is listed twice", w[0])));
         }
+        let mut urls = std::collections::BTreeMap::new();
         for d in &self.destinations {
             check_name("region name", &d.region).map_err(|e| err(e.to_string()))?;
-            if !(d.url.starts_with("file:///") || d.url.starts_with("s3://")) {
+            check_destination_url(&d.url).map_err(|why| err(format!("region {:?}: {why}", d.region)))?;
+            if let Some(other) = urls.insert(same_place(&d.url), &d.region) {
                 return Err(err(format!(
-                    "region {:?}: url {:?} is neither file:///PATH nor s3://BUCKET…",
-                    d.region, d.url
+                    "regions {other:?} and {:?} have the same url: a set would be written twice to one place and counted as two copies; give each region its own bucket or directory",
+                    d.region
                 )));
             }
+            if let Some(p) = &d.credentials {
+                check_name("credentials profile", p).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        for r in &self.encrypt_to {
+            check_age_recipient(r).map_err(err)?;
         }
         if self.min_regions == 0 || self.min_regions as usize > self.destinations.len() {
             return Err(err(format!(
@@ -411,6 +500,26 @@ mod tests {
                 Box::new(|p| p.destinations[0].url = "/tmp/x".into()),
                 "neither file",
             ),
+            (
+                Box::new(|p| p.destinations[1].url = "s3://AKIA:hunter2@bucket/x?region=r".into()),
+                "carries credentials",
+            ),
+            (
+                Box::new(|p| p.destinations[1].url = "file:///var/backups/a/".into()),
+                "have the same url",
+            ),
+            (
+                Box::new(|p| p.destinations[0].url = "file://host/x".into()),
+                "file:///ABSOLUTE/PATH",
+            ),
+            (
+                Box::new(|p| p.destinations[0].url = "file:///var/../etc".into()),
+                "may not contain ..",
+            ),
+            (
+                Box::new(|p| p.encrypt_to = vec!["age1notarecipient".into()]),
+                "is not an age recipient",
+            ),
             (Box::new(|p| p.min_regions = 3), "min_regions 3"),
             (Box::new(|p| p.min_regions = 0), "min_regions 0"),
             (
@@ -441,11 +550,30 @@ mod tests {
             change(&mut p);
             let e = p.validate().unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
+            assert!(!e.contains("hunter2"), "a secret in the message: {e}");
             assert!(
                 e.starts_with("policy \"nightly\"") || e.contains("a b"),
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn age_recipients_are_checked_by_their_checksum() {
+        let r = age::x25519::Identity::generate().to_public().to_string();
+        check_age_recipient(&r).unwrap();
+        let mut p = policy();
+        p.encrypt_to = vec![r.clone()];
+        p.validate().unwrap();
+        // One character changed anywhere is a checksum failure.
+        for i in 4..r.len() {
+            let mut b = r.clone().into_bytes();
+            b[i] = if b[i] == b'q' { b'p' } else { b'q' };
+            let typo = String::from_utf8(b).unwrap();
+            assert!(check_age_recipient(&typo).is_err(), "{typo} accepted");
+        }
+        assert!(check_age_recipient(&r[..r.len() - 1]).is_err());
+        assert!(check_age_recipient(&r.to_uppercase()).is_err());
     }
 
     #[test]

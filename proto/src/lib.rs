@@ -2,6 +2,7 @@
 //! types to domain types, and the mutual TLS every caller and server uses.
 
 pub mod convert;
+pub mod host;
 pub mod manual;
 pub mod tls;
 
