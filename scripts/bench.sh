@@ -5,6 +5,8 @@
 #   scripts/bench.sh windows [--shards 3,8,16] [--windows 20]          skew and write pause
 #   scripts/bench.sh restore [--size-gib 1] [--repeat 3]              RTO: replace, online, floor, seed
 set -euo pipefail
+# No cloud SDK looks for an instance-metadata service: everything here is on loopback.
+export AWS_EC2_METADATA_DISABLED=true
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = windows ]; then
     shift

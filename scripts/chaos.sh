@@ -6,6 +6,8 @@
 #   scripts/chaos.sh --report docs/CHAOS.md   append the run's report
 #   scripts/chaos.sh --list                   the scenarios
 set -euo pipefail
+# No cloud SDK looks for an instance-metadata service: everything here is on loopback.
+export AWS_EC2_METADATA_DISABLED=true
 cd "$(dirname "$0")/.."
 scripts/setup.sh chaos
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -5,6 +5,8 @@
 # one shard (RDB plus the replication tail up to the cut) and compares it with the source, runs a
 # restore drill, and rebuilds the whole cluster in a new server with the restore-cluster runbook.
 set -euo pipefail
+# No cloud SDK looks for an instance-metadata service: everything here is on loopback.
+export AWS_EC2_METADATA_DISABLED=true
 cd "$(dirname "$0")/.."
 scripts/setup.sh demo
 cargo build --release --quiet -p fleetsnap-coordinator -p fleetsnap-agent -p fleetsnap-cli

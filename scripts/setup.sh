@@ -5,6 +5,8 @@
 #   scripts/setup.sh bench    + the test parts and awscli (the seed recipe's uploader)
 #   scripts/setup.sh chaos    + the test parts, iproute2, iptables and libfaketime (the chaos suite)
 set -euo pipefail
+# No cloud SDK looks for an instance-metadata service: everything here is on loopback.
+export AWS_EC2_METADATA_DISABLED=true
 what="${1:-demo}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

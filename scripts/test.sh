@@ -3,6 +3,8 @@
 # integration tests (real redis-server, Garage and moto processes on loopback), then the chaos
 # suite's quick subset (hosts in network namespaces; docs/CHAOS.md).
 set -euo pipefail
+# No cloud SDK looks for an instance-metadata service: everything here is on loopback.
+export AWS_EC2_METADATA_DISABLED=true
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
 export PATH="$HOME/.cargo/bin:$PATH"

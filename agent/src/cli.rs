@@ -666,9 +666,8 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let cluster = a.cluster;
     let shard = match (a.shard, &target) {
         (Some(s), _) => s,
-        (None, Some(t)) => ShardId::new(format!("{}-{}", t.host, t.port)).map_err(|e| {
-            Error::Input(format!("{e}; name the shard with --shard"))
-        })?,
+        (None, Some(t)) => ShardId::new(format!("{}-{}", t.host, t.port))
+            .map_err(|e| Error::Input(format!("{e}; name the shard with --shard")))?,
         (None, None) => ShardId::new("file").expect("a valid name"),
     };
     let spool = SpoolLimits {

@@ -309,13 +309,15 @@ impl AgentConfig {
         crate::cli::parse_size(&c.snapshot.spool_max)
             .map_err(|e| bad(format!("[snapshot] spool_max: {e}")))?;
         if c.snapshot.idle_timeout_seconds == 0 {
-            return Err(bad("[snapshot] idle_timeout_seconds must be 1 or more".into()));
+            return Err(bad(
+                "[snapshot] idle_timeout_seconds must be 1 or more".into()
+            ));
         }
         let mut names = HashSet::new();
         for i in &c.instances {
-            fleetsnap_core::ids::check_name("instance name", &i.name).map_err(|e| bad(e.to_string()))?;
-            ClusterId::new(&i.cluster)
-                .map_err(|e| bad(format!("instance {:?}: {e}", i.name)))?;
+            fleetsnap_core::ids::check_name("instance name", &i.name)
+                .map_err(|e| bad(e.to_string()))?;
+            ClusterId::new(&i.cluster).map_err(|e| bad(format!("instance {:?}: {e}", i.name)))?;
             if !names.insert(&i.name) {
                 return Err(bad(format!("two instances are named {:?}", i.name)));
             }
@@ -701,16 +703,40 @@ async fn standby_loop(shared: Arc<Shared>) {
     }
 }
 
+/// The most result bytes a Hello carries: the rest are sent once welcomed, so a Hello never
+/// nears gRPC's message limit however many large results wait.
+const HELLO_RESULT_BYTES: usize = 2 << 20;
+
 fn hello(shared: &Shared) -> v1::AgentMessage {
     let book = shared.jobs.lock().expect("jobs lock");
+    let mut room = HELLO_RESULT_BYTES;
+    let (carried, later): (Vec<&v1::JobUpdate>, Vec<&v1::JobUpdate>) =
+        book.finished.iter().partition(|u| {
+            let size = match &u.state {
+                Some(job_update::State::Finished(f)) => f.result_json.len() + f.error.len(),
+                _ => 0,
+            };
+            let fits = fits_whole(u) && size <= room;
+            if fits {
+                room -= size;
+            }
+            fits
+        });
     v1::AgentMessage {
         body: Some(agent_message::Body::Hello(v1::Hello {
             agent_id: shared.config.agent_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             newest_term_seen: shared.newest_term.load(Ordering::SeqCst),
             incarnation: shared.incarnation,
-            running_jobs: book.running.iter().copied().collect(),
-            finished_jobs: book.finished.iter().cloned().collect(),
+            // Results that do not fit go after the welcome (a large one in parts): those jobs
+            // are said to be running until then.
+            running_jobs: book
+                .running
+                .iter()
+                .copied()
+                .chain(later.iter().map(|u| u.job_id))
+                .collect(),
+            finished_jobs: carried.into_iter().cloned().collect(),
             last_leader_id: shared.last_leader.load(Ordering::SeqCst),
             drills: shared.config.drill.is_some(),
             cluster_id: shared.cluster_id.lock().expect("cluster id lock").clone(),
@@ -903,14 +929,64 @@ fn fence(job: u64, term: u64, newest: u64) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The most bytes of a result sent in one message; a longer one goes in parts of this size,
+/// well inside gRPC's 4 MiB message limit.
+const RESULT_PART_BYTES: usize = 1 << 20;
+
+/// Whether an update goes as one message (and so may ride in a Hello).
+fn fits_whole(u: &v1::JobUpdate) -> bool {
+    match &u.state {
+        Some(job_update::State::Finished(f)) => f.result_json.len() <= RESULT_PART_BYTES,
+        _ => true,
+    }
+}
+
+/// An update as the messages that carry it: a large result as its parts, then the `Finished`
+/// that names how many there were.
+fn split_update(u: v1::JobUpdate) -> Vec<v1::JobUpdate> {
+    let (job_id, term) = (u.job_id, u.term);
+    match u.state {
+        Some(job_update::State::Finished(mut f)) if f.result_json.len() > RESULT_PART_BYTES => {
+            let bytes = std::mem::take(&mut f.result_json).into_bytes();
+            let mut out: Vec<v1::JobUpdate> = bytes
+                .chunks(RESULT_PART_BYTES)
+                .enumerate()
+                .map(|(seq, data)| v1::JobUpdate {
+                    job_id,
+                    term,
+                    state: Some(job_update::State::Part(v1::ResultPart {
+                        seq: seq as u32,
+                        data: data.to_vec(),
+                    })),
+                })
+                .collect();
+            f.result_parts = out.len() as u32;
+            out.push(v1::JobUpdate {
+                job_id,
+                term,
+                state: Some(job_update::State::Finished(f)),
+            });
+            out
+        }
+        state => vec![v1::JobUpdate {
+            job_id,
+            term,
+            state,
+        }],
+    }
+}
+
 async fn send_update(
     up: &mpsc::Sender<v1::AgentMessage>,
     u: v1::JobUpdate,
 ) -> std::result::Result<(), mpsc::error::SendError<v1::AgentMessage>> {
-    up.send(v1::AgentMessage {
-        body: Some(agent_message::Body::JobUpdate(u)),
-    })
-    .await
+    for piece in split_update(u) {
+        up.send(v1::AgentMessage {
+            body: Some(agent_message::Body::JobUpdate(piece)),
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// Sends the results of ended jobs this session has not sent yet.
@@ -1201,6 +1277,7 @@ async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Finished> {
         error,
         backup_id: report.backup_id.clone(),
         result_json,
+        ..Default::default()
     })
 }
 
@@ -1236,12 +1313,44 @@ async fn write_manifest(id: u64, m: v1::WriteManifestJob) -> Result<v1::Finished
             )),
         })
         .expect("results serialise"),
+        ..Default::default()
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_results_go_in_parts_that_make_them_whole() {
+        let big = "x".repeat(3 * RESULT_PART_BYTES + 17);
+        let u = v1::JobUpdate {
+            job_id: 7,
+            term: 3,
+            state: Some(job_update::State::Finished(v1::Finished {
+                ok: true,
+                result_json: big.clone(),
+                ..Default::default()
+            })),
+        };
+        assert!(!fits_whole(&u));
+        let pieces = split_update(u);
+        assert_eq!(pieces.len(), 5);
+        let mut joined = Vec::new();
+        for (i, p) in pieces[..4].iter().enumerate() {
+            let Some(job_update::State::Part(part)) = &p.state else {
+                panic!("not a part")
+            };
+            assert_eq!(part.seq as usize, i);
+            assert!(part.data.len() <= RESULT_PART_BYTES);
+            joined.extend_from_slice(&part.data);
+        }
+        let Some(job_update::State::Finished(f)) = &pieces[4].state else {
+            panic!("no finish")
+        };
+        assert_eq!((f.result_parts, f.result_json.as_str()), (4, ""));
+        assert_eq!(String::from_utf8(joined).unwrap(), big);
+    }
 
     #[test]
     fn jobs_from_older_terms_are_refused() {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use fleetsnap_core::keys::{glob_match, key_slot};
 use fleetsnap_core::rdbread::{Entry, Item, RdbReader};
+use fleetsnap_core::resp::parse_commands;
 use fleetsnap_core::window::{JobResult, ProbeTask, ProbeWant};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -937,55 +938,6 @@ async fn replay_tail(t: &mut Target, tail: &Path, opts: &OnlineOptions) -> Resul
     Ok(replayed)
 }
 
-/// Splits a RESP command stream into commands (arrays of bulk strings); `None` when it is not
-/// one. Counts and lengths are checked against the bytes there are before anything is
-/// allocated for them.
-pub fn parse_commands(b: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    let line = |i: &mut usize| -> Option<&[u8]> {
-        let end = b.get(*i..)?.windows(2).position(|w| w == b"\r\n")? + *i;
-        let l = &b[*i..end];
-        *i = end + 2;
-        Some(l)
-    };
-    let number = |l: &[u8]| -> Option<usize> {
-        if l.is_empty() || l.len() > 19 || !l.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(l).ok()?.parse().ok()
-    };
-    while i < b.len() {
-        let head = line(&mut i)?;
-        if head.first() != Some(&b'*') {
-            return None;
-        }
-        let n = number(&head[1..])?;
-        // Each argument takes at least four bytes ("$0\r\n" and its own "\r\n").
-        if n > (b.len() - i) / 4 + 1 {
-            return None;
-        }
-        let mut args = Vec::with_capacity(n);
-        for _ in 0..n {
-            let h = line(&mut i)?;
-            if h.first() != Some(&b'$') {
-                return None;
-            }
-            let len = number(&h[1..])?;
-            let end = i.checked_add(len)?;
-            args.push(b.get(i..end)?.to_vec());
-            if b.get(end..end.checked_add(2)?)? != b"\r\n" {
-                return None;
-            }
-            i = end + 2;
-        }
-        if !args.is_empty() {
-            out.push(args);
-        }
-    }
-    Some(out)
-}
-
 /// Progress on standard error: a redrawn line on a terminal, a line every 10 s otherwise.
 struct Progress {
     on: bool,
@@ -1121,15 +1073,5 @@ mod tests {
         assert_eq!(rdb_version_of("8.0.1"), Some(12));
         assert_eq!(rdb_version_of("6.2.14"), Some(9));
         assert_eq!(rdb_version_of("x"), None);
-    }
-
-    #[test]
-    fn tails_split_into_commands() {
-        let t = b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv\n\r\n";
-        let c = parse_commands(t).unwrap();
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[1][2], b"v\n");
-        assert!(parse_commands(b"*2\r\n$3\r\nSET\r\n").is_none());
-        assert!(parse_commands(b"+OK\r\n").is_none());
     }
 }

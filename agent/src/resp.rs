@@ -17,32 +17,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// A reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Value {
-    /// `+OK`
-    Simple(String),
-    /// `-ERR …`
-    Error(String),
-    /// `:42`
-    Int(i64),
-    /// `$…`; `None` for the null bulk string.
-    Bulk(Option<Vec<u8>>),
-    /// `*…`; `None` for the null array.
-    Array(Option<Vec<Value>>),
-}
-
-impl Value {
-    /// The reply as text, for simple and bulk strings.
-    pub fn text(&self) -> Option<String> {
-        match self {
-            Value::Simple(s) => Some(s.clone()),
-            Value::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            Value::Int(i) => Some(i.to_string()),
-            _ => None,
-        }
-    }
-}
+pub use fleetsnap_core::resp::Value;
+use fleetsnap_core::resp::{Header, MAX_DEPTH, MAX_LINE};
 
 /// One connection to a Redis node, logged in.
 pub struct Connection {
@@ -170,40 +146,53 @@ impl Connection {
         }
     }
 
-    /// Reads one reply.
+    /// Reads one reply. Lengths and counts are checked against the protocol's limits
+    /// (`fleetsnap_core::resp`) before anything is allocated for them, and nesting is bounded.
     pub async fn read_value(&mut self) -> Result<Value> {
+        Box::pin(self.value_at(0)).await
+    }
+
+    async fn value_at(&mut self, depth: usize) -> Result<Value> {
+        if depth > MAX_DEPTH {
+            return Err(self.protocol(format!("arrays nested deeper than {MAX_DEPTH}")));
+        }
         let line = self.read_line().await?;
-        let (kind, rest) = line.split_at(1);
-        let rest = String::from_utf8_lossy(rest).into_owned();
-        match kind[0] {
-            b'+' => Ok(Value::Simple(rest)),
-            b'-' => Ok(Value::Error(rest)),
-            b':' => Ok(Value::Int(self.parse_int(&rest)?)),
-            b'$' => {
-                let len = self.parse_int(&rest)?;
-                if len < 0 {
-                    return Ok(Value::Bulk(None));
+        let head = fleetsnap_core::resp::header(&line).map_err(|e| self.protocol(e.0))?;
+        let text = || String::from_utf8_lossy(&line[1..]).into_owned();
+        match head {
+            Header::Line => Ok(match line[0] {
+                b'+' => Value::Simple(text()),
+                b'-' => Value::Error(text()),
+                _ => Value::Int(
+                    fleetsnap_core::resp::parse_number(&line[1..])
+                        .map_err(|e| self.protocol(e.0))?,
+                ),
+            }),
+            Header::Bulk(None) => Ok(Value::Bulk(None)),
+            Header::Bulk(Some(n)) => {
+                // Grown as the bytes arrive: a length the node announces but does not send
+                // costs nothing.
+                let want = n as usize + 2;
+                let mut buf = Vec::with_capacity(want.min(1 << 20));
+                while buf.len() < want {
+                    let start = buf.len();
+                    buf.resize(start + (want - start).min(1 << 20), 0);
+                    self.read_exact(&mut buf[start..]).await?;
                 }
-                let mut buf = vec![0; len as usize + 2];
-                self.read_exact(&mut buf).await?;
-                buf.truncate(len as usize);
+                if !buf.ends_with(b"\r\n") {
+                    return Err(self.protocol("a bulk string not followed by CRLF".into()));
+                }
+                buf.truncate(n as usize);
                 Ok(Value::Bulk(Some(buf)))
             }
-            b'*' => {
-                let len = self.parse_int(&rest)?;
-                if len < 0 {
-                    return Ok(Value::Array(None));
-                }
-                let mut items = Vec::with_capacity(len as usize);
-                for _ in 0..len {
-                    items.push(Box::pin(self.read_value()).await?);
+            Header::Array(None) => Ok(Value::Array(None)),
+            Header::Array(Some(n)) => {
+                let mut items = Vec::with_capacity((n as usize).min(1024));
+                for _ in 0..n {
+                    items.push(Box::pin(self.value_at(depth + 1)).await?);
                 }
                 Ok(Value::Array(Some(items)))
             }
-            _ => Err(self.protocol(format!(
-                "unexpected reply {:?}",
-                String::from_utf8_lossy(&line)
-            ))),
         }
     }
 
@@ -224,15 +213,34 @@ impl Connection {
     }
 
     /// Reads one `\r\n`-terminated line without its terminator; a bare `\n` gives an empty line.
+    /// A line longer than `MAX_LINE` is a protocol error, not a growing buffer.
     pub async fn read_line(&mut self) -> Result<Vec<u8>> {
         let mut line = Vec::new();
-        let n = self
-            .io
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| self.io_error(e))?;
-        if n == 0 {
-            return Err(self.closed());
+        loop {
+            let (found, used) = {
+                let buf = match self.io.fill_buf().await {
+                    Ok([]) => return Err(self.closed()),
+                    Ok(b) => b,
+                    Err(e) => return Err(self.io_error(e)),
+                };
+                match buf.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&buf[..i]);
+                        (true, i + 1)
+                    }
+                    None => {
+                        line.extend_from_slice(buf);
+                        (false, buf.len())
+                    }
+                }
+            };
+            self.io.consume(used);
+            if line.len() > MAX_LINE {
+                return Err(self.protocol(format!("a line longer than {MAX_LINE} bytes")));
+            }
+            if found {
+                break;
+            }
         }
         while matches!(line.last(), Some(b'\n' | b'\r')) {
             line.pop();
@@ -253,11 +261,6 @@ impl Connection {
     /// node closed the connection.
     pub async fn read_some(&mut self, buf: &mut bytes::BytesMut) -> Result<usize> {
         self.io.read_buf(buf).await.map_err(|e| self.io_error(e))
-    }
-
-    fn parse_int(&self, s: &str) -> Result<i64> {
-        s.parse()
-            .map_err(|_| self.protocol(format!("bad integer {s:?}")))
     }
 
     fn closed(&self) -> Error {

@@ -69,7 +69,8 @@ impl Admin {
         self.transport
             .connect(address)
             .await
-            .map(AdminServiceClient::new)
+            // A catalog of tens of thousands of sets is one reply of many megabytes.
+            .map(|c| AdminServiceClient::new(c).max_decoding_message_size(512 << 20))
     }
 
     /// Calls the leader: each given coordinator in turn until one answers, following redirects.

@@ -23,6 +23,10 @@ use tonic::transport::Channel;
 
 use crate::{NodeId, TypeConfig};
 
+/// The largest Raft message between coordinators (peers, authenticated by their certificates):
+/// an entry holding a large job result or a chunk of a snapshot of a large catalog, as JSON.
+pub const RAFT_MESSAGE_BYTES: usize = 512 << 20;
+
 /// Makes a client per peer. Channels are shared by every client of a peer and kept: openraft
 /// makes a new client for each vote, and a vote must travel over a connection that is already
 /// up (see [`keep_warm`]).
@@ -141,7 +145,9 @@ impl Peer {
             .network
             .channel(self.target, &self.node.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
-        let mut client = RaftServiceClient::new(channel);
+        let mut client = RaftServiceClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES);
         let body = serde_json::to_vec(req).expect("raft requests serialise");
         let mut request = tonic::Request::new(RaftPayload { json: body });
         request.set_timeout(option.hard_ttl());

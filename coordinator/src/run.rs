@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fleetsnap_proto::tls::{Role, Transport};
@@ -11,7 +12,6 @@ use fleetsnap_proto::v1::raft_service_server::RaftServiceServer;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
@@ -152,7 +152,11 @@ pub async fn run(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(RaftServiceServer::new(services.clone()))
+        .add_service(
+            RaftServiceServer::new(services.clone())
+                .max_decoding_message_size(crate::network::RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::network::RAFT_MESSAGE_BYTES),
+        )
         .add_service(AgentServiceServer::new(services.clone()))
         .add_service(AdminServiceServer::new(services));
     tracing::info!(node = config.node_id, listen = %config.listen, "coordinator serving");
@@ -179,24 +183,95 @@ pub async fn run(
     result.map_err(|e| format!("gRPC server on {}: {e}", config.listen))
 }
 
-/// TLS handshakes on threads of their own.
+/// TLS handshakes on threads of their own, in front of which no unauthenticated peer can
+/// starve the others.
 ///
 /// When a leader dies, thousands of agents reconnect to the survivors at once, each with a full
 /// mutual-TLS handshake. Done on the runtime that also runs Raft, those handshakes would queue
 /// the election's few messages behind seconds of public-key work; on their own runtime the
 /// operating system shares the cores between the two, and Raft stays prompt.
+///
+/// A connection goes through two stages, each with a deadline of its own. First its client's
+/// hello is read: no slot is held, since nothing is computed, and a client that has not sent a
+/// whole hello within [`HELLO_TIMEOUT`] is dropped. Then it waits for a slot (one of
+/// [`CONCURRENT_HANDSHAKES`], and one of [`HANDSHAKES_PER_PEER`] of its address) and the
+/// handshake runs, which must end within [`HANDSHAKE_TIMEOUT`]. One address may hold at most
+/// [`PENDING_PER_PEER`] connections in either stage; more are closed at once. So idle or
+/// stalling sockets cost their sender its own slots only, for a second or two, and an operator's
+/// or an agent's handshake from any other address always finds a slot.
 struct Handshakes {
     runtime: tokio::runtime::Runtime,
-    acceptor: TlsAcceptor,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
-/// A handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From accept to the client's whole hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// From a slot to the end of the handshake: the client's certificate and its proof.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Handshakes in progress at once; the rest wait their turn in arrival order. Without a bound,
 /// thousands of half-done handshakes share the cores, every one of them slows down, and past
 /// the timeout they all fail and start again: an overload would never drain.
 const CONCURRENT_HANDSHAKES: usize = 64;
+
+/// Of those, what one peer address may hold.
+const HANDSHAKES_PER_PEER: usize = 16;
+
+/// Connections one peer address may have that have not finished their handshake.
+const PENDING_PER_PEER: usize = 256;
+
+/// Per peer address: connections not yet through their handshake, and its handshake slots.
+#[derive(Default)]
+struct Peers {
+    map: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Peer>>,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+struct Peer {
+    pending: usize,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection counted against its address until dropped.
+struct Admitted {
+    peers: Arc<Peers>,
+    ip: std::net::IpAddr,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Peers {
+    /// Counts a new connection from `ip`, or refuses it when the address has too many.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Admitted> {
+        let mut map = self.map.lock().expect("peers lock");
+        let peer = map.entry(ip).or_insert_with(|| Peer {
+            pending: 0,
+            slots: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_PER_PEER)),
+        });
+        if peer.pending >= PENDING_PER_PEER {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        peer.pending += 1;
+        Some(Admitted {
+            peers: self.clone(),
+            ip,
+            slots: peer.slots.clone(),
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut map = self.peers.map.lock().expect("peers lock");
+        if let Some(p) = map.get_mut(&self.ip) {
+            p.pending -= 1;
+            if p.pending == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 impl Handshakes {
     fn start(config: Arc<tokio_rustls::rustls::ServerConfig>) -> Result<Self, StartError> {
@@ -206,10 +281,7 @@ impl Handshakes {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the TLS handshake threads: {e}"))?;
-        Ok(Self {
-            runtime,
-            acceptor: TlsAcceptor::from(config),
-        })
+        Ok(Self { runtime, config })
     }
 
     /// Accepts connections and yields those whose handshake succeeded.
@@ -218,9 +290,11 @@ impl Handshakes {
         listener: TcpListener,
     ) -> mpsc::Receiver<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(1024);
-        let acceptor = self.acceptor.clone();
+        let config = self.config.clone();
         let handle = self.runtime.handle().clone();
         let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
+        let peers = Arc::new(Peers::default());
+        tokio::spawn(report_refusals(peers.clone()));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -236,27 +310,37 @@ impl Handshakes {
                         continue;
                     }
                 };
+                let Some(admitted) = peers.admit(peer.ip()) else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, tx, permits) = (acceptor.clone(), tx.clone(), permits.clone());
+                let (config, tx, permits) = (config.clone(), tx.clone(), permits.clone());
                 handle.spawn(async move {
-                    // A client that has sent nothing yet holds no permit: idle connections
-                    // cannot starve the others.
-                    if tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.readable())
-                        .await
-                        .is_err()
-                    {
-                        tracing::warn!(%peer, "no TLS hello within {HANDSHAKE_TIMEOUT:?}; dropped");
+                    let _counted = &admitted;
+                    let hello = tokio_rustls::LazyConfigAcceptor::new(
+                        tokio_rustls::rustls::server::Acceptor::default(),
+                        tcp,
+                    );
+                    let start = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+                        Ok(Ok(start)) => start,
+                        Ok(Err(e)) => return handshake_failed(peer, &e),
+                        Err(_) => {
+                            tracing::debug!(%peer, "no TLS hello within {HELLO_TIMEOUT:?}; dropped");
+                            return;
+                        }
+                    };
+                    let Ok(_mine) = admitted.slots.acquire().await else {
                         return;
-                    }
+                    };
                     let Ok(_permit) = permits.acquire().await else {
                         return;
                     };
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
                         }
                         Ok(Err(e)) => handshake_failed(peer, &e),
-                        Err(_) => tracing::warn!(
+                        Err(_) => tracing::debug!(
                             %peer,
                             "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; dropped"
                         ),
@@ -269,6 +353,36 @@ impl Handshakes {
 
     fn stop(self) {
         self.runtime.shutdown_background();
+    }
+}
+
+/// Says, at most every 10 s, how many connections were closed at once because their address
+/// had too many unfinished ones: a flood is visible without a log line per connection.
+async fn report_refusals(peers: Arc<Peers>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        if Arc::strong_count(&peers) == 1 {
+            return;
+        }
+        let n = peers.refused.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            let busiest = peers
+                .map
+                .lock()
+                .expect("peers lock")
+                .iter()
+                .max_by_key(|(_, p)| p.pending)
+                .map(|(ip, p)| format!("{ip} ({} unfinished)", p.pending))
+                .unwrap_or_default();
+            tracing::warn!(
+                refused = n,
+                busiest = %busiest,
+                "connections closed unanswered in the last 10 s: their addresses had {PENDING_PER_PEER} \
+                 handshakes unfinished; a client that opens sockets and sends nothing (or too \
+                 little) is flooding this coordinator"
+            );
+        }
     }
 }
 

@@ -919,6 +919,8 @@ impl Node {
         // it: hand them again.
         self.redeliver(&agent, &hello, &tx).await;
         self.wake.notify_one();
+        // Results arriving in parts, by job, until their `Finished`.
+        let mut parts: HashMap<u64, (u32, Vec<u8>)> = HashMap::new();
         loop {
             let msg = match inbound.message().await {
                 Ok(Some(m)) => m,
@@ -958,7 +960,11 @@ impl Node {
                         samples.push(latency.min(u32::MAX as i64) as u32);
                     }
                 }
-                Some(agent_message::Body::JobUpdate(u)) => self.job_update(&agent, u).await,
+                Some(agent_message::Body::JobUpdate(u)) => {
+                    if let Some(u) = assemble(&agent, &mut parts, u) {
+                        self.job_update(&agent, u).await;
+                    }
+                }
                 Some(agent_message::Body::CutReply(r)) => self.cut_reply(r),
                 Some(agent_message::Body::Synced(s)) => self.synced(&agent, s).await,
                 Some(agent_message::Body::Hello(_)) | None => {}
@@ -1093,7 +1099,10 @@ impl Node {
 
     async fn job_update(&self, agent: &str, u: v1::JobUpdate) {
         let outcome = match u.state {
-            Some(job_update::State::Started(_)) | None => return,
+            // Parts are put together by the session before they get here.
+            Some(job_update::State::Started(_)) | Some(job_update::State::Part(_)) | None => {
+                return;
+            }
             Some(job_update::State::Refused(why)) => JobOutcome::Failed {
                 reason: format!("agent {agent:?} refused the job: {why}"),
             },
@@ -1153,6 +1162,74 @@ impl Node {
                 tracing::warn!(job = u.job_id, error = %e.message(), "could not record a job's end")
             }
         }
+    }
+}
+
+/// The most bytes one job's result may have when it comes in parts.
+const MAX_RESULT_BYTES: usize = 512 << 20;
+
+/// Gathers a result sent in parts: keeps each part, and gives the `Finished` back whole once it
+/// comes after all of them. A part out of order, a result over [`MAX_RESULT_BYTES`] or a count
+/// that does not match fails the job with the reason, never waits.
+fn assemble(
+    agent: &str,
+    parts: &mut HashMap<u64, (u32, Vec<u8>)>,
+    u: v1::JobUpdate,
+) -> Option<v1::JobUpdate> {
+    let fail = |u: &v1::JobUpdate, why: String| {
+        tracing::warn!(job = u.job_id, agent, %why, "a job's result came back broken");
+        Some(v1::JobUpdate {
+            job_id: u.job_id,
+            term: u.term,
+            state: Some(job_update::State::Finished(v1::Finished {
+                ok: false,
+                error: format!(
+                    "agent {agent:?} sent a result the coordinator could not put together: {why}"
+                ),
+                ..Default::default()
+            })),
+        })
+    };
+    match &u.state {
+        Some(job_update::State::Part(p)) => {
+            let (next, buf) = parts.entry(u.job_id).or_default();
+            if p.seq == 0 {
+                *next = 0;
+                buf.clear();
+            }
+            if p.seq != *next {
+                let why = format!("part {} came where part {next} belonged", p.seq);
+                parts.remove(&u.job_id);
+                return fail(&u, why);
+            }
+            if buf.len() + p.data.len() > MAX_RESULT_BYTES {
+                parts.remove(&u.job_id);
+                return fail(&u, format!("it is larger than {MAX_RESULT_BYTES} bytes"));
+            }
+            buf.extend_from_slice(&p.data);
+            *next += 1;
+            None
+        }
+        Some(job_update::State::Finished(f)) if f.result_parts > 0 => {
+            let (got, bytes) = parts.remove(&u.job_id).unwrap_or_default();
+            let mut f = f.clone();
+            if got != f.result_parts {
+                return fail(&u, format!("{got} of its {} parts arrived", f.result_parts));
+            }
+            match String::from_utf8(bytes) {
+                Ok(text) => {
+                    f.result_json = text;
+                    f.result_parts = 0;
+                    Some(v1::JobUpdate {
+                        job_id: u.job_id,
+                        term: u.term,
+                        state: Some(job_update::State::Finished(f)),
+                    })
+                }
+                Err(_) => fail(&u, "its parts are not UTF-8 text".into()),
+            }
+        }
+        _ => Some(u),
     }
 }
 

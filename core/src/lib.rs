@@ -12,6 +12,7 @@ pub mod policy;
 pub mod rdb;
 pub mod rdbread;
 pub mod report;
+pub mod resp;
 pub mod retention;
 pub mod schedule;
 pub mod topology;

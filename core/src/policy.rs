@@ -127,9 +127,15 @@ pub fn check_age_recipient(text: &str) -> Result<(), String> {
     for v in expanded.chain(values.iter().copied()) {
         let top = check >> 25;
         check = ((check & 0x1ff_ffff) << 5) ^ u32::from(v);
-        for (i, g) in [0x3b6a_57b2u32, 0x2650_8e6d, 0x1ea1_19fa, 0x3d42_33dd, 0x2a14_62b3]
-            .iter()
-            .enumerate()
+        for (i, g) in [
+            0x3b6a_57b2u32,
+            0x2650_8e6d,
+            0x1ea1_19fa,
+            0x3d42_33dd,
+            0x2a14_62b3,
+        ]
+        .iter()
+        .enumerate()
         {
             if (top >> i) & 1 == 1 {
                 check ^= g;
@@ -356,7 +362,8 @@ impl Policy {
         let mut urls = std::collections::BTreeMap::new();
         for d in &self.destinations {
             check_name("region name", &d.region).map_err(|e| err(e.to_string()))?;
-            check_destination_url(&d.url).map_err(|why| err(format!("region {:?}: {why}", d.region)))?;
+            check_destination_url(&d.url)
+                .map_err(|why| err(format!("region {:?}: {why}", d.region)))?;
             if let Some(other) = urls.insert(same_place(&d.url), &d.region) {
                 return Err(err(format!(
                     "regions {other:?} and {:?} have the same url: a set would be written twice to one place and counted as two copies; give each region its own bucket or directory",

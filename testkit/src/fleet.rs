@@ -55,6 +55,7 @@ impl FleetDir {
         let out = self.path().join(sub);
         let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
         let o = Command::new(bin("fleetsnap"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(["certs", "init", "--dir"])
             .arg(&out)
             .args([
@@ -203,6 +204,7 @@ impl Coordinator {
             .append(true)
             .open(&self.log)?;
         let mut cmd = Command::new(bin("fleetsnap-coordinator"));
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true");
         cmd.arg("--config").arg(&self.config);
         if self.insecure {
             cmd.arg("--insecure");
@@ -392,6 +394,7 @@ impl Agent {
             .append(true)
             .open(&self.log)?;
         let mut cmd = Command::new(bin("fleetsnap-agent"));
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true");
         cmd.args(["run", "--config"]).arg(&self.config);
         if self.insecure {
             cmd.arg("--insecure");
@@ -431,6 +434,7 @@ impl Cli {
     /// Runs `fleetsnap --coordinator … ARGS`, bounded to 60 s.
     pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
         let mut cmd = Command::new(bin("fleetsnap"));
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true");
         cmd.arg("--coordinator").arg(self.coordinators.join(","));
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -533,6 +537,7 @@ impl Cli {
 /// stderr when it fails.
 pub fn restore(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<String> {
     let mut cmd = Command::new(bin("fleetsnap-agent"));
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
     cmd.arg("restore").args(args);
     for (k, v) in env {
         cmd.env(k, v);

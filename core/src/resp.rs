@@ -1,0 +1,270 @@
+//! RESP2, as Redis speaks it and as the replication stream and AOF files carry commands: replies
+//! parsed from bytes, and command streams split into commands. Everything here reads untrusted
+//! bytes: every count and length is checked against a limit and against the bytes there are
+//! before anything is allocated for it, and nesting is bounded.
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …`
+    Error(String),
+    /// `:42`
+    Int(i64),
+    /// `$…`; `None` for the null bulk string.
+    Bulk(Option<Vec<u8>>),
+    /// `*…`; `None` for the null array.
+    Array(Option<Vec<Value>>),
+}
+
+impl Value {
+    /// The reply as text, for simple and bulk strings and integers.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Value::Simple(s) => Some(s.clone()),
+            Value::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// The longest line (a simple string, an error, a header) read before it is refused.
+pub const MAX_LINE: usize = 1 << 20;
+/// The largest bulk string: Redis's own `proto-max-bulk-len` default.
+pub const MAX_BULK: u64 = 512 << 20;
+/// The most elements of one array.
+pub const MAX_ARRAY: u64 = 1 << 24;
+/// The deepest nesting of arrays.
+pub const MAX_DEPTH: usize = 32;
+
+/// Bytes that are not RESP, or that break a limit.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("protocol error: {0}")]
+pub struct RespError(pub String);
+
+fn bad(what: impl Into<String>) -> RespError {
+    RespError(what.into())
+}
+
+/// A header line's number: optional `-`, 1 to 19 digits.
+pub fn parse_number(digits: &[u8]) -> Result<i64, RespError> {
+    let (neg, d) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if d.is_empty() || d.len() > 18 || !d.iter().all(u8::is_ascii_digit) {
+        return Err(bad(format!(
+            "bad integer {:?}",
+            String::from_utf8_lossy(&digits[..digits.len().min(40)])
+        )));
+    }
+    let n = d.iter().fold(0i64, |n, c| n * 10 + i64::from(c - b'0'));
+    Ok(if neg { -n } else { n })
+}
+
+/// What a header says about the value it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    /// `+`, `-` or `:`: the line is the whole value.
+    Line,
+    /// `$n`: n bytes and CRLF follow; `None` for the null bulk string.
+    Bulk(Option<u64>),
+    /// `*n`: n values follow; `None` for the null array.
+    Array(Option<u64>),
+}
+
+/// Reads a header line (without its line ending), checking it against the limits.
+pub fn header(line: &[u8]) -> Result<Header, RespError> {
+    let Some((&kind, rest)) = line.split_first() else {
+        return Err(bad("an empty line where a reply belongs"));
+    };
+    let count = |limit: u64, what: &str| -> Result<Option<u64>, RespError> {
+        match parse_number(rest)? {
+            -1 => Ok(None),
+            n if n < 0 => Err(bad(format!("negative {what} {n}"))),
+            n if n as u64 > limit => Err(bad(format!("{what} {n} is over the limit of {limit}"))),
+            n => Ok(Some(n as u64)),
+        }
+    };
+    match kind {
+        b'+' | b'-' => Ok(Header::Line),
+        b':' => parse_number(rest).map(|_| Header::Line),
+        b'$' => count(MAX_BULK, "bulk length").map(Header::Bulk),
+        b'*' => count(MAX_ARRAY, "array length").map(Header::Array),
+        _ => Err(bad(format!(
+            "unexpected reply {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(60)])
+        ))),
+    }
+}
+
+/// Parses one reply from the start of `buf`: the value and the bytes it took, `None` when
+/// `buf` holds only part of it (read more and call again), or the error.
+pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, RespError> {
+    let mut at = 0;
+    Ok(value(buf, &mut at, 0)?.map(|v| (v, at)))
+}
+
+/// The line at `*at` without its CRLF; `None` when it has not all arrived.
+fn line<'a>(buf: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, RespError> {
+    let rest = &buf[*at..];
+    let window = &rest[..rest.len().min(MAX_LINE + 2)];
+    match window.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => {
+            *at += end + 2;
+            Ok(Some(&rest[..end]))
+        }
+        None if rest.len() > MAX_LINE => Err(bad(format!("a line longer than {MAX_LINE} bytes"))),
+        None => Ok(None),
+    }
+}
+
+fn value(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, RespError> {
+    if depth > MAX_DEPTH {
+        return Err(bad(format!("arrays nested deeper than {MAX_DEPTH}")));
+    }
+    let Some(l) = line(buf, at)? else {
+        return Ok(None);
+    };
+    let text = || String::from_utf8_lossy(&l[1..]).into_owned();
+    match header(l)? {
+        Header::Line => Ok(Some(match l[0] {
+            b'+' => Value::Simple(text()),
+            b'-' => Value::Error(text()),
+            _ => Value::Int(parse_number(&l[1..])?),
+        })),
+        Header::Bulk(None) => Ok(Some(Value::Bulk(None))),
+        Header::Bulk(Some(n)) => {
+            let n = n as usize;
+            let Some(end) = at.checked_add(n).filter(|e| e + 2 <= buf.len()) else {
+                return Ok(None);
+            };
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(bad("a bulk string not followed by CRLF"));
+            }
+            let v = buf[*at..end].to_vec();
+            *at = end + 2;
+            Ok(Some(Value::Bulk(Some(v))))
+        }
+        Header::Array(None) => Ok(Some(Value::Array(None))),
+        Header::Array(Some(n)) => {
+            // Each element takes three bytes at least (":0\r\n" is four); no more room is
+            // reserved than the bytes at hand could fill.
+            let mut items = Vec::with_capacity((n as usize).min((buf.len() - *at) / 3));
+            for _ in 0..n {
+                match value(buf, at, depth + 1)? {
+                    Some(v) => items.push(v),
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(Value::Array(Some(items))))
+        }
+    }
+}
+
+/// Splits a RESP command stream (a replication stream's tail, an AOF) into commands, each an
+/// array of bulk strings; `None` when it is not one (or ends inside a command).
+pub fn parse_commands(b: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let head = line(b, &mut i).ok()??;
+        if head.first() != Some(&b'*') {
+            return None;
+        }
+        let n = parse_number(&head[1..]).ok().filter(|n| *n >= 0)? as usize;
+        // Each argument takes six bytes at least ("$0\r\n\r\n").
+        if n > (b.len() - i) / 6 + 1 {
+            return None;
+        }
+        let mut args = Vec::with_capacity(n);
+        for _ in 0..n {
+            let h = line(b, &mut i).ok()??;
+            if h.first() != Some(&b'$') {
+                return None;
+            }
+            let len = parse_number(&h[1..]).ok().filter(|n| *n >= 0)? as usize;
+            let end = i.checked_add(len)?;
+            args.push(b.get(i..end)?.to_vec());
+            if b.get(end..end.checked_add(2)?)? != b"\r\n" {
+                return None;
+            }
+            i = end + 2;
+        }
+        if !args.is_empty() {
+            out.push(args);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_whole_or_ask_for_more() {
+        let all = b"*3\r\n+OK\r\n$3\r\nfoo\r\n*2\r\n:-7\r\n$-1\r\n";
+        let (v, n) = parse(all).unwrap().unwrap();
+        assert_eq!(n, all.len());
+        assert_eq!(
+            v,
+            Value::Array(Some(vec![
+                Value::Simple("OK".into()),
+                Value::Bulk(Some(b"foo".to_vec())),
+                Value::Array(Some(vec![Value::Int(-7), Value::Bulk(None)])),
+            ]))
+        );
+        for cut in 0..all.len() {
+            assert_eq!(parse(&all[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(
+            parse(b"-ERR x\r\n").unwrap().unwrap().0,
+            Value::Error("ERR x".into())
+        );
+    }
+
+    #[test]
+    fn limits_hold_before_anything_is_allocated() {
+        for bad in [
+            &b"$99999999999999\r\n"[..],
+            b"*99999999999\r\n",
+            b"$-2\r\n",
+            b":12a\r\n",
+            b"?\r\n",
+            b"$3\r\nfooXY",
+            b"\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // An array announcing millions of elements with a few bytes at hand reserves little.
+        assert_eq!(parse(b"*16000000\r\n:1\r\n"), Ok(None));
+        let deep = b"*1\r\n".repeat(40);
+        assert!(parse(&deep).is_err());
+        let long = vec![b'+'; MAX_LINE + 10];
+        assert!(parse(&long).is_err());
+    }
+
+    #[test]
+    fn command_streams_split_into_commands() {
+        let t = b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv\n\r\n";
+        let c = parse_commands(t).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1][2], b"v\n");
+        for bad in [
+            &b"*2\r\n$3\r\nSET\r\n"[..],
+            b"+OK\r\n",
+            b"*99999999999999999\r\n",
+            b"*1\r\n$18446744073709551615\r\nx",
+            b"*1\r\n$3\r\nabcXY",
+        ] {
+            assert!(
+                parse_commands(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
