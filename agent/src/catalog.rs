@@ -70,7 +70,11 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
             let mut errors = Vec::new();
             for r in &regions {
                 match scan_one(r).await {
-                    Ok(sets) => found.extend(sets),
+                    Ok((sets, refused)) => {
+                        found.extend(sets);
+                        // A manifest that breaks the rules is no set, and is said so.
+                        errors.extend(refused.into_iter().map(|e| outcome(r, Err(e))));
+                    }
                     Err(e) => errors.push(outcome(r, Err(e))),
                 }
             }
@@ -194,16 +198,24 @@ async fn delete_one(r: &RegionUrl, cluster: &ClusterId, id: &BackupId) -> Result
     Ok(n)
 }
 
-/// Every manifest in the region, each with the objects missing there.
-async fn scan_one(r: &RegionUrl) -> Result<Vec<ScannedSet>> {
+/// Every manifest in the region, each with the objects missing there, and the manifests
+/// refused (each error names its key).
+async fn scan_one(r: &RegionUrl) -> Result<(Vec<ScannedSet>, Vec<Error>)> {
     let store = open(r).await?;
     let keys = store.list(store.spec().prefix()).await?;
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for key in keys
         .iter()
         .filter(|k| k.ends_with(&format!("/{MANIFEST_NAME}")))
     {
-        let m = store.read_manifest(key).await?;
+        let m = match store.read_manifest(key).await {
+            Ok(m) => m,
+            Err(e) => {
+                refused.push(e);
+                continue;
+            }
+        };
         let dir = manifest::backup_dir(store.spec().prefix(), &m.cluster, &m.backup_id);
         let problems = missing_objects(&store, &dir, &m).await;
         out.push(ScannedSet {
@@ -212,7 +224,7 @@ async fn scan_one(r: &RegionUrl) -> Result<Vec<ScannedSet>> {
             problems,
         });
     }
-    Ok(out)
+    Ok((out, refused))
 }
 
 /// The manifest's objects that `dir` lacks or holds at another size.

@@ -423,9 +423,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ls { from, json } => {
             let spec = DestSpec::parse(&from)?;
-            let rows = restore::list(&spec).await?;
+            let listing = restore::list(&spec).await?;
+            let rows = &listing.sets;
             if json {
-                print_json(&rows);
+                print_json(&listing.sets);
             } else if rows.is_empty() {
                 println!("no complete backup in {spec}");
             } else {
@@ -445,7 +446,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            for why in &listing.refused {
+                eprintln!("refused: {why}");
+            }
+            Ok(if listing.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Verify {
             from,

@@ -563,7 +563,8 @@ pub async fn restore_online(
 }
 
 /// The logical databases a copy writes to: each `SELECT` of its RDB (read through, values
-/// skipped) and of its tail, with the first key of each for messages.
+/// skipped) and of its tail, with what comes first in each (`key "k"`, `a SET in the tail`)
+/// for messages.
 pub fn databases_in(rdb: &Path, tail: Option<&Path>) -> Result<BTreeMap<u64, String>> {
     let file = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
     let bad =
@@ -575,10 +576,11 @@ pub fn databases_in(rdb: &Path, tail: Option<&Path>) -> Result<BTreeMap<u64, Str
     while let Some(item) = reader.next_item().map_err(bad)? {
         match item {
             Item::Entry(e) => {
-                dbs.entry(e.db).or_insert_with(|| e.key_lossy());
+                dbs.entry(e.db)
+                    .or_insert_with(|| format!("key {:?}", e.key_lossy()));
             }
             Item::Module { db, key, .. } => {
-                dbs.entry(db).or_insert(key);
+                dbs.entry(db).or_insert_with(|| format!("key {key:?}"));
             }
             _ => {}
         }

@@ -36,15 +36,33 @@ pub struct Listed {
     pub finished_at: String,
 }
 
-/// Lists the complete backups (those with a manifest) in a destination, oldest first.
-pub async fn list(spec: &DestSpec) -> Result<Vec<Listed>> {
+/// The complete backups in a destination, and the manifests it holds that were refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listing {
+    /// Sets whose manifest was read and checked, oldest first.
+    pub sets: Vec<Listed>,
+    /// Manifests refused (altered, damaged, unreadable), each with why: not verified sets.
+    pub refused: Vec<String>,
+}
+
+/// Lists the complete backups (those with a manifest) in a destination, oldest first. A
+/// manifest that cannot be read or breaks the layout's rules is listed as refused, not skipped
+/// in silence, and does not hide the others.
+pub async fn list(spec: &DestSpec) -> Result<Listing> {
     let store = Store::open(spec).await?;
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for key in store.list(spec.prefix()).await? {
         if !key.ends_with(&format!("/{MANIFEST_NAME}")) {
             continue;
         }
-        let m = store.read_manifest(&key).await?;
+        let m = match store.read_manifest(&key).await {
+            Ok(m) => m,
+            Err(e) => {
+                refused.push(e.to_string());
+                continue;
+            }
+        };
         out.push(Listed {
             cluster: m.cluster.to_string(),
             backup_id: m.backup_id.to_string(),
@@ -63,7 +81,7 @@ pub async fn list(spec: &DestSpec) -> Result<Vec<Listed>> {
         });
     }
     out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
-    Ok(out)
+    Ok(Listing { sets: out, refused })
 }
 
 /// Finds a backup's manifest in a destination; returns it and its directory key. A window's id is
@@ -1287,7 +1305,7 @@ pub async fn restore_online(
                 for (db, first) in found {
                     needed
                         .entry(db)
-                        .or_insert_with(|| format!("key {first:?} of shard {}", entry.shard));
+                        .or_insert_with(|| format!("{first} of shard {}", entry.shard));
                 }
                 early.insert(entry.shard.clone(), f);
             }

@@ -946,6 +946,15 @@ fn parse_aof_manifest(text: &str, path: &Path) -> Result<Vec<AofEntry>> {
         if entry.name.is_empty() || !matches!(entry.kind, 'b' | 'h' | 'i') {
             return Err(bad(line));
         }
+        // Redis names the files of its AOF directory inside it: a name that is a path is not
+        // one it wrote, and would read a file from elsewhere into the backup.
+        if entry.name.contains('/') || entry.name == ".." || entry.name == "." {
+            return Err(Error::Input(format!(
+                "AOF manifest {} names {:?}, which is not a file in its directory: refused",
+                path.display(),
+                entry.name
+            )));
+        }
         out.push(entry);
     }
     Ok(out)
@@ -1054,6 +1063,16 @@ mod tests {
         );
         assert!("file:".parse::<SourceKind>().is_err());
         assert!("sync".parse::<SourceKind>().is_err());
+    }
+
+    #[test]
+    fn aof_manifest_names_stay_in_their_directory() {
+        let p = Path::new("/x/appendonly.aof.manifest");
+        for bad in ["../../etc/shadow", "/etc/shadow", "..", "a/b"] {
+            let text = format!("file {bad} seq 1 type b\n");
+            let e = parse_aof_manifest(&text, p).unwrap_err().to_string();
+            assert!(e.contains("not a file in its directory"), "{bad}: {e}");
+        }
     }
 
     #[test]

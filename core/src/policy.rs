@@ -87,10 +87,16 @@ pub fn check_destination_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Two URLs that write to the same place: the same bucket and prefix, or the same directory.
+/// Where a URL writes: the directory, or the bucket and prefix at its endpoint (AWS's bucket
+/// names are global; other S3 servers are told apart by `endpoint=`).
 fn same_place(url: &str) -> String {
-    let base = url.split(['?', '#']).next().unwrap_or(url);
-    base.trim_end_matches('/').to_string()
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let endpoint = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("endpoint="))
+        .unwrap_or("")
+        .trim_end_matches('/');
+    format!("{} {endpoint}", base.trim_end_matches('/'))
 }
 
 /// Checks an age X25519 recipient (`age1` and 58 more characters of Bech32, its checksum
@@ -516,6 +522,13 @@ mod tests {
                 "have the same url",
             ),
             (
+                Box::new(|p| {
+                    p.destinations[0].url = "s3://bkt/x?region=r&endpoint=http://h:1".into();
+                    p.destinations[1].url = "s3://bkt/x/?endpoint=http://h:1/&region=q".into();
+                }),
+                "have the same url",
+            ),
+            (
                 Box::new(|p| p.destinations[0].url = "file://host/x".into()),
                 "file:///ABSOLUTE/PATH",
             ),
@@ -563,6 +576,14 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn one_bucket_at_two_endpoints_is_two_places() {
+        let mut p = policy();
+        p.destinations[0].url = "s3://bkt/x?region=r&endpoint=http://h:1".into();
+        p.destinations[1].url = "s3://bkt/x?region=r&endpoint=http://h:2".into();
+        p.validate().unwrap();
     }
 
     #[test]

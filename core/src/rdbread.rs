@@ -695,7 +695,9 @@ impl Src for Slice<'_> {
 
 /// LZF decompression (the format Redis compresses long strings with).
 fn lzf_decompress(input: &[u8], out_len: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(out_len.min(1 << 24));
+    // A back reference of three input bytes yields at most 264: no more is reserved than the
+    // input could give, however large a length a corrupt string claims.
+    let mut out = Vec::with_capacity(out_len.min(input.len().saturating_mul(90)).min(1 << 24));
     let mut i = 0;
     while i < input.len() {
         let ctrl = input[i] as usize;
