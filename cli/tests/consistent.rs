@@ -270,6 +270,57 @@ url = "file://{}"
     let actual: Vec<&RedisServer> = five.nodes.iter().collect();
     assert_same_data_across(&expected, &actual).await.unwrap();
 
+    // One key of each source shard deleted from the target, then the set restored again, through
+    // the agent and through the coordinator: every shard's missing key comes back, the keys
+    // already there are left alone and counted, and the exit code says the restore is not whole.
+    for through_coordinator in [false, true] {
+        for s in &restored {
+            let Value::Array(Some(scan)) = s.cmd(&["SCAN", "0", "COUNT", "100"]).await.unwrap()
+            else {
+                panic!("SCAN")
+            };
+            let Value::Array(Some(keys)) = &scan[1] else {
+                panic!("SCAN keys")
+            };
+            let key = keys[0].text().unwrap();
+            for n in &five.nodes {
+                // Only the owner deletes it; the others answer MOVED.
+                let _ = n.cmd(&["DEL", &key]).await;
+            }
+        }
+        let said = if through_coordinator {
+            let set = format!("shop/{id}");
+            let target = five.nodes[0].url();
+            let (ok, doc) = cli
+                .run_json(&[
+                    "restore", &set, "--mode", "online", "--target", &target, "--wait", "60",
+                    "--json",
+                ])
+                .unwrap();
+            assert!(!ok, "{doc:#}");
+            doc.to_string()
+        } else {
+            restore(
+                &[
+                    "--from",
+                    &from,
+                    "--backup",
+                    &id,
+                    "--online",
+                    &five.nodes[0].url(),
+                ],
+                &[],
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(
+            said.contains("already existed") && said.contains("--replace-existing"),
+            "{said}"
+        );
+        assert_same_data_across(&expected, &actual).await.unwrap();
+    }
+
     // The restore-cluster runbook does the same through the coordinator. Into the five-shard
     // cluster while it still holds those keys, it stops at its first check and restores nothing.
     let set = format!("shop/{id}");

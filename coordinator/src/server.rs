@@ -1165,8 +1165,9 @@ impl Node {
     }
 }
 
-/// The most bytes one job's result may have when it comes in parts.
-const MAX_RESULT_BYTES: usize = 512 << 20;
+/// The most bytes of results in parts one session may hold at once (a catalog scan of 10,000
+/// sets is about 15 MB): an agent cannot make the leader hold more, whatever job ids it names.
+const MAX_RESULT_BYTES: usize = 256 << 20;
 
 /// Gathers a result sent in parts: keeps each part, and gives the `Finished` back whole once it
 /// comes after all of them. A part out of order, a result over [`MAX_RESULT_BYTES`] or a count
@@ -1192,6 +1193,14 @@ fn assemble(
     };
     match &u.state {
         Some(job_update::State::Part(p)) => {
+            let held: usize = parts.values().map(|(_, b)| b.len()).sum();
+            if held + p.data.len() > MAX_RESULT_BYTES {
+                parts.remove(&u.job_id);
+                return fail(
+                    &u,
+                    format!("results in parts over {MAX_RESULT_BYTES} bytes"),
+                );
+            }
             let (next, buf) = parts.entry(u.job_id).or_default();
             if p.seq == 0 {
                 *next = 0;
@@ -1201,10 +1210,6 @@ fn assemble(
                 let why = format!("part {} came where part {next} belonged", p.seq);
                 parts.remove(&u.job_id);
                 return fail(&u, why);
-            }
-            if buf.len() + p.data.len() > MAX_RESULT_BYTES {
-                parts.remove(&u.job_id);
-                return fail(&u, format!("it is larger than {MAX_RESULT_BYTES} bytes"));
             }
             buf.extend_from_slice(&p.data);
             *next += 1;

@@ -870,7 +870,15 @@ mod tests {
                     redis_version: None,
                     slot_ranges: Vec::new(),
                     dbs: Default::default(),
-                    objects: Vec::new(),
+                    objects: vec![fleetsnap_core::ObjectEntry {
+                        kind: fleetsnap_core::ObjectKind::Rdb,
+                        name: format!("{shard}.rdb"),
+                        codecs: Default::default(),
+                        raw_bytes: 5,
+                        stored_bytes: 5,
+                        sha256: "0".repeat(64),
+                        crc64: None,
+                    }],
                 },
                 regions: regions
                     .iter()

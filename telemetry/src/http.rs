@@ -179,4 +179,26 @@ mod tests {
         );
         assert_eq!(get(addr, "/other").await.unwrap().0, 404);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_open_requests_do_not_keep_a_scrape_out() {
+        let probes = Probes {
+            metrics: Arc::new(|| "fleetsnap_up 1\n".to_string()),
+            healthy: Arc::new(|| Ok(())),
+            ready: Arc::new(|| Ok(())),
+        };
+        let addr = start("127.0.0.1:0".parse().unwrap(), probes).await.unwrap();
+        // 450 connections (900 descriptors in this one process, within any default limit),
+        // each with a request that never ends.
+        let mut held = Vec::new();
+        for _ in 0..450 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            held.push(c);
+        }
+        assert_eq!(get(addr, "/metrics").await.unwrap().0, 200);
+        assert_eq!(get(addr, "/healthz").await.unwrap().0, 200);
+    }
 }
