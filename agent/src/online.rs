@@ -2,7 +2,7 @@
 //! into a running server (standalone, or a Redis Cluster of any shape, routed by slot), pipelined,
 //! then replays the tail of a consistent cut.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -62,6 +62,12 @@ pub struct OnlineReport {
     pub module_aux_skipped: Vec<String>,
     /// Tail commands replayed.
     pub tail_commands: u64,
+    /// Tail commands left out because they write to a key that was in the target before the
+    /// restore (or, for `FLUSHALL`/`FLUSHDB`, to a target that held keys): merging, the restore
+    /// changes nothing that was there.
+    pub tail_skipped: u64,
+    /// The first of them (command and key).
+    pub tail_skipped_commands: Vec<String>,
     /// RDB bytes read.
     pub rdb_bytes: u64,
     /// Wall time of the whole restore.
@@ -75,13 +81,13 @@ type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 enum Pending {
     /// A command whose reply only needs to be OK (`SELECT`, a tail's command).
     Ok,
-    /// `RESTORE` of this key (`BUSYKEY`: it existed).
-    Key(Vec<u8>),
+    /// `RESTORE` of this key of this database (`BUSYKEY`: it existed).
+    Key(u64, Vec<u8>),
     /// `MSETNX` (or `MSET` when replacing) of plain strings in database `db`; when `MSETNX`
     /// finds one of them existing it sets none, and each is sent again as `SET … NX`.
     Strings { db: u64, pairs: Pairs },
-    /// `SET key value NX` (a nil reply: it existed).
-    SetNx(Vec<u8>),
+    /// `SET key value NX` in this database (a nil reply: it existed).
+    SetNx(u64, Vec<u8>),
 }
 
 /// The RDB type byte of a string value.
@@ -107,7 +113,14 @@ struct Node {
     strings_bytes: usize,
     /// Strings an `MSETNX` did not set, to send again one by one.
     retry: Vec<(u64, Pairs)>,
+    /// Keys (with their database) the tail writes to: a conflict on one is remembered in
+    /// `watched_conflicts`, so the tail leaves that key alone too.
+    watch: std::sync::Arc<HashSet<DbKey>>,
+    watched_conflicts: HashSet<DbKey>,
 }
+
+/// A key with its logical database.
+type DbKey = (u64, Vec<u8>);
 
 impl Node {
     fn push(&mut self, args: &[&[u8]], what: Pending) {
@@ -154,7 +167,7 @@ impl Node {
             }
             for (k, v) in pairs {
                 resp::encode(&mut self.buf, &[b"SET", &k, &v, b"NX"]);
-                self.pending.push(Pending::SetNx(k));
+                self.pending.push(Pending::SetNx(db, k));
             }
             if db != back {
                 self.push(&[b"SELECT", back.to_string().as_bytes()], Pending::Ok);
@@ -198,13 +211,19 @@ impl Node {
         let mut failed = None;
         for what in batch {
             let reply = self.conn.read_ok_or_value().await?;
-            let conflict = |key: &[u8], report: &mut OnlineReport| {
+            let watch = &self.watch;
+            let watched = &mut self.watched_conflicts;
+            let mut conflict = |db: u64, key: Vec<u8>, report: &mut OnlineReport| {
                 report.keys -= 1;
                 report.conflicts += 1;
                 if report.conflicting_keys.len() < CONFLICTS_NAMED {
                     report
                         .conflicting_keys
-                        .push(String::from_utf8_lossy(key).into_owned());
+                        .push(String::from_utf8_lossy(&key).into_owned());
+                }
+                let k = (db, key);
+                if watch.contains(&k) {
+                    watched.insert(k);
                 }
             };
             let error = match (what, reply) {
@@ -215,20 +234,20 @@ impl Node {
                     }
                     continue;
                 }
-                (Pending::SetNx(key), Some(Value::Bulk(None))) => {
-                    conflict(&key, report);
+                (Pending::SetNx(db, key), Some(Value::Bulk(None))) => {
+                    conflict(db, key, report);
                     continue;
                 }
-                (Pending::Key(key), Some(Value::Error(e))) if e.starts_with("BUSYKEY") => {
-                    conflict(&key, report);
+                (Pending::Key(db, key), Some(Value::Error(e))) if e.starts_with("BUSYKEY") => {
+                    conflict(db, key, report);
                     continue;
                 }
                 (what, Some(Value::Error(e))) => {
                     let what = match &what {
-                        Pending::Key(k) => {
+                        Pending::Key(_, k) => {
                             format!("RESTORE of key {:?}", String::from_utf8_lossy(k))
                         }
-                        Pending::SetNx(k) => {
+                        Pending::SetNx(_, k) => {
                             format!("SET NX of key {:?}", String::from_utf8_lossy(k))
                         }
                         Pending::Strings { pairs, .. } => format!(
@@ -268,6 +287,10 @@ struct Target {
     nodes: Vec<Node>,
     slots: Option<Vec<u16>>,
     rdb_version: u16,
+    /// Keys the tail writes to (merging into a target that keeps its own keys), and those of
+    /// them the RDB restored or tried to.
+    watch: std::sync::Arc<HashSet<DbKey>>,
+    in_rdb: HashSet<DbKey>,
 }
 
 /// The RDB version a server of `redis_version` writes (and the highest it restores).
@@ -294,6 +317,8 @@ async fn node(target: &RedisTarget) -> Result<Node> {
         strings: Vec::new(),
         strings_bytes: 0,
         retry: Vec::new(),
+        watch: Default::default(),
+        watched_conflicts: HashSet::new(),
     })
 }
 
@@ -310,6 +335,8 @@ impl Target {
                 nodes: vec![first],
                 slots: None,
                 rdb_version: version,
+                watch: Default::default(),
+                in_rdb: HashSet::new(),
             });
         }
         let Value::Array(Some(ranges)) = first.conn.checked(&[b"CLUSTER", b"SLOTS"]).await? else {
@@ -364,6 +391,8 @@ impl Target {
             nodes,
             slots: Some(slots),
             rdb_version: version,
+            watch: Default::default(),
+            in_rdb: HashSet::new(),
         })
     }
 
@@ -538,6 +567,18 @@ pub async fn restore_online(
         nodes: t.nodes.len(),
         ..Default::default()
     };
+    let commands = tail.map(read_tail).transpose()?;
+    // Merging into a target that keeps its own keys: what the tail writes to is watched, so
+    // the tail leaves alone every key that was there before, as the RDB's restore does.
+    let merging = !opts.replace_existing;
+    let had_keys = merging && t.total_keys().await? > 0;
+    if merging && let Some(c) = &commands {
+        let watch = std::sync::Arc::new(tail_keys(c));
+        for n in &mut t.nodes {
+            n.watch = watch.clone();
+        }
+        t.watch = watch;
+    }
     let mut progress = Progress::new(opts.progress, size);
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     while let Some(batch) = rx.recv().await {
@@ -554,12 +595,96 @@ pub async fn restore_online(
         progress.show(batch.at, report.keys);
     }
     t.flush_all(&mut report, opts.replace_existing).await?;
-    if let Some(tail) = tail {
-        report.tail_commands = replay_tail(&mut t, tail, opts).await?;
+    if let Some(commands) = commands {
+        let guard = if merging {
+            Some(TailGuard {
+                blocked: t.existing_before().await?,
+                had_keys,
+            })
+        } else {
+            None
+        };
+        report.tail_commands =
+            replay_tail(&mut t, commands, opts, guard.as_ref(), &mut report).await?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     progress.done(&report);
     Ok(report)
+}
+
+/// What a tail replayed into a target with keys of its own leaves alone.
+struct TailGuard {
+    /// Keys that existed before the restore: the tail's commands on them are skipped.
+    blocked: HashSet<DbKey>,
+    /// The target held keys before: `FLUSHALL` and `FLUSHDB` in the tail are skipped.
+    had_keys: bool,
+}
+
+impl Target {
+    /// Keys in all databases of every primary.
+    async fn total_keys(&mut self) -> Result<u64> {
+        let mut n = 0;
+        for node in &mut self.nodes {
+            n += resp::keyspace_keys(&node.conn.info("keyspace").await?);
+        }
+        Ok(n)
+    }
+
+    /// Of the keys the tail writes to, those that existed before this restore: the ones the
+    /// RDB's restore found there, and those not in the RDB that the target holds now.
+    async fn existing_before(&mut self) -> Result<HashSet<DbKey>> {
+        let mut existing: HashSet<DbKey> = HashSet::new();
+        for n in &mut self.nodes {
+            existing.extend(std::mem::take(&mut n.watched_conflicts));
+        }
+        let watch = self.watch.clone();
+        for (db, key) in watch.iter().filter(|k| !self.in_rdb.contains(*k)) {
+            let i = self.route(key);
+            let cluster = self.slots.is_some();
+            let n = &mut self.nodes[i];
+            if !cluster && n.db != *db {
+                n.conn
+                    .checked(&[b"SELECT", db.to_string().as_bytes()])
+                    .await?;
+                n.db = *db;
+            }
+            if n.conn.checked(&[b"EXISTS", key]).await? == Value::Int(1) {
+                existing.insert((*db, key.clone()));
+            }
+        }
+        Ok(existing)
+    }
+}
+
+/// Reads and splits a tail file.
+fn read_tail(tail: &Path) -> Result<Vec<Vec<Vec<u8>>>> {
+    let bytes = std::fs::read(tail).map_err(|e| Error::file("cannot read", tail, e))?;
+    parse_commands(&bytes).ok_or_else(|| {
+        Error::Decode(format!(
+            "{}: the tail is not a RESP command stream",
+            tail.display()
+        ))
+    })
+}
+
+/// The keys (first arguments, with their database) a tail's data commands write to.
+fn tail_keys(commands: &[Vec<Vec<u8>>]) -> HashSet<DbKey> {
+    let mut db = 0;
+    let mut keys = HashSet::new();
+    for c in commands {
+        let name = c[0].as_slice();
+        if name.eq_ignore_ascii_case(b"SELECT") {
+            db = select_index(c);
+        } else if !is_housekeeping(name)
+            && !is_everywhere(name)
+            && !name.eq_ignore_ascii_case(b"MULTI")
+            && !name.eq_ignore_ascii_case(b"EXEC")
+            && let Some(k) = c.get(1)
+        {
+            keys.insert((db, k.clone()));
+        }
+    }
+    keys
 }
 
 /// The logical databases a copy writes to: each `SELECT` of its RDB (read through, values
@@ -682,6 +807,9 @@ async fn restore_entry(
             e.db
         )));
     }
+    if !t.watch.is_empty() && t.watch.contains(&(e.db, e.key.clone())) {
+        t.in_rdb.insert((e.db, e.key.clone()));
+    }
     let i = t.route(&e.key);
     let version = t.rdb_version;
     let n = &mut t.nodes[i];
@@ -708,7 +836,7 @@ async fn restore_entry(
         // Stamped with the target's own version, which it always accepts: the payload's encoding
         // is at most as new (the file's version was checked against the target's up front).
         encode_restore(&mut n.buf, &e, version, opts.replace_existing);
-        n.pending.push(Pending::Key(e.key));
+        n.pending.push(Pending::Key(e.db, e.key));
     }
     if n.buf.len() >= BATCH_BYTES {
         n.flush(report).await?;
@@ -831,7 +959,16 @@ async fn same_library(conn: &mut Connection, code: &[u8]) -> Result<bool> {
 /// shard's RDB). Gives the number of commands replayed.
 pub async fn replay_tail_into(target: &RedisTarget, tail: &Path) -> Result<u64> {
     let mut t = Target::open(target).await?;
-    replay_tail(&mut t, tail, &OnlineOptions::default()).await
+    let commands = read_tail(tail)?;
+    let mut report = OnlineReport::default();
+    replay_tail(
+        &mut t,
+        commands,
+        &OnlineOptions::default(),
+        None,
+        &mut report,
+    )
+    .await
 }
 
 /// Commands of the replication stream that carry no data.
@@ -848,15 +985,13 @@ fn is_everywhere(name: &[u8]) -> bool {
 
 /// Replays the tail: every command in order, routed by its key in a cluster, transactions kept
 /// whole. Gives the number of commands replayed.
-async fn replay_tail(t: &mut Target, tail: &Path, opts: &OnlineOptions) -> Result<u64> {
-    let bytes = std::fs::read(tail).map_err(|e| Error::file("cannot read", tail, e))?;
-    let commands = parse_commands(&bytes).ok_or_else(|| {
-        Error::Decode(format!(
-            "{}: the tail is not a RESP command stream",
-            tail.display()
-        ))
-    })?;
-    let mut report = OnlineReport::default();
+async fn replay_tail(
+    t: &mut Target,
+    commands: Vec<Vec<Vec<u8>>>,
+    opts: &OnlineOptions,
+    guard: Option<&TailGuard>,
+    report: &mut OnlineReport,
+) -> Result<u64> {
     let mut db = 0u64;
     let mut replayed = 0;
     let mut transaction: Option<Vec<Vec<Vec<u8>>>> = None;
@@ -892,6 +1027,33 @@ async fn replay_tail(t: &mut Target, tail: &Path, opts: &OnlineOptions) -> Resul
                         (Some(p), Some(k)) if !is_everywhere(&c[0]) => glob_match(p.as_bytes(), k),
                         _ => true,
                     }
+            })
+            .filter(|c| match guard {
+                None => true,
+                Some(g) => {
+                    let name = c[0].as_slice();
+                    let flush = name.eq_ignore_ascii_case(b"FLUSHALL")
+                        || name.eq_ignore_ascii_case(b"FLUSHDB");
+                    let kept = if flush {
+                        !g.had_keys
+                    } else {
+                        is_everywhere(name)
+                            || c.get(1)
+                                .is_none_or(|k| !g.blocked.contains(&(db, k.clone())))
+                    };
+                    if !kept {
+                        report.tail_skipped += 1;
+                        if report.tail_skipped_commands.len() < CONFLICTS_NAMED {
+                            let what: Vec<String> = c
+                                .iter()
+                                .take(2)
+                                .map(|a| String::from_utf8_lossy(a).into_owned())
+                                .collect();
+                            report.tail_skipped_commands.push(what.join(" "));
+                        }
+                    }
+                    kept
+                }
             })
             .collect();
         if group.is_empty() {
@@ -931,12 +1093,12 @@ async fn replay_tail(t: &mut Target, tail: &Path, opts: &OnlineOptions) -> Resul
                 n.push(&[b"EXEC"], Pending::Ok);
             }
             if n.buf.len() >= BATCH_BYTES {
-                n.flush(&mut report).await?;
+                n.flush(report).await?;
             }
         }
         replayed += group.len() as u64;
     }
-    t.flush_all(&mut report, opts.replace_existing).await?;
+    t.flush_all(report, opts.replace_existing).await?;
     Ok(replayed)
 }
 

@@ -1343,20 +1343,29 @@ impl OnlineRestoreReport {
     /// Why the restore is not whole when keys already existed and were left alone: each
     /// shard's count and its first keys.
     pub fn conflict_problem(&self) -> Option<String> {
-        if self.conflicts == 0 {
+        let skipped: u64 = self.shards.iter().map(|s| s.applied.tail_skipped).sum();
+        if self.conflicts == 0 && skipped == 0 {
             return None;
         }
         let per: Vec<String> = self
             .shards
             .iter()
-            .filter(|s| s.applied.conflicts > 0)
+            .filter(|s| s.applied.conflicts > 0 || s.applied.tail_skipped > 0)
             .map(|s| {
-                format!(
+                let mut t = format!(
                     "shard {}: {} (first: {})",
                     s.read.shard,
                     s.applied.conflicts,
                     s.applied.conflicting_keys.join(", ")
-                )
+                );
+                if s.applied.tail_skipped > 0 {
+                    t += &format!(
+                        ", and {} tail commands on keys that were there ({})",
+                        s.applied.tail_skipped,
+                        s.applied.tail_skipped_commands.join("; ")
+                    );
+                }
+                t
             })
             .collect();
         Some(format!(
