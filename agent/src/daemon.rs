@@ -174,6 +174,11 @@ pub struct AgentConfig {
     /// stands for the agent id (one Secret holding every agent's files, on Kubernetes).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// The local address the agent connects to coordinators from (default: the system's
+    /// choice). Coordinators limit unfinished handshakes per peer address; on a host with
+    /// several addresses, this says which one the agent is.
+    #[serde(default)]
+    pub source_address: Option<std::net::IpAddr>,
     /// Milliseconds between two reports.
     #[serde(default = "default_report_interval")]
     pub report_interval_ms: u64,
@@ -662,6 +667,7 @@ async fn channel(shared: &Shared, address: &str) -> std::result::Result<Channel,
         .transport
         .endpoint(address)?
         .keep_alive_while_idle(false)
+        .local_address(shared.config.source_address)
         .connect()
         .await
         .map_err(|e| fleetsnap_proto::tls::connect_error(address, &e))?;

@@ -60,6 +60,14 @@ fn child(args: &Args) -> Result<()> {
                 agent_id,
                 coordinators: args.coordinators.clone(),
                 tls: None,
+                // Each agent from an address of its own, as hosts are: coordinators limit
+                // unfinished handshakes per address.
+                source_address: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    127,
+                    1 + (i >> 16) as u8,
+                    (i >> 8) as u8,
+                    i as u8,
+                ))),
                 report_interval_ms: 1000,
                 instances: Vec::new(),
                 snapshot: SnapshotSettings::default(),
