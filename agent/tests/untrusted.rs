@@ -635,3 +635,17 @@ async fn an_online_restore_restores_what_is_missing_and_names_what_was_there() {
         fleetsnap_agent::resp::Value::Bulk(Some(b"changed".to_vec()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_without_credentials_fails_at_once_naming_what_it_looked_for() {
+    let server = filled_server(RedisOptions::default(), 10, 10).await.unwrap();
+    let nowhere = "http://127.0.0.1:1";
+    for (dest, needle) in [
+        (format!("s3://some-bucket?region=r&endpoint={nowhere}&profile=nosuch"), "\"nosuch\""),
+        (format!("s3://some-bucket?region=r&endpoint={nowhere}"), "no AWS credentials"),
+    ] {
+        let r = prompt(&["snapshot", "--redis", &server.url(), "--to", &dest]).await;
+        assert_eq!(r.code, 1, "{}", r.stdout);
+        assert!(r.stderr.contains(needle), "{dest}: {}", r.stderr);
+    }
+}

@@ -339,6 +339,9 @@ fn print_drill(j: &serde_json::Value) {
         r["rdb_bytes"],
         r["tail_commands"]
     );
+    for s in r["skipped"].as_array().into_iter().flatten() {
+        println!("  skipped {}: {}", t(&s[0]), t(&s[1]));
+    }
     for d in r["dbs"].as_array().into_iter().flatten() {
         println!(
             "  db {}: {} keys recorded, {} served, {} expired; digest {}",
