@@ -638,14 +638,29 @@ async fn an_online_restore_restores_what_is_missing_and_names_what_was_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_without_credentials_fails_at_once_naming_what_it_looked_for() {
-    let server = filled_server(RedisOptions::default(), 10, 10).await.unwrap();
+    let server = filled_server(RedisOptions::default(), 10, 10)
+        .await
+        .unwrap();
     let nowhere = "http://127.0.0.1:1";
     for (dest, needle) in [
-        (format!("s3://some-bucket?region=r&endpoint={nowhere}&profile=nosuch"), "\"nosuch\""),
-        (format!("s3://some-bucket?region=r&endpoint={nowhere}"), "no AWS credentials"),
+        (
+            format!("s3://some-bucket?region=r&endpoint={nowhere}&profile=nosuch"),
+            "\"nosuch\"",
+        ),
+        (
+            format!("s3://some-bucket?region=r&endpoint={nowhere}"),
+            "no AWS credentials",
+        ),
     ] {
         let r = prompt(&["snapshot", "--redis", &server.url(), "--to", &dest]).await;
         assert_eq!(r.code, 1, "{}", r.stdout);
-        assert!(r.stderr.contains(needle), "{dest}: {}", r.stderr);
+        // The destination's row says why; the last line that nothing was stored.
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(said.contains(needle), "{dest}: {said}");
+        assert!(
+            r.stderr.contains("stored in no destination"),
+            "{}",
+            r.stderr
+        );
     }
 }

@@ -178,12 +178,21 @@ async fn a_repair_from_a_tampered_region_writes_nothing_outside_the_destination(
     assert!(complete, "{window:#}");
     let id = window["backup_id"].as_str().unwrap().to_string();
 
-    // b loses its copy; a's manifest is altered to name a file outside b.
+    // b loses its copy; a's manifest is altered to name, three levels up, a file planted there
+    // with the size and sha256 the manifest lists: read from outside a, it would be written
+    // outside b.
     std::fs::remove_dir_all(b.join("shop")).unwrap();
     let manifest = a.join("shop").join(&id).join("manifest.json");
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    m["shards"][0]["objects"][0]["name"] = "../../../../pwned.rdb.zst".into();
+    let object = a
+        .join("shop")
+        .join(&id)
+        .join(m["shards"][0]["objects"][0]["name"].as_str().unwrap());
+    let planted = fleet.path().join("x").join("pwned.rdb.zst");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::copy(&object, &planted).unwrap();
+    m["shards"][0]["objects"][0]["name"] = "../../../x/pwned.rdb.zst".into();
     std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
     let o = cli.run(&["backup", "verify", &id, "--wait", "60"]).unwrap();
     assert!(!o.status.success());
@@ -198,7 +207,7 @@ async fn a_repair_from_a_tampered_region_writes_nothing_outside_the_destination(
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             assert!(
-                !e.file_name().to_string_lossy().contains("pwned"),
+                !e.file_name().to_string_lossy().contains("pwned") || e.path() == planted,
                 "written outside the destination: {}",
                 e.path().display()
             );

@@ -48,6 +48,16 @@ fn child(args: &Args) -> Result<()> {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     let (first, last) = (args.child_agents[0], args.child_agents[1]);
+    // FLEETSNAP_SIM_AGENT_LOG=FILE: the agents' log lines (info and up), for a run that needs
+    // explaining; each child appends to FILE.FIRST.
+    if let Ok(path) = std::env::var("FLEETSNAP_SIM_AGENT_LOG") {
+        let file = std::fs::File::create(format!("{path}.{first}"))?;
+        tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .init();
+    }
     let certs = args.certs.clone().context("--certs")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -76,10 +86,14 @@ fn child(args: &Args) -> Result<()> {
                 telemetry: Default::default(),
             };
             let (keep, reports) = watch::channel(vec![instance(i, 0), instance(i, 1)]);
-            agents.push(tokio::spawn(async move {
-                let _keep = keep;
-                run_with_reports(config, transport, reports).await
-            }));
+            let span = tracing::info_span!("agent", id = %config.agent_id);
+            agents.push(tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let _keep = keep;
+                    run_with_reports(config, transport, reports).await
+                },
+                span,
+            )));
         }
         for a in agents {
             let _ = a.await;
@@ -225,6 +239,28 @@ impl Observer {
         }
     }
 
+    /// The agents of 0..n coordinator `i` does not count as connected (its status), the first 20.
+    async fn missing(&self, i: usize, n: usize) -> Vec<String> {
+        let mut c = self.clients[i].clone();
+        let call = c.status(v1::StatusRequest::default());
+        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(10), call).await else {
+            return vec!["(status did not answer)".into()];
+        };
+        let doc: serde_json::Value = serde_json::from_str(&r.into_inner().json).unwrap_or_default();
+        let connected: std::collections::HashSet<&str> = doc["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["connected"] == true)
+            .filter_map(|a| a["agent"].as_str())
+            .collect();
+        (0..n)
+            .map(|i| format!("sim-{i}"))
+            .filter(|a| !connected.contains(a.as_str()))
+            .take(20)
+            .collect()
+    }
+
     /// The leader's index and its stats, asking each coordinator of `among`.
     async fn leader(&self, among: &[usize]) -> Option<(usize, v1::LeaderStatsReply)> {
         for &i in among {
@@ -290,7 +326,14 @@ async fn run_size(args: &Args, n: usize, fleet: &FleetDir, admin: &Transport) ->
             );
         }
         if start.elapsed() > Duration::from_secs(300) {
-            bail!("not every agent connected within 300 s");
+            let missing = match &found {
+                Some((li, _)) => observer.missing(*li, n).await,
+                None => Vec::new(),
+            };
+            bail!(
+                "not every agent connected within 300 s; not connected: {}",
+                missing.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
