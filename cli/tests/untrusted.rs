@@ -150,7 +150,7 @@ async fn a_repair_from_a_tampered_region_writes_nothing_outside_the_destination(
     let mut agent = Agent::configure(
         &fleet,
         "a1",
-        &[coordinator.address.clone()],
+        std::slice::from_ref(&coordinator.address),
         &[Watched::new("solo", server.url(), "shop")],
         false,
     )
@@ -275,8 +275,14 @@ async fn a_catalog_of_ten_thousand_sets_is_rebuilt_and_the_agent_stays_in() {
     let first = report["backup_id"].as_str().unwrap().to_string();
     fabricate_many(&region, "many", &first, SETS - 1);
 
-    let mut agent =
-        Agent::configure(&fleet, "a1", &[coordinator.address.clone()], &[], false).unwrap();
+    let mut agent = Agent::configure(
+        &fleet,
+        "a1",
+        std::slice::from_ref(&coordinator.address),
+        &[],
+        false,
+    )
+    .unwrap();
     agent.start().unwrap();
     let _logs = Logs::of(
         std::slice::from_ref(&coordinator),
@@ -423,7 +429,14 @@ async fn what_would_fail_later_or_carries_a_secret_is_refused_when_given() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("data_dir") && err.contains("a-file"), "{err}");
-    let agent = Agent::configure(&fleet, "a1", &[coordinator.address.clone()], &[], false).unwrap();
+    let agent = Agent::configure(
+        &fleet,
+        "a1",
+        std::slice::from_ref(&coordinator.address),
+        &[],
+        false,
+    )
+    .unwrap();
     let base = std::fs::read_to_string(&agent.config).unwrap();
     for (change, needle) in [
         (
