@@ -8,7 +8,7 @@ use fleetsnap_core::window::{CatalogTask, JobResult, RegionResult, RegionUrl, Sc
 use fleetsnap_core::{BackupId, ClusterId, Manifest};
 use sha2::{Digest, Sha256};
 
-use crate::dest::{DestSpec, Store};
+use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};
 
 /// Runs a task; per-region failures are in the result, not errors.

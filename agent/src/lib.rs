@@ -1,27 +1,22 @@
 //! The fleetsnap agent library: Redis sources, the snapshot pipeline, storage destinations,
 //! verification and restores. The `fleetsnap-agent` binary is a thin shell over it.
+//!
+//! Folders by role: [`redis`] (connections, targets, the INFO watch), [`storage`] (regions and
+//! the spool), [`snapshot`] (sources, the pipeline, instants and cuts), [`restore`] (fetch,
+//! online, replace, drills), [`runbook`] (failover), [`catalog`] (tasks on stored sets),
+//! [`daemon`] (the session with the coordinator and its jobs), [`cli`]; [`config`] is the
+//! agent's config file.
 
 pub mod catalog;
 pub mod cli;
-pub mod confined;
-pub mod cut;
+pub mod config;
 pub mod daemon;
-pub mod dest;
-pub mod drill;
 pub mod error;
-pub mod failover;
-pub mod instant;
-pub mod online;
-pub mod pipeline;
-pub mod replace;
-pub mod resp;
+pub mod redis;
 pub mod restore;
-pub mod restore_job;
+pub mod runbook;
 pub mod snapshot;
-pub mod source;
-pub mod spool;
-pub mod target;
-pub mod watch;
+pub mod storage;
 
 pub use error::{Error, Result};
 

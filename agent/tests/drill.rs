@@ -38,7 +38,7 @@ async fn a_drill_passes_on_a_good_backup_and_fails_on_a_tampered_one() {
             let keys: Vec<String> = (0..20).map(|i| format!("short:{i}")).collect();
             let mut args = vec!["EXISTS"];
             args.extend(keys.iter().map(String::as_str));
-            (server.cmd(&args).await.ok()? == fleetsnap_agent::resp::Value::Int(0)).then_some(())
+            (server.cmd(&args).await.ok()? == fleetsnap_agent::redis::Value::Int(0)).then_some(())
         },
     )
     .await

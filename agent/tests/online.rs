@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use fleetsnap_agent::resp::Value;
+use fleetsnap_agent::redis::Value;
 use fleetsnap_core::rdbread::{DatasetDigest, Item, RdbReader};
 use fleetsnap_testkit::redis::RedisOptions;
 use fleetsnap_testkit::{Dataset, RedisServer, assert_same_data, write_dataset, write_extras};

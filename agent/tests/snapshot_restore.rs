@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use fleetsnap_agent::resp::Value;
+use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::redis::{RedisOptions, TlsFiles};
 use fleetsnap_testkit::{
     Dataset, RedisServer, ReplicaSet, assert_same_data, filled_server, write_dataset,

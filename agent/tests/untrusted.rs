@@ -494,7 +494,7 @@ async fn online_restores_put_every_key_in_its_own_database_or_write_nothing() {
         );
         assert_eq!(
             target.cmd(&["GET", "b"]).await.unwrap(),
-            fleetsnap_agent::resp::Value::Bulk(Some(b"target-b".to_vec()))
+            fleetsnap_agent::redis::Value::Bulk(Some(b"target-b".to_vec()))
         );
     }
     // What the target has room for goes with --db.
@@ -515,7 +515,7 @@ async fn online_restores_put_every_key_in_its_own_database_or_write_nothing() {
     .ok();
     assert_eq!(
         target.cmd(&["GET", "b"]).await.unwrap(),
-        fleetsnap_agent::resp::Value::Bulk(Some(b"from-db0".to_vec()))
+        fleetsnap_agent::redis::Value::Bulk(Some(b"from-db0".to_vec()))
     );
 
     // A Redis Cluster has db 0 only: a set with keys in another is refused there too.
@@ -534,7 +534,7 @@ async fn online_restores_put_every_key_in_its_own_database_or_write_nothing() {
     for p in cluster.primaries().await.unwrap() {
         assert_eq!(
             p.cmd(&["DBSIZE"]).await.unwrap(),
-            fleetsnap_agent::resp::Value::Int(0),
+            fleetsnap_agent::redis::Value::Int(0),
             "the cluster was written to"
         );
     }
@@ -583,7 +583,7 @@ async fn online_restores_put_every_key_in_its_own_database_or_write_nothing() {
     );
     assert_eq!(
         fresh.cmd(&["DBSIZE"]).await.unwrap(),
-        fleetsnap_agent::resp::Value::Int(0)
+        fleetsnap_agent::redis::Value::Int(0)
     );
 }
 
@@ -604,12 +604,12 @@ async fn an_online_restore_restores_what_is_missing_and_names_what_was_there() {
     .ok();
     let all = target.cmd(&["DBSIZE"]).await.unwrap();
     // Two keys deleted, one changed: the two come back, the changed one is left and named.
-    let fleetsnap_agent::resp::Value::Array(Some(scan)) =
+    let fleetsnap_agent::redis::Value::Array(Some(scan)) =
         target.cmd(&["SCAN", "0", "COUNT", "1000"]).await.unwrap()
     else {
         panic!("SCAN")
     };
-    let fleetsnap_agent::resp::Value::Array(Some(keys)) = &scan[1] else {
+    let fleetsnap_agent::redis::Value::Array(Some(keys)) = &scan[1] else {
         panic!("SCAN keys")
     };
     let name = |i: usize| keys[i].text().unwrap();
@@ -632,7 +632,7 @@ async fn an_online_restore_restores_what_is_missing_and_names_what_was_there() {
     );
     assert_eq!(
         target.cmd(&["GET", &name(2)]).await.unwrap(),
-        fleetsnap_agent::resp::Value::Bulk(Some(b"changed".to_vec()))
+        fleetsnap_agent::redis::Value::Bulk(Some(b"changed".to_vec()))
     );
 }
 

@@ -1,7 +1,7 @@
 //! What the benchmarks share: the dataset they fill servers with.
 
 use anyhow::bail;
-use fleetsnap_agent::resp::Value;
+use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::RedisServer;
 
 /// Fills the server with about `gib` GiB of 1 KiB values, half random, half text.

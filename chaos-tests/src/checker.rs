@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetsnap_agent::resp::Value;
+use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::RedisServer;
 use fleetsnap_testkit::fleet::bin;
 
@@ -111,7 +111,7 @@ pub async fn live_writes(fleet: &Fleet) -> anyhow::Result<BTreeSet<u64>> {
 }
 
 async fn scan_writes(
-    conn: &mut fleetsnap_agent::resp::Connection,
+    conn: &mut fleetsnap_agent::redis::Connection,
     writes: &mut BTreeSet<u64>,
 ) -> anyhow::Result<()> {
     let mut cursor = b"0".to_vec();

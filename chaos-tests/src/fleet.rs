@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetsnap_agent::resp::{Connection, Value};
-use fleetsnap_agent::target::RedisTarget;
+use fleetsnap_agent::redis::{Connection, Value};
+use fleetsnap_agent::redis::RedisTarget;
 use fleetsnap_testkit::fleet::{Cli, FleetDir, bin};
 use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::s3::{garage_bin, garage_config, garage_lay_out};
@@ -72,7 +72,7 @@ impl Node {
     pub async fn info(&self, section: &str, field: &str) -> anyhow::Result<Option<String>> {
         let mut c = self.conn().await?;
         let text = c.info(section).await?;
-        Ok(fleetsnap_agent::resp::info_field(&text, field).map(str::to_string))
+        Ok(fleetsnap_agent::redis::info_field(&text, field).map(str::to_string))
     }
 }
 

@@ -1073,7 +1073,7 @@ async fn heavy_data(ctx: &Ctx, mib: usize) -> anyhow::Result<()> {
                 // Only the shard's own primary takes the key; the others answer MOVED.
                 if !matches!(
                     c.command(&[b"SET", key.as_bytes(), &value]).await,
-                    Ok(fleetsnap_agent::resp::Value::Simple(_))
+                    Ok(fleetsnap_agent::redis::Value::Simple(_))
                 ) {
                     break;
                 }

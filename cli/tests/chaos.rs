@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetsnap_agent::resp::Value;
+use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::data::{assert_same_data, assert_same_data_across};
 use fleetsnap_testkit::fleet::{
     Agent, Cli, Coordinator, FleetDir, Logs, Placed, Watched, restore_and_serve, single_node,

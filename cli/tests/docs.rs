@@ -91,7 +91,7 @@ fn documented(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn the_configuration_reference_lists_exactly_the_keys_the_binaries_accept() {
-    use fleetsnap_agent::daemon as agent;
+    use fleetsnap_agent::config as agent;
     use fleetsnap_coordinator::config as coordinator;
     use fleetsnap_core::{policy, retention};
 
@@ -112,7 +112,7 @@ fn the_configuration_reference_lists_exactly_the_keys_the_binaries_accept() {
         ("agent::RestoreSettings", keys::<agent::RestoreSettings>()),
         (
             "agent::DrillSettings",
-            keys::<fleetsnap_agent::drill::DrillSettings>(),
+            keys::<fleetsnap_agent::restore::DrillSettings>(),
         ),
         ("proto::TlsFiles", keys::<fleetsnap_proto::tls::TlsFiles>()),
         (

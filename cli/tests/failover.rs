@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use fleetsnap_agent::resp::Value;
+use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::fleet::{Agent, Cli, FleetDir, Logs, Watched, single_node};
 use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
@@ -53,8 +53,8 @@ impl SentinelProcess {
             "the Sentinel knowing the replicas",
             Duration::from_secs(40),
             || async {
-                let t = fleetsnap_agent::target::RedisTarget::parse(&s.url()).ok()?;
-                let mut c = fleetsnap_agent::resp::Connection::connect(&t).await.ok()?;
+                let t = fleetsnap_agent::redis::RedisTarget::parse(&s.url()).ok()?;
+                let mut c = fleetsnap_agent::redis::Connection::connect(&t).await.ok()?;
                 let Value::Array(Some(rs)) =
                     c.command(&[b"SENTINEL", b"REPLICAS", b"ha"]).await.ok()?
                 else {
@@ -255,7 +255,7 @@ async fn graceful(with_sentinel: bool) {
         let (stop, refusals) = (stop.clone(), refusals.clone());
         tokio::spawn(async move {
             let mut acked = Vec::new();
-            let mut c = fleetsnap_agent::resp::Connection::connect(&primary)
+            let mut c = fleetsnap_agent::redis::Connection::connect(&primary)
                 .await
                 .unwrap();
             let mut i = 0u64;
@@ -271,7 +271,7 @@ async fn graceful(with_sentinel: bool) {
                     }
                     Err(_) => {
                         refusals.fetch_add(1, Ordering::Relaxed);
-                        c = match fleetsnap_agent::resp::Connection::connect(&primary).await {
+                        c = match fleetsnap_agent::redis::Connection::connect(&primary).await {
                             Ok(c) => c,
                             Err(_) => break,
                         };
@@ -343,8 +343,8 @@ async fn graceful(with_sentinel: bool) {
     );
     if let Some(s) = &sentinel {
         // The Sentinel itself now names the promoted replica as the master.
-        let t = fleetsnap_agent::target::RedisTarget::parse(&s.url()).unwrap();
-        let mut c = fleetsnap_agent::resp::Connection::connect(&t)
+        let t = fleetsnap_agent::redis::RedisTarget::parse(&s.url()).unwrap();
+        let mut c = fleetsnap_agent::redis::Connection::connect(&t)
             .await
             .unwrap();
         let Value::Array(Some(addr)) = c
@@ -373,7 +373,7 @@ async fn a_forced_failover_reports_the_replication_lost() {
     let write = |n: usize, tag: &'static str| {
         let p = set.primary.target();
         async move {
-            let mut c = fleetsnap_agent::resp::Connection::connect(&p)
+            let mut c = fleetsnap_agent::redis::Connection::connect(&p)
                 .await
                 .unwrap();
             for i in 0..n {
@@ -390,7 +390,7 @@ async fn a_forced_failover_reports_the_replication_lost() {
     let cut = |r: &RedisServer| {
         let r = r.target();
         async move {
-            let mut c = fleetsnap_agent::resp::Connection::connect(&r)
+            let mut c = fleetsnap_agent::redis::Connection::connect(&r)
                 .await
                 .unwrap();
             c.checked(&[b"CONFIG", b"SET", b"masterauth", b"wrong"])

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use fleetsnap_agent::resp::Value;
+use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::fleet::Agent;
 use fleetsnap_testkit::fleet::{Coordinator, CoordinatorOptions, FleetDir, Logs, Watched, bin};
 use fleetsnap_testkit::redis::RedisOptions;

@@ -1,7 +1,7 @@
 //! A varied dataset and a key-by-key comparison of two servers.
 
 use anyhow::{bail, ensure};
-use fleetsnap_agent::resp::{Connection, Value};
+use fleetsnap_agent::redis::{Connection, Value};
 
 use crate::redis::RedisServer;
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use fleetsnap_agent::daemon::{AgentConfig, SnapshotSettings, run_with_reports};
+use fleetsnap_agent::config::{AgentConfig, SnapshotSettings};
+use fleetsnap_agent::daemon::run_with_reports;
 use fleetsnap_core::{InstanceReport, Role};
 use fleetsnap_proto::tls::{Role as CertRole, TlsFiles, Transport};
 use fleetsnap_proto::v1::{self, admin_service_client::AdminServiceClient};

@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::resp::{self, Connection, Value, info_field};
-use crate::target::RedisTarget;
+use crate::redis::{self as resp, Connection, Value, info_field};
+use crate::redis::RedisTarget;
 
 /// Bytes of commands written to a node before its replies are read.
 const BATCH_BYTES: usize = 512 * 1024;

@@ -16,9 +16,9 @@ use fleetsnap_core::rdbread::{DatasetDigest, DbDigest, Entry, Item, RdbReader};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::resp::{Connection, Value};
-use crate::restore::{RestoreRequest, restore};
-use crate::target::RedisTarget;
+use crate::redis::{Connection, Value};
+use super::fetch::{RestoreRequest, restore};
+use crate::redis::RedisTarget;
 
 /// The agent's `[drill]` section: how scratch servers are started.
 #[derive(Clone, Debug, Deserialize)]
@@ -186,7 +186,7 @@ async fn run(
     }
     let replaying = Instant::now();
     let tail_commands = match &read.tail_file {
-        Some(t) => crate::online::replay_tail_into(&server.target, Path::new(t)).await?,
+        Some(t) => super::online::replay_tail_into(&server.target, Path::new(t)).await?,
         None => 0,
     };
     let rto_seconds = fetch_seconds + load_seconds + replaying.elapsed().as_secs_f64();

@@ -7,13 +7,13 @@ use std::time::Duration;
 use fleetsnap_core::ShardId;
 use fleetsnap_core::window::{JobResult, RestoreMode, RestoreTask};
 
-use crate::daemon::AgentConfig;
-use crate::dest::DestSpec;
+use crate::config::AgentConfig;
+use crate::storage::DestSpec;
 use crate::error::{Error, Result};
-use crate::online::OnlineOptions;
-use crate::replace::ReplaceRequest;
+use crate::restore::OnlineOptions;
+use crate::restore::ReplaceRequest;
 use crate::restore::RestoreRequest;
-use crate::target::RedisTarget;
+use crate::redis::RedisTarget;
 
 /// Runs a restore or drill job; a drill that finds a difference, or an online restore that left
 /// conflicting keys, is a result with `ok: false`, not an error.
@@ -87,7 +87,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
                     config.agent_id
                 ))
             })?;
-            let r = crate::replace::replace(ReplaceRequest {
+            let r = crate::restore::replace(ReplaceRequest {
                 read,
                 node: RedisTarget::parse(&i.url)?,
                 stop: i.stop_command.clone(),
@@ -109,7 +109,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
                     config.agent_id
                 ))
             })?;
-            let r = crate::drill::drill(read, settings, task.taken_at_ms).await?;
+            let r = crate::restore::drill(read, settings, task.taken_at_ms).await?;
             JobResult::Restored {
                 ok: r.ok,
                 problem: (!r.ok).then(|| r.problems.join("; ")),

@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
-use crate::resp::{Connection, Value, info_field, refusal_hint};
-use crate::target::RedisTarget;
+use crate::redis::{Connection, Value, info_field, refusal_hint};
+use crate::redis::RedisTarget;
 
 /// Read size for every source.
 pub const CHUNK: usize = 256 * 1024;
@@ -302,7 +302,7 @@ impl TailStream {
             .find(|(k, _)| k == "repl-stream-db")
             .map(|(_, db)| {
                 let mut cmd = Vec::new();
-                crate::resp::encode(&mut cmd, &[b"SELECT", db.as_bytes()]);
+                crate::redis::encode(&mut cmd, &[b"SELECT", db.as_bytes()]);
                 Bytes::from(cmd)
             });
         Self {
@@ -499,15 +499,6 @@ impl Default for SourceOptions {
     }
 }
 
-/// Opens a source. `target` is needed for `replication` and `bgsave-file`.
-pub async fn open(
-    kind: &SourceKind,
-    target: Option<&RedisTarget>,
-    opts: &SourceOptions,
-) -> Result<OpenedSource> {
-    prepare(kind, target, false).await?.start(opts).await
-}
-
 /// A source made ready to start at once: for `replication`, the connection is open, authenticated
 /// and announced (`REPLCONF`), so that starting costs one `PSYNC`.
 pub enum Prepared {
@@ -557,7 +548,7 @@ impl Prepared {
     pub async fn fire_at(self, at: i64) -> Result<(Prepared, OffsetDateTime)> {
         match self {
             Prepared::Replication(mut p) => {
-                let (sent, at) = crate::instant::at_instant(at, move |rt| {
+                let (sent, at) = super::instant::at_instant(at, move |rt| {
                     rt.block_on(p.conn.send(PSYNC)).map(|()| p)
                 })
                 .await?;
@@ -565,7 +556,7 @@ impl Prepared {
                 p.psync_sent = true;
                 Ok((Prepared::Replication(p), at))
             }
-            other => Ok((other, crate::instant::at_instant(at, |_| ()).await?.1)),
+            other => Ok((other, super::instant::at_instant(at, |_| ()).await?.1)),
         }
     }
 

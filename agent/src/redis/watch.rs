@@ -5,8 +5,8 @@ use fleetsnap_core::InstanceReport;
 use fleetsnap_core::report::shard_slots;
 
 use crate::error::Result;
-use crate::resp::{Connection, Value, info_field};
-use crate::target::RedisTarget;
+use super::resp::{Connection, Value, info_field};
+use super::target::RedisTarget;
 
 /// One report of the instance at `target`; an unreachable node gives a report that says why.
 pub async fn collect(name: &str, target: &RedisTarget) -> InstanceReport {

@@ -14,16 +14,17 @@ use clap::{CommandFactory, Parser, Subcommand};
 use fleetsnap_core::codec::Compression;
 use fleetsnap_core::{BackupId, ClusterId, ShardId};
 
-use crate::dest::DestSpec;
+use crate::config::parse_size;
+use crate::storage::DestSpec;
 use crate::error::{Error, Result};
-use crate::online::OnlineOptions;
-use crate::pipeline::{EncodeOptions, Progress, parse_recipient};
-use crate::replace::ReplaceRequest;
+use crate::restore::OnlineOptions;
+use crate::snapshot::{EncodeOptions, Progress, parse_recipient};
+use crate::restore::ReplaceRequest;
 use crate::restore::{self, RestoreRequest};
 use crate::snapshot::{self, SnapshotRequest};
-use crate::source::{SourceKind, SourceOptions};
-use crate::spool::SpoolLimits;
-use crate::target::RedisTarget;
+use crate::snapshot::{SourceKind, SourceOptions};
+use crate::storage::SpoolLimits;
+use crate::redis::RedisTarget;
 
 /// Exit code for a partial success.
 pub const EXIT_PARTIAL: u8 = 3;
@@ -197,7 +198,7 @@ struct DaemonArgs {
 }
 
 impl DaemonArgs {
-    fn load(&self) -> Result<crate::daemon::AgentConfig> {
+    fn load(&self) -> Result<crate::config::AgentConfig> {
         let id = if self.agent_id_from_hostname {
             let name = fleetsnap_proto::tls::host_name().ok_or_else(|| {
                 Error::Input(
@@ -210,7 +211,7 @@ impl DaemonArgs {
         } else {
             None
         };
-        crate::daemon::AgentConfig::load_as(&self.config, id)
+        crate::config::AgentConfig::load_as(&self.config, id)
     }
 }
 
@@ -293,27 +294,6 @@ struct SnapshotArgs {
     json: bool,
 }
 
-/// Parses sizes such as `512MiB`, `8GiB`, `1000000`.
-pub fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        _ => 0,
-    };
-    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
-        Some(n) if mult > 0 => Ok(n),
-        _ => Err(Error::Input(format!(
-            "size {text:?} is not valid: use a number with an optional unit KiB, MiB, GiB or TiB"
-        ))),
-    }
-}
-
 /// Runs the CLI.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -371,7 +351,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config.telemetry.otlp_endpoint.as_deref(),
             )
             .map_err(|e| Error::Input(e.to_string()))?;
-            let transport = crate::daemon::transport(&config, a.insecure)?;
+            let transport = crate::config::transport(&config, a.insecure)?;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| Error::Input(format!("cannot handle SIGTERM: {e}")))?;
@@ -396,7 +376,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::CheckConfig(a) => {
             let config = a.load()?;
-            crate::daemon::check(&config, a.insecure)?;
+            crate::config::check(&config, a.insecure)?;
             println!(
                 "{}: agent {:?}, coordinators: {}, instances: {}; the agent would start with it",
                 a.config.display(),
@@ -409,7 +389,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshot(a) => run_snapshot(a).await,
         Command::Report { redis, json } => {
             let target = RedisTarget::parse(&redis)?;
-            let r = crate::watch::collect(&target.address(), &target).await;
+            let r = crate::redis::collect(&target.address(), &target).await;
             if json {
                 print_json(&r);
             } else {
@@ -499,12 +479,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let read = set.request()?;
-            let settings = crate::drill::DrillSettings {
+            let settings = crate::restore::DrillSettings {
                 redis_server,
                 work_dir,
                 ..Default::default()
             };
-            let r = crate::drill::drill(read, &settings, None).await?;
+            let r = crate::restore::drill(read, &settings, None).await?;
             if json {
                 print_json(&r);
             } else {
@@ -542,7 +522,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ..set.request()?
             };
             if let Some(url) = replace {
-                let r = crate::replace::replace(ReplaceRequest {
+                let r = crate::restore::replace(ReplaceRequest {
                     read,
                     node: RedisTarget::parse(&url)?,
                     stop,
@@ -797,7 +777,7 @@ async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
 }
 
 /// A drill's outcome, for people.
-pub fn print_drill(r: &crate::drill::DrillReport) {
+pub fn print_drill(r: &crate::restore::DrillReport) {
     for (d, e) in &r.skipped {
         println!("skipped {d}: {e}");
     }

@@ -13,10 +13,10 @@ use fleetsnap_core::{Codec, CodecChain, RdbSummary, RdbVerifier};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::dest::Store;
+use crate::storage::Store;
 use crate::error::{Error, Result};
-use crate::source::ByteSource;
-use crate::spool::{Item, SpoolLimits, SpoolQueue};
+use super::source::ByteSource;
+use crate::storage::{Item, SpoolLimits, SpoolQueue};
 
 /// Counters a progress display reads.
 #[derive(Debug, Default)]

@@ -13,11 +13,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::dest::{DestSpec, Store};
+use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};
-use crate::online::{OnlineOptions, OnlineReport};
-use crate::pipeline::ChannelReader;
-use crate::target::RedisTarget;
+use super::online::{OnlineOptions, OnlineReport};
+use crate::snapshot::ChannelReader;
+use crate::redis::RedisTarget;
 
 /// One backup found in a destination.
 #[derive(Clone, Debug, Serialize)]
@@ -1296,7 +1296,7 @@ pub async fn restore_online(
                 let tail = f.read.tail_file.as_ref().map(PathBuf::from);
                 let rdb = PathBuf::from(&f.read.rdb_file);
                 let found = tokio::task::spawn_blocking(move || {
-                    crate::online::databases_in(&rdb, tail.as_deref())
+                    super::online::databases_in(&rdb, tail.as_deref())
                 })
                 .await
                 .map_err(|e| {
@@ -1311,7 +1311,7 @@ pub async fn restore_online(
             }
         }
     }
-    crate::online::check_databases(target, &needed, opts).await?;
+    super::online::check_databases(target, &needed, opts).await?;
     let mut out = OnlineRestoreReport {
         shards: Vec::new(),
         keys: 0,
@@ -1326,7 +1326,7 @@ pub async fn restore_online(
         };
         let tail = fetched.read.tail_file.as_ref().map(PathBuf::from);
         let rdb = PathBuf::from(&fetched.read.rdb_file);
-        let applied = crate::online::restore_online(&rdb, tail.as_deref(), target, opts).await?;
+        let applied = super::online::restore_online(&rdb, tail.as_deref(), target, opts).await?;
         out.keys += applied.keys;
         out.rdb_bytes += applied.rdb_bytes;
         out.conflicts += applied.conflicts;

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A directory whose files are reached only from inside it.
 #[derive(Clone, Debug)]
@@ -107,11 +107,6 @@ impl Confined {
     /// A directory; nothing is opened yet.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
-    }
-
-    /// The directory itself.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// The path a relative key names, for messages.
@@ -216,7 +211,7 @@ impl Confined {
     }
 
     /// Creates `rel` under `rel.partial`, exclusively and without following a link (a stale
-    /// temporary file from a crashed write is removed first); `Created::commit` renames it.
+    /// temporary file from a crashed write is removed first); the [`Pending`] it carries renames it.
     pub fn create(&self, rel: &str) -> io::Result<Created> {
         let (dir, name) = self.parent(rel, true)?;
         let mut temp = name.as_bytes().to_vec();
@@ -286,20 +281,6 @@ impl Confined {
 }
 
 impl Created {
-    /// Syncs the file, renames it over its final name (a link there is replaced, not followed)
-    /// and syncs the directory. Returns the file's size.
-    pub fn commit(self) -> io::Result<u64> {
-        self.file.sync_all()?;
-        let size = fstat(self.file.as_raw_fd())?.st_size as u64;
-        self.pending.commit()?;
-        Ok(size)
-    }
-
-    /// Removes the temporary file.
-    pub fn abort(self) {
-        self.pending.abort();
-    }
-
     /// Splits off the file, keeping what commit and abort need.
     pub fn into_parts(self) -> (File, Pending) {
         (self.file, self.pending)

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use fleetsnap_core::window::{JobResult, NodeOp, NodeTask};
 use serde::Serialize;
 
-use crate::daemon::AgentConfig;
+use crate::config::AgentConfig;
 use crate::error::{Error, Result};
-use crate::resp::{Connection, Value, info_field};
-use crate::target::RedisTarget;
+use crate::redis::{Connection, Value, info_field};
+use crate::redis::RedisTarget;
 
 /// What a promotion did.
 #[derive(Clone, Debug, Serialize)]

@@ -228,7 +228,7 @@ mod tests {
             let e = RedisTarget::parse(url).unwrap_err().to_string();
             assert!(!e.contains(secret), "{url}: {e}");
         }
-        let e = crate::dest::DestSpec::parse("s3://AKIAX:SECRET-8@bucket/p?region=r")
+        let e = crate::storage::DestSpec::parse("s3://AKIAX:SECRET-8@bucket/p?region=r")
             .unwrap_err()
             .to_string();
         assert!(!e.contains("SECRET-8") && e.contains("profile"), "{e}");

@@ -23,9 +23,9 @@ use fleetsnap_core::rdbread::{DbDigest, Item, RdbReader};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::resp::{Connection, Value, info_field};
-use crate::restore::{RestoreReport, RestoreRequest, restore, with_suffix};
-use crate::target::RedisTarget;
+use crate::redis::{Connection, Value, info_field};
+use super::fetch::{RestoreReport, RestoreRequest, restore, with_suffix};
+use crate::redis::RedisTarget;
 
 /// What to replace and how.
 pub struct ReplaceRequest {
@@ -382,7 +382,7 @@ const PIPE_BYTES: libc::c_int = 1 << 20;
 /// node's data file and the node is loading its last bytes.
 async fn load_streamed(
     req: &ReplaceRequest,
-    prepared: &crate::restore::Prepared,
+    prepared: &super::fetch::Prepared,
     live: &Path,
 ) -> Result<()> {
     make_fifo(live)?;
@@ -418,7 +418,7 @@ async fn load_streamed(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let held = crate::restore::stream_rdb(prepared, &req.read, pipe).await?;
+    let held = super::fetch::stream_rdb(prepared, &req.read, pipe).await?;
     // The node keeps reading the pipe it opened; its name now gives the verified copy.
     rename(&req.read.to_file, live)?;
     tokio::task::spawn_blocking(move || held.release())
@@ -481,7 +481,7 @@ async fn replace_streamed(mut req: ReplaceRequest, layout: Layout) -> Result<Rep
     let mut read = None;
     let mut staged_seconds = 0.0;
     for spec in req.read.from.clone() {
-        let prepared = match crate::restore::prepare_stream(&spec, &req.read).await {
+        let prepared = match super::fetch::prepare_stream(&spec, &req.read).await {
             Ok(p) => p,
             Err(e @ (Error::Input(_) | Error::File { .. })) => {
                 return Err(bring_back(&req, &live, stopped.as_ref(), e).await);
@@ -596,7 +596,7 @@ impl<'a> Loaded<'a> {
                 .await
                 .map_err(|e| Error::Decode(format!("reading the backup's keys failed: {e}")))??,
         };
-        let keys_loaded = crate::resp::keyspace_keys(&conn.info("keyspace").await?);
+        let keys_loaded = crate::redis::keyspace_keys(&conn.info("keyspace").await?);
         if keys_loaded > census.keys || keys_loaded < census.keys - census.expires {
             return Err(Error::Failed(format!(
                 "{} holds {keys_loaded} keys after the restart but the backup has {} ({} of them with an expiry): the node did not load the restored file (check that the start hook starts it on {})",
@@ -625,7 +625,7 @@ impl<'a> Loaded<'a> {
             // An AOF directory's incremental file is the tail: the node replayed it as it loaded.
             (Some(_), true) | (None, _) => 0,
             (Some(t), false) => {
-                let n = crate::online::replay_tail_into(&req.node, Path::new(t)).await?;
+                let n = super::online::replay_tail_into(&req.node, Path::new(t)).await?;
                 std::fs::remove_file(t).ok();
                 n
             }

@@ -11,12 +11,12 @@ use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, Sha
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::dest::{DestSpec, Store};
+use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};
-use crate::pipeline::{EncodeOptions, Progress, mb_per_s, store_object};
-use crate::source::{self, SourceKind, SourceOptions};
-use crate::spool::SpoolLimits;
-use crate::target::RedisTarget;
+use super::pipeline::{EncodeOptions, Progress, mb_per_s, store_object};
+use super::source::{self, SourceKind, SourceOptions};
+use crate::storage::SpoolLimits;
+use crate::redis::RedisTarget;
 
 /// What to snapshot and where to put it.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::target::{RedisTarget, TlsSettings};
+use super::target::{RedisTarget, TlsSettings};
 
 /// How long to wait for a TCP connection before calling a node unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

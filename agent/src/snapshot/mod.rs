@@ -1,0 +1,21 @@
+//! Taking a snapshot: the sources of RDB bytes (the replication protocol, BGSAVE, a file), acting
+//! at an instant, the agent's part of a consistent cut, and the pipeline that verifies,
+//! compresses, encrypts and fans one read of the source out to every region.
+
+mod cut;
+mod instant;
+mod pipeline;
+mod source;
+mod take;
+
+pub use cut::CutBook;
+pub use instant::at_instant;
+pub use pipeline::{
+    DestOutcome, EncodeOptions, Encoded, Progress, mb_per_s, parse_recipient, store_object,
+};
+pub(crate) use pipeline::ChannelReader;
+pub use source::{
+    ByteSource, CHUNK, CutVerdict, OpenedSource, SourceInfo, SourceKind, SourceOptions,
+    TailStream,
+};
+pub use take::{CutHooks, DestReport, SnapshotReport, SnapshotRequest, snapshot};
