@@ -15,7 +15,7 @@ use fleetsnap_proto::v1::{self, cut_step::Step};
 use tokio::sync::watch;
 
 use crate::redis::{Connection, Value, info_field, parse_info, refusal_hint};
-use super::source::CutVerdict;
+use super::tail::CutVerdict;
 use crate::redis::RedisTarget;
 
 /// A prepared connection left unused for this long belongs to a cut its leader gave up.

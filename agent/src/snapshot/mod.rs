@@ -5,7 +5,9 @@
 mod cut;
 mod instant;
 mod pipeline;
+mod open;
 mod source;
+mod tail;
 mod take;
 
 pub use cut::CutBook;
@@ -14,8 +16,7 @@ pub use pipeline::{
     DestOutcome, EncodeOptions, Encoded, Progress, mb_per_s, parse_recipient, store_object,
 };
 pub(crate) use pipeline::ChannelReader;
-pub use source::{
-    ByteSource, CHUNK, CutVerdict, OpenedSource, SourceInfo, SourceKind, SourceOptions,
-    TailStream,
-};
+pub use open::{OpenedSource, Prepared, PreparedReplication, SourceOptions, prepare};
+pub use source::{ByteSource, CHUNK, SourceInfo, SourceKind};
+pub use tail::{CutVerdict, TailStream};
 pub use take::{CutHooks, DestReport, SnapshotReport, SnapshotRequest, snapshot};

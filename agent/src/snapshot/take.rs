@@ -14,7 +14,9 @@ use time::OffsetDateTime;
 use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};
 use super::pipeline::{EncodeOptions, Progress, mb_per_s, store_object};
-use super::source::{self, SourceKind, SourceOptions};
+use super::open::{self, SourceOptions};
+use super::source::{ByteSource, SourceKind};
+use super::tail::{CutVerdict, TailStream};
 use crate::storage::SpoolLimits;
 use crate::redis::RedisTarget;
 
@@ -55,7 +57,7 @@ pub struct CutHooks {
     /// Told the replication id and offset of the RDB as soon as the node announces them.
     pub synced: Arc<dyn Fn(String, u64) + Send + Sync>,
     /// The cut, once taken (or why it was given up).
-    pub verdict: tokio::sync::watch::Receiver<Option<source::CutVerdict>>,
+    pub verdict: tokio::sync::watch::Receiver<Option<CutVerdict>>,
 }
 
 /// One destination's outcome.
@@ -136,7 +138,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         stores.push(Store::open(d).await?);
     }
     // Everything that can be ready is: wait for the instant, then read the source.
-    let prepared = source::prepare(&req.source, req.target.as_ref(), req.cut.is_some()).await?;
+    let prepared = open::prepare(&req.source, req.target.as_ref(), req.cut.is_some()).await?;
     let (prepared, started_at) = match req.start_at_ms {
         Some(at) => prepared.fire_at(at).await?,
         None => (prepared, OffsetDateTime::now_utc()),
@@ -220,14 +222,14 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             // and no RDB transfer competing for the hosts, and the stream from here to the cut
             // is read as it comes.
             (hooks.synced)(replid.clone(), *offset);
-            let stream = std::mem::replace(src, source::ByteSource::Memory(None))
+            let stream = std::mem::replace(src, ByteSource::Memory(None))
                 .into_stream()
                 .ok_or_else(|| {
                     Error::redis(&source_name, "the replication stream ended with the RDB")
                 })?;
             queue.push_back((
                 ObjectKind::Tail,
-                source::ByteSource::Tail(Box::new(source::TailStream::new(
+                ByteSource::Tail(Box::new(TailStream::new(
                     stream,
                     replid.clone(),
                     *offset,
