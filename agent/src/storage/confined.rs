@@ -332,9 +332,9 @@ mod tests {
         std::fs::write(&outside, b"secret").unwrap();
         let r = Confined::new(&root);
 
-        let mut w = r.create("c/b/x.rdb").unwrap();
-        w.file.write_all(b"hello").unwrap();
-        assert_eq!(w.commit().unwrap(), 5);
+        let (mut f, pending) = r.create("c/b/x.rdb").unwrap().into_parts();
+        f.write_all(b"hello").unwrap();
+        pending.commit().unwrap();
         let mut got = String::new();
         r.open("c/b/x.rdb")
             .unwrap()
@@ -353,15 +353,15 @@ mod tests {
         assert!(r.create("c/up/victim").is_err());
         assert!(!r.dir_inside("c/up"));
         // Writing over a link replaces the link; the file it pointed at keeps its bytes.
-        let mut w = r.create("c/b/link.rdb").unwrap();
-        w.file.write_all(b"new").unwrap();
-        w.commit().unwrap();
+        let (mut f, pending) = r.create("c/b/link.rdb").unwrap().into_parts();
+        f.write_all(b"new").unwrap();
+        pending.commit().unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
         // A link planted as the temporary name is removed, not written through.
         std::os::unix::fs::symlink(&outside, root.join("c/b/y.rdb.partial")).unwrap();
-        let mut w = r.create("c/b/y.rdb").unwrap();
-        w.file.write_all(b"y").unwrap();
-        w.commit().unwrap();
+        let (mut f, pending) = r.create("c/b/y.rdb").unwrap().into_parts();
+        f.write_all(b"y").unwrap();
+        pending.commit().unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
 
         // A FIFO is refused at once, not waited on.
