@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::redis::{Connection, Value};
-use super::fetch::{RestoreRequest, restore};
+use super::to_file::{RestoreRequest, restore};
 use crate::redis::RedisTarget;
 
 /// The agent's `[drill]` section: how scratch servers are started.

@@ -1,17 +1,19 @@
 //! Reading backups back: listing and verifying sets, restoring a shard to a file, into a running
-//! server key by key (`online`), by replacing a stopped node's data file (`replace`), and drills
-//! in scratch servers.
+//! server key by key (`online`, one shard; `set`, a whole set), by replacing a stopped node's
+//! data file (`replace`), and drills in scratch servers.
 
 mod drill;
-mod fetch;
+mod list;
 mod online;
 mod replace;
+mod set;
+mod to_file;
+mod verify;
 
 pub use drill::{DbCheck, DrillReport, DrillSettings, drill};
-pub use fetch::{
-    Checked, HeldBack, Listed, Listing, OnlineRestoreReport, OnlineShard, Output, Prepared,
-    RestoreReport, RestoreRequest, VerifyReport, check_object, find_manifest, list,
-    load_identities, prepare_stream, restore, restore_online, stream_rdb, verify, write_paced,
-};
+pub use list::{Listed, Listing, find_manifest, list};
 pub use online::{OnlineOptions, OnlineReport, ProbeReport, probe, replay_tail_into};
 pub use replace::{ReplaceReport, ReplaceRequest, replace};
+pub use set::{OnlineRestoreReport, OnlineShard, restore_online};
+pub use to_file::{Prepared, RestoreReport, RestoreRequest, prepare_stream, restore, stream_rdb};
+pub use verify::{Checked, HeldBack, Output, VerifyReport, check_object, load_identities, verify, write_paced};

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::redis::{Connection, Value, info_field};
-use super::fetch::{RestoreReport, RestoreRequest, restore, with_suffix};
+use super::to_file::{RestoreReport, RestoreRequest, restore, with_suffix};
 use crate::redis::RedisTarget;
 
 /// What to replace and how.
@@ -382,7 +382,7 @@ const PIPE_BYTES: libc::c_int = 1 << 20;
 /// node's data file and the node is loading its last bytes.
 async fn load_streamed(
     req: &ReplaceRequest,
-    prepared: &super::fetch::Prepared,
+    prepared: &super::to_file::Prepared,
     live: &Path,
 ) -> Result<()> {
     make_fifo(live)?;
@@ -418,7 +418,7 @@ async fn load_streamed(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let held = super::fetch::stream_rdb(prepared, &req.read, pipe).await?;
+    let held = super::to_file::stream_rdb(prepared, &req.read, pipe).await?;
     // The node keeps reading the pipe it opened; its name now gives the verified copy.
     rename(&req.read.to_file, live)?;
     tokio::task::spawn_blocking(move || held.release())
@@ -481,7 +481,7 @@ async fn replace_streamed(mut req: ReplaceRequest, layout: Layout) -> Result<Rep
     let mut read = None;
     let mut staged_seconds = 0.0;
     for spec in req.read.from.clone() {
-        let prepared = match super::fetch::prepare_stream(&spec, &req.read).await {
+        let prepared = match super::to_file::prepare_stream(&spec, &req.read).await {
             Ok(p) => p,
             Err(e @ (Error::Input(_) | Error::File { .. })) => {
                 return Err(bring_back(&req, &live, stopped.as_ref(), e).await);
