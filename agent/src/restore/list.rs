@@ -7,7 +7,6 @@ use fleetsnap_core::{
     BackupId, ClusterId, Manifest, ShardId,
 };
 use serde::Serialize;
-use sha2::Digest;
 
 use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};

@@ -1,14 +1,12 @@
 //! Restoring a whole set online: every shard fetched and verified, the target's databases checked
 //! before anything is written, then each shard applied key by key.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use fleetsnap_core::{
     ObjectKind, ShardEntry, ShardId,
 };
 use serde::Serialize;
-use sha2::Digest;
 
 use crate::storage::Store;
 use crate::error::{Error, Result};

@@ -8,7 +8,6 @@ use fleetsnap_core::{
     BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, ShardEntry, ShardId,
 };
 use serde::Serialize;
-use sha2::Digest;
 
 use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};
