@@ -241,7 +241,7 @@ pub(super) async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Fi
                 fleetsnap_core::window::CatalogTask::Node(n) => {
                     crate::runbook::failover(n, &shared.config).await?
                 }
-                fleetsnap_core::window::CatalogTask::Probe(p) => crate::restore::probe(p).await?,
+                fleetsnap_core::window::CatalogTask::Probe(p) => crate::runbook::probe(p).await?,
                 task => crate::catalog::run(task).await?,
             };
             return Ok(v1::Finished {

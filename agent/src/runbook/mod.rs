@@ -1,5 +1,8 @@
-//! A runbook's steps run by the agent: the failover step beside the replica to promote.
+//! A runbook's steps run by the agent: the failover step beside the replica to promote, and the
+//! probe of a running target.
 
 mod failover;
+mod probe;
 
 pub use failover::{PromoteReport, run as failover};
+pub use probe::{ProbeReport, probe};

@@ -1,0 +1,13 @@
+//! Online restore: a verified RDB read key by key and sent with `RESTORE … ABSTTL` into a running
+//! server (standalone, or a Redis Cluster of any shape, routed by slot), pipelined, then the tail
+//! of a consistent cut replayed.
+
+mod apply;
+mod report;
+mod tail;
+mod target;
+
+pub use apply::{check_databases, databases_in, restore_online};
+pub use report::{OnlineOptions, OnlineReport};
+pub use tail::replay_tail_into;
+pub(crate) use target::Target;

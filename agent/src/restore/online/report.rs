@@ -1,0 +1,131 @@
+//! What an online restore is asked to do and what it did, and its progress on standard error.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+
+/// What to restore and how.
+#[derive(Clone, Debug, Default)]
+pub struct OnlineOptions {
+    /// Overwrite keys (and function libraries) that already exist; otherwise they are left as
+    /// they are and reported.
+    pub replace_existing: bool,
+    /// Only this logical database.
+    pub db: Option<u64>,
+    /// Only keys matching this glob.
+    pub pattern: Option<String>,
+    /// Print progress on standard error (a bar on a terminal).
+    pub progress: bool,
+}
+
+/// What an online restore did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OnlineReport {
+    /// The target named.
+    pub target: String,
+    /// Whether it is a Redis Cluster.
+    pub cluster: bool,
+    /// Primaries written to.
+    pub nodes: usize,
+    /// Keys restored.
+    pub keys: u64,
+    /// Keys left out by `--db` or `--match`.
+    pub filtered: u64,
+    /// Keys whose expiry had already passed.
+    pub expired: u64,
+    /// Keys (and libraries) that already existed and were left as they are.
+    pub conflicts: u64,
+    /// The first of them.
+    pub conflicting_keys: Vec<String>,
+    /// Function libraries loaded.
+    pub functions: u64,
+    /// Module auxiliary data skipped (the modules' own state, not keys).
+    pub module_aux_skipped: Vec<String>,
+    /// Tail commands replayed.
+    pub tail_commands: u64,
+    /// Tail commands left out because they write to a key that was in the target before the
+    /// restore (or, for `FLUSHALL`/`FLUSHDB`, to a target that held keys): merging, the restore
+    /// changes nothing that was there.
+    pub tail_skipped: u64,
+    /// The first of them (command and key).
+    pub tail_skipped_commands: Vec<String>,
+    /// RDB bytes read.
+    pub rdb_bytes: u64,
+    /// Wall time of the whole restore.
+    pub seconds: f64,
+}
+
+/// Progress on standard error: a redrawn line on a terminal, a line every 10 s otherwise.
+pub(super) struct Progress {
+    pub(super) on: bool,
+    pub(super) tty: bool,
+    pub(super) total: u64,
+    pub(super) started: Instant,
+    pub(super) last: Instant,
+}
+
+impl Progress {
+    pub(super) fn new(on: bool, total: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            on,
+            tty: std::io::stderr().is_terminal(),
+            total,
+            started: now,
+            last: now,
+        }
+    }
+
+    pub(super) fn show(&mut self, at: u64, keys: u64) {
+        let every = if self.tty {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(10)
+        };
+        if !self.on || self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = at as f64 / secs;
+        let left = self.total.saturating_sub(at) as f64 / rate.max(1.0);
+        let pct = if self.total > 0 {
+            at as f64 * 100.0 / self.total as f64
+        } else {
+            100.0
+        };
+        let filled = (pct / 5.0) as usize;
+        let line = format!(
+            "[{}{}] {pct:5.1}%  {:.1}/{:.1} MB  {:.1} MB/s  {keys} keys  ETA {left:.0}s",
+            "#".repeat(filled.min(20)),
+            " ".repeat(20 - filled.min(20)),
+            at as f64 / 1e6,
+            self.total as f64 / 1e6,
+            rate / 1e6,
+        );
+        if self.tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    pub(super) fn done(&self, r: &OnlineReport) {
+        if !self.on {
+            return;
+        }
+        if self.tty {
+            eprintln!();
+        }
+        eprintln!(
+            "{} keys restored from {:.1} MB of RDB in {:.1}s ({:.1} MB/s), {} tail commands replayed",
+            r.keys,
+            r.rdb_bytes as f64 / 1e6,
+            r.seconds,
+            r.rdb_bytes as f64 / 1e6 / r.seconds.max(1e-3),
+            r.tail_commands
+        );
+    }
+}
