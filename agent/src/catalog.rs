@@ -8,8 +8,8 @@ use fleetsnap_core::window::{CatalogTask, JobResult, RegionResult, RegionUrl, Sc
 use fleetsnap_core::{BackupId, ClusterId, Manifest};
 use sha2::{Digest, Sha256};
 
-use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};
+use crate::storage::{DestSpec, Store};
 
 /// Runs a task; per-region failures are in the result, not errors.
 pub async fn run(task: CatalogTask) -> Result<JobResult> {

@@ -155,8 +155,7 @@ impl AgentConfig {
         if c.report_interval_ms == 0 {
             return Err(bad("report_interval_ms must be 1 or more".into()));
         }
-        parse_size(&c.snapshot.spool_max)
-            .map_err(|e| bad(format!("[snapshot] spool_max: {e}")))?;
+        parse_size(&c.snapshot.spool_max).map_err(|e| bad(format!("[snapshot] spool_max: {e}")))?;
         if c.snapshot.idle_timeout_seconds == 0 {
             return Err(bad(
                 "[snapshot] idle_timeout_seconds must be 1 or more".into()
@@ -240,7 +239,6 @@ pub fn transport(config: &AgentConfig, insecure: bool) -> Result<Transport> {
     Ok(Transport::Tls(loaded))
 }
 
-
 /// Parses sizes such as `512MiB`, `8GiB`, `1000000`.
 pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
@@ -262,7 +260,6 @@ pub fn parse_size(text: &str) -> Result<u64> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +272,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("clustr"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("8GiB").unwrap(), 8 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
     }
 }

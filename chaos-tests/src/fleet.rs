@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetsnap_agent::redis::{Connection, Value};
 use fleetsnap_agent::redis::RedisTarget;
+use fleetsnap_agent::redis::{Connection, Value};
 use fleetsnap_testkit::fleet::{Cli, FleetDir, bin};
 use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::s3::{garage_bin, garage_config, garage_lay_out};

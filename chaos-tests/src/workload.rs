@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use fleetsnap_agent::redis::{Connection, Value};
 use fleetsnap_agent::redis::RedisTarget;
+use fleetsnap_agent::redis::{Connection, Value};
 use fleetsnap_core::keys::key_slot;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

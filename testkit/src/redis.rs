@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetsnap_agent::redis::{Connection, Value, info_field};
 use fleetsnap_agent::redis::RedisTarget;
+use fleetsnap_agent::redis::{Connection, Value, info_field};
 use tempfile::TempDir;
 
 use crate::{Process, free_port, poll_until};

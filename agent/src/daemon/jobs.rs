@@ -2,8 +2,8 @@
 //! parts.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::codec::Compression;
@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 
 use super::metrics::*;
 use super::shared::*;
-use crate::storage::DestSpec;
 use crate::error::{Error, Result};
-use crate::snapshot::{EncodeOptions, Progress, parse_recipient};
 use crate::snapshot::{self, SnapshotRequest};
+use crate::snapshot::{EncodeOptions, Progress, parse_recipient};
 use crate::snapshot::{SourceKind, SourceOptions};
+use crate::storage::DestSpec;
 use crate::storage::SpoolLimits;
 use tracing::Instrument;
 
@@ -444,7 +444,6 @@ pub(super) async fn write_manifest(id: u64, m: v1::WriteManifestJob) -> Result<v
         ..Default::default()
     })
 }
-
 
 #[cfg(test)]
 mod tests {

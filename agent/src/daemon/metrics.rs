@@ -1,7 +1,5 @@
 //! The agent's metrics: every family it exports, with its type and help.
 
-
-
 use fleetsnap_telemetry::metrics::Kind as MetricKind;
 
 pub(super) const REPORTS_SENT: &str = "fleetsnap_agent_reports_sent_total";

@@ -8,12 +8,12 @@ use fleetsnap_core::ShardId;
 use fleetsnap_core::window::{JobResult, RestoreMode, RestoreTask};
 
 use crate::config::AgentConfig;
-use crate::storage::DestSpec;
 use crate::error::{Error, Result};
+use crate::redis::RedisTarget;
 use crate::restore::OnlineOptions;
 use crate::restore::ReplaceRequest;
 use crate::restore::RestoreRequest;
-use crate::redis::RedisTarget;
+use crate::storage::DestSpec;
 
 /// Runs a restore or drill job; a drill that finds a difference, or an online restore that left
 /// conflicting keys, is a result with `ok: false`, not an error.

@@ -19,13 +19,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::config::AgentConfig;
+use super::jobs::*;
 use super::metrics::*;
 use super::shared::*;
-use super::jobs::*;
-use crate::snapshot::CutBook;
+use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
+use crate::snapshot::CutBook;
 use fleetsnap_telemetry::metrics::Registry;
 
 /// `d` give or take a quarter: jitter spreads thousands of agents over a period instead of one
@@ -36,7 +36,6 @@ fn jittered(d: Duration) -> Duration {
 
 /// How often the spare connections are used, so that they stay up.
 const STANDBY_EVERY: Duration = Duration::from_secs(30);
-
 
 /// Runs the agent until the process is stopped: polls its instances and reports them.
 pub async fn run(config: AgentConfig, transport: Transport) -> Result<()> {

@@ -2,8 +2,8 @@
 //! seen, the jobs it has taken, kept channels to coordinators and its metrics.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fleetsnap_core::InstanceReport;
 use fleetsnap_proto::tls::Transport;
@@ -11,12 +11,12 @@ use fleetsnap_proto::v1::{self};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::config::{AgentConfig, InstanceConfig};
 use super::metrics::*;
+use crate::config::{AgentConfig, InstanceConfig};
 
+use crate::redis::RedisTarget;
 use crate::snapshot::CutBook;
 use crate::snapshot::{self};
-use crate::redis::RedisTarget;
 use fleetsnap_telemetry::metrics::{Exposition, Registry};
 
 pub(super) struct Instance {
@@ -53,7 +53,6 @@ pub(super) struct Shared {
     /// Whether a session with the leader is open (`/readyz`).
     pub(super) connected: AtomicBool,
 }
-
 
 #[derive(Default)]
 pub(super) struct JobBook {

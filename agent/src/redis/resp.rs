@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::error::{Error, Result};
 use super::target::{RedisTarget, TlsSettings};
+use crate::error::{Error, Result};
 
 /// How long to wait for a TCP connection before calling a node unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

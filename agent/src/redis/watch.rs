@@ -4,9 +4,9 @@
 use fleetsnap_core::InstanceReport;
 use fleetsnap_core::report::shard_slots;
 
-use crate::error::Result;
 use super::resp::{Connection, Value, info_field};
 use super::target::RedisTarget;
+use crate::error::Result;
 
 /// One report of the instance at `target`; an unreachable node gives a report that says why.
 pub async fn collect(name: &str, target: &RedisTarget) -> InstanceReport {

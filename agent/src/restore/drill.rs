@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use fleetsnap_core::rdbread::{DatasetDigest, DbDigest, Entry, Item, RdbReader};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::redis::{Connection, Value};
 use super::to_file::{RestoreRequest, restore};
+use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
+use crate::redis::{Connection, Value};
 
 /// The agent's `[drill]` section: how scratch servers are started.
 #[derive(Clone, Debug, Deserialize)]

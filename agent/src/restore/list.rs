@@ -1,15 +1,12 @@
 //! Finding backups in a region: every set listed (refused manifests named, not fatal), and one
 //! set's manifest found by id.
 
-
 use fleetsnap_core::manifest::{self, MANIFEST_NAME};
-use fleetsnap_core::{
-    BackupId, ClusterId, Manifest, ShardId,
-};
+use fleetsnap_core::{BackupId, ClusterId, Manifest, ShardId};
 use serde::Serialize;
 
-use crate::storage::{DestSpec, Store};
 use crate::error::{Error, Result};
+use crate::storage::{DestSpec, Store};
 
 /// One backup found in a destination.
 #[derive(Clone, Debug, Serialize)]

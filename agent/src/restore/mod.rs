@@ -12,9 +12,11 @@ mod verify;
 
 pub use drill::{DbCheck, DrillReport, DrillSettings, drill};
 pub use list::{Listed, Listing, find_manifest, list};
-pub use online::{OnlineOptions, OnlineReport, replay_tail_into};
 pub(crate) use online::Target;
+pub use online::{OnlineOptions, OnlineReport, replay_tail_into};
 pub use replace::{ReplaceReport, ReplaceRequest, replace};
 pub use set::{OnlineRestoreReport, OnlineShard, restore_online};
 pub use to_file::{Prepared, RestoreReport, RestoreRequest, prepare_stream, restore, stream_rdb};
-pub use verify::{Checked, HeldBack, Output, VerifyReport, check_object, load_identities, verify, write_paced};
+pub use verify::{
+    Checked, HeldBack, Output, VerifyReport, check_object, load_identities, verify, write_paced,
+};

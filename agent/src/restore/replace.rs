@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use fleetsnap_core::rdbread::{DbDigest, Item, RdbReader};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::redis::{Connection, Value, info_field};
 use super::to_file::{RestoreReport, RestoreRequest, restore, with_suffix};
+use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
+use crate::redis::{Connection, Value, info_field};
 
 /// What to replace and how.
 pub struct ReplaceRequest {

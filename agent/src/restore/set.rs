@@ -3,17 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use fleetsnap_core::{
-    ObjectKind, ShardEntry, ShardId,
-};
+use fleetsnap_core::{ObjectKind, ShardEntry, ShardId};
 use serde::Serialize;
 
-use crate::storage::Store;
-use crate::error::{Error, Result};
-use super::online::{OnlineOptions, OnlineReport};
-use crate::redis::RedisTarget;
 use super::list::*;
+use super::online::{OnlineOptions, OnlineReport};
 use super::to_file::*;
+use crate::error::{Error, Result};
+use crate::redis::RedisTarget;
+use crate::storage::Store;
 
 /// An online restore of one shard: which copy was read, and what applying it did.
 #[derive(Clone, Debug, Serialize)]

@@ -4,15 +4,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fleetsnap_core::{
-    BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, ShardEntry, ShardId,
-};
+use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, ShardEntry, ShardId};
 use serde::Serialize;
 
-use crate::storage::{DestSpec, Store};
-use crate::error::{Error, Result};
 use super::list::*;
 use super::verify::*;
+use crate::error::{Error, Result};
+use crate::storage::{DestSpec, Store};
 
 /// What to restore.
 pub struct RestoreRequest {
@@ -122,7 +120,6 @@ pub(super) fn pick_shard<'a>(m: &'a Manifest, shard: Option<&ShardId>) -> Result
     }
 }
 
-
 /// The AOF base name redis-server looks for (`appendfilename`'s default).
 const AOF_NAME: &str = "appendonly.aof";
 
@@ -149,7 +146,6 @@ pub(crate) fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 fn is_regular(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file())
 }
-
 
 /// Writes a small file of a restore (an AOF directory's manifest) exclusively.
 fn write_new(path: &Path, bytes: &[u8], req: &RestoreRequest) -> Result<()> {

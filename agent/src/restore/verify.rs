@@ -5,17 +5,15 @@ use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use fleetsnap_core::{
-    BackupId, ClusterId, Codec, ObjectEntry, ObjectKind, RdbVerifier,
-};
+use fleetsnap_core::{BackupId, ClusterId, Codec, ObjectEntry, ObjectKind, RdbVerifier};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::storage::{DestSpec, Store};
+use super::list::find_manifest;
 use crate::error::{Error, Result};
 use crate::snapshot::ChannelReader;
-use super::list::find_manifest;
+use crate::storage::{DestSpec, Store};
 
 /// Loads age identities from a file (as written by `age-keygen`).
 pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {

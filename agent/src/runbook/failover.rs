@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
-use crate::redis::{Connection, Value, info_field};
 use crate::redis::RedisTarget;
+use crate::redis::{Connection, Value, info_field};
 
 /// What a promotion did.
 #[derive(Clone, Debug, Serialize)]

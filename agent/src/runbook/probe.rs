@@ -1,13 +1,12 @@
 //! A runbook's probe of a running target: it answers, a cluster serves every slot, and it holds
 //! the wanted number of keys.
 
-
 use fleetsnap_core::window::{JobResult, ProbeTask, ProbeWant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::redis::Value;
 use crate::redis::RedisTarget;
+use crate::redis::Value;
 use crate::redis::keyspace_keys;
 use crate::restore::Target;
 

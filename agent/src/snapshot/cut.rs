@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use fleetsnap_proto::v1::{self, cut_step::Step};
 use tokio::sync::watch;
 
-use crate::redis::{Connection, Value, info_field, parse_info, refusal_hint};
 use super::tail::CutVerdict;
 use crate::redis::RedisTarget;
+use crate::redis::{Connection, Value, info_field, parse_info, refusal_hint};
 
 /// A prepared connection left unused for this long belongs to a cut its leader gave up.
 const STALE: Duration = Duration::from_secs(60);

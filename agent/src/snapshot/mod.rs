@@ -4,19 +4,19 @@
 
 mod cut;
 mod instant;
-mod pipeline;
 mod open;
+mod pipeline;
 mod source;
 mod tail;
 mod take;
 
 pub use cut::CutBook;
 pub use instant::at_instant;
+pub use open::{OpenedSource, Prepared, PreparedReplication, SourceOptions, prepare};
+pub(crate) use pipeline::ChannelReader;
 pub use pipeline::{
     DestOutcome, EncodeOptions, Encoded, Progress, mb_per_s, parse_recipient, store_object,
 };
-pub(crate) use pipeline::ChannelReader;
-pub use open::{OpenedSource, Prepared, PreparedReplication, SourceOptions, prepare};
 pub use source::{ByteSource, CHUNK, SourceInfo, SourceKind};
 pub use tail::{CutVerdict, TailStream};
 pub use take::{CutHooks, DestReport, SnapshotReport, SnapshotRequest, snapshot};

@@ -9,10 +9,10 @@ use fleetsnap_core::ObjectKind;
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 
-use crate::error::{Error, Result};
-use crate::redis::{Connection, Value, info_field, refusal_hint};
-use crate::redis::RedisTarget;
 use super::source::*;
+use crate::error::{Error, Result};
+use crate::redis::RedisTarget;
+use crate::redis::{Connection, Value, info_field, refusal_hint};
 
 /// An opened source: its description and the objects to store, in order (an RDB, then maybe a tail).
 pub struct OpenedSource {

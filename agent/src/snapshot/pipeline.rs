@@ -13,9 +13,9 @@ use fleetsnap_core::{Codec, CodecChain, RdbSummary, RdbVerifier};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::storage::Store;
-use crate::error::{Error, Result};
 use super::source::ByteSource;
+use crate::error::{Error, Result};
+use crate::storage::Store;
 use crate::storage::{Item, SpoolLimits, SpoolQueue};
 
 /// Counters a progress display reads.

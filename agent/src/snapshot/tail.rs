@@ -8,7 +8,6 @@ use bytes::{Bytes, BytesMut};
 use crate::error::{Error, Result};
 use crate::redis::Connection;
 
-
 /// The most bytes read from a node, or handed on, at once: for the RDB and its tail alike.
 pub const CHUNK: usize = 256 * 1024;
 

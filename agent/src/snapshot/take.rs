@@ -11,14 +11,14 @@ use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, Sha
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::storage::{DestSpec, Store};
-use crate::error::{Error, Result};
-use super::pipeline::{EncodeOptions, Progress, mb_per_s, store_object};
 use super::open::{self, SourceOptions};
+use super::pipeline::{EncodeOptions, Progress, mb_per_s, store_object};
 use super::source::{ByteSource, SourceKind};
 use super::tail::{CutVerdict, TailStream};
-use crate::storage::SpoolLimits;
+use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
+use crate::storage::SpoolLimits;
+use crate::storage::{DestSpec, Store};
 
 /// What to snapshot and where to put it.
 #[derive(Clone)]

@@ -206,7 +206,8 @@ impl FileUpload {
             pending,
             written,
         } = self;
-        let io = |e: std::io::Error| region.err(format!("cannot finish {}: {e}", partial.display()));
+        let io =
+            |e: std::io::Error| region.err(format!("cannot finish {}: {e}", partial.display()));
         let done = async {
             file.flush().await?;
             file.get_mut().sync_all().await?;

@@ -130,7 +130,7 @@ impl Store {
                 {
                     return Err(too_long(size));
                 }
-                Reading::S3(bucket.clone(), body)
+                Reading::S3(Box::new(bucket.clone()), body)
             }
         };
         Ok(Download {
@@ -278,7 +278,7 @@ enum Reading {
     /// From a file, read on the blocking pool in large chunks.
     File(Arc<std::fs::File>, PathBuf),
     /// From S3.
-    S3(Bucket, ByteStream),
+    S3(Box<Bucket>, ByteStream),
 }
 
 impl Download {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use fleetsnap_agent::redis::{Connection, Value};
 use fleetsnap_agent::redis::RedisTarget;
+use fleetsnap_agent::redis::{Connection, Value};
 use fleetsnap_bench::fill;
 use fleetsnap_testkit::{RedisServer, free_port};
 

@@ -11,12 +11,12 @@ use fleetsnap_core::rdbread::{Entry, Item, RdbReader};
 use fleetsnap_core::resp::parse_commands;
 use tokio::sync::mpsc;
 
-use crate::error::{Error, Result};
-use crate::redis::{self as resp, Connection, Value, info_field};
-use crate::redis::RedisTarget;
 use super::report::*;
-use super::target::*;
 use super::tail::*;
+use super::target::*;
+use crate::error::{Error, Result};
+use crate::redis::RedisTarget;
+use crate::redis::{self as resp, Connection, Value, info_field};
 
 /// A batch of items from the reader thread, and how far into the file it got.
 pub(super) struct Batch {

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-
 /// What to restore and how.
 #[derive(Clone, Debug, Default)]
 pub struct OnlineOptions {

@@ -8,11 +8,11 @@ use std::path::Path;
 use fleetsnap_core::keys::glob_match;
 use fleetsnap_core::resp::parse_commands;
 
-use crate::error::{Error, Result};
-use crate::redis::{self as resp, Value};
-use crate::redis::RedisTarget;
 use super::report::*;
 use super::target::*;
+use crate::error::{Error, Result};
+use crate::redis::RedisTarget;
+use crate::redis::{self as resp, Value};
 
 /// What a tail replayed into a target with keys of its own leaves alone.
 pub(super) struct TailGuard {

@@ -6,10 +6,10 @@ use std::collections::{HashSet, VecDeque};
 
 use fleetsnap_core::keys::key_slot;
 
-use crate::error::{Error, Result};
-use crate::redis::{self as resp, Connection, Value, info_field};
-use crate::redis::RedisTarget;
 use super::report::OnlineReport;
+use crate::error::{Error, Result};
+use crate::redis::RedisTarget;
+use crate::redis::{self as resp, Connection, Value, info_field};
 
 /// Bytes of commands written to a node before its replies are read.
 pub(super) const BATCH_BYTES: usize = 512 * 1024;
@@ -348,7 +348,11 @@ impl Target {
         }
     }
 
-    pub(super) async fn flush_all(&mut self, report: &mut OnlineReport, replace: bool) -> Result<()> {
+    pub(super) async fn flush_all(
+        &mut self,
+        report: &mut OnlineReport,
+        replace: bool,
+    ) -> Result<()> {
         for n in &mut self.nodes {
             n.drain(report, replace).await?;
         }

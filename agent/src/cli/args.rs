@@ -1,0 +1,277 @@
+//! The command line's shape: every subcommand and its arguments, each value parsed and checked
+//! by clap (a bad one exits 2 with the fix).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use fleetsnap_core::{BackupId, ClusterId, ShardId};
+
+use crate::config::parse_size;
+use crate::error::{Error, Result};
+use crate::restore::RestoreRequest;
+use crate::storage::DestSpec;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetsnap-agent",
+    version,
+    about = "fleetsnap agent: snapshot Redis nodes to several regions at once, verify and restore"
+)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(super) enum Command {
+    /// Run as the host's agent: watch the Redis instances in the config, report them to the
+    /// coordinator leader every second, run the jobs it sends.
+    Run(DaemonArgs),
+    /// Check a config file as `run` would read it (with the same arguments), then exit: 0 when
+    /// the agent would start with it, 1 with what is wrong.
+    CheckConfig(DaemonArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: fleetsnap_proto::manual::Shell,
+    },
+    /// Write man pages (section 1) for this command and each subcommand into DIR.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: std::path::PathBuf,
+    },
+    /// Take a snapshot of one Redis node and store it, verified and compressed, in every destination.
+    Snapshot(SnapshotArgs),
+    /// Print what the agent reports about one Redis node (role, offsets, links, persistence, slots).
+    Report {
+        /// The node: redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH.
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the complete backups in a destination.
+    Ls {
+        /// The destination to list.
+        #[arg(long = "from", value_name = "DEST")]
+        from: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read a backup: sizes, sha256, decoding and the RDB checksum.
+    Verify {
+        /// The destination holding the backup.
+        #[arg(long = "from", value_name = "DEST")]
+        from: String,
+        /// The backup id.
+        #[arg(long)]
+        backup: BackupId,
+        /// The cluster, when the backup id covers several (a window's).
+        #[arg(long)]
+        cluster: Option<ClusterId>,
+        /// age identity file, to check the RDB inside encrypted backups.
+        #[arg(long, value_name = "AGE_KEY_FILE")]
+        identity: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one shard of a backup to an RDB file, from the first destination that yields a verified copy.
+    Restore {
+        #[command(flatten)]
+        set: ShardArgs,
+        /// The RDB file to write; a tail, if any, goes to PATH.tail.
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present_any = ["aof_dir", "online", "replace"],
+            conflicts_with_all = ["aof_dir", "online", "replace"]
+        )]
+        to_file: Option<PathBuf>,
+        /// Write a Redis 7 AOF directory instead: the RDB as its base, the tail as its incremental
+        /// file. Start redis-server with `--dir <parent> --appenddirname <name> --appendonly yes`
+        /// and it loads both.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["online", "replace"])]
+        aof_dir: Option<PathBuf>,
+        /// With --to-file or --aof-dir: replace files already there (regular files only; a
+        /// link, device or FIFO at the path is always refused).
+        #[arg(long)]
+        force: bool,
+        /// Replace the data of this node: fetch and verify the copy beside its data file, stop
+        /// it (--stop), move the copy in, start it (--start), check its keys, offset and slots,
+        /// then replay the tail. redis://[USER[:PASSWORD]@]HOST[:PORT].
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "online",
+            requires = "start"
+        )]
+        replace: Option<String>,
+        /// With --replace: the shell command that starts the node and returns.
+        #[arg(long, value_name = "COMMAND", requires = "replace")]
+        start: Option<String>,
+        /// With --replace: the shell command that stops the node (default: SHUTDOWN NOSAVE).
+        #[arg(long, value_name = "COMMAND", requires = "replace")]
+        stop: Option<String>,
+        /// With --replace: the node's data file, needed only when the node is down.
+        #[arg(long, value_name = "PATH", requires = "replace")]
+        rdb_path: Option<PathBuf>,
+        /// With --replace: seconds the stop, and the start with the load, may each take.
+        #[arg(long, default_value_t = 600, requires = "replace")]
+        timeout_secs: u64,
+        /// Restore into this running server (standalone or any node of a Redis Cluster, whose
+        /// primaries then each get their slots' keys) with RESTORE, key by key, then replay the
+        /// tail: redis://[USER[:PASSWORD]@]HOST[:PORT].
+        #[arg(long, value_name = "URL")]
+        online: Option<String>,
+        /// With --online: overwrite keys and function libraries that already exist (else they
+        /// are left as they are and reported).
+        #[arg(long, requires = "online")]
+        replace_existing: bool,
+        /// With --online: only this logical database.
+        #[arg(long, requires = "online")]
+        db: Option<u64>,
+        /// With --online: only keys matching this glob (as KEYS reads it).
+        #[arg(long = "match", value_name = "PATTERN", requires = "online")]
+        pattern: Option<String>,
+        /// With --online: where the verified copy is kept while it is applied (default: the
+        /// system's temporary directory).
+        #[arg(long, value_name = "DIR", requires = "online")]
+        work_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A restore drill: load one shard of a backup into a scratch redis-server, check what it
+    /// serves against the key counts and digests the manifest recorded, replay the tail, report
+    /// RTO and the backup's age, and remove the server. Exit 1 if the data differs.
+    Drill {
+        #[command(flatten)]
+        set: ShardArgs,
+        /// The redis-server binary for the scratch server.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: String,
+        /// Where the scratch server keeps its files (default: the system's temporary directory).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How the agent daemon starts: what `run` and `check-config` share.
+#[derive(clap::Args)]
+pub(super) struct DaemonArgs {
+    /// The agent's config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub(super) config: PathBuf,
+    /// Talk to coordinators in plain text, without certificates (test machines only).
+    #[arg(long)]
+    pub(super) insecure: bool,
+    /// Take the agent id from this host's name (`$HOSTNAME` first) instead of the config: a
+    /// sidecar in a StatefulSet's pods is then `redis-0`, `redis-1`, ….
+    #[arg(long)]
+    pub(super) agent_id_from_hostname: bool,
+    #[command(flatten)]
+    pub(super) log: fleetsnap_telemetry::LogArgs,
+}
+
+impl DaemonArgs {
+    pub(super) fn load(&self) -> Result<crate::config::AgentConfig> {
+        let id = if self.agent_id_from_hostname {
+            let name = fleetsnap_proto::tls::host_name().ok_or_else(|| {
+                Error::Input(
+                    "--agent-id-from-hostname: this host has no name; give agent_id in the \
+                         config instead"
+                        .into(),
+                )
+            })?;
+            Some(name)
+        } else {
+            None
+        };
+        crate::config::AgentConfig::load_as(&self.config, id)
+    }
+}
+
+/// Which shard of which backup, read from where: what `restore` and `drill` share.
+#[derive(clap::Args)]
+pub(super) struct ShardArgs {
+    /// Destinations in order of preference.
+    #[arg(long = "from", value_name = "DEST", required = true)]
+    pub(super) from: Vec<String>,
+    /// The backup id.
+    #[arg(long)]
+    pub(super) backup: BackupId,
+    /// The cluster, when the backup id covers several (a window's).
+    #[arg(long)]
+    pub(super) cluster: Option<ClusterId>,
+    /// The shard (needed when the backup has several).
+    #[arg(long)]
+    pub(super) shard: Option<ShardId>,
+    /// age identity file for encrypted backups.
+    #[arg(long, value_name = "AGE_KEY_FILE")]
+    pub(super) identity: Option<PathBuf>,
+}
+
+impl ShardArgs {
+    /// The request to read the shard; where the copy goes is the caller's to set.
+    pub(super) fn request(self) -> Result<RestoreRequest> {
+        Ok(RestoreRequest {
+            from: self
+                .from
+                .iter()
+                .map(|f| DestSpec::parse(f))
+                .collect::<Result<Vec<_>>>()?,
+            backup: self.backup,
+            cluster: self.cluster,
+            shard: self.shard,
+            to_file: PathBuf::new(),
+            aof_dir: false,
+            identity: self.identity,
+            sync: true,
+            // Scratch and staged copies are the agent's own; --to-file and --aof-dir say.
+            force: true,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub(super) struct SnapshotArgs {
+    /// The node: redis://[USER[:PASSWORD]@]HOST[:PORT] or rediss://…?ca=PATH.
+    #[arg(long, value_name = "URL")]
+    pub(super) redis: Option<String>,
+    /// A destination (repeat for several): file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME][&object_lock=MODE:DAYS].
+    #[arg(long = "to", value_name = "DEST", required = true)]
+    pub(super) to: Vec<String>,
+    /// replication (PSYNC, default), bgsave-file, or file:PATH (an RDB or an AOF directory).
+    #[arg(long, default_value = "replication")]
+    pub(super) source: String,
+    /// zstd:LEVEL, zstd or none.
+    #[arg(long, default_value = "zstd:3")]
+    pub(super) compress: String,
+    /// Encrypt to this age recipient (repeat for several).
+    #[arg(long = "encrypt-to", value_name = "AGE_RECIPIENT")]
+    pub(super) encrypt_to: Vec<String>,
+    /// Cluster name in the storage layout.
+    #[arg(long, default_value = "standalone")]
+    pub(super) cluster: ClusterId,
+    /// Shard name in the storage layout; by default HOST-PORT of the node.
+    #[arg(long)]
+    pub(super) shard: Option<ShardId>,
+    /// Directory for spool files when a destination is slower than the source.
+    #[arg(long, value_name = "DIR")]
+    pub(super) spool_dir: Option<PathBuf>,
+    /// Largest spool file per destination (e.g. 512MiB, 8GiB).
+    #[arg(long, default_value = "8GiB", value_parser = parse_size)]
+    pub(super) spool_max: u64,
+    /// Seconds the node may send nothing before the snapshot fails.
+    #[arg(long, default_value_t = 60)]
+    pub(super) idle_timeout_seconds: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub(super) json: bool,
+}
