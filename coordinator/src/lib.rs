@@ -6,15 +6,15 @@
 //! [`network`] carries Raft between coordinators; [`server`] holds the leader's soft state (the
 //! agents' reports) and the job loop; [`run`] starts a node from its [`config`].
 
-pub mod catalog;
+
 pub mod config;
 pub mod network;
 pub mod run;
-pub mod runbook;
+
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod window;
+
 
 use std::io::Cursor;
 

@@ -31,7 +31,7 @@ mod upkeep;
 
 use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
 use crate::store::Applied;
-use crate::window::WindowPlan;
+use crate::state::WindowPlan;
 use crate::{NodeId, TypeConfig};
 
 type Outbound = mpsc::Sender<Result<v1::CoordinatorMessage, Status>>;
@@ -1657,7 +1657,7 @@ impl v1::admin_service_server::AdminService for Services {
         self.0.linearizable().await?;
         let r = req.get_ref();
         let s = self.0.state.read().expect("state lock");
-        let sets: Vec<&crate::window::BackupSet> = s
+        let sets: Vec<&crate::state::BackupSet> = s
             .state
             .sets
             .values()
@@ -1863,7 +1863,7 @@ impl v1::admin_service_server::AdminService for Services {
                 "no window or backup set {id:?}; `fleetsnap backup list` shows them"
             ))
         })?;
-        let sets: Vec<&crate::window::BackupSet> = s
+        let sets: Vec<&crate::state::BackupSet> = s
             .state
             .sets
             .values()

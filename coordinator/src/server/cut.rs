@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::Node;
 use crate::state::{Command, JobState};
-use crate::window::{Cut, CutOutcome, ShardState, Window, WindowShard};
+use crate::state::{Cut, CutOutcome, ShardState, Window, WindowShard};
 
 /// How long a `PREPARE` or `RELEASE` may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);

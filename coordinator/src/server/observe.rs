@@ -18,9 +18,9 @@ use openraft::ServerState;
 use tracing::{Instrument, Span};
 
 use super::Node;
-use crate::runbook::RunbookState;
+use crate::state::RunbookState;
 use crate::state::{Job, JobKind, JobOutcome, JobState};
-use crate::window::{BackupSet, RegionState, RegionStatus, SetShard};
+use crate::state::{BackupSet, RegionState, RegionStatus, SetShard};
 
 /// Spans this leader keeps open, by `traceparent`.
 #[derive(Default)]

@@ -11,9 +11,9 @@ use fleetsnap_proto::v1;
 use tonic::Status;
 
 use super::Node;
-use crate::catalog::CatalogSpec;
+use crate::state::CatalogSpec;
 use crate::state::{JobKind, JobOutcome, JobState};
-use crate::window::{BackupSet, RegionState};
+use crate::state::{BackupSet, RegionState};
 
 /// What a restore request resolved to.
 pub(super) struct Started {

@@ -15,9 +15,9 @@ use fleetsnap_proto::v1;
 use tonic::Status;
 
 use super::Node;
-use crate::runbook::{Action, Runbook, RunbookState, Step};
+use crate::state::{Action, Runbook, RunbookState, Step};
 use crate::state::Command;
-use crate::window::RegionState;
+use crate::state::RegionState;
 
 /// How long the reports may take to show a failover's new topology.
 const CHECK_TIMEOUT_MS: u64 = 30_000;
@@ -432,7 +432,7 @@ impl Node {
                 "no policy and no set names a region {lost:?}; `fleetsnap policy list` shows the regions"
             )));
         }
-        let complete_in = |s: &crate::window::BackupSet, region: &str| {
+        let complete_in = |s: &crate::state::BackupSet, region: &str| {
             s.regions
                 .get(region)
                 .is_some_and(|g| g.state == RegionState::Complete)
@@ -482,8 +482,8 @@ impl Node {
             // The newest survivor, then every other set the lost region held a copy of that
             // survives elsewhere (the standby takes the region's place for all of them), newest
             // first.
-            let mut copies: Vec<&crate::window::BackupSet> = vec![survivor];
-            let mut held: Vec<&crate::window::BackupSet> = of_cluster()
+            let mut copies: Vec<&crate::state::BackupSet> = vec![survivor];
+            let mut held: Vec<&crate::state::BackupSet> = of_cluster()
                 .filter(|s| s.key() != survivor.key() && complete_in(s, lost))
                 .filter(|s| {
                     s.regions
@@ -777,7 +777,7 @@ impl Node {
         let whole: std::collections::BTreeSet<String> = found
             .iter()
             .filter(|f| f.problems.is_empty())
-            .map(|f| crate::window::set_key(&f.manifest.cluster, &f.manifest.backup_id))
+            .map(|f| crate::state::set_key(&f.manifest.cluster, &f.manifest.backup_id))
             .collect();
         let missing: Vec<&String> = whole
             .iter()

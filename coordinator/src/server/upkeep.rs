@@ -12,9 +12,9 @@ use fleetsnap_core::{BackupId, ClusterId};
 use tonic::Status;
 
 use super::Node;
-use crate::catalog::CatalogSpec;
+use crate::state::CatalogSpec;
 use crate::state::Command;
-use crate::window::{BackupSet, RegionState};
+use crate::state::{BackupSet, RegionState};
 
 /// How often the leader looks for sets to repair and prune.
 const UPKEEP_EVERY: Duration = Duration::from_secs(30);

@@ -1,42 +1,13 @@
-//! The catalog's upkeep in the replicated state: repairs, verifications, deletions (retention),
-//! scans (catalog rebuild) and orphan collection, each an agent job whose result `apply` folds
-//! into the sets. Like windows, nothing here reads a clock: times come in the commands.
+//! The catalog through `apply`: repairs, verifications, deletions (retention), scans (catalog
+//! rebuild) and orphan collection, each an agent job whose result is folded into the sets. Like
+//! windows, nothing here reads a clock: times come in the commands.
 
 use fleetsnap_core::manifest::Manifest;
 use fleetsnap_core::policy::Consistency;
 use fleetsnap_core::retention::SetState;
 use fleetsnap_core::window::{CatalogTask, JobResult, RegionResult, RegionUrl, ScannedSet};
-use serde::{Deserialize, Serialize};
+use crate::state::{BackupSet, CatalogSpec, FleetState, Job, JobKind, JobOutcome, JobState, RegionState, RegionStatus, Response, SetShard, Verified, set_key};
 
-use crate::state::{FleetState, Job, JobKind, JobOutcome, JobState, Response};
-use crate::window::{BackupSet, RegionState, RegionStatus, SetShard, set_key};
-
-/// A catalog job: the task, the set it works on and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CatalogSpec {
-    /// What the agent does.
-    pub task: CatalogTask,
-    /// The set's catalog key (repair, verify, delete).
-    pub set: Option<String>,
-    /// Why (a deletion's retention reason, "asked by an operator", …).
-    pub reason: String,
-    /// A scheduled drill: the policy whose schedule called for it, and when it was due (Unix
-    /// milliseconds); the scheduler counts the next one from there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drill_of: Option<(String, i64)>,
-    /// The trace of the restore, drill or runbook it belongs to (W3C `traceparent`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<String>,
-}
-
-/// The last verification of a set, per region.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verified {
-    /// The job that verified it.
-    pub job: u64,
-    /// Per region.
-    pub regions: Vec<RegionResult>,
-}
 
 impl FleetState {
     /// `CreateCatalogJob`: one task at a time per set.

@@ -1,0 +1,176 @@
+//! Jobs in the replicated state: what an agent is asked to do, the term and log index that fence
+//! it, and how it ended.
+
+
+use fleetsnap_core::window::JobResult;
+use fleetsnap_core::{BackupId, ClusterId};
+use serde::{Deserialize, Serialize};
+use crate::state::CatalogSpec;
+
+
+/// A job an agent can run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobKind {
+    /// Snapshot one Redis node to destinations (the agent's `snapshot` command).
+    Snapshot(SnapshotSpec),
+    /// Write a backup set's manifest to regions (a window's last step).
+    WriteManifest(ManifestSpec),
+    /// Work on stored sets: repair, verify, delete, scan, collect orphans.
+    Catalog(CatalogSpec),
+}
+
+/// What a manifest job does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestSpec {
+    /// The window.
+    pub window: u64,
+    /// The set's cluster.
+    pub cluster: ClusterId,
+    /// The set's id.
+    pub backup_id: BackupId,
+    /// Destination URLs that hold every shard.
+    pub destinations: Vec<String>,
+    /// Their region names.
+    pub regions: Vec<String>,
+    /// The manifest.
+    pub manifest_json: String,
+}
+
+/// What a snapshot job does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSpec {
+    /// The instance, as the agent's config names it.
+    pub instance: String,
+    /// Destination URLs.
+    pub destinations: Vec<String>,
+    /// Cluster name in the storage layout (empty: the instance's cluster in the agent's config).
+    pub cluster: String,
+    /// Shard name in the storage layout (empty: the agent chooses HOST-PORT).
+    pub shard: String,
+    /// `zstd:LEVEL` or `none` (empty: zstd:3).
+    pub compress: String,
+    /// age recipients.
+    pub encrypt_to: Vec<String>,
+    /// `replication` or `bgsave-file` (empty: replication).
+    pub source: String,
+    /// A window's set id (empty: the agent makes one and writes the manifest itself).
+    #[serde(default)]
+    pub backup_id: String,
+    /// The window, for a window's job.
+    #[serde(default)]
+    pub window: Option<u64>,
+    /// Region names, in the order of destinations.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// `simultaneous`: when to read the source (Unix milliseconds).
+    #[serde(default)]
+    pub fire_at_ms: Option<i64>,
+    /// `consistent` windows: keep the replication stream and store it up to the cut.
+    #[serde(default)]
+    pub consistent_cut: bool,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// Done; for snapshots, the backup id; for a window's jobs, what was stored where.
+    Succeeded {
+        backup_id: Option<String>,
+        #[serde(default)]
+        result: Option<JobResult>,
+    },
+    /// Failed, with the reason the agent gave (or the lease expiry).
+    Failed { reason: String },
+}
+
+/// Where a job is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its agent.
+    Pending,
+    /// Handed to the agent process `incarnation`.
+    Running { incarnation: u64 },
+    /// It ended.
+    Done(JobOutcome),
+}
+
+/// A job with its fencing token: the term and index of the log entry that created it, then of the
+/// entry that dispatched it. An agent refuses a job whose term is older than the newest it has
+/// seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Job id, unique in the fleet.
+    pub id: u64,
+    /// The agent that runs it.
+    pub agent: String,
+    /// What to do.
+    pub kind: JobKind,
+    /// Raft term of the creating (then dispatching) entry.
+    pub term: u64,
+    /// Raft log index of the creating (then dispatching) entry.
+    pub index: u64,
+    /// Log index of the entry that created the job.
+    pub created_index: u64,
+    /// How many times it was handed to its agent.
+    pub dispatches: u32,
+    /// Progress.
+    pub state: JobState,
+}
+
+impl JobKind {
+    /// `snapshot`, `manifest`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
+    /// for metrics.
+    pub fn name(&self) -> &'static str {
+        use fleetsnap_core::window::{CatalogTask, RestoreMode};
+        match self {
+            JobKind::Snapshot(_) => "snapshot",
+            JobKind::WriteManifest(_) => "manifest",
+            JobKind::Catalog(c) => match &c.task {
+                CatalogTask::Restore(r) if r.mode == RestoreMode::Drill => "drill",
+                CatalogTask::Restore(_) => "restore",
+                CatalogTask::Node(_) | CatalogTask::Probe(_) => "runbook_step",
+                _ => "catalog",
+            },
+        }
+    }
+}
+
+/// The class of a failure, from its reason: `lease_expired`, `agent_restarted`, `fenced`,
+/// `cut`, `verify`, `destination`, `source` or `other`. A bounded label for metrics; the
+/// reason itself stays with the job.
+pub fn failure_reason(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    let any = |words: &[&str]| words.iter().any(|w| r.contains(w));
+    if any(&["lease expired"]) {
+        "lease_expired"
+    } else if any(&["restarted while it held"]) {
+        "agent_restarted"
+    } else if any(&["older term", "fenc", "newer term"]) {
+        "fenced"
+    } else if any(&["cut"]) {
+        "cut"
+    } else if any(&[
+        "checksum", "sha256", "crc", "corrupt", "mismatch", "digest", "verif",
+    ]) {
+        "verify"
+    } else if any(&[
+        "s3://",
+        "file://",
+        "region",
+        "upload",
+        "bucket",
+        "destination",
+        "spool",
+    ]) {
+        "destination"
+    } else if any(&[
+        "redis", "psync", "sync", "bgsave", "replica", "primary", "node",
+    ]) {
+        "source"
+    } else {
+        "other"
+    }
+}
