@@ -12,6 +12,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_INCREMENTAL=0
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# No two files of a crate import each other (ARCHITECTURE.md, "Files point one way").
+python3 scripts/modgraph.py --quiet
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --quiet -- --test-threads=2 2>&1 | tee "$log"

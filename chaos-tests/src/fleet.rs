@@ -18,16 +18,14 @@ use crate::proc::{Proc, Spec};
 use crate::proxy::Proxy;
 
 /// Ports, the same on every host (each has its own address).
+pub use crate::layout::{REDIS_PORT, SHARDS};
 pub const COORD_PORT: u16 = 7400;
-pub const REDIS_PORT: u16 = 6379;
 const S3_PORT: u16 = 3900;
 const PROXY_PORT: u16 = 9900;
 
 /// Keys written to each shard before a scenario starts.
 const PREFILL: usize = 3000;
 
-/// Shards in the Redis Cluster.
-pub const SHARDS: usize = 3;
 /// The cluster's name in fleetsnap.
 pub const CLUSTER: &str = "shop";
 

@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod fleet;
+pub mod layout;
 pub mod net;
 pub mod proc;
 pub mod proxy;

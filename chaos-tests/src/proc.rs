@@ -35,10 +35,10 @@ pub struct Proc {
 }
 
 impl Spec {
-    /// A `redis-server` on `host`'s address at [`REDIS_PORT`](crate::fleet::REDIS_PORT),
+    /// A `redis-server` on `host`'s address at [`REDIS_PORT`](crate::layout::REDIS_PORT),
     /// saving nothing and open to the lab's hosts, with `extra` arguments.
     pub fn redis(host: &Host, log: PathBuf, extra: &[&str]) -> Spec {
-        let port = crate::fleet::REDIS_PORT.to_string();
+        let port = crate::layout::REDIS_PORT.to_string();
         let common = [
             "--bind",
             &host.ip,

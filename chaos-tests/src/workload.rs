@@ -18,7 +18,7 @@ use fleetsnap_core::keys::key_slot;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::fleet::SHARDS;
+use crate::layout::SHARDS;
 
 /// Slot ranges of the shards as `redis-cli --cluster create` lays them out.
 pub fn shard_of_slot(slot: u16) -> usize {

@@ -1,6 +1,8 @@
 //! Calling the admin service: try the coordinators given, follow a follower's pointer to the
 //! leader, and say plainly which coordinator failed how.
 
+use clap::Args;
+use std::path::PathBuf;
 use std::future::Future;
 
 use anyhow::{Result, anyhow, bail};
@@ -9,7 +11,32 @@ use fleetsnap_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
-use crate::Conn;
+/// How to reach the coordinators.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// A coordinator address (repeat, or comma-separate); any one leads to the leader.
+    #[arg(
+        long = "coordinator",
+        global = true,
+        env = "FLEETSNAP_COORDINATORS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7100"
+    )]
+    pub coordinators: Vec<String>,
+    /// The fleet's CA certificate.
+    #[arg(long, global = true, env = "FLEETSNAP_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// An admin certificate.
+    #[arg(long, global = true, env = "FLEETSNAP_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, global = true, env = "FLEETSNAP_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Talk to coordinators in plain text (they must run with --insecure too).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+}
+
 
 /// The metadata key naming the leader in a follower's refusal.
 const LEADER_KEY: &str = "fleetsnap-leader";

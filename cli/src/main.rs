@@ -6,6 +6,7 @@ mod client;
 mod restore;
 mod table;
 
+use client::Conn;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,31 +32,6 @@ struct Cli {
     command: Command,
 }
 
-/// How to reach the coordinators.
-#[derive(Args, Clone)]
-pub struct Conn {
-    /// A coordinator address (repeat, or comma-separate); any one leads to the leader.
-    #[arg(
-        long = "coordinator",
-        global = true,
-        env = "FLEETSNAP_COORDINATORS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7100"
-    )]
-    pub coordinators: Vec<String>,
-    /// The fleet's CA certificate.
-    #[arg(long, global = true, env = "FLEETSNAP_CA", value_name = "PEM")]
-    pub ca: Option<PathBuf>,
-    /// An admin certificate.
-    #[arg(long, global = true, env = "FLEETSNAP_CERT", value_name = "PEM")]
-    pub cert: Option<PathBuf>,
-    /// Its private key.
-    #[arg(long, global = true, env = "FLEETSNAP_KEY", value_name = "PEM")]
-    pub key: Option<PathBuf>,
-    /// Talk to coordinators in plain text (they must run with --insecure too).
-    #[arg(long, global = true)]
-    pub insecure: bool,
-}
 
 #[derive(Subcommand)]
 enum Command {

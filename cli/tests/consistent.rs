@@ -1,4 +1,4 @@
-//! A `consistent` window under a steady write load: the bounds check of DESIGN §6.
+//! A `consistent` window under a steady write load: the bounds check of docs/design.md §6.
 //!
 //! Writers increment one counter per shard of a 3-shard Redis Cluster in turn, each waiting for
 //! the acknowledgement before the next, and record when each write was sent and acknowledged.

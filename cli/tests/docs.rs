@@ -143,3 +143,70 @@ fn the_configuration_reference_lists_exactly_the_keys_the_binaries_accept() {
         );
     }
 }
+
+/// Every path ARCHITECTURE.md names in backticks exists. A name with a `/` is read from the
+/// repository's root, or from the folder the map is in (the last folder it named); a bare file
+/// name from that folder, its `src/`, or a folder above it.
+#[test]
+fn architecture_names_only_paths_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let looks_like_path = |t: &str| {
+        !t.is_empty()
+            && !t.starts_with('/')
+            && !t.contains("//")
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+            && (t.ends_with('/')
+                || [".rs", ".md", ".sh", ".toml", ".py", ".proto"]
+                    .iter()
+                    .any(|e| t.ends_with(e)))
+    };
+    let mut base = root.clone();
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for (i, part) in text.split('`').enumerate() {
+        if i % 2 == 0 || !looks_like_path(part) {
+            continue;
+        }
+        checked += 1;
+        let mut found = None;
+        if part.contains('/') {
+            for start in [root.clone(), base.clone()] {
+                if start.join(part).exists() {
+                    found = Some(start.join(part));
+                    break;
+                }
+            }
+        }
+        if found.is_none() {
+            let mut dir = base.clone();
+            loop {
+                if let Some(p) = [dir.join(part), dir.join("src").join(part)]
+                    .into_iter()
+                    .find(|p| p.exists())
+                {
+                    found = Some(p);
+                    break;
+                }
+                if dir == root || !dir.pop() {
+                    break;
+                }
+            }
+        }
+        match found {
+            Some(p) if p.is_dir() => base = p,
+            Some(p) if part.contains('/') => base = p.parent().unwrap().to_path_buf(),
+            Some(_) => {}
+            None => missing.push(part.to_string()),
+        }
+    }
+    assert!(checked > 100, "only {checked} paths found: has the map's format changed?");
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names paths that do not exist: {missing:?}"
+    );
+}

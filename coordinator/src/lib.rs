@@ -1,20 +1,18 @@
 //! The fleetsnap coordinator: the fleet's replicated state, kept by openraft with its log and state
 //! machine in redb, served over gRPC to agents, peers and the CLI.
 //!
-//! State changes only through [`state::Command`], applied deterministically and without I/O by
-//! [`state::FleetState::apply`]; [`store`] persists the Raft log, the vote and the applied state;
-//! [`network`] carries Raft between coordinators; [`server`] holds the leader's soft state (the
-//! agents' reports) and the job loop; [`run`] starts a node from its [`config`].
+//! Folders by role: [`state`] (the replicated state and `apply`, pure), [`raft`] (the log and
+//! state machine in redb, the network between coordinators), [`leader`] (the leader's soft state:
+//! leadership and its lease, sessions with agents, the job loop, windows, cuts, restores,
+//! runbooks, upkeep, what it shows), [`api`] (the thin gRPC services); [`run`] starts a node from
+//! its [`config`].
 
-
+pub mod api;
 pub mod config;
-pub mod network;
+pub mod leader;
+pub mod raft;
 pub mod run;
-
-pub mod server;
 pub mod state;
-pub mod store;
-
 
 use std::io::Cursor;
 

@@ -17,9 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
-use crate::network::Network;
-use crate::server::{Node, Services};
-use crate::store;
+use crate::raft::Network;
+use crate::api::Services;
+use crate::leader::Node;
+use crate::raft as store;
 
 /// Why a coordinator could not start.
 pub type StartError = String;
@@ -97,7 +98,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| format!("raft did not start: {e}"))?;
-    tokio::spawn(crate::network::keep_warm(
+    tokio::spawn(crate::raft::keep_warm(
         network,
         raft.clone(),
         config.node_id,
@@ -154,8 +155,8 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
             RaftServiceServer::new(services.clone())
-                .max_decoding_message_size(crate::network::RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(crate::network::RAFT_MESSAGE_BYTES),
+                .max_decoding_message_size(crate::raft::RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::raft::RAFT_MESSAGE_BYTES),
         )
         .add_service(AgentServiceServer::new(services.clone()))
         .add_service(AdminServiceServer::new(services));

@@ -1,7 +1,7 @@
 //! openraft's storage test suite against the redb-backed log and state machine.
 
 use fleetsnap_coordinator::TypeConfig;
-use fleetsnap_coordinator::store::{LogStore, StateMachine, open};
+use fleetsnap_coordinator::raft::{LogStore, StateMachine, open};
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
 

@@ -2,7 +2,7 @@
 //! clear error, not a panic and not a silent reset.
 
 use fleetsnap_coordinator::state::{Command, JobKind, JobState, SnapshotSpec};
-use fleetsnap_coordinator::store::open;
+use fleetsnap_coordinator::raft::open;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 

@@ -1,4 +1,4 @@
-//! Choosing the node each shard is snapshotted from (DESIGN §5), with the reason for every node.
+//! Choosing the node each shard is snapshotted from (docs/design.md §5), with the reason for every node.
 //!
 //! Pure: the input is the leader's fleet view (`topology::ShardView`) and a policy's rules, the
 //! output a ranked list of candidates and the nodes passed over, each with its reason, which
@@ -151,7 +151,7 @@ fn disqualified(n: &NodeView, rules: &Rules) -> Option<String> {
     None
 }
 
-/// Ranks the nodes of one shard (DESIGN §5): qualifying nodes by lag, replica before primary,
+/// Ranks the nodes of one shard (docs/design.md §5): qualifying nodes by lag, replica before primary,
 /// preferred zone, then address; the primary only as the policy allows.
 pub fn plan_shard(shard: &ShardView, rules: &Rules) -> ShardPlan {
     let primary_offset = shard

@@ -10,7 +10,7 @@ use crate::planner::{AllowPrimary, Rules};
 use crate::retention::Retention;
 use crate::schedule::Schedule;
 
-/// How the shards of a window relate in time (DESIGN §6).
+/// How the shards of a window relate in time (docs/design.md §6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {

@@ -1,4 +1,4 @@
-//! What an agent reports about one Redis instance every second (DESIGN §2), parsed from `INFO`
+//! What an agent reports about one Redis instance every second (docs/design.md §2), parsed from `INFO`
 //! and `CLUSTER NODES` text. Pure: the agent fetches the text, this module reads it.
 
 use serde::{Deserialize, Serialize};

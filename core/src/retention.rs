@@ -1,4 +1,4 @@
-//! Which backup sets a policy keeps (DESIGN §9): grandfather-father-son rules, pure.
+//! Which backup sets a policy keeps (docs/design.md §9): grandfather-father-son rules, pure.
 //!
 //! The leader runs [`select`] over a cluster's sets, commits the sets to delete as a plan, and the
 //! plan is carried out per region. Each rule keeps sets on its own and a set is kept if any rule

@@ -1,4 +1,4 @@
-//! Collecting an instance report (DESIGN §2) from a live node: one `INFO`, and in cluster mode
+//! Collecting an instance report (docs/design.md §2) from a live node: one `INFO`, and in cluster mode
 //! `CLUSTER MYID` and `CLUSTER NODES`, plus whether the agent may sync from it.
 
 use fleetsnap_core::InstanceReport;

@@ -1,4 +1,4 @@
-//! The agent's part of a consistent cut (DESIGN §6).
+//! The agent's part of a consistent cut (docs/design.md §6).
 //!
 //! Two roles, often in different agents. The agent of a shard's chosen node runs the snapshot job:
 //! it keeps the replication stream after the RDB, says `Synced` with the offset the RDB stands

@@ -55,7 +55,7 @@ pub struct Window {
     pub cut_failures: Vec<String>,
 }
 
-/// A consistent cut across every primary of a window (DESIGN §6).
+/// A consistent cut across every primary of a window (docs/design.md §6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cut {
     /// Per shard of the window, in order: the primary's replication id and offset read while

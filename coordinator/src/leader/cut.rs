@@ -1,4 +1,4 @@
-//! The leader's part of a consistent cut (DESIGN §6).
+//! The leader's part of a consistent cut (docs/design.md §6).
 //!
 //! Once every running shard of a `consistent` window has its replication stream (`Synced`,
 //! committed as `ShardSynced`), the leader has the agents of the shards' primaries prepare a
@@ -42,7 +42,7 @@ struct Primary {
 
 impl Node {
     /// Routes an agent's `CutReply` to the step waiting for it.
-    pub(super) fn cut_reply(&self, r: v1::CutReply) {
+    pub(crate) fn cut_reply(&self, r: v1::CutReply) {
         let key = (r.cut, r.instance.clone(), r.step);
         if let Some(tx) = self.cut_waiters.lock().expect("lock").remove(&key) {
             let _ = tx.send(r);
@@ -50,7 +50,7 @@ impl Node {
     }
 
     /// Commits a job's `Synced`.
-    pub(super) async fn synced(&self, agent: &str, s: v1::Synced) {
+    pub(crate) async fn synced(&self, agent: &str, s: v1::Synced) {
         let known = {
             let st = self.state.read().expect("state lock");
             match st.state.jobs.get(&s.job_id) {
@@ -81,18 +81,17 @@ impl Node {
     }
 
     /// On the leader: takes the cuts that are due and sends the decisions that are out.
-    pub(super) async fn cut_loop(self: Arc<Self>) {
+    pub(crate) async fn cut_loop(self: Arc<Self>) {
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut last_attempt: HashMap<u64, Instant> = HashMap::new();
         // Jobs told to abort because their shard failed over; until they end (and the shard is
         // read again on its new history), their window waits.
         let mut aborting: HashSet<u64> = HashSet::new();
         loop {
-            tokio::select! {
-                _ = self.cut_wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-            if !self.is_leader() {
+            if !self
+                .next_round(Duration::from_millis(200), Some(&self.cut_wake))
+                .await
+            {
                 sent.clear();
                 aborting.clear();
                 continue;
@@ -193,7 +192,7 @@ impl Node {
 
     /// Sends every job of the window that waits on the cut its decision (again every
     /// `DECISION_EVERY`, until the job ends).
-    async fn send_decisions(&self, w: &Window, sent: &mut HashMap<u64, Instant>) {
+    pub(crate) async fn send_decisions(&self, w: &Window, sent: &mut HashMap<u64, Instant>) {
         let decisions: Vec<v1::CutDecision> = w
             .shards
             .iter()
@@ -212,7 +211,7 @@ impl Node {
     }
 
     /// Sends a decision to the agent of its job, if the job is still open; whether it went.
-    async fn send_decision(&self, decision: v1::CutDecision) -> bool {
+    pub(crate) async fn send_decision(&self, decision: v1::CutDecision) -> bool {
         let open = {
             let st = self.state.read().expect("state lock");
             st.state
@@ -238,7 +237,7 @@ impl Node {
 
     /// One attempt at the window's cut, and the jobs whose shard failed over (their streams
     /// are on an old history).
-    async fn take_cut(self: Arc<Self>, w: &Window) -> (CutOutcome, Vec<u64>) {
+    pub(crate) async fn take_cut(self: Arc<Self>, w: &Window) -> (CutOutcome, Vec<u64>) {
         let failed = |reason: String| (CutOutcome::Failed { reason }, Vec::new());
         let primaries = match self.primaries(w) {
             Ok(p) => p,
@@ -326,7 +325,7 @@ impl Node {
 
     /// The primary of every running shard, from the latest reports (a shard that failed over
     /// since the window opened is paused on its new primary), else from the plan.
-    fn primaries(&self, w: &Window) -> Result<Vec<Primary>, String> {
+    pub(crate) fn primaries(&self, w: &Window) -> Result<Vec<Primary>, String> {
         let view = self.view("");
         let mut out = Vec::new();
         for (i, s) in w.shards.iter().enumerate() {
@@ -364,7 +363,7 @@ impl Node {
     }
 
     /// Runs one step on every primary at once; the replies in the order of `primaries`.
-    async fn all_steps(
+    pub(crate) async fn all_steps(
         self: Arc<Self>,
         cut: u64,
         primaries: &[Primary],
@@ -408,14 +407,14 @@ impl Node {
 
     /// Unpauses and drops the prepared connections (best effort; a pause also ends by itself
     /// when its budget does).
-    async fn abort(self: Arc<Self>, cut: u64, primaries: &[Primary]) {
+    pub(crate) async fn abort(self: Arc<Self>, cut: u64, primaries: &[Primary]) {
         let _ = self
             .all_steps(cut, primaries, Step::Abort, 0, STEP_TIMEOUT)
             .await;
     }
 
     /// Sends one step to an agent and waits for its reply.
-    async fn step(
+    pub(crate) async fn step(
         &self,
         agent: &str,
         msg: v1::CutStep,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fleetsnap_core::retention::{self, Action, SetInfo, SetState};
 use fleetsnap_core::window::{CatalogTask, RegionUrl, from_unix_ms};
 use fleetsnap_core::{BackupId, ClusterId};
-use tonic::Status;
+use super::LeaderError;
 
 use super::Node;
 use crate::state::CatalogSpec;
@@ -27,9 +27,9 @@ const ORPHANS_EVERY: Duration = Duration::from_secs(3600);
 
 impl Node {
     /// A connected agent to run a catalog job, preferring those named.
-    pub(super) fn pick_agent(&self, preferred: &[String]) -> Result<String, Status> {
+    pub(crate) fn pick_agent(&self, preferred: &[String]) -> Result<String, LeaderError> {
         self.pick_agent_where(preferred, |_| true).ok_or_else(|| {
-            Status::unavailable(
+            LeaderError::unavailable(
                 "no agent is connected to the leader to read the regions: start one",
             )
         })
@@ -37,10 +37,10 @@ impl Node {
 
     /// A connected agent that can run drills (its config has a `[drill]` section): `preferred`
     /// if it can, else the first by name.
-    pub(super) fn pick_drill_agent(&self, preferred: &str) -> Result<String, Status> {
+    pub(crate) fn pick_drill_agent(&self, preferred: &str) -> Result<String, LeaderError> {
         self.pick_agent_where(&[preferred.to_string()], |a| a.drills)
             .ok_or_else(|| {
-                Status::failed_precondition(
+                LeaderError::refused(
                     "no connected agent has a [drill] section: add one to an agent's config (redis_server, work_dir) to let it run restore drills",
                 )
             })
@@ -48,7 +48,7 @@ impl Node {
 
     /// A registered agent connected to this leader and passing `can`: the first of `preferred`
     /// that is, else the first by name.
-    fn pick_agent_where(
+    pub(crate) fn pick_agent_where(
         &self,
         preferred: &[String],
         can: impl Fn(&super::AgentLive) -> bool,
@@ -70,7 +70,7 @@ impl Node {
     }
 
     /// A set by `CLUSTER/ID`, or by id when one cluster has it.
-    pub(super) fn resolve_set(&self, id: &str) -> Result<BackupSet, Status> {
+    pub(crate) fn resolve_set(&self, id: &str) -> Result<BackupSet, LeaderError> {
         let st = self.state.read().expect("state lock");
         if let Some(s) = st.state.sets.get(id) {
             return Ok(s.clone());
@@ -83,10 +83,10 @@ impl Node {
             .collect();
         match found.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(Status::not_found(format!(
+            [] => Err(LeaderError::not_found(format!(
                 "no backup set {id:?}; `fleetsnap backup list` shows them"
             ))),
-            many => Err(Status::invalid_argument(format!(
+            many => Err(LeaderError::invalid(format!(
                 "backup {id} exists in {} clusters: name one as CLUSTER/{id} ({})",
                 many.len(),
                 many.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
@@ -94,22 +94,22 @@ impl Node {
         }
     }
 
-    pub(super) async fn catalog_job(
+    pub(crate) async fn catalog_job(
         &self,
         agent: String,
         spec: CatalogSpec,
-    ) -> Result<u64, Status> {
+    ) -> Result<u64, LeaderError> {
         let (resp, _, _) = self
             .write(Command::CreateCatalogJob { agent, spec })
             .await?;
         if let Some(why) = resp.refused {
-            return Err(Status::failed_precondition(why));
+            return Err(LeaderError::refused(why));
         }
         resp.job
-            .ok_or_else(|| Status::internal("the job was not created"))
+            .ok_or_else(|| LeaderError::internal("the job was not created"))
     }
 
-    fn region_urls(set: &BackupSet, which: impl Fn(RegionState) -> bool) -> Vec<RegionUrl> {
+    pub(crate) fn region_urls(set: &BackupSet, which: impl Fn(RegionState) -> bool) -> Vec<RegionUrl> {
         set.regions
             .iter()
             .filter(|(_, r)| which(r.state) && !r.url.is_empty())
@@ -120,14 +120,14 @@ impl Node {
             .collect()
     }
 
-    pub(super) fn set_agents(set: &BackupSet) -> Vec<String> {
+    pub(crate) fn set_agents(set: &BackupSet) -> Vec<String> {
         set.shards.iter().map(|s| s.agent.clone()).collect()
     }
 
     /// Copies the set from a complete region to every other one.
-    pub(super) async fn repair(&self, set: &BackupSet, reason: &str) -> Result<u64, Status> {
+    pub(crate) async fn repair(&self, set: &BackupSet, reason: &str) -> Result<u64, LeaderError> {
         if set.state == SetState::Running {
-            return Err(Status::failed_precondition(format!(
+            return Err(LeaderError::refused(format!(
                 "set {} is still being written",
                 set.key()
             )));
@@ -136,14 +136,14 @@ impl Node {
             .into_iter()
             .next()
             .ok_or_else(|| {
-                Status::failed_precondition(format!(
+                LeaderError::refused(format!(
                     "set {} is complete in no region: there is nothing to copy from",
                     set.key()
                 ))
             })?;
         let to = Self::region_urls(set, |s| s != RegionState::Complete);
         if to.is_empty() {
-            return Err(Status::failed_precondition(format!(
+            return Err(LeaderError::refused(format!(
                 "set {} is complete in every region it has; nothing to repair",
                 set.key()
             )));
@@ -168,10 +168,10 @@ impl Node {
     }
 
     /// Reads the set back in every complete region.
-    pub(super) async fn verify(&self, set: &BackupSet) -> Result<u64, Status> {
+    pub(crate) async fn verify(&self, set: &BackupSet) -> Result<u64, LeaderError> {
         let regions = Self::region_urls(set, |s| s == RegionState::Complete);
         if regions.is_empty() {
-            return Err(Status::failed_precondition(format!(
+            return Err(LeaderError::refused(format!(
                 "set {} is complete in no region: there is nothing to verify",
                 set.key()
             )));
@@ -195,11 +195,11 @@ impl Node {
     }
 
     /// Reads every manifest in `regions` into the catalog.
-    pub(super) async fn rebuild(
+    pub(crate) async fn rebuild(
         &self,
         regions: Vec<RegionUrl>,
         agent: &str,
-    ) -> Result<(u64, String), Status> {
+    ) -> Result<(u64, String), LeaderError> {
         let preferred: Vec<String> = (!agent.is_empty())
             .then(|| agent.to_string())
             .into_iter()
@@ -222,12 +222,12 @@ impl Node {
 
     /// Retention over every policy (or one): the decisions, and with `execute` a deletion job
     /// per set to delete, plus orphan collection in the policy's regions.
-    pub(super) async fn prune(
+    pub(crate) async fn prune(
         &self,
         only: &str,
         execute: bool,
         orphans: bool,
-    ) -> Result<serde_json::Value, Status> {
+    ) -> Result<serde_json::Value, LeaderError> {
         let now = time::OffsetDateTime::now_utc();
         let (policies, sets, running) = {
             let st = self.state.read().expect("state lock");
@@ -248,7 +248,7 @@ impl Node {
             (policies, st.state.sets.clone(), running)
         };
         if !only.is_empty() && policies.is_empty() {
-            return Err(Status::not_found(format!("there is no policy {only:?}")));
+            return Err(LeaderError::not_found(format!("there is no policy {only:?}")));
         }
         let mut out = Vec::new();
         for p in &policies {
@@ -363,12 +363,11 @@ impl Node {
     }
 
     /// On the leader: repairs degraded sets, applies retention, collects orphans.
-    pub(super) async fn upkeep_loop(self: Arc<Self>) {
+    pub(crate) async fn upkeep_loop(self: Arc<Self>) {
         let mut repaired: HashMap<String, Instant> = HashMap::new();
         let mut orphans_at: Option<Instant> = None;
         loop {
-            tokio::time::sleep(UPKEEP_EVERY).await;
-            if !self.is_leader() {
+            if !self.next_round(UPKEEP_EVERY, None).await {
                 orphans_at = None;
                 continue;
             }

@@ -28,14 +28,14 @@ pub(super) struct Traces(Mutex<HashMap<String, Span>>);
 
 impl Traces {
     /// Keeps `span` open until nothing open carries its context.
-    pub(super) fn keep(&self, span: &Span) {
+    pub(crate) fn keep(&self, span: &Span) {
         if let Some(tp) = trace::traceparent(span) {
             self.0.lock().expect("traces lock").insert(tp, span.clone());
         }
     }
 
     /// Leadership lost: this node's spans end (a new leader's jobs keep the trace going).
-    pub(super) fn end_all(&self) {
+    pub(crate) fn end_all(&self) {
         self.0.lock().expect("traces lock").clear();
     }
 }
@@ -44,12 +44,12 @@ impl Node {
     /// Runs `work` in `span`, started as a trace's root on this node (a child of the remote span
     /// `parent` names, if any); once `work` succeeds the span stays open until nothing open
     /// carries its context.
-    pub(super) async fn in_trace<R>(
+    pub(crate) async fn in_trace<R, E>(
         &self,
         span: Span,
         parent: Option<&str>,
-        work: impl Future<Output = Result<R, tonic::Status>>,
-    ) -> Result<R, tonic::Status> {
+        work: impl Future<Output = Result<R, E>>,
+    ) -> Result<R, E> {
         let span = trace::begin(span, parent);
         let out = work.instrument(span.clone()).await;
         if out.is_ok() {
@@ -60,7 +60,7 @@ impl Node {
 
     /// Ends the spans whose window, jobs and runbook have all ended (`open_jobs`: the jobs the
     /// job loop found open).
-    pub(super) fn end_finished_traces(&self, open_jobs: &[Job]) {
+    pub(crate) fn end_finished_traces(&self, open_jobs: &[Job]) {
         if self.traces.0.lock().expect("traces lock").is_empty() {
             return;
         }
@@ -120,7 +120,7 @@ impl Node {
         e.finish()
     }
 
-    fn raft_metrics(&self, e: &mut Exposition) {
+    pub(crate) fn raft_metrics(&self, e: &mut Exposition) {
         let m = self.raft.metrics().borrow().clone();
         let last_log = m.last_log_index.unwrap_or(0) as f64;
         let applied = m.last_applied.map_or(0, |l| l.index) as f64;
@@ -182,7 +182,7 @@ impl Node {
         }
     }
 
-    fn catalog_metrics(&self, e: &mut Exposition) {
+    pub(crate) fn catalog_metrics(&self, e: &mut Exposition) {
         let s = self.state.read().expect("state lock");
         let st = &s.state;
         let now_ms = unix_ms(time::OffsetDateTime::now_utc());
@@ -389,7 +389,7 @@ impl Node {
         }
     }
 
-    fn leader_metrics(&self, e: &mut Exposition) {
+    pub(crate) fn leader_metrics(&self, e: &mut Exposition) {
         let now = Instant::now();
         let registered: Vec<String> = {
             let s = self.state.read().expect("state lock");

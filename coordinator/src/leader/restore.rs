@@ -8,7 +8,7 @@ use std::time::Duration;
 use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreMode, RestoreTask, unix_ms};
 use fleetsnap_core::{ClusterId, Role};
 use fleetsnap_proto::v1;
-use tonic::Status;
+use super::LeaderError;
 
 use super::Node;
 use crate::state::CatalogSpec;
@@ -28,17 +28,17 @@ pub(super) struct Started {
 impl Node {
     /// The set to restore: one named, or the cluster's latest restorable set taken at or before
     /// `at_ms` (0: the latest).
-    pub(super) fn restorable(
+    pub(crate) fn restorable(
         &self,
         set: &str,
         cluster: &str,
         at_ms: i64,
-    ) -> Result<BackupSet, Status> {
+    ) -> Result<BackupSet, LeaderError> {
         let set = if !set.is_empty() {
             self.resolve_set(set)?
         } else {
             if cluster.is_empty() {
-                return Err(Status::invalid_argument(
+                return Err(LeaderError::invalid(
                     "name a set (CLUSTER/BACKUP_ID) or a cluster (--cluster C, with --at TIME for an older one)",
                 ));
             }
@@ -53,7 +53,7 @@ impl Node {
                 .max_by_key(|s| (s.opened_at_ms, s.backup_id.clone()))
                 .cloned()
                 .ok_or_else(|| {
-                    Status::not_found(if at_ms == 0 {
+                    LeaderError::not_found(if at_ms == 0 {
                         format!("cluster {cluster:?} has no set complete in any region; `fleetsnap backup list` shows its sets")
                     } else {
                         format!(
@@ -64,7 +64,7 @@ impl Node {
                 })?
         };
         if set.deleting.is_some() {
-            return Err(Status::failed_precondition(format!(
+            return Err(LeaderError::refused(format!(
                 "set {} is being deleted",
                 set.key()
             )));
@@ -74,7 +74,7 @@ impl Node {
 
     /// The regions to read a set from: those that hold it whole, in the order its policy lists
     /// them (nearest first), those whose last verification failed after the others.
-    pub(super) fn read_order(&self, set: &BackupSet) -> Vec<RegionUrl> {
+    pub(crate) fn read_order(&self, set: &BackupSet) -> Vec<RegionUrl> {
         let order: Vec<String> = {
             let st = self.state.read().expect("state lock");
             st.state
@@ -109,10 +109,10 @@ impl Node {
     }
 
     /// `read_order`, refusing a set that is complete in no region.
-    pub(super) fn regions_to_restore(&self, set: &BackupSet) -> Result<Vec<RegionUrl>, Status> {
+    pub(crate) fn regions_to_restore(&self, set: &BackupSet) -> Result<Vec<RegionUrl>, LeaderError> {
         let regions = self.read_order(set);
         if regions.is_empty() {
-            return Err(Status::failed_precondition(format!(
+            return Err(LeaderError::refused(format!(
                 "set {} is complete in no region: there is nothing to restore from",
                 set.key()
             )));
@@ -122,14 +122,14 @@ impl Node {
 
     /// `fleetsnap restore`: one job for an online restore, one per shard's primary for a
     /// replace.
-    pub(super) async fn restore(&self, r: &v1::RestoreRequest) -> Result<Started, Status> {
+    pub(crate) async fn restore(&self, r: &v1::RestoreRequest) -> Result<Started, LeaderError> {
         let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
         let regions = self.regions_to_restore(&set)?;
         let shard = (!r.shard.is_empty()).then(|| r.shard.clone());
         if let Some(s) = &shard
             && !set.shards.iter().any(|x| &x.shard == s)
         {
-            return Err(Status::invalid_argument(format!(
+            return Err(LeaderError::invalid(format!(
                 "set {} has no shard {s:?}; its shards: {}",
                 set.key(),
                 set.shards
@@ -157,7 +157,7 @@ impl Node {
         match r.mode.as_str() {
             "online" => {
                 if r.target.is_empty() {
-                    return Err(Status::invalid_argument(
+                    return Err(LeaderError::invalid(
                         "an online restore needs --target redis://HOST:PORT",
                     ));
                 }
@@ -175,7 +175,7 @@ impl Node {
             }
             "replace" => {
                 if r.db.is_some() || !r.pattern.is_empty() {
-                    return Err(Status::invalid_argument(
+                    return Err(LeaderError::invalid(
                         "a replace restore puts whole shards back: --db and --match apply to --mode online",
                     ));
                 }
@@ -195,7 +195,7 @@ impl Node {
                         })
                         .and_then(|v| v.nodes.iter().find(|n| n.role == Role::Primary))
                         .ok_or_else(|| {
-                            Status::failed_precondition(format!(
+                            LeaderError::refused(format!(
                                 "shard {} of set {} matches no shard of cluster {} with a primary that an agent reports now; restore it with --mode online into a running target instead",
                                 s.shard,
                                 set.key(),
@@ -218,7 +218,7 @@ impl Node {
                 }
             }
             other => {
-                return Err(Status::invalid_argument(format!(
+                return Err(LeaderError::invalid(format!(
                     "--mode {other:?}: use online (into a running target) or replace (the cluster's own nodes)"
                 )));
             }
@@ -228,7 +228,7 @@ impl Node {
 
     /// The agent to restore a set online: the one asked for, which must be connected, else one
     /// that took the set, else any connected.
-    pub(super) fn restoring_agent(&self, set: &BackupSet, asked: &str) -> Result<String, Status> {
+    pub(crate) fn restoring_agent(&self, set: &BackupSet, asked: &str) -> Result<String, LeaderError> {
         let preferred = if asked.is_empty() {
             Self::set_agents(set)
         } else {
@@ -236,7 +236,7 @@ impl Node {
         };
         let agent = self.pick_agent(&preferred)?;
         if !asked.is_empty() && agent != asked {
-            return Err(Status::unavailable(format!(
+            return Err(LeaderError::unavailable(format!(
                 "agent {asked:?} is not connected to the leader"
             )));
         }
@@ -244,13 +244,13 @@ impl Node {
     }
 
     /// A restore or drill job; `drill_of` names the schedule that called for a drill.
-    async fn restore_job(
+    pub(crate) async fn restore_job(
         &self,
         agent: &str,
         set: &BackupSet,
         task: RestoreTask,
         drill_of: Option<(String, i64)>,
-    ) -> Result<u64, Status> {
+    ) -> Result<u64, LeaderError> {
         let reason = match &task.mode {
             RestoreMode::Drill => "restore drill",
             _ => "restore asked by an operator",
@@ -269,14 +269,14 @@ impl Node {
     }
 
     /// Drills of a set (the cluster's latest when none is named): one job per shard.
-    pub(super) async fn drill(
+    pub(crate) async fn drill(
         &self,
         cluster: &str,
         set: &str,
         shard: &str,
         agent: &str,
         drill_of: Option<(String, i64)>,
-    ) -> Result<Started, Status> {
+    ) -> Result<Started, LeaderError> {
         let set = self.restorable(set, cluster, 0)?;
         let regions = self.read_order(&set);
         let mut started = Started {
@@ -290,7 +290,7 @@ impl Node {
             .filter(|s| shard.is_empty() || s.shard == shard)
             .collect();
         if shards.is_empty() {
-            return Err(Status::invalid_argument(format!(
+            return Err(LeaderError::invalid(format!(
                 "set {} has no shard {shard:?}",
                 set.key()
             )));
@@ -319,7 +319,7 @@ impl Node {
     }
 
     /// Every drill job, newest last, as JSON.
-    pub(super) fn drills_json(&self, cluster: &str) -> String {
+    pub(crate) fn drills_json(&self, cluster: &str) -> String {
         let st = self.state.read().expect("state lock");
         let mut out = Vec::new();
         for job in st.state.jobs.values() {
@@ -373,11 +373,10 @@ impl Node {
 
     /// Runs the drills that policies' drill schedules call for (the leader only), counting from
     /// the last scheduled drill in the log.
-    pub(super) async fn drill_loop(self: Arc<Self>) {
+    pub(crate) async fn drill_loop(self: Arc<Self>) {
         let mut cadence = super::Cadence::default();
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if !self.is_leader() {
+            if !self.next_round(Duration::from_millis(500), None).await {
                 cadence.forget();
                 continue;
             }
@@ -436,9 +435,9 @@ impl Node {
 
 /// Whether a Redis URL carries a password in itself.
 /// Refuses a target URL that carries a password: it would be stored in the coordinators' log.
-pub(super) fn no_password_in(target: &str) -> Result<(), Status> {
+pub(super) fn no_password_in(target: &str) -> Result<(), LeaderError> {
     if inline_password(target) {
-        return Err(Status::invalid_argument(format!(
+        return Err(LeaderError::invalid(format!(
             "--target {:?} carries a password, which would be stored in the coordinators' log: put it in a file on the agent's host and use ?password_file=PATH",
             redact(target)
         )));

@@ -1,5 +1,5 @@
-//! Runbooks on the leader: plans made from the fleet's reports, and the loop that starts each
-//! step's job and makes each check. The steps themselves are in the log (`crate::runbook`).
+//! Planning a runbook: a failover, a catalog rebuild, a cluster restore or a region's loss, as
+//! the steps the replicated state will carry out, each checked against the fleet as it is now.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,29 +12,23 @@ use fleetsnap_core::window::{
     unix_ms,
 };
 use fleetsnap_proto::v1;
-use tonic::Status;
+use crate::leader::LeaderError;
 
-use super::Node;
+use crate::leader::Node;
 use crate::state::{Action, Runbook, RunbookState, Step};
 use crate::state::Command;
 use crate::state::RegionState;
 
-/// How long the reports may take to show a failover's new topology.
-const CHECK_TIMEOUT_MS: u64 = 30_000;
-
-/// A primary whose last report is older than this counts as dead.
-const ALIVE_MS: u64 = 5_000;
-
 impl Node {
     /// The plan of a runbook, from the request and the fleet as the leader sees it now.
-    pub(super) fn plan_runbook(&self, r: &v1::RunbookRequest) -> Result<Runbook, Status> {
+    pub(crate) fn plan_runbook(&self, r: &v1::RunbookRequest) -> Result<Runbook, LeaderError> {
         let steps_and_findings = match r.name.as_str() {
             "failover" => self.plan_failover(r)?,
             "rebuild-coordinator" => self.plan_rebuild(r)?,
             "restore-cluster" => self.plan_restore_cluster(r)?,
             "region-loss" => self.plan_region_loss(r)?,
             other => {
-                return Err(Status::invalid_argument(format!(
+                return Err(LeaderError::invalid(format!(
                     "no runbook {other:?}: failover, restore-cluster, region-loss, rebuild-coordinator"
                 )));
             }
@@ -53,14 +47,14 @@ impl Node {
         })
     }
 
-    fn plan_failover(
+    pub(crate) fn plan_failover(
         &self,
         r: &v1::RunbookRequest,
-    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
         let cluster = r.cluster.trim();
         let shard = r.shard.trim();
         if cluster.is_empty() || shard.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(LeaderError::invalid(
                 "failover needs --cluster C --shard S (`fleetsnap status` shows shard ids)",
             ));
         }
@@ -69,7 +63,7 @@ impl Node {
             .clusters
             .iter()
             .find(|c| c.name == cluster)
-            .ok_or_else(|| Status::not_found(format!("no agent reports a cluster {cluster:?}")))?;
+            .ok_or_else(|| LeaderError::not_found(format!("no agent reports a cluster {cluster:?}")))?;
         let all: Vec<&NodeView> = cv.shards.iter().flat_map(|s| s.nodes.iter()).collect();
         // The shard by id while its primary reports; by the dead primary's name or address
         // once it does not (its replicas then point at an address nobody serves).
@@ -81,7 +75,7 @@ impl Node {
                 .iter()
                 .find(|n| n.role == Role::Primary)
                 .ok_or_else(|| {
-                    Status::failed_precondition(format!(
+                    LeaderError::refused(format!(
                         "shard {shard} has no primary in the reports"
                     ))
                 })?;
@@ -99,7 +93,7 @@ impl Node {
                     .copied()
                     .ok_or_else(|| {
                         let ids: Vec<&str> = cv.shards.iter().map(|s| s.id.as_str()).collect();
-                        Status::not_found(format!(
+                        LeaderError::not_found(format!(
                             "cluster {cluster} has no shard {shard:?} (its shards: {}); name a dead primary by its instance name or address",
                             ids.join(", ")
                         ))
@@ -120,7 +114,7 @@ impl Node {
                 .max_by_key(|n| (n.offset, std::cmp::Reverse(n.address.clone())))
                 .copied()
                 .ok_or_else(|| {
-                    Status::failed_precondition(format!(
+                    LeaderError::refused(format!(
                         "shard {shard} has no reachable replica to promote"
                     ))
                 })?
@@ -130,7 +124,7 @@ impl Node {
                 .find(|n| n.name == r.to || n.address == r.to)
                 .copied()
                 .ok_or_else(|| {
-                    Status::failed_precondition(format!(
+                    LeaderError::refused(format!(
                         "--to {:?} is not a reachable replica of shard {shard} (its replicas: {})",
                         r.to,
                         replicas
@@ -281,12 +275,12 @@ impl Node {
         Ok((steps, findings))
     }
 
-    fn plan_rebuild(
+    pub(crate) fn plan_rebuild(
         &self,
         r: &v1::RunbookRequest,
-    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
         if r.regions.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(LeaderError::invalid(
                 "rebuild-coordinator needs the regions to read: --from REGION=URL (repeat)",
             ));
         }
@@ -322,13 +316,13 @@ impl Node {
         Ok((steps, BTreeMap::new()))
     }
 
-    fn plan_restore_cluster(
+    pub(crate) fn plan_restore_cluster(
         &self,
         r: &v1::RunbookRequest,
-    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
         let target = r.target.trim();
         if target.is_empty() || (r.cluster.trim().is_empty() && r.set.trim().is_empty()) {
-            return Err(Status::invalid_argument(
+            return Err(LeaderError::invalid(
                 "restore-cluster needs the set (--set CLUSTER/BACKUP_ID, or --cluster C [--at TIME]) and the new cluster: --target redis://HOST:PORT",
             ));
         }
@@ -400,19 +394,19 @@ impl Node {
         Ok((steps, findings))
     }
 
-    fn plan_region_loss(
+    pub(crate) fn plan_region_loss(
         &self,
         r: &v1::RunbookRequest,
-    ) -> Result<(Vec<Step>, BTreeMap<String, String>), Status> {
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
         let lost = r.region.trim();
         if lost.is_empty() || !r.standby.contains('=') {
-            return Err(Status::invalid_argument(
+            return Err(LeaderError::invalid(
                 "region-loss needs the region lost and a standby to take its place: --region R --standby NAME=URL",
             ));
         }
         let standby = RegionUrl::from_arg(r.standby.trim());
         if standby.region == lost {
-            return Err(Status::invalid_argument(format!(
+            return Err(LeaderError::invalid(format!(
                 "the standby must be another region than {lost:?}: name it differently"
             )));
         }
@@ -428,7 +422,7 @@ impl Node {
             .any(|p| p.destinations.iter().any(|d| d.region == lost))
             || sets.iter().any(|s| s.regions.contains_key(lost));
         if !known {
-            return Err(Status::not_found(format!(
+            return Err(LeaderError::not_found(format!(
                 "no policy and no set names a region {lost:?}; `fleetsnap policy list` shows the regions"
             )));
         }
@@ -503,7 +497,7 @@ impl Node {
                     .into_iter()
                     .find(|g| g.region != lost)
                     .ok_or_else(|| {
-                        Status::failed_precondition(format!(
+                        LeaderError::refused(format!(
                             "set {} has no region URL to copy from outside {lost}",
                             set.key()
                         ))
@@ -580,7 +574,7 @@ impl Node {
     /// Rewrites every policy that lists `lost` to list `standby` in its place (a policy that
     /// already lists the standby just drops `lost`, its `min_regions` capped to what is left).
     /// Writing a policy twice is harmless, so a new leader may repeat this step.
-    async fn switch_policies(&self, lost: &str, standby: &RegionUrl) -> (bool, String) {
+    pub(crate) async fn switch_policies(&self, lost: &str, standby: &RegionUrl) -> (bool, String) {
         let policies: Vec<fleetsnap_core::policy::Policy> = {
             let st = self.state.read().expect("state lock");
             st.state
@@ -631,7 +625,7 @@ impl Node {
     }
 
     /// Whether every set in `sets` is complete in `standby` and no policy lists `lost`.
-    fn check_standby(&self, lost: &str, standby: &str, sets: &[String]) -> (bool, String) {
+    pub(crate) fn check_standby(&self, lost: &str, standby: &str, sets: &[String]) -> (bool, String) {
         let st = self.state.read().expect("state lock");
         let mut problems = Vec::new();
         for key in sets {
@@ -657,206 +651,6 @@ impl Node {
         } else {
             (false, problems.join("; "))
         }
-    }
-
-    /// Starts a planned runbook; its id.
-    pub(super) async fn start_runbook(&self, runbook: Runbook) -> Result<u64, Status> {
-        let (resp, _, _) = self.write(Command::StartRunbook { runbook }).await?;
-        if let Some(why) = resp.refused {
-            return Err(Status::failed_precondition(why));
-        }
-        resp.runbook
-            .ok_or_else(|| Status::internal("the runbook was not started"))
-    }
-
-    /// Starts the job of each runbook's current step and makes the leader's checks.
-    pub(super) async fn runbook_loop(self: Arc<Self>) {
-        let mut waiting: HashMap<(u64, usize), Instant> = HashMap::new();
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if !self.is_leader() {
-                waiting.clear();
-                continue;
-            }
-            let running: Vec<Runbook> = {
-                let s = self.state.read().expect("state lock");
-                s.state
-                    .runbooks
-                    .values()
-                    .filter(|r| r.state == RunbookState::Running)
-                    .cloned()
-                    .collect()
-            };
-            for r in running {
-                let step = &r.steps[r.next];
-                let since = *waiting.entry((r.id, r.next)).or_insert_with(Instant::now);
-                let cmd = match &step.action {
-                    Action::Agent { .. } if step.job.is_none() => Some(Command::RunbookStep {
-                        runbook: r.id,
-                        step: r.next,
-                    }),
-                    Action::Agent { .. } => None,
-                    Action::CheckPrimary {
-                        cluster,
-                        address,
-                        replicas,
-                        timeout_ms,
-                    } => {
-                        let (ok, detail) = self.check_primary(cluster, address, replicas);
-                        if ok || since.elapsed() >= Duration::from_millis(*timeout_ms) {
-                            Some(Command::RunbookCheck {
-                                runbook: r.id,
-                                step: r.next,
-                                ok,
-                                detail,
-                            })
-                        } else {
-                            None
-                        }
-                    }
-                    Action::SwitchPolicies { lost, standby } => {
-                        let (ok, detail) = self.switch_policies(lost, standby).await;
-                        Some(Command::RunbookCheck {
-                            runbook: r.id,
-                            step: r.next,
-                            ok,
-                            detail,
-                        })
-                    }
-                    Action::CheckStandby {
-                        lost,
-                        standby,
-                        sets,
-                    } => {
-                        let (ok, detail) = self.check_standby(lost, standby, sets);
-                        Some(Command::RunbookCheck {
-                            runbook: r.id,
-                            step: r.next,
-                            ok,
-                            detail,
-                        })
-                    }
-                    Action::CheckCatalog => {
-                        let scan = r.next.checked_sub(1).and_then(|p| r.steps[p].job);
-                        let (ok, detail) = self.check_catalog(scan);
-                        Some(Command::RunbookCheck {
-                            runbook: r.id,
-                            step: r.next,
-                            ok,
-                            detail,
-                        })
-                    }
-                };
-                if let Some(cmd) = cmd
-                    && let Err(e) = self.write(cmd).await
-                {
-                    tracing::warn!(runbook = r.id, error = %e.message(), "runbook step not recorded");
-                }
-            }
-        }
-    }
-
-    /// Whether every set the scan job found whole in some region is in the catalog.
-    fn check_catalog(&self, scan: Option<u64>) -> (bool, String) {
-        let st = self.state.read().expect("state lock");
-        let found = scan
-            .and_then(|j| st.state.jobs.get(&j))
-            .and_then(|j| match &j.state {
-                crate::state::JobState::Done(crate::state::JobOutcome::Succeeded {
-                    result: Some(fleetsnap_core::window::JobResult::Scanned { found, .. }),
-                    ..
-                }) => Some(found),
-                _ => None,
-            });
-        let Some(found) = found else {
-            return (
-                false,
-                "the scan step left no result to check against".into(),
-            );
-        };
-        let whole: std::collections::BTreeSet<String> = found
-            .iter()
-            .filter(|f| f.problems.is_empty())
-            .map(|f| crate::state::set_key(&f.manifest.cluster, &f.manifest.backup_id))
-            .collect();
-        let missing: Vec<&String> = whole
-            .iter()
-            .filter(|k| !st.state.sets.contains_key(*k))
-            .collect();
-        if missing.is_empty() {
-            (
-                true,
-                format!(
-                    "the catalog holds all {} sets found whole in a region",
-                    whole.len()
-                ),
-            )
-        } else {
-            (
-                false,
-                format!("sets found whole but not in the catalog: {missing:?}"),
-            )
-        }
-    }
-
-    /// Whether the reports show `address` as primary with `replicas` replicating from it.
-    fn check_primary(&self, cluster: &str, address: &str, replicas: &[String]) -> (bool, String) {
-        let view = self.view(cluster);
-        let nodes: Vec<&NodeView> = view
-            .clusters
-            .iter()
-            .flat_map(|c| c.shards.iter())
-            .flat_map(|s| s.nodes.iter())
-            .collect();
-        let Some(p) = nodes.iter().find(|n| n.address == address) else {
-            return (false, format!("no report of {address}"));
-        };
-        if p.role != Role::Primary {
-            return (false, format!("{address} reports role {:?}", p.role));
-        }
-        let mut behind = Vec::new();
-        for r in replicas {
-            match nodes.iter().find(|n| &n.address == r) {
-                Some(n)
-                    if n.replicating_from.as_deref() == Some(address)
-                        && n.link.as_deref() == Some("up") => {}
-                Some(n) => behind.push(format!(
-                    "{r} replicates from {} (link {})",
-                    n.replicating_from.as_deref().unwrap_or("nothing"),
-                    n.link.as_deref().unwrap_or("-")
-                )),
-                None => behind.push(format!("no report of {r}")),
-            }
-        }
-        if behind.is_empty() {
-            (
-                true,
-                format!(
-                    "{address} is the primary{}",
-                    if replicas.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; {} replicate from it", replicas.join(", "))
-                    }
-                ),
-            )
-        } else {
-            (
-                false,
-                format!("{address} is the primary but {}", behind.join("; ")),
-            )
-        }
-    }
-
-    /// A runbook as JSON.
-    pub(super) fn runbook_json(&self, id: u64) -> Result<String, Status> {
-        let s = self.state.read().expect("state lock");
-        let r = s
-            .state
-            .runbooks
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("there is no runbook {id}")))?;
-        Ok(serde_json::to_string_pretty(r).expect("runbooks serialise"))
     }
 }
 

@@ -1,0 +1,64 @@
+//! The agent service: a session stream per agent, and the calls that keep spare connections up.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use fleetsnap_core::BackupId;
+use fleetsnap_core::InstanceReport;
+use fleetsnap_core::planner;
+use fleetsnap_core::policy::{Consistency, Policy};
+use fleetsnap_core::topology::{self, Observed};
+use fleetsnap_core::window::{from_unix_ms, unix_ms};
+use fleetsnap_proto::tls::{self, PeerIdentity, Role};
+use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use fleetsnap_telemetry::trace;
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::field::Empty;
+
+
+use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
+use crate::raft::Applied;
+use crate::state::WindowPlan;
+use crate::leader::{LEADER_KEY, Node};
+use crate::{NodeId, TypeConfig};
+
+#[tonic::async_trait]
+impl v1::agent_service_server::AgentService for Services {
+    /// The session's messages, a domain error at its end turned into a status.
+    type SessionStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>,
+    >;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let identity = tls::require(&req, Role::Agent, "the agent service")?;
+        let (tx, rx) = mpsc::channel(32);
+        tokio::spawn(self.0.clone().run_session(identity, req.into_inner(), tx));
+        let stream = ReceiverStream::new(rx).map(|m| m.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn standby(
+        &self,
+        req: Request<v1::StandbyRequest>,
+    ) -> Result<Response<v1::StandbyReply>, Status> {
+        let identity = tls::require(&req, Role::Agent, "the agent service")?;
+        let agent = identity.map_or_else(|| req.into_inner().agent_id, |id| id.name);
+        self.0
+            .spares
+            .lock()
+            .expect("lock")
+            .insert(agent, Instant::now());
+        Ok(Response::new(v1::StandbyReply {}))
+    }
+}

@@ -1,0 +1,132 @@
+//! What the leader shows of the fleet: `fleetsnap status` and the cluster's status.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use fleetsnap_core::BackupId;
+use fleetsnap_core::InstanceReport;
+use fleetsnap_core::planner;
+use fleetsnap_core::policy::{Consistency, Policy};
+use fleetsnap_core::topology::{self, Observed};
+use fleetsnap_core::window::{from_unix_ms, unix_ms};
+use fleetsnap_proto::tls::{self, PeerIdentity, Role};
+use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use fleetsnap_telemetry::trace;
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::field::Empty;
+
+
+use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
+use crate::raft::Applied;
+use crate::state::WindowPlan;
+use super::*;
+use crate::{NodeId, TypeConfig};
+
+/// An agent whose last `Standby` call is older has no spare connection here any more (agents
+/// call every 30 s, jittered up to 37.5 s).
+const SPARE_FRESH: Duration = Duration::from_secs(75);
+
+#[derive(Serialize)]
+struct StatusDoc {
+    leader: NodeId,
+    term: u64,
+    registered_agents: usize,
+    open_jobs: usize,
+    agents: Vec<AgentRow>,
+    clusters: Vec<topology::ClusterView>,
+}
+
+#[derive(Serialize)]
+struct AgentRow {
+    agent: String,
+    connected: bool,
+    version: String,
+    last_report_age_ms: Option<u64>,
+    instances: usize,
+}
+
+impl Node {
+    pub(crate) fn cluster_status(&self) -> v1::ClusterStatusReply {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| v1::Member {
+                id: *id,
+                address: n.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index)
+                    .or_else(|| (*id == self.id).then_some(m.last_log_index).flatten()),
+            })
+            .collect();
+        let spare_agents = {
+            let mut spares = self.spares.lock().expect("lock");
+            spares.retain(|_, at| at.elapsed() < SPARE_FRESH);
+            spares.len() as u64
+        };
+        v1::ClusterStatusReply {
+            spare_agents,
+            node_id: self.id,
+            leader_id: m.current_leader.unwrap_or_default(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or_default(),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or_default(),
+            members,
+        }
+    }
+
+    pub(crate) fn status_json(&self, cluster: &str) -> String {
+        let view = self.view(cluster);
+        let now = Instant::now();
+        let mut agent_rows: Vec<AgentRow> = self
+            .fleet
+            .agents
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(name, a)| AgentRow {
+                agent: name.clone(),
+                connected: a.tx.is_some(),
+                version: a.version.clone(),
+                last_report_age_ms: a
+                    .last_report
+                    .map(|t| now.duration_since(t).as_millis() as u64),
+                instances: a.instances.len(),
+            })
+            .collect();
+        agent_rows.sort_by(|a, b| a.agent.cmp(&b.agent));
+        let (known, jobs) = {
+            let s = self.state.read().expect("state lock");
+            let running = s
+                .state
+                .jobs
+                .values()
+                .filter(|j| !matches!(j.state, JobState::Done(_)))
+                .count();
+            (s.state.agents.len(), running)
+        };
+        let m = self.raft.metrics().borrow().clone();
+        serde_json::to_string_pretty(&StatusDoc {
+            leader: self.id,
+            term: m.current_term,
+            registered_agents: known,
+            open_jobs: jobs,
+            agents: agent_rows,
+            clusters: view.clusters,
+        })
+        .expect("status serialises")
+    }
+}
