@@ -20,7 +20,7 @@ cargo test --workspace --quiet -- --test-threads=2 2>&1 | tee "$log"
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "fleetsnap: %d passed, %d failed\n", p, f }' "$log"
-# Every fuzz target for a few seconds (the longer runs' figures are in docs/FUZZING.md).
+# Every fuzz target for a few seconds (the longer runs' figures are in docs/fuzzing.md).
 scripts/fuzz.sh --quick
 # The chaos suite's quick subset, on the binaries just built.
 scripts/chaos.sh --quick
