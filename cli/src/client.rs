@@ -2,8 +2,8 @@
 //! leader, and say plainly which coordinator failed how.
 
 use clap::Args;
-use std::path::PathBuf;
 use std::future::Future;
+use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use fleetsnap_proto::tls::{Role, TlsFiles, Transport};
@@ -36,7 +36,6 @@ pub struct Conn {
     #[arg(long, global = true)]
     pub insecure: bool,
 }
-
 
 /// The metadata key naming the leader in a follower's refusal.
 const LEADER_KEY: &str = "fleetsnap-leader";

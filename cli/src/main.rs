@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fleetsnap_core::policy::Policy;
 use fleetsnap_proto::tls::{PeerIdentity, Role};
 use fleetsnap_proto::v1;
@@ -31,7 +31,6 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
-
 
 #[derive(Subcommand)]
 enum Command {

@@ -204,7 +204,10 @@ fn architecture_names_only_paths_that_exist() {
             None => missing.push(part.to_string()),
         }
     }
-    assert!(checked > 100, "only {checked} paths found: has the map's format changed?");
+    assert!(
+        checked > 100,
+        "only {checked} paths found: has the map's format changed?"
+    );
     assert!(
         missing.is_empty(),
         "ARCHITECTURE.md names paths that do not exist: {missing:?}"

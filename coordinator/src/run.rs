@@ -16,11 +16,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::Config;
-use crate::raft::Network;
 use crate::api::Services;
+use crate::config::Config;
 use crate::leader::Node;
 use crate::raft as store;
+use crate::raft::Network;
 
 /// Why a coordinator could not start.
 pub type StartError = String;

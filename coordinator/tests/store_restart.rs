@@ -1,8 +1,8 @@
 //! A coordinator restarted on its data keeps its vote and applied state; a damaged database is a
 //! clear error, not a panic and not a silent reset.
 
-use fleetsnap_coordinator::state::{Command, JobKind, JobState, SnapshotSpec};
 use fleetsnap_coordinator::raft::open;
+use fleetsnap_coordinator::state::{Command, JobKind, JobState, SnapshotSpec};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 

@@ -14,6 +14,6 @@ pub mod s3;
 pub use data::{
     Dataset, assert_same_data, assert_same_data_across, filled_server, write_dataset, write_extras,
 };
+pub use process::{Process, free_port, output_within, poll_until};
 pub use redis::{RedisCluster, RedisServer, ReplicaSet};
 pub use s3::{Garage, Moto, S3Region, credentials_file};
-pub use process::{Process, free_port, output_within, poll_until};

@@ -42,7 +42,7 @@ struct Primary {
 
 impl Node {
     /// Routes an agent's `CutReply` to the step waiting for it.
-    pub(crate) fn cut_reply(&self, r: v1::CutReply) {
+    pub(super) fn cut_reply(&self, r: v1::CutReply) {
         let key = (r.cut, r.instance.clone(), r.step);
         if let Some(tx) = self.cut_waiters.lock().expect("lock").remove(&key) {
             let _ = tx.send(r);
@@ -50,7 +50,7 @@ impl Node {
     }
 
     /// Commits a job's `Synced`.
-    pub(crate) async fn synced(&self, agent: &str, s: v1::Synced) {
+    pub(super) async fn synced(&self, agent: &str, s: v1::Synced) {
         let known = {
             let st = self.state.read().expect("state lock");
             match st.state.jobs.get(&s.job_id) {
@@ -81,7 +81,7 @@ impl Node {
     }
 
     /// On the leader: takes the cuts that are due and sends the decisions that are out.
-    pub(crate) async fn cut_loop(self: Arc<Self>) {
+    pub(super) async fn cut_loop(self: Arc<Self>) {
         let mut sent: HashMap<u64, Instant> = HashMap::new();
         let mut last_attempt: HashMap<u64, Instant> = HashMap::new();
         // Jobs told to abort because their shard failed over; until they end (and the shard is
@@ -192,7 +192,7 @@ impl Node {
 
     /// Sends every job of the window that waits on the cut its decision (again every
     /// `DECISION_EVERY`, until the job ends).
-    pub(crate) async fn send_decisions(&self, w: &Window, sent: &mut HashMap<u64, Instant>) {
+    pub(super) async fn send_decisions(&self, w: &Window, sent: &mut HashMap<u64, Instant>) {
         let decisions: Vec<v1::CutDecision> = w
             .shards
             .iter()
@@ -211,7 +211,7 @@ impl Node {
     }
 
     /// Sends a decision to the agent of its job, if the job is still open; whether it went.
-    pub(crate) async fn send_decision(&self, decision: v1::CutDecision) -> bool {
+    pub(super) async fn send_decision(&self, decision: v1::CutDecision) -> bool {
         let open = {
             let st = self.state.read().expect("state lock");
             st.state
@@ -237,7 +237,7 @@ impl Node {
 
     /// One attempt at the window's cut, and the jobs whose shard failed over (their streams
     /// are on an old history).
-    pub(crate) async fn take_cut(self: Arc<Self>, w: &Window) -> (CutOutcome, Vec<u64>) {
+    pub(super) async fn take_cut(self: Arc<Self>, w: &Window) -> (CutOutcome, Vec<u64>) {
         let failed = |reason: String| (CutOutcome::Failed { reason }, Vec::new());
         let primaries = match self.primaries(w) {
             Ok(p) => p,
@@ -325,7 +325,7 @@ impl Node {
 
     /// The primary of every running shard, from the latest reports (a shard that failed over
     /// since the window opened is paused on its new primary), else from the plan.
-    pub(crate) fn primaries(&self, w: &Window) -> Result<Vec<Primary>, String> {
+    fn primaries(&self, w: &Window) -> Result<Vec<Primary>, String> {
         let view = self.view("");
         let mut out = Vec::new();
         for (i, s) in w.shards.iter().enumerate() {
@@ -363,7 +363,7 @@ impl Node {
     }
 
     /// Runs one step on every primary at once; the replies in the order of `primaries`.
-    pub(crate) async fn all_steps(
+    async fn all_steps(
         self: Arc<Self>,
         cut: u64,
         primaries: &[Primary],
@@ -407,14 +407,14 @@ impl Node {
 
     /// Unpauses and drops the prepared connections (best effort; a pause also ends by itself
     /// when its budget does).
-    pub(crate) async fn abort(self: Arc<Self>, cut: u64, primaries: &[Primary]) {
+    async fn abort(self: Arc<Self>, cut: u64, primaries: &[Primary]) {
         let _ = self
             .all_steps(cut, primaries, Step::Abort, 0, STEP_TIMEOUT)
             .await;
     }
 
     /// Sends one step to an agent and waits for its reply.
-    pub(crate) async fn step(
+    pub(super) async fn step(
         &self,
         agent: &str,
         msg: v1::CutStep,

@@ -2,7 +2,7 @@
 //! nothing below it speaks tonic.
 
 /// A refused or failed operation, with the message an operator reads.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum LeaderError {
     /// This coordinator does not lead; `leader` is the leader's address when one is known.
     #[error("{message}")]
@@ -31,6 +31,19 @@ pub enum LeaderError {
 }
 
 impl LeaderError {
+    /// The message alone, as an operator reads it.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::NotLeader { message, .. } => message,
+            Self::Invalid(m)
+            | Self::NotFound(m)
+            | Self::Refused(m)
+            | Self::Denied(m)
+            | Self::Unavailable(m)
+            | Self::Internal(m) => m,
+        }
+    }
+
     pub(crate) fn invalid(m: impl Into<String>) -> Self {
         Self::Invalid(m.into())
     }

@@ -1,34 +1,14 @@
 //! The job loop: dispatch to the agent's session, results (whole or in parts) written to the log,
 //! and jobs whose agent stayed away past the lease failed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
+use fleetsnap_proto::v1::{self, coordinator_message, job_update};
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
 use super::*;
-use crate::{NodeId, TypeConfig};
+use crate::state::{Command, Job, JobKind, JobOutcome, JobState};
 
 /// The most bytes of results in parts one session may hold at once (a catalog scan of 10,000
 /// sets is about 15 MB): an agent cannot make the leader hold more, whatever job ids it names.
@@ -37,7 +17,7 @@ const MAX_RESULT_BYTES: usize = 256 << 20;
 /// Gathers a result sent in parts: keeps each part, and gives the `Finished` back whole once it
 /// comes after all of them. A part out of order, a result over [`MAX_RESULT_BYTES`] or a count
 /// that does not match fails the job with the reason, never waits.
-fn assemble(
+pub(super) fn assemble(
     agent: &str,
     parts: &mut HashMap<u64, (u32, Vec<u8>)>,
     u: v1::JobUpdate,
@@ -144,7 +124,7 @@ fn job_message(job: &Job, term: u64, index: u64, trace: Option<String>) -> v1::C
 impl Node {
     /// The job loop on the leader: hand pending jobs to their connected agents, fail jobs whose
     /// lease expired.
-    pub(crate) async fn job_loop(self: Arc<Self>) {
+    pub(super) async fn job_loop(self: Arc<Self>) {
         let mut first_seen: HashMap<u64, Instant> = HashMap::new();
         loop {
             if !self
@@ -210,7 +190,7 @@ impl Node {
     }
 
     /// Commits the hand-over, then sends the job with its new fencing token.
-    pub(crate) async fn dispatch(&self, job: &Job, incarnation: u64, tx: &Outbound) {
+    pub(super) async fn dispatch(&self, job: &Job, incarnation: u64, tx: &Outbound) {
         let r = self
             .write(Command::DispatchJob {
                 job: job.id,
@@ -239,7 +219,7 @@ impl Node {
     }
 
     /// Records that a job failed, and why (a refusal just means it had ended already).
-    pub(crate) async fn fail_job(&self, job: u64, reason: String) {
+    pub(super) async fn fail_job(&self, job: u64, reason: String) {
         tracing::warn!(job, %reason, "failing job");
         let outcome = JobOutcome::Failed { reason };
         if let Err(e) = self.write(Command::FinishJob { job, outcome }).await {
@@ -247,7 +227,7 @@ impl Node {
         }
     }
 
-    pub(crate) async fn job_update(&self, agent: &str, u: v1::JobUpdate) {
+    pub(super) async fn job_update(&self, agent: &str, u: v1::JobUpdate) {
         let outcome = match u.state {
             // Parts are put together by the session before they get here.
             Some(job_update::State::Started(_)) | Some(job_update::State::Part(_)) | None => {

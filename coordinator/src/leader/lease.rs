@@ -1,34 +1,19 @@
 //! Leadership: who leads, the lease that stops a deposed leader from acting, writes through Raft
 //! and linearizable reads.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
+use openraft::{BasicNode, ServerState};
+use tokio::sync::Notify;
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
+use super::session::redirect;
 use super::*;
-use crate::{NodeId, TypeConfig};
+use crate::NodeId;
+use crate::state::Command;
 
 /// A leader that cannot confirm a quorum for this long lets its agents go.
 const LEASE_LOST: Duration = Duration::from_secs(3);
@@ -38,7 +23,7 @@ impl Node {
     /// runbooks, upkeep): waits `period`, or less when `wake` is notified, then says whether
     /// this node leads now. A loop that is told no forgets what it held for this leadership and
     /// waits again.
-    pub(crate) async fn next_round(&self, period: Duration, wake: Option<&Notify>) -> bool {
+    pub(super) async fn next_round(&self, period: Duration, wake: Option<&Notify>) -> bool {
         match wake {
             Some(w) => {
                 tokio::select! {
@@ -51,7 +36,7 @@ impl Node {
         self.is_leader()
     }
 
-    pub(crate) fn leader(&self) -> LeaderInfo {
+    pub(super) fn leader(&self) -> LeaderInfo {
         let m = self.raft.metrics().borrow().clone();
         let address = m
             .current_leader
@@ -68,13 +53,13 @@ impl Node {
         }
     }
 
-    pub(crate) fn is_leader(&self) -> bool {
+    pub(super) fn is_leader(&self) -> bool {
         self.raft_says_leader() && self.confirmed.load(Ordering::SeqCst)
     }
 
     /// This cluster's identity, written by the leader the first time it is asked for (a
     /// follower answers with what it has applied, or "" when it has none yet).
-    pub(crate) async fn cluster_id(&self) -> Result<String, LeaderError> {
+    pub(super) async fn cluster_id(&self) -> Result<String, LeaderError> {
         let known = || {
             self.state
                 .read()
@@ -94,14 +79,14 @@ impl Node {
         Ok(known().unwrap_or_default())
     }
 
-    pub(crate) fn raft_says_leader(&self) -> bool {
+    pub(super) fn raft_says_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
     /// Sends every connected agent away: to `to`, or (no address) to try the other coordinators.
-    pub(crate) fn release_agents(&self, to: &LeaderInfo) {
+    pub(super) fn release_agents(&self, to: &LeaderInfo) {
         let agents: Vec<AgentLive> = self
             .fleet
             .agents
@@ -121,7 +106,7 @@ impl Node {
     /// follows it. After `LEASE_LOST` without, the node stops acting as leader (sessions, jobs,
     /// windows) and sends its agents to the other coordinators, which know the leader a majority
     /// elected meanwhile. Once confirmed again it leads again.
-    pub(crate) async fn lease_loop(self: Arc<Self>) {
+    pub(super) async fn lease_loop(self: Arc<Self>) {
         let mut failing_since: Option<Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -159,7 +144,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn not_leader(
+    pub(super) fn not_leader(
         &self,
         leader: Option<&ForwardToLeader<NodeId, BasicNode>>,
     ) -> LeaderError {
@@ -198,7 +183,10 @@ impl Node {
     /// Commits a command; a follower's refusal names the leader. A command whose entry created
     /// jobs (a window, a retry, a manifest, a catalog task) wakes the job loop, which hands them
     /// out at once instead of at its next round.
-    pub(crate) async fn write(&self, cmd: Command) -> Result<(crate::state::Response, u64, u64), LeaderError> {
+    pub(crate) async fn write(
+        &self,
+        cmd: Command,
+    ) -> Result<(crate::state::Response, u64, u64), LeaderError> {
         let jobs = || self.state.read().expect("state lock").state.next_job;
         let before = jobs();
         match self.raft.client_write(cmd).await {
@@ -240,7 +228,7 @@ impl Node {
 
     /// Leadership changes: a new leader starts with an empty view; a deposed one sends its agents
     /// to the new leader.
-    pub(crate) async fn watch_leadership(self: Arc<Self>) {
+    pub(super) async fn watch_leadership(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         let mut was_leader = false;
         loop {

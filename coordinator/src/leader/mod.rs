@@ -17,32 +17,19 @@ mod windows;
 
 pub use error::LeaderError;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::BackupId;
 use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
+use fleetsnap_core::policy::Policy;
 use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
+use fleetsnap_proto::v1::{self};
+use openraft::Raft;
 use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
 use crate::raft::Applied;
-use crate::state::WindowPlan;
 use crate::{NodeId, TypeConfig};
 
 type Outbound = mpsc::Sender<Result<v1::CoordinatorMessage, LeaderError>>;
@@ -56,7 +43,7 @@ pub struct Node {
     pub id: NodeId,
     /// Raft.
     pub raft: Raft<TypeConfig>,
-    state: Arc<RwLock<Applied>>,
+    pub(crate) state: Arc<RwLock<Applied>>,
     fleet: Fleet,
     lease: Duration,
     wake: Notify,
@@ -67,7 +54,7 @@ pub struct Node {
     /// The policies of this node's config file.
     config_policies: Vec<Policy>,
     /// The last `Standby` call of each agent that keeps a spare connection here.
-    spares: Mutex<HashMap<String, Instant>>,
+    pub(crate) spares: Mutex<HashMap<String, Instant>>,
     /// Consistent cuts: steps waiting for their agents' replies.
     cut_waiters: cut::Waiters,
     /// A shard's stream was recorded: a cut may be due.
@@ -83,7 +70,10 @@ pub struct Node {
 }
 
 /// An agent to register, and where to say that it is.
-type Registration = (String, tokio::sync::oneshot::Sender<Result<(), LeaderError>>);
+type Registration = (
+    String,
+    tokio::sync::oneshot::Sender<Result<(), LeaderError>>,
+);
 
 /// The leader's soft state: never in the log, rebuilt from reports after a leader change.
 #[derive(Default)]
@@ -107,13 +97,13 @@ struct Cadence {
 
 impl Cadence {
     /// Leadership lost: what this leader saw no longer counts.
-    pub(crate) fn forget(&mut self) {
+    pub(super) fn forget(&mut self) {
         self.first_seen.clear();
         self.failed_at.clear();
     }
 
     /// Whether `policy`, last run at `last` (from the log), is due at `now`.
-    pub(crate) fn due(
+    pub(super) fn due(
         &mut self,
         policy: &str,
         last: Option<i64>,
@@ -130,7 +120,7 @@ impl Cadence {
     }
 
     /// An attempt at `now` failed.
-    pub(crate) fn failed(&mut self, policy: String, now: time::OffsetDateTime) {
+    pub(super) fn failed(&mut self, policy: String, now: time::OffsetDateTime) {
         self.failed_at.insert(policy, unix_ms(now));
     }
 }
@@ -154,7 +144,7 @@ struct AgentLive {
 }
 
 impl AgentLive {
-    pub(crate) fn last_heard(&self) -> Instant {
+    pub(super) fn last_heard(&self) -> Instant {
         self.last_report.unwrap_or(self.connected_at)
     }
 }

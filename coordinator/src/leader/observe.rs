@@ -19,8 +19,8 @@ use tracing::{Instrument, Span};
 
 use super::Node;
 use crate::state::RunbookState;
-use crate::state::{Job, JobKind, JobOutcome, JobState};
 use crate::state::{BackupSet, RegionState, RegionStatus, SetShard};
+use crate::state::{Job, JobKind, JobOutcome, JobState};
 
 /// Spans this leader keeps open, by `traceparent`.
 #[derive(Default)]
@@ -28,14 +28,14 @@ pub(super) struct Traces(Mutex<HashMap<String, Span>>);
 
 impl Traces {
     /// Keeps `span` open until nothing open carries its context.
-    pub(crate) fn keep(&self, span: &Span) {
+    pub(super) fn keep(&self, span: &Span) {
         if let Some(tp) = trace::traceparent(span) {
             self.0.lock().expect("traces lock").insert(tp, span.clone());
         }
     }
 
     /// Leadership lost: this node's spans end (a new leader's jobs keep the trace going).
-    pub(crate) fn end_all(&self) {
+    pub(super) fn end_all(&self) {
         self.0.lock().expect("traces lock").clear();
     }
 }
@@ -60,7 +60,7 @@ impl Node {
 
     /// Ends the spans whose window, jobs and runbook have all ended (`open_jobs`: the jobs the
     /// job loop found open).
-    pub(crate) fn end_finished_traces(&self, open_jobs: &[Job]) {
+    pub(super) fn end_finished_traces(&self, open_jobs: &[Job]) {
         if self.traces.0.lock().expect("traces lock").is_empty() {
             return;
         }
@@ -120,7 +120,7 @@ impl Node {
         e.finish()
     }
 
-    pub(crate) fn raft_metrics(&self, e: &mut Exposition) {
+    pub(super) fn raft_metrics(&self, e: &mut Exposition) {
         let m = self.raft.metrics().borrow().clone();
         let last_log = m.last_log_index.unwrap_or(0) as f64;
         let applied = m.last_applied.map_or(0, |l| l.index) as f64;
@@ -182,7 +182,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn catalog_metrics(&self, e: &mut Exposition) {
+    pub(super) fn catalog_metrics(&self, e: &mut Exposition) {
         let s = self.state.read().expect("state lock");
         let st = &s.state;
         let now_ms = unix_ms(time::OffsetDateTime::now_utc());
@@ -389,7 +389,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn leader_metrics(&self, e: &mut Exposition) {
+    pub(super) fn leader_metrics(&self, e: &mut Exposition) {
         let now = Instant::now();
         let registered: Vec<String> = {
             let s = self.state.read().expect("state lock");

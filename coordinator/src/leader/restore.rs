@@ -5,30 +5,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::LeaderError;
 use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreMode, RestoreTask, unix_ms};
 use fleetsnap_core::{ClusterId, Role};
 use fleetsnap_proto::v1;
-use super::LeaderError;
 
 use super::Node;
 use crate::state::CatalogSpec;
-use crate::state::{JobKind, JobOutcome, JobState};
 use crate::state::{BackupSet, RegionState};
+use crate::state::{JobKind, JobOutcome, JobState};
 
 /// What a restore request resolved to.
-pub(super) struct Started {
+pub(crate) struct Started {
     /// The jobs, one per agent's part.
-    pub jobs: Vec<u64>,
+    pub(crate) jobs: Vec<u64>,
     /// The set restored.
-    pub set: String,
+    pub(crate) set: String,
     /// The agents, in the order of `jobs`.
-    pub agents: Vec<String>,
+    pub(crate) agents: Vec<String>,
 }
 
 impl Node {
     /// The set to restore: one named, or the cluster's latest restorable set taken at or before
     /// `at_ms` (0: the latest).
-    pub(crate) fn restorable(
+    pub(super) fn restorable(
         &self,
         set: &str,
         cluster: &str,
@@ -74,7 +74,7 @@ impl Node {
 
     /// The regions to read a set from: those that hold it whole, in the order its policy lists
     /// them (nearest first), those whose last verification failed after the others.
-    pub(crate) fn read_order(&self, set: &BackupSet) -> Vec<RegionUrl> {
+    pub(super) fn read_order(&self, set: &BackupSet) -> Vec<RegionUrl> {
         let order: Vec<String> = {
             let st = self.state.read().expect("state lock");
             st.state
@@ -109,7 +109,10 @@ impl Node {
     }
 
     /// `read_order`, refusing a set that is complete in no region.
-    pub(crate) fn regions_to_restore(&self, set: &BackupSet) -> Result<Vec<RegionUrl>, LeaderError> {
+    pub(super) fn regions_to_restore(
+        &self,
+        set: &BackupSet,
+    ) -> Result<Vec<RegionUrl>, LeaderError> {
         let regions = self.read_order(set);
         if regions.is_empty() {
             return Err(LeaderError::refused(format!(
@@ -228,7 +231,11 @@ impl Node {
 
     /// The agent to restore a set online: the one asked for, which must be connected, else one
     /// that took the set, else any connected.
-    pub(crate) fn restoring_agent(&self, set: &BackupSet, asked: &str) -> Result<String, LeaderError> {
+    pub(super) fn restoring_agent(
+        &self,
+        set: &BackupSet,
+        asked: &str,
+    ) -> Result<String, LeaderError> {
         let preferred = if asked.is_empty() {
             Self::set_agents(set)
         } else {
@@ -244,7 +251,7 @@ impl Node {
     }
 
     /// A restore or drill job; `drill_of` names the schedule that called for a drill.
-    pub(crate) async fn restore_job(
+    pub(super) async fn restore_job(
         &self,
         agent: &str,
         set: &BackupSet,
@@ -373,7 +380,7 @@ impl Node {
 
     /// Runs the drills that policies' drill schedules call for (the leader only), counting from
     /// the last scheduled drill in the log.
-    pub(crate) async fn drill_loop(self: Arc<Self>) {
+    pub(super) async fn drill_loop(self: Arc<Self>) {
         let mut cadence = super::Cadence::default();
         loop {
             if !self.next_round(Duration::from_millis(500), None).await {
@@ -412,7 +419,7 @@ impl Node {
                         .in_trace(span, None, async {
                             let s = self.drill(c.as_str(), "", "", &agent, drill_of).await?;
                             tracing::Span::current().record("set", s.set.as_str());
-                            Ok(s)
+                            Ok::<_, LeaderError>(s)
                         })
                         .await;
                     match started {

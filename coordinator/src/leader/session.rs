@@ -1,34 +1,20 @@
 //! Sessions with agents: the Hello (admission, registration batched into the log, results
 //! delivered again), reports, redirects from followers, and the session's end.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::BackupId;
 use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
+use fleetsnap_proto::tls::PeerIdentity;
+use fleetsnap_proto::v1::{self, agent_message, coordinator_message};
+use tokio::sync::mpsc;
+use tonic::Streaming;
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
+use super::jobs::assemble;
 use super::*;
-use crate::{NodeId, TypeConfig};
+use crate::state::{Command, Job, JobState};
 
 /// Agents per registration entry at most.
 const MAX_REGISTRATION_BATCH: usize = 2000;
@@ -39,7 +25,7 @@ const FOLLOWER_HOLD: Duration = Duration::from_secs(5);
 /// At most this many latency samples are kept between two `LeaderStats(reset)` calls.
 const MAX_SAMPLES: usize = 4 << 20;
 
-fn redirect(l: &LeaderInfo) -> v1::CoordinatorMessage {
+pub(super) fn redirect(l: &LeaderInfo) -> v1::CoordinatorMessage {
     v1::CoordinatorMessage {
         body: Some(coordinator_message::Body::Redirect(v1::Redirect {
             leader_id: l.id.unwrap_or_default(),
@@ -215,7 +201,7 @@ impl Node {
     }
 
     /// Writes the config file's policies that differ from the replicated ones (new leader).
-    pub(crate) async fn write_config_policies(self: Arc<Self>) {
+    pub(super) async fn write_config_policies(self: Arc<Self>) {
         for p in &self.config_policies {
             let same = self
                 .state
@@ -239,7 +225,10 @@ impl Node {
 
     /// Commits registrations in batches: every agent that asked while the previous batch was
     /// being committed goes into the next one.
-    pub(crate) async fn register_loop(self: Arc<Self>, mut asks: mpsc::UnboundedReceiver<Registration>) {
+    pub(super) async fn register_loop(
+        self: Arc<Self>,
+        mut asks: mpsc::UnboundedReceiver<Registration>,
+    ) {
         while let Some(first) = asks.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_REGISTRATION_BATCH {
@@ -262,7 +251,7 @@ impl Node {
     }
 
     /// Registers a new agent and settles what it holds.
-    pub(crate) async fn admit(&self, hello: &v1::Hello) -> Result<(), LeaderError> {
+    pub(super) async fn admit(&self, hello: &v1::Hello) -> Result<(), LeaderError> {
         let known = self
             .state
             .read()
@@ -285,7 +274,7 @@ impl Node {
         Ok(())
     }
 
-    pub(crate) async fn redeliver(&self, agent: &str, hello: &v1::Hello, tx: &Outbound) {
+    pub(super) async fn redeliver(&self, agent: &str, hello: &v1::Hello, tx: &Outbound) {
         let finished: HashSet<u64> = hello.finished_jobs.iter().map(|u| u.job_id).collect();
         let running: Vec<Job> = {
             let s = self.state.read().expect("state lock");

@@ -1,33 +1,16 @@
 //! What the leader shows of the fleet: `fleetsnap status` and the cluster's status.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
+use fleetsnap_core::topology::{self};
+use fleetsnap_proto::v1::{self};
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
 use super::*;
-use crate::{NodeId, TypeConfig};
+use crate::NodeId;
+use crate::state::JobState;
 
 /// An agent whose last `Standby` call is older has no spare connection here any more (agents
 /// call every 30 s, jittered up to 37.5 s).
@@ -128,5 +111,44 @@ impl Node {
             clusters: view.clusters,
         })
         .expect("status serialises")
+    }
+
+    /// The leader's own figures: agents connected and reporting, reports taken, and the
+    /// report→visible latency samples since the last reset (`reset` empties them).
+    pub(crate) fn leader_stats(&self, reset: bool) -> v1::LeaderStatsReply {
+        let fleet = &self.fleet;
+        let mut samples = {
+            let mut s = fleet.latency_us.lock().expect("lock");
+            if reset {
+                std::mem::take(&mut *s)
+            } else {
+                s.clone()
+            }
+        };
+        samples.sort_unstable();
+        let pct = |p: f64| -> u64 {
+            if samples.is_empty() {
+                0
+            } else {
+                let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+                samples[i].into()
+            }
+        };
+        let connected = fleet
+            .agents
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|a| a.tx.is_some() && a.last_report.is_some())
+            .count();
+        v1::LeaderStatsReply {
+            node_id: self.id,
+            connected_agents: connected as u64,
+            reports: fleet.reports.load(Ordering::Relaxed),
+            latency_p50_us: pct(0.5),
+            latency_p99_us: pct(0.99),
+            latency_max_us: samples.last().copied().unwrap_or_default().into(),
+            samples: samples.len() as u64,
+        }
     }
 }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::LeaderError;
 use fleetsnap_core::retention::{self, Action, SetInfo, SetState};
 use fleetsnap_core::window::{CatalogTask, RegionUrl, from_unix_ms};
 use fleetsnap_core::{BackupId, ClusterId};
-use super::LeaderError;
 
 use super::Node;
 use crate::state::CatalogSpec;
@@ -27,7 +27,7 @@ const ORPHANS_EVERY: Duration = Duration::from_secs(3600);
 
 impl Node {
     /// A connected agent to run a catalog job, preferring those named.
-    pub(crate) fn pick_agent(&self, preferred: &[String]) -> Result<String, LeaderError> {
+    pub(super) fn pick_agent(&self, preferred: &[String]) -> Result<String, LeaderError> {
         self.pick_agent_where(preferred, |_| true).ok_or_else(|| {
             LeaderError::unavailable(
                 "no agent is connected to the leader to read the regions: start one",
@@ -37,7 +37,7 @@ impl Node {
 
     /// A connected agent that can run drills (its config has a `[drill]` section): `preferred`
     /// if it can, else the first by name.
-    pub(crate) fn pick_drill_agent(&self, preferred: &str) -> Result<String, LeaderError> {
+    pub(super) fn pick_drill_agent(&self, preferred: &str) -> Result<String, LeaderError> {
         self.pick_agent_where(&[preferred.to_string()], |a| a.drills)
             .ok_or_else(|| {
                 LeaderError::refused(
@@ -48,7 +48,7 @@ impl Node {
 
     /// A registered agent connected to this leader and passing `can`: the first of `preferred`
     /// that is, else the first by name.
-    pub(crate) fn pick_agent_where(
+    pub(super) fn pick_agent_where(
         &self,
         preferred: &[String],
         can: impl Fn(&super::AgentLive) -> bool,
@@ -94,7 +94,7 @@ impl Node {
         }
     }
 
-    pub(crate) async fn catalog_job(
+    pub(super) async fn catalog_job(
         &self,
         agent: String,
         spec: CatalogSpec,
@@ -109,7 +109,10 @@ impl Node {
             .ok_or_else(|| LeaderError::internal("the job was not created"))
     }
 
-    pub(crate) fn region_urls(set: &BackupSet, which: impl Fn(RegionState) -> bool) -> Vec<RegionUrl> {
+    pub(super) fn region_urls(
+        set: &BackupSet,
+        which: impl Fn(RegionState) -> bool,
+    ) -> Vec<RegionUrl> {
         set.regions
             .iter()
             .filter(|(_, r)| which(r.state) && !r.url.is_empty())
@@ -120,7 +123,7 @@ impl Node {
             .collect()
     }
 
-    pub(crate) fn set_agents(set: &BackupSet) -> Vec<String> {
+    pub(super) fn set_agents(set: &BackupSet) -> Vec<String> {
         set.shards.iter().map(|s| s.agent.clone()).collect()
     }
 
@@ -248,7 +251,9 @@ impl Node {
             (policies, st.state.sets.clone(), running)
         };
         if !only.is_empty() && policies.is_empty() {
-            return Err(LeaderError::not_found(format!("there is no policy {only:?}")));
+            return Err(LeaderError::not_found(format!(
+                "there is no policy {only:?}"
+            )));
         }
         let mut out = Vec::new();
         for p in &policies {
@@ -363,7 +368,7 @@ impl Node {
     }
 
     /// On the leader: repairs degraded sets, applies retention, collects orphans.
-    pub(crate) async fn upkeep_loop(self: Arc<Self>) {
+    pub(super) async fn upkeep_loop(self: Arc<Self>) {
         let mut repaired: HashMap<String, Instant> = HashMap::new();
         let mut orphans_at: Option<Instant> = None;
         loop {

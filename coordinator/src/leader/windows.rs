@@ -1,34 +1,20 @@
 //! Opening windows: the fleet as the reports show it, each shard's plan, the wait for reports of
 //! every node, and the schedule of every policy.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
 use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
+use fleetsnap_core::policy::Consistency;
 use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use fleetsnap_core::window::unix_ms;
 use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
 use tracing::field::Empty;
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
 use super::*;
-use crate::{NodeId, TypeConfig};
+use crate::state::Command;
+use crate::state::WindowPlan;
 
 /// How long a new leader waits for its agents' first reports before it plans a window that
 /// would otherwise miss a cluster.
@@ -69,7 +55,7 @@ const SIMULTANEOUS_LEAD_MS: i64 = 1500;
 
 impl Node {
     /// The fleet view from the latest reports: every cluster, or one.
-    pub(crate) fn view(&self, cluster: &str) -> topology::FleetView {
+    pub(super) fn view(&self, cluster: &str) -> topology::FleetView {
         let now = Instant::now();
         let agents = self.fleet.agents.lock().expect("lock");
         let mut observed = Vec::new();
@@ -114,7 +100,7 @@ impl Node {
         .await
     }
 
-    pub(crate) async fn plan_and_open(
+    pub(super) async fn plan_and_open(
         &self,
         policy: &str,
         trace: Option<String>,
@@ -211,7 +197,7 @@ impl Node {
     }
 
     /// Opens the windows that policies' schedules call for (the leader only).
-    pub(crate) async fn schedule_loop(self: Arc<Self>) {
+    pub(super) async fn schedule_loop(self: Arc<Self>) {
         let mut cadence = Cadence::default();
         loop {
             if !self.next_round(Duration::from_millis(500), None).await {

@@ -4,7 +4,6 @@
 use fleetsnap_core::window::{CatalogTask, RegionResult};
 use serde::{Deserialize, Serialize};
 
-
 /// A catalog job: the task, the set it works on and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogSpec {

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::state::{
+    BackupSet, CatalogSpec, CutOutcome, Job, JobKind, JobOutcome, Window, WindowPlan,
+};
 use fleetsnap_core::policy::Policy;
 use serde::{Deserialize, Serialize};
-use crate::state::{BackupSet, CatalogSpec, CutOutcome, Job, JobKind, JobOutcome, Window, WindowPlan};
-
 
 /// A state change, the only way the replicated state changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,12 +1,10 @@
 //! Jobs in the replicated state: what an agent is asked to do, the term and log index that fence
 //! it, and how it ended.
 
-
+use crate::state::CatalogSpec;
 use fleetsnap_core::window::JobResult;
 use fleetsnap_core::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
-use crate::state::CatalogSpec;
-
 
 /// A job an agent can run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use fleetsnap_core::window::{CatalogTask, RegionUrl};
 use serde::{Deserialize, Serialize};
 
-
 /// A runbook and where it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Runbook {

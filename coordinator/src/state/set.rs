@@ -8,7 +8,6 @@ use fleetsnap_core::retention::SetState;
 use fleetsnap_core::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
-
 /// Where a region stands for a set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,10 +1,10 @@
 //! `apply` alone: commands in, state out.
 
-use fleetsnap_core::planner::{Rules, plan_shard};
 use fleetsnap_core::manifest::Manifest;
+use fleetsnap_core::planner::{Rules, plan_shard};
 use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::retention::SetState;
 use fleetsnap_core::report::Role;
+use fleetsnap_core::retention::SetState;
 use fleetsnap_core::topology::{NodeView, ShardView};
 use fleetsnap_core::window::{JobResult, RegionResult, ShardResult};
 use fleetsnap_core::{BackupId, ClusterId, ShardEntry, ShardId};

@@ -9,7 +9,6 @@ use fleetsnap_core::window::ShardResult;
 use fleetsnap_core::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
-
 /// What the leader decided when it opened a window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowPlan {

@@ -1,35 +1,11 @@
 //! Admin calls on backups and the catalog: run, list, show, repair, verify, rebuild, prune.
 
-
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use fleetsnap_proto::v1::{self};
 use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
+use tonic::{Request, Response, Status};
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
-use crate::leader::{LEADER_KEY, Node};
-use crate::{NodeId, TypeConfig};
 use crate::api::{Services, admin};
+use crate::state::Job;
 
 pub(super) async fn run_backup(
     svc: &Services,
@@ -123,10 +99,7 @@ pub(super) async fn prune(
     admin(&req)?;
     svc.0.linearizable().await?;
     let r = req.get_ref();
-    let doc = svc
-        .0
-        .prune(r.policy.trim(), !r.dry_run, !r.dry_run)
-        .await?;
+    let doc = svc.0.prune(r.policy.trim(), !r.dry_run, !r.dry_run).await?;
     Ok(Response::new(v1::JsonReply {
         json: serde_json::to_string_pretty(&doc).expect("decisions serialise"),
     }))

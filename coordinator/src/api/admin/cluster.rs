@@ -1,34 +1,13 @@
 //! Admin calls on the coordinator cluster: status, membership, the leader's own figures.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use fleetsnap_proto::v1::{self};
+use openraft::BasicNode;
+use tonic::{Request, Response, Status};
 
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
-
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
-use crate::leader::{LEADER_KEY, Node};
-use crate::{NodeId, TypeConfig};
+use crate::NodeId;
 use crate::api::{Services, admin};
 
 /// How long a new member may take to catch up before `add-node` gives up.
@@ -160,38 +139,5 @@ pub(super) async fn leader_stats(
 ) -> Result<Response<v1::LeaderStatsReply>, Status> {
     admin(&req)?;
     svc.0.linearizable().await?;
-    let fleet = &svc.0.fleet;
-    let mut samples = {
-        let mut s = fleet.latency_us.lock().expect("lock");
-        if req.get_ref().reset {
-            std::mem::take(&mut *s)
-        } else {
-            s.clone()
-        }
-    };
-    samples.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if samples.is_empty() {
-            0
-        } else {
-            let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-            samples[i].into()
-        }
-    };
-    let connected = fleet
-        .agents
-        .lock()
-        .expect("lock")
-        .values()
-        .filter(|a| a.tx.is_some() && a.last_report.is_some())
-        .count();
-    Ok(Response::new(v1::LeaderStatsReply {
-        node_id: svc.0.id,
-        connected_agents: connected as u64,
-        reports: fleet.reports.load(Ordering::Relaxed),
-        latency_p50_us: pct(0.5),
-        latency_p99_us: pct(0.99),
-        latency_max_us: samples.last().copied().unwrap_or_default().into(),
-        samples: samples.len() as u64,
-    }))
+    Ok(Response::new(svc.0.leader_stats(req.get_ref().reset)))
 }

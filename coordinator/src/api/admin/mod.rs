@@ -8,127 +8,171 @@ mod policies;
 mod restores;
 mod runbooks;
 
+use fleetsnap_proto::v1::{self};
+use tonic::{Request, Response, Status};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
-
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
-use crate::leader::{LEADER_KEY, Node};
-use crate::{NodeId, TypeConfig};
+use crate::api::Services;
 
 #[tonic::async_trait]
 impl v1::admin_service_server::AdminService for Services {
-    async fn status(&self, req: Request<v1::StatusRequest>) -> Result<Response<v1::StatusReply>, Status> {
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         cluster::status(self, req).await
     }
 
-    async fn cluster_status(&self, req: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusReply>, Status> {
+    async fn cluster_status(
+        &self,
+        req: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusReply>, Status> {
         cluster::cluster_status(self, req).await
     }
 
-    async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Result<Response<v1::ClusterStatusReply>, Status> {
+    async fn add_node(
+        &self,
+        req: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::ClusterStatusReply>, Status> {
         cluster::add_node(self, req).await
     }
 
-    async fn remove_node(&self, req: Request<v1::RemoveNodeRequest>) -> Result<Response<v1::ClusterStatusReply>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::ClusterStatusReply>, Status> {
         cluster::remove_node(self, req).await
     }
 
-    async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobReply>, Status> {
+    async fn submit_job(
+        &self,
+        req: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::SubmitJobReply>, Status> {
         jobs::submit_job(self, req).await
     }
 
-    async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::GetJobReply>, Status> {
+    async fn get_job(
+        &self,
+        req: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::GetJobReply>, Status> {
         jobs::get_job(self, req).await
     }
 
-    async fn set_policy(&self, req: Request<v1::SetPolicyRequest>) -> Result<Response<v1::PolicyReply>, Status> {
+    async fn set_policy(
+        &self,
+        req: Request<v1::SetPolicyRequest>,
+    ) -> Result<Response<v1::PolicyReply>, Status> {
         policies::set_policy(self, req).await
     }
 
-    async fn get_policy(&self, req: Request<v1::GetPolicyRequest>) -> Result<Response<v1::PolicyReply>, Status> {
+    async fn get_policy(
+        &self,
+        req: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::PolicyReply>, Status> {
         policies::get_policy(self, req).await
     }
 
-    async fn list_policies(&self, req: Request<v1::ListPoliciesRequest>) -> Result<Response<v1::ListPoliciesReply>, Status> {
+    async fn list_policies(
+        &self,
+        req: Request<v1::ListPoliciesRequest>,
+    ) -> Result<Response<v1::ListPoliciesReply>, Status> {
         policies::list_policies(self, req).await
     }
 
-    async fn delete_policy(&self, req: Request<v1::GetPolicyRequest>) -> Result<Response<v1::PolicyReply>, Status> {
+    async fn delete_policy(
+        &self,
+        req: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::PolicyReply>, Status> {
         policies::delete_policy(self, req).await
     }
 
-    async fn run_backup(&self, req: Request<v1::RunBackupRequest>) -> Result<Response<v1::RunBackupReply>, Status> {
+    async fn run_backup(
+        &self,
+        req: Request<v1::RunBackupRequest>,
+    ) -> Result<Response<v1::RunBackupReply>, Status> {
         backups::run_backup(self, req).await
     }
 
-    async fn list_backups(&self, req: Request<v1::ListBackupsRequest>) -> Result<Response<v1::JsonReply>, Status> {
+    async fn list_backups(
+        &self,
+        req: Request<v1::ListBackupsRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
         backups::list_backups(self, req).await
     }
 
-    async fn repair_backup(&self, req: Request<v1::CatalogRequest>) -> Result<Response<v1::CatalogReply>, Status> {
+    async fn repair_backup(
+        &self,
+        req: Request<v1::CatalogRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
         backups::repair_backup(self, req).await
     }
 
-    async fn verify_backup(&self, req: Request<v1::CatalogRequest>) -> Result<Response<v1::CatalogReply>, Status> {
+    async fn verify_backup(
+        &self,
+        req: Request<v1::CatalogRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
         backups::verify_backup(self, req).await
     }
 
-    async fn rebuild_catalog(&self, req: Request<v1::RebuildCatalogRequest>) -> Result<Response<v1::CatalogReply>, Status> {
+    async fn rebuild_catalog(
+        &self,
+        req: Request<v1::RebuildCatalogRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
         backups::rebuild_catalog(self, req).await
     }
 
-    async fn prune(&self, req: Request<v1::PruneRequest>) -> Result<Response<v1::JsonReply>, Status> {
+    async fn prune(
+        &self,
+        req: Request<v1::PruneRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
         backups::prune(self, req).await
     }
 
-    async fn restore(&self, req: Request<v1::RestoreRequest>) -> Result<Response<v1::CatalogReply>, Status> {
+    async fn restore(
+        &self,
+        req: Request<v1::RestoreRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
         restores::restore(self, req).await
     }
 
-    async fn run_drill(&self, req: Request<v1::DrillRequest>) -> Result<Response<v1::CatalogReply>, Status> {
+    async fn run_drill(
+        &self,
+        req: Request<v1::DrillRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
         restores::run_drill(self, req).await
     }
 
-    async fn list_drills(&self, req: Request<v1::ListBackupsRequest>) -> Result<Response<v1::JsonReply>, Status> {
+    async fn list_drills(
+        &self,
+        req: Request<v1::ListBackupsRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
         restores::list_drills(self, req).await
     }
 
-    async fn start_runbook(&self, req: Request<v1::RunbookRequest>) -> Result<Response<v1::JsonReply>, Status> {
+    async fn start_runbook(
+        &self,
+        req: Request<v1::RunbookRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
         runbooks::start_runbook(self, req).await
     }
 
-    async fn get_runbook(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::JsonReply>, Status> {
+    async fn get_runbook(
+        &self,
+        req: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
         runbooks::get_runbook(self, req).await
     }
 
-    async fn show_backup(&self, req: Request<v1::ShowBackupRequest>) -> Result<Response<v1::JsonReply>, Status> {
+    async fn show_backup(
+        &self,
+        req: Request<v1::ShowBackupRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
         backups::show_backup(self, req).await
     }
 
-    async fn leader_stats(&self, req: Request<v1::LeaderStatsRequest>) -> Result<Response<v1::LeaderStatsReply>, Status> {
+    async fn leader_stats(
+        &self,
+        req: Request<v1::LeaderStatsRequest>,
+    ) -> Result<Response<v1::LeaderStatsReply>, Status> {
         cluster::leader_stats(self, req).await
     }
 }

@@ -1,43 +1,18 @@
 //! Admin calls on backup policies.
 
+use fleetsnap_core::policy::Policy;
+use fleetsnap_proto::v1::{self};
+use tonic::{Request, Response, Status};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
-use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
-
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
-use crate::leader::{LEADER_KEY, Node};
-use crate::{NodeId, TypeConfig};
 use crate::api::{Services, admin};
+use crate::state::Command;
 
 pub(super) async fn set_policy(
     svc: &Services,
     req: Request<v1::SetPolicyRequest>,
 ) -> Result<Response<v1::PolicyReply>, Status> {
     admin(&req)?;
-    let policy =
-        Policy::from_json(&req.get_ref().policy_json).map_err(Status::invalid_argument)?;
+    let policy = Policy::from_json(&req.get_ref().policy_json).map_err(Status::invalid_argument)?;
     let json = serde_json::to_string_pretty(&policy).expect("policies serialise");
     let (resp, _, _) = svc.0.write(Command::SetPolicy { policy }).await?;
     if let Some(why) = resp.refused {

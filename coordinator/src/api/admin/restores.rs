@@ -1,35 +1,12 @@
 //! Admin calls that read backups back: restores and drills.
 
-
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
-use fleetsnap_core::BackupId;
-use fleetsnap_core::InstanceReport;
-use fleetsnap_core::planner;
-use fleetsnap_core::policy::{Consistency, Policy};
-use fleetsnap_core::topology::{self, Observed};
-use fleetsnap_core::window::{from_unix_ms, unix_ms};
-use fleetsnap_proto::tls::{self, PeerIdentity, Role};
-use fleetsnap_proto::v1::{self, agent_message, coordinator_message, job_update};
+use fleetsnap_proto::v1::{self};
 use fleetsnap_telemetry::trace;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use tracing::field::Empty;
 
-
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState, SnapshotSpec};
-use crate::raft::Applied;
-use crate::state::WindowPlan;
-use crate::leader::{LEADER_KEY, Node};
-use crate::{NodeId, TypeConfig};
 use crate::api::{Services, admin};
+use crate::leader::LeaderError;
 
 pub(super) async fn restore(
     svc: &Services,
@@ -44,7 +21,7 @@ pub(super) async fn restore(
             let started = svc.0.restore(req.get_ref()).await?;
             tracing::Span::current().record("set", started.set.as_str());
             tracing::info!(set = %started.set, jobs = ?started.jobs, "restore started");
-            Ok(started)
+            Ok::<_, LeaderError>(started)
         })
         .await?;
     Ok(Response::new(v1::CatalogReply {
@@ -75,7 +52,7 @@ pub(super) async fn run_drill(
                 )
                 .await?;
             tracing::Span::current().record("set", started.set.as_str());
-            Ok(started)
+            Ok::<_, LeaderError>(started)
         })
         .await?;
     Ok(Response::new(v1::CatalogReply {

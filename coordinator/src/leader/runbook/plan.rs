@@ -1,10 +1,9 @@
 //! Planning a runbook: a failover, a catalog rebuild, a cluster restore or a region's loss, as
 //! the steps the replicated state will carry out, each checked against the fleet as it is now.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
 
+use crate::leader::LeaderError;
 use fleetsnap_core::Role;
 use fleetsnap_core::topology::NodeView;
 use fleetsnap_core::window::{
@@ -12,12 +11,12 @@ use fleetsnap_core::window::{
     unix_ms,
 };
 use fleetsnap_proto::v1;
-use crate::leader::LeaderError;
 
+use super::run::{ALIVE_MS, CHECK_TIMEOUT_MS};
 use crate::leader::Node;
-use crate::state::{Action, Runbook, RunbookState, Step};
 use crate::state::Command;
 use crate::state::RegionState;
+use crate::state::{Action, Runbook, RunbookState, Step};
 
 impl Node {
     /// The plan of a runbook, from the request and the fleet as the leader sees it now.
@@ -47,7 +46,7 @@ impl Node {
         })
     }
 
-    pub(crate) fn plan_failover(
+    pub(in crate::leader) fn plan_failover(
         &self,
         r: &v1::RunbookRequest,
     ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
@@ -63,7 +62,9 @@ impl Node {
             .clusters
             .iter()
             .find(|c| c.name == cluster)
-            .ok_or_else(|| LeaderError::not_found(format!("no agent reports a cluster {cluster:?}")))?;
+            .ok_or_else(|| {
+                LeaderError::not_found(format!("no agent reports a cluster {cluster:?}"))
+            })?;
         let all: Vec<&NodeView> = cv.shards.iter().flat_map(|s| s.nodes.iter()).collect();
         // The shard by id while its primary reports; by the dead primary's name or address
         // once it does not (its replicas then point at an address nobody serves).
@@ -75,9 +76,7 @@ impl Node {
                 .iter()
                 .find(|n| n.role == Role::Primary)
                 .ok_or_else(|| {
-                    LeaderError::refused(format!(
-                        "shard {shard} has no primary in the reports"
-                    ))
+                    LeaderError::refused(format!("shard {shard} has no primary in the reports"))
                 })?;
             (
                 p,
@@ -275,7 +274,7 @@ impl Node {
         Ok((steps, findings))
     }
 
-    pub(crate) fn plan_rebuild(
+    pub(in crate::leader) fn plan_rebuild(
         &self,
         r: &v1::RunbookRequest,
     ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
@@ -316,7 +315,7 @@ impl Node {
         Ok((steps, BTreeMap::new()))
     }
 
-    pub(crate) fn plan_restore_cluster(
+    pub(in crate::leader) fn plan_restore_cluster(
         &self,
         r: &v1::RunbookRequest,
     ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
@@ -326,7 +325,7 @@ impl Node {
                 "restore-cluster needs the set (--set CLUSTER/BACKUP_ID, or --cluster C [--at TIME]) and the new cluster: --target redis://HOST:PORT",
             ));
         }
-        super::restore::no_password_in(target)?;
+        crate::leader::restore::no_password_in(target)?;
         let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
         let regions = self.regions_to_restore(&set)?;
         let agent = self.restoring_agent(&set, &r.agent)?;
@@ -394,7 +393,7 @@ impl Node {
         Ok((steps, findings))
     }
 
-    pub(crate) fn plan_region_loss(
+    pub(in crate::leader) fn plan_region_loss(
         &self,
         r: &v1::RunbookRequest,
     ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
@@ -574,7 +573,11 @@ impl Node {
     /// Rewrites every policy that lists `lost` to list `standby` in its place (a policy that
     /// already lists the standby just drops `lost`, its `min_regions` capped to what is left).
     /// Writing a policy twice is harmless, so a new leader may repeat this step.
-    pub(crate) async fn switch_policies(&self, lost: &str, standby: &RegionUrl) -> (bool, String) {
+    pub(in crate::leader) async fn switch_policies(
+        &self,
+        lost: &str,
+        standby: &RegionUrl,
+    ) -> (bool, String) {
         let policies: Vec<fleetsnap_core::policy::Policy> = {
             let st = self.state.read().expect("state lock");
             st.state
@@ -625,7 +628,12 @@ impl Node {
     }
 
     /// Whether every set in `sets` is complete in `standby` and no policy lists `lost`.
-    pub(crate) fn check_standby(&self, lost: &str, standby: &str, sets: &[String]) -> (bool, String) {
+    pub(in crate::leader) fn check_standby(
+        &self,
+        lost: &str,
+        standby: &str,
+        sets: &[String],
+    ) -> (bool, String) {
         let st = self.state.read().expect("state lock");
         let mut problems = Vec::new();
         for key in sets {

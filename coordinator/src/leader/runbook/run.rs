@@ -1,29 +1,23 @@
 //! Running runbooks: each step started through the log, its job or check awaited, and the checks
 //! the leader makes itself (catalog, the primary of a replica set).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::leader::LeaderError;
 use fleetsnap_core::Role;
 use fleetsnap_core::topology::NodeView;
-use fleetsnap_core::window::{
-    CatalogTask, NodeOp, NodeTask, ProbeTask, ProbeWant, RegionUrl, RestoreMode, RestoreTask,
-    unix_ms,
-};
-use fleetsnap_proto::v1;
-use crate::leader::LeaderError;
 
 use crate::leader::Node;
-use crate::state::{Action, Runbook, RunbookState, Step};
 use crate::state::Command;
-use crate::state::RegionState;
+use crate::state::{Action, Runbook, RunbookState};
 
 /// How long the reports may take to show a failover's new topology.
-const CHECK_TIMEOUT_MS: u64 = 30_000;
+pub(super) const CHECK_TIMEOUT_MS: u64 = 30_000;
 
 /// A primary whose last report is older than this counts as dead.
-const ALIVE_MS: u64 = 5_000;
+pub(super) const ALIVE_MS: u64 = 5_000;
 
 impl Node {
     /// Starts a planned runbook; its id.
@@ -37,7 +31,7 @@ impl Node {
     }
 
     /// Starts the job of each runbook's current step and makes the leader's checks.
-    pub(crate) async fn runbook_loop(self: Arc<Self>) {
+    pub(in crate::leader) async fn runbook_loop(self: Arc<Self>) {
         let mut waiting: HashMap<(u64, usize), Instant> = HashMap::new();
         loop {
             if !self.next_round(Duration::from_millis(250), None).await {
@@ -123,7 +117,7 @@ impl Node {
     }
 
     /// Whether every set the scan job found whole in some region is in the catalog.
-    pub(crate) fn check_catalog(&self, scan: Option<u64>) -> (bool, String) {
+    pub(in crate::leader) fn check_catalog(&self, scan: Option<u64>) -> (bool, String) {
         let st = self.state.read().expect("state lock");
         let found = scan
             .and_then(|j| st.state.jobs.get(&j))
@@ -166,7 +160,12 @@ impl Node {
     }
 
     /// Whether the reports show `address` as primary with `replicas` replicating from it.
-    pub(crate) fn check_primary(&self, cluster: &str, address: &str, replicas: &[String]) -> (bool, String) {
+    pub(in crate::leader) fn check_primary(
+        &self,
+        cluster: &str,
+        address: &str,
+        replicas: &[String],
+    ) -> (bool, String) {
         let view = self.view(cluster);
         let nodes: Vec<&NodeView> = view
             .clusters

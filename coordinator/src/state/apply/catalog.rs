@@ -2,12 +2,14 @@
 //! rebuild) and orphan collection, each an agent job whose result is folded into the sets. Like
 //! windows, nothing here reads a clock: times come in the commands.
 
+use crate::state::{
+    BackupSet, CatalogSpec, FleetState, Job, JobKind, JobOutcome, JobState, RegionState,
+    RegionStatus, Response, SetShard, Verified, set_key,
+};
 use fleetsnap_core::manifest::Manifest;
 use fleetsnap_core::policy::Consistency;
 use fleetsnap_core::retention::SetState;
 use fleetsnap_core::window::{CatalogTask, JobResult, RegionResult, RegionUrl, ScannedSet};
-use crate::state::{BackupSet, CatalogSpec, FleetState, Job, JobKind, JobOutcome, JobState, RegionState, RegionStatus, Response, SetShard, Verified, set_key};
-
 
 impl FleetState {
     /// `CreateCatalogJob`: one task at a time per set.

@@ -1,10 +1,10 @@
 //! Runbooks through `apply`: every step's start and end is a log entry, so a new leader carries
 //! on from the step the old one was at.
 
-
+use crate::state::{
+    Action, CatalogSpec, FleetState, JobOutcome, JobState, Response, Runbook, RunbookState,
+};
 use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant};
-use crate::state::{Action, CatalogSpec, FleetState, JobOutcome, JobState, Response, Runbook, RunbookState};
-
 
 /// The keys a target must hold after an online restore reported in `report_json`: exactly the
 /// keys it restored, less those with an expiry (which may lapse before the check). A replayed

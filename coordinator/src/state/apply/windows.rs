@@ -6,13 +6,16 @@
 
 use std::collections::BTreeMap;
 
+use crate::state::{
+    BackupSet, CutOutcome, FleetState, Job, JobKind, JobOutcome, JobState, MAX_CUT_ATTEMPTS,
+    ManifestSpec, RegionState, RegionStatus, Response, SetShard, ShardState, SnapshotSpec, Window,
+    WindowPlan, WindowShard, set_key,
+};
+use fleetsnap_core::ClusterId;
 use fleetsnap_core::manifest::{FORMAT_VERSION, Manifest};
 use fleetsnap_core::policy::Consistency;
 use fleetsnap_core::retention::SetState;
 use fleetsnap_core::window::{JobResult, RegionResult, ShardResult, from_unix_ms};
-use fleetsnap_core::ClusterId;
-use crate::state::{BackupSet, CutOutcome, FleetState, Job, JobKind, JobOutcome, JobState, MAX_CUT_ATTEMPTS, ManifestSpec, RegionState, RegionStatus, Response, SetShard, ShardState, SnapshotSpec, Window, WindowPlan, WindowShard, set_key};
-
 
 /// Shard ids in the storage layout: slot ranges `0-5460,10923-16383` become `0-5460_10923-16383`.
 pub fn storage_shard(id: &str) -> String {
