@@ -157,6 +157,7 @@ fn architecture_names_only_paths_that_exist() {
     let looks_like_path = |t: &str| {
         !t.is_empty()
             && !t.starts_with('/')
+            && !t.starts_with('.')
             && !t.contains("//")
             && t.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
@@ -199,7 +200,6 @@ fn architecture_names_only_paths_that_exist() {
         }
         match found {
             Some(p) if p.is_dir() => base = p,
-            Some(p) if part.contains('/') => base = p.parent().unwrap().to_path_buf(),
             Some(_) => {}
             None => missing.push(part.to_string()),
         }
