@@ -356,7 +356,7 @@ async fn what_would_fail_later_or_carries_a_secret_is_refused_when_given() {
         (
             policy(
                 &file_dest("a", "file:///var/backups/x"),
-                &format!("encrypt_to = [\"{}\"]", recipient.replace('q', "p")),
+                &format!("encrypt_to = [\"{}\"]", mistyped(&recipient)),
             ),
             "not an age recipient",
         ),
@@ -470,4 +470,12 @@ async fn what_would_fail_later_or_carries_a_secret_is_refused_when_given() {
         assert!(err.contains(needle), "{err}");
         assert!(!err.contains("Sup3rSecret"), "the secret was shown: {err}");
     }
+}
+
+/// `recipient` with its last character changed, which its checksum catches.
+fn mistyped(recipient: &str) -> String {
+    let mut s = recipient.to_string();
+    let last = s.pop().expect("a recipient");
+    s.push(if last == 'q' { 'p' } else { 'q' });
+    s
 }
