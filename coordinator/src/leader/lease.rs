@@ -36,6 +36,22 @@ impl Node {
         self.is_leader()
     }
 
+    /// The leader as a redirect may name it: never this node while it does not lead. A leader
+    /// cut off from its quorum stays Raft's leader until it hears of a newer term, and naming it
+    /// would send its agents straight back to it; without a leader elsewhere, agents go through
+    /// their coordinator list.
+    pub(super) fn leader_elsewhere(&self) -> LeaderInfo {
+        let l = self.leader();
+        if l.id == Some(self.id) {
+            LeaderInfo {
+                id: None,
+                address: String::new(),
+            }
+        } else {
+            l
+        }
+    }
+
     pub(super) fn leader(&self) -> LeaderInfo {
         let m = self.raft.metrics().borrow().clone();
         let address = m
@@ -247,7 +263,7 @@ impl Node {
                 self.wake.notify_one();
                 tokio::spawn(self.clone().write_config_policies());
             } else if !leader && was_leader {
-                let l = self.leader();
+                let l = self.leader_elsewhere();
                 tracing::warn!(node = self.id, new_leader = ?l.id, "no longer the leader; redirecting agents");
                 *self.fleet.leader_since.lock().expect("lock") = None;
                 self.release_agents(&l);

@@ -99,7 +99,7 @@ impl Node {
             return;
         }
         if !self.is_leader() {
-            let _ = tx.send(Ok(redirect(&self.leader()))).await;
+            let _ = tx.send(Ok(redirect(&self.leader_elsewhere()))).await;
             return;
         }
         if let Err(status) = self.admit(&hello).await {
