@@ -7,11 +7,13 @@ pub mod codec;
 pub mod ids;
 pub mod keys;
 pub mod manifest;
+pub mod outcomes;
 pub mod planner;
 pub mod policy;
 pub mod rdb;
 pub mod rdbread;
 pub mod report;
+
 pub mod resp;
 pub mod retention;
 pub mod schedule;

@@ -7,13 +7,14 @@
 //! loading it. Keys whose expiry passed before the load are not served; they are taken from the
 //! copy, and only if their expiry has passed, so the digest still covers every key.
 
+use fleetsnap_core::outcomes::{DbCheck, DrillReport};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::rdbread::{DatasetDigest, DbDigest, Entry, Item, RdbReader};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::to_file::{RestoreRequest, restore};
 use crate::error::{Error, Result};
@@ -40,58 +41,6 @@ impl Default for DrillSettings {
             timeout_seconds: 1800,
         }
     }
-}
-
-/// One database as the drill found it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DbCheck {
-    /// The logical database.
-    pub db: u64,
-    /// Keys the manifest recorded.
-    pub keys_recorded: Option<u64>,
-    /// Keys the scratch server served.
-    pub keys_served: u64,
-    /// Keys of the copy not served because their expiry had passed.
-    pub keys_expired: u64,
-    /// The digest the manifest recorded.
-    pub digest_recorded: Option<String>,
-    /// The digest of what was served, plus the expired keys.
-    pub digest_found: String,
-}
-
-/// What a drill found.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct DrillReport {
-    /// The set.
-    pub backup_id: String,
-    /// The shard drilled.
-    pub shard: String,
-    /// The region read.
-    pub destination: String,
-    /// Regions tried before it, with why they failed.
-    pub skipped: Vec<(String, String)>,
-    /// Whether the data served equals what the manifest recorded.
-    pub ok: bool,
-    /// Why not.
-    pub problems: Vec<String>,
-    /// Per database.
-    pub dbs: Vec<DbCheck>,
-    /// Whether the manifest recorded digests (sets written before it did carry none).
-    pub digest_checked: bool,
-    /// RDB bytes.
-    pub rdb_bytes: u64,
-    /// Tail commands replayed after the check.
-    pub tail_commands: u64,
-    /// Seconds to fetch and verify the copy.
-    pub fetch_seconds: f64,
-    /// Seconds for the scratch server to load it.
-    pub load_seconds: f64,
-    /// Seconds for the check (not part of the RTO).
-    pub check_seconds: f64,
-    /// Detection to data served: fetch, load and tail replay.
-    pub rto_seconds: f64,
-    /// The backup's age when its data was served (the RPO a restore now would have).
-    pub rpo_seconds: Option<f64>,
 }
 
 /// Runs a drill of one shard (`req.shard`, or the only one). `taken_at_ms` is when the set was

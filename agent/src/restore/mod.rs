@@ -10,13 +10,17 @@ mod set;
 mod to_file;
 mod verify;
 
-pub use drill::{DbCheck, DrillReport, DrillSettings, drill};
+pub use drill::{DrillSettings, drill};
+pub use fleetsnap_core::outcomes::{
+    DbCheck, DrillReport, OnlineReport, OnlineRestoreReport, OnlineShard, ReplaceReport,
+    RestoreReport,
+};
 pub use list::{Listed, Listing, find_manifest, list};
 pub(crate) use online::Target;
-pub use online::{OnlineOptions, OnlineReport, replay_tail_into};
-pub use replace::{ReplaceReport, ReplaceRequest, replace};
-pub use set::{OnlineRestoreReport, OnlineShard, restore_online};
-pub use to_file::{Prepared, RestoreReport, RestoreRequest, prepare_stream, restore, stream_rdb};
+pub use online::{OnlineOptions, replay_tail_into};
+pub use replace::{ReplaceRequest, replace};
+pub use set::restore_online;
+pub use to_file::{Prepared, RestoreRequest, prepare_stream, restore, stream_rdb};
 pub use verify::{
     Checked, HeldBack, Output, VerifyReport, check_object, load_identities, verify, write_paced,
 };

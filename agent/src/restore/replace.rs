@@ -16,16 +16,17 @@
 //! A node with an AOF directory gets a copy fetched and verified beside it while it still runs;
 //! it is down for the stop, a rename and its own load.
 
+use fleetsnap_core::outcomes::ReplaceReport;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::rdbread::{DbDigest, Item, RdbReader};
-use serde::Serialize;
 
-use super::to_file::{RestoreReport, RestoreRequest, restore, with_suffix};
+use super::to_file::{RestoreRequest, restore, with_suffix};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::redis::{Connection, Value, info_field};
+use fleetsnap_core::outcomes::RestoreReport;
 
 /// What to replace and how.
 pub struct ReplaceRequest {
@@ -42,36 +43,6 @@ pub struct ReplaceRequest {
     pub rdb_path: Option<PathBuf>,
     /// How long the stop, and then the start and load, may take.
     pub timeout: Duration,
-}
-
-/// What a replace did.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReplaceReport {
-    /// The verified copy read.
-    pub read: RestoreReport,
-    /// The node.
-    pub node: String,
-    /// Where the backup was placed (the RDB file, or the AOF directory).
-    pub placed: String,
-    /// Where the node's previous data was kept, if it had any.
-    pub previous_kept_at: Option<String>,
-    /// Keys in the backup's RDB.
-    pub keys_in_backup: u64,
-    /// Of which with an expiry (Redis does not load those already past).
-    pub expires_in_backup: u64,
-    /// Keys the node holds after its load.
-    pub keys_loaded: u64,
-    /// The replication offset the RDB carries, which the node took as its own.
-    pub offset: Option<u64>,
-    /// Tail commands replayed after the load.
-    pub tail_commands: u64,
-    /// Seconds before the node was stopped: reading the manifest and fetching the tail, and for
-    /// an AOF directory fetching and verifying the whole copy.
-    pub staged_seconds: f64,
-    /// Seconds from the stop to the node serving the restored data.
-    pub down_seconds: f64,
-    /// Seconds in all.
-    pub seconds: f64,
 }
 
 /// Where the node keeps its data, as it says.

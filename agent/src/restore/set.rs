@@ -1,41 +1,17 @@
 //! Restoring a whole set online: every shard fetched and verified, the target's databases checked
 //! before anything is written, then each shard applied key by key.
 
+use fleetsnap_core::outcomes::{OnlineRestoreReport, OnlineShard, RestoreReport};
 use std::path::{Path, PathBuf};
 
 use fleetsnap_core::{ObjectKind, ShardEntry, ShardId};
-use serde::Serialize;
 
 use super::list::*;
-use super::online::{OnlineOptions, OnlineReport};
+use super::online::OnlineOptions;
 use super::to_file::*;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::storage::Store;
-
-/// An online restore of one shard: which copy was read, and what applying it did.
-#[derive(Clone, Debug, Serialize)]
-pub struct OnlineShard {
-    /// The verified copy read.
-    pub read: RestoreReport,
-    /// What RESTORE and the tail replay did.
-    pub applied: OnlineReport,
-}
-
-/// An online restore of one shard or of every shard of a set.
-#[derive(Clone, Debug, Serialize)]
-pub struct OnlineRestoreReport {
-    /// Each shard restored, in the manifest's order.
-    pub shards: Vec<OnlineShard>,
-    /// Keys restored in all.
-    pub keys: u64,
-    /// RDB bytes applied in all.
-    pub rdb_bytes: u64,
-    /// Keys (and function libraries) that already existed and were left as they are, in all.
-    pub conflicts: u64,
-    /// Wall time of the whole restore.
-    pub seconds: f64,
-}
 
 /// The shards of a backup, from the first destination whose manifest can be read.
 async fn shards_of(req: &RestoreRequest) -> Result<Vec<ShardEntry>> {
@@ -192,46 +168,4 @@ pub async fn restore_online(
     }
     out.seconds = started.elapsed().as_secs_f64();
     Ok(out)
-}
-
-impl OnlineRestoreReport {
-    /// Why the restore is not whole when keys already existed and were left alone: each
-    /// shard's count and its first keys.
-    pub fn conflict_problem(&self) -> Option<String> {
-        let skipped: u64 = self.shards.iter().map(|s| s.applied.tail_skipped).sum();
-        if self.conflicts == 0 && skipped == 0 {
-            return None;
-        }
-        let per: Vec<String> = self
-            .shards
-            .iter()
-            .filter(|s| s.applied.conflicts > 0 || s.applied.tail_skipped > 0)
-            .map(|s| {
-                let mut t = format!(
-                    "shard {}: {} (first: {})",
-                    s.read.shard,
-                    s.applied.conflicts,
-                    s.applied.conflicting_keys.join(", ")
-                );
-                if s.applied.tail_skipped > 0 {
-                    t += &format!(
-                        ", and {} tail commands on keys that were there ({})",
-                        s.applied.tail_skipped,
-                        s.applied.tail_skipped_commands.join("; ")
-                    );
-                }
-                t
-            })
-            .collect();
-        Some(format!(
-            "{} keys restored; {} already existed in {} and were left as they are ({}): pass --replace-existing to overwrite them",
-            self.keys,
-            self.conflicts,
-            self.shards
-                .first()
-                .map(|s| s.applied.target.as_str())
-                .unwrap_or("the target"),
-            per.join("; ")
-        ))
-    }
 }

@@ -1,11 +1,11 @@
 //! Restoring a shard to files: the verified copy from the first region that has a good one,
 //! written exclusively (no link followed, nothing existing overwritten without `--force`).
 
+use fleetsnap_core::outcomes::RestoreReport;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, ShardEntry, ShardId};
-use serde::Serialize;
 
 use super::list::*;
 use super::verify::*;
@@ -36,29 +36,6 @@ pub struct RestoreRequest {
     /// Replace files already at the output paths (regular files only: a link, a device or a
     /// FIFO there is always refused). Without it, an output that exists is an error.
     pub force: bool,
-}
-
-/// The outcome of a restore.
-#[derive(Clone, Debug, Serialize)]
-pub struct RestoreReport {
-    /// The destination read.
-    pub destination: String,
-    /// Destinations tried before it, with why they failed.
-    pub skipped: Vec<(String, String)>,
-    /// The shard restored.
-    pub shard: String,
-    /// The RDB file written.
-    pub rdb_file: String,
-    /// The tail written, if the backup has one: replay it after loading the RDB.
-    pub tail_file: Option<String>,
-    /// RDB bytes.
-    pub raw_bytes: u64,
-    /// Written as an AOF directory.
-    pub aof_dir: bool,
-    /// The hash-slot ranges the shard owned (Redis Cluster).
-    pub slot_ranges: Vec<(u16, u16)>,
-    /// Keys per database, as the manifest recorded them (if it did).
-    pub dbs: Option<Vec<fleetsnap_core::rdbread::DbDigest>>,
 }
 
 /// Restores one shard to a file, reading the first destination that yields a verified copy.

@@ -2,39 +2,15 @@
 //! paused on the live primary until the replica has every acknowledged write) or forced (the
 //! primary is dead; the replica is promoted at the offset it has).
 
+use fleetsnap_core::outcomes::PromoteReport;
 use std::time::{Duration, Instant};
 
 use fleetsnap_core::window::{JobResult, NodeOp, NodeTask};
-use serde::Serialize;
 
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::redis::{Connection, Value, info_field};
-
-/// What a promotion did.
-#[derive(Clone, Debug, Serialize)]
-pub struct PromoteReport {
-    /// The node promoted (`host:port`).
-    pub promoted: String,
-    /// Whether the old primary was alive and paused.
-    pub graceful: bool,
-    /// Whether through `CLUSTER FAILOVER`.
-    pub cluster: bool,
-    /// The paused primary's offset, which the replica reached (graceful).
-    pub primary_offset: Option<u64>,
-    /// The promoted node's replication offset when it was promoted.
-    pub offset: u64,
-    /// Milliseconds writes were paused (graceful, standalone).
-    pub paused_ms: Option<u64>,
-    /// Nodes now replicating from it.
-    pub repointed: Vec<String>,
-    /// Nodes that could not be re-pointed, and why.
-    pub not_repointed: Vec<(String, String)>,
-    /// The Sentinel that promoted it (`SENTINEL FAILOVER`), when one manages the set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sentinel: Option<String>,
-}
 
 /// A Sentinel that monitors the set, and the name it monitors it under.
 struct Sentinel {
@@ -112,7 +88,7 @@ async fn promote(
     pause_ms: u64,
 ) -> Result<PromoteReport> {
     let (mut c, offset) = a_replica(me).await?;
-    let mut report = PromoteReport::new(me, primary.is_some(), cluster, offset, None);
+    let mut report = promote_report(me, primary.is_some(), cluster, offset, None);
     if cluster {
         if let Some(p) = primary {
             primary_knows_me(me, &mut c, p).await?;
@@ -196,25 +172,24 @@ async fn a_replica(me: &RedisTarget) -> Result<(Connection, u64)> {
     Ok((c, offset_of(&info)))
 }
 
-impl PromoteReport {
-    fn new(
-        me: &RedisTarget,
-        graceful: bool,
-        cluster: bool,
-        offset: u64,
-        sentinel: Option<String>,
-    ) -> Self {
-        Self {
-            promoted: me.address(),
-            graceful,
-            cluster,
-            primary_offset: None,
-            offset,
-            paused_ms: None,
-            repointed: Vec::new(),
-            not_repointed: Vec::new(),
-            sentinel,
-        }
+/// The report of a promotion that has just begun.
+fn promote_report(
+    me: &RedisTarget,
+    graceful: bool,
+    cluster: bool,
+    offset: u64,
+    sentinel: Option<String>,
+) -> PromoteReport {
+    PromoteReport {
+        promoted: me.address(),
+        graceful,
+        cluster,
+        primary_offset: None,
+        offset,
+        paused_ms: None,
+        repointed: Vec::new(),
+        not_repointed: Vec::new(),
+        sentinel,
     }
 }
 
@@ -277,7 +252,7 @@ async fn by_sentinel(
     pause_ms: u64,
 ) -> Result<PromoteReport> {
     let (mut c, offset) = a_replica(me).await?;
-    let mut report = PromoteReport::new(me, primary.is_some(), false, offset, Some(s.at.address()));
+    let mut report = promote_report(me, primary.is_some(), false, offset, Some(s.at.address()));
     let mut sc = Connection::connect(&s.at).await.map_err(|e| {
         Error::Failed(format!(
             "the Sentinel {} that the agent's config names for {me} cannot be reached ({e}): nothing changed",

@@ -4,5 +4,6 @@
 mod failover;
 mod probe;
 
-pub use failover::{PromoteReport, run as failover};
-pub use probe::{ProbeReport, probe};
+pub use failover::run as failover;
+pub use fleetsnap_core::outcomes::{ProbeReport, PromoteReport};
+pub use probe::probe;

@@ -1,31 +1,14 @@
 //! A runbook's probe of a running target: it answers, a cluster serves every slot, and it holds
 //! the wanted number of keys.
 
+use fleetsnap_core::outcomes::ProbeReport;
 use fleetsnap_core::window::{JobResult, ProbeTask, ProbeWant};
-use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::redis::Value;
 use crate::redis::keyspace_keys;
 use crate::restore::Target;
-
-/// What a probe of a running target found.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProbeReport {
-    /// The target probed.
-    pub target: String,
-    /// Whether it is a Redis Cluster.
-    pub cluster: bool,
-    /// Its primaries (`host:port`).
-    pub primaries: Vec<String>,
-    /// Keys on them, all databases.
-    pub keys: u64,
-    /// The bounds checked.
-    pub min: u64,
-    /// See `min`.
-    pub max: u64,
-}
 
 /// A runbook's check of a running target: it answers, a Redis Cluster has every slot served
 /// and `cluster_state:ok`, and its primaries hold between the wanted numbers of keys.

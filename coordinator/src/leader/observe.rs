@@ -462,9 +462,14 @@ impl Node {
 
 /// The seconds a restore or drill report gives: `rto_seconds` (drills), else `seconds`.
 fn report_seconds(report_json: &str) -> f64 {
-    let v: serde_json::Value = serde_json::from_str(report_json).unwrap_or_default();
-    v.get("rto_seconds")
-        .or_else(|| v.get("seconds"))
-        .and_then(|s| s.as_f64())
+    /// The two durations a restore's or a drill's report may carry.
+    #[derive(serde::Deserialize)]
+    struct Timed {
+        rto_seconds: Option<f64>,
+        seconds: Option<f64>,
+    }
+    serde_json::from_str::<Timed>(report_json)
+        .ok()
+        .and_then(|t| t.rto_seconds.or(t.seconds))
         .unwrap_or(f64::NAN)
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::LeaderError;
+use fleetsnap_core::outcomes::DrillReport;
 use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreMode, RestoreTask, unix_ms};
 use fleetsnap_core::{ClusterId, Role};
 use fleetsnap_proto::v1;
@@ -354,7 +355,7 @@ impl Node {
                     if *ok { "passed" } else { "failed" },
                     Some(*ok),
                     problem.clone(),
-                    serde_json::from_str::<serde_json::Value>(report_json).ok(),
+                    serde_json::from_str::<DrillReport>(report_json).ok(),
                 ),
                 JobState::Done(JobOutcome::Failed { reason }) => {
                     ("failed", Some(false), Some(reason.clone()), None)

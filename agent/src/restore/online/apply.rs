@@ -17,6 +17,7 @@ use super::target::*;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::redis::{self as resp, Connection, Value, info_field};
+use fleetsnap_core::outcomes::OnlineReport;
 
 /// A batch of items from the reader thread, and how far into the file it got.
 pub(super) struct Batch {

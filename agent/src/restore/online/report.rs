@@ -1,9 +1,8 @@
 //! What an online restore is asked to do and what it did, and its progress on standard error.
 
+use fleetsnap_core::outcomes::OnlineReport;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-
-use serde::Serialize;
 
 /// What to restore and how.
 #[derive(Clone, Debug, Default)]
@@ -17,43 +16,6 @@ pub struct OnlineOptions {
     pub pattern: Option<String>,
     /// Print progress on standard error (a bar on a terminal).
     pub progress: bool,
-}
-
-/// What an online restore did.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct OnlineReport {
-    /// The target named.
-    pub target: String,
-    /// Whether it is a Redis Cluster.
-    pub cluster: bool,
-    /// Primaries written to.
-    pub nodes: usize,
-    /// Keys restored.
-    pub keys: u64,
-    /// Keys left out by `--db` or `--match`.
-    pub filtered: u64,
-    /// Keys whose expiry had already passed.
-    pub expired: u64,
-    /// Keys (and libraries) that already existed and were left as they are.
-    pub conflicts: u64,
-    /// The first of them.
-    pub conflicting_keys: Vec<String>,
-    /// Function libraries loaded.
-    pub functions: u64,
-    /// Module auxiliary data skipped (the modules' own state, not keys).
-    pub module_aux_skipped: Vec<String>,
-    /// Tail commands replayed.
-    pub tail_commands: u64,
-    /// Tail commands left out because they write to a key that was in the target before the
-    /// restore (or, for `FLUSHALL`/`FLUSHDB`, to a target that held keys): merging, the restore
-    /// changes nothing that was there.
-    pub tail_skipped: u64,
-    /// The first of them (command and key).
-    pub tail_skipped_commands: Vec<String>,
-    /// RDB bytes read.
-    pub rdb_bytes: u64,
-    /// Wall time of the whole restore.
-    pub seconds: f64,
 }
 
 /// Progress on standard error: a redrawn line on a terminal, a line every 10 s otherwise.

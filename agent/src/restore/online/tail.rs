@@ -13,6 +13,7 @@ use super::target::*;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::redis::{self as resp, Value};
+use fleetsnap_core::outcomes::OnlineReport;
 
 /// What a tail replayed into a target with keys of its own leaves alone.
 pub(super) struct TailGuard {

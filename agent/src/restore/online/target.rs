@@ -6,10 +6,10 @@ use std::collections::{HashSet, VecDeque};
 
 use fleetsnap_core::keys::key_slot;
 
-use super::report::OnlineReport;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::redis::{self as resp, Connection, Value, info_field};
+use fleetsnap_core::outcomes::OnlineReport;
 
 /// Bytes of commands written to a node before its replies are read.
 pub(super) const BATCH_BYTES: usize = 512 * 1024;

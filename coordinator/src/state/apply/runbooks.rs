@@ -4,50 +4,44 @@
 use crate::state::{
     Action, CatalogSpec, FleetState, JobOutcome, JobState, Response, Runbook, RunbookState,
 };
+use fleetsnap_core::outcomes::{OnlineRestoreReport, PromoteReport};
 use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant};
 
 /// The keys a target must hold after an online restore reported in `report_json`: exactly the
 /// keys it restored, less those with an expiry (which may lapse before the check). A replayed
 /// tail may add and delete any number of keys, so after one only the target's health is checked.
 fn restored_bounds(report_json: &str) -> Option<(u64, u64)> {
-    let r: serde_json::Value = serde_json::from_str(report_json).ok()?;
-    let keys = r["keys"].as_u64()?;
-    let shards = r["shards"].as_array()?;
-    let tail: u64 = shards
-        .iter()
-        .filter_map(|s| s["applied"]["tail_commands"].as_u64())
-        .sum();
+    let r: OnlineRestoreReport = serde_json::from_str(report_json).ok()?;
+    let tail: u64 = r.shards.iter().map(|s| s.applied.tail_commands).sum();
     if tail > 0 {
         return Some((0, u64::MAX));
     }
-    let expiring: u64 = shards
+    let expiring: u64 = r
+        .shards
         .iter()
-        .flat_map(|s| s["read"]["dbs"].as_array().into_iter().flatten())
-        .filter_map(|d| d["expires"].as_u64())
+        .flat_map(|s| s.read.dbs.iter().flatten())
+        .map(|d| d.expires)
         .sum();
-    Some((keys.saturating_sub(expiring), keys))
+    Some((r.keys.saturating_sub(expiring), r.keys))
 }
 
 /// One line for a restore step's outcome.
 fn restored_summary(report_json: &str) -> String {
-    let Ok(r) = serde_json::from_str::<serde_json::Value>(report_json) else {
+    let Ok(r) = serde_json::from_str::<OnlineRestoreReport>(report_json) else {
         return report_json.to_string();
     };
-    let shards = r["shards"].as_array().cloned().unwrap_or_default();
-    let mut read: Vec<String> = shards
+    let mut read: Vec<String> = r
+        .shards
         .iter()
-        .filter_map(|s| s["read"]["destination"].as_str().map(str::to_string))
+        .map(|s| s.read.destination.clone())
         .collect();
     read.dedup();
-    let tail: u64 = shards
-        .iter()
-        .filter_map(|s| s["applied"]["tail_commands"].as_u64())
-        .sum();
+    let tail: u64 = r.shards.iter().map(|s| s.applied.tail_commands).sum();
     format!(
         "{} keys of {} shards restored in {:.1} s from {}; {tail} tail commands replayed",
-        r["keys"].as_u64().unwrap_or(0),
-        shards.len(),
-        r["seconds"].as_f64().unwrap_or(0.0),
+        r.keys,
+        r.shards.len(),
+        r.seconds,
         read.join(", ")
     )
 }
@@ -258,15 +252,13 @@ impl FleetState {
         let Some(r) = self.runbooks.get_mut(&id) else {
             return;
         };
-        let Ok(report) = serde_json::from_str::<serde_json::Value>(report_json) else {
+        let Ok(report) = serde_json::from_str::<PromoteReport>(report_json) else {
             return;
         };
-        let Some(offset) = report["offset"].as_u64() else {
-            return;
-        };
+        let offset = report.offset;
         r.findings
             .insert("promoted_offset".into(), offset.to_string());
-        if report["graceful"] == true {
+        if report.graceful {
             r.findings.insert("lost_bytes".into(), "0".into());
         } else if let Some(last) = r
             .findings
