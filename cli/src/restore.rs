@@ -1,6 +1,7 @@
 //! `fleetsnap restore` and `fleetsnap drill`: the leader picks the set and its regions, agents do
 //! the work, and this follows their jobs to the end.
 
+use fleetsnap_core::outcomes::DrillReport;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
@@ -315,49 +316,15 @@ pub async fn drill(conn: &Conn, cmd: DrillCmd) -> Result<ExitCode> {
 }
 
 fn print_drill(j: &serde_json::Value) {
-    let t = table::text;
-    let r = &j["report"];
-    if r.is_null() {
-        println!(
+    let report = serde_json::from_value::<DrillReport>(j["report"].clone());
+    match report {
+        Ok(r) if !j["report"].is_null() => print!("{}", r.text()),
+        _ => println!(
             "job {} on {}: FAILED: {}",
             j["job"],
-            t(&j["agent"]),
-            t(&j["problem"])
-        );
-        return;
-    }
-    println!(
-        "shard {} of {} from {}: {}  RTO {:.2}s  backup age {}  ({} RDB bytes, {} tail commands)",
-        t(&r["shard"]),
-        t(&r["backup_id"]),
-        t(&r["destination"]),
-        if j["ok"] == true { "PASSED" } else { "FAILED" },
-        r["rto_seconds"].as_f64().unwrap_or(0.0),
-        r["rpo_seconds"]
-            .as_f64()
-            .map_or("-".into(), |s| format!("{s:.0}s")),
-        r["rdb_bytes"],
-        r["tail_commands"]
-    );
-    for s in r["skipped"].as_array().into_iter().flatten() {
-        println!("  skipped {}: {}", t(&s[0]), t(&s[1]));
-    }
-    for d in r["dbs"].as_array().into_iter().flatten() {
-        println!(
-            "  db {}: {} keys recorded, {} served, {} expired; digest {}",
-            d["db"],
-            d["keys_recorded"],
-            d["keys_served"],
-            d["keys_expired"],
-            if d["digest_found"] == d["digest_recorded"] {
-                "matches"
-            } else {
-                "DIFFERS"
-            }
-        );
-    }
-    for p in r["problems"].as_array().into_iter().flatten() {
-        println!("  PROBLEM: {}", t(p));
+            table::text(&j["agent"]),
+            table::text(&j["problem"])
+        ),
     }
 }
 

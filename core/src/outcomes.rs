@@ -261,3 +261,80 @@ impl OnlineRestoreReport {
         ))
     }
 }
+
+/// A byte count as people read it (`1.5 MB`).
+pub fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1} MB", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1} kB", n / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
+impl DrillReport {
+    /// The drill as people read it, one printer for the agent's `drill` and the CLI's: the
+    /// regions skipped, the verdict, each database's counts and digests against the manifest's,
+    /// the RTO and its parts, and every problem.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for (d, e) in &self.skipped {
+            let _ = writeln!(out, "skipped {d}: {e}");
+        }
+        let _ = writeln!(
+            out,
+            "drill of shard {} of backup {} from {}: {}",
+            self.shard,
+            self.backup_id,
+            self.destination,
+            if self.ok { "PASSED" } else { "FAILED" }
+        );
+        let _ = writeln!(
+            out,
+            "{:<4} {:>10} {:>10} {:>8} {:<14} {:<14}",
+            "DB", "RECORDED", "SERVED", "EXPIRED", "DIGEST", "RECORDED"
+        );
+        for d in &self.dbs {
+            let _ = writeln!(
+                out,
+                "{:<4} {:>10} {:>10} {:>8} {:<14} {:<14}",
+                d.db,
+                d.keys_recorded.map_or("-".into(), |k| k.to_string()),
+                d.keys_served,
+                d.keys_expired,
+                &d.digest_found[..12.min(d.digest_found.len())],
+                d.digest_recorded
+                    .as_deref()
+                    .map_or("-", |x| &x[..12.min(x.len())])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "RTO {:.2}s (fetch {:.2}s, load {:.2}s, {} tail commands); check {:.2}s; {} of RDB{}",
+            self.rto_seconds,
+            self.fetch_seconds,
+            self.load_seconds,
+            self.tail_commands,
+            self.check_seconds,
+            human_bytes(self.rdb_bytes),
+            self.rpo_seconds
+                .map(|s| format!("; backup age (RPO) {s:.0}s"))
+                .unwrap_or_default()
+        );
+        if !self.digest_checked {
+            let _ = writeln!(
+                out,
+                "note: the manifest records no digests (written before fleetsnap recorded them): only the copy's checksums were checked"
+            );
+        }
+        for p in &self.problems {
+            let _ = writeln!(out, "PROBLEM: {p}");
+        }
+        out
+    }
+}

@@ -12,53 +12,7 @@ pub(super) fn print_json<T: serde::Serialize>(v: &T) {
 
 /// A drill's outcome, for people.
 pub fn print_drill(r: &crate::restore::DrillReport) {
-    for (d, e) in &r.skipped {
-        println!("skipped {d}: {e}");
-    }
-    println!(
-        "drill of shard {} of backup {} from {}: {}",
-        r.shard,
-        r.backup_id,
-        r.destination,
-        if r.ok { "PASSED" } else { "FAILED" }
-    );
-    println!(
-        "{:<4} {:>10} {:>10} {:>8} {:<14} {:<14}",
-        "DB", "RECORDED", "SERVED", "EXPIRED", "DIGEST", "RECORDED"
-    );
-    for d in &r.dbs {
-        println!(
-            "{:<4} {:>10} {:>10} {:>8} {:<14} {:<14}",
-            d.db,
-            d.keys_recorded.map_or("-".into(), |k| k.to_string()),
-            d.keys_served,
-            d.keys_expired,
-            &d.digest_found[..12.min(d.digest_found.len())],
-            d.digest_recorded
-                .as_deref()
-                .map_or("-", |x| &x[..12.min(x.len())])
-        );
-    }
-    println!(
-        "RTO {:.2}s (fetch {:.2}s, load {:.2}s, {} tail commands); check {:.2}s; {} of RDB{}",
-        r.rto_seconds,
-        r.fetch_seconds,
-        r.load_seconds,
-        r.tail_commands,
-        r.check_seconds,
-        human(r.rdb_bytes),
-        r.rpo_seconds
-            .map(|s| format!("; backup age (RPO) {s:.0}s"))
-            .unwrap_or_default()
-    );
-    if !r.digest_checked {
-        println!(
-            "note: the manifest records no digests (written before fleetsnap recorded them): only the copy's checksums were checked"
-        );
-    }
-    for p in &r.problems {
-        println!("PROBLEM: {p}");
-    }
+    print!("{}", r.text());
 }
 
 pub(super) fn print_report(r: &fleetsnap_core::InstanceReport) {
@@ -146,14 +100,5 @@ pub(super) fn truncate(s: &str, n: usize) -> String {
 
 /// Human-readable bytes (decimal units, as `MB/s`).
 pub fn human(n: u64) -> String {
-    let n = n as f64;
-    if n >= 1e9 {
-        format!("{:.2} GB", n / 1e9)
-    } else if n >= 1e6 {
-        format!("{:.1} MB", n / 1e6)
-    } else if n >= 1e3 {
-        format!("{:.1} kB", n / 1e3)
-    } else {
-        format!("{n} B")
-    }
+    fleetsnap_core::outcomes::human_bytes(n)
 }
