@@ -213,3 +213,57 @@ fn architecture_names_only_paths_that_exist() {
         "ARCHITECTURE.md names paths that do not exist: {missing:?}"
     );
 }
+
+/// Every repository path the docs and the README name in backticks (`agent/src/…`,
+/// `scripts/…`) exists.
+#[test]
+fn the_docs_name_only_paths_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let tops = [
+        "agent/",
+        "bench/",
+        "chaos-tests/",
+        "cli/",
+        "coordinator/",
+        "core/",
+        "deploy/",
+        "docs/",
+        "fuzz/",
+        "proto/",
+        "scripts/",
+        "telemetry/",
+        "testkit/",
+    ];
+    let mut pages = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            pages.push(p);
+        }
+    }
+    let mut missing = Vec::new();
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (i, part) in text.split('`').enumerate() {
+            let path_like = part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+            // `fuzz/corpus/TARGET`: a placeholder, not a path.
+            let placeholder = part.split('/').any(|seg| {
+                !seg.is_empty() && seg.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            });
+            if i % 2 == 1
+                && path_like
+                && !placeholder
+                && tops.iter().any(|t| part.starts_with(t))
+                && !root.join(part).exists()
+            {
+                missing.push(format!("{}: {part}", page.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "paths that do not exist: {missing:#?}");
+}
