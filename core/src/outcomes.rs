@@ -1,6 +1,7 @@
 //! What agents report of restores, drills and runbook steps: one type per report, written by the
 //! agent and read by the coordinator and the CLI as these types (never by key). Every field has
-//! a default, so a report from an agent one version older still reads.
+//! a default, so a report from an agent one version older still reads, except a promotion's
+//! `promoted` and `offset`: they tell a promotion from the other reports a runbook step makes.
 
 use serde::{Deserialize, Serialize};
 
@@ -179,26 +180,31 @@ pub struct DrillReport {
 
 /// What a promotion did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct PromoteReport {
     /// The node promoted (`host:port`).
     pub promoted: String,
     /// Whether the old primary was alive and paused.
+    #[serde(default)]
     pub graceful: bool,
     /// Whether through `CLUSTER FAILOVER`.
+    #[serde(default)]
     pub cluster: bool,
     /// The paused primary's offset, which the replica reached (graceful).
+    #[serde(default)]
     pub primary_offset: Option<u64>,
     /// The promoted node's replication offset when it was promoted.
     pub offset: u64,
     /// Milliseconds writes were paused (graceful, standalone).
+    #[serde(default)]
     pub paused_ms: Option<u64>,
     /// Nodes now replicating from it.
+    #[serde(default)]
     pub repointed: Vec<String>,
     /// Nodes that could not be re-pointed, and why.
+    #[serde(default)]
     pub not_repointed: Vec<(String, String)>,
     /// The Sentinel that promoted it (`SENTINEL FAILOVER`), when one manages the set.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<String>,
 }
 

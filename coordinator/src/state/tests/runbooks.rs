@@ -254,4 +254,41 @@ fn a_promotion_records_its_offset_and_what_was_lost() {
             "{what}"
         );
     }
+    // A step's report that is no promotion (a probe's) records nothing of one.
+    let mut s = FleetState::default();
+    s.apply(
+        1,
+        1,
+        &Command::RegisterAgents {
+            agents: vec!["a1".into()],
+        },
+    );
+    let probe = CatalogTask::Probe(fleetsnap_core::window::ProbeTask {
+        target: "redis://127.0.0.1:1".into(),
+        want: fleetsnap_core::window::ProbeWant::Empty,
+    });
+    let rb = runbook("restore-cluster", vec![agent_step("probe", probe)]);
+    let id = s
+        .apply(1, 2, &Command::StartRunbook { runbook: rb })
+        .runbook
+        .unwrap();
+    let report_json = r#"{"target":"redis://127.0.0.1:1","cluster":false,"primaries":[],"keys":0,"min":0,"max":0}"#;
+    run_step(
+        &mut s,
+        &mut 2,
+        id,
+        0,
+        JobOutcome::Succeeded {
+            backup_id: None,
+            result: Some(JobResult::Step {
+                report_json: report_json.into(),
+            }),
+        },
+    );
+    assert_eq!(s.runbooks[&id].state, RunbookState::Succeeded);
+    assert!(
+        s.runbooks[&id].findings.is_empty(),
+        "{:?}",
+        s.runbooks[&id].findings
+    );
 }
