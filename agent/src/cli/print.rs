@@ -99,6 +99,4 @@ pub(super) fn truncate(s: &str, n: usize) -> String {
 }
 
 /// Human-readable bytes (decimal units, as `MB/s`).
-pub fn human(n: u64) -> String {
-    fleetsnap_core::outcomes::human_bytes(n)
-}
+pub use fleetsnap_core::outcomes::human_bytes as human;

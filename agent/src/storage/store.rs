@@ -130,7 +130,7 @@ impl Store {
                 {
                     return Err(too_long(size));
                 }
-                Reading::S3(Box::new(bucket.clone()), body)
+                Reading::S3(body)
             }
         };
         Ok(Download {
@@ -277,8 +277,8 @@ pub struct Download {
 enum Reading {
     /// From a file, read on the blocking pool in large chunks.
     File(Arc<std::fs::File>, PathBuf),
-    /// From S3.
-    S3(Box<Bucket>, ByteStream),
+    /// From S3 (the bucket is the store's).
+    S3(ByteStream),
 }
 
 impl Download {
@@ -289,7 +289,10 @@ impl Download {
             Reading::File(f, path) => {
                 file::read_chunk(f, path, (self.limit - self.read).saturating_add(1)).await?
             }
-            Reading::S3(bucket, body) => bucket.next(&self.key, body).await?,
+            Reading::S3(body) => match &self.store.inner {
+                Inner::S3(bucket) => bucket.next(&self.key, body).await?,
+                Inner::File(_) => unreachable!("an S3 body read from a file region"),
+            },
         };
         if let Some(c) = &chunk {
             self.read += c.len() as u64;

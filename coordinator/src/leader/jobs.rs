@@ -10,8 +10,8 @@ use fleetsnap_proto::v1::{self, coordinator_message, job_update};
 use super::*;
 use crate::state::{Command, Job, JobKind, JobOutcome, JobState};
 
-/// The most bytes of results in parts one session may hold at once (a catalog scan of 10,000
-/// sets is about 15 MB): an agent cannot make the leader hold more, whatever job ids it names.
+/// The most bytes of results in parts one session may hold at once (a catalog scan carries every
+/// manifest it found): an agent cannot make the leader hold more, whatever job ids it names.
 const MAX_RESULT_BYTES: usize = 256 << 20;
 
 /// Gathers a result sent in parts: keeps each part, and gives the `Finished` back whole once it

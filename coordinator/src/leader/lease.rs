@@ -173,8 +173,8 @@ impl Node {
                     .unwrap_or_default(),
             ),
             None => {
-                let l = self.leader();
-                (l.id.filter(|&l| l != self.id), l.address)
+                let l = self.leader_elsewhere();
+                (l.id, l.address)
             }
         };
         match id {
