@@ -29,6 +29,23 @@ fn runbook(name: &str, steps: Vec<Step>) -> Runbook {
     }
 }
 
+/// A state with agent `a1` registered and runbook `rb` started; the runbook's id.
+fn started(rb: Runbook) -> (FleetState, u64) {
+    let mut s = FleetState::default();
+    s.apply(
+        1,
+        1,
+        &Command::RegisterAgents {
+            agents: vec!["a1".into()],
+        },
+    );
+    let id = s
+        .apply(1, 2, &Command::StartRunbook { runbook: rb })
+        .runbook
+        .unwrap();
+    (s, id)
+}
+
 /// Runs step `step` of runbook `id` as a job that ends with `outcome`; the job's id.
 fn run_step(s: &mut FleetState, index: &mut u64, id: u64, step: usize, outcome: JobOutcome) -> u64 {
     *index += 1;
@@ -97,14 +114,6 @@ fn a_probe_after_a_restore_checks_the_keys_the_report_names() {
         ("a report that is no restore's", "not json".into(), None),
     ];
     for (what, report_json, want) in rows {
-        let mut s = FleetState::default();
-        s.apply(
-            1,
-            1,
-            &Command::RegisterAgents {
-                agents: vec!["a1".into()],
-            },
-        );
         let restore = CatalogTask::Restore(Box::new(RestoreTask {
             cluster: cluster("c"),
             backup_id: id(),
@@ -126,10 +135,7 @@ fn a_probe_after_a_restore_checks_the_keys_the_report_names() {
             "restore-cluster",
             vec![agent_step("restore", restore), agent_step("probe", probe)],
         );
-        let id = s
-            .apply(1, 2, &Command::StartRunbook { runbook: rb })
-            .runbook
-            .unwrap();
+        let (mut s, id) = started(rb);
         let mut index = 2;
         run_step(
             &mut s,
@@ -201,14 +207,6 @@ fn a_promotion_records_its_offset_and_what_was_lost() {
         ),
     ];
     for (what, graceful, last, lost) in rows {
-        let mut s = FleetState::default();
-        s.apply(
-            1,
-            1,
-            &Command::RegisterAgents {
-                agents: vec!["a1".into()],
-            },
-        );
         let promote = CatalogTask::Node(NodeTask {
             instance: "r1".into(),
             op: NodeOp::Promote {
@@ -223,10 +221,7 @@ fn a_promotion_records_its_offset_and_what_was_lost() {
             rb.findings
                 .insert("primary_last_offset".into(), last.into());
         }
-        let id = s
-            .apply(1, 2, &Command::StartRunbook { runbook: rb })
-            .runbook
-            .unwrap();
+        let (mut s, id) = started(rb);
         let report_json = serde_json::to_string(&PromoteReport {
             promoted: "127.0.0.1:2".into(),
             graceful,
@@ -255,23 +250,12 @@ fn a_promotion_records_its_offset_and_what_was_lost() {
         );
     }
     // A step's report that is no promotion (a probe's) records nothing of one.
-    let mut s = FleetState::default();
-    s.apply(
-        1,
-        1,
-        &Command::RegisterAgents {
-            agents: vec!["a1".into()],
-        },
-    );
     let probe = CatalogTask::Probe(fleetsnap_core::window::ProbeTask {
         target: "redis://127.0.0.1:1".into(),
         want: fleetsnap_core::window::ProbeWant::Empty,
     });
     let rb = runbook("restore-cluster", vec![agent_step("probe", probe)]);
-    let id = s
-        .apply(1, 2, &Command::StartRunbook { runbook: rb })
-        .runbook
-        .unwrap();
+    let (mut s, id) = started(rb);
     let report_json = r#"{"target":"redis://127.0.0.1:1","cluster":false,"primaries":[],"keys":0,"min":0,"max":0}"#;
     run_step(
         &mut s,
