@@ -24,6 +24,13 @@ struct Args {
     /// Path of the agent binary (built with --release).
     #[arg(long, default_value = "target/release/fleetsnap-agent")]
     agent: String,
+    /// Another fleetsnap-agent binary (an earlier release): its row to 2 file:// regions runs
+    /// alternately with this agent's, run for run, against the same server.
+    #[arg(long, value_name = "PATH")]
+    baseline_agent: Option<String>,
+    /// Only the floor and the agents to 2 file:// regions (no seed recipe, no S3 rows).
+    #[arg(long)]
+    file_only: bool,
 }
 
 struct Row {
@@ -47,6 +54,28 @@ fn measure(cmd: Command, repeat: usize) -> anyhow::Result<(Duration, i64, Durati
     runs.sort_by_key(|r| r.0);
     let (wall, _, cpu) = runs[runs.len() / 2];
     Ok((wall, rss, cpu))
+}
+
+/// Runs two commands alternately, `repeat` times each, so both meet the machine in the same
+/// states; each one's median as [`measure`] gives it.
+fn measure_pair(
+    a: Command,
+    b: Command,
+    repeat: usize,
+) -> anyhow::Result<[(Duration, i64, Duration); 2]> {
+    let mut cmds = [a, b];
+    let mut runs = [Vec::new(), Vec::new()];
+    for _ in 0..repeat.max(1) {
+        for (cmd, runs) in cmds.iter_mut().zip(runs.iter_mut()) {
+            runs.push(measure_once(cmd)?);
+        }
+    }
+    Ok(runs.map(|mut runs| {
+        let rss = runs.iter().map(|r| r.1).max().unwrap_or(0);
+        runs.sort_by_key(|r| r.0);
+        let (wall, _, cpu) = runs[runs.len() / 2];
+        (wall, rss, cpu)
+    }))
 }
 
 /// Runs a command to completion and returns its wall time, peak RSS (KiB) and CPU time.
@@ -119,6 +148,11 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let agent = std::fs::canonicalize(&args.agent)
         .context("build the agent first: cargo build --release -p fleetsnap-agent")?;
+    let baseline = args
+        .baseline_agent
+        .as_ref()
+        .map(|b| std::fs::canonicalize(b).with_context(|| b.clone()))
+        .transpose()?;
     let work = tempfile::tempdir()?;
     let (garage, moto) = (Garage::start().await?, Moto::start().await?);
     garage.create_bucket("bench").await?;
@@ -154,24 +188,38 @@ async fn main() -> anyhow::Result<()> {
         );
 
         let region = |name: &str| work.path().join(format!("{name}-{n}"));
-        let mut a = Command::new(&agent);
-        a.args([
-            "snapshot",
-            "--redis",
-            &format!("redis://127.0.0.1:{}", server.port()),
-        ])
-        .arg("--to")
-        .arg(format!("file://{}", region("a").display()))
-        .arg("--to")
-        .arg(format!("file://{}", region("b").display()))
-        .args(["--spool-dir", &work.path().display().to_string()]);
-        push(
-            "fleetsnap-agent → 2 file:// regions",
-            measure(a, args.repeat)?,
-            true,
-        );
+        let to_files = |agent: &Path| {
+            let mut a = Command::new(agent);
+            a.args([
+                "snapshot",
+                "--redis",
+                &format!("redis://127.0.0.1:{}", server.port()),
+            ])
+            .arg("--to")
+            .arg(format!("file://{}", region("a").display()))
+            .arg("--to")
+            .arg(format!("file://{}", region("b").display()))
+            .args(["--spool-dir", &work.path().display().to_string()]);
+            a
+        };
+        match &baseline {
+            None => push(
+                "fleetsnap-agent → 2 file:// regions",
+                measure(to_files(&agent), args.repeat)?,
+                true,
+            ),
+            Some(b) => {
+                let [new, old] = measure_pair(to_files(&agent), to_files(b), args.repeat)?;
+                push("fleetsnap-agent → 2 file:// regions", new, true);
+                push(
+                    &format!("baseline {} → 2 file:// regions", b.display()),
+                    old,
+                    true,
+                );
+            }
+        }
 
-        if n == 0 {
+        if n == 0 && !args.file_only {
             let seed_dir = work.path().join("seed");
             std::fs::create_dir_all(&seed_dir)?;
             let files = [region("seed-a"), region("seed-b")];
@@ -267,6 +315,12 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{gib} GiB: agent to 2 file:// regions / floor = {:.2}×",
                 agent / floor
+            );
+        }
+        if let (Some(agent), Some(old)) = (get("fleetsnap-agent → 2 file"), get("baseline")) {
+            println!(
+                "{gib} GiB: agent / baseline agent, to 2 file:// regions = {:.3}×",
+                agent / old
             );
         }
         if let (Some(agent), Some(seed)) =

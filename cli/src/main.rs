@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use fleetsnap_core::policy::Policy;
+use fleetsnap_core::records::{
+    BackupSet, Job, JobOutcome, JobState, PruneRow, ShardState, StatusDoc, WindowDoc,
+};
+use fleetsnap_core::retention::SetState;
+use fleetsnap_core::window::{JobResult, RegionResult};
 use fleetsnap_proto::tls::{PeerIdentity, Role};
 use fleetsnap_proto::v1;
 
@@ -381,8 +386,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", reply.json);
             } else {
-                let doc: table::StatusDoc =
-                    serde_json::from_str(&reply.json).context("the status does not parse")?;
+                let doc: StatusDoc = read_doc(&reply.json, "status")?;
                 print!("{}", table::status(&doc));
             }
             Ok(ExitCode::SUCCESS)
@@ -511,15 +515,30 @@ pub(crate) fn spinner(json: bool) -> Option<indicatif::ProgressBar> {
     })
 }
 
-/// Follows a job until it ends or `secs` pass; its JSON.
-async fn wait_job(admin: &Admin, id: u64, secs: u64) -> Result<serde_json::Value> {
+/// A document the coordinator sent, read into its type; the error names the document and what
+/// to do when the CLI and the coordinator disagree on its shape.
+pub(crate) fn read_doc<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| {
+        anyhow!(
+            "the coordinator's {what} does not parse ({e}); run a fleetsnap CLI of the coordinators' version"
+        )
+    })
+}
+
+/// A job as the coordinator has it.
+async fn get_job(admin: &Admin, id: u64) -> Result<(Job, String)> {
+    let r = admin
+        .call(move |mut c| async move { c.get_job(v1::GetJobRequest { job_id: id }).await })
+        .await?;
+    Ok((read_doc(&r.json, &format!("job {id}"))?, r.json))
+}
+
+/// Follows a job until it ends or `secs` pass.
+async fn wait_job(admin: &Admin, id: u64, secs: u64) -> Result<Job> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let r = admin
-            .call(move |mut c| async move { c.get_job(v1::GetJobRequest { job_id: id }).await })
-            .await?;
-        let job: serde_json::Value = serde_json::from_str(&r.json)?;
-        if job["state"]["state"] == "done" {
+        let (job, _) = get_job(admin, id).await?;
+        if matches!(job.state, JobState::Done(_)) {
             return Ok(job);
         }
         if Instant::now() >= deadline {
@@ -531,28 +550,42 @@ async fn wait_job(admin: &Admin, id: u64, secs: u64) -> Result<serde_json::Value
     }
 }
 
+/// A catalog job's per-region results (none: it failed or sent none).
+fn job_regions(job: &Job) -> &[RegionResult] {
+    match job.state.result() {
+        Some(JobResult::Regions { regions } | JobResult::Manifest { regions, .. }) => regions,
+        _ => &[],
+    }
+}
+
+/// Whether a catalog job succeeded in every region.
+fn regions_ok(job: &Job) -> bool {
+    matches!(
+        job.state.outcome(),
+        Some(JobOutcome::Succeeded {
+            result: Some(_),
+            ..
+        })
+    ) && job_regions(job).iter().all(|r| r.ok)
+}
+
 /// The per-region results of a catalog job, printed; whether every region succeeded.
-fn print_regions(what: &str, job: &serde_json::Value) -> bool {
-    if job["state"]["outcome"] == "failed" {
-        println!("{what} failed: {}", table::text(&job["state"]["reason"]));
+fn print_regions(what: &str, job: &Job) -> bool {
+    if let Some(reason) = job.state.failure() {
+        println!("{what} failed: {reason}");
         return false;
     }
     let mut all = true;
-    for r in job["state"]["result"]["regions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let ok = r["ok"] == true;
-        all &= ok;
+    for r in job_regions(job) {
+        all &= r.ok;
         println!(
             "{:<12} {:<7} {}",
-            table::text(&r["region"]),
-            if ok { "ok" } else { "failed" },
-            if ok {
-                format!("{} bytes", r["stored_bytes"])
+            r.region,
+            if r.ok { "ok" } else { "failed" },
+            if r.ok {
+                format!("{} bytes", r.stored_bytes)
             } else {
-                table::text(&r["error"])
+                r.error.clone().unwrap_or_else(|| "-".into())
             }
         );
     }
@@ -575,11 +608,11 @@ async fn catalog_reply(admin: &Admin, id: String, verify: bool) -> Result<v1::Ca
         .await
 }
 
-async fn list_sets(admin: &Admin) -> Result<serde_json::Value> {
+async fn list_sets(admin: &Admin) -> Result<Vec<BackupSet>> {
     let r = admin
         .call(move |mut c| async move { c.list_backups(v1::ListBackupsRequest::default()).await })
         .await?;
-    Ok(serde_json::from_str(&r.json)?)
+    read_doc(&r.json, "list of backup sets")
 }
 
 async fn catalog(conn: &Conn, cmd: CatalogCmd) -> Result<ExitCode> {
@@ -604,29 +637,26 @@ async fn catalog(conn: &Conn, cmd: CatalogCmd) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     }
-    if job["state"]["outcome"] == "failed" {
-        eprintln!(
-            "the scan by agent {:?} failed: {}",
-            r.agent,
-            table::text(&job["state"]["reason"])
-        );
+    if let Some(reason) = job.state.failure() {
+        eprintln!("the scan by agent {:?} failed: {reason}", r.agent);
         return Ok(ExitCode::from(1));
     }
-    let result = &job["state"]["result"];
-    let errors = result["errors"].as_array().cloned().unwrap_or_default();
+    let (found, errors) = match job.state.result() {
+        Some(JobResult::Scanned { found, errors }) => (found.as_slice(), errors.as_slice()),
+        _ => (&[][..], &[][..]),
+    };
     if !json {
-        let found = result["found"].as_array().cloned().unwrap_or_default();
         println!(
             "agent {} read {} manifest(s); the catalog now holds:",
             r.agent,
             found.len()
         );
         print!("{}", table::sets(&list_sets(&admin).await?));
-        for e in &errors {
+        for e in errors {
             eprintln!(
                 "region {} could not be read: {}",
-                table::text(&e["region"]),
-                table::text(&e["error"])
+                e.region,
+                e.error.as_deref().unwrap_or("-")
             );
         }
     }
@@ -637,14 +667,15 @@ async fn catalog(conn: &Conn, cmd: CatalogCmd) -> Result<ExitCode> {
     })
 }
 
-async fn show_window(admin: &Admin, id: String) -> Result<serde_json::Value> {
+async fn show_window(admin: &Admin, id: String) -> Result<WindowDoc> {
+    let what = format!("window {id}");
     let r = admin
         .call(move |mut c| {
             let id = id.clone();
             async move { c.show_backup(v1::ShowBackupRequest { id }).await }
         })
         .await?;
-    Ok(serde_json::from_str(&r.json)?)
+    read_doc(&r.json, &what)
 }
 
 async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
@@ -677,14 +708,14 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             let bar = spinner(json);
             let doc = loop {
                 let doc = show_window(&admin, r.window.to_string()).await?;
-                if doc["done"] == true || Instant::now() >= deadline {
+                if doc.done || Instant::now() >= deadline {
                     break doc;
                 }
                 if let Some(bar) = &bar {
-                    let shards = doc["shards"].as_array().map_or(&[][..], Vec::as_slice);
+                    let shards = &doc.shards;
                     let stored = shards
                         .iter()
-                        .filter(|s| s["state"]["state"] == "stored")
+                        .filter(|s| matches!(s.state, ShardState::Stored(_)))
                         .count();
                     bar.set_message(format!(
                         "window {}: {stored} of {} shards stored",
@@ -702,13 +733,12 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             } else {
                 print!("{}", table::window(&doc));
             }
-            if doc["done"] != true {
+            if !doc.done {
                 eprintln!("window {} has not ended after {secs} s", r.window);
                 return Ok(ExitCode::from(1));
             }
-            let all_complete = doc["sets"]
-                .as_array()
-                .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["state"] == "complete"));
+            let all_complete =
+                !doc.sets.is_empty() && doc.sets.iter().all(|s| s.state == SetState::Complete);
             Ok(if all_complete {
                 ExitCode::SUCCESS
             } else {
@@ -733,7 +763,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             if json {
                 println!("{}", r.json);
             } else {
-                let sets: serde_json::Value = serde_json::from_str(&r.json)?;
+                let sets: Vec<BackupSet> = read_doc(&r.json, "list of backup sets")?;
                 print!("{}", table::sets(&sets));
             }
             Ok(ExitCode::SUCCESS)
@@ -743,12 +773,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             let job = wait_job(&admin, r.jobs[0], wait).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&job)?);
-                return Ok(exit(
-                    job["state"]["outcome"] == "succeeded"
-                        && job["state"]["result"]["regions"]
-                            .as_array()
-                            .is_some_and(|r| r.iter().all(|r| r["ok"] == true)),
-                ));
+                return Ok(exit(regions_ok(&job)));
             }
             Ok(exit(print_regions(&format!("verifying {id}"), &job)))
         }
@@ -757,19 +782,8 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             let job = wait_job(&admin, r.jobs[0], wait).await?;
             let sets = list_sets(&admin).await?;
             let set = sets
-                .as_array()
                 .into_iter()
-                .flatten()
-                .find(|s| {
-                    s["backup_id"] == id.as_str()
-                        || format!(
-                            "{}/{}",
-                            table::text(&s["cluster"]),
-                            table::text(&s["backup_id"])
-                        ) == id
-                })
-                .cloned()
-                .unwrap_or_default();
+                .find(|s| s.backup_id.as_str() == id || s.key() == id);
             if json {
                 println!(
                     "{}",
@@ -777,9 +791,12 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 );
             } else {
                 print_regions(&format!("repairing {id}"), &job);
-                println!("set {id} is now {}", table::text(&set["state"]));
+                println!(
+                    "set {id} is now {}",
+                    set.as_ref().map_or("-", |s| s.state.as_str())
+                );
             }
-            Ok(exit(set["state"] == "complete"))
+            Ok(exit(set.is_some_and(|s| s.state == SetState::Complete)))
         }
         BackupCmd::Prune {
             policy,
@@ -799,8 +816,8 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             if json {
                 println!("{}", r.json);
             } else {
-                let doc: serde_json::Value = serde_json::from_str(&r.json)?;
-                print!("{}", table::prune(&doc, dry_run));
+                let rows: Vec<PruneRow> = read_doc(&r.json, "retention decisions")?;
+                print!("{}", table::prune(&rows, dry_run));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -892,21 +909,15 @@ fn exit(ok: bool) -> ExitCode {
 async fn show_job(admin: &Admin, id: u64, wait: Option<u64>) -> Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
     loop {
-        let r = admin
-            .call(move |mut c| async move { c.get_job(v1::GetJobRequest { job_id: id }).await })
-            .await?;
-        let job: serde_json::Value = serde_json::from_str(&r.json)?;
-        let state = job["state"]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let (job, text) = get_job(admin, id).await?;
+        let state = job.state.as_str();
         if state == "done" || wait.is_none() || Instant::now() >= deadline {
-            println!("{}", r.json);
+            println!("{text}");
             if wait.is_some() && state != "done" {
                 eprintln!("job {id} is still {state} after {} s", wait.unwrap_or(0));
                 return Ok(ExitCode::from(1));
             }
-            let failed = job["state"]["outcome"] == "failed";
+            let failed = job.state.failure().is_some();
             return Ok(if failed {
                 ExitCode::from(1)
             } else {

@@ -1,7 +1,10 @@
 //! `fleetsnap restore` and `fleetsnap drill`: the leader picks the set and its regions, agents do
 //! the work, and this follows their jobs to the end.
 
-use fleetsnap_core::outcomes::DrillReport;
+use fleetsnap_core::outcomes::{DrillReport, OnlineRestoreReport, ReplaceReport, RestoreReport};
+use fleetsnap_core::records::{DrillRow, Runbook, RunbookState};
+use fleetsnap_core::window::JobResult;
+use serde::Serialize;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
@@ -9,7 +12,7 @@ use clap::{Args, Subcommand};
 use fleetsnap_proto::v1;
 
 use crate::client::Admin;
-use crate::{Conn, table, wait_job};
+use crate::{Conn, wait_job};
 
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -104,27 +107,51 @@ fn parse_time(text: &str) -> Result<i64> {
     Ok(fleetsnap_core::window::unix_ms(t))
 }
 
-/// Follows jobs to their end: each as JSON, and whether every one succeeded with `ok`.
-async fn follow(admin: &Admin, jobs: &[u64], secs: u64) -> Result<(Vec<serde_json::Value>, bool)> {
+/// A restore's or a drill's job as it ended: what `--json` prints of it.
+#[derive(Serialize)]
+struct Followed {
+    agent: String,
+    job: u64,
+    ok: bool,
+    problem: Option<String>,
+    /// The agent's report as it sent it (none: `null`).
+    report: serde_json::Value,
+}
+
+impl Followed {
+    /// The report as `T`, when the agent sent one of that shape.
+    fn report<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_value(self.report.clone()).ok()
+    }
+}
+
+/// Follows jobs to their end: each, and whether every one succeeded with `ok`.
+async fn follow(admin: &Admin, jobs: &[u64], secs: u64) -> Result<(Vec<Followed>, bool)> {
     let mut out = Vec::new();
     let mut all = true;
     for &id in jobs {
         let job = wait_job(admin, id, secs).await?;
-        let state = &job["state"];
-        let result = &state["result"];
-        let ok = state["outcome"] == "succeeded" && result["ok"] == true;
+        let (ok, problem, report) = match job.state.result() {
+            Some(JobResult::Restored {
+                ok,
+                problem,
+                report_json,
+            }) => (
+                *ok,
+                problem.clone(),
+                serde_json::from_str(report_json).unwrap_or(serde_json::Value::Null),
+            ),
+            _ => (false, None, serde_json::Value::Null),
+        };
+        let ok = ok && job.state.failure().is_none();
         all &= ok;
-        let report: serde_json::Value = result["report_json"]
-            .as_str()
-            .and_then(|r| serde_json::from_str(r).ok())
-            .unwrap_or(serde_json::Value::Null);
-        out.push(serde_json::json!({
-            "job": id,
-            "agent": job["agent"],
-            "ok": ok,
-            "problem": if state["outcome"] == "failed" { state["reason"].clone() } else { result["problem"].clone() },
-            "report": report,
-        }));
+        out.push(Followed {
+            job: id,
+            agent: job.agent.clone(),
+            ok,
+            problem: job.state.failure().map(str::to_string).or(problem),
+            report,
+        });
     }
     Ok((out, all))
 }
@@ -160,72 +187,64 @@ pub async fn restore(conn: &Conn, a: RestoreArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
     } else {
         for j in &jobs {
-            print_restore(j);
+            print_restore(j, &a.mode);
         }
     }
     Ok(crate::exit(all))
 }
 
-fn print_restore(j: &serde_json::Value) {
-    let r = &j["report"];
-    let t = table::text;
-    if !j["problem"].is_null() {
-        println!(
-            "job {} on {}: FAILED: {}",
-            j["job"],
-            t(&j["agent"]),
-            t(&j["problem"])
-        );
-    }
-    if r.is_null() {
-        return;
-    }
-    let read_from = |read: &serde_json::Value| {
-        let skipped: Vec<String> = read["skipped"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| format!("{} ({})", t(&s[0]), t(&s[1])))
+/// Where a shard was read from, and the regions skipped before it.
+fn read_from(read: &RestoreReport) -> String {
+    if read.skipped.is_empty() {
+        read.destination.clone()
+    } else {
+        let skipped: Vec<String> = read
+            .skipped
+            .iter()
+            .map(|(region, why)| format!("{region} ({why})"))
             .collect();
-        if skipped.is_empty() {
-            t(&read["destination"])
-        } else {
-            format!("{} after {}", t(&read["destination"]), skipped.join(", "))
-        }
-    };
-    if let Some(shards) = r["shards"].as_array() {
-        for s in shards {
-            let o = &s["applied"];
+        format!("{} after {}", read.destination, skipped.join(", "))
+    }
+}
+
+fn print_restore(j: &Followed, mode: &str) {
+    if let Some(problem) = &j.problem {
+        println!("job {} on {}: FAILED: {problem}", j.job, j.agent);
+    }
+    if mode == "online" {
+        let Some(r) = j.report::<OnlineRestoreReport>() else {
+            return;
+        };
+        for s in &r.shards {
+            let o = &s.applied;
             println!(
                 "shard {:<16} from {}: {} keys into {} ({} filtered, {} expired, {} conflicts), {} tail commands",
-                t(&s["read"]["shard"]),
-                read_from(&s["read"]),
-                o["keys"],
-                t(&o["target"]),
-                o["filtered"],
-                o["expired"],
-                o["conflicts"],
-                o["tail_commands"]
+                s.read.shard,
+                read_from(&s.read),
+                o.keys,
+                o.target,
+                o.filtered,
+                o.expired,
+                o.conflicts,
+                o.tail_commands
             );
         }
         println!(
             "{} keys, {} RDB bytes in {:.1}s",
-            r["keys"],
-            r["rdb_bytes"],
-            r["seconds"].as_f64().unwrap_or(0.0)
+            r.keys, r.rdb_bytes, r.seconds
         );
-    } else {
+    } else if let Some(r) = j.report::<ReplaceReport>() {
         println!(
             "shard {} from {}: node {} replaced, {} keys loaded ({} in the backup), offset {}, {} tail commands; down {:.1}s, {:.1}s in all",
-            t(&r["read"]["shard"]),
-            read_from(&r["read"]),
-            t(&r["node"]),
-            r["keys_loaded"],
-            r["keys_in_backup"],
-            r["offset"],
-            r["tail_commands"],
-            r["down_seconds"].as_f64().unwrap_or(0.0),
-            r["seconds"].as_f64().unwrap_or(0.0)
+            r.read.shard,
+            read_from(&r.read),
+            r.node,
+            r.keys_loaded,
+            r.keys_in_backup,
+            r.offset.map_or("-".into(), |o| o.to_string()),
+            r.tail_commands,
+            r.down_seconds,
+            r.seconds
         );
     }
 }
@@ -280,7 +299,7 @@ pub async fn drill(conn: &Conn, cmd: DrillCmd) -> Result<ExitCode> {
                     }
                 })
                 .await?;
-            let drills: serde_json::Value = serde_json::from_str(&r.json)?;
+            let drills: Vec<DrillRow> = crate::read_doc(&r.json, "list of drills")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&drills)?);
             } else {
@@ -288,25 +307,18 @@ pub async fn drill(conn: &Conn, cmd: DrillCmd) -> Result<ExitCode> {
                     "{:<6} {:<10} {:<24} {:<18} {:<8} {:>8} {:>9}  PROBLEM",
                     "JOB", "CLUSTER", "BACKUP", "SHARD", "STATE", "RTO", "RPO"
                 );
-                let t = table::text;
-                for d in drills.as_array().into_iter().flatten() {
-                    let secs = |v: &serde_json::Value| {
-                        v.as_f64().map_or("-".to_string(), |s| format!("{s:.1}s"))
-                    };
+                let secs = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.1}s"));
+                for d in &drills {
                     println!(
                         "{:<6} {:<10} {:<24} {:<18} {:<8} {:>8} {:>9}  {}",
-                        d["job"],
-                        t(&d["cluster"]),
-                        t(&d["backup_id"]),
-                        t(&d["shard"]),
-                        t(&d["state"]),
-                        secs(&d["report"]["rto_seconds"]),
-                        secs(&d["report"]["rpo_seconds"]),
-                        if d["problem"].is_null() {
-                            String::new()
-                        } else {
-                            t(&d["problem"])
-                        }
+                        d.job,
+                        d.cluster.as_str(),
+                        d.backup_id.as_str(),
+                        d.shard.as_deref().unwrap_or("-"),
+                        d.state,
+                        secs(d.report.as_ref().map(|r| r.rto_seconds)),
+                        secs(d.report.as_ref().and_then(|r| r.rpo_seconds)),
+                        d.problem.as_deref().unwrap_or("")
                     );
                 }
             }
@@ -315,15 +327,14 @@ pub async fn drill(conn: &Conn, cmd: DrillCmd) -> Result<ExitCode> {
     }
 }
 
-fn print_drill(j: &serde_json::Value) {
-    let report = serde_json::from_value::<DrillReport>(j["report"].clone());
-    match report {
-        Ok(r) if !j["report"].is_null() => print!("{}", r.text()),
-        _ => println!(
+fn print_drill(j: &Followed) {
+    match j.report::<DrillReport>() {
+        Some(r) => print!("{}", r.text()),
+        None => println!(
             "job {} on {}: FAILED: {}",
-            j["job"],
-            table::text(&j["agent"]),
-            table::text(&j["problem"])
+            j.job,
+            j.agent,
+            j.problem.as_deref().unwrap_or("-")
         ),
     }
 }
@@ -429,32 +440,24 @@ pub enum RunbookCmd {
     },
 }
 
-fn print_runbook(r: &serde_json::Value) {
-    let t = table::text;
-    println!(
-        "runbook {} {}: {}",
-        r["id"],
-        t(&r["args"]),
-        t(&r["state"]["state"])
-    );
-    for (i, s) in r["steps"].as_array().into_iter().flatten().enumerate() {
-        let mark = match s["ok"].as_bool() {
+fn print_runbook(r: &Runbook) {
+    println!("runbook {} {}: {}", r.id, r.args, r.state.as_str());
+    for (i, s) in r.steps.iter().enumerate() {
+        let mark = match s.ok {
             Some(true) => "done",
             Some(false) => "FAILED",
             None => "-",
         };
-        println!("  {}. [{mark}] {}", i + 1, t(&s["title"]));
-        if let Some(o) = s["outcome"].as_str() {
+        println!("  {}. [{mark}] {}", i + 1, s.title);
+        if let Some(o) = &s.outcome {
             println!("       {}", o.chars().take(400).collect::<String>());
         }
     }
-    if let Some(f) = r["findings"].as_object() {
-        for (k, v) in f {
-            println!("  {k}: {}", t(v));
-        }
+    for (k, v) in &r.findings {
+        println!("  {k}: {v}");
     }
-    if let Some(why) = r["state"]["reason"].as_str() {
-        println!("  {why}");
+    if let RunbookState::Failed { reason } = &r.state {
+        println!("  {reason}");
     }
 }
 
@@ -468,11 +471,10 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
                         c.get_runbook(v1::GetJobRequest { job_id: id }).await
                     })
                     .await?;
-            let doc: serde_json::Value = serde_json::from_str(&r.json)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                println!("{}", r.json);
             } else {
-                print_runbook(&doc);
+                print_runbook(&crate::read_doc(&r.json, &format!("runbook {id}"))?);
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -550,14 +552,14 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
                     async move { c.start_runbook(req).await }
                 })
                 .await?;
-            anyhow::Ok(serde_json::from_str::<serde_json::Value>(&r.json)?)
+            crate::read_doc::<Runbook>(&r.json, "runbook")
         }
     };
     let plan = ask(true).await?;
     if common.dry_run || !common.json {
         println!("plan:");
-        for (i, s) in plan["steps"].as_array().into_iter().flatten().enumerate() {
-            println!("  {}. {}", i + 1, table::text(&s["title"]));
+        for (i, s) in plan.steps.iter().enumerate() {
+            println!("  {}. {}", i + 1, s.title);
         }
     }
     if common.dry_run {
@@ -583,7 +585,7 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
         }
     }
     let started = ask(false).await?;
-    let id = started["id"].as_u64().unwrap_or_default();
+    let id = started.id;
     if !common.json {
         eprintln!("runbook {id} started");
     }
@@ -593,11 +595,11 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
         let r = admin
             .call(move |mut c| async move { c.get_runbook(v1::GetJobRequest { job_id: id }).await })
             .await?;
-        let doc: serde_json::Value = serde_json::from_str(&r.json)?;
-        let state = doc["state"]["state"].as_str().unwrap_or("").to_string();
+        let doc: Runbook = crate::read_doc(&r.json, &format!("runbook {id}"))?;
+        let state = doc.state.as_str();
         if let Some(bar) = &bar {
-            let steps = doc["steps"].as_array().map_or(0, Vec::len);
-            let next = doc["next"].as_u64().unwrap_or(0) + 1;
+            let steps = doc.steps.len();
+            let next = doc.next + 1;
             bar.set_message(format!("runbook {id}: step {next} of {steps}"));
         }
         if state != "running" || std::time::Instant::now() >= deadline {

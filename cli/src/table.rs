@@ -3,9 +3,9 @@
 use std::fmt::Write;
 
 use fleetsnap_core::Role;
-use fleetsnap_core::topology::ClusterView;
+use fleetsnap_core::records::{BackupSet, PruneRow, ShardState, StatusDoc, WindowDoc};
+use fleetsnap_core::retention;
 use fleetsnap_proto::v1;
-use serde::Deserialize;
 
 /// Tables fit this many columns.
 const WIDTH: usize = 100;
@@ -80,25 +80,6 @@ fn wrap(text: &str, room: usize) -> Vec<String> {
         }
     }
     lines
-}
-
-/// The status document the leader sends.
-#[derive(Deserialize)]
-pub struct StatusDoc {
-    leader: u64,
-    term: u64,
-    registered_agents: usize,
-    open_jobs: usize,
-    agents: Vec<AgentRow>,
-    clusters: Vec<ClusterView>,
-}
-
-#[derive(Deserialize)]
-struct AgentRow {
-    agent: String,
-    connected: bool,
-    last_report_age_ms: Option<u64>,
-    instances: usize,
 }
 
 fn bytes(n: u64) -> String {
@@ -321,28 +302,16 @@ pub fn policies(list: &[fleetsnap_core::policy::Policy]) -> String {
     out
 }
 
-pub fn text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn regions_cell(set: &serde_json::Value) -> String {
-    set["regions"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(name, r)| format!("{name}:{}", text(&r["state"])))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
+fn regions_cell(set: &BackupSet) -> String {
+    set.regions
+        .iter()
+        .map(|(name, r)| format!("{name}:{}", r.state.as_str()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The catalog, a line per set.
-pub fn sets(list: &serde_json::Value) -> String {
+pub fn sets(list: &[BackupSet]) -> String {
     let mut out = String::new();
     let mut grid = Grid::new(
         0,
@@ -351,14 +320,14 @@ pub fn sets(list: &serde_json::Value) -> String {
         ],
         &[false, false, false, false, false, true],
     );
-    for s in list.as_array().into_iter().flatten() {
+    for s in list {
         grid.row(vec![
-            text(&s["backup_id"]),
-            text(&s["cluster"]),
-            text(&s["policy"]),
-            text(&s["consistency"]),
-            text(&s["state"]),
-            s["shards"].as_array().map_or(0, Vec::len).to_string(),
+            s.backup_id.to_string(),
+            s.cluster.to_string(),
+            s.policy.clone(),
+            s.consistency.as_str().to_string(),
+            s.state.as_str().to_string(),
+            s.shards.len().to_string(),
             regions_cell(s),
         ]);
     }
@@ -367,133 +336,110 @@ pub fn sets(list: &serde_json::Value) -> String {
 }
 
 /// One window: its shards with the chosen node and why, then its sets.
-pub fn window(doc: &serde_json::Value) -> String {
+pub fn window(doc: &WindowDoc) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "window {} · backup {} · policy {} · {} · {}",
-        text(&doc["window"]),
-        text(&doc["backup_id"]),
-        text(&doc["policy"]),
-        text(&doc["consistency"]),
-        if doc["done"] == true {
-            "ended"
-        } else {
-            "running"
-        }
+        doc.window,
+        doc.backup_id,
+        doc.policy,
+        doc.consistency,
+        if doc.done { "ended" } else { "running" }
     );
-    if let Some(trace) = doc["trace_id"].as_str() {
+    if let Some(trace) = &doc.trace_id {
         let _ = writeln!(out, "trace {trace}");
     }
     let mut grid = Grid::new(0, &["CLUSTER", "SHARD", "STATE", "SOURCE", "WHY"], &[]);
-    for s in doc["shards"].as_array().into_iter().flatten() {
-        let attempt = s["attempt"].as_u64().unwrap_or(0) as usize;
-        let candidates: Vec<&serde_json::Value> = s["plan"]["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| !n["rank"].is_null())
-            .collect();
-        let (source, why) = match candidates.get(attempt) {
-            Some(n) => (text(&n["address"]), text(&n["reason"])),
+    for s in &doc.shards {
+        let (source, why) = match s.candidate() {
+            Some(n) => (n.address.clone(), n.reason.clone()),
             None => (
                 "-".into(),
-                s["state"]["reason"]
-                    .as_str()
-                    .or(s["plan"]["failure"].as_str())
-                    .unwrap_or("")
-                    .to_string(),
+                match &s.state {
+                    ShardState::Failed { reason } => reason.clone(),
+                    _ => s.plan.failure.clone().unwrap_or_default(),
+                },
             ),
         };
         grid.row(vec![
-            text(&s["cluster"]),
-            text(&s["plan"]["shard"]),
-            text(&s["state"]["state"]),
+            s.cluster.to_string(),
+            s.plan.shard.clone(),
+            s.state.as_str().to_string(),
             source,
             why,
         ]);
         let blank = || String::new();
-        for f in s["failures"].as_array().into_iter().flatten() {
+        for f in &s.failures {
             grid.row(vec![
                 blank(),
                 blank(),
                 blank(),
                 blank(),
-                format!("tried: {}", text(f)),
+                format!("tried: {f}"),
             ]);
         }
-        for n in s["plan"]["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["rank"].is_null())
-        {
+        for n in s.plan.nodes.iter().filter(|n| n.rank.is_none()) {
             grid.row(vec![
                 blank(),
                 blank(),
                 blank(),
-                text(&n["address"]),
-                format!("passed over: {}", text(&n["reason"])),
+                n.address.clone(),
+                format!("passed over: {}", n.reason),
             ]);
         }
     }
     grid.render(&mut out);
-    for (cluster, why) in doc["missing"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| Some((m.get(0)?, m.get(1)?)))
-    {
+    for (cluster, why) in &doc.missing {
         let _ = writeln!(
             out,
             "{:<12} {:<16} {:<9} {:<22} {}",
-            text(cluster),
+            cluster.as_str(),
             "-",
             "failed",
             "-",
-            text(why)
+            why
         );
     }
-    if let Some(cut) = doc["cut"].as_object() {
+    if let Some(cut) = &doc.cut {
         let _ = writeln!(
             out,
             "\nconsistent cut: writes paused at most {:.2} ms on any primary ({:.2} ms from the first pause to the last release, at the leader)",
-            cut["pause_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
-            cut["round_us"].as_u64().unwrap_or(0) as f64 / 1000.0
+            cut.pause_us as f64 / 1000.0,
+            cut.round_us as f64 / 1000.0
         );
-        let offsets = cut["offsets"].as_array().cloned().unwrap_or_default();
-        for (s, o) in doc["shards"].as_array().into_iter().flatten().zip(offsets) {
-            if let (Some(start), Some(end)) = (s["synced"][1].as_u64(), o[1].as_u64()) {
+        for (s, o) in doc.shards.iter().zip(&cut.offsets) {
+            if let (Some((_, start)), Some((_, end))) = (&s.synced, o) {
                 let _ = writeln!(
                     out,
                     "  {:<12} {:<16} RDB at offset {start}, tail to {end} ({} bytes of commands)",
-                    text(&s["cluster"]),
-                    text(&s["plan"]["shard"]),
-                    end.saturating_sub(start)
+                    s.cluster.as_str(),
+                    s.plan.shard,
+                    end.saturating_sub(*start)
                 );
             }
         }
     }
-    for f in doc["cut_failures"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "cut attempt failed: {}", text(f));
+    for f in &doc.cut_failures {
+        let _ = writeln!(out, "cut attempt failed: {f}");
     }
     let _ = writeln!(out);
-    out.push_str(&sets(&doc["sets"]));
-    for s in doc["sets"].as_array().into_iter().flatten() {
-        if let Some(r) = s["reason"].as_str() {
-            let _ = writeln!(out, "{}: {r}", text(&s["cluster"]));
+    out.push_str(&sets(&doc.sets));
+    for s in &doc.sets {
+        if let Some(r) = &s.reason {
+            let _ = writeln!(out, "{}: {r}", s.cluster);
         }
-        if let Some(skew) = s["skew_us"].as_u64() {
+        if let Some(skew) = s.skew_us {
             let _ = writeln!(
                 out,
                 "{}: start skew {:.2} ms",
-                text(&s["cluster"]),
+                s.cluster,
                 skew as f64 / 1000.0
             );
         }
-        for (region, r) in s["regions"].as_object().into_iter().flatten() {
-            if let Some(e) = r["error"].as_str() {
-                let _ = writeln!(out, "{} {region}: {e}", text(&s["cluster"]));
+        for (region, r) in &s.regions {
+            if let Some(e) = &r.error {
+                let _ = writeln!(out, "{} {region}: {e}", s.cluster);
             }
         }
     }
@@ -501,39 +447,34 @@ pub fn window(doc: &serde_json::Value) -> String {
 }
 
 /// Retention's decisions: one line per set.
-pub fn prune(doc: &serde_json::Value, dry_run: bool) -> String {
+pub fn prune(rows: &[PruneRow], dry_run: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<12} {:<12} {:<24} {:<9} {:<8} WHY",
         "POLICY", "CLUSTER", "BACKUP", "STATE", "ACTION"
     );
-    for d in doc.as_array().into_iter().flatten() {
-        let action = text(&d["decision"]["action"]);
-        let why = match action.as_str() {
-            "keep" => d["decision"]["reasons"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(text)
-                .collect::<Vec<_>>()
-                .join(", "),
-            "locked" => format!("under Object Lock until {}", text(&d["decision"]["until"])),
-            _ => text(&d["decision"]["reason"]),
+    for d in rows {
+        let (action, why) = match &d.decision {
+            retention::Action::Keep { reasons } => ("keep", reasons.join(", ")),
+            retention::Action::Locked { until } => {
+                ("locked", format!("under Object Lock until {until}"))
+            }
+            retention::Action::Delete { reason } => ("delete", reason.clone()),
         };
-        let note = match (&d["job"], &d["error"]) {
-            (j, _) if j.is_u64() => format!(" (deleting: job {j})"),
-            (_, e) if e.is_string() => format!(" (not started: {})", text(e)),
+        let note = match (d.job, &d.error) {
+            (Some(j), _) => format!(" (deleting: job {j})"),
+            (None, Some(e)) => format!(" (not started: {e})"),
             _ if action == "delete" && dry_run => " (dry run)".into(),
             _ => String::new(),
         };
         let _ = writeln!(
             out,
             "{:<12} {:<12} {:<24} {:<9} {:<8} {why}{note}",
-            text(&d["policy"]),
-            text(&d["cluster"]),
-            text(&d["backup_id"]),
-            text(&d["state"]),
+            d.policy,
+            d.cluster.as_str(),
+            d.backup_id.as_str(),
+            d.state.as_str(),
             action
         );
     }

@@ -12,6 +12,7 @@ pub mod planner;
 pub mod policy;
 pub mod rdb;
 pub mod rdbread;
+pub mod records;
 pub mod report;
 
 pub mod resp;

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::codec::CodecChain;
 use crate::ids::{BackupId, ClusterId, ShardId};
+use crate::policy::Consistency;
 use crate::rdbread::DbDigest;
 
 /// The manifest format version written by this code.
@@ -93,6 +94,30 @@ pub fn check_key(rel: &str) -> Result<(), KeyError> {
         }
     }
     Ok(())
+}
+
+/// What a manifest says of its set as a whole. [`Manifest::of_set`] is the one place a manifest
+/// is built, by the agent for a one-shot snapshot and by the coordinator for a window's set.
+#[derive(Clone, Debug)]
+pub struct SetFacts {
+    /// The set's id.
+    pub backup_id: BackupId,
+    /// Its cluster.
+    pub cluster: ClusterId,
+    /// The policy whose window took it (a one-shot snapshot: none).
+    pub policy: Option<String>,
+    /// How its shards relate in time.
+    pub consistency: Consistency,
+    /// When its first shard started.
+    pub started_at: OffsetDateTime,
+    /// When its last shard finished.
+    pub finished_at: OffsetDateTime,
+    /// The spread of its shards' start instants (microseconds), when measured.
+    pub skew_us: Option<u64>,
+    /// The longest write pause of its consistent cut (microseconds).
+    pub write_pause_us: Option<u64>,
+    /// The program that wrote it: `fleetsnap-agent` or `fleetsnap-coordinator`.
+    pub writer: &'static str,
 }
 
 /// One backup set as stored in a destination.
@@ -278,6 +303,24 @@ impl Manifest {
         Ok(())
     }
 
+    /// The manifest of a set and its shards, in this format's version; durations in whole
+    /// milliseconds, rounded up so a pause is never shown shorter than it was.
+    pub fn of_set(set: SetFacts, shards: Vec<ShardEntry>) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            backup_id: set.backup_id,
+            cluster: set.cluster,
+            policy: set.policy,
+            consistency: set.consistency.as_str().into(),
+            started_at: set.started_at,
+            finished_at: set.finished_at,
+            skew_ms: set.skew_us.map(|us| us.div_ceil(1000)),
+            write_pause_ms: set.write_pause_us.map(|us| us.div_ceil(1000)),
+            written_by: format!("{} {}", set.writer, env!("CARGO_PKG_VERSION")),
+            shards,
+        }
+    }
+
     /// The entry of one shard.
     pub fn shard(&self, shard: &ShardId) -> Option<&ShardEntry> {
         self.shards.iter().find(|s| &s.shard == shard)
@@ -360,6 +403,37 @@ mod tests {
                 shard,
             }],
         }
+    }
+
+    #[test]
+    fn the_builder_states_the_set_and_rounds_pauses_up() {
+        let m = sample();
+        let built = Manifest::of_set(
+            SetFacts {
+                backup_id: m.backup_id.clone(),
+                cluster: m.cluster.clone(),
+                policy: Some("hourly".into()),
+                consistency: Consistency::Consistent,
+                started_at: m.started_at,
+                finished_at: m.finished_at,
+                skew_us: Some(1),
+                write_pause_us: Some(2_001),
+                writer: "fleetsnap-coordinator",
+            },
+            m.shards.clone(),
+        );
+        assert_eq!(built.format, FORMAT_VERSION);
+        assert_eq!(built.consistency, "consistent");
+        assert_eq!((built.skew_ms, built.write_pause_ms), (Some(1), Some(3)));
+        assert_eq!(
+            built.written_by,
+            concat!("fleetsnap-coordinator ", env!("CARGO_PKG_VERSION"))
+        );
+        built.validate().unwrap();
+        assert_eq!(
+            Manifest::from_json(&built.to_json(), "here").unwrap(),
+            built
+        );
     }
 
     #[test]

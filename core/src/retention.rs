@@ -98,6 +98,18 @@ pub enum SetState {
     Failed,
 }
 
+impl SetState {
+    /// The word in documents and tables (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetState::Running => "running",
+            SetState::Complete => "complete",
+            SetState::Degraded => "degraded",
+            SetState::Failed => "failed",
+        }
+    }
+}
+
 /// A set as retention sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetInfo {

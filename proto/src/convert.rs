@@ -1,6 +1,7 @@
 //! Wire types to domain types and back, at the boundary.
 
 use fleetsnap_core::InstanceReport;
+use fleetsnap_core::records::{JobKind, ManifestSpec, SnapshotSpec};
 use fleetsnap_core::report::{ConnectedReplica, Role};
 
 use crate::v1;
@@ -134,6 +135,69 @@ impl From<v1::InstanceReport> for InstanceReport {
     }
 }
 
+impl From<&SnapshotSpec> for v1::SnapshotJob {
+    fn from(s: &SnapshotSpec) -> Self {
+        Self {
+            instance: s.instance.clone(),
+            destinations: s.destinations.clone(),
+            cluster: s.cluster.clone(),
+            shard: s.shard.clone(),
+            compress: s.compress.clone(),
+            encrypt_to: s.encrypt_to.clone(),
+            source: s.source.clone(),
+            backup_id: s.backup_id.clone(),
+            window: s.window.unwrap_or_default(),
+            regions: s.regions.clone(),
+            fire_at_unix_ms: s.fire_at_ms.unwrap_or_default(),
+            consistent_cut: s.consistent_cut,
+        }
+    }
+}
+
+/// The wire's zeros are "not set": no window, no instant.
+impl From<v1::SnapshotJob> for SnapshotSpec {
+    fn from(s: v1::SnapshotJob) -> Self {
+        Self {
+            instance: s.instance,
+            destinations: s.destinations,
+            cluster: s.cluster,
+            shard: s.shard,
+            compress: s.compress,
+            encrypt_to: s.encrypt_to,
+            source: s.source,
+            backup_id: s.backup_id,
+            window: (s.window > 0).then_some(s.window),
+            regions: s.regions,
+            fire_at_ms: (s.fire_at_unix_ms > 0).then_some(s.fire_at_unix_ms),
+            consistent_cut: s.consistent_cut,
+        }
+    }
+}
+
+impl From<&ManifestSpec> for v1::WriteManifestJob {
+    fn from(m: &ManifestSpec) -> Self {
+        Self {
+            destinations: m.destinations.clone(),
+            regions: m.regions.clone(),
+            cluster: m.cluster.to_string(),
+            backup_id: m.backup_id.to_string(),
+            manifest_json: m.manifest_json.clone(),
+        }
+    }
+}
+
+impl From<&JobKind> for v1::job::Kind {
+    fn from(kind: &JobKind) -> Self {
+        match kind {
+            JobKind::Snapshot(s) => v1::job::Kind::Snapshot(s.into()),
+            JobKind::Catalog(c) => v1::job::Kind::Catalog(v1::CatalogJob {
+                task_json: serde_json::to_string(&c.task).expect("tasks serialise"),
+            }),
+            JobKind::WriteManifest(m) => v1::job::Kind::Manifest(m.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +224,32 @@ mod tests {
         r.sync_allowed = Some(true);
         let wire = v1::InstanceReport::from(&r);
         assert_eq!(InstanceReport::from(wire), r);
+    }
+
+    #[test]
+    fn a_snapshot_spec_survives_the_wire() {
+        let spec = SnapshotSpec {
+            instance: "r1".into(),
+            destinations: vec!["file:///a".into(), "file:///b".into()],
+            cluster: "orders".into(),
+            shard: "s0".into(),
+            compress: "zstd:3".into(),
+            encrypt_to: vec!["age1x".into()],
+            source: "replication".into(),
+            backup_id: "20261205T000000Z-0001".into(),
+            window: Some(7),
+            regions: vec!["a".into(), "b".into()],
+            fire_at_ms: Some(1_764_892_800_000),
+            consistent_cut: true,
+        };
+        assert_eq!(SnapshotSpec::from(v1::SnapshotJob::from(&spec)), spec);
+        let one_shot = SnapshotSpec {
+            window: None,
+            fire_at_ms: None,
+            ..spec
+        };
+        let wire = v1::SnapshotJob::from(&one_shot);
+        assert_eq!((wire.window, wire.fire_at_unix_ms), (0, 0));
+        assert_eq!(SnapshotSpec::from(wire), one_shot);
     }
 }

@@ -1,11 +1,18 @@
-//! `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1, one request per connection.
+//! `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1 (hyper), one request per connection.
 //!
-//! Small on purpose: three read-only paths, answered from closures the process gives.
+//! Three read-only paths, answered from closures the process gives.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -30,7 +37,9 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Listen { address, source })
 }
 
-/// Serves until the task is dropped.
+/// Serves until the task is dropped: HTTP/1.1 by hyper, one request per connection, each
+/// connection in a task of its own and given 10 s in all, so slow or half-open clients never keep
+/// a scrape out.
 pub async fn serve(listener: TcpListener, probes: Probes) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -43,7 +52,15 @@ pub async fn serve(listener: TcpListener, probes: Probes) {
         };
         let probes = probes.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &probes)).await;
+            let service = service_fn(move |req| {
+                let probes = probes.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&req, &probes)) }
+            });
+            let conn = http1::Builder::new()
+                .keep_alive(false)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
         });
     }
 }
@@ -59,81 +76,42 @@ pub async fn start(address: SocketAddr, probes: Probes) -> Result<SocketAddr, Er
     Ok(bound)
 }
 
-async fn answer(mut stream: TcpStream, probes: &Probes) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > 16 * 1024 {
-            return respond(
-                &mut stream,
-                431,
-                "text/plain",
-                "request headers too large\n",
-                true,
-            )
-            .await;
-        }
+/// The most a request's head may take (hyper answers 431 past it).
+const MAX_HEAD: usize = 16 * 1024;
+
+fn answer<B>(req: &Request<B>, probes: &Probes) -> Response<Full<Bytes>> {
+    let text = |status: u16, content_type: &str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(content_type).expect("a valid content type"),
+        );
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(405, "text/plain", "only GET and HEAD\n".into());
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let body_wanted = method != "HEAD";
-    if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", "only GET and HEAD\n", true).await;
-    }
-    let (status, content_type, body) = match path {
-        "/metrics" => (
+    match req.uri().path() {
+        "/metrics" => text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             (probes.metrics)(),
         ),
         "/healthz" => match (probes.healthy)() {
-            Ok(()) => (200, "text/plain", "ok\n".to_string()),
-            Err(why) => (503, "text/plain", format!("unhealthy: {why}\n")),
+            Ok(()) => text(200, "text/plain", "ok\n".into()),
+            Err(why) => text(503, "text/plain", format!("unhealthy: {why}\n")),
         },
         "/readyz" => match (probes.ready)() {
-            Ok(()) => (200, "text/plain", "ready\n".to_string()),
-            Err(why) => (503, "text/plain", format!("not ready: {why}\n")),
+            Ok(()) => text(200, "text/plain", "ready\n".into()),
+            Err(why) => text(503, "text/plain", format!("not ready: {why}\n")),
         },
-        _ => (
+        _ => text(
             404,
             "text/plain",
-            "not found: this endpoint serves /metrics, /healthz and /readyz\n".to_string(),
+            "not found: this endpoint serves /metrics, /healthz and /readyz\n".into(),
         ),
-    };
-    respond(&mut stream, status, content_type, &body, body_wanted).await
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-    with_body: bool,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if with_body {
-        stream.write_all(body.as_bytes()).await?;
     }
-    stream.shutdown().await
 }
 
 /// A plain `GET` of `path` from `address`: the status and the body. For tests and `check`
@@ -178,6 +156,27 @@ mod tests {
             (503, "not ready: no leader yet\n".to_string())
         );
         assert_eq!(get(addr, "/other").await.unwrap().0, 404);
+        let raw = |request: String| async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(request.as_bytes()).await.unwrap();
+            let mut text = String::new();
+            c.read_to_string(&mut text).await.unwrap();
+            text
+        };
+        let post = raw("POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n".into()).await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        let head = raw("HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n".into()).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "a HEAD answer has no body: {head}"
+        );
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let refused = raw(big).await;
+        assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

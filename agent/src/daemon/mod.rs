@@ -10,5 +10,6 @@ mod metrics;
 mod restore_job;
 mod session;
 mod shared;
+mod snapshot_job;
 
 pub use session::{run, run_with_reports};

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fleetsnap_core::manifest::{self, FORMAT_VERSION};
+use fleetsnap_core::manifest::{self, SetFacts};
+use fleetsnap_core::policy::Consistency;
 use fleetsnap_core::window::unix_ms;
 use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, ShardEntry, ShardId};
 use serde::Serialize;
@@ -251,18 +252,19 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         });
     }
     let raw_bytes = objects.iter().map(|o| o.raw_bytes).sum();
-    let m = Manifest {
-        format: FORMAT_VERSION,
-        backup_id: backup_id.clone(),
-        cluster: req.cluster.clone(),
-        policy: None,
-        consistency: "independent".into(),
-        started_at,
-        finished_at: OffsetDateTime::now_utc(),
-        skew_ms: None,
-        write_pause_ms: None,
-        written_by: concat!("fleetsnap-agent ", env!("CARGO_PKG_VERSION")).into(),
-        shards: vec![ShardEntry {
+    let m = Manifest::of_set(
+        SetFacts {
+            backup_id: backup_id.clone(),
+            cluster: req.cluster.clone(),
+            policy: None,
+            consistency: Consistency::Independent,
+            started_at,
+            finished_at: OffsetDateTime::now_utc(),
+            skew_us: None,
+            write_pause_us: None,
+            writer: "fleetsnap-agent",
+        },
+        vec![ShardEntry {
             shard: req.shard.clone(),
             source_node: info.node.clone(),
             source_kind: req.source.name().into(),
@@ -279,7 +281,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             dbs,
             objects,
         }],
-    };
+    );
     let body = Bytes::from(m.to_json());
     let mut reports = Vec::new();
     for (i, store) in stores.iter().enumerate() {

@@ -27,6 +27,10 @@ struct Args {
     /// Where the fleetsnap-agent binary is (built with --release).
     #[arg(long, default_value = "target/release/fleetsnap-agent")]
     agent: PathBuf,
+    /// Another fleetsnap-agent binary (an earlier release) whose replace and online rows run in
+    /// every round right after this agent's, against the same backup and target.
+    #[arg(long, value_name = "PATH")]
+    baseline_agent: Option<PathBuf>,
 }
 
 /// A target server run the way an operator runs one: daemonized, from its own directory, stopped
@@ -116,7 +120,7 @@ impl Target {
 }
 
 /// Name, RTO, and for replace the node's down time and the time to fetch and verify the copy.
-type Row = (&'static str, Duration, Option<(Duration, Duration)>);
+type Row = (String, Duration, Option<(Duration, Duration)>);
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -215,9 +219,17 @@ async fn main() -> anyhow::Result<()> {
     target.start().await?;
     // Each round runs every row once, back to back, so a row and the floor it is compared with
     // meet the machine in the same state; the table shows medians and each round's ratios.
-    let (mut floor, mut seed_runs, mut replace_runs, mut online_runs) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut down, mut staged) = (Vec::new(), Vec::new());
+    let mut agents = vec![agent];
+    if let Some(b) = &args.baseline_agent {
+        agents.push(std::fs::canonicalize(b).with_context(|| format!("{}", b.display()))?);
+    }
+    let (mut floor, mut seed_runs) = (Vec::new(), Vec::new());
+    let mut replace_runs = vec![Vec::new(); agents.len()];
+    let mut online_runs = vec![Vec::new(); agents.len()];
+    let (mut down, mut staged) = (
+        vec![Vec::new(); agents.len()],
+        vec![Vec::new(); agents.len()],
+    );
     for round in 0..args.repeat {
         eprintln!("round {} of {}…", round + 1, args.repeat);
         // Floor: the RDB already in place, the server restarted on it.
@@ -242,60 +254,17 @@ async fn main() -> anyhow::Result<()> {
         seed_runs.push(t.elapsed());
         anyhow::ensure!(target.keys().await? == keys, "the seed run lost keys");
 
-        // fleetsnap replace: read the manifest, stop, stream into the starting node, check.
-        Target::settle()?;
-        let t = Instant::now();
-        let cpu = children_cpu();
-        let r = agent_json(
-            &agent,
-            &[
-                "restore",
-                "--from",
-                &region,
-                "--backup",
-                &id,
-                "--replace",
-                &target.url(),
-                "--start",
-                &target.start_command(),
-                "--json",
-            ],
-        )?;
-        replace_runs.push(t.elapsed());
-        eprintln!(
-            "  replace: {:.2} s, the agent used {:.2} CPU-s",
-            t.elapsed().as_secs_f64(),
-            children_cpu() - cpu
-        );
-        down.push(Duration::from_secs_f64(
-            r["down_seconds"].as_f64().context("down_seconds")?,
-        ));
-        staged.push(Duration::from_secs_f64(
-            r["staged_seconds"].as_f64().context("staged_seconds")?,
-        ));
-        anyhow::ensure!(target.keys().await? == keys, "the replace run lost keys");
-
-        // fleetsnap online: into the running, emptied target.
-        target.flush().await?;
-        Target::settle()?;
-        let t = Instant::now();
-        agent_json(
-            &agent,
-            &[
-                "restore",
-                "--from",
-                &region,
-                "--backup",
-                &id,
-                "--online",
-                &target.url(),
-                "--work-dir",
-                &work.path().display().to_string(),
-                "--json",
-            ],
-        )?;
-        online_runs.push(t.elapsed());
-        anyhow::ensure!(target.keys().await? == keys, "the online run lost keys");
+        // fleetsnap replace, then online, by this agent and then by the baseline.
+        for (k, agent) in agents.iter().enumerate() {
+            let (wall, d, st) = replace_row(agent, &region, &id, &target).await?;
+            anyhow::ensure!(target.keys().await? == keys, "the replace run lost keys");
+            replace_runs[k].push(wall);
+            down[k].push(d);
+            staged[k].push(st);
+            let wall = online_row(agent, &region, &id, &target, work.path()).await?;
+            anyhow::ensure!(target.keys().await? == keys, "the online run lost keys");
+            online_runs[k].push(wall);
+        }
     }
     target.stop().await?;
 
@@ -307,34 +276,38 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rows: Vec<Row> = vec![
+    let mut rows: Vec<Row> = vec![
         (
-            "floor: redis-server restart on the RDB in place",
+            "floor: redis-server restart on the RDB in place".to_string(),
             median(floor.clone()),
             None,
         ),
         (
-            "seed manual restore: stop, cp, gunzip, start",
+            "seed manual restore: stop, cp, gunzip, start".to_string(),
             median(seed_runs.clone()),
             None,
         ),
-        (
-            "fleetsnap replace",
-            median(replace_runs.clone()),
-            Some((median(down), median(staged))),
-        ),
-        (
-            "fleetsnap online (RESTORE, pipelined)",
-            median(online_runs.clone()),
+    ];
+    let mut per_round = vec![Vec::new(), seed_runs.clone()];
+    for (k, agent) in agents.iter().enumerate() {
+        let by = if k == 0 {
+            String::new()
+        } else {
+            format!(" (baseline {})", agent.display())
+        };
+        rows.push((
+            format!("fleetsnap replace{by}"),
+            median(replace_runs[k].clone()),
+            Some((median(down[k].clone()), median(staged[k].clone()))),
+        ));
+        per_round.push(replace_runs[k].clone());
+        rows.push((
+            format!("fleetsnap online (RESTORE, pipelined){by}"),
+            median(online_runs[k].clone()),
             None,
-        ),
-    ];
-    let per_round = [
-        Vec::new(),
-        seed_runs.clone(),
-        replace_runs.clone(),
-        online_runs.clone(),
-    ];
+        ));
+        per_round.push(online_runs[k].clone());
+    }
     let floor_median = rows[0].1.as_secs_f64();
     println!(
         "\n{} GiB dataset: {keys} keys, RDB {:.0} MB; median of {} rounds\n",
@@ -372,4 +345,82 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `fleetsnap-agent restore --replace` into the target: wall time, node down, and staged before
+/// the stop (from its report).
+async fn replace_row(
+    agent: &Path,
+    region: &str,
+    id: &str,
+    target: &Target,
+) -> anyhow::Result<(Duration, Duration, Duration)> {
+    Target::settle()?;
+    let t = Instant::now();
+    let cpu = children_cpu();
+    let r = agent_json(
+        agent,
+        &[
+            "restore",
+            "--from",
+            region,
+            "--backup",
+            id,
+            "--replace",
+            &target.url(),
+            "--start",
+            &target.start_command(),
+            "--json",
+        ],
+    )?;
+    let wall = t.elapsed();
+    eprintln!(
+        "  replace by {}: {:.2} s, {:.2} CPU-s",
+        agent.display(),
+        wall.as_secs_f64(),
+        children_cpu() - cpu
+    );
+    let secs = |key: &str| -> anyhow::Result<Duration> {
+        Ok(Duration::from_secs_f64(
+            r.get(key)
+                .and_then(|v| v.as_f64())
+                .context(key.to_string())?,
+        ))
+    };
+    Ok((wall, secs("down_seconds")?, secs("staged_seconds")?))
+}
+
+/// `fleetsnap-agent restore --online` into the running target, emptied first: wall time.
+async fn online_row(
+    agent: &Path,
+    region: &str,
+    id: &str,
+    target: &Target,
+    work: &Path,
+) -> anyhow::Result<Duration> {
+    target.flush().await?;
+    Target::settle()?;
+    let t = Instant::now();
+    agent_json(
+        agent,
+        &[
+            "restore",
+            "--from",
+            region,
+            "--backup",
+            id,
+            "--online",
+            &target.url(),
+            "--work-dir",
+            &work.display().to_string(),
+            "--json",
+        ],
+    )?;
+    let wall = t.elapsed();
+    eprintln!(
+        "  online by {}: {:.2} s",
+        agent.display(),
+        wall.as_secs_f64()
+    );
+    Ok(wall)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleetsnap_proto::v1::{self, coordinator_message, job_update};
 
 use super::*;
-use crate::state::{Command, Job, JobKind, JobOutcome, JobState};
+use crate::state::{Command, Job, JobOutcome, JobState};
 
 /// The most bytes of results in parts one session may hold at once (a catalog scan carries every
 /// manifest it found): an agent cannot make the leader hold more, whatever job ids it names.
@@ -84,38 +84,12 @@ pub(super) fn assemble(
 }
 
 fn job_message(job: &Job, term: u64, index: u64, trace: Option<String>) -> v1::CoordinatorMessage {
-    let kind = match &job.kind {
-        JobKind::Snapshot(s) => v1::job::Kind::Snapshot(v1::SnapshotJob {
-            instance: s.instance.clone(),
-            destinations: s.destinations.clone(),
-            cluster: s.cluster.clone(),
-            shard: s.shard.clone(),
-            compress: s.compress.clone(),
-            encrypt_to: s.encrypt_to.clone(),
-            source: s.source.clone(),
-            backup_id: s.backup_id.clone(),
-            window: s.window.unwrap_or_default(),
-            regions: s.regions.clone(),
-            fire_at_unix_ms: s.fire_at_ms.unwrap_or_default(),
-            consistent_cut: s.consistent_cut,
-        }),
-        JobKind::Catalog(c) => v1::job::Kind::Catalog(v1::CatalogJob {
-            task_json: serde_json::to_string(&c.task).expect("tasks serialise"),
-        }),
-        JobKind::WriteManifest(m) => v1::job::Kind::Manifest(v1::WriteManifestJob {
-            destinations: m.destinations.clone(),
-            regions: m.regions.clone(),
-            cluster: m.cluster.to_string(),
-            backup_id: m.backup_id.to_string(),
-            manifest_json: m.manifest_json.clone(),
-        }),
-    };
     v1::CoordinatorMessage {
         body: Some(coordinator_message::Body::Job(v1::Job {
             id: job.id,
             term,
             index,
-            kind: Some(kind),
+            kind: Some((&job.kind).into()),
             traceparent: trace.unwrap_or_default(),
         })),
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::LeaderError;
 use fleetsnap_core::outcomes::DrillReport;
+use fleetsnap_core::records::DrillRow;
 use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreMode, RestoreTask, unix_ms};
 use fleetsnap_core::{ClusterId, Role};
 use fleetsnap_proto::v1;
@@ -363,18 +364,18 @@ impl Node {
                 JobState::Done(_) => ("failed", Some(false), Some("no report".into()), None),
                 _ => ("running", None, None, None),
             };
-            out.push(serde_json::json!({
-                "job": job.id,
-                "agent": job.agent,
-                "cluster": task.cluster,
-                "backup_id": task.backup_id,
-                "shard": task.shard,
-                "scheduled_by": spec.drill_of.as_ref().map(|d| &d.0),
-                "state": state,
-                "ok": ok,
-                "problem": problem,
-                "report": report,
-            }));
+            out.push(DrillRow {
+                job: job.id,
+                agent: job.agent.clone(),
+                cluster: task.cluster.clone(),
+                backup_id: task.backup_id.clone(),
+                shard: task.shard.clone(),
+                scheduled_by: spec.drill_of.as_ref().map(|d| d.0.clone()),
+                state: state.to_string(),
+                ok,
+                problem,
+                report,
+            });
         }
         serde_json::to_string_pretty(&out).expect("drills serialise")
     }

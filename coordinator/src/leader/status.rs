@@ -4,36 +4,16 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::topology::{self};
 use fleetsnap_proto::v1::{self};
-use serde::Serialize;
 
 use super::*;
 use crate::NodeId;
 use crate::state::JobState;
+use fleetsnap_core::records::{AgentRow, StatusDoc};
 
 /// An agent whose last `Standby` call is older has no spare connection here any more (agents
 /// call every 30 s, jittered up to 37.5 s).
 const SPARE_FRESH: Duration = Duration::from_secs(75);
-
-#[derive(Serialize)]
-struct StatusDoc {
-    leader: NodeId,
-    term: u64,
-    registered_agents: usize,
-    open_jobs: usize,
-    agents: Vec<AgentRow>,
-    clusters: Vec<topology::ClusterView>,
-}
-
-#[derive(Serialize)]
-struct AgentRow {
-    agent: String,
-    connected: bool,
-    version: String,
-    last_report_age_ms: Option<u64>,
-    instances: usize,
-}
 
 impl Node {
     pub(crate) fn cluster_status(&self) -> v1::ClusterStatusReply {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::LeaderError;
+use fleetsnap_core::records::PruneRow;
 use fleetsnap_core::retention::{self, Action, SetInfo, SetState};
 use fleetsnap_core::window::{CatalogTask, RegionUrl, from_unix_ms};
 use fleetsnap_core::{BackupId, ClusterId};
@@ -230,7 +231,7 @@ impl Node {
         only: &str,
         execute: bool,
         orphans: bool,
-    ) -> Result<serde_json::Value, LeaderError> {
+    ) -> Result<Vec<PruneRow>, LeaderError> {
         let now = time::OffsetDateTime::now_utc();
         let (policies, sets, running) = {
             let st = self.state.read().expect("state lock");
@@ -313,15 +314,15 @@ impl Node {
                             Err(e) => error = Some(e.message().to_string()),
                         }
                     }
-                    out.push(serde_json::json!({
-                        "policy": p.name,
-                        "cluster": cluster,
-                        "backup_id": s.backup_id,
-                        "state": s.state,
-                        "decision": d.action,
-                        "job": job,
-                        "error": error,
-                    }));
+                    out.push(PruneRow {
+                        policy: p.name.clone(),
+                        cluster: cluster.clone(),
+                        backup_id: s.backup_id.clone(),
+                        state: s.state,
+                        decision: d.action,
+                        job,
+                        error,
+                    });
                 }
             }
             if orphans && execute {
@@ -364,7 +365,7 @@ impl Node {
                 }
             }
         }
-        Ok(serde_json::Value::Array(out))
+        Ok(out)
     }
 
     /// On the leader: repairs degraded sets, applies retention, collects orphans.

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::state::{
-    BackupSet, CatalogSpec, CutOutcome, Job, JobKind, JobOutcome, Window, WindowPlan,
-};
 use fleetsnap_core::policy::Policy;
+use fleetsnap_core::records::{
+    BackupSet, CatalogSpec, CutOutcome, Job, JobKind, JobOutcome, Runbook, Window, WindowPlan,
+};
 use serde::{Deserialize, Serialize};
 
 /// A state change, the only way the replicated state changes.
@@ -47,7 +47,7 @@ pub enum Command {
     /// Work on stored sets for an agent (the leader chose the agent and the regions).
     CreateCatalogJob { agent: String, spec: CatalogSpec },
     /// Starts a runbook as the leader planned it.
-    StartRunbook { runbook: crate::state::Runbook },
+    StartRunbook { runbook: Runbook },
     /// Creates the job of a runbook's current step.
     RunbookStep { runbook: u64, step: usize },
     /// The leader's check of a runbook's current step.
@@ -112,7 +112,7 @@ pub struct FleetState {
     pub last_drill: BTreeMap<String, i64>,
     /// Runbooks by id.
     #[serde(default)]
-    pub runbooks: BTreeMap<u64, crate::state::Runbook>,
+    pub runbooks: BTreeMap<u64, Runbook>,
     /// The last runbook id.
     #[serde(default)]
     pub next_runbook: u64,

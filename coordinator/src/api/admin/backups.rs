@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{Services, admin};
 use crate::state::Job;
+use fleetsnap_core::records::WindowDoc;
 
 pub(super) async fn run_backup(
     svc: &Services,
@@ -139,22 +140,27 @@ pub(super) async fn show_backup(
         .chain(window.manifest_jobs.values().copied())
         .filter_map(|j| s.state.jobs.get(&j))
         .collect();
-    let doc = serde_json::json!({
-        "window": window.id,
-        "backup_id": window.plan.backup_id,
-        "trace_id": window.plan.trace.as_deref().and_then(trace::trace_id_of),
-        "policy": window.plan.policy.name,
-        "consistency": window.plan.policy.consistency.as_str(),
-        "opened_at_ms": window.plan.opened_at_ms,
-        "fire_at_ms": window.plan.fire_at_ms,
-        "done": window.done,
-        "cut": window.cut,
-        "cut_failures": window.cut_failures,
-        "shards": window.shards,
-        "missing": window.plan.missing,
-        "sets": sets,
-        "jobs": jobs,
-    });
+    let doc = WindowDoc {
+        window: window.id,
+        backup_id: window.plan.backup_id.clone(),
+        trace_id: window
+            .plan
+            .trace
+            .as_deref()
+            .and_then(trace::trace_id_of)
+            .map(str::to_string),
+        policy: window.plan.policy.name.clone(),
+        consistency: window.plan.policy.consistency.as_str().to_string(),
+        opened_at_ms: window.plan.opened_at_ms,
+        fire_at_ms: window.plan.fire_at_ms,
+        done: window.done,
+        cut: window.cut.clone(),
+        cut_failures: window.cut_failures.clone(),
+        shards: window.shards.clone(),
+        missing: window.plan.missing.clone(),
+        sets: sets.into_iter().cloned().collect(),
+        jobs: jobs.into_iter().cloned().collect(),
+    };
     Ok(Response::new(v1::JsonReply {
         json: serde_json::to_string_pretty(&doc).expect("windows serialise"),
     }))

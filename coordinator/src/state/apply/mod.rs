@@ -6,8 +6,9 @@ mod catalog;
 mod runbooks;
 mod windows;
 
+use super::failures::failure_reason;
 use super::fleet::{AgentRecord, Command, FleetState, Response};
-use super::job::{JobOutcome, JobState, failure_reason};
+use super::{JobOutcome, JobState};
 
 impl FleetState {
     /// Applies a command carried by the log entry `(term, index)`.

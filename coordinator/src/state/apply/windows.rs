@@ -12,7 +12,7 @@ use crate::state::{
     WindowPlan, WindowShard, set_key,
 };
 use fleetsnap_core::ClusterId;
-use fleetsnap_core::manifest::{FORMAT_VERSION, Manifest};
+use fleetsnap_core::manifest::{Manifest, SetFacts};
 use fleetsnap_core::policy::Consistency;
 use fleetsnap_core::retention::SetState;
 use fleetsnap_core::window::{JobResult, RegionResult, ShardResult, from_unix_ms};
@@ -524,18 +524,19 @@ fn manifest(
         .map(|(_, r)| r.finished_at_ms)
         .max()
         .unwrap_or(0);
-    Manifest {
-        format: FORMAT_VERSION,
-        backup_id: window.plan.backup_id.clone(),
-        cluster: cluster.clone(),
-        policy: Some(p.name.clone()),
-        consistency: p.consistency.as_str().into(),
-        started_at: from_unix_ms(started),
-        finished_at: from_unix_ms(finished),
-        skew_ms: skew_us.map(|us| us.div_ceil(1000)),
-        write_pause_ms: window.cut.as_ref().map(|c| c.pause_us.div_ceil(1000)),
-        written_by: concat!("fleetsnap-coordinator ", env!("CARGO_PKG_VERSION")).into(),
-        shards: stored
+    Manifest::of_set(
+        SetFacts {
+            backup_id: window.plan.backup_id.clone(),
+            cluster: cluster.clone(),
+            policy: Some(p.name.clone()),
+            consistency: p.consistency,
+            started_at: from_unix_ms(started),
+            finished_at: from_unix_ms(finished),
+            skew_us,
+            write_pause_us: window.cut.as_ref().map(|c| c.pause_us),
+            writer: "fleetsnap-coordinator",
+        },
+        stored
             .iter()
             .map(|(s, r)| {
                 let mut e = r.entry.clone();
@@ -543,5 +544,5 @@ fn manifest(
                 e
             })
             .collect(),
-    }
+    )
 }

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use fleetsnap_core::planner::{NodeChoice, ShardPlan};
-use fleetsnap_core::policy::Policy;
-use fleetsnap_core::window::ShardResult;
-use fleetsnap_core::{BackupId, ClusterId};
+use crate::planner::{NodeChoice, ShardPlan};
+use crate::policy::Policy;
+use crate::window::ShardResult;
+use crate::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
 /// What the leader decided when it opened a window.
@@ -83,9 +83,6 @@ pub enum CutOutcome {
     },
 }
 
-/// Attempts at a window's cut before its running shards fail.
-pub const MAX_CUT_ATTEMPTS: usize = 3;
-
 /// One shard of a window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowShard {
@@ -112,7 +109,7 @@ pub struct WindowShard {
 
 impl WindowShard {
     /// The candidate of the current attempt.
-    pub(crate) fn candidate(&self) -> Option<&NodeChoice> {
+    pub fn candidate(&self) -> Option<&NodeChoice> {
         self.plan.candidates().nth(self.attempt as usize)
     }
 }
@@ -130,4 +127,15 @@ pub enum ShardState {
         /// Why.
         reason: String,
     },
+}
+
+impl ShardState {
+    /// The word in documents and tables (as serialised): `running`, `stored` or `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ShardState::Running => "running",
+            ShardState::Stored(_) => "stored",
+            ShardState::Failed { .. } => "failed",
+        }
+    }
 }

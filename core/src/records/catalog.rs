@@ -1,7 +1,7 @@
 //! Catalog jobs in the replicated state: the task an agent runs on stored sets, and what a
 //! verification found.
 
-use fleetsnap_core::window::{CatalogTask, RegionResult};
+use crate::window::{CatalogTask, RegionResult};
 use serde::{Deserialize, Serialize};
 
 /// A catalog job: the task, the set it works on and why.

@@ -1,9 +1,9 @@
 //! Jobs in the replicated state: what an agent is asked to do, the term and log index that fence
 //! it, and how it ended.
 
-use crate::state::CatalogSpec;
-use fleetsnap_core::window::JobResult;
-use fleetsnap_core::{BackupId, ClusterId};
+use crate::records::CatalogSpec;
+use crate::window::JobResult;
+use crate::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
 /// A job an agent can run.
@@ -122,7 +122,7 @@ impl JobKind {
     /// `snapshot`, `manifest`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
     /// for metrics.
     pub fn name(&self) -> &'static str {
-        use fleetsnap_core::window::{CatalogTask, RestoreMode};
+        use crate::window::{CatalogTask, RestoreMode};
         match self {
             JobKind::Snapshot(_) => "snapshot",
             JobKind::WriteManifest(_) => "manifest",
@@ -136,39 +136,37 @@ impl JobKind {
     }
 }
 
-/// The class of a failure, from its reason: `lease_expired`, `agent_restarted`, `fenced`,
-/// `cut`, `verify`, `destination`, `source` or `other`. A bounded label for metrics; the
-/// reason itself stays with the job.
-pub fn failure_reason(reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    let any = |words: &[&str]| words.iter().any(|w| r.contains(w));
-    if any(&["lease expired"]) {
-        "lease_expired"
-    } else if any(&["restarted while it held"]) {
-        "agent_restarted"
-    } else if any(&["older term", "fenc", "newer term"]) {
-        "fenced"
-    } else if any(&["cut"]) {
-        "cut"
-    } else if any(&[
-        "checksum", "sha256", "crc", "corrupt", "mismatch", "digest", "verif",
-    ]) {
-        "verify"
-    } else if any(&[
-        "s3://",
-        "file://",
-        "region",
-        "upload",
-        "bucket",
-        "destination",
-        "spool",
-    ]) {
-        "destination"
-    } else if any(&[
-        "redis", "psync", "sync", "bgsave", "replica", "primary", "node",
-    ]) {
-        "source"
-    } else {
-        "other"
+impl JobState {
+    /// The word in documents and tables (as serialised): `pending`, `running` or `done`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running { .. } => "running",
+            JobState::Done(_) => "done",
+        }
+    }
+
+    /// How it ended, once done.
+    pub fn outcome(&self) -> Option<&JobOutcome> {
+        match self {
+            JobState::Done(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Why it failed, when it did.
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            JobState::Done(JobOutcome::Failed { reason }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// What the agent sent back, when it succeeded with a result.
+    pub fn result(&self) -> Option<&JobResult> {
+        match self {
+            JobState::Done(JobOutcome::Succeeded { result, .. }) => result.as_ref(),
+            _ => None,
+        }
     }
 }

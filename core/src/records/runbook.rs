@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use fleetsnap_core::window::{CatalogTask, RegionUrl};
+use crate::window::{CatalogTask, RegionUrl};
 use serde::{Deserialize, Serialize};
 
 /// A runbook and where it is.
@@ -103,4 +103,15 @@ pub enum Action {
         /// Set keys (`CLUSTER/BACKUP_ID`) that must be there.
         sets: Vec<String>,
     },
+}
+
+impl RunbookState {
+    /// The word in documents and tables (as serialised): `running`, `succeeded` or `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunbookState::Running => "running",
+            RunbookState::Succeeded => "succeeded",
+            RunbookState::Failed { .. } => "failed",
+        }
+    }
 }

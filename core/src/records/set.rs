@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use fleetsnap_core::policy::Consistency;
-use fleetsnap_core::retention::SetState;
-use fleetsnap_core::{BackupId, ClusterId};
+use crate::policy::Consistency;
+use crate::retention::SetState;
+use crate::{BackupId, ClusterId};
 use serde::{Deserialize, Serialize};
 
 /// Where a region stands for a set.
@@ -105,10 +105,21 @@ pub struct BackupSet {
     pub deleting: Option<String>,
     /// Its last verification.
     #[serde(default)]
-    pub verified: Option<crate::state::Verified>,
+    pub verified: Option<crate::records::Verified>,
 }
 
 /// The catalog key of a set: sets are per cluster, ids per window.
+impl RegionState {
+    /// The word in documents and tables (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionState::Pending => "pending",
+            RegionState::Complete => "complete",
+            RegionState::Failed => "failed",
+        }
+    }
+}
+
 pub fn set_key(cluster: &ClusterId, backup_id: &BackupId) -> String {
     format!("{cluster}/{backup_id}")
 }
@@ -120,7 +131,7 @@ impl BackupSet {
     }
 
     /// Counts the regions that took the manifest; a region never heard of has failed.
-    pub(crate) fn count_regions(&mut self) {
+    pub fn count_regions(&mut self) {
         for status in self.regions.values_mut() {
             if status.state == RegionState::Pending {
                 status.state = RegionState::Failed;
