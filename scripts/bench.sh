@@ -4,6 +4,8 @@
 #   scripts/bench.sh fleet [--agents 1000,5000,10000] [--window 15]   the control plane at scale
 #   scripts/bench.sh windows [--shards 3,8,16] [--windows 20]          skew and write pause
 #   scripts/bench.sh restore [--size-gib 1] [--repeat 3]              RTO: replace, online, floor, seed
+#   scripts/bench.sh client [--keys 500000] [--repeat 3]              pipelined RESTORE: our RESP client, the redis crate
+#   (snapshot and restore take --baseline-agent PATH: an earlier agent's rows, run for run)
 set -euo pipefail
 # No cloud SDK looks for an instance-metadata service: everything here is on loopback.
 export AWS_EC2_METADATA_DISABLED=true
@@ -20,6 +22,12 @@ if [ "${1:-}" = restore ]; then
     scripts/setup.sh
     cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench
     exec target/release/restore --agent target/release/fleetsnap-agent "$@"
+fi
+if [ "${1:-}" = client ]; then
+    shift
+    scripts/setup.sh
+    cargo build --release --quiet -p fleetsnap-bench --bin resp_client
+    exec target/release/resp_client "$@"
 fi
 if [ "${1:-}" = fleet ]; then
     shift
