@@ -486,6 +486,77 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prune_says_why_each_set_stays_or_goes() {
+        use fleetsnap_core::retention::{Action, SetState};
+        let row = |id: &str, decision: Action, job: Option<u64>, error: Option<&str>| PruneRow {
+            backup_id: id.parse().unwrap(),
+            cluster: fleetsnap_core::ClusterId::new("orders").unwrap(),
+            decision,
+            error: error.map(str::to_string),
+            job,
+            policy: "hourly".into(),
+            state: SetState::Complete,
+        };
+        let rows = [
+            row(
+                "20261205T010000Z-000001",
+                Action::Keep {
+                    reasons: vec!["newest".into(), "daily".into()],
+                },
+                None,
+                None,
+            ),
+            row(
+                "20261204T010000Z-000002",
+                Action::Delete {
+                    reason: "no rule keeps it".into(),
+                },
+                Some(42),
+                None,
+            ),
+            row(
+                "20261203T010000Z-000003",
+                Action::Delete {
+                    reason: "no rule keeps it".into(),
+                },
+                None,
+                Some("no agent connected"),
+            ),
+            row(
+                "20261202T010000Z-000004",
+                Action::Locked {
+                    until: "2026-12-09T00:00:00Z".into(),
+                },
+                None,
+                None,
+            ),
+        ];
+        let out = prune(&rows, false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].contains("keep") && lines[1].ends_with("newest, daily"),
+            "{out}"
+        );
+        assert!(
+            lines[2].ends_with("no rule keeps it (deleting: job 42)"),
+            "{out}"
+        );
+        assert!(
+            lines[3].ends_with("no rule keeps it (not started: no agent connected)"),
+            "{out}"
+        );
+        assert!(
+            lines[4].ends_with("under Object Lock until 2026-12-09T00:00:00Z"),
+            "{out}"
+        );
+        let dry = prune(&rows[2..3], true);
+        assert!(
+            dry.lines().nth(1).unwrap().contains("(not started"),
+            "{dry}"
+        );
+    }
+
+    #[test]
     fn grids_fit_100_columns_and_wrap_the_last_column() {
         let mut g = Grid::new(2, &["NAME", "N", "NOTE"], &[false, true]);
         g.row(vec![
