@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use fleetsnap_core::digest::{DatasetDigest, DigestAlg};
+use fleetsnap_core::rdbread::{Item, RdbReader};
 use fleetsnap_testkit::redis::RedisOptions;
 use fleetsnap_testkit::{Dataset, RedisServer, write_dataset, write_extras};
 
@@ -83,22 +85,75 @@ async fn a_drill_passes_on_a_good_backup_and_fails_on_a_tampered_one() {
         "the scratch server's files are removed"
     );
 
-    // The manifest's digest no longer matches what the copy holds: the drill says so.
     let manifest = files_under(&work.path().join("a"))
         .into_iter()
         .find(|f| f.ends_with("manifest.json"))
         .unwrap();
     let manifest = work.path().join("a").join(manifest);
     let original = std::fs::read_to_string(&manifest).unwrap();
+    assert!(
+        good["dbs"][0]["digest_recorded"]
+            .as_str()
+            .unwrap()
+            .starts_with("xxh3:"),
+        "snapshots record XXH3 digests: {good:#}"
+    );
+
+    // A set recorded before the XXH3 digests, with SHA-256 ones, still drills: the digests are
+    // taken again the way the manifest recorded them.
+    let copy = work.path().join("copy.rdb");
+    agent(
+        None,
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--backup",
+            &id,
+            "--to-file",
+            &copy.display().to_string(),
+        ],
+    )
+    .await
+    .ok();
+    let mut sha = DatasetDigest::new(DigestAlg::Sha256);
+    let mut r = RdbReader::new(std::fs::File::open(&copy).unwrap()).unwrap();
+    while let Some(item) = r.next_item().unwrap() {
+        if let Item::Entry(e) = item {
+            let v = e.value().unwrap();
+            sha.add(&e, &v);
+        }
+    }
+    let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let sha = sha.finish();
+    for (d, s) in m["shards"][0]["dbs"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(&sha)
+    {
+        assert_eq!(d["db"].as_u64(), Some(s.db));
+        d["digest"] = s.digest.clone().into();
+    }
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    let old = drill().await.ok().json();
+    assert_eq!(old["ok"], true, "{old:#}");
+    for d in old["dbs"].as_array().unwrap() {
+        assert_eq!(d["digest_recorded"].as_str().unwrap().len(), 64, "{d}");
+        assert_eq!(d["digest_found"], d["digest_recorded"], "{d}");
+    }
+
+    // The manifest's digest no longer matches what the copy holds: the drill says so.
     let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
     let recorded = m["shards"][0]["dbs"][0]["digest"]
         .as_str()
         .unwrap()
         .to_string();
+    let last = recorded.len() - 1;
     let flipped = format!(
         "{}{}",
-        if recorded.starts_with('0') { "1" } else { "0" },
-        &recorded[1..]
+        &recorded[..last],
+        if recorded.ends_with('0') { "1" } else { "0" }
     );
     m["shards"][0]["dbs"][0]["digest"] = flipped.into();
     std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();

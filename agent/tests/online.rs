@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use fleetsnap_agent::redis::Value;
-use fleetsnap_core::rdbread::{DatasetDigest, Item, RdbReader};
+use fleetsnap_core::digest::DatasetDigest;
+use fleetsnap_core::rdbread::{Item, RdbReader};
 use fleetsnap_testkit::redis::RedisOptions;
 use fleetsnap_testkit::{Dataset, RedisServer, assert_same_data, write_dataset, write_extras};
 
@@ -41,7 +42,7 @@ async fn saved(s: &RedisServer) -> (Vec<fleetsnap_core::rdbread::Entry>, Vec<Vec
     (entries, functions, version)
 }
 
-fn digest(entries: &[fleetsnap_core::rdbread::Entry]) -> Vec<fleetsnap_core::rdbread::DbDigest> {
+fn digest(entries: &[fleetsnap_core::rdbread::Entry]) -> Vec<fleetsnap_core::digest::DbDigest> {
     let mut d = DatasetDigest::default();
     for e in entries {
         let v = e

@@ -31,6 +31,10 @@ struct Args {
     /// Only the floor and the agents to 2 file:// regions (no seed recipe, no S3 rows).
     #[arg(long)]
     file_only: bool,
+    /// Also run the agent to 2 file:// regions pinned (taskset) to this many cores, comma
+    /// separated (e.g. 1,2,4): how it scales. The unpinned row runs on every core.
+    #[arg(long, value_name = "N,…")]
+    cores: Option<String>,
 }
 
 struct Row {
@@ -202,6 +206,25 @@ async fn main() -> anyhow::Result<()> {
             .args(["--spool-dir", &work.path().display().to_string()]);
             a
         };
+        let pinned: Vec<usize> = match &args.cores {
+            Some(list) => list
+                .split(',')
+                .map(|c| c.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .context("--cores takes core counts, e.g. 1,2,4")?,
+            None => Vec::new(),
+        };
+        for c in pinned {
+            let mut t = Command::new("taskset");
+            t.args(["-c", &format!("0-{}", c.max(1) - 1)])
+                .arg(&agent)
+                .args(to_files(&agent).get_args());
+            push(
+                &format!("fleetsnap-agent on {c} core(s) → 2 file:// regions"),
+                measure(t, args.repeat)?,
+                true,
+            );
+        }
         match &baseline {
             None => push(
                 "fleetsnap-agent → 2 file:// regions",
@@ -286,22 +309,32 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    println!("| dataset | RDB size | run | wall | MB/s | peak RSS | CPU |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| dataset | RDB size | run | wall | × floor | MB/s | CPU | CPU-s per GB of RDB | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
+        let floor = rows
+            .iter()
+            .find(|f| f.size_gib == r.size_gib && f.name.starts_with("floor"))
+            .map_or(r.wall, |f| f.wall);
         println!(
-            "| {} GiB | {:.0} MB | {} | {:.1} s | {:.0} | {} | {} |",
+            "| {} GiB | {:.0} MB | {} | {:.2} s | {:.2} | {:.0} | {} | {} | {} |",
             r.size_gib,
             r.bytes as f64 / 1e6,
             r.name,
             r.wall.as_secs_f64(),
+            r.wall.as_secs_f64() / floor.as_secs_f64(),
             r.bytes as f64 / 1e6 / r.wall.as_secs_f64(),
+            r.cpu
+                .map(|c| format!("{:.2} s", c.as_secs_f64()))
+                .unwrap_or_default(),
+            r.cpu
+                .map(|c| format!("{:.1}", c.as_secs_f64() / (r.bytes as f64 / 1e9)))
+                .unwrap_or_default(),
             r.peak_rss_kib
                 .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
                 .unwrap_or_default(),
-            r.cpu
-                .map(|c| format!("{:.1} s", c.as_secs_f64()))
-                .unwrap_or_default()
         );
     }
     println!();

@@ -4,6 +4,7 @@
 //! the coordinator build on these types and feed bytes to these algorithms.
 
 pub mod codec;
+pub mod digest;
 pub mod ids;
 pub mod keys;
 pub mod manifest;

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::codec::CodecChain;
+use crate::digest::DbDigest;
 use crate::ids::{BackupId, ClusterId, ShardId};
 use crate::policy::Consistency;
-use crate::rdbread::DbDigest;
 
 /// The manifest format version written by this code.
 pub const FORMAT_VERSION: u32 = 1;

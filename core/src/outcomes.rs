@@ -26,7 +26,7 @@ pub struct RestoreReport {
     /// The hash-slot ranges the shard owned (Redis Cluster).
     pub slot_ranges: Vec<(u16, u16)>,
     /// Keys per database, as the manifest recorded them (if it did).
-    pub dbs: Option<Vec<crate::rdbread::DbDigest>>,
+    pub dbs: Option<Vec<crate::digest::DbDigest>>,
 }
 
 /// What an online restore did.

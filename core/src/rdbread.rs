@@ -11,7 +11,6 @@
 use std::io::{BufRead, BufReader, Read};
 
 use crc_fast::{CrcAlgorithm, Digest as Crc};
-use sha2::{Digest as _, Sha256};
 
 use crate::rdb::MAX_RDB_VERSION;
 
@@ -714,10 +713,18 @@ fn lzf_decompress(input: &[u8], out_len: usize) -> Option<Vec<u8>> {
             }
             let back = ((ctrl & 0x1f) << 8) + *input.get(i)? as usize + 1;
             i += 1;
-            let start = out.len().checked_sub(back)?;
-            for k in 0..len + 2 {
-                let b = out[start + k];
-                out.push(b);
+            let mut from = out.len().checked_sub(back)?;
+            let mut left = len + 2;
+            if out.len() + left > out_len {
+                return None;
+            }
+            // A reference may overlap what it writes (a run repeating its last `back` bytes):
+            // copy at most `back` bytes at a time, each chunk already written.
+            while left > 0 {
+                let n = left.min(out.len() - from);
+                out.extend_from_within(from..from + n);
+                from += n;
+                left -= n;
             }
         }
         if out.len() > out_len {
@@ -1308,144 +1315,10 @@ fn intset(b: &[u8]) -> Option<Vec<Vec<u8>>> {
     )
 }
 
-/// Keys and an order- and encoding-independent digest of one logical database.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DbDigest {
-    /// The logical database.
-    pub db: u64,
-    /// Keys counted.
-    pub keys: u64,
-    /// Of which with an expiry.
-    pub expires: u64,
-    /// XOR of every key's SHA-256 over its database, key, expiry and logical value (hex).
-    pub digest: String,
-}
-
-/// Builds per-database digests key by key.
-#[derive(Clone, Debug, Default)]
-pub struct DatasetDigest {
-    dbs: std::collections::BTreeMap<u64, ([u8; 32], u64, u64)>,
-}
-
-impl DatasetDigest {
-    /// Adds one key with its decoded value.
-    pub fn add(&mut self, e: &Entry, v: &Value) {
-        let h = key_hash(e, v);
-        let slot = self.dbs.entry(e.db).or_insert(([0; 32], 0, 0));
-        for (a, b) in slot.0.iter_mut().zip(h) {
-            *a ^= b;
-        }
-        slot.1 += 1;
-        if e.expire_ms.is_some() {
-            slot.2 += 1;
-        }
-    }
-
-    /// The digests, in database order.
-    pub fn finish(&self) -> Vec<DbDigest> {
-        self.dbs
-            .iter()
-            .map(|(db, (d, keys, expires))| DbDigest {
-                db: *db,
-                keys: *keys,
-                expires: *expires,
-                digest: hex::encode(d),
-            })
-            .collect()
-    }
-}
-
-fn key_hash(e: &Entry, v: &Value) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let mut put = |b: &[u8]| {
-        h.update((b.len() as u64).to_le_bytes());
-        h.update(b);
-    };
-    put(&e.db.to_le_bytes());
-    put(&e.key);
-    put(&e.expire_ms.unwrap_or(-1).to_le_bytes());
-    let sorted = |mut items: Vec<Vec<u8>>| {
-        items.sort();
-        items
-    };
-    match v {
-        Value::String(s) => {
-            put(b"string");
-            put(s);
-        }
-        Value::List(items) => {
-            put(b"list");
-            put(&(items.len() as u64).to_le_bytes());
-            items.iter().for_each(|i| put(i));
-        }
-        Value::Set(items) => {
-            put(b"set");
-            put(&(items.len() as u64).to_le_bytes());
-            sorted(items.clone()).iter().for_each(|i| put(i));
-        }
-        Value::ZSet(items) => {
-            put(b"zset");
-            put(&(items.len() as u64).to_le_bytes());
-            let mut items: Vec<_> = items.iter().collect();
-            items.sort_by(|a, b| a.0.cmp(&b.0));
-            for (m, s) in items {
-                put(m);
-                put(&s.to_bits().to_le_bytes());
-            }
-        }
-        Value::Hash(items) => {
-            put(b"hash");
-            put(&(items.len() as u64).to_le_bytes());
-            let mut items: Vec<_> = items.iter().collect();
-            items.sort_by(|a, b| a.0.cmp(&b.0));
-            for (f, v, ttl) in items {
-                put(f);
-                put(v);
-                put(&ttl.unwrap_or(0).to_le_bytes());
-            }
-        }
-        Value::Stream(s) => {
-            put(b"stream");
-            put(&s.length.to_le_bytes());
-            put(&s.last_id.0.to_le_bytes());
-            put(&s.last_id.1.to_le_bytes());
-            for ((ms, seq), fields) in &s.entries {
-                put(&ms.to_le_bytes());
-                put(&seq.to_le_bytes());
-                for (f, v) in fields {
-                    put(f);
-                    put(v);
-                }
-            }
-            let mut groups: Vec<_> = s.groups.iter().collect();
-            groups.sort_by(|a, b| a.name.cmp(&b.name));
-            for g in groups {
-                put(&g.name);
-                put(&g.last_id.0.to_le_bytes());
-                put(&g.last_id.1.to_le_bytes());
-                for ((ms, seq), count) in &g.pending {
-                    put(&ms.to_le_bytes());
-                    put(&seq.to_le_bytes());
-                    put(&count.to_le_bytes());
-                }
-                let mut consumers: Vec<_> = g.consumers.iter().collect();
-                consumers.sort_by(|a, b| a.0.cmp(&b.0));
-                for (name, ids) in consumers {
-                    put(name);
-                    for (ms, seq) in ids {
-                        put(&ms.to_le_bytes());
-                        put(&seq.to_le_bytes());
-                    }
-                }
-            }
-        }
-    }
-    h.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::DatasetDigest;
 
     fn read_all(bytes: &[u8]) -> Result<Vec<Item>> {
         let mut r = RdbReader::new(bytes)?;
@@ -1484,6 +1357,55 @@ mod tests {
         assert_eq!(lzf_decompress(&c, 9).unwrap(), b"abcabcabc");
         assert!(lzf_decompress(&c, 8).is_none());
         assert!(lzf_decompress(&[2, b'a'], 3).is_none());
+    }
+
+    /// The chunked copy of back references gives what a byte-at-a-time copy gives, on streams
+    /// with every distance and length, overlapping or not.
+    #[test]
+    fn lzf_back_references_copy_as_byte_by_byte_would() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..300 {
+            let (mut stream, mut want) = (Vec::new(), Vec::<u8>::new());
+            for _ in 0..40 {
+                if want.is_empty() || next(3) == 0 {
+                    let run = 1 + next(32);
+                    stream.push((run - 1) as u8);
+                    for _ in 0..run {
+                        let b = next(256) as u8;
+                        stream.push(b);
+                        want.push(b);
+                    }
+                } else {
+                    let back = 1 + next(want.len().min(8192));
+                    let len = 3 + next(262);
+                    let code = len - 2;
+                    let hi = ((back - 1) >> 8) as u8;
+                    if code < 7 {
+                        stream.push(((code as u8) << 5) | hi);
+                    } else {
+                        stream.push((7 << 5) | hi);
+                        stream.push((code - 7) as u8);
+                    }
+                    stream.push(((back - 1) & 0xff) as u8);
+                    let start = want.len() - back;
+                    for k in 0..len {
+                        let b = want[start + k];
+                        want.push(b);
+                    }
+                }
+            }
+            assert_eq!(
+                lzf_decompress(&stream, want.len()).as_deref(),
+                Some(&want[..])
+            );
+            assert!(lzf_decompress(&stream, want.len() - 1).is_none());
+        }
     }
 
     #[test]

@@ -300,8 +300,8 @@ pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::DbDigest;
     use crate::manifest::ShardEntry;
-    use crate::rdbread::DbDigest;
 
     #[test]
     fn a_shard_result_with_key_counts_crosses_the_wire() {

@@ -3,7 +3,8 @@
 //! allocation beyond what the input could fill (libFuzzer's -malloc_limit_mb catches one).
 #![no_main]
 
-use fleetsnap_core::rdbread::{DatasetDigest, Item, RdbReader};
+use fleetsnap_core::digest::DatasetDigest;
+use fleetsnap_core::rdbread::{Item, RdbReader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -263,6 +263,32 @@ impl Connection {
         self.io.read_buf(buf).await.map_err(|e| self.io_error(e))
     }
 
+    /// Like [`Connection::read_some`], then goes on reading what is already at hand, without
+    /// waiting, until `buf` holds `want` bytes: fewer, larger chunks for a fast stream.
+    pub async fn read_some_more(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        want: usize,
+    ) -> Result<usize> {
+        let mut n = self.read_some(buf).await?;
+        while n > 0 && buf.len() < want {
+            let more = {
+                let mut read = std::pin::pin!(self.io.read_buf(buf));
+                std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                    std::task::Poll::Pending => std::task::Poll::Ready(None),
+                })
+                .await
+            };
+            match more {
+                Some(Ok(0)) | None => break,
+                Some(Ok(m)) => n += m,
+                Some(Err(e)) => return Err(self.io_error(e)),
+            }
+        }
+        Ok(n)
+    }
+
     fn closed(&self) -> Error {
         Error::redis(
             &self.target,

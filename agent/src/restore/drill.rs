@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::rdbread::{DatasetDigest, DbDigest, Entry, Item, RdbReader};
+use fleetsnap_core::digest::{DatasetDigest, DbDigest, DigestAlg};
+use fleetsnap_core::rdbread::{Entry, Item, RdbReader};
 use serde::Deserialize;
 
 use super::to_file::{RestoreRequest, restore};
@@ -87,8 +88,14 @@ async fn run(
     let served_at_ms = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
     let rpo_seconds = taken_at_ms.map(|t| (served_at_ms - t).max(0) as f64 / 1000.0);
     let checking = Instant::now();
-    let (served, seen) = served_digest(&server.target).await?;
-    let expired = expired_in_copy(&req.to_file, &seen)?;
+    // The digest is taken the way the manifest recorded it, so older sets still check.
+    let alg = read
+        .dbs
+        .as_ref()
+        .and_then(|d| d.first())
+        .map_or(DigestAlg::default(), |d| DigestAlg::of(&d.digest));
+    let (served, seen) = served_digest(&server.target, alg).await?;
+    let expired = expired_in_copy(&req.to_file, &seen, alg)?;
     let check_seconds = checking.elapsed().as_secs_f64();
     let mut problems = expired.missing.clone();
     let mut dbs: Vec<DbCheck> = Vec::new();
@@ -100,7 +107,7 @@ async fn run(
     for db in all {
         let s = served.iter().find(|d| d.db == db);
         let x = expired.dbs.iter().find(|d| d.db == db);
-        let found = xor_hex(
+        let found = alg.xor(
             s.map_or("", |d| d.digest.as_str()),
             x.map_or("", |d| d.digest.as_str()),
         );
@@ -161,15 +168,6 @@ async fn run(
 
 fn short(hex: &str) -> &str {
     &hex[..hex.len().min(12)]
-}
-
-/// XOR of two hex digests of equal length ("" is zero).
-fn xor_hex(a: &str, b: &str) -> String {
-    let a = hex::decode(a).unwrap_or_default();
-    let b = hex::decode(b).unwrap_or_default();
-    let n = a.len().max(b.len()).max(32);
-    let get = |v: &[u8], i: usize| v.get(i).copied().unwrap_or(0);
-    hex::encode((0..n).map(|i| get(&a, i) ^ get(&b, i)).collect::<Vec<u8>>())
 }
 
 /// A scratch redis-server, killed and waited for on drop.
@@ -260,10 +258,13 @@ impl Scratch {
 }
 
 /// Per database, the digest of every key the server serves, and which keys those are.
-async fn served_digest(target: &RedisTarget) -> Result<(Vec<DbDigest>, HashSet<(u64, Vec<u8>)>)> {
+async fn served_digest(
+    target: &RedisTarget,
+    alg: DigestAlg,
+) -> Result<(Vec<DbDigest>, HashSet<(u64, Vec<u8>)>)> {
     let mut c = Connection::connect(target).await?;
     let keyspace = c.info("keyspace").await?;
-    let mut digest = DatasetDigest::default();
+    let mut digest = DatasetDigest::new(alg);
     let mut seen = HashSet::new();
     for (name, _) in &keyspace {
         let Some(db) = name.strip_prefix("db").and_then(|d| d.parse::<u64>().ok()) else {
@@ -341,12 +342,12 @@ struct Expired {
     missing: Vec<String>,
 }
 
-fn expired_in_copy(rdb: &Path, seen: &HashSet<(u64, Vec<u8>)>) -> Result<Expired> {
+fn expired_in_copy(rdb: &Path, seen: &HashSet<(u64, Vec<u8>)>, alg: DigestAlg) -> Result<Expired> {
     let file = std::fs::File::open(rdb).map_err(|e| Error::file("cannot open", rdb, e))?;
     let mut reader = RdbReader::checked_elsewhere(std::io::BufReader::with_capacity(1 << 20, file))
         .map_err(|e| Error::Decode(format!("{}: {e}", rdb.display())))?;
     let now = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
-    let mut digest = DatasetDigest::default();
+    let mut digest = DatasetDigest::new(alg);
     let mut missing = Vec::new();
     let mut more = 0usize;
     while let Some(item) = reader
@@ -379,18 +380,4 @@ fn expired_in_copy(rdb: &Path, seen: &HashSet<(u64, Vec<u8>)>) -> Result<Expired
         dbs: digest.finish(),
         missing,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_combine_by_xor() {
-        let a = hex::encode([1u8; 32]);
-        let b = hex::encode([3u8; 32]);
-        assert_eq!(xor_hex(&a, &b), hex::encode([2u8; 32]));
-        assert_eq!(xor_hex(&a, ""), a);
-        assert_eq!(xor_hex("", ""), hex::encode([0u8; 32]));
-    }
 }

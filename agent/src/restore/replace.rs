@@ -20,7 +20,8 @@ use fleetsnap_core::outcomes::ReplaceReport;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleetsnap_core::rdbread::{DbDigest, Item, RdbReader};
+use fleetsnap_core::digest::DbDigest;
+use fleetsnap_core::rdbread::{Item, RdbReader};
 
 use super::to_file::{RestoreRequest, restore, with_suffix};
 use crate::error::{Error, Result};

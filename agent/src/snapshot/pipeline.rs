@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fleetsnap_core::codec::Compression;
-use fleetsnap_core::rdbread::{DatasetDigest, DbDigest, Item as RdbItem, RdbReader};
+use fleetsnap_core::digest::{DatasetDigest, DbDigest};
+use fleetsnap_core::rdbread::{Item as RdbItem, RdbReader};
 use fleetsnap_core::{Codec, CodecChain, RdbSummary, RdbVerifier};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -84,16 +85,11 @@ impl Chain {
                 .wrap_output(w)
                 .map_err(|e| Error::Decode(format!("age encryption failed: {e}")))
         };
-        let zstd = |level| Error::Decode(format!("zstd level {level} failed to start"));
         Ok(match (opts.compression, opts.recipients.is_empty()) {
             (Compression::None, true) => Chain::Plain(sink),
             (Compression::None, false) => Chain::Age(encrypt(sink)?),
-            (Compression::Zstd(l), true) => {
-                Chain::Zstd(zstd::stream::write::Encoder::new(sink, l).map_err(|_| zstd(l))?)
-            }
-            (Compression::Zstd(l), false) => Chain::ZstdAge(
-                zstd::stream::write::Encoder::new(encrypt(sink)?, l).map_err(|_| zstd(l))?,
-            ),
+            (Compression::Zstd(l), true) => Chain::Zstd(zstd_encoder(sink, l)?),
+            (Compression::Zstd(l), false) => Chain::ZstdAge(zstd_encoder(encrypt(sink)?, l)?),
         })
     }
 
@@ -114,6 +110,33 @@ impl Chain {
             Chain::ZstdAge(w) => w.finish()?.finish().map(drop),
         }
     }
+}
+
+/// Bytes of input per zstd job: small enough that every worker's job and its output stay a few
+/// MiB, large enough that the jobs' seams cost next to nothing in ratio.
+const ZSTD_JOB_BYTES: u32 = 8 << 20;
+
+/// zstd's worker threads for a snapshot: one fewer than the cores this process may run on (the
+/// calling thread verifies, hashes and hands out what they compress), at most four; none on a
+/// single core.
+fn zstd_workers() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    cores.saturating_sub(1).min(4)
+}
+
+/// A zstd encoder at `level` whose compression runs on [`zstd_workers`] threads, so it overlaps
+/// the verification, hashing and census on this one.
+fn zstd_encoder<W: Write>(w: W, level: i32) -> Result<zstd::stream::write::Encoder<'static, W>> {
+    let failed =
+        |e: std::io::Error| Error::Decode(format!("zstd level {level} failed to start: {e}"));
+    let mut enc = zstd::stream::write::Encoder::new(w, level).map_err(failed)?;
+    let workers = zstd_workers();
+    if workers > 0 {
+        enc.multithread(workers).map_err(failed)?;
+        enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))
+            .map_err(failed)?;
+    }
+    Ok(enc)
 }
 
 /// What the encoder learned about an object.

@@ -243,7 +243,8 @@ async fn read_with_idle(
     buf: &mut BytesMut,
     idle: Duration,
 ) -> Result<usize> {
-    match tokio::time::timeout(idle, conn.read_some(buf)).await {
+    let want = buf.capacity();
+    match tokio::time::timeout(idle, conn.read_some_more(buf, want)).await {
         Ok(r) => r,
         Err(_) => Err(Error::redis(
             conn.target(),

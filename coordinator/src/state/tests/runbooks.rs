@@ -63,8 +63,8 @@ fn run_step(s: &mut FleetState, index: &mut u64, id: u64, step: usize, outcome: 
 /// after a replayed tail), and a report it cannot read fails the step.
 #[test]
 fn a_probe_after_a_restore_checks_the_keys_the_report_names() {
+    use fleetsnap_core::digest::DbDigest;
     use fleetsnap_core::outcomes::{OnlineReport, OnlineRestoreReport, OnlineShard, RestoreReport};
-    use fleetsnap_core::rdbread::DbDigest;
     use fleetsnap_core::window::{ProbeTask, ProbeWant, RestoreMode, RestoreTask};
 
     let report = |keys: u64, expires: u64, tail: u64| {
