@@ -17,6 +17,7 @@ pub mod restore;
 pub mod runbook;
 pub mod snapshot;
 pub mod storage;
+mod threads;
 
 pub use error::{Error, Result};
 

@@ -141,7 +141,7 @@ pub(super) async fn check_object_piped(
         let (done, result) = tokio::sync::oneshot::channel();
         if piped {
             std::thread::spawn(move || {
-                yield_cpu();
+                crate::threads::yield_cpu();
                 let _ = done.send(work());
             });
         } else {
@@ -219,16 +219,6 @@ pub(super) async fn check_object_piped(
         },
         held,
     ))
-}
-
-/// Lowers the calling thread's priority (nice 10): when the cores are short, a process loading
-/// what this thread produces runs first.
-fn yield_cpu() {
-    // SAFETY: gettid and setpriority on the calling thread only.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-    }
 }
 
 /// The stored bytes of `input` decoded through `codecs` (the write order, undone last first).
@@ -386,7 +376,7 @@ impl FileWriter {
         let low = direct.is_some();
         let thread = std::thread::spawn(move || {
             if low {
-                yield_cpu();
+                crate::threads::yield_cpu();
             }
             for buf in filled {
                 match direct.as_mut() {

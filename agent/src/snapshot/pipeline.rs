@@ -232,6 +232,7 @@ impl Census {
     fn start() -> Self {
         let (tx, rx) = mpsc::channel(64);
         let thread = std::thread::spawn(move || {
+            crate::threads::yield_cpu();
             use fleetsnap_core::rdbread::ReadError;
             let classify = |e: ReadError| match e {
                 ReadError::Module { .. } => CensusOutcome::Stopped(e.to_string()),
@@ -487,7 +488,7 @@ async fn run_encoder(
     // The encoder runs on its own thread so reading the socket never waits for compression work
     // beyond a few chunks.
     let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(8);
-    let worker = tokio::task::spawn_blocking(move || {
+    let worker = crate::threads::spawn_yielding("encoder", move || {
         while let Some(msg) = rx.blocking_recv() {
             match msg {
                 Some(data) => encoder.feed(&data)?,
