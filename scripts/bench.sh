@@ -5,7 +5,8 @@
 #   scripts/bench.sh windows [--shards 3,8,16] [--windows 20]          skew and write pause
 #   scripts/bench.sh restore [--size-gib 1] [--repeat 3]              RTO: replace, online, floor, seed
 #   scripts/bench.sh client [--keys 500000] [--repeat 3]              pipelined RESTORE: our RESP client, the redis crate
-#   (snapshot and restore take --baseline-agent PATH: an earlier agent's rows, run for run)
+#   (snapshot and restore take --baseline-agent PATH: an earlier agent's rows, run for run;
+#    snapshot takes --cores 1,2,4: the agent pinned with taskset, and --file-only)
 set -euo pipefail
 # No cloud SDK looks for an instance-metadata service: everything here is on loopback.
 export AWS_EC2_METADATA_DISABLED=true
