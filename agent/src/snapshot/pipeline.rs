@@ -88,8 +88,10 @@ impl Chain {
         Ok(match (opts.compression, opts.recipients.is_empty()) {
             (Compression::None, true) => Chain::Plain(sink),
             (Compression::None, false) => Chain::Age(encrypt(sink)?),
-            (Compression::Zstd(l), true) => Chain::Zstd(zstd_encoder(sink, l)?),
-            (Compression::Zstd(l), false) => Chain::ZstdAge(zstd_encoder(encrypt(sink)?, l)?),
+            (Compression::Zstd(l), true) => Chain::Zstd(zstd_encoder(sink, l, zstd_workers())?),
+            (Compression::Zstd(l), false) => {
+                Chain::ZstdAge(zstd_encoder(encrypt(sink)?, l, zstd_workers())?)
+            }
         })
     }
 
@@ -125,13 +127,16 @@ fn zstd_workers() -> u32 {
     cores.saturating_sub(2).min(4)
 }
 
-/// A zstd encoder at `level` whose compression runs on [`zstd_workers`] threads, so it overlaps
-/// the verification, hashing and census on this one.
-fn zstd_encoder<W: Write>(w: W, level: i32) -> Result<zstd::stream::write::Encoder<'static, W>> {
+/// A zstd encoder at `level` whose compression runs on `workers` threads (none: on the calling
+/// thread), so it overlaps the verification, hashing and census on this one.
+fn zstd_encoder<W: Write>(
+    w: W,
+    level: i32,
+    workers: u32,
+) -> Result<zstd::stream::write::Encoder<'static, W>> {
     let failed =
         |e: std::io::Error| Error::Decode(format!("zstd level {level} failed to start: {e}"));
     let mut enc = zstd::stream::write::Encoder::new(w, level).map_err(failed)?;
-    let workers = zstd_workers();
     if workers > 0 {
         enc.multithread(workers).map_err(failed)?;
         enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))
@@ -559,5 +564,40 @@ pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
         0.0
     } else {
         bytes as f64 / 1e6 / s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the number of workers (none on a two-core machine, up to four on a large one),
+    /// the frame decodes to the input, across several jobs.
+    #[test]
+    fn zstd_on_worker_threads_decodes_to_its_input() {
+        let mut seed = 7u64;
+        let input: Vec<u8> = (0..(ZSTD_JOB_BYTES as usize * 5 / 2))
+            .map(|i| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                if i % 1024 < 512 {
+                    (seed >> 56) as u8
+                } else {
+                    b'a' + (i % 7) as u8
+                }
+            })
+            .collect();
+        for workers in [0, 2] {
+            let mut enc = zstd_encoder(Vec::new(), 3, workers).unwrap();
+            for chunk in input.chunks(64 * 1024) {
+                enc.write_all(chunk).unwrap();
+            }
+            let frame = enc.finish().unwrap();
+            assert!(frame.len() < input.len(), "{workers} workers");
+            assert_eq!(
+                zstd::decode_all(&frame[..]).unwrap(),
+                input,
+                "{workers} workers"
+            );
+        }
     }
 }
