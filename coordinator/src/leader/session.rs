@@ -162,12 +162,19 @@ impl Node {
                     let Some(a) = agents.get_mut(&agent).filter(|a| a.session == session) else {
                         break;
                     };
-                    for gone in instances.iter().filter(|i| !i.reachable) {
-                        if let Some(was) = a.instances.iter().find(|o| {
-                            o.name == gone.name
-                                && o.reachable
-                                && o.role == fleetsnap_core::Role::Primary
-                        }) {
+                    // A primary that stops being one (unreachable, or answering without the
+                    // role while it goes down) leaves its last offset for a forced failover; one
+                    // that is a primary again is not dead.
+                    let primary =
+                        |i: &InstanceReport| i.reachable && i.role == fleetsnap_core::Role::Primary;
+                    for now in &instances {
+                        if primary(now) {
+                            a.dead_primaries.remove(&now.address);
+                        } else if let Some(was) = a
+                            .instances
+                            .iter()
+                            .find(|o| o.name == now.name && primary(o))
+                        {
                             a.dead_primaries
                                 .insert(was.address.clone(), was.master_repl_offset);
                         }

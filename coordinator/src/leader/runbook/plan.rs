@@ -149,9 +149,10 @@ impl Node {
         findings.insert("primary".into(), primary.address.clone());
         findings.insert("promote".into(), chosen.address.clone());
         findings.insert("promote_offset_at_plan".into(), chosen.offset.to_string());
-        // A primary whose agent still reports it (alive, or its host gone with the agent) has
-        // its last offset in the view; one its agent reports unreachable, in the agent's memory.
-        let last = if primary.reachable {
+        // A primary whose agent still reports it as one (alive, or its host gone with the agent)
+        // has its last offset in the view; one its agent reports unreachable or without the
+        // primary role, in the agent's memory.
+        let last = if primary.reachable && primary.role == Role::Primary {
             Some(primary.offset)
         } else {
             let agents = self.fleet.agents.lock().expect("lock");
