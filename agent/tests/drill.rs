@@ -102,20 +102,7 @@ async fn a_drill_passes_on_a_good_backup_and_fails_on_a_tampered_one() {
     // A set recorded before the XXH3 digests, with SHA-256 ones, still drills: the digests are
     // taken again the way the manifest recorded them.
     let copy = work.path().join("copy.rdb");
-    agent(
-        None,
-        &[
-            "restore",
-            "--from",
-            &dest,
-            "--backup",
-            &id,
-            "--to-file",
-            &copy.display().to_string(),
-        ],
-    )
-    .await
-    .ok();
+    restored_to_file(&dest, &id, &copy).await;
     let mut sha = DatasetDigest::new(DigestAlg::Sha256);
     let mut r = RdbReader::new(std::fs::File::open(&copy).unwrap()).unwrap();
     while let Some(item) = r.next_item().unwrap() {

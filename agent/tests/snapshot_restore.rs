@@ -372,20 +372,7 @@ async fn aof_directory_is_stored_as_rdb_plus_tail() {
     .ok();
     let id = backup_id(&run);
     let file = work.path().join("aof.rdb");
-    agent(
-        None,
-        &[
-            "restore",
-            "--from",
-            &dest,
-            "--backup",
-            &id,
-            "--to-file",
-            &file.display().to_string(),
-        ],
-    )
-    .await
-    .ok();
+    restored_to_file(&dest, &id, &file).await;
     let tail = work.path().join("aof.rdb.tail");
     assert!(tail.exists(), "no tail restored");
     let restored = RedisServer::start_with(RedisOptions {

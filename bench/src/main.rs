@@ -54,10 +54,15 @@ fn measure(cmd: Command, repeat: usize) -> anyhow::Result<(Duration, i64, Durati
     for _ in 0..repeat.max(1) {
         runs.push(measure_once(&mut cmd)?);
     }
+    Ok(median_run(runs))
+}
+
+/// The median run's wall and CPU time, with the largest peak RSS of all runs.
+fn median_run(mut runs: Vec<(Duration, i64, Duration)>) -> (Duration, i64, Duration) {
     let rss = runs.iter().map(|r| r.1).max().unwrap_or(0);
     runs.sort_by_key(|r| r.0);
     let (wall, _, cpu) = runs[runs.len() / 2];
-    Ok((wall, rss, cpu))
+    (wall, rss, cpu)
 }
 
 /// Runs two commands alternately, `repeat` times each, so both meet the machine in the same
@@ -74,12 +79,7 @@ fn measure_pair(
             runs.push(measure_once(cmd)?);
         }
     }
-    Ok(runs.map(|mut runs| {
-        let rss = runs.iter().map(|r| r.1).max().unwrap_or(0);
-        runs.sort_by_key(|r| r.0);
-        let (wall, _, cpu) = runs[runs.len() / 2];
-        (wall, rss, cpu)
-    }))
+    Ok(runs.map(median_run))
 }
 
 /// Runs a command to completion and returns its wall time, peak RSS (KiB) and CPU time.

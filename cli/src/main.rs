@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use fleetsnap_core::policy::Policy;
 use fleetsnap_core::records::{
-    BackupSet, Job, JobOutcome, JobState, PruneRow, ShardState, StatusDoc, WindowDoc,
+    BackupSet, Job, JobState, PruneRow, ShardState, StatusDoc, WindowDoc,
 };
 use fleetsnap_core::retention::SetState;
 use fleetsnap_core::window::{JobResult, RegionResult};
@@ -558,14 +558,11 @@ fn job_regions(job: &Job) -> &[RegionResult] {
     }
 }
 
-/// Whether a catalog job succeeded in every region.
+/// Whether a catalog job succeeded and reported every region ok (no per-region results: no).
 fn regions_ok(job: &Job) -> bool {
     matches!(
-        job.state.outcome(),
-        Some(JobOutcome::Succeeded {
-            result: Some(_),
-            ..
-        })
+        job.state.result(),
+        Some(JobResult::Regions { .. } | JobResult::Manifest { .. })
     ) && job_regions(job).iter().all(|r| r.ok)
 }
 

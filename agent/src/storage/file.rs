@@ -183,8 +183,8 @@ pub struct FileUpload {
     flushed_to: u64,
 }
 
-/// Written bytes start their way to the disk every this many, so the final fsync finds little
-/// left to write and the snapshot ends soon after its last byte.
+/// Written bytes start their way to the disk every this many, so a large snapshot does not pile
+/// up dirty pages on the host until its final fsync.
 const WRITEBACK_EVERY: u64 = 16 << 20;
 
 impl FileUpload {
@@ -214,17 +214,17 @@ impl FileUpload {
         use std::os::fd::AsRawFd;
         self.file.flush().await?;
         let (from, to) = (self.flushed_to, self.written);
+        // Only a hint, its result ignored: where the file system does not support it, the final
+        // fsync does it all.
         // SAFETY: the descriptor is this upload's open file; the call reads no memory of ours.
-        let r = unsafe {
+        unsafe {
             libc::sync_file_range(
                 self.file.get_ref().as_raw_fd(),
                 from as libc::off64_t,
                 (to - from) as libc::off64_t,
                 libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        // Only a hint: where the file system does not support it, the final fsync does it all.
-        let _ = r;
+            );
+        }
         self.flushed_to = to;
         Ok(())
     }

@@ -130,6 +130,24 @@ pub async fn backed_up(url: &str, dest: &str) -> String {
     out["backup_id"].as_str().expect("backup_id").to_string()
 }
 
+/// Restores backup `id` from `dest` to the RDB file `file` (and its tail beside it, if any).
+pub async fn restored_to_file(dest: &str, id: &str, file: &Path) {
+    agent(
+        None,
+        &[
+            "restore",
+            "--from",
+            dest,
+            "--backup",
+            id,
+            "--to-file",
+            &file.display().to_string(),
+        ],
+    )
+    .await
+    .ok();
+}
+
 /// Flips one bit of the first file under `root` whose name ends with `suffix`, at `at` of its
 /// length (0.5: the middle): its sha256 no longer matches the manifest.
 pub fn flip_byte(root: &Path, suffix: &str, at: f64) {

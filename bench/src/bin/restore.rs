@@ -14,6 +14,7 @@ use clap::Parser;
 use fleetsnap_agent::redis::RedisTarget;
 use fleetsnap_agent::redis::{Connection, Value};
 use fleetsnap_bench::fill;
+use fleetsnap_core::outcomes::ReplaceReport;
 use fleetsnap_testkit::{RedisServer, free_port};
 
 #[derive(Parser)]
@@ -358,7 +359,7 @@ async fn replace_row(
     Target::settle()?;
     let t = Instant::now();
     let cpu = children_cpu();
-    let r = agent_json(
+    let r: ReplaceReport = serde_json::from_value(agent_json(
         agent,
         &[
             "restore",
@@ -372,7 +373,8 @@ async fn replace_row(
             &target.start_command(),
             "--json",
         ],
-    )?;
+    )?)
+    .context("the replace report")?;
     let wall = t.elapsed();
     eprintln!(
         "  replace by {}: {:.2} s, {:.2} CPU-s",
@@ -380,14 +382,11 @@ async fn replace_row(
         wall.as_secs_f64(),
         children_cpu() - cpu
     );
-    let secs = |key: &str| -> anyhow::Result<Duration> {
-        Ok(Duration::from_secs_f64(
-            r.get(key)
-                .and_then(|v| v.as_f64())
-                .context(key.to_string())?,
-        ))
-    };
-    Ok((wall, secs("down_seconds")?, secs("staged_seconds")?))
+    Ok((
+        wall,
+        Duration::from_secs_f64(r.down_seconds),
+        Duration::from_secs_f64(r.staged_seconds),
+    ))
 }
 
 /// `fleetsnap-agent restore --online` into the running target, emptied first: wall time.
