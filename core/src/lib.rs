@@ -3,6 +3,7 @@
 //! Nothing here does I/O or knows about tokio, gRPC, Redis connections or S3: the agent and, later,
 //! the coordinator build on these types and feed bytes to these algorithms.
 
+pub mod archive;
 pub mod codec;
 pub mod digest;
 pub mod ids;
