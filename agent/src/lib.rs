@@ -7,6 +7,7 @@
 //! [`daemon`] (the session with the coordinator and its jobs), [`cli`]; [`config`] is the
 //! agent's config file.
 
+pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod config;

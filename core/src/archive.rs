@@ -144,9 +144,7 @@ pub fn parse_segment_key(dir: &str, key: &str) -> Option<Result<SegmentName, Seg
             )));
         };
         if end <= start || last_ms < first_ms {
-            return Err(refuse(format!(
-                "{key}: its offsets or times run backwards"
-            )));
+            return Err(refuse(format!("{key}: its offsets or times run backwards")));
         }
         let mut codecs = Vec::new();
         for c in suffix.split('.').filter(|s| !s.is_empty()) {
@@ -183,8 +181,7 @@ impl SegmentHeader {
                 self.format
             )));
         }
-        if !is_replid(&self.replid)
-            || self.switched_from.as_deref().is_some_and(|r| !is_replid(r))
+        if !is_replid(&self.replid) || self.switched_from.as_deref().is_some_and(|r| !is_replid(r))
         {
             return Err(refuse(format!("{at}: a replication id is malformed")));
         }
@@ -307,6 +304,8 @@ pub struct Scanner {
     db: u64,
     /// The last offset a cut may fall on.
     cuttable: u64,
+    /// The database selected there.
+    cuttable_db: u64,
 }
 
 impl Scanner {
@@ -317,6 +316,7 @@ impl Scanner {
             in_multi: false,
             db,
             cuttable: offset,
+            cuttable_db: db,
         }
     }
 
@@ -333,6 +333,11 @@ impl Scanner {
     /// The last offset a cut may fall on.
     pub fn cuttable(&self) -> u64 {
         self.cuttable
+    }
+
+    /// The database selected at [`Scanner::cuttable`].
+    pub fn cuttable_db(&self) -> u64 {
+        self.cuttable_db
     }
 
     /// The next complete command at the start of `buf` (the stream from [`Scanner::at`] on),
@@ -359,6 +364,7 @@ impl Scanner {
         }
         if !self.in_multi {
             self.cuttable = self.at;
+            self.cuttable_db = self.db;
         }
         Ok(Some(Command {
             start,
@@ -371,12 +377,19 @@ impl Scanner {
 
 /// One command (`*N` then N bulk strings) from the start of `buf` and its length; `None` when
 /// incomplete.
-fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, SegmentError> {
+/// A command's arguments and the bytes it took.
+type Parsed = (Vec<Vec<u8>>, usize);
+
+fn parse_command(buf: &[u8]) -> Result<Option<Parsed>, SegmentError> {
     let mut i = 0;
     let Some(line) = next_line(buf, &mut i)? else {
         return Ok(None);
     };
-    let bad = |what: &str| refuse(format!("the replication stream is not a command stream: {what}"));
+    let bad = |what: &str| {
+        refuse(format!(
+            "the replication stream is not a command stream: {what}"
+        ))
+    };
     let n = match header(line) {
         Ok(Header::Array(Some(n))) if n > 0 => n as usize,
         _ => return Err(bad("a command does not start with *N")),
@@ -462,7 +475,7 @@ impl Wanted {
     /// Whether `c` is one of these.
     pub fn matches(&self, c: &Command) -> bool {
         let name = c.name();
-        self.names.iter().any(|n| *n == name)
+        self.names.contains(&name)
             && match &self.key {
                 None => true,
                 Some(p) => c.args.iter().skip(1).any(|a| glob_match(p, a)),
@@ -597,7 +610,11 @@ mod tests {
 
     #[test]
     fn find_matches_names_and_key_patterns() {
-        let stream = [cmd(&["SET", "user:1", "x"]), cmd(&["DEL", "user:1", "order:9"])].concat();
+        let stream = [
+            cmd(&["SET", "user:1", "x"]),
+            cmd(&["DEL", "user:1", "order:9"]),
+        ]
+        .concat();
         let found = commands(&stream, 0, 0).unwrap();
         let w = Wanted {
             names: vec!["DEL".into()],

@@ -144,6 +144,10 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The continuous archive: follow a node's replication stream into segments in every
+    /// region; find commands in it; show what it can restore.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// A restore drill: load one shard of a backup into a scratch redis-server, check what it
     /// serves against the key counts and digests the manifest recorded, replay the tail, report
     /// RTO and the backup's age, and remove the server. Exit 1 if the data differs.
@@ -204,8 +208,17 @@ pub(super) struct ShardArgs {
     #[arg(long = "from", value_name = "DEST", required = true)]
     pub(super) from: Vec<String>,
     /// The backup id.
-    #[arg(long)]
-    pub(super) backup: BackupId,
+    #[arg(long, required_unless_present_any = ["at", "before"], conflicts_with_all = ["at", "before"])]
+    pub(super) backup: Option<BackupId>,
+    /// Restore to this time from the continuous archive: the shard's latest base before it and
+    /// every command received up to it. RFC 3339 (2026-12-05T04:00:00.250Z) or Unix
+    /// milliseconds. Needs --cluster and --shard.
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires_all = ["cluster", "shard"], conflicts_with = "before")]
+    pub(super) at: Option<i64>,
+    /// Restore from the continuous archive to just before a command `archive find` found: the
+    /// REPLID:OFFSET it prints. Needs --cluster and --shard.
+    #[arg(long, value_name = "REPLID:OFFSET", requires_all = ["cluster", "shard"])]
+    pub(super) before: Option<String>,
     /// The cluster, when the backup id covers several (a window's).
     #[arg(long)]
     pub(super) cluster: Option<ClusterId>,
@@ -217,16 +230,89 @@ pub(super) struct ShardArgs {
     pub(super) identity: Option<PathBuf>,
 }
 
+/// A time as `--at`, `--since` and `--until` take it: RFC 3339 or Unix milliseconds.
+pub(super) fn parse_time(text: &str) -> std::result::Result<i64, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|e| format!("{e}"));
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(fleetsnap_core::window::unix_ms)
+        .map_err(|e| {
+            format!("not a time ({e}): write it as RFC 3339, e.g. 2026-12-05T04:00:00.250Z, or Unix milliseconds")
+        })
+}
+
+/// A restore's point in time: the tail built from the archive, kept while the restore runs.
+pub(super) struct ArchivePoint {
+    /// What the time resolved to.
+    pub(super) point: crate::archive::PointInTime,
+    /// Holds the tail.
+    pub(super) _dir: tempfile::TempDir,
+}
+
 impl ShardArgs {
-    /// The request to read the shard; where the copy goes is the caller's to set.
+    /// The request to read the shard, with `--at` or `--before` resolved against the archive
+    /// (the base becomes the backup, the archive's tail its tail); where the copy goes is the
+    /// caller's to set.
+    pub(super) async fn resolve(
+        self,
+        work_dir: Option<&std::path::Path>,
+    ) -> Result<(RestoreRequest, Option<ArchivePoint>)> {
+        let target = match (self.at, &self.before) {
+            (Some(t), _) => Some(crate::archive::TimeTarget::At(t)),
+            (_, Some(b)) => Some(b.parse()?),
+            _ => None,
+        };
+        let Some(target) = target else {
+            return Ok((self.request()?, None));
+        };
+        let from = self
+            .from
+            .iter()
+            .map(|f| DestSpec::parse(f))
+            .collect::<Result<Vec<_>>>()?;
+        let (cluster, shard) = (
+            self.cluster.clone().expect("clap requires --cluster"),
+            self.shard.clone().expect("clap requires --shard"),
+        );
+        let dir = match work_dir {
+            Some(d) => tempfile::tempdir_in(d),
+            None => tempfile::tempdir(),
+        }
+        .map_err(|e| {
+            Error::Input(format!(
+                "cannot create a directory for the archive's tail: {e}"
+            ))
+        })?;
+        let tail = dir.path().join("archive.tail");
+        let point = crate::archive::resolve(
+            &from,
+            &cluster,
+            &shard,
+            &target,
+            self.identity.as_deref(),
+            &tail,
+        )
+        .await?;
+        let mut req = self.request_for(Some(crate::archive::base_id(&point.base)?))?;
+        req.archive_tail = Some(tail);
+        Ok((req, Some(ArchivePoint { point, _dir: dir })))
+    }
+
+    /// The request to read the shard of `--backup`.
     pub(super) fn request(self) -> Result<RestoreRequest> {
+        let b = self.backup.clone();
+        self.request_for(b)
+    }
+
+    fn request_for(self, backup: Option<BackupId>) -> Result<RestoreRequest> {
         Ok(RestoreRequest {
             from: self
                 .from
                 .iter()
                 .map(|f| DestSpec::parse(f))
                 .collect::<Result<Vec<_>>>()?,
-            backup: self.backup,
+            backup: backup.ok_or_else(|| Error::Input("give --backup, --at or --before".into()))?,
             cluster: self.cluster,
             shard: self.shard,
             to_file: PathBuf::new(),
@@ -235,6 +321,7 @@ impl ShardArgs {
             sync: true,
             // Scratch and staged copies are the agent's own; --to-file and --aof-dir say.
             force: true,
+            archive_tail: None,
         })
     }
 }
@@ -272,6 +359,105 @@ pub(super) struct SnapshotArgs {
     #[arg(long, default_value_t = 60)]
     pub(super) idle_timeout_seconds: u64,
     /// Print JSON.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Subcommand)]
+pub(super) enum ArchiveCommand {
+    /// Follow the node's replication stream until SIGINT or SIGTERM: a base first (stored as a
+    /// backup), then segments cut at command boundaries every --segment-seconds, each durable in
+    /// the spool before the node hears it acknowledged, sent to every region.
+    Run(ArchiveRunArgs),
+    /// Find commands in the archive (FLUSHALL, FLUSHDB, DEL, …), with when each was received and
+    /// the REPLID:OFFSET that `restore --before` takes to stop just before it.
+    Find {
+        #[command(flatten)]
+        at: ArchiveAt,
+        /// A command name (repeat for several).
+        #[arg(long = "command", value_name = "NAME", required = true)]
+        commands: Vec<String>,
+        /// Only commands with an argument that matches this glob.
+        #[arg(long, value_name = "PATTERN")]
+        key: Option<String>,
+        /// From this time: RFC 3339 or Unix milliseconds.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: i64,
+        /// Up to this time (default: now).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        until: Option<i64>,
+        /// age identity file for an encrypted archive.
+        #[arg(long, value_name = "AGE_KEY_FILE")]
+        identity: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the archive of a shard can restore: its chains (base, reach), gaps, and how far
+    /// the newest restorable time is behind now.
+    Status {
+        #[command(flatten)]
+        at: ArchiveAt,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which shard's archive, read from where.
+#[derive(clap::Args)]
+pub(super) struct ArchiveAt {
+    /// Regions to read (every one is read; a segment missing or damaged in one is read from
+    /// another).
+    #[arg(long = "from", value_name = "DEST", required = true)]
+    pub(super) from: Vec<String>,
+    /// The cluster.
+    #[arg(long, default_value = "standalone")]
+    pub(super) cluster: ClusterId,
+    /// The shard.
+    #[arg(long)]
+    pub(super) shard: ShardId,
+}
+
+#[derive(clap::Args)]
+pub(super) struct ArchiveRunArgs {
+    /// The node: redis://[USER[:PASSWORD]@]HOST[:PORT] (a replica keeps the primary free).
+    #[arg(long, value_name = "URL")]
+    pub(super) redis: String,
+    /// A region (repeat for several).
+    #[arg(long = "to", value_name = "DEST", required = true)]
+    pub(super) to: Vec<String>,
+    /// Cluster name in the storage layout.
+    #[arg(long, default_value = "standalone")]
+    pub(super) cluster: ClusterId,
+    /// Shard name in the storage layout.
+    #[arg(long)]
+    pub(super) shard: ShardId,
+    /// Where the chain's position and the segments not yet in every region are kept; an
+    /// archiver started again on it continues the chain.
+    #[arg(long, value_name = "DIR")]
+    pub(super) spool_dir: PathBuf,
+    /// A segment is cut this many seconds after its first byte (the recovery point's bound,
+    /// and one PUT per region each).
+    #[arg(long, default_value_t = 1.0)]
+    pub(super) segment_seconds: f64,
+    /// … or at this many stream bytes.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub(super) segment_max_bytes: u64,
+    /// The most bytes of segments waiting locally for a region; past it the archiver stops
+    /// reading until the regions catch up.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    pub(super) spool_max: u64,
+    /// zstd:LEVEL, zstd or none.
+    #[arg(long, default_value = "zstd:3")]
+    pub(super) compress: String,
+    /// Encrypt to this age recipient (repeat for several).
+    #[arg(long = "encrypt-to", value_name = "AGE_RECIPIENT")]
+    pub(super) encrypt_to: Vec<String>,
+    /// Seconds the node may send nothing before the stream is reopened.
+    #[arg(long, default_value_t = 60)]
+    pub(super) idle_timeout_seconds: u64,
+    /// Print the summary as JSON when stopped.
     #[arg(long)]
     pub(super) json: bool,
 }

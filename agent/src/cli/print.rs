@@ -100,3 +100,36 @@ pub(super) fn truncate(s: &str, n: usize) -> String {
 
 /// Human-readable bytes (decimal units, as `MB/s`).
 pub use fleetsnap_core::outcomes::human_bytes as human;
+
+/// What a restore's `--at` or `--before` resolved to.
+pub(super) fn print_point(p: &crate::archive::PointInTime) {
+    let when = |ms: i64| {
+        fleetsnap_core::window::from_unix_ms(ms)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    println!(
+        "point in time: base {} (taken {}), then {} commands from {} archive segments up to offset {} of {}; the last command restored was received at {}",
+        p.base.backup_id,
+        when(p.base.at_ms),
+        p.tail_commands,
+        p.segments,
+        p.offset,
+        p.replid,
+        when(p.stamp_ms)
+    );
+    for f in &p.fallbacks {
+        println!("  {f}");
+    }
+}
+
+/// A restore's report as JSON, with its point in time when it has one.
+pub(super) fn print_restore_json<T: serde::Serialize>(
+    report: &T,
+    point: Option<&crate::archive::PointInTime>,
+) {
+    match point {
+        None => print_json(report),
+        Some(p) => print_json(&serde_json::json!({ "point_in_time": p, "restore": report })),
+    }
+}

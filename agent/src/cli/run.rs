@@ -102,6 +102,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot(a) => run_snapshot(a).await,
+        Command::Archive(c) => super::archive::run_archive(c).await,
         Command::Report { redis, json } => {
             let target = RedisTarget::parse(&redis)?;
             let r = crate::redis::collect(&target.address(), &target).await;
@@ -193,7 +194,10 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             work_dir,
             json,
         } => {
-            let read = set.request()?;
+            let (read, point) = set.resolve(work_dir.as_deref()).await?;
+            if let (Some(p), false) = (&point, json) {
+                print_point(&p.point);
+            }
             let settings = crate::restore::DrillSettings {
                 redis_server,
                 work_dir,
@@ -230,11 +234,16 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             // Where the copy goes is the mode's to choose (`replace`, `online`) or the flags'.
             let to_a_file = aof_dir.is_some() || to_file.is_some();
+            let (base, point) = set.resolve(work_dir.as_deref()).await?;
+            let point = point.as_ref().map(|p| &p.point);
+            if let (Some(p), false) = (point, json) {
+                print_point(p);
+            }
             let read = RestoreRequest {
                 aof_dir: aof_dir.is_some(),
                 to_file: aof_dir.or(to_file).unwrap_or_default(),
                 force: force || !to_a_file,
-                ..set.request()?
+                ..base
             };
             if let Some(url) = replace {
                 let r = crate::restore::replace(ReplaceRequest {
@@ -247,7 +256,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                 })
                 .await?;
                 if json {
-                    print_json(&r);
+                    print_restore_json(&r, point);
                 } else {
                     for (d, e) in &r.read.skipped {
                         println!("skipped {d}: {e}");
@@ -285,7 +294,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .await?;
                 if json {
-                    print_json(&r);
+                    print_restore_json(&r, point);
                 } else {
                     for s in &r.shards {
                         for (d, e) in &s.read.skipped {
@@ -323,7 +332,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let r = restore::restore(&read).await?;
             if json {
-                print_json(&r);
+                print_restore_json(&r, point);
             } else {
                 for (d, e) in &r.skipped {
                     println!("skipped {d}: {e}");

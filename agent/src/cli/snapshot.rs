@@ -65,6 +65,7 @@ pub(super) async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         backup_id: None,
         write_manifest: true,
         start_at_ms: None,
+        archive: None,
         cut: None,
     };
     let progress = Arc::new(Progress::default());

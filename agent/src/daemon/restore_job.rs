@@ -44,6 +44,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
         identity: config.restore.identity.clone(),
         sync: true,
         force: true,
+        archive_tail: None,
     };
     Ok(match task.mode {
         RestoreMode::Online {

@@ -116,6 +116,7 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Resul
         },
         write_manifest: !window,
         start_at_ms: s.fire_at_ms,
+        archive: None,
         cut: s.consistent_cut.then(|| {
             let verdict = shared.cuts.join(id);
             let shared = shared.clone();

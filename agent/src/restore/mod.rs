@@ -20,7 +20,9 @@ pub(crate) use online::Target;
 pub use online::{OnlineOptions, replay_tail_into};
 pub use replace::{ReplaceRequest, replace};
 pub use set::restore_online;
+pub(crate) use to_file::with_suffix;
 pub use to_file::{Prepared, RestoreRequest, prepare_stream, restore, stream_rdb};
 pub use verify::{
-    Checked, HeldBack, Output, VerifyReport, check_object, load_identities, verify, write_paced,
+    Checked, HeldBack, Output, VerifyReport, check_object, decode_bytes, load_identities, verify,
+    write_paced,
 };

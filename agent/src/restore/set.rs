@@ -83,6 +83,7 @@ async fn fetch_shard(
         identity: req.identity.clone(),
         sync: false,
         force: true,
+        archive_tail: req.archive_tail.clone(),
     };
     match restore(&one).await {
         Ok(read) => Ok(Fetched { read, scratch }),
@@ -113,7 +114,8 @@ pub async fn restore_online(
     let mut needed: std::collections::BTreeMap<u64, String> = Default::default();
     let mut early: std::collections::HashMap<ShardId, Fetched> = Default::default();
     for entry in &shards {
-        let has_tail = entry.objects.iter().any(|o| o.kind == ObjectKind::Tail);
+        let has_tail =
+            req.archive_tail.is_some() || entry.objects.iter().any(|o| o.kind == ObjectKind::Tail);
         match (&entry.dbs, has_tail) {
             (Some(dbs), false) => {
                 for d in dbs.iter().filter(|d| d.keys > 0) {

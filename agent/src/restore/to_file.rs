@@ -36,6 +36,9 @@ pub struct RestoreRequest {
     /// Replace files already at the output paths (regular files only: a link, a device or a
     /// FIFO there is always refused). Without it, an output that exists is an error.
     pub force: bool,
+    /// A tail from the continuous archive that takes the place of the backup's own: the
+    /// backup is a chain's base, and this tail brings it to a point in time.
+    pub archive_tail: Option<PathBuf>,
 }
 
 /// Restores one shard to a file, reading the first destination that yields a verified copy.
@@ -99,6 +102,15 @@ pub(super) fn pick_shard<'a>(m: &'a Manifest, shard: Option<&ShardId>) -> Result
 
 /// The AOF base name redis-server looks for (`appendfilename`'s default).
 const AOF_NAME: &str = "appendonly.aof";
+
+/// Copies an archive's tail into place beside the restored RDB, exclusively (see `write_new`).
+fn copy_tail(from: &Path, to: &Path, req: &RestoreRequest) -> Result<()> {
+    let bytes = std::fs::read(from).map_err(|e| Error::file("cannot read", from, e))?;
+    if req.force && is_regular(to) {
+        std::fs::remove_file(to).map_err(|e| Error::file("cannot replace", to, e))?;
+    }
+    write_new(to, &bytes, req)
+}
 
 /// Where the RDB and the tail go.
 fn paths(req: &RestoreRequest) -> (PathBuf, PathBuf) {
@@ -273,7 +285,10 @@ pub async fn prepare_stream(spec: &DestSpec, req: &RestoreRequest) -> Result<Pre
             Error::storage(&store, format!("{dir}: shard {} has no RDB", shard.shard))
         })?;
     let mut tail_file = None;
-    if let Some(t) = shard.objects.iter().find(|o| o.kind == ObjectKind::Tail) {
+    if let Some(t) = &req.archive_tail {
+        copy_tail(t, &tail_path, req)?;
+        tail_file = Some(tail_path.display().to_string());
+    } else if let Some(t) = shard.objects.iter().find(|o| o.kind == ObjectKind::Tail) {
         let partial = with_suffix(&tail_path, ".partial");
         let out = Output {
             path: partial.clone(),
@@ -347,6 +362,8 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
     for o in &shard.objects {
         let final_path = match o.kind {
             ObjectKind::Rdb => rdb_path.clone(),
+            // The archive's tail takes the place of the backup's own.
+            ObjectKind::Tail if req.archive_tail.is_some() => continue,
             ObjectKind::Tail => {
                 has_tail = true;
                 tail_path.clone()
@@ -380,6 +397,10 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
     for (partial, final_path) in &written {
         std::fs::rename(partial, final_path)
             .map_err(|e| Error::file("cannot move the restored file into place", final_path, e))?;
+    }
+    if let Some(t) = &req.archive_tail {
+        copy_tail(t, &tail_path, req)?;
+        has_tail = true;
     }
     if req.aof_dir {
         if !has_tail {

@@ -221,6 +221,28 @@ pub(super) async fn check_object_piped(
     ))
 }
 
+/// Stored bytes decoded in memory through `codecs`, at most `limit` bytes of output: for small
+/// objects such as archive segments.
+pub fn decode_bytes(
+    stored: Vec<u8>,
+    codecs: &[Codec],
+    identities: Option<&[Box<dyn age::Identity>]>,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    let reader = decoder(std::io::Cursor::new(stored), codecs, identities)?;
+    let mut out = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Decode(format!("decoding failed: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(Error::Decode(format!(
+            "decodes to more than {limit} bytes, more than such an object may hold"
+        )));
+    }
+    Ok(out)
+}
+
 /// The stored bytes of `input` decoded through `codecs` (the write order, undone last first).
 fn decoder(
     input: impl BufRead + Send + 'static,

@@ -12,11 +12,16 @@ mod take;
 
 pub use cut::CutBook;
 pub use instant::at_instant;
-pub use open::{OpenedSource, Prepared, PreparedReplication, SourceOptions, prepare};
+pub use open::{
+    OpenedSource, Prepared, PreparedReplication, Resumed, SourceOptions, prepare, psync_from,
+};
 pub(crate) use pipeline::ChannelReader;
 pub use pipeline::{
-    DestOutcome, EncodeOptions, Encoded, Progress, mb_per_s, parse_recipient, store_object,
+    DestOutcome, EncodeOptions, Encoded, Progress, encode_bytes, mb_per_s, parse_recipient,
+    store_object,
 };
 pub use source::{ByteSource, CHUNK, SourceInfo, SourceKind};
 pub use tail::{CutVerdict, TailStream};
-pub use take::{CutHooks, DestReport, SnapshotReport, SnapshotRequest, snapshot};
+pub use take::{
+    ArchiveHandoff, CutHooks, DestReport, SnapshotReport, SnapshotRequest, StreamAfter, snapshot,
+};

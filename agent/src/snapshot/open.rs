@@ -182,124 +182,203 @@ impl PreparedReplication {
     async fn start(self, opts: &SourceOptions) -> Result<OpenedSource> {
         let PreparedReplication {
             mut conn,
-            mut info,
+            info,
             psync_sent,
         } = self;
-        let target = &conn.target().clone();
         if !psync_sent {
             conn.send(PSYNC).await?;
         }
-        // A replica between two primaries (just after a failover) or still loading answers
-        // NOMASTERLINK or LOADING; it will serve the sync in a moment, on its new history.
-        let patience = tokio::time::Instant::now() + opts.idle_timeout;
-        let line = loop {
-            let line = next_line(&mut conn, opts.idle_timeout, || {
-                format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs())
-            })
-            .await?;
-            let line = String::from_utf8_lossy(&line).into_owned();
-            let transient = ["NOMASTERLINK", "LOADING"]
-                .iter()
-                .any(|t| line.strip_prefix('-').is_some_and(|e| e.starts_with(t)));
-            if !transient {
-                break line;
-            }
-            if tokio::time::Instant::now() >= patience {
-                return Err(Error::redis(
-                    target,
-                    format!(
-                        "the node could not serve a sync for {}s ({}): it has no link to its \
-                         primary or is loading; check its replication",
-                        opts.idle_timeout.as_secs(),
-                        &line[1..]
-                    ),
-                ));
-            }
-            tracing::info!(node = %target, answer = %line, "the node cannot serve a sync yet; asking again");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            conn.send(PSYNC).await?;
-        };
-        if let Some(e) = line.strip_prefix('-') {
-            return Err(sync_refused(target, e));
-        }
-        let Some(rest) = line.strip_prefix("+FULLRESYNC ") else {
-            return Err(Error::redis(
-                target,
-                format!("unexpected answer to PSYNC: {line:?}"),
-            ));
-        };
-        let mut parts = rest.split(' ');
-        info.replid = parts.next().map(str::to_string);
-        info.offset = parts.next().and_then(|o| o.parse().ok());
-        let header = next_line(&mut conn, opts.idle_timeout, || {
-            format!(
-                "no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): \
-                 check its log",
-                opts.idle_timeout.as_secs()
-            )
+        let line = psync_answer(&mut conn, opts, PSYNC).await?;
+        after_fullresync(conn, info, &line, opts).await
+    }
+}
+
+/// The node's answer to a `PSYNC` already sent (`psync`, sent again while the node cannot serve
+/// a sync yet); an error answer is a refusal.
+async fn psync_answer(
+    conn: &mut Connection,
+    opts: &SourceOptions,
+    psync: &[&[u8]],
+) -> Result<String> {
+    let target = &conn.target().clone();
+    // A replica between two primaries (just after a failover) or still loading answers
+    // NOMASTERLINK or LOADING; it will serve the sync in a moment, on its new history.
+    let patience = tokio::time::Instant::now() + opts.idle_timeout;
+    let line = loop {
+        let line = next_line(conn, opts.idle_timeout, || {
+            format!("no answer to PSYNC within {}s", opts.idle_timeout.as_secs())
         })
         .await?;
-        if header.first() == Some(&b'-') {
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let transient = ["NOMASTERLINK", "LOADING"]
+            .iter()
+            .any(|t| line.strip_prefix('-').is_some_and(|e| e.starts_with(t)));
+        if !transient {
+            break line;
+        }
+        if tokio::time::Instant::now() >= patience {
             return Err(Error::redis(
                 target,
                 format!(
-                    "the node could not produce a snapshot: {}",
-                    String::from_utf8_lossy(&header[1..])
+                    "the node could not serve a sync for {}s ({}): it has no link to its \
+                         primary or is loading; check its replication",
+                    opts.idle_timeout.as_secs(),
+                    &line[1..]
                 ),
             ));
         }
-        let Some(spec) = header.strip_prefix(b"$") else {
+        tracing::info!(node = %target, answer = %line, "the node cannot serve a sync yet; asking again");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        conn.send(psync).await?;
+    };
+    if let Some(e) = line.strip_prefix('-') {
+        return Err(sync_refused(target, e));
+    }
+    Ok(line)
+}
+
+/// The snapshot that follows a `+FULLRESYNC` answer (`line`) on `conn`.
+async fn after_fullresync(
+    mut conn: Connection,
+    mut info: SourceInfo,
+    line: &str,
+    opts: &SourceOptions,
+) -> Result<OpenedSource> {
+    let target = &conn.target().clone();
+    let Some(rest) = line.strip_prefix("+FULLRESYNC ") else {
+        return Err(Error::redis(
+            target,
+            format!("unexpected answer to PSYNC: {line:?}"),
+        ));
+    };
+    let mut parts = rest.split(' ');
+    info.replid = parts.next().map(str::to_string);
+    info.offset = parts.next().and_then(|o| o.parse().ok());
+    let header = next_line(&mut conn, opts.idle_timeout, || {
+        format!(
+            "no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): \
+                 check its log",
+            opts.idle_timeout.as_secs()
+        )
+    })
+    .await?;
+    if header.first() == Some(&b'-') {
+        return Err(Error::redis(
+            target,
+            format!(
+                "the node could not produce a snapshot: {}",
+                String::from_utf8_lossy(&header[1..])
+            ),
+        ));
+    }
+    let Some(spec) = header.strip_prefix(b"$") else {
+        return Err(Error::redis(
+            target,
+            format!(
+                "unexpected snapshot header {:?}",
+                String::from_utf8_lossy(&header)
+            ),
+        ));
+    };
+    let idle = opts.idle_timeout;
+    let body = if let Some(mark) = spec.strip_prefix(b"EOF:") {
+        if mark.len() != EOF_MARK_LEN {
             return Err(Error::redis(
                 target,
-                format!(
-                    "unexpected snapshot header {:?}",
-                    String::from_utf8_lossy(&header)
-                ),
+                "diskless snapshot header has a malformed end mark",
             ));
-        };
-        let idle = opts.idle_timeout;
-        let body = if let Some(mark) = spec.strip_prefix(b"EOF:") {
-            if mark.len() != EOF_MARK_LEN {
-                return Err(Error::redis(
+        }
+        ByteSource::ReplicationMark {
+            conn,
+            mark: mark.to_vec(),
+            hold: Vec::new(),
+            done: false,
+            idle,
+            head: Vec::new(),
+        }
+    } else {
+        let total: u64 = std::str::from_utf8(spec)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                Error::redis(
                     target,
-                    "diskless snapshot header has a malformed end mark",
-                ));
-            }
-            ByteSource::ReplicationMark {
-                conn,
-                mark: mark.to_vec(),
-                hold: Vec::new(),
-                done: false,
-                idle,
-                head: Vec::new(),
-            }
-        } else {
-            let total: u64 = std::str::from_utf8(spec)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    Error::redis(
-                        target,
-                        format!(
-                            "unexpected snapshot header {:?}",
-                            String::from_utf8_lossy(&header)
-                        ),
-                    )
-                })?;
-            ByteSource::ReplicationLen {
-                conn,
-                remaining: total,
-                total,
-                idle,
-                extra: BytesMut::new(),
-                head: Vec::new(),
-            }
-        };
-        Ok(OpenedSource {
-            info,
-            objects: vec![(ObjectKind::Rdb, body)],
-        })
+                    format!(
+                        "unexpected snapshot header {:?}",
+                        String::from_utf8_lossy(&header)
+                    ),
+                )
+            })?;
+        ByteSource::ReplicationLen {
+            conn,
+            remaining: total,
+            total,
+            idle,
+            extra: BytesMut::new(),
+            head: Vec::new(),
+        }
+    };
+    Ok(OpenedSource {
+        info,
+        objects: vec![(ObjectKind::Rdb, body)],
+    })
+}
+
+/// What a node answered an archiver's `PSYNC`.
+pub enum Resumed {
+    /// `+CONTINUE`: the stream goes on from the offset asked for; `replid` is the node's
+    /// replication id when it names one (a promotion switched it).
+    Continue {
+        /// The connection, streaming.
+        conn: Box<Connection>,
+        /// The id `+CONTINUE` named, if any.
+        replid: Option<String>,
+        /// What the node is.
+        info: SourceInfo,
+    },
+    /// `+FULLRESYNC`: the node sends a new RDB, then the stream.
+    Full(Box<OpenedSource>),
+}
+
+/// Opens a replication stream for the archive: `PSYNC <replid> <offset + 1>` to continue a
+/// chain at `from`, or `PSYNC ? -1` to start one. Announces `capa eof psync2` (so a node that
+/// was promoted continues the stream and names its new id) and no listening port: to Sentinel
+/// the archiver is a replica at port 0, which it never reaches and so never promotes.
+pub async fn psync_from(
+    target: &RedisTarget,
+    from: Option<(&str, u64)>,
+    opts: &SourceOptions,
+) -> Result<Resumed> {
+    let mut conn = Connection::connect(target).await?;
+    let mut info = SourceInfo {
+        node: target.address(),
+        ..Default::default()
+    };
+    server_facts(&mut conn, &mut info).await?;
+    if let Value::Error(e) = conn
+        .command(&[b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"])
+        .await?
+    {
+        return Err(sync_refused(target, &e));
     }
+    let (replid, offset) = match from {
+        Some((r, o)) => (r.to_string(), (o + 1).to_string()),
+        None => ("?".to_string(), "-1".to_string()),
+    };
+    let psync: [&[u8]; 3] = [b"PSYNC", replid.as_bytes(), offset.as_bytes()];
+    conn.send(&psync).await?;
+    let line = psync_answer(&mut conn, opts, &psync).await?;
+    if let Some(rest) = line.strip_prefix("+CONTINUE") {
+        let replid = rest.trim();
+        return Ok(Resumed::Continue {
+            conn: Box::new(conn),
+            replid: (!replid.is_empty()).then(|| replid.to_string()),
+            info,
+        });
+    }
+    after_fullresync(conn, info, &line, opts)
+        .await
+        .map(|o| Resumed::Full(Box::new(o)))
 }
 
 async fn open_bgsave(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {

@@ -114,6 +114,19 @@ impl Chain {
     }
 }
 
+/// `data` encoded in memory the way `opts` encodes an object (zstd, then age): for small
+/// objects such as archive segments.
+pub fn encode_bytes(opts: &EncodeOptions, data: &[u8]) -> Result<Vec<u8>> {
+    let sink = SharedSink::default();
+    let mut chain = Chain::new(opts, sink.clone())?;
+    chain
+        .write_all(data)
+        .and_then(|()| chain.finish())
+        .map_err(|e| Error::Decode(format!("encoding failed: {e}")))?;
+    let out = std::mem::take(&mut *sink.0.lock().expect("sink lock"));
+    Ok(out)
+}
+
 /// Bytes of input per zstd job: small enough that every worker's job and its output stay a few
 /// MiB, large enough that the jobs' seams cost next to nothing in ratio.
 const ZSTD_JOB_BYTES: u32 = 8 << 20;

@@ -50,6 +50,21 @@ pub struct SnapshotRequest {
     pub start_at_ms: Option<i64>,
     /// A consistent cut's snapshot: keep the replication stream and store it up to the cut.
     pub cut: Option<CutHooks>,
+    /// An archive chain's base: the source is already open, and the stream after the RDB is
+    /// handed back instead of stored.
+    pub archive: Option<ArchiveHandoff>,
+}
+
+/// The stream after an RDB: the connection, bytes read past the RDB, and the RDB's first bytes.
+pub type StreamAfter = (crate::redis::Connection, bytes::BytesMut, Vec<u8>);
+
+/// How an archive base goes in and out of [`snapshot`].
+#[derive(Clone, Default)]
+pub struct ArchiveHandoff {
+    /// The source, opened by the archiver's `PSYNC` (taken once).
+    pub opened: Arc<std::sync::Mutex<Option<open::OpenedSource>>>,
+    /// The stream after the RDB, once it is stored.
+    pub stream: Arc<std::sync::Mutex<Option<StreamAfter>>>,
 }
 
 /// How a consistent cut's snapshot talks to the coordinator.
@@ -138,11 +153,22 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     for d in &req.destinations {
         stores.push(Store::open(d).await?);
     }
-    // Everything that can be ready is: wait for the instant, then read the source.
-    let prepared = open::prepare(&req.source, req.target.as_ref(), req.cut.is_some()).await?;
-    let (prepared, started_at) = match req.start_at_ms {
-        Some(at) => prepared.fire_at(at).await?,
-        None => (prepared, OffsetDateTime::now_utc()),
+    let handed = req
+        .archive
+        .as_ref()
+        .and_then(|a| a.opened.lock().expect("handoff lock").take());
+    let (mut opened, started_at) = match handed {
+        Some(o) => (o, OffsetDateTime::now_utc()),
+        None => {
+            // Everything that can be ready is: wait for the instant, then read the source.
+            let prepared =
+                open::prepare(&req.source, req.target.as_ref(), req.cut.is_some()).await?;
+            let (prepared, started_at) = match req.start_at_ms {
+                Some(at) => prepared.fire_at(at).await?,
+                None => (prepared, OffsetDateTime::now_utc()),
+            };
+            (prepared.start(&req.source_options).await?, started_at)
+        }
     };
     let started = Instant::now();
     let backup_id = req
@@ -152,7 +178,6 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
     let mut failures: Vec<Option<String>> = vec![None; stores.len()];
     let mut stored: Vec<u64> = vec![0; stores.len()];
     let mut peak: Vec<u64> = vec![0; stores.len()];
-    let mut opened = prepared.start(&req.source_options).await?;
     let info = opened.info.clone();
     let synced = match (&req.cut, &info.replid, info.offset) {
         (Some(_), Some(replid), Some(offset)) => Some((replid.clone(), offset)),
@@ -217,6 +242,14 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         if let Some(rdb) = encoded.rdb {
             rdb_version = rdb.version;
             rdb_checksum = rdb.checksum.is_some();
+        }
+        if let (Some(a), ObjectKind::Rdb) = (&req.archive, kind) {
+            let stream = std::mem::replace(src, ByteSource::Memory(None))
+                .into_stream()
+                .ok_or_else(|| {
+                    Error::redis(&source_name, "the replication stream ended with the RDB")
+                })?;
+            *a.stream.lock().expect("handoff lock") = Some(stream);
         }
         if let (Some(hooks), Some((replid, offset)), ObjectKind::Rdb) = (&req.cut, &synced, kind) {
             // The cut is taken once every shard's RDB is stored: the pause then meets no fork

@@ -1,0 +1,13 @@
+//! The continuous archive (DESIGN §13): the archiver that follows a shard's replication stream
+//! into segments in every region, and the reading side that finds commands in the archive and
+//! builds the tail that restores a shard to a time.
+
+mod archiver;
+mod local;
+mod read;
+
+pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
+pub use local::Position;
+pub use read::{
+    Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, status,
+};

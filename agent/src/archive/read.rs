@@ -1,0 +1,645 @@
+//! Reading the archive from the regions alone: its chains (a base and the segments that follow
+//! it without a break), the offset a time or a found command resolves to, the tail that brings a
+//! base there, and the search for commands.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use fleetsnap_core::archive::{
+    self, MAX_HEADER, MAX_SEGMENT_STREAM, SegmentHeader, SegmentName, Wanted, archive_dir,
+    commands, decode_segment, offset_at, parse_segment_key, stamp_of,
+};
+use fleetsnap_core::manifest::{MANIFEST_NAME, join_key};
+use fleetsnap_core::window::{from_unix_ms, unix_ms};
+use fleetsnap_core::{BackupId, ClusterId, ShardId};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::restore::{decode_bytes, load_identities};
+use crate::storage::{DestSpec, Store};
+
+/// A base a chain can start from: a backup of the shard taken through replication.
+#[derive(Clone, Debug, Serialize)]
+pub struct Base {
+    /// Its backup id.
+    pub backup_id: String,
+    /// The replication id and offset its RDB is at.
+    pub replid: String,
+    /// See above.
+    pub offset: u64,
+    /// When it was taken (Unix ms): the state it holds.
+    pub at_ms: i64,
+}
+
+/// A stretch of restorable history: a base and the segments that follow it without a break.
+#[derive(Clone, Debug, Serialize)]
+pub struct Chain {
+    /// Where it starts.
+    pub base: Base,
+    /// The segments, in stream order.
+    #[serde(skip)]
+    pub segments: Vec<SegmentName>,
+    /// The offset its last segment ends at.
+    pub end_offset: u64,
+    /// The latest time it restores to (Unix ms).
+    pub end_ms: i64,
+    /// The replication ids it passes through, in order.
+    pub replids: Vec<String>,
+}
+
+/// What a point in time resolved to.
+#[derive(Clone, Debug, Serialize)]
+pub struct PointInTime {
+    /// The base restored.
+    pub base: Base,
+    /// The offset the shard is restored to.
+    pub offset: u64,
+    /// The replication id at that offset.
+    pub replid: String,
+    /// When the last command restored had been received (Unix ms); the base's time when none.
+    pub stamp_ms: i64,
+    /// Commands in the tail.
+    pub tail_commands: u64,
+    /// Segments read.
+    pub segments: usize,
+    /// Regions a segment had to be read from because the preferred one failed.
+    pub fallbacks: Vec<String>,
+}
+
+/// What to restore to.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The last command received at or before this Unix ms.
+    At(i64),
+    /// Just before the command at this offset of this replication id (as `find` prints it).
+    Before {
+        /// Replication id.
+        replid: String,
+        /// The command's first offset.
+        offset: u64,
+    },
+}
+
+impl std::str::FromStr for Target {
+    type Err = Error;
+    /// `REPLID:OFFSET`, as `find` prints in its `before` column.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Input(format!(
+                "--before {s:?} is not a found command: give the REPLID:OFFSET that `archive find` prints"
+            ))
+        };
+        let (r, o) = s.split_once(':').ok_or_else(bad)?;
+        if !archive::is_replid(r) {
+            return Err(bad());
+        }
+        Ok(Target::Before {
+            replid: r.to_string(),
+            offset: o.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A command the search found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Found {
+    /// When it had been received (RFC 3339, ms).
+    pub time: String,
+    /// The same in Unix ms.
+    pub time_ms: i64,
+    /// The shard.
+    pub shard: String,
+    /// Its replication id and first offset.
+    pub replid: String,
+    /// See above.
+    pub offset: u64,
+    /// What `restore --before` takes to stop just before it.
+    pub before: String,
+    /// The command (the name and its first arguments).
+    pub command: String,
+}
+
+/// Everything one shard's archive holds, gathered from every region: the bases and, per
+/// segment name, the regions that list it.
+struct Holdings {
+    stores: Vec<Store>,
+    bases: Vec<Base>,
+    segments: BTreeMap<String, (SegmentName, Vec<usize>)>,
+    refused: Vec<String>,
+}
+
+async fn holdings(from: &[DestSpec], cluster: &ClusterId, shard: &ShardId) -> Result<Holdings> {
+    if from.is_empty() {
+        return Err(Error::Input(
+            "no source: give at least one --from DEST".into(),
+        ));
+    }
+    let mut h = Holdings {
+        stores: Vec::new(),
+        bases: Vec::new(),
+        segments: BTreeMap::new(),
+        refused: Vec::new(),
+    };
+    let mut seen_bases = std::collections::BTreeSet::new();
+    for spec in from {
+        let store = Store::open(spec).await?;
+        let i = h.stores.len();
+        let cluster_dir = join_key(spec.prefix(), cluster.as_str());
+        let keys = match store.list(&format!("{cluster_dir}/")).await {
+            Ok(k) => k,
+            Err(e) => {
+                h.refused.push(format!("{spec}: {e}"));
+                h.stores.push(store);
+                continue;
+            }
+        };
+        let dir = archive_dir(spec.prefix(), cluster, shard);
+        for key in &keys {
+            if let Some(parsed) = parse_segment_key(&dir, key) {
+                match parsed {
+                    Ok(n) => {
+                        let name = key.rsplit_once('/').map_or(key.as_str(), |(_, n)| n);
+                        let id = format!("{}/{name}", n.replid);
+                        h.segments
+                            .entry(id)
+                            .or_insert_with(|| (n, Vec::new()))
+                            .1
+                            .push(i);
+                    }
+                    Err(e) => h.refused.push(format!("{spec}: {e}")),
+                }
+                continue;
+            }
+            if !key.ends_with(&format!("/{MANIFEST_NAME}")) || key.starts_with(&format!("{dir}/")) {
+                continue;
+            }
+            let m = match store.read_manifest(key).await {
+                Ok(m) => m,
+                Err(e) => {
+                    h.refused.push(e.to_string());
+                    continue;
+                }
+            };
+            let Some(s) = m.shard(shard) else { continue };
+            if let (Some(replid), Some(offset), "replication") =
+                (&s.replid, s.start_offset, s.source_kind.as_str())
+                && seen_bases.insert(m.backup_id.to_string())
+            {
+                h.bases.push(Base {
+                    backup_id: m.backup_id.to_string(),
+                    replid: replid.clone(),
+                    offset,
+                    at_ms: unix_ms(m.started_at),
+                });
+            }
+        }
+        h.stores.push(store);
+    }
+    h.bases.sort_by_key(|b| b.at_ms);
+    Ok(h)
+}
+
+impl Holdings {
+    /// The chain that starts at `base`: each next segment begins where the last ended, on the
+    /// same replication id or on one a promotion switched to (its header says which, checked
+    /// when it is read).
+    fn chain(&self, base: &Base) -> Chain {
+        let mut segs: Vec<SegmentName> = Vec::new();
+        let (mut replid, mut at) = (base.replid.clone(), base.offset);
+        loop {
+            let first = segs.is_empty();
+            let next = self
+                .segments
+                .values()
+                .map(|(n, _)| n)
+                .filter(|n| {
+                    let joins = if first {
+                        n.start <= at && at < n.end
+                    } else {
+                        n.start == at
+                    };
+                    // A segment on another id starts where a promotion switched it.
+                    joins && (n.replid == replid || n.start == at)
+                })
+                // The same replication id first, then the longest.
+                .max_by_key(|n| (n.replid == replid, n.end));
+            match next {
+                Some(n) => {
+                    at = n.end;
+                    replid = n.replid.clone();
+                    segs.push(n.clone());
+                }
+                None => break,
+            }
+        }
+        let mut replids = vec![base.replid.clone()];
+        for s in &segs {
+            if replids.last() != Some(&s.replid) {
+                replids.push(s.replid.clone());
+            }
+        }
+        Chain {
+            base: base.clone(),
+            end_offset: segs.last().map_or(base.offset, |s| s.end),
+            end_ms: segs.last().map_or(base.at_ms, |s| s.last_ms),
+            segments: segs,
+            replids,
+        }
+    }
+
+    fn chains(&self) -> Vec<Chain> {
+        self.bases.iter().map(|b| self.chain(b)).collect()
+    }
+
+    /// A segment read from the first region that gives a good copy, checked against its name.
+    async fn read(
+        &self,
+        id: &SegmentName,
+        identities: Option<&[Box<dyn age::Identity>]>,
+        fallbacks: &mut Vec<String>,
+    ) -> Result<(SegmentHeader, Vec<u8>)> {
+        let key_name = id.key.rsplit_once('/').map_or(id.key.as_str(), |(_, n)| n);
+        let (_, regions) = &self.segments[&format!("{}/{key_name}", id.replid)];
+        let mut why = Vec::new();
+        for &i in regions {
+            let store = &self.stores[i];
+            let key = format!(
+                "{}/{}/{key_name}",
+                archive_dir(
+                    store.spec().prefix(),
+                    &cluster_of(&id.key),
+                    &shard_of(&id.key)
+                ),
+                id.replid
+            );
+            match read_one(store, &key, id, identities).await {
+                Ok(x) => {
+                    if !why.is_empty() {
+                        fallbacks.push(format!("{key_name} read from {store}"));
+                    }
+                    return Ok(x);
+                }
+                Err(e @ Error::Input(_)) => return Err(e),
+                Err(e) => why.push(format!("{store}: {e}")),
+            }
+        }
+        Err(Error::Failed(format!(
+            "archive segment {key_name} could not be read from any region, so no restore past offset {} is possible from this chain:\n  {}",
+            id.start,
+            why.join("\n  ")
+        )))
+    }
+}
+
+/// The cluster and shard names in a segment key (`…/<cluster>/archive/<shard>/<replid>/<name>`).
+fn cluster_of(key: &str) -> ClusterId {
+    let parts: Vec<&str> = key.rsplit('/').collect();
+    ClusterId::new(parts.get(4).copied().unwrap_or_default()).expect("listed under a checked id")
+}
+
+fn shard_of(key: &str) -> ShardId {
+    let parts: Vec<&str> = key.rsplit('/').collect();
+    ShardId::new(parts.get(2).copied().unwrap_or_default()).expect("listed under a checked id")
+}
+
+async fn read_one(
+    store: &Store,
+    key: &str,
+    id: &SegmentName,
+    identities: Option<&[Box<dyn age::Identity>]>,
+) -> Result<(SegmentHeader, Vec<u8>)> {
+    if id.codecs.encrypted() && identities.is_none() {
+        return Err(Error::Input(
+            "the archive is encrypted with age: pass --identity AGE_KEY_FILE".into(),
+        ));
+    }
+    let limit = MAX_SEGMENT_STREAM + MAX_HEADER as u64 + 4096;
+    let mut d = store.get(key, limit).await?;
+    let mut stored = Vec::new();
+    while let Some(c) = d.next().await? {
+        stored.extend_from_slice(&c);
+    }
+    let plain = decode_bytes(stored, &id.codecs.0, identities, limit)
+        .map_err(|e| Error::storage(store, format!("{key}: {e}")))?;
+    let (h, stream) =
+        decode_segment(&plain).map_err(|e| Error::storage(store, format!("{key}: {e}")))?;
+    if (h.replid.as_str(), h.start, h.end, h.first_ms, h.last_ms)
+        != (
+            id.replid.as_str(),
+            id.start,
+            id.end,
+            id.first_ms,
+            id.last_ms,
+        )
+    {
+        return Err(Error::storage(
+            store,
+            format!(
+                "{key}: its header does not match its name: the region's copy was moved or altered"
+            ),
+        ));
+    }
+    let stream = stream.to_vec();
+    Ok((h, stream))
+}
+
+fn when(ms: i64) -> String {
+    from_unix_ms(ms)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Why a time cannot be restored, with the restorable stretches nearest it.
+fn not_restorable(t: i64, chains: &[Chain]) -> Error {
+    let mut ranges: Vec<(i64, i64)> = chains.iter().map(|c| (c.base.at_ms, c.end_ms)).collect();
+    ranges.sort();
+    if ranges.is_empty() {
+        return Error::Input(
+            "the archive holds no base for this shard in the regions given: start an archiver, or check --from, --cluster and --shard".into(),
+        );
+    }
+    let where_ = if t < ranges[0].0 {
+        "before the archive's first base"
+    } else if t > ranges.iter().map(|r| r.1).max().unwrap_or(0) {
+        "later than the archive reaches (in the future, or not yet in the regions)"
+    } else {
+        "inside a gap of the archive"
+    };
+    let shown: Vec<String> = ranges
+        .iter()
+        .map(|(a, b)| format!("{} … {}", when(*a), when(*b)))
+        .collect();
+    Error::Input(format!(
+        "{} is {where_}; the restorable stretches are: {}",
+        when(t),
+        shown.join(", ")
+    ))
+}
+
+/// Resolves `target` for one shard and writes the tail that brings its base there to `tail`
+/// (RESP commands; the replication stream's `PING` and `REPLCONF` left out). The base is then
+/// restored as any backup is, by its id.
+pub async fn resolve(
+    from: &[DestSpec],
+    cluster: &ClusterId,
+    shard: &ShardId,
+    target: &Target,
+    identity: Option<&Path>,
+    tail: &Path,
+) -> Result<PointInTime> {
+    let ids = identity.map(load_identities).transpose()?;
+    let ids = ids.as_deref();
+    let h = holdings(from, cluster, shard).await?;
+    let chains = h.chains();
+    // The chain, and how far into it.
+    let (chain, until) = match target {
+        Target::At(t) => {
+            let c = chains
+                .iter()
+                .filter(|c| c.base.at_ms <= *t && *t <= c.end_ms)
+                .max_by_key(|c| c.base.at_ms)
+                .ok_or_else(|| not_restorable(*t, &chains))?;
+            (c, None)
+        }
+        Target::Before { replid, offset } => {
+            let c = chains
+                .iter()
+                .filter(|c| {
+                    c.base.offset <= *offset
+                        && *offset <= c.end_offset
+                        && c.segments.iter().any(|s| s.replid == *replid && s.start <= *offset && *offset <= s.end)
+                })
+                .max_by_key(|c| c.base.offset)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "no chain of the archive holds offset {offset} of {replid} after a base: run `archive find` again, or restore --at a time"
+                    ))
+                })?;
+            (c, Some(*offset))
+        }
+    };
+    let mut fallbacks = Vec::new();
+    let mut out = std::fs::File::create(tail).map_err(|e| Error::file("cannot create", tail, e))?;
+    let mut written = 0u64;
+    let mut result = (
+        chain.base.offset,
+        chain.base.replid.clone(),
+        chain.base.at_ms,
+    );
+    let mut started = false;
+    let mut segments = 0;
+    let mut replid = chain.base.replid.clone();
+    for name in &chain.segments {
+        if let Target::At(t) = target
+            && name.first_ms > *t
+        {
+            break;
+        }
+        let (h, stream) = h.read(name, ids, &mut fallbacks).await?;
+        segments += 1;
+        if h.replid != replid && h.switched_from.as_deref() != Some(replid.as_str()) {
+            return Err(Error::Failed(format!(
+                "archive segment {}-{} of {} does not follow {replid}: the chain is broken there",
+                h.start, h.end, h.replid
+            )));
+        }
+        replid = h.replid.clone();
+        let cmds = commands(&stream, h.start, h.db).map_err(|e| Error::Failed(e.to_string()))?;
+        // Where this segment stops: at the target's offset, or its end.
+        let stop = match (target, until) {
+            (Target::At(t), _) => offset_at(&h.index, *t).unwrap_or(h.start),
+            (_, Some(o)) => {
+                // The last boundary outside a transaction at or before the command.
+                let mut last = h.start;
+                for c in &cmds {
+                    if c.end > o {
+                        break;
+                    }
+                    if c.cuttable {
+                        last = c.end;
+                    }
+                }
+                if o < h.end { last } else { h.end }
+            }
+            _ => h.end,
+        };
+        let stop = stop.max(h.start);
+        // The base may sit inside the first segment (a window's backup): the database selected
+        // there is the scanner's, and the tail starts with it.
+        let mut db = h.db;
+        for c in &cmds {
+            if c.end <= chain.base.offset {
+                if c.name() == "SELECT"
+                    && let Some(d) = c
+                        .args
+                        .get(1)
+                        .and_then(|d| std::str::from_utf8(d).ok())
+                        .and_then(|d| d.parse().ok())
+                {
+                    db = d;
+                }
+                continue;
+            }
+            if c.end > stop {
+                break;
+            }
+            if !started {
+                write_command(&mut out, &[b"SELECT", db.to_string().as_bytes()], tail)?;
+                started = true;
+            }
+            let name = c.name();
+            if name == "PING" || name == "REPLCONF" {
+                continue;
+            }
+            let args: Vec<&[u8]> = c.args.iter().map(|a| a.as_slice()).collect();
+            write_command(&mut out, &args, tail)?;
+            written += 1;
+        }
+        if stop > chain.base.offset && stop > h.start {
+            result = (
+                stop,
+                h.replid.clone(),
+                stamp_of(&h.index, stop).unwrap_or(h.last_ms),
+            );
+        }
+        if stop < h.end {
+            break;
+        }
+    }
+    out.sync_all()
+        .map_err(|e| Error::file("cannot write", tail, e))?;
+    if let Some(o) = until
+        && result.0 < o.min(chain.end_offset)
+        && o > chain.base.offset
+        && segments == 0
+    {
+        return Err(Error::Failed(format!("offset {o} was not reached")));
+    }
+    Ok(PointInTime {
+        base: chain.base.clone(),
+        offset: result.0,
+        replid: result.1,
+        stamp_ms: result.2,
+        tail_commands: written,
+        segments,
+        fallbacks,
+    })
+}
+
+fn write_command(out: &mut std::fs::File, args: &[&[u8]], path: &Path) -> Result<()> {
+    let mut buf = Vec::new();
+    crate::redis::encode(&mut buf, args);
+    out.write_all(&buf)
+        .map_err(|e| Error::file("cannot write", path, e))
+}
+
+/// The commands in a shard's archive that `wanted` names, received between `since` and
+/// `until` (Unix ms), oldest first.
+pub async fn find(
+    from: &[DestSpec],
+    cluster: &ClusterId,
+    shard: &ShardId,
+    wanted: &Wanted,
+    since: i64,
+    until: i64,
+    identity: Option<&Path>,
+) -> Result<Vec<Found>> {
+    let ids = identity.map(load_identities).transpose()?;
+    let h = holdings(from, cluster, shard).await?;
+    let mut out = Vec::new();
+    let mut fallbacks = Vec::new();
+    let names: Vec<SegmentName> = h
+        .segments
+        .values()
+        .map(|(n, _)| n.clone())
+        .filter(|n| n.last_ms >= since && n.first_ms <= until)
+        .collect();
+    for name in names {
+        let (hd, stream) = h.read(&name, ids.as_deref(), &mut fallbacks).await?;
+        let cmds = commands(&stream, hd.start, hd.db).map_err(|e| Error::Failed(e.to_string()))?;
+        let mut boundary = hd.start;
+        for c in &cmds {
+            if wanted.matches(c) {
+                let t = stamp_of(&hd.index, c.end).unwrap_or(hd.last_ms);
+                if t >= since && t <= until {
+                    out.push(Found {
+                        time: when(t),
+                        time_ms: t,
+                        shard: shard.to_string(),
+                        replid: hd.replid.clone(),
+                        offset: c.start,
+                        before: format!("{}:{}", hd.replid, c.start.max(boundary)),
+                        command: c.display(),
+                    });
+                }
+            }
+            if c.cuttable {
+                boundary = c.end;
+            }
+        }
+    }
+    out.sort_by_key(|f| (f.time_ms, f.offset));
+    Ok(out)
+}
+
+/// One shard's archive as the regions hold it: its chains, oldest first, and what was refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Cluster.
+    pub cluster: String,
+    /// Shard.
+    pub shard: String,
+    /// The restorable stretches.
+    pub chains: Vec<Chain>,
+    /// Segments stored past every chain's reach (no base before them, or a break).
+    pub orphan_segments: usize,
+    /// The newest time restorable, and how far it is behind now (s): the recovery point as
+    /// the regions hold it.
+    pub restorable_until: Option<String>,
+    /// See above.
+    pub lag_seconds: Option<f64>,
+    /// Keys and manifests refused, with why.
+    pub refused: Vec<String>,
+}
+
+/// The archive's state of one shard, read from the regions.
+pub async fn status(from: &[DestSpec], cluster: &ClusterId, shard: &ShardId) -> Result<Status> {
+    let h = holdings(from, cluster, shard).await?;
+    let mut chains = h.chains();
+    // A base inside another chain's reach adds no stretch of its own.
+    chains.sort_by_key(|c| c.base.at_ms);
+    let mut kept: Vec<Chain> = Vec::new();
+    for c in chains {
+        match kept.last() {
+            Some(k) if c.end_ms <= k.end_ms && c.replids.iter().all(|r| k.replids.contains(r)) => {}
+            _ => kept.push(c),
+        }
+    }
+    let used: std::collections::BTreeSet<&str> = kept
+        .iter()
+        .flat_map(|c| c.segments.iter().map(|s| s.key.as_str()))
+        .collect();
+    let end = kept.iter().map(|c| c.end_ms).max();
+    let now = unix_ms(time::OffsetDateTime::now_utc());
+    Ok(Status {
+        cluster: cluster.to_string(),
+        shard: shard.to_string(),
+        orphan_segments: h
+            .segments
+            .values()
+            .filter(|(n, _)| !used.contains(n.key.as_str()))
+            .count(),
+        restorable_until: end.map(when),
+        lag_seconds: end.map(|e| ((now - e).max(0) as f64) / 1000.0),
+        chains: kept,
+        refused: h.refused,
+    })
+}
+
+/// `BackupId` of a base, checked.
+pub fn base_id(b: &Base) -> Result<BackupId> {
+    b.backup_id
+        .parse()
+        .map_err(|e| Error::Failed(format!("base {}: {e}", b.backup_id)))
+}

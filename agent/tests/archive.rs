@@ -1,0 +1,339 @@
+//! The continuous archive against real servers and real S3 regions: an archiver follows a
+//! replica's stream into Garage and moto, a FLUSHALL is found and undone, a time is restored, a
+//! killed archiver continues its chain without a gap, and a promotion switches the chain's
+//! replication id without a break.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Regions, agent};
+use fleetsnap_testkit::redis::{RedisOptions, ReplicaSet};
+use fleetsnap_testkit::{RedisServer, poll_until};
+use tokio::process::{Child, Command};
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Starts `archive run` in the background.
+fn archiver(creds: &Path, url: &str, dests: &[String], spool: &Path) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
+    cmd.args(["archive", "run", "--redis", url, "--shard", "s0"])
+        .args(["--segment-seconds", "0.5", "--spool-dir"])
+        .arg(spool)
+        .env("AWS_SHARED_CREDENTIALS_FILE", creds)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for d in dests {
+        cmd.args(["--to", d]);
+    }
+    cmd.spawn().expect("the archiver starts")
+}
+
+/// Stops an archiver with SIGINT and waits for it, asserting it ended well.
+async fn stop(child: Child) {
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: a signal to a child this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the archiver stops within 90 s of SIGINT")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "archiver failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn from_args(dests: &[String]) -> Vec<&str> {
+    dests.iter().flat_map(|d| ["--from", d.as_str()]).collect()
+}
+
+async fn status(r: &Regions, dests: &[String]) -> serde_json::Value {
+    let mut args = vec!["archive", "status", "--shard", "s0", "--json"];
+    args.extend(from_args(dests));
+    agent(Some(&r.creds), &args).await.ok().json()
+}
+
+/// Waits until the regions hold the archive up to `ms`.
+async fn archived_until(r: &Regions, dests: &[String], ms: i64) {
+    poll_until(
+        "the archive to reach the last write",
+        Duration::from_secs(60),
+        || async {
+            let s = status(r, dests).await;
+            let until = s["chains"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| c["end_ms"].as_i64())
+                .max()?;
+            (until >= ms).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// One write as the writer saw it.
+struct Write {
+    key: String,
+    sent_ms: i64,
+    acked_ms: i64,
+}
+
+/// Writes `n` keys `prefix:i` one after the other, each after the previous acknowledgement.
+async fn write(server: &RedisServer, prefix: &str, n: usize, gap: Duration) -> Vec<Write> {
+    let mut conn = server.conn().await.unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let key = format!("{prefix}:{i}");
+        let sent_ms = now_ms();
+        conn.checked(&[b"SET", key.as_bytes(), i.to_string().as_bytes()])
+            .await
+            .unwrap();
+        out.push(Write {
+            key,
+            sent_ms,
+            acked_ms: now_ms(),
+        });
+        tokio::time::sleep(gap).await;
+    }
+    out
+}
+
+/// Restores the archive to `how` (`--at T` or `--before B`) into an AOF directory and starts a
+/// server on it; gives the server and the restore's report.
+async fn restored(
+    r: &Regions,
+    dests: &[String],
+    how: &[&str],
+    work: &Path,
+) -> (RedisServer, serde_json::Value) {
+    let dir = work.join(format!("aof-{}", common::rand_suffix()));
+    let d = dir.display().to_string();
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--aof-dir",
+        &d,
+        "--json",
+    ];
+    args.extend(from_args(dests));
+    args.extend(how);
+    let report = agent(Some(&r.creds), &args).await.ok().json();
+    let server = RedisServer::start_with(RedisOptions {
+        aof_dir: Some(dir),
+        ..Default::default()
+    })
+    .await
+    .expect("the restored AOF directory loads");
+    (server, report)
+}
+
+async fn dbsize(s: &RedisServer) -> i64 {
+    match s.cmd(&["DBSIZE"]).await.unwrap() {
+        fleetsnap_agent::redis::Value::Int(n) => n,
+        v => panic!("DBSIZE answered {v:?}"),
+    }
+}
+
+async fn has(s: &RedisServer, key: &str) -> bool {
+    matches!(
+        s.cmd(&["EXISTS", key]).await.unwrap(),
+        fleetsnap_agent::redis::Value::Int(1)
+    )
+}
+
+/// The user's story: a replica archived into two S3 regions, its archiver killed and started
+/// again mid-way (the chain continues, no gap), a FLUSHALL on the primary; `archive find` names
+/// it, a restore `--before` it holds every acknowledged write and nothing after, and a restore
+/// `--at` a time between holds a prefix of the writes that includes every one acknowledged
+/// before the time and none sent after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_is_found_and_undone_and_any_time_restores() {
+    let r = Regions::start().await;
+    let dests = vec![r.garage_dest("pitr"), r.moto_dest("pitr")];
+    let set = ReplicaSet::start(1, RedisOptions::default()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let seed = write(&set.primary, "seed", 50, Duration::ZERO).await;
+    let a = archiver(&r.creds, &set.replicas[0].url(), &dests, &spool);
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status(&r, &dests).await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let mut writes = write(&set.primary, "a", 150, Duration::from_millis(5)).await;
+    // A transaction is restored whole or not at all.
+    let mut conn = set.primary.conn().await.unwrap();
+    conn.checked(&[b"MULTI"]).await.unwrap();
+    conn.command(&[b"SET", b"tx:1", b"x"]).await.unwrap();
+    conn.command(&[b"SET", b"tx:2", b"x"]).await.unwrap();
+    conn.checked(&[b"EXEC"]).await.unwrap();
+    // SIGKILL: the spool keeps the chain's position; writes go on meanwhile.
+    let mut a = a;
+    a.kill().await.unwrap();
+    writes.extend(write(&set.primary, "b", 100, Duration::from_millis(5)).await);
+    let a = archiver(&r.creds, &set.replicas[0].url(), &dests, &spool);
+    // What was written while it was down is stamped when it catches up: the archive's time is
+    // when it received a command.
+    archived_until(&r, &dests, writes.last().unwrap().acked_ms).await;
+    writes.extend(write(&set.primary, "c", 150, Duration::from_millis(5)).await);
+    let mid = writes[writes.len() - 75].acked_ms;
+    let flush_sent = now_ms();
+    conn.checked(&[b"FLUSHALL"]).await.unwrap();
+    let after = write(&set.primary, "after", 20, Duration::from_millis(5)).await;
+    archived_until(&r, &dests, after.last().unwrap().acked_ms).await;
+    stop(a).await;
+
+    let s = status(&r, &dests).await;
+    assert_eq!(
+        s["chains"].as_array().unwrap().len(),
+        1,
+        "a killed archiver continues its chain: no gap, no second base\n{s:#}"
+    );
+
+    let mut args = vec![
+        "archive",
+        "find",
+        "--shard",
+        "s0",
+        "--command",
+        "FLUSHALL",
+        "--since",
+        "0",
+        "--json",
+    ];
+    args.extend(from_args(&dests));
+    let found = agent(Some(&r.creds), &args).await.ok().json();
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0]["time_ms"].as_i64().unwrap() >= flush_sent);
+    let before = found[0]["before"].as_str().unwrap().to_string();
+
+    // Before the FLUSHALL: every acknowledged write, nothing after.
+    let (server, report) = restored(&r, &dests, &["--before", &before], work.path()).await;
+    for w in seed.iter().chain(&writes) {
+        assert!(has(&server, &w.key).await, "{} is missing", w.key);
+    }
+    assert!(has(&server, "tx:1").await && has(&server, "tx:2").await);
+    assert_eq!(
+        dbsize(&server).await,
+        (seed.len() + writes.len() + 2) as i64,
+        "nothing written after the FLUSHALL is restored: {report:#}"
+    );
+
+    // At a time between: a prefix of the writes.
+    let t = mid.to_string();
+    let (server, report) = restored(&r, &dests, &["--at", &t], work.path()).await;
+    let stamp = report["point_in_time"]["stamp_ms"].as_i64().unwrap();
+    assert!(
+        stamp <= mid,
+        "the last command restored was received after --at: {report:#}"
+    );
+    let mut present = Vec::new();
+    for w in &writes {
+        present.push(has(&server, &w.key).await);
+    }
+    let n = present.iter().take_while(|p| **p).count();
+    assert!(
+        present[n..].iter().all(|p| !p),
+        "the restored writes are not a prefix of the acknowledged ones"
+    );
+    assert!(n > 0 && n < writes.len());
+    assert!(
+        writes[..n].iter().all(|w| w.sent_ms <= mid),
+        "a write sent after --at was restored"
+    );
+    // Every write acknowledged well before the time (a replica's stream lags the primary by
+    // its propagation delay) is there.
+    let missing: Vec<(&str, i64)> = writes[n..]
+        .iter()
+        .filter(|w| w.acked_ms + 250 <= mid)
+        .map(|w| (w.key.as_str(), w.acked_ms))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "writes acknowledged before --at {mid} are missing: {missing:?}; {n} restored: {report:#}"
+    );
+
+    // A time the archive does not reach is refused with the restorable stretch.
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        "1000",
+        "--to-file",
+    ];
+    let f = work.path().join("never.rdb").display().to_string();
+    args.push(&f);
+    args.extend(from_args(&dests));
+    let refused = agent(Some(&r.creds), &args).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("before the archive's first base")
+            && refused.stderr.contains("restorable stretches"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// A promotion of the archived replica: the node drops its replicas so they learn its new
+/// history; the archiver continues with `+CONTINUE <new id>`, and a restore to after the
+/// promotion replays the writes of both histories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_continues_the_chain_on_the_new_history() {
+    let r = Regions::start().await;
+    let dests = vec![r.garage_dest("promo"), r.moto_dest("promo")];
+    let set = ReplicaSet::start(1, RedisOptions::default()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let replica = &set.replicas[0];
+    let a = archiver(&r.creds, &replica.url(), &dests, &work.path().join("spool"));
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status(&r, &dests).await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let old = write(&set.primary, "old", 50, Duration::from_millis(2)).await;
+    set.wait_synced().await.unwrap();
+    replica.cmd(&["REPLICAOF", "NO", "ONE"]).await.unwrap();
+    let new = write(replica, "new", 50, Duration::from_millis(2)).await;
+    archived_until(&r, &dests, new.last().unwrap().acked_ms).await;
+    stop(a).await;
+    let s = status(&r, &dests).await;
+    let chains = s["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 1, "{s:#}");
+    assert_eq!(
+        chains[0]["replids"].as_array().unwrap().len(),
+        2,
+        "the chain passes from the old history to the new: {s:#}"
+    );
+    // The archive's reach: every acknowledged write of both histories is in it.
+    let t = chains[0]["end_ms"].as_i64().unwrap().to_string();
+    let (server, report) = restored(&r, &dests, &["--at", &t], work.path()).await;
+    for w in old.iter().chain(&new) {
+        assert!(
+            has(&server, &w.key).await,
+            "{} is missing: {report:#}\n{s:#}",
+            w.key
+        );
+    }
+}
