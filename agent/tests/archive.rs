@@ -336,4 +336,128 @@ async fn a_promotion_continues_the_chain_on_the_new_history() {
             w.key
         );
     }
+    // The same point online, into a running server: the base key by key, then the archive.
+    let target = RedisServer::start().await.unwrap();
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        &t,
+    ];
+    args.extend(from_args(&dests));
+    let url = target.url();
+    args.extend(["--online", url.as_str()]);
+    agent(Some(&r.creds), &args).await.ok();
+    for w in old.iter().chain(&new) {
+        assert!(has(&target, &w.key).await, "{} is missing online", w.key);
+    }
+    assert_eq!(dbsize(&target).await, dbsize(&server).await);
+}
+
+/// A damaged segment in one region is read from the other (and said so); damaged or missing in
+/// every region, the restore is refused naming the segment, never replayed in part. A stray
+/// object in the archive's folder is not taken for a segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
+    let server = RedisServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (ra, rb) = (work.path().join("ra"), work.path().join("rb"));
+    let dests = vec![
+        format!("file://{}", ra.display()),
+        format!("file://{}", rb.display()),
+    ];
+    let creds = work.path().join("no-credentials");
+    let a = archiver(&creds, &server.url(), &dests, &work.path().join("spool"));
+    let status_of = |dests: Vec<String>| async move {
+        let mut args = vec!["archive", "status", "--shard", "s0", "--json"];
+        args.extend(from_args(&dests));
+        agent(None, &args).await.ok().json()
+    };
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status_of(dests.clone()).await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let writes = write(&server, "k", 40, Duration::from_millis(2)).await;
+    let last = writes.last().unwrap().acked_ms;
+    poll_until(
+        "the archive to reach the last write",
+        Duration::from_secs(60),
+        || async {
+            let s = status_of(dests.clone()).await;
+            (s["chains"][0]["end_ms"].as_i64()? >= last).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    stop(a).await;
+    let segments: Vec<String> = common::files_under(&ra)
+        .into_iter()
+        .filter(|f| f.contains("/archive/") && f.contains(".seg"))
+        .collect();
+    assert!(!segments.is_empty());
+    let seg = segments.iter().max().unwrap().clone();
+    std::fs::write(
+        ra.join(seg.rsplit_once('/').unwrap().0).join("notes.txt"),
+        b"not a segment",
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(ra.join(&seg)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(ra.join(&seg), bytes).unwrap();
+
+    let t = last.to_string();
+    let out = work.path().join("both.rdb").display().to_string();
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        &t,
+        "--to-file",
+        &out,
+    ];
+    args.extend(from_args(&dests));
+    let run = agent(None, &args).await.ok();
+    let name = seg.rsplit_once('/').unwrap().1;
+    assert!(
+        run.stdout.contains(&format!("{name} read from")),
+        "the fallback is said: {}",
+        run.stdout
+    );
+    let tail = std::fs::read(format!("{out}.tail")).unwrap();
+    let text = String::from_utf8_lossy(&tail);
+    assert!(writes.iter().all(|w| text.contains(&w.key)));
+
+    std::fs::remove_file(rb.join(&seg)).unwrap();
+    let out = work.path().join("none.rdb").display().to_string();
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        &t,
+        "--to-file",
+        &out,
+    ];
+    args.extend(from_args(&dests));
+    let run = agent(None, &args).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains(name),
+        "the refusal names the segment: {}",
+        run.stderr
+    );
+    assert!(
+        !Path::new(&out).exists() && !Path::new(&format!("{out}.tail")).exists(),
+        "nothing is restored in part"
+    );
 }
