@@ -5,6 +5,8 @@
 #   scripts/bench.sh windows [--shards 3,8,16] [--windows 20]          skew and write pause
 #   scripts/bench.sh restore [--size-gib 1] [--repeat 3]              RTO: replace, online, floor, seed
 #   scripts/bench.sh client [--keys 500000] [--repeat 3]              pipelined RESTORE: our RESP client, the redis crate
+#   scripts/bench.sh archive [--shards 3,16] [--rate 10000,50000] [--seconds 15] [--rto-mib 256]
+#                                                                     archive lag, CPU per MB, restore-to-time RTO
 #   (snapshot and restore take --baseline-agent PATH: an earlier agent's rows, run for run;
 #    snapshot takes --cores 1,2,4: the agent pinned with taskset, and --file-only)
 set -euo pipefail
@@ -23,6 +25,13 @@ if [ "${1:-}" = restore ]; then
     scripts/setup.sh
     cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench
     exec target/release/restore --agent target/release/fleetsnap-agent "$@"
+fi
+if [ "${1:-}" = archive ]; then
+    shift
+    scripts/setup.sh
+    cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench --bin archive
+    # archive finds fleetsnap-agent next to itself.
+    exec target/release/archive "$@"
 fi
 if [ "${1:-}" = client ]; then
     shift
