@@ -157,8 +157,8 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         .archive
         .as_ref()
         .and_then(|a| a.opened.lock().expect("handoff lock").take());
-    let (mut opened, started_at) = match handed {
-        Some(o) => (o, OffsetDateTime::now_utc()),
+    let (mut opened, started_at, started) = match handed {
+        Some(o) => (o, OffsetDateTime::now_utc(), Instant::now()),
         None => {
             // Everything that can be ready is: wait for the instant, then read the source.
             let prepared =
@@ -167,10 +167,14 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
                 Some(at) => prepared.fire_at(at).await?,
                 None => (prepared, OffsetDateTime::now_utc()),
             };
-            (prepared.start(&req.source_options).await?, started_at)
+            let started = Instant::now();
+            (
+                prepared.start(&req.source_options).await?,
+                started_at,
+                started,
+            )
         }
     };
-    let started = Instant::now();
     let backup_id = req
         .backup_id
         .clone()
