@@ -399,7 +399,7 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
         .filter(|f| f.contains("/archive/") && f.contains(".seg"))
         .collect();
     assert!(!segments.is_empty());
-    let seg = segments.iter().max().unwrap().clone();
+    let seg = segments.iter().min().unwrap().clone();
     std::fs::write(
         ra.join(seg.rsplit_once('/').unwrap().0).join("notes.txt"),
         b"not a segment",

@@ -411,6 +411,62 @@ async fn every_process_serves_metrics_and_probes_and_the_dashboard_and_alerts_us
         assert_eq!(status, 200, "{who} /metrics");
         scrapes.insert(who.clone(), text);
     }
+    // An archiver of one of the fleet's replicas, with its own endpoint.
+    let work = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let mut archiver =
+        tokio::process::Command::new(fleetsnap_testkit::fleet::bin("fleetsnap-agent"))
+            .args([
+                "archive",
+                "run",
+                "--shard",
+                "shop-0",
+                "--cluster",
+                "shop",
+                "--redis",
+            ])
+            .arg(f._sets[0].replicas[0].url())
+            .arg("--to")
+            .arg(format!("file://{}", work.path().join("region").display()))
+            .arg("--spool-dir")
+            .arg(work.path().join("spool"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let archive_text = poll_until("the archiver's stream", Duration::from_secs(60), || async {
+        let (status, _) = get(address, "/readyz").await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        get(address, "/metrics").await.ok().map(|(_, t)| t)
+    })
+    .await
+    .unwrap();
+    let lag = samples(
+        &archive_text,
+        "fleetsnap_archive_lag_seconds",
+        &[("shard", "shop-0")],
+    );
+    assert!(
+        lag.len() == 1 && lag[0] < 5.0,
+        "a caught-up archiver's lag: {archive_text}"
+    );
+    assert_eq!(
+        samples(
+            &archive_text,
+            "fleetsnap_archive_connected",
+            &[("cluster", "shop")]
+        ),
+        vec![1.0]
+    );
+    archiver.kill().await.unwrap();
+    scrapes.insert("archiver".to_string(), archive_text);
     let coordinator = &scrapes["coordinator-1"];
     for cluster in ["shop", "cart"] {
         let last = samples(

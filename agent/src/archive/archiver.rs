@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -52,6 +52,111 @@ pub struct ArchiveRequest {
     pub spool_max_bytes: u64,
     /// Source timeouts.
     pub source_options: SourceOptions,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// What the archiver's metrics read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Segments made durable here.
+    pub segments: AtomicU64,
+    /// Gaps found.
+    pub gaps: AtomicU64,
+    /// Stream bytes made durable here.
+    pub stream_bytes: AtomicU64,
+    /// Whether the stream is open.
+    pub connected: AtomicBool,
+    /// When the open segment's first byte came (Unix ms; 0: nothing open).
+    pub open_since_ms: AtomicI64,
+    /// When the stream was last lost, or the archiver started (Unix ms).
+    pub lost_since_ms: AtomicI64,
+}
+
+impl Stats {
+    /// The live recovery point: how long ago the oldest byte received and not yet in every region
+    /// came; 0 while nothing waits and the stream is open; since the stream was lost while it
+    /// is not.
+    fn lag_seconds(&self, local: &Local, now: i64) -> f64 {
+        let open = Some(self.open_since_ms.load(Ordering::Relaxed)).filter(|t| *t > 0);
+        let oldest = [open, local.oldest_pending_ms()]
+            .into_iter()
+            .flatten()
+            .min();
+        let since = match oldest {
+            Some(t) => t,
+            None if self.connected.load(Ordering::Relaxed) => now,
+            None => self.lost_since_ms.load(Ordering::Relaxed),
+        };
+        (now - since).max(0) as f64 / 1000.0
+    }
+}
+
+/// The archiver's families, read at scrape time.
+fn metrics_text(
+    req: &ArchiveRequest,
+    stats: &Stats,
+    local: &Local,
+    stores: &[Store],
+    uploaded: &[Arc<Uploaded>],
+) -> String {
+    use fleetsnap_telemetry::metrics::{Exposition, Kind};
+    let now = unix_ms(OffsetDateTime::now_utc());
+    let (cluster, shard) = (req.cluster.as_str(), req.shard.as_str());
+    let labels = [("cluster", cluster), ("shard", shard)];
+    let mut out = Exposition::default();
+    out.family("fleetsnap_archive_lag_seconds", Kind::Gauge, "Seconds since the oldest stream byte received and not yet in every region came (0 while caught up): the live recovery point.")
+        .sample(&labels, stats.lag_seconds(local, now));
+    out.family(
+        "fleetsnap_archive_connected",
+        Kind::Gauge,
+        "1 while the archiver holds the node's replication stream.",
+    )
+    .sample(
+        &labels,
+        f64::from(u8::from(stats.connected.load(Ordering::Relaxed))),
+    );
+    out.family(
+        "fleetsnap_archive_segments_total",
+        Kind::Counter,
+        "Segments made durable in the spool.",
+    )
+    .sample(&labels, stats.segments.load(Ordering::Relaxed) as f64);
+    out.family(
+        "fleetsnap_archive_stream_bytes_total",
+        Kind::Counter,
+        "Replication stream bytes made durable in the spool.",
+    )
+    .sample(&labels, stats.stream_bytes.load(Ordering::Relaxed) as f64);
+    out.family(
+        "fleetsnap_archive_gaps_total",
+        Kind::Counter,
+        "Times the node could not continue the chain (+FULLRESYNC): a gap, and a new base.",
+    )
+    .sample(&labels, stats.gaps.load(Ordering::Relaxed) as f64);
+    out.family(
+        "fleetsnap_archive_spool_bytes",
+        Kind::Gauge,
+        "Bytes of segments waiting in the spool for a region.",
+    )
+    .sample(&labels, local.waiting.load(Ordering::Relaxed) as f64);
+    let mut until = out.family(
+        "fleetsnap_archive_restorable_until_seconds",
+        Kind::Gauge,
+        "Unix time of the newest command each region holds in the archive.",
+    );
+    for (store, u) in stores.iter().zip(uploaded) {
+        let region = store.spec().region_name();
+        until.sample(
+            &[
+                ("cluster", cluster),
+                ("shard", shard),
+                ("region", region.as_str()),
+            ],
+            u.last_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        );
+    }
+    out.finish()
 }
 
 /// A gap in the archive: the chain that ended, and the base that started the next one.
@@ -120,13 +225,49 @@ pub async fn archive(
             ))
         })
         .collect();
+    let stats = Arc::new(Stats::default());
+    stats
+        .lost_since_ms
+        .store(unix_ms(OffsetDateTime::now_utc()), Ordering::Relaxed);
+    if let Some(address) = req.metrics_listen {
+        let (r, st, l, so, up) = (
+            req.clone(),
+            stats.clone(),
+            local.clone(),
+            stores.clone(),
+            uploaded.clone(),
+        );
+        let ready = stats.clone();
+        fleetsnap_telemetry::http::start(
+            address,
+            fleetsnap_telemetry::http::Probes {
+                metrics: Arc::new(move || metrics_text(&r, &st, &l, &so, &up)),
+                healthy: Arc::new(|| Ok(())),
+                ready: Arc::new(move || {
+                    if ready.connected.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        Err("the archiver holds no replication stream".into())
+                    }
+                }),
+            },
+        )
+        .await
+        .map_err(|e| Error::Input(e.to_string()))?;
+    }
     let mut summary = ArchiveSummary::default();
     // The first retry is at once (a promotion drops its replicas so they learn the new
     // history; the stream's stamps lag by as long as the archiver waits), later ones back off.
     let mut pause = Duration::ZERO;
     while !*stop.borrow() {
         let began = Instant::now();
-        let followed = follow(&req, &local, &mut summary, &mut stop).await;
+        let followed = follow(&req, &local, &stats, &mut summary, &mut stop).await;
+        if stats.connected.swap(false, Ordering::Relaxed) {
+            stats
+                .lost_since_ms
+                .store(unix_ms(OffsetDateTime::now_utc()), Ordering::Relaxed);
+        }
+        stats.open_since_ms.store(0, Ordering::Relaxed);
         if began.elapsed() > Duration::from_secs(30) {
             pause = Duration::ZERO;
         }
@@ -170,6 +311,7 @@ pub async fn archive(
 async fn follow(
     req: &ArchiveRequest,
     local: &Local,
+    stats: &Stats,
     summary: &mut ArchiveSummary,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<()> {
@@ -224,6 +366,7 @@ async fn follow(
             }
             if let Some(p) = &pos {
                 tracing::warn!(replid = %p.replid, offset = p.offset, base = %report.backup_id, "a gap in the archive: the node could not continue the chain; a new chain starts with a new base");
+                stats.gaps.fetch_add(1, Ordering::Relaxed);
                 summary.gaps.push(Gap {
                     replid: p.replid.clone(),
                     offset: p.offset,
@@ -254,7 +397,8 @@ async fn follow(
             (conn, extra, at, None)
         }
     };
-    Follower::new(req, local, conn, pending, at, switched_from)
+    stats.connected.store(true, Ordering::Relaxed);
+    Follower::new(req, local, stats, conn, pending, at, switched_from)
         .run(summary, stop)
         .await
 }
@@ -284,6 +428,7 @@ const SAMPLE_MS: i64 = 10;
 struct Follower<'a> {
     req: &'a ArchiveRequest,
     local: &'a Local,
+    stats: &'a Stats,
     conn: Connection,
     /// Stream bytes after `start`, not yet in a segment.
     body: Vec<u8>,
@@ -310,6 +455,7 @@ impl<'a> Follower<'a> {
     fn new(
         req: &'a ArchiveRequest,
         local: &'a Local,
+        stats: &'a Stats,
         conn: Connection,
         pending: BytesMut,
         at: Position,
@@ -318,6 +464,7 @@ impl<'a> Follower<'a> {
         Follower {
             req,
             local,
+            stats,
             conn,
             body: pending.to_vec(),
             scanned: 0,
@@ -411,6 +558,7 @@ impl<'a> Follower<'a> {
         let now = unix_ms(OffsetDateTime::now_utc());
         if self.first.is_none() {
             self.first = Some((Instant::now(), now.max(self.durable_ms)));
+            self.stats.open_since_ms.store(now, Ordering::Relaxed);
         }
         self.body.extend_from_slice(buf);
         buf.clear();
@@ -482,6 +630,10 @@ impl<'a> Follower<'a> {
             .add(&plain, &header, self.scanner.cuttable_db())?;
         summary.segments += 1;
         summary.stream_bytes += n as u64;
+        self.stats.segments.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .stream_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
         self.body.drain(..n);
         self.scanned -= n;
         self.start = end;
@@ -493,6 +645,9 @@ impl<'a> Follower<'a> {
                 unix_ms(OffsetDateTime::now_utc()).max(last.1),
             )
         });
+        self.stats
+            .open_since_ms
+            .store(self.first.map_or(0, |(_, ms)| ms), Ordering::Relaxed);
         self.ack().await?;
         Ok(true)
     }

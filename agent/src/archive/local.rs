@@ -32,6 +32,8 @@ pub struct Position {
 /// The spool directory of one shard's archive.
 pub struct Local {
     dir: PathBuf,
+    /// The segments waiting, by name, with when their first byte came (Unix ms).
+    pending: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
     /// Bytes of segments waiting here.
     pub waiting: Arc<AtomicU64>,
     /// The most bytes that may wait.
@@ -67,12 +69,22 @@ impl Local {
             .map_err(|e| io("cannot create the archive spool", &dir, e))?;
         let local = Self {
             dir,
+            pending: Default::default(),
             waiting: Arc::new(AtomicU64::new(0)),
             max_bytes,
         };
         let mut n = 0;
-        for (_, p) in local.segments()? {
+        for (name, p) in local.segments()? {
             n += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            let first = std::fs::read(&p)
+                .ok()
+                .and_then(|b| decode_segment(&b).ok().map(|(h, _)| h.first_ms))
+                .unwrap_or(0);
+            local
+                .pending
+                .lock()
+                .expect("pending lock")
+                .insert(name, first);
         }
         local.waiting.store(n, Ordering::Relaxed);
         Ok(local)
@@ -105,7 +117,11 @@ impl Local {
     /// `db` is the database selected at the segment's end.
     pub fn add(&self, plain: &[u8], h: &SegmentHeader, db: u64) -> Result<()> {
         let name = format!("{:020}-{}.seg", h.start, h.replid);
-        write_durable(&self.dir.join("segments").join(name), plain)?;
+        write_durable(&self.dir.join("segments").join(&name), plain)?;
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(name, h.first_ms);
         self.waiting
             .fetch_add(plain.len() as u64, Ordering::Relaxed);
         self.set_position(&Position {
@@ -137,6 +153,16 @@ impl Local {
             .join(format!("{seg}.{region}.sent"))
     }
 
+    /// When the first byte of the oldest segment not yet in every region came (Unix ms).
+    pub fn oldest_pending_ms(&self) -> Option<i64> {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .values()
+            .min()
+            .copied()
+    }
+
     /// Whether the spool has room for `more` bytes.
     pub fn has_room(&self, more: u64) -> bool {
         self.waiting.load(Ordering::Relaxed) + more <= self.max_bytes
@@ -156,6 +182,8 @@ pub struct Uploaded {
     pub offset: AtomicU64,
     /// Its last receive time (Unix ms).
     pub last_ms: AtomicU64,
+    /// Segments stored.
+    pub segments: AtomicU64,
     /// Segments that failed to store, retried.
     pub failures: AtomicU64,
 }
@@ -192,6 +220,7 @@ pub async fn upload_loop(
                     let _ = std::fs::File::create(local.sent_mark(&name, &tag));
                     done.offset.store(h.end, Ordering::Relaxed);
                     done.last_ms.store(h.last_ms as u64, Ordering::Relaxed);
+                    done.segments.fetch_add(1, Ordering::Relaxed);
                     sent_any = true;
                     pause = Duration::from_millis(200);
                     let all = stores
@@ -201,6 +230,7 @@ pub async fn upload_loop(
                         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                         if std::fs::remove_file(&path).is_ok() {
                             local.waiting.fetch_sub(len, Ordering::Relaxed);
+                            local.pending.lock().expect("pending lock").remove(&name);
                         }
                         for s in stores.iter() {
                             let _ = std::fs::remove_file(local.sent_mark(&name, &region_tag(s)));

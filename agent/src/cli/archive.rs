@@ -144,6 +144,7 @@ async fn run(a: ArchiveRunArgs) -> Result<ExitCode> {
             idle_timeout: Duration::from_secs(a.idle_timeout_seconds.max(1)),
             ..Default::default()
         },
+        metrics_listen: a.metrics_listen,
     };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -457,6 +457,10 @@ pub(super) struct ArchiveRunArgs {
     /// Seconds the node may send nothing before the stream is reopened.
     #[arg(long, default_value_t = 60)]
     pub(super) idle_timeout_seconds: u64,
+    /// Serve /metrics (fleetsnap_archive_lag_seconds: the live recovery point, …), /healthz and
+    /// /readyz at this address, e.g. 127.0.0.1:9188.
+    #[arg(long, value_name = "ADDRESS")]
+    pub(super) metrics_listen: Option<std::net::SocketAddr>,
     /// Print the summary as JSON when stopped.
     #[arg(long)]
     pub(super) json: bool,
