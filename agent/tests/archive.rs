@@ -461,3 +461,89 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
         "nothing is restored in part"
     );
 }
+
+/// Both regions stop answering for 20 s while writes go on: the archiver keeps the stream and
+/// its spool, its lag metric grows, and once the regions answer it catches up: one chain, no
+/// gap, every acknowledged write restorable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_cut_off_for_a_while_make_lag_then_the_archive_catches_up() {
+    use fleetsnap_testkit::proxy::Relay;
+    let r = Regions::start().await;
+    let upstream = |dest: &str| -> std::net::SocketAddr {
+        let e = dest.split("endpoint=").nth(1).unwrap();
+        let e = e.split('&').next().unwrap();
+        e.trim_start_matches("http://").parse().unwrap()
+    };
+    let (g, m) = (r.garage_dest("cut"), r.moto_dest("cut"));
+    let (rg, rm) = (
+        Relay::start(upstream(&g)).await.unwrap(),
+        Relay::start(upstream(&m)).await.unwrap(),
+    );
+    let via = |dest: &str, relay: &Relay| {
+        dest.replace(&upstream(dest).to_string(), &relay.addr.to_string())
+    };
+    let relayed = vec![via(&g, &rg), via(&m, &rm)];
+    let direct = vec![g.clone(), m.clone()];
+    let server = RedisServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let port = fleetsnap_testkit::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
+    cmd.args(["archive", "run", "--redis", &server.url(), "--shard", "s0"])
+        .args(["--segment-seconds", "0.5", "--spool-dir"])
+        .arg(work.path().join("spool"))
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .env("AWS_SHARED_CREDENTIALS_FILE", &r.creds)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for d in &relayed {
+        cmd.args(["--to", d]);
+    }
+    let a = cmd.spawn().unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let lag = || async move {
+        let (_, text) = fleetsnap_telemetry::http::get(metrics, "/metrics")
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with("fleetsnap_archive_lag_seconds{"))?
+            .rsplit_once(' ')?
+            .1
+            .parse::<f64>()
+            .ok()
+    };
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status(&r, &direct).await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut writes = write(&server, "before", 50, Duration::from_millis(10)).await;
+    rg.hold();
+    rm.hold();
+    writes.extend(write(&server, "during", 200, Duration::from_millis(100)).await);
+    let behind = lag().await.expect("the archiver serves its lag");
+    assert!(
+        behind >= 10.0,
+        "20 s without regions, yet the lag is {behind} s"
+    );
+    rg.release();
+    rm.release();
+    writes.extend(write(&server, "after", 50, Duration::from_millis(10)).await);
+    let last = writes.last().unwrap().acked_ms;
+    archived_until(&r, &direct, last).await;
+    poll_until("the lag to fall back", Duration::from_secs(60), || async {
+        (lag().await? < 3.0).then_some(())
+    })
+    .await
+    .unwrap();
+    stop(a).await;
+    let s = status(&r, &direct).await;
+    assert_eq!(s["chains"].as_array().unwrap().len(), 1, "no gap: {s:#}");
+    let end = s["chains"][0]["end_ms"].as_i64().unwrap().to_string();
+    let (restored, _) = restored(&r, &direct, &["--at", &end], work.path()).await;
+    for w in &writes {
+        assert!(has(&restored, &w.key).await, "{} is missing", w.key);
+    }
+}
