@@ -344,12 +344,25 @@ impl Scanner {
     /// `None` when `buf` holds only part of one, or the error when the bytes are not a command
     /// stream.
     pub fn next(&mut self, buf: &[u8]) -> Result<Option<Command>, SegmentError> {
+        Ok(self.next_borrowed(buf)?.map(|c| Command {
+            start: c.start,
+            end: c.end,
+            args: c.args.iter().map(|a| a.to_vec()).collect(),
+            cuttable: c.cuttable,
+        }))
+    }
+
+    /// [`Scanner::next`] with the arguments left in `buf`.
+    pub fn next_borrowed<'a>(
+        &mut self,
+        buf: &'a [u8],
+    ) -> Result<Option<Borrowed<'a>>, SegmentError> {
         let Some((args, len)) = parse_command(buf)? else {
             return Ok(None);
         };
         let start = self.at;
         self.at += len as u64;
-        let name = args.first().map_or(&[][..], |a| a.as_slice());
+        let name = args.first().copied().unwrap_or_default();
         if name.eq_ignore_ascii_case(b"MULTI") {
             self.in_multi = true;
         } else if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") {
@@ -366,7 +379,7 @@ impl Scanner {
             self.cuttable = self.at;
             self.cuttable_db = self.db;
         }
-        Ok(Some(Command {
+        Ok(Some(Borrowed {
             start,
             end: self.at,
             args,
@@ -375,12 +388,34 @@ impl Scanner {
     }
 }
 
+/// A command whose arguments are still in the stream's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Borrowed<'a> {
+    /// Offset before its first byte.
+    pub start: u64,
+    /// Offset after its last byte.
+    pub end: u64,
+    /// Its arguments (the name first).
+    pub args: Vec<&'a [u8]>,
+    /// Whether a cut may follow it.
+    pub cuttable: bool,
+}
+
+impl Borrowed<'_> {
+    /// Whether its name is `name` (ASCII, any case).
+    pub fn is(&self, name: &str) -> bool {
+        self.args
+            .first()
+            .is_some_and(|a| a.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
 /// One command (`*N` then N bulk strings) from the start of `buf` and its length; `None` when
 /// incomplete.
 /// A command's arguments and the bytes it took.
-type Parsed = (Vec<Vec<u8>>, usize);
+type Parsed<'a> = (Vec<&'a [u8]>, usize);
 
-fn parse_command(buf: &[u8]) -> Result<Option<Parsed>, SegmentError> {
+fn parse_command(buf: &[u8]) -> Result<Option<Parsed<'_>>, SegmentError> {
     let mut i = 0;
     let Some(line) = next_line(buf, &mut i)? else {
         return Ok(None);
@@ -410,7 +445,7 @@ fn parse_command(buf: &[u8]) -> Result<Option<Parsed>, SegmentError> {
         if &buf[end..end + 2] != b"\r\n" {
             return Err(bad("an argument is not followed by CRLF"));
         }
-        args.push(buf[i..end].to_vec());
+        args.push(&buf[i..end]);
         i = end + 2;
     }
     Ok(Some((args, i)))
@@ -438,6 +473,27 @@ pub fn commands(stream: &[u8], start: u64, db: u64) -> Result<Vec<Command>, Segm
     let mut i = 0;
     while i < stream.len() {
         match s.next(&stream[i..])? {
+            Some(c) => {
+                i += (c.end - c.start) as usize;
+                out.push(c);
+            }
+            None => return Err(refuse("a segment ends inside a command")),
+        }
+    }
+    Ok(out)
+}
+
+/// [`commands`] with the arguments left in `stream`.
+pub fn commands_borrowed(
+    stream: &[u8],
+    start: u64,
+    db: u64,
+) -> Result<Vec<Borrowed<'_>>, SegmentError> {
+    let mut s = Scanner::new(start, db);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < stream.len() {
+        match s.next_borrowed(&stream[i..])? {
             Some(c) => {
                 i += (c.end - c.start) as usize;
                 out.push(c);

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use fleetsnap_core::archive::{
     self, MAX_HEADER, MAX_SEGMENT_STREAM, SegmentHeader, SegmentName, Wanted, archive_dir,
-    commands, decode_segment, offset_at, parse_segment_key, stamp_of,
+    commands, commands_borrowed, decode_segment, offset_at, parse_segment_key, stamp_of,
 };
 use fleetsnap_core::manifest::{MANIFEST_NAME, join_key};
 use fleetsnap_core::window::{from_unix_ms, unix_ms};
@@ -256,9 +257,9 @@ impl Holdings {
     async fn read(
         &self,
         id: &SegmentName,
-        identities: Option<&[Box<dyn age::Identity>]>,
+        identity: Option<&Path>,
         fallbacks: &mut Vec<String>,
-    ) -> Result<(SegmentHeader, Vec<u8>)> {
+    ) -> Result<Segment> {
         let key_name = id.key.rsplit_once('/').map_or(id.key.as_str(), |(_, n)| n);
         let (_, regions) = &self.segments[&format!("{}/{key_name}", id.replid)];
         let mut why = Vec::new();
@@ -273,7 +274,7 @@ impl Holdings {
                 ),
                 id.replid
             );
-            match read_one(store, &key, id, identities).await {
+            match read_one(store, &key, id, identity).await {
                 Ok(x) => {
                     if !why.is_empty() {
                         fallbacks.push(format!("{key_name} read from {store}"));
@@ -303,13 +304,26 @@ fn shard_of(key: &str) -> ShardId {
     ShardId::new(parts.get(2).copied().unwrap_or_default()).expect("listed under a checked id")
 }
 
+/// A segment read and checked: its header, and its plain bytes with where the stream starts.
+struct Segment {
+    header: SegmentHeader,
+    plain: Vec<u8>,
+    at: usize,
+}
+
+impl Segment {
+    fn stream(&self) -> &[u8] {
+        &self.plain[self.at..]
+    }
+}
+
 async fn read_one(
     store: &Store,
     key: &str,
     id: &SegmentName,
-    identities: Option<&[Box<dyn age::Identity>]>,
-) -> Result<(SegmentHeader, Vec<u8>)> {
-    if id.codecs.encrypted() && identities.is_none() {
+    identity: Option<&Path>,
+) -> Result<Segment> {
+    if id.codecs.encrypted() && identity.is_none() {
         return Err(Error::Input(
             "the archive is encrypted with age: pass --identity AGE_KEY_FILE".into(),
         ));
@@ -320,10 +334,22 @@ async fn read_one(
     while let Some(c) = d.next().await? {
         stored.extend_from_slice(&c);
     }
-    let plain = decode_bytes(stored, &id.codecs.0, identities, limit)
-        .map_err(|e| Error::storage(store, format!("{key}: {e}")))?;
-    let (h, stream) =
-        decode_segment(&plain).map_err(|e| Error::storage(store, format!("{key}: {e}")))?;
+    // Decoded and checked off the runtime's threads, so the next segment downloads meanwhile.
+    let (codecs, identity) = (id.codecs.clone(), identity.map(Path::to_path_buf));
+    let decoded = tokio::task::spawn_blocking(move || {
+        let ids = identity.as_deref().map(load_identities).transpose()?;
+        let plain = decode_bytes(stored, &codecs.0, ids.as_deref(), limit)?;
+        let (h, stream) = decode_segment(&plain).map_err(|e| Error::Decode(e.to_string()))?;
+        let at = plain.len() - stream.len();
+        Ok::<_, Error>((h, at, plain))
+    })
+    .await
+    .map_err(|e| Error::Failed(format!("decoding a segment failed: {e}")))?;
+    let (h, at, plain) = match decoded {
+        Err(e @ Error::Input(_)) => return Err(e),
+        Err(e) => return Err(Error::storage(store, format!("{key}: {e}"))),
+        Ok(x) => x,
+    };
     if (h.replid.as_str(), h.start, h.end, h.first_ms, h.last_ms)
         != (
             id.replid.as_str(),
@@ -340,8 +366,11 @@ async fn read_one(
             ),
         ));
     }
-    let stream = stream.to_vec();
-    Ok((h, stream))
+    Ok(Segment {
+        header: h,
+        plain,
+        at,
+    })
 }
 
 fn when(ms: i64) -> String {
@@ -388,8 +417,9 @@ pub async fn resolve(
     identity: Option<&Path>,
     tail: &Path,
 ) -> Result<PointInTime> {
-    let ids = identity.map(load_identities).transpose()?;
-    let ids = ids.as_deref();
+    if let Some(p) = identity {
+        load_identities(p)?;
+    }
     let h = holdings(from, cluster, shard).await?;
     let chains = h.chains();
     // The chain, and how far into it.
@@ -419,8 +449,42 @@ pub async fn resolve(
             (c, Some(*offset))
         }
     };
+    // The segments this target needs, read ahead by a task of their own (two at most wait)
+    // while the ones read are written out.
+    let wanted: Vec<SegmentName> = chain
+        .segments
+        .iter()
+        .take_while(|n| match target {
+            Target::At(t) => n.first_ms <= *t,
+            Target::Before { .. } => true,
+        })
+        .cloned()
+        .collect();
+    let (chain, h) = (chain.clone(), Arc::new(h));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Segment, Vec<String>)>>(2);
+    let reader = {
+        let (h, identity) = (h.clone(), identity.map(Path::to_path_buf));
+        tokio::spawn(async move {
+            for name in wanted {
+                let mut fallbacks = Vec::new();
+                let read = h
+                    .read(&name, identity.as_deref(), &mut fallbacks)
+                    .await
+                    .map(|s| (s, fallbacks));
+                let failed = read.is_err();
+                if tx.send(read).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+    };
+    let file = std::fs::File::create(tail).map_err(|e| Error::file("cannot create", tail, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let put = |out: &mut std::io::BufWriter<std::fs::File>, bytes: &[u8]| {
+        out.write_all(bytes)
+            .map_err(|e| Error::file("cannot write", tail, e))
+    };
     let mut fallbacks = Vec::new();
-    let mut out = std::fs::File::create(tail).map_err(|e| Error::file("cannot create", tail, e))?;
     let mut written = 0u64;
     let mut result = (
         chain.base.offset,
@@ -430,13 +494,10 @@ pub async fn resolve(
     let mut started = false;
     let mut segments = 0;
     let mut replid = chain.base.replid.clone();
-    for name in &chain.segments {
-        if let Target::At(t) = target
-            && name.first_ms > *t
-        {
-            break;
-        }
-        let (h, stream) = h.read(name, ids, &mut fallbacks).await?;
+    while let Some(read) = rx.recv().await {
+        let (seg, fell_back) = read?;
+        fallbacks.extend(fell_back);
+        let h = &seg.header;
         segments += 1;
         if h.replid != replid && h.switched_from.as_deref() != Some(replid.as_str()) {
             return Err(Error::Failed(format!(
@@ -445,7 +506,9 @@ pub async fn resolve(
             )));
         }
         replid = h.replid.clone();
-        let cmds = commands(&stream, h.start, h.db).map_err(|e| Error::Failed(e.to_string()))?;
+        let stream = seg.stream();
+        let cmds =
+            commands_borrowed(stream, h.start, h.db).map_err(|e| Error::Failed(e.to_string()))?;
         // Where this segment stops: at the target's offset, or its end.
         let stop = match (target, until) {
             (Target::At(t), _) => offset_at(&h.index, *t).unwrap_or(h.start),
@@ -470,7 +533,7 @@ pub async fn resolve(
         let mut db = h.db;
         for c in &cmds {
             if c.end <= chain.base.offset {
-                if c.name() == "SELECT"
+                if c.is("SELECT")
                     && let Some(d) = c
                         .args
                         .get(1)
@@ -485,15 +548,19 @@ pub async fn resolve(
                 break;
             }
             if !started {
-                write_command(&mut out, &[b"SELECT", db.to_string().as_bytes()], tail)?;
+                let mut select = Vec::new();
+                crate::redis::encode(&mut select, &[b"SELECT", db.to_string().as_bytes()]);
+                put(&mut out, &select)?;
                 started = true;
             }
-            let name = c.name();
-            if name == "PING" || name == "REPLCONF" {
+            if c.is("PING") || c.is("REPLCONF") {
                 continue;
             }
-            let args: Vec<&[u8]> = c.args.iter().map(|a| a.as_slice()).collect();
-            write_command(&mut out, &args, tail)?;
+            // The command's own bytes, as the node sent them.
+            put(
+                &mut out,
+                &stream[(c.start - h.start) as usize..(c.end - h.start) as usize],
+            )?;
             written += 1;
         }
         if stop > chain.base.offset && stop > h.start {
@@ -507,15 +574,13 @@ pub async fn resolve(
             break;
         }
     }
-    out.sync_all()
+    drop(rx);
+    let _ = reader.await;
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::file("cannot write", tail, e.into_error()))?;
+    file.sync_all()
         .map_err(|e| Error::file("cannot write", tail, e))?;
-    if let Some(o) = until
-        && result.0 < o.min(chain.end_offset)
-        && o > chain.base.offset
-        && segments == 0
-    {
-        return Err(Error::Failed(format!("offset {o} was not reached")));
-    }
     Ok(PointInTime {
         base: chain.base.clone(),
         offset: result.0,
@@ -525,13 +590,6 @@ pub async fn resolve(
         segments,
         fallbacks,
     })
-}
-
-fn write_command(out: &mut std::fs::File, args: &[&[u8]], path: &Path) -> Result<()> {
-    let mut buf = Vec::new();
-    crate::redis::encode(&mut buf, args);
-    out.write_all(&buf)
-        .map_err(|e| Error::file("cannot write", path, e))
 }
 
 /// The commands in a shard's archive that `wanted` names, received between `since` and
@@ -545,7 +603,9 @@ pub async fn find(
     until: i64,
     identity: Option<&Path>,
 ) -> Result<Vec<Found>> {
-    let ids = identity.map(load_identities).transpose()?;
+    if let Some(p) = identity {
+        load_identities(p)?;
+    }
     let h = holdings(from, cluster, shard).await?;
     let mut out = Vec::new();
     let mut fallbacks = Vec::new();
@@ -556,8 +616,10 @@ pub async fn find(
         .filter(|n| n.last_ms >= since && n.first_ms <= until)
         .collect();
     for name in names {
-        let (hd, stream) = h.read(&name, ids.as_deref(), &mut fallbacks).await?;
-        let cmds = commands(&stream, hd.start, hd.db).map_err(|e| Error::Failed(e.to_string()))?;
+        let seg = h.read(&name, identity, &mut fallbacks).await?;
+        let hd = &seg.header;
+        let cmds =
+            commands(seg.stream(), hd.start, hd.db).map_err(|e| Error::Failed(e.to_string()))?;
         let mut boundary = hd.start;
         for c in &cmds {
             if wanted.matches(c) {

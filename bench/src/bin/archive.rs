@@ -517,8 +517,12 @@ async fn rto(agent: &Path, mib: u64) -> anyhow::Result<()> {
         };
         anyhow::Ok((t.elapsed(), n))
     };
-    let (floor, floor_keys) = load(floor_dir).await?;
+    // The floor loads before and after ours (the page cache favours a later load): the faster
+    // of the two counts.
+    let (floor_a, floor_keys) = load(floor_dir.clone()).await?;
     let (ours_load, ours_keys) = load(aof).await?;
+    let (floor_b, _) = load(floor_dir).await?;
+    let floor = floor_a.min(floor_b);
     if floor_keys != expected || ours_keys != expected {
         bail!("restored {ours_keys} keys, the floor {floor_keys}, the source had {expected}");
     }
@@ -530,7 +534,7 @@ async fn rto(agent: &Path, mib: u64) -> anyhow::Result<()> {
     );
     println!("|---|---|---|");
     println!(
-        "| floor: redis-server loading the same RDB and commands as an AOF directory in place | {:.2} | 1.00× |",
+        "| floor: redis-server loading the same RDB and commands as an AOF directory in place (the faster of two loads) | {:.2} | 1.00× |",
         floor.as_secs_f64()
     );
     println!(
