@@ -547,3 +547,203 @@ async fn regions_cut_off_for_a_while_make_lag_then_the_archive_catches_up() {
         assert!(has(&restored, &w.key).await, "{} is missing", w.key);
     }
 }
+
+/// The slot ranges each primary of a cluster serves, from `CLUSTER NODES`: `(port, ranges)`.
+async fn owners(node: &RedisServer) -> Vec<(u16, Vec<(u16, u16)>)> {
+    let fleetsnap_agent::redis::Value::Bulk(Some(text)) =
+        node.cmd(&["CLUSTER", "NODES"]).await.unwrap()
+    else {
+        panic!("CLUSTER NODES")
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.contains("master"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            let ranges = f[8..]
+                .iter()
+                .filter(|r| !r.starts_with('['))
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (r.parse().unwrap(), r.parse().unwrap()),
+                })
+                .collect();
+            (port, ranges)
+        })
+        .collect()
+}
+
+/// A Redis Cluster of three shards archived from its replicas: a FLUSHALL on every primary is
+/// found in every shard, and the whole cluster is restored online into a fresh cluster to just
+/// before each shard's own FLUSHALL: every key written before, nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
+    use fleetsnap_testkit::RedisCluster;
+    let cluster = RedisCluster::start(3, 1).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dests = vec![
+        format!("file://{}", work.path().join("ra").display()),
+        format!("file://{}", work.path().join("rb").display()),
+    ];
+    let served = owners(&cluster.nodes[0]).await;
+    let primaries = cluster.primaries().await.unwrap();
+    let mut archivers = Vec::new();
+    for (i, p) in primaries.iter().enumerate() {
+        let mut replica = None;
+        for n in &cluster.nodes {
+            if n.info("replication", "master_port")
+                .await
+                .unwrap()
+                .as_deref()
+                == Some(p.port().to_string().as_str())
+            {
+                replica = Some(n);
+            }
+        }
+        let replica = replica.expect("each primary has a replica");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
+        cmd.args([
+            "archive",
+            "run",
+            "--redis",
+            &replica.url(),
+            "--cluster",
+            "shop",
+        ])
+        .args(["--shard", &format!("c{i}"), "--segment-seconds", "0.5"])
+        .arg("--spool-dir")
+        .arg(work.path().join(format!("spool-{i}")))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        for d in &dests {
+            cmd.args(["--to", d]);
+        }
+        archivers.push(cmd.spawn().unwrap());
+    }
+    let shard_status = |i: usize| {
+        let dests = dests.clone();
+        async move {
+            let shard = format!("c{i}");
+            let mut args = vec![
+                "archive",
+                "status",
+                "--cluster",
+                "shop",
+                "--shard",
+                &shard,
+                "--json",
+            ];
+            args.extend(from_args(&dests));
+            agent(None, &args).await.ok().json()
+        }
+    };
+    for i in 0..primaries.len() {
+        poll_until("every shard's base", Duration::from_secs(60), || async {
+            (shard_status(i).await["chains"].as_array()?.len() == 1).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    // Each key written to the primary that owns its slot.
+    let owner_of = |key: &str| {
+        let slot = fleetsnap_core::keys::key_slot(key.as_bytes());
+        let port = served
+            .iter()
+            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
+            .unwrap()
+            .0;
+        primaries.iter().find(|p| p.port() == port).unwrap()
+    };
+    let mut written = Vec::new();
+    for n in 0..300 {
+        let key = format!("k:{n}");
+        owner_of(&key)
+            .cmd(&["SET", &key, &n.to_string()])
+            .await
+            .unwrap();
+        written.push(key);
+    }
+    for p in &primaries {
+        p.cmd(&["FLUSHALL"]).await.unwrap();
+    }
+    let mut last = 0;
+    for n in 0..30 {
+        let key = format!("after:{n}");
+        owner_of(&key).cmd(&["SET", &key, "x"]).await.unwrap();
+        last = now_ms();
+    }
+    for i in 0..primaries.len() {
+        poll_until("every shard archived", Duration::from_secs(60), || async {
+            (shard_status(i).await["chains"][0]["end_ms"].as_i64()? >= last).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    for a in archivers {
+        stop(a).await;
+    }
+
+    let mut args = vec![
+        "archive",
+        "find",
+        "--cluster",
+        "shop",
+        "--command",
+        "FLUSHALL",
+        "--since",
+        "0",
+        "--json",
+    ];
+    args.extend(from_args(&dests));
+    let found = agent(None, &args).await.ok().json();
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), 3, "one FLUSHALL per shard: {found:#?}");
+    let handles: Vec<String> = found
+        .iter()
+        .map(|f| f["before"].as_str().unwrap().to_string())
+        .collect();
+
+    let fresh = RedisCluster::start(3, 0).await.unwrap();
+    let before = handles.join(",");
+    let url = fresh.nodes[0].url();
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "shop",
+        "--before",
+        &before,
+        "--online",
+        &url,
+        "--json",
+    ];
+    args.extend(from_args(&dests));
+    let report = agent(None, &args).await.ok().json();
+    assert_eq!(report["shards"].as_array().unwrap().len(), 3, "{report:#}");
+    let fresh_owners = owners(&fresh.nodes[0]).await;
+    let mut total = 0;
+    for n in &fresh.nodes {
+        total += dbsize(n).await;
+    }
+    assert_eq!(
+        total,
+        written.len() as i64,
+        "nothing after the FLUSHALLs: {report:#}"
+    );
+    for (n, key) in written.iter().enumerate() {
+        let slot = fleetsnap_core::keys::key_slot(key.as_bytes());
+        let port = fresh_owners
+            .iter()
+            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
+            .unwrap()
+            .0;
+        let node = fresh.nodes.iter().find(|s| s.port() == port).unwrap();
+        assert_eq!(
+            node.cmd(&["GET", key]).await.unwrap(),
+            fleetsnap_agent::redis::Value::Bulk(Some(n.to_string().into_bytes())),
+            "{key}"
+        );
+    }
+}

@@ -9,5 +9,6 @@ mod read;
 pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
 pub use local::Position;
 pub use read::{
-    Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, status,
+    Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, shards,
+    status,
 };

@@ -82,13 +82,30 @@ pub enum Target {
     },
 }
 
+impl Target {
+    /// `[SHARD@]REPLID:OFFSET`, as `find` prints in its `before` column: the shard, when named,
+    /// and the target.
+    pub fn parse_before(s: &str) -> Result<(Option<ShardId>, Target)> {
+        let bad = || {
+            Error::Input(format!(
+                "--before {s:?} is not a found command: give the SHARD@REPLID:OFFSET that `archive find` prints"
+            ))
+        };
+        let (shard, rest) = match s.split_once('@') {
+            Some((sh, rest)) => (Some(ShardId::new(sh).map_err(|_| bad())?), rest),
+            None => (None, s),
+        };
+        Ok((shard, rest.parse().map_err(|_| bad())?))
+    }
+}
+
 impl std::str::FromStr for Target {
     type Err = Error;
-    /// `REPLID:OFFSET`, as `find` prints in its `before` column.
+    /// `REPLID:OFFSET`.
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Input(format!(
-                "--before {s:?} is not a found command: give the REPLID:OFFSET that `archive find` prints"
+                "--before {s:?} is not a found command: give the SHARD@REPLID:OFFSET that `archive find` prints"
             ))
         };
         let (r, o) = s.split_once(':').ok_or_else(bad)?;
@@ -631,7 +648,7 @@ pub async fn find(
                         shard: shard.to_string(),
                         replid: hd.replid.clone(),
                         offset: c.start,
-                        before: format!("{}:{}", hd.replid, c.start.max(boundary)),
+                        before: format!("{shard}@{}:{}", hd.replid, c.start.max(boundary)),
                         command: c.display(),
                     });
                 }
@@ -704,4 +721,35 @@ pub fn base_id(b: &Base) -> Result<BackupId> {
     b.backup_id
         .parse()
         .map_err(|e| Error::Failed(format!("base {}: {e}", b.backup_id)))
+}
+
+/// The shards of `cluster` that have an archive in any of the regions.
+pub async fn shards(from: &[DestSpec], cluster: &ClusterId) -> Result<Vec<ShardId>> {
+    let mut out = std::collections::BTreeSet::new();
+    for spec in from {
+        let store = Store::open(spec).await?;
+        let dir = join_key(spec.prefix(), &format!("{cluster}/archive"));
+        let keys = match store.list(&format!("{dir}/")).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(region = %spec, error = %e, "cannot list the archive");
+                continue;
+            }
+        };
+        for key in keys {
+            if let Some(shard) = key
+                .strip_prefix(&format!("{dir}/"))
+                .and_then(|r| r.split('/').next())
+                .and_then(|s| ShardId::new(s).ok())
+            {
+                out.insert(shard);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Input(format!(
+            "no archive of cluster {cluster} in the regions given: check --from and --cluster"
+        )));
+    }
+    Ok(out.into_iter().collect())
 }

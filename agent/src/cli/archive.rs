@@ -6,11 +6,15 @@ use std::time::Duration;
 use fleetsnap_core::archive::Wanted;
 use fleetsnap_core::codec::Compression;
 
-use super::args::{ArchiveAt, ArchiveCommand, ArchiveRunArgs};
-use super::print::print_json;
+use fleetsnap_core::ShardId;
+
+use super::args::{ArchiveAt, ArchiveCommand, ArchiveRunArgs, ShardArgs};
+use super::print::{print_json, print_point};
+use crate::archive::TimeTarget;
 use crate::archive::{ArchiveRequest, archive, find, status};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
+use crate::restore::{OnlineOptions, RestoreRequest};
 use crate::snapshot::{EncodeOptions, SourceOptions, parse_recipient};
 use crate::storage::{DestSpec, SpoolLimits};
 
@@ -34,31 +38,37 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
                 names: commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
                 key: key.map(String::into_bytes),
             };
-            let found = find(
-                &from,
-                &at.cluster,
-                &at.shard,
-                &wanted,
-                since,
-                until,
-                identity.as_deref(),
-            )
-            .await?;
+            let mut found = Vec::new();
+            for shard in shards_of(&at, &from).await? {
+                found.extend(
+                    find(
+                        &from,
+                        &at.cluster,
+                        &shard,
+                        &wanted,
+                        since,
+                        until,
+                        identity.as_deref(),
+                    )
+                    .await?,
+                );
+            }
+            found.sort_by_key(|f| (f.time_ms, f.shard.clone()));
             if json {
                 print_json(&found);
             } else if found.is_empty() {
                 println!(
-                    "no such command in the archive of shard {} in that time",
-                    at.shard
+                    "no such command in the archive of {} in that time",
+                    at.cluster
                 );
             } else {
                 println!(
-                    "{:<29} {:<10} {:<52} command",
+                    "{:<29} {:<12} {:<64} command",
                     "received", "shard", "before"
                 );
                 for f in &found {
                     println!(
-                        "{:<29} {:<10} {:<52} {}",
+                        "{:<29} {:<12} {:<64} {}",
                         f.time, f.shard, f.before, f.command
                     );
                 }
@@ -66,10 +76,19 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ArchiveCommand::Status { at, json } => {
-            let s = status(&dests(&at)?, &at.cluster, &at.shard).await?;
+            let from = dests(&at)?;
+            let mut all = Vec::new();
+            for shard in shards_of(&at, &from).await? {
+                all.push(status(&from, &at.cluster, &shard).await?);
+            }
             if json {
-                print_json(&s);
-            } else {
+                match (&at.shard, all.as_slice()) {
+                    (Some(_), [one]) => print_json(one),
+                    _ => print_json(&all),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            for s in &all {
                 println!(
                     "shard {} of {}: restorable until {} (lag {}), {} chain(s), {} segment(s) outside any chain",
                     s.shard,
@@ -97,6 +116,132 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The shard named, or every shard of the cluster the regions hold an archive of.
+async fn shards_of(at: &ArchiveAt, from: &[DestSpec]) -> Result<Vec<ShardId>> {
+    match &at.shard {
+        Some(s) => Ok(vec![s.clone()]),
+        None => crate::archive::shards(from, &at.cluster).await,
+    }
+}
+
+/// Every shard of a cluster restored online to one time (`--at`), or each just before its own
+/// found command (`--before SHARD@…`, one per shard), with each shard's offset and stamp and the
+/// spread of the stamps.
+pub(super) async fn restore_cluster_at(
+    set: ShardArgs,
+    online: Option<String>,
+    work_dir: Option<&std::path::Path>,
+    opts: &OnlineOptions,
+    json: bool,
+) -> Result<ExitCode> {
+    let Some(url) = online else {
+        return Err(Error::Input(
+            "a whole cluster is restored to a time with --online URL (a file or an AOF directory holds one shard: give --shard)".into(),
+        ));
+    };
+    let target = RedisTarget::parse(&url)?;
+    let from: Vec<DestSpec> = set
+        .from
+        .iter()
+        .map(|d| DestSpec::parse(d))
+        .collect::<Result<_>>()?;
+    let cluster = set.cluster.clone().expect("clap requires --cluster");
+    let all = crate::archive::shards(&from, &cluster).await?;
+    let mut handles = std::collections::BTreeMap::new();
+    for b in &set.before {
+        match TimeTarget::parse_before(b)? {
+            (Some(shard), t) => {
+                handles.insert(shard, t);
+            }
+            (None, _) => {
+                return Err(Error::Input(format!(
+                    "--before {b} names no shard: give each shard's SHARD@REPLID:OFFSET as `archive find` prints it"
+                )));
+            }
+        }
+    }
+    if set.at.is_none() {
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|s| !handles.contains_key(*s))
+            .map(|s| s.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Input(format!(
+                "--before names no command for shard(s) {}: give one per shard, or restore --at a time",
+                missing.join(", ")
+            )));
+        }
+    }
+    let mut points = Vec::new();
+    let mut reports = Vec::new();
+    for shard in &all {
+        let t = match set.at {
+            Some(t) => TimeTarget::At(t),
+            None => handles[shard].clone(),
+        };
+        let dir = match work_dir {
+            Some(d) => tempfile::tempdir_in(d),
+            None => tempfile::tempdir(),
+        }
+        .map_err(|e| {
+            Error::Input(format!(
+                "cannot create a directory for the archive's tail: {e}"
+            ))
+        })?;
+        let tail = dir.path().join("archive.tail");
+        let point =
+            crate::archive::resolve(&from, &cluster, shard, &t, set.identity.as_deref(), &tail)
+                .await?;
+        if !json {
+            println!("shard {shard}:");
+            print_point(&point);
+        }
+        let req = RestoreRequest {
+            from: from.clone(),
+            backup: crate::archive::base_id(&point.base)?,
+            cluster: Some(cluster.clone()),
+            shard: Some(shard.clone()),
+            to_file: Default::default(),
+            aof_dir: false,
+            identity: set.identity.clone(),
+            sync: true,
+            force: true,
+            archive_tail: Some(tail),
+        };
+        let r = crate::restore::restore_online(req, work_dir, &target, opts).await?;
+        if !json {
+            println!(
+                "  {} keys, {} tail commands into {}",
+                r.keys,
+                r.shards
+                    .iter()
+                    .map(|s| s.applied.tail_commands)
+                    .sum::<u64>(),
+                target
+            );
+        }
+        points.push((shard.to_string(), point));
+        reports.push(r);
+    }
+    let stamps: Vec<i64> = points.iter().map(|(_, p)| p.stamp_ms).collect();
+    let spread = stamps.iter().max().unwrap_or(&0) - stamps.iter().min().unwrap_or(&0);
+    if json {
+        print_json(&serde_json::json!({
+            "shards": points.iter().zip(&reports).map(|((s, p), r)| serde_json::json!({
+                "shard": s, "point_in_time": p, "restore": r,
+            })).collect::<Vec<_>>(),
+            "stamp_spread_ms": spread,
+        }));
+    } else {
+        println!(
+            "{} shards restored; the spread of their last commands' stamps is {spread} ms",
+            points.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn dests(at: &ArchiveAt) -> Result<Vec<DestSpec>> {

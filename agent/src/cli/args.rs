@@ -212,13 +212,19 @@ pub(super) struct ShardArgs {
     pub(super) backup: Option<BackupId>,
     /// Restore to this time from the continuous archive: the shard's latest base before it and
     /// every command received up to it. RFC 3339 (2026-12-05T04:00:00.250Z) or Unix
-    /// milliseconds. Needs --cluster and --shard.
-    #[arg(long, value_name = "TIME", value_parser = parse_time, requires_all = ["cluster", "shard"], conflicts_with = "before")]
+    /// milliseconds. Needs --cluster; without --shard, every shard of the cluster (--online).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "cluster", conflicts_with = "before")]
     pub(super) at: Option<i64>,
     /// Restore from the continuous archive to just before a command `archive find` found: the
-    /// REPLID:OFFSET it prints. Needs --cluster and --shard.
-    #[arg(long, value_name = "REPLID:OFFSET", requires_all = ["cluster", "shard"])]
-    pub(super) before: Option<String>,
+    /// SHARD@REPLID:OFFSET it prints (comma-separated, one per shard, to restore a whole cluster
+    /// with --online). Needs --cluster.
+    #[arg(
+        long,
+        value_name = "SHARD@REPLID:OFFSET",
+        value_delimiter = ',',
+        requires = "cluster"
+    )]
+    pub(super) before: Vec<String>,
     /// The cluster, when the backup id covers several (a window's).
     #[arg(long)]
     pub(super) cluster: Option<ClusterId>,
@@ -251,6 +257,12 @@ pub(super) struct ArchivePoint {
 }
 
 impl ShardArgs {
+    /// Whether this restores every shard of a cluster from the archive (`--at` or `--before`
+    /// without `--shard`).
+    pub(super) fn cluster_wide(&self) -> bool {
+        self.shard.is_none() && (self.at.is_some() || self.before.len() > 1)
+    }
+
     /// The request to read the shard, with `--at` or `--before` resolved against the archive
     /// (the base becomes the backup, the archive's tail its tail); where the copy goes is the
     /// caller's to set.
@@ -258,10 +270,27 @@ impl ShardArgs {
         self,
         work_dir: Option<&std::path::Path>,
     ) -> Result<(RestoreRequest, Option<ArchivePoint>)> {
-        let target = match (self.at, &self.before) {
+        let mut named = None;
+        let target = match (self.at, self.before.as_slice()) {
             (Some(t), _) => Some(crate::archive::TimeTarget::At(t)),
-            (_, Some(b)) => Some(b.parse()?),
-            _ => None,
+            (_, [b]) => {
+                let (shard, target) = crate::archive::TimeTarget::parse_before(b)?;
+                if let (Some(s), Some(want)) = (&shard, &self.shard)
+                    && s != want
+                {
+                    return Err(Error::Input(format!(
+                        "--before {b} is a command of shard {s}, not of --shard {want}"
+                    )));
+                }
+                named = shard;
+                Some(target)
+            }
+            (_, []) => None,
+            (_, _) => {
+                return Err(Error::Input(
+                    "several --before handles restore a whole cluster: leave out --shard and restore with --online".into(),
+                ));
+            }
         };
         let Some(target) = target else {
             return Ok((self.request()?, None));
@@ -271,10 +300,12 @@ impl ShardArgs {
             .iter()
             .map(|f| DestSpec::parse(f))
             .collect::<Result<Vec<_>>>()?;
-        let (cluster, shard) = (
-            self.cluster.clone().expect("clap requires --cluster"),
-            self.shard.clone().expect("clap requires --shard"),
-        );
+        let cluster = self.cluster.clone().expect("clap requires --cluster");
+        let shard = self.shard.clone().or(named).ok_or_else(|| {
+            Error::Input(
+                "a restore to a time from the archive needs --shard, or --online to restore every shard of the cluster".into(),
+            )
+        })?;
         let dir = match work_dir {
             Some(d) => tempfile::tempdir_in(d),
             None => tempfile::tempdir(),
@@ -414,9 +445,9 @@ pub(super) struct ArchiveAt {
     /// The cluster.
     #[arg(long, default_value = "standalone")]
     pub(super) cluster: ClusterId,
-    /// The shard.
+    /// The shard (find and status: every shard of the cluster when left out).
     #[arg(long)]
-    pub(super) shard: ShardId,
+    pub(super) shard: Option<ShardId>,
 }
 
 #[derive(clap::Args)]

@@ -232,6 +232,22 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             work_dir,
             json,
         } => {
+            if set.cluster_wide() {
+                let opts = OnlineOptions {
+                    replace_existing,
+                    db,
+                    pattern,
+                    progress: false,
+                };
+                return super::archive::restore_cluster_at(
+                    set,
+                    online,
+                    work_dir.as_deref(),
+                    &opts,
+                    json,
+                )
+                .await;
+            }
             // Where the copy goes is the mode's to choose (`replace`, `online`) or the flags'.
             let to_a_file = aof_dir.is_some() || to_file.is_some();
             let (base, point) = set.resolve(work_dir.as_deref()).await?;
