@@ -747,3 +747,152 @@ async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
         );
     }
 }
+
+/// Exact points pass the causal check: a writer increments a counter on shard a, then b, then c,
+/// each after the previous acknowledgement, while exact points are taken; every shard restored
+/// `--exact` holds counters with a ≥ b ≥ c and a − c ≤ 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_points_restore_every_shard_at_one_instant() {
+    let work = tempfile::tempdir().unwrap();
+    let dests = vec![
+        format!("file://{}", work.path().join("ra").display()),
+        format!("file://{}", work.path().join("rb").display()),
+    ];
+    let names = ["a", "b", "c"];
+    let mut servers = Vec::new();
+    for _ in names {
+        servers.push(RedisServer::start().await.unwrap());
+    }
+    let mut archivers = Vec::new();
+    for (name, s) in names.iter().zip(&servers) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
+        cmd.args(["archive", "run", "--redis", &s.url(), "--cluster", "bank"])
+            .args(["--shard", name, "--segment-seconds", "0.3", "--spool-dir"])
+            .arg(work.path().join(format!("spool-{name}")))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for d in &dests {
+            cmd.args(["--to", d]);
+        }
+        archivers.push(cmd.spawn().unwrap());
+    }
+    let status_of = |name: &'static str| {
+        let dests = dests.clone();
+        async move {
+            let mut args = vec![
+                "archive",
+                "status",
+                "--cluster",
+                "bank",
+                "--shard",
+                name,
+                "--json",
+            ];
+            args.extend(from_args(&dests));
+            agent(None, &args).await.ok().json()
+        }
+    };
+    for name in names {
+        poll_until("every shard's base", Duration::from_secs(60), || async {
+            (status_of(name).await["chains"].as_array()?.len() == 1).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let stop_writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop_writing.clone();
+        let mut conns = Vec::new();
+        for s in &servers {
+            conns.push(s.conn().await.unwrap());
+        }
+        tokio::spawn(async move {
+            let mut rounds = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in conns.iter_mut() {
+                    c.checked(&[b"INCR", b"ctr"]).await.unwrap();
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut mark = vec![
+        "archive".to_string(),
+        "mark".into(),
+        "--cluster".into(),
+        "bank".into(),
+        "--json".into(),
+    ];
+    for (name, s) in names.iter().zip(&servers) {
+        mark.extend(["--node".into(), format!("{name}={}", s.url())]);
+    }
+    for d in &dests {
+        mark.extend(["--to".into(), d.clone()]);
+    }
+    let mark: Vec<&str> = mark.iter().map(String::as_str).collect();
+    let mut points = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        points.push(agent(None, &mark).await.ok().json());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.await.unwrap();
+    let last = now_ms();
+    for name in names {
+        poll_until("every shard archived", Duration::from_secs(60), || async {
+            (status_of(name).await["chains"][0]["end_ms"].as_i64()? >= last).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    for a in archivers {
+        stop(a).await;
+    }
+    let t = last.to_string();
+    let mut counters = Vec::new();
+    for name in names {
+        let dir = work.path().join(format!("aof-{name}"));
+        let d = dir.display().to_string();
+        let mut args = vec![
+            "restore",
+            "--cluster",
+            "bank",
+            "--shard",
+            name,
+            "--at",
+            &t,
+            "--exact",
+            "--aof-dir",
+            &d,
+            "--json",
+        ];
+        args.extend(from_args(&dests));
+        agent(None, &args).await.ok();
+        let s = RedisServer::start_with(RedisOptions {
+            aof_dir: Some(dir),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let v = match s.cmd(&["GET", "ctr"]).await.unwrap() {
+            fleetsnap_agent::redis::Value::Bulk(Some(b)) => {
+                String::from_utf8(b).unwrap().parse::<u64>().unwrap()
+            }
+            other => panic!("ctr is {other:?}"),
+        };
+        counters.push(v);
+    }
+    let (a, b, c) = (counters[0], counters[1], counters[2]);
+    assert!(
+        a >= b && b >= c && a - c <= 1,
+        "restored counters {counters:?} are not one instant (points {points:#?})"
+    );
+    assert!(
+        a > 0 && a < rounds,
+        "the last point lies inside the writes: {counters:?} of {rounds}"
+    );
+}

@@ -539,6 +539,65 @@ impl Wanted {
     }
 }
 
+/// An exact point: every primary of a cluster paused for writes at once, each one's offset read
+/// while paused, then released. Restoring every shard to its offset gives the cluster as it was
+/// at one instant, with no write in flight between shards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExactPoint {
+    /// [`SEGMENT_FORMAT`].
+    pub format: u32,
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// When the primaries were paused (Unix ms).
+    pub at_ms: i64,
+    /// How long writes were paused (µs).
+    pub pause_us: u64,
+    /// Each shard's replication id and offset while paused.
+    pub shards: Vec<PointShard>,
+}
+
+/// One shard of an [`ExactPoint`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointShard {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its primary's replication id.
+    pub replid: String,
+    /// Its primary's offset.
+    pub offset: u64,
+}
+
+/// Where exact points are kept: `<cluster>/archive-points/<at_ms>.json` (beside the shards'
+/// archives, not inside them).
+pub fn point_key(prefix: &str, cluster: &ClusterId, at_ms: i64) -> String {
+    join_key(
+        prefix,
+        &format!("{cluster}/archive-points/{at_ms:013}.json"),
+    )
+}
+
+impl ExactPoint {
+    /// Reads a point, checking it against itself.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SegmentError> {
+        let p: ExactPoint = serde_json::from_slice(bytes)
+            .map_err(|e| refuse(format!("an exact point is not valid: {e}")))?;
+        if p.format != SEGMENT_FORMAT {
+            return Err(refuse(format!(
+                "an exact point of format {} (this build reads {SEGMENT_FORMAT})",
+                p.format
+            )));
+        }
+        if p.shards.is_empty() || p.shards.iter().any(|s| !is_replid(&s.replid)) {
+            return Err(refuse(
+                "an exact point names no shard or a malformed replication id",
+            ));
+        }
+        Ok(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,12 @@
 
 mod archiver;
 mod local;
+mod points;
 mod read;
 
 pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
 pub use local::Position;
+pub use points::{latest_point, mark};
 pub use read::{
     Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, shards,
     status,

@@ -75,6 +75,44 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ArchiveCommand::Mark {
+            cluster,
+            nodes,
+            to,
+            pause_budget_ms,
+            json,
+        } => {
+            let mut parsed = Vec::new();
+            for n in &nodes {
+                let (shard, url) = n.split_once('=').ok_or_else(|| {
+                    Error::Input(format!("--node {n:?} is not SHARD=redis://HOST:PORT"))
+                })?;
+                let shard =
+                    ShardId::new(shard).map_err(|e| Error::Input(format!("--node {n:?}: {e}")))?;
+                parsed.push((shard, RedisTarget::parse(url)?));
+            }
+            let to = to
+                .iter()
+                .map(|d| DestSpec::parse(d))
+                .collect::<Result<Vec<_>>>()?;
+            let p = crate::archive::mark(&cluster, &parsed, &to, pause_budget_ms).await?;
+            if json {
+                print_json(&p);
+            } else {
+                println!(
+                    "exact point of {} at {} ms: writes paused {} µs; {}",
+                    p.cluster,
+                    p.at_ms,
+                    p.pause_us,
+                    p.shards
+                        .iter()
+                        .map(|s| format!("{} at {}:{}", s.shard, s.replid, s.offset))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ArchiveCommand::Status { at, json } => {
             let from = dests(&at)?;
             let mut all = Vec::new();
@@ -175,12 +213,26 @@ pub(super) async fn restore_cluster_at(
             )));
         }
     }
+    let exact = match (set.exact, set.at) {
+        (true, Some(t)) => {
+            let p = crate::archive::latest_point(&from, &cluster, t).await?;
+            if !json {
+                println!(
+                    "exact point taken at {} ms (writes paused {} µs)",
+                    p.at_ms, p.pause_us
+                );
+            }
+            Some(p)
+        }
+        _ => None,
+    };
     let mut points = Vec::new();
     let mut reports = Vec::new();
     for shard in &all {
-        let t = match set.at {
-            Some(t) => TimeTarget::At(t),
-            None => handles[shard].clone(),
+        let t = match (&exact, set.at) {
+            (Some(p), _) => super::args::point_target(p, shard)?,
+            (None, Some(t)) => TimeTarget::At(t),
+            (None, None) => handles[shard].clone(),
         };
         let dir = match work_dir {
             Some(d) => tempfile::tempdir_in(d),

@@ -225,6 +225,10 @@ pub(super) struct ShardArgs {
         requires = "cluster"
     )]
     pub(super) before: Vec<String>,
+    /// With --at: restore to the latest exact point at or before the time (`archive mark`): every
+    /// shard at one instant of the whole cluster, no write in flight between them.
+    #[arg(long, requires = "at")]
+    pub(super) exact: bool,
     /// The cluster, when the backup id covers several (a window's).
     #[arg(long)]
     pub(super) cluster: Option<ClusterId>,
@@ -246,6 +250,27 @@ pub(super) fn parse_time(text: &str) -> std::result::Result<i64, String> {
         .map_err(|e| {
             format!("not a time ({e}): write it as RFC 3339, e.g. 2026-12-05T04:00:00.250Z, or Unix milliseconds")
         })
+}
+
+/// Where an exact point puts `shard`.
+pub(super) fn point_target(
+    point: &fleetsnap_core::archive::ExactPoint,
+    shard: &ShardId,
+) -> Result<crate::archive::TimeTarget> {
+    let s = point
+        .shards
+        .iter()
+        .find(|s| s.shard == *shard)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "the exact point of {} has no shard {shard}",
+                fleetsnap_core::window::from_unix_ms(point.at_ms)
+            ))
+        })?;
+    Ok(crate::archive::TimeTarget::Before {
+        replid: s.replid.clone(),
+        offset: s.offset,
+    })
 }
 
 /// A restore's point in time: the tail built from the archive, kept while the restore runs.
@@ -272,6 +297,21 @@ impl ShardArgs {
     ) -> Result<(RestoreRequest, Option<ArchivePoint>)> {
         let mut named = None;
         let target = match (self.at, self.before.as_slice()) {
+            (Some(t), _) if self.exact => {
+                let from = self
+                    .from
+                    .iter()
+                    .map(|f| DestSpec::parse(f))
+                    .collect::<Result<Vec<_>>>()?;
+                let cluster = self.cluster.clone().expect("clap requires --cluster");
+                let shard = self.shard.clone().ok_or_else(|| {
+                    Error::Input(
+                        "--exact restores one --shard, or every shard with --online".into(),
+                    )
+                })?;
+                let point = crate::archive::latest_point(&from, &cluster, t).await?;
+                Some(point_target(&point, &shard)?)
+            }
             (Some(t), _) => Some(crate::archive::TimeTarget::At(t)),
             (_, [b]) => {
                 let (shard, target) = crate::archive::TimeTarget::parse_before(b)?;
@@ -420,6 +460,26 @@ pub(super) enum ArchiveCommand {
         /// age identity file for an encrypted archive.
         #[arg(long, value_name = "AGE_KEY_FILE")]
         identity: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an exact point of a cluster: pause writes on every primary (one after the other,
+    /// within --pause-budget-ms), read each one's offset once all are paused, release them, and
+    /// store the offsets in every region. `restore --at T --exact` restores to the latest one.
+    Mark {
+        /// The cluster.
+        #[arg(long, default_value = "standalone")]
+        cluster: ClusterId,
+        /// Each shard's primary, as SHARD=redis://HOST:PORT (repeat for every shard).
+        #[arg(long = "node", value_name = "SHARD=URL", required = true)]
+        nodes: Vec<String>,
+        /// A region (repeat for several).
+        #[arg(long = "to", value_name = "DEST", required = true)]
+        to: Vec<String>,
+        /// The longest writes may be paused, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        pause_budget_ms: u64,
         /// Print JSON.
         #[arg(long)]
         json: bool,
