@@ -896,3 +896,83 @@ async fn exact_points_restore_every_shard_at_one_instant() {
         "the last point lies inside the writes: {counters:?} of {rounds}"
     );
 }
+
+/// An archiver on another host (a spool of its own) takes over from one that was killed: it
+/// continues the chain from where the regions hold it, so the archive has no gap and every
+/// write is restorable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_archiver_takes_over_the_chain_from_the_regions() {
+    let server = RedisServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dests = vec![
+        format!("file://{}", work.path().join("ra").display()),
+        format!("file://{}", work.path().join("rb").display()),
+    ];
+    let creds = work.path().join("no-credentials");
+    let status_now = || {
+        let dests = dests.clone();
+        async move {
+            let mut args = vec!["archive", "status", "--shard", "s0", "--json"];
+            args.extend(from_args(&dests));
+            agent(None, &args).await.ok().json()
+        }
+    };
+    let mut first = archiver(&creds, &server.url(), &dests, &work.path().join("host-1"));
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut writes = write(&server, "one", 50, Duration::from_millis(5)).await;
+    let reached = writes.last().unwrap().acked_ms;
+    poll_until(
+        "the first archiver's segments",
+        Duration::from_secs(60),
+        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= reached).then_some(()) },
+    )
+    .await
+    .unwrap();
+    first.kill().await.unwrap();
+    writes.extend(write(&server, "two", 50, Duration::from_millis(5)).await);
+    let second = archiver(&creds, &server.url(), &dests, &work.path().join("host-2"));
+    writes.extend(write(&server, "three", 50, Duration::from_millis(5)).await);
+    let last = writes.last().unwrap().acked_ms;
+    poll_until(
+        "the second archiver's segments",
+        Duration::from_secs(60),
+        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= last).then_some(()) },
+    )
+    .await
+    .unwrap();
+    stop(second).await;
+    let s = status_now().await;
+    assert_eq!(
+        s["chains"].as_array().unwrap().len(),
+        1,
+        "the takeover continued the chain: no second base\n{s:#}"
+    );
+    let end = s["chains"][0]["end_ms"].as_i64().unwrap().to_string();
+    let out = work.path().join("taken.rdb");
+    let o = out.display().to_string();
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        &end,
+        "--to-file",
+        &o,
+    ];
+    args.extend(from_args(&dests));
+    agent(None, &args).await.ok();
+    let tail = String::from_utf8_lossy(&std::fs::read(format!("{o}.tail")).unwrap()).into_owned();
+    for w in &writes {
+        assert!(
+            tail.contains(&format!("{}\r\n", w.key)),
+            "{} is missing",
+            w.key
+        );
+    }
+}

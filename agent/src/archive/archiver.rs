@@ -206,6 +206,20 @@ pub async fn archive(
         .join(req.cluster.as_str())
         .join(req.shard.as_str());
     let local = Arc::new(Local::open(dir, req.spool_max_bytes)?);
+    if local.position()?.is_none() {
+        // A new spool (another agent taking over, or one whose spool was lost): the chain goes
+        // on from where the regions hold it.
+        match super::read::chain_end(&req.destinations, &req.cluster, &req.shard, None).await {
+            Ok(Some(p)) => {
+                tracing::info!(replid = %p.replid, offset = p.offset, "continuing the archive's chain from where the regions hold it");
+                local.set_position(&p)?;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the regions' archive could not be read; a new chain starts")
+            }
+        }
+    }
     let mut stores = Vec::new();
     for d in &req.destinations {
         stores.push(Store::open(d).await?);

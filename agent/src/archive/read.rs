@@ -753,3 +753,47 @@ pub async fn shards(from: &[DestSpec], cluster: &ClusterId) -> Result<Vec<ShardI
     }
     Ok(out.into_iter().collect())
 }
+
+/// Where the newest chain of a shard's archive ends, as the regions hold it: a new archiver (on
+/// another agent, or one whose spool was lost) continues it from there with `PSYNC`, so a
+/// takeover leaves no gap while the node's backlog still holds the offset. `None` when the
+/// archive holds no chain with a segment.
+pub async fn chain_end(
+    from: &[DestSpec],
+    cluster: &ClusterId,
+    shard: &ShardId,
+    identity: Option<&Path>,
+) -> Result<Option<super::Position>> {
+    let h = holdings(from, cluster, shard).await?;
+    let Some(chain) = h
+        .chains()
+        .into_iter()
+        .filter(|c| !c.segments.is_empty())
+        .max_by_key(|c| c.end_ms)
+    else {
+        return Ok(None);
+    };
+    let last = chain.segments.last().expect("a segment").clone();
+    let seg = h.read(&last, identity, &mut Vec::new()).await?;
+    let hd = &seg.header;
+    let mut db = hd.db;
+    for c in commands_borrowed(seg.stream(), hd.start, hd.db)
+        .map_err(|e| Error::Failed(e.to_string()))?
+    {
+        if c.is("SELECT")
+            && let Some(d) = c
+                .args
+                .get(1)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse().ok())
+        {
+            db = d;
+        }
+    }
+    Ok(Some(super::Position {
+        replid: hd.replid.clone(),
+        offset: hd.end,
+        db,
+        at_ms: hd.last_ms,
+    }))
+}
