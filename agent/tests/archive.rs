@@ -976,3 +976,110 @@ async fn another_archiver_takes_over_the_chain_from_the_regions() {
         );
     }
 }
+
+/// An archive encrypted with age: its base and segments are unreadable without the key (a
+/// restore says to pass --identity), and with it restore every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_archive_restores_with_its_key_only() {
+    use age::secrecy::ExposeSecret;
+    let server = RedisServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let identity = age::x25519::Identity::generate();
+    let key_file = work.path().join("key.txt");
+    std::fs::write(
+        &key_file,
+        format!("{}\n", identity.to_string().expose_secret()),
+    )
+    .unwrap();
+    let recipient = identity.to_public().to_string();
+    let region = work.path().join("ra");
+    let dest = format!("file://{}", region.display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
+    cmd.args(["archive", "run", "--redis", &server.url(), "--shard", "s0"])
+        .args([
+            "--segment-seconds",
+            "0.3",
+            "--encrypt-to",
+            &recipient,
+            "--to",
+            &dest,
+        ])
+        .arg("--spool-dir")
+        .arg(work.path().join("spool"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let a = cmd.spawn().unwrap();
+    let status_now = || {
+        let dest = dest.clone();
+        async move {
+            agent(
+                None,
+                &[
+                    "archive", "status", "--shard", "s0", "--json", "--from", &dest,
+                ],
+            )
+            .await
+            .ok()
+            .json()
+        }
+    };
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let writes = write(&server, "secret", 40, Duration::from_millis(5)).await;
+    let last = writes.last().unwrap().acked_ms;
+    poll_until(
+        "the archive to reach the last write",
+        Duration::from_secs(60),
+        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= last).then_some(()) },
+    )
+    .await
+    .unwrap();
+    stop(a).await;
+    let stored: Vec<String> = common::files_under(&region)
+        .into_iter()
+        .filter(|f| f.contains(".seg"))
+        .collect();
+    assert!(!stored.is_empty() && stored.iter().all(|f| f.ends_with(".seg.zst.age")));
+    for f in &stored {
+        let bytes = std::fs::read(region.join(f)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("secret:"),
+            "a key name is readable in {f}"
+        );
+    }
+    let t = last.to_string();
+    let out = work.path().join("r.rdb").display().to_string();
+    let base = [
+        "restore",
+        "--from",
+        &dest,
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        &t,
+        "--to-file",
+        &out,
+    ];
+    let refused = agent(None, &base).await;
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("--identity"), "{}", refused.stderr);
+    let key = key_file.display().to_string();
+    let mut with_key = base.to_vec();
+    with_key.extend(["--identity", &key]);
+    agent(None, &with_key).await.ok();
+    let tail = String::from_utf8_lossy(&std::fs::read(format!("{out}.tail")).unwrap()).into_owned();
+    for w in &writes {
+        assert!(
+            tail.contains(&format!("{}\r\n", w.key)),
+            "{} is missing",
+            w.key
+        );
+    }
+}
