@@ -1083,3 +1083,142 @@ async fn an_encrypted_archive_restores_with_its_key_only() {
         );
     }
 }
+
+/// Pruning keeps every second within --keep restorable: a later backup of the same history
+/// becomes the kept stretch's base, the segments before it go, the base and what follows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_what_a_kept_base_needs_and_deletes_the_rest() {
+    let server = RedisServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let region = work.path().join("ra");
+    let dest = format!("file://{}", region.display());
+    let dests = vec![dest.clone()];
+    let creds = work.path().join("no-credentials");
+    let spool = work.path().join("spool");
+    let status_now = || {
+        let dest = dest.clone();
+        async move {
+            agent(
+                None,
+                &[
+                    "archive", "status", "--shard", "s0", "--json", "--from", &dest,
+                ],
+            )
+            .await
+            .ok()
+            .json()
+        }
+    };
+    let a = archiver(&creds, &server.url(), &dests, &spool);
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let old = write(&server, "old", 30, Duration::from_millis(5)).await;
+    let reached = old.last().unwrap().acked_ms;
+    poll_until(
+        "the old writes archived",
+        Duration::from_secs(60),
+        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= reached).then_some(()) },
+    )
+    .await
+    .unwrap();
+    // A backup of the same history: a later base.
+    let snap = agent(
+        None,
+        &[
+            "snapshot",
+            "--redis",
+            &server.url(),
+            "--shard",
+            "s0",
+            "--to",
+            &dest,
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    let second_base = snap["backup_id"].as_str().unwrap().to_string();
+    // The second base was taken before now; writes go on for more than a second after it.
+    let after_base = now_ms();
+    let new = write(&server, "new", 100, Duration::from_millis(15)).await;
+    let last = new.last().unwrap().acked_ms;
+    poll_until(
+        "the new writes archived",
+        Duration::from_secs(60),
+        || async {
+            let s = status_now().await;
+            s["chains"]
+                .as_array()?
+                .iter()
+                .any(|c| c["end_ms"].as_i64().unwrap_or(0) >= last)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    stop(a).await;
+    let segments_before = common::files_under(&region)
+        .into_iter()
+        .filter(|f| f.contains(".seg"))
+        .count();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Whole seconds back to just after the second base: the cutoff falls between it and the
+    // last write.
+    let keep = format!("{}s", (now_ms() - after_base) / 1000);
+    let pruned = agent(
+        None,
+        &[
+            "archive", "prune", "--shard", "s0", "--from", &dest, "--keep", &keep, "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    let report = &pruned[0][1];
+    assert_eq!(report["kept_base"], second_base.as_str(), "{pruned:#}");
+    let left = common::files_under(&region)
+        .into_iter()
+        .filter(|f| f.contains(".seg"))
+        .count();
+    assert!(left < segments_before, "nothing was pruned: {pruned:#}");
+    // Every write since the kept base still restores.
+    let t = last.to_string();
+    let out = work.path().join("after-prune.rdb").display().to_string();
+    agent(
+        None,
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--cluster",
+            "standalone",
+            "--shard",
+            "s0",
+            "--at",
+            &t,
+            "--to-file",
+            &out,
+        ],
+    )
+    .await
+    .ok();
+    let restored = RedisServer::start_with(RedisOptions {
+        rdb: Some(out.clone().into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    fleetsnap_agent::restore::replay_tail_into(
+        &restored.target(),
+        Path::new(&format!("{out}.tail")),
+    )
+    .await
+    .unwrap();
+    for w in old.iter().chain(&new) {
+        assert!(has(&restored, &w.key).await, "{} is missing", w.key);
+    }
+}

@@ -209,7 +209,7 @@ pub async fn archive(
     if local.position()?.is_none() {
         // A new spool (another agent taking over, or one whose spool was lost): the chain goes
         // on from where the regions hold it.
-        match super::read::chain_end(&req.destinations, &req.cluster, &req.shard, None).await {
+        match super::upkeep::chain_end(&req.destinations, &req.cluster, &req.shard, None).await {
             Ok(Some(p)) => {
                 tracing::info!(replid = %p.replid, offset = p.offset, "continuing the archive's chain from where the regions hold it");
                 local.set_position(&p)?;

@@ -6,6 +6,7 @@ mod archiver;
 mod local;
 mod points;
 mod read;
+mod upkeep;
 
 pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
 pub use local::Position;
@@ -14,3 +15,4 @@ pub use read::{
     Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, shards,
     status,
 };
+pub use upkeep::{PruneReport, chain_end, prune};

@@ -140,14 +140,18 @@ pub struct Found {
 
 /// Everything one shard's archive holds, gathered from every region: the bases and, per
 /// segment name, the regions that list it.
-struct Holdings {
-    stores: Vec<Store>,
-    bases: Vec<Base>,
-    segments: BTreeMap<String, (SegmentName, Vec<usize>)>,
-    refused: Vec<String>,
+pub(super) struct Holdings {
+    pub(super) stores: Vec<Store>,
+    pub(super) bases: Vec<Base>,
+    pub(super) segments: BTreeMap<String, (SegmentName, Vec<usize>)>,
+    pub(super) refused: Vec<String>,
 }
 
-async fn holdings(from: &[DestSpec], cluster: &ClusterId, shard: &ShardId) -> Result<Holdings> {
+pub(super) async fn holdings(
+    from: &[DestSpec],
+    cluster: &ClusterId,
+    shard: &ShardId,
+) -> Result<Holdings> {
     if from.is_empty() {
         return Err(Error::Input(
             "no source: give at least one --from DEST".into(),
@@ -266,12 +270,12 @@ impl Holdings {
         }
     }
 
-    fn chains(&self) -> Vec<Chain> {
+    pub(super) fn chains(&self) -> Vec<Chain> {
         self.bases.iter().map(|b| self.chain(b)).collect()
     }
 
     /// A segment read from the first region that gives a good copy, checked against its name.
-    async fn read(
+    pub(super) async fn read(
         &self,
         id: &SegmentName,
         identity: Option<&Path>,
@@ -322,14 +326,14 @@ fn shard_of(key: &str) -> ShardId {
 }
 
 /// A segment read and checked: its header, and its plain bytes with where the stream starts.
-struct Segment {
-    header: SegmentHeader,
+pub(super) struct Segment {
+    pub(super) header: SegmentHeader,
     plain: Vec<u8>,
     at: usize,
 }
 
 impl Segment {
-    fn stream(&self) -> &[u8] {
+    pub(super) fn stream(&self) -> &[u8] {
         &self.plain[self.at..]
     }
 }
@@ -752,48 +756,4 @@ pub async fn shards(from: &[DestSpec], cluster: &ClusterId) -> Result<Vec<ShardI
         )));
     }
     Ok(out.into_iter().collect())
-}
-
-/// Where the newest chain of a shard's archive ends, as the regions hold it: a new archiver (on
-/// another agent, or one whose spool was lost) continues it from there with `PSYNC`, so a
-/// takeover leaves no gap while the node's backlog still holds the offset. `None` when the
-/// archive holds no chain with a segment.
-pub async fn chain_end(
-    from: &[DestSpec],
-    cluster: &ClusterId,
-    shard: &ShardId,
-    identity: Option<&Path>,
-) -> Result<Option<super::Position>> {
-    let h = holdings(from, cluster, shard).await?;
-    let Some(chain) = h
-        .chains()
-        .into_iter()
-        .filter(|c| !c.segments.is_empty())
-        .max_by_key(|c| c.end_ms)
-    else {
-        return Ok(None);
-    };
-    let last = chain.segments.last().expect("a segment").clone();
-    let seg = h.read(&last, identity, &mut Vec::new()).await?;
-    let hd = &seg.header;
-    let mut db = hd.db;
-    for c in commands_borrowed(seg.stream(), hd.start, hd.db)
-        .map_err(|e| Error::Failed(e.to_string()))?
-    {
-        if c.is("SELECT")
-            && let Some(d) = c
-                .args
-                .get(1)
-                .and_then(|d| std::str::from_utf8(d).ok())
-                .and_then(|d| d.parse().ok())
-        {
-            db = d;
-        }
-    }
-    Ok(Some(super::Position {
-        replid: hd.replid.clone(),
-        offset: hd.end,
-        db,
-        at_ms: hd.last_ms,
-    }))
 }

@@ -113,6 +113,46 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ArchiveCommand::Prune {
+            at,
+            keep,
+            dry_run,
+            json,
+        } => {
+            let from = dests(&at)?;
+            let mut reports = Vec::new();
+            for shard in shards_of(&at, &from).await? {
+                let r = crate::archive::prune(&from, &at.cluster, &shard, keep, dry_run).await?;
+                if !json {
+                    println!(
+                        "shard {shard}: {} segment copies {}, {} segments kept (restorable from {} on, base {}){}",
+                        r.deleted.len(),
+                        if dry_run { "to delete" } else { "deleted" },
+                        r.kept,
+                        r.keep_from_ms,
+                        r.kept_base.as_deref().unwrap_or("-"),
+                        if r.failed.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; {} deletions failed:\n  {}",
+                                r.failed.len(),
+                                r.failed.join("\n  ")
+                            )
+                        }
+                    );
+                }
+                reports.push((shard.to_string(), r));
+            }
+            if json {
+                print_json(&reports);
+            }
+            Ok(if reports.iter().any(|(_, r)| !r.failed.is_empty()) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         ArchiveCommand::Status { at, json } => {
             let from = dests(&at)?;
             let mut all = Vec::new();

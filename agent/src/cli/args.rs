@@ -240,6 +240,21 @@ pub(super) struct ShardArgs {
     pub(super) identity: Option<PathBuf>,
 }
 
+/// A duration as `--keep` takes it: a number and one of s, m, h, d.
+pub(super) fn parse_keep(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration: write 7d, 24h, 90m or 3600s");
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 /// A time as `--at`, `--since` and `--until` take it: RFC 3339 or Unix milliseconds.
 pub(super) fn parse_time(text: &str) -> std::result::Result<i64, String> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
@@ -480,6 +495,22 @@ pub(super) enum ArchiveCommand {
         /// The longest writes may be paused, in milliseconds.
         #[arg(long, default_value_t = 100)]
         pause_budget_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the segments no time within --keep needs (chains that end before it, and what
+    /// comes before the latest base at or before it). Bases are backups: the catalog's
+    /// retention keeps or deletes them.
+    Prune {
+        #[command(flatten)]
+        at: ArchiveAt,
+        /// How far back every second stays restorable: 7d, 24h, 90m, 3600s.
+        #[arg(long, value_parser = parse_keep)]
+        keep: std::time::Duration,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
