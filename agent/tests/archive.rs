@@ -1222,3 +1222,118 @@ async fn prune_keeps_what_a_kept_base_needs_and_deletes_the_rest() {
         assert!(has(&restored, &w.key).await, "{} is missing", w.key);
     }
 }
+
+/// `--before` in the other forms: `replace` loads the base into the node through its start
+/// command and replays the archive; a drill of the same point checks the base and replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_and_drill_go_to_a_found_command_too() {
+    let server = RedisServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}", work.path().join("ra").display());
+    let dests = vec![dest.clone()];
+    let creds = work.path().join("no-credentials");
+    let a = archiver(&creds, &server.url(), &dests, &work.path().join("spool"));
+    let status_now = || {
+        let dest = dest.clone();
+        async move {
+            agent(
+                None,
+                &[
+                    "archive", "status", "--shard", "s0", "--json", "--from", &dest,
+                ],
+            )
+            .await
+            .ok()
+            .json()
+        }
+    };
+    poll_until("the chain's base", Duration::from_secs(60), || async {
+        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let writes = write(&server, "w", 60, Duration::from_millis(5)).await;
+    server.cmd(&["FLUSHDB"]).await.unwrap();
+    let after = write(&server, "after", 5, Duration::from_millis(5)).await;
+    let last = after.last().unwrap().acked_ms;
+    poll_until(
+        "the archive to reach the last write",
+        Duration::from_secs(60),
+        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= last).then_some(()) },
+    )
+    .await
+    .unwrap();
+    stop(a).await;
+    let found = agent(
+        None,
+        &[
+            "archive",
+            "find",
+            "--shard",
+            "s0",
+            "--command",
+            "flushdb",
+            "--since",
+            "0",
+            "--json",
+            "--from",
+            &dest,
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    let before = found[0]["before"].as_str().unwrap().to_string();
+
+    let target = RedisServer::start().await.unwrap();
+    target.cmd(&["SET", "mine", "x"]).await.unwrap();
+    target.cmd(&["SAVE"]).await.unwrap();
+    let (url, start) = (target.url(), target.start_command());
+    let run = agent(
+        None,
+        &[
+            "restore",
+            "--from",
+            &dest,
+            "--cluster",
+            "standalone",
+            "--shard",
+            "s0",
+            "--before",
+            &before,
+            "--replace",
+            &url,
+            "--start",
+            &start,
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(run["restore"]["tail_commands"], 60, "{run:#}");
+    for w in &writes {
+        assert!(has(&target, &w.key).await, "{} is missing", w.key);
+    }
+    assert_eq!(dbsize(&target).await, writes.len() as i64, "{run:#}");
+
+    let drill = agent(
+        None,
+        &[
+            "drill",
+            "--from",
+            &dest,
+            "--cluster",
+            "standalone",
+            "--shard",
+            "s0",
+            "--before",
+            &before,
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(drill["ok"], true, "{drill:#}");
+}
