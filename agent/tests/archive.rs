@@ -686,6 +686,24 @@ async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
         stop(a).await;
     }
 
+    // The cluster restores where every shard does: from the latest base to the earliest end.
+    let mut args = vec!["archive", "status", "--cluster", "shop", "--json"];
+    args.extend(from_args(&dests));
+    let whole = agent(None, &args).await.ok().json();
+    let stretches = whole["cluster_restorable"].as_array().unwrap();
+    assert_eq!(stretches.len(), 1, "{whole:#}");
+    let ends: Vec<i64> = whole["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["chains"][0]["end_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        stretches[0][1].as_i64(),
+        ends.iter().min().copied(),
+        "{whole:#}"
+    );
+
     let mut args = vec![
         "archive",
         "find",

@@ -598,6 +598,47 @@ impl ExactPoint {
     }
 }
 
+/// Time ranges (Unix ms, inclusive) merged where they overlap or touch, sorted.
+pub fn merge_ranges(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    ranges.retain(|(a, b)| a <= b);
+    ranges.sort();
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// The times every one of `sets` covers: a cluster's restorable stretches from its shards'.
+pub fn intersect_ranges(sets: &[Vec<(i64, i64)>]) -> Vec<(i64, i64)> {
+    let Some((first, rest)) = sets.split_first() else {
+        return Vec::new();
+    };
+    let mut acc = merge_ranges(first.clone());
+    for set in rest {
+        let set = merge_ranges(set.clone());
+        let mut out = Vec::new();
+        for &(a, b) in &acc {
+            for &(c, d) in &set {
+                let (lo, hi) = (a.max(c), b.min(d));
+                if lo <= hi {
+                    out.push((lo, hi));
+                }
+            }
+        }
+        acc = merge_ranges(out);
+    }
+    acc
+}
+
+/// The holes between merged ranges: `(end of one, start of the next)`.
+pub fn gaps_between(ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    ranges.windows(2).map(|w| (w[0].1, w[1].0)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,5 +779,18 @@ mod tests {
         let hits: Vec<_> = found.iter().filter(|c| w.matches(c)).collect();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].display(), "DEL user:1 order:9");
+    }
+
+    #[test]
+    fn a_cluster_restores_only_where_every_shard_does() {
+        let a = vec![(0, 10), (20, 30)];
+        let b = vec![(5, 25)];
+        assert_eq!(intersect_ranges(&[a.clone(), b]), vec![(5, 10), (20, 25)]);
+        assert_eq!(
+            merge_ranges(vec![(3, 5), (0, 2), (2, 4), (9, 8)]),
+            vec![(0, 5)]
+        );
+        assert_eq!(gaps_between(&merge_ranges(a)), vec![(10, 20)]);
+        assert!(intersect_ranges(&[]).is_empty());
     }
 }

@@ -394,7 +394,7 @@ async fn read_one(
     })
 }
 
-fn when(ms: i64) -> String {
+pub(super) fn when(ms: i64) -> String {
     from_unix_ms(ms)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -677,6 +677,10 @@ pub struct Status {
     pub chains: Vec<Chain>,
     /// Segments stored past every chain's reach (no base before them, or a break).
     pub orphan_segments: usize,
+    /// The stretches a restore can reach (Unix ms, merged), and the gaps between them.
+    pub restorable: Vec<(i64, i64)>,
+    /// See above: `(end of one stretch, start of the next)`.
+    pub gaps: Vec<(i64, i64)>,
     /// The newest time restorable, and how far it is behind now (s): the recovery point as
     /// the regions hold it.
     pub restorable_until: Option<String>,
@@ -704,6 +708,9 @@ pub async fn status(from: &[DestSpec], cluster: &ClusterId, shard: &ShardId) -> 
         .flat_map(|c| c.segments.iter().map(|s| s.key.as_str()))
         .collect();
     let end = kept.iter().map(|c| c.end_ms).max();
+    let stretches = fleetsnap_core::archive::merge_ranges(
+        kept.iter().map(|c| (c.base.at_ms, c.end_ms)).collect(),
+    );
     let now = unix_ms(time::OffsetDateTime::now_utc());
     Ok(Status {
         cluster: cluster.to_string(),
@@ -714,6 +721,8 @@ pub async fn status(from: &[DestSpec], cluster: &ClusterId, shard: &ShardId) -> 
             .filter(|(n, _)| !used.contains(n.key.as_str()))
             .count(),
         restorable_until: end.map(when),
+        restorable: stretches.clone(),
+        gaps: fleetsnap_core::archive::gaps_between(&stretches),
         lag_seconds: end.map(|e| ((now - e).max(0) as f64) / 1000.0),
         chains: kept,
         refused: h.refused,

@@ -159,13 +159,25 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
             for shard in shards_of(&at, &from).await? {
                 all.push(status(&from, &at.cluster, &shard).await?);
             }
+            // A cluster restores only where every shard does.
+            let cluster_wide = fleetsnap_core::archive::intersect_ranges(
+                &all.iter().map(|s| s.restorable.clone()).collect::<Vec<_>>(),
+            );
             if json {
                 match (&at.shard, all.as_slice()) {
                     (Some(_), [one]) => print_json(one),
-                    _ => print_json(&all),
+                    _ => print_json(&serde_json::json!({
+                        "shards": all,
+                        "cluster_restorable": cluster_wide,
+                    })),
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            let when = |ms: i64| {
+                fleetsnap_core::window::from_unix_ms(ms)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
             for s in &all {
                 println!(
                     "shard {} of {}: restorable until {} (lag {}), {} chain(s), {} segment(s) outside any chain",
@@ -187,9 +199,31 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
                         c.replids.join(" → ")
                     );
                 }
+                for (a, b) in &s.gaps {
+                    println!(
+                        "  gap: nothing restorable from {} to {}",
+                        when(*a),
+                        when(*b)
+                    );
+                }
                 for r in &s.refused {
                     println!("  refused: {r}");
                 }
+            }
+            if at.shard.is_none() {
+                let shown: Vec<String> = cluster_wide
+                    .iter()
+                    .map(|(a, b)| format!("{} … {}", when(*a), when(*b)))
+                    .collect();
+                println!(
+                    "cluster {}: restorable (every shard) {}",
+                    at.cluster,
+                    if shown.is_empty() {
+                        "nowhere".to_string()
+                    } else {
+                        shown.join(", ")
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -532,7 +532,15 @@ async fn rto(agent: &Path, mib: u64) -> anyhow::Result<()> {
     let node = RedisServer::start_with(RedisOptions::default()).await?;
     let t = Instant::now();
     let st = Command::new(agent)
-        .args(["restore", "--cluster", "standalone", "--shard", "s0", "--at", &at])
+        .args([
+            "restore",
+            "--cluster",
+            "standalone",
+            "--shard",
+            "s0",
+            "--at",
+            &at,
+        ])
         .arg("--from")
         .arg(format!("file://{}", regions[0].display()))
         .args(["--replace", &node.url(), "--start", &node.start_command()])
