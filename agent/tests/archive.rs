@@ -462,9 +462,9 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
     );
 }
 
-/// Both regions stop answering for 20 s while writes go on: the archiver keeps the stream and
-/// its spool, its lag metric grows, and once the regions answer it catches up: one chain, no
-/// gap, every acknowledged write restorable.
+/// Both regions stop answering for 20 s while writes go on, and the archiver's spool fills: it
+/// stops reading, its lag metric grows, and once the regions answer it catches up: one chain,
+/// no gap, every acknowledged write restorable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regions_cut_off_for_a_while_make_lag_then_the_archive_catches_up() {
     use fleetsnap_testkit::proxy::Relay;
@@ -492,6 +492,9 @@ async fn regions_cut_off_for_a_while_make_lag_then_the_archive_catches_up() {
         .args(["--segment-seconds", "0.5", "--spool-dir"])
         .arg(work.path().join("spool"))
         .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        // A spool this small fills while the regions are away: the archiver stops reading
+        // until they answer, and nothing is lost or corrupted.
+        .args(["--spool-max", "4KiB"])
         .env("AWS_SHARED_CREDENTIALS_FILE", &r.creds)
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")

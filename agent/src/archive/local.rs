@@ -163,9 +163,11 @@ impl Local {
             .copied()
     }
 
-    /// Whether the spool has room for `more` bytes.
+    /// Whether the spool has room for `more` bytes. An empty spool takes any one segment, even
+    /// one larger than its limit, or the archiver would wait for room that never comes.
     pub fn has_room(&self, more: u64) -> bool {
-        self.waiting.load(Ordering::Relaxed) + more <= self.max_bytes
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        waiting == 0 || waiting + more <= self.max_bytes
     }
 }
 
