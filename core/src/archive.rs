@@ -344,12 +344,7 @@ impl Scanner {
     /// `None` when `buf` holds only part of one, or the error when the bytes are not a command
     /// stream.
     pub fn next(&mut self, buf: &[u8]) -> Result<Option<Command>, SegmentError> {
-        Ok(self.next_borrowed(buf)?.map(|c| Command {
-            start: c.start,
-            end: c.end,
-            args: c.args.iter().map(|a| a.to_vec()).collect(),
-            cuttable: c.cuttable,
-        }))
+        Ok(self.next_borrowed(buf)?.map(Command::from))
     }
 
     /// [`Scanner::next`] with the arguments left in `buf`.
@@ -399,6 +394,17 @@ pub struct Borrowed<'a> {
     pub args: Vec<&'a [u8]>,
     /// Whether a cut may follow it.
     pub cuttable: bool,
+}
+
+impl From<Borrowed<'_>> for Command {
+    fn from(c: Borrowed<'_>) -> Command {
+        Command {
+            start: c.start,
+            end: c.end,
+            args: c.args.iter().map(|a| a.to_vec()).collect(),
+            cuttable: c.cuttable,
+        }
+    }
 }
 
 impl Borrowed<'_> {
@@ -468,19 +474,10 @@ fn next_line<'a>(buf: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, Segm
 
 /// The commands of a whole segment's stream, from `start` with `db` selected.
 pub fn commands(stream: &[u8], start: u64, db: u64) -> Result<Vec<Command>, SegmentError> {
-    let mut s = Scanner::new(start, db);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < stream.len() {
-        match s.next(&stream[i..])? {
-            Some(c) => {
-                i += (c.end - c.start) as usize;
-                out.push(c);
-            }
-            None => return Err(refuse("a segment ends inside a command")),
-        }
-    }
-    Ok(out)
+    Ok(commands_borrowed(stream, start, db)?
+        .into_iter()
+        .map(Command::from)
+        .collect())
 }
 
 /// [`commands`] with the arguments left in `stream`.
@@ -489,10 +486,26 @@ pub fn commands_borrowed(
     start: u64,
     db: u64,
 ) -> Result<Vec<Borrowed<'_>>, SegmentError> {
+    scan(stream, start, db, u64::MAX).map(|(out, _)| out)
+}
+
+/// The database selected at `offset` (a command boundary) of a segment's stream that starts at
+/// `start` with `db` selected; past its end, the one selected at its end.
+pub fn db_at(stream: &[u8], start: u64, db: u64, offset: u64) -> Result<u64, SegmentError> {
+    scan(stream, start, db, offset).map(|(_, db)| db)
+}
+
+/// The commands of `stream` that end at or before `upto`, and the database selected after them.
+fn scan(
+    stream: &[u8],
+    start: u64,
+    db: u64,
+    upto: u64,
+) -> Result<(Vec<Borrowed<'_>>, u64), SegmentError> {
     let mut s = Scanner::new(start, db);
     let mut out = Vec::new();
     let mut i = 0;
-    while i < stream.len() {
+    while i < stream.len() && s.at() < upto {
         match s.next_borrowed(&stream[i..])? {
             Some(c) => {
                 i += (c.end - c.start) as usize;
@@ -501,7 +514,7 @@ pub fn commands_borrowed(
             None => return Err(refuse("a segment ends inside a command")),
         }
     }
-    Ok(out)
+    Ok((out, s.db()))
 }
 
 /// When the command that ends at `end` had been received: the first sample at or after it.

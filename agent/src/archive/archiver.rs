@@ -92,6 +92,14 @@ impl Stats {
     }
 }
 
+/// A per-region family: name, kind, help, and its value from a region's uploader.
+type PerRegion = (
+    &'static str,
+    fleetsnap_telemetry::metrics::Kind,
+    &'static str,
+    fn(&Uploaded) -> f64,
+);
+
 /// The archiver's families, read at scrape time.
 fn metrics_text(
     req: &ArchiveRequest,
@@ -104,57 +112,76 @@ fn metrics_text(
     let now = unix_ms(OffsetDateTime::now_utc());
     let (cluster, shard) = (req.cluster.as_str(), req.shard.as_str());
     let labels = [("cluster", cluster), ("shard", shard)];
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let shard_wide = [
+        (
+            "fleetsnap_archive_lag_seconds",
+            Kind::Gauge,
+            "Seconds since the oldest stream byte received and not yet in every region came (0 while caught up): the live recovery point.",
+            stats.lag_seconds(local, now),
+        ),
+        (
+            "fleetsnap_archive_connected",
+            Kind::Gauge,
+            "1 while the archiver holds the node's replication stream.",
+            f64::from(u8::from(stats.connected.load(Ordering::Relaxed))),
+        ),
+        (
+            "fleetsnap_archive_segments_total",
+            Kind::Counter,
+            "Segments made durable in the spool.",
+            load(&stats.segments),
+        ),
+        (
+            "fleetsnap_archive_stream_bytes_total",
+            Kind::Counter,
+            "Replication stream bytes made durable in the spool.",
+            load(&stats.stream_bytes),
+        ),
+        (
+            "fleetsnap_archive_gaps_total",
+            Kind::Counter,
+            "Times the node could not continue the chain (+FULLRESYNC): a gap, and a new base.",
+            load(&stats.gaps),
+        ),
+        (
+            "fleetsnap_archive_spool_bytes",
+            Kind::Gauge,
+            "Bytes of segments waiting in the spool for a region.",
+            load(&local.waiting),
+        ),
+    ];
     let mut out = Exposition::default();
-    out.family("fleetsnap_archive_lag_seconds", Kind::Gauge, "Seconds since the oldest stream byte received and not yet in every region came (0 while caught up): the live recovery point.")
-        .sample(&labels, stats.lag_seconds(local, now));
-    out.family(
-        "fleetsnap_archive_connected",
-        Kind::Gauge,
-        "1 while the archiver holds the node's replication stream.",
-    )
-    .sample(
-        &labels,
-        f64::from(u8::from(stats.connected.load(Ordering::Relaxed))),
-    );
-    out.family(
-        "fleetsnap_archive_segments_total",
-        Kind::Counter,
-        "Segments made durable in the spool.",
-    )
-    .sample(&labels, stats.segments.load(Ordering::Relaxed) as f64);
-    out.family(
-        "fleetsnap_archive_stream_bytes_total",
-        Kind::Counter,
-        "Replication stream bytes made durable in the spool.",
-    )
-    .sample(&labels, stats.stream_bytes.load(Ordering::Relaxed) as f64);
-    out.family(
-        "fleetsnap_archive_gaps_total",
-        Kind::Counter,
-        "Times the node could not continue the chain (+FULLRESYNC): a gap, and a new base.",
-    )
-    .sample(&labels, stats.gaps.load(Ordering::Relaxed) as f64);
-    out.family(
-        "fleetsnap_archive_spool_bytes",
-        Kind::Gauge,
-        "Bytes of segments waiting in the spool for a region.",
-    )
-    .sample(&labels, local.waiting.load(Ordering::Relaxed) as f64);
-    let mut until = out.family(
-        "fleetsnap_archive_restorable_until_seconds",
-        Kind::Gauge,
-        "Unix time of the newest command each region holds in the archive.",
-    );
-    for (store, u) in stores.iter().zip(uploaded) {
-        let region = store.spec().region_name();
-        until.sample(
-            &[
-                ("cluster", cluster),
-                ("shard", shard),
-                ("region", region.as_str()),
-            ],
-            u.last_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-        );
+    for (name, kind, help, value) in shard_wide {
+        out.family(name, kind, help).sample(&labels, value);
+    }
+    let per_region: [PerRegion; 2] = [
+        (
+            "fleetsnap_archive_restorable_until_seconds",
+            Kind::Gauge,
+            "Unix time of the newest command each region holds in the archive.",
+            |u| u.last_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        ),
+        (
+            "fleetsnap_archive_upload_failures_total",
+            Kind::Counter,
+            "Segment uploads a region did not take (each is retried, in order).",
+            |u| u.failures.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_region {
+        let mut family = out.family(name, kind, help);
+        for (store, u) in stores.iter().zip(uploaded) {
+            let region = store.spec().region_name();
+            family.sample(
+                &[
+                    ("cluster", cluster),
+                    ("shard", shard),
+                    ("region", region.as_str()),
+                ],
+                value(u),
+            );
+        }
     }
     out.finish()
 }
@@ -317,6 +344,8 @@ pub async fn archive(
         );
     }
     summary.position = local.position()?;
+    summary.segments = stats.segments.load(Ordering::Relaxed);
+    summary.stream_bytes = stats.stream_bytes.load(Ordering::Relaxed);
     Ok(summary)
 }
 
@@ -413,7 +442,7 @@ async fn follow(
     };
     stats.connected.store(true, Ordering::Relaxed);
     Follower::new(req, local, stats, conn, pending, at, switched_from)
-        .run(summary, stop)
+        .run(stop)
         .await
 }
 
@@ -502,11 +531,7 @@ impl<'a> Follower<'a> {
             .await
     }
 
-    async fn run(
-        mut self,
-        summary: &mut ArchiveSummary,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<()> {
+    async fn run(mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
         self.ack().await?;
         let mut buf = BytesMut::with_capacity(256 * 1024);
         let mut last_ack = Instant::now();
@@ -521,7 +546,7 @@ impl<'a> Follower<'a> {
             };
             if self.first.is_some() {
                 let waited = self.first.map(|(t, _)| t.elapsed()).unwrap_or_default();
-                if waited >= self.req.segment && self.cut(summary).await? {
+                if waited >= self.req.segment && self.cut().await? {
                     last_ack = Instant::now();
                 }
             }
@@ -532,24 +557,24 @@ impl<'a> Follower<'a> {
                 .max(Duration::from_millis(5));
             tokio::select! {
                 _ = stop.changed() => {
-                    self.cut(summary).await?;
+                    self.cut().await?;
                     return Ok(());
                 }
                 read = tokio::time::timeout(tick.min(until_cut), self.conn.read_some(&mut buf)) => match read {
                     Ok(Ok(0)) => {
                         // What came before the close is as good as any: kept, with its stamps.
-                        self.cut(summary).await.ok();
+                        self.cut().await.ok();
                         return Err(Error::redis(self.conn.target(), "the node closed the replication stream: check its log (restart, failover, output-buffer limit for replicas)"));
                     }
                     Ok(Ok(_)) => {
                         silent = Duration::ZERO;
                         self.take(&mut buf)?;
                         if self.body.len() as u64 >= self.req.segment_max_bytes {
-                            self.cut(summary).await?;
+                            self.cut().await?;
                         }
                     }
                     Ok(Err(e)) => {
-                        self.cut(summary).await.ok();
+                        self.cut().await.ok();
                         return Err(e);
                     }
                     Err(_) => {
@@ -601,7 +626,7 @@ impl<'a> Follower<'a> {
 
     /// Makes a segment of everything up to the last command boundary outside a transaction,
     /// durable here, then acknowledges it. False when there is nothing to cut yet.
-    async fn cut(&mut self, summary: &mut ArchiveSummary) -> Result<bool> {
+    async fn cut(&mut self) -> Result<bool> {
         let end = self.scanner.cuttable();
         if end <= self.start {
             return Ok(false);
@@ -642,8 +667,6 @@ impl<'a> Follower<'a> {
         }
         self.local
             .add(&plain, &header, self.scanner.cuttable_db())?;
-        summary.segments += 1;
-        summary.stream_bytes += n as u64;
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
         self.stats
             .stream_bytes

@@ -180,12 +180,8 @@ fn region_tag(store: &Store) -> String {
 /// What an uploader has done, for the status and the lag.
 #[derive(Debug, Default)]
 pub struct Uploaded {
-    /// The end offset of the last segment stored.
-    pub offset: AtomicU64,
     /// Its last receive time (Unix ms).
     pub last_ms: AtomicU64,
-    /// Segments stored.
-    pub segments: AtomicU64,
     /// Segments that failed to store, retried.
     pub failures: AtomicU64,
 }
@@ -217,12 +213,10 @@ pub async fn upload_loop(
             if local.sent_mark(&name, &tag).exists() {
                 continue;
             }
-            match send_one(&local, store, &path, &encode).await {
+            match send_one(store, &path, &encode).await {
                 Ok(h) => {
                     let _ = std::fs::File::create(local.sent_mark(&name, &tag));
-                    done.offset.store(h.end, Ordering::Relaxed);
                     done.last_ms.store(h.last_ms as u64, Ordering::Relaxed);
-                    done.segments.fetch_add(1, Ordering::Relaxed);
                     sent_any = true;
                     pause = Duration::from_millis(200);
                     let all = stores
@@ -267,12 +261,7 @@ pub async fn upload_loop(
     }
 }
 
-async fn send_one(
-    _local: &Local,
-    store: &Store,
-    path: &Path,
-    encode: &EncodeOptions,
-) -> Result<SegmentHeader> {
+async fn send_one(store: &Store, path: &Path, encode: &EncodeOptions) -> Result<SegmentHeader> {
     let plain = std::fs::read(path).map_err(|e| io("cannot read", path, e))?;
     let (h, _) = decode_segment(&plain).map_err(|e| {
         Error::Input(format!(

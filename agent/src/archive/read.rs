@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use fleetsnap_core::archive::{
     self, MAX_HEADER, MAX_SEGMENT_STREAM, SegmentHeader, SegmentName, Wanted, archive_dir,
-    commands, commands_borrowed, decode_segment, offset_at, parse_segment_key, stamp_of,
+    commands, commands_borrowed, db_at, decode_segment, offset_at, parse_segment_key, stamp_of,
 };
 use fleetsnap_core::manifest::{MANIFEST_NAME, join_key};
 use fleetsnap_core::window::{from_unix_ms, unix_ms};
@@ -141,6 +141,8 @@ pub struct Found {
 /// Everything one shard's archive holds, gathered from every region: the bases and, per
 /// segment name, the regions that list it.
 pub(super) struct Holdings {
+    cluster: ClusterId,
+    shard: ShardId,
     pub(super) stores: Vec<Store>,
     pub(super) bases: Vec<Base>,
     pub(super) segments: BTreeMap<String, (SegmentName, Vec<usize>)>,
@@ -158,6 +160,8 @@ pub(super) async fn holdings(
         ));
     }
     let mut h = Holdings {
+        cluster: cluster.clone(),
+        shard: shard.clone(),
         stores: Vec::new(),
         bases: Vec::new(),
         segments: BTreeMap::new(),
@@ -288,11 +292,7 @@ impl Holdings {
             let store = &self.stores[i];
             let key = format!(
                 "{}/{}/{key_name}",
-                archive_dir(
-                    store.spec().prefix(),
-                    &cluster_of(&id.key),
-                    &shard_of(&id.key)
-                ),
+                archive_dir(store.spec().prefix(), &self.cluster, &self.shard),
                 id.replid
             );
             match read_one(store, &key, id, identity).await {
@@ -312,17 +312,6 @@ impl Holdings {
             why.join("\n  ")
         )))
     }
-}
-
-/// The cluster and shard names in a segment key (`…/<cluster>/archive/<shard>/<replid>/<name>`).
-fn cluster_of(key: &str) -> ClusterId {
-    let parts: Vec<&str> = key.rsplit('/').collect();
-    ClusterId::new(parts.get(4).copied().unwrap_or_default()).expect("listed under a checked id")
-}
-
-fn shard_of(key: &str) -> ShardId {
-    let parts: Vec<&str> = key.rsplit('/').collect();
-    ShardId::new(parts.get(2).copied().unwrap_or_default()).expect("listed under a checked id")
 }
 
 /// A segment read and checked: its header, and its plain bytes with where the stream starts.
@@ -443,18 +432,14 @@ pub async fn resolve(
     }
     let h = holdings(from, cluster, shard).await?;
     let chains = h.chains();
-    // The chain, and how far into it.
-    let (chain, until) = match target {
-        Target::At(t) => {
-            let c = chains
-                .iter()
-                .filter(|c| c.base.at_ms <= *t && *t <= c.end_ms)
-                .max_by_key(|c| c.base.at_ms)
-                .ok_or_else(|| not_restorable(*t, &chains))?;
-            (c, None)
-        }
-        Target::Before { replid, offset } => {
-            let c = chains
+    // The chain that reaches the target from the latest base.
+    let chain = match target {
+        Target::At(t) => chains
+            .iter()
+            .filter(|c| c.base.at_ms <= *t && *t <= c.end_ms)
+            .max_by_key(|c| c.base.at_ms)
+            .ok_or_else(|| not_restorable(*t, &chains))?,
+        Target::Before { replid, offset } => chains
                 .iter()
                 .filter(|c| {
                     c.base.offset <= *offset
@@ -466,9 +451,7 @@ pub async fn resolve(
                     Error::Input(format!(
                         "no chain of the archive holds offset {offset} of {replid} after a base: run `archive find` again, or restore --at a time"
                     ))
-                })?;
-            (c, Some(*offset))
-        }
+                })?,
     };
     // The segments this target needs, read ahead by a task of their own (two at most wait)
     // while the ones read are written out.
@@ -531,44 +514,32 @@ pub async fn resolve(
         let cmds =
             commands_borrowed(stream, h.start, h.db).map_err(|e| Error::Failed(e.to_string()))?;
         // Where this segment stops: at the target's offset, or its end.
-        let stop = match (target, until) {
-            (Target::At(t), _) => offset_at(&h.index, *t).unwrap_or(h.start),
-            (_, Some(o)) => {
+        let stop = match target {
+            Target::At(t) => offset_at(&h.index, *t).unwrap_or(h.start),
+            Target::Before { offset, .. } if *offset < h.end => {
                 // The last boundary outside a transaction at or before the command.
-                let mut last = h.start;
-                for c in &cmds {
-                    if c.end > o {
-                        break;
-                    }
-                    if c.cuttable {
-                        last = c.end;
-                    }
-                }
-                if o < h.end { last } else { h.end }
+                cmds.iter()
+                    .take_while(|c| c.end <= *offset)
+                    .filter(|c| c.cuttable)
+                    .map(|c| c.end)
+                    .last()
+                    .unwrap_or(h.start)
             }
-            _ => h.end,
+            Target::Before { .. } => h.end,
         };
         let stop = stop.max(h.start);
         // The base may sit inside the first segment (a window's backup): the database selected
         // there is the scanner's, and the tail starts with it.
-        let mut db = h.db;
         for c in &cmds {
             if c.end <= chain.base.offset {
-                if c.is("SELECT")
-                    && let Some(d) = c
-                        .args
-                        .get(1)
-                        .and_then(|d| std::str::from_utf8(d).ok())
-                        .and_then(|d| d.parse().ok())
-                {
-                    db = d;
-                }
                 continue;
             }
             if c.end > stop {
                 break;
             }
             if !started {
+                let db = db_at(stream, h.start, h.db, chain.base.offset)
+                    .map_err(|e| Error::Failed(e.to_string()))?;
                 let mut select = Vec::new();
                 crate::redis::encode(&mut select, &[b"SELECT", db.to_string().as_bytes()]);
                 put(&mut out, &select)?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetsnap_core::archive::commands_borrowed;
+use fleetsnap_core::archive::db_at;
 use fleetsnap_core::window::unix_ms;
 use fleetsnap_core::{ClusterId, ShardId};
 use serde::Serialize;
@@ -35,20 +35,8 @@ pub async fn chain_end(
     let last = chain.segments.last().expect("a segment").clone();
     let seg = h.read(&last, identity, &mut Vec::new()).await?;
     let hd = &seg.header;
-    let mut db = hd.db;
-    for c in commands_borrowed(seg.stream(), hd.start, hd.db)
-        .map_err(|e| Error::Failed(e.to_string()))?
-    {
-        if c.is("SELECT")
-            && let Some(d) = c
-                .args
-                .get(1)
-                .and_then(|d| std::str::from_utf8(d).ok())
-                .and_then(|d| d.parse().ok())
-        {
-            db = d;
-        }
-    }
+    let db =
+        db_at(seg.stream(), hd.start, hd.db, hd.end).map_err(|e| Error::Failed(e.to_string()))?;
     Ok(Some(super::Position {
         replid: hd.replid.clone(),
         offset: hd.end,

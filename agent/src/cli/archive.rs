@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fleetsnap_core::archive::Wanted;
-use fleetsnap_core::codec::Compression;
 
 use fleetsnap_core::ShardId;
 
@@ -14,8 +13,8 @@ use crate::archive::TimeTarget;
 use crate::archive::{ArchiveRequest, archive, find, status};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
-use crate::restore::{OnlineOptions, RestoreRequest};
-use crate::snapshot::{EncodeOptions, SourceOptions, parse_recipient};
+use crate::restore::OnlineOptions;
+use crate::snapshot::SourceOptions;
 use crate::storage::{DestSpec, SpoolLimits};
 
 pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
@@ -254,12 +253,8 @@ pub(super) async fn restore_cluster_at(
         ));
     };
     let target = RedisTarget::parse(&url)?;
-    let from: Vec<DestSpec> = set
-        .from
-        .iter()
-        .map(|d| DestSpec::parse(d))
-        .collect::<Result<_>>()?;
-    let cluster = set.cluster.clone().expect("clap requires --cluster");
+    let from = set.regions()?;
+    let cluster = set.cluster_arg();
     let all = crate::archive::shards(&from, &cluster).await?;
     let mut handles = std::collections::BTreeMap::new();
     for b in &set.before {
@@ -308,35 +303,11 @@ pub(super) async fn restore_cluster_at(
             (None, Some(t)) => TimeTarget::At(t),
             (None, None) => handles[shard].clone(),
         };
-        let dir = match work_dir {
-            Some(d) => tempfile::tempdir_in(d),
-            None => tempfile::tempdir(),
-        }
-        .map_err(|e| {
-            Error::Input(format!(
-                "cannot create a directory for the archive's tail: {e}"
-            ))
-        })?;
-        let tail = dir.path().join("archive.tail");
-        let point =
-            crate::archive::resolve(&from, &cluster, shard, &t, set.identity.as_deref(), &tail)
-                .await?;
+        let (req, point) = set.point_for(shard, &t, work_dir).await?;
         if !json {
             println!("shard {shard}:");
-            print_point(&point);
+            print_point(&point.point);
         }
-        let req = RestoreRequest {
-            from: from.clone(),
-            backup: crate::archive::base_id(&point.base)?,
-            cluster: Some(cluster.clone()),
-            shard: Some(shard.clone()),
-            to_file: Default::default(),
-            aof_dir: false,
-            identity: set.identity.clone(),
-            sync: true,
-            force: true,
-            archive_tail: Some(tail),
-        };
         let r = crate::restore::restore_online(req, work_dir, &target, opts).await?;
         if !json {
             println!(
@@ -349,7 +320,7 @@ pub(super) async fn restore_cluster_at(
                 target
             );
         }
-        points.push((shard.to_string(), point));
+        points.push((shard.to_string(), point.point));
         reports.push(r);
     }
     let stamps: Vec<i64> = points.iter().map(|(_, p)| p.stamp_ms).collect();
@@ -375,10 +346,6 @@ fn dests(at: &ArchiveAt) -> Result<Vec<DestSpec>> {
 }
 
 async fn run(a: ArchiveRunArgs) -> Result<ExitCode> {
-    let compression: Compression = a
-        .compress
-        .parse()
-        .map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
     if !(a.segment_seconds > 0.0 && a.segment_seconds <= 3600.0) {
         return Err(Error::Input(format!(
             "--segment-seconds {} is out of range: give a number of seconds above 0 and at most 3600",
@@ -392,14 +359,7 @@ async fn run(a: ArchiveRunArgs) -> Result<ExitCode> {
             .iter()
             .map(|d| DestSpec::parse(d))
             .collect::<Result<Vec<_>>>()?,
-        encode: EncodeOptions {
-            compression,
-            recipients: a
-                .encrypt_to
-                .iter()
-                .map(|r| parse_recipient(r))
-                .collect::<Result<Vec<_>>>()?,
-        },
+        encode: a.encode.options()?,
         cluster: a.cluster,
         shard: a.shard,
         spool: SpoolLimits {

@@ -310,57 +310,55 @@ impl ShardArgs {
         self,
         work_dir: Option<&std::path::Path>,
     ) -> Result<(RestoreRequest, Option<ArchivePoint>)> {
-        let mut named = None;
-        let target = match (self.at, self.before.as_slice()) {
-            (Some(t), _) if self.exact => {
-                let from = self
-                    .from
-                    .iter()
-                    .map(|f| DestSpec::parse(f))
-                    .collect::<Result<Vec<_>>>()?;
-                let cluster = self.cluster.clone().expect("clap requires --cluster");
-                let shard = self.shard.clone().ok_or_else(|| {
-                    Error::Input(
-                        "--exact restores one --shard, or every shard with --online".into(),
-                    )
-                })?;
-                let point = crate::archive::latest_point(&from, &cluster, t).await?;
-                Some(point_target(&point, &shard)?)
+        let needs_shard = || {
+            Error::Input(
+                "a restore to a time from the archive needs --shard, or --online to restore every shard of the cluster".into(),
+            )
+        };
+        let (shard, target) = match (self.at, self.before.as_slice()) {
+            (None, []) => return Ok((self.request()?, None)),
+            (Some(t), _) => {
+                let shard = self.shard.clone().ok_or_else(needs_shard)?;
+                let target = if self.exact {
+                    let point =
+                        crate::archive::latest_point(&self.regions()?, &self.cluster_arg(), t)
+                            .await?;
+                    point_target(&point, &shard)?
+                } else {
+                    crate::archive::TimeTarget::At(t)
+                };
+                (shard, target)
             }
-            (Some(t), _) => Some(crate::archive::TimeTarget::At(t)),
-            (_, [b]) => {
-                let (shard, target) = crate::archive::TimeTarget::parse_before(b)?;
-                if let (Some(s), Some(want)) = (&shard, &self.shard)
+            (None, [b]) => {
+                let (named, target) = crate::archive::TimeTarget::parse_before(b)?;
+                if let (Some(s), Some(want)) = (&named, &self.shard)
                     && s != want
                 {
                     return Err(Error::Input(format!(
                         "--before {b} is a command of shard {s}, not of --shard {want}"
                     )));
                 }
-                named = shard;
-                Some(target)
+                let shard = self.shard.clone().or(named).ok_or_else(needs_shard)?;
+                (shard, target)
             }
-            (_, []) => None,
-            (_, _) => {
+            (None, _) => {
                 return Err(Error::Input(
                     "several --before handles restore a whole cluster: leave out --shard and restore with --online".into(),
                 ));
             }
         };
-        let Some(target) = target else {
-            return Ok((self.request()?, None));
-        };
-        let from = self
-            .from
-            .iter()
-            .map(|f| DestSpec::parse(f))
-            .collect::<Result<Vec<_>>>()?;
-        let cluster = self.cluster.clone().expect("clap requires --cluster");
-        let shard = self.shard.clone().or(named).ok_or_else(|| {
-            Error::Input(
-                "a restore to a time from the archive needs --shard, or --online to restore every shard of the cluster".into(),
-            )
-        })?;
+        let (req, point) = self.point_for(&shard, &target, work_dir).await?;
+        Ok((req, Some(point)))
+    }
+
+    /// `shard` resolved to `target` against the archive: its tail built in a directory of its
+    /// own under `work_dir`, and the request that restores its base with that tail.
+    pub(super) async fn point_for(
+        &self,
+        shard: &ShardId,
+        target: &crate::archive::TimeTarget,
+        work_dir: Option<&std::path::Path>,
+    ) -> Result<(RestoreRequest, ArchivePoint)> {
         let dir = match work_dir {
             Some(d) => tempfile::tempdir_in(d),
             None => tempfile::tempdir(),
@@ -372,38 +370,44 @@ impl ShardArgs {
         })?;
         let tail = dir.path().join("archive.tail");
         let point = crate::archive::resolve(
-            &from,
-            &cluster,
-            &shard,
-            &target,
+            &self.regions()?,
+            &self.cluster_arg(),
+            shard,
+            target,
             self.identity.as_deref(),
             &tail,
         )
         .await?;
         let mut req = self.request_for(Some(crate::archive::base_id(&point.base)?))?;
+        req.shard = Some(shard.clone());
         req.archive_tail = Some(tail);
-        Ok((req, Some(ArchivePoint { point, _dir: dir })))
+        Ok((req, ArchivePoint { point, _dir: dir }))
+    }
+
+    /// The regions, in the order given.
+    pub(super) fn regions(&self) -> Result<Vec<DestSpec>> {
+        self.from.iter().map(|f| DestSpec::parse(f)).collect()
+    }
+
+    /// `--cluster`, which every archive restore requires.
+    pub(super) fn cluster_arg(&self) -> ClusterId {
+        self.cluster.clone().expect("clap requires --cluster")
     }
 
     /// The request to read the shard of `--backup`.
-    pub(super) fn request(self) -> Result<RestoreRequest> {
-        let b = self.backup.clone();
-        self.request_for(b)
+    pub(super) fn request(&self) -> Result<RestoreRequest> {
+        self.request_for(self.backup.clone())
     }
 
-    fn request_for(self, backup: Option<BackupId>) -> Result<RestoreRequest> {
+    fn request_for(&self, backup: Option<BackupId>) -> Result<RestoreRequest> {
         Ok(RestoreRequest {
-            from: self
-                .from
-                .iter()
-                .map(|f| DestSpec::parse(f))
-                .collect::<Result<Vec<_>>>()?,
+            from: self.regions()?,
             backup: backup.ok_or_else(|| Error::Input("give --backup, --at or --before".into()))?,
-            cluster: self.cluster,
-            shard: self.shard,
+            cluster: self.cluster.clone(),
+            shard: self.shard.clone(),
             to_file: PathBuf::new(),
             aof_dir: false,
-            identity: self.identity,
+            identity: self.identity.clone(),
             sync: true,
             // Scratch and staged copies are the agent's own; --to-file and --aof-dir say.
             force: true,
@@ -423,12 +427,8 @@ pub(super) struct SnapshotArgs {
     /// replication (PSYNC, default), bgsave-file, or file:PATH (an RDB or an AOF directory).
     #[arg(long, default_value = "replication")]
     pub(super) source: String,
-    /// zstd:LEVEL, zstd or none.
-    #[arg(long, default_value = "zstd:3")]
-    pub(super) compress: String,
-    /// Encrypt to this age recipient (repeat for several).
-    #[arg(long = "encrypt-to", value_name = "AGE_RECIPIENT")]
-    pub(super) encrypt_to: Vec<String>,
+    #[command(flatten)]
+    pub(super) encode: EncodeArgs,
     /// Cluster name in the storage layout.
     #[arg(long, default_value = "standalone")]
     pub(super) cluster: ClusterId,
@@ -570,12 +570,8 @@ pub(super) struct ArchiveRunArgs {
     /// reading until the regions catch up.
     #[arg(long, default_value = "4GiB", value_parser = parse_size)]
     pub(super) spool_max: u64,
-    /// zstd:LEVEL, zstd or none.
-    #[arg(long, default_value = "zstd:3")]
-    pub(super) compress: String,
-    /// Encrypt to this age recipient (repeat for several).
-    #[arg(long = "encrypt-to", value_name = "AGE_RECIPIENT")]
-    pub(super) encrypt_to: Vec<String>,
+    #[command(flatten)]
+    pub(super) encode: EncodeArgs,
     /// Seconds the node may send nothing before the stream is reopened.
     #[arg(long, default_value_t = 60)]
     pub(super) idle_timeout_seconds: u64,
@@ -586,4 +582,32 @@ pub(super) struct ArchiveRunArgs {
     /// Print the summary as JSON when stopped.
     #[arg(long)]
     pub(super) json: bool,
+}
+
+/// How stored objects are encoded: what `snapshot` and `archive run` share.
+#[derive(clap::Args)]
+pub(super) struct EncodeArgs {
+    /// zstd:LEVEL, zstd or none.
+    #[arg(long, default_value = "zstd:3")]
+    pub(super) compress: String,
+    /// Encrypt to this age recipient (repeat for several).
+    #[arg(long = "encrypt-to", value_name = "AGE_RECIPIENT")]
+    pub(super) encrypt_to: Vec<String>,
+}
+
+impl EncodeArgs {
+    /// The options these flags give, each checked.
+    pub(super) fn options(&self) -> Result<crate::snapshot::EncodeOptions> {
+        Ok(crate::snapshot::EncodeOptions {
+            compression: self
+                .compress
+                .parse()
+                .map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?,
+            recipients: self
+                .encrypt_to
+                .iter()
+                .map(|r| crate::snapshot::parse_recipient(r))
+                .collect::<Result<Vec<_>>>()?,
+        })
+    }
 }

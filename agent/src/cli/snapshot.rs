@@ -7,14 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fleetsnap_core::ShardId;
-use fleetsnap_core::codec::Compression;
 
 use super::args::SnapshotArgs;
 use super::print::*;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
+use crate::snapshot::Progress;
 use crate::snapshot::{self, SnapshotRequest};
-use crate::snapshot::{EncodeOptions, Progress, parse_recipient};
 use crate::snapshot::{SourceKind, SourceOptions};
 use crate::storage::DestSpec;
 use crate::storage::SpoolLimits;
@@ -22,15 +21,7 @@ use crate::storage::SpoolLimits;
 pub(super) async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let target = a.redis.as_deref().map(RedisTarget::parse).transpose()?;
     let source: SourceKind = a.source.parse()?;
-    let compression: Compression = a
-        .compress
-        .parse()
-        .map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
-    let recipients = a
-        .encrypt_to
-        .iter()
-        .map(|r| parse_recipient(r))
-        .collect::<Result<Vec<_>>>()?;
+    let encode = a.encode.options()?;
     let destinations =
         a.to.iter()
             .map(|d| DestSpec::parse(d))
@@ -51,10 +42,7 @@ pub(super) async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         target,
         source,
         destinations,
-        encode: EncodeOptions {
-            compression,
-            recipients,
-        },
+        encode,
         cluster,
         shard,
         spool,

@@ -149,19 +149,29 @@ async fn next_line(
     }
 }
 
-async fn prepare_replication(
-    target: &RedisTarget,
-    keep_stream: bool,
-) -> Result<PreparedReplication> {
+/// A connection that has announced itself as a replica: diskless payloads (`capa eof`) and
+/// the replication-id history a promoted node continues (`capa psync2`), no listening port.
+async fn replica_connection(target: &RedisTarget) -> Result<(Connection, SourceInfo)> {
     let mut conn = Connection::connect(target).await?;
     let mut info = SourceInfo {
         node: target.address(),
         ..Default::default()
     };
     server_facts(&mut conn, &mut info).await?;
-    if let Value::Error(e) = conn.command(&[b"REPLCONF", b"capa", b"eof"]).await? {
+    if let Value::Error(e) = conn
+        .command(&[b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"])
+        .await?
+    {
         return Err(sync_refused(target, &e));
     }
+    Ok((conn, info))
+}
+
+async fn prepare_replication(
+    target: &RedisTarget,
+    keep_stream: bool,
+) -> Result<PreparedReplication> {
+    let (mut conn, mut info) = replica_connection(target).await?;
     // Asks the node to send only the RDB; servers before 7.0 do not know it and send commands after
     // the payload, which this source never reads. A consistent cut wants those commands.
     if !keep_stream && let Value::Error(e) = conn.command(&[b"REPLCONF", b"rdb-only", b"1"]).await?
@@ -341,26 +351,15 @@ pub enum Resumed {
 }
 
 /// Opens a replication stream for the archive: `PSYNC <replid> <offset + 1>` to continue a
-/// chain at `from`, or `PSYNC ? -1` to start one. Announces `capa eof psync2` (so a node that
-/// was promoted continues the stream and names its new id) and no listening port: to Sentinel
-/// the archiver is a replica at port 0, which it never reaches and so never promotes.
+/// chain at `from`, or `PSYNC ? -1` to start one. A node that was promoted continues the stream
+/// and names its new id (`capa psync2`); with no listening port announced, Sentinel sees the
+/// archiver as a replica at port 0, which it never reaches and so never promotes.
 pub async fn psync_from(
     target: &RedisTarget,
     from: Option<(&str, u64)>,
     opts: &SourceOptions,
 ) -> Result<Resumed> {
-    let mut conn = Connection::connect(target).await?;
-    let mut info = SourceInfo {
-        node: target.address(),
-        ..Default::default()
-    };
-    server_facts(&mut conn, &mut info).await?;
-    if let Value::Error(e) = conn
-        .command(&[b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"])
-        .await?
-    {
-        return Err(sync_refused(target, &e));
-    }
+    let (mut conn, info) = replica_connection(target).await?;
     let (replid, offset) = match from {
         Some((r, o)) => (r.to_string(), (o + 1).to_string()),
         None => ("?".to_string(), "-1".to_string()),
