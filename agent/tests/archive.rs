@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Regions, agent};
@@ -17,24 +17,99 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// Starts `archive run` in the background.
-fn archiver(creds: &Path, url: &str, dests: &[String], spool: &Path) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
-    cmd.args(["archive", "run", "--redis", url, "--shard", "s0"])
-        .args(["--segment-seconds", "0.5", "--spool-dir"])
-        .arg(spool)
-        .env("AWS_SHARED_CREDENTIALS_FILE", creds)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for d in dests {
-        cmd.args(["--to", d]);
+/// One shard's archive in its regions: how the tests start its archivers and read its status.
+struct Archived {
+    dests: Vec<String>,
+    creds: Option<PathBuf>,
+    cluster: String,
+    shard: String,
+}
+
+impl Archived {
+    fn new(dests: &[String], creds: Option<&Path>, cluster: &str, shard: &str) -> Self {
+        Archived {
+            dests: dests.to_vec(),
+            creds: creds.map(Path::to_path_buf),
+            cluster: cluster.into(),
+            shard: shard.into(),
+        }
     }
-    cmd.spawn().expect("the archiver starts")
+
+    /// Starts `archive run` of `url` into the regions in the background, with half-second
+    /// segments and `extra` arguments.
+    fn start(&self, url: &str, spool: &Path, extra: &[&str]) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
+        cmd.args(["archive", "run", "--redis", url, "--cluster", &self.cluster])
+            .args([
+                "--shard",
+                &self.shard,
+                "--segment-seconds",
+                "0.5",
+                "--spool-dir",
+            ])
+            .arg(spool)
+            .args(extra)
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.creds
+                    .as_deref()
+                    .unwrap_or(Path::new("/nonexistent-fleetsnap-aws-credentials")),
+            )
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for d in &self.dests {
+            cmd.args(["--to", d]);
+        }
+        cmd.spawn().expect("the archiver starts")
+    }
+
+    /// `archive status` of the shard, read from the regions.
+    async fn status(&self) -> serde_json::Value {
+        let mut args = vec![
+            "archive",
+            "status",
+            "--cluster",
+            &self.cluster,
+            "--shard",
+            &self.shard,
+            "--json",
+        ];
+        args.extend(from_args(&self.dests));
+        agent(self.creds.as_deref(), &args).await.ok().json()
+    }
+
+    /// Waits for the chain's base.
+    async fn base(&self) {
+        poll_until("the chain's base", Duration::from_secs(60), || async {
+            (self.status().await["chains"].as_array()?.len() == 1).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Waits until the regions hold the archive up to `ms`.
+    async fn reaches(&self, ms: i64) {
+        poll_until(
+            "the archive to reach the last write",
+            Duration::from_secs(60),
+            || async {
+                let s = self.status().await;
+                let until = s["chains"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|c| c["end_ms"].as_i64())
+                    .max()?;
+                (until >= ms).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
 }
 
 /// Stops an archiver with SIGINT and waits for it, asserting it ended well.
@@ -58,31 +133,6 @@ async fn stop(child: Child) {
 
 fn from_args(dests: &[String]) -> Vec<&str> {
     dests.iter().flat_map(|d| ["--from", d.as_str()]).collect()
-}
-
-async fn status(r: &Regions, dests: &[String]) -> serde_json::Value {
-    let mut args = vec!["archive", "status", "--shard", "s0", "--json"];
-    args.extend(from_args(dests));
-    agent(Some(&r.creds), &args).await.ok().json()
-}
-
-/// Waits until the regions hold the archive up to `ms`.
-async fn archived_until(r: &Regions, dests: &[String], ms: i64) {
-    poll_until(
-        "the archive to reach the last write",
-        Duration::from_secs(60),
-        || async {
-            let s = status(r, dests).await;
-            let until = s["chains"]
-                .as_array()?
-                .iter()
-                .filter_map(|c| c["end_ms"].as_i64())
-                .max()?;
-            (until >= ms).then_some(())
-        },
-    )
-    .await
-    .unwrap();
 }
 
 /// One write as the writer saw it.
@@ -171,12 +221,9 @@ async fn a_flushall_is_found_and_undone_and_any_time_restores() {
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("spool");
     let seed = write(&set.primary, "seed", 50, Duration::ZERO).await;
-    let a = archiver(&r.creds, &set.replicas[0].url(), &dests, &spool);
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status(&r, &dests).await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    let w = Archived::new(&dests, Some(&r.creds), "standalone", "s0");
+    let a = w.start(&set.replicas[0].url(), &spool, &[]);
+    w.base().await;
 
     let mut writes = write(&set.primary, "a", 150, Duration::from_millis(5)).await;
     // A transaction is restored whole or not at all.
@@ -189,19 +236,19 @@ async fn a_flushall_is_found_and_undone_and_any_time_restores() {
     let mut a = a;
     a.kill().await.unwrap();
     writes.extend(write(&set.primary, "b", 100, Duration::from_millis(5)).await);
-    let a = archiver(&r.creds, &set.replicas[0].url(), &dests, &spool);
+    let a = w.start(&set.replicas[0].url(), &spool, &[]);
     // What was written while it was down is stamped when it catches up: the archive's time is
     // when it received a command.
-    archived_until(&r, &dests, writes.last().unwrap().acked_ms).await;
+    w.reaches(writes.last().unwrap().acked_ms).await;
     writes.extend(write(&set.primary, "c", 150, Duration::from_millis(5)).await);
     let mid = writes[writes.len() - 75].acked_ms;
     let flush_sent = now_ms();
     conn.checked(&[b"FLUSHALL"]).await.unwrap();
     let after = write(&set.primary, "after", 20, Duration::from_millis(5)).await;
-    archived_until(&r, &dests, after.last().unwrap().acked_ms).await;
+    w.reaches(after.last().unwrap().acked_ms).await;
     stop(a).await;
 
-    let s = status(&r, &dests).await;
+    let s = w.status().await;
     assert_eq!(
         s["chains"].as_array().unwrap().len(),
         1,
@@ -306,19 +353,16 @@ async fn a_promotion_continues_the_chain_on_the_new_history() {
     let set = ReplicaSet::start(1, RedisOptions::default()).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let replica = &set.replicas[0];
-    let a = archiver(&r.creds, &replica.url(), &dests, &work.path().join("spool"));
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status(&r, &dests).await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    let w = Archived::new(&dests, Some(&r.creds), "standalone", "s0");
+    let a = w.start(&replica.url(), &work.path().join("spool"), &[]);
+    w.base().await;
     let old = write(&set.primary, "old", 50, Duration::from_millis(2)).await;
     set.wait_synced().await.unwrap();
     replica.cmd(&["REPLICAOF", "NO", "ONE"]).await.unwrap();
     let new = write(replica, "new", 50, Duration::from_millis(2)).await;
-    archived_until(&r, &dests, new.last().unwrap().acked_ms).await;
+    w.reaches(new.last().unwrap().acked_ms).await;
     stop(a).await;
-    let s = status(&r, &dests).await;
+    let s = w.status().await;
     let chains = s["chains"].as_array().unwrap();
     assert_eq!(chains.len(), 1, "{s:#}");
     assert_eq!(
@@ -369,30 +413,12 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
         format!("file://{}", ra.display()),
         format!("file://{}", rb.display()),
     ];
-    let creds = work.path().join("no-credentials");
-    let a = archiver(&creds, &server.url(), &dests, &work.path().join("spool"));
-    let status_of = |dests: Vec<String>| async move {
-        let mut args = vec!["archive", "status", "--shard", "s0", "--json"];
-        args.extend(from_args(&dests));
-        agent(None, &args).await.ok().json()
-    };
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status_of(dests.clone()).await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    let w = Archived::new(&dests, None, "standalone", "s0");
+    let a = w.start(&server.url(), &work.path().join("spool"), &[]);
+    w.base().await;
     let writes = write(&server, "k", 40, Duration::from_millis(2)).await;
     let last = writes.last().unwrap().acked_ms;
-    poll_until(
-        "the archive to reach the last write",
-        Duration::from_secs(60),
-        || async {
-            let s = status_of(dests.clone()).await;
-            (s["chains"][0]["end_ms"].as_i64()? >= last).then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    w.reaches(last).await;
     stop(a).await;
     let segments: Vec<String> = common::files_under(&ra)
         .into_iter()
@@ -487,24 +513,15 @@ async fn regions_cut_off_for_a_while_make_lag_then_the_archive_catches_up() {
     let server = RedisServer::start().await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let port = fleetsnap_testkit::free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
-    cmd.args(["archive", "run", "--redis", &server.url(), "--shard", "s0"])
-        .args(["--segment-seconds", "0.5", "--spool-dir"])
-        .arg(work.path().join("spool"))
-        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-        // A spool this small fills while the regions are away: the archiver stops reading
-        // until they answer, and nothing is lost or corrupted.
-        .args(["--spool-max", "4KiB"])
-        .env("AWS_SHARED_CREDENTIALS_FILE", &r.creds)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for d in &relayed {
-        cmd.args(["--to", d]);
-    }
-    let a = cmd.spawn().unwrap();
+    let w = Archived::new(&direct, Some(&r.creds), "standalone", "s0");
+    let listen = format!("127.0.0.1:{port}");
+    // A spool this small fills while the regions are away: the archiver stops reading until
+    // they answer, and nothing is lost or corrupted.
+    let a = Archived::new(&relayed, Some(&r.creds), "standalone", "s0").start(
+        &server.url(),
+        &work.path().join("spool"),
+        &["--metrics-listen", &listen, "--spool-max", "4KiB"],
+    );
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let lag = || async move {
         let (_, text) = fleetsnap_telemetry::http::get(metrics, "/metrics")
@@ -517,11 +534,7 @@ async fn regions_cut_off_for_a_while_make_lag_then_the_archive_catches_up() {
             .parse::<f64>()
             .ok()
     };
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status(&r, &direct).await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    w.base().await;
     let mut writes = write(&server, "before", 50, Duration::from_millis(10)).await;
     rg.hold();
     rm.hold();
@@ -535,14 +548,14 @@ async fn regions_cut_off_for_a_while_make_lag_then_the_archive_catches_up() {
     rm.release();
     writes.extend(write(&server, "after", 50, Duration::from_millis(10)).await);
     let last = writes.last().unwrap().acked_ms;
-    archived_until(&r, &direct, last).await;
+    w.reaches(last).await;
     poll_until("the lag to fall back", Duration::from_secs(60), || async {
         (lag().await? < 3.0).then_some(())
     })
     .await
     .unwrap();
     stop(a).await;
-    let s = status(&r, &direct).await;
+    let s = w.status().await;
     assert_eq!(s["chains"].as_array().unwrap().len(), 1, "no gap: {s:#}");
     let end = s["chains"][0]["end_ms"].as_i64().unwrap().to_string();
     let (restored, _) = restored(&r, &direct, &["--at", &end], work.path()).await;
@@ -591,7 +604,7 @@ async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
     ];
     let served = owners(&cluster.nodes[0]).await;
     let primaries = cluster.primaries().await.unwrap();
-    let mut archivers = Vec::new();
+    let (mut archivers, mut shards) = (Vec::new(), Vec::new());
     for (i, p) in primaries.iter().enumerate() {
         let mut replica = None;
         for n in &cluster.nodes {
@@ -605,50 +618,12 @@ async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
             }
         }
         let replica = replica.expect("each primary has a replica");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
-        cmd.args([
-            "archive",
-            "run",
-            "--redis",
-            &replica.url(),
-            "--cluster",
-            "shop",
-        ])
-        .args(["--shard", &format!("c{i}"), "--segment-seconds", "0.5"])
-        .arg("--spool-dir")
-        .arg(work.path().join(format!("spool-{i}")))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-        for d in &dests {
-            cmd.args(["--to", d]);
-        }
-        archivers.push(cmd.spawn().unwrap());
+        let shard = Archived::new(&dests, None, "shop", &format!("c{i}"));
+        archivers.push(shard.start(&replica.url(), &work.path().join(format!("spool-{i}")), &[]));
+        shards.push(shard);
     }
-    let shard_status = |i: usize| {
-        let dests = dests.clone();
-        async move {
-            let shard = format!("c{i}");
-            let mut args = vec![
-                "archive",
-                "status",
-                "--cluster",
-                "shop",
-                "--shard",
-                &shard,
-                "--json",
-            ];
-            args.extend(from_args(&dests));
-            agent(None, &args).await.ok().json()
-        }
-    };
-    for i in 0..primaries.len() {
-        poll_until("every shard's base", Duration::from_secs(60), || async {
-            (shard_status(i).await["chains"].as_array()?.len() == 1).then_some(())
-        })
-        .await
-        .unwrap();
+    for shard in &shards {
+        shard.base().await;
     }
     // Each key written to the primary that owns its slot.
     let owner_of = |key: &str| {
@@ -678,12 +653,8 @@ async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
         owner_of(&key).cmd(&["SET", &key, "x"]).await.unwrap();
         last = now_ms();
     }
-    for i in 0..primaries.len() {
-        poll_until("every shard archived", Duration::from_secs(60), || async {
-            (shard_status(i).await["chains"][0]["end_ms"].as_i64()? >= last).then_some(())
-        })
-        .await
-        .unwrap();
+    for shard in &shards {
+        shard.reaches(last).await;
     }
     for a in archivers {
         stop(a).await;
@@ -784,61 +755,41 @@ async fn exact_points_restore_every_shard_at_one_instant() {
     for _ in names {
         servers.push(RedisServer::start().await.unwrap());
     }
-    let mut archivers = Vec::new();
+    let (mut archivers, mut shards) = (Vec::new(), Vec::new());
     for (name, s) in names.iter().zip(&servers) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
-        cmd.args(["archive", "run", "--redis", &s.url(), "--cluster", "bank"])
-            .args(["--shard", name, "--segment-seconds", "0.3", "--spool-dir"])
-            .arg(work.path().join(format!("spool-{name}")))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        for d in &dests {
-            cmd.args(["--to", d]);
-        }
-        archivers.push(cmd.spawn().unwrap());
+        let shard = Archived::new(&dests, None, "bank", name);
+        archivers.push(shard.start(&s.url(), &work.path().join(format!("spool-{name}")), &[]));
+        shard.base().await;
+        shards.push(shard);
     }
-    let status_of = |name: &'static str| {
-        let dests = dests.clone();
-        async move {
-            let mut args = vec![
-                "archive",
-                "status",
-                "--cluster",
-                "bank",
-                "--shard",
-                name,
-                "--json",
-            ];
-            args.extend(from_args(&dests));
-            agent(None, &args).await.ok().json()
-        }
-    };
-    for name in names {
-        poll_until("every shard's base", Duration::from_secs(60), || async {
-            (status_of(name).await["chains"].as_array()?.len() == 1).then_some(())
-        })
-        .await
-        .unwrap();
-    }
-    let stop_writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop_writing = std::sync::Arc::new(AtomicBool::new(false));
+    let rounds = std::sync::Arc::new(AtomicU64::new(0));
     let writer = {
-        let stop = stop_writing.clone();
+        let (stop, rounds) = (stop_writing.clone(), rounds.clone());
         let mut conns = Vec::new();
         for s in &servers {
             conns.push(s.conn().await.unwrap());
         }
         tokio::spawn(async move {
-            let mut rounds = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 for c in conns.iter_mut() {
                     c.checked(&[b"INCR", b"ctr"]).await.unwrap();
                 }
-                rounds += 1;
+                rounds.fetch_add(1, Ordering::Relaxed);
             }
-            rounds
         })
+    };
+    // Each point is taken after the writer has gone 50 more rounds.
+    let written = |after: u64| {
+        let rounds = rounds.clone();
+        async move {
+            poll_until("the writer to go on", Duration::from_secs(60), || async {
+                (rounds.load(Ordering::Relaxed) >= after + 50).then_some(())
+            })
+            .await
+            .unwrap();
+        }
     };
     let mut mark = vec![
         "archive".to_string(),
@@ -856,19 +807,16 @@ async fn exact_points_restore_every_shard_at_one_instant() {
     let mark: Vec<&str> = mark.iter().map(String::as_str).collect();
     let mut points = Vec::new();
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        written(rounds.load(Ordering::Relaxed)).await;
         points.push(agent(None, &mark).await.ok().json());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rounds = writer.await.unwrap();
+    written(rounds.load(Ordering::Relaxed)).await;
+    stop_writing.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let rounds = rounds.load(Ordering::Relaxed);
     let last = now_ms();
-    for name in names {
-        poll_until("every shard archived", Duration::from_secs(60), || async {
-            (status_of(name).await["chains"][0]["end_ms"].as_i64()? >= last).then_some(())
-        })
-        .await
-        .unwrap();
+    for shard in &shards {
+        shard.reaches(last).await;
     }
     for a in archivers {
         stop(a).await;
@@ -929,44 +877,20 @@ async fn another_archiver_takes_over_the_chain_from_the_regions() {
         format!("file://{}", work.path().join("ra").display()),
         format!("file://{}", work.path().join("rb").display()),
     ];
-    let creds = work.path().join("no-credentials");
-    let status_now = || {
-        let dests = dests.clone();
-        async move {
-            let mut args = vec!["archive", "status", "--shard", "s0", "--json"];
-            args.extend(from_args(&dests));
-            agent(None, &args).await.ok().json()
-        }
-    };
-    let mut first = archiver(&creds, &server.url(), &dests, &work.path().join("host-1"));
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    let w = Archived::new(&dests, None, "standalone", "s0");
+    let mut first = w.start(&server.url(), &work.path().join("host-1"), &[]);
+    w.base().await;
     let mut writes = write(&server, "one", 50, Duration::from_millis(5)).await;
     let reached = writes.last().unwrap().acked_ms;
-    poll_until(
-        "the first archiver's segments",
-        Duration::from_secs(60),
-        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= reached).then_some(()) },
-    )
-    .await
-    .unwrap();
+    w.reaches(reached).await;
     first.kill().await.unwrap();
     writes.extend(write(&server, "two", 50, Duration::from_millis(5)).await);
-    let second = archiver(&creds, &server.url(), &dests, &work.path().join("host-2"));
+    let second = w.start(&server.url(), &work.path().join("host-2"), &[]);
     writes.extend(write(&server, "three", 50, Duration::from_millis(5)).await);
     let last = writes.last().unwrap().acked_ms;
-    poll_until(
-        "the second archiver's segments",
-        Duration::from_secs(60),
-        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= last).then_some(()) },
-    )
-    .await
-    .unwrap();
+    w.reaches(last).await;
     stop(second).await;
-    let s = status_now().await;
+    let s = w.status().await;
     assert_eq!(
         s["chains"].as_array().unwrap().len(),
         1,
@@ -1015,51 +939,16 @@ async fn an_encrypted_archive_restores_with_its_key_only() {
     let recipient = identity.to_public().to_string();
     let region = work.path().join("ra");
     let dest = format!("file://{}", region.display());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetsnap-agent"));
-    cmd.args(["archive", "run", "--redis", &server.url(), "--shard", "s0"])
-        .args([
-            "--segment-seconds",
-            "0.3",
-            "--encrypt-to",
-            &recipient,
-            "--to",
-            &dest,
-        ])
-        .arg("--spool-dir")
-        .arg(work.path().join("spool"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let a = cmd.spawn().unwrap();
-    let status_now = || {
-        let dest = dest.clone();
-        async move {
-            agent(
-                None,
-                &[
-                    "archive", "status", "--shard", "s0", "--json", "--from", &dest,
-                ],
-            )
-            .await
-            .ok()
-            .json()
-        }
-    };
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    let w = Archived::new(std::slice::from_ref(&dest), None, "standalone", "s0");
+    let a = w.start(
+        &server.url(),
+        &work.path().join("spool"),
+        &["--encrypt-to", &recipient],
+    );
+    w.base().await;
     let writes = write(&server, "secret", 40, Duration::from_millis(5)).await;
     let last = writes.last().unwrap().acked_ms;
-    poll_until(
-        "the archive to reach the last write",
-        Duration::from_secs(60),
-        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= last).then_some(()) },
-    )
-    .await
-    .unwrap();
+    w.reaches(last).await;
     stop(a).await;
     let stored: Vec<String> = common::files_under(&region)
         .into_iter()
@@ -1114,37 +1003,12 @@ async fn prune_keeps_what_a_kept_base_needs_and_deletes_the_rest() {
     let region = work.path().join("ra");
     let dest = format!("file://{}", region.display());
     let dests = vec![dest.clone()];
-    let creds = work.path().join("no-credentials");
-    let spool = work.path().join("spool");
-    let status_now = || {
-        let dest = dest.clone();
-        async move {
-            agent(
-                None,
-                &[
-                    "archive", "status", "--shard", "s0", "--json", "--from", &dest,
-                ],
-            )
-            .await
-            .ok()
-            .json()
-        }
-    };
-    let a = archiver(&creds, &server.url(), &dests, &spool);
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    let w = Archived::new(&dests, None, "standalone", "s0");
+    let a = w.start(&server.url(), &work.path().join("spool"), &[]);
+    w.base().await;
     let old = write(&server, "old", 30, Duration::from_millis(5)).await;
     let reached = old.last().unwrap().acked_ms;
-    poll_until(
-        "the old writes archived",
-        Duration::from_secs(60),
-        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= reached).then_some(()) },
-    )
-    .await
-    .unwrap();
+    w.reaches(reached).await;
     // A backup of the same history: a later base.
     let snap = agent(
         None,
@@ -1167,28 +1031,14 @@ async fn prune_keeps_what_a_kept_base_needs_and_deletes_the_rest() {
     let after_base = now_ms();
     let new = write(&server, "new", 100, Duration::from_millis(15)).await;
     let last = new.last().unwrap().acked_ms;
-    poll_until(
-        "the new writes archived",
-        Duration::from_secs(60),
-        || async {
-            let s = status_now().await;
-            s["chains"]
-                .as_array()?
-                .iter()
-                .any(|c| c["end_ms"].as_i64().unwrap_or(0) >= last)
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    w.reaches(last).await;
     stop(a).await;
     let segments_before = common::files_under(&region)
         .into_iter()
         .filter(|f| f.contains(".seg"))
         .count();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    // Whole seconds back to just after the second base: the cutoff falls between it and the
-    // last write.
+    // Whole seconds back to just after the second base (the new writes took more than one): the
+    // cutoff falls between it and the last write.
     let keep = format!("{}s", (now_ms() - after_base) / 1000);
     let pruned = agent(
         None,
@@ -1252,38 +1102,14 @@ async fn replace_and_drill_go_to_a_found_command_too() {
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}", work.path().join("ra").display());
     let dests = vec![dest.clone()];
-    let creds = work.path().join("no-credentials");
-    let a = archiver(&creds, &server.url(), &dests, &work.path().join("spool"));
-    let status_now = || {
-        let dest = dest.clone();
-        async move {
-            agent(
-                None,
-                &[
-                    "archive", "status", "--shard", "s0", "--json", "--from", &dest,
-                ],
-            )
-            .await
-            .ok()
-            .json()
-        }
-    };
-    poll_until("the chain's base", Duration::from_secs(60), || async {
-        (status_now().await["chains"].as_array()?.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    let w = Archived::new(&dests, None, "standalone", "s0");
+    let a = w.start(&server.url(), &work.path().join("spool"), &[]);
+    w.base().await;
     let writes = write(&server, "w", 60, Duration::from_millis(5)).await;
     server.cmd(&["FLUSHDB"]).await.unwrap();
     let after = write(&server, "after", 5, Duration::from_millis(5)).await;
     let last = after.last().unwrap().acked_ms;
-    poll_until(
-        "the archive to reach the last write",
-        Duration::from_secs(60),
-        || async { (status_now().await["chains"][0]["end_ms"].as_i64()? >= last).then_some(()) },
-    )
-    .await
-    .unwrap();
+    w.reaches(last).await;
     stop(a).await;
     let found = agent(
         None,

@@ -268,7 +268,6 @@ async fn lag_row(agent: &Path, shards: usize, rate: u64, seconds: u64) -> anyhow
     }
     let elapsed = started.elapsed().as_secs_f64();
     // Every sample's segment reaches both regions (or 30 s pass).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let _ = poll_until(
         "the last samples in both regions",
         Duration::from_secs(30),
@@ -385,6 +384,32 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `restore --at` of shard s0 from `region` with `how` (the form), and gives how long it
+/// took.
+fn restore_at(agent: &Path, region: &Path, at: &str, how: &[&str]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let st = Command::new(agent)
+        .args([
+            "restore",
+            "--cluster",
+            "standalone",
+            "--shard",
+            "s0",
+            "--at",
+            at,
+        ])
+        .arg("--from")
+        .arg(format!("file://{}", region.display()))
+        .args(how)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("restore --at {} failed", how.join(" "));
+    }
+    Ok(t.elapsed())
+}
+
 /// The restore-to-time RTO of one shard: a base of `mib` MiB, `mib` MiB of archived writes.
 async fn rto(agent: &Path, mib: u64) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
@@ -468,28 +493,8 @@ async fn rto(agent: &Path, mib: u64) -> anyhow::Result<()> {
     };
     drop(server);
     let aof = work.path().join("aof");
-    let t = Instant::now();
-    let st = Command::new(agent)
-        .args([
-            "restore",
-            "--cluster",
-            "standalone",
-            "--shard",
-            "s0",
-            "--at",
-            &at,
-        ])
-        .arg("--from")
-        .arg(format!("file://{}", regions[0].display()))
-        .arg("--aof-dir")
-        .arg(&aof)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("restore --at failed");
-    }
-    let fetched = t.elapsed();
+    let aof_arg = aof.display().to_string();
+    let fetched = restore_at(agent, &regions[0], &at, &["--aof-dir", &aof_arg])?;
     let floor_dir = work.path().join("floor");
     std::fs::create_dir_all(&floor_dir)?;
     for f in std::fs::read_dir(&aof)? {
@@ -530,27 +535,12 @@ async fn rto(agent: &Path, mib: u64) -> anyhow::Result<()> {
     // The same point with `--replace`: the base streams into the node's own load through a
     // named pipe, then the archive's commands are replayed, pipelined.
     let node = RedisServer::start_with(RedisOptions::default()).await?;
-    let t = Instant::now();
-    let st = Command::new(agent)
-        .args([
-            "restore",
-            "--cluster",
-            "standalone",
-            "--shard",
-            "s0",
-            "--at",
-            &at,
-        ])
-        .arg("--from")
-        .arg(format!("file://{}", regions[0].display()))
-        .args(["--replace", &node.url(), "--start", &node.start_command()])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("restore --at --replace failed");
-    }
-    let replaced = t.elapsed();
+    let replaced = restore_at(
+        agent,
+        &regions[0],
+        &at,
+        &["--replace", &node.url(), "--start", &node.start_command()],
+    )?;
     let replaced_keys = match node.cmd(&["DBSIZE"]).await? {
         fleetsnap_agent::redis::Value::Int(n) => n,
         _ => 0,
