@@ -146,6 +146,8 @@ impl AgentConfig {
         }
         c.tls = c.tls.map(|t| t.with("{agent_id}", &c.agent_id));
         let bad = |m: String| Error::Input(format!("config file {}: {m}", path.display()));
+        // It names the agent's own directories (an archive's spool).
+        fleetsnap_core::ids::check_name("agent_id", &c.agent_id).map_err(|e| bad(e.to_string()))?;
         if c.coordinators.is_empty() {
             return Err(bad(
                 "coordinators is empty: list at least one coordinator address".into(),

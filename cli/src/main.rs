@@ -58,6 +58,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Continuous archives: who archives each shard, how far behind, what holds one up.
+    /// Finding a command and restoring to a time read the regions:
+    /// `fleetsnap-agent archive find` and `fleetsnap-agent restore --at|--before`.
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
     /// The coordinators themselves.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -87,6 +92,21 @@ enum Command {
     /// replicated state (a new leader carries on) and ends with a check that it worked.
     #[command(subcommand)]
     Runbook(restore::RunbookCmd),
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Every shard a policy archives: its archiver (agent, job, source node), whether it holds
+    /// the stream, the lag (the live recovery point), where the chain stands, segments, gaps,
+    /// the newest time every region holds, and what holds a shard up.
+    Status {
+        /// Only this cluster.
+        #[arg(long, value_parser = crate::args::cluster)]
+        cluster: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +408,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let doc: StatusDoc = read_doc(&reply.json, "status")?;
                 print!("{}", table::status(&doc));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Archive(ArchiveCmd::Status { cluster, json }) => {
+            let admin = Admin::new(&cli.conn)?;
+            let cluster = cluster.unwrap_or_default();
+            let reply = admin
+                .call(move |mut c| {
+                    let cluster = cluster.clone();
+                    async move { c.status(v1::StatusRequest { cluster }).await }
+                })
+                .await?;
+            let doc: StatusDoc = read_doc(&reply.json, "status")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc.archives).expect("rows serialise")
+                );
+            } else {
+                print!("{}", table::archives(&doc.archives));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use fleetsnap_core::Role;
-use fleetsnap_core::records::{BackupSet, PruneRow, ShardState, StatusDoc, WindowDoc};
+use fleetsnap_core::records::{ArchiveRow, BackupSet, PruneRow, ShardState, StatusDoc, WindowDoc};
 use fleetsnap_core::retention;
 use fleetsnap_proto::v1;
 
@@ -332,6 +332,76 @@ pub fn sets(list: &[BackupSet]) -> String {
         ]);
     }
     grid.render(&mut out);
+    out
+}
+
+/// `archive status`: one line per archived shard, then what holds shards up.
+pub fn archives(rows: &[ArchiveRow]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "no shard is archived: give a policy an [archive] section (docs/archive.md)"
+        );
+        return out;
+    }
+    let now = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
+    let mut grid = Grid::new(
+        0,
+        &[
+            "CLUSTER",
+            "SHARD",
+            "JOB",
+            "AGENT",
+            "SOURCE",
+            "STREAM",
+            "LAG",
+            "SEGMENTS",
+            "GAPS",
+            "RESTORABLE TO",
+            "AT",
+        ],
+        &[
+            false, false, true, false, false, false, true, true, true, false,
+        ],
+    );
+    for r in rows {
+        grid.row(vec![
+            r.cluster.clone(),
+            r.shard.clone(),
+            r.job.map_or("-".into(), |j| j.to_string()),
+            if r.agent.is_empty() {
+                "-".into()
+            } else {
+                r.agent.clone()
+            },
+            if r.source.is_empty() {
+                "-".into()
+            } else {
+                r.source.clone()
+            },
+            match (r.job, r.connected) {
+                (None, _) => "-".into(),
+                (Some(_), true) => "open".into(),
+                (Some(_), false) => "LOST".into(),
+            },
+            r.lag_seconds.map_or("-".into(), |l| format!("{l:.1}s")),
+            r.segments.to_string(),
+            r.gaps.to_string(),
+            r.restorable_until_ms.map_or("-".into(), |t| {
+                format!("{} ago", age((now - t).max(0) as u64))
+            }),
+            if r.replid.is_empty() {
+                "-".into()
+            } else {
+                format!("{}:{}", &r.replid[..r.replid.len().min(8)], r.offset)
+            },
+        ]);
+    }
+    grid.render(&mut out);
+    for r in rows.iter().filter(|r| !r.note.is_empty()) {
+        let _ = writeln!(out, "{}/{}: {}", r.cluster, r.shard, r.note);
+    }
     out
 }
 

@@ -262,6 +262,88 @@ pub struct Policy {
     /// (`fleetsnap_policy_rpo_seconds`); default: twice the schedule's interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpo_seconds: Option<u64>,
+    /// The continuous archive of the policy's clusters (`[policy.archive]`): one archiver per
+    /// shard, leased to one agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchivePolicy>,
+}
+
+/// `[policy.archive]`: every shard of the policy's clusters has its replication stream archived
+/// by one agent at a time (docs/archive.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivePolicy {
+    /// A segment is cut this many seconds after its first byte: the recovery point's bound, and
+    /// one PUT per region each.
+    #[serde(default = "default_segment_seconds")]
+    pub segment_seconds: u64,
+    /// … or at this many stream bytes.
+    #[serde(default = "default_segment_max_bytes")]
+    pub segment_max_bytes: u64,
+    /// The most bytes of segments an archiving agent keeps waiting for a region; past it the
+    /// archiver stops reading until the regions catch up.
+    #[serde(default = "default_archive_spool")]
+    pub spool_max_bytes: u64,
+    /// How far back the archive reaches (`7d`, `48h`): the archiving agent deletes, every hour,
+    /// the segments no time within it needs. None: nothing is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<String>,
+}
+
+fn default_segment_seconds() -> u64 {
+    1
+}
+fn default_segment_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_archive_spool() -> u64 {
+    4 << 30
+}
+
+/// A span of time as `keep` and `--keep` write it: a whole number and one of s, m, h, d.
+pub fn parse_span(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration: write 7d, 24h, 90m or 3600s");
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+impl ArchivePolicy {
+    /// Checks the bounds and the `keep` span.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=3600).contains(&self.segment_seconds) {
+            return Err(format!(
+                "archive segment_seconds {} must be 1–3600",
+                self.segment_seconds
+            ));
+        }
+        if self.segment_max_bytes < 64 << 10 {
+            return Err(format!(
+                "archive segment_max_bytes {} is below 65536",
+                self.segment_max_bytes
+            ));
+        }
+        if self.spool_max_bytes < self.segment_max_bytes {
+            return Err(format!(
+                "archive spool_max_bytes {} is below segment_max_bytes {}: the spool holds at least one segment",
+                self.spool_max_bytes, self.segment_max_bytes
+            ));
+        }
+        if let Some(k) = &self.keep {
+            let span = parse_span(k).map_err(|e| format!("archive keep: {e}"))?;
+            if span.is_zero() {
+                return Err("archive keep is 0: leave it out to keep everything".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// When a policy's clusters are drilled, and by which agent.
@@ -413,6 +495,15 @@ impl Policy {
         if let Some(l) = &self.object_lock {
             l.check().map_err(err)?;
         }
+        if let Some(a) = &self.archive {
+            a.check().map_err(err)?;
+            if self.source != "replication" {
+                return Err(err(
+                    "the archive follows the replication stream: it needs source = \"replication\""
+                        .into(),
+                ));
+            }
+        }
         if self.compress != "none" {
             let level = self
                 .compress
@@ -472,6 +563,7 @@ mod tests {
             object_lock: None,
             drill: None,
             rpo_seconds: None,
+            archive: None,
         }
     }
 

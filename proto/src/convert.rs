@@ -194,6 +194,9 @@ impl From<&JobKind> for v1::job::Kind {
                 task_json: serde_json::to_string(&c.task).expect("tasks serialise"),
             }),
             JobKind::WriteManifest(m) => v1::job::Kind::Manifest(m.into()),
+            JobKind::Archive(a) => v1::job::Kind::Archive(v1::ArchiveJob {
+                spec_json: serde_json::to_string(a).expect("specs serialise"),
+            }),
         }
     }
 }

@@ -54,6 +54,55 @@ pub struct ArchiveRequest {
     pub source_options: SourceOptions,
     /// Serve `/metrics`, `/healthz` and `/readyz` here.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where a daemon reads the archiver's state while it runs.
+    pub live: Option<Arc<Live>>,
+}
+
+/// What a running archiver shows its daemon (for the reports the leader's `archive status`
+/// reads).
+#[derive(Default)]
+pub struct Live {
+    parts: std::sync::OnceLock<LiveParts>,
+}
+
+/// What [`Live`] reads: the counters, the spool, each region's uploader.
+type LiveParts = (Arc<Stats>, Arc<Local>, Vec<Arc<Uploaded>>);
+
+/// An archiver's state at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct LiveView {
+    /// Whether the stream is open.
+    pub connected: bool,
+    /// The live recovery point.
+    pub lag_seconds: f64,
+    /// Where the chain stands in the spool.
+    pub position: Option<Position>,
+    /// Segments made durable.
+    pub segments: u64,
+    /// Gaps found.
+    pub gaps: u64,
+    /// The newest time every region holds (Unix ms; 0: none yet).
+    pub restorable_until_ms: i64,
+}
+
+impl Live {
+    /// The state now; `None` before the archiver has opened its spool.
+    pub fn view(&self) -> Option<LiveView> {
+        let (stats, local, uploaded) = self.parts.get()?;
+        let now = unix_ms(OffsetDateTime::now_utc());
+        Some(LiveView {
+            connected: stats.connected.load(Ordering::Relaxed),
+            lag_seconds: stats.lag_seconds(local, now),
+            position: local.position().ok().flatten(),
+            segments: stats.segments.load(Ordering::Relaxed),
+            gaps: stats.gaps.load(Ordering::Relaxed),
+            restorable_until_ms: uploaded
+                .iter()
+                .map(|u| u.last_ms.load(Ordering::Relaxed) as i64)
+                .min()
+                .unwrap_or(0),
+        })
+    }
 }
 
 /// What the archiver's metrics read.
@@ -270,6 +319,11 @@ pub async fn archive(
     stats
         .lost_since_ms
         .store(unix_ms(OffsetDateTime::now_utc()), Ordering::Relaxed);
+    if let Some(live) = &req.live {
+        let _ = live
+            .parts
+            .set((stats.clone(), local.clone(), uploaded.clone()));
+    }
     if let Some(address) = req.metrics_listen {
         let (r, st, l, so, up) = (
             req.clone(),

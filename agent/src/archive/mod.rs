@@ -8,7 +8,7 @@ mod points;
 mod read;
 mod upkeep;
 
-pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
+pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, Live, LiveView, archive};
 pub use local::Position;
 pub use points::{latest_point, mark};
 pub use read::{

@@ -227,9 +227,11 @@ pub(super) async fn holdings(
 }
 
 impl Holdings {
-    /// The chain that starts at `base`: each next segment begins where the last ended, on the
-    /// same replication id or on one a promotion switched to (its header says which, checked
-    /// when it is read).
+    /// The chain that starts at `base`: each next segment holds the offset where the last
+    /// ended, on the same replication id (two archivers of one shard, one taking over while the
+    /// other still ran, cut the same stream at other places: the longest reach is taken and
+    /// what was written already is skipped), or begins there on one a promotion switched to (its
+    /// header says which, checked when it is read).
     fn chain(&self, base: &Base) -> Chain {
         let mut segs: Vec<SegmentName> = Vec::new();
         let (mut replid, mut at) = (base.replid.clone(), base.offset);
@@ -240,13 +242,9 @@ impl Holdings {
                 .values()
                 .map(|(n, _)| n)
                 .filter(|n| {
-                    let joins = if first {
-                        n.start <= at && at < n.end
-                    } else {
-                        n.start == at
-                    };
+                    let holds = n.start <= at && at < n.end;
                     // A segment on another id starts where a promotion switched it.
-                    joins && (n.replid == replid || n.start == at)
+                    (holds && n.replid == replid) || (!first && n.start == at && n.end > at)
                 })
                 // The same replication id first, then the longest.
                 .max_by_key(|n| (n.replid == replid, n.end));
@@ -496,6 +494,8 @@ pub async fn resolve(
         chain.base.at_ms,
     );
     let mut started = false;
+    // Everything up to here is in the tail (or the base).
+    let mut done = chain.base.offset;
     let mut segments = 0;
     let mut replid = chain.base.replid.clone();
     while let Some(read) = rx.recv().await {
@@ -527,11 +527,13 @@ pub async fn resolve(
             }
             Target::Before { .. } => h.end,
         };
-        let stop = stop.max(h.start);
+        // A segment that overlaps the one before (another archiver's cut) goes on from where
+        // that one stopped.
+        let stop = stop.max(h.start).max(done);
         // The base may sit inside the first segment (a window's backup): the database selected
         // there is the scanner's, and the tail starts with it.
         for c in &cmds {
-            if c.end <= chain.base.offset {
+            if c.end <= done {
                 continue;
             }
             if c.end > stop {
@@ -562,6 +564,7 @@ pub async fn resolve(
                 stamp_of(&h.index, stop).unwrap_or(h.last_ms),
             );
         }
+        done = stop;
         if stop < h.end {
             break;
         }
@@ -633,6 +636,9 @@ pub async fn find(
             }
         }
     }
+    // Two archivers of one shard (a takeover) may both hold a command: it is named once.
+    out.sort_by(|a, b| (&a.replid, a.offset).cmp(&(&b.replid, b.offset)));
+    out.dedup_by(|a, b| a.replid == b.replid && a.offset == b.offset);
     out.sort_by_key(|f| (f.time_ms, f.offset));
     Ok(out)
 }

@@ -376,6 +376,7 @@ async fn run(a: ArchiveRunArgs) -> Result<ExitCode> {
             ..Default::default()
         },
         metrics_listen: a.metrics_listen,
+        live: None,
     };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -242,17 +242,7 @@ pub(super) struct ShardArgs {
 
 /// A duration as `--keep` takes it: a number and one of s, m, h, d.
 pub(super) fn parse_keep(text: &str) -> std::result::Result<std::time::Duration, String> {
-    let bad = || format!("{text:?} is not a duration: write 7d, 24h, 90m or 3600s");
-    let (n, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).ok_or_else(bad)?,
-        "d" => n.checked_mul(86400).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    Ok(std::time::Duration::from_secs(secs))
+    fleetsnap_core::policy::parse_span(text)
 }
 
 /// A time as `--at`, `--since` and `--until` take it: RFC 3339 or Unix milliseconds.

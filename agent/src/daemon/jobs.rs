@@ -20,6 +20,7 @@ pub(super) fn job_kind(job: &v1::Job) -> &'static str {
     match &job.kind {
         Some(v1::job::Kind::Snapshot(_)) => "snapshot",
         Some(v1::job::Kind::Manifest(_)) => "manifest",
+        Some(v1::job::Kind::Archive(_)) => "archive",
         Some(v1::job::Kind::Catalog(c)) => {
             match serde_json::from_str::<fleetsnap_core::window::CatalogTask>(&c.task_json) {
                 Ok(fleetsnap_core::window::CatalogTask::Restore(r))
@@ -220,6 +221,15 @@ pub(super) async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Fi
     match job.kind {
         Some(v1::job::Kind::Snapshot(s)) => super::snapshot_job::run(shared, id, s.into()).await,
         Some(v1::job::Kind::Manifest(m)) => write_manifest(id, m).await,
+        Some(v1::job::Kind::Archive(a)) => {
+            let spec: fleetsnap_core::records::ArchiveSpec = serde_json::from_str(&a.spec_json)
+                .map_err(|e| {
+                    Error::Input(format!(
+                        "job {id} carries an archive spec this agent cannot read ({e}); are the agent and the coordinators the same version?"
+                    ))
+                })?;
+            super::archive_job::run(shared, id, spec).await
+        }
         Some(v1::job::Kind::Catalog(c)) => {
             let task: fleetsnap_core::window::CatalogTask = serde_json::from_str(&c.task_json)
                 .map_err(|e| {

@@ -5,6 +5,7 @@
 //! fences and runs what the leader sends, one module per job kind where a kind is large
 //! (`restore_job`); `shared` is what outlives a session; `metrics` names what `/metrics` shows.
 
+mod archive_job;
 mod jobs;
 mod metrics;
 mod restore_job;

@@ -114,6 +114,8 @@ fn shared(
             r
         },
         connected: AtomicBool::new(false),
+        lost_at: Mutex::new(None),
+        archives: Mutex::new(HashMap::new()),
     }))
 }
 
@@ -399,7 +401,8 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
             coordinator_message::Body::Redirect(_) => return Ended::NoLeader,
             coordinator_message::Body::Job(_)
             | coordinator_message::Body::CutStep(_)
-            | coordinator_message::Body::CutDecision(_) => {
+            | coordinator_message::Body::CutDecision(_)
+            | coordinator_message::Body::StopJob(_) => {
                 return lost("a job before the welcome".into());
             }
         },
@@ -437,6 +440,7 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                         sequence,
                         sent_at_unix_us: fleetsnap_proto::convert::unix_micros(),
                         instances,
+                        archives: shared.archive_progress(),
                     })),
                 };
                 if up.send(report).await.is_err() {
@@ -482,6 +486,9 @@ async fn session(shared: &Arc<Shared>, address: &str) -> Ended {
                 }
                 Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::CutDecision(d)) })) => {
                     shared.cuts.decide(d);
+                }
+                Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::StopJob(j)) })) => {
+                    shared.stop_job(j.job_id, j.reason);
                 }
                 Ok(Some(v1::CoordinatorMessage { body: Some(coordinator_message::Body::Job(job)) })) => {
                     if let Some(u) = take_job(shared, job)

@@ -52,6 +52,10 @@ pub(super) struct Shared {
     pub(super) metrics: Registry,
     /// Whether a session with the leader is open (`/readyz`).
     pub(super) connected: AtomicBool,
+    /// Since when no session with a leader is open (`None` while one is, and before the first).
+    pub(super) lost_at: Mutex<Option<std::time::Instant>>,
+    /// The archive jobs running, by job id.
+    pub(super) archives: Mutex<HashMap<u64, std::sync::Arc<super::archive_job::Held>>>,
 }
 
 #[derive(Default)]
@@ -68,7 +72,32 @@ pub(super) const KEEP_FINISHED: usize = 64;
 impl Shared {
     pub(super) fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::SeqCst);
+        let mut lost = self.lost_at.lock().expect("lock");
+        if up {
+            *lost = None;
+        } else if lost.is_none() {
+            *lost = Some(std::time::Instant::now());
+        }
+        drop(lost);
         self.metrics.set(CONNECTED, &[], f64::from(u8::from(up)));
+    }
+
+    /// Stops a job the leader says has ended (an archive; other kinds end by themselves).
+    pub(super) fn stop_job(&self, job: u64, why: String) {
+        if let Some(h) = self.archives.lock().expect("lock").get(&job) {
+            tracing::info!(job, %why, "the leader stopped a job");
+            h.stop(why);
+        }
+    }
+
+    /// What the reports say of the archives running.
+    pub(super) fn archive_progress(&self) -> Vec<v1::ArchiveProgress> {
+        self.archives
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, h)| h.progress(*id))
+            .collect()
     }
 
     pub(super) fn metrics_text(&self) -> String {

@@ -18,17 +18,16 @@ use crate::snapshot::{SourceKind, SourceOptions};
 use crate::storage::DestSpec;
 use crate::storage::SpoolLimits;
 
-/// Runs job `id`'s snapshot; its result for the leader.
-pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Result<v1::Finished> {
-    let instance = shared
+/// The instance of the agent's config that a job names.
+pub(super) fn instance_named<'a>(shared: &'a Shared, name: &str) -> Result<&'a Instance> {
+    shared
         .instances
         .iter()
-        .find(|i| i.config.name == s.instance)
+        .find(|i| i.config.name == name)
         .ok_or_else(|| {
             Error::Input(format!(
-                "agent {:?} watches no instance named {:?} (it watches {})",
+                "agent {:?} watches no instance named {name:?} (it watches {})",
                 shared.config.agent_id,
-                s.instance,
                 shared
                     .instances
                     .iter()
@@ -36,7 +35,31 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Resul
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
-        })?;
+        })
+}
+
+/// A job's codecs: `zstd:LEVEL` or `none` (empty: zstd:3), and age recipients.
+pub(super) fn encode_options(compress: &str, encrypt_to: &[String]) -> Result<EncodeOptions> {
+    let compression: Compression = if compress.is_empty() {
+        "zstd:3"
+    } else {
+        compress
+    }
+    .parse()
+    .map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
+    let recipients = encrypt_to
+        .iter()
+        .map(|r| parse_recipient(r))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(EncodeOptions {
+        compression,
+        recipients,
+    })
+}
+
+/// Runs job `id`'s snapshot; its result for the leader.
+pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Result<v1::Finished> {
+    let instance = instance_named(shared, &s.instance)?;
     let source = match s.source.as_str() {
         "" | "replication" => SourceKind::Replication,
         "bgsave-file" => SourceKind::BgsaveFile,
@@ -46,18 +69,7 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Resul
             )));
         }
     };
-    let compression: Compression = if s.compress.is_empty() {
-        "zstd:3"
-    } else {
-        s.compress.as_str()
-    }
-    .parse()
-    .map_err(|e: fleetsnap_core::codec::BadCompression| Error::Input(e.to_string()))?;
-    let recipients = s
-        .encrypt_to
-        .iter()
-        .map(|r| parse_recipient(r))
-        .collect::<Result<Vec<_>>>()?;
+    let encode = encode_options(&s.compress, &s.encrypt_to)?;
     let destinations = s
         .destinations
         .iter()
@@ -87,10 +99,7 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Resul
         target: Some(instance.target.clone()),
         source,
         destinations,
-        encode: EncodeOptions {
-            compression,
-            recipients,
-        },
+        encode,
         cluster: ClusterId::new(cluster).map_err(|e| Error::Input(e.to_string()))?,
         shard: ShardId::new(shard).map_err(|e| Error::Input(e.to_string()))?,
         spool: SpoolLimits {

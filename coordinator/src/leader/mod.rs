@@ -3,6 +3,7 @@
 //! job loop, windows and consistent cuts, restores, runbooks, the catalog's upkeep and what the
 //! leader shows (status, metrics, traces). Followers hold agents only long enough to redirect them.
 
+mod archive;
 mod cut;
 mod error;
 mod jobs;
@@ -59,6 +60,8 @@ pub struct Node {
     cut_waiters: cut::Waiters,
     /// A shard's stream was recorded: a cut may be due.
     cut_wake: Notify,
+    /// Every archived shard as the archive loop last saw it, for `archive status`.
+    archive_rows: Mutex<Vec<fleetsnap_core::records::ArchiveRow>>,
     /// Whether this node, if Raft calls it leader, has lately confirmed that a quorum follows
     /// it. A leader cut off from every follower calls itself leader until it hears of a newer
     /// term; without this it would keep its agents while the others elect a leader that has none
@@ -141,6 +144,8 @@ struct AgentLive {
     dead_primaries: HashMap<String, u64>,
     /// Whether its config has a `[drill]` section.
     drills: bool,
+    /// Its archive jobs, as its last report showed them.
+    archives: Vec<v1::ArchiveProgress>,
 }
 
 impl AgentLive {
@@ -180,6 +185,7 @@ impl Node {
             cut_wake: Notify::new(),
             confirmed: AtomicBool::new(true),
             traces: observe::Traces::default(),
+            archive_rows: Mutex::default(),
         });
         tokio::spawn(node.clone().register_loop(asks));
         tokio::spawn(node.clone().schedule_loop());
@@ -190,6 +196,7 @@ impl Node {
         tokio::spawn(node.clone().job_loop());
         tokio::spawn(node.clone().cut_loop());
         tokio::spawn(node.clone().upkeep_loop());
+        tokio::spawn(node.clone().archive_loop());
         node
     }
 }

@@ -126,6 +126,7 @@ impl Node {
                     holding: hello.running_jobs.iter().copied().collect(),
                     dead_primaries,
                     drills: hello.drills,
+                    archives: Vec::new(),
                 },
             );
         }
@@ -180,6 +181,7 @@ impl Node {
                         }
                     }
                     a.instances = instances;
+                    a.archives = r.archives;
                     a.last_report = Some(Instant::now());
                     drop(agents);
                     self.fleet.reports.fetch_add(1, Ordering::Relaxed);
@@ -292,6 +294,7 @@ impl Node {
                 .cloned()
                 .collect()
         };
+        self.stop_ended(agent, &hello.running_jobs, tx).await;
         for job in running {
             if hello.running_jobs.contains(&job.id) || finished.contains(&job.id) {
                 continue;

@@ -89,6 +89,7 @@ impl Node {
             open_jobs: jobs,
             agents: agent_rows,
             clusters: view.clusters,
+            archives: self.archive_rows(cluster),
         })
         .expect("status serialises")
     }

@@ -25,6 +25,42 @@ pub struct StatusDoc {
     pub agents: Vec<AgentRow>,
     /// The clusters as the reports show them.
     pub clusters: Vec<ClusterView>,
+    /// Every shard a policy archives: who holds its archive and how far behind it is.
+    #[serde(default)]
+    pub archives: Vec<ArchiveRow>,
+}
+
+/// One archived shard in [`StatusDoc`] (`fleetsnap archive status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ArchiveRow {
+    /// The policy that archives it.
+    pub policy: String,
+    /// Its cluster.
+    pub cluster: String,
+    /// Its name in the storage layout.
+    pub shard: String,
+    /// The archive job holding the lease (none while the shard waits for one).
+    pub job: Option<u64>,
+    /// The agent running it.
+    pub agent: String,
+    /// The source node (`host:port`).
+    pub source: String,
+    /// Whether the archiver holds the node's replication stream.
+    pub connected: bool,
+    /// The live recovery point in seconds, as the agent last reported it.
+    pub lag_seconds: Option<f64>,
+    /// Where the chain stands: its replication id and offset.
+    pub replid: String,
+    /// See `replid`.
+    pub offset: u64,
+    /// Segments made durable since the job began.
+    pub segments: u64,
+    /// Gaps found since the job began (each a new base).
+    pub gaps: u64,
+    /// The newest time every region holds (Unix ms; none yet: `None`).
+    pub restorable_until_ms: Option<i64>,
+    /// What holds it up, when something does (no source node, the last job's failure).
+    pub note: String,
 }
 
 /// An agent in [`StatusDoc`].

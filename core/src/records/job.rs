@@ -16,6 +16,43 @@ pub enum JobKind {
     WriteManifest(ManifestSpec),
     /// Work on stored sets: repair, verify, delete, scan, collect orphans.
     Catalog(CatalogSpec),
+    /// Archive one shard's replication stream for as long as the agent holds the lease
+    /// (docs/archive.md); it ends only when it fails or the leader stops it.
+    Archive(ArchiveSpec),
+}
+
+/// What an archive job does: the archiver of one shard, its source a node the agent watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveSpec {
+    /// The policy whose `[policy.archive]` asked for it.
+    pub policy: String,
+    /// The source node, as the agent's config names it.
+    pub instance: String,
+    /// Cluster name in the storage layout.
+    pub cluster: String,
+    /// Shard name in the storage layout.
+    pub shard: String,
+    /// Destination URLs.
+    pub destinations: Vec<String>,
+    /// Their region names.
+    pub regions: Vec<String>,
+    /// `zstd:LEVEL` or `none`.
+    pub compress: String,
+    /// age recipients.
+    #[serde(default)]
+    pub encrypt_to: Vec<String>,
+    /// A segment is cut this long after its first byte.
+    pub segment_seconds: u64,
+    /// … or at this many stream bytes.
+    pub segment_max_bytes: u64,
+    /// The most bytes of segments waiting locally for a region.
+    pub spool_max_bytes: u64,
+    /// The archive's reach: segments no time within it needs are pruned (seconds; none: kept).
+    #[serde(default)]
+    pub keep_seconds: Option<u64>,
+    /// The leader's lease: an agent that has had no session with a leader for this long stops
+    /// archiving, for by then the leader has handed the shard to another agent.
+    pub lease_ms: u64,
 }
 
 /// What a manifest job does.
@@ -119,13 +156,14 @@ pub struct Job {
 }
 
 impl JobKind {
-    /// `snapshot`, `manifest`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
+    /// `snapshot`, `manifest`, `archive`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
     /// for metrics.
     pub fn name(&self) -> &'static str {
         use crate::window::{CatalogTask, RestoreMode};
         match self {
             JobKind::Snapshot(_) => "snapshot",
             JobKind::WriteManifest(_) => "manifest",
+            JobKind::Archive(_) => "archive",
             JobKind::Catalog(c) => match &c.task {
                 CatalogTask::Restore(r) if r.mode == RestoreMode::Drill => "drill",
                 CatalogTask::Restore(_) => "restore",

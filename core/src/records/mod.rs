@@ -12,8 +12,8 @@ mod set;
 mod window;
 
 pub use catalog::{CatalogSpec, Verified};
-pub use docs::{AgentRow, DrillRow, PruneRow, StatusDoc, WindowDoc};
-pub use job::{Job, JobKind, JobOutcome, JobState, ManifestSpec, SnapshotSpec};
+pub use docs::{AgentRow, ArchiveRow, DrillRow, PruneRow, StatusDoc, WindowDoc};
+pub use job::{ArchiveSpec, Job, JobKind, JobOutcome, JobState, ManifestSpec, SnapshotSpec};
 pub use runbook::{Action, Runbook, RunbookState, Step};
 pub use set::{BackupSet, RegionState, RegionStatus, SetShard, set_key};
 pub use window::{Cut, CutOutcome, ShardState, Window, WindowPlan, WindowShard};

@@ -1,0 +1,353 @@
+//! Continuous archives (docs/archive.md): every shard of a policy with `[policy.archive]` has one
+//! archive job at a time, leased to the agent of the shard's best node. The job loop fails a job
+//! whose agent goes silent past the lease; this loop then hands the shard to the best node's
+//! agent, under the same storage name, and the new archiver continues the chain from where the
+//! regions hold it. A job whose source has not been a reachable node of its shard for a lease, or
+//! whose policy no longer archives the shard, is ended here and its agent told to stop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetsnap_core::planner;
+use fleetsnap_core::policy::Policy;
+use fleetsnap_core::records::{ArchiveRow, ArchiveSpec, JobKind};
+use fleetsnap_core::topology::ShardView;
+use fleetsnap_proto::v1::{self, coordinator_message};
+
+use super::*;
+use crate::state::storage_shard;
+use crate::state::{Command, Job, JobState};
+
+/// How often the leader looks at the archives.
+const ROUND: Duration = Duration::from_secs(1);
+/// The least time between two jobs of one shard (a job that fails at once is not retried in a
+/// tight loop).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long a new leader lets its agents' reports come in before it leases shards.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The archive loop's memory for one leadership.
+#[derive(Default)]
+struct Memory {
+    /// When the last job of each (cluster, shard name) was created.
+    created: HashMap<(String, String), Instant>,
+    /// Open jobs whose source is not a reachable node of any shard, since when.
+    adrift: HashMap<u64, Instant>,
+}
+
+fn spec(job: &Job) -> Option<&ArchiveSpec> {
+    match &job.kind {
+        JobKind::Archive(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// Whether `job`'s source is a node of `shard` (reachable, when `reachable`).
+fn sources_from(job: &Job, shard: &ShardView, reachable: bool) -> bool {
+    spec(job).is_some_and(|a| {
+        shard
+            .nodes
+            .iter()
+            .any(|n| n.agent == job.agent && n.name == a.instance && (n.reachable || !reachable))
+    })
+}
+
+impl Node {
+    /// Keeps one archive job per archived shard (the leader only).
+    pub(super) async fn archive_loop(self: Arc<Self>) {
+        let mut memory = Memory::default();
+        loop {
+            if !self.next_round(ROUND, None).await {
+                memory = Memory::default();
+                self.archive_rows.lock().expect("lock").clear();
+                continue;
+            }
+            let settled = self
+                .fleet
+                .leader_since
+                .lock()
+                .expect("lock")
+                .is_some_and(|s| s.elapsed() >= SETTLE);
+            if settled {
+                self.archive_round(&mut memory).await;
+            }
+        }
+    }
+
+    async fn archive_round(&self, memory: &mut Memory) {
+        let (policies, jobs): (Vec<Policy>, Vec<Job>) = {
+            let s = self.state.read().expect("state lock");
+            (
+                s.state
+                    .policies
+                    .values()
+                    .filter(|p| p.archive.is_some())
+                    .cloned()
+                    .collect(),
+                s.state
+                    .jobs
+                    .values()
+                    .filter(|j| spec(j).is_some())
+                    .cloned()
+                    .collect(),
+            )
+        };
+        let open: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| !matches!(j.state, JobState::Done(_)))
+            .collect();
+        let view = self.view("");
+        let mut rows = Vec::new();
+        let mut covered: HashSet<u64> = HashSet::new();
+        let mut archived: HashMap<String, String> = HashMap::new();
+        for p in &policies {
+            let rules = p.rules();
+            for cluster in &p.clusters {
+                let cluster = cluster.to_string();
+                // One policy archives a cluster: the first by name.
+                if archived.contains_key(&cluster) {
+                    continue;
+                }
+                archived.insert(cluster.clone(), p.name.clone());
+                let Some(c) = view.clusters.iter().find(|c| c.name == cluster) else {
+                    continue;
+                };
+                for s in c
+                    .shards
+                    .iter()
+                    .filter(|s| s.id != "unreachable" && s.id != "unattached")
+                {
+                    let in_cluster = |j: &&Job| spec(j).is_some_and(|a| a.cluster == cluster);
+                    // The shard keeps the name its archive had (a failover renames a
+                    // standalone shard after its new primary; the chain goes on).
+                    let name = jobs
+                        .iter()
+                        .rev()
+                        .filter(in_cluster)
+                        .find(|j| sources_from(j, s, false))
+                        .and_then(spec)
+                        .map_or_else(|| storage_shard(&s.id), |a| a.shard.clone());
+                    let mut row = ArchiveRow {
+                        policy: p.name.clone(),
+                        cluster: cluster.clone(),
+                        shard: name.clone(),
+                        ..Default::default()
+                    };
+                    if let Some(j) = open
+                        .iter()
+                        .copied()
+                        .filter(in_cluster)
+                        .find(|j| sources_from(j, s, true))
+                    {
+                        covered.insert(j.id);
+                        row.job = Some(j.id);
+                        row.agent = j.agent.clone();
+                        rows.push(row);
+                        continue;
+                    }
+                    if let Some(j) = open
+                        .iter()
+                        .copied()
+                        .filter(in_cluster)
+                        .find(|j| spec(j).is_some_and(|a| a.shard == name))
+                    {
+                        row.note = format!(
+                            "job {} on agent {:?} holds the lease; its source is not a reachable node of the shard",
+                            j.id, j.agent
+                        );
+                        rows.push(row);
+                        continue;
+                    }
+                    if let Some(last) = jobs
+                        .iter()
+                        .rev()
+                        .filter(in_cluster)
+                        .find(|j| spec(j).is_some_and(|a| a.shard == name))
+                        && let Some(why) = last.state.failure()
+                    {
+                        row.note = format!("job {} ended: {why}", last.id);
+                    }
+                    let key = (cluster.clone(), name.clone());
+                    if memory
+                        .created
+                        .get(&key)
+                        .is_some_and(|t| t.elapsed() < RETRY_AFTER)
+                    {
+                        rows.push(row);
+                        continue;
+                    }
+                    let plan = planner::plan_shard(s, &rules);
+                    let Some(chosen) = plan.chosen() else {
+                        row.note = format!(
+                            "no node can be the source: {}",
+                            plan.failure.unwrap_or_else(|| "no candidate".into())
+                        );
+                        rows.push(row);
+                        continue;
+                    };
+                    let Some(a) = &p.archive else { continue };
+                    let job = JobKind::Archive(ArchiveSpec {
+                        policy: p.name.clone(),
+                        instance: chosen.name.clone(),
+                        cluster: cluster.clone(),
+                        shard: name.clone(),
+                        destinations: p.destinations.iter().map(|d| p.agent_url(d)).collect(),
+                        regions: p.destinations.iter().map(|d| d.region.clone()).collect(),
+                        compress: p.compress.clone(),
+                        encrypt_to: p.encrypt_to.clone(),
+                        segment_seconds: a.segment_seconds,
+                        segment_max_bytes: a.segment_max_bytes,
+                        spool_max_bytes: a.spool_max_bytes,
+                        keep_seconds: a
+                            .keep
+                            .as_deref()
+                            .and_then(|k| fleetsnap_core::policy::parse_span(k).ok())
+                            .map(|d| d.as_secs()),
+                        lease_ms: self.lease.as_millis() as u64,
+                    });
+                    memory.created.insert(key, Instant::now());
+                    let agent = chosen.agent.clone();
+                    match self
+                        .write(Command::CreateJob {
+                            agent: agent.clone(),
+                            job,
+                        })
+                        .await
+                    {
+                        Ok((resp, _, _)) => {
+                            tracing::info!(job = ?resp.job, %cluster, shard = %name, %agent, source = %chosen.address, "archive leased");
+                            row.job = resp.job;
+                            row.agent = agent;
+                            row.note.clear();
+                            self.wake.notify_one();
+                        }
+                        Err(e) => {
+                            row.note = format!("the lease could not be written: {}", e.message())
+                        }
+                    }
+                    rows.push(row);
+                }
+            }
+        }
+        memory
+            .adrift
+            .retain(|id, _| open.iter().any(|j| j.id == *id));
+        for j in open.iter().filter(|j| !covered.contains(&j.id)) {
+            let Some(a) = spec(j) else { continue };
+            let why = if archived.get(&a.cluster) != Some(&a.policy) {
+                Some(format!(
+                    "policy {:?} no longer archives cluster {:?}",
+                    a.policy, a.cluster
+                ))
+            } else {
+                let since = *memory.adrift.entry(j.id).or_insert_with(Instant::now);
+                (since.elapsed() > self.lease).then(|| {
+                    format!(
+                        "its source {:?} on agent {:?} has not been a reachable node of shard {} for {} s: the shard goes to another node",
+                        a.instance,
+                        j.agent,
+                        a.shard,
+                        self.lease.as_secs()
+                    )
+                })
+            };
+            if let Some(why) = why {
+                self.end_job(j, why).await;
+            }
+        }
+        *self.archive_rows.lock().expect("lock") = rows;
+    }
+
+    /// Records that a running job ended, and tells its agent to stop it.
+    async fn end_job(&self, job: &Job, why: String) {
+        self.fail_job(job.id, why.clone()).await;
+        let tx = self
+            .fleet
+            .agents
+            .lock()
+            .expect("lock")
+            .get(&job.agent)
+            .and_then(|a| a.tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send(Ok(stop_message(job.id, why))).await;
+        }
+    }
+
+    /// Tells an agent to stop the jobs it says it runs that the log says have ended (an archive
+    /// whose lease lapsed while the agent was away).
+    pub(super) async fn stop_ended(&self, agent: &str, running: &[u64], tx: &Outbound) {
+        let ended: Vec<(u64, String)> = {
+            let s = self.state.read().expect("state lock");
+            running
+                .iter()
+                .filter_map(|id| s.state.jobs.get(id))
+                .filter(|j| j.agent == agent)
+                .filter_map(|j| match &j.state {
+                    JobState::Done(o) => Some((
+                        j.id,
+                        match o {
+                            crate::state::JobOutcome::Failed { reason } => reason.clone(),
+                            _ => "it succeeded".into(),
+                        },
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (id, why) in ended {
+            tracing::info!(
+                job = id,
+                agent,
+                "the agent runs a job the log ended; stopping it"
+            );
+            let _ = tx
+                .send(Ok(stop_message(
+                    id,
+                    format!("the job ended while the agent was away: {why}"),
+                )))
+                .await;
+        }
+    }
+
+    /// Every archived shard (of `cluster`, or all), with what its agent last reported.
+    pub(super) fn archive_rows(&self, cluster: &str) -> Vec<ArchiveRow> {
+        let mut rows: Vec<ArchiveRow> = self
+            .archive_rows
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| cluster.is_empty() || r.cluster == cluster)
+            .cloned()
+            .collect();
+        let agents = self.fleet.agents.lock().expect("lock");
+        for r in &mut rows {
+            let Some(p) = r.job.and_then(|id| {
+                agents
+                    .get(&r.agent)
+                    .and_then(|a| a.archives.iter().find(|p| p.job_id == id))
+            }) else {
+                continue;
+            };
+            r.source = p.source.clone();
+            r.connected = p.connected;
+            r.lag_seconds = Some(p.lag_seconds);
+            r.replid = p.replid.clone();
+            r.offset = p.offset;
+            r.segments = p.segments;
+            r.gaps = p.gaps;
+            r.restorable_until_ms = (p.restorable_until_ms > 0).then_some(p.restorable_until_ms);
+        }
+        rows.sort_by(|a, b| (&a.cluster, &a.shard).cmp(&(&b.cluster, &b.shard)));
+        rows
+    }
+}
+
+fn stop_message(job_id: u64, reason: String) -> v1::CoordinatorMessage {
+    v1::CoordinatorMessage {
+        body: Some(coordinator_message::Body::StopJob(v1::StopJob {
+            job_id,
+            reason,
+        })),
+    }
+}
