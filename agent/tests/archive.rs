@@ -922,6 +922,112 @@ async fn another_archiver_takes_over_the_chain_from_the_regions() {
     }
 }
 
+/// Two archivers of one shard at once (a lease that lapsed while its holder still ran): their
+/// segments overlap, cut at other places. The archive is still one chain, a command is found
+/// once, and a restore replays every command exactly once (counters, not idempotent SETs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_archivers_at_once_replay_every_command_once() {
+    let server = RedisServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dests = vec![
+        format!("file://{}", work.path().join("ra").display()),
+        format!("file://{}", work.path().join("rb").display()),
+    ];
+    let w = Archived::new(&dests, None, "standalone", "s0");
+    let first = w.start(&server.url(), &work.path().join("host-1"), &[]);
+    w.base().await;
+    let mut conn = server.conn().await.unwrap();
+    let mut incr = async |n: usize| {
+        for _ in 0..n {
+            conn.checked(&[b"INCR", b"counter"]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    };
+    incr(100).await;
+    w.reaches(now_ms()).await;
+    // The second starts on an empty spool: it continues from where the regions end, while the
+    // first goes on.
+    let second = w.start(&server.url(), &work.path().join("host-2"), &[]);
+    incr(400).await;
+    let mut conn = server.conn().await.unwrap();
+    conn.checked(&[b"FLUSHALL"]).await.unwrap();
+    conn.checked(&[b"SET", b"after", b"1"]).await.unwrap();
+    w.reaches(now_ms()).await;
+    stop(first).await;
+    stop(second).await;
+
+    // The regions hold segments that overlap without being the same.
+    let replid_dir = std::fs::read_dir(work.path().join("ra/standalone/archive/s0"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let spans: Vec<(u64, u64)> = std::fs::read_dir(&replid_dir)
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let mut parts = name.split('-');
+            let a = parts.next().unwrap().parse().unwrap();
+            let b = parts.next().unwrap().parse().unwrap();
+            (a, b)
+        })
+        .collect();
+    let overlap = spans
+        .iter()
+        .any(|x| spans.iter().any(|y| x != y && x.0 < y.1 && y.0 < x.1));
+    assert!(
+        overlap,
+        "the two archivers' segments do not overlap: {spans:?}"
+    );
+
+    let s = w.status().await;
+    assert_eq!(s["chains"].as_array().unwrap().len(), 1, "{s:#}");
+    let mut args = vec![
+        "archive",
+        "find",
+        "--shard",
+        "s0",
+        "--command",
+        "FLUSHALL",
+        "--since",
+        "0",
+        "--json",
+    ];
+    args.extend(from_args(&dests));
+    let found = agent(None, &args).await.ok().json();
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), 1, "one FLUSHALL, named once: {found:#?}");
+    let before = found[0]["before"].as_str().unwrap().to_string();
+    let dir = work.path().join("aof");
+    let d = dir.display().to_string();
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--before",
+        &before,
+        "--aof-dir",
+        &d,
+    ];
+    args.extend(from_args(&dests));
+    agent(None, &args).await.ok();
+    let restored = RedisServer::start_with(RedisOptions {
+        aof_dir: Some(dir),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        restored.cmd(&["GET", "counter"]).await.unwrap(),
+        fleetsnap_agent::redis::Value::Bulk(b"500".to_vec().into()),
+        "every INCR replayed once"
+    );
+    assert_eq!(dbsize(&restored).await, 1);
+}
+
 /// An archive encrypted with age: its base and segments are unreadable without the key (a
 /// restore says to pass --identity), and with it restore every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,12 @@ pub struct ClusterView {
     pub shards: Vec<ShardView>,
 }
 
+/// A shard's id as the storage layout names it: slot ranges `0-5460,10923-16383` become
+/// `0-5460_10923-16383`.
+pub fn storage_shard(id: &str) -> String {
+    id.replace(',', "_")
+}
+
 /// A primary and its replicas.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardView {

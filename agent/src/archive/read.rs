@@ -743,3 +743,41 @@ pub async fn shards(from: &[DestSpec], cluster: &ClusterId) -> Result<Vec<ShardI
     }
     Ok(out.into_iter().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_archivers_make_one_chain_with_the_longest_reach() {
+        let (cluster, shard) = (ClusterId::new("c").unwrap(), ShardId::new("s").unwrap());
+        let dir = fleetsnap_core::archive::archive_dir("", &cluster, &shard);
+        let mut segments = BTreeMap::new();
+        let r1 = "a".repeat(40);
+        // One archiver cut at 200 and 300; another, taking over at 150, at 260 and 400.
+        for (a, b) in [(100, 200), (200, 300), (150, 260), (260, 400), (500, 600)] {
+            let key = format!("{dir}/{r1}/{a:020}-{b:020}-{a}-{b}.seg");
+            let n = parse_segment_key(&dir, &key).unwrap().unwrap();
+            segments.insert(format!("r1/{a}"), (n, vec![0]));
+        }
+        let h = Holdings {
+            cluster,
+            shard,
+            stores: Vec::new(),
+            bases: Vec::new(),
+            segments,
+            refused: Vec::new(),
+        };
+        let base = Base {
+            backup_id: "b".into(),
+            replid: r1,
+            offset: 120,
+            at_ms: 0,
+        };
+        let c = h.chain(&base);
+        let reach: Vec<(u64, u64)> = c.segments.iter().map(|s| (s.start, s.end)).collect();
+        // 500–600 is past a break: not in the chain.
+        assert_eq!(reach, vec![(100, 200), (200, 300), (260, 400)]);
+        assert_eq!(c.end_offset, 400);
+    }
+}

@@ -1,7 +1,7 @@
 //! An archive job: one shard's continuous archive, held for as long as the agent holds the lease
 //! (a session with a leader), stopped by the leader's `StopJob`, and shown in every report.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetsnap_core::records::ArchiveSpec;
@@ -18,43 +18,6 @@ use crate::storage::{DestSpec, SpoolLimits};
 
 /// How often the archiving agent deletes what the policy's `keep` no longer needs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// An archive this agent runs.
-pub(super) struct Held {
-    pub(super) cluster: String,
-    pub(super) shard: String,
-    pub(super) source: String,
-    pub(super) live: Arc<Live>,
-    stop: watch::Sender<bool>,
-    why: Mutex<Option<String>>,
-}
-
-impl Held {
-    /// Stops the archiver (it cuts what it holds and sends it on), saying why.
-    pub(super) fn stop(&self, why: String) {
-        self.why.lock().expect("lock").get_or_insert(why);
-        let _ = self.stop.send(true);
-    }
-
-    /// What a report says of it.
-    pub(super) fn progress(&self, job_id: u64) -> v1::ArchiveProgress {
-        let v = self.live.view().unwrap_or_default();
-        let (replid, offset) = v.position.map(|p| (p.replid, p.offset)).unwrap_or_default();
-        v1::ArchiveProgress {
-            job_id,
-            cluster: self.cluster.clone(),
-            shard: self.shard.clone(),
-            source: self.source.clone(),
-            connected: v.connected,
-            lag_seconds: v.lag_seconds,
-            replid,
-            offset,
-            segments: v.segments,
-            gaps: v.gaps,
-            restorable_until_ms: v.restorable_until_ms,
-        }
-    }
-}
 
 /// Runs job `id`'s archive until it fails, the leader stops it, or the agent has had no leader
 /// for the lease; an archive never ends well, so the result is always a failure with the reason.
@@ -105,14 +68,13 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, spec: ArchiveSpec) -> Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (stop_tx, stop) = watch::channel(false);
-    let held = Arc::new(Held {
-        cluster: spec.cluster.clone(),
-        shard: spec.shard.clone(),
-        source: instance.target.to_string(),
-        live: Arc::new(Live::default()),
-        stop: stop_tx,
-        why: Mutex::new(None),
-    });
+    let held = Arc::new(Held::new(
+        spec.cluster.clone(),
+        spec.shard.clone(),
+        instance.target.to_string(),
+        Arc::new(Live::default()),
+        stop_tx,
+    ));
     let req = ArchiveRequest {
         target: instance.target.clone(),
         destinations: destinations.clone(),
@@ -164,7 +126,7 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, spec: ArchiveSpec) -> Res
         p.abort();
     }
     shared.archives.lock().expect("lock").remove(&id);
-    let why = held.why.lock().expect("lock").take();
+    let why = held.why();
     let error = match ended {
         Ok(summary) => format!(
             "the archive of shard {shard} of {cluster} stopped ({}) after {} segments{}",

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use fleetsnap_core::InstanceReport;
 use fleetsnap_proto::tls::Transport;
 use fleetsnap_proto::v1::{self};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -55,7 +56,7 @@ pub(super) struct Shared {
     /// Since when no session with a leader is open (`None` while one is, and before the first).
     pub(super) lost_at: Mutex<Option<std::time::Instant>>,
     /// The archive jobs running, by job id.
-    pub(super) archives: Mutex<HashMap<u64, std::sync::Arc<super::archive_job::Held>>>,
+    pub(super) archives: Mutex<HashMap<u64, std::sync::Arc<Held>>>,
 }
 
 #[derive(Default)]
@@ -129,6 +130,65 @@ impl Shared {
             self.metrics.add(UPLOADED, &labels, d.stored_bytes as f64);
             self.metrics
                 .set(UPLOAD_SECONDS, &labels, d.duration_seconds);
+        }
+    }
+}
+
+/// An archive this agent runs.
+pub(super) struct Held {
+    pub(super) cluster: String,
+    pub(super) shard: String,
+    pub(super) source: String,
+    pub(super) live: Arc<crate::archive::Live>,
+    stop: watch::Sender<bool>,
+    why: Mutex<Option<String>>,
+}
+
+impl Held {
+    pub(super) fn new(
+        cluster: String,
+        shard: String,
+        source: String,
+        live: Arc<crate::archive::Live>,
+        stop: watch::Sender<bool>,
+    ) -> Self {
+        Held {
+            cluster,
+            shard,
+            source,
+            live,
+            stop,
+            why: Mutex::new(None),
+        }
+    }
+
+    /// Why it was stopped, once it was.
+    pub(super) fn why(&self) -> Option<String> {
+        self.why.lock().expect("lock").clone()
+    }
+
+    /// Stops the archiver (it cuts what it holds and sends it on), saying why.
+    pub(super) fn stop(&self, why: String) {
+        self.why.lock().expect("lock").get_or_insert(why);
+        let _ = self.stop.send(true);
+    }
+
+    /// What a report says of it.
+    pub(super) fn progress(&self, job_id: u64) -> v1::ArchiveProgress {
+        let v = self.live.view().unwrap_or_default();
+        let (replid, offset) = v.position.map(|p| (p.replid, p.offset)).unwrap_or_default();
+        v1::ArchiveProgress {
+            job_id,
+            cluster: self.cluster.clone(),
+            shard: self.shard.clone(),
+            source: self.source.clone(),
+            connected: v.connected,
+            lag_seconds: v.lag_seconds,
+            replid,
+            offset,
+            segments: v.segments,
+            gaps: v.gaps,
+            restorable_until_ms: v.restorable_until_ms,
         }
     }
 }

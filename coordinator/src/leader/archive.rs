@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use fleetsnap_core::planner;
 use fleetsnap_core::policy::Policy;
 use fleetsnap_core::records::{ArchiveRow, ArchiveSpec, JobKind};
-use fleetsnap_core::topology::ShardView;
+use fleetsnap_core::topology::{ShardView, storage_shard};
 use fleetsnap_proto::v1::{self, coordinator_message};
 
 use super::*;
-use crate::state::storage_shard;
 use crate::state::{Command, Job, JobState};
 
 /// How often the leader looks at the archives.

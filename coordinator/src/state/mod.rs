@@ -13,7 +13,6 @@ mod fleet;
 #[cfg(test)]
 mod tests;
 
-pub use apply::storage_shard;
 pub use fleet::{AgentRecord, Command, FleetState, Response};
 pub use fleetsnap_core::records::{
     Action, BackupSet, CatalogSpec, Cut, CutOutcome, Job, JobKind, JobOutcome, JobState,

@@ -6,8 +6,6 @@ mod catalog;
 mod runbooks;
 mod windows;
 
-pub use windows::storage_shard;
-
 use super::failures::failure_reason;
 use super::fleet::{AgentRecord, Command, FleetState, Response};
 use super::{JobOutcome, JobState};

@@ -15,12 +15,8 @@ use fleetsnap_core::ClusterId;
 use fleetsnap_core::manifest::{Manifest, SetFacts};
 use fleetsnap_core::policy::Consistency;
 use fleetsnap_core::retention::SetState;
+use fleetsnap_core::topology::storage_shard;
 use fleetsnap_core::window::{JobResult, RegionResult, ShardResult, from_unix_ms};
-
-/// Shard ids in the storage layout: slot ranges `0-5460,10923-16383` become `0-5460_10923-16383`.
-pub fn storage_shard(id: &str) -> String {
-    id.replace(',', "_")
-}
 
 impl FleetState {
     /// `OpenWindow`: records the window and creates the first job of every plannable shard.
