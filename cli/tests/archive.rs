@@ -264,3 +264,193 @@ keep = "7d"
         "nothing after the FLUSHALL ({after:?}) is restored"
     );
 }
+
+/// A tag whose keys primary `p` serves.
+async fn tag_of(p: &RedisServer, name: &str) -> String {
+    for t in 0.. {
+        let tag = format!("{{{name}{t}}}");
+        // A key another primary serves is refused (MOVED).
+        if p.cmd(&["SET", &format!("{tag}:probe"), "x"]).await.is_ok() {
+            return tag;
+        }
+    }
+    unreachable!()
+}
+
+/// Exact points on the policy's schedule, taken by the leader through the primaries' agents: a
+/// writer increments a counter on shards A, B and C in that order, each after the previous
+/// acknowledgement; every shard restored `--exact` to the last point holds a ≥ b ≥ c and
+/// a − c ≤ 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_exact_points_restore_a_cluster_at_one_instant() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ids = ["a1", "a2", "a3", "a4", "a5", "a6"];
+    let fleet = FleetDir::new(&[1], &ids).unwrap();
+    let (one, cli) = fleetsnap_testkit::fleet::single_node(&fleet, &Default::default())
+        .await
+        .unwrap();
+    let cluster = fleetsnap_testkit::redis::RedisCluster::start(3, 1)
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let mut a = Agent::configure(
+            &fleet,
+            ids[i],
+            std::slice::from_ref(&one.address),
+            &[Watched::new(format!("node{i}"), n.url(), "bank")],
+            false,
+        )
+        .unwrap();
+        a.start().unwrap();
+        agents.push(a);
+    }
+    let _logs = Logs::of(std::slice::from_ref(&one), &agents);
+    cli.wait_for_shards(3, 2).await.unwrap();
+    let mut primaries = Vec::new();
+    for n in &cluster.nodes {
+        if n.info("replication", "role").await.unwrap().as_deref() == Some("master") {
+            primaries.push(n);
+        }
+    }
+    let mut tags = Vec::new();
+    for (k, p) in primaries.iter().enumerate() {
+        tags.push(tag_of(p, &format!("s{k}")).await);
+    }
+    let dir = fleet.path().join("east");
+    let dest = format!("file://{}", dir.display());
+    let policy = format!(
+        r#"
+name = "bank-pitr"
+clusters = ["bank"]
+write_pause_budget_ms = 1000
+
+[[destinations]]
+region = "east"
+url = "{dest}"
+
+[archive]
+segment_seconds = 1
+exact_points_every = "10s"
+"#
+    );
+    cli.set_policy(fleet.path(), "bank-pitr", &policy).unwrap();
+    let archived = poll_until("every shard archived", Duration::from_secs(60), || async {
+        let r = rows(&cli)?;
+        (r.len() == 3
+            && r.iter()
+                .all(|r| r["connected"] == true && r["segments"].as_u64() >= Some(1)))
+        .then_some(r)
+    })
+    .await
+    .unwrap();
+
+    // The writer: a, then b, then c, each after the one before was acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut conns = Vec::new();
+        for p in &primaries {
+            conns.push(p.conn().await.unwrap());
+        }
+        let keys: Vec<String> = tags.iter().map(|t| format!("{t}:ctr")).collect();
+        tokio::spawn(async move {
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (c, k) in conns.iter_mut().zip(&keys) {
+                    c.checked(&[b"INCR", k.as_bytes()]).await.unwrap();
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let points = dir.join("bank/archive-points");
+    let count = || std::fs::read_dir(&points).map_or(0, |d| d.count());
+    let before = count();
+    poll_until(
+        "two exact points while writing",
+        Duration::from_secs(60),
+        || async { (count() >= before + 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.await.unwrap();
+    let last = now_ms();
+    poll_until(
+        "every shard archived past the writes",
+        Duration::from_secs(60),
+        || async {
+            let r = rows(&cli)?;
+            r.iter()
+                .all(|r| r["restorable_until_ms"].as_i64() >= Some(last))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let t = last.to_string();
+    let mut counters = Vec::new();
+    for (k, p) in primaries.iter().enumerate() {
+        // The shard a primary serves, by the slots its name carries.
+        let slot = match p
+            .cmd(&["CLUSTER", "KEYSLOT", &format!("{}:ctr", tags[k])])
+            .await
+            .unwrap()
+        {
+            Value::Int(s) => s as u16,
+            v => panic!("KEYSLOT answered {v:?}"),
+        };
+        let shard = archived
+            .iter()
+            .map(|r| r["shard"].as_str().unwrap().to_string())
+            .find(|s| {
+                s.split('_').any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&slot)
+                })
+            })
+            .expect("a shard serves the slot");
+        let aof = fleet.path().join(format!("aof-{k}"));
+        let a = aof.display().to_string();
+        agent_json(&[
+            "restore",
+            "--cluster",
+            "bank",
+            "--shard",
+            &shard,
+            "--at",
+            &t,
+            "--exact",
+            "--aof-dir",
+            &a,
+            "--from",
+            &dest,
+            "--json",
+        ]);
+        let s = RedisServer::start_with(RedisOptions {
+            aof_dir: Some(aof),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let key = format!("{}:ctr", tags[k]);
+        let v = match s.cmd(&["GET", &key]).await.unwrap() {
+            Value::Bulk(Some(b)) => String::from_utf8(b).unwrap().parse::<u64>().unwrap(),
+            other => panic!("{key} is {other:?}"),
+        };
+        counters.push(v);
+    }
+    let (a, b, c) = (counters[0], counters[1], counters[2]);
+    assert!(
+        a >= b && b >= c && a - c <= 1,
+        "restored counters {counters:?} are not one instant"
+    );
+    assert!(
+        a > 0 && a < rounds,
+        "the last point lies inside the writes: {counters:?} of {rounds}"
+    );
+}

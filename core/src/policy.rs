@@ -288,6 +288,12 @@ pub struct ArchivePolicy {
     /// the segments no time within it needs. None: nothing is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<String>,
+    /// Take an exact point of each archived cluster this often (`5m`, `1h`): every primary
+    /// paused at once for at most the policy's `write_pause_budget_ms`, their offsets stored in
+    /// every region, so that `restore --at T --exact` restores one instant of the whole cluster.
+    /// None: no exact points (a restore `--at` is consistent within the clocks' skew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_points_every: Option<String>,
 }
 
 fn default_segment_seconds() -> u64 {
@@ -335,6 +341,14 @@ impl ArchivePolicy {
                 "archive spool_max_bytes {} is below segment_max_bytes {}: the spool holds at least one segment",
                 self.spool_max_bytes, self.segment_max_bytes
             ));
+        }
+        if let Some(e) = &self.exact_points_every {
+            let span = parse_span(e).map_err(|e| format!("archive exact_points_every: {e}"))?;
+            if span.as_secs() < 10 {
+                return Err(format!(
+                    "archive exact_points_every {e:?} is under 10s: each point pauses every primary's writes"
+                ));
+            }
         }
         if let Some(k) = &self.keep {
             let span = parse_span(k).map_err(|e| format!("archive keep: {e}"))?;
@@ -497,6 +511,13 @@ impl Policy {
         }
         if let Some(a) = &self.archive {
             a.check().map_err(err)?;
+            if a.exact_points_every.is_some() && !(1..=10_000).contains(&self.write_pause_budget_ms)
+            {
+                return Err(err(format!(
+                    "write_pause_budget_ms {} must be 1–10000 (exact points pause writes)",
+                    self.write_pause_budget_ms
+                )));
+            }
             if self.source != "replication" {
                 return Err(err(
                     "the archive follows the replication stream: it needs source = \"replication\""

@@ -197,6 +197,9 @@ impl From<&JobKind> for v1::job::Kind {
             JobKind::Archive(a) => v1::job::Kind::Archive(v1::ArchiveJob {
                 spec_json: serde_json::to_string(a).expect("specs serialise"),
             }),
+            JobKind::StorePoint(p) => v1::job::Kind::ExactPoint(v1::ExactPointJob {
+                spec_json: serde_json::to_string(p).expect("specs serialise"),
+            }),
         }
     }
 }

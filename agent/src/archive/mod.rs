@@ -10,7 +10,7 @@ mod upkeep;
 
 pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, Live, LiveView, archive};
 pub use local::Position;
-pub use points::{latest_point, mark};
+pub use points::{latest_point, mark, store_point};
 pub use read::{
     Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, shards,
     status,

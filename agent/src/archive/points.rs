@@ -110,24 +110,39 @@ pub async fn mark(
         pause_us: pause.as_micros() as u64,
         shards,
     };
-    let body = Bytes::from(serde_json::to_vec_pretty(&point).expect("serialises"));
-    let mut stored = 0;
-    for d in to {
-        let store = Store::open(d).await?;
-        match store
-            .put(&point_key(d.prefix(), cluster, at_ms), body.clone())
-            .await
-        {
-            Ok(()) => stored += 1,
-            Err(e) => tracing::warn!(region = %d, error = %e, "an exact point could not be stored"),
-        }
-    }
-    if stored == 0 {
-        return Err(Error::Failed(
-            "the exact point could not be stored in any region".into(),
-        ));
+    let failed = store_point(&point, to).await?;
+    for f in failed {
+        tracing::warn!(error = %f, "an exact point could not be stored");
     }
     Ok(point)
+}
+
+/// Stores an exact point in every region of `to`; the regions that did not take it, with why.
+/// Fails when none did.
+pub async fn store_point(point: &ExactPoint, to: &[DestSpec]) -> Result<Vec<String>> {
+    let body = Bytes::from(serde_json::to_vec_pretty(point).expect("serialises"));
+    let mut failed = Vec::new();
+    for d in to {
+        let put = async {
+            Store::open(d)
+                .await?
+                .put(
+                    &point_key(d.prefix(), &point.cluster, point.at_ms),
+                    body.clone(),
+                )
+                .await
+        };
+        if let Err(e) = put.await {
+            failed.push(format!("{d}: {e}"));
+        }
+    }
+    if failed.len() == to.len() {
+        return Err(Error::Failed(format!(
+            "the exact point could not be stored in any region: {}",
+            failed.join("; ")
+        )));
+    }
+    Ok(failed)
 }
 
 /// The latest exact point of `cluster` at or before `at_ms` in any of the regions.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetsnap_core::records::ArchiveSpec;
+use fleetsnap_core::records::{ArchiveSpec, PointSpec};
 use fleetsnap_core::{ClusterId, ShardId};
 use fleetsnap_proto::v1;
 use tokio::sync::watch;
@@ -163,4 +163,20 @@ async fn lease_watch(shared: Arc<Shared>, lease: Duration, held: Arc<Held>) {
             return;
         }
     }
+}
+
+/// Stores the exact point of job `id` in its regions.
+pub(super) async fn store_point(id: u64, spec: PointSpec) -> Result<v1::Finished> {
+    let to = spec
+        .destinations
+        .iter()
+        .map(|d| DestSpec::parse(d))
+        .collect::<Result<Vec<_>>>()?;
+    let failed = crate::archive::store_point(&spec.point, &to).await?;
+    tracing::info!(job = id, cluster = %spec.point.cluster, at_ms = spec.point.at_ms, failed = failed.len(), "exact point stored");
+    Ok(v1::Finished {
+        ok: true,
+        error: failed.join("; "),
+        ..Default::default()
+    })
 }

@@ -21,6 +21,7 @@ pub(super) fn job_kind(job: &v1::Job) -> &'static str {
         Some(v1::job::Kind::Snapshot(_)) => "snapshot",
         Some(v1::job::Kind::Manifest(_)) => "manifest",
         Some(v1::job::Kind::Archive(_)) => "archive",
+        Some(v1::job::Kind::ExactPoint(_)) => "exact_point",
         Some(v1::job::Kind::Catalog(c)) => {
             match serde_json::from_str::<fleetsnap_core::window::CatalogTask>(&c.task_json) {
                 Ok(fleetsnap_core::window::CatalogTask::Restore(r))
@@ -229,6 +230,15 @@ pub(super) async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Fi
                     ))
                 })?;
             super::archive_job::run(shared, id, spec).await
+        }
+        Some(v1::job::Kind::ExactPoint(p)) => {
+            let spec: fleetsnap_core::records::PointSpec = serde_json::from_str(&p.spec_json)
+                .map_err(|e| {
+                    Error::Input(format!(
+                        "job {id} carries an exact point this agent cannot read ({e}); are the agent and the coordinators the same version?"
+                    ))
+                })?;
+            super::archive_job::store_point(id, spec).await
         }
         Some(v1::job::Kind::Catalog(c)) => {
             let task: fleetsnap_core::window::CatalogTask = serde_json::from_str(&c.task_json)

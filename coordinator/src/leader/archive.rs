@@ -33,6 +33,16 @@ struct Memory {
     created: HashMap<(String, String), Instant>,
     /// Open jobs whose source is not a reachable node of any shard, since when.
     adrift: HashMap<u64, Instant>,
+    /// When each cluster's last exact point was due, and why the last one failed.
+    points: HashMap<String, (Instant, Option<String>)>,
+}
+
+/// One shard of an archived cluster this round: the fleet's view of it, its name in the storage
+/// layout, and the agent holding its archive.
+struct Archived<'a> {
+    view: &'a ShardView,
+    name: String,
+    holder: Option<String>,
 }
 
 fn spec(job: &Job) -> Option<&ArchiveSpec> {
@@ -69,12 +79,12 @@ impl Node {
                 .expect("lock")
                 .is_some_and(|s| s.elapsed() >= SETTLE);
             if settled {
-                self.archive_round(&mut memory).await;
+                self.clone().archive_round(&mut memory).await;
             }
         }
     }
 
-    async fn archive_round(&self, memory: &mut Memory) {
+    async fn archive_round(self: Arc<Self>, memory: &mut Memory) {
         let (policies, jobs): (Vec<Policy>, Vec<Job>) = {
             let s = self.state.read().expect("state lock");
             (
@@ -100,6 +110,7 @@ impl Node {
         let mut rows = Vec::new();
         let mut covered: HashSet<u64> = HashSet::new();
         let mut archived: HashMap<String, String> = HashMap::new();
+        let mut shards_of: HashMap<String, Vec<Archived<'_>>> = HashMap::new();
         for p in &policies {
             let rules = p.rules();
             for cluster in &p.clusters {
@@ -133,6 +144,12 @@ impl Node {
                         shard: name.clone(),
                         ..Default::default()
                     };
+                    let this = shards_of.entry(cluster.clone()).or_default();
+                    this.push(Archived {
+                        view: s,
+                        name: name.clone(),
+                        holder: None,
+                    });
                     if let Some(j) = open
                         .iter()
                         .copied()
@@ -142,6 +159,9 @@ impl Node {
                         covered.insert(j.id);
                         row.job = Some(j.id);
                         row.agent = j.agent.clone();
+                        if let Some(last) = this.last_mut() {
+                            last.holder = Some(j.agent.clone());
+                        }
                         rows.push(row);
                         continue;
                     }
@@ -255,7 +275,110 @@ impl Node {
                 self.end_job(j, why).await;
             }
         }
+        for p in &policies {
+            let Some(every) = p
+                .archive
+                .as_ref()
+                .and_then(|a| a.exact_points_every.as_deref())
+                .and_then(|e| fleetsnap_core::policy::parse_span(e).ok())
+            else {
+                continue;
+            };
+            for (cluster, shards) in &shards_of {
+                if archived.get(cluster) != Some(&p.name) {
+                    continue;
+                }
+                let (due, _) = memory
+                    .points
+                    .entry(cluster.clone())
+                    .or_insert_with(|| (Instant::now(), None));
+                if due.elapsed() < every {
+                    continue;
+                }
+                let outcome = self.clone().exact_point(p, cluster, shards).await;
+                if let Err(e) = &outcome {
+                    tracing::warn!(%cluster, error = %e, "no exact point this time");
+                }
+                memory
+                    .points
+                    .insert(cluster.clone(), (Instant::now(), outcome.err()));
+            }
+        }
+        for r in &mut rows {
+            if let Some((_, Some(why))) = memory.points.get(&r.cluster)
+                && r.note.is_empty()
+            {
+                r.note = format!("the last exact point failed: {why}");
+            }
+        }
         *self.archive_rows.lock().expect("lock") = rows;
+    }
+
+    /// Takes an exact point of `cluster` (every primary paused at once, each offset read, all
+    /// released) and has the agent archiving its first shard store it in every region.
+    async fn exact_point(
+        self: Arc<Self>,
+        p: &Policy,
+        cluster: &str,
+        shards: &[Archived<'_>],
+    ) -> Result<(), String> {
+        use fleetsnap_core::archive::{ExactPoint, PointShard, SEGMENT_FORMAT};
+        use fleetsnap_core::report::Role;
+        let mut primaries = Vec::new();
+        for (i, s) in shards.iter().enumerate() {
+            if s.holder.is_none() {
+                return Err(format!("shard {} has no archiver yet", s.name));
+            }
+            let n = s
+                .view
+                .nodes
+                .iter()
+                .find(|n| n.role == Role::Primary && n.reachable)
+                .ok_or_else(|| format!("no agent reaches the primary of shard {}", s.name))?;
+            primaries.push(super::cut::Primary {
+                shard: i,
+                agent: n.agent.clone(),
+                instance: n.name.clone(),
+                address: n.address.clone(),
+            });
+        }
+        let Some(agent) = shards.first().and_then(|s| s.holder.clone()) else {
+            return Err("the cluster has no archived shard".into());
+        };
+        let paused = self
+            .clone()
+            .pause_all(&primaries, p.write_pause_budget_ms)
+            .await?;
+        let mut point_shards = Vec::new();
+        for (s, r) in shards.iter().zip(&paused.replies) {
+            point_shards.push(PointShard {
+                shard: fleetsnap_core::ShardId::new(&s.name).map_err(|e| e.to_string())?,
+                replid: r.replid.clone(),
+                offset: r.offset,
+            });
+        }
+        let point = ExactPoint {
+            format: SEGMENT_FORMAT,
+            cluster: fleetsnap_core::ClusterId::new(cluster).map_err(|e| e.to_string())?,
+            at_ms: paused.paused_at_us / 1000,
+            pause_us: paused
+                .replies
+                .iter()
+                .map(|r| r.paused_us)
+                .max()
+                .unwrap_or(0),
+            shards: point_shards,
+        };
+        let job = JobKind::StorePoint(fleetsnap_core::records::PointSpec {
+            destinations: p.destinations.iter().map(|d| p.agent_url(d)).collect(),
+            point,
+        });
+        self.write(Command::CreateJob { agent, job })
+            .await
+            .map_err(|e| format!("the point could not be written to the log: {}", e.message()))?;
+        self.wake.notify_one();
+        tracing::info!(%cluster, round_ms = paused.round.as_millis() as u64, "exact point taken");
+        Ok(())
     }
 
     /// Records that a running job ended, and tells its agent to stop it.

@@ -33,11 +33,22 @@ pub(super) type Waiters =
     std::sync::Mutex<HashMap<(u64, String, i32), oneshot::Sender<v1::CutReply>>>;
 
 /// A shard's primary, where writes are paused.
-struct Primary {
-    shard: usize,
-    agent: String,
-    instance: String,
-    address: String,
+pub(super) struct Primary {
+    /// The shard's index in what the caller pauses.
+    pub(super) shard: usize,
+    pub(super) agent: String,
+    pub(super) instance: String,
+    pub(super) address: String,
+}
+
+/// Every primary paused and released: their replies (replication id, offset, pause), in the
+/// order of the primaries.
+pub(super) struct Paused {
+    pub(super) replies: Vec<v1::CutReply>,
+    /// From the first pause sent to the last release answered.
+    pub(super) round: Duration,
+    /// When the pauses were sent (Unix µs).
+    pub(super) paused_at_us: i64,
 }
 
 impl Node {
@@ -243,49 +254,15 @@ impl Node {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
-        let budget_ms =
-            u32::try_from(w.plan.policy.write_pause_budget_ms.max(1)).unwrap_or(u32::MAX);
-        let cut: u64 = rand::random();
-        // Connections first, so that the pause costs no connect or AUTH.
-        if let Err(e) = self
+        let paused = match self
             .clone()
-            .all_steps(cut, &primaries, Step::Prepare, budget_ms, STEP_TIMEOUT)
+            .pause_all(&primaries, w.plan.policy.write_pause_budget_ms)
             .await
         {
-            self.clone().abort(cut, &primaries).await;
-            return failed(e);
-        }
-        let started = Instant::now();
-        let paused_at_us = fleetsnap_proto::convert::unix_micros();
-        let pause = Duration::from_millis(budget_ms.into());
-        if let Err(e) = self
-            .clone()
-            .all_steps(cut, &primaries, Step::Pause, budget_ms, pause)
-            .await
-        {
-            self.clone().abort(cut, &primaries).await;
-            return failed(e);
-        }
-        let released = self
-            .clone()
-            .all_steps(cut, &primaries, Step::Release, budget_ms, STEP_TIMEOUT)
-            .await;
-        let round = started.elapsed();
-        let replies = match released {
-            Ok(r) => r,
-            Err(e) => {
-                self.clone().abort(cut, &primaries).await;
-                return failed(e);
-            }
+            Ok(p) => p,
+            Err(e) => return failed(e),
         };
-        if round > pause {
-            return failed(format!(
-                "pausing and releasing every primary took {} ms, over the budget of {budget_ms} ms: \
-                 a primary may have resumed writes before its offset was read (raise \
-                 write_pause_budget_ms, or look for a slow agent or primary)",
-                round.as_millis()
-            ));
-        }
+        let (replies, round, paused_at_us) = (paused.replies, paused.round, paused.paused_at_us);
         let mut offsets = vec![None; w.shards.len()];
         let mut pause_us = 0;
         let (mut moved, mut why) = (Vec::new(), Vec::new());
@@ -321,6 +298,63 @@ impl Node {
             paused_at_us,
         });
         (cut, Vec::new())
+    }
+
+    /// Prepares a connection on every primary, pauses their writes, then reads each offset and
+    /// releases them; aborts (unpausing) on any failure, and fails when the round took longer
+    /// than the budget (a primary may have resumed before its offset was read).
+    pub(super) async fn pause_all(
+        self: Arc<Self>,
+        primaries: &[Primary],
+        budget_ms: u64,
+    ) -> Result<Paused, String> {
+        let budget_ms = u32::try_from(budget_ms.max(1)).unwrap_or(u32::MAX);
+        let cut: u64 = rand::random();
+        // Connections first, so that the pause costs no connect or AUTH.
+        if let Err(e) = self
+            .clone()
+            .all_steps(cut, primaries, Step::Prepare, budget_ms, STEP_TIMEOUT)
+            .await
+        {
+            self.clone().abort(cut, primaries).await;
+            return Err(e);
+        }
+        let started = Instant::now();
+        let paused_at_us = fleetsnap_proto::convert::unix_micros();
+        let pause = Duration::from_millis(budget_ms.into());
+        if let Err(e) = self
+            .clone()
+            .all_steps(cut, primaries, Step::Pause, budget_ms, pause)
+            .await
+        {
+            self.clone().abort(cut, primaries).await;
+            return Err(e);
+        }
+        let released = self
+            .clone()
+            .all_steps(cut, primaries, Step::Release, budget_ms, STEP_TIMEOUT)
+            .await;
+        let round = started.elapsed();
+        let replies = match released {
+            Ok(r) => r,
+            Err(e) => {
+                self.clone().abort(cut, primaries).await;
+                return Err(e);
+            }
+        };
+        if round > pause {
+            return Err(format!(
+                "pausing and releasing every primary took {} ms, over the budget of {budget_ms} ms: \
+                 a primary may have resumed writes before its offset was read (raise \
+                 write_pause_budget_ms, or look for a slow agent or primary)",
+                round.as_millis()
+            ));
+        }
+        Ok(Paused {
+            replies,
+            round,
+            paused_at_us,
+        })
     }
 
     /// The primary of every running shard, from the latest reports (a shard that failed over

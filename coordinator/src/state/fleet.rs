@@ -139,7 +139,7 @@ impl FleetState {
                 .get(&m.window)
                 .and_then(|w| w.plan.trace.clone()),
             JobKind::Catalog(c) => c.trace.clone(),
-            JobKind::Archive(_) => None,
+            JobKind::Archive(_) | JobKind::StorePoint(_) => None,
         }
     }
 }

@@ -19,6 +19,18 @@ pub enum JobKind {
     /// Archive one shard's replication stream for as long as the agent holds the lease
     /// (docs/archive.md); it ends only when it fails or the leader stops it.
     Archive(ArchiveSpec),
+    /// Store an exact point the leader took (every primary of a cluster paused at once) in
+    /// every region of its archive.
+    StorePoint(PointSpec),
+}
+
+/// What a store-point job does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointSpec {
+    /// Destination URLs.
+    pub destinations: Vec<String>,
+    /// The point.
+    pub point: crate::archive::ExactPoint,
 }
 
 /// What an archive job does: the archiver of one shard, its source a node the agent watches.
@@ -156,7 +168,7 @@ pub struct Job {
 }
 
 impl JobKind {
-    /// `snapshot`, `manifest`, `archive`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
+    /// `snapshot`, `manifest`, `archive`, `exact_point`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
     /// for metrics.
     pub fn name(&self) -> &'static str {
         use crate::window::{CatalogTask, RestoreMode};
@@ -164,6 +176,7 @@ impl JobKind {
             JobKind::Snapshot(_) => "snapshot",
             JobKind::WriteManifest(_) => "manifest",
             JobKind::Archive(_) => "archive",
+            JobKind::StorePoint(_) => "exact_point",
             JobKind::Catalog(c) => match &c.task {
                 CatalogTask::Restore(r) if r.mode == RestoreMode::Drill => "drill",
                 CatalogTask::Restore(_) => "restore",

@@ -13,7 +13,9 @@ mod window;
 
 pub use catalog::{CatalogSpec, Verified};
 pub use docs::{AgentRow, ArchiveRow, DrillRow, PruneRow, StatusDoc, WindowDoc};
-pub use job::{ArchiveSpec, Job, JobKind, JobOutcome, JobState, ManifestSpec, SnapshotSpec};
+pub use job::{
+    ArchiveSpec, Job, JobKind, JobOutcome, JobState, ManifestSpec, PointSpec, SnapshotSpec,
+};
 pub use runbook::{Action, Runbook, RunbookState, Step};
 pub use set::{BackupSet, RegionState, RegionStatus, SetShard, set_key};
 pub use window::{Cut, CutOutcome, ShardState, Window, WindowPlan, WindowShard};

@@ -151,7 +151,7 @@ impl FleetState {
         let window_id = match &kind {
             JobKind::Snapshot(s) => s.window,
             JobKind::WriteManifest(m) => Some(m.window),
-            JobKind::Catalog(_) | JobKind::Archive(_) => None,
+            JobKind::Catalog(_) | JobKind::Archive(_) | JobKind::StorePoint(_) => None,
         };
         let Some(mut window) = window_id.and_then(|w| self.windows.remove(&w)) else {
             return;
@@ -246,7 +246,7 @@ impl FleetState {
                     set.count_regions();
                 }
             }
-            JobKind::Catalog(_) | JobKind::Archive(_) => {}
+            JobKind::Catalog(_) | JobKind::Archive(_) | JobKind::StorePoint(_) => {}
         }
         let id = window.id;
         self.windows.insert(id, window);
