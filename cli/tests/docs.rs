@@ -124,6 +124,7 @@ fn the_configuration_reference_lists_exactly_the_keys_the_binaries_accept() {
         ("core::Retention", keys::<retention::Retention>()),
         ("core::ObjectLock", keys::<policy::ObjectLock>()),
         ("core::DrillPolicy", keys::<policy::DrillPolicy>()),
+        ("core::ArchivePolicy", keys::<policy::ArchivePolicy>()),
     ]);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
     let docs = documented(&std::fs::read_to_string(&path).unwrap());
