@@ -105,7 +105,14 @@ async fn a_killed_archiving_agent_is_replaced_within_the_lease_without_a_gap() {
         .zip(&watched)
         .map(|(id, w)| Agent::configure(&fleet, id, &addresses, w, false).unwrap())
         .collect();
+    let mut metrics = std::collections::HashMap::new();
     for a in &mut agents {
+        let port = fleetsnap_testkit::free_port();
+        a.add_config(&format!(
+            "[telemetry]\nmetrics_listen = \"127.0.0.1:{port}\"\n"
+        ))
+        .unwrap();
+        metrics.insert(a.id.clone(), format!("127.0.0.1:{port}").parse().unwrap());
         a.start().unwrap();
     }
     let _logs = Logs::of(&coordinators, &agents);
@@ -149,6 +156,20 @@ keep = "7d"
     );
     assert_eq!(first["shard"], "primary", "{first:#}");
     let shard = "primary";
+    // The holder's /metrics has the archive's families, for its shard and the policy's regions.
+    let (_, text) = fleetsnap_telemetry::http::get(metrics[&holder], "/metrics")
+        .await
+        .unwrap();
+    for want in [
+        "fleetsnap_archive_lag_seconds{cluster=\"shop\",shard=\"primary\"}",
+        "fleetsnap_archive_connected{cluster=\"shop\",shard=\"primary\"} 1",
+        "fleetsnap_archive_restorable_until_seconds{cluster=\"shop\",shard=\"primary\",region=\"east\"}",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want} is not in the agent's metrics:\n{text}"
+        );
+    }
 
     // The holder dies; writes go on. Another agent holds the shard within the lease (4 s) and
     // the leader's round, and its archiver continues the chain from the regions.

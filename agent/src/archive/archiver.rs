@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::live::{Live, LiveParts, Stats, render_metrics};
 use super::local::{Local, Position, Uploaded, upload_loop};
 use crate::error::{Error, Result};
 use crate::redis::{Connection, RedisTarget};
@@ -56,183 +57,6 @@ pub struct ArchiveRequest {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where a daemon reads the archiver's state while it runs.
     pub live: Option<Arc<Live>>,
-}
-
-/// What a running archiver shows its daemon (for the reports the leader's `archive status`
-/// reads).
-#[derive(Default)]
-pub struct Live {
-    parts: std::sync::OnceLock<LiveParts>,
-}
-
-/// What [`Live`] reads: the counters, the spool, each region's uploader.
-type LiveParts = (Arc<Stats>, Arc<Local>, Vec<Arc<Uploaded>>);
-
-/// An archiver's state at one moment.
-#[derive(Clone, Debug, Default)]
-pub struct LiveView {
-    /// Whether the stream is open.
-    pub connected: bool,
-    /// The live recovery point.
-    pub lag_seconds: f64,
-    /// Where the chain stands in the spool.
-    pub position: Option<Position>,
-    /// Segments made durable.
-    pub segments: u64,
-    /// Gaps found.
-    pub gaps: u64,
-    /// The newest time every region holds (Unix ms; 0: none yet).
-    pub restorable_until_ms: i64,
-}
-
-impl Live {
-    /// The state now; `None` before the archiver has opened its spool.
-    pub fn view(&self) -> Option<LiveView> {
-        let (stats, local, uploaded) = self.parts.get()?;
-        let now = unix_ms(OffsetDateTime::now_utc());
-        Some(LiveView {
-            connected: stats.connected.load(Ordering::Relaxed),
-            lag_seconds: stats.lag_seconds(local, now),
-            position: local.position().ok().flatten(),
-            segments: stats.segments.load(Ordering::Relaxed),
-            gaps: stats.gaps.load(Ordering::Relaxed),
-            restorable_until_ms: uploaded
-                .iter()
-                .map(|u| u.last_ms.load(Ordering::Relaxed) as i64)
-                .min()
-                .unwrap_or(0),
-        })
-    }
-}
-
-/// What the archiver's metrics read.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Segments made durable here.
-    pub segments: AtomicU64,
-    /// Gaps found.
-    pub gaps: AtomicU64,
-    /// Stream bytes made durable here.
-    pub stream_bytes: AtomicU64,
-    /// Whether the stream is open.
-    pub connected: AtomicBool,
-    /// When the open segment's first byte came (Unix ms; 0: nothing open).
-    pub open_since_ms: AtomicI64,
-    /// When the stream was last lost, or the archiver started (Unix ms).
-    pub lost_since_ms: AtomicI64,
-}
-
-impl Stats {
-    /// The live recovery point: how long ago the oldest byte received and not yet in every region
-    /// came; 0 while nothing waits and the stream is open; since the stream was lost while it
-    /// is not.
-    fn lag_seconds(&self, local: &Local, now: i64) -> f64 {
-        let open = Some(self.open_since_ms.load(Ordering::Relaxed)).filter(|t| *t > 0);
-        let oldest = [open, local.oldest_pending_ms()]
-            .into_iter()
-            .flatten()
-            .min();
-        let since = match oldest {
-            Some(t) => t,
-            None if self.connected.load(Ordering::Relaxed) => now,
-            None => self.lost_since_ms.load(Ordering::Relaxed),
-        };
-        (now - since).max(0) as f64 / 1000.0
-    }
-}
-
-/// A per-region family: name, kind, help, and its value from a region's uploader.
-type PerRegion = (
-    &'static str,
-    fleetsnap_telemetry::metrics::Kind,
-    &'static str,
-    fn(&Uploaded) -> f64,
-);
-
-/// The archiver's families, read at scrape time.
-fn metrics_text(
-    req: &ArchiveRequest,
-    stats: &Stats,
-    local: &Local,
-    stores: &[Store],
-    uploaded: &[Arc<Uploaded>],
-) -> String {
-    use fleetsnap_telemetry::metrics::{Exposition, Kind};
-    let now = unix_ms(OffsetDateTime::now_utc());
-    let (cluster, shard) = (req.cluster.as_str(), req.shard.as_str());
-    let labels = [("cluster", cluster), ("shard", shard)];
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-    let shard_wide = [
-        (
-            "fleetsnap_archive_lag_seconds",
-            Kind::Gauge,
-            "Seconds since the oldest stream byte received and not yet in every region came (0 while caught up): the live recovery point.",
-            stats.lag_seconds(local, now),
-        ),
-        (
-            "fleetsnap_archive_connected",
-            Kind::Gauge,
-            "1 while the archiver holds the node's replication stream.",
-            f64::from(u8::from(stats.connected.load(Ordering::Relaxed))),
-        ),
-        (
-            "fleetsnap_archive_segments_total",
-            Kind::Counter,
-            "Segments made durable in the spool.",
-            load(&stats.segments),
-        ),
-        (
-            "fleetsnap_archive_stream_bytes_total",
-            Kind::Counter,
-            "Replication stream bytes made durable in the spool.",
-            load(&stats.stream_bytes),
-        ),
-        (
-            "fleetsnap_archive_gaps_total",
-            Kind::Counter,
-            "Times the node could not continue the chain (+FULLRESYNC): a gap, and a new base.",
-            load(&stats.gaps),
-        ),
-        (
-            "fleetsnap_archive_spool_bytes",
-            Kind::Gauge,
-            "Bytes of segments waiting in the spool for a region.",
-            load(&local.waiting),
-        ),
-    ];
-    let mut out = Exposition::default();
-    for (name, kind, help, value) in shard_wide {
-        out.family(name, kind, help).sample(&labels, value);
-    }
-    let per_region: [PerRegion; 2] = [
-        (
-            "fleetsnap_archive_restorable_until_seconds",
-            Kind::Gauge,
-            "Unix time of the newest command each region holds in the archive.",
-            |u| u.last_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-        ),
-        (
-            "fleetsnap_archive_upload_failures_total",
-            Kind::Counter,
-            "Segment uploads a region did not take (each is retried, in order).",
-            |u| u.failures.load(Ordering::Relaxed) as f64,
-        ),
-    ];
-    for (name, kind, help, value) in per_region {
-        let mut family = out.family(name, kind, help);
-        for (store, u) in stores.iter().zip(uploaded) {
-            let region = store.spec().region_name();
-            family.sample(
-                &[
-                    ("cluster", cluster),
-                    ("shard", shard),
-                    ("region", region.as_str()),
-                ],
-                value(u),
-            );
-        }
-    }
-    out.finish()
 }
 
 /// A gap in the archive: the chain that ended, and the base that started the next one.
@@ -319,24 +143,36 @@ pub async fn archive(
     stats
         .lost_since_ms
         .store(unix_ms(OffsetDateTime::now_utc()), Ordering::Relaxed);
-    if let Some(live) = &req.live {
-        let _ = live
-            .parts
-            .set((stats.clone(), local.clone(), uploaded.clone()));
-    }
+    // What the metrics and a daemon's reports read.
+    let live = req.live.clone().unwrap_or_default();
+    let _ = live.parts.set(LiveParts {
+        cluster: req.cluster.to_string(),
+        shard: req.shard.to_string(),
+        stats: stats.clone(),
+        local: local.clone(),
+        regions: stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                live.region_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| s.spec().region_name())
+            })
+            .zip(uploaded.iter().cloned())
+            .collect(),
+    });
     if let Some(address) = req.metrics_listen {
-        let (r, st, l, so, up) = (
-            req.clone(),
-            stats.clone(),
-            local.clone(),
-            stores.clone(),
-            uploaded.clone(),
-        );
+        let shown = live.clone();
         let ready = stats.clone();
         fleetsnap_telemetry::http::start(
             address,
             fleetsnap_telemetry::http::Probes {
-                metrics: Arc::new(move || metrics_text(&r, &st, &l, &so, &up)),
+                metrics: Arc::new(move || {
+                    let mut out = fleetsnap_telemetry::metrics::Exposition::default();
+                    render_metrics(&mut out, &[&shown]);
+                    out.finish()
+                }),
                 healthy: Arc::new(|| Ok(())),
                 ready: Arc::new(move || {
                     if ready.connected.load(Ordering::Relaxed) {

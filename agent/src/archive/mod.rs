@@ -3,12 +3,14 @@
 //! builds the tail that restores a shard to a time.
 
 mod archiver;
+mod live;
 mod local;
 mod points;
 mod read;
 mod upkeep;
 
-pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, Live, LiveView, archive};
+pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
+pub use live::{Live, LiveView, render_metrics};
 pub use local::Position;
 pub use points::{latest_point, mark, store_point};
 pub use read::{

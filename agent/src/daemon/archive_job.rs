@@ -72,7 +72,7 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, spec: ArchiveSpec) -> Res
         spec.cluster.clone(),
         spec.shard.clone(),
         instance.target.to_string(),
-        Arc::new(Live::default()),
+        Arc::new(Live::with_regions(spec.regions.clone())),
         stop_tx,
     ));
     let req = ArchiveRequest {

@@ -104,6 +104,15 @@ impl Shared {
     pub(super) fn metrics_text(&self) -> String {
         let mut e = Exposition::default();
         self.metrics.render(&mut e);
+        let held: Vec<Arc<Held>> = self
+            .archives
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
+        let lives: Vec<&crate::archive::Live> = held.iter().map(|h| h.live.as_ref()).collect();
+        crate::archive::render_metrics(&mut e, &lives);
         e.finish()
     }
 
