@@ -60,7 +60,10 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
             }
             JobResult::Regions { regions: out }
         }
-        CatalogTask::Restore(_) | CatalogTask::Node(_) | CatalogTask::Probe(_) => {
+        CatalogTask::Restore(_)
+        | CatalogTask::RestoreAt(_)
+        | CatalogTask::Node(_)
+        | CatalogTask::Probe(_) => {
             return Err(Error::Input(
                 "a restore or node job needs the agent's config; the daemon runs it".into(),
             ));

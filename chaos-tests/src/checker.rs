@@ -110,6 +110,13 @@ pub async fn live_writes(fleet: &Fleet) -> anyhow::Result<BTreeSet<u64>> {
     Ok(writes)
 }
 
+/// The writer's writes a server holds.
+pub async fn scan(conn: &mut fleetsnap_agent::redis::Connection) -> anyhow::Result<BTreeSet<u64>> {
+    let mut writes = BTreeSet::new();
+    scan_writes(conn, &mut writes).await?;
+    Ok(writes)
+}
+
 async fn scan_writes(
     conn: &mut fleetsnap_agent::redis::Connection,
     writes: &mut BTreeSet<u64>,

@@ -5,78 +5,11 @@ use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use rand::{Rng, rngs::StdRng};
+use rand::Rng;
 
 use crate::checker::{self, Verdict};
-use crate::fleet::{Fleet, REDIS_PORT};
+pub use crate::ctx::{Ctx, Outcome, primaries};
 use crate::workload::{History, Writer};
-
-/// What a scenario run gives the report.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// The faults, in order, with seconds since the scenario began.
-    pub faults: Vec<String>,
-    /// Figures: name and value.
-    pub figures: Vec<(String, String)>,
-    /// The invariants checked.
-    pub verdict: Verdict,
-    /// Why the scenario could not run to its end (a step that timed out), if it could not.
-    pub error: Option<String>,
-}
-
-impl Outcome {
-    /// Whether it ran to its end and every invariant held.
-    pub fn passed(&self) -> bool {
-        self.error.is_none() && self.verdict.ok()
-    }
-}
-
-/// A scenario's state while it runs.
-pub struct Ctx {
-    pub fleet: Fleet,
-    pub rng: StdRng,
-    pub started: Instant,
-    pub out: Outcome,
-}
-
-impl Ctx {
-    /// Records a fault as it is injected.
-    pub fn fault(&mut self, what: impl Into<String>) {
-        let line = format!(
-            "{:.1}s {}",
-            self.started.elapsed().as_secs_f64(),
-            what.into()
-        );
-        eprintln!("    fault: {line}");
-        self.out.faults.push(line);
-    }
-
-    /// Records a figure.
-    pub fn figure(&mut self, name: &str, value: impl Into<String>) {
-        self.out.figures.push((name.into(), value.into()));
-    }
-
-    /// Records the seconds since `at` as a figure.
-    pub fn figure_since(&mut self, name: &str, at: Instant) {
-        self.figure(name, format!("{:.1}", at.elapsed().as_secs_f64()));
-    }
-
-    /// A duration between `lo` and `hi` seconds, drawn from the seed.
-    pub fn between(&mut self, lo: f64, hi: f64) -> Duration {
-        Duration::from_secs_f64(self.rng.random_range(lo..hi))
-    }
-
-    /// The writer, on the cluster's nodes.
-    pub fn writer(&self) -> Writer {
-        Writer::start(
-            self.fleet
-                .nodes
-                .iter()
-                .map(|n| n.host.addr(REDIS_PORT))
-                .collect(),
-        )
-    }
-}
 
 pub type RunFn = for<'a> fn(&'a mut Ctx) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'a>>;
 
@@ -151,6 +84,24 @@ pub fn all() -> Vec<Scenario> {
             about: "every coordinator dies with its data: a new coordinator cluster is built, the agents (not restarted) join it, and its catalog is rebuilt from the regions' manifests",
             quick: true,
             run: |c| Box::pin(coordinator_majority_loss(c)),
+        },
+        Scenario {
+            name: "archive-agent-killed",
+            about: "the agent archiving a shard is killed (SIGKILL): another agent of the shard takes the archive over within the lease, the chain has no gap, the cluster restores from the archive",
+            quick: true,
+            run: |c| Box::pin(crate::archive::agent_killed(c)),
+        },
+        Scenario {
+            name: "archive-host-cut-off",
+            about: "the host archiving a shard is cut off from both regions for 60 s: the lag grows, the archive catches up after the heal with no gap",
+            quick: false,
+            run: |c| Box::pin(crate::archive::host_cut_off(c)),
+        },
+        Scenario {
+            name: "archive-primary-killed",
+            about: "a primary is killed (SIGKILL) while every shard is archived; Redis Cluster fails it over: the chain continues on the new history, no acknowledged write the cluster kept is lost",
+            quick: false,
+            run: |c| Box::pin(crate::archive::primary_killed(c)),
         },
         Scenario {
             name: "minority-coordinator-partition",
@@ -680,23 +631,6 @@ async fn slow_shard(ctx: &Ctx, k: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The shard whose primary is `fleet.nodes[i]` now, by `INFO replication`.
-async fn primaries(fleet: &Fleet) -> Vec<usize> {
-    let mut out = Vec::new();
-    for (i, n) in fleet.nodes.iter().enumerate() {
-        if n.info("replication", "role")
-            .await
-            .ok()
-            .flatten()
-            .as_deref()
-            == Some("master")
-        {
-            out.push(i);
-        }
-    }
-    out
 }
 
 async fn primary_killed_mid_window(ctx: &mut Ctx) -> anyhow::Result<()> {

@@ -23,10 +23,19 @@ pub struct RestoreArgs {
     /// The cluster whose latest set complete in some region is restored.
     #[arg(long, required_unless_present = "id", value_parser = crate::args::cluster)]
     pub cluster: Option<String>,
-    /// With --cluster: the latest set taken at or before this time (RFC 3339, e.g.
-    /// 2026-11-21T03:00:00Z).
+    /// With --cluster: this time (RFC 3339, e.g. 2026-11-21T03:14:07Z). A cluster a policy
+    /// archives is restored to that second from its continuous archive (each shard to the last
+    /// command received at or before it); any other, to its latest set taken at or before it.
     #[arg(long, value_name = "TIME", requires = "cluster", conflicts_with = "id")]
     pub at: Option<String>,
+    /// With --at: every shard to the archive's latest exact point at or before the time (one
+    /// instant of the whole cluster).
+    #[arg(long, requires = "at")]
+    pub exact: bool,
+    /// Instead of --at: just before a command `fleetsnap-agent archive find` found, as it prints
+    /// it (SHARD@REPLID:OFFSET); one per shard for the whole cluster.
+    #[arg(long, value_name = "SHARD@REPLID:OFFSET", requires = "cluster", conflicts_with_all = ["id", "at"])]
+    pub before: Vec<String>,
     /// online: key by key into a running server or cluster of any shape (--target); replace:
     /// each shard's current primary is stopped, given the backup and started again, by the
     /// agent beside it (its instance needs a start_command).
@@ -169,6 +178,8 @@ pub async fn restore(conn: &Conn, a: RestoreArgs) -> Result<ExitCode> {
         db: a.db,
         pattern: a.pattern.unwrap_or_default(),
         agent: a.agent.unwrap_or_default(),
+        exact: a.exact,
+        before: a.before.clone(),
     };
     let r = admin
         .call(move |mut c| {
@@ -211,6 +222,40 @@ fn print_restore(j: &Followed, mode: &str) {
     if let Some(problem) = &j.problem {
         println!("job {} on {}: FAILED: {problem}", j.job, j.agent);
     }
+    // From the archive: each shard with the point its time resolved to.
+    if let Some(shards) = j.report.get("shards").and_then(|s| s.as_array())
+        && j.report.get("stamp_spread_ms").is_some()
+    {
+        for s in shards {
+            let p = &s["point_in_time"];
+            println!(
+                "shard {:<16} to offset {} of {} (last command received {}), {} keys, {} tail commands",
+                s["shard"].as_str().unwrap_or("?"),
+                p["offset"],
+                p["replid"].as_str().unwrap_or("?"),
+                p["stamp_ms"]
+                    .as_i64()
+                    .map_or("-".into(), |t| fleetsnap_core::window::from_unix_ms(t)
+                        .to_string()),
+                s["restore"]["keys"],
+                p["tail_commands"]
+            );
+        }
+        println!(
+            "the spread of the shards' last commands' stamps is {} ms",
+            j.report["stamp_spread_ms"]
+        );
+        return;
+    }
+    if let Some(p) = j.report.get("point_in_time") {
+        println!(
+            "to offset {} of {} (last command received at {} ms), {} tail commands",
+            p["offset"],
+            p["replid"].as_str().unwrap_or("?"),
+            p["stamp_ms"],
+            p["tail_commands"]
+        );
+    }
     if mode == "online" {
         let Some(r) = j.report::<OnlineRestoreReport>() else {
             return;
@@ -233,7 +278,11 @@ fn print_restore(j: &Followed, mode: &str) {
             "{} keys, {} RDB bytes in {:.1}s",
             r.keys, r.rdb_bytes, r.seconds
         );
-    } else if let Some(r) = j.report::<ReplaceReport>() {
+    } else if let Some(r) = j.report::<ReplaceReport>().or_else(|| {
+        j.report
+            .get("replace")
+            .and_then(|r| serde_json::from_value(r.clone()).ok())
+    }) {
         println!(
             "shard {} from {}: node {} replaced, {} keys loaded ({} in the backup), offset {}, {} tail commands; down {:.1}s, {:.1}s in all",
             r.read.shard,

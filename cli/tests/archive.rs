@@ -284,6 +284,47 @@ keep = "7d"
         keys.len(),
         "nothing after the FLUSHALL ({after:?}) is restored"
     );
+
+    // The same through the coordinators: `fleetsnap restore --before` into a fresh server.
+    let fresh = RedisServer::start().await.unwrap();
+    let (ok, doc) = cli
+        .run_json(&[
+            "restore",
+            "--cluster",
+            "shop",
+            "--before",
+            &before,
+            "--mode",
+            "online",
+            "--target",
+            &fresh.url(),
+            "--wait",
+            "120",
+            "--json",
+        ])
+        .unwrap();
+    assert!(ok, "{doc:#}");
+    let mut missing = Vec::new();
+    for k in &keys {
+        if !matches!(fresh.cmd(&["EXISTS", k]).await.unwrap(), Value::Int(1)) {
+            missing.push(k.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing: {missing:?}"
+    );
+    assert!(
+        matches!(fresh.cmd(&["DBSIZE"]).await.unwrap(), Value::Int(n) if n as usize == keys.len())
+    );
+}
+
+/// Unix ms as RFC 3339 with milliseconds.
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 /// A tag whose keys primary `p` serves.
@@ -469,6 +510,38 @@ exact_points_every = "10s"
     assert!(
         a >= b && b >= c && a - c <= 1,
         "restored counters {counters:?} are not one instant"
+    );
+    // The whole cluster through the coordinators, to the same point, into one server.
+    let fresh = RedisServer::start().await.unwrap();
+    let (ok, doc) = cli
+        .run_json(&[
+            "restore",
+            "--cluster",
+            "bank",
+            "--at",
+            &rfc3339(last),
+            "--exact",
+            "--mode",
+            "online",
+            "--target",
+            &fresh.url(),
+            "--wait",
+            "120",
+            "--json",
+        ])
+        .unwrap();
+    assert!(ok, "{doc:#}");
+    let mut again = Vec::new();
+    for t in &tags {
+        let key = format!("{t}:ctr");
+        again.push(match fresh.cmd(&["GET", &key]).await.unwrap() {
+            Value::Bulk(Some(b)) => String::from_utf8(b).unwrap().parse::<u64>().unwrap(),
+            other => panic!("{key} is {other:?}"),
+        });
+    }
+    assert_eq!(
+        again, counters,
+        "the coordinators' restore reached the same exact point"
     );
     assert!(
         a > 0 && a < rounds,

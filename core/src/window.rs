@@ -227,12 +227,44 @@ pub struct RestoreTask {
     pub taken_at_ms: Option<i64>,
 }
 
+/// A restore from the continuous archive by an agent: a shard (or every shard of the cluster,
+/// online) to one time, to an exact point, or to just before found commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreAtTask {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The archive's regions, in the policy's order.
+    pub regions: Vec<RegionUrl>,
+    /// One shard only (every shard of the archive when none; online only).
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// The time (Unix ms): the last command received at or before it.
+    #[serde(default)]
+    pub at_ms: Option<i64>,
+    /// With `at_ms`: the latest exact point at or before it instead.
+    #[serde(default)]
+    pub exact: bool,
+    /// Instead of a time: `SHARD@REPLID:OFFSET` as `archive find` prints them, one per shard.
+    #[serde(default)]
+    pub before: Vec<String>,
+    /// One logical database only (online).
+    #[serde(default)]
+    pub db: Option<u64>,
+    /// Only keys matching this glob (online).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// How: online into a target, or replacing the agent's own instance (one shard).
+    pub mode: RestoreMode,
+}
+
 /// Work on stored sets, run by an agent (which holds the regions' credentials).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
 pub enum CatalogTask {
     /// Restores a set, or runs a restore drill of one shard.
     Restore(Box<RestoreTask>),
+    /// Restores from the continuous archive to a time or to just before found commands.
+    RestoreAt(Box<RestoreAtTask>),
     /// A runbook's step on one node.
     Node(NodeTask),
     /// A runbook's check of a running target (any Redis the agent can reach).

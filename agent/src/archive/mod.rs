@@ -7,6 +7,7 @@ mod live;
 mod local;
 mod points;
 mod read;
+mod restore;
 mod upkeep;
 
 pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
@@ -16,5 +17,8 @@ pub use points::{latest_point, mark, store_point};
 pub use read::{
     Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, shards,
     status,
+};
+pub use restore::{
+    ArchivePoint, ClusterRestored, ClusterTarget, PointSource, ShardRestored, point_target,
 };
 pub use upkeep::{PruneReport, chain_end, prune};

@@ -9,7 +9,7 @@ use fleetsnap_core::ShardId;
 
 use super::args::{ArchiveAt, ArchiveCommand, ArchiveRunArgs, ShardArgs};
 use super::print::{print_json, print_point};
-use crate::archive::TimeTarget;
+use crate::archive::ClusterTarget;
 use crate::archive::{ArchiveRequest, archive, find, status};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
@@ -253,89 +253,43 @@ pub(super) async fn restore_cluster_at(
         ));
     };
     let target = RedisTarget::parse(&url)?;
-    let from = set.regions()?;
-    let cluster = set.cluster_arg();
-    let all = crate::archive::shards(&from, &cluster).await?;
-    let mut handles = std::collections::BTreeMap::new();
-    for b in &set.before {
-        match TimeTarget::parse_before(b)? {
-            (Some(shard), t) => {
-                handles.insert(shard, t);
-            }
-            (None, _) => {
-                return Err(Error::Input(format!(
-                    "--before {b} names no shard: give each shard's SHARD@REPLID:OFFSET as `archive find` prints it"
-                )));
-            }
-        }
-    }
-    if set.at.is_none() {
-        let missing: Vec<String> = all
-            .iter()
-            .filter(|s| !handles.contains_key(*s))
-            .map(|s| s.to_string())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Input(format!(
-                "--before names no command for shard(s) {}: give one per shard, or restore --at a time",
-                missing.join(", ")
-            )));
-        }
-    }
-    let exact = match (set.exact, set.at) {
-        (true, Some(t)) => {
-            let p = crate::archive::latest_point(&from, &cluster, t).await?;
-            if !json {
-                println!(
-                    "exact point taken at {} ms (writes paused {} µs)",
-                    p.at_ms, p.pause_us
-                );
-            }
-            Some(p)
-        }
-        _ => None,
+    let to = match (set.at, set.exact) {
+        (Some(t), true) => ClusterTarget::Exact(t),
+        (Some(t), false) => ClusterTarget::At(t),
+        (None, _) => ClusterTarget::Before(set.before.clone()),
     };
-    let mut points = Vec::new();
-    let mut reports = Vec::new();
-    for shard in &all {
-        let t = match (&exact, set.at) {
-            (Some(p), _) => super::args::point_target(p, shard)?,
-            (None, Some(t)) => TimeTarget::At(t),
-            (None, None) => handles[shard].clone(),
-        };
-        let (req, point) = set.point_for(shard, &t, work_dir).await?;
-        if !json {
-            println!("shard {shard}:");
-            print_point(&point.point);
-        }
-        let r = crate::restore::restore_online(req, work_dir, &target, opts).await?;
-        if !json {
+    let source = set.source()?;
+    let (targets, exact) = source.targets(None, &to).await?;
+    if let (Some(p), false) = (&exact, json) {
+        println!(
+            "exact point taken at {} ms (writes paused {} µs)",
+            p.at_ms, p.pause_us
+        );
+    }
+    let done = source
+        .restore_online(targets, exact, &target, work_dir, opts)
+        .await?;
+    if json {
+        print_json(&done);
+    } else {
+        for s in &done.shards {
+            println!("shard {}:", s.shard);
+            print_point(&s.point_in_time);
             println!(
                 "  {} keys, {} tail commands into {}",
-                r.keys,
-                r.shards
+                s.restore.keys,
+                s.restore
+                    .shards
                     .iter()
-                    .map(|s| s.applied.tail_commands)
+                    .map(|x| x.applied.tail_commands)
                     .sum::<u64>(),
                 target
             );
         }
-        points.push((shard.to_string(), point.point));
-        reports.push(r);
-    }
-    let stamps: Vec<i64> = points.iter().map(|(_, p)| p.stamp_ms).collect();
-    let spread = stamps.iter().max().unwrap_or(&0) - stamps.iter().min().unwrap_or(&0);
-    if json {
-        print_json(&serde_json::json!({
-            "shards": points.iter().zip(&reports).map(|((s, p), r)| serde_json::json!({
-                "shard": s, "point_in_time": p, "restore": r,
-            })).collect::<Vec<_>>(),
-            "stamp_spread_ms": spread,
-        }));
-    } else {
         println!(
-            "{} shards restored; the spread of their last commands' stamps is {spread} ms",
-            points.len()
+            "{} shards restored; the spread of their last commands' stamps is {} ms",
+            done.shards.len(),
+            done.stamp_spread_ms
         );
     }
     Ok(ExitCode::SUCCESS)

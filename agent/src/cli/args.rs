@@ -257,34 +257,7 @@ pub(super) fn parse_time(text: &str) -> std::result::Result<i64, String> {
         })
 }
 
-/// Where an exact point puts `shard`.
-pub(super) fn point_target(
-    point: &fleetsnap_core::archive::ExactPoint,
-    shard: &ShardId,
-) -> Result<crate::archive::TimeTarget> {
-    let s = point
-        .shards
-        .iter()
-        .find(|s| s.shard == *shard)
-        .ok_or_else(|| {
-            Error::Input(format!(
-                "the exact point of {} has no shard {shard}",
-                fleetsnap_core::window::from_unix_ms(point.at_ms)
-            ))
-        })?;
-    Ok(crate::archive::TimeTarget::Before {
-        replid: s.replid.clone(),
-        offset: s.offset,
-    })
-}
-
-/// A restore's point in time: the tail built from the archive, kept while the restore runs.
-pub(super) struct ArchivePoint {
-    /// What the time resolved to.
-    pub(super) point: crate::archive::PointInTime,
-    /// Holds the tail.
-    pub(super) _dir: tempfile::TempDir,
-}
+use crate::archive::ArchivePoint;
 
 impl ShardArgs {
     /// Whether this restores every shard of a cluster from the archive (`--at` or `--before`
@@ -313,7 +286,7 @@ impl ShardArgs {
                     let point =
                         crate::archive::latest_point(&self.regions()?, &self.cluster_arg(), t)
                             .await?;
-                    point_target(&point, &shard)?
+                    crate::archive::point_target(&point, &shard)?
                 } else {
                     crate::archive::TimeTarget::At(t)
                 };
@@ -341,37 +314,23 @@ impl ShardArgs {
         Ok((req, Some(point)))
     }
 
-    /// `shard` resolved to `target` against the archive: its tail built in a directory of its
-    /// own under `work_dir`, and the request that restores its base with that tail.
+    /// `shard` resolved to `target` against the archive (see [`crate::archive::PointSource`]).
     pub(super) async fn point_for(
         &self,
         shard: &ShardId,
         target: &crate::archive::TimeTarget,
         work_dir: Option<&std::path::Path>,
     ) -> Result<(RestoreRequest, ArchivePoint)> {
-        let dir = match work_dir {
-            Some(d) => tempfile::tempdir_in(d),
-            None => tempfile::tempdir(),
-        }
-        .map_err(|e| {
-            Error::Input(format!(
-                "cannot create a directory for the archive's tail: {e}"
-            ))
-        })?;
-        let tail = dir.path().join("archive.tail");
-        let point = crate::archive::resolve(
-            &self.regions()?,
-            &self.cluster_arg(),
-            shard,
-            target,
-            self.identity.as_deref(),
-            &tail,
-        )
-        .await?;
-        let mut req = self.request_for(Some(crate::archive::base_id(&point.base)?))?;
-        req.shard = Some(shard.clone());
-        req.archive_tail = Some(tail);
-        Ok((req, ArchivePoint { point, _dir: dir }))
+        self.source()?.shard(shard, target, work_dir).await
+    }
+
+    /// Where a restore from the archive reads.
+    pub(super) fn source(&self) -> Result<crate::archive::PointSource> {
+        Ok(crate::archive::PointSource {
+            from: self.regions()?,
+            cluster: self.cluster_arg(),
+            identity: self.identity.clone(),
+        })
     }
 
     /// The regions, in the order given.

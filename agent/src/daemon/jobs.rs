@@ -29,7 +29,8 @@ pub(super) fn job_kind(job: &v1::Job) -> &'static str {
                 {
                     "drill"
                 }
-                Ok(fleetsnap_core::window::CatalogTask::Restore(_)) => "restore",
+                Ok(fleetsnap_core::window::CatalogTask::Restore(_))
+                | Ok(fleetsnap_core::window::CatalogTask::RestoreAt(_)) => "restore",
                 Ok(fleetsnap_core::window::CatalogTask::Node(_))
                 | Ok(fleetsnap_core::window::CatalogTask::Probe(_)) => "runbook_step",
                 Ok(_) => "catalog",
@@ -250,6 +251,9 @@ pub(super) async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Fi
             let result = match task {
                 fleetsnap_core::window::CatalogTask::Restore(r) => {
                     super::restore_job::run(*r, &shared.config).await?
+                }
+                fleetsnap_core::window::CatalogTask::RestoreAt(r) => {
+                    super::restore_job::run_at(*r, &shared.config).await?
                 }
                 fleetsnap_core::window::CatalogTask::Node(n) => {
                     crate::runbook::failover(n, &shared.config).await?

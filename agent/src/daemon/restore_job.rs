@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fleetsnap_core::ShardId;
-use fleetsnap_core::window::{JobResult, RestoreMode, RestoreTask};
+use fleetsnap_core::window::{JobResult, RestoreAtTask, RestoreMode, RestoreTask};
 
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
@@ -116,6 +116,118 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
                 problem: (!r.ok).then(|| r.problems.join("; ")),
                 report_json: json(&r),
             }
+        }
+    })
+}
+
+/// Runs a restore from the archive: online (one shard or the whole cluster) or replacing the
+/// agent's own instance (one shard).
+pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResult> {
+    use crate::archive::{ClusterTarget, PointSource};
+    let source = PointSource {
+        from: task
+            .regions
+            .iter()
+            .map(|r| DestSpec::parse(&r.url))
+            .collect::<Result<Vec<_>>>()?,
+        cluster: task.cluster.clone(),
+        identity: config.restore.identity.clone(),
+    };
+    if source.from.is_empty() {
+        return Err(Error::Input(format!(
+            "no region holds an archive of cluster {}",
+            task.cluster
+        )));
+    }
+    let shard = task
+        .shard
+        .as_deref()
+        .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
+        .transpose()?;
+    let to = match (task.at_ms, task.exact) {
+        (Some(t), true) => ClusterTarget::Exact(t),
+        (Some(t), false) => ClusterTarget::At(t),
+        (None, _) => ClusterTarget::Before(task.before.clone()),
+    };
+    let (targets, exact) = source.targets(shard.as_ref(), &to).await?;
+    let work_dir = config.restore.work_dir.as_deref();
+    Ok(match task.mode {
+        RestoreMode::Online {
+            target,
+            replace_existing,
+        } => {
+            let target = RedisTarget::parse(&target)?;
+            let done = source
+                .restore_online(
+                    targets,
+                    exact,
+                    &target,
+                    work_dir,
+                    &OnlineOptions {
+                        replace_existing,
+                        db: task.db,
+                        pattern: task.pattern.clone(),
+                        progress: false,
+                    },
+                )
+                .await?;
+            let problems: Vec<String> = done
+                .shards
+                .iter()
+                .filter_map(|s| s.restore.conflict_problem())
+                .collect();
+            JobResult::Restored {
+                ok: problems.is_empty(),
+                problem: (!problems.is_empty()).then(|| problems.join("; ")),
+                report_json: json(&done),
+            }
+        }
+        RestoreMode::Replace { instance } => {
+            let [(shard, t)] = targets.as_slice() else {
+                return Err(Error::Input(
+                    "a replace restore from the archive puts back one shard: name it".into(),
+                ));
+            };
+            let (read, point) = source.shard(shard, t, work_dir).await?;
+            let i = config
+                .instances
+                .iter()
+                .find(|i| i.name == instance)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "agent {:?} watches no instance named {instance:?}",
+                        config.agent_id
+                    ))
+                })?;
+            let start = i.start_command.clone().ok_or_else(|| {
+                Error::Input(format!(
+                    "instance {instance:?} of agent {:?} has no start_command: a replace restore stops the node and must be able to start it again",
+                    config.agent_id
+                ))
+            })?;
+            let r = crate::restore::replace(ReplaceRequest {
+                read,
+                node: RedisTarget::parse(&i.url)?,
+                stop: i.stop_command.clone(),
+                start,
+                rdb_path: i.rdb_path.clone(),
+                timeout: Duration::from_secs(i.restore_timeout_seconds),
+            })
+            .await?;
+            JobResult::Restored {
+                ok: true,
+                problem: None,
+                report_json: serde_json::to_string(&serde_json::json!({
+                    "point_in_time": point.point,
+                    "replace": r,
+                }))
+                .expect("reports serialise"),
+            }
+        }
+        RestoreMode::Drill => {
+            return Err(Error::Input(
+                "a drill restores sets: `fleetsnap drill run`; from the archive, restore --at into a scratch target".into(),
+            ));
         }
     })
 }

@@ -16,6 +16,7 @@ use fleetsnap_core::topology::{ShardView, storage_shard};
 use fleetsnap_proto::v1::{self, coordinator_message};
 
 use super::*;
+use crate::state::CatalogSpec;
 use crate::state::{Command, Job, JobState};
 
 /// How often the leader looks at the archives.
@@ -131,13 +132,7 @@ impl Node {
                     let in_cluster = |j: &&Job| spec(j).is_some_and(|a| a.cluster == cluster);
                     // The shard keeps the name its archive had (a failover renames a
                     // standalone shard after its new primary; the chain goes on).
-                    let name = jobs
-                        .iter()
-                        .rev()
-                        .filter(in_cluster)
-                        .find(|j| sources_from(j, s, false))
-                        .and_then(spec)
-                        .map_or_else(|| storage_shard(&s.id), |a| a.shard.clone());
+                    let name = archive_name(&jobs, &cluster, s);
                     let mut row = ArchiveRow {
                         policy: p.name.clone(),
                         cluster: cluster.clone(),
@@ -463,6 +458,188 @@ impl Node {
         rows.sort_by(|a, b| (&a.cluster, &a.shard).cmp(&(&b.cluster, &b.shard)));
         rows
     }
+}
+
+/// The name an archived shard has in the storage layout: the one its last archive job used (a
+/// failover renames a standalone shard after its new primary; the chain goes on), else its id.
+fn archive_name(jobs: &[Job], cluster: &str, s: &ShardView) -> String {
+    jobs.iter()
+        .rev()
+        .filter(|j| spec(j).is_some_and(|a| a.cluster == cluster))
+        .find(|j| sources_from(j, s, false))
+        .and_then(spec)
+        .map_or_else(|| storage_shard(&s.id), |a| a.shard.clone())
+}
+
+impl Node {
+    /// The policy that archives `cluster`: the first by name with an `[archive]` that names it.
+    pub(super) fn archiving_policy(&self, cluster: &str) -> Option<Policy> {
+        let st = self.state.read().expect("state lock");
+        st.state
+            .policies
+            .values()
+            .find(|p| p.archive.is_some() && p.clusters.iter().any(|c| c.as_str() == cluster))
+            .cloned()
+    }
+
+    /// `fleetsnap restore --at T [--exact] | --before …` of an archived cluster: one job for an
+    /// online restore (every shard, or one), one per shard's primary for a replace.
+    pub(super) async fn restore_at(
+        &self,
+        r: &v1::RestoreRequest,
+    ) -> Result<super::restore::Started, LeaderError> {
+        use fleetsnap_core::report::Role;
+        use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreAtTask, RestoreMode};
+        let cluster = r.cluster.trim();
+        if cluster.is_empty() || !r.set.trim().is_empty() {
+            return Err(LeaderError::invalid(
+                "a restore to a time from the archive names the cluster (--cluster C), not a set",
+            ));
+        }
+        if r.exact && r.at_ms == 0 {
+            return Err(LeaderError::invalid("--exact goes with --at TIME"));
+        }
+        if r.at_ms != 0 && !r.before.is_empty() {
+            return Err(LeaderError::invalid("give --at or --before, not both"));
+        }
+        let p = self.archiving_policy(cluster).ok_or_else(|| {
+            LeaderError::refused(format!(
+                "no policy archives cluster {cluster:?}: restores to a second and to just before a command read the continuous archive; give its policy an [archive] section (docs/archive.md)"
+            ))
+        })?;
+        let regions: Vec<RegionUrl> = p
+            .destinations
+            .iter()
+            .map(|d| RegionUrl {
+                region: d.region.clone(),
+                url: p.agent_url(d),
+            })
+            .collect();
+        let shard = (!r.shard.is_empty()).then(|| r.shard.clone());
+        let task = |shard: Option<String>, mode: RestoreMode| RestoreAtTask {
+            cluster: fleetsnap_core::ClusterId::new(cluster).expect("a policy's cluster is a name"),
+            regions: regions.clone(),
+            shard,
+            at_ms: (r.at_ms != 0).then_some(r.at_ms),
+            exact: r.exact,
+            before: r.before.clone(),
+            db: r.db,
+            pattern: (!r.pattern.is_empty()).then(|| r.pattern.clone()),
+            mode,
+        };
+        let spec = |task: RestoreAtTask| CatalogSpec {
+            task: CatalogTask::RestoreAt(Box::new(task)),
+            set: None,
+            reason: format!("restore of cluster {cluster} from its archive asked by an operator"),
+            drill_of: None,
+            trace: fleetsnap_telemetry::trace::traceparent(&tracing::Span::current()),
+        };
+        let mut started = super::restore::Started {
+            jobs: Vec::new(),
+            set: format!("{cluster} (archive)"),
+            agents: Vec::new(),
+        };
+        match r.mode.as_str() {
+            "online" => {
+                if r.target.is_empty() {
+                    return Err(LeaderError::invalid(
+                        "an online restore needs --target redis://HOST:PORT",
+                    ));
+                }
+                super::restore::no_password_in(&r.target)?;
+                let preferred: Vec<String> = if r.agent.is_empty() {
+                    self.archive_rows(cluster)
+                        .into_iter()
+                        .map(|row| row.agent)
+                        .filter(|a| !a.is_empty())
+                        .collect()
+                } else {
+                    vec![r.agent.clone()]
+                };
+                let agent = self.pick_agent(&preferred)?;
+                if !r.agent.is_empty() && agent != r.agent {
+                    return Err(LeaderError::unavailable(format!(
+                        "agent {:?} is not connected to the leader",
+                        r.agent
+                    )));
+                }
+                let mode = RestoreMode::Online {
+                    target: r.target.clone(),
+                    replace_existing: r.replace_existing,
+                };
+                let job = self
+                    .catalog_job(agent.clone(), spec(task(shard, mode)))
+                    .await?;
+                started.jobs.push(job);
+                started.agents.push(agent);
+            }
+            "replace" => {
+                if r.db.is_some() || !r.pattern.is_empty() {
+                    return Err(LeaderError::invalid(
+                        "a replace restore puts whole shards back: --db and --match apply to --mode online",
+                    ));
+                }
+                let jobs: Vec<Job> = {
+                    let s = self.state.read().expect("state lock");
+                    s.state
+                        .jobs
+                        .values()
+                        .filter(|j| spec_of(j))
+                        .cloned()
+                        .collect()
+                };
+                let view = self.view(cluster);
+                let mut plan = Vec::new();
+                for s in view
+                    .clusters
+                    .iter()
+                    .flat_map(|c| c.shards.iter())
+                    .filter(|s| s.id != "unreachable" && s.id != "unattached")
+                {
+                    let name = archive_name(&jobs, cluster, s);
+                    if shard.as_ref().is_some_and(|x| *x != name) {
+                        continue;
+                    }
+                    let primary = s
+                        .nodes
+                        .iter()
+                        .find(|n| n.role == Role::Primary && n.reachable)
+                        .ok_or_else(|| {
+                            LeaderError::refused(format!(
+                                "shard {name} of cluster {cluster} has no primary an agent reaches now; restore it with --mode online into a running target instead"
+                            ))
+                        })?;
+                    plan.push((name, primary.agent.clone(), primary.name.clone()));
+                }
+                if plan.is_empty() {
+                    return Err(LeaderError::not_found(format!(
+                        "cluster {cluster} has no shard{} an agent reports now",
+                        shard.as_ref().map(|s| format!(" {s}")).unwrap_or_default()
+                    )));
+                }
+                for (name, agent, instance) in plan {
+                    let job = self
+                        .catalog_job(
+                            agent.clone(),
+                            spec(task(Some(name), RestoreMode::Replace { instance })),
+                        )
+                        .await?;
+                    started.jobs.push(job);
+                    started.agents.push(agent);
+                }
+            }
+            other => {
+                return Err(LeaderError::invalid(format!(
+                    "--mode {other:?}: use online (into a running target) or replace (the cluster's own nodes)"
+                )));
+            }
+        }
+        Ok(started)
+    }
+}
+
+fn spec_of(job: &Job) -> bool {
+    spec(job).is_some()
 }
 
 fn stop_message(job_id: u64, reason: String) -> v1::CoordinatorMessage {

@@ -128,6 +128,11 @@ impl Node {
     /// `fleetsnap restore`: one job for an online restore, one per shard's primary for a
     /// replace.
     pub(crate) async fn restore(&self, r: &v1::RestoreRequest) -> Result<Started, LeaderError> {
+        // A cluster a policy archives goes back to the second asked for, from its archive.
+        let archived = r.set.trim().is_empty() && self.archiving_policy(r.cluster.trim()).is_some();
+        if r.exact || !r.before.is_empty() || (r.at_ms != 0 && archived) {
+            return self.restore_at(r).await;
+        }
         let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
         let regions = self.regions_to_restore(&set)?;
         let shard = (!r.shard.is_empty()).then(|| r.shard.clone());

@@ -179,7 +179,7 @@ impl JobKind {
             JobKind::StorePoint(_) => "exact_point",
             JobKind::Catalog(c) => match &c.task {
                 CatalogTask::Restore(r) if r.mode == RestoreMode::Drill => "drill",
-                CatalogTask::Restore(_) => "restore",
+                CatalogTask::Restore(_) | CatalogTask::RestoreAt(_) => "restore",
                 CatalogTask::Node(_) | CatalogTask::Probe(_) => "runbook_step",
                 _ => "catalog",
             },

@@ -167,6 +167,7 @@ impl FleetState {
             CatalogTask::Scan { .. }
             | CatalogTask::CollectOrphans { .. }
             | CatalogTask::Restore(_)
+            | CatalogTask::RestoreAt(_)
             | CatalogTask::Node(_)
             | CatalogTask::Probe(_) => {}
         }
@@ -222,6 +223,7 @@ fn task_regions(task: &CatalogTask) -> Vec<String> {
     match task {
         CatalogTask::Repair { to, .. } => names(to),
         CatalogTask::Restore(r) => names(&r.regions),
+        CatalogTask::RestoreAt(r) => names(&r.regions),
         CatalogTask::Node(_) | CatalogTask::Probe(_) => Vec::new(),
         CatalogTask::Verify { regions, .. }
         | CatalogTask::Delete { regions, .. }
