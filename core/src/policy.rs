@@ -589,6 +589,73 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_section_is_checked() {
+        let archive = |f: &dyn Fn(&mut ArchivePolicy)| {
+            let mut a = ArchivePolicy {
+                segment_seconds: 1,
+                segment_max_bytes: 64 << 20,
+                spool_max_bytes: 4 << 30,
+                keep: Some("7d".into()),
+                exact_points_every: Some("5m".into()),
+            };
+            f(&mut a);
+            let mut p = policy();
+            p.archive = Some(a);
+            p.validate().map_err(|e| e.to_string())
+        };
+        assert!(archive(&|_| ()).is_ok());
+        for (bad, want) in [
+            (
+                &(|a: &mut ArchivePolicy| a.segment_seconds = 0) as &dyn Fn(&mut ArchivePolicy),
+                "segment_seconds",
+            ),
+            (
+                &|a: &mut ArchivePolicy| a.keep = Some("7 days".into()),
+                "keep",
+            ),
+            (
+                &|a: &mut ArchivePolicy| a.keep = Some("0d".into()),
+                "keep is 0",
+            ),
+            (
+                &|a: &mut ArchivePolicy| a.exact_points_every = Some("5s".into()),
+                "under 10s",
+            ),
+            (
+                &|a: &mut ArchivePolicy| a.spool_max_bytes = 1 << 20,
+                "spool_max_bytes",
+            ),
+        ] {
+            let e = archive(bad).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        let mut p = policy();
+        p.consistency = Consistency::Independent;
+        p.source = "bgsave-file".into();
+        p.archive = Some(ArchivePolicy {
+            segment_seconds: 1,
+            segment_max_bytes: 64 << 20,
+            spool_max_bytes: 4 << 30,
+            keep: None,
+            exact_points_every: None,
+        });
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("replication")
+        );
+        let text = r#"{"name": "p", "clusters": ["c"], "archive": {},
+            "destinations": [{"region": "a", "url": "file:///a"}]}"#;
+        let p = Policy::from_json(text).unwrap();
+        let a = p.archive.unwrap();
+        assert_eq!(
+            (a.segment_seconds, a.segment_max_bytes, a.keep),
+            (1, 64 << 20, None)
+        );
+    }
+
+    #[test]
     fn the_promised_rpo_is_given_or_twice_the_schedule() {
         let now = time::macros::datetime!(2026-11-21 10:30 UTC);
         let mut p = policy();
