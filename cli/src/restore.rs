@@ -416,7 +416,7 @@ pub enum RunbookCmd {
         cluster: String,
         /// The shard, as `fleetsnap status` shows it (a dead primary: its instance name or
         /// host:port).
-        #[arg(long, value_parser = crate::args::shard)]
+        #[arg(long, value_parser = crate::args::fleet_shard)]
         shard: String,
         /// The replica to promote (instance name or host:port); default: the freshest.
         #[arg(long)]

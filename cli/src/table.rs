@@ -156,13 +156,14 @@ pub fn status(doc: &StatusDoc) -> String {
                     "ADDRESS",
                     "AGENT",
                     "ROLE",
+                    "SERVER",
                     "OFFSET",
                     "LAG",
                     "LINK",
                     "REPORT",
                     "PERSISTENCE",
                 ],
-                &[false, false, false, false, true, true, false, true],
+                &[false, false, false, false, false, true, true, false, true],
             );
             for n in &s.nodes {
                 let role = match n.role {
@@ -185,6 +186,11 @@ pub fn status(doc: &StatusDoc) -> String {
                     n.address.clone(),
                     n.agent.clone(),
                     role.to_string(),
+                    if n.server.is_empty() {
+                        "-".into()
+                    } else {
+                        n.server.clone()
+                    },
                     n.offset.to_string(),
                     lag,
                     n.link.as_deref().unwrap_or("-").to_string(),

@@ -16,10 +16,10 @@ pub mod rdb;
 pub mod rdbread;
 pub mod records;
 pub mod report;
-
 pub mod resp;
 pub mod retention;
 pub mod schedule;
+pub mod server;
 pub mod topology;
 pub mod window;
 

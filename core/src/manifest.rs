@@ -170,8 +170,12 @@ pub struct ShardEntry {
     pub cut_offset: Option<u64>,
     /// The RDB format version.
     pub rdb_version: u16,
-    /// The Redis version of the node, when known.
+    /// The node's `redis_version`, when known (Valkey's is the Redis version it is compatible
+    /// with).
     pub redis_version: Option<String>,
+    /// The server and its own version (`valkey 8.1.8`, `redis 7.0.15`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// Hash-slot ranges owned by the shard (Redis Cluster), inclusive.
     pub slot_ranges: Vec<(u16, u16)>,
     /// The stored objects of this shard.
@@ -389,6 +393,7 @@ mod tests {
                 cut_offset: None,
                 rdb_version: 10,
                 redis_version: Some("7.0.15".into()),
+                server: Some("redis 7.0.15".into()),
                 slot_ranges: vec![(0, 16383)],
                 dbs: Default::default(),
                 objects: vec![ObjectEntry {

@@ -95,8 +95,11 @@ pub struct InstanceReport {
     pub maxmemory_bytes: u64,
     /// `total_system_memory` in bytes.
     pub total_system_memory_bytes: u64,
-    /// `redis_version`.
+    /// `redis_version` (Valkey's: the Redis version it is compatible with).
     pub redis_version: String,
+    /// The server and its own version: `valkey 8.1.8`, `redis 7.0.15` ("" when unknown).
+    #[serde(default)]
+    pub server: String,
     /// Cluster node id (`CLUSTER MYID`), in cluster mode.
     pub cluster_myid: Option<String>,
     /// Slot ranges of the shard this node belongs to (its own, or its primary's), inclusive.
@@ -194,6 +197,9 @@ impl InstanceReport {
             maxmemory_bytes: number(info, "maxmemory"),
             total_system_memory_bytes: number(info, "total_system_memory"),
             redis_version: field(info, "redis_version").unwrap_or_default().to_string(),
+            server: crate::server::Server::from_info(|k| field(info, k))
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             cluster_myid: None,
             slots: Vec::new(),
             sync_allowed: None,

@@ -104,6 +104,9 @@ pub struct NodeView {
     pub cluster_myid: Option<String>,
     /// `redis_version`.
     pub redis_version: String,
+    /// The server and its own version (`valkey 8.1.8`).
+    #[serde(default)]
+    pub server: String,
     /// `used_memory` in bytes.
     pub used_memory_bytes: u64,
     /// The host's available memory, when its agent can read it.
@@ -159,6 +162,7 @@ fn node(o: &Observed<'_>) -> NodeView {
         sync_allowed: r.sync_allowed,
         cluster_myid: r.cluster_myid.clone(),
         redis_version: r.redis_version.clone(),
+        server: r.server.clone(),
         used_memory_bytes: r.used_memory_bytes,
         host_memory_available_bytes: r.host_memory_available_bytes,
         zone: r.zone.clone(),

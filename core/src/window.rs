@@ -349,6 +349,7 @@ mod tests {
                 cut_offset: None,
                 rdb_version: 10,
                 redis_version: None,
+                server: None,
                 slot_ranges: vec![(0, 16383)],
                 dbs: Some(vec![DbDigest {
                     db: 3,

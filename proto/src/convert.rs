@@ -66,6 +66,7 @@ impl From<&InstanceReport> for v1::InstanceReport {
                 })
                 .collect(),
             redis_version: r.redis_version.clone(),
+            server: r.server.clone(),
             sync_allowed: r.sync_allowed,
             cluster: r.cluster.clone(),
             primary_last_io_seconds: r.primary_last_io_seconds,
@@ -124,6 +125,7 @@ impl From<v1::InstanceReport> for InstanceReport {
             maxmemory_bytes: r.maxmemory_bytes,
             total_system_memory_bytes: r.total_system_memory_bytes,
             redis_version: r.redis_version,
+            server: r.server,
             cluster_myid: r.cluster_myid,
             slots: r
                 .slots

@@ -15,5 +15,5 @@ pub use data::{
     Dataset, assert_same_data, assert_same_data_across, filled_server, write_dataset, write_extras,
 };
 pub use process::{Process, free_port, output_within, poll_until};
-pub use redis::{RedisCluster, RedisServer, ReplicaSet};
+pub use redis::{Flavour, RedisCluster, RedisServer, ReplicaSet};
 pub use s3::{Garage, Moto, S3Region, credentials_file};

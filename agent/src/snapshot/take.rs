@@ -314,6 +314,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
             }),
             rdb_version,
             redis_version: info.redis_version.clone(),
+            server: info.server.clone(),
             slot_ranges: Vec::new(),
             dbs,
             objects,

@@ -238,20 +238,6 @@ pub(crate) struct Target {
     pub(super) in_rdb: HashSet<DbKey>,
 }
 
-/// The RDB version a server of `redis_version` writes (and the highest it restores).
-pub(super) fn rdb_version_of(redis_version: &str) -> Option<u16> {
-    let mut parts = redis_version.split('.').map(|p| p.parse::<u32>().ok());
-    let (major, minor) = (parts.next()??, parts.next()??);
-    Some(match (major, minor) {
-        (8.., _) | (7, 4..) => 12,
-        (7, 2..) => 11,
-        (7, _) => 10,
-        (5..=6, _) => 9,
-        (4, _) => 8,
-        _ => 7,
-    })
-}
-
 pub(super) async fn node(target: &RedisTarget) -> Result<Node> {
     Ok(Node {
         conn: Connection::connect(target).await?,
@@ -271,9 +257,9 @@ impl Target {
     pub(crate) async fn open(t: &RedisTarget) -> Result<Self> {
         let mut first = node(t).await?;
         let server = first.conn.info("server").await?;
-        let version = info_field(&server, "redis_version")
-            .and_then(rdb_version_of)
-            .ok_or_else(|| Error::redis(t, "INFO server gives no redis_version"))?;
+        let version = fleetsnap_core::server::Server::from_info(|k| info_field(&server, k))
+            .and_then(|s| s.rdb_version())
+            .ok_or_else(|| Error::redis(t, "INFO server gives no version"))?;
         let cluster = first.conn.info("cluster").await?;
         if info_field(&cluster, "cluster_enabled") != Some("1") {
             return Ok(Self {
@@ -369,20 +355,5 @@ impl Target {
     /// A connection to each primary.
     pub(crate) fn primaries(&mut self) -> impl Iterator<Item = &mut Connection> {
         self.nodes.iter_mut().map(|n| &mut n.conn)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rdb_versions_follow_redis_releases() {
-        assert_eq!(rdb_version_of("7.0.15"), Some(10));
-        assert_eq!(rdb_version_of("7.2.4"), Some(11));
-        assert_eq!(rdb_version_of("7.4.0"), Some(12));
-        assert_eq!(rdb_version_of("8.0.1"), Some(12));
-        assert_eq!(rdb_version_of("6.2.14"), Some(9));
-        assert_eq!(rdb_version_of("x"), None);
     }
 }

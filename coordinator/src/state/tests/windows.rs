@@ -31,6 +31,7 @@ fn stored(shard: &str, regions: &[(&str, bool)]) -> JobOutcome {
                 cut_offset: None,
                 rdb_version: 10,
                 redis_version: None,
+                server: None,
                 slot_ranges: Vec::new(),
                 dbs: Default::default(),
                 objects: vec![fleetsnap_core::ObjectEntry {
