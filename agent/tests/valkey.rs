@@ -62,6 +62,26 @@ async fn a_valkey_replica_round_trips_and_says_it_is_valkey() {
         .await
         .ok();
 
+    // A drill loads it into a scratch valkey-server, as its manifest names the server.
+    let valkey = fleetsnap_testkit::redis::valkey_server().unwrap();
+    let drilled = agent(
+        None,
+        &[
+            "drill",
+            "--from",
+            &dest,
+            "--backup",
+            &id,
+            "--valkey-server",
+            valkey.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(drilled["ok"], true, "{drilled:#}");
+
     // To a file, loaded by valkey-server.
     let file = work.path().join("restored.rdb");
     let f = file.display().to_string();

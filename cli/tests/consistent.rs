@@ -7,7 +7,7 @@
 //! instant on every shard — with every write acknowledged before the pause among the first `n`
 //! and none sent after the pause ended. The set restored online (RESTORE key by key, tails
 //! replayed) into a 5-shard cluster holds the same data, and so does the source cluster after
-//! `replace` restores of its primaries.
+//! `replace` restores of its primaries. It runs on Redis and on Valkey.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::fleet::{
-    Agent, FleetDir, Logs, Placed, Watched, restore, restore_and_serve, single_node,
+    Agent, FleetDir, Logs, Placed, Watched, restore, restore_and_serve_as, single_node,
 };
-use fleetsnap_testkit::redis::{RedisCluster, RedisServer};
+use fleetsnap_testkit::redis::{Flavour, RedisCluster, RedisOptions, RedisServer};
 use fleetsnap_testkit::{assert_same_data_across, poll_until};
 
 const WRITERS: usize = 4;
@@ -49,10 +49,25 @@ struct Write {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consistent_window_restores_every_shard_to_one_instant() {
+    consistent_window(Flavour::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_window_of_a_valkey_cluster_restores_every_shard_to_one_instant() {
+    consistent_window(Flavour::Valkey).await;
+}
+
+async fn consistent_window(flavour: Flavour) {
+    let servers = RedisOptions {
+        flavour,
+        ..Default::default()
+    };
     let ids = ["a1", "a2", "a3", "a4", "a5", "a6"];
     let fleet = FleetDir::new(&[1], &ids).unwrap();
     let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
-    let cluster = RedisCluster::start(3, 1).await.unwrap();
+    let cluster = RedisCluster::start_with(3, 1, servers.clone())
+        .await
+        .unwrap();
     let coords = vec![coordinator.address.clone()];
     let mut agents = Vec::new();
     for (i, n) in cluster.nodes.iter().enumerate() {
@@ -189,7 +204,8 @@ url = "file://{}"
         );
         let from = format!("file://{}", region.display());
         restored.push(
-            restore_and_serve(
+            restore_and_serve_as(
+                flavour,
                 &["--from", &from, "--backup", &id, "--shard", &shard],
                 &[],
                 &fleet.path().join(format!("restored-{i}")),
@@ -239,7 +255,9 @@ url = "file://{}"
 
     // Online, key by key into a running cluster of another shape, tails replayed: the same data
     // as the shards restored one by one.
-    let five = RedisCluster::start(5, 0).await.unwrap();
+    let five = RedisCluster::start_with(5, 0, servers.clone())
+        .await
+        .unwrap();
     let from = format!("file://{}", region.display());
     let out = restore(
         &[

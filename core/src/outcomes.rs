@@ -27,6 +27,8 @@ pub struct RestoreReport {
     pub slot_ranges: Vec<(u16, u16)>,
     /// Keys per database, as the manifest recorded them (if it did).
     pub dbs: Option<Vec<crate::digest::DbDigest>>,
+    /// The server the backup was taken from, as its manifest says (`valkey 8.1.8`).
+    pub server: Option<String>,
 }
 
 /// What an online restore did.

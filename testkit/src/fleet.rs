@@ -566,6 +566,17 @@ pub async fn restore_and_serve(
     at: &Path,
     placed: Placed,
 ) -> anyhow::Result<crate::redis::RedisServer> {
+    restore_and_serve_as(crate::redis::Flavour::Redis, args, env, at, placed).await
+}
+
+/// [`restore_and_serve`] with a server of `flavour` started on what was placed.
+pub async fn restore_and_serve_as(
+    flavour: crate::redis::Flavour,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    at: &Path,
+    placed: Placed,
+) -> anyhow::Result<crate::redis::RedisServer> {
     let flag = match placed {
         Placed::Rdb => "--to-file",
         Placed::AofDir => "--aof-dir",
@@ -578,10 +589,12 @@ pub async fn restore_and_serve(
     let opts = match placed {
         Placed::Rdb => crate::redis::RedisOptions {
             rdb: at,
+            flavour,
             ..Default::default()
         },
         Placed::AofDir => crate::redis::RedisOptions {
             aof_dir: at,
+            flavour,
             ..Default::default()
         },
     };

@@ -157,6 +157,9 @@ pub(super) enum Command {
         /// The redis-server binary for the scratch server.
         #[arg(long, default_value = "redis-server")]
         redis_server: String,
+        /// The valkey-server binary for backups taken from Valkey (their manifests say so).
+        #[arg(long, value_name = "PATH")]
+        valkey_server: Option<String>,
         /// Where the scratch server keeps its files (default: the system's temporary directory).
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,

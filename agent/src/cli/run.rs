@@ -191,6 +191,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Drill {
             set,
             redis_server,
+            valkey_server,
             work_dir,
             json,
         } => {
@@ -200,6 +201,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let settings = crate::restore::DrillSettings {
                 redis_server,
+                valkey_server,
                 work_dir,
                 ..Default::default()
             };

@@ -28,6 +28,9 @@ use crate::redis::{Connection, Value};
 pub struct DrillSettings {
     /// The redis-server binary (a path, or a name on PATH).
     pub redis_server: String,
+    /// The valkey-server binary for sets taken from Valkey (their manifests say so); without
+    /// one, `redis_server` loads them too, if it reads their RDB version.
+    pub valkey_server: Option<String>,
     /// Where scratch servers keep their files (default: the system's temporary directory).
     pub work_dir: Option<PathBuf>,
     /// How long fetching, loading and checking may take in all.
@@ -38,6 +41,7 @@ impl Default for DrillSettings {
     fn default() -> Self {
         Self {
             redis_server: "redis-server".into(),
+            valkey_server: None,
             work_dir: None,
             timeout_seconds: 1800,
         }
@@ -82,7 +86,12 @@ async fn run(
     let read = restore(req).await?;
     let fetch_seconds = started.elapsed().as_secs_f64();
     let loading = Instant::now();
-    let server = Scratch::start(settings, scratch, &req.to_file).await?;
+    // The server the set came from loads it (Valkey's sets in valkey-server, when there is one).
+    let bin = match (&read.server, &settings.valkey_server) {
+        (Some(s), Some(v)) if s.starts_with("valkey ") => v.as_str(),
+        _ => settings.redis_server.as_str(),
+    };
+    let server = Scratch::start(bin, scratch, &req.to_file).await?;
     let load_seconds = loading.elapsed().as_secs_f64();
     // The backup's age once its data is served: what a restore now would lose.
     let served_at_ms = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
@@ -186,7 +195,7 @@ impl Drop for Scratch {
 impl Scratch {
     /// Starts a server on `rdb` (in `dir`) on a free loopback port and waits until it has
     /// loaded it.
-    async fn start(settings: &DrillSettings, dir: &Path, rdb: &Path) -> Result<Scratch> {
+    async fn start(bin: &str, dir: &Path, rdb: &Path) -> Result<Scratch> {
         let name = rdb
             .file_name()
             .and_then(|n| n.to_str())
@@ -200,7 +209,7 @@ impl Scratch {
                 .and_then(|l| l.local_addr())
                 .map_err(|e| Error::Failed(format!("no free loopback port for the drill: {e}")))?
                 .port();
-            let child = std::process::Command::new(&settings.redis_server)
+            let child = std::process::Command::new(bin)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .arg("--dir")
                 .arg(dir)
@@ -214,8 +223,7 @@ impl Scratch {
                 .spawn()
                 .map_err(|e| {
                     Error::Input(format!(
-                        "cannot start the drill's scratch server {:?}: {e}; set drill.redis_server in the agent's config to a redis-server binary (apt-get install redis-server)",
-                        settings.redis_server
+                        "cannot start the drill's scratch server {bin:?}: {e}; set drill.redis_server (drill.valkey_server for sets taken from Valkey) in the agent's config to the server's binary"
                     ))
                 })?;
             let target = RedisTarget::parse(&format!("redis://127.0.0.1:{port}"))?;

@@ -315,6 +315,7 @@ pub async fn prepare_stream(spec: &DestSpec, req: &RestoreRequest) -> Result<Pre
         aof_dir: false,
         slot_ranges: shard.slot_ranges.clone(),
         dbs: shard.dbs.clone(),
+        server: shard.server.clone(),
     };
     Ok(Prepared {
         store,
@@ -427,5 +428,6 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         aof_dir: req.aof_dir,
         slot_ranges: shard.slot_ranges.clone(),
         dbs: shard.dbs.clone(),
+        server: shard.server.clone(),
     })
 }
