@@ -7,6 +7,7 @@
 #   scripts/bench.sh client [--keys 500000] [--repeat 3]              pipelined RESTORE: our RESP client, the redis crate
 #   scripts/bench.sh archive [--shards 3,16] [--rate 10000,50000] [--seconds 15] [--rto-mib 256]
 #                                                                     archive lag, CPU per MB, restore-to-time RTO
+#   scripts/bench.sh scan [--size-mib 512] [--repeat 3] [--rate N]    the scan source against redis-cli --rdb
 #   (snapshot and restore take --baseline-agent PATH: an earlier agent's rows, run for run;
 #    snapshot takes --cores 1,2,4: the agent pinned with taskset, and --file-only)
 set -euo pipefail
@@ -32,6 +33,12 @@ if [ "${1:-}" = archive ]; then
     cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench --bin archive
     # archive finds fleetsnap-agent next to itself.
     exec target/release/archive "$@"
+fi
+if [ "${1:-}" = scan ]; then
+    shift
+    scripts/setup.sh
+    cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench --bin scan
+    exec target/release/scan --agent target/release/fleetsnap-agent "$@"
 fi
 if [ "${1:-}" = client ]; then
     shift

@@ -14,6 +14,7 @@ pub mod planner;
 pub mod policy;
 pub mod rdb;
 pub mod rdbread;
+pub mod rdbwrite;
 pub mod records;
 pub mod report;
 pub mod resp;

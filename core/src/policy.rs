@@ -246,7 +246,9 @@ pub struct Policy {
     /// Zones to prefer among equally fresh nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preferred_zones: Vec<String>,
-    /// `replication` (default) or `bgsave-file` (for servers that refuse SYNC).
+    /// `replication` (default), `bgsave-file` (for servers that refuse SYNC) or `scan` (for
+    /// servers that refuse SYNC, PSYNC and BGSAVE: SCAN, DUMP and PTTL; each key consistent, the
+    /// set not one point in time).
     #[serde(default = "default_source")]
     pub source: String,
     /// Which sets are kept.
@@ -486,9 +488,9 @@ impl Policy {
                 self.destinations.len()
             )));
         }
-        if !matches!(self.source.as_str(), "replication" | "bgsave-file") {
+        if !matches!(self.source.as_str(), "replication" | "bgsave-file" | "scan") {
             return Err(err(format!(
-                "source {:?}: replication or bgsave-file",
+                "source {:?}: replication, bgsave-file or scan (for servers that refuse SYNC, PSYNC and BGSAVE; not one point in time)",
                 self.source
             )));
         }

@@ -376,9 +376,14 @@ pub(super) struct SnapshotArgs {
     /// A destination (repeat for several): file:///PATH or s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=NAME][&object_lock=MODE:DAYS].
     #[arg(long = "to", value_name = "DEST", required = true)]
     pub(super) to: Vec<String>,
-    /// replication (PSYNC, default), bgsave-file, or file:PATH (an RDB or an AOF directory).
+    /// replication (PSYNC, default), bgsave-file, scan (SCAN, DUMP and PTTL, for servers that
+    /// refuse SYNC, PSYNC and BGSAVE: each key consistent, the set not one point in time), or
+    /// file:PATH (an RDB or an AOF directory).
     #[arg(long, default_value = "replication")]
     pub(super) source: String,
+    /// scan: the most DUMP and PTTL commands a second (the load the node takes).
+    #[arg(long, value_name = "N")]
+    pub(super) max_ops_per_sec: Option<u32>,
     #[command(flatten)]
     pub(super) encode: EncodeArgs,
     /// Cluster name in the storage layout.

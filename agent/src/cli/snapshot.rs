@@ -48,6 +48,7 @@ pub(super) async fn run_snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         spool,
         source_options: SourceOptions {
             idle_timeout: Duration::from_secs(a.idle_timeout_seconds),
+            max_ops_per_sec: a.max_ops_per_sec,
             ..Default::default()
         },
         backup_id: None,

@@ -63,9 +63,10 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Resul
     let source = match s.source.as_str() {
         "" | "replication" => SourceKind::Replication,
         "bgsave-file" => SourceKind::BgsaveFile,
+        "scan" => SourceKind::Scan,
         other => {
             return Err(Error::Input(format!(
-                "job source {other:?}: a coordinator job takes replication or bgsave-file"
+                "job source {other:?}: a coordinator job takes replication, bgsave-file or scan"
             )));
         }
     };

@@ -248,6 +248,14 @@ async fn find_shard(spec: &DestSpec, req: &RestoreRequest) -> Result<(Store, Str
     )
     .await?;
     let shard = pick_shard(&m, req.shard.as_ref())?.clone();
+    if shard.source_kind == "scan" {
+        tracing::warn!(
+            backup = %req.backup,
+            shard = %shard.shard,
+            "this backup was {}",
+            crate::snapshot::NOT_POINT_IN_TIME
+        );
+    }
     if shard.objects.iter().any(|o| o.codecs.encrypted()) && req.identity.is_none() {
         return Err(Error::Input(format!(
             "backup {} is encrypted with age: pass --identity AGE_KEY_FILE",

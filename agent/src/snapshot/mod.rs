@@ -6,6 +6,7 @@ mod cut;
 mod instant;
 mod open;
 mod pipeline;
+mod scan;
 mod source;
 mod tail;
 mod take;
@@ -20,6 +21,7 @@ pub use pipeline::{
     DestOutcome, EncodeOptions, Encoded, Progress, encode_bytes, mb_per_s, parse_recipient,
     store_object,
 };
+pub use scan::NOT_POINT_IN_TIME;
 pub use source::{ByteSource, CHUNK, SourceInfo, SourceKind};
 pub use tail::{CutVerdict, TailStream};
 pub use take::{

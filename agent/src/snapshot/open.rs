@@ -29,6 +29,8 @@ pub struct SourceOptions {
     pub idle_timeout: Duration,
     /// How long a BGSAVE may take.
     pub bgsave_timeout: Duration,
+    /// `scan`: the most `DUMP` and `PTTL` commands a second (none: as fast as the node answers).
+    pub max_ops_per_sec: Option<u32>,
 }
 
 impl Default for SourceOptions {
@@ -36,6 +38,7 @@ impl Default for SourceOptions {
         Self {
             idle_timeout: Duration::from_secs(60),
             bgsave_timeout: Duration::from_secs(3600),
+            max_ops_per_sec: None,
         }
     }
 }
@@ -49,6 +52,8 @@ pub enum Prepared {
     Bgsave(RedisTarget),
     /// This file, opened when started.
     File(PathBuf),
+    /// A scan of this node's keys when started.
+    Scan(RedisTarget),
 }
 
 /// See [`Prepared::Replication`].
@@ -78,6 +83,7 @@ pub async fn prepare(
         ))),
         SourceKind::BgsaveFile => Ok(Prepared::Bgsave(need_target(target)?.clone())),
         SourceKind::File(path) => Ok(Prepared::File(path.clone())),
+        SourceKind::Scan => Ok(Prepared::Scan(need_target(target)?.clone())),
     }
 }
 
@@ -107,6 +113,20 @@ impl Prepared {
             Prepared::Replication(p) => p.start(opts).await,
             Prepared::Bgsave(target) => open_bgsave(&target, opts).await,
             Prepared::File(path) => open_file(&path).await,
+            Prepared::Scan(target) => {
+                let (s, stream) = super::scan::open_scan(&target, opts.max_ops_per_sec).await?;
+                Ok(OpenedSource {
+                    info: SourceInfo {
+                        node: target.address(),
+                        run_id: s.run_id,
+                        redis_version: Some(s.redis_version),
+                        server: Some(s.server.to_string()),
+                        notes: vec![super::scan::NOT_POINT_IN_TIME.to_string()],
+                        ..Default::default()
+                    },
+                    objects: vec![(ObjectKind::Rdb, ByteSource::Scan(Box::new(stream)))],
+                })
+            }
         }
     }
 }

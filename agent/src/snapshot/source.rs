@@ -26,6 +26,9 @@ pub enum SourceKind {
     BgsaveFile,
     /// An RDB file, or a Redis 7 multi-part AOF directory.
     File(PathBuf),
+    /// Every key read with `SCAN`, `DUMP` and `PTTL`, written as an RDB (servers that refuse
+    /// `SYNC`, `PSYNC` and `BGSAVE`): each key consistent, the set not one point in time.
+    Scan,
 }
 
 impl FromStr for SourceKind {
@@ -34,10 +37,11 @@ impl FromStr for SourceKind {
         match s {
             "replication" => Ok(Self::Replication),
             "bgsave-file" => Ok(Self::BgsaveFile),
+            "scan" => Ok(Self::Scan),
             _ => match s.strip_prefix("file:") {
                 Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
                 _ => Err(Error::Input(format!(
-                    "source {s:?} is not valid: use replication, bgsave-file or file:PATH"
+                    "source {s:?} is not valid: use replication, bgsave-file, scan or file:PATH"
                 ))),
             },
         }
@@ -51,6 +55,7 @@ impl SourceKind {
             Self::Replication => "replication",
             Self::BgsaveFile => "bgsave-file",
             Self::File(_) => "file",
+            Self::Scan => "scan",
         }
     }
 }
@@ -106,6 +111,8 @@ pub enum ByteSource {
     },
     /// Bytes in memory.
     Memory(Option<Bytes>),
+    /// An RDB written from `SCAN`, `DUMP` and `PTTL` as it goes.
+    Scan(Box<super::scan::ScanStream>),
 }
 
 impl ByteSource {
@@ -180,6 +187,7 @@ impl ByteSource {
                     *hold = data.to_vec();
                 }
             }
+            ByteSource::Scan(s) => s.next_chunk().await,
             ByteSource::Files { files, current } => loop {
                 if current.is_none() {
                     if files.is_empty() {
@@ -275,7 +283,7 @@ impl ByteSource {
                 Some(n)
             }
             ByteSource::Memory(b) => b.as_ref().map(|b| b.len() as u64),
-            ByteSource::Tail(_) => None,
+            ByteSource::Tail(_) | ByteSource::Scan(_) => None,
         }
     }
 }
