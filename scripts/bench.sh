@@ -30,14 +30,16 @@ fi
 if [ "${1:-}" = archive ]; then
     shift
     scripts/setup.sh
-    cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench --bin archive
+    cargo build --release --quiet -p fleetsnap-agent --bin fleetsnap-agent
+    cargo build --release --quiet -p fleetsnap-bench --bin archive
     # archive finds fleetsnap-agent next to itself.
     exec target/release/archive "$@"
 fi
 if [ "${1:-}" = scan ]; then
     shift
     scripts/setup.sh
-    cargo build --release --quiet -p fleetsnap-agent -p fleetsnap-bench --bin scan
+    cargo build --release --quiet -p fleetsnap-agent --bin fleetsnap-agent
+    cargo build --release --quiet -p fleetsnap-bench --bin scan
     exec target/release/scan --agent target/release/fleetsnap-agent "$@"
 fi
 if [ "${1:-}" = client ]; then

@@ -133,16 +133,20 @@ async fn fill_mib(server: &RedisServer, mib: u64) -> anyhow::Result<()> {
     }
     let keys = mib * (1 << 20) / 1100;
     let mut c = server.conn().await?;
-    let value = "v".repeat(1024);
+    // Values from a random pool, as `fill` writes them: the RDB is about as large as the data.
+    let pool: Vec<u8> = (0..(1 << 20) + 1024)
+        .map(|_| rand::random::<u8>())
+        .collect();
     let mut i = 0u64;
     while i < keys {
         let end = (i + 2000).min(keys);
         let batch: Vec<Vec<Vec<u8>>> = (i..end)
             .map(|k| {
+                let off = (k as usize * 7919) % (1 << 20);
                 vec![
                     b"SET".to_vec(),
                     format!("user:{k}:profile").into_bytes(),
-                    format!("{k}:{value}").into_bytes(),
+                    pool[off..off + 1024].to_vec(),
                 ]
             })
             .collect();
