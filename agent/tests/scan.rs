@@ -1,7 +1,8 @@
 //! The `scan` source against a server that refuses what managed services refuse (`SYNC`, `PSYNC`
 //! and `BGSAVE` renamed away): the snapshot restores equal key by key when nothing writes, and
 //! under writes holds every key that was not written during the scan, each as it was; the
-//! manifest and the report say the set is not one point in time.
+//! manifest and the report say the set is not one point in time. A service that grants a renamed
+//! `PSYNC` is snapshotted through the replication source with `?psync_command=`.
 
 mod common;
 
@@ -286,4 +287,27 @@ async fn a_cluster_replica_and_a_valkey_server_are_scanned() {
     .await
     .unwrap();
     assert_same_data(&valkey, &loaded).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_psync_is_used_where_the_url_names_it() {
+    let server = RedisServer::start_with(
+        RedisOptions::default()
+            .arg("rename-command", "SYNC \"\"")
+            .arg("rename-command", "PSYNC XPSYNC-fleetsnap"),
+    )
+    .await
+    .unwrap();
+    write_dataset(&server, &Dataset::default()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}", work.path().join("region").display());
+    let refused = agent(None, &["snapshot", "--redis", &server.url(), "--to", &dest]).await;
+    assert_ne!(
+        refused.code, 0,
+        "PSYNC is renamed: the plain name is refused"
+    );
+    let url = format!("{}?psync_command=XPSYNC-fleetsnap", server.url());
+    let id = backed_up(&url, &dest).await;
+    let restored = restore_and_load(None, &[&dest], &id, work.path(), &[]).await;
+    assert_same_data(&server, &restored).await.unwrap();
 }

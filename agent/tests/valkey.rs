@@ -182,3 +182,50 @@ async fn a_redis_backup_restores_online_into_valkey() {
     .ok();
     assert_same_data(&source, &target).await.unwrap();
 }
+
+/// Valkey's dual-channel replication (the RDB on a channel of its own) enabled on a primary and
+/// its replica: both still snapshot correctly, each restoring equal to the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_channel_replication_leaves_snapshots_whole() {
+    let set = ReplicaSet::start(
+        1,
+        RedisOptions::default()
+            .valkey()
+            .arg("dual-channel-replication-enabled", "yes"),
+    )
+    .await
+    .unwrap();
+    write_dataset(&set.primary, &dataset()).await.unwrap();
+    set.wait_synced().await.unwrap();
+    assert_eq!(
+        set.replicas[0]
+            .cmd(&["CONFIG", "GET", "dual-channel-replication-enabled"])
+            .await
+            .unwrap(),
+        fleetsnap_agent::redis::Value::Array(Some(vec![
+            fleetsnap_agent::redis::Value::Bulk(Some(b"dual-channel-replication-enabled".to_vec())),
+            fleetsnap_agent::redis::Value::Bulk(Some(b"yes".to_vec())),
+        ]))
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}", work.path().join("region").display());
+    for node in [&set.primary, &set.replicas[0]] {
+        let id = backed_up(&node.url(), &dest).await;
+        let file = work.path().join(format!("{id}.rdb"));
+        let f = file.display().to_string();
+        agent(
+            None,
+            &["restore", "--from", &dest, "--backup", &id, "--to-file", &f],
+        )
+        .await
+        .ok();
+        let loaded = RedisServer::start_with(RedisOptions {
+            rdb: Some(file),
+            flavour: Flavour::Valkey,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_same_data(&set.primary, &loaded).await.unwrap();
+    }
+}

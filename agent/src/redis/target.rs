@@ -31,6 +31,9 @@ pub struct RedisTarget {
     pub password: Option<String>,
     /// TLS, for `rediss://`.
     pub tls: Option<TlsSettings>,
+    /// The name `PSYNC` goes by on this node (`psync_command=`: some managed services grant a
+    /// renamed one on request).
+    pub psync_command: Option<String>,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -90,6 +93,7 @@ impl RedisTarget {
         };
         let mut password = url.password().map(decode);
         let (mut ca, mut cert, mut key, mut server_name) = (None, None, None, None);
+        let mut psync_command = None;
         for (k, v) in url.query_pairs() {
             match k.as_ref() {
                 "password_file" => {
@@ -104,9 +108,15 @@ impl RedisTarget {
                 "cert" => cert = Some(PathBuf::from(v.as_ref())),
                 "key" => key = Some(PathBuf::from(v.as_ref())),
                 "sni" => server_name = Some(v.to_string()),
+                "psync_command" => {
+                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(bad("psync_command= names a command: printable, no spaces"));
+                    }
+                    psync_command = Some(v.to_string());
+                }
                 other => {
                     return Err(bad(&format!(
-                        "unknown parameter {other:?} (known: password_file, ca, cert, key, sni)"
+                        "unknown parameter {other:?} (known: password_file, ca, cert, key, sni, psync_command)"
                     )));
                 }
             }
@@ -141,7 +151,13 @@ impl RedisTarget {
             user,
             password,
             tls,
+            psync_command,
         })
+    }
+
+    /// The name `PSYNC` goes by on this node.
+    pub fn psync(&self) -> &[u8] {
+        self.psync_command.as_deref().unwrap_or("PSYNC").as_bytes()
     }
 }
 

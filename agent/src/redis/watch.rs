@@ -43,7 +43,8 @@ async fn collect_from(name: &str, target: &RedisTarget) -> Result<InstanceReport
 async fn sync_allowed(c: &mut Connection) -> Result<Option<bool>> {
     // A renamed or disabled command is unknown to COMMAND INFO: a null in place of its entry
     // (`*1 $-1` on Redis 7.0).
-    if let Value::Array(Some(v)) = c.command(&[b"COMMAND", b"INFO", b"PSYNC"]).await?
+    let psync = c.target().psync().to_vec();
+    if let Value::Array(Some(v)) = c.command(&[b"COMMAND", b"INFO", &psync]).await?
         && v.first()
             .is_none_or(|first| matches!(first, Value::Array(None) | Value::Bulk(None)))
     {
@@ -56,7 +57,7 @@ async fn sync_allowed(c: &mut Connection) -> Result<Option<bool>> {
     };
     Ok(
         match c
-            .command(&[b"ACL", b"DRYRUN", &user, b"PSYNC", b"?", b"-1"])
+            .command(&[b"ACL", b"DRYRUN", &user, &psync, b"?", b"-1"])
             .await?
         {
             Value::Simple(s) if s == "OK" => Some(true),

@@ -64,7 +64,10 @@ pub struct PreparedReplication {
     psync_sent: bool,
 }
 
-const PSYNC: &[&[u8]] = &[b"PSYNC", b"?", b"-1"];
+/// `PSYNC ? -1` under the name the node gives it.
+fn full_psync(t: &RedisTarget) -> [&[u8]; 3] {
+    [t.psync(), b"?", b"-1"]
+}
 
 /// Prepares a source. `keep_stream` (replication only) asks for the replication stream after
 /// the RDB as well, for a consistent cut's tail.
@@ -96,7 +99,8 @@ impl Prepared {
         match self {
             Prepared::Replication(mut p) => {
                 let (sent, at) = super::instant::at_instant(at, move |rt| {
-                    rt.block_on(p.conn.send(PSYNC)).map(|()| p)
+                    let t = p.conn.target().clone();
+                    rt.block_on(p.conn.send(&full_psync(&t))).map(|()| p)
                 })
                 .await?;
                 let mut p = sent?;
@@ -217,10 +221,12 @@ impl PreparedReplication {
             info,
             psync_sent,
         } = self;
+        let t = conn.target().clone();
+        let psync = full_psync(&t);
         if !psync_sent {
-            conn.send(PSYNC).await?;
+            conn.send(&psync).await?;
         }
-        let line = psync_answer(&mut conn, opts, PSYNC).await?;
+        let line = psync_answer(&mut conn, opts, &psync).await?;
         after_fullresync(conn, info, &line, opts).await
     }
 }
@@ -277,23 +283,31 @@ async fn after_fullresync(
     opts: &SourceOptions,
 ) -> Result<OpenedSource> {
     let target = &conn.target().clone();
-    let Some(rest) = line.strip_prefix("+FULLRESYNC ") else {
+    let header = if let Some(rest) = line.strip_prefix("+FULLRESYNC ") {
+        let mut parts = rest.split(' ');
+        info.replid = parts.next().map(str::to_string);
+        info.offset = parts.next().and_then(|o| o.parse().ok());
+        next_line(&mut conn, opts.idle_timeout, || {
+            format!(
+                "no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): \
+                 check its log",
+                opts.idle_timeout.as_secs()
+            )
+        })
+        .await?
+    } else if line.starts_with('$') && target.psync_command.is_some() {
+        // Redis takes a renamed PSYNC for the old SYNC: the payload comes at once, without
+        // the history and offset it corresponds to.
+        info.notes.push(
+            "the node answered the renamed PSYNC as a SYNC: the snapshot is whole, but without the replication id and offset it corresponds to (it cannot start an archive's chain or a consistent cut)".into(),
+        );
+        line.as_bytes().to_vec()
+    } else {
         return Err(Error::redis(
             target,
             format!("unexpected answer to PSYNC: {line:?}"),
         ));
     };
-    let mut parts = rest.split(' ');
-    info.replid = parts.next().map(str::to_string);
-    info.offset = parts.next().and_then(|o| o.parse().ok());
-    let header = next_line(&mut conn, opts.idle_timeout, || {
-        format!(
-            "no snapshot from the node within {}s after FULLRESYNC (not even a keepalive): \
-                 check its log",
-            opts.idle_timeout.as_secs()
-        )
-    })
-    .await?;
     if header.first() == Some(&b'-') {
         return Err(Error::redis(
             target,
@@ -386,7 +400,7 @@ pub async fn psync_from(
         Some((r, o)) => (r.to_string(), (o + 1).to_string()),
         None => ("?".to_string(), "-1".to_string()),
     };
-    let psync: [&[u8]; 3] = [b"PSYNC", replid.as_bytes(), offset.as_bytes()];
+    let psync: [&[u8]; 3] = [target.psync(), replid.as_bytes(), offset.as_bytes()];
     conn.send(&psync).await?;
     let line = psync_answer(&mut conn, opts, &psync).await?;
     if let Some(rest) = line.strip_prefix("+CONTINUE") {
