@@ -72,31 +72,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
             }
         }
         RestoreMode::Replace { instance } => {
-            let i = config
-                .instances
-                .iter()
-                .find(|i| i.name == instance)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "agent {:?} watches no instance named {instance:?}",
-                        config.agent_id
-                    ))
-                })?;
-            let start = i.start_command.clone().ok_or_else(|| {
-                Error::Input(format!(
-                    "instance {instance:?} of agent {:?} has no start_command: a replace restore stops the node and must be able to start it again; add start_command = \"systemctl start redis@PORT\" (or the command that starts it) to the instance in the agent's config",
-                    config.agent_id
-                ))
-            })?;
-            let r = crate::restore::replace(ReplaceRequest {
-                read,
-                node: RedisTarget::parse(&i.url)?,
-                stop: i.stop_command.clone(),
-                start,
-                rdb_path: i.rdb_path.clone(),
-                timeout: Duration::from_secs(i.restore_timeout_seconds),
-            })
-            .await?;
+            let r = replace_own(read, &instance, config).await?;
             JobResult::Restored {
                 ok: true,
                 problem: None,
@@ -189,31 +165,7 @@ pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResu
                 ));
             };
             let (read, point) = source.shard(shard, t, work_dir).await?;
-            let i = config
-                .instances
-                .iter()
-                .find(|i| i.name == instance)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "agent {:?} watches no instance named {instance:?}",
-                        config.agent_id
-                    ))
-                })?;
-            let start = i.start_command.clone().ok_or_else(|| {
-                Error::Input(format!(
-                    "instance {instance:?} of agent {:?} has no start_command: a replace restore stops the node and must be able to start it again",
-                    config.agent_id
-                ))
-            })?;
-            let r = crate::restore::replace(ReplaceRequest {
-                read,
-                node: RedisTarget::parse(&i.url)?,
-                stop: i.stop_command.clone(),
-                start,
-                rdb_path: i.rdb_path.clone(),
-                timeout: Duration::from_secs(i.restore_timeout_seconds),
-            })
-            .await?;
+            let r = replace_own(read, &instance, config).await?;
             JobResult::Restored {
                 ok: true,
                 problem: None,
@@ -230,6 +182,39 @@ pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResu
             ));
         }
     })
+}
+
+/// `read` put in place of the data of this agent's instance `instance`, through its hooks.
+async fn replace_own(
+    read: RestoreRequest,
+    instance: &str,
+    config: &AgentConfig,
+) -> Result<crate::restore::ReplaceReport> {
+    let i = config
+        .instances
+        .iter()
+        .find(|i| i.name == instance)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "agent {:?} watches no instance named {instance:?}",
+                config.agent_id
+            ))
+        })?;
+    let start = i.start_command.clone().ok_or_else(|| {
+        Error::Input(format!(
+            "instance {instance:?} of agent {:?} has no start_command: a replace restore stops the node and must be able to start it again; add start_command = \"systemctl start redis@PORT\" (or the command that starts it) to the instance in the agent's config",
+            config.agent_id
+        ))
+    })?;
+    crate::restore::replace(ReplaceRequest {
+        read,
+        node: RedisTarget::parse(&i.url)?,
+        stop: i.stop_command.clone(),
+        start,
+        rdb_path: i.rdb_path.clone(),
+        timeout: Duration::from_secs(i.restore_timeout_seconds),
+    })
+    .await
 }
 
 fn json<T: serde::Serialize>(report: &T) -> String {

@@ -98,7 +98,7 @@ impl Node {
                 s.state
                     .jobs
                     .values()
-                    .filter(|j| spec(j).is_some())
+                    .filter(|j| self::spec(j).is_some())
                     .cloned()
                     .collect(),
             )
@@ -584,7 +584,7 @@ impl Node {
                     s.state
                         .jobs
                         .values()
-                        .filter(|j| spec_of(j))
+                        .filter(|j| self::spec(j).is_some())
                         .cloned()
                         .collect()
                 };
@@ -636,10 +636,6 @@ impl Node {
         }
         Ok(started)
     }
-}
-
-fn spec_of(job: &Job) -> bool {
-    spec(job).is_some()
 }
 
 fn stop_message(job_id: u64, reason: String) -> v1::CoordinatorMessage {
