@@ -67,7 +67,7 @@ impl Live {
         Some(LiveView {
             connected: stats.connected.load(Ordering::Relaxed),
             lag_seconds: stats.lag_seconds(local, now),
-            position: local.position().ok().flatten(),
+            position: local.last_position(),
             segments: stats.segments.load(Ordering::Relaxed),
             gaps: stats.gaps.load(Ordering::Relaxed),
             restorable_until_ms: regions

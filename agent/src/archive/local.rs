@@ -38,6 +38,8 @@ pub struct Local {
     pub waiting: Arc<AtomicU64>,
     /// The most bytes that may wait.
     pub max_bytes: u64,
+    /// The position as last read or written, for reports (which must not read the disk).
+    last: std::sync::Mutex<Option<Position>>,
 }
 
 fn io(what: &'static str, path: &Path, e: std::io::Error) -> Error {
@@ -72,7 +74,9 @@ impl Local {
             pending: Default::default(),
             waiting: Arc::new(AtomicU64::new(0)),
             max_bytes,
+            last: Default::default(),
         };
+        *local.last.lock().expect("position lock") = local.position()?;
         let mut n = 0;
         for (name, p) in local.segments()? {
             n += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
@@ -110,7 +114,14 @@ impl Local {
         write_durable(
             &self.dir.join("position.json"),
             &serde_json::to_vec(pos).expect("serialises"),
-        )
+        )?;
+        *self.last.lock().expect("position lock") = Some(pos.clone());
+        Ok(())
+    }
+
+    /// The position as last recorded, from memory.
+    pub fn last_position(&self) -> Option<Position> {
+        self.last.lock().expect("position lock").clone()
     }
 
     /// Makes a segment durable here, then moves the position past it.
