@@ -62,6 +62,7 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
         }
         CatalogTask::Restore(_)
         | CatalogTask::RestoreAt(_)
+        | CatalogTask::Find(_)
         | CatalogTask::Node(_)
         | CatalogTask::Probe(_) => {
             return Err(Error::Input(

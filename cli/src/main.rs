@@ -58,9 +58,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Continuous archives: who archives each shard, how far behind, what holds one up.
-    /// Finding a command and restoring to a time read the regions:
-    /// `fleetsnap-agent archive find` and `fleetsnap-agent restore --at|--before`.
+    /// Continuous archives: who archives each shard, how far behind, what holds one up; the
+    /// commands a cluster received (a FLUSHALL to undo), for `fleetsnap restore --before`.
     #[command(subcommand)]
     Archive(ArchiveCmd),
     /// The coordinators themselves.
@@ -96,6 +95,40 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ArchiveCmd {
+    /// Find commands in a cluster's archive (FLUSHALL, FLUSHDB, DEL, …): when each was
+    /// received, on which shard, and the SHARD@REPLID:OFFSET that `fleetsnap restore --before`
+    /// takes to stop just before it. An agent reads the regions (one that archives the cluster
+    /// when one is connected).
+    Find {
+        /// The cluster.
+        #[arg(long, value_parser = crate::args::cluster)]
+        cluster: String,
+        /// One shard only (as the archive names it).
+        #[arg(long, value_parser = crate::args::shard)]
+        shard: Option<String>,
+        /// A command name (repeat for several).
+        #[arg(long = "command", value_name = "NAME", required = true, value_parser = crate::args::command)]
+        commands: Vec<String>,
+        /// Only commands with a key (an argument) that matches this glob (`--key` is the
+        /// admin certificate's private key).
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+        /// From this time: RFC 3339 or Unix milliseconds.
+        #[arg(long, value_name = "TIME", value_parser = crate::args::time)]
+        since: i64,
+        /// Up to this time (default: now).
+        #[arg(long, value_name = "TIME", value_parser = crate::args::time)]
+        until: Option<i64>,
+        /// The agent that reads the regions (default: one that archives the cluster).
+        #[arg(long, value_parser = crate::args::instance)]
+        agent: Option<String>,
+        /// How long to wait for the search, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Every shard a policy archives: its archiver (agent, job, source node), whether it holds
     /// the stream, the lag (the live recovery point), where the chain stands, segments, gaps,
     /// the newest time every region holds, and what holds a shard up.
@@ -428,6 +461,64 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             } else {
                 print!("{}", table::archives(&doc.archives));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Archive(ArchiveCmd::Find {
+            cluster,
+            shard,
+            commands,
+            pattern,
+            since,
+            until,
+            agent,
+            wait,
+            json,
+        }) => {
+            let admin = Admin::new(&cli.conn)?;
+            let req = v1::FindRequest {
+                cluster: cluster.clone(),
+                shard: shard.unwrap_or_default(),
+                commands,
+                key: pattern.unwrap_or_default(),
+                since_ms: since,
+                until_ms: until.unwrap_or(0),
+                agent: agent.unwrap_or_default(),
+            };
+            let reply = admin
+                .call(move |mut c| {
+                    let req = req.clone();
+                    async move { c.find_in_archive(req).await }
+                })
+                .await?;
+            let Some(&id) = reply.jobs.first() else {
+                return Err(anyhow::anyhow!("the leader started no search"));
+            };
+            let job = wait_job(&admin, id, wait).await?;
+            if let Some(reason) = job.state.failure() {
+                return Err(anyhow::anyhow!(
+                    "archive find failed on agent {}: {reason}",
+                    job.agent
+                ));
+            }
+            let Some(JobResult::Found { report_json }) = job.state.result() else {
+                return Err(anyhow::anyhow!(
+                    "job {id} ended without a search result; see `fleetsnap job show {id}`"
+                ));
+            };
+            let found: Vec<serde_json::Value> = serde_json::from_str(report_json).map_err(|e| {
+                anyhow::anyhow!(
+                    "agent {} sent a search result that is not JSON ({e})",
+                    job.agent
+                )
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&found).expect("values serialise")
+                );
+            } else {
+                print!("{}", table::found(&cluster, &found));
             }
             Ok(ExitCode::SUCCESS)
         }

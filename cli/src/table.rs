@@ -557,6 +557,30 @@ pub fn prune(rows: &[PruneRow], dry_run: bool) -> String {
     out
 }
 
+/// `fleetsnap archive find`: each command found, oldest first.
+pub fn found(cluster: &str, found: &[serde_json::Value]) -> String {
+    use std::fmt::Write;
+    if found.is_empty() {
+        return format!("no such command in the archive of {cluster} in that time\n");
+    }
+    let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_string();
+    let mut out = format!(
+        "{:<29} {:<12} {:<64} command\n",
+        "received", "shard", "before (for restore --before)"
+    );
+    for f in found {
+        let _ = writeln!(
+            out,
+            "{:<29} {:<12} {:<64} {}",
+            field(f, "time"),
+            field(f, "shard"),
+            field(f, "before"),
+            field(f, "command")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

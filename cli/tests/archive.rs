@@ -223,22 +223,22 @@ keep = "7d"
     assert!(status["gaps"].as_array().unwrap().is_empty(), "{status:#}");
 
     // The FLUSHALL is found once, though two archivers may both hold its stretch.
-    let mut find = vec![
-        "archive",
-        "find",
-        "--cluster",
-        "shop",
-        "--shard",
-        shard,
-        "--command",
-        "FLUSHALL",
-        "--since",
-        "0",
-        "--json",
-    ];
-    find.extend(from_args(&dests));
-    let found = agent_json(&find);
+    // `fleetsnap archive find` runs on an agent, which reads the regions.
+    let found = cli
+        .json(&[
+            "archive",
+            "find",
+            "--cluster",
+            "shop",
+            "--command",
+            "flushall",
+            "--since",
+            "0",
+            "--json",
+        ])
+        .unwrap();
     let found = found.as_array().unwrap();
+    assert_eq!(found[0]["shard"], shard, "{found:#?}");
     assert_eq!(found.len(), 1, "{found:#?}");
     let before = found[0]["before"].as_str().unwrap().to_string();
 
@@ -547,4 +547,159 @@ exact_points_every = "10s"
         a > 0 && a < rounds,
         "the last point lies inside the writes: {counters:?} of {rounds}"
     );
+
+    // Undo a FLUSHALL: keys written to every shard, each with its acknowledgement's time, for
+    // 7 s; a FLUSHALL on every primary at T; writes after it.
+    let mut conns = Vec::new();
+    for p in &primaries {
+        conns.push(p.conn().await.unwrap());
+    }
+    let mut acked: Vec<(String, i64)> = Vec::new();
+    let since = now_ms();
+    let mut i = 0;
+    while now_ms() < since + 7_000 {
+        for (c, t) in conns.iter_mut().zip(&tags) {
+            let key = format!("{t}:k{i}");
+            c.checked(&[b"SET", key.as_bytes(), b"v"]).await.unwrap();
+            acked.push((key, now_ms()));
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let flushed_at = now_ms();
+    for c in &mut conns {
+        c.checked(&[b"FLUSHALL"]).await.unwrap();
+    }
+    for (c, t) in conns.iter_mut().zip(&tags) {
+        for j in 0..20 {
+            let key = format!("{t}:after{j}");
+            c.checked(&[b"SET", key.as_bytes(), b"v"]).await.unwrap();
+        }
+    }
+    let last = now_ms();
+    poll_until(
+        "every shard archived past the FLUSHALL",
+        Duration::from_secs(60),
+        || async {
+            let r = rows(&cli)?;
+            r.iter()
+                .all(|r| r["restorable_until_ms"].as_i64() >= Some(last))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // A command's stamp is when the archiver received it, or up to one sample (100 ms) later:
+    // by now the regions hold all.
+    let seen = now_ms();
+    let found = cli
+        .json(&[
+            "archive",
+            "find",
+            "--cluster",
+            "bank",
+            "--command",
+            "FLUSHALL",
+            "--since",
+            &since.to_string(),
+            "--json",
+        ])
+        .unwrap();
+    let found = found.as_array().unwrap().clone();
+    assert_eq!(found.len(), 3, "one FLUSHALL per shard: {found:#?}");
+    for f in &found {
+        let t = f["time_ms"].as_i64().unwrap();
+        assert!(
+            t >= flushed_at && t <= seen,
+            "the FLUSHALL is found when it was run (between {flushed_at} and {seen}): {f:#}"
+        );
+    }
+    // Restored to just before it, the whole cluster into one fresh server: every acknowledged
+    // write, nothing after.
+    let fresh = RedisServer::start().await.unwrap();
+    let mut args = vec!["restore", "--cluster", "bank"];
+    for f in &found {
+        args.extend(["--before", f["before"].as_str().unwrap()]);
+    }
+    let target = fresh.url();
+    args.extend([
+        "--mode", "online", "--target", &target, "--wait", "120", "--json",
+    ]);
+    let (ok, doc) = cli.run_json(&args).unwrap();
+    assert!(ok, "{doc:#}");
+    let keys = all_keys(&fresh).await;
+    for (k, _) in &acked {
+        assert!(keys.contains(k), "{k} was acknowledged before the FLUSHALL");
+    }
+    // Besides: each shard's counter and the probe that found its tag.
+    assert_eq!(
+        keys.len(),
+        acked.len() + 2 * tags.len(),
+        "nothing after the FLUSHALL: {:?}",
+        keys.iter()
+            .filter(|k| k.contains(":after"))
+            .collect::<Vec<_>>()
+    );
+
+    // Restored to T − 5 s: every write acknowledged before it less the shards' stamp spread,
+    // none acknowledged after it plus the spread. The archiver stamps a command as it receives
+    // it and the writer as the reply comes: either may come first by a few ms on one host, so
+    // the bounds take 20 ms more.
+    let at = flushed_at - 5_000;
+    let fresh = RedisServer::start().await.unwrap();
+    let target = fresh.url();
+    let (ok, doc) = cli
+        .run_json(&[
+            "restore",
+            "--cluster",
+            "bank",
+            "--at",
+            &rfc3339(at),
+            "--mode",
+            "online",
+            "--target",
+            &target,
+            "--wait",
+            "120",
+            "--json",
+        ])
+        .unwrap();
+    assert!(ok, "{doc:#}");
+    let spread = find_key(&doc, "stamp_spread_ms")
+        .and_then(Json::as_i64)
+        .unwrap_or_else(|| panic!("the restore reports its stamps' spread: {doc:#}"));
+    let keys = all_keys(&fresh).await;
+    for (k, t) in &acked {
+        if *t < at - spread - 20 {
+            assert!(keys.contains(k), "{k} acknowledged at {t}, before {at}");
+        }
+        if *t > at + spread + 20 {
+            assert!(!keys.contains(k), "{k} acknowledged at {t}, after {at}");
+        }
+    }
+}
+
+/// Every key of a server (one database).
+async fn all_keys(s: &RedisServer) -> std::collections::HashSet<String> {
+    match s.cmd(&["KEYS", "*"]).await.unwrap() {
+        Value::Array(Some(v)) => v
+            .into_iter()
+            .map(|k| match k {
+                Value::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+                other => panic!("KEYS answered {other:?}"),
+            })
+            .collect(),
+        other => panic!("KEYS answered {other:?}"),
+    }
+}
+
+/// The first value named `key` anywhere in a JSON document.
+fn find_key<'a>(doc: &'a Json, key: &str) -> Option<&'a Json> {
+    match doc {
+        Json::Object(m) => m
+            .get(key)
+            .or_else(|| m.values().find_map(|v| find_key(v, key))),
+        Json::Array(a) => a.iter().find_map(|v| find_key(v, key)),
+        _ => None,
+    }
 }

@@ -69,6 +69,12 @@ pub enum JobResult {
         /// The report, as the agent's `restore --json` or `drill --json` prints it.
         report_json: String,
     },
+    /// A search of the archive: what was found (JSON, as `fleetsnap-agent archive find --json`
+    /// prints it), oldest first.
+    Found {
+        /// The commands found.
+        report_json: String,
+    },
     /// A runbook's step on a node: what it did (JSON).
     Step {
         /// The agent's report.
@@ -257,6 +263,28 @@ pub struct RestoreAtTask {
     pub mode: RestoreMode,
 }
 
+/// A search of the continuous archive by an agent: the commands named, received in a span of
+/// time, in every shard of the cluster (or one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindTask {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The archive's regions, in the policy's order.
+    pub regions: Vec<RegionUrl>,
+    /// One shard only (every shard of the archive when none).
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// Command names, upper case (FLUSHALL, FLUSHDB, DEL, …).
+    pub commands: Vec<String>,
+    /// Only commands with an argument that matches this glob.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// From this time (Unix ms).
+    pub since_ms: i64,
+    /// Up to this time (Unix ms).
+    pub until_ms: i64,
+}
+
 /// Work on stored sets, run by an agent (which holds the regions' credentials).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
@@ -265,6 +293,8 @@ pub enum CatalogTask {
     Restore(Box<RestoreTask>),
     /// Restores from the continuous archive to a time or to just before found commands.
     RestoreAt(Box<RestoreAtTask>),
+    /// Finds commands in the continuous archive.
+    Find(Box<FindTask>),
     /// A runbook's step on one node.
     Node(NodeTask),
     /// A runbook's check of a running target (any Redis the agent can reach).

@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fleetsnap_core::archive::ExactPoint;
+use fleetsnap_core::archive::{ExactPoint, Wanted};
 use fleetsnap_core::{ClusterId, ShardId};
 use serde::Serialize;
 
 use super::points::latest_point;
-use super::read::{PointInTime, Target, base_id, resolve, shards};
+use super::read::{Found, PointInTime, Target, base_id, find, resolve, shards};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::restore::{OnlineOptions, OnlineRestoreReport, RestoreRequest, restore_online};
@@ -89,6 +89,38 @@ pub fn point_target(point: &ExactPoint, shard: &ShardId) -> Result<Target> {
 }
 
 impl PointSource {
+    /// The commands `wanted` names in every shard of the archive (or in `shard`), received
+    /// between `since` and `until` (Unix ms), oldest first.
+    pub async fn find(
+        &self,
+        shard: Option<&ShardId>,
+        wanted: &Wanted,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<Found>> {
+        let shards = match shard {
+            Some(s) => vec![s.clone()],
+            None => shards(&self.from, &self.cluster).await?,
+        };
+        let mut found = Vec::new();
+        for s in &shards {
+            found.extend(
+                find(
+                    &self.from,
+                    &self.cluster,
+                    s,
+                    wanted,
+                    since,
+                    until,
+                    self.identity.as_deref(),
+                )
+                .await?,
+            );
+        }
+        found.sort_by(|a, b| (a.time_ms, &a.shard, a.offset).cmp(&(b.time_ms, &b.shard, b.offset)));
+        Ok(found)
+    }
+
     /// `shard` resolved to `target`: the request that reads its base with the archive's tail
     /// (built in a directory of its own under `work_dir`); where the copy goes is the caller's.
     pub async fn shard(

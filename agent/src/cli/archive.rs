@@ -10,7 +10,7 @@ use fleetsnap_core::ShardId;
 use super::args::{ArchiveAt, ArchiveCommand, ArchiveRunArgs, ShardArgs};
 use super::print::{print_json, print_point};
 use crate::archive::ClusterTarget;
-use crate::archive::{ArchiveRequest, archive, find, status};
+use crate::archive::{ArchiveRequest, archive, status};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::restore::OnlineOptions;
@@ -37,22 +37,14 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
                 names: commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
                 key: key.map(String::into_bytes),
             };
-            let mut found = Vec::new();
-            for shard in shards_of(&at, &from).await? {
-                found.extend(
-                    find(
-                        &from,
-                        &at.cluster,
-                        &shard,
-                        &wanted,
-                        since,
-                        until,
-                        identity.as_deref(),
-                    )
-                    .await?,
-                );
-            }
-            found.sort_by_key(|f| (f.time_ms, f.shard.clone()));
+            let source = crate::archive::PointSource {
+                from,
+                cluster: at.cluster.clone(),
+                identity,
+            };
+            let found = source
+                .find(at.shard.as_ref(), &wanted, since, until)
+                .await?;
             if json {
                 print_json(&found);
             } else if found.is_empty() {

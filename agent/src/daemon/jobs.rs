@@ -33,6 +33,7 @@ pub(super) fn job_kind(job: &v1::Job) -> &'static str {
                 | Ok(fleetsnap_core::window::CatalogTask::RestoreAt(_)) => "restore",
                 Ok(fleetsnap_core::window::CatalogTask::Node(_))
                 | Ok(fleetsnap_core::window::CatalogTask::Probe(_)) => "runbook_step",
+                Ok(fleetsnap_core::window::CatalogTask::Find(_)) => "archive_find",
                 Ok(_) => "catalog",
                 Err(_) => "unknown",
             }
@@ -254,6 +255,9 @@ pub(super) async fn run_job(shared: &Arc<Shared>, job: v1::Job) -> Result<v1::Fi
                 }
                 fleetsnap_core::window::CatalogTask::RestoreAt(r) => {
                     super::restore_job::run_at(*r, &shared.config).await?
+                }
+                fleetsnap_core::window::CatalogTask::Find(f) => {
+                    super::restore_job::find(*f, &shared.config).await?
                 }
                 fleetsnap_core::window::CatalogTask::Node(n) => {
                     crate::runbook::failover(n, &shared.config).await?

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fleetsnap_core::ShardId;
-use fleetsnap_core::window::{JobResult, RestoreAtTask, RestoreMode, RestoreTask};
+use fleetsnap_core::window::{FindTask, JobResult, RestoreAtTask, RestoreMode, RestoreTask};
 
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
@@ -181,6 +181,38 @@ pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResu
                 "a drill restores sets: `fleetsnap drill run`; from the archive, restore --at into a scratch target".into(),
             ));
         }
+    })
+}
+
+/// Finds commands in the archive of a cluster (every shard, or one).
+pub async fn find(task: FindTask, config: &AgentConfig) -> Result<JobResult> {
+    let source = crate::archive::PointSource {
+        from: task
+            .regions
+            .iter()
+            .map(|r| DestSpec::parse(&r.url))
+            .collect::<Result<Vec<_>>>()?,
+        cluster: task.cluster.clone(),
+        identity: config.restore.identity.clone(),
+    };
+    let shard = task
+        .shard
+        .as_deref()
+        .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
+        .transpose()?;
+    let wanted = fleetsnap_core::archive::Wanted {
+        names: task
+            .commands
+            .iter()
+            .map(|c| c.to_ascii_uppercase())
+            .collect(),
+        key: task.key.map(String::into_bytes),
+    };
+    let found = source
+        .find(shard.as_ref(), &wanted, task.since_ms, task.until_ms)
+        .await?;
+    Ok(JobResult::Found {
+        report_json: json(&found),
     })
 }
 

@@ -482,6 +482,106 @@ impl Node {
             .cloned()
     }
 
+    /// The regions of the policy that archives `cluster`, in its order.
+    fn archive_regions(
+        &self,
+        cluster: &str,
+    ) -> Result<Vec<fleetsnap_core::window::RegionUrl>, LeaderError> {
+        let p = self.archiving_policy(cluster).ok_or_else(|| {
+            LeaderError::refused(format!(
+                "no policy archives cluster {cluster:?}: restores to a second and finding a command read the continuous archive; give its policy an [archive] section (docs/archive.md)"
+            ))
+        })?;
+        Ok(p.destinations
+            .iter()
+            .map(|d| fleetsnap_core::window::RegionUrl {
+                region: d.region.clone(),
+                url: p.agent_url(d),
+            })
+            .collect())
+    }
+
+    /// `fleetsnap archive find`: one job, on an agent that archives the cluster when one is
+    /// connected, that reads the regions for the commands named.
+    pub(crate) async fn find_in_archive(
+        &self,
+        r: &v1::FindRequest,
+    ) -> Result<super::restore::Started, LeaderError> {
+        use fleetsnap_core::window::{CatalogTask, FindTask};
+        let cluster = r.cluster.trim();
+        let cluster_id = fleetsnap_core::ClusterId::new(cluster)
+            .map_err(|e| LeaderError::invalid(format!("--cluster {cluster:?}: {e}")))?;
+        if r.commands.iter().all(|c| c.trim().is_empty()) {
+            return Err(LeaderError::invalid(
+                "name a command to find: --command FLUSHALL (repeat for several)",
+            ));
+        }
+        if let Some(c) = r.commands.iter().find(|c| {
+            c.is_empty()
+                || c.len() > 64
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'|' || b == b'_' || b == b'-')
+        }) {
+            return Err(LeaderError::invalid(format!(
+                "--command {c:?} is not a command name (letters, digits, | _ -)"
+            )));
+        }
+        let until = if r.until_ms == 0 {
+            fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc())
+        } else {
+            r.until_ms
+        };
+        if until < r.since_ms {
+            return Err(LeaderError::invalid(
+                "--until comes before --since: give a span that starts before it ends",
+            ));
+        }
+        let regions = self.archive_regions(cluster)?;
+        let preferred: Vec<String> = if r.agent.is_empty() {
+            self.archive_rows(cluster)
+                .into_iter()
+                .map(|row| row.agent)
+                .filter(|a| !a.is_empty())
+                .collect()
+        } else {
+            vec![r.agent.clone()]
+        };
+        let agent = self.pick_agent(&preferred)?;
+        if !r.agent.is_empty() && agent != r.agent {
+            return Err(LeaderError::unavailable(format!(
+                "agent {:?} is not connected to the leader",
+                r.agent
+            )));
+        }
+        let task = FindTask {
+            cluster: cluster_id,
+            regions,
+            shard: (!r.shard.is_empty()).then(|| r.shard.clone()),
+            commands: r.commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
+            key: (!r.key.is_empty()).then(|| r.key.clone()),
+            since_ms: r.since_ms,
+            until_ms: until,
+        };
+        let job = self
+            .catalog_job(
+                agent.clone(),
+                CatalogSpec {
+                    task: CatalogTask::Find(Box::new(task)),
+                    set: None,
+                    reason: format!("archive find in cluster {cluster} asked by an operator"),
+                    drill_of: None,
+                    trace: fleetsnap_telemetry::trace::traceparent(&tracing::Span::current()),
+                },
+            )
+            .await?;
+        Ok(super::restore::Started {
+            jobs: vec![job],
+            set: format!("{cluster} (archive)"),
+            agents: vec![agent],
+        })
+    }
+
     /// `fleetsnap restore --at T [--exact] | --before …` of an archived cluster: one job for an
     /// online restore (every shard, or one), one per shard's primary for a replace.
     pub(super) async fn restore_at(
@@ -489,7 +589,7 @@ impl Node {
         r: &v1::RestoreRequest,
     ) -> Result<super::restore::Started, LeaderError> {
         use fleetsnap_core::report::Role;
-        use fleetsnap_core::window::{CatalogTask, RegionUrl, RestoreAtTask, RestoreMode};
+        use fleetsnap_core::window::{CatalogTask, RestoreAtTask, RestoreMode};
         let cluster = r.cluster.trim();
         if cluster.is_empty() || !r.set.trim().is_empty() {
             return Err(LeaderError::invalid(
@@ -502,19 +602,7 @@ impl Node {
         if r.at_ms != 0 && !r.before.is_empty() {
             return Err(LeaderError::invalid("give --at or --before, not both"));
         }
-        let p = self.archiving_policy(cluster).ok_or_else(|| {
-            LeaderError::refused(format!(
-                "no policy archives cluster {cluster:?}: restores to a second and to just before a command read the continuous archive; give its policy an [archive] section (docs/archive.md)"
-            ))
-        })?;
-        let regions: Vec<RegionUrl> = p
-            .destinations
-            .iter()
-            .map(|d| RegionUrl {
-                region: d.region.clone(),
-                url: p.agent_url(d),
-            })
-            .collect();
+        let regions = self.archive_regions(cluster)?;
         let shard = (!r.shard.is_empty()).then(|| r.shard.clone());
         let task = |shard: Option<String>, mode: RestoreMode| RestoreAtTask {
             cluster: fleetsnap_core::ClusterId::new(cluster).expect("a policy's cluster is a name"),

@@ -168,7 +168,8 @@ pub struct Job {
 }
 
 impl JobKind {
-    /// `snapshot`, `manifest`, `archive`, `exact_point`, `restore`, `drill`, `runbook_step`, `catalog`: a bounded name
+    /// `snapshot`, `manifest`, `archive`, `exact_point`, `restore`, `drill`, `runbook_step`,
+    /// `archive_find`, `catalog`: a bounded name
     /// for metrics.
     pub fn name(&self) -> &'static str {
         use crate::window::{CatalogTask, RestoreMode};
@@ -181,6 +182,7 @@ impl JobKind {
                 CatalogTask::Restore(r) if r.mode == RestoreMode::Drill => "drill",
                 CatalogTask::Restore(_) | CatalogTask::RestoreAt(_) => "restore",
                 CatalogTask::Node(_) | CatalogTask::Probe(_) => "runbook_step",
+                CatalogTask::Find(_) => "archive_find",
                 _ => "catalog",
             },
         }

@@ -134,6 +134,13 @@ impl v1::admin_service_server::AdminService for Services {
         restores::restore(self, req).await
     }
 
+    async fn find_in_archive(
+        &self,
+        req: Request<v1::FindRequest>,
+    ) -> Result<Response<v1::CatalogReply>, Status> {
+        restores::find_in_archive(self, req).await
+    }
+
     async fn run_drill(
         &self,
         req: Request<v1::DrillRequest>,

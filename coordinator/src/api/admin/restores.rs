@@ -30,6 +30,25 @@ pub(super) async fn restore(
     }))
 }
 
+pub(super) async fn find_in_archive(
+    svc: &Services,
+    req: Request<v1::FindRequest>,
+) -> Result<Response<v1::CatalogReply>, Status> {
+    admin(&req)?;
+    let span = tracing::info_span!(parent: None, "archive_find", trace_id = Empty);
+    let started = svc
+        .0
+        .in_trace(span, trace::extract(req.metadata()).as_deref(), async {
+            svc.0.linearizable().await?;
+            svc.0.find_in_archive(req.get_ref()).await
+        })
+        .await?;
+    Ok(Response::new(v1::CatalogReply {
+        jobs: started.jobs,
+        agent: started.agents.join(","),
+    }))
+}
+
 pub(super) async fn run_drill(
     svc: &Services,
     req: Request<v1::DrillRequest>,

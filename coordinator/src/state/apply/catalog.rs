@@ -168,6 +168,7 @@ impl FleetState {
             | CatalogTask::CollectOrphans { .. }
             | CatalogTask::Restore(_)
             | CatalogTask::RestoreAt(_)
+            | CatalogTask::Find(_)
             | CatalogTask::Node(_)
             | CatalogTask::Probe(_) => {}
         }
@@ -224,6 +225,7 @@ fn task_regions(task: &CatalogTask) -> Vec<String> {
         CatalogTask::Repair { to, .. } => names(to),
         CatalogTask::Restore(r) => names(&r.regions),
         CatalogTask::RestoreAt(r) => names(&r.regions),
+        CatalogTask::Find(r) => names(&r.regions),
         CatalogTask::Node(_) | CatalogTask::Probe(_) => Vec::new(),
         CatalogTask::Verify { regions, .. }
         | CatalogTask::Delete { regions, .. }
