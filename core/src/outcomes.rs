@@ -55,6 +55,14 @@ pub struct OnlineReport {
     pub functions: u64,
     /// Module auxiliary data skipped (the modules' own state, not keys).
     pub module_aux_skipped: Vec<String>,
+    /// Whether values were written as commands (SET, RPUSH, HSET, XADD, …) because the target
+    /// cannot read the backup's RDB version.
+    pub as_commands: bool,
+    /// Keys no command could write into the target (a module's value, a hash field's expiry
+    /// on a server without HPEXPIREAT): left out.
+    pub refused: u64,
+    /// The first of them, each with why.
+    pub refused_keys: Vec<String>,
     /// Tail commands replayed.
     pub tail_commands: u64,
     /// Tail commands left out because they write to a key that was in the target before the
@@ -233,8 +241,27 @@ impl OnlineRestoreReport {
     /// shard's count and its first keys.
     pub fn conflict_problem(&self) -> Option<String> {
         let skipped: u64 = self.shards.iter().map(|s| s.applied.tail_skipped).sum();
+        let refused: Vec<String> = self
+            .shards
+            .iter()
+            .filter(|s| s.applied.refused > 0)
+            .map(|s| {
+                format!(
+                    "shard {}: {} keys the target's commands cannot write, left out ({})",
+                    s.read.shard,
+                    s.applied.refused,
+                    s.applied.refused_keys.join("; ")
+                )
+            })
+            .collect();
         if self.conflicts == 0 && skipped == 0 {
-            return None;
+            return (!refused.is_empty()).then(|| {
+                format!(
+                    "{} keys restored; {}: restore them into a server that reads the backup's RDB version",
+                    self.keys,
+                    refused.join("; ")
+                )
+            });
         }
         let per: Vec<String> = self
             .shards

@@ -61,6 +61,22 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Whether it loads RDB version `v` (a file, or a `RESTORE` payload): up to its own within
+    /// its numbering. Valkey 9 reads Redis's 11 and older and its own 80 but not 12 to 79, which
+    /// Redis 7.4 and later write; Redis reads nothing of Valkey's 80.
+    pub fn reads_rdb(&self, v: u16) -> bool {
+        let Some(own) = self.rdb_version() else {
+            return false;
+        };
+        if own >= 80 {
+            v <= 11 || (80..=own).contains(&v)
+        } else {
+            v <= own
+        }
+    }
+}
+
 impl std::fmt::Display for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self.flavour {

@@ -90,16 +90,16 @@ pub async fn restore_online(
     let started = Instant::now();
     let mut t = Target::open(target).await?;
     let (mut rx, version, size) = read_in_thread(rdb)?;
-    if version > t.rdb_version {
-        return Err(Error::Input(format!(
-            "the backup is RDB version {version} but {target} reads at most {}: restore into a Redis as new as the backup's source",
-            t.rdb_version
-        )));
+    // A target that cannot read the backup's RDB version gets each value as commands.
+    let as_commands = !t.server.reads_rdb(version);
+    if as_commands {
+        super::commands::load_script(&mut t).await?;
     }
     let mut report = OnlineReport {
         target: target.to_string(),
         cluster: t.slots.is_some(),
         nodes: t.nodes.len(),
+        as_commands,
         ..Default::default()
     };
     let commands = tail.map(read_tail).transpose()?;
@@ -284,9 +284,27 @@ pub(super) async fn restore_entry(
         && let Ok(fleetsnap_core::rdbread::Value::String(v)) = e.value()
     {
         n.hold_string(e.key, v, opts.replace_existing);
+    } else if let Some(sha) = &t.script {
+        // A target that cannot read the backup's RDB version: the value as commands.
+        if let Err(why) = super::commands::encode(
+            &mut n.buf,
+            &mut n.pending,
+            sha,
+            &e,
+            opts.replace_existing,
+            t.field_expiry,
+        ) {
+            report.keys -= 1;
+            report.refused += 1;
+            if report.refused_keys.len() < CONFLICTS_NAMED {
+                report
+                    .refused_keys
+                    .push(format!("{:?} in db {}: {why}", e.key_lossy(), e.db));
+            }
+        }
     } else {
         // Stamped with the target's own version, which it always accepts: the payload's encoding
-        // is at most as new (the file's version was checked against the target's up front).
+        // is at most as new (the target reads the file's version, checked up front).
         encode_restore(&mut n.buf, &e, version, opts.replace_existing);
         n.pending.push(Pending::Key(e.db, e.key));
     }

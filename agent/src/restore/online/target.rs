@@ -219,7 +219,7 @@ pub(super) fn hint(e: &str) -> &'static str {
     if e.starts_with("OOM") {
         " (the target reached maxmemory: raise it or restore into a larger target)"
     } else if e.contains("payload version") {
-        " (the target is an older Redis than the backup's source: restore into Redis of the same version or newer)"
+        " (the target refuses the payload's RDB version though the version INFO server gives reads it: a proxy in front may answer INFO for another server)"
     } else if e.starts_with("MOVED") || e.starts_with("ASK") {
         " (the target's slots moved during the restore: wait for resharding to end and run it again)"
     } else {
@@ -232,6 +232,12 @@ pub(crate) struct Target {
     pub(super) nodes: Vec<Node>,
     pub(super) slots: Option<Vec<u16>>,
     pub(super) rdb_version: u16,
+    /// The server (a cluster's: its first node's).
+    pub(super) server: fleetsnap_core::server::Server,
+    /// The SHA1 of the commands script on every primary, once values go as commands.
+    pub(super) script: Option<Vec<u8>>,
+    /// Whether hash field expiries can be written (HPEXPIREAT), once values go as commands.
+    pub(super) field_expiry: bool,
     /// Keys the tail writes to (merging into a target that keeps its own keys), and those of
     /// them the RDB restored or tried to.
     pub(super) watch: std::sync::Arc<HashSet<DbKey>>,
@@ -257,8 +263,10 @@ impl Target {
     pub(crate) async fn open(t: &RedisTarget) -> Result<Self> {
         let mut first = node(t).await?;
         let server = first.conn.info("server").await?;
-        let version = fleetsnap_core::server::Server::from_info(|k| info_field(&server, k))
-            .and_then(|s| s.rdb_version())
+        let server = fleetsnap_core::server::Server::from_info(|k| info_field(&server, k))
+            .ok_or_else(|| Error::redis(t, "INFO server gives no version"))?;
+        let version = server
+            .rdb_version()
             .ok_or_else(|| Error::redis(t, "INFO server gives no version"))?;
         let cluster = first.conn.info("cluster").await?;
         if info_field(&cluster, "cluster_enabled") != Some("1") {
@@ -266,6 +274,9 @@ impl Target {
                 nodes: vec![first],
                 slots: None,
                 rdb_version: version,
+                field_expiry: false,
+                server,
+                script: None,
                 watch: Default::default(),
                 in_rdb: HashSet::new(),
             });
@@ -322,6 +333,9 @@ impl Target {
             nodes,
             slots: Some(slots),
             rdb_version: version,
+            field_expiry: false,
+            server,
+            script: None,
             watch: Default::default(),
             in_rdb: HashSet::new(),
         })
