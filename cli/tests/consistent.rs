@@ -288,6 +288,48 @@ url = "file://{}"
     let actual: Vec<&RedisServer> = five.nodes.iter().collect();
     assert_same_data_across(&expected, &actual).await.unwrap();
 
+    // Into a cluster of the other server: Valkey 8.1's RDB 11 into Redis 7.0, which reads 10,
+    // goes as commands; Redis 7.0's into Valkey as RESTORE. The same data either way.
+    let other = match flavour {
+        Flavour::Valkey => Flavour::Redis,
+        _ => Flavour::Valkey,
+    };
+    let across = RedisCluster::start_with(
+        3,
+        0,
+        RedisOptions {
+            flavour: other,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let out = restore(
+        &[
+            "--from",
+            &from,
+            "--backup",
+            &id,
+            "--online",
+            &across.nodes[0].url(),
+            "--json",
+        ],
+        &[],
+    )
+    .unwrap();
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for s in out["shards"].as_array().unwrap() {
+        assert_eq!(
+            s["applied"]["as_commands"],
+            flavour == Flavour::Valkey,
+            "{out:#}"
+        );
+    }
+    let nodes: Vec<&RedisServer> = across.nodes.iter().collect();
+    assert_same_data_across(&expected, &nodes).await.unwrap();
+    drop(nodes);
+    drop(across);
+
     // One key of each source shard deleted from the target, then the set restored again, through
     // the agent and through the coordinator: every shard's missing key comes back, the keys
     // already there are left alone and counted, and the exit code says the restore is not whole.
