@@ -8,6 +8,8 @@
 #   scripts/bench.sh archive [--shards 3,16] [--rate 10000,50000] [--seconds 15] [--rto-mib 256]
 #                                                                     archive lag, CPU per MB, restore-to-time RTO
 #   scripts/bench.sh scan [--size-mib 512] [--repeat 3] [--rate N]    the scan source against redis-cli --rdb
+#   scripts/bench.sh crossver [--keys 200000] [--members 10] [--repeat 3]
+#                                                                     a Valkey 8.1 backup into Redis 7.0 as commands, against RESTORE
 #   (snapshot and restore take --baseline-agent PATH: an earlier agent's rows, run for run;
 #    snapshot takes --cores 1,2,4: the agent pinned with taskset, and --file-only)
 set -euo pipefail
@@ -41,6 +43,14 @@ if [ "${1:-}" = scan ]; then
     cargo build --release --quiet -p fleetsnap-agent --bin fleetsnap-agent
     cargo build --release --quiet -p fleetsnap-bench --bin scan
     exec target/release/scan --agent target/release/fleetsnap-agent "$@"
+fi
+if [ "${1:-}" = crossver ]; then
+    shift
+    # Valkey's valkey-server comes with the test parts.
+    scripts/setup.sh test
+    cargo build --release --quiet -p fleetsnap-agent --bin fleetsnap-agent
+    cargo build --release --quiet -p fleetsnap-bench --bin crossver
+    exec target/release/crossver --agent target/release/fleetsnap-agent "$@"
 fi
 if [ "${1:-}" = client ]; then
     shift

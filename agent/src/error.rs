@@ -11,6 +11,9 @@ pub enum Error {
     /// Talking to a Redis node failed.
     #[error("Redis {target}: {message}")]
     Redis { target: String, message: String },
+    /// The node refuses replication (the command renamed or disabled, or not granted).
+    #[error("Redis {target}: {message}")]
+    SyncRefused { target: String, message: String },
     /// A storage destination failed.
     #[error("destination {dest}: {message}")]
     Storage { dest: String, message: String },

@@ -2,7 +2,8 @@
 //! and `BGSAVE` renamed away): the snapshot restores equal key by key when nothing writes, and
 //! under writes holds every key that was not written during the scan, each as it was; the
 //! manifest and the report say the set is not one point in time. A service that grants a renamed
-//! `PSYNC` is snapshotted through the replication source with `?psync_command=`.
+//! `PSYNC` is snapshotted through the replication source with `?psync_command=`; `--source auto`
+//! scans only a node that refuses replication.
 
 mod common;
 
@@ -90,6 +91,57 @@ async fn a_server_without_sync_or_bgsave_is_backed_up_by_scan() {
         .ok();
     let restored = restore_and_load(None, &[&dest], &id, work.path(), &[]).await;
     assert_same_data(&server, &restored).await.unwrap();
+}
+
+/// `--source auto`: replication where the node allows it; a scan where it refuses, said in the
+/// report's notes and recorded as a scan in the manifest; either restores equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_scans_only_the_node_that_refuses_replication() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("region");
+    let dest = format!("file://{}", root.display());
+    let data = Dataset {
+        small_keys: 2_000,
+        big_value_bytes: 64 << 10,
+    };
+    for (refuses, server) in [
+        (true, managed().await),
+        (false, RedisServer::start().await.unwrap()),
+    ] {
+        write_dataset(&server, &data).await.unwrap();
+        let j = agent(
+            None,
+            &[
+                "snapshot",
+                "--redis",
+                &server.url(),
+                "--source",
+                "auto",
+                "--to",
+                &dest,
+                "--json",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+        let id = j["backup_id"].as_str().unwrap().to_string();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(root.join("standalone").join(&id).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let want = if refuses { "scan" } else { "replication" };
+        assert_eq!(j["source_kind"], want, "{j:#}");
+        assert_eq!(manifest["shards"][0]["source_kind"], want);
+        let said = j["notes"].to_string();
+        assert_eq!(
+            said.contains("source auto") && said.contains("not one point in time"),
+            refuses,
+            "{j:#}"
+        );
+        let restored = restore_and_load(None, &[&dest], &id, work.path(), &[]).await;
+        assert_same_data(&server, &restored).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -246,9 +246,10 @@ pub struct Policy {
     /// Zones to prefer among equally fresh nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preferred_zones: Vec<String>,
-    /// `replication` (default), `bgsave-file` (for servers that refuse SYNC) or `scan` (for
+    /// `replication` (default), `bgsave-file` (for servers that refuse SYNC), `scan` (for
     /// servers that refuse SYNC, PSYNC and BGSAVE: SCAN, DUMP and PTTL; each key consistent, the
-    /// set not one point in time).
+    /// set not one point in time) or `auto` (replication, and a scan of each node that refuses
+    /// it, said so in the set's notes).
     #[serde(default = "default_source")]
     pub source: String,
     /// Which sets are kept.
@@ -488,9 +489,12 @@ impl Policy {
                 self.destinations.len()
             )));
         }
-        if !matches!(self.source.as_str(), "replication" | "bgsave-file" | "scan") {
+        if !matches!(
+            self.source.as_str(),
+            "replication" | "bgsave-file" | "scan" | "auto"
+        ) {
             return Err(err(format!(
-                "source {:?}: replication, bgsave-file or scan (for servers that refuse SYNC, PSYNC and BGSAVE; not one point in time)",
+                "source {:?}: replication, bgsave-file, scan (for servers that refuse SYNC, PSYNC and BGSAVE; not one point in time) or auto (replication, and scan where a node refuses it)",
                 self.source
             )));
         }

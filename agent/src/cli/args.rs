@@ -377,8 +377,9 @@ pub(super) struct SnapshotArgs {
     #[arg(long = "to", value_name = "DEST", required = true)]
     pub(super) to: Vec<String>,
     /// replication (PSYNC, default), bgsave-file, scan (SCAN, DUMP and PTTL, for servers that
-    /// refuse SYNC, PSYNC and BGSAVE: each key consistent, the set not one point in time), or
-    /// file:PATH (an RDB or an AOF directory).
+    /// refuse SYNC, PSYNC and BGSAVE: each key consistent, the set not one point in time), auto
+    /// (replication, or a scan where the node refuses it, said so), or file:PATH (an RDB or an
+    /// AOF directory).
     #[arg(long, default_value = "replication")]
     pub(super) source: String,
     /// scan: the most DUMP and PTTL commands a second (the load the node takes).

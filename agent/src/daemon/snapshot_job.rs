@@ -64,9 +64,10 @@ pub(super) async fn run(shared: &Arc<Shared>, id: u64, s: SnapshotSpec) -> Resul
         "" | "replication" => SourceKind::Replication,
         "bgsave-file" => SourceKind::BgsaveFile,
         "scan" => SourceKind::Scan,
+        "auto" => SourceKind::Auto,
         other => {
             return Err(Error::Input(format!(
-                "job source {other:?}: a coordinator job takes replication, bgsave-file or scan"
+                "job source {other:?}: a coordinator job takes replication, bgsave-file, scan or auto"
             )));
         }
     };

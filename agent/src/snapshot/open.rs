@@ -54,6 +54,8 @@ pub enum Prepared {
     File(PathBuf),
     /// A scan of this node's keys when started.
     Scan(RedisTarget),
+    /// `auto` on a node that refused replication while being prepared: a scan when started.
+    ScanInstead(RedisTarget, Error),
 }
 
 /// See [`Prepared::Replication`].
@@ -62,6 +64,8 @@ pub struct PreparedReplication {
     info: SourceInfo,
     /// `PSYNC` already left, at the window's instant.
     psync_sent: bool,
+    /// `auto`: a refused `PSYNC` turns into a scan.
+    scan_if_refused: bool,
 }
 
 /// `PSYNC ? -1` under the name the node gives it.
@@ -80,6 +84,24 @@ pub async fn prepare(
         SourceKind::Replication => Ok(Prepared::Replication(Box::new(
             prepare_replication(need_target(target)?, keep_stream).await?,
         ))),
+        SourceKind::Auto if !keep_stream => {
+            let target = need_target(target)?;
+            match prepare_replication(target, false).await {
+                Ok(mut p) => {
+                    p.scan_if_refused = true;
+                    p.info.kind = Some("replication");
+                    Ok(Prepared::Replication(Box::new(p)))
+                }
+                Err(e @ Error::SyncRefused { .. }) => Ok(Prepared::ScanInstead(target.clone(), e)),
+                Err(e) => Err(e),
+            }
+        }
+        // A consistent cut needs the stream: replication, without a fallback.
+        SourceKind::Auto => {
+            let mut p = prepare_replication(need_target(target)?, keep_stream).await?;
+            p.info.kind = Some("replication");
+            Ok(Prepared::Replication(Box::new(p)))
+        }
         _ if keep_stream => Err(Error::Input(format!(
             "a consistent cut reads the replication stream; source {} cannot give one",
             kind.name()
@@ -115,22 +137,10 @@ impl Prepared {
     pub async fn start(self, opts: &SourceOptions) -> Result<OpenedSource> {
         match self {
             Prepared::Replication(p) => p.start(opts).await,
+            Prepared::ScanInstead(target, why) => scan_instead(&target, why, opts).await,
             Prepared::Bgsave(target) => open_bgsave(&target, opts).await,
             Prepared::File(path) => open_file(&path).await,
-            Prepared::Scan(target) => {
-                let (s, stream) = super::scan::open_scan(&target, opts.max_ops_per_sec).await?;
-                Ok(OpenedSource {
-                    info: SourceInfo {
-                        node: target.address(),
-                        run_id: s.run_id,
-                        redis_version: Some(s.redis_version),
-                        server: Some(s.server.to_string()),
-                        notes: vec![super::scan::NOT_POINT_IN_TIME.to_string()],
-                        ..Default::default()
-                    },
-                    objects: vec![(ObjectKind::Rdb, ByteSource::Scan(Box::new(stream)))],
-                })
-            }
+            Prepared::Scan(target) => open_scan_source(&target, opts).await,
         }
     }
 }
@@ -149,13 +159,45 @@ async fn server_facts(conn: &mut Connection, info: &mut SourceInfo) -> Result<()
 }
 
 fn sync_refused(target: &RedisTarget, e: &str) -> Error {
-    Error::redis(
-        target,
-        format!(
-            "the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source bgsave-file where SYNC is disabled (managed services)",
+    Error::SyncRefused {
+        target: target.to_string(),
+        message: format!(
+            "the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source scan (or auto) where SYNC, PSYNC and BGSAVE are disabled (managed services)",
             refusal_hint(e)
         ),
-    )
+    }
+}
+
+/// A scan of `target`'s keys.
+async fn open_scan_source(target: &RedisTarget, opts: &SourceOptions) -> Result<OpenedSource> {
+    let (s, stream) = super::scan::open_scan(target, opts.max_ops_per_sec).await?;
+    Ok(OpenedSource {
+        info: SourceInfo {
+            node: target.address(),
+            run_id: s.run_id,
+            redis_version: Some(s.redis_version),
+            server: Some(s.server.to_string()),
+            notes: vec![super::scan::NOT_POINT_IN_TIME.to_string()],
+            ..Default::default()
+        },
+        objects: vec![(ObjectKind::Rdb, ByteSource::Scan(Box::new(stream)))],
+    })
+}
+
+/// `auto`'s scan of a node that refused replication (`why`), said so in its notes.
+async fn scan_instead(
+    target: &RedisTarget,
+    why: Error,
+    opts: &SourceOptions,
+) -> Result<OpenedSource> {
+    tracing::info!(node = %target, %why, "the node refuses replication; scanning it instead (source auto)");
+    let mut s = open_scan_source(target, opts).await?;
+    s.info.kind = Some("scan");
+    s.info.notes.insert(
+        0,
+        format!("source auto: {why}; read with SCAN, DUMP and PTTL instead"),
+    );
+    Ok(s)
 }
 
 /// The next line that is not a bare newline (a node sends those as keepalives while it forks
@@ -211,6 +253,7 @@ async fn prepare_replication(
         conn,
         info,
         psync_sent: false,
+        scan_if_refused: false,
     })
 }
 
@@ -220,13 +263,20 @@ impl PreparedReplication {
             mut conn,
             info,
             psync_sent,
+            scan_if_refused,
         } = self;
         let t = conn.target().clone();
         let psync = full_psync(&t);
         if !psync_sent {
             conn.send(&psync).await?;
         }
-        let line = psync_answer(&mut conn, opts, &psync).await?;
+        let line = match psync_answer(&mut conn, opts, &psync).await {
+            Err(e @ Error::SyncRefused { .. }) if scan_if_refused => {
+                drop(conn);
+                return scan_instead(&t, e, opts).await;
+            }
+            line => line?,
+        };
         after_fullresync(conn, info, &line, opts).await
     }
 }

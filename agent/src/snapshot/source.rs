@@ -29,6 +29,8 @@ pub enum SourceKind {
     /// Every key read with `SCAN`, `DUMP` and `PTTL`, written as an RDB (servers that refuse
     /// `SYNC`, `PSYNC` and `BGSAVE`): each key consistent, the set not one point in time.
     Scan,
+    /// Replication, or a scan where the node refuses replication (a managed service), said so.
+    Auto,
 }
 
 impl FromStr for SourceKind {
@@ -38,10 +40,11 @@ impl FromStr for SourceKind {
             "replication" => Ok(Self::Replication),
             "bgsave-file" => Ok(Self::BgsaveFile),
             "scan" => Ok(Self::Scan),
+            "auto" => Ok(Self::Auto),
             _ => match s.strip_prefix("file:") {
                 Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
                 _ => Err(Error::Input(format!(
-                    "source {s:?} is not valid: use replication, bgsave-file, scan or file:PATH"
+                    "source {s:?} is not valid: use replication, bgsave-file, scan, auto or file:PATH"
                 ))),
             },
         }
@@ -56,6 +59,7 @@ impl SourceKind {
             Self::BgsaveFile => "bgsave-file",
             Self::File(_) => "file",
             Self::Scan => "scan",
+            Self::Auto => "auto",
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct SourceInfo {
     pub server: Option<String>,
     /// Notes worth telling the operator (e.g. a reused BGSAVE).
     pub notes: Vec<String>,
+    /// The source read, where it is not the one asked for (`auto` that scanned).
+    pub kind: Option<&'static str>,
 }
 
 /// One object's bytes, read in chunks.

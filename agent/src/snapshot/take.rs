@@ -304,7 +304,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         vec![ShardEntry {
             shard: req.shard.clone(),
             source_node: info.node.clone(),
-            source_kind: req.source.name().into(),
+            source_kind: info.kind.unwrap_or(req.source.name()).into(),
             run_id: info.run_id.clone(),
             replid: info.replid.clone(),
             start_offset: info.offset,
@@ -367,7 +367,7 @@ pub async fn snapshot(req: &SnapshotRequest, progress: Arc<Progress>) -> Result<
         cluster: req.cluster.to_string(),
         shard: req.shard.to_string(),
         source: info.node,
-        source_kind: req.source.name(),
+        source_kind: info.kind.unwrap_or(req.source.name()),
         raw_bytes,
         rdb_version,
         rdb_checksum,

@@ -1,0 +1,166 @@
+//! The online restore across versions against its floor: one Valkey 8.1 backup (RDB 11) restored
+//! online into Valkey 8.1, which reads it (`RESTORE`, the floor), and into Redis 7.0, which does
+//! not (each value written as commands). The dataset is hashes, lists, sets and sorted sets of
+//! `--members` members each (strings would go as batched MSETNX either way). Run with
+//! `scripts/bench.sh crossver`; prints a Markdown table (medians of `--repeat` runs).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fleetsnap_agent::redis::Value;
+use fleetsnap_testkit::RedisServer;
+use fleetsnap_testkit::redis::RedisOptions;
+
+#[derive(Parser)]
+struct Args {
+    /// Keys (a quarter each of hashes, lists, sets and sorted sets).
+    #[arg(long, default_value_t = 200_000)]
+    keys: u64,
+    /// Members of each key.
+    #[arg(long, default_value_t = 10)]
+    members: u64,
+    /// Runs per row; the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Where the fleetsnap-agent binary is (built with --release).
+    #[arg(long, default_value = "target/release/fleetsnap-agent")]
+    agent: PathBuf,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<(f64, String)> {
+    let started = Instant::now();
+    let out = cmd.output().context("start the command")?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+async fn dbsize(s: &RedisServer) -> anyhow::Result<i64> {
+    match s.cmd(&["DBSIZE"]).await? {
+        Value::Int(n) => Ok(n),
+        v => bail!("DBSIZE answered {v:?}"),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let source = RedisServer::start_with(RedisOptions::default().valkey()).await?;
+    let mut c = source.conn().await?;
+    let mut k = 0u64;
+    while k < a.keys {
+        let end = (k + 1000).min(a.keys);
+        let batch: Vec<Vec<Vec<u8>>> = (k..end)
+            .map(|k| {
+                let mut cmd: Vec<Vec<u8>> = Vec::new();
+                let (name, pairs) = match k % 4 {
+                    0 => ("HSET", true),
+                    1 => ("RPUSH", false),
+                    2 => ("SADD", false),
+                    _ => ("ZADD", true),
+                };
+                cmd.push(name.into());
+                cmd.push(format!("key:{k}").into_bytes());
+                for m in 0..a.members {
+                    if pairs {
+                        cmd.push(if name == "ZADD" {
+                            format!("{}.25", m * 3).into_bytes()
+                        } else {
+                            format!("field-{m}").into_bytes()
+                        });
+                    }
+                    cmd.push(format!("member-{m}-of-{k}-{}", "x".repeat(24)).into_bytes());
+                }
+                cmd
+            })
+            .collect();
+        c.send_pipeline(&batch).await?;
+        for _ in k..end {
+            if let Value::Error(e) = c.read_value().await? {
+                bail!("filling the source: {e}");
+            }
+        }
+        k = end;
+    }
+    let keys = dbsize(&source).await?;
+    let work = tempfile::tempdir()?;
+    let dest = format!("file://{}", work.path().join("region").display());
+    let (_, out) = run(Command::new(&a.agent).args([
+        "snapshot",
+        "--redis",
+        &source.url(),
+        "--to",
+        &dest,
+        "--json",
+    ]))?;
+    let snap: serde_json::Value = serde_json::from_str(&out)?;
+    let id = snap["backup_id"]
+        .as_str()
+        .context("the snapshot printed no backup_id")?
+        .to_string();
+    let rdb_mib = snap["raw_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64;
+
+    let valkey = RedisServer::start_with(RedisOptions::default().valkey()).await?;
+    let redis = RedisServer::start().await?;
+    let mut rows: Vec<(&str, &RedisServer, Vec<f64>)> = vec![
+        ("into Valkey 8.1: RESTORE (floor)", &valkey, Vec::new()),
+        ("into Redis 7.0: as commands", &redis, Vec::new()),
+    ];
+    for _ in 0..a.repeat {
+        for (name, target, times) in rows.iter_mut() {
+            target.cmd(&["FLUSHALL"]).await?;
+            let (t, out) = run(Command::new(&a.agent).args([
+                "restore",
+                "--from",
+                &dest,
+                "--backup",
+                &id,
+                "--online",
+                &target.url(),
+                "--json",
+            ]))?;
+            let report: serde_json::Value = serde_json::from_str(&out)?;
+            let as_commands = report["shards"][0]["applied"]["as_commands"] == true;
+            if as_commands != name.contains("commands") {
+                bail!("{name}: the restore's as_commands is {as_commands}: {report:#}");
+            }
+            let n = dbsize(target).await?;
+            if n != keys {
+                bail!("{name}: {n} keys restored of {keys}");
+            }
+            times.push(t);
+        }
+    }
+    let floor = median(rows[0].2.clone());
+    println!(
+        "{keys} keys of {} members, RDB {rdb_mib:.0} MiB, median of {} runs\n",
+        a.members, a.repeat
+    );
+    println!("| restore | seconds | keys/s | speed against the floor |");
+    println!("|---|---|---|---|");
+    for (name, _, times) in &rows {
+        let t = median(times.clone());
+        println!(
+            "| {name} | {t:.2} | {:.0} | {:.2}x |",
+            keys as f64 / t,
+            floor / t
+        );
+    }
+    Ok(())
+}
