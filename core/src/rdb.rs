@@ -3,8 +3,38 @@
 
 use crc_fast::{CrcAlgorithm, Digest};
 
-/// The highest RDB format version this verifier accepts (Redis 7.4 writes 12).
-pub const MAX_RDB_VERSION: u16 = 12;
+/// The highest `REDIS` RDB format version this verifier accepts (Redis 7.4 to 8.2 write 12; a
+/// 13 is read with 12's types, and a type byte it does not know stops the key census there).
+pub const MAX_RDB_VERSION: u16 = 13;
+
+/// The `VALKEY` RDB format versions read (Valkey 9 writes 80; Valkey's numbering leaves 12 to
+/// 79 to Redis, whose types there mean other things).
+pub const VALKEY_RDB_VERSIONS: std::ops::RangeInclusive<u16> = 80..=80;
+
+/// An RDB file's magic and format version: `REDIS` and four digits, or (Valkey 9 and later)
+/// `VALKEY` and three. `true` with a `VALKEY` magic.
+pub fn magic_version(head: &[u8]) -> Option<(bool, u16)> {
+    let (valkey, digits) = if let Some(d) = head.strip_prefix(b"VALKEY") {
+        (true, d)
+    } else {
+        (false, head.strip_prefix(b"REDIS")?)
+    };
+    let want = if valkey { 3 } else { 4 };
+    if digits.len() < want || !digits[..want].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = std::str::from_utf8(&digits[..want]).ok()?.parse().ok()?;
+    Some((valkey, v))
+}
+
+/// Whether this reader takes RDB format `version` under its magic.
+pub fn version_supported(valkey: bool, version: u16) -> bool {
+    if valkey {
+        VALKEY_RDB_VERSIONS.contains(&version)
+    } else {
+        (1..=MAX_RDB_VERSION).contains(&version)
+    }
+}
 
 /// First RDB version with a CRC-64 trailer.
 const FIRST_CHECKSUMMED_VERSION: u16 = 5;
@@ -16,10 +46,12 @@ const OPCODE_EOF: u8 = 0xff;
 /// Why a byte stream is not a valid RDB file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RdbError {
-    #[error("not an RDB snapshot: it does not start with the REDIS magic (first bytes {0:?})")]
+    #[error(
+        "not an RDB snapshot: it does not start with the REDIS or VALKEY magic (first bytes {0:?})"
+    )]
     BadMagic(String),
     #[error(
-        "RDB format version {0} is not supported (this fleetsnap reads 1 to {MAX_RDB_VERSION}): upgrade fleetsnap"
+        "RDB format version {0} is not supported (this fleetsnap reads REDIS 1 to {MAX_RDB_VERSION} and VALKEY 80): upgrade fleetsnap"
     )]
     UnsupportedVersion(u16),
     #[error("RDB snapshot is truncated: {0} bytes is shorter than a header and trailer")]
@@ -95,7 +127,9 @@ impl RdbVerifier {
             self.header.extend_from_slice(&data[..take]);
             if self.header.len() == HEADER_LEN {
                 self.version = Some(parse_header(&self.header)?);
-            } else if !b"REDIS".starts_with(&self.header[..self.header.len().min(5)]) {
+            } else if !b"REDIS".starts_with(&self.header[..self.header.len().min(5)])
+                && !b"VALKEY".starts_with(&self.header[..self.header.len().min(6)])
+            {
                 return Err(RdbError::BadMagic(printable(&self.header)));
             }
         }
@@ -164,18 +198,9 @@ impl RdbVerifier {
 }
 
 fn parse_header(header: &[u8]) -> Result<u16, RdbError> {
-    if &header[..5] != b"REDIS" {
-        return Err(RdbError::BadMagic(printable(header)));
-    }
-    let digits = &header[5..9];
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return Err(RdbError::BadMagic(printable(header)));
-    }
-    let version: u16 = std::str::from_utf8(digits)
-        .expect("ascii digits")
-        .parse()
-        .expect("four digits");
-    if version == 0 || version > MAX_RDB_VERSION {
+    let (valkey, version) =
+        magic_version(header).ok_or_else(|| RdbError::BadMagic(printable(header)))?;
+    if !version_supported(valkey, version) {
         return Err(RdbError::UnsupportedVersion(version));
     }
     Ok(version)
@@ -185,12 +210,21 @@ fn printable(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The nine bytes an RDB of `version` starts with: `REDIS0011`, or `VALKEY080` from 80 on.
+pub fn rdb_magic(version: u16) -> Vec<u8> {
+    if VALKEY_RDB_VERSIONS.contains(&version) {
+        format!("VALKEY{version:03}").into_bytes()
+    } else {
+        format!("REDIS{version:04}").into_bytes()
+    }
+}
+
 /// Builds a valid empty RDB of the given version (header, EOF opcode, CRC-64 trailer).
 ///
 /// Used where a snapshot has no RDB part, e.g. an AOF whose base is plain commands: the stored
 /// RDB is then empty and the commands travel as the tail.
 pub fn empty_rdb(version: u16) -> Vec<u8> {
-    let mut out = format!("REDIS{version:04}").into_bytes();
+    let mut out = rdb_magic(version);
     out.push(OPCODE_EOF);
     let crc = crc_fast::checksum(CrcAlgorithm::Crc64Redis, &out);
     out.extend_from_slice(&crc.to_le_bytes());

@@ -45,10 +45,19 @@ pub enum ReadError {
         "RDB checksum mismatch: the trailer says {stored:016x} but the content hashes to {computed:016x}; the snapshot is corrupt"
     )]
     Checksum { stored: u64, computed: u64 },
+    #[error(
+        "{what} at byte {at} of this {format} file, which fleetsnap does not decode: keys from there on are not read (restore the set whole with `replace` or to a file, on a server of its version)"
+    )]
+    Unsupported {
+        at: u64,
+        format: String,
+        what: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, ReadError>;
 
+const OP_SLOT_IMPORT: u8 = 243;
 const OP_SLOT_INFO: u8 = 244;
 const OP_FUNCTION2: u8 = 245;
 const OP_FUNCTION_PRE_GA: u8 = 246;
@@ -192,6 +201,8 @@ pub enum Item {
 pub struct RdbReader<R: Read> {
     src: Stream<R>,
     version: u16,
+    /// A `VALKEY` magic (Valkey 9 and later), whose types past 21 are not Redis's.
+    valkey: bool,
     db: u64,
     done: bool,
     decode: bool,
@@ -260,24 +271,48 @@ impl<R: Read> RdbReader<R> {
         };
         let mut head = [0u8; 9];
         src.fill(&mut head)?;
-        if &head[..5] != b"REDIS" {
-            return Err(ReadError::BadMagic);
-        }
-        let version = std::str::from_utf8(&head[5..])
-            .ok()
-            .and_then(|v| v.parse::<u16>().ok())
-            .ok_or(ReadError::BadMagic)?;
-        if version == 0 || version > MAX_RDB_VERSION {
+        let (valkey, version) = crate::rdb::magic_version(&head).ok_or(ReadError::BadMagic)?;
+        if !crate::rdb::version_supported(valkey, version) {
             return Err(ReadError::Version(version));
         }
         Ok(Self {
             src,
             version,
+            valkey,
             db: 0,
             done: false,
             decode: false,
             skip_modules: false,
         })
+    }
+
+    /// What a value's type byte `t` is where this reader does not decode it: a Valkey file's
+    /// types past Redis 7.2's (22 is Valkey 9's hash with field expiries, not Redis's), and a
+    /// type a Redis file newer than 12 brings.
+    fn foreign_type(&self, t: u8) -> Option<String> {
+        if self.valkey && t >= 22 {
+            Some(if t == 22 {
+                "a hash with field expiries (Valkey 9, type 22)".to_string()
+            } else {
+                format!("a value of Valkey type {t}")
+            })
+        } else if !self.valkey && self.version > 12 && t > HASH_LISTPACK_EX && t < OP_SLOT_IMPORT {
+            Some(format!("a value of type {t}, new in RDB {}", self.version))
+        } else {
+            None
+        }
+    }
+
+    fn unsupported(&self, what: &str) -> ReadError {
+        ReadError::Unsupported {
+            at: self.src.at,
+            format: if self.valkey {
+                format!("VALKEY{:03}", self.version)
+            } else {
+                format!("REDIS{:04}", self.version)
+            },
+            what: what.to_string(),
+        }
     }
 
     /// The RDB format version.
@@ -353,6 +388,9 @@ impl<R: Read> RdbReader<R> {
                         String::from_utf8_lossy(&v).into_owned(),
                     )));
                 }
+                OP_SLOT_IMPORT if self.valkey => {
+                    return Err(self.unsupported("a slot import in progress (Valkey 9)"));
+                }
                 OP_FUNCTION2 => return Ok(Some(Item::Function(self.src.string()?))),
                 OP_FUNCTION_PRE_GA => {
                     return Err(self.src.corrupt(
@@ -368,6 +406,13 @@ impl<R: Read> RdbReader<R> {
                 }
                 t => {
                     let key = self.src.string()?;
+                    if let Some(what) = self.foreign_type(t) {
+                        return Err(self.unsupported(&format!(
+                            "key {:?} (db {}) holds {what}",
+                            String::from_utf8_lossy(&key),
+                            self.db
+                        )));
+                    }
                     if t == MODULE_2 && self.skip_modules {
                         let id = self.src.len()?;
                         skip_module_value(&mut self.src)?;
@@ -1348,6 +1393,96 @@ mod tests {
 
     fn strs(v: &[&str]) -> Vec<Vec<u8>> {
         v.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    /// A file as the published formats lay it out: the magic, a `redis-ver` aux field,
+    /// `SELECTDB 0`, `body` (type, key, value), EOF and the CRC-64 trailer.
+    fn file(magic: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = magic.as_bytes().to_vec();
+        out.extend_from_slice(&[OP_AUX, 9]);
+        out.extend_from_slice(b"redis-ver");
+        out.extend_from_slice(&[5]);
+        out.extend_from_slice(b"9.0.0");
+        out.extend_from_slice(&[OP_SELECTDB, 0]);
+        out.extend_from_slice(body);
+        out.push(OP_EOF);
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Redis, &out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// `SET k v` and, after it, a value of type `t` under key `odd` (its bytes: `rest`).
+    fn with_type(magic: &str, t: u8, rest: &[u8]) -> Vec<u8> {
+        let mut body = vec![STRING, 1, b'k', 1, b'v', t, 3];
+        body.extend_from_slice(b"odd");
+        body.extend_from_slice(rest);
+        file(magic, &body)
+    }
+
+    /// Valkey 9's files (`VALKEY080`): Redis 7.2's types decode as they are; type 22 (a hash
+    /// with field expiries, not Redis 7.4's 22) and the slot-import opcode are refused by name,
+    /// after the keys before them; `VALKEY` with a version of Redis's range, or past 80, is not
+    /// read. The verifier takes the same files.
+    #[test]
+    fn valkey_9_files_decode_or_refuse_by_key() {
+        let plain = file("VALKEY080", &[STRING, 1, b'k', 1, b'v']);
+        let items = read_all(&plain).unwrap();
+        assert_eq!(
+            entries(&items),
+            vec![("k".into(), Value::String(b"v".to_vec()))]
+        );
+        assert_eq!(RdbReader::new(&plain[..]).unwrap().version(), 80);
+        let mut v = crate::rdb::RdbVerifier::new();
+        v.update(&plain).unwrap();
+        assert_eq!(v.finish().unwrap().version, 80);
+
+        let hash2 = with_type("VALKEY080", 22, &[1, 1, b'f', 1, b'v']);
+        let mut r = RdbReader::new(&hash2[..]).unwrap();
+        assert!(matches!(r.next_item(), Ok(Some(Item::Aux(..)))));
+        assert!(matches!(r.next_item(), Ok(Some(Item::Entry(_)))));
+        let e = r.next_item().unwrap_err();
+        assert!(matches!(e, ReadError::Unsupported { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("\"odd\"") && text.contains("type 22") && text.contains("VALKEY080"),
+            "{text}"
+        );
+
+        let import = file("VALKEY080", &[OP_SLOT_IMPORT, 0]);
+        let e = read_all(&import).unwrap_err();
+        assert!(e.to_string().contains("slot import"), "{e}");
+
+        for bad in ["VALKEY011", "VALKEY081", "VALKEY999"] {
+            let f = file(bad, &[]);
+            assert!(matches!(read_all(&f), Err(ReadError::Version(_))), "{bad}");
+            let mut v = crate::rdb::RdbVerifier::new();
+            let refused = v.update(&f).and_then(|()| v.finish().map(drop));
+            assert!(refused.is_err(), "{bad}");
+        }
+    }
+
+    /// Redis's 13: the types of 12 decode; one past them is refused by key, not taken for
+    /// corruption; in a 12 file the same byte is corruption. 14 is not read.
+    #[test]
+    fn a_redis_13_file_decodes_what_12_has_and_refuses_new_types_by_key() {
+        let plain = file("REDIS0013", &[STRING, 1, b'k', 1, b'v']);
+        assert_eq!(entries(&read_all(&plain).unwrap()).len(), 1);
+        let newer = with_type("REDIS0013", 26, &[0]);
+        let e = read_all(&newer).unwrap_err();
+        assert!(matches!(e, ReadError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("type 26, new in RDB 13"), "{e}");
+        let old = with_type("REDIS0012", 26, &[0]);
+        assert!(matches!(read_all(&old), Err(ReadError::Corrupt { .. })));
+        // Redis 7.4's 22 in a REDIS file is Redis's hash with field expiries, read as such.
+        let redis22 = with_type("REDIS0012", 22, &[1, 1, b'f', 1, b'v', 0]);
+        assert!(!matches!(
+            read_all(&redis22),
+            Err(ReadError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            read_all(&file("REDIS0014", &[])),
+            Err(ReadError::Version(14))
+        ));
     }
 
     #[test]

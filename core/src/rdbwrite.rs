@@ -65,7 +65,7 @@ fn shown(key: &[u8]) -> String {
 impl RdbWriter {
     /// A file of RDB `version` with these aux fields.
     pub fn new(version: u16, aux: &[(&str, &str)]) -> Self {
-        let mut out = format!("REDIS{version:04}").into_bytes();
+        let mut out = crate::rdb::rdb_magic(version);
         for (k, v) in aux {
             out.push(OPCODE_AUX);
             put_string(&mut out, k.as_bytes());

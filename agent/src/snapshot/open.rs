@@ -668,14 +668,14 @@ async fn open_file(path: &Path) -> Result<OpenedSource> {
         let mut f = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::file("cannot open", path, e))?;
-        let mut magic = [0u8; 5];
+        let mut magic = [0u8; 6];
         let n = f
             .read(&mut magic)
             .await
             .map_err(|e| Error::file("cannot read", path, e))?;
-        if &magic[..n] != b"REDIS" {
+        if !magic[..n].starts_with(b"REDIS") && &magic[..n] != b"VALKEY" {
             return Err(Error::Input(format!(
-                "{} is not an RDB file (it does not start with REDIS); for an AOF, pass its directory (appendonlydir), which holds the manifest",
+                "{} is not an RDB file (it does not start with REDIS or VALKEY); for an AOF, pass its directory (appendonlydir), which holds the manifest",
                 path.display()
             )));
         }

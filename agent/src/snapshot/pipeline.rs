@@ -238,7 +238,8 @@ enum CensusOutcome {
     Counted(Vec<DbDigest>),
     /// Sound as far as it could read, but with module values, which it cannot digest.
     Modules(Vec<String>),
-    /// A module value of the old, not self-describing format: the rest cannot be read.
+    /// A module value of the old, not self-describing format, or a type of a newer format
+    /// this reader does not decode: the rest cannot be read.
     Stopped(String),
     /// Redis would not load it.
     Broken(String),
@@ -254,7 +255,9 @@ impl Census {
             crate::threads::yield_cpu();
             use fleetsnap_core::rdbread::ReadError;
             let classify = |e: ReadError| match e {
-                ReadError::Module { .. } => CensusOutcome::Stopped(e.to_string()),
+                ReadError::Module { .. } | ReadError::Unsupported { .. } => {
+                    CensusOutcome::Stopped(e.to_string())
+                }
                 e => CensusOutcome::Broken(e.to_string()),
             };
             // The encoder's verifier checks the trailer; this reader reads the keys.

@@ -57,10 +57,13 @@ pub(super) async fn open_scan(
         .ok_or_else(|| Error::redis(target, "INFO server gives no version"))?;
     let version = server
         .rdb_version()
-        .filter(|v| *v <= fleetsnap_core::rdb::MAX_RDB_VERSION)
+        .filter(|v| {
+            fleetsnap_core::rdb::version_supported(false, *v)
+                || fleetsnap_core::rdb::VALKEY_RDB_VERSIONS.contains(v)
+        })
         .ok_or_else(|| {
             Error::Input(format!(
-                "{target} runs {server}, whose RDB version this fleetsnap cannot write: a scan snapshot writes RDB up to version {}",
+                "{target} runs {server}, whose RDB version this fleetsnap cannot write: a scan snapshot writes REDIS RDB up to version {} and VALKEY 80",
                 fleetsnap_core::rdb::MAX_RDB_VERSION
             ))
         })?;
