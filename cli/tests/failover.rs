@@ -99,6 +99,7 @@ impl Drop for SentinelProcess {
 /// `sentinel`, a Sentinel monitors the set and the agents' instances name it.
 async fn fleet(
     sentinel: bool,
+    servers: RedisOptions,
 ) -> (
     FleetDir,
     fleetsnap_testkit::fleet::Coordinator,
@@ -109,7 +110,7 @@ async fn fleet(
 ) {
     let fleet = FleetDir::new(&[1], &["a0", "a1", "a2"]).unwrap();
     let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
-    let set = ReplicaSet::start(2, RedisOptions::default()).await.unwrap();
+    let set = ReplicaSet::start(2, servers).await.unwrap();
     let sentinel = if sentinel {
         set.wait_synced().await.unwrap();
         Some(SentinelProcess::start(&set.primary, 2).await)
@@ -205,10 +206,20 @@ async fn a_graceful_failover_through_sentinel_loses_no_acknowledged_write() {
     graceful(true).await;
 }
 
+/// The same runbook on Valkey 8.1 (`REPLICAOF`, `FAILOVER` and `WAIT` as Redis has them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_of_valkey_loses_no_acknowledged_write() {
+    graceful_on(false, RedisOptions::default().valkey()).await;
+}
+
 /// A writer records every acknowledged write through a graceful failover; every one of them must
 /// be on the new primary, and the old one must refuse writes after.
 async fn graceful(with_sentinel: bool) {
-    let (_dir, coordinator, cli, set, agents, sentinel) = fleet(with_sentinel).await;
+    graceful_on(with_sentinel, RedisOptions::default()).await;
+}
+
+async fn graceful_on(with_sentinel: bool, servers: RedisOptions) {
+    let (_dir, coordinator, cli, set, agents, sentinel) = fleet(with_sentinel, servers).await;
     let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
     // A dry run plans without changing anything.
     let o = cli
@@ -368,7 +379,7 @@ async fn graceful(with_sentinel: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_reports_the_replication_lost() {
-    let (_dir, coordinator, cli, mut set, agents, _) = fleet(false).await;
+    let (_dir, coordinator, cli, mut set, agents, _) = fleet(false, RedisOptions::default()).await;
     let _logs = Logs::of(std::slice::from_ref(&coordinator), &agents);
     let write = |n: usize, tag: &'static str| {
         let p = set.primary.target();
@@ -484,10 +495,19 @@ async fn a_forced_failover_reports_the_replication_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_shard_fails_over_through_cluster_failover() {
+    cluster_failover(RedisOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valkey_cluster_shard_fails_over_through_cluster_failover() {
+    cluster_failover(RedisOptions::default().valkey()).await;
+}
+
+async fn cluster_failover(servers: RedisOptions) {
     let ids = ["c1", "c2", "c3", "c4", "c5", "c6"];
     let fleet = FleetDir::new(&[1], &ids).unwrap();
     let (coordinator, cli) = single_node(&fleet, &Default::default()).await.unwrap();
-    let cluster = fleetsnap_testkit::redis::RedisCluster::start(3, 1)
+    let cluster = fleetsnap_testkit::redis::RedisCluster::start_with(3, 1, servers)
         .await
         .unwrap();
     let coords = vec![coordinator.address.clone()];
