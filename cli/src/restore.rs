@@ -446,6 +446,13 @@ pub enum RunbookCmd {
             conflicts_with = "set"
         )]
         at: Option<String>,
+        /// With --at, of a cluster a policy archives: the latest exact point at or before it.
+        #[arg(long, requires = "at")]
+        exact: bool,
+        /// Of a cluster a policy archives: each shard to just before a command `fleetsnap
+        /// archive find` found (SHARD@REPLID:OFFSET; repeat, one per shard).
+        #[arg(long, value_name = "SHARD@REPLID:OFFSET", requires = "cluster", conflicts_with_all = ["at", "set"])]
+        before: Vec<String>,
         /// The new cluster (any node of it): redis://HOST:PORT[?password_file=PATH].
         #[arg(long)]
         target: String,
@@ -548,6 +555,8 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
             set,
             cluster,
             at,
+            exact,
+            before,
             target,
             agent,
             common,
@@ -557,6 +566,8 @@ pub async fn runbook(conn: &Conn, cmd: RunbookCmd) -> Result<ExitCode> {
                 set: set.unwrap_or_default(),
                 cluster: cluster.unwrap_or_default(),
                 at_ms: at.as_deref().map(parse_time).transpose()?.unwrap_or(0),
+                exact,
+                before,
                 target,
                 agent: agent.unwrap_or_default(),
                 ..Default::default()

@@ -501,6 +501,42 @@ impl Node {
             .collect())
     }
 
+    /// The restore of every shard of archived `cluster` to a time (`at_ms`, `exact`: its
+    /// latest exact point) or to just before found commands, in `mode`.
+    pub(in crate::leader) fn restore_at_task(
+        &self,
+        cluster: &str,
+        at_ms: i64,
+        exact: bool,
+        before: &[String],
+        mode: fleetsnap_core::window::RestoreMode,
+    ) -> Result<fleetsnap_core::window::RestoreAtTask, LeaderError> {
+        if exact && at_ms == 0 {
+            return Err(LeaderError::invalid("--exact goes with --at TIME"));
+        }
+        if at_ms != 0 && !before.is_empty() {
+            return Err(LeaderError::invalid("give --at or --before, not both"));
+        }
+        if at_ms == 0 && before.is_empty() {
+            return Err(LeaderError::invalid(
+                "a restore from the archive goes to --at TIME or --before SHARD@REPLID:OFFSET",
+            ));
+        }
+        let regions = self.archive_regions(cluster)?;
+        Ok(fleetsnap_core::window::RestoreAtTask {
+            cluster: fleetsnap_core::ClusterId::new(cluster)
+                .map_err(|e| LeaderError::invalid(format!("--cluster {cluster:?}: {e}")))?,
+            regions,
+            shard: None,
+            at_ms: (at_ms != 0).then_some(at_ms),
+            exact,
+            before: before.to_vec(),
+            db: None,
+            pattern: None,
+            mode,
+        })
+    }
+
     /// `fleetsnap archive find`: one job, on an agent that archives the cluster when one is
     /// connected, that reads the regions for the commands named.
     pub(crate) async fn find_in_archive(
@@ -596,24 +632,23 @@ impl Node {
                 "a restore to a time from the archive names the cluster (--cluster C), not a set",
             ));
         }
-        if r.exact && r.at_ms == 0 {
-            return Err(LeaderError::invalid("--exact goes with --at TIME"));
-        }
-        if r.at_ms != 0 && !r.before.is_empty() {
-            return Err(LeaderError::invalid("give --at or --before, not both"));
-        }
-        let regions = self.archive_regions(cluster)?;
         let shard = (!r.shard.is_empty()).then(|| r.shard.clone());
+        let whole = self.restore_at_task(
+            cluster,
+            r.at_ms,
+            r.exact,
+            &r.before,
+            RestoreMode::Online {
+                target: String::new(),
+                replace_existing: false,
+            },
+        )?;
         let task = |shard: Option<String>, mode: RestoreMode| RestoreAtTask {
-            cluster: fleetsnap_core::ClusterId::new(cluster).expect("a policy's cluster is a name"),
-            regions: regions.clone(),
             shard,
-            at_ms: (r.at_ms != 0).then_some(r.at_ms),
-            exact: r.exact,
-            before: r.before.clone(),
             db: r.db,
             pattern: (!r.pattern.is_empty()).then(|| r.pattern.clone()),
             mode,
+            ..whole.clone()
         };
         let spec = |task: RestoreAtTask| CatalogSpec {
             task: CatalogTask::RestoreAt(Box::new(task)),

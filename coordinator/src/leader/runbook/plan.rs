@@ -327,6 +327,19 @@ impl Node {
             ));
         }
         crate::leader::restore::no_password_in(target)?;
+        // A cluster a policy archives goes back to the second asked for, from its archive.
+        let cluster = r.cluster.trim();
+        if r.set.trim().is_empty()
+            && (r.at_ms != 0 || !r.before.is_empty())
+            && self.archiving_policy(cluster).is_some()
+        {
+            return self.plan_restore_cluster_at(r, target);
+        }
+        if r.exact || !r.before.is_empty() {
+            return Err(LeaderError::refused(format!(
+                "--exact and --before restore from the continuous archive, and no policy archives cluster {cluster:?}: give its policy an [archive] section (docs/archive.md)"
+            )));
+        }
         let set = self.restorable(r.set.trim(), r.cluster.trim(), r.at_ms)?;
         let regions = self.regions_to_restore(&set)?;
         let agent = self.restoring_agent(&set, &r.agent)?;
@@ -391,6 +404,86 @@ impl Node {
         ];
         let mut findings = BTreeMap::new();
         findings.insert("set".into(), set.key());
+        Ok((steps, findings))
+    }
+
+    /// restore-cluster of an archived cluster to a time, an exact point or just before found
+    /// commands: the target checked empty, every shard restored into it by one agent's job,
+    /// the target checked.
+    fn plan_restore_cluster_at(
+        &self,
+        r: &v1::RunbookRequest,
+        target: &str,
+    ) -> Result<(Vec<Step>, BTreeMap<String, String>), LeaderError> {
+        let cluster = r.cluster.trim();
+        let task = self.restore_at_task(
+            cluster,
+            r.at_ms,
+            r.exact,
+            &r.before,
+            RestoreMode::Online {
+                target: target.to_string(),
+                replace_existing: false,
+            },
+        )?;
+        let preferred: Vec<String> = if r.agent.is_empty() {
+            self.archive_rows(cluster)
+                .into_iter()
+                .map(|row| row.agent)
+                .filter(|a| !a.is_empty())
+                .collect()
+        } else {
+            vec![r.agent.clone()]
+        };
+        let agent = self.pick_agent(&preferred)?;
+        let to = if !r.before.is_empty() {
+            format!("just before {}", r.before.join(", "))
+        } else {
+            let t = fleetsnap_core::window::from_unix_ms(r.at_ms)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            if r.exact {
+                format!("the latest exact point at or before {t}")
+            } else {
+                t
+            }
+        };
+        let probe = |want: ProbeWant| {
+            CatalogTask::Probe(ProbeTask {
+                target: target.to_string(),
+                want,
+            })
+        };
+        let step = |title: String, task: CatalogTask| Step {
+            title,
+            action: Action::Agent {
+                agent: agent.clone(),
+                task,
+            },
+            job: None,
+            outcome: None,
+            ok: None,
+        };
+        let steps = vec![
+            step(
+                format!(
+                    "agent {agent} checks that {target} answers, serves every slot if it is a Redis Cluster, and holds no key"
+                ),
+                probe(ProbeWant::Empty),
+            ),
+            step(
+                format!(
+                    "agent {agent} restores every shard of cluster {cluster} from its archive to {to} into {target}"
+                ),
+                CatalogTask::RestoreAt(Box::new(task)),
+            ),
+            step(
+                format!("check: {target} serves every slot and holds the keys the restore wrote"),
+                probe(ProbeWant::Restored),
+            ),
+        ];
+        let mut findings = BTreeMap::new();
+        findings.insert("archive".into(), format!("{cluster} to {to}"));
         Ok((steps, findings))
     }
 
@@ -678,6 +771,15 @@ fn describe(r: &v1::RunbookRequest) -> String {
         if !v.is_empty() {
             parts.push(format!("{flag} {v}"));
         }
+    }
+    if r.at_ms != 0 {
+        parts.push(format!("--at {}", r.at_ms));
+    }
+    if r.exact {
+        parts.push("--exact".into());
+    }
+    for b in &r.before {
+        parts.push(format!("--before {b}"));
     }
     for region in &r.regions {
         parts.push(format!("--from {region}"));
