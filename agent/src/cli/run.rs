@@ -332,6 +332,13 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                             human(o.rdb_bytes),
                             o.seconds
                         );
+                        if o.as_commands {
+                            println!(
+                                "  {} cannot read the RDB version of the backup (taken from {}): its values were written as commands",
+                                o.target,
+                                s.read.server.as_deref().unwrap_or("an unnamed server")
+                            );
+                        }
                     }
                     println!(
                         "{} keys from {} shards, {} of RDB in {:.1}s ({:.1} MB/s)",
