@@ -10,6 +10,7 @@ use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::fleet::{Agent, Cli, Coordinator, FleetDir, Logs, Watched, bin};
 use fleetsnap_testkit::poll_until;
 use fleetsnap_testkit::redis::{RedisOptions, RedisServer, ReplicaSet};
+use fleetsnap_testkit::s3::{Garage, Moto, credentials_file};
 use serde_json::Value as Json;
 
 fn now_ms() -> i64 {
@@ -18,11 +19,17 @@ fn now_ms() -> i64 {
 
 /// Runs `fleetsnap-agent ARGS` (reading the regions); its JSON output.
 fn agent_json(args: &[&str]) -> Json {
-    let o = Command::new(bin("fleetsnap-agent"))
-        .args(args)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("fleetsnap-agent runs");
+    agent_json_with(args, None)
+}
+
+/// [`agent_json`] with the S3 regions' credentials file.
+fn agent_json_with(args: &[&str], credentials: Option<&std::path::Path>) -> Json {
+    let mut c = Command::new(bin("fleetsnap-agent"));
+    c.args(args).env("AWS_EC2_METADATA_DISABLED", "true");
+    if let Some(f) = credentials {
+        c.env("AWS_SHARED_CREDENTIALS_FILE", f);
+    }
+    let o = c.output().expect("fleetsnap-agent runs");
     assert!(
         o.status.success(),
         "fleetsnap-agent {args:?}: {}",
@@ -339,6 +346,7 @@ async fn tag_of(p: &RedisServer, name: &str) -> String {
     unreachable!()
 }
 
+/// A 3-shard Redis Cluster with replicas archived into two S3 regions (Garage and moto).
 /// Exact points on the policy's schedule, taken by the leader through the primaries' agents: a
 /// writer increments a counter on shards A, B and C in that order, each after the previous
 /// acknowledgement; every shard restored `--exact` to the last point holds a ≥ b ≥ c and
@@ -355,6 +363,12 @@ async fn scheduled_exact_points_restore_a_cluster_at_one_instant() {
     let cluster = fleetsnap_testkit::redis::RedisCluster::start(3, 1)
         .await
         .unwrap();
+    // Two S3 regions: Garage and moto.
+    let garage = Garage::start().await.unwrap();
+    let moto = Moto::start().await.unwrap();
+    garage.create_bucket("fleet").await.unwrap();
+    moto.region.create_bucket("fleet").await.unwrap();
+    let creds = credentials_file(fleet.path(), &[&garage.region, &moto.region]).unwrap();
     let mut agents = Vec::new();
     for (i, n) in cluster.nodes.iter().enumerate() {
         let mut a = Agent::configure(
@@ -365,6 +379,7 @@ async fn scheduled_exact_points_restore_a_cluster_at_one_instant() {
             false,
         )
         .unwrap();
+        a.env("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap());
         a.start().unwrap();
         agents.push(a);
     }
@@ -380,8 +395,8 @@ async fn scheduled_exact_points_restore_a_cluster_at_one_instant() {
     for (k, p) in primaries.iter().enumerate() {
         tags.push(tag_of(p, &format!("s{k}")).await);
     }
-    let dir = fleet.path().join("east");
-    let dest = format!("file://{}", dir.display());
+    let dest = garage.region.dest("fleet", "pitr");
+    let west = moto.region.dest("fleet", "pitr");
     let policy = format!(
         r#"
 name = "bank-pitr"
@@ -391,6 +406,10 @@ write_pause_budget_ms = 1000
 [[destinations]]
 region = "east"
 url = "{dest}"
+
+[[destinations]]
+region = "west"
+url = "{west}"
 
 [archive]
 segment_seconds = 1
@@ -428,13 +447,18 @@ exact_points_every = "10s"
             rounds
         })
     };
-    let points = dir.join("bank/archive-points");
-    let count = || std::fs::read_dir(&points).map_or(0, |d| d.count());
-    let before = count();
+    let count = || async {
+        garage.region.keys("fleet").await.map_or(0, |k| {
+            k.iter()
+                .filter(|k| k.contains("bank/archive-points/"))
+                .count()
+        })
+    };
+    let before = count().await;
     poll_until(
         "two exact points while writing",
         Duration::from_secs(60),
-        || async { (count() >= before + 2).then_some(()) },
+        || async { (count().await >= before + 2).then_some(()) },
     )
     .await
     .unwrap();
@@ -478,21 +502,26 @@ exact_points_every = "10s"
             .expect("a shard serves the slot");
         let aof = fleet.path().join(format!("aof-{k}"));
         let a = aof.display().to_string();
-        agent_json(&[
-            "restore",
-            "--cluster",
-            "bank",
-            "--shard",
-            &shard,
-            "--at",
-            &t,
-            "--exact",
-            "--aof-dir",
-            &a,
-            "--from",
-            &dest,
-            "--json",
-        ]);
+        agent_json_with(
+            &[
+                "restore",
+                "--cluster",
+                "bank",
+                "--shard",
+                &shard,
+                "--at",
+                &t,
+                "--exact",
+                "--aof-dir",
+                &a,
+                "--from",
+                &dest,
+                "--from",
+                &west,
+                "--json",
+            ],
+            Some(&creds),
+        );
         let s = RedisServer::start_with(RedisOptions {
             aof_dir: Some(aof),
             ..Default::default()
