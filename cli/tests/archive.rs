@@ -756,3 +756,155 @@ fn find_key<'a>(doc: &'a Json, key: &str) -> Option<&'a Json> {
         _ => None,
     }
 }
+
+/// A graceful failover while the shard is archived: a writer's acknowledged writes before and
+/// after it, the runbook promoting a replica in between. The archive has one chain (the
+/// promotion is a replid switch, not a gap), and restored to its end holds every acknowledged
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_while_archiving_leaves_no_gap() {
+    let fleet = FleetDir::new(&[1], &["a0", "a1", "a2"]).unwrap();
+    let (one, cli) = fleetsnap_testkit::fleet::single_node(&fleet, &Default::default())
+        .await
+        .unwrap();
+    let set = ReplicaSet::start(2, RedisOptions::default()).await.unwrap();
+    let mut agents = Vec::new();
+    for (id, name, server) in [
+        ("a0", "p", &set.primary),
+        ("a1", "r1", &set.replicas[0]),
+        ("a2", "r2", &set.replicas[1]),
+    ] {
+        let mut a = Agent::configure(
+            &fleet,
+            id,
+            std::slice::from_ref(&one.address),
+            &[Watched::new(name, server.url(), "ha")],
+            false,
+        )
+        .unwrap();
+        a.start().unwrap();
+        agents.push(a);
+    }
+    let _logs = Logs::of(std::slice::from_ref(&one), &agents);
+    cli.wait_for_shards(1, 3).await.unwrap();
+    let dirs = [fleet.path().join("east"), fleet.path().join("west")];
+    let dests: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("file://{}", d.display()))
+        .collect();
+    let policy = format!(
+        r#"
+name = "ha-pitr"
+clusters = ["ha"]
+
+[[destinations]]
+region = "east"
+url = "{}"
+
+[[destinations]]
+region = "west"
+url = "{}"
+
+[archive]
+segment_seconds = 1
+"#,
+        dests[0], dests[1]
+    );
+    cli.set_policy(fleet.path(), "ha-pitr", &policy).unwrap();
+    let mut keys = write(&set.primary, "before", 100, Duration::from_millis(5)).await;
+    let row = held(&cli, None, 1).await;
+    let shard = row["shard"].as_str().unwrap().to_string();
+
+    // The runbook: writes paused until the chosen replica has them all, then promoted.
+    let (ok, rb) = {
+        let cli = cli.clone();
+        tokio::task::spawn_blocking(move || {
+            cli.run_json(&[
+                "runbook",
+                "failover",
+                "--cluster",
+                "ha",
+                "--shard",
+                "p",
+                "--yes",
+                "--json",
+            ])
+            .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(ok, "{rb:#}");
+    let mut primary = None;
+    for s in std::iter::once(&set.primary).chain(&set.replicas) {
+        if s.info("replication", "role").await.unwrap().as_deref() == Some("master") {
+            primary = Some(s);
+        }
+    }
+    let primary = primary.expect("a primary after the failover");
+    assert_ne!(primary.port(), set.primary.port(), "{rb:#}");
+    keys.extend(write(primary, "after", 100, Duration::from_millis(5)).await);
+    let last = now_ms();
+
+    // The archive reaches past the last write, in one chain across the two histories.
+    let mut status_args = vec![
+        "archive",
+        "status",
+        "--cluster",
+        "ha",
+        "--shard",
+        &shard,
+        "--json",
+    ];
+    status_args.extend(from_args(&dests));
+    let status = poll_until(
+        "the regions hold the archive past the last write",
+        Duration::from_secs(90),
+        || async {
+            let s = agent_json(&status_args);
+            let end = s["chains"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| c["end_ms"].as_i64())
+                .max()?;
+            (end >= last).then_some(s)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status["chains"].as_array().unwrap().len(),
+        1,
+        "the failover left no gap: one chain\n{status:#}"
+    );
+    assert!(status["gaps"].as_array().unwrap().is_empty(), "{status:#}");
+    let end = status["chains"][0]["end_ms"].as_i64().unwrap().to_string();
+    let aof = fleet.path().join("restored");
+    let aof_s = aof.display().to_string();
+    let mut restore = vec![
+        "restore",
+        "--cluster",
+        "ha",
+        "--shard",
+        &shard,
+        "--at",
+        &end,
+        "--aof-dir",
+        &aof_s,
+        "--json",
+    ];
+    restore.extend(from_args(&dests));
+    agent_json(&restore);
+    let restored = RedisServer::start_with(RedisOptions {
+        aof_dir: Some(aof),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for k in &keys {
+        assert!(
+            matches!(restored.cmd(&["EXISTS", k]).await.unwrap(), Value::Int(1)),
+            "{k} was acknowledged and is not restored\n{status:#}"
+        );
+    }
+}
