@@ -405,6 +405,29 @@ pub fn archives(rows: &[ArchiveRow]) -> String {
         ]);
     }
     grid.render(&mut out);
+    // A cluster is restorable, every shard at once, up to its slowest shard's reach.
+    let mut clusters: Vec<&str> = rows.iter().map(|r| r.cluster.as_str()).collect();
+    clusters.dedup();
+    for c in clusters {
+        let shards: Vec<&ArchiveRow> = rows.iter().filter(|r| r.cluster == c).collect();
+        let slowest = shards
+            .iter()
+            .min_by_key(|r| r.restorable_until_ms.unwrap_or(i64::MIN));
+        let _ = match slowest {
+            Some(r) if r.restorable_until_ms.is_some() => writeln!(
+                out,
+                "cluster {c}: every shard restorable to {} ago (the slowest: {})",
+                age((now - r.restorable_until_ms.unwrap_or(now)).max(0) as u64),
+                r.shard
+            ),
+            Some(r) => writeln!(
+                out,
+                "cluster {c}: not restorable as a whole yet ({} has no segment in every region)",
+                r.shard
+            ),
+            None => Ok(()),
+        };
+    }
     for r in rows.iter().filter(|r| !r.note.is_empty()) {
         let _ = writeln!(out, "{}/{}: {}", r.cluster, r.shard, r.note);
     }
@@ -584,6 +607,31 @@ pub fn found(cluster: &str, found: &[serde_json::Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_is_restorable_up_to_its_slowest_shard() {
+        let now = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
+        let row = |shard: &str, behind_ms: Option<i64>| ArchiveRow {
+            cluster: "shop".into(),
+            shard: shard.into(),
+            job: Some(1),
+            connected: true,
+            restorable_until_ms: behind_ms.map(|b| now - b),
+            ..Default::default()
+        };
+        let out = archives(&[
+            row("a", Some(2_000)),
+            row("b", Some(90_000)),
+            row("c", Some(1_000)),
+        ]);
+        assert!(
+            out.contains("cluster shop: every shard restorable to 90s ago")
+                && out.contains("slowest: b"),
+            "{out}"
+        );
+        let out = archives(&[row("a", Some(2_000)), row("b", None)]);
+        assert!(out.contains("not restorable as a whole yet (b "), "{out}");
+    }
 
     #[test]
     fn prune_says_why_each_set_stays_or_goes() {
