@@ -320,7 +320,7 @@ url = "file://{}"
     let out: serde_json::Value = serde_json::from_str(&out).unwrap();
     for s in out["shards"].as_array().unwrap() {
         assert_eq!(
-            s["applied"]["as_commands"],
+            s["applied"]["across_versions"],
             flavour == Flavour::Valkey,
             "{out:#}"
         );

@@ -55,9 +55,12 @@ pub struct OnlineReport {
     pub functions: u64,
     /// Module auxiliary data skipped (the modules' own state, not keys).
     pub module_aux_skipped: Vec<String>,
-    /// Whether values were written as commands (SET, RPUSH, HSET, XADD, …) because the target
-    /// cannot read the backup's RDB version.
-    pub as_commands: bool,
+    /// Whether the target cannot read the backup's RDB version: each value then went as a
+    /// `RESTORE` re-encoded in the plainest RDB types, which every version loads, or, what those
+    /// cannot hold (a stream, a hash field's expiry), as commands.
+    pub across_versions: bool,
+    /// Keys written as commands (XADD, XGROUP, HSET with HPEXPIREAT, …) for that reason.
+    pub as_commands: u64,
     /// Keys no command could write into the target (a module's value, a hash field's expiry
     /// on a server without HPEXPIREAT): left out.
     pub refused: u64,

@@ -56,6 +56,53 @@ fn put_string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// `value` in the plainest RDB encodings, which every server since RDB 6 loads (a string;
+/// `LIST`, `SET`, `HASH` as length-prefixed strings; `ZSET_2` with binary scores): a payload
+/// `RESTORE` takes from a server whatever RDB version it reads. `None` for what these types
+/// cannot hold: a stream, a hash field's expiry.
+pub fn portable_payload(value: &crate::rdbread::Value) -> Option<Vec<u8>> {
+    use crate::rdbread::Value;
+    let mut out = Vec::new();
+    match value {
+        Value::String(s) => {
+            out.push(0);
+            put_string(&mut out, s);
+        }
+        Value::List(items) | Value::Set(items) => {
+            out.push(if matches!(value, Value::List(_)) {
+                1
+            } else {
+                2
+            });
+            put_len(&mut out, items.len() as u64);
+            for i in items {
+                put_string(&mut out, i);
+            }
+        }
+        Value::ZSet(items) => {
+            out.push(5);
+            put_len(&mut out, items.len() as u64);
+            for (m, score) in items {
+                put_string(&mut out, m);
+                out.extend_from_slice(&score.to_le_bytes());
+            }
+        }
+        Value::Hash(fields) => {
+            if fields.iter().any(|(_, _, at)| at.is_some()) {
+                return None;
+            }
+            out.push(4);
+            put_len(&mut out, fields.len() as u64);
+            for (f, v, _) in fields {
+                put_string(&mut out, f);
+                put_string(&mut out, v);
+            }
+        }
+        Value::Stream(_) => return None,
+    }
+    Some(out)
+}
+
 /// A printable name for a key in messages.
 fn shown(key: &[u8]) -> String {
     let s: String = String::from_utf8_lossy(key).chars().take(64).collect();
@@ -141,6 +188,39 @@ impl RdbWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each portable payload reads back as the value it was made from.
+    #[test]
+    fn portable_payloads_read_back_as_the_same_value() {
+        use crate::rdbread::{Entry, Value};
+        let values = [
+            Value::String(vec![b'x'; 20_000]),
+            Value::List(vec![b"a".to_vec(), Vec::new(), vec![b'z'; 70]]),
+            Value::Set((0..300).map(|i| format!("m{i}").into_bytes()).collect()),
+            Value::ZSet(vec![
+                (b"inf".to_vec(), f64::INFINITY),
+                (b"tenth".to_vec(), 0.1),
+                (b"neg".to_vec(), -2.5),
+            ]),
+            Value::Hash(vec![(b"f".to_vec(), b"v".to_vec(), None)]),
+        ];
+        for v in values {
+            let payload = portable_payload(&v).unwrap();
+            let e = Entry {
+                db: 0,
+                key: b"k".to_vec(),
+                expire_ms: None,
+                idle: None,
+                freq: None,
+                payload,
+                decoded: None,
+            };
+            assert_eq!(e.value().unwrap(), v);
+        }
+        assert!(
+            portable_payload(&Value::Hash(vec![(b"f".to_vec(), b"v".to_vec(), Some(1))])).is_none()
+        );
+    }
     use crate::rdbread::{Item, RdbReader};
 
     /// A `DUMP` payload of a string value, as Redis 7.0 writes it.

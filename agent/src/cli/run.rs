@@ -332,11 +332,12 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                             human(o.rdb_bytes),
                             o.seconds
                         );
-                        if o.as_commands {
+                        if o.across_versions {
                             println!(
-                                "  {} cannot read the RDB version of the backup (taken from {}): its values were written as commands",
+                                "  {} cannot read the RDB version of the backup (taken from {}): values went re-encoded in the plainest RDB types, {} keys as commands",
                                 o.target,
-                                s.read.server.as_deref().unwrap_or("an unnamed server")
+                                s.read.server.as_deref().unwrap_or("an unnamed server"),
+                                o.as_commands
                             );
                         }
                     }

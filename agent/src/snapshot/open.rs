@@ -162,7 +162,7 @@ fn sync_refused(target: &RedisTarget, e: &str) -> Error {
     Error::SyncRefused {
         target: target.to_string(),
         message: format!(
-            "the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source scan (or auto) where SYNC, PSYNC and BGSAVE are disabled (managed services)",
+            "the node refuses replication ({e}){}; grant the agent's user +psync +replconf (see docs/security.md), or use --source bgsave-file where only SYNC is disabled, --source scan (or auto) where SYNC, PSYNC and BGSAVE all are (managed services)",
             refusal_hint(e)
         ),
     }

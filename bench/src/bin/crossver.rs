@@ -1,7 +1,8 @@
 //! The online restore across versions against its floor: one Valkey 8.1 backup (RDB 11) restored
 //! online into Valkey 8.1, which reads it (`RESTORE`, the floor), and into Redis 7.0, which does
-//! not (each value written as commands). The dataset is hashes, lists, sets and sorted sets of
-//! `--members` members each (strings would go as batched MSETNX either way). Run with
+//! not (values re-encoded in the plainest RDB types and sent as `RESTORE`; streams written as
+//! commands). The dataset is hashes, lists, sets and sorted sets of `--members` members each, or
+//! streams (`--kind streams`); strings would go as batched MSETNX either way. Run with
 //! `scripts/bench.sh crossver`; prints a Markdown table (medians of `--repeat` runs).
 
 use std::path::PathBuf;
@@ -19,9 +20,13 @@ struct Args {
     /// Keys (a quarter each of hashes, lists, sets and sorted sets).
     #[arg(long, default_value_t = 200_000)]
     keys: u64,
-    /// Members of each key.
+    /// Members of each key (a stream's entries).
     #[arg(long, default_value_t = 10)]
     members: u64,
+    /// `mixed`: a quarter each of hashes, lists, sets and sorted sets (re-encoded for Redis 7.0,
+    /// then `RESTORE`); `streams`: streams with a consumer group (written as commands).
+    #[arg(long, default_value = "mixed", value_parser = ["mixed", "streams"])]
+    kind: String,
     /// Runs per row; the table shows the median.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -69,6 +74,15 @@ async fn main() -> anyhow::Result<()> {
         let batch: Vec<Vec<Vec<u8>>> = (k..end)
             .map(|k| {
                 let mut cmd: Vec<Vec<u8>> = Vec::new();
+                if a.kind == "streams" {
+                    // The first entry; the others and the group come after the batch.
+                    cmd.push(b"XADD".to_vec());
+                    cmd.push(format!("key:{k}").into_bytes());
+                    cmd.push(b"*".to_vec());
+                    cmd.push(b"n".to_vec());
+                    cmd.push(format!("entry-of-{k}-{}", "x".repeat(24)).into_bytes());
+                    return cmd;
+                }
                 let (name, pairs) = match k % 4 {
                     0 => ("HSET", true),
                     1 => ("RPUSH", false),
@@ -96,6 +110,46 @@ async fn main() -> anyhow::Result<()> {
                 bail!("filling the source: {e}");
             }
         }
+        if a.kind == "streams" {
+            // The other entries, and a group with the first entries pending.
+            let mut more: Vec<Vec<Vec<u8>>> = Vec::new();
+            for k in k..end {
+                let key = format!("key:{k}").into_bytes();
+                for m in 1..a.members {
+                    more.push(vec![
+                        b"XADD".to_vec(),
+                        key.clone(),
+                        b"*".to_vec(),
+                        b"n".to_vec(),
+                        format!("entry-{m}-{}", "x".repeat(24)).into_bytes(),
+                    ]);
+                }
+                more.push(vec![
+                    b"XGROUP".to_vec(),
+                    b"CREATE".to_vec(),
+                    key.clone(),
+                    b"g".to_vec(),
+                    b"0".to_vec(),
+                ]);
+                more.push(vec![
+                    b"XREADGROUP".to_vec(),
+                    b"GROUP".to_vec(),
+                    b"g".to_vec(),
+                    b"c".to_vec(),
+                    b"COUNT".to_vec(),
+                    b"2".to_vec(),
+                    b"STREAMS".to_vec(),
+                    key,
+                    b">".to_vec(),
+                ]);
+            }
+            c.send_pipeline(&more).await?;
+            for _ in 0..more.len() {
+                if let Value::Error(e) = c.read_value().await? {
+                    bail!("filling the source: {e}");
+                }
+            }
+        }
         k = end;
     }
     let keys = dbsize(&source).await?;
@@ -120,7 +174,15 @@ async fn main() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let mut rows: Vec<(&str, &RedisServer, Vec<f64>)> = vec![
         ("into Valkey 8.1: RESTORE (floor)", &valkey, Vec::new()),
-        ("into Redis 7.0: as commands", &redis, Vec::new()),
+        (
+            if a.kind == "streams" {
+                "into Redis 7.0: as commands"
+            } else {
+                "into Redis 7.0: re-encoded, RESTORE"
+            },
+            &redis,
+            Vec::new(),
+        ),
     ];
     for _ in 0..a.repeat {
         for (name, target, times) in rows.iter_mut() {
@@ -136,9 +198,9 @@ async fn main() -> anyhow::Result<()> {
                 "--json",
             ]))?;
             let report: serde_json::Value = serde_json::from_str(&out)?;
-            let as_commands = report["shards"][0]["applied"]["as_commands"] == true;
-            if as_commands != name.contains("commands") {
-                bail!("{name}: the restore's as_commands is {as_commands}: {report:#}");
+            let across = report["shards"][0]["applied"]["across_versions"] == true;
+            if across != name.contains("Redis 7.0") {
+                bail!("{name}: the restore's across_versions is {across}: {report:#}");
             }
             let n = dbsize(target).await?;
             if n != keys {
@@ -149,8 +211,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let floor = median(rows[0].2.clone());
     println!(
-        "{keys} keys of {} members, RDB {rdb_mib:.0} MiB, median of {} runs\n",
-        a.members, a.repeat
+        "{keys} keys ({}) of {} members, RDB {rdb_mib:.0} MiB, median of {} runs\n",
+        a.kind, a.members, a.repeat
     );
     println!("| restore | seconds | keys/s | speed against the floor |");
     println!("|---|---|---|---|");

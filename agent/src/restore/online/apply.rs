@@ -91,15 +91,15 @@ pub async fn restore_online(
     let mut t = Target::open(target).await?;
     let (mut rx, version, size) = read_in_thread(rdb)?;
     // A target that cannot read the backup's RDB version gets each value as commands.
-    let as_commands = !t.server.reads_rdb(version);
-    if as_commands {
+    let across_versions = !t.server.reads_rdb(version);
+    if across_versions {
         super::commands::load_script(&mut t).await?;
     }
     let mut report = OnlineReport {
         target: target.to_string(),
         cluster: t.slots.is_some(),
         nodes: t.nodes.len(),
-        as_commands,
+        across_versions,
         ..Default::default()
     };
     let commands = tail.map(read_tail).transpose()?;
@@ -267,6 +267,7 @@ pub(super) async fn restore_entry(
     let n = &mut t.nodes[i];
     if !cluster && n.db != e.db {
         n.emit_strings(opts.replace_existing);
+        n.emit_script(opts.replace_existing);
         let db = e.db.to_string();
         n.push(&[b"SELECT", db.as_bytes()], Pending::Ok);
         n.db = e.db;
@@ -284,23 +285,40 @@ pub(super) async fn restore_entry(
         && let Ok(fleetsnap_core::rdbread::Value::String(v)) = e.value()
     {
         n.hold_string(e.key, v, opts.replace_existing);
-    } else if let Some(sha) = &t.script {
-        // A target that cannot read the backup's RDB version: the value as commands.
-        if let Err(why) = super::commands::encode(
-            &mut n.buf,
-            &mut n.pending,
-            sha,
-            &e,
-            opts.replace_existing,
-            t.field_expiry,
-        ) {
-            report.keys -= 1;
-            report.refused += 1;
-            if report.refused_keys.len() < CONFLICTS_NAMED {
-                report
-                    .refused_keys
-                    .push(format!("{:?} in db {}: {why}", e.key_lossy(), e.db));
+    } else if t.script.is_some() {
+        // A target that cannot read the backup's RDB version: the value re-encoded in the
+        // plainest types, which every version loads; what they cannot hold, as commands.
+        let portable = e
+            .value()
+            .ok()
+            .and_then(|v| fleetsnap_core::rdbwrite::portable_payload(&v));
+        match portable {
+            Some(payload) => {
+                let e = Entry {
+                    payload,
+                    decoded: None,
+                    ..e
+                };
+                encode_restore(&mut n.buf, &e, version, opts.replace_existing);
+                n.pending.push(Pending::Key(e.db, e.key));
             }
+            None => match super::commands::key_args(&e, t.field_expiry) {
+                Ok(args) => {
+                    report.as_commands += 1;
+                    n.hold_script(e.key, args, opts.replace_existing, cluster);
+                }
+                Err(why) => {
+                    report.keys -= 1;
+                    report.refused += 1;
+                    if report.refused_keys.len() < CONFLICTS_NAMED {
+                        report.refused_keys.push(format!(
+                            "{:?} in db {}: {why}",
+                            e.key_lossy(),
+                            e.db
+                        ));
+                    }
+                }
+            },
         }
     } else {
         // Stamped with the target's own version, which it always accepts: the payload's encoding

@@ -8,24 +8,18 @@
 use fleetsnap_core::rdbread::{Entry, StreamId, StreamValue, Value};
 use fleetsnap_core::server::{Flavour, Server};
 
-use super::target::{Pending, Target};
+use super::target::Target;
 use crate::error::{Error, Result};
-use crate::redis::{self as resp, Value as Reply};
+use crate::redis::Value as Reply;
 
-/// The script. KEYS[1]: the key. ARGV[1]: `1` replaces an existing key, `0` leaves it.
-/// ARGV[2]: the type. ARGV[3]: the absolute expiry in ms, or empty. ARGV[4]: how many
-/// arguments the value's main part takes; what follows it is the type's own (a hash's field
-/// expiries, a stream's groups).
+/// The script. KEYS: the keys. ARGV[1]: `1` replaces existing keys, `0` leaves each (its
+/// element of the reply is `BUSYKEY`, as `RESTORE` answers). Then, per key: its type, its
+/// absolute expiry in ms or empty, how many arguments its value's main part takes and how many
+/// follow that part (a hash's field expiries, a stream's last ID, groups and entries to delete),
+/// then those arguments. The reply: one element per key.
 pub(super) const SCRIPT: &str = r#"
-local k = KEYS[1]
-if ARGV[1] == '1' then
-  redis.call('DEL', k)
-elseif redis.call('EXISTS', k) == 1 then
-  return redis.error_reply('BUSYKEY Target key name already exists.')
-end
-local kind = ARGV[2]
-local last = 4 + tonumber(ARGV[4])
-local function chunks(cmd, from, to)
+local replace = ARGV[1] == '1'
+local function chunks(k, cmd, from, to)
   local i = from
   while i <= to do
     local j = math.min(i + 511, to)
@@ -33,30 +27,15 @@ local function chunks(cmd, from, to)
     i = j + 1
   end
 end
-if kind == 'string' then
-  redis.call('SET', k, ARGV[5])
-elseif kind == 'list' then
-  chunks('RPUSH', 5, last)
-elseif kind == 'set' then
-  chunks('SADD', 5, last)
-elseif kind == 'zset' then
-  chunks('ZADD', 5, last)
-elseif kind == 'hash' then
-  chunks('HSET', 5, last)
-  local i = last + 1
-  while i < #ARGV do
-    redis.call('HPEXPIREAT', k, ARGV[i], 'FIELDS', 1, ARGV[i + 1])
-    i = i + 2
-  end
-elseif kind == 'stream' then
-  local i = 5
+local function stream(k, first, last)
+  local i = first
   while i <= last do
     local n = tonumber(ARGV[i + 1])
     redis.call('XADD', k, ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
     i = i + 2 + n
   end
   local top = ARGV[i]
-  if last == 4 then
+  if last < first then
     if top == '0-0' then
       redis.call('XGROUP', 'CREATE', k, 'fleetsnap-empty', '0', 'MKSTREAM')
       redis.call('XGROUP', 'DESTROY', k, 'fleetsnap-empty')
@@ -87,13 +66,49 @@ elseif kind == 'stream' then
   for d = 1, tonumber(ARGV[i]) do
     redis.call('XDEL', k, ARGV[i + d])
   end
-else
-  return redis.error_reply('ERR fleetsnap: unknown value kind ' .. kind)
 end
-if ARGV[3] ~= '' then
-  redis.call('PEXPIREAT', k, ARGV[3])
+local out = {}
+local o = 2
+for n = 1, #KEYS do
+  local k = KEYS[n]
+  local kind, expiry = ARGV[o], ARGV[o + 1]
+  local first = o + 4
+  local last = first + tonumber(ARGV[o + 2]) - 1
+  local stop = last + tonumber(ARGV[o + 3])
+  o = stop + 1
+  if not replace and redis.call('EXISTS', k) == 1 then
+    out[n] = redis.error_reply('BUSYKEY Target key name already exists.')
+  else
+    if replace then
+      redis.call('DEL', k)
+    end
+    if kind == 'string' then
+      redis.call('SET', k, ARGV[first])
+    elseif kind == 'list' then
+      chunks(k, 'RPUSH', first, last)
+    elseif kind == 'set' then
+      chunks(k, 'SADD', first, last)
+    elseif kind == 'zset' then
+      chunks(k, 'ZADD', first, last)
+    elseif kind == 'hash' then
+      chunks(k, 'HSET', first, last)
+      local i = last + 1
+      while i < stop do
+        redis.call('HPEXPIREAT', k, ARGV[i], 'FIELDS', 1, ARGV[i + 1])
+        i = i + 2
+      end
+    elseif kind == 'stream' then
+      stream(k, first, last)
+    else
+      return redis.error_reply('ERR fleetsnap: unknown value kind ' .. kind)
+    end
+    if expiry ~= '' then
+      redis.call('PEXPIREAT', k, expiry)
+    end
+    out[n] = redis.status_reply('OK')
+  end
 end
-return redis.status_reply('OK')
+return out
 "#;
 
 /// Loads the script on every primary of `t`: its values go as commands from now on.
@@ -106,7 +121,10 @@ pub(super) async fn load_script(t: &mut Target) -> Result<()> {
             .command(&[b"SCRIPT", b"LOAD", SCRIPT.as_bytes()])
             .await?
         {
-            Reply::Bulk(Some(sha)) => t.script = Some(sha),
+            Reply::Bulk(Some(sha)) => {
+                n.script = Some(sha.clone());
+                t.script = Some(sha);
+            }
             Reply::Error(e) => {
                 return Err(Error::redis(
                     &target,
@@ -218,16 +236,9 @@ fn stream_args(s: &StreamValue) -> (usize, Vec<Vec<u8>>) {
     (main, out)
 }
 
-/// The script's call for `e` into `out` (and what its reply means into `pending`), or why its
-/// value cannot be written as commands into this target.
-pub(super) fn encode(
-    out: &mut Vec<u8>,
-    pending: &mut Vec<Pending>,
-    sha: &[u8],
-    e: &Entry,
-    replace: bool,
-    field_expiry: bool,
-) -> std::result::Result<(), String> {
+/// The script's arguments for `e` (after the replace flag), or why its value cannot be
+/// written as commands into this target.
+pub(super) fn key_args(e: &Entry, field_expiry: bool) -> std::result::Result<Vec<Vec<u8>>, String> {
     let value = e.value().map_err(|err| err.to_string())?;
     let (kind, main, rest): (&[u8], usize, Vec<Vec<u8>>) = match value {
         Value::String(v) => (b"string", 1, vec![v]),
@@ -267,25 +278,13 @@ pub(super) fn encode(
         .expire_ms
         .map(|t| t.max(1).to_string().into_bytes())
         .unwrap_or_default();
-    let main = count(main);
-    let head: [&[u8]; 8] = [
-        b"EVALSHA",
-        sha,
-        b"1",
-        &e.key,
-        if replace { b"1" } else { b"0" },
-        kind,
-        &expiry,
-        &main,
-    ];
-    resp::header(out, b'*', (head.len() + rest.len()) as u64);
-    for a in head.iter().copied().chain(rest.iter().map(Vec::as_slice)) {
-        resp::header(out, b'$', a.len() as u64);
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    pending.push(Pending::Key(e.db, e.key.clone()));
-    Ok(())
+    let mut out = Vec::with_capacity(4 + rest.len());
+    out.push(kind.to_vec());
+    out.push(expiry);
+    out.push(count(main));
+    out.push(count(rest.len() - main));
+    out.extend(rest);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -327,10 +326,9 @@ mod tests {
 
     #[test]
     fn what_commands_cannot_write_is_refused_with_why() {
-        let (mut out, mut pending) = (Vec::new(), Vec::new());
         // A module's value (type 7): no command writes it.
         let module = entry("m", vec![7, 0x81, 1, 2, 3], None);
-        let why = encode(&mut out, &mut pending, b"sha", &module, false, true).unwrap_err();
+        let why = key_args(&module, true).unwrap_err();
         assert!(why.contains("module"), "{why}");
         // A hash with a field's expiry, into a server without HPEXPIREAT.
         let hash = entry(
@@ -341,16 +339,28 @@ mod tests {
                 (b"g".to_vec(), b"w".to_vec(), None),
             ])),
         );
-        let why = encode(&mut out, &mut pending, b"sha", &hash, false, false).unwrap_err();
+        let why = key_args(&hash, false).unwrap_err();
         assert!(why.contains("HPEXPIREAT"), "{why}");
-        assert!(out.is_empty() && pending.is_empty(), "nothing was written");
-        // With it: one call, answered per key.
-        encode(&mut out, &mut pending, b"sha", &hash, false, true).unwrap();
-        assert_eq!(pending.len(), 1);
-        let text = String::from_utf8_lossy(&out);
-        assert!(
-            text.contains("EVALSHA") && text.contains("4102444800000"),
-            "{text}"
+        // With it: the type, no expiry, 4 main arguments, then the field's expiry and name.
+        let args = key_args(&hash, true).unwrap();
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "hash",
+                "",
+                "4",
+                "2",
+                "f",
+                "v",
+                "g",
+                "w",
+                "4102444800000",
+                "f"
+            ]
         );
     }
 

@@ -31,7 +31,16 @@ pub(super) enum Pending {
     Strings { db: u64, pairs: Pairs },
     /// `SET key value NX` in this database (a nil reply: it existed).
     SetNx(u64, Vec<u8>),
+    /// One call of the commands script writing these keys of this database: an array reply,
+    /// one element per key (`BUSYKEY`: it existed).
+    Keys(u64, Vec<Vec<u8>>),
 }
+
+/// Keys one call of the commands script writes at most (a standalone target; in a cluster, one
+/// key a call, since a script's keys must share a slot), and the argument bytes at which a call
+/// goes anyway: the script holds the server for the whole call.
+pub(super) const SCRIPT_KEYS: usize = 64;
+pub(super) const SCRIPT_BYTES: usize = 256 * 1024;
 
 /// The RDB type byte of a string value.
 pub(super) const RDB_TYPE_STRING: u8 = 0;
@@ -62,6 +71,12 @@ pub(super) struct Node {
     /// `watched_conflicts`, so the tail leaves that key alone too.
     pub(super) watch: std::sync::Arc<HashSet<DbKey>>,
     pub(super) watched_conflicts: HashSet<DbKey>,
+    /// The commands script's SHA1, once values go as commands; the keys held for its next
+    /// call, their arguments, and the arguments' bytes.
+    pub(super) script: Option<Vec<u8>>,
+    pub(super) script_keys: Vec<Vec<u8>>,
+    pub(super) script_args: Vec<Vec<u8>>,
+    pub(super) script_bytes: usize,
 }
 
 /// A key with its logical database.
@@ -103,6 +118,45 @@ impl Node {
         });
     }
 
+    /// Holds key `key` (its script arguments: `args`) for the next call of the commands
+    /// script, and makes the call when it is full (at once with `alone`).
+    pub(super) fn hold_script(
+        &mut self,
+        key: Vec<u8>,
+        args: Vec<Vec<u8>>,
+        replace: bool,
+        alone: bool,
+    ) {
+        self.script_bytes += key.len() + args.iter().map(Vec::len).sum::<usize>();
+        self.script_keys.push(key);
+        self.script_args.extend(args);
+        if alone || self.script_keys.len() >= SCRIPT_KEYS || self.script_bytes >= SCRIPT_BYTES {
+            self.emit_script(replace);
+        }
+    }
+
+    /// Writes the held keys as one `EVALSHA` of the commands script into the batch.
+    pub(super) fn emit_script(&mut self, replace: bool) {
+        let Some(sha) = &self.script else { return };
+        if self.script_keys.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.script_keys);
+        let args = std::mem::take(&mut self.script_args);
+        self.script_bytes = 0;
+        let n = keys.len().to_string();
+        let head: [&[u8]; 3] = [b"EVALSHA", sha, n.as_bytes()];
+        let flag: &[u8] = if replace { b"1" } else { b"0" };
+        let all: Vec<&[u8]> = head
+            .into_iter()
+            .chain(keys.iter().map(Vec::as_slice))
+            .chain(std::iter::once(flag))
+            .chain(args.iter().map(Vec::as_slice))
+            .collect();
+        resp::encode(&mut self.buf, &all);
+        self.pending.push(Pending::Keys(self.db, keys));
+    }
+
     /// Sends each string an `MSETNX` refused as `SET … NX`, in its own database.
     pub(super) fn push_retries(&mut self) {
         for (db, pairs) in std::mem::take(&mut self.retry) {
@@ -137,6 +191,7 @@ impl Node {
 
     pub(super) async fn drain(&mut self, report: &mut OnlineReport, replace: bool) -> Result<()> {
         self.emit_strings(replace);
+        self.emit_script(replace);
         loop {
             self.flush(report).await?;
             while !self.in_flight.is_empty() {
@@ -187,6 +242,37 @@ impl Node {
                     conflict(db, key, report);
                     continue;
                 }
+                (Pending::Keys(db, keys), Some(Value::Array(Some(each))))
+                    if each.len() == keys.len() =>
+                {
+                    let mut bad = None;
+                    for (key, r) in keys.into_iter().zip(each) {
+                        match r {
+                            Value::Error(e) if e.starts_with("BUSYKEY") => {
+                                conflict(db, key, report)
+                            }
+                            Value::Error(e) if bad.is_none() => {
+                                bad = Some(format!(
+                                    "writing key {:?} as commands refused: {e}{}",
+                                    String::from_utf8_lossy(&key),
+                                    hint(&e)
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                    match bad {
+                        Some(b) => b,
+                        None => continue,
+                    }
+                }
+                (Pending::Keys(_, keys), Some(other)) if !matches!(other, Value::Error(_)) => {
+                    format!(
+                        "writing {} keys as commands from {:?}: the script answered {other:?}",
+                        keys.len(),
+                        String::from_utf8_lossy(&keys[0])
+                    )
+                }
                 (what, Some(Value::Error(e))) => {
                     let what = match &what {
                         Pending::Key(_, k) => {
@@ -199,6 +285,11 @@ impl Node {
                             "MSETNX of {} keys from {:?}",
                             pairs.len(),
                             String::from_utf8_lossy(&pairs[0].0)
+                        ),
+                        Pending::Keys(_, keys) => format!(
+                            "writing {} keys as commands from {:?}",
+                            keys.len(),
+                            String::from_utf8_lossy(&keys[0])
                         ),
                         Pending::Ok => "a command".to_string(),
                     };
@@ -256,6 +347,10 @@ pub(super) async fn node(target: &RedisTarget) -> Result<Node> {
         retry: Vec::new(),
         watch: Default::default(),
         watched_conflicts: HashSet::new(),
+        script: None,
+        script_keys: Vec::new(),
+        script_args: Vec::new(),
+        script_bytes: 0,
     })
 }
 
