@@ -93,6 +93,18 @@ impl Archived {
     }
 
     /// Waits until the regions hold the archive up to `ms`.
+    /// The archive's end as the regions hold it (the newest chain's last stamp), in Unix ms:
+    /// where a restore holding every command archived goes. A command is stamped when the
+    /// archiver received it, which can be a few ms after the writer's acknowledgement.
+    async fn end(&self) -> String {
+        let s = self.status().await;
+        s["chains"]
+            .as_array()
+            .and_then(|c| c.iter().filter_map(|c| c["end_ms"].as_i64()).max())
+            .unwrap_or_else(|| panic!("no chain: {s:#}"))
+            .to_string()
+    }
+
     async fn reaches(&self, ms: i64) {
         poll_until(
             "the archive to reach the last write",
@@ -436,7 +448,7 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
     bytes[mid] ^= 1;
     std::fs::write(ra.join(&seg), bytes).unwrap();
 
-    let t = last.to_string();
+    let t = w.end().await;
     let out = work.path().join("both.rdb").display().to_string();
     let mut args = vec![
         "restore",
@@ -1072,7 +1084,7 @@ async fn an_encrypted_archive_restores_with_its_key_only() {
             "a key name is readable in {f}"
         );
     }
-    let t = last.to_string();
+    let t = w.end().await;
     let out = work.path().join("r.rdb").display().to_string();
     let base = [
         "restore",
