@@ -59,32 +59,3 @@ pub fn set_id(s: &str) -> Result<String, IdError> {
     }
     Ok(s.to_string())
 }
-
-/// A time: RFC 3339 (`2026-11-21T03:00:00Z`) or Unix milliseconds.
-pub fn time(s: &str) -> Result<i64, String> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(fleetsnap_core::window::unix_ms)
-        .map_err(|e| {
-            format!(
-                "{s:?} is not a time ({e}): write RFC 3339 (2026-11-21T03:00:00Z) or Unix milliseconds"
-            )
-        })
-}
-
-/// A command name as the archive finds them (FLUSHALL, FLUSHDB, DEL, …).
-pub fn command(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"|_-".contains(&b));
-    if ok {
-        Ok(s.to_ascii_uppercase())
-    } else {
-        Err(format!(
-            "{s:?} is not a command name: write one as Redis names it, e.g. FLUSHALL, FLUSHDB, DEL"
-        ))
-    }
-}

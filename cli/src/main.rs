@@ -107,17 +107,17 @@ enum ArchiveCmd {
         #[arg(long, value_parser = crate::args::shard)]
         shard: Option<String>,
         /// A command name (repeat for several).
-        #[arg(long = "command", value_name = "NAME", required = true, value_parser = crate::args::command)]
+        #[arg(long = "command", value_name = "NAME", required = true, value_parser = fleetsnap_core::archive::command_name)]
         commands: Vec<String>,
         /// Only commands with a key (an argument) that matches this glob (`--key` is the
         /// admin certificate's private key).
         #[arg(long = "match", value_name = "PATTERN")]
         pattern: Option<String>,
         /// From this time: RFC 3339 or Unix milliseconds.
-        #[arg(long, value_name = "TIME", value_parser = crate::args::time)]
+        #[arg(long, value_name = "TIME", value_parser = fleetsnap_core::window::parse_time)]
         since: i64,
         /// Up to this time (default: now).
-        #[arg(long, value_name = "TIME", value_parser = crate::args::time)]
+        #[arg(long, value_name = "TIME", value_parser = fleetsnap_core::window::parse_time)]
         until: Option<i64>,
         /// The agent that reads the regions (default: one that archives the cluster).
         #[arg(long, value_parser = crate::args::instance)]

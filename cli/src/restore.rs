@@ -107,13 +107,7 @@ pub enum DrillCmd {
 }
 
 fn parse_time(text: &str) -> Result<i64> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| {
-            anyhow!(
-                "--at {text:?} is not a time ({e}): write it as RFC 3339, e.g. 2026-11-21T03:00:00Z"
-            )
-        })?;
-    Ok(fleetsnap_core::window::unix_ms(t))
+    fleetsnap_core::window::parse_time(text).map_err(|e| anyhow!("--at {e}"))
 }
 
 /// A restore's or a drill's job as it ended: what `--json` prints of it.

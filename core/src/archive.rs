@@ -530,6 +530,22 @@ pub fn offset_at(index: &[(u64, i64)], ms: i64) -> Option<u64> {
     i.checked_sub(1).map(|i| index[i].0)
 }
 
+/// A command name as `find` takes it (FLUSHALL, FLUSHDB, DEL, …), upper-cased; a name Redis
+/// could not have is refused.
+pub fn command_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"|_-".contains(&b));
+    if ok {
+        Ok(s.to_ascii_uppercase())
+    } else {
+        Err(format!(
+            "{s:?} is not a command name: write one as Redis names it, e.g. FLUSHALL, FLUSHDB, DEL"
+        ))
+    }
+}
+
 /// Which commands `find` looks for: names (upper-case) and, optionally, a key pattern that the
 /// first key argument must match.
 #[derive(Clone, Debug)]
@@ -655,6 +671,15 @@ pub fn gaps_between(ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_names_are_upper_cased_and_checked() {
+        assert_eq!(command_name("flushall").as_deref(), Ok("FLUSHALL"));
+        assert_eq!(command_name("client|kill").as_deref(), Ok("CLIENT|KILL"));
+        for bad in ["", "FLUSH ALL", "del\r\n", &"X".repeat(65)] {
+            assert!(command_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn cmd(args: &[&str]) -> Vec<u8> {
         let mut out = format!("*{}\r\n", args.len()).into_bytes();

@@ -353,6 +353,20 @@ pub fn unix_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// A time an operator writes: RFC 3339 (`2026-12-05T04:00:00.250Z`) or Unix milliseconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|e| format!("{text:?}: {e}"));
+    }
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(unix_ms)
+        .map_err(|e| {
+            format!(
+                "{text:?} is not a time ({e}): write it as RFC 3339, e.g. 2026-12-05T04:00:00.250Z, or Unix milliseconds"
+            )
+        })
+}
+
 /// Unix milliseconds as a time (the epoch for values out of range).
 pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -362,6 +376,16 @@ pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_or_unix_ms() {
+        assert_eq!(parse_time("1796506854163"), Ok(1_796_506_854_163));
+        assert_eq!(parse_time("1970-01-01T00:00:01.250Z"), Ok(1250));
+        for bad in ["", "yesterday", "-5", "2026-13-01T00:00:00Z"] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.contains("RFC 3339") || e.contains(bad), "{bad}: {e}");
+        }
+    }
     use crate::digest::DbDigest;
     use crate::manifest::ShardEntry;
 

@@ -34,7 +34,7 @@ pub(super) async fn run_archive(c: ArchiveCommand) -> Result<ExitCode> {
                 fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc())
             });
             let wanted = Wanted {
-                names: commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
+                names: commands,
                 key: key.map(String::into_bytes),
             };
             let source = crate::archive::PointSource {

@@ -249,16 +249,7 @@ pub(super) fn parse_keep(text: &str) -> std::result::Result<std::time::Duration,
 }
 
 /// A time as `--at`, `--since` and `--until` take it: RFC 3339 or Unix milliseconds.
-pub(super) fn parse_time(text: &str) -> std::result::Result<i64, String> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|e| format!("{e}"));
-    }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(fleetsnap_core::window::unix_ms)
-        .map_err(|e| {
-            format!("not a time ({e}): write it as RFC 3339, e.g. 2026-12-05T04:00:00.250Z, or Unix milliseconds")
-        })
-}
+pub(super) use fleetsnap_core::window::parse_time;
 
 use crate::archive::ArchivePoint;
 
@@ -419,7 +410,7 @@ pub(super) enum ArchiveCommand {
         #[command(flatten)]
         at: ArchiveAt,
         /// A command name (repeat for several).
-        #[arg(long = "command", value_name = "NAME", required = true)]
+        #[arg(long = "command", value_name = "NAME", required = true, value_parser = fleetsnap_core::archive::command_name)]
         commands: Vec<String>,
         /// Only commands with an argument that matches this glob.
         #[arg(long, value_name = "PATTERN")]

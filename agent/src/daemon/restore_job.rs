@@ -201,11 +201,7 @@ pub async fn find(task: FindTask, config: &AgentConfig) -> Result<JobResult> {
         .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
         .transpose()?;
     let wanted = fleetsnap_core::archive::Wanted {
-        names: task
-            .commands
-            .iter()
-            .map(|c| c.to_ascii_uppercase())
-            .collect(),
+        names: task.commands,
         key: task.key.map(String::into_bytes),
     };
     let found = source

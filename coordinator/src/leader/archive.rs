@@ -552,17 +552,6 @@ impl Node {
                 "name a command to find: --command FLUSHALL (repeat for several)",
             ));
         }
-        if let Some(c) = r.commands.iter().find(|c| {
-            c.is_empty()
-                || c.len() > 64
-                || !c
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'|' || b == b'_' || b == b'-')
-        }) {
-            return Err(LeaderError::invalid(format!(
-                "--command {c:?} is not a command name (letters, digits, | _ -)"
-            )));
-        }
         let until = if r.until_ms == 0 {
             fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc())
         } else {
@@ -594,7 +583,12 @@ impl Node {
             cluster: cluster_id,
             regions,
             shard: (!r.shard.is_empty()).then(|| r.shard.clone()),
-            commands: r.commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
+            commands: r
+                .commands
+                .iter()
+                .map(|c| fleetsnap_core::archive::command_name(c))
+                .collect::<Result<_, _>>()
+                .map_err(LeaderError::invalid)?,
             key: (!r.key.is_empty()).then(|| r.key.clone()),
             since_ms: r.since_ms,
             until_ms: until,
