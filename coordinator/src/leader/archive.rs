@@ -501,6 +501,31 @@ impl Node {
             .collect())
     }
 
+    /// The agent that reads `cluster`'s archive for an operator: `asked` (refused unless it is
+    /// connected), else one that archives the cluster, else any connected agent.
+    pub(in crate::leader) fn archive_agent(
+        &self,
+        cluster: &str,
+        asked: &str,
+    ) -> Result<String, LeaderError> {
+        let preferred: Vec<String> = if asked.is_empty() {
+            self.archive_rows(cluster)
+                .into_iter()
+                .map(|row| row.agent)
+                .filter(|a| !a.is_empty())
+                .collect()
+        } else {
+            vec![asked.to_string()]
+        };
+        let agent = self.pick_agent(&preferred)?;
+        if !asked.is_empty() && agent != asked {
+            return Err(LeaderError::unavailable(format!(
+                "agent {asked:?} is not connected to the leader"
+            )));
+        }
+        Ok(agent)
+    }
+
     /// The restore of every shard of archived `cluster` to a time (`at_ms`, `exact`: its
     /// latest exact point) or to just before found commands, in `mode`.
     pub(in crate::leader) fn restore_at_task(
@@ -563,22 +588,7 @@ impl Node {
             ));
         }
         let regions = self.archive_regions(cluster)?;
-        let preferred: Vec<String> = if r.agent.is_empty() {
-            self.archive_rows(cluster)
-                .into_iter()
-                .map(|row| row.agent)
-                .filter(|a| !a.is_empty())
-                .collect()
-        } else {
-            vec![r.agent.clone()]
-        };
-        let agent = self.pick_agent(&preferred)?;
-        if !r.agent.is_empty() && agent != r.agent {
-            return Err(LeaderError::unavailable(format!(
-                "agent {:?} is not connected to the leader",
-                r.agent
-            )));
-        }
+        let agent = self.archive_agent(cluster, &r.agent)?;
         let task = FindTask {
             cluster: cluster_id,
             regions,
@@ -627,22 +637,14 @@ impl Node {
             ));
         }
         let shard = (!r.shard.is_empty()).then(|| r.shard.clone());
-        let whole = self.restore_at_task(
-            cluster,
-            r.at_ms,
-            r.exact,
-            &r.before,
-            RestoreMode::Online {
-                target: String::new(),
-                replace_existing: false,
-            },
-        )?;
-        let task = |shard: Option<String>, mode: RestoreMode| RestoreAtTask {
-            shard,
-            db: r.db,
-            pattern: (!r.pattern.is_empty()).then(|| r.pattern.clone()),
-            mode,
-            ..whole.clone()
+        let task = |shard: Option<String>, mode: RestoreMode| {
+            self.restore_at_task(cluster, r.at_ms, r.exact, &r.before, mode)
+                .map(|t| RestoreAtTask {
+                    shard,
+                    db: r.db,
+                    pattern: (!r.pattern.is_empty()).then(|| r.pattern.clone()),
+                    ..t
+                })
         };
         let spec = |task: RestoreAtTask| CatalogSpec {
             task: CatalogTask::RestoreAt(Box::new(task)),
@@ -664,29 +666,15 @@ impl Node {
                     ));
                 }
                 super::restore::no_password_in(&r.target)?;
-                let preferred: Vec<String> = if r.agent.is_empty() {
-                    self.archive_rows(cluster)
-                        .into_iter()
-                        .map(|row| row.agent)
-                        .filter(|a| !a.is_empty())
-                        .collect()
-                } else {
-                    vec![r.agent.clone()]
-                };
-                let agent = self.pick_agent(&preferred)?;
-                if !r.agent.is_empty() && agent != r.agent {
-                    return Err(LeaderError::unavailable(format!(
-                        "agent {:?} is not connected to the leader",
-                        r.agent
-                    )));
-                }
-                let mode = RestoreMode::Online {
-                    target: r.target.clone(),
-                    replace_existing: r.replace_existing,
-                };
-                let job = self
-                    .catalog_job(agent.clone(), spec(task(shard, mode)))
-                    .await?;
+                let task = task(
+                    shard,
+                    RestoreMode::Online {
+                        target: r.target.clone(),
+                        replace_existing: r.replace_existing,
+                    },
+                )?;
+                let agent = self.archive_agent(cluster, &r.agent)?;
+                let job = self.catalog_job(agent.clone(), spec(task)).await?;
                 started.jobs.push(job);
                 started.agents.push(agent);
             }
@@ -735,12 +723,8 @@ impl Node {
                     )));
                 }
                 for (name, agent, instance) in plan {
-                    let job = self
-                        .catalog_job(
-                            agent.clone(),
-                            spec(task(Some(name), RestoreMode::Replace { instance })),
-                        )
-                        .await?;
+                    let task = task(Some(name), RestoreMode::Replace { instance })?;
+                    let job = self.catalog_job(agent.clone(), spec(task)).await?;
                     started.jobs.push(job);
                     started.agents.push(agent);
                 }

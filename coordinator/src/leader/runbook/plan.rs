@@ -345,63 +345,37 @@ impl Node {
         let agent = self.restoring_agent(&set, &r.agent)?;
         let names: Vec<&str> = regions.iter().map(|g| g.region.as_str()).collect();
         let tails = set.shards.iter().filter(|s| s.cut_offset.is_some()).count();
-        let probe = |want: ProbeWant| {
-            CatalogTask::Probe(ProbeTask {
-                target: target.to_string(),
-                want,
-            })
-        };
-        let step = |title: String, task: CatalogTask| Step {
-            title,
-            action: Action::Agent {
-                agent: agent.clone(),
-                task,
-            },
-            job: None,
-            outcome: None,
-            ok: None,
-        };
-        let steps = vec![
-            step(
-                format!(
-                    "agent {agent} checks that {target} answers, serves every slot if it is a Redis Cluster, and holds no key"
-                ),
-                probe(ProbeWant::Empty),
+        let steps = restore_steps(
+            &agent,
+            target,
+            format!(
+                "agent {agent} restores set {} ({} shards, taken {}) into {target} key by key, reading {}{}",
+                set.key(),
+                set.shards.len(),
+                fleetsnap_core::window::from_unix_ms(set.opened_at_ms)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                names.join(", then "),
+                if tails > 0 {
+                    ", and replays the consistent cut's tails"
+                } else {
+                    ""
+                }
             ),
-            step(
-                format!(
-                    "agent {agent} restores set {} ({} shards, taken {}) into {target} key by key, reading {}{}",
-                    set.key(),
-                    set.shards.len(),
-                    fleetsnap_core::window::from_unix_ms(set.opened_at_ms)
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default(),
-                    names.join(", then "),
-                    if tails > 0 {
-                        ", and replays the consistent cut's tails"
-                    } else {
-                        ""
-                    }
-                ),
-                CatalogTask::Restore(Box::new(RestoreTask {
-                    cluster: set.cluster.clone(),
-                    backup_id: set.backup_id.clone(),
-                    regions,
-                    shard: None,
-                    db: None,
-                    pattern: None,
-                    mode: RestoreMode::Online {
-                        target: target.to_string(),
-                        replace_existing: false,
-                    },
-                    taken_at_ms: Some(set.opened_at_ms),
-                })),
-            ),
-            step(
-                format!("check: {target} serves every slot and holds the keys the restore wrote"),
-                probe(ProbeWant::Restored),
-            ),
-        ];
+            CatalogTask::Restore(Box::new(RestoreTask {
+                cluster: set.cluster.clone(),
+                backup_id: set.backup_id.clone(),
+                regions,
+                shard: None,
+                db: None,
+                pattern: None,
+                mode: RestoreMode::Online {
+                    target: target.to_string(),
+                    replace_existing: false,
+                },
+                taken_at_ms: Some(set.opened_at_ms),
+            })),
+        );
         let mut findings = BTreeMap::new();
         findings.insert("set".into(), set.key());
         Ok((steps, findings))
@@ -426,16 +400,7 @@ impl Node {
                 replace_existing: false,
             },
         )?;
-        let preferred: Vec<String> = if r.agent.is_empty() {
-            self.archive_rows(cluster)
-                .into_iter()
-                .map(|row| row.agent)
-                .filter(|a| !a.is_empty())
-                .collect()
-        } else {
-            vec![r.agent.clone()]
-        };
-        let agent = self.pick_agent(&preferred)?;
+        let agent = self.archive_agent(cluster, &r.agent)?;
         let to = if !r.before.is_empty() {
             format!("just before {}", r.before.join(", "))
         } else {
@@ -448,40 +413,14 @@ impl Node {
                 t
             }
         };
-        let probe = |want: ProbeWant| {
-            CatalogTask::Probe(ProbeTask {
-                target: target.to_string(),
-                want,
-            })
-        };
-        let step = |title: String, task: CatalogTask| Step {
-            title,
-            action: Action::Agent {
-                agent: agent.clone(),
-                task,
-            },
-            job: None,
-            outcome: None,
-            ok: None,
-        };
-        let steps = vec![
-            step(
-                format!(
-                    "agent {agent} checks that {target} answers, serves every slot if it is a Redis Cluster, and holds no key"
-                ),
-                probe(ProbeWant::Empty),
+        let steps = restore_steps(
+            &agent,
+            target,
+            format!(
+                "agent {agent} restores every shard of cluster {cluster} from its archive to {to} into {target}"
             ),
-            step(
-                format!(
-                    "agent {agent} restores every shard of cluster {cluster} from its archive to {to} into {target}"
-                ),
-                CatalogTask::RestoreAt(Box::new(task)),
-            ),
-            step(
-                format!("check: {target} serves every slot and holds the keys the restore wrote"),
-                probe(ProbeWant::Restored),
-            ),
-        ];
+            CatalogTask::RestoreAt(Box::new(task)),
+        );
         let mut findings = BTreeMap::new();
         findings.insert("archive".into(), format!("{cluster} to {to}"));
         Ok((steps, findings))
@@ -754,6 +693,40 @@ impl Node {
             (false, problems.join("; "))
         }
     }
+}
+
+/// restore-cluster's steps, all run by `agent`: `target` checked answering, serving every slot
+/// and empty; `restore` (titled `title`) into it; `target` checked holding what it restored.
+fn restore_steps(agent: &str, target: &str, title: String, restore: CatalogTask) -> Vec<Step> {
+    let step = |title: String, task: CatalogTask| Step {
+        title,
+        action: Action::Agent {
+            agent: agent.to_string(),
+            task,
+        },
+        job: None,
+        outcome: None,
+        ok: None,
+    };
+    let probe = |want: ProbeWant| {
+        CatalogTask::Probe(ProbeTask {
+            target: target.to_string(),
+            want,
+        })
+    };
+    vec![
+        step(
+            format!(
+                "agent {agent} checks that {target} answers, serves every slot if it is a Redis Cluster, and holds no key"
+            ),
+            probe(ProbeWant::Empty),
+        ),
+        step(title, restore),
+        step(
+            format!("check: {target} serves every slot and holds the keys the restore wrote"),
+            probe(ProbeWant::Restored),
+        ),
+    ]
 }
 
 fn describe(r: &v1::RunbookRequest) -> String {

@@ -11,7 +11,7 @@ use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant};
 /// keys it restored, less those with an expiry (which may lapse before the check). A replayed
 /// tail may add and delete any number of keys, so after one only the target's health is checked.
 fn restored_bounds(report_json: &str) -> Option<(u64, u64)> {
-    if let Some(shards) = archive_shards(report_json) {
+    if let Some((shards, _)) = archive_shards(report_json) {
         // A restore from the archive replays each shard's tail past its base.
         let tail: u64 = shards
             .iter()
@@ -36,30 +36,28 @@ fn restored_bounds(report_json: &str) -> Option<(u64, u64)> {
 }
 
 /// The shards' reports of a restore of a whole cluster from the archive (its report has each
-/// shard's point and restore, and the stamps' spread); `None` for any other report.
-fn archive_shards(report_json: &str) -> Option<Vec<OnlineRestoreReport>> {
+/// shard's point and restore) and the spread of their stamps (ms); `None` for any other report.
+fn archive_shards(report_json: &str) -> Option<(Vec<OnlineRestoreReport>, i64)> {
     let doc: serde_json::Value = serde_json::from_str(report_json).ok()?;
-    doc.get("stamp_spread_ms")?;
-    doc.get("shards")?
+    let spread = doc.get("stamp_spread_ms")?.as_i64()?;
+    let shards = doc
+        .get("shards")?
         .as_array()?
         .iter()
         .map(|s| serde_json::from_value(s.get("restore")?.clone()).ok())
-        .collect()
+        .collect::<Option<_>>()?;
+    Some((shards, spread))
 }
 
 /// One line for a restore step's outcome.
 fn restored_summary(report_json: &str) -> String {
-    if let Some(shards) = archive_shards(report_json) {
+    if let Some((shards, spread)) = archive_shards(report_json) {
         let keys: u64 = shards.iter().map(|r| r.keys).sum();
         let tail: u64 = shards
             .iter()
             .flat_map(|r| r.shards.iter())
             .map(|s| s.applied.tail_commands)
             .sum();
-        let spread = serde_json::from_str::<serde_json::Value>(report_json)
-            .ok()
-            .and_then(|d| d["stamp_spread_ms"].as_i64())
-            .unwrap_or(0);
         return format!(
             "{keys} keys of {} shards restored from the archive; {tail} archived commands replayed; the shards' stamps spread {spread} ms",
             shards.len()
