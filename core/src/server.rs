@@ -62,6 +62,15 @@ impl Server {
 }
 
 impl Server {
+    /// Whether it has hash fields' expiries (HPEXPIREAT): Redis 7.4 and later, Valkey 9 and
+    /// later.
+    pub fn has_hash_field_expiry(&self) -> bool {
+        self.major_minor().is_some_and(|v| match self.flavour {
+            Flavour::Redis => v >= (7, 4),
+            Flavour::Valkey => v.0 >= 9,
+        })
+    }
+
     /// Whether it loads RDB version `v` (a file, or a `RESTORE` payload): up to its own within
     /// its numbering. Valkey 9 reads Redis's 11 and older and its own 80 but not 12 to 79, which
     /// Redis 7.4 and later write; Redis reads nothing of Valkey's 80.
@@ -109,6 +118,19 @@ impl std::str::FromStr for Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_field_expiry_is_known_by_version() {
+        let s = |flavour, v: &str| Server {
+            flavour,
+            version: v.into(),
+        };
+        assert!(!s(Flavour::Redis, "7.0.15").has_hash_field_expiry());
+        assert!(s(Flavour::Redis, "7.4.1").has_hash_field_expiry());
+        assert!(s(Flavour::Redis, "8.0.2").has_hash_field_expiry());
+        assert!(!s(Flavour::Valkey, "8.1.8").has_hash_field_expiry());
+        assert!(s(Flavour::Valkey, "9.0.0").has_hash_field_expiry());
+    }
 
     fn info(fields: &[(&'static str, &'static str)]) -> Option<Server> {
         Server::from_info(|k| fields.iter().find(|(f, _)| *f == k).map(|(_, v)| *v))

@@ -96,30 +96,38 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
     })
 }
 
-/// Runs a restore from the archive: online (one shard or the whole cluster) or replacing the
-/// agent's own instance (one shard).
-pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResult> {
-    use crate::archive::{ClusterTarget, PointSource};
-    let source = PointSource {
-        from: task
-            .regions
+/// Where a job reads `cluster`'s archive (its regions, the agent's identity for an encrypted
+/// one), and the one shard it names, if any.
+fn archive_of(
+    cluster: &fleetsnap_core::ClusterId,
+    regions: &[fleetsnap_core::window::RegionUrl],
+    shard: Option<&str>,
+    config: &AgentConfig,
+) -> Result<(crate::archive::PointSource, Option<ShardId>)> {
+    let source = crate::archive::PointSource {
+        from: regions
             .iter()
             .map(|r| DestSpec::parse(&r.url))
             .collect::<Result<Vec<_>>>()?,
-        cluster: task.cluster.clone(),
+        cluster: cluster.clone(),
         identity: config.restore.identity.clone(),
     };
     if source.from.is_empty() {
         return Err(Error::Input(format!(
-            "no region holds an archive of cluster {}",
-            task.cluster
+            "no region holds an archive of cluster {cluster}"
         )));
     }
-    let shard = task
-        .shard
-        .as_deref()
+    let shard = shard
         .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
         .transpose()?;
+    Ok((source, shard))
+}
+
+/// Runs a restore from the archive: online (one shard or the whole cluster) or replacing the
+/// agent's own instance (one shard).
+pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResult> {
+    use crate::archive::ClusterTarget;
+    let (source, shard) = archive_of(&task.cluster, &task.regions, task.shard.as_deref(), config)?;
     let to = match (task.at_ms, task.exact) {
         (Some(t), true) => ClusterTarget::Exact(t),
         (Some(t), false) => ClusterTarget::At(t),
@@ -186,20 +194,7 @@ pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResu
 
 /// Finds commands in the archive of a cluster (every shard, or one).
 pub async fn find(task: FindTask, config: &AgentConfig) -> Result<JobResult> {
-    let source = crate::archive::PointSource {
-        from: task
-            .regions
-            .iter()
-            .map(|r| DestSpec::parse(&r.url))
-            .collect::<Result<Vec<_>>>()?,
-        cluster: task.cluster.clone(),
-        identity: config.restore.identity.clone(),
-    };
-    let shard = task
-        .shard
-        .as_deref()
-        .map(|s| ShardId::new(s).map_err(|e| Error::Input(e.to_string())))
-        .transpose()?;
+    let (source, shard) = archive_of(&task.cluster, &task.regions, task.shard.as_deref(), config)?;
     let wanted = fleetsnap_core::archive::Wanted {
         names: task.commands,
         key: task.key.map(String::into_bytes),

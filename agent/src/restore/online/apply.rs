@@ -285,39 +285,28 @@ pub(super) async fn restore_entry(
         && let Ok(fleetsnap_core::rdbread::Value::String(v)) = e.value()
     {
         n.hold_string(e.key, v, opts.replace_existing);
-    } else if t.script.is_some() {
+    } else if n.script.is_some() {
         // A target that cannot read the backup's RDB version: the value re-encoded in the
         // plainest types, which every version loads; what they cannot hold, as commands.
-        let portable = e
-            .value()
-            .ok()
-            .and_then(|v| fleetsnap_core::rdbwrite::portable_payload(&v));
-        match portable {
-            Some(payload) => {
-                let e = Entry {
-                    payload,
-                    decoded: None,
-                    ..e
-                };
-                encode_restore(&mut n.buf, &e, version, opts.replace_existing);
-                n.pending.push(Pending::Key(e.db, e.key));
-            }
-            None => match super::commands::key_args(&e, t.field_expiry) {
-                Ok(args) => {
-                    report.as_commands += 1;
-                    n.hold_script(e.key, args, opts.replace_existing, cluster);
+        match e.value() {
+            Err(err) => refused(report, &e, err.to_string()),
+            Ok(v) => match fleetsnap_core::rdbwrite::portable_payload(&v) {
+                Some(payload) => {
+                    let e = Entry {
+                        payload,
+                        decoded: None,
+                        ..e
+                    };
+                    encode_restore(&mut n.buf, &e, version, opts.replace_existing);
+                    n.pending.push(Pending::Key(e.db, e.key));
                 }
-                Err(why) => {
-                    report.keys -= 1;
-                    report.refused += 1;
-                    if report.refused_keys.len() < CONFLICTS_NAMED {
-                        report.refused_keys.push(format!(
-                            "{:?} in db {}: {why}",
-                            e.key_lossy(),
-                            e.db
-                        ));
+                None => match super::commands::key_args(&e, v, t.field_expiry) {
+                    Ok(args) => {
+                        report.as_commands += 1;
+                        n.hold_script(e.key, args, opts.replace_existing, cluster);
                     }
-                }
+                    Err(why) => refused(report, &e, why),
+                },
             },
         }
     } else {
@@ -330,6 +319,17 @@ pub(super) async fn restore_entry(
         n.flush(report).await?;
     }
     Ok(())
+}
+
+/// `e` left out, as no command can write it into the target: counted and named with `why`.
+fn refused(report: &mut OnlineReport, e: &Entry, why: String) {
+    report.keys -= 1;
+    report.refused += 1;
+    if report.refused_keys.len() < CONFLICTS_NAMED {
+        report
+            .refused_keys
+            .push(format!("{:?} in db {}: {why}", e.key_lossy(), e.db));
+    }
 }
 
 /// `RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]` written straight into

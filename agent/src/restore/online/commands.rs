@@ -6,7 +6,6 @@
 //! expiry on a server without HPEXPIREAT) is refused by key, and the rest goes on.
 
 use fleetsnap_core::rdbread::{Entry, StreamId, StreamValue, Value};
-use fleetsnap_core::server::{Flavour, Server};
 
 use super::target::Target;
 use crate::error::{Error, Result};
@@ -113,7 +112,6 @@ return out
 
 /// Loads the script on every primary of `t`: its values go as commands from now on.
 pub(super) async fn load_script(t: &mut Target) -> Result<()> {
-    t.field_expiry = has_field_expiry(&t.server);
     for n in &mut t.nodes {
         let target = n.conn.target().clone();
         match n
@@ -121,10 +119,7 @@ pub(super) async fn load_script(t: &mut Target) -> Result<()> {
             .command(&[b"SCRIPT", b"LOAD", SCRIPT.as_bytes()])
             .await?
         {
-            Reply::Bulk(Some(sha)) => {
-                n.script = Some(sha.clone());
-                t.script = Some(sha);
-            }
+            Reply::Bulk(Some(sha)) => n.script = Some(sha),
             Reply::Error(e) => {
                 return Err(Error::redis(
                     &target,
@@ -142,20 +137,6 @@ pub(super) async fn load_script(t: &mut Target) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether `server` has HPEXPIREAT (hash field expiry): Redis 7.4 and later, Valkey 9 and
-/// later.
-pub(super) fn has_field_expiry(server: &Server) -> bool {
-    let mut parts = server
-        .version
-        .split('.')
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    match server.flavour {
-        Flavour::Redis => (major, minor) >= (7, 4),
-        Flavour::Valkey => major >= 9,
-    }
 }
 
 /// A stream entry's fields and values.
@@ -236,10 +217,13 @@ fn stream_args(s: &StreamValue) -> (usize, Vec<Vec<u8>>) {
     (main, out)
 }
 
-/// The script's arguments for `e` (after the replace flag), or why its value cannot be
-/// written as commands into this target.
-pub(super) fn key_args(e: &Entry, field_expiry: bool) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let value = e.value().map_err(|err| err.to_string())?;
+/// The script's arguments for `e`, whose value is `value` (after the replace flag), or why it
+/// cannot be written as commands into this target.
+pub(super) fn key_args(
+    e: &Entry,
+    value: Value,
+    field_expiry: bool,
+) -> std::result::Result<Vec<Vec<u8>>, String> {
     let (kind, main, rest): (&[u8], usize, Vec<Vec<u8>>) = match value {
         Value::String(v) => (b"string", 1, vec![v]),
         Value::List(v) => (b"list", v.len(), v),
@@ -326,9 +310,9 @@ mod tests {
 
     #[test]
     fn what_commands_cannot_write_is_refused_with_why() {
-        // A module's value (type 7): no command writes it.
+        // A module's value (type 7): it does not decode, which is the refusal's reason.
         let module = entry("m", vec![7, 0x81, 1, 2, 3], None);
-        let why = key_args(&module, true).unwrap_err();
+        let why = module.value().unwrap_err().to_string();
         assert!(why.contains("module"), "{why}");
         // A hash with a field's expiry, into a server without HPEXPIREAT.
         let hash = entry(
@@ -339,10 +323,11 @@ mod tests {
                 (b"g".to_vec(), b"w".to_vec(), None),
             ])),
         );
-        let why = key_args(&hash, false).unwrap_err();
+        let value = hash.value().unwrap();
+        let why = key_args(&hash, value.clone(), false).unwrap_err();
         assert!(why.contains("HPEXPIREAT"), "{why}");
         // With it: the type, no expiry, 4 main arguments, then the field's expiry and name.
-        let args = key_args(&hash, true).unwrap();
+        let args = key_args(&hash, value, true).unwrap();
         let text: Vec<String> = args
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -362,18 +347,5 @@ mod tests {
                 "f"
             ]
         );
-    }
-
-    #[test]
-    fn field_expiry_is_known_by_version() {
-        let s = |f, v: &str| Server {
-            flavour: f,
-            version: v.into(),
-        };
-        assert!(!has_field_expiry(&s(Flavour::Redis, "7.0.15")));
-        assert!(has_field_expiry(&s(Flavour::Redis, "7.4.1")));
-        assert!(has_field_expiry(&s(Flavour::Redis, "8.0.2")));
-        assert!(!has_field_expiry(&s(Flavour::Valkey, "8.1.8")));
-        assert!(has_field_expiry(&s(Flavour::Valkey, "9.0.0")));
     }
 }

@@ -325,9 +325,7 @@ pub(crate) struct Target {
     pub(super) rdb_version: u16,
     /// The server (a cluster's: its first node's).
     pub(super) server: fleetsnap_core::server::Server,
-    /// The SHA1 of the commands script on every primary, once values go as commands.
-    pub(super) script: Option<Vec<u8>>,
-    /// Whether hash field expiries can be written (HPEXPIREAT), once values go as commands.
+    /// Whether it has hash fields' expiries (HPEXPIREAT), for values written as commands.
     pub(super) field_expiry: bool,
     /// Keys the tail writes to (merging into a target that keeps its own keys), and those of
     /// them the RDB restored or tried to.
@@ -369,9 +367,8 @@ impl Target {
                 nodes: vec![first],
                 slots: None,
                 rdb_version: version,
-                field_expiry: false,
+                field_expiry: server.has_hash_field_expiry(),
                 server,
-                script: None,
                 watch: Default::default(),
                 in_rdb: HashSet::new(),
             });
@@ -428,9 +425,8 @@ impl Target {
             nodes,
             slots: Some(slots),
             rdb_version: version,
-            field_expiry: false,
+            field_expiry: server.has_hash_field_expiry(),
             server,
-            script: None,
             watch: Default::default(),
             in_rdb: HashSet::new(),
         })
