@@ -1,6 +1,7 @@
-//! What the benchmarks share: the dataset they fill servers with.
+//! What the benchmarks share: the dataset they fill servers with, the median of runs, a
+//! command timed.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::RedisServer;
 
@@ -30,4 +31,28 @@ pub async fn fill(server: &RedisServer, gib: u64) -> anyhow::Result<()> {
         i += batch.len() as u64;
     }
     Ok(())
+}
+
+/// The median of runs (the upper one of an even count).
+pub fn median<T: PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.swap_remove(v.len() / 2)
+}
+
+/// Runs `cmd` to its end: the seconds it took and its standard output; an error with its
+/// output when it fails.
+pub fn timed(cmd: &mut std::process::Command) -> anyhow::Result<(f64, String)> {
+    let started = std::time::Instant::now();
+    let out = cmd.output().context("start the command")?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
 }

@@ -5,9 +5,9 @@
 //! streams (`--kind streams`); strings would go as batched MSETNX either way. Run with
 //! `scripts/bench.sh crossver`; prints a Markdown table (medians of `--repeat` runs).
 
+use fleetsnap_bench::{median, timed as run};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -33,27 +33,6 @@ struct Args {
     /// Where the fleetsnap-agent binary is (built with --release).
     #[arg(long, default_value = "target/release/fleetsnap-agent")]
     agent: PathBuf,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<(f64, String)> {
-    let started = Instant::now();
-    let out = cmd.output().context("start the command")?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok((
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
 }
 
 async fn dbsize(s: &RedisServer) -> anyhow::Result<i64> {

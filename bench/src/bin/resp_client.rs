@@ -10,6 +10,7 @@
 //! (256 MiB without CRLF, then it closes). The table shows how much each client's process grew
 //! while reading it. Run with `scripts/bench.sh client`.
 
+use fleetsnap_bench::median;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -189,11 +190,6 @@ async fn hostile_rows() -> anyhow::Result<Vec<(&'static str, String, u64)>> {
         peak_rss().saturating_sub(after),
     ));
     Ok(rows)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 #[tokio::main]

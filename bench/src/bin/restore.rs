@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use fleetsnap_agent::redis::RedisTarget;
 use fleetsnap_agent::redis::{Connection, Value};
-use fleetsnap_bench::fill;
+use fleetsnap_bench::{fill, median};
 use fleetsnap_core::outcomes::ReplaceReport;
 use fleetsnap_testkit::{RedisServer, free_port};
 
@@ -122,11 +122,6 @@ impl Target {
 
 /// Name, RTO, and for replace the node's down time and the time to fetch and verify the copy.
 type Row = (String, Duration, Option<(Duration, Duration)>);
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 /// CPU seconds (user and system) used by the children waited for so far.
 fn children_cpu() -> f64 {

@@ -5,11 +5,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
-use fleetsnap_bench::fill;
+use fleetsnap_bench::{fill, median, timed};
 use fleetsnap_testkit::RedisServer;
 
 #[derive(Parser)]
@@ -26,24 +25,6 @@ struct Args {
     /// Where the fleetsnap-agent binary is (built with --release).
     #[arg(long, default_value = "target/release/fleetsnap-agent")]
     agent: PathBuf,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let out = cmd.output().context("start the command")?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(started.elapsed().as_secs_f64())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +55,14 @@ async fn main() -> anyhow::Result<()> {
         for (i, (_, times)) in rows.iter_mut().enumerate() {
             let dest = format!("file://{}/r{round}-{i}", work.path().display());
             let t = match i {
-                0 => run(Command::new("redis-cli")
-                    .args(["-p", &port, "--rdb"])
-                    .arg(&rdb))?,
+                0 => {
+                    timed(
+                        Command::new("redis-cli")
+                            .args(["-p", &port, "--rdb"])
+                            .arg(&rdb),
+                    )?
+                    .0
+                }
                 _ => {
                     let (source, compress) = match i {
                         1 => ("replication", "zstd:3"),
@@ -89,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
                     if i == 4 {
                         c.args(["--max-ops-per-sec", &a.rate.to_string()]);
                     }
-                    run(&mut c)?
+                    timed(&mut c)?.0
                 }
             };
             times.push(t);
