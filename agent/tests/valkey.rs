@@ -285,19 +285,11 @@ async fn a_valkey_backup_restores_into_an_older_redis_as_commands() {
     // RESTORE; with --replace-existing, overwritten.
     let busy = RedisServer::start().await.unwrap();
     busy.cmd(&["SET", "list:small", "mine"]).await.unwrap();
-    let kept = agent(
-        None,
-        &[
-            "restore",
-            "--from",
-            &dest,
-            "--backup",
-            &id,
-            "--online",
-            &busy.url(),
-        ],
-    )
-    .await;
+    let busy_url = busy.url();
+    let into_busy = [
+        "restore", "--from", &dest, "--backup", &id, "--online", &busy_url,
+    ];
+    let kept = agent(None, &into_busy).await;
     assert_ne!(kept.code, 0, "a conflict is a failed restore");
     assert!(kept.stderr.contains("list:small"), "{}", kept.stderr);
     assert_eq!(
@@ -308,21 +300,9 @@ async fn a_valkey_backup_restores_into_an_older_redis_as_commands() {
             .as_deref(),
         Some("mine")
     );
-    agent(
-        None,
-        &[
-            "restore",
-            "--from",
-            &dest,
-            "--backup",
-            &id,
-            "--online",
-            &busy.url(),
-            "--replace-existing",
-        ],
-    )
-    .await
-    .ok();
+    agent(None, &[&into_busy[..], &["--replace-existing"]].concat())
+        .await
+        .ok();
     busy.cmd(&["DEL", "zset:tenth"]).await.unwrap();
     assert_same_data(&source, &busy).await.unwrap();
 }

@@ -87,6 +87,58 @@ fn from_args(dests: &[String]) -> Vec<&str> {
     dests.iter().flat_map(|d| ["--from", d.as_str()]).collect()
 }
 
+/// Waits for the regions to hold `shard`'s archive past `last` (Unix ms); its status then.
+async fn archived_past(dests: &[String], cluster: &str, shard: &str, last: i64) -> Json {
+    let mut args = vec![
+        "archive",
+        "status",
+        "--cluster",
+        cluster,
+        "--shard",
+        shard,
+        "--json",
+    ];
+    args.extend(from_args(dests));
+    poll_until(
+        "the regions hold the archive past the last write",
+        Duration::from_secs(90),
+        || async {
+            let s = agent_json(&args);
+            let end = s["chains"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| c["end_ms"].as_i64())
+                .max()?;
+            (end >= last).then_some(s)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// `shard` restored from the archive to `point` (`--at T` or `--before H`) into an AOF
+/// directory `dir`, and a redis-server that loaded it.
+async fn restored_to(
+    dests: &[String],
+    cluster: &str,
+    shard: &str,
+    point: [&str; 2],
+    dir: &std::path::Path,
+) -> RedisServer {
+    let d = dir.display().to_string();
+    let mut args = vec!["restore", "--cluster", cluster, "--shard", shard];
+    args.extend(point);
+    args.extend(["--aof-dir", &d, "--json"]);
+    args.extend(from_args(dests));
+    agent_json(&args);
+    RedisServer::start_with(RedisOptions {
+        aof_dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    })
+    .await
+    .expect("the restored AOF directory loads")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_archiving_agent_is_replaced_within_the_lease_without_a_gap() {
     let fleet = FleetDir::new(&[1, 2, 3], &["a1", "a2", "a3"]).unwrap();
@@ -199,32 +251,7 @@ keep = "7d"
     let mut conn = set.primary.conn().await.unwrap();
     conn.checked(&[b"FLUSHALL"]).await.unwrap();
     let after = write(&set.primary, "after", 10, Duration::from_millis(5)).await;
-    let last = now_ms();
-    let mut status_args = vec![
-        "archive",
-        "status",
-        "--cluster",
-        "shop",
-        "--shard",
-        shard,
-        "--json",
-    ];
-    status_args.extend(from_args(&dests));
-    let status = poll_until(
-        "the regions hold the archive past the last write",
-        Duration::from_secs(60),
-        || async {
-            let s = agent_json(&status_args);
-            let end = s["chains"]
-                .as_array()?
-                .iter()
-                .filter_map(|c| c["end_ms"].as_i64())
-                .max()?;
-            (end >= last).then_some(s)
-        },
-    )
-    .await
-    .unwrap();
+    let status = archived_past(&dests, "shop", shard, now_ms()).await;
     assert_eq!(
         status["chains"].as_array().unwrap().len(),
         1,
@@ -253,28 +280,14 @@ keep = "7d"
     let before = found[0]["before"].as_str().unwrap().to_string();
 
     // Restored to just before it: every acknowledged write, nothing after.
-    let aof = fleet.path().join("restored");
-    let aof_s = aof.display().to_string();
-    let mut restore = vec![
-        "restore",
-        "--cluster",
+    let server = restored_to(
+        &dests,
         "shop",
-        "--shard",
         shard,
-        "--before",
-        &before,
-        "--aof-dir",
-        &aof_s,
-        "--json",
-    ];
-    restore.extend(from_args(&dests));
-    agent_json(&restore);
-    let server = RedisServer::start_with(RedisOptions {
-        aof_dir: Some(aof.clone()),
-        ..Default::default()
-    })
-    .await
-    .expect("the restored AOF directory loads");
+        ["--before", &before],
+        &fleet.path().join("restored"),
+    )
+    .await;
     let mut missing = Vec::new();
     for k in &keys {
         if !matches!(server.cmd(&["EXISTS", k]).await.unwrap(), Value::Int(1)) {
@@ -847,34 +860,9 @@ segment_seconds = 1
     let primary = primary.expect("a primary after the failover");
     assert_ne!(primary.port(), set.primary.port(), "{rb:#}");
     keys.extend(write(primary, "after", 100, Duration::from_millis(5)).await);
-    let last = now_ms();
 
     // The archive reaches past the last write, in one chain across the two histories.
-    let mut status_args = vec![
-        "archive",
-        "status",
-        "--cluster",
-        "ha",
-        "--shard",
-        &shard,
-        "--json",
-    ];
-    status_args.extend(from_args(&dests));
-    let status = poll_until(
-        "the regions hold the archive past the last write",
-        Duration::from_secs(90),
-        || async {
-            let s = agent_json(&status_args);
-            let end = s["chains"]
-                .as_array()?
-                .iter()
-                .filter_map(|c| c["end_ms"].as_i64())
-                .max()?;
-            (end >= last).then_some(s)
-        },
-    )
-    .await
-    .unwrap();
+    let status = archived_past(&dests, "ha", &shard, now_ms()).await;
     assert_eq!(
         status["chains"].as_array().unwrap().len(),
         1,
@@ -882,28 +870,14 @@ segment_seconds = 1
     );
     assert!(status["gaps"].as_array().unwrap().is_empty(), "{status:#}");
     let end = status["chains"][0]["end_ms"].as_i64().unwrap().to_string();
-    let aof = fleet.path().join("restored");
-    let aof_s = aof.display().to_string();
-    let mut restore = vec![
-        "restore",
-        "--cluster",
+    let restored = restored_to(
+        &dests,
         "ha",
-        "--shard",
         &shard,
-        "--at",
-        &end,
-        "--aof-dir",
-        &aof_s,
-        "--json",
-    ];
-    restore.extend(from_args(&dests));
-    agent_json(&restore);
-    let restored = RedisServer::start_with(RedisOptions {
-        aof_dir: Some(aof),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+        ["--at", &end],
+        &fleet.path().join("restored"),
+    )
+    .await;
     for k in &keys {
         assert!(
             matches!(restored.cmd(&["EXISTS", k]).await.unwrap(), Value::Int(1)),

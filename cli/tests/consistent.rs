@@ -259,20 +259,16 @@ url = "file://{}"
         .await
         .unwrap();
     let from = format!("file://{}", region.display());
-    let out = restore(
-        &[
-            "--from",
-            &from,
-            "--backup",
-            &id,
-            "--online",
-            &five.nodes[0].url(),
-            "--json",
-        ],
-        &[],
-    )
-    .unwrap();
-    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The set restored online into `url`: the agent's JSON report.
+    let online = |url: String| -> serde_json::Value {
+        let out = restore(
+            &["--from", &from, "--backup", &id, "--online", &url, "--json"],
+            &[],
+        )
+        .unwrap();
+        serde_json::from_str(&out).unwrap()
+    };
+    let out = online(five.nodes[0].url());
     assert_eq!(out["shards"].as_array().unwrap().len(), 3, "{out:#}");
     let replayed: u64 = out["shards"]
         .as_array()
@@ -289,7 +285,8 @@ url = "file://{}"
     assert_same_data_across(&expected, &actual).await.unwrap();
 
     // Into a cluster of the other server: Valkey 8.1's RDB 11 into Redis 7.0, which reads 10,
-    // goes as commands; Redis 7.0's into Valkey as RESTORE. The same data either way.
+    // goes across versions (re-encoded for RESTORE); Redis 7.0's into Valkey as it is. The same
+    // data either way.
     let other = match flavour {
         Flavour::Valkey => Flavour::Redis,
         _ => Flavour::Valkey,
@@ -304,20 +301,7 @@ url = "file://{}"
     )
     .await
     .unwrap();
-    let out = restore(
-        &[
-            "--from",
-            &from,
-            "--backup",
-            &id,
-            "--online",
-            &across.nodes[0].url(),
-            "--json",
-        ],
-        &[],
-    )
-    .unwrap();
-    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let out = online(across.nodes[0].url());
     for s in out["shards"].as_array().unwrap() {
         assert_eq!(
             s["applied"]["across_versions"],
