@@ -87,6 +87,40 @@ fn from_args(dests: &[String]) -> Vec<&str> {
     dests.iter().flat_map(|d| ["--from", d.as_str()]).collect()
 }
 
+/// Policy `name`, which archives `cluster` in 1 s segments (with `extra` lines in its
+/// `[archive]`) into two file regions, east and west, under `dir`: the regions' URLs and the
+/// policy's text.
+fn archive_to_two_regions(
+    dir: &std::path::Path,
+    name: &str,
+    cluster: &str,
+    extra: &str,
+) -> (Vec<String>, String) {
+    let dests: Vec<String> = ["east", "west"]
+        .iter()
+        .map(|r| format!("file://{}", dir.join(r).display()))
+        .collect();
+    let policy = format!(
+        r#"
+name = "{name}"
+clusters = ["{cluster}"]
+
+[[destinations]]
+region = "east"
+url = "{}"
+
+[[destinations]]
+region = "west"
+url = "{}"
+
+[archive]
+segment_seconds = 1
+{extra}"#,
+        dests[0], dests[1]
+    );
+    (dests, policy)
+}
+
 /// Waits for the regions to hold `shard`'s archive past `last` (Unix ms); its status then.
 async fn archived_past(dests: &[String], cluster: &str, shard: &str, last: i64) -> Json {
     let mut args = vec![
@@ -181,30 +215,8 @@ async fn a_killed_archiving_agent_is_replaced_within_the_lease_without_a_gap() {
     let cli = fleet.cli(&addresses);
     cli.wait_for_shards(1, 3).await.unwrap();
 
-    let dirs = [fleet.path().join("east"), fleet.path().join("west")];
-    let dests: Vec<String> = dirs
-        .iter()
-        .map(|d| format!("file://{}", d.display()))
-        .collect();
-    let policy = format!(
-        r#"
-name = "shop-pitr"
-clusters = ["shop"]
-
-[[destinations]]
-region = "east"
-url = "{}"
-
-[[destinations]]
-region = "west"
-url = "{}"
-
-[archive]
-segment_seconds = 1
-keep = "7d"
-"#,
-        dests[0], dests[1]
-    );
+    let (dests, policy) =
+        archive_to_two_regions(fleet.path(), "shop-pitr", "shop", "keep = \"7d\"\n");
     let mut keys = write(&set.primary, "seed", 50, Duration::ZERO).await;
     cli.set_policy(fleet.path(), "shop-pitr", &policy).unwrap();
 
@@ -803,29 +815,7 @@ async fn a_graceful_failover_while_archiving_leaves_no_gap() {
     }
     let _logs = Logs::of(std::slice::from_ref(&one), &agents);
     cli.wait_for_shards(1, 3).await.unwrap();
-    let dirs = [fleet.path().join("east"), fleet.path().join("west")];
-    let dests: Vec<String> = dirs
-        .iter()
-        .map(|d| format!("file://{}", d.display()))
-        .collect();
-    let policy = format!(
-        r#"
-name = "ha-pitr"
-clusters = ["ha"]
-
-[[destinations]]
-region = "east"
-url = "{}"
-
-[[destinations]]
-region = "west"
-url = "{}"
-
-[archive]
-segment_seconds = 1
-"#,
-        dests[0], dests[1]
-    );
+    let (dests, policy) = archive_to_two_regions(fleet.path(), "ha-pitr", "ha", "");
     cli.set_policy(fleet.path(), "ha-pitr", &policy).unwrap();
     let mut keys = write(&set.primary, "before", 100, Duration::from_millis(5)).await;
     let row = held(&cli, None, 1).await;

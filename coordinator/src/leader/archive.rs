@@ -508,22 +508,13 @@ impl Node {
         cluster: &str,
         asked: &str,
     ) -> Result<String, LeaderError> {
-        let preferred: Vec<String> = if asked.is_empty() {
+        self.pick_asked(asked, || {
             self.archive_rows(cluster)
                 .into_iter()
                 .map(|row| row.agent)
                 .filter(|a| !a.is_empty())
                 .collect()
-        } else {
-            vec![asked.to_string()]
-        };
-        let agent = self.pick_agent(&preferred)?;
-        if !asked.is_empty() && agent != asked {
-            return Err(LeaderError::unavailable(format!(
-                "agent {asked:?} is not connected to the leader"
-            )));
-        }
-        Ok(agent)
+        })
     }
 
     /// The restore of every shard of archived `cluster` to a time (`at_ms`, `exact`: its

@@ -243,18 +243,7 @@ impl Node {
         set: &BackupSet,
         asked: &str,
     ) -> Result<String, LeaderError> {
-        let preferred = if asked.is_empty() {
-            Self::set_agents(set)
-        } else {
-            vec![asked.to_string()]
-        };
-        let agent = self.pick_agent(&preferred)?;
-        if !asked.is_empty() && agent != asked {
-            return Err(LeaderError::unavailable(format!(
-                "agent {asked:?} is not connected to the leader"
-            )));
-        }
-        Ok(agent)
+        self.pick_asked(asked, || Self::set_agents(set))
     }
 
     /// A restore or drill job; `drill_of` names the schedule that called for a drill.

@@ -36,6 +36,27 @@ impl Node {
         })
     }
 
+    /// The agent an operator `asked` for (refused unless it is connected), else the first
+    /// connected of `preferred()`, else any connected agent.
+    pub(super) fn pick_asked(
+        &self,
+        asked: &str,
+        preferred: impl FnOnce() -> Vec<String>,
+    ) -> Result<String, LeaderError> {
+        let preferred = if asked.is_empty() {
+            preferred()
+        } else {
+            vec![asked.to_string()]
+        };
+        let agent = self.pick_agent(&preferred)?;
+        if !asked.is_empty() && agent != asked {
+            return Err(LeaderError::unavailable(format!(
+                "agent {asked:?} is not connected to the leader"
+            )));
+        }
+        Ok(agent)
+    }
+
     /// A connected agent that can run drills (its config has a `[drill]` section): `preferred`
     /// if it can, else the first by name.
     pub(super) fn pick_drill_agent(&self, preferred: &str) -> Result<String, LeaderError> {
