@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{Regions, agent};
 use fleetsnap_testkit::redis::{RedisOptions, ReplicaSet};
 use fleetsnap_testkit::{RedisServer, poll_until};
+use fleetsnap_agent::redis::Value;
 use tokio::process::{Child, Command};
 
 fn now_ms() -> i64 {
@@ -498,6 +499,36 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
         !Path::new(&out).exists() && !Path::new(&format!("{out}.tail")).exists(),
         "nothing is restored in part"
     );
+
+    // `replace` builds the tail while the base loads: the node has been stopped by the time the
+    // segment fails, and is started again on its own data.
+    let target = RedisServer::start().await.unwrap();
+    target.cmd(&["SET", "mine", "x"]).await.unwrap();
+    target.cmd(&["SAVE"]).await.unwrap();
+    let (url, start) = (target.url(), target.start_command());
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        &t,
+        "--replace",
+        &url,
+        "--start",
+        &start,
+    ];
+    args.extend(from_args(&dests));
+    let run = agent(None, &args).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains(name) && run.stderr.contains("started again on its previous data"),
+        "the refusal names the segment and what became of the node: {}",
+        run.stderr
+    );
+    assert!(has(&target, "mine").await, "the node is back on its own data");
+    assert_eq!(dbsize(&target).await, 1);
 }
 
 /// Both regions stop answering for 20 s while writes go on, and the archiver's spool fills: it
@@ -1290,10 +1321,19 @@ async fn replace_and_drill_go_to_a_found_command_too() {
     .ok()
     .json();
     assert_eq!(run["restore"]["tail_commands"], 60, "{run:#}");
+    // The tail went in as a replication stream, and the node is a primary again that takes
+    // writes.
+    assert_eq!(run["restore"]["tail_replayed_as"], "replication", "{run:#}");
     for w in &writes {
         assert!(has(&target, &w.key).await, "{} is missing", w.key);
     }
     assert_eq!(dbsize(&target).await, writes.len() as i64, "{run:#}");
+    let role = match target.cmd(&["INFO", "replication"]).await.unwrap() {
+        Value::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        v => panic!("INFO answered {v:?}"),
+    };
+    assert!(role.contains("role:master"), "{role}");
+    target.cmd(&["SET", "after-restore", "1"]).await.unwrap();
 
     let drill = agent(
         None,

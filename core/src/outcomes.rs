@@ -128,6 +128,12 @@ pub struct ReplaceReport {
     pub offset: Option<u64>,
     /// Tail commands replayed after the load.
     pub tail_commands: u64,
+    /// How the tail went in: `replication` (the node a replica of the agent for the tail's
+    /// length, applying it as a stream) or `commands` with the reason the stream was not
+    /// possible; empty without a tail or for an AOF directory, which replays its own.
+    pub tail_replayed_as: String,
+    /// Seconds the tail's replay took, from the node serving the base.
+    pub tail_seconds: f64,
     /// Seconds before the node was stopped: reading the manifest and fetching the tail, and for
     /// an AOF directory fetching and verifying the whole copy.
     pub staged_seconds: f64,

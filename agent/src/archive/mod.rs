@@ -8,6 +8,7 @@ mod local;
 mod points;
 mod read;
 mod restore;
+mod tail;
 mod upkeep;
 
 pub use archiver::{ArchiveRequest, ArchiveSummary, Gap, archive};
@@ -15,10 +16,11 @@ pub use live::{Live, LiveView, render_metrics};
 pub use local::Position;
 pub use points::{latest_point, mark, store_point};
 pub use read::{
-    Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, resolve, shards,
+    Base, Chain, Found, PointInTime, Status, Target as TimeTarget, TailPlan, base_id, find, plan, shards,
     status,
 };
 pub use restore::{
     ArchivePoint, ClusterRestored, ClusterTarget, PointSource, ShardRestored, point_target,
 };
+pub use tail::ArchiveTail;
 pub use upkeep::{PruneReport, chain_end, prune};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetsnap_core::archive::{
@@ -60,7 +60,7 @@ pub struct PointInTime {
     pub replid: String,
     /// When the last command restored had been received (Unix ms); the base's time when none.
     pub stamp_ms: i64,
-    /// Commands in the tail.
+    /// Commands in the tail (`SELECT`s not counted).
     pub tail_commands: u64,
     /// Segments read.
     pub segments: usize,
@@ -414,17 +414,24 @@ fn not_restorable(t: i64, chains: &[Chain]) -> Error {
     ))
 }
 
-/// Resolves `target` for one shard and writes the tail that brings its base there to `tail`
-/// (RESP commands; the replication stream's `PING` and `REPLCONF` left out). The base is then
-/// restored as any backup is, by its id.
-pub async fn resolve(
+/// A shard's target resolved against the archive's listing: the chain whose base is restored
+/// and the segments its tail is read from. Nothing of the tail is read yet.
+pub struct TailPlan {
+    chain: Chain,
+    wanted: Vec<SegmentName>,
+    holdings: Arc<Holdings>,
+    target: Target,
+    identity: Option<PathBuf>,
+}
+
+/// Resolves `target` for one shard to a chain and the segments it needs (see [`TailPlan`]).
+pub async fn plan(
     from: &[DestSpec],
     cluster: &ClusterId,
     shard: &ShardId,
     target: &Target,
     identity: Option<&Path>,
-    tail: &Path,
-) -> Result<PointInTime> {
+) -> Result<TailPlan> {
     if let Some(p) = identity {
         load_identities(p)?;
     }
@@ -451,8 +458,7 @@ pub async fn resolve(
                     ))
                 })?,
     };
-    // The segments this target needs, read ahead by a task of their own (two at most wait)
-    // while the ones read are written out.
+    // The segments this target needs.
     let wanted: Vec<SegmentName> = chain
         .segments
         .iter()
@@ -462,7 +468,45 @@ pub async fn resolve(
         })
         .cloned()
         .collect();
-    let (chain, h) = (chain.clone(), Arc::new(h));
+    Ok(TailPlan {
+        chain: chain.clone(),
+        wanted,
+        holdings: Arc::new(h),
+        target: target.clone(),
+        identity: identity.map(Path::to_path_buf),
+    })
+}
+
+impl TailPlan {
+    /// The base the tail starts from.
+    pub fn base(&self) -> &Base {
+        &self.chain.base
+    }
+
+    /// Reads the segments and writes the tail that brings the base to the target to `tail`
+    /// (RESP commands; the replication stream's `PING` and `REPLCONF` left out), synced.
+    pub async fn write(self, tail: &Path) -> Result<PointInTime> {
+        let TailPlan {
+            chain,
+            wanted,
+            holdings,
+            target,
+            identity,
+        } = self;
+        write_tail(chain, wanted, holdings, &target, identity.as_deref(), tail).await
+    }
+}
+
+/// The segments, read ahead by a task of their own (two at most wait) while the ones read are
+/// written out.
+async fn write_tail(
+    chain: Chain,
+    wanted: Vec<SegmentName>,
+    h: Arc<Holdings>,
+    target: &Target,
+    identity: Option<&Path>,
+    tail: &Path,
+) -> Result<PointInTime> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Segment, Vec<String>)>>(2);
     let reader = {
         let (h, identity) = (h.clone(), identity.map(Path::to_path_buf));
@@ -555,7 +599,8 @@ pub async fn resolve(
                 &mut out,
                 &stream[(c.start - h.start) as usize..(c.end - h.start) as usize],
             )?;
-            written += 1;
+            // Data commands, as a replay counts them.
+            written += u64::from(!c.is("SELECT"));
         }
         if stop > chain.base.offset && stop > h.start {
             result = (

@@ -11,7 +11,8 @@ use fleetsnap_core::{ClusterId, ShardId};
 use serde::Serialize;
 
 use super::points::latest_point;
-use super::read::{Found, PointInTime, Target, base_id, find, resolve, shards};
+use super::read::{Found, PointInTime, Target, base_id, find, plan, shards};
+use super::tail::ArchiveTail;
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
 use crate::restore::{OnlineOptions, OnlineRestoreReport, RestoreRequest, restore_online};
@@ -28,12 +29,18 @@ pub struct PointSource {
     pub identity: Option<PathBuf>,
 }
 
-/// A restore's point in time: the tail built from the archive, kept while the restore runs.
+/// A restore's point in time: the tail being built from the archive, kept while the restore
+/// runs.
 pub struct ArchivePoint {
-    /// What the time resolved to.
-    pub point: PointInTime,
-    /// Holds the tail.
-    _dir: tempfile::TempDir,
+    /// The tail, which says what the time resolved to once it is written.
+    pub tail: ArchiveTail,
+}
+
+impl ArchivePoint {
+    /// What the time resolved to, once the tail is written.
+    pub async fn point(&self) -> Result<PointInTime> {
+        self.tail.ready().await
+    }
 }
 
 /// What to restore a cluster's shards to: one time, the latest exact point at or before a time,
@@ -122,13 +129,22 @@ impl PointSource {
     }
 
     /// `shard` resolved to `target`: the request that reads its base with the archive's tail
-    /// (built in a directory of its own under `work_dir`); where the copy goes is the caller's.
+    /// (built in a directory of its own under `work_dir`, by a task that starts now: the base
+    /// is fetched meanwhile); where the copy goes is the caller's.
     pub async fn shard(
         &self,
         shard: &ShardId,
         target: &Target,
         work_dir: Option<&Path>,
     ) -> Result<(RestoreRequest, ArchivePoint)> {
+        let plan = plan(
+            &self.from,
+            &self.cluster,
+            shard,
+            target,
+            self.identity.as_deref(),
+        )
+        .await?;
         let dir = match work_dir {
             Some(d) => tempfile::tempdir_in(d),
             None => tempfile::tempdir(),
@@ -138,19 +154,11 @@ impl PointSource {
                 "cannot create a directory for the archive's tail: {e}"
             ))
         })?;
-        let tail = dir.path().join("archive.tail");
-        let point = resolve(
-            &self.from,
-            &self.cluster,
-            shard,
-            target,
-            self.identity.as_deref(),
-            &tail,
-        )
-        .await?;
+        let backup = base_id(plan.base())?;
+        let tail = ArchiveTail::start(plan, dir);
         let req = RestoreRequest {
             from: self.from.clone(),
-            backup: base_id(&point.base)?,
+            backup,
             cluster: Some(self.cluster.clone()),
             shard: Some(shard.clone()),
             to_file: PathBuf::new(),
@@ -159,9 +167,9 @@ impl PointSource {
             sync: true,
             // Scratch and staged copies are the agent's own; --to-file and --aof-dir say.
             force: true,
-            archive_tail: Some(tail),
+            archive_tail: Some(tail.clone()),
         };
-        Ok((req, ArchivePoint { point, _dir: dir }))
+        Ok((req, ArchivePoint { tail }))
     }
 
     /// What each shard (`only`, or every shard the regions hold an archive of) is restored to.
@@ -243,7 +251,7 @@ impl PointSource {
             let restore = restore_online(req, work_dir, target, opts).await?;
             shards.push(ShardRestored {
                 shard: shard.to_string(),
-                point_in_time: point.point,
+                point_in_time: point.point().await?,
                 restore,
             });
         }

@@ -195,10 +195,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             work_dir,
             json,
         } => {
-            let (read, point) = set.resolve(work_dir.as_deref()).await?;
-            if let (Some(p), false) = (&point, json) {
-                print_point(&p.point);
-            }
+            let (read, handle) = set.resolve(work_dir.as_deref()).await?;
             let settings = crate::restore::DrillSettings {
                 redis_server,
                 valkey_server,
@@ -206,6 +203,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                 ..Default::default()
             };
             let r = crate::restore::drill(read, &settings, None).await?;
+            resolved(&handle, json).await?;
             if json {
                 print_json(&r);
             } else {
@@ -252,11 +250,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             }
             // Where the copy goes is the mode's to choose (`replace`, `online`) or the flags'.
             let to_a_file = aof_dir.is_some() || to_file.is_some();
-            let (base, point) = set.resolve(work_dir.as_deref()).await?;
-            let point = point.as_ref().map(|p| &p.point);
-            if let (Some(p), false) = (point, json) {
-                print_point(p);
-            }
+            let (base, handle) = set.resolve(work_dir.as_deref()).await?;
             let read = RestoreRequest {
                 aof_dir: aof_dir.is_some(),
                 to_file: aof_dir.or(to_file).unwrap_or_default(),
@@ -273,8 +267,9 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                     timeout: Duration::from_secs(timeout_secs),
                 })
                 .await?;
+                let point = resolved(&handle, json).await?;
                 if json {
-                    print_restore_json(&r, point);
+                    print_restore_json(&r, point.as_ref());
                 } else {
                     for (d, e) in &r.read.skipped {
                         println!("skipped {d}: {e}");
@@ -311,8 +306,9 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                     },
                 )
                 .await?;
+                let point = resolved(&handle, json).await?;
                 if json {
-                    print_restore_json(&r, point);
+                    print_restore_json(&r, point.as_ref());
                 } else {
                     for s in &r.shards {
                         for (d, e) in &s.read.skipped {
@@ -357,8 +353,9 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let r = restore::restore(&read).await?;
+            let point = resolved(&handle, json).await?;
             if json {
-                print_restore_json(&r, point);
+                print_restore_json(&r, point.as_ref());
             } else {
                 for (d, e) in &r.skipped {
                     println!("skipped {d}: {e}");
@@ -383,4 +380,20 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What a restore from the archive resolved to (its tail was written while the base was
+/// fetched), printed unless the output is JSON.
+async fn resolved(
+    handle: &Option<crate::archive::ArchivePoint>,
+    json: bool,
+) -> Result<Option<crate::archive::PointInTime>> {
+    let Some(h) = handle else {
+        return Ok(None);
+    };
+    let p = h.point().await?;
+    if !json {
+        print_point(&p);
+    }
+    Ok(Some(p))
 }

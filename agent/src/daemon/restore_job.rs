@@ -174,11 +174,12 @@ pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResu
             };
             let (read, point) = source.shard(shard, t, work_dir).await?;
             let r = replace_own(read, &instance, config).await?;
+            let point = point.point().await?;
             JobResult::Restored {
                 ok: true,
                 problem: None,
                 report_json: serde_json::to_string(&serde_json::json!({
-                    "point_in_time": point.point,
+                    "point_in_time": point,
                     "replace": r,
                 }))
                 .expect("reports serialise"),

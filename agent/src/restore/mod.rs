@@ -3,6 +3,7 @@
 //! data file (`replace`), and drills in scratch servers.
 
 mod drill;
+mod feed;
 mod list;
 mod online;
 mod replace;

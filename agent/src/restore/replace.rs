@@ -15,6 +15,14 @@
 //!
 //! A node with an AOF directory gets a copy fetched and verified beside it while it still runs;
 //! it is down for the stop, a rename and its own load.
+//!
+//! The tail goes in once the node serves the base: as a replication stream where the node can
+//! take one (`feed`: the node a replica of the agent for the tail's length, at the speed it
+//! loads an AOF), else as pipelined commands. A tail from the archive is written by a task of
+//! its own while the base streams into the node's load, so the segments' fetch overlaps the
+//! load too. Where that tail, or its replay, fails after the node was stopped, the node is
+//! stopped again and started on its previous data: it is never left at a point nobody asked
+//! for.
 
 use fleetsnap_core::outcomes::ReplaceReport;
 use std::path::{Path, PathBuf};
@@ -593,15 +601,31 @@ impl<'a> Loaded<'a> {
         }
         check_slots(conn, &req.node, &self.read.slot_ranges).await?;
         cluster_ok(conn, req).await?;
-        let tail_commands = match (&self.read.tail_file, self.is_aof) {
+        let tail_started = Instant::now();
+        let (tail_commands, tail_replayed_as) = if self.is_aof {
             // An AOF directory's incremental file is the tail: the node replayed it as it loaded.
-            (Some(_), true) | (None, _) => 0,
-            (Some(t), false) => {
-                let n = super::online::replay_tail_into(&req.node, Path::new(t)).await?;
-                std::fs::remove_file(t).ok();
-                n
+            (0, String::new())
+        } else if let Some(t) = &req.read.archive_tail {
+            // Written while the base streamed into the node's load.
+            let point = match t.ready().await {
+                Ok(p) => p,
+                Err(e) => return Err(undo(req, live, &stopped, e).await),
+            };
+            match replay(req, t.path(), Some(point.tail_commands)).await {
+                Ok(r) => r,
+                Err(e) => return Err(undo(req, live, &stopped, e).await),
             }
+        } else if let Some(t) = &self.read.tail_file {
+            let r = match replay(req, Path::new(t), None).await {
+                Ok(r) => r,
+                Err(e) => return Err(undo(req, live, &stopped, e).await),
+            };
+            std::fs::remove_file(t).ok();
+            r
+        } else {
+            (0, String::new())
         };
+        let tail_seconds = tail_started.elapsed().as_secs_f64();
         Ok(ReplaceReport {
             node: req.node.to_string(),
             placed: live.display().to_string(),
@@ -611,12 +635,51 @@ impl<'a> Loaded<'a> {
             keys_loaded,
             offset: self.offset_in_rdb,
             tail_commands,
+            tail_replayed_as,
+            tail_seconds,
             staged_seconds,
             down_seconds: stopped.at.elapsed().as_secs_f64(),
             seconds: started.elapsed().as_secs_f64(),
             read: self.read,
         })
     }
+}
+
+/// Replays a tail file into the restarted node: as a replication stream where the node can take
+/// one, else as commands. Gives the commands replayed (`commands`, when the caller knows them)
+/// and how they went in.
+async fn replay(req: &ReplaceRequest, tail: &Path, commands: Option<u64>) -> Result<(u64, String)> {
+    match super::feed::feed_tail(&req.node, tail, req.timeout).await? {
+        super::feed::Fed::Streamed => {
+            let n = match commands {
+                Some(n) => n,
+                None => {
+                    let bytes =
+                        std::fs::read(tail).map_err(|e| Error::file("cannot read", tail, e))?;
+                    fleetsnap_core::resp::parse_commands(&bytes).map_or(0, |c| c.len() as u64)
+                }
+            };
+            Ok((n, "replication".into()))
+        }
+        super::feed::Fed::NotPossible(why) => {
+            let n = super::online::replay_tail_into(&req.node, tail).await?;
+            Ok((n, format!("commands ({why})")))
+        }
+    }
+}
+
+/// After a failure with the restored base loaded (the tail could not be built or replayed): the
+/// node stopped, and started again on its previous data (see `bring_back`), so it is never left
+/// at a point nobody asked for.
+async fn undo(req: &ReplaceRequest, live: &Path, stopped: &Stopped, e: Error) -> Error {
+    if let Err(again) = stop(req).await {
+        return Error::Failed(format!(
+            "{e}. {} holds the backup's base without the tail, and stopping it failed: {again}; its previous data is at {}",
+            req.node,
+            stopped.previous_kept_at.as_deref().unwrap_or("(none)")
+        ));
+    }
+    bring_back(req, live, Some(stopped), e).await
 }
 
 /// `replace` for a node with an AOF directory: see the module's documentation.

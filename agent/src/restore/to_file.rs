@@ -9,6 +9,7 @@ use fleetsnap_core::{BackupId, ClusterId, Manifest, ObjectEntry, ObjectKind, Sha
 
 use super::list::*;
 use super::verify::*;
+use crate::archive::ArchiveTail;
 use crate::error::{Error, Result};
 use crate::storage::{DestSpec, Store};
 
@@ -37,8 +38,9 @@ pub struct RestoreRequest {
     /// FIFO there is always refused). Without it, an output that exists is an error.
     pub force: bool,
     /// A tail from the continuous archive that takes the place of the backup's own: the
-    /// backup is a chain's base, and this tail brings it to a point in time.
-    pub archive_tail: Option<PathBuf>,
+    /// backup is a chain's base, and this tail brings it to a point in time. It may still be
+    /// being written: the base is fetched meanwhile, and the tail placed once it is ready.
+    pub archive_tail: Option<ArchiveTail>,
 }
 
 /// Restores one shard to a file, reading the first destination that yields a verified copy.
@@ -66,6 +68,16 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
         match restore_from(spec, req).await {
             Ok(mut r) => {
                 r.skipped = skipped;
+                if let Some(t) = &req.archive_tail
+                    && let Err(e) = place_archive_tail(t, req).await
+                {
+                    // A base without the tail that brings it to the point is not what was asked.
+                    std::fs::remove_file(&r.rdb_file).ok();
+                    if req.aof_dir {
+                        std::fs::remove_file(req.to_file.join(format!("{AOF_NAME}.manifest"))).ok();
+                    }
+                    return Err(e);
+                }
                 return Ok(r);
             }
             // A problem on this side (bad arguments, the local disk) is the same for every region.
@@ -103,13 +115,30 @@ pub(super) fn pick_shard<'a>(m: &'a Manifest, shard: Option<&ShardId>) -> Result
 /// The AOF base name redis-server looks for (`appendfilename`'s default).
 const AOF_NAME: &str = "appendonly.aof";
 
-/// Copies an archive's tail into place beside the restored RDB, exclusively (see `write_new`).
-fn copy_tail(from: &Path, to: &Path, req: &RestoreRequest) -> Result<()> {
-    let bytes = std::fs::read(from).map_err(|e| Error::file("cannot read", from, e))?;
-    if req.force && is_regular(to) {
-        std::fs::remove_file(to).map_err(|e| Error::file("cannot replace", to, e))?;
+/// Waits for the archive's tail and puts it in place beside the restored RDB, exclusively (see
+/// `write_new`): linked when it was written on the same filesystem, copied otherwise.
+async fn place_archive_tail(tail: &ArchiveTail, req: &RestoreRequest) -> Result<()> {
+    tail.ready().await?;
+    let (from, (_, to)) = (tail.path(), paths(req));
+    if req.force && is_regular(&to) {
+        std::fs::remove_file(&to).map_err(|e| Error::file("cannot replace", &to, e))?;
     }
-    write_new(to, &bytes, req)
+    let partial = with_suffix(&to, ".partial");
+    if req.force && is_regular(&partial) {
+        std::fs::remove_file(&partial).map_err(|e| Error::file("cannot replace", &partial, e))?;
+    }
+    if std::fs::hard_link(from, &partial).is_err() {
+        let mut out = create_new(&partial, req.force)?;
+        let copied = std::fs::File::open(from)
+            .and_then(|mut f| std::io::copy(&mut f, &mut out))
+            .and_then(|_| if req.sync { out.sync_all() } else { Ok(()) });
+        if let Err(e) = copied {
+            std::fs::remove_file(&partial).ok();
+            return Err(Error::file("cannot write", &partial, e));
+        }
+    }
+    std::fs::rename(&partial, &to)
+        .map_err(|e| Error::file("cannot move the restored file into place", &to, e))
 }
 
 /// Where the RDB and the tail go.
@@ -293,9 +322,9 @@ pub async fn prepare_stream(spec: &DestSpec, req: &RestoreRequest) -> Result<Pre
             Error::storage(&store, format!("{dir}: shard {} has no RDB", shard.shard))
         })?;
     let mut tail_file = None;
-    if let Some(t) = &req.archive_tail {
-        copy_tail(t, &tail_path, req)?;
-        tail_file = Some(tail_path.display().to_string());
+    // An archive's tail is still being written: `replace` waits for it and replays it from
+    // where it is.
+    if req.archive_tail.is_some() {
     } else if let Some(t) = shard.objects.iter().find(|o| o.kind == ObjectKind::Tail) {
         let partial = with_suffix(&tail_path, ".partial");
         let out = Output {
@@ -407,10 +436,8 @@ async fn restore_from(spec: &DestSpec, req: &RestoreRequest) -> Result<RestoreRe
         std::fs::rename(partial, final_path)
             .map_err(|e| Error::file("cannot move the restored file into place", final_path, e))?;
     }
-    if let Some(t) = &req.archive_tail {
-        copy_tail(t, &tail_path, req)?;
-        has_tail = true;
-    }
+    // An archive's tail is placed by `restore` once it is written.
+    has_tail |= req.archive_tail.is_some();
     if req.aof_dir {
         if !has_tail {
             write_new(&tail_path, b"", req)?;
