@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Regions, agent};
+use fleetsnap_agent::redis::Value;
 use fleetsnap_testkit::redis::{RedisOptions, ReplicaSet};
 use fleetsnap_testkit::{RedisServer, poll_until};
-use fleetsnap_agent::redis::Value;
 use tokio::process::{Child, Command};
 
 fn now_ms() -> i64 {
@@ -527,7 +527,10 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
         "the refusal names the segment and what became of the node: {}",
         run.stderr
     );
-    assert!(has(&target, "mine").await, "the node is back on its own data");
+    assert!(
+        has(&target, "mine").await,
+        "the node is back on its own data"
+    );
     assert_eq!(dbsize(&target).await, 1);
 }
 
@@ -1260,7 +1263,19 @@ async fn prune_keeps_what_a_kept_base_needs_and_deletes_the_rest() {
 /// command and replays the archive; a drill of the same point checks the base and replays it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_and_drill_go_to_a_found_command_too() {
-    let server = RedisServer::start().await.unwrap();
+    replace_and_drill(RedisOptions::default()).await;
+}
+
+/// The same with valkey-server archived and replaced: the tail goes in as a replication stream
+/// there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_and_drill_go_to_a_found_command_on_valkey_too() {
+    replace_and_drill(RedisOptions::default().valkey()).await;
+}
+
+async fn replace_and_drill(opts: RedisOptions) {
+    let is_valkey = opts.flavour == fleetsnap_testkit::redis::Flavour::Valkey;
+    let server = RedisServer::start_with(opts.clone()).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let dest = format!("file://{}", work.path().join("ra").display());
     let dests = vec![dest.clone()];
@@ -1294,7 +1309,7 @@ async fn replace_and_drill_go_to_a_found_command_too() {
     .json();
     let before = found[0]["before"].as_str().unwrap().to_string();
 
-    let target = RedisServer::start().await.unwrap();
+    let target = RedisServer::start_with(opts).await.unwrap();
     target.cmd(&["SET", "mine", "x"]).await.unwrap();
     target.cmd(&["SAVE"]).await.unwrap();
     let (url, start) = (target.url(), target.start_command());
@@ -1335,23 +1350,25 @@ async fn replace_and_drill_go_to_a_found_command_too() {
     assert!(role.contains("role:master"), "{role}");
     target.cmd(&["SET", "after-restore", "1"]).await.unwrap();
 
-    let drill = agent(
-        None,
-        &[
-            "drill",
-            "--from",
-            &dest,
-            "--cluster",
-            "standalone",
-            "--shard",
-            "s0",
-            "--before",
-            &before,
-            "--json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
+    let mut args = vec![
+        "drill",
+        "--from",
+        &dest,
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--before",
+        &before,
+        "--json",
+    ];
+    let valkey = fleetsnap_testkit::redis::valkey_server()
+        .unwrap()
+        .display()
+        .to_string();
+    if is_valkey {
+        args.extend(["--valkey-server", &valkey]);
+    }
+    let drill = agent(None, &args).await.ok().json();
     assert_eq!(drill["ok"], true, "{drill:#}");
 }

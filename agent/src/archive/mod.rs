@@ -16,8 +16,8 @@ pub use live::{Live, LiveView, render_metrics};
 pub use local::Position;
 pub use points::{latest_point, mark, store_point};
 pub use read::{
-    Base, Chain, Found, PointInTime, Status, Target as TimeTarget, TailPlan, base_id, find, plan, shards,
-    status,
+    Base, Chain, Found, PointInTime, Status, TailPlan, Target as TimeTarget, base_id, find, plan,
+    shards, status,
 };
 pub use restore::{
     ArchivePoint, ClusterRestored, ClusterTarget, PointSource, ShardRestored, point_target,

@@ -91,7 +91,19 @@ async fn run(
         (Some(s), Some(v)) if s.starts_with("valkey ") => v.as_str(),
         _ => settings.redis_server.as_str(),
     };
-    let server = Scratch::start(bin, scratch, &req.to_file).await?;
+    let server = match Scratch::start(bin, scratch, &req.to_file).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(match read.server.as_deref() {
+                Some(s) if s.starts_with("valkey ") && settings.valkey_server.is_none() => {
+                    Error::Failed(format!(
+                        "{e}. The set was taken from {s}: give the drill a valkey-server (--valkey-server, or drill.valkey_server in the agent's config)"
+                    ))
+                }
+                _ => e,
+            });
+        }
+    };
     let load_seconds = loading.elapsed().as_secs_f64();
     // The backup's age once its data is served: what a restore now would lose.
     let served_at_ms = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());

@@ -48,7 +48,10 @@ pub(super) async fn feed_tail(node: &RedisTarget, tail: &Path, stall: Duration) 
             "a Redis Cluster node cannot be made a replica of the agent".into(),
         ));
     }
-    if matches!(conn.config_get("tls-replication").await.as_deref(), Ok("yes")) {
+    if matches!(
+        conn.config_get("tls-replication").await.as_deref(),
+        Ok("yes")
+    ) {
         return Ok(Fed::NotPossible(
             "the node replicates over TLS (tls-replication yes)".into(),
         ));
@@ -92,7 +95,9 @@ pub(super) async fn feed_tail(node: &RedisTarget, tail: &Path, stall: Duration) 
     match back? {
         Value::Error(e) => Err(Error::redis(
             node,
-            format!("REPLICAOF NO ONE after the tail was refused ({e}): the node is still a replica of 127.0.0.1:{port}; run REPLICAOF NO ONE on it"),
+            format!(
+                "REPLICAOF NO ONE after the tail was refused ({e}): the node is still a replica of 127.0.0.1:{port}; run REPLICAOF NO ONE on it"
+            ),
         )),
         _ => Ok(fed),
     }
@@ -100,7 +105,11 @@ pub(super) async fn feed_tail(node: &RedisTarget, tail: &Path, stall: Duration) 
 
 /// The node's connection: the first on the listener that asks to continue `replid` from just
 /// after `offset`. Others are answered with an error and closed.
-async fn accept_node(listener: &TcpListener, replid: &str, offset: u64) -> Result<Option<TcpStream>> {
+async fn accept_node(
+    listener: &TcpListener,
+    replid: &str,
+    offset: u64,
+) -> Result<Option<TcpStream>> {
     let deadline = Instant::now() + CONNECT_BACK;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -114,8 +123,7 @@ async fn accept_node(listener: &TcpListener, replid: &str, offset: u64) -> Resul
             continue;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(Ok(Some(s))) =
-            tokio::time::timeout(left, handshake(stream, replid, offset)).await
+        if let Ok(Ok(Some(s))) = tokio::time::timeout(left, handshake(stream, replid, offset)).await
         {
             return Ok(Some(s));
         }
@@ -134,13 +142,18 @@ async fn handshake(
         let Some(args) = read_command(&mut r).await? else {
             return Ok(None);
         };
-        let name = args.first().map(|a| a.to_ascii_uppercase()).unwrap_or_default();
+        let name = args
+            .first()
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_default();
         let answer: &[u8] = match name.as_slice() {
             b"PING" => b"+PONG\r\n",
             b"AUTH" | b"REPLCONF" => b"+OK\r\n",
             b"PSYNC" if args.len() == 3 => {
                 let asks = args[1] == replid.as_bytes()
-                    && std::str::from_utf8(&args[2]).ok().and_then(|o| o.parse::<u64>().ok())
+                    && std::str::from_utf8(&args[2])
+                        .ok()
+                        .and_then(|o| o.parse::<u64>().ok())
                         == Some(offset + 1);
                 if !asks {
                     r.get_mut()
@@ -163,7 +176,9 @@ async fn handshake(
 
 /// One command of RESP arrays of bulk strings, bounded; `None` at the end of the stream or on
 /// anything else.
-async fn read_command<R: AsyncBufReadExt + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+async fn read_command<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Vec<Vec<u8>>>> {
     let mut line = Vec::new();
     if !line_of(r, &mut line).await? || line.first() != Some(&b'*') {
         return Ok(None);
@@ -191,7 +206,10 @@ async fn read_command<R: AsyncBufReadExt + Unpin>(r: &mut R) -> std::io::Result<
 }
 
 /// One line, of `MAX_HANDSHAKE_ARG` bytes at most: whether it ended in CRLF.
-async fn line_of<R: AsyncBufReadExt + Unpin>(r: &mut R, line: &mut Vec<u8>) -> std::io::Result<bool> {
+async fn line_of<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<bool> {
     line.clear();
     let n = (&mut *r)
         .take(MAX_HANDSHAKE_ARG as u64)
@@ -201,7 +219,10 @@ async fn line_of<R: AsyncBufReadExt + Unpin>(r: &mut R, line: &mut Vec<u8>) -> s
 }
 
 fn number(text: &[u8]) -> Option<usize> {
-    std::str::from_utf8(text.strip_suffix(b"\r\n")?).ok()?.parse().ok()
+    std::str::from_utf8(text.strip_suffix(b"\r\n")?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Sends the tail (after a `SELECT 0`, the database a stream starts in) and waits until the
@@ -222,7 +243,9 @@ async fn stream_tail(
             if args.len() >= 3
                 && args[0].eq_ignore_ascii_case(b"REPLCONF")
                 && args[1].eq_ignore_ascii_case(b"ACK")
-                && let Some(n) = std::str::from_utf8(&args[2]).ok().and_then(|o| o.parse().ok())
+                && let Some(n) = std::str::from_utf8(&args[2])
+                    .ok()
+                    .and_then(|o| o.parse().ok())
             {
                 acked_tx.send_if_modified(|a| {
                     let more = n > *a;
