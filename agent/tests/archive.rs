@@ -1372,3 +1372,165 @@ async fn replace_and_drill(opts: RedisOptions) {
     let drill = agent(None, &args).await.ok().json();
     assert_eq!(drill["ok"], true, "{drill:#}");
 }
+
+/// A slot migrated from one shard to another while the cluster is archived: a restore of the
+/// whole cluster to a time just after it names the slot as moving (the keys arrived by
+/// `RESTORE-ASKING` in one shard's stream and left by `DEL` in the other's), and every key of
+/// it is restored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_to_a_time_names_the_slots_a_migration_was_moving() {
+    use fleetsnap_testkit::RedisCluster;
+    let cluster = RedisCluster::start(3, 0).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dests = vec![format!("file://{}", work.path().join("ra").display())];
+    let primaries = cluster.primaries().await.unwrap();
+    let (mut archivers, mut shards) = (Vec::new(), Vec::new());
+    for (i, p) in primaries.iter().enumerate() {
+        let shard = Archived::new(&dests, None, "moving", &format!("c{i}"));
+        archivers.push(shard.start(&p.url(), &work.path().join(format!("spool-{i}")), &[]));
+        shards.push(shard);
+    }
+    for s in &shards {
+        s.base().await;
+    }
+    let served = owners(primaries[0]).await;
+    let owner = |slot: u16| {
+        let port = served
+            .iter()
+            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
+            .unwrap()
+            .0;
+        primaries.iter().find(|p| p.port() == port).unwrap()
+    };
+    let slot = fleetsnap_core::keys::key_slot(b"mv");
+    let (from, to) = (
+        owner(slot),
+        primaries
+            .iter()
+            .find(|p| p.port() != owner(slot).port())
+            .unwrap(),
+    );
+    let keys: Vec<String> = (0..20).map(|n| format!("{{mv}}:{n}")).collect();
+    for k in &keys {
+        from.cmd(&["SET", k, "v"]).await.unwrap();
+    }
+    let (from_id, to_id) = (node_id(from).await, node_id(to).await);
+    let s = slot.to_string();
+    to.cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id])
+        .await
+        .unwrap();
+    from.cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id])
+        .await
+        .unwrap();
+    let port = to.port().to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().map(String::as_str));
+    from.cmd(&migrate).await.unwrap();
+    for p in &primaries {
+        p.cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id])
+            .await
+            .unwrap();
+    }
+    // Written where the key lives now: a restore that let the shard it left write its older
+    // value, or delete it, would show.
+    to.cmd(&["SET", &keys[0], "changed"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at = now_ms();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A write on every shard after the time, so each archive reaches past it.
+    let mut last = 0;
+    for p in &primaries {
+        let key = (0..)
+            .map(|n| format!("later:{n}"))
+            .find(|k| {
+                let sl = fleetsnap_core::keys::key_slot(k.as_bytes());
+                sl != slot && owner(sl).port() == p.port()
+            })
+            .unwrap();
+        p.cmd(&["SET", &key, "x"]).await.unwrap();
+        last = now_ms();
+    }
+    for s in &shards {
+        s.reaches(last).await;
+    }
+    for a in archivers {
+        stop(a).await;
+    }
+
+    let fresh = RedisCluster::start(3, 0).await.unwrap();
+    let (url, at) = (fresh.nodes[0].url(), at.to_string());
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "moving",
+        "--at",
+        &at,
+        "--online",
+        &url,
+        "--json",
+    ];
+    args.extend(from_args(&dests));
+    let report = agent(None, &args).await.ok().json();
+    assert_eq!(report["moving_slots"], s.as_str(), "{report:#}");
+    let mut total = 0;
+    for n in &fresh.nodes {
+        total += dbsize(n).await;
+    }
+    assert_eq!(total, keys.len() as i64, "each moved key once: {report:#}");
+    let mut want = vec!["v".to_string(); keys.len()];
+    want[0] = "changed".into();
+    assert_eq!(cluster_values(&fresh, &keys).await, want, "{report:#}");
+    // Said in words too; into a target that holds the keys already, overwritten (the tail's
+    // RESTORE-ASKING with them).
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "moving",
+        "--at",
+        &at,
+        "--online",
+        &url,
+        "--replace-existing",
+    ];
+    args.extend(from_args(&dests));
+    let text = agent(None, &args).await;
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains(&format!("slots {s} were moving")),
+        "{}",
+        text.stdout
+    );
+    let mut total = 0;
+    for n in &fresh.nodes {
+        total += dbsize(n).await;
+    }
+    assert_eq!(total, keys.len() as i64);
+    assert_eq!(cluster_values(&fresh, &keys).await, want);
+}
+
+async fn node_id(n: &RedisServer) -> String {
+    match n.cmd(&["CLUSTER", "MYID"]).await.unwrap() {
+        Value::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+        v => panic!("CLUSTER MYID answered {v:?}"),
+    }
+}
+
+/// The values of `keys` in a cluster, each read from the primary that serves its slot.
+async fn cluster_values(c: &fleetsnap_testkit::RedisCluster, keys: &[String]) -> Vec<String> {
+    let served = owners(&c.nodes[0]).await;
+    let mut out = Vec::new();
+    for k in keys {
+        let slot = fleetsnap_core::keys::key_slot(k.as_bytes());
+        let port = served
+            .iter()
+            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
+            .unwrap()
+            .0;
+        let n = c.nodes.iter().find(|n| n.port() == port).unwrap();
+        out.push(match n.cmd(&["GET", k]).await.unwrap() {
+            Value::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+            v => format!("{v:?}"),
+        });
+    }
+    out
+}

@@ -45,6 +45,9 @@ pub struct OnlineReport {
     pub keys: u64,
     /// Keys left out by `--db` or `--match`.
     pub filtered: u64,
+    /// Keys of the copy (and tail commands on them) left to another shard of the same restore,
+    /// which held them at the point: a slot migration had moved them there.
+    pub moved_elsewhere: u64,
     /// Keys whose expiry had already passed.
     pub expired: u64,
     /// Keys (and libraries) that already existed and were left as they are.

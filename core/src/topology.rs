@@ -170,6 +170,19 @@ fn node(o: &Observed<'_>) -> NodeView {
     }
 }
 
+/// Sorted slots as ranges: `[1, 2, 3, 7]` → `[(1, 3), (7, 7)]`.
+pub fn slot_ranges(slots: &[u16]) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for &s in slots {
+        match out.last_mut() {
+            Some((_, b)) if b.checked_add(1) == Some(s) => *b = s,
+            Some((_, b)) if *b == s => {}
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
 /// `0-5460,10923-10999`.
 pub fn format_slots(slots: &[(u16, u16)]) -> String {
     slots
@@ -300,6 +313,17 @@ fn cluster(name: &str, members: &[&Observed<'_>]) -> ClusterView {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn slots_become_ranges() {
+        assert_eq!(
+            slot_ranges(&[1, 2, 3, 7, 9, 10]),
+            vec![(1, 3), (7, 7), (9, 10)]
+        );
+        assert_eq!(format_slots(&slot_ranges(&[5, 6, 16383])), "5-6,16383");
+        assert!(slot_ranges(&[]).is_empty());
+    }
+
     use super::*;
 
     fn info(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

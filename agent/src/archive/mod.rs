@@ -5,6 +5,7 @@
 mod archiver;
 mod live;
 mod local;
+mod owners;
 mod points;
 mod read;
 mod restore;
@@ -16,11 +17,10 @@ pub use live::{Live, LiveView, render_metrics};
 pub use local::Position;
 pub use points::{latest_point, mark, store_point};
 pub use read::{
-    Base, Chain, Found, PointInTime, Status, TailPlan, Target as TimeTarget, base_id, find, plan,
-    shards, status,
+    Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, shards, status,
 };
 pub use restore::{
     ArchivePoint, ClusterRestored, ClusterTarget, PointSource, ShardRestored, point_target,
 };
-pub use tail::ArchiveTail;
+pub use tail::{ArchiveTail, MOVING_WINDOW_MS, TailPlan, plan};
 pub use upkeep::{PruneReport, chain_end, prune};

@@ -2,14 +2,13 @@
 //! it without a break), the offset a time or a found command resolves to, the tail that brings a
 //! base there, and the search for commands.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 
 use fleetsnap_core::archive::{
     self, MAX_HEADER, MAX_SEGMENT_STREAM, SegmentHeader, SegmentName, Wanted, archive_dir,
-    commands, commands_borrowed, db_at, decode_segment, offset_at, parse_segment_key, stamp_of,
+    commands, decode_segment, parse_segment_key, stamp_of,
 };
 use fleetsnap_core::manifest::{MANIFEST_NAME, join_key};
 use fleetsnap_core::window::{from_unix_ms, unix_ms};
@@ -66,6 +65,14 @@ pub struct PointInTime {
     pub segments: usize,
     /// Regions a segment had to be read from because the preferred one failed.
     pub fallbacks: Vec<String>,
+    /// Redis Cluster slots that were moving around the point: keys of them arrived by
+    /// migration (`RESTORE-ASKING`) within [`MOVING_WINDOW_MS`](super::MOVING_WINDOW_MS) before it, or after it in the
+    /// last segment read. Restored with other shards at their own points, such a key may be on
+    /// both shards or on neither.
+    pub moving_slots: Vec<u16>,
+    /// The keys that arrived by migration up to the point, each with when it last did.
+    #[serde(skip)]
+    pub arrived: Arc<HashMap<Vec<u8>, i64>>,
 }
 
 /// What to restore to.
@@ -388,7 +395,7 @@ pub(super) fn when(ms: i64) -> String {
 }
 
 /// Why a time cannot be restored, with the restorable stretches nearest it.
-fn not_restorable(t: i64, chains: &[Chain]) -> Error {
+pub(super) fn not_restorable(t: i64, chains: &[Chain]) -> Error {
     let mut ranges: Vec<(i64, i64)> = chains.iter().map(|c| (c.base.at_ms, c.end_ms)).collect();
     ranges.sort();
     if ranges.is_empty() {
@@ -412,224 +419,6 @@ fn not_restorable(t: i64, chains: &[Chain]) -> Error {
         when(t),
         shown.join(", ")
     ))
-}
-
-/// A shard's target resolved against the archive's listing: the chain whose base is restored
-/// and the segments its tail is read from. Nothing of the tail is read yet.
-pub struct TailPlan {
-    chain: Chain,
-    wanted: Vec<SegmentName>,
-    holdings: Arc<Holdings>,
-    target: Target,
-    identity: Option<PathBuf>,
-}
-
-/// Resolves `target` for one shard to a chain and the segments it needs (see [`TailPlan`]).
-pub async fn plan(
-    from: &[DestSpec],
-    cluster: &ClusterId,
-    shard: &ShardId,
-    target: &Target,
-    identity: Option<&Path>,
-) -> Result<TailPlan> {
-    if let Some(p) = identity {
-        load_identities(p)?;
-    }
-    let h = holdings(from, cluster, shard).await?;
-    let chains = h.chains();
-    // The chain that reaches the target from the latest base.
-    let chain = match target {
-        Target::At(t) => chains
-            .iter()
-            .filter(|c| c.base.at_ms <= *t && *t <= c.end_ms)
-            .max_by_key(|c| c.base.at_ms)
-            .ok_or_else(|| not_restorable(*t, &chains))?,
-        Target::Before { replid, offset } => chains
-                .iter()
-                .filter(|c| {
-                    c.base.offset <= *offset
-                        && *offset <= c.end_offset
-                        && c.segments.iter().any(|s| s.replid == *replid && s.start <= *offset && *offset <= s.end)
-                })
-                .max_by_key(|c| c.base.offset)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "no chain of the archive holds offset {offset} of {replid} after a base: run `archive find` again, or restore --at a time"
-                    ))
-                })?,
-    };
-    // The segments this target needs.
-    let wanted: Vec<SegmentName> = chain
-        .segments
-        .iter()
-        .take_while(|n| match target {
-            Target::At(t) => n.first_ms <= *t,
-            Target::Before { .. } => true,
-        })
-        .cloned()
-        .collect();
-    Ok(TailPlan {
-        chain: chain.clone(),
-        wanted,
-        holdings: Arc::new(h),
-        target: target.clone(),
-        identity: identity.map(Path::to_path_buf),
-    })
-}
-
-impl TailPlan {
-    /// The base the tail starts from.
-    pub fn base(&self) -> &Base {
-        &self.chain.base
-    }
-
-    /// Reads the segments and writes the tail that brings the base to the target to `tail`
-    /// (RESP commands; the replication stream's `PING` and `REPLCONF` left out), synced.
-    pub async fn write(self, tail: &Path) -> Result<PointInTime> {
-        let TailPlan {
-            chain,
-            wanted,
-            holdings,
-            target,
-            identity,
-        } = self;
-        write_tail(chain, wanted, holdings, &target, identity.as_deref(), tail).await
-    }
-}
-
-/// The segments, read ahead by a task of their own (two at most wait) while the ones read are
-/// written out.
-async fn write_tail(
-    chain: Chain,
-    wanted: Vec<SegmentName>,
-    h: Arc<Holdings>,
-    target: &Target,
-    identity: Option<&Path>,
-    tail: &Path,
-) -> Result<PointInTime> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Segment, Vec<String>)>>(2);
-    let reader = {
-        let (h, identity) = (h.clone(), identity.map(Path::to_path_buf));
-        tokio::spawn(async move {
-            for name in wanted {
-                let mut fallbacks = Vec::new();
-                let read = h
-                    .read(&name, identity.as_deref(), &mut fallbacks)
-                    .await
-                    .map(|s| (s, fallbacks));
-                let failed = read.is_err();
-                if tx.send(read).await.is_err() || failed {
-                    return;
-                }
-            }
-        })
-    };
-    let file = std::fs::File::create(tail).map_err(|e| Error::file("cannot create", tail, e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let put = |out: &mut std::io::BufWriter<std::fs::File>, bytes: &[u8]| {
-        out.write_all(bytes)
-            .map_err(|e| Error::file("cannot write", tail, e))
-    };
-    let mut fallbacks = Vec::new();
-    let mut written = 0u64;
-    let mut result = (
-        chain.base.offset,
-        chain.base.replid.clone(),
-        chain.base.at_ms,
-    );
-    let mut started = false;
-    // Everything up to here is in the tail (or the base).
-    let mut done = chain.base.offset;
-    let mut segments = 0;
-    let mut replid = chain.base.replid.clone();
-    while let Some(read) = rx.recv().await {
-        let (seg, fell_back) = read?;
-        fallbacks.extend(fell_back);
-        let h = &seg.header;
-        segments += 1;
-        if h.replid != replid && h.switched_from.as_deref() != Some(replid.as_str()) {
-            return Err(Error::Failed(format!(
-                "archive segment {}-{} of {} does not follow {replid}: the chain is broken there",
-                h.start, h.end, h.replid
-            )));
-        }
-        replid = h.replid.clone();
-        let stream = seg.stream();
-        let cmds =
-            commands_borrowed(stream, h.start, h.db).map_err(|e| Error::Failed(e.to_string()))?;
-        // Where this segment stops: at the target's offset, or its end.
-        let stop = match target {
-            Target::At(t) => offset_at(&h.index, *t).unwrap_or(h.start),
-            Target::Before { offset, .. } if *offset < h.end => {
-                // The last boundary outside a transaction at or before the command.
-                cmds.iter()
-                    .take_while(|c| c.end <= *offset)
-                    .filter(|c| c.cuttable)
-                    .map(|c| c.end)
-                    .last()
-                    .unwrap_or(h.start)
-            }
-            Target::Before { .. } => h.end,
-        };
-        // A segment that overlaps the one before (another archiver's cut) goes on from where
-        // that one stopped.
-        let stop = stop.max(h.start).max(done);
-        // The base may sit inside the first segment (a window's backup): the database selected
-        // there is the scanner's, and the tail starts with it.
-        for c in &cmds {
-            if c.end <= done {
-                continue;
-            }
-            if c.end > stop {
-                break;
-            }
-            if !started {
-                let db = db_at(stream, h.start, h.db, chain.base.offset)
-                    .map_err(|e| Error::Failed(e.to_string()))?;
-                let mut select = Vec::new();
-                crate::redis::encode(&mut select, &[b"SELECT", db.to_string().as_bytes()]);
-                put(&mut out, &select)?;
-                started = true;
-            }
-            if c.is("PING") || c.is("REPLCONF") {
-                continue;
-            }
-            // The command's own bytes, as the node sent them.
-            put(
-                &mut out,
-                &stream[(c.start - h.start) as usize..(c.end - h.start) as usize],
-            )?;
-            // Data commands, as a replay counts them.
-            written += u64::from(!c.is("SELECT"));
-        }
-        if stop > chain.base.offset && stop > h.start {
-            result = (
-                stop,
-                h.replid.clone(),
-                stamp_of(&h.index, stop).unwrap_or(h.last_ms),
-            );
-        }
-        done = stop;
-        if stop < h.end {
-            break;
-        }
-    }
-    drop(rx);
-    let _ = reader.await;
-    let file = out
-        .into_inner()
-        .map_err(|e| Error::file("cannot write", tail, e.into_error()))?;
-    file.sync_all()
-        .map_err(|e| Error::file("cannot write", tail, e))?;
-    Ok(PointInTime {
-        base: chain.base.clone(),
-        offset: result.0,
-        replid: result.1,
-        stamp_ms: result.2,
-        tail_commands: written,
-        segments,
-        fallbacks,
-    })
 }
 
 /// The commands in a shard's archive that `wanted` names, received between `since` and

@@ -5,17 +5,21 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fleetsnap_core::archive::{ExactPoint, Wanted};
 use fleetsnap_core::{ClusterId, ShardId};
 use serde::Serialize;
 
+use super::owners::Owners;
 use super::points::latest_point;
-use super::read::{Found, PointInTime, Target, base_id, find, plan, shards};
-use super::tail::ArchiveTail;
+use super::read::{Found, PointInTime, Target, base_id, find, shards};
+use super::tail::{ArchiveTail, plan};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
-use crate::restore::{OnlineOptions, OnlineRestoreReport, RestoreRequest, restore_online};
+use crate::restore::{
+    KeepKey, OnlineOptions, OnlineRestoreReport, RestoreRequest, restore_online, shards_of,
+};
 use crate::storage::DestSpec;
 
 /// Where a restore from the archive reads.
@@ -64,6 +68,9 @@ pub struct ClusterRestored {
     pub shards: Vec<ShardRestored>,
     /// The spread of the shards' last commands' stamps (ms).
     pub stamp_spread_ms: i64,
+    /// Slots that were moving between shards around the time (`0-5,9`; empty when none, and
+    /// for an exact point, where writes were paused): their keys may be on two shards or none.
+    pub moving_slots: String,
 }
 
 /// One shard of [`ClusterRestored`].
@@ -245,22 +252,69 @@ impl PointSource {
         work_dir: Option<&Path>,
         opts: &OnlineOptions,
     ) -> Result<ClusterRestored> {
-        let mut shards = Vec::new();
+        // Every shard's tail is built at once.
+        let mut started = Vec::new();
         for (shard, t) in targets {
             let (req, point) = self.shard(&shard, &t, work_dir).await?;
-            let restore = restore_online(req, work_dir, target, opts).await?;
+            started.push((shard, req, point));
+        }
+        // Which shard holds a key a migration moved (see `owners`): from every point, and the
+        // slots each base served.
+        let mut points = Vec::new();
+        let mut served = Vec::new();
+        for (_, req, point) in &started {
+            points.push(point.point().await?);
+            served.push(if started.len() > 1 {
+                shards_of(req)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|e| e.slot_ranges)
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            });
+        }
+        let owners = {
+            let of: Vec<(&PointInTime, &[(u16, u16)])> = points
+                .iter()
+                .zip(&served)
+                .map(|(p, s)| (p, s.as_slice()))
+                .collect();
+            Arc::new(Owners::new(&of))
+        };
+        let mut shards = Vec::new();
+        for (i, ((shard, req, _tail), point_in_time)) in started.into_iter().zip(points).enumerate()
+        {
+            let mut opts = opts.clone();
+            if owners.any() {
+                let owners = owners.clone();
+                opts.keep = Some(KeepKey(Arc::new(move |k: &[u8]| owners.keeps(i, k))));
+            }
+            let restore = restore_online(req, work_dir, target, &opts).await?;
             shards.push(ShardRestored {
                 shard: shard.to_string(),
-                point_in_time: point.point().await?,
+                point_in_time,
                 restore,
             });
         }
         let stamps: Vec<i64> = shards.iter().map(|s| s.point_in_time.stamp_ms).collect();
         let stamp_spread_ms = stamps.iter().max().unwrap_or(&0) - stamps.iter().min().unwrap_or(&0);
+        let mut moving: Vec<u16> = shards
+            .iter()
+            .flat_map(|s| s.point_in_time.moving_slots.iter().copied())
+            .collect();
+        moving.sort_unstable();
+        let moving_slots = if exact_point.is_some() {
+            String::new()
+        } else {
+            fleetsnap_core::topology::format_slots(&fleetsnap_core::topology::slot_ranges(&moving))
+        };
         Ok(ClusterRestored {
             exact_point,
             shards,
             stamp_spread_ms,
+            moving_slots,
         })
     }
 }

@@ -283,6 +283,13 @@ pub(super) async fn restore_cluster_at(
             done.shards.len(),
             done.stamp_spread_ms
         );
+        if !done.moving_slots.is_empty() {
+            println!(
+                "warning: slots {} were moving between shards around this time (keys arrived by migration within {} s of it): a key of theirs may have been restored on two shards or on none; check them, or restore --at … --exact",
+                done.moving_slots,
+                crate::archive::MOVING_WINDOW_MS / 1000
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

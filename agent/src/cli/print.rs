@@ -127,6 +127,14 @@ pub(super) fn print_point(p: &crate::archive::PointInTime) {
     for f in &p.fallbacks {
         println!("  {f}");
     }
+    if !p.moving_slots.is_empty() {
+        let slots = fleetsnap_core::topology::slot_ranges(&p.moving_slots);
+        println!(
+            "  slots {} were moving into this shard around the point (keys arrived by migration within {} s of it): restored beside other shards at their own points, such a key may be on two shards or none",
+            fleetsnap_core::topology::format_slots(&slots),
+            crate::archive::MOVING_WINDOW_MS / 1000
+        );
+    }
 }
 
 /// A restore's report as JSON, with its point in time when it has one.

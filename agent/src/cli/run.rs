@@ -238,6 +238,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                     db,
                     pattern,
                     progress: false,
+                    keep: None,
                 };
                 return super::archive::restore_cluster_at(
                     set,
@@ -303,6 +304,7 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
                         db,
                         pattern,
                         progress: !json,
+                        keep: None,
                     },
                 )
                 .await?;

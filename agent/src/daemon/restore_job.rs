@@ -61,6 +61,7 @@ pub async fn run(task: RestoreTask, config: &AgentConfig) -> Result<JobResult> {
                     db: task.db,
                     pattern: task.pattern.clone(),
                     progress: false,
+                    keep: None,
                 },
             )
             .await?;
@@ -152,6 +153,7 @@ pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResu
                         db: task.db,
                         pattern: task.pattern.clone(),
                         progress: false,
+                        keep: None,
                     },
                 )
                 .await?;

@@ -72,12 +72,11 @@ pub(super) async fn feed_tail(node: &RedisTarget, tail: &Path, stall: Duration) 
         .map_err(|e| Error::Failed(format!("the loopback listener has no address: {e}")))?
         .port()
         .to_string();
-    match conn
+    if let Value::Error(e) = conn
         .command(&[b"REPLICAOF", b"127.0.0.1", port.as_bytes()])
         .await?
     {
-        Value::Error(e) => return Ok(Fed::NotPossible(format!("REPLICAOF refused: {e}"))),
-        _ => {}
+        return Ok(Fed::NotPossible(format!("REPLICAOF refused: {e}")));
     }
     let fed = async {
         let Some(stream) = accept_node(&listener, &replid, offset).await? else {

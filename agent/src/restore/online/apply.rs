@@ -247,6 +247,10 @@ pub(super) async fn restore_entry(
         report.filtered += 1;
         return Ok(());
     }
+    if opts.elsewhere(&e.key) {
+        report.moved_elsewhere += 1;
+        return Ok(());
+    }
     if e.expire_ms.is_some_and(|at| at <= now_ms) {
         report.expired += 1;
         return Ok(());

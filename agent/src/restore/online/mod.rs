@@ -10,6 +10,6 @@ mod tail;
 mod target;
 
 pub use apply::{check_databases, databases_in, restore_online};
-pub use report::OnlineOptions;
+pub use report::{KeepKey, OnlineOptions};
 pub use tail::replay_tail_into;
 pub(crate) use target::Target;

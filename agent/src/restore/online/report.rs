@@ -16,6 +16,30 @@ pub struct OnlineOptions {
     pub pattern: Option<String>,
     /// Print progress on standard error (a bar on a terminal).
     pub progress: bool,
+    /// Which keys this shard's restore writes, where several shards go into one target and a
+    /// key may have been in two of them (a slot migration between their bases and the point):
+    /// the others are left to the shard that held them.
+    pub keep: Option<KeepKey>,
+}
+
+/// See [`OnlineOptions::keep`].
+#[derive(Clone)]
+pub struct KeepKey(pub std::sync::Arc<KeyTest>);
+
+/// A test of a key.
+pub type KeyTest = dyn Fn(&[u8]) -> bool + Send + Sync;
+
+impl std::fmt::Debug for KeepKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeepKey(..)")
+    }
+}
+
+impl OnlineOptions {
+    /// Whether this restore leaves `key` to another shard.
+    pub(crate) fn elsewhere(&self, key: &[u8]) -> bool {
+        self.keep.as_ref().is_some_and(|k| !(k.0)(key))
+    }
 }
 
 /// Progress on standard error: a redrawn line on a terminal, a line every 10 s otherwise.

@@ -119,6 +119,16 @@ pub(super) fn is_housekeeping(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"PING") || name.eq_ignore_ascii_case(b"REPLCONF")
 }
 
+/// `RESTORE` or `RESTORE-ASKING` without `REPLACE`.
+fn is_restore(args: &[&[u8]]) -> bool {
+    args.first().is_some_and(|n| {
+        n.eq_ignore_ascii_case(b"RESTORE") || n.eq_ignore_ascii_case(b"RESTORE-ASKING")
+    }) && !args
+        .iter()
+        .skip(4)
+        .any(|a| a.eq_ignore_ascii_case(b"REPLACE"))
+}
+
 /// Commands without a key that a cluster target runs on every primary.
 pub(super) fn is_everywhere(name: &[u8]) -> bool {
     [&b"FLUSHALL"[..], b"FLUSHDB", b"FUNCTION", b"SCRIPT"]
@@ -170,6 +180,13 @@ pub(super) async fn replay_tail(
                         (Some(p), Some(k)) if !is_everywhere(&c[0]) => glob_match(p.as_bytes(), k),
                         _ => true,
                     }
+            })
+            .filter(|c| match c.get(1) {
+                Some(k) if !is_everywhere(&c[0]) && opts.elsewhere(k) => {
+                    report.moved_elsewhere += 1;
+                    false
+                }
+                _ => true,
             })
             .filter(|c| match guard {
                 None => true,
@@ -229,7 +246,12 @@ pub(super) async fn replay_tail(
                 n.push(&[b"MULTI"], Pending::Ok);
             }
             for c in &group {
-                let args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+                let mut args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+                // A key the restore was told to overwrite: the tail's RESTORE (a migration's
+                // RESTORE-ASKING among them) overwrites it too instead of failing on it.
+                if opts.replace_existing && is_restore(&args) {
+                    args.push(b"REPLACE");
+                }
                 n.push(&args, Pending::Ok);
             }
             if wrap {

@@ -11,7 +11,7 @@ use fleetsnap_core::window::{CatalogTask, JobResult, ProbeWant};
 /// keys it restored, less those with an expiry (which may lapse before the check). A replayed
 /// tail may add and delete any number of keys, so after one only the target's health is checked.
 fn restored_bounds(report_json: &str) -> Option<(u64, u64)> {
-    if let Some((shards, _)) = archive_shards(report_json) {
+    if let Some((shards, _, _)) = archive_shards(report_json) {
         // A restore from the archive replays each shard's tail past its base.
         let tail: u64 = shards
             .iter()
@@ -37,29 +37,41 @@ fn restored_bounds(report_json: &str) -> Option<(u64, u64)> {
 
 /// The shards' reports of a restore of a whole cluster from the archive (its report has each
 /// shard's point and restore) and the spread of their stamps (ms); `None` for any other report.
-fn archive_shards(report_json: &str) -> Option<(Vec<OnlineRestoreReport>, i64)> {
+fn archive_shards(report_json: &str) -> Option<(Vec<OnlineRestoreReport>, i64, String)> {
     let doc: serde_json::Value = serde_json::from_str(report_json).ok()?;
     let spread = doc.get("stamp_spread_ms")?.as_i64()?;
+    let moving = doc
+        .get("moving_slots")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_string();
     let shards = doc
         .get("shards")?
         .as_array()?
         .iter()
         .map(|s| serde_json::from_value(s.get("restore")?.clone()).ok())
         .collect::<Option<_>>()?;
-    Some((shards, spread))
+    Some((shards, spread, moving))
 }
 
 /// One line for a restore step's outcome.
 fn restored_summary(report_json: &str) -> String {
-    if let Some((shards, spread)) = archive_shards(report_json) {
+    if let Some((shards, spread, moving)) = archive_shards(report_json) {
         let keys: u64 = shards.iter().map(|r| r.keys).sum();
         let tail: u64 = shards
             .iter()
             .flat_map(|r| r.shards.iter())
             .map(|s| s.applied.tail_commands)
             .sum();
+        let moving = if moving.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; slots {moving} were moving between shards around the point: their keys may be on two shards or none, check them"
+            )
+        };
         return format!(
-            "{keys} keys of {} shards restored from the archive; {tail} archived commands replayed; the shards' stamps spread {spread} ms",
+            "{keys} keys of {} shards restored from the archive; {tail} archived commands replayed; the shards' stamps spread {spread} ms{moving}",
             shards.len()
         );
     }
