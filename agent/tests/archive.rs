@@ -451,19 +451,7 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
 
     let t = w.end().await;
     let out = work.path().join("both.rdb").display().to_string();
-    let mut args = vec![
-        "restore",
-        "--cluster",
-        "standalone",
-        "--shard",
-        "s0",
-        "--at",
-        &t,
-        "--to-file",
-        &out,
-    ];
-    args.extend(from_args(&dests));
-    let run = agent(None, &args).await.ok();
+    let run = restore_s0_at(&dests, &t, &["--to-file", &out]).await.ok();
     let name = seg.rsplit_once('/').unwrap().1;
     assert!(
         run.stdout.contains(&format!("{name} read from")),
@@ -476,19 +464,7 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
 
     std::fs::remove_file(rb.join(&seg)).unwrap();
     let out = work.path().join("none.rdb").display().to_string();
-    let mut args = vec![
-        "restore",
-        "--cluster",
-        "standalone",
-        "--shard",
-        "s0",
-        "--at",
-        &t,
-        "--to-file",
-        &out,
-    ];
-    args.extend(from_args(&dests));
-    let run = agent(None, &args).await;
+    let run = restore_s0_at(&dests, &t, &["--to-file", &out]).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stderr.contains(name),
@@ -506,21 +482,7 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
     target.cmd(&["SET", "mine", "x"]).await.unwrap();
     target.cmd(&["SAVE"]).await.unwrap();
     let (url, start) = (target.url(), target.start_command());
-    let mut args = vec![
-        "restore",
-        "--cluster",
-        "standalone",
-        "--shard",
-        "s0",
-        "--at",
-        &t,
-        "--replace",
-        &url,
-        "--start",
-        &start,
-    ];
-    args.extend(from_args(&dests));
-    let run = agent(None, &args).await;
+    let run = restore_s0_at(&dests, &t, &["--replace", &url, "--start", &start]).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stderr.contains(name) && run.stderr.contains("started again on its previous data"),
@@ -1313,28 +1275,23 @@ async fn replace_and_drill(opts: RedisOptions) {
     target.cmd(&["SET", "mine", "x"]).await.unwrap();
     target.cmd(&["SAVE"]).await.unwrap();
     let (url, start) = (target.url(), target.start_command());
-    let run = agent(
-        None,
-        &[
-            "restore",
-            "--from",
-            &dest,
-            "--cluster",
-            "standalone",
-            "--shard",
-            "s0",
-            "--before",
-            &before,
-            "--replace",
-            &url,
-            "--start",
-            &start,
-            "--json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
+    // The point both forms restore to.
+    let point = [
+        "--from",
+        &dest,
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--before",
+        &before,
+        "--json",
+    ];
+    let replace = ["--replace", &url, "--start", &start];
+    let run = agent(None, &[&["restore"][..], &point, &replace].concat())
+        .await
+        .ok()
+        .json();
     assert_eq!(run["restore"]["tail_commands"], 60, "{run:#}");
     // The tail went in as a replication stream, and the node is a primary again that takes
     // writes.
@@ -1350,18 +1307,7 @@ async fn replace_and_drill(opts: RedisOptions) {
     assert!(role.contains("role:master"), "{role}");
     target.cmd(&["SET", "after-restore", "1"]).await.unwrap();
 
-    let mut args = vec![
-        "drill",
-        "--from",
-        &dest,
-        "--cluster",
-        "standalone",
-        "--shard",
-        "s0",
-        "--before",
-        &before,
-        "--json",
-    ];
+    let mut args = [&["drill"][..], &point].concat();
     let valkey = fleetsnap_testkit::redis::valkey_server()
         .unwrap()
         .display()
@@ -1533,4 +1479,20 @@ async fn cluster_values(c: &fleetsnap_testkit::RedisCluster, keys: &[String]) ->
         });
     }
     out
+}
+
+/// `restore --cluster standalone --shard s0 --at AT` from `dests`, in the form `how` gives.
+async fn restore_s0_at(dests: &[String], at: &str, how: &[&str]) -> common::Run {
+    let mut args = vec![
+        "restore",
+        "--cluster",
+        "standalone",
+        "--shard",
+        "s0",
+        "--at",
+        at,
+    ];
+    args.extend(how);
+    args.extend(from_args(dests));
+    agent(None, &args).await
 }
