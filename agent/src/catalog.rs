@@ -69,6 +69,7 @@ pub async fn run(task: CatalogTask) -> Result<JobResult> {
                 "a restore or node job needs the agent's config; the daemon runs it".into(),
             ));
         }
+        CatalogTask::Chains { cluster, regions } => chains(&cluster, &regions).await?,
         CatalogTask::Scan { regions } => {
             let mut found = Vec::new();
             let mut errors = Vec::new();
@@ -304,4 +305,35 @@ async fn collect_one(r: &RegionUrl, before: &BackupId, keep: &[BackupId]) -> Res
         }
     }
     Ok(n)
+}
+
+/// Every shard's chains in a cluster's archive, read from the regions (each segment's listing,
+/// not its bytes), for the coordinators' replicated catalog.
+async fn chains(cluster: &ClusterId, regions: &[RegionUrl]) -> Result<JobResult> {
+    let from: Vec<DestSpec> = regions
+        .iter()
+        .map(|r| DestSpec::parse(&r.url))
+        .collect::<Result<_>>()?;
+    let scanned_at_ms = fleetsnap_core::window::unix_ms(time::OffsetDateTime::now_utc());
+    let mut shards = std::collections::BTreeMap::new();
+    for shard in crate::archive::shards(&from, cluster).await? {
+        let status = crate::archive::status(&from, cluster, &shard).await?;
+        let chains = status
+            .chains
+            .into_iter()
+            .map(|c| fleetsnap_core::archive::ArchiveChain {
+                base: c.base.backup_id,
+                base_at_ms: c.base.at_ms,
+                base_offset: c.base.offset,
+                replids: c.replids,
+                end_offset: c.end_offset,
+                end_ms: c.end_ms,
+            })
+            .collect();
+        shards.insert(shard.to_string(), chains);
+    }
+    Ok(JobResult::Chains {
+        scanned_at_ms,
+        shards,
+    })
 }

@@ -428,10 +428,68 @@ pub fn archives(rows: &[ArchiveRow]) -> String {
             None => Ok(()),
         };
     }
+    catalog_lines(&mut out, rows, now);
     for r in rows.iter().filter(|r| !r.note.is_empty()) {
         let _ = writeln!(out, "{}/{}: {}", r.cluster, r.shard, r.note);
     }
     out
+}
+
+/// What the replicated catalog says of each archived cluster: the stretches every shard can be
+/// restored to at once, and the shards whose archive has gaps.
+fn catalog_lines(out: &mut String, rows: &[ArchiveRow], now: i64) {
+    let when = |ms: i64| {
+        fleetsnap_core::window::from_unix_ms(ms)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let mut clusters: Vec<&str> = rows.iter().map(|r| r.cluster.as_str()).collect();
+    clusters.dedup();
+    for c in clusters {
+        let shards: Vec<&ArchiveRow> = rows.iter().filter(|r| r.cluster == c).collect();
+        let Some(read) = shards.iter().filter_map(|r| r.catalog_scanned_at_ms).max() else {
+            continue;
+        };
+        let chains: Vec<&[fleetsnap_core::archive::ArchiveChain]> =
+            shards.iter().map(|r| r.chains.as_slice()).collect();
+        let spans: Vec<String> = fleetsnap_core::archive::restorable_together(&chains)
+            .iter()
+            .map(|(a, b)| format!("{} … {}", when(*a), when(*b)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "cluster {c}, in the catalog (the regions read {} ago): restorable as a whole in {}",
+            age((now - read).max(0) as u64),
+            if spans.is_empty() {
+                "no stretch yet".to_string()
+            } else {
+                spans.join(", ")
+            }
+        );
+        for r in &shards {
+            // Its chains' spans merged: what lies between two is a gap.
+            let mut merged: Vec<(i64, i64)> = Vec::new();
+            for (a, b) in fleetsnap_core::archive::restorable_together(&[r.chains.as_slice()]) {
+                match merged.last_mut() {
+                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            let gaps: Vec<String> = merged
+                .windows(2)
+                .map(|w| format!("{} … {}", when(w[0].1), when(w[1].0)))
+                .collect();
+            if !gaps.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} chains; gaps (no restore inside): {}",
+                    r.shard,
+                    r.chains.len(),
+                    gaps.join(", ")
+                );
+            }
+        }
+    }
 }
 
 /// One window: its shards with the chosen node and why, then its sets.

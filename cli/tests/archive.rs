@@ -215,8 +215,14 @@ async fn a_killed_archiving_agent_is_replaced_within_the_lease_without_a_gap() {
     let cli = fleet.cli(&addresses);
     cli.wait_for_shards(1, 3).await.unwrap();
 
-    let (dests, policy) =
-        archive_to_two_regions(fleet.path(), "shop-pitr", "shop", "keep = \"7d\"\n");
+    // The catalog reads the regions once when the policy comes, then hourly: the rebuild below
+    // is what brings the chains in.
+    let (dests, policy) = archive_to_two_regions(
+        fleet.path(),
+        "shop-pitr",
+        "shop",
+        "keep = \"7d\"\ncatalog_every = \"1h\"\n",
+    );
     let mut keys = write(&set.primary, "seed", 50, Duration::ZERO).await;
     cli.set_policy(fleet.path(), "shop-pitr", &policy).unwrap();
 
@@ -352,6 +358,55 @@ async fn a_killed_archiving_agent_is_replaced_within_the_lease_without_a_gap() {
     assert!(
         matches!(fresh.cmd(&["DBSIZE"]).await.unwrap(), Value::Int(n) if n as usize == keys.len())
     );
+
+    // The replicated catalog: a catalog rebuild has an agent read the archive's chains from the
+    // regions into the state; every coordinator holds them, so the next leader shows the same
+    // chains, from the same read, without reading a region.
+    let base = status["chains"][0]["base"]["backup_id"].clone();
+    let reached = status["chains"][0]["end_ms"].as_i64().unwrap();
+    let out = cli
+        .run(&["catalog", "rebuild", "--from", &dests[0], "--wait", "120"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let catalogued = |cli: &Cli| {
+        let cli = cli.clone();
+        async move {
+            poll_until("the catalog's chains", Duration::from_secs(60), || async {
+                let r = rows(&cli)?.into_iter().find(|r| r["shard"] == shard)?;
+                (r["chains"].as_array()?.len() == 1
+                    && r["chains"][0]["end_ms"].as_i64()? >= reached)
+                    .then_some(r)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let row = catalogued(&cli).await;
+    assert_eq!(row["chains"][0]["base"], base, "{row:#}");
+    let text = String::from_utf8(cli.run(&["archive", "status"]).unwrap().stdout).unwrap();
+    assert!(
+        text.contains("cluster shop, in the catalog") && text.contains("restorable as a whole in"),
+        "{text}"
+    );
+    let leader = cli.json(&["status", "--json"]).unwrap()["leader"]
+        .as_u64()
+        .unwrap();
+    coordinators
+        .iter_mut()
+        .find(|c| c.id == leader)
+        .unwrap()
+        .kill();
+    let others: Vec<String> = initial
+        .iter()
+        .filter(|(id, _)| *id != leader)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let after = catalogued(&cli.to(&others)).await;
+    assert_eq!(
+        after["catalog_scanned_at_ms"], row["catalog_scanned_at_ms"],
+        "the new leader shows the read its predecessor applied: {after:#}"
+    );
+    assert_eq!(after["chains"], row["chains"]);
 }
 
 /// Unix ms as RFC 3339 with milliseconds.

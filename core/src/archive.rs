@@ -586,6 +586,64 @@ pub struct ExactPoint {
     pub shards: Vec<PointShard>,
 }
 
+/// One chain of a shard's archive as the regions hold it: a base and the segments that follow
+/// it without a break. The coordinators keep these in their replicated catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveChain {
+    /// The base's backup id.
+    pub base: String,
+    /// When the base was taken (Unix ms).
+    pub base_at_ms: i64,
+    /// The replication offset the base is at.
+    pub base_offset: u64,
+    /// The replication ids the chain passes through, in order (more than one after a
+    /// promotion).
+    pub replids: Vec<String>,
+    /// The offset its last segment ends at.
+    pub end_offset: u64,
+    /// The latest time it restores to (Unix ms).
+    pub end_ms: i64,
+}
+
+/// A cluster's archive in the coordinators' replicated catalog, as an agent last read it from
+/// the regions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveCatalog {
+    /// When the regions were read (Unix ms).
+    pub scanned_at_ms: i64,
+    /// Per shard, its chains, oldest base first.
+    pub shards: std::collections::BTreeMap<String, Vec<ArchiveChain>>,
+}
+
+/// The stretches of time (Unix ms, start and end) in which every shard of a cluster can be
+/// restored: the intersection of each shard's chains' spans, from the latest base to the
+/// earliest end.
+pub fn restorable_together(shards: &[&[ArchiveChain]]) -> Vec<(i64, i64)> {
+    let mut common: Option<Vec<(i64, i64)>> = None;
+    for chains in shards {
+        let mut spans: Vec<(i64, i64)> = chains.iter().map(|c| (c.base_at_ms, c.end_ms)).collect();
+        spans.sort_unstable();
+        common = Some(match common {
+            None => spans,
+            Some(have) => {
+                let mut out = Vec::new();
+                for &(a, b) in &have {
+                    for &(c, d) in &spans {
+                        let (s, e) = (a.max(c), b.min(d));
+                        if s <= e {
+                            out.push((s, e));
+                        }
+                    }
+                }
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        });
+    }
+    common.unwrap_or_default()
+}
+
 /// One shard of an [`ExactPoint`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -670,6 +728,22 @@ pub fn gaps_between(ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cluster_restores_where_every_shard_does() {
+        let chain = |a, b| ArchiveChain {
+            base_at_ms: a,
+            end_ms: b,
+            ..Default::default()
+        };
+        let x = [chain(0, 100), chain(200, 300)];
+        let y = [chain(50, 250)];
+        assert_eq!(restorable_together(&[&x, &y]), vec![(50, 100), (200, 250)]);
+        assert_eq!(restorable_together(&[&x]), vec![(0, 100), (200, 300)]);
+        assert!(restorable_together(&[&x, &[]]).is_empty());
+        assert!(restorable_together(&[]).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -297,6 +297,20 @@ pub struct ArchivePolicy {
     /// None: no exact points (a restore `--at` is consistent within the clocks' skew).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact_points_every: Option<String>,
+    /// How often the leader reads the archive's chains from the regions into the replicated
+    /// catalog (`10m` when none): each read lists every segment of the cluster in one region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_every: Option<String>,
+}
+
+impl ArchivePolicy {
+    /// How often the leader reads the archive's chains into the catalog (`catalog_every`).
+    pub fn catalog_span(&self) -> std::time::Duration {
+        self.catalog_every
+            .as_deref()
+            .and_then(|e| parse_span(e).ok())
+            .unwrap_or(std::time::Duration::from_secs(600))
+    }
 }
 
 fn default_segment_seconds() -> u64 {
@@ -350,6 +364,14 @@ impl ArchivePolicy {
             if span.as_secs() < 10 {
                 return Err(format!(
                     "archive exact_points_every {e:?} is under 10s: each point pauses every primary's writes"
+                ));
+            }
+        }
+        if let Some(e) = &self.catalog_every {
+            let span = parse_span(e).map_err(|e| format!("archive catalog_every: {e}"))?;
+            if span.is_zero() {
+                return Err(format!(
+                    "archive catalog_every {e:?} is 0: give a span of 1s or more, or leave it out for 10m"
                 ));
             }
         }
@@ -603,6 +625,7 @@ mod tests {
                 spool_max_bytes: 4 << 30,
                 keep: Some("7d".into()),
                 exact_points_every: Some("5m".into()),
+                catalog_every: None,
             };
             f(&mut a);
             let mut p = policy();
@@ -644,6 +667,7 @@ mod tests {
             spool_max_bytes: 4 << 30,
             keep: None,
             exact_points_every: None,
+            catalog_every: None,
         });
         assert!(
             p.validate()

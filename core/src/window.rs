@@ -69,6 +69,13 @@ pub enum JobResult {
         /// The report, as the agent's `restore --json` or `drill --json` prints it.
         report_json: String,
     },
+    /// A cluster's archive as the regions hold it: each shard's chains.
+    Chains {
+        /// When the regions were read (Unix ms, the agent's clock).
+        scanned_at_ms: i64,
+        /// Per shard, its chains, oldest base first.
+        shards: std::collections::BTreeMap<String, Vec<crate::archive::ArchiveChain>>,
+    },
     /// A search of the archive: what was found (JSON, as `fleetsnap-agent archive find --json`
     /// prints it), oldest first.
     Found {
@@ -295,6 +302,14 @@ pub enum CatalogTask {
     RestoreAt(Box<RestoreAtTask>),
     /// Finds commands in the continuous archive.
     Find(Box<FindTask>),
+    /// Reads a cluster's archive from the regions: every shard's chains, for the replicated
+    /// catalog.
+    Chains {
+        /// The cluster.
+        cluster: ClusterId,
+        /// The archive's regions.
+        regions: Vec<RegionUrl>,
+    },
     /// A runbook's step on one node.
     Node(NodeTask),
     /// A runbook's check of a running target (any Redis the agent can reach).

@@ -34,6 +34,7 @@ pub(super) fn job_kind(job: &v1::Job) -> &'static str {
                 Ok(fleetsnap_core::window::CatalogTask::Node(_))
                 | Ok(fleetsnap_core::window::CatalogTask::Probe(_)) => "runbook_step",
                 Ok(fleetsnap_core::window::CatalogTask::Find(_)) => "archive_find",
+                Ok(fleetsnap_core::window::CatalogTask::Chains { .. }) => "archive_catalog",
                 Ok(_) => "catalog",
                 Err(_) => "unknown",
             }

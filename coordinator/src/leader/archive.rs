@@ -36,6 +36,8 @@ struct Memory {
     adrift: HashMap<u64, Instant>,
     /// When each cluster's last exact point was due, and why the last one failed.
     points: HashMap<String, (Instant, Option<String>)>,
+    /// When each cluster's last read of its chains into the catalog began.
+    catalog: HashMap<String, Instant>,
 }
 
 /// One shard of an archived cluster this round: the fleet's view of it, its name in the storage
@@ -307,6 +309,9 @@ impl Node {
             }
         }
         *self.archive_rows.lock().expect("lock") = rows;
+        let clusters = self.archived_clusters();
+        self.refresh_archive_catalog(&clusters, &mut memory.catalog)
+            .await;
     }
 
     /// Takes an exact point of `cluster` (every primary paused at once, each offset read, all
@@ -437,6 +442,15 @@ impl Node {
             .filter(|r| cluster.is_empty() || r.cluster == cluster)
             .cloned()
             .collect();
+        {
+            let s = self.state.read().expect("state lock");
+            for r in &mut rows {
+                if let Some(c) = s.state.archive.get(&r.cluster) {
+                    r.catalog_scanned_at_ms = Some(c.scanned_at_ms);
+                    r.chains = c.shards.get(&r.shard).cloned().unwrap_or_default();
+                }
+            }
+        }
         let agents = self.fleet.agents.lock().expect("lock");
         for r in &mut rows {
             let Some(p) = r.job.and_then(|id| {
@@ -483,7 +497,7 @@ impl Node {
     }
 
     /// The regions of the policy that archives `cluster`, in its order.
-    fn archive_regions(
+    pub(super) fn archive_regions(
         &self,
         cluster: &str,
     ) -> Result<Vec<fleetsnap_core::window::RegionUrl>, LeaderError> {

@@ -4,6 +4,7 @@
 //! leader shows (status, metrics, traces). Followers hold agents only long enough to redirect them.
 
 mod archive;
+mod archive_catalog;
 mod cut;
 mod error;
 mod jobs;

@@ -242,6 +242,12 @@ impl Node {
                 },
             )
             .await?;
+        // The archives' chains too, from their policies' regions.
+        for (cluster, _) in self.archived_clusters() {
+            if let Err(e) = self.read_archive_chains(&cluster).await {
+                tracing::warn!(%cluster, error = %e, "catalog rebuild: the archive's chains were not read");
+            }
+        }
         Ok((job, agent))
     }
 

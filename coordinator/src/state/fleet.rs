@@ -124,6 +124,10 @@ pub struct FleetState {
     /// same count on every coordinator, and it never goes back.
     #[serde(default)]
     pub job_failures: BTreeMap<String, u64>,
+    /// The continuous archive of each archived cluster, as an agent last read it from the
+    /// regions (`catalog_every`, and at a catalog rebuild).
+    #[serde(default)]
+    pub archive: BTreeMap<String, fleetsnap_core::archive::ArchiveCatalog>,
 }
 
 impl FleetState {

@@ -61,6 +61,13 @@ pub struct ArchiveRow {
     pub restorable_until_ms: Option<i64>,
     /// What holds it up, when something does (no source node, the last job's failure).
     pub note: String,
+    /// Its chains as the replicated catalog holds them (read from the regions at
+    /// `catalog_scanned_at_ms`), oldest base first; more than one means gaps between them.
+    #[serde(default)]
+    pub chains: Vec<crate::archive::ArchiveChain>,
+    /// When the catalog's chains were read (none yet: `None`).
+    #[serde(default)]
+    pub catalog_scanned_at_ms: Option<i64>,
 }
 
 /// An agent in [`StatusDoc`].

@@ -75,6 +75,24 @@ impl FleetState {
                 ..
             } => regions.clone(),
             JobOutcome::Succeeded {
+                result:
+                    Some(JobResult::Chains {
+                        scanned_at_ms,
+                        shards,
+                    }),
+                ..
+            } => {
+                if let CatalogTask::Chains { cluster, .. } = &spec.task {
+                    let entry = self.archive.entry(cluster.to_string()).or_default();
+                    // A slower read that finishes after a newer one changes nothing.
+                    if *scanned_at_ms >= entry.scanned_at_ms {
+                        entry.scanned_at_ms = *scanned_at_ms;
+                        entry.shards = shards.clone();
+                    }
+                }
+                return;
+            }
+            JobOutcome::Succeeded {
                 result: Some(JobResult::Scanned { found, .. }),
                 ..
             } => {
@@ -165,6 +183,7 @@ impl FleetState {
                 }
             }
             CatalogTask::Scan { .. }
+            | CatalogTask::Chains { .. }
             | CatalogTask::CollectOrphans { .. }
             | CatalogTask::Restore(_)
             | CatalogTask::RestoreAt(_)
@@ -230,6 +249,7 @@ fn task_regions(task: &CatalogTask) -> Vec<String> {
         CatalogTask::Verify { regions, .. }
         | CatalogTask::Delete { regions, .. }
         | CatalogTask::Scan { regions }
+        | CatalogTask::Chains { regions, .. }
         | CatalogTask::CollectOrphans { regions, .. } => names(regions),
     }
 }

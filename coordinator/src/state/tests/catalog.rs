@@ -208,3 +208,77 @@ fn catalog_jobs_fold_their_results_into_the_set() {
             .contains("no set")
     );
 }
+
+/// A read of an archive's chains lands in the state; one read earlier than the one applied
+/// (a slower job that finished later) changes nothing.
+#[test]
+fn archive_chains_land_in_the_state_newest_read_first() {
+    let mut s = FleetState::default();
+    s.apply(
+        1,
+        1,
+        &Command::RegisterAgents {
+            agents: vec!["a1".into()],
+        },
+    );
+    let chain = |end_ms| fleetsnap_core::archive::ArchiveChain {
+        base: "20261206T000000Z-aaaaaa".into(),
+        base_at_ms: 1,
+        base_offset: 0,
+        replids: vec!["r".repeat(40)],
+        end_offset: 100,
+        end_ms,
+    };
+    let mut index = 2;
+    let mut read = |s: &mut FleetState, scanned_at_ms: i64, end_ms: i64| {
+        let spec = CatalogSpec {
+            task: CatalogTask::Chains {
+                cluster: cluster("c"),
+                regions: vec![url("a")],
+            },
+            set: None,
+            reason: "the archive catalog".into(),
+            drill_of: None,
+            trace: None,
+        };
+        let job = s
+            .apply(
+                1,
+                index,
+                &Command::CreateCatalogJob {
+                    agent: "a1".into(),
+                    spec,
+                },
+            )
+            .job
+            .unwrap();
+        s.apply(
+            1,
+            index + 1,
+            &Command::DispatchJob {
+                job,
+                incarnation: 1,
+            },
+        );
+        let outcome = JobOutcome::Succeeded {
+            result: Some(JobResult::Chains {
+                scanned_at_ms,
+                shards: [("s0".to_string(), vec![chain(end_ms)])].into(),
+            }),
+            backup_id: None,
+        };
+        s.apply(1, index + 2, &Command::FinishJob { job, outcome });
+        index += 3;
+    };
+    read(&mut s, 50, 40);
+    assert_eq!(s.archive["c"].scanned_at_ms, 50);
+    assert_eq!(s.archive["c"].shards["s0"], vec![chain(40)]);
+    read(&mut s, 30, 20);
+    assert_eq!(
+        s.archive["c"].shards["s0"],
+        vec![chain(40)],
+        "an older read"
+    );
+    read(&mut s, 70, 60);
+    assert_eq!(s.archive["c"].shards["s0"], vec![chain(60)]);
+}
