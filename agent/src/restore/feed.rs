@@ -95,7 +95,7 @@ pub(super) async fn feed_tail(node: &RedisTarget, tail: &Path, stall: Duration) 
         Value::Error(e) => Err(Error::redis(
             node,
             format!(
-                "REPLICAOF NO ONE after the tail was refused ({e}): the node is still a replica of 127.0.0.1:{port}; run REPLICAOF NO ONE on it"
+                "REPLICAOF NO ONE, sent after the tail, was refused ({e}): the node is still a replica of 127.0.0.1:{port}; run REPLICAOF NO ONE on it"
             ),
         )),
         _ => Ok(fed),
