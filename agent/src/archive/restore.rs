@@ -33,6 +33,9 @@ pub struct PointSource {
     pub identity: Option<PathBuf>,
 }
 
+/// How many shards' tails a cluster restore builds at once.
+const TAILS_AT_ONCE: usize = 4;
+
 /// A restore's point in time: the tail being built from the archive, kept while the restore
 /// runs.
 pub struct ArchivePoint {
@@ -252,28 +255,34 @@ impl PointSource {
         work_dir: Option<&Path>,
         opts: &OnlineOptions,
     ) -> Result<ClusterRestored> {
-        // Every shard's tail is built at once.
+        // Each shard's tail, a few at a time (each holds up to three segments in memory while
+        // it is built), and what its base served: which shard holds a key a migration moved
+        // (see `owners`) is known only once every point is.
+        let many = targets.len() > 1;
         let mut started = Vec::new();
-        for (shard, t) in targets {
-            let (req, point) = self.shard(&shard, &t, work_dir).await?;
-            started.push((shard, req, point));
-        }
-        // Which shard holds a key a migration moved (see `owners`): from every point, and the
-        // slots each base served.
         let mut points = Vec::new();
         let mut served = Vec::new();
-        for (_, req, point) in &started {
-            points.push(point.point().await?);
-            served.push(if started.len() > 1 {
-                shards_of(req)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .map(|e| e.slot_ranges)
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            });
+        let mut targets = targets.into_iter().peekable();
+        while targets.peek().is_some() {
+            let mut batch = Vec::new();
+            for (shard, t) in targets.by_ref().take(TAILS_AT_ONCE) {
+                let (req, point) = self.shard(&shard, &t, work_dir).await?;
+                batch.push((shard, req, point));
+            }
+            for (shard, req, point) in batch {
+                points.push(point.point().await?);
+                served.push(if many {
+                    shards_of(&req)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .map(|e| e.slot_ranges)
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                });
+                started.push((shard, req, point));
+            }
         }
         let owners = {
             let of: Vec<(&PointInTime, &[(u16, u16)])> = points
