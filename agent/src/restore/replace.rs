@@ -653,11 +653,7 @@ async fn replay(req: &ReplaceRequest, tail: &Path, commands: Option<u64>) -> Res
         super::feed::Fed::Streamed => {
             let n = match commands {
                 Some(n) => n,
-                None => {
-                    let bytes =
-                        std::fs::read(tail).map_err(|e| Error::file("cannot read", tail, e))?;
-                    fleetsnap_core::resp::parse_commands(&bytes).map_or(0, |c| c.len() as u64)
-                }
+                None => super::online::count_commands(tail)?,
             };
             Ok((n, "replication".into()))
         }

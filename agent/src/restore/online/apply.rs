@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use fleetsnap_core::keys::glob_match;
 use fleetsnap_core::rdbread::{Entry, Item, RdbReader};
-use fleetsnap_core::resp::parse_commands;
 use tokio::sync::mpsc;
 
 use super::report::*;
@@ -102,13 +101,12 @@ pub async fn restore_online(
         across_versions,
         ..Default::default()
     };
-    let commands = tail.map(read_tail).transpose()?;
     // Merging into a target that keeps its own keys: what the tail writes to is watched, so
     // the tail leaves alone every key that was there before, as the RDB's restore does.
     let merging = !opts.replace_existing;
     let had_keys = merging && t.total_keys().await? > 0;
-    if merging && let Some(c) = &commands {
-        let watch = std::sync::Arc::new(tail_keys(c));
+    if merging && let Some(tail) = tail {
+        let watch = std::sync::Arc::new(tail_keys(tail)?);
         for n in &mut t.nodes {
             n.watch = watch.clone();
         }
@@ -130,7 +128,8 @@ pub async fn restore_online(
         progress.show(batch.at, report.keys);
     }
     t.flush_all(&mut report, opts.replace_existing).await?;
-    if let Some(commands) = commands {
+    if let Some(tail) = tail {
+        let commands = TailCommands::open(tail)?;
         let guard = if merging {
             Some(TailGuard {
                 blocked: t.existing_before().await?,
@@ -171,15 +170,9 @@ pub fn databases_in(rdb: &Path, tail: Option<&Path>) -> Result<BTreeMap<u64, Str
         }
     }
     if let Some(tail) = tail {
-        let bytes = std::fs::read(tail).map_err(|e| Error::file("cannot read", tail, e))?;
-        let commands = parse_commands(&bytes).ok_or_else(|| {
-            Error::Decode(format!(
-                "{}: the tail is not a RESP command stream",
-                tail.display()
-            ))
-        })?;
+        let mut commands = TailCommands::open(tail)?;
         let mut db = 0u64;
-        for c in commands {
+        while let Some(c) = commands.next_command()? {
             if c[0].eq_ignore_ascii_case(b"SELECT") {
                 db = select_index(&c);
             } else if !is_housekeeping(&c[0]) {

@@ -11,5 +11,5 @@ mod target;
 
 pub use apply::{check_databases, databases_in, restore_online};
 pub use report::{KeepKey, OnlineOptions};
-pub use tail::replay_tail_into;
+pub use tail::{count_commands, replay_tail_into};
 pub(crate) use target::Target;
