@@ -1405,7 +1405,8 @@ async fn a_restore_to_a_time_names_the_slots_a_migration_was_moving() {
 
     let fresh = RedisCluster::start(3, 0).await.unwrap();
     let (url, at) = (fresh.nodes[0].url(), at.to_string());
-    let mut args = vec![
+    // The whole cluster to `at`, online into the fresh one.
+    let mut to_at = vec![
         "restore",
         "--cluster",
         "moving",
@@ -1413,10 +1414,12 @@ async fn a_restore_to_a_time_names_the_slots_a_migration_was_moving() {
         &at,
         "--online",
         &url,
-        "--json",
     ];
-    args.extend(from_args(&dests));
-    let report = agent(None, &args).await.ok().json();
+    to_at.extend(from_args(&dests));
+    let report = agent(None, &[&to_at[..], &["--json"]].concat())
+        .await
+        .ok()
+        .json();
     assert_eq!(report["moving_slots"], s.as_str(), "{report:#}");
     let mut total = 0;
     for n in &fresh.nodes {
@@ -1428,18 +1431,7 @@ async fn a_restore_to_a_time_names_the_slots_a_migration_was_moving() {
     assert_eq!(cluster_values(&fresh, &keys).await, want, "{report:#}");
     // Said in words too; into a target that holds the keys already, overwritten (the tail's
     // RESTORE-ASKING with them).
-    let mut args = vec![
-        "restore",
-        "--cluster",
-        "moving",
-        "--at",
-        &at,
-        "--online",
-        &url,
-        "--replace-existing",
-    ];
-    args.extend(from_args(&dests));
-    let text = agent(None, &args).await;
+    let text = agent(None, &[&to_at[..], &["--replace-existing"]].concat()).await;
     assert_eq!(text.code, 0, "{}", text.stderr);
     assert!(
         text.stdout.contains(&format!("slots {s} were moving")),
