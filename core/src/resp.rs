@@ -200,9 +200,130 @@ pub fn parse_commands(b: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
     Some(out)
 }
 
+/// Why [`CommandReader`] stopped.
+#[derive(Debug)]
+pub enum StreamError {
+    /// Reading failed.
+    Io(std::io::Error),
+    /// The bytes are not a command stream: what was wrong.
+    Bad(&'static str),
+}
+
+/// The longest argument a command stream may hold (Redis's `proto-max-bulk-len` default).
+pub const MAX_STREAM_ARG: usize = 512 << 20;
+/// The most arguments one command may have (Redis's own limit per multibulk).
+pub const MAX_STREAM_ARGS: usize = 1 << 20;
+
+/// A command stream (a tail, an AOF's incremental file) read one command at a time, as
+/// [`parse_commands`] splits a whole one: memory holds one command, and an argument's buffer
+/// grows only as its bytes arrive, so a length the stream does not hold allocates nothing.
+pub struct CommandReader<R> {
+    r: R,
+}
+
+impl<R: std::io::BufRead> CommandReader<R> {
+    /// Reads from `r`.
+    pub fn new(r: R) -> Self {
+        Self { r }
+    }
+
+    /// One header line (`*N`, `$LEN`): its kind and number; `None` at the end of the stream.
+    fn header(&mut self) -> Result<Option<(u8, i64)>, StreamError> {
+        use std::io::{BufRead, Read};
+        let mut line = Vec::new();
+        // A kind byte, 18 digits and a sign at most, CRLF.
+        let n = (&mut self.r)
+            .take(24)
+            .read_until(b'\n', &mut line)
+            .map_err(StreamError::Io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let body = line
+            .strip_suffix(b"\r\n")
+            .ok_or(StreamError::Bad("a header line does not end in CRLF"))?;
+        let (&kind, digits) = body
+            .split_first()
+            .ok_or(StreamError::Bad("an empty header line"))?;
+        let n = parse_number(digits).map_err(|_| StreamError::Bad("a header's number is bad"))?;
+        Ok(Some((kind, n)))
+    }
+
+    /// The next command; `None` at the end of the stream.
+    pub fn next_command(&mut self) -> Result<Option<Vec<Vec<u8>>>, StreamError> {
+        use std::io::Read;
+        loop {
+            let Some((kind, n)) = self.header()? else {
+                return Ok(None);
+            };
+            if kind != b'*' || n < 0 || n as usize > MAX_STREAM_ARGS {
+                return Err(StreamError::Bad("a command does not start with *N"));
+            }
+            let mut args = Vec::with_capacity((n as usize).min(64));
+            for _ in 0..n {
+                let (kind, len) = self
+                    .header()?
+                    .ok_or(StreamError::Bad("the stream ends inside a command"))?;
+                if kind != b'$' || len < 0 || len as usize > MAX_STREAM_ARG {
+                    return Err(StreamError::Bad("an argument is not a bulk string"));
+                }
+                let len = len as usize;
+                let mut arg = Vec::new();
+                (&mut self.r)
+                    .take(len as u64 + 2)
+                    .read_to_end(&mut arg)
+                    .map_err(StreamError::Io)?;
+                if arg.len() != len + 2 || !arg.ends_with(b"\r\n") {
+                    return Err(StreamError::Bad("an argument is cut short"));
+                }
+                arg.truncate(len);
+                args.push(arg);
+            }
+            if !args.is_empty() {
+                return Ok(Some(args));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command of `bytes` through [`CommandReader`].
+    fn read_all(bytes: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
+        let mut r = CommandReader::new(bytes);
+        let mut out = Vec::new();
+        while let Some(c) = r.next_command()? {
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_stream_reads_one_command_at_a_time_as_it_splits_whole() {
+        let stream =
+            b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*0\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n";
+        assert_eq!(read_all(stream).ok(), parse_commands(stream));
+        assert!(read_all(b"").unwrap().is_empty());
+        for bad in [
+            &b"+OK\r\n"[..],
+            b"*1\r\n$3\r\nSE",
+            b"*1\r\n$3\r\nSETxx",
+            b"*2\r\n$3\r\nSET\r\n",
+            b"*1\r\n:3\r\n",
+            b"*-1\r\n",
+            b"*+1\r\n",
+            b"*1\r\n$99999999999999999999\r\n",
+            // A length the stream does not hold is refused without allocating it.
+            b"*1\r\n$536870912\r\nabc\r\n",
+            b"*1\r\n$1\r\n",
+            b"*1\n$1\r\nx\r\n",
+        ] {
+            assert!(read_all(bad).is_err(), "{bad:?}");
+            assert_eq!(parse_commands(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn replies_parse_whole_or_ask_for_more() {

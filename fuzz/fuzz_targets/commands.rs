@@ -1,12 +1,24 @@
 //! Command streams (a consistent cut's tail, an AOF's incremental file): any bytes split into
-//! commands or are refused, and what splits re-encodes to the same bytes.
+//! commands or are refused, what splits re-encodes to the same bytes, and read one command at a
+//! time they give the same commands, or are refused too.
 #![no_main]
 
-use fleetsnap_core::resp::parse_commands;
+use fleetsnap_core::resp::{CommandReader, parse_commands};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(commands) = parse_commands(data) {
+    let whole = parse_commands(data);
+    let mut reader = CommandReader::new(data);
+    let mut read = Vec::new();
+    let streamed = loop {
+        match reader.next_command() {
+            Ok(Some(c)) => read.push(c),
+            Ok(None) => break Some(read),
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(streamed, whole);
+    if let Some(commands) = whole {
         let mut out = Vec::new();
         for c in &commands {
             out.extend_from_slice(format!("*{}\r\n", c.len()).as_bytes());

@@ -3,10 +3,11 @@
 //! `FLUSHALL`/`FLUSHDB` of a target that held keys) are left out and reported.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use fleetsnap_core::keys::glob_match;
+use fleetsnap_core::resp::{CommandReader, StreamError};
 
 use super::report::*;
 use super::target::*;
@@ -59,88 +60,32 @@ impl Target {
     }
 }
 
-/// A tail file read one command at a time: memory holds one command, however long the tail.
+/// A tail file read one command at a time (`CommandReader`): memory holds one command, however
+/// long the tail.
 pub struct TailCommands {
-    r: BufReader<std::fs::File>,
+    r: CommandReader<BufReader<std::fs::File>>,
     path: PathBuf,
 }
-
-/// The longest header line (`*N` or `$LEN`) a tail holds.
-const MAX_HEADER_LINE: u64 = 32;
-/// The most arguments one command has (Redis takes 1024 × 1024 per multibulk).
-const MAX_ARGS: usize = 1 << 20;
-/// The longest argument (Redis's `proto-max-bulk-len` default).
-const MAX_ARG: usize = 512 << 20;
 
 impl TailCommands {
     /// Opens `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let f = std::fs::File::open(path).map_err(|e| Error::file("cannot open", path, e))?;
         Ok(Self {
-            r: BufReader::with_capacity(1 << 20, f),
+            r: CommandReader::new(BufReader::with_capacity(1 << 20, f)),
             path: path.to_path_buf(),
         })
     }
 
-    fn bad(&self, what: &str) -> Error {
-        Error::Decode(format!(
-            "{}: the tail is not a RESP command stream ({what})",
-            self.path.display()
-        ))
-    }
-
-    /// One header line: its kind byte and number; `None` at the end of the file.
-    fn header(&mut self) -> Result<Option<(u8, usize)>> {
-        let mut line = Vec::new();
-        let n = (&mut self.r)
-            .take(MAX_HEADER_LINE)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::file("cannot read", &self.path, e))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        let number = line
-            .strip_suffix(b"\r\n")
-            .filter(|l| l.len() > 1)
-            .and_then(|l| std::str::from_utf8(&l[1..]).ok())
-            .and_then(|d| d.parse::<usize>().ok())
-            .ok_or_else(|| self.bad("a header line is not *N or $LEN"))?;
-        Ok(Some((line[0], number)))
-    }
-
     /// The next command, `None` at the end.
     pub fn next_command(&mut self) -> Result<Option<Vec<Vec<u8>>>> {
-        loop {
-            let Some((kind, n)) = self.header()? else {
-                return Ok(None);
-            };
-            if kind != b'*' || n > MAX_ARGS {
-                return Err(self.bad("a command does not start with *N"));
-            }
-            let mut args = Vec::with_capacity(n.min(64));
-            for _ in 0..n {
-                let (kind, len) = self
-                    .header()?
-                    .ok_or_else(|| self.bad("it ends inside a command"))?;
-                if kind != b'$' || len > MAX_ARG {
-                    return Err(self.bad("an argument is not a bulk string"));
-                }
-                // Grown as the bytes come: a length the file does not hold allocates nothing.
-                let mut arg = Vec::new();
-                (&mut self.r)
-                    .take(len as u64 + 2)
-                    .read_to_end(&mut arg)
-                    .map_err(|e| Error::file("cannot read", &self.path, e))?;
-                if arg.len() != len + 2 || !arg.ends_with(b"\r\n") {
-                    return Err(self.bad("an argument is cut short"));
-                }
-                arg.truncate(len);
-                args.push(arg);
-            }
-            if !args.is_empty() {
-                return Ok(Some(args));
-            }
-        }
+        self.r.next_command().map_err(|e| match e {
+            StreamError::Io(e) => Error::file("cannot read", &self.path, e),
+            StreamError::Bad(what) => Error::Decode(format!(
+                "{}: the tail is not a RESP command stream ({what})",
+                self.path.display()
+            )),
+        })
     }
 }
 
@@ -351,48 +296,4 @@ pub(super) async fn replay_tail(
     }
     t.flush_all(report, opts.replace_existing).await?;
     Ok(replayed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn read_all(bytes: &[u8]) -> Result<Vec<Vec<Vec<u8>>>> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tail");
-        std::fs::write(&path, bytes).unwrap();
-        let mut c = TailCommands::open(&path)?;
-        let mut out = Vec::new();
-        while let Some(x) = c.next_command()? {
-            out.push(x);
-        }
-        Ok(out)
-    }
-
-    #[test]
-    fn a_tail_reads_one_command_at_a_time_and_refuses_what_is_not_one() {
-        let stream =
-            b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*0\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n";
-        assert_eq!(
-            read_all(stream).unwrap(),
-            fleetsnap_core::resp::parse_commands(stream).unwrap()
-        );
-        assert!(read_all(b"").unwrap().is_empty());
-        for bad in [
-            &b"+OK\r\n"[..],
-            b"*1\r\n$3\r\nSE",
-            b"*1\r\n$3\r\nSETxx",
-            b"*2\r\n$3\r\nSET\r\n",
-            b"*1\r\n:3\r\n",
-            b"*-1\r\n",
-            b"*1\r\n$99999999999\r\n",
-            // A length the file does not hold is refused without allocating it.
-            b"*1\r\n$536870912\r\nabc\r\n",
-            b"*1\r\n$1\r\n",
-            b"*111111111111111111111111111111111111\r\n",
-        ] {
-            let e = read_all(bad).unwrap_err().to_string();
-            assert!(e.contains("not a RESP command stream"), "{bad:?}: {e}");
-        }
-    }
 }
