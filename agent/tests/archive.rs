@@ -333,20 +333,8 @@ async fn a_flushall_is_found_and_undone_and_any_time_restores() {
     );
 
     // A time the archive does not reach is refused with the restorable stretch.
-    let mut args = vec![
-        "restore",
-        "--cluster",
-        "standalone",
-        "--shard",
-        "s0",
-        "--at",
-        "1000",
-        "--to-file",
-    ];
     let f = work.path().join("never.rdb").display().to_string();
-    args.push(&f);
-    args.extend(from_args(&dests));
-    let refused = agent(Some(&r.creds), &args).await;
+    let refused = restore_s0_at(Some(&r.creds), &dests, "1000", &["--to-file", &f]).await;
     assert_eq!(refused.code, 1);
     assert!(
         refused.stderr.contains("before the archive's first base")
@@ -395,19 +383,9 @@ async fn a_promotion_continues_the_chain_on_the_new_history() {
     }
     // The same point online, into a running server: the base key by key, then the archive.
     let target = RedisServer::start().await.unwrap();
-    let mut args = vec![
-        "restore",
-        "--cluster",
-        "standalone",
-        "--shard",
-        "s0",
-        "--at",
-        &t,
-    ];
-    args.extend(from_args(&dests));
-    let url = target.url();
-    args.extend(["--online", url.as_str()]);
-    agent(Some(&r.creds), &args).await.ok();
+    restore_s0_at(Some(&r.creds), &dests, &t, &["--online", &target.url()])
+        .await
+        .ok();
     for w in old.iter().chain(&new) {
         assert!(has(&target, &w.key).await, "{} is missing online", w.key);
     }
@@ -451,7 +429,9 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
 
     let t = w.end().await;
     let out = work.path().join("both.rdb").display().to_string();
-    let run = restore_s0_at(&dests, &t, &["--to-file", &out]).await.ok();
+    let run = restore_s0_at(None, &dests, &t, &["--to-file", &out])
+        .await
+        .ok();
     let name = seg.rsplit_once('/').unwrap().1;
     assert!(
         run.stdout.contains(&format!("{name} read from")),
@@ -464,7 +444,7 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
 
     std::fs::remove_file(rb.join(&seg)).unwrap();
     let out = work.path().join("none.rdb").display().to_string();
-    let run = restore_s0_at(&dests, &t, &["--to-file", &out]).await;
+    let run = restore_s0_at(None, &dests, &t, &["--to-file", &out]).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stderr.contains(name),
@@ -482,7 +462,7 @@ async fn a_damaged_segment_is_read_from_another_region_or_refused_by_name() {
     target.cmd(&["SET", "mine", "x"]).await.unwrap();
     target.cmd(&["SAVE"]).await.unwrap();
     let (url, start) = (target.url(), target.start_command());
-    let run = restore_s0_at(&dests, &t, &["--replace", &url, "--start", &start]).await;
+    let run = restore_s0_at(None, &dests, &t, &["--replace", &url, "--start", &start]).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stderr.contains(name) && run.stderr.contains("started again on its previous data"),
@@ -598,6 +578,15 @@ async fn owners(node: &RedisServer) -> Vec<(u16, Vec<(u16, u16)>)> {
         .collect()
 }
 
+/// The port of the primary that serves `slot`, from `owners`' answer.
+fn port_serving(served: &[(u16, Vec<(u16, u16)>)], slot: u16) -> u16 {
+    served
+        .iter()
+        .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
+        .expect("a primary serves every slot")
+        .0
+}
+
 /// A Redis Cluster of three shards archived from its replicas: a FLUSHALL on every primary is
 /// found in every shard, and the whole cluster is restored online into a fresh cluster to just
 /// before each shard's own FLUSHALL: every key written before, nothing after.
@@ -636,11 +625,7 @@ async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
     // Each key written to the primary that owns its slot.
     let owner_of = |key: &str| {
         let slot = fleetsnap_core::keys::key_slot(key.as_bytes());
-        let port = served
-            .iter()
-            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
-            .unwrap()
-            .0;
+        let port = port_serving(&served, slot);
         primaries.iter().find(|p| p.port() == port).unwrap()
     };
     let mut written = Vec::new();
@@ -734,11 +719,7 @@ async fn a_cluster_is_restored_to_just_before_a_flushall_on_every_primary() {
     );
     for (n, key) in written.iter().enumerate() {
         let slot = fleetsnap_core::keys::key_slot(key.as_bytes());
-        let port = fresh_owners
-            .iter()
-            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
-            .unwrap()
-            .0;
+        let port = port_serving(&fresh_owners, slot);
         let node = fresh.nodes.iter().find(|s| s.port() == port).unwrap();
         assert_eq!(
             node.cmd(&["GET", key]).await.unwrap(),
@@ -907,19 +888,9 @@ async fn another_archiver_takes_over_the_chain_from_the_regions() {
     let end = s["chains"][0]["end_ms"].as_i64().unwrap().to_string();
     let out = work.path().join("taken.rdb");
     let o = out.display().to_string();
-    let mut args = vec![
-        "restore",
-        "--cluster",
-        "standalone",
-        "--shard",
-        "s0",
-        "--at",
-        &end,
-        "--to-file",
-        &o,
-    ];
-    args.extend(from_args(&dests));
-    agent(None, &args).await.ok();
+    restore_s0_at(None, &dests, &end, &["--to-file", &o])
+        .await
+        .ok();
     let tail = String::from_utf8_lossy(&std::fs::read(format!("{o}.tail")).unwrap()).into_owned();
     for w in &writes {
         assert!(
@@ -1341,11 +1312,7 @@ async fn a_restore_to_a_time_names_the_slots_a_migration_was_moving() {
     }
     let served = owners(primaries[0]).await;
     let owner = |slot: u16| {
-        let port = served
-            .iter()
-            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
-            .unwrap()
-            .0;
+        let port = port_serving(&served, slot);
         primaries.iter().find(|p| p.port() == port).unwrap()
     };
     let slot = fleetsnap_core::keys::key_slot(b"mv");
@@ -1459,11 +1426,7 @@ async fn cluster_values(c: &fleetsnap_testkit::RedisCluster, keys: &[String]) ->
     let mut out = Vec::new();
     for k in keys {
         let slot = fleetsnap_core::keys::key_slot(k.as_bytes());
-        let port = served
-            .iter()
-            .find(|(_, r)| r.iter().any(|(a, b)| *a <= slot && slot <= *b))
-            .unwrap()
-            .0;
+        let port = port_serving(&served, slot);
         let n = c.nodes.iter().find(|n| n.port() == port).unwrap();
         out.push(match n.cmd(&["GET", k]).await.unwrap() {
             Value::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
@@ -1473,8 +1436,14 @@ async fn cluster_values(c: &fleetsnap_testkit::RedisCluster, keys: &[String]) ->
     out
 }
 
-/// `restore --cluster standalone --shard s0 --at AT` from `dests`, in the form `how` gives.
-async fn restore_s0_at(dests: &[String], at: &str, how: &[&str]) -> common::Run {
+/// `restore --cluster standalone --shard s0 --at AT` from `dests` (with `creds` for S3 ones), in
+/// the form `how` gives.
+async fn restore_s0_at(
+    creds: Option<&Path>,
+    dests: &[String],
+    at: &str,
+    how: &[&str],
+) -> common::Run {
     let mut args = vec![
         "restore",
         "--cluster",
@@ -1486,5 +1455,5 @@ async fn restore_s0_at(dests: &[String], at: &str, how: &[&str]) -> common::Run 
     ];
     args.extend(how);
     args.extend(from_args(dests));
-    agent(None, &args).await
+    agent(creds, &args).await
 }
