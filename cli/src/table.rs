@@ -438,6 +438,7 @@ pub fn archives(rows: &[ArchiveRow]) -> String {
 /// What the replicated catalog says of each archived cluster: the stretches every shard can be
 /// restored to at once, and the shards whose archive has gaps.
 fn catalog_lines(out: &mut String, rows: &[ArchiveRow], now: i64) {
+    use fleetsnap_core::archive;
     let when = |ms: i64| {
         fleetsnap_core::window::from_unix_ms(ms)
             .format(&time::format_description::well_known::Rfc3339)
@@ -450,9 +451,14 @@ fn catalog_lines(out: &mut String, rows: &[ArchiveRow], now: i64) {
         let Some(read) = shards.iter().filter_map(|r| r.catalog_scanned_at_ms).max() else {
             continue;
         };
-        let chains: Vec<&[fleetsnap_core::archive::ArchiveChain]> =
-            shards.iter().map(|r| r.chains.as_slice()).collect();
-        let spans: Vec<String> = fleetsnap_core::archive::restorable_together(&chains)
+        // Each shard's stretches (its chains' spans merged); the cluster restores where all do.
+        let stretches: Vec<Vec<(i64, i64)>> = shards
+            .iter()
+            .map(|r| {
+                archive::merge_ranges(r.chains.iter().map(|c| (c.base_at_ms, c.end_ms)).collect())
+            })
+            .collect();
+        let spans: Vec<String> = archive::intersect_ranges(&stretches)
             .iter()
             .map(|(a, b)| format!("{} … {}", when(*a), when(*b)))
             .collect();
@@ -466,18 +472,10 @@ fn catalog_lines(out: &mut String, rows: &[ArchiveRow], now: i64) {
                 spans.join(", ")
             }
         );
-        for r in &shards {
-            // Its chains' spans merged: what lies between two is a gap.
-            let mut merged: Vec<(i64, i64)> = Vec::new();
-            for (a, b) in fleetsnap_core::archive::restorable_together(&[r.chains.as_slice()]) {
-                match merged.last_mut() {
-                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                    _ => merged.push((a, b)),
-                }
-            }
-            let gaps: Vec<String> = merged
-                .windows(2)
-                .map(|w| format!("{} … {}", when(w[0].1), when(w[1].0)))
+        for (r, stretches) in shards.iter().zip(&stretches) {
+            let gaps: Vec<String> = archive::gaps_between(stretches)
+                .iter()
+                .map(|(a, b)| format!("{} … {}", when(*a), when(*b)))
                 .collect();
             if !gaps.is_empty() {
                 let _ = writeln!(

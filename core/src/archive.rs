@@ -615,35 +615,6 @@ pub struct ArchiveCatalog {
     pub shards: std::collections::BTreeMap<String, Vec<ArchiveChain>>,
 }
 
-/// The stretches of time (Unix ms, start and end) in which every shard of a cluster can be
-/// restored: the intersection of each shard's chains' spans, from the latest base to the
-/// earliest end.
-pub fn restorable_together(shards: &[&[ArchiveChain]]) -> Vec<(i64, i64)> {
-    let mut common: Option<Vec<(i64, i64)>> = None;
-    for chains in shards {
-        let mut spans: Vec<(i64, i64)> = chains.iter().map(|c| (c.base_at_ms, c.end_ms)).collect();
-        spans.sort_unstable();
-        common = Some(match common {
-            None => spans,
-            Some(have) => {
-                let mut out = Vec::new();
-                for &(a, b) in &have {
-                    for &(c, d) in &spans {
-                        let (s, e) = (a.max(c), b.min(d));
-                        if s <= e {
-                            out.push((s, e));
-                        }
-                    }
-                }
-                out.sort_unstable();
-                out.dedup();
-                out
-            }
-        });
-    }
-    common.unwrap_or_default()
-}
-
 /// One shard of an [`ExactPoint`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -728,21 +699,6 @@ pub fn gaps_between(ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn a_cluster_restores_where_every_shard_does() {
-        let chain = |a, b| ArchiveChain {
-            base_at_ms: a,
-            end_ms: b,
-            ..Default::default()
-        };
-        let x = [chain(0, 100), chain(200, 300)];
-        let y = [chain(50, 250)];
-        assert_eq!(restorable_together(&[&x, &y]), vec![(50, 100), (200, 250)]);
-        assert_eq!(restorable_together(&[&x]), vec![(0, 100), (200, 300)]);
-        assert!(restorable_together(&[&x, &[]]).is_empty());
-        assert!(restorable_together(&[]).is_empty());
-    }
 
     use super::*;
 
