@@ -164,38 +164,14 @@ fn value(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, Resp
     }
 }
 
-/// Splits a RESP command stream (a replication stream's tail, an AOF) into commands, each an
-/// array of bulk strings; `None` when it is not one (or ends inside a command).
+/// Splits a RESP command stream (a replication stream's tail, an AOF) held whole into commands,
+/// each an array of bulk strings; `None` when it is not one (or ends inside a command). The same
+/// reading as [`CommandReader`]'s.
 pub fn parse_commands(b: &[u8]) -> Option<Vec<Vec<Vec<u8>>>> {
+    let mut r = CommandReader::new(b);
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let head = line(b, &mut i).ok()??;
-        if head.first() != Some(&b'*') {
-            return None;
-        }
-        let n = parse_number(&head[1..]).ok().filter(|n| *n >= 0)? as usize;
-        // Each argument takes six bytes at least ("$0\r\n\r\n").
-        if n > (b.len() - i) / 6 + 1 {
-            return None;
-        }
-        let mut args = Vec::with_capacity(n);
-        for _ in 0..n {
-            let h = line(b, &mut i).ok()??;
-            if h.first() != Some(&b'$') {
-                return None;
-            }
-            let len = parse_number(&h[1..]).ok().filter(|n| *n >= 0)? as usize;
-            let end = i.checked_add(len)?;
-            args.push(b.get(i..end)?.to_vec());
-            if b.get(end..end.checked_add(2)?)? != b"\r\n" {
-                return None;
-            }
-            i = end + 2;
-        }
-        if !args.is_empty() {
-            out.push(args);
-        }
+    while let Some(c) = r.next_command().ok()? {
+        out.push(c);
     }
     Some(out)
 }
@@ -214,9 +190,9 @@ pub const MAX_STREAM_ARG: usize = 512 << 20;
 /// The most arguments one command may have (Redis's own limit per multibulk).
 pub const MAX_STREAM_ARGS: usize = 1 << 20;
 
-/// A command stream (a tail, an AOF's incremental file) read one command at a time, as
-/// [`parse_commands`] splits a whole one: memory holds one command, and an argument's buffer
-/// grows only as its bytes arrive, so a length the stream does not hold allocates nothing.
+/// A command stream (a tail, an AOF's incremental file) read one command at a time: memory holds
+/// one command, and an argument's buffer grows only as its bytes arrive, so a length the stream
+/// does not hold allocates nothing.
 pub struct CommandReader<R> {
     r: R,
 }
@@ -292,7 +268,8 @@ mod tests {
 
     /// Every command of `bytes` through [`CommandReader`].
     fn read_all(bytes: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
-        let mut r = CommandReader::new(bytes);
+        // Three bytes a read: headers and arguments cut across reads.
+        let mut r = CommandReader::new(std::io::BufReader::with_capacity(3, bytes));
         let mut out = Vec::new();
         while let Some(c) = r.next_command()? {
             out.push(c);
@@ -304,7 +281,11 @@ mod tests {
     fn a_stream_reads_one_command_at_a_time_as_it_splits_whole() {
         let stream =
             b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*0\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n";
-        assert_eq!(read_all(stream).ok(), parse_commands(stream));
+        let args = |a: &[&str]| a.iter().map(|x| x.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            read_all(stream).unwrap(),
+            vec![args(&["SELECT", "0"]), args(&["SET", "k", ""])]
+        );
         assert!(read_all(b"").unwrap().is_empty());
         for bad in [
             &b"+OK\r\n"[..],

@@ -1,6 +1,6 @@
 //! Command streams (a consistent cut's tail, an AOF's incremental file): any bytes split into
-//! commands or are refused, what splits re-encodes to the same bytes, and read one command at a
-//! time they give the same commands, or are refused too.
+//! commands or are refused, what splits re-encodes to the same bytes, and read through a buffer
+//! of a few bytes (commands and arguments cut across reads) they split the same.
 #![no_main]
 
 use fleetsnap_core::resp::{CommandReader, parse_commands};
@@ -8,16 +8,16 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let whole = parse_commands(data);
-    let mut reader = CommandReader::new(data);
+    let mut reader = CommandReader::new(std::io::BufReader::with_capacity(3, data));
     let mut read = Vec::new();
-    let streamed = loop {
+    let piecewise = loop {
         match reader.next_command() {
             Ok(Some(c)) => read.push(c),
             Ok(None) => break Some(read),
             Err(_) => break None,
         }
     };
-    assert_eq!(streamed, whole);
+    assert_eq!(piecewise, whole);
     if let Some(commands) = whole {
         let mut out = Vec::new();
         for c in &commands {
