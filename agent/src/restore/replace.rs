@@ -602,28 +602,27 @@ impl<'a> Loaded<'a> {
         check_slots(conn, &req.node, &self.read.slot_ranges).await?;
         cluster_ok(conn, req).await?;
         let tail_started = Instant::now();
-        let (tail_commands, tail_replayed_as) = if self.is_aof {
-            // An AOF directory's incremental file is the tail: the node replayed it as it loaded.
-            (0, String::new())
-        } else if let Some(t) = &req.read.archive_tail {
-            // Written while the base streamed into the node's load.
-            let point = match t.ready().await {
-                Ok(p) => p,
-                Err(e) => return Err(undo(req, live, &stopped, e).await),
-            };
-            match replay(req, t.path(), Some(point.tail_commands)).await {
-                Ok(r) => r,
-                Err(e) => return Err(undo(req, live, &stopped, e).await),
+        let replayed = async {
+            if self.is_aof {
+                // An AOF directory's incremental file is the tail: the node replayed it as it
+                // loaded.
+                return Ok((0, String::new()));
             }
-        } else if let Some(t) = &self.read.tail_file {
-            let r = match replay(req, Path::new(t), None).await {
-                Ok(r) => r,
-                Err(e) => return Err(undo(req, live, &stopped, e).await),
+            if let Some(t) = &req.read.archive_tail {
+                // Written while the base streamed into the node's load.
+                let point = t.ready().await?;
+                return replay(req, t.path(), Some(point.tail_commands)).await;
+            }
+            let Some(t) = &self.read.tail_file else {
+                return Ok((0, String::new()));
             };
+            let r = replay(req, Path::new(t), None).await?;
             std::fs::remove_file(t).ok();
-            r
-        } else {
-            (0, String::new())
+            Ok(r)
+        };
+        let (tail_commands, tail_replayed_as) = match replayed.await {
+            Ok(r) => r,
+            Err(e) => return Err(undo(req, live, &stopped, e).await),
         };
         let tail_seconds = tail_started.elapsed().as_secs_f64();
         Ok(ReplaceReport {

@@ -324,8 +324,8 @@ pub async fn prepare_stream(spec: &DestSpec, req: &RestoreRequest) -> Result<Pre
     let mut tail_file = None;
     // An archive's tail is still being written: `replace` waits for it and replays it from
     // where it is.
-    if req.archive_tail.is_some() {
-    } else if let Some(t) = shard.objects.iter().find(|o| o.kind == ObjectKind::Tail) {
+    let own_tail = shard.objects.iter().find(|o| o.kind == ObjectKind::Tail);
+    if let (None, Some(t)) = (&req.archive_tail, own_tail) {
         let partial = with_suffix(&tail_path, ".partial");
         let out = Output {
             path: partial.clone(),
