@@ -27,10 +27,10 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// From each shard's point and the slots its base served (the manifest's ranges).
-    pub fn new(shards: &[(&PointInTime, &[(u16, u16)])]) -> Self {
+    /// From each shard's point (its base says the slots it served).
+    pub fn new(shards: &[PointInTime]) -> Self {
         let mut arrived: HashMap<Vec<u8>, (usize, i64)> = HashMap::new();
-        for (i, (p, _)) in shards.iter().enumerate() {
+        for (i, p) in shards.iter().enumerate() {
             for (key, &ms) in p.arrived.iter() {
                 let e = arrived.entry(key.clone()).or_insert((i, ms));
                 if ms > e.1 {
@@ -40,8 +40,8 @@ impl Owners {
         }
         // Per slot: how many bases served it, and the newest of them.
         let mut served: Vec<(u8, Option<(i64, usize)>)> = vec![(0, None); SLOTS];
-        for (i, (p, ranges)) in shards.iter().enumerate() {
-            for &(a, b) in *ranges {
+        for (i, p) in shards.iter().enumerate() {
+            for &(a, b) in &p.base.slot_ranges {
                 for slot in a..=b.min(SLOTS as u16 - 1) {
                     let s = &mut served[slot as usize];
                     s.0 = s.0.saturating_add(1);

@@ -30,6 +30,9 @@ pub struct Base {
     pub offset: u64,
     /// When it was taken (Unix ms): the state it holds.
     pub at_ms: i64,
+    /// The Redis Cluster slots its shard served then (none for a standalone shard).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slot_ranges: Vec<(u16, u16)>,
 }
 
 /// A stretch of restorable history: a base and the segments that follow it without a break.
@@ -224,6 +227,7 @@ pub(super) async fn holdings(
                     replid: replid.clone(),
                     offset,
                     at_ms: unix_ms(m.started_at),
+                    slot_ranges: s.slot_ranges.clone(),
                 });
             }
         }
@@ -607,6 +611,7 @@ mod tests {
             replid: r1,
             offset: 120,
             at_ms: 0,
+            slot_ranges: Vec::new(),
         };
         let c = h.chain(&base);
         let reach: Vec<(u64, u64)> = c.segments.iter().map(|s| (s.start, s.end)).collect();

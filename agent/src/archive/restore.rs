@@ -17,9 +17,7 @@ use super::read::{Found, PointInTime, Target, base_id, find, shards};
 use super::tail::{ArchiveTail, plan};
 use crate::error::{Error, Result};
 use crate::redis::RedisTarget;
-use crate::restore::{
-    KeepKey, OnlineOptions, OnlineRestoreReport, RestoreRequest, restore_online, shards_of,
-};
+use crate::restore::{KeepKey, OnlineOptions, OnlineRestoreReport, RestoreRequest, restore_online};
 use crate::storage::DestSpec;
 
 /// Where a restore from the archive reads.
@@ -256,42 +254,22 @@ impl PointSource {
         opts: &OnlineOptions,
     ) -> Result<ClusterRestored> {
         // Each shard's tail, a few at a time (each holds up to three segments in memory while
-        // it is built), and what its base served: which shard holds a key a migration moved
-        // (see `owners`) is known only once every point is.
-        let many = targets.len() > 1;
+        // it is built): which shard holds a key a migration moved (see `owners`) is known only
+        // once every point is.
         let mut started = Vec::new();
         let mut points = Vec::new();
-        let mut served = Vec::new();
         let mut targets = targets.into_iter().peekable();
         while targets.peek().is_some() {
             let mut batch = Vec::new();
             for (shard, t) in targets.by_ref().take(TAILS_AT_ONCE) {
-                let (req, point) = self.shard(&shard, &t, work_dir).await?;
-                batch.push((shard, req, point));
+                batch.push((shard.clone(), self.shard(&shard, &t, work_dir).await?));
             }
-            for (shard, req, point) in batch {
+            for (shard, (req, point)) in batch {
                 points.push(point.point().await?);
-                served.push(if many {
-                    shards_of(&req)
-                        .await?
-                        .into_iter()
-                        .next()
-                        .map(|e| e.slot_ranges)
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                });
                 started.push((shard, req, point));
             }
         }
-        let owners = {
-            let of: Vec<(&PointInTime, &[(u16, u16)])> = points
-                .iter()
-                .zip(&served)
-                .map(|(p, s)| (p, s.as_slice()))
-                .collect();
-            Arc::new(Owners::new(&of))
-        };
+        let owners = Arc::new(Owners::new(&points));
         let mut shards = Vec::new();
         for (i, ((shard, req, _tail), point_in_time)) in started.into_iter().zip(points).enumerate()
         {

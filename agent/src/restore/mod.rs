@@ -20,7 +20,7 @@ pub use list::{Listed, Listing, find_manifest, list};
 pub(crate) use online::Target;
 pub use online::{KeepKey, OnlineOptions, replay_tail_into};
 pub use replace::{ReplaceRequest, replace};
-pub use set::{restore_online, shards_of};
+pub use set::restore_online;
 pub(crate) use to_file::with_suffix;
 pub use to_file::{Prepared, RestoreRequest, prepare_stream, restore, stream_rdb};
 pub use verify::{

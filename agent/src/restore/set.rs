@@ -14,9 +14,7 @@ use crate::redis::RedisTarget;
 use crate::storage::Store;
 
 /// The shards of a backup, from the first destination whose manifest can be read.
-/// The manifest's entries of the shards `req` reads (its one shard, or every shard of the set),
-/// from the first region that has a readable manifest.
-pub async fn shards_of(req: &RestoreRequest) -> Result<Vec<ShardEntry>> {
+async fn shards_of(req: &RestoreRequest) -> Result<Vec<ShardEntry>> {
     let mut why = Vec::new();
     for spec in &req.from {
         let found = async {
