@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{Error, Result};
@@ -29,9 +29,6 @@ pub(super) enum Fed {
 
 /// How long the node has to connect back and ask to continue.
 const CONNECT_BACK: Duration = Duration::from_secs(10);
-
-/// Longest line or argument the handshake takes from the connecting side.
-const MAX_HANDSHAKE_ARG: usize = 256;
 
 /// Feeds the tail at `tail` into `node` as its primary would (see the module's documentation).
 /// `stall` bounds how long the node may go without acknowledging more of it.
@@ -129,22 +126,71 @@ async fn accept_node(
     }
 }
 
+/// What the connecting side sends, a command at a time, parsed by core's RESP parser. A peer
+/// that sends `MAX_PEER_BYTES` without a whole command, or anything but a command, is done
+/// with (`None`).
+struct PeerCommands<R> {
+    r: R,
+    buf: bytes::BytesMut,
+}
+
+/// The most bytes held from the connecting side without a whole command: a replica sends
+/// short handshake commands and `REPLCONF ACK`s.
+const MAX_PEER_BYTES: usize = 4096;
+
+impl<R: tokio::io::AsyncRead + Unpin> PeerCommands<R> {
+    fn new(r: R) -> Self {
+        Self {
+            r,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    async fn next(&mut self) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        loop {
+            match fleetsnap_core::resp::parse(&self.buf) {
+                Ok(Some((v, used))) => {
+                    let _ = self.buf.split_to(used);
+                    return Ok(command(v));
+                }
+                Ok(None) if self.buf.len() < MAX_PEER_BYTES => {}
+                _ => return Ok(None),
+            }
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A command's arguments: an array of bulk strings, else `None`.
+fn command(v: Value) -> Option<Vec<Vec<u8>>> {
+    let Value::Array(Some(items)) = v else {
+        return None;
+    };
+    items
+        .into_iter()
+        .map(|i| match i {
+            Value::Bulk(Some(b)) => Some(b),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|a| !a.is_empty())
+}
+
 /// Answers a replica's handshake; gives the stream back once it has asked for `PSYNC replid
 /// offset+1` and been told to continue.
 async fn handshake(
-    mut stream: TcpStream,
+    stream: TcpStream,
     replid: &str,
     offset: u64,
 ) -> std::io::Result<Option<TcpStream>> {
-    let mut r = BufReader::new(&mut stream);
+    let mut peer = PeerCommands::new(stream);
     loop {
-        let Some(args) = read_command(&mut r).await? else {
+        let Some(args) = peer.next().await? else {
             return Ok(None);
         };
-        let name = args
-            .first()
-            .map(|a| a.to_ascii_uppercase())
-            .unwrap_or_default();
+        let name = args[0].to_ascii_uppercase();
         let answer: &[u8] = match name.as_slice() {
             b"PING" => b"+PONG\r\n",
             b"AUTH" | b"REPLCONF" => b"+OK\r\n",
@@ -155,73 +201,21 @@ async fn handshake(
                         .and_then(|o| o.parse::<u64>().ok())
                         == Some(offset + 1);
                 if !asks {
-                    r.get_mut()
+                    peer.r
                         .write_all(b"-ERR not the node being restored\r\n")
                         .await?;
                     return Ok(None);
                 }
                 let line = format!("+CONTINUE {replid}\r\n");
-                r.get_mut().write_all(line.as_bytes()).await?;
+                peer.r.write_all(line.as_bytes()).await?;
                 // The node sends nothing more until it has read the answer: nothing is
                 // buffered.
-                drop(r);
-                return Ok(Some(stream));
+                return Ok(Some(peer.r));
             }
             _ => b"-ERR unexpected command\r\n",
         };
-        r.get_mut().write_all(answer).await?;
+        peer.r.write_all(answer).await?;
     }
-}
-
-/// One command of RESP arrays of bulk strings, bounded; `None` at the end of the stream or on
-/// anything else.
-async fn read_command<R: AsyncBufReadExt + Unpin>(
-    r: &mut R,
-) -> std::io::Result<Option<Vec<Vec<u8>>>> {
-    let mut line = Vec::new();
-    if !line_of(r, &mut line).await? || line.first() != Some(&b'*') {
-        return Ok(None);
-    }
-    let Some(n) = number(&line[1..]).filter(|n| (1..=16).contains(n)) else {
-        return Ok(None);
-    };
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        if !line_of(r, &mut line).await? || line.first() != Some(&b'$') {
-            return Ok(None);
-        }
-        let Some(len) = number(&line[1..]).filter(|l| *l <= MAX_HANDSHAKE_ARG) else {
-            return Ok(None);
-        };
-        let mut arg = vec![0; len + 2];
-        r.read_exact(&mut arg).await?;
-        if !arg.ends_with(b"\r\n") {
-            return Ok(None);
-        }
-        arg.truncate(len);
-        args.push(arg);
-    }
-    Ok(Some(args))
-}
-
-/// One line, of `MAX_HANDSHAKE_ARG` bytes at most: whether it ended in CRLF.
-async fn line_of<R: AsyncBufReadExt + Unpin>(
-    r: &mut R,
-    line: &mut Vec<u8>,
-) -> std::io::Result<bool> {
-    line.clear();
-    let n = (&mut *r)
-        .take(MAX_HANDSHAKE_ARG as u64)
-        .read_until(b'\n', line)
-        .await?;
-    Ok(n > 0 && line.ends_with(b"\r\n"))
-}
-
-fn number(text: &[u8]) -> Option<usize> {
-    std::str::from_utf8(text.strip_suffix(b"\r\n")?)
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// Sends the tail (after a `SELECT 0`, the database a stream starts in) and waits until the
@@ -237,8 +231,8 @@ async fn stream_tail(
     let (acked_tx, mut acked) = tokio::sync::watch::channel(offset);
     // The node acknowledges what it has applied, once a second and when asked.
     let acks = tokio::spawn(async move {
-        let mut r = BufReader::new(rd);
-        while let Ok(Some(args)) = read_command(&mut r).await {
+        let mut peer = PeerCommands::new(rd);
+        while let Ok(Some(args)) = peer.next().await {
             if args.len() >= 3
                 && args[0].eq_ignore_ascii_case(b"REPLCONF")
                 && args[1].eq_ignore_ascii_case(b"ACK")
