@@ -19,8 +19,6 @@ pub use points::{latest_point, mark, store_point};
 pub use read::{
     Base, Chain, Found, PointInTime, Status, Target as TimeTarget, base_id, find, shards, status,
 };
-pub use restore::{
-    ArchivePoint, ClusterRestored, ClusterTarget, PointSource, ShardRestored, point_target,
-};
+pub use restore::{ClusterRestored, ClusterTarget, PointSource, ShardRestored, point_target};
 pub use tail::{ArchiveTail, MOVING_WINDOW_MS, TailPlan, plan};
 pub use upkeep::{PruneReport, chain_end, prune};

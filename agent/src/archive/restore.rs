@@ -34,20 +34,6 @@ pub struct PointSource {
 /// How many shards' tails a cluster restore builds at once.
 const TAILS_AT_ONCE: usize = 4;
 
-/// A restore's point in time: the tail being built from the archive, kept while the restore
-/// runs.
-pub struct ArchivePoint {
-    /// The tail, which says what the time resolved to once it is written.
-    pub tail: ArchiveTail,
-}
-
-impl ArchivePoint {
-    /// What the time resolved to, once the tail is written.
-    pub async fn point(&self) -> Result<PointInTime> {
-        self.tail.ready().await
-    }
-}
-
 /// What to restore a cluster's shards to: one time, the latest exact point at or before a time,
 /// or each shard to just before its own found command (`SHARD@REPLID:OFFSET`).
 #[derive(Clone, Debug)]
@@ -144,7 +130,7 @@ impl PointSource {
         shard: &ShardId,
         target: &Target,
         work_dir: Option<&Path>,
-    ) -> Result<(RestoreRequest, ArchivePoint)> {
+    ) -> Result<(RestoreRequest, ArchiveTail)> {
         let plan = plan(
             &self.from,
             &self.cluster,
@@ -177,7 +163,7 @@ impl PointSource {
             force: true,
             archive_tail: Some(tail.clone()),
         };
-        Ok((req, ArchivePoint { tail }))
+        Ok((req, tail))
     }
 
     /// What each shard (`only`, or every shard the regions hold an archive of) is restored to.
@@ -265,7 +251,7 @@ impl PointSource {
                 batch.push((shard.clone(), self.shard(&shard, &t, work_dir).await?));
             }
             for (shard, (req, point)) in batch {
-                points.push(point.point().await?);
+                points.push(point.ready().await?);
                 started.push((shard, req, point));
             }
         }

@@ -251,7 +251,7 @@ pub(super) fn parse_keep(text: &str) -> std::result::Result<std::time::Duration,
 /// A time as `--at`, `--since` and `--until` take it: RFC 3339 or Unix milliseconds.
 pub(super) use fleetsnap_core::window::parse_time;
 
-use crate::archive::ArchivePoint;
+use crate::archive::ArchiveTail;
 
 impl ShardArgs {
     /// Whether this restores every shard of a cluster from the archive (`--at` or `--before`
@@ -266,7 +266,7 @@ impl ShardArgs {
     pub(super) async fn resolve(
         self,
         work_dir: Option<&std::path::Path>,
-    ) -> Result<(RestoreRequest, Option<ArchivePoint>)> {
+    ) -> Result<(RestoreRequest, Option<ArchiveTail>)> {
         let needs_shard = || {
             Error::Input(
                 "a restore to a time from the archive needs --shard, or --online to restore every shard of the cluster".into(),
@@ -314,7 +314,7 @@ impl ShardArgs {
         shard: &ShardId,
         target: &crate::archive::TimeTarget,
         work_dir: Option<&std::path::Path>,
-    ) -> Result<(RestoreRequest, ArchivePoint)> {
+    ) -> Result<(RestoreRequest, ArchiveTail)> {
         self.source()?.shard(shard, target, work_dir).await
     }
 

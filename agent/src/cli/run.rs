@@ -387,13 +387,13 @@ pub(super) async fn run(cli: Cli) -> Result<ExitCode> {
 /// What a restore from the archive resolved to (its tail was written while the base was
 /// fetched), printed unless the output is JSON.
 async fn resolved(
-    handle: &Option<crate::archive::ArchivePoint>,
+    handle: &Option<crate::archive::ArchiveTail>,
     json: bool,
 ) -> Result<Option<crate::archive::PointInTime>> {
     let Some(h) = handle else {
         return Ok(None);
     };
-    let p = h.point().await?;
+    let p = h.ready().await?;
     if !json {
         print_point(&p);
     }

@@ -176,7 +176,7 @@ pub async fn run_at(task: RestoreAtTask, config: &AgentConfig) -> Result<JobResu
             };
             let (read, point) = source.shard(shard, t, work_dir).await?;
             let r = replace_own(read, &instance, config).await?;
-            let point = point.point().await?;
+            let point = point.ready().await?;
             JobResult::Restored {
                 ok: true,
                 problem: None,
