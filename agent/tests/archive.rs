@@ -1347,6 +1347,9 @@ async fn a_restore_to_a_time_names_the_slots_a_migration_was_moving() {
     // Written where the key lives now: a restore that let the shard it left write its older
     // value, or delete it, would show.
     to.cmd(&["SET", &keys[0], "changed"]).await.unwrap();
+    // The time restored to sits 300 ms clear of the migration before it and of the writes
+    // after it: an archiver stamps a command when it receives it, a few ms after the
+    // acknowledgement. Not a wait for anything: the archives are waited for below.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = now_ms();
     tokio::time::sleep(Duration::from_millis(300)).await;
